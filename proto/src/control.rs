@@ -1,0 +1,130 @@
+//! The client-to-daemon protocol on the UNIX control socket (JSON lines).
+//!
+//! The client sends one [`Request`] per connection, e.g.
+//! `{"command":"listPeers"}` or
+//! `{"command":"execOnPeer","peer":"vps","directory":"/tmp","shellCmd":"ls"}`,
+//! and reads [`Event`]s until a final one ([`Event::Result`], [`Event::Error`]
+//! or [`Event::Exit`]). Exec streams [`Event::Stdout`]/[`Event::Stderr`] first;
+//! closing the connection cancels the job.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ErrorBody, ExitInfo, B64};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "command",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum Request {
+    Ping,
+    GetPeerStatus,
+    SetPeerConfig {
+        role: Option<String>,
+        id: Option<String>,
+        leader: Option<String>,
+    },
+    RegisterWorker {
+        leader: Option<String>,
+    },
+    ListPeers,
+    GetPeerInfo {
+        peer: String,
+    },
+    DeletePeer {
+        peer: String,
+    },
+    GetPeerIdByIp {
+        ip: String,
+    },
+    DbSanityCheck,
+    ExecOnPeer {
+        peer: String,
+        directory: String,
+        shell_cmd: String,
+        /// Seconds; absent = the daemon's default, 0 = no limit.
+        timeout: Option<u64>,
+    },
+    ExecOnPeerByIp {
+        ip: String,
+        directory: String,
+        shell_cmd: String,
+        timeout: Option<u64>,
+    },
+}
+
+impl Request {
+    /// The wire name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::GetPeerStatus => "getPeerStatus",
+            Request::SetPeerConfig { .. } => "setPeerConfig",
+            Request::RegisterWorker { .. } => "registerWorker",
+            Request::ListPeers => "listPeers",
+            Request::GetPeerInfo { .. } => "getPeerInfo",
+            Request::DeletePeer { .. } => "deletePeer",
+            Request::GetPeerIdByIp { .. } => "getPeerIdByIp",
+            Request::DbSanityCheck => "dbSanityCheck",
+            Request::ExecOnPeer { .. } => "execOnPeer",
+            Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
+        }
+    }
+}
+
+/// What the daemon sends back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Final: the command's answer (shape depends on the command).
+    Result { result: serde_json::Value },
+    /// Final: the command failed.
+    Error(ErrorBody),
+    /// Exec: the job is running on `peer` (at `addr`, reached by `path`).
+    Started {
+        peer: String,
+        addr: String,
+        path: String,
+    },
+    Stdout { data: B64 },
+    Stderr { data: B64 },
+    /// Final for exec: the remote command ended.
+    Exit { peer: String, exit: ExitInfo },
+}
+
+impl Event {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Event::Result { .. } | Event::Error(_) | Event::Exit { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_written_requests_parse() {
+        let r: Request = serde_json::from_str(r#"{"command":"listPeers"}"#).unwrap();
+        assert_eq!(r, Request::ListPeers);
+        let r: Request = serde_json::from_str(
+            r#"{"command":"execOnPeer","peer":"vps","directory":"/opt","shellCmd":"git pull"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::ExecOnPeer {
+                peer: "vps".into(),
+                directory: "/opt".into(),
+                shell_cmd: "git pull".into(),
+                timeout: None
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"getPeerInfo","peer":5}"#).is_err());
+    }
+}

@@ -1,0 +1,73 @@
+//! d-proto: everything that crosses a socket, and nothing that does I/O.
+//!
+//! - [`frame`]: JSON-lines framing with a maximum frame size, a sans-I/O
+//!   decoder shared by the async daemon and the synchronous client.
+//! - [`peer`]: the daemon-to-daemon protocol (hello, heartbeats, queries to the
+//!   leader, multiplexed jobs with credit-based flow control).
+//! - [`control`]: the client-to-local-daemon protocol on the UNIX socket.
+//! - [`types`]: data carried by both (peer records, status, exit status, errors).
+
+pub mod control;
+pub mod frame;
+pub mod peer;
+pub mod types;
+
+/// Bumped whenever a change to [`peer`] would confuse an older daemon.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The crate version all three crates share.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit the binary was built from (`unknown` outside a checkout).
+pub const GIT_COMMIT: &str = env!("D_GIT_COMMIT");
+
+/// `0.1.0 (1a2b3c4d5e)`: what `--version`, the hello and `listPeers` show.
+pub fn version_string() -> String {
+    format!("{VERSION} ({GIT_COMMIT})")
+}
+
+pub const DEFAULT_PORT: u16 = 3600;
+pub const DEFAULT_SOCKET: &str = "/run/d/d.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/d";
+pub const DEFAULT_CONFIG: &str = "/etc/d/config.toml";
+pub const DEFAULT_LEADER: &str = "10.0.0.1";
+pub const DEFAULT_WG_INTERFACE: &str = "wg0";
+pub const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 30;
+
+/// Largest frame (one JSON line, newline excluded) either side accepts.
+pub const MAX_FRAME: usize = 1024 * 1024;
+/// Raw bytes of command output per `Output` message (base64 makes it 4/3 larger).
+pub const OUTPUT_CHUNK: usize = 48 * 1024;
+/// Output bytes a target may send for one job before the requester grants more.
+pub const JOB_WINDOW: u32 = 1024 * 1024;
+
+/// Peer ids are DNS-label-like: 1–64 of `[A-Za-z0-9._-]`, not starting with `-`
+/// or `.`. They appear in shell completions, logs and table cells, so anything
+/// else is refused up front.
+pub fn validate_peer_id(id: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!(
+            "Invalid peer id {id:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    if !id.chars().all(ok_char) || id.starts_with('-') || id.starts_with('.') {
+        return Err(format!(
+            "Invalid peer id {id:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids() {
+        for ok in ["vps", "desktop-2", "a.b_c", "X9"] {
+            assert!(validate_peer_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a;rm -rf /", "é", &"x".repeat(65)] {
+            assert!(validate_peer_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The daemon-to-daemon protocol on the peer port (TCP, JSON lines).
+//!
+//! A connection opens with [`PeerMsg::Hello`] from the side that dialed and
+//! [`PeerMsg::Welcome`] (or [`PeerMsg::Refused`]) from the side that accepted.
+//! After that the session is symmetric: either side may send queries and start
+//! jobs, and both send [`PeerMsg::Heartbeat`] so a dead peer is noticed within
+//! seconds. Jobs are multiplexed by a job id chosen by the side that starts
+//! them; output flows under a credit window ([`crate::JOB_WINDOW`]) so one slow
+//! reader never stalls the other jobs of the connection nor grows memory.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ErrorBody, ExecSpec, ExitInfo, PeerInfo, Role, Stream, B64};
+
+/// Why a connection was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A worker's persistent link to its leader: registers the worker.
+    Link,
+    /// A direct connection for jobs between two peers.
+    Direct,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub peer_id: String,
+    pub version: String,
+    pub hostname: String,
+    /// The peer port the sender's own daemon listens on.
+    pub listen_port: u16,
+    pub role: Role,
+    pub purpose: Purpose,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub peer_id: String,
+    pub version: String,
+    pub role: Role,
+    /// How often the accepting side wants heartbeats, in milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// Questions a worker asks its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum Query {
+    /// Where does this peer listen?
+    ResolvePeer { peer: String },
+    ListPeers,
+    GetPeerInfo { peer: String },
+    DeletePeer { peer: String },
+    PeerIdByIp { ip: String },
+}
+
+/// The leader's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    Peer { peer: PeerInfo },
+    Peers { peers: Vec<PeerInfo> },
+    Deleted { peer: String },
+    PeerId { peer: String },
+    Error(ErrorBody),
+}
+
+/// Every message on the peer port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PeerMsg {
+    Hello(Hello),
+    Welcome(Welcome),
+    /// The hello was refused; the connection closes after this.
+    Refused(ErrorBody),
+    Heartbeat,
+    Query {
+        id: u64,
+        #[serde(flatten)]
+        query: Query,
+    },
+    Answer {
+        id: u64,
+        #[serde(flatten)]
+        answer: Answer,
+    },
+    /// Start a job on the receiver.
+    Exec {
+        job: u64,
+        #[serde(flatten)]
+        spec: ExecSpec,
+    },
+    /// A chunk of a job's output (receiver → starter).
+    Output {
+        job: u64,
+        stream: Stream,
+        data: B64,
+    },
+    /// The starter consumed `bytes` of output: the target may send that many more.
+    Credit { job: u64, bytes: u32 },
+    /// The job's process ended; no output follows.
+    Exit { job: u64, exit: ExitInfo },
+    /// The job could not run (missing directory, ...); no output follows.
+    JobFailed { job: u64, error: ErrorBody },
+    /// End the job's whole process group now.
+    Cancel { job: u64 },
+    /// The previous frame could not be understood; the session carries on.
+    Error(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let m = PeerMsg::Query {
+            id: 7,
+            query: Query::ResolvePeer { peer: "vps".into() },
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"query","id":7,"query":"resolve_peer","peer":"vps"}"#
+        );
+        let back: PeerMsg = serde_json::from_str(r#"{"type":"heartbeat"}"#).unwrap();
+        assert_eq!(back, PeerMsg::Heartbeat);
+        let out = PeerMsg::Output {
+            job: 1,
+            stream: Stream::Stderr,
+            data: B64(b"\x00\xff".to_vec()),
+        };
+        let j = serde_json::to_string(&out).unwrap();
+        assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), out);
+    }
+}

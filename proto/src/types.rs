@@ -1,0 +1,289 @@
+//! Data carried by both protocols: peer records, status, exit status, errors.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// The two roles of a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Worker,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Role, ErrorBody> {
+        match s {
+            "leader" => Ok(Role::Leader),
+            "worker" => Ok(Role::Worker),
+            _ => Err(ErrorBody::new(
+                ErrorKind::InvalidRole,
+                "Invalid role. Use 'leader' or 'worker'.",
+            )),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// One row of the registry as users see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub id: String,
+    /// The mesh address the peer's link comes from (the leader's own listen address for itself).
+    pub addr: String,
+    /// The peer port its daemon listens on.
+    pub port: u16,
+    pub role: Role,
+    pub online: bool,
+    /// Unix seconds of the last sign of life (now, while online).
+    pub last_seen: Option<u64>,
+    pub version: String,
+    pub hostname: String,
+    /// Unix seconds when it first registered.
+    pub first_seen: Option<u64>,
+}
+
+/// State of a worker's link to its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Leaders hold no outgoing link.
+    NotApplicable,
+    /// No role configured yet.
+    Unconfigured,
+    Connecting,
+    Connected,
+}
+
+/// Answer of `getPeerStatus`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: Option<String>,
+    pub role: Option<Role>,
+    pub leader: Option<String>,
+    pub link: LinkState,
+    /// Unix seconds the link has been in its current state.
+    pub link_since: Option<u64>,
+    /// Why the last attempt to reach the leader failed, if it did.
+    pub link_error: Option<String>,
+    /// The peer-port address the daemon is bound to, if bound.
+    pub listen: Option<String>,
+    /// Why it is not bound, if it is not.
+    pub listen_error: Option<String>,
+    pub uptime_secs: u64,
+    pub version: String,
+    pub protocol: u32,
+    pub hostname: String,
+    pub socket: String,
+    pub state_dir: String,
+    pub wg_interface: String,
+    /// Number of peers this daemon has an open session with (links included).
+    pub sessions: usize,
+    /// Jobs running on this daemon right now.
+    pub running_jobs: usize,
+}
+
+/// How a job ended on its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, if the shell exited.
+    pub code: Option<i32>,
+    /// Signal number, if it was killed by one.
+    pub signal: Option<i32>,
+    /// The job hit its timeout and its process group was ended.
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+impl ExitInfo {
+    /// The status `d` itself exits with: the code, 128+N for signal N, 124 on timeout.
+    pub fn status(&self) -> i32 {
+        if self.timed_out {
+            124
+        } else if let Some(sig) = self.signal {
+            128 + sig
+        } else {
+            self.code.unwrap_or(255)
+        }
+    }
+}
+
+/// Which output stream a chunk belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// What a job runs, as sent to its target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Working directory, a literal path (never shell text).
+    pub directory: String,
+    /// Run with `/bin/sh -c`.
+    pub shell_cmd: String,
+    /// Seconds; 0 = no limit.
+    pub timeout_secs: u64,
+    /// Who asked, for logs: the requesting peer id.
+    #[serde(default)]
+    pub requester: String,
+    /// The local user on the requesting machine, if known.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Coarse classes of failure, so programs need not parse messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    PeerNotFound,
+    NotConnectedToLeader,
+    ConnectFailed,
+    /// The peer stopped answering (heartbeats), distinct from a command timeout.
+    PeerTimeout,
+    /// The connection to the peer closed while a job or query was under way.
+    PeerLost,
+    InvalidRole,
+    InvalidRequest,
+    NotConfigured,
+    DirectoryNotFound,
+    SpawnFailed,
+    ProtocolMismatch,
+    Refused,
+    Busy,
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+/// An error as it crosses a socket: a first line users recognize, a hint saying
+/// what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    #[serde(default)]
+    pub kind: ErrorKind,
+}
+
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, error: impl Into<String>) -> Self {
+        ErrorBody {
+            error: error.into(),
+            hint: None,
+            kind,
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn peer_not_found(peer: &str) -> Self {
+        Self::new(ErrorKind::PeerNotFound, format!("Peer not found: {peer}")).hint(
+            "the peer must register with the leader: run `d registerWorker` on it, then check `d listPeers`",
+        )
+    }
+    pub fn not_connected_to_leader(leader: &str) -> Self {
+        Self::new(ErrorKind::NotConnectedToLeader, "Not connected to leader").hint(format!(
+            "is the leader daemon running at {leader}? is WireGuard up (`wg show`)? is the leader address right (`d getPeerStatus`, `d setPeerConfig --leader IP[:PORT]`)?"
+        ))
+    }
+    pub fn connect_failed(peer: &str, addr: &str, why: &str) -> Self {
+        Self::new(
+            ErrorKind::ConnectFailed,
+            format!("Failed to connect to peer: {peer} ({addr})"),
+        )
+        .hint(format!(
+            "{why}; is d-daemon running there (`systemctl status d-daemon`)? is the tunnel up (`wg show`, last handshake)?"
+        ))
+    }
+    pub fn peer_timeout(peer: &str) -> Self {
+        Self::new(
+            ErrorKind::PeerTimeout,
+            format!("Timeout waiting for response from {peer}"),
+        )
+        .hint(
+            "the peer stopped answering (no heartbeat): check the tunnel (`wg show`) and the daemon there; the command's outcome is unknown",
+        )
+    }
+    pub fn peer_lost(peer: &str) -> Self {
+        Self::new(
+            ErrorKind::PeerLost,
+            format!("Connection to peer lost: {peer}"),
+        )
+        .hint("the peer's daemon stopped or restarted; the command may have been cut short, check with `d execOnPeer` again")
+    }
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, msg)
+    }
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for ErrorBody {}
+
+/// Bytes carried as base64 in JSON, so binary output survives byte for byte.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct B64(pub Vec<u8>);
+
+impl std::fmt::Debug for B64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "B64({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for B64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(B64)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_mapping() {
+        let e = |code, signal, timed_out| ExitInfo {
+            code,
+            signal,
+            timed_out,
+            duration_ms: 0,
+        };
+        assert_eq!(e(Some(0), None, false).status(), 0);
+        assert_eq!(e(Some(42), None, false).status(), 42);
+        assert_eq!(e(None, Some(9), false).status(), 137);
+        assert_eq!(e(None, Some(15), true).status(), 124);
+    }
+
+    #[test]
+    fn b64_roundtrip_binary() {
+        let b = B64((0..=255u8).collect());
+        let j = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::from_str::<B64>(&j).unwrap(), b);
+    }
+}
