@@ -17,12 +17,11 @@ fn main() {
     // Rebuild when HEAD moves: HEAD itself (checkout) and the branch it names (commit).
     let git = Path::new("../.git");
     println!("cargo:rerun-if-changed=../.git/HEAD");
-    if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
-        if let Some(r) = head.trim().strip_prefix("ref: ") {
-            let p = git.join(r);
-            if p.exists() {
-                println!("cargo:rerun-if-changed={}", p.display());
-            }
+    // The branch HEAD names may not exist yet (no commit) or be packed:
+    // watch the folder of branch heads and packed-refs, where present.
+    for p in [git.join("refs/heads"), git.join("packed-refs")] {
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
         }
     }
 }

@@ -1,1 +1,134 @@
-fn main() {}
+//! `d`: the command-line client of d-daemon.
+//!
+//! Parses the command line ([`cli`]), sends one request to the local daemon
+//! over its UNIX socket ([`conn`]), and prints the answer for people or, with
+//! `--json`, for programs ([`render`]). Exec streams live output ([`exec`]).
+//!
+//! Exit status: the remote command's status for the exec family; otherwise 0
+//! on success. Errors of `d` itself exit 255 for the exec family (as ssh does),
+//! 1 for other commands, and 2 for usage errors (clap).
+
+mod cli;
+mod conn;
+mod exec;
+mod render;
+
+use std::process::ExitCode;
+
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, PeerStatus};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use cli::{Cli, Command};
+
+/// Answer of `setPeerConfig` and `registerWorker`.
+#[derive(Deserialize)]
+struct ConfigReply {
+    message: String,
+    #[serde(default)]
+    status: Option<PeerStatus>,
+}
+
+/// Answer of `deletePeer`.
+#[derive(Deserialize)]
+struct DeletedReply {
+    deleted: String,
+}
+
+/// Answer of `getPeerIdByIp`.
+#[derive(Deserialize)]
+struct PeerIdReply {
+    peer: String,
+}
+
+/// Answer of `dbSanityCheck` (`deleted_rows` is shown by `--json`).
+#[derive(Deserialize)]
+struct MessageReply {
+    message: String,
+}
+
+fn main() -> ExitCode {
+    // Rust ignores SIGPIPE by default, which turns `d listPeers | head` into a
+    // write error; the default disposition ends `d` quietly like other tools.
+    // SAFETY: called first, before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = cli::parse();
+    let status = match run(&cli) {
+        Ok(status) => status,
+        Err(err) => {
+            render::error(&err, cli.json);
+            if cli.command.is_exec() {
+                255
+            } else {
+                1
+            }
+        }
+    };
+    // Statuses outside 0..=255 cannot be exit codes; 255 says "something odd".
+    ExitCode::from(u8::try_from(status).unwrap_or(255))
+}
+
+/// Run one command; `Ok` is the status to exit with.
+fn run(cli: &Cli) -> Result<i32, ErrorBody> {
+    let req = cli.command.request();
+    match &cli.command {
+        Command::ExecOnPeer { timeout, .. } | Command::ExecOnPeerByIp { timeout, .. } => {
+            return exec::run(&cli.socket, &req, *timeout, cli.json, cli.verbose);
+        }
+        _ => {}
+    }
+    let result = conn::request(&cli.socket, cli.verbose, &req)?;
+    if cli.json {
+        render::out(&render::json(&result));
+        return Ok(0);
+    }
+    let now = render::now_secs();
+    let text = match &cli.command {
+        Command::Ping => match result.as_str() {
+            Some(s) => format!("{s}\n"),
+            None => render::json(&result),
+        },
+        Command::GetPeerStatus => render::peer_status(&decode::<PeerStatus>(result, &req)?, now),
+        Command::SetPeerConfig { .. } | Command::RegisterWorker { .. } => {
+            let reply = decode::<ConfigReply>(result, &req)?;
+            let mut text = format!("{}\n", reply.message);
+            if let (true, Some(status)) = (cli.verbose, &reply.status) {
+                text.push_str(&render::peer_status(status, now));
+            }
+            text
+        }
+        Command::ListPeers => render::peers_table(&decode::<Vec<PeerInfo>>(result, &req)?, now),
+        Command::GetPeerInfo { .. } => render::peer_info(&decode::<PeerInfo>(result, &req)?, now),
+        Command::DeletePeer { .. } => {
+            format!(
+                "Deleted peer {}\n",
+                decode::<DeletedReply>(result, &req)?.deleted
+            )
+        }
+        Command::GetPeerIdByIp { .. } => format!("{}\n", decode::<PeerIdReply>(result, &req)?.peer),
+        Command::DbSanityCheck => format!("{}\n", decode::<MessageReply>(result, &req)?.message),
+        Command::ExecOnPeer { .. } | Command::ExecOnPeerByIp { .. } => String::new(),
+    };
+    render::out(&text);
+    Ok(0)
+}
+
+/// Read a command's `result` into the shape this client expects.
+fn decode<T: DeserializeOwned>(
+    result: Value,
+    req: &d_proto::control::Request,
+) -> Result<T, ErrorBody> {
+    serde_json::from_value(result).map_err(|e| {
+        ErrorBody::new(
+            ErrorKind::Other,
+            format!(
+                "Unexpected answer from the local daemon to {}: {e}",
+                req.name()
+            ),
+        )
+        .hint(conn::VERSION_HINT)
+    })
+}

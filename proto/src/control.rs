@@ -79,7 +79,9 @@ impl Request {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// Final: the command's answer (shape depends on the command).
-    Result { result: serde_json::Value },
+    Result {
+        result: serde_json::Value,
+    },
     /// Final: the command failed.
     Error(ErrorBody),
     /// Exec: the job is running on `peer` (at `addr`, reached by `path`).
@@ -88,10 +90,17 @@ pub enum Event {
         addr: String,
         path: String,
     },
-    Stdout { data: B64 },
-    Stderr { data: B64 },
+    Stdout {
+        data: B64,
+    },
+    Stderr {
+        data: B64,
+    },
     /// Final for exec: the remote command ended.
-    Exit { peer: String, exit: ExitInfo },
+    Exit {
+        peer: String,
+        exit: ExitInfo,
+    },
 }
 
 impl Event {

@@ -186,3 +186,20 @@ mod tests {
         assert_eq!(d.decode(&mut b), Some(Frame::Line("abc".into())));
     }
 }
+#[cfg(test)]
+mod more {
+    use super::*;
+    #[test]
+    fn big_then_line() {
+        let mut d = FrameDecoder::new(crate::MAX_FRAME);
+        let mut b = BytesMut::new();
+        b.extend_from_slice(b"not json\n");
+        assert!(matches!(d.decode(&mut b), Some(Frame::Line(_))));
+        for _ in 0..20 {
+            b.extend_from_slice(&vec![b'x'; 65536]);
+            let _ = d.decode(&mut b);
+        }
+        b.extend_from_slice(b"\n{}\n");
+        assert_eq!(d.decode(&mut b), Some(Frame::Line("{}".into())));
+    }
+}

@@ -49,11 +49,19 @@ pub struct Welcome {
 #[serde(tag = "query", rename_all = "snake_case")]
 pub enum Query {
     /// Where does this peer listen?
-    ResolvePeer { peer: String },
+    ResolvePeer {
+        peer: String,
+    },
     ListPeers,
-    GetPeerInfo { peer: String },
-    DeletePeer { peer: String },
-    PeerIdByIp { ip: String },
+    GetPeerInfo {
+        peer: String,
+    },
+    DeletePeer {
+        peer: String,
+    },
+    PeerIdByIp {
+        ip: String,
+    },
 }
 
 /// The leader's answers.
@@ -99,13 +107,24 @@ pub enum PeerMsg {
         data: B64,
     },
     /// The starter consumed `bytes` of output: the target may send that many more.
-    Credit { job: u64, bytes: u32 },
+    Credit {
+        job: u64,
+        bytes: u32,
+    },
     /// The job's process ended; no output follows.
-    Exit { job: u64, exit: ExitInfo },
+    Exit {
+        job: u64,
+        exit: ExitInfo,
+    },
     /// The job could not run (missing directory, ...); no output follows.
-    JobFailed { job: u64, error: ErrorBody },
+    JobFailed {
+        job: u64,
+        error: ErrorBody,
+    },
     /// End the job's whole process group now.
-    Cancel { job: u64 },
+    Cancel {
+        job: u64,
+    },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
 }

@@ -1,0 +1,275 @@
+//! Command-line definitions (clap derive). The `///` comments here are the
+//! `--help` text; names and flags are the camelCase ones users already type.
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use d_proto::control::Request;
+
+/// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
+#[derive(Debug, Parser)]
+#[command(name = "d")]
+pub struct Cli {
+    /// Control socket of the local daemon.
+    #[arg(
+        long,
+        global = true,
+        env = "D_SOCKET",
+        default_value = d_proto::DEFAULT_SOCKET,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    pub socket: PathBuf,
+
+    /// Print one machine-readable JSON document on stdout (errors too).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    /// Say on stderr what is sent, where a job runs, and how long it took.
+    #[arg(long, short = 'v', global = true, help_heading = "Global options")]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+#[command(rename_all = "camelCase")]
+pub enum Command {
+    /// Check that the local daemon is alive (prints `pong`).
+    Ping,
+
+    /// Show the local daemon's configuration and state: role, id, leader, link, uptime, version.
+    GetPeerStatus,
+
+    /// Set this daemon's role and identity; it persists them and (re)connects at once.
+    SetPeerConfig {
+        /// `leader` or `worker`.
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
+        /// Peer id of this machine (A-Z a-z 0-9 . _ -).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Address of the leader (port defaults to 3600).
+        #[arg(long, value_name = "IP[:PORT]")]
+        leader: Option<String>,
+    },
+
+    /// Become a worker named after the hostname and register with the leader.
+    RegisterWorker {
+        /// Address of the leader (default 10.0.0.1, port 3600).
+        #[arg(long, value_name = "IP[:PORT]")]
+        leader: Option<String>,
+    },
+
+    /// List the registered peers (asked of the leader on a worker).
+    ListPeers,
+
+    /// Show one registered peer.
+    GetPeerInfo {
+        /// Peer id.
+        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        peer: String,
+    },
+
+    /// Remove one peer from the registry.
+    DeletePeer {
+        /// Peer id.
+        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        peer: String,
+    },
+
+    /// Print the id of the peer registered at a mesh address.
+    GetPeerIdByIp {
+        /// Mesh address of the peer.
+        #[arg(value_name = "IP")]
+        ip: String,
+    },
+
+    /// On a worker, delete leader-only registry rows and report what was done.
+    DbSanityCheck,
+
+    /// Run a shell command on a peer, streaming its output; exit with its status.
+    ExecOnPeer {
+        /// Peer id.
+        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        peer: String,
+        /// Working directory on the peer.
+        #[arg(long, value_name = "DIR")]
+        directory: String,
+        /// Command, run with `/bin/sh -c`.
+        #[arg(long = "shellCmd", value_name = "CMD")]
+        shell_cmd: String,
+        /// Seconds before the command's process group is ended (0 = no limit; default 30).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+
+    /// Run a shell command on the peer at a mesh address, streaming its output.
+    ExecOnPeerByIp {
+        /// Mesh address of the peer.
+        #[arg(value_name = "IP")]
+        ip: String,
+        /// Working directory on the peer.
+        #[arg(value_name = "DIR")]
+        directory: String,
+        /// Command, run with `/bin/sh -c`.
+        #[arg(value_name = "CMD")]
+        shell_cmd: String,
+        /// Seconds before the command's process group is ended (0 = no limit; default 30).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+    },
+}
+
+impl Command {
+    /// Exec commands exit 255 on errors of `d` itself (as ssh does), the others 1.
+    pub fn is_exec(&self) -> bool {
+        matches!(
+            self,
+            Command::ExecOnPeer { .. } | Command::ExecOnPeerByIp { .. }
+        )
+    }
+
+    /// The request sent to the daemon for this command.
+    pub fn request(&self) -> Request {
+        match self {
+            Command::Ping => Request::Ping,
+            Command::GetPeerStatus => Request::GetPeerStatus,
+            Command::SetPeerConfig { role, id, leader } => Request::SetPeerConfig {
+                role: role.clone(),
+                id: id.clone(),
+                leader: leader.clone(),
+            },
+            Command::RegisterWorker { leader } => Request::RegisterWorker {
+                leader: leader.clone(),
+            },
+            Command::ListPeers => Request::ListPeers,
+            Command::GetPeerInfo { peer } => Request::GetPeerInfo { peer: peer.clone() },
+            Command::DeletePeer { peer } => Request::DeletePeer { peer: peer.clone() },
+            Command::GetPeerIdByIp { ip } => Request::GetPeerIdByIp { ip: ip.clone() },
+            Command::DbSanityCheck => Request::DbSanityCheck,
+            Command::ExecOnPeer {
+                peer,
+                directory,
+                shell_cmd,
+                timeout,
+            } => Request::ExecOnPeer {
+                peer: peer.clone(),
+                directory: directory.clone(),
+                shell_cmd: shell_cmd.clone(),
+                timeout: *timeout,
+            },
+            Command::ExecOnPeerByIp {
+                ip,
+                directory,
+                shell_cmd,
+                timeout,
+            } => Request::ExecOnPeerByIp {
+                ip: ip.clone(),
+                directory: directory.clone(),
+                shell_cmd: shell_cmd.clone(),
+                timeout: *timeout,
+            },
+        }
+    }
+}
+
+/// Refuse malformed peer ids as usage errors, before any connection.
+fn peer_id(s: &str) -> Result<String, String> {
+    d_proto::validate_peer_id(s).map(|()| s.to_string())
+}
+
+/// Parse the command line, exiting with clap's message (status 2) on usage errors.
+pub fn parse() -> Cli {
+    // clap wants a `'static` version string; this one is built once per process.
+    let version: &'static str = Box::leak(d_proto::version_string().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn try_parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let m = Cli::command().try_get_matches_from(args)?;
+        Cli::from_arg_matches(&m)
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_before_or_after() {
+        let a = try_parse(&["d", "--json", "--socket", "/x.sock", "ping"]).unwrap();
+        let b = try_parse(&["d", "ping", "--socket", "/x.sock", "--json"]).unwrap();
+        for c in [a, b] {
+            assert!(c.json);
+            assert_eq!(c.socket, PathBuf::from("/x.sock"));
+            assert_eq!(c.command.request(), Request::Ping);
+        }
+    }
+
+    #[test]
+    fn camel_case_names_and_flags() {
+        let c = try_parse(&[
+            "d",
+            "execOnPeer",
+            "--peer",
+            "vps",
+            "--directory",
+            "/opt",
+            "--shellCmd",
+            "git pull",
+            "--timeout",
+            "5",
+        ])
+        .unwrap();
+        assert!(c.command.is_exec());
+        assert_eq!(
+            c.command.request(),
+            Request::ExecOnPeer {
+                peer: "vps".into(),
+                directory: "/opt".into(),
+                shell_cmd: "git pull".into(),
+                timeout: Some(5),
+            }
+        );
+        let c = try_parse(&["d", "execOnPeerByIp", "10.0.0.1", "/opt", "pwd"]).unwrap();
+        assert_eq!(
+            c.command.request(),
+            Request::ExecOnPeerByIp {
+                ip: "10.0.0.1".into(),
+                directory: "/opt".into(),
+                shell_cmd: "pwd".into(),
+                timeout: None,
+            }
+        );
+        let c = try_parse(&["d", "setPeerConfig", "--role", "boss"]).unwrap();
+        assert_eq!(
+            c.command.request(),
+            Request::SetPeerConfig {
+                role: Some("boss".into()),
+                id: None,
+                leader: None
+            }
+        );
+        for name in [
+            "getPeerStatus",
+            "listPeers",
+            "dbSanityCheck",
+            "registerWorker",
+        ] {
+            assert!(try_parse(&["d", name]).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_peer_id_is_a_usage_error() {
+        let e = try_parse(&["d", "getPeerInfo", "--peer", "a;b"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

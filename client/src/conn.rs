@@ -1,0 +1,349 @@
+//! The connection to the local daemon: one [`Request`] per UNIX-socket
+//! connection, sent as a JSON line, then [`Event`] lines read until a final one.
+//! Blocking std I/O; the shared sans-I/O [`FrameDecoder`] splits the lines.
+
+use std::io::{self, Read};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use d_proto::control::{Event, Request};
+use d_proto::frame::{self, Frame, FrameDecoder};
+use d_proto::types::{ErrorBody, ErrorKind};
+use serde_json::Value;
+
+/// How long a plain request may wait for its answer. Exec sets no limit: jobs
+/// may run for hours and the daemon watches the peer's liveness itself.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes asked of the socket per read (a base64 output frame is ~64 KiB).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Event tags this client understands; lines with another tag come from a
+/// newer daemon and are skipped rather than treated as garbage.
+const KNOWN_EVENTS: [&str; 6] = ["result", "error", "started", "stdout", "stderr", "exit"];
+
+/// An open connection to the local daemon.
+pub struct Conn {
+    stream: UnixStream,
+    path: PathBuf,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    verbose: bool,
+}
+
+impl Conn {
+    /// Connect to the control socket at `path`.
+    pub fn connect(path: &Path, verbose: bool) -> Result<Conn, ErrorBody> {
+        if verbose {
+            eprintln!("[d] connecting to {}", path.display());
+        }
+        let stream = UnixStream::connect(path).map_err(|e| unreachable_error(path, &e))?;
+        Ok(Conn {
+            stream,
+            path: path.to_path_buf(),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(d_proto::MAX_FRAME),
+            verbose,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Limit how long one read may block (`None`: wait for ever).
+    pub fn set_reply_timeout(&self, timeout: Option<Duration>) -> Result<(), ErrorBody> {
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(|e| self.io_error("Cannot configure the connection", &e))
+    }
+
+    /// Send the request line.
+    pub fn send(&mut self, req: &Request) -> Result<(), ErrorBody> {
+        let line = frame::encode(req).map_err(|e| {
+            ErrorBody::invalid(format!("Cannot send {}: {e}", req.name()))
+                .hint("shorten the command or its arguments")
+        })?;
+        if self.verbose {
+            eprintln!("[d] -> {}", String::from_utf8_lossy(line.trim_ascii_end()));
+        }
+        send_all(&self.stream, &line).map_err(|e| self.io_error("Cannot send the request", &e))
+    }
+
+    /// The next event, or `None` once the daemon closed the connection.
+    pub fn next_event(&mut self) -> Result<Option<Event>, ErrorBody> {
+        loop {
+            let frame = match self.decoder.decode(&mut self.buf) {
+                Some(f) => Some(f),
+                None => {
+                    if self.fill()? == 0 {
+                        match self.decoder.decode_eof(&mut self.buf) {
+                            Some(f) => Some(f),
+                            None => return Ok(None),
+                        }
+                    } else {
+                        None
+                    }
+                }
+            };
+            match frame {
+                None => continue,
+                Some(Frame::TooLong) => {
+                    return Err(self.malformed(&format!(
+                        "a line exceeds the frame limit of {} bytes",
+                        d_proto::MAX_FRAME
+                    )))
+                }
+                Some(Frame::Line(line)) => {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match frame::parse::<Event>(&line) {
+                        Ok(ev) => return Ok(Some(ev)),
+                        Err(e) => {
+                            if let Some(tag) = unknown_event_tag(&line) {
+                                if self.verbose {
+                                    eprintln!("[d] skipping unknown event {tag:?}");
+                                }
+                                continue;
+                            }
+                            return Err(self.malformed(&e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read more bytes into the buffer; 0 means end of stream.
+    fn fill(&mut self) -> Result<usize, ErrorBody> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(ErrorBody::new(
+                        ErrorKind::Other,
+                        format!(
+                            "Timeout waiting for response from the local daemon at {}",
+                            self.path.display()
+                        ),
+                    )
+                    .hint("the daemon took the request but did not answer: check `journalctl -u d-daemon`"))
+                }
+                // A reset is a lost connection, reported by the caller like EOF.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(0),
+                Err(e) => return Err(self.io_error("Cannot read from the local daemon", &e)),
+            }
+        }
+    }
+
+    fn io_error(&self, what: &str, e: &io::Error) -> ErrorBody {
+        ErrorBody::new(
+            ErrorKind::Other,
+            format!("{what} at {}: {e}", self.path.display()),
+        )
+    }
+
+    fn malformed(&self, why: &str) -> ErrorBody {
+        ErrorBody::new(
+            ErrorKind::Other,
+            format!(
+                "Malformed reply from the local daemon at {}: {why}",
+                self.path.display()
+            ),
+        )
+        .hint(VERSION_HINT)
+    }
+}
+
+/// Suggested when the daemon's answer does not have the expected shape.
+pub const VERSION_HINT: &str =
+    "d and d-daemon may be different versions: compare `d --version` with `d getPeerStatus`";
+
+/// One request, one answer: the `result` of the final event, or its error.
+pub fn request(path: &Path, verbose: bool, req: &Request) -> Result<Value, ErrorBody> {
+    let started = Instant::now();
+    let mut conn = Conn::connect(path, verbose)?;
+    conn.set_reply_timeout(Some(REPLY_TIMEOUT))?;
+    conn.send(req)?;
+    loop {
+        match conn.next_event()? {
+            None => return Err(lost_connection(conn.path(), false)),
+            Some(Event::Result { result }) => {
+                if verbose {
+                    eprintln!(
+                        "[d] answered in {:.1} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+                return Ok(result);
+            }
+            Some(Event::Error(e)) => return Err(e),
+            Some(Event::Exit { .. }) => {
+                return Err(ErrorBody::new(
+                    ErrorKind::Other,
+                    format!("Unexpected exit event in reply to {}", req.name()),
+                )
+                .hint(VERSION_HINT))
+            }
+            // Progress events carry nothing a plain command needs.
+            Some(_) => continue,
+        }
+    }
+}
+
+/// The daemon closed the connection before a final event.
+pub fn lost_connection(path: &Path, during_job: bool) -> ErrorBody {
+    let during = if during_job { " during the job" } else { "" };
+    ErrorBody::new(
+        ErrorKind::Other,
+        format!(
+            "Lost connection to the local daemon at {}{during}",
+            path.display()
+        ),
+    )
+    .hint("the daemon stopped or restarted: check `systemctl status d-daemon` and `journalctl -u d-daemon`")
+}
+
+/// `Cannot reach the local daemon at PATH`, with a hint fitting the OS error.
+fn unreachable_error(path: &Path, e: &io::Error) -> ErrorBody {
+    let running_hint = format!(
+        "is it running? systemctl status d-daemon (or start d-daemon --socket {})",
+        path.display()
+    );
+    let hint = match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => running_hint,
+        io::ErrorKind::PermissionDenied => {
+            let mut h = "permission denied: join the socket's group or use sudo".to_string();
+            // Naming the group helps only if it may write to the socket.
+            if let Some(group) = socket_group(path) {
+                h.push_str(&format!(
+                    " (group {group}: `sudo usermod -aG {group} $USER`, then log in again)"
+                ));
+            }
+            h
+        }
+        _ => format!("{e}; {running_hint}"),
+    };
+    ErrorBody::new(
+        ErrorKind::Other,
+        format!("Cannot reach the local daemon at {}", path.display()),
+    )
+    .hint(hint)
+}
+
+/// The name of the group owning the socket, from /etc/group, if members may
+/// write to it and it is not root's.
+fn socket_group(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let gid = meta.gid();
+    if gid == 0 || meta.mode() & 0o020 == 0 {
+        return None;
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let gid_field = f.nth(1)?;
+        (gid_field.parse::<u32>().ok()? == gid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
+/// The `event` tag of a well-formed line whose tag this client does not know.
+fn unknown_event_tag(line: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    let tag = v.get("event")?.as_str()?;
+    (!KNOWN_EVENTS.contains(&tag)).then(|| tag.to_string())
+}
+
+/// Write all of `buf` with MSG_NOSIGNAL: the process keeps the default SIGPIPE
+/// disposition (for `d listPeers | head`), but a daemon that already closed
+/// the socket must be an error here, not a silent death.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    while !buf.is_empty() {
+        // SAFETY: `fd` is an open socket owned by `stream`, which outlives the
+        // call; the pointer and length describe the live slice `buf`.
+        let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_tags_are_told_apart_from_garbage() {
+        assert_eq!(
+            unknown_event_tag(br#"{"event":"progress","pct":3}"#),
+            Some("progress".into())
+        );
+        assert_eq!(unknown_event_tag(br#"{"event":"stdout","data":5}"#), None);
+        assert_eq!(unknown_event_tag(b"not json"), None);
+    }
+
+    #[test]
+    fn missing_socket_says_how_to_start_the_daemon() {
+        let dir = std::env::temp_dir().join(format!("d-client-test-{}", std::process::id()));
+        let path = dir.join("none.sock");
+        let e = Conn::connect(&path, false).err().unwrap();
+        assert_eq!(
+            e.error,
+            format!("Cannot reach the local daemon at {}", path.display())
+        );
+        assert!(e.hint.unwrap().contains("systemctl status d-daemon"));
+    }
+
+    #[test]
+    fn events_across_reads_and_eof() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut conn = Conn {
+            stream: a,
+            path: PathBuf::from("/test.sock"),
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(d_proto::MAX_FRAME),
+            verbose: false,
+        };
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut b = b;
+            b.write_all(b"{\"event\":\"stdout\",\"da").unwrap();
+            b.write_all(b"ta\":\"aGk=\"}\n{\"event\":\"new\"}\n\n")
+                .unwrap();
+            b.write_all(b"{\"event\":\"result\",\"result\":\"pong\"}")
+                .unwrap();
+        });
+        writer.join().unwrap();
+        match conn.next_event().unwrap() {
+            Some(Event::Stdout { data }) => assert_eq!(data.0, b"hi"),
+            other => panic!("{other:?}"),
+        }
+        match conn.next_event().unwrap() {
+            Some(Event::Result { result }) => assert_eq!(result, "pong"),
+            other => panic!("{other:?}"),
+        }
+        assert!(conn.next_event().unwrap().is_none());
+    }
+}

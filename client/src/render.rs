@@ -1,0 +1,363 @@
+//! Output for people (aligned tables, `key: value` lines, short durations) and
+//! for programs (`--json`: one JSON document on stdout). Pure functions that
+//! return strings, so they are tested without a daemon.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use d_proto::types::{ErrorBody, LinkState, PeerInfo, PeerStatus};
+use serde::Serialize;
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A duration in its two largest units: `42s`, `5m`, `5m3s`, `3h12m`, `2d4h`.
+pub fn duration(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    for (i, &(size, name)) in UNITS.iter().enumerate() {
+        if secs >= size || size == 1 {
+            let mut s = format!("{}{name}", secs / size);
+            if let Some(&(next, next_name)) = UNITS.get(i + 1) {
+                let rest = (secs % size) / next;
+                if rest > 0 {
+                    s.push_str(&format!("{rest}{next_name}"));
+                }
+            }
+            return s;
+        }
+    }
+    format!("{secs}s")
+}
+
+/// How long ago `then` was: `5m ago`, or `never`.
+pub fn ago(now: u64, then: Option<u64>) -> String {
+    match then {
+        Some(t) => format!("{} ago", duration(now.saturating_sub(t))),
+        None => "never".to_string(),
+    }
+}
+
+/// `now` while online, else the age of the last sign of life.
+pub fn last_seen(p: &PeerInfo, now: u64) -> String {
+    if p.online {
+        "now".to_string()
+    } else {
+        ago(now, p.last_seen)
+    }
+}
+
+/// `addr:port`, with brackets around an IPv6 address.
+pub fn address(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Columns separated by two spaces, each as wide as its widest cell; no
+/// trailing spaces. Every line ends with a newline.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let width = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(width(cell)),
+                None => widths.push(width(cell)),
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(width(cell));
+            line.push_str(&" ".repeat(pad));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `key: value` lines with the values aligned.
+pub fn key_values(pairs: &[(&str, String)]) -> String {
+    let w = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in pairs {
+        let pad = w - k.chars().count();
+        out.push_str(format!("{k}:{} {v}", " ".repeat(pad)).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The `listPeers` table.
+pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
+    let rows: Vec<Vec<String>> = peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                address(&p.addr, p.port),
+                p.role.as_str().to_string(),
+                yes_no(p.online).to_string(),
+                last_seen(p, now),
+                p.version.clone(),
+                p.hostname.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "ADDRESS",
+            "ROLE",
+            "ONLINE",
+            "LAST SEEN",
+            "VERSION",
+            "HOSTNAME",
+        ],
+        &rows,
+    )
+}
+
+/// The `getPeerInfo` lines.
+pub fn peer_info(p: &PeerInfo, now: u64) -> String {
+    key_values(&[
+        ("id", p.id.clone()),
+        ("address", address(&p.addr, p.port)),
+        ("role", p.role.as_str().to_string()),
+        ("online", yes_no(p.online).to_string()),
+        ("last seen", last_seen(p, now)),
+        ("first seen", ago(now, p.first_seen)),
+        ("version", p.version.clone()),
+        ("hostname", p.hostname.clone()),
+    ])
+}
+
+/// The `getPeerStatus` lines.
+pub fn peer_status(s: &PeerStatus, now: u64) -> String {
+    let unset = || "(not set)".to_string();
+    let since = |what: &str| match s.link_since {
+        Some(t) => format!("{what} for {}", duration(now.saturating_sub(t))),
+        None => what.to_string(),
+    };
+    let link = match s.link {
+        LinkState::NotApplicable => "n/a (this daemon is the leader)".to_string(),
+        LinkState::Unconfigured => {
+            "unconfigured (run `d registerWorker` or `d setPeerConfig`)".to_string()
+        }
+        LinkState::Connecting => since("connecting"),
+        LinkState::Connected => since("connected"),
+    };
+    let mut pairs = vec![
+        ("id", s.id.clone().unwrap_or_else(unset)),
+        (
+            "role",
+            s.role.map(|r| r.as_str().to_string()).unwrap_or_else(unset),
+        ),
+        (
+            "leader",
+            s.leader.clone().unwrap_or_else(|| "-".to_string()),
+        ),
+        ("link", link),
+    ];
+    if let Some(e) = &s.link_error {
+        pairs.push(("link error", e.clone()));
+    }
+    let listen = match (&s.listen, &s.listen_error) {
+        (Some(a), _) => a.clone(),
+        (None, Some(e)) => format!("not bound: {e}"),
+        (None, None) => "not bound".to_string(),
+    };
+    pairs.extend([
+        ("listen", listen),
+        ("uptime", duration(s.uptime_secs)),
+        ("version", s.version.clone()),
+        ("protocol", s.protocol.to_string()),
+        ("hostname", s.hostname.clone()),
+        ("socket", s.socket.clone()),
+        ("state dir", s.state_dir.clone()),
+        ("wg interface", s.wg_interface.clone()),
+        ("sessions", s.sessions.to_string()),
+        ("running jobs", s.running_jobs.to_string()),
+    ]);
+    key_values(&pairs)
+}
+
+/// One JSON document, pretty-printed, newline-terminated.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    let mut s = serde_json::to_string_pretty(value)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode output: {e}\"}}"));
+    s.push('\n');
+    s
+}
+
+/// Write to stdout and flush. Errors are dropped: with SIGPIPE at its default a
+/// closed pipe already ended the process, and nothing else is worth a message.
+pub fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes());
+    let _ = o.flush();
+}
+
+/// Report an error of `d`: `d: ...` and `hint: ...` on stderr, or with `--json`
+/// `{"error": .., "hint": .., "kind": ..}` on stdout.
+pub fn error(err: &ErrorBody, as_json: bool) {
+    if as_json {
+        out(&json(err));
+    } else {
+        let mut e = format!("d: {}\n", err.error);
+        if let Some(h) = &err.hint {
+            e.push_str(&format!("hint: {h}\n"));
+        }
+        let _ = std::io::stderr().lock().write_all(e.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use d_proto::types::Role;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(60), "1m");
+        assert_eq!(duration(303), "5m3s");
+        assert_eq!(duration(3 * 3600 + 12 * 60 + 59), "3h12m");
+        assert_eq!(duration(7200), "2h");
+        assert_eq!(duration(2 * 86_400 + 4 * 3600 + 7), "2d4h");
+        assert_eq!(ago(1000, Some(700)), "5m ago");
+        assert_eq!(ago(1000, Some(2000)), "0s ago");
+        assert_eq!(ago(1000, None), "never");
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(address("10.0.0.1", 3600), "10.0.0.1:3600");
+        assert_eq!(address("fd00::1", 3600), "[fd00::1]:3600");
+    }
+
+    #[test]
+    fn table_aligns_without_trailing_spaces() {
+        let t = table(
+            &["ID", "NAME", "X"],
+            &[
+                vec!["a".into(), "long-name".into(), "".into()],
+                vec!["bbbb".into(), "n".into(), "1".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "ID    NAME       X\na     long-name\nbbbb  n          1\n"
+        );
+    }
+
+    fn peer(id: &str, online: bool, last_seen: Option<u64>) -> PeerInfo {
+        PeerInfo {
+            id: id.into(),
+            addr: "198.19.0.2".into(),
+            port: 3600,
+            role: Role::Worker,
+            online,
+            last_seen,
+            version: "0.1.0 (abc)".into(),
+            hostname: "host".into(),
+            first_seen: Some(0),
+        }
+    }
+
+    #[test]
+    fn peers_table_shape() {
+        let now = 10_000;
+        let t = peers_table(
+            &[
+                peer("vps", true, Some(now)),
+                peer("laptop", false, Some(now - 300)),
+                peer("x", false, None),
+            ],
+            now,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID      ADDRESS          ROLE    ONLINE  LAST SEEN  VERSION      HOSTNAME"
+        );
+        assert_eq!(
+            lines[1],
+            "vps     198.19.0.2:3600  worker  yes     now        0.1.0 (abc)  host"
+        );
+        assert!(lines[2].contains("  no      5m ago  "), "{}", lines[2]);
+        assert!(lines[3].contains("never"));
+        assert_eq!(peers_table(&[], now).lines().count(), 1);
+    }
+
+    #[test]
+    fn status_lines() {
+        let s = PeerStatus {
+            id: Some("desk".into()),
+            role: Some(Role::Worker),
+            leader: Some("198.19.0.1:3600".into()),
+            link: LinkState::Connecting,
+            link_since: Some(90),
+            link_error: Some("connection refused".into()),
+            listen: None,
+            listen_error: Some("address in use".into()),
+            uptime_secs: 3 * 3600 + 12 * 60,
+            version: "0.1.0 (abc)".into(),
+            protocol: 1,
+            hostname: "desk".into(),
+            socket: "/run/d/d.sock".into(),
+            state_dir: "/var/lib/d".into(),
+            wg_interface: "wg0".into(),
+            sessions: 0,
+            running_jobs: 2,
+        };
+        let t = peer_status(&s, 100);
+        assert!(t.starts_with("id:           desk\n"), "{t}");
+        assert!(t.contains("link:         connecting for 10s\n"), "{t}");
+        assert!(t.contains("link error:   connection refused\n"), "{t}");
+        assert!(
+            t.contains("listen:       not bound: address in use\n"),
+            "{t}"
+        );
+        assert!(t.contains("uptime:       3h12m\n"), "{t}");
+        assert!(t.contains("running jobs: 2\n"), "{t}");
+    }
+
+    #[test]
+    fn key_values_align() {
+        let t = key_values(&[("id", "a".into()), ("last seen", "".into())]);
+        assert_eq!(t, "id:        a\nlast seen:\n");
+    }
+}

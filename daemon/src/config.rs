@@ -1,0 +1,176 @@
+//! Everything the daemon is told at start: command-line flags, environment and
+//! the optional TOML file, merged once into a [`Config`] (flags win over the
+//! file, the file over defaults). The run-time identity (role, id, leader) is
+//! not here: `d setPeerConfig` changes it and the state database keeps it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// d-daemon: runs commands for the peers of a WireGuard mesh.
+#[derive(Debug, Parser)]
+#[command(name = "d-daemon", version = version_long(), about)]
+pub struct Args {
+    /// Control socket path.
+    #[arg(long, env = "D_SOCKET", default_value = d_proto::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// State directory (SQLite database, mesh key).
+    #[arg(long = "state-dir", env = "D_STATE_DIR", default_value = d_proto::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Optional TOML config file (default /etc/d/config.toml if it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Peer port (default 3600).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address for the peer port, IP or IP:PORT (default: the IPv4 address of the WireGuard interface).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// WireGuard interface whose address the daemon listens on (default wg0).
+    #[arg(long = "wg-interface")]
+    pub wg_interface: Option<String>,
+    /// Leader address `registerWorker` uses when not given one (default 10.0.0.1).
+    #[arg(long)]
+    pub leader: Option<String>,
+    /// Default exec timeout in seconds, 0 = none (default 30).
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Heartbeat interval in milliseconds; a peer silent for 4 intervals is dead.
+    #[arg(long = "heartbeat-ms", hide = true)]
+    pub heartbeat_ms: Option<u64>,
+}
+
+fn version_long() -> &'static str {
+    // clap wants a 'static str; built once per process.
+    Box::leak(d_proto::version_string().into_boxed_str())
+}
+
+/// The TOML file; unknown keys are errors so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub port: Option<u16>,
+    pub listen: Option<String>,
+    pub wg_interface: Option<String>,
+    pub leader: Option<String>,
+    pub exec_timeout: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// Where the peer port should listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// An explicit address.
+    Addr(SocketAddr),
+    /// The IPv4 address of this WireGuard interface, on this port.
+    Interface(String, u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: Listen,
+    pub wg_interface: String,
+    /// Default leader for `registerWorker`, `IP:PORT`.
+    pub default_leader: String,
+    pub exec_timeout_secs: u64,
+    pub heartbeat: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: Args) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(p) => load_file(p)?,
+            None if Path::new(d_proto::DEFAULT_CONFIG).exists() => {
+                load_file(Path::new(d_proto::DEFAULT_CONFIG))?
+            }
+            None => FileConfig::default(),
+        };
+        let port = args.port.or(file.port).unwrap_or(d_proto::DEFAULT_PORT);
+        let wg_interface = args
+            .wg_interface
+            .or(file.wg_interface)
+            .unwrap_or_else(|| d_proto::DEFAULT_WG_INTERFACE.to_string());
+        let listen = match args.listen.or(file.listen) {
+            Some(s) => {
+                Listen::Addr(parse_addr(&s, port).map_err(|e| anyhow::anyhow!("--listen: {e}"))?)
+            }
+            None => Listen::Interface(wg_interface.clone(), port),
+        };
+        let leader = args
+            .leader
+            .or(file.leader)
+            .unwrap_or_else(|| d_proto::DEFAULT_LEADER.to_string());
+        let default_leader = parse_addr(&leader, d_proto::DEFAULT_PORT)
+            .map_err(|e| anyhow::anyhow!("--leader: {e}"))?
+            .to_string();
+        let heartbeat_ms = args
+            .heartbeat_ms
+            .or(file.heartbeat_ms)
+            .unwrap_or(1000)
+            .max(50);
+        Ok(Config {
+            socket: args.socket,
+            state_dir: args.state_dir,
+            listen,
+            wg_interface,
+            default_leader,
+            exec_timeout_secs: args
+                .timeout
+                .or(file.exec_timeout)
+                .unwrap_or(d_proto::DEFAULT_EXEC_TIMEOUT_SECS),
+            heartbeat: Duration::from_millis(heartbeat_ms),
+        })
+    }
+
+    /// A peer silent this long is dead.
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat * 4
+    }
+}
+
+fn load_file(p: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", p.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))
+}
+
+/// `IP` or `IP:PORT` (IPv6 as `[IP]:PORT`), with a default port.
+pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    Err(format!(
+        "{s:?} is not an address: use IP or IP:PORT, e.g. 10.0.0.1 or 10.0.0.1:3600"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            parse_addr("10.0.0.1", 3600).unwrap().to_string(),
+            "10.0.0.1:3600"
+        );
+        assert_eq!(parse_addr("127.0.0.2:0", 3600).unwrap().port(), 0);
+        assert!(parse_addr("vps", 3600).is_err());
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys() {
+        assert!(toml::from_str::<FileConfig>("port = 1\nprot = 2\n").is_err());
+        let f: FileConfig = toml::from_str("port = 4000\nexec_timeout = 0\n").unwrap();
+        assert_eq!((f.port, f.exec_timeout), (Some(4000), Some(0)));
+    }
+}

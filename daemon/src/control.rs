@@ -1,0 +1,280 @@
+//! The UNIX control socket: one JSON request per line, answered with events
+//! (see `d_proto::control`). A connection may carry several requests in turn;
+//! a bad frame is answered with an error and the connection goes on.
+
+use std::sync::Arc;
+
+use d_proto::control::{Event, Request};
+use d_proto::peer::{Answer, Query};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role};
+use serde_json::json;
+use tokio::net::{UnixListener, UnixStream};
+use tracing::Instrument;
+
+use crate::config::parse_addr;
+use crate::connection::{Read, Reader, Writer};
+use crate::{exec, leader, Daemon, Identity};
+
+pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    tracing::info!("control socket at {}", daemon.config.socket.display());
+    loop {
+        let accepted = tokio::select! {
+            _ = daemon.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let uid = stream.peer_cred().ok().map(|c| c.uid());
+                let span = tracing::info_span!("control", uid = ?uid);
+                daemon
+                    .tracker
+                    .spawn(handle(daemon.clone(), stream, uid).instrument(span));
+            }
+            Err(e) => {
+                tracing::warn!("control accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The local user's name, for logs and job records.
+fn user_name(uid: Option<u32>) -> Option<String> {
+    let uid = uid?;
+    Some(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| format!("uid {uid}")),
+    )
+}
+
+async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
+    let (r, w) = stream.into_split();
+    let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
+    loop {
+        let req = tokio::select! {
+            _ = daemon.shutdown.cancelled() => return,
+            r = reader.read::<Request>() => r,
+        };
+        let req = match req {
+            Read::Eof => return,
+            Read::Bad(e) => {
+                let err = ErrorBody::invalid(format!("bad request: {e}")).hint(
+                    r#"send one JSON object per line, e.g. {"command":"listPeers"}; `d --help` lists the commands"#,
+                );
+                if writer.send(&Event::Error(err)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Read::Msg(req) => req,
+        };
+        tracing::debug!("request {}", req.name());
+        let (peer, spec) = match req {
+            Request::ExecOnPeer {
+                peer,
+                directory,
+                shell_cmd,
+                timeout,
+            } => (
+                Ok(peer),
+                exec_spec(&daemon, directory, shell_cmd, timeout, uid),
+            ),
+            Request::ExecOnPeerByIp {
+                ip,
+                directory,
+                shell_cmd,
+                timeout,
+            } => {
+                let peer = exec::peer_by_ip(&daemon, &ip).await;
+                (peer, exec_spec(&daemon, directory, shell_cmd, timeout, uid))
+            }
+            other => {
+                let ev = match answer(&daemon, other).await {
+                    Ok(result) => Event::Result { result },
+                    Err(e) => Event::Error(e),
+                };
+                if writer.send(&ev).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        match peer {
+            Ok(peer) => exec::run_for_client(&daemon, &peer, spec, &mut reader, &mut writer).await,
+            Err(e) => {
+                let _ = writer.send(&Event::Error(e)).await;
+            }
+        }
+        // A job owns its connection: close it once the job is done.
+        return;
+    }
+}
+
+fn exec_spec(
+    daemon: &Daemon,
+    directory: String,
+    shell_cmd: String,
+    timeout: Option<u64>,
+    uid: Option<u32>,
+) -> ExecSpec {
+    ExecSpec {
+        directory,
+        shell_cmd,
+        timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
+        requester: daemon.me(),
+        user: user_name(uid),
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorBody> {
+    serde_json::to_value(v).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
+}
+
+/// Answer every request except exec.
+async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value, ErrorBody> {
+    match req {
+        Request::Ping => Ok(json!("pong")),
+        Request::GetPeerStatus => to_value(&daemon.status()),
+        Request::SetPeerConfig { role, id, leader } => {
+            set_peer_config(daemon, role, id, leader).await
+        }
+        Request::RegisterWorker { leader } => {
+            let leader = leader
+                .or_else(|| daemon.identity().leader)
+                .unwrap_or_else(|| daemon.config.default_leader.clone());
+            set_peer_config(
+                daemon,
+                Some("worker".into()),
+                Some(daemon.hostname.clone()),
+                Some(leader),
+            )
+            .await
+        }
+        Request::ListPeers => match leader::query(daemon, Query::ListPeers).await? {
+            Answer::Peers { peers } => to_value(&peers),
+            other => Err(unexpected(other)),
+        },
+        Request::GetPeerInfo { peer } => {
+            match leader::query(daemon, Query::GetPeerInfo { peer }).await? {
+                Answer::Peer { peer } => to_value(&peer),
+                other => Err(unexpected(other)),
+            }
+        }
+        Request::DeletePeer { peer } => {
+            match leader::query(daemon, Query::DeletePeer { peer }).await? {
+                Answer::Deleted { peer } => Ok(json!({ "deleted": peer })),
+                other => Err(unexpected(other)),
+            }
+        }
+        Request::GetPeerIdByIp { ip } => {
+            Ok(json!({ "peer": exec::peer_by_ip(daemon, &ip).await? }))
+        }
+        Request::DbSanityCheck => db_sanity_check(daemon).await,
+        Request::ExecOnPeer { .. } | Request::ExecOnPeerByIp { .. } => Err(ErrorBody::invalid(
+            "exec requests are streamed, not answered",
+        )),
+    }
+}
+
+fn unexpected(a: Answer) -> ErrorBody {
+    match a {
+        Answer::Error(e) => e,
+        other => ErrorBody::new(
+            ErrorKind::Other,
+            format!("unexpected answer from the registry: {other:?}"),
+        ),
+    }
+}
+
+async fn set_peer_config(
+    daemon: &Arc<Daemon>,
+    role: Option<String>,
+    id: Option<String>,
+    leader: Option<String>,
+) -> Result<serde_json::Value, ErrorBody> {
+    let cur = daemon.identity();
+    let role = match role {
+        Some(r) => Some(Role::parse(&r)?),
+        None => cur.role,
+    };
+    let Some(role) = role else {
+        return Err(
+            ErrorBody::invalid("No role set yet: pass --role leader or --role worker").hint(
+                "e.g. `d setPeerConfig --role leader --id vps` or `d registerWorker --leader IP`",
+            ),
+        );
+    };
+    let id = id.or(cur.id).unwrap_or_else(|| daemon.hostname.clone());
+    d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
+    let leader = match leader {
+        Some(l) => Some(
+            parse_addr(&l, d_proto::DEFAULT_PORT)
+                .map_err(|e| ErrorBody::invalid(format!("Invalid leader address: {e}")))?
+                .to_string(),
+        ),
+        None => cur.leader,
+    };
+    let leader = match role {
+        Role::Worker => Some(leader.unwrap_or_else(|| daemon.config.default_leader.clone())),
+        Role::Leader => None,
+    };
+    let new = Identity {
+        role: Some(role),
+        id: Some(id.clone()),
+        leader: leader.clone(),
+    };
+    daemon.apply_identity(new).await?;
+    let message = match role {
+        Role::Leader => format!("Configured as leader '{id}'"),
+        Role::Worker => {
+            let leader = leader.unwrap_or_default();
+            // Say whether the link came up, rather than leaving the user to guess.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            loop {
+                let link = daemon.link_info();
+                if link.state == d_proto::types::LinkState::Connected {
+                    break format!("Configured as worker '{id}', connected to leader at {leader}");
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let why = link.error.unwrap_or_else(|| "no answer yet".into());
+                    break format!("Configured as worker '{id}', leader {leader}: not connected yet ({why}); the daemon keeps trying");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    Ok(json!({ "message": message, "status": daemon.status() }))
+}
+
+async fn db_sanity_check(daemon: &Arc<Daemon>) -> Result<serde_json::Value, ErrorBody> {
+    let db = |e: crate::registry::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
+    match daemon.identity().role {
+        Some(Role::Leader) => {
+            let n = daemon
+                .registry
+                .call(|st| st.count_peers())
+                .await
+                .map_err(db)?;
+            Ok(json!({
+                "message": format!("This daemon is the leader: its registry holds {n} peers; nothing to clean"),
+                "deleted_rows": 0,
+            }))
+        }
+        _ => {
+            let n = daemon
+                .registry
+                .call(|st| st.delete_all_peers())
+                .await
+                .map_err(db)?;
+            let message = if n == 0 {
+                "Worker database is clean: no leader-only registry rows".to_string()
+            } else {
+                format!("Deleted {n} leader-only registry rows (this daemon is not the leader)")
+            };
+            Ok(json!({ "message": message, "deleted_rows": n }))
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Where a job runs, and streaming it to the client that asked.
+//!
+//! Route: the requester's own id runs here; an open session to the target (a
+//! worker's link on the leader, the link to the leader on a worker, or an
+//! earlier direct connection) is reused; otherwise the target's address comes
+//! from the registry (asked of the leader on a worker) and a direct session is
+//! dialed and kept for later jobs.
+//!
+//! Output is written to the client as it comes; remote output is credited back
+//! only once written, so a slow client slows the remote command instead of
+//! filling memory. The client closing its connection cancels the job.
+
+use std::sync::Arc;
+
+use d_proto::control::Event;
+use d_proto::peer::{Answer, Purpose, Query};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role, B64};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::config::parse_addr;
+use crate::connection::{Read, Reader, Writer};
+use crate::job::{self, JobEvent};
+use crate::session::{RemoteJob, Session};
+use crate::{leader, peer_port, Daemon};
+
+/// Where a job will run.
+pub enum Route {
+    Local,
+    Remote(Arc<Session>, &'static str),
+}
+
+/// Find (or open) the way to `peer`.
+pub async fn route(daemon: &Arc<Daemon>, peer: &str) -> Result<Route, ErrorBody> {
+    let id = daemon.identity();
+    let Some(me) = id.id.clone() else {
+        return Err(crate::not_configured());
+    };
+    if peer == me {
+        return Ok(Route::Local);
+    }
+    d_proto::validate_peer_id(peer).map_err(ErrorBody::invalid)?;
+    if let Some(s) = daemon.session(peer) {
+        let path = if s.peer.purpose == Purpose::Link {
+            "link"
+        } else {
+            "direct"
+        };
+        return Ok(Route::Remote(s, path));
+    }
+    let info = match id.role {
+        None => return Err(crate::not_configured()),
+        Some(Role::Worker) => match daemon
+            .leader_session()?
+            .query(Query::ResolvePeer { peer: peer.into() })
+            .await?
+        {
+            Answer::Peer { peer } => peer,
+            Answer::Error(e) => return Err(e),
+            other => {
+                return Err(ErrorBody::invalid(format!(
+                    "unexpected answer from the leader: {other:?}"
+                )))
+            }
+        },
+        Some(Role::Leader) => {
+            match leader::answer(daemon, Query::ResolvePeer { peer: peer.into() }).await {
+                Answer::Peer { peer } => peer,
+                Answer::Error(e) => return Err(e),
+                other => {
+                    return Err(ErrorBody::invalid(format!(
+                        "unexpected registry answer: {other:?}"
+                    )))
+                }
+            }
+        }
+    };
+    let shown = format!("{}:{}", info.addr, info.port);
+    if info.port == 0 || info.addr.is_empty() {
+        return Err(ErrorBody::connect_failed(
+            peer,
+            &shown,
+            "it registered without a listening peer port",
+        ));
+    }
+    let addr = parse_addr(&shown, d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::connect_failed(peer, &shown, &e))?;
+    // One dial per peer at a time; whoever waited reuses the result.
+    let gate = daemon.dial_lock(peer);
+    let _held = gate.lock().await;
+    if let Some(s) = daemon.session(peer) {
+        return Ok(Route::Remote(s, "direct"));
+    }
+    let s = peer_port::dial(daemon, addr, Purpose::Direct, Some(peer)).await?;
+    Ok(Route::Remote(s, "direct"))
+}
+
+/// Resolve an address to a peer id through the registry.
+pub async fn peer_by_ip(daemon: &Arc<Daemon>, ip: &str) -> Result<String, ErrorBody> {
+    match leader::query(daemon, Query::PeerIdByIp { ip: ip.into() }).await? {
+        Answer::PeerId { peer } => Ok(peer),
+        Answer::Error(e) => Err(e),
+        other => Err(ErrorBody::invalid(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// The source of a job's events, local or remote.
+enum Source {
+    Local(
+        mpsc::Receiver<JobEvent>,
+        tokio_util::sync::CancellationToken,
+    ),
+    Remote(RemoteJob),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<JobEvent> {
+        match self {
+            Source::Local(rx, _) => rx.recv().await,
+            Source::Remote(j) => j.events.recv().await,
+        }
+    }
+    async fn consumed(&self, n: usize) {
+        if let Source::Remote(j) = self {
+            j.credit(n).await;
+        }
+    }
+    async fn cancel(&self) {
+        match self {
+            Source::Local(_, c) => c.cancel(),
+            Source::Remote(j) => j.cancel().await,
+        }
+    }
+}
+
+/// Run a job for a control client and stream it back. Returns when a final
+/// event was written or the client went away (the job is then cancelled).
+pub async fn run_for_client<R, W>(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    mut spec: ExecSpec,
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    spec.requester = daemon.me();
+    let route = tokio::select! {
+        r = route(daemon, peer) => r,
+        _ = client_gone(reader) => return,
+    };
+    let (mut source, addr, path) = match route {
+        Err(e) => {
+            let _ = writer.send(&Event::Error(e)).await;
+            return;
+        }
+        Ok(Route::Local) => {
+            let cancel = daemon.shutdown.child_token();
+            let rx = job::spawn(spec, &daemon.job_ctx(), cancel.clone());
+            let addr = daemon
+                .listen_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "local".into());
+            (Source::Local(rx, cancel), addr, "local")
+        }
+        Ok(Route::Remote(s, path)) => {
+            let addr = s.peer.remote.to_string();
+            match s.start_job(spec).await {
+                Ok(j) => (Source::Remote(j), addr, path),
+                Err(e) => {
+                    let _ = writer.send(&Event::Error(e)).await;
+                    return;
+                }
+            }
+        }
+    };
+    let started = Event::Started {
+        peer: peer.to_string(),
+        addr,
+        path: path.to_string(),
+    };
+    if writer.send(&started).await.is_err() {
+        source.cancel().await;
+        return;
+    }
+    loop {
+        let ev = tokio::select! {
+            ev = source.next() => ev,
+            _ = client_gone(reader) => {
+                tracing::info!("client went away: cancelling the job on {peer}");
+                source.cancel().await;
+                return;
+            }
+        };
+        let (event, n) = match ev {
+            Some(JobEvent::Output(stream, data)) => {
+                let n = data.len();
+                let e = match stream {
+                    d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
+                    d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+                };
+                (e, n)
+            }
+            Some(JobEvent::Exit(exit)) => (
+                Event::Exit {
+                    peer: peer.to_string(),
+                    exit,
+                },
+                0,
+            ),
+            Some(JobEvent::Failed(e)) => (Event::Error(e), 0),
+            None => (
+                Event::Error(ErrorBody::new(
+                    ErrorKind::Other,
+                    "the job ended without a status",
+                )),
+                0,
+            ),
+        };
+        let last = event.is_final();
+        let written = tokio::select! {
+            r = writer.send(&event) => r.is_ok(),
+            _ = client_gone(reader) => false,
+        };
+        if !written {
+            source.cancel().await;
+            return;
+        }
+        if last {
+            return;
+        }
+        source.consumed(n).await;
+    }
+}
+
+/// Resolves when the client closes its side (anything it sends mid-job is ignored).
+async fn client_gone<R: AsyncRead + Unpin>(reader: &mut Reader<R>) {
+    loop {
+        if let Read::Eof = reader.read::<serde_json::Value>().await {
+            return;
+        }
+    }
+}

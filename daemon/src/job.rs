@@ -1,0 +1,331 @@
+//! Running one command: `/bin/sh -c CMD` in DIR, in its own session and
+//! process group, stdin from /dev/null, stdout and stderr read as separate
+//! streams in chunks as they come.
+//!
+//! The job ends when the shell has exited and both pipes are closed (as with
+//! ssh: a background process that keeps the pipes open keeps the job alive).
+//! Timeout, cancel and daemon shutdown end the whole process group: SIGTERM,
+//! [`KILL_GRACE`], then SIGKILL, so no orphan survives.
+//!
+//! Environment: the daemon's own, plus `HOME` (of the daemon's user), a
+//! standard `PATH` and `LANG=C.UTF-8` where the daemon's environment lacks them
+//! (a systemd service starts with almost none), and `D_JOB_REQUESTER` naming
+//! the requesting peer.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Time between SIGTERM and SIGKILL when a job is ended.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Chunks queued between the pipes and the consumer; with the consumer's own
+/// window this bounds a job's memory whatever its output size.
+const QUEUE: usize = 4;
+
+/// What a running job reports, in order: output chunks, then exactly one
+/// `Exit` or `Failed`.
+#[derive(Debug)]
+pub enum JobEvent {
+    Output(Stream, Vec<u8>),
+    Exit(ExitInfo),
+    Failed(ErrorBody),
+}
+
+/// What every job of a daemon shares.
+#[derive(Clone)]
+pub struct JobCtx {
+    /// This daemon's peer id, for messages.
+    pub me: String,
+    /// Jobs run on the daemon's tracker, so shutdown waits for their groups to end.
+    pub tracker: TaskTracker,
+    /// Jobs running now (`getPeerStatus`).
+    pub running: Arc<AtomicUsize>,
+}
+
+/// Start `spec` on this machine. Events arrive on the returned receiver;
+/// cancelling `cancel` ends the job's process group.
+pub fn spawn(spec: ExecSpec, ctx: &JobCtx, cancel: CancellationToken) -> mpsc::Receiver<JobEvent> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let me = ctx.me.clone();
+    let running = ctx.running.clone();
+    running.fetch_add(1, Ordering::Relaxed);
+    ctx.tracker.spawn(async move {
+        let span = tracing::info_span!("job", requester = %spec.requester, dir = %spec.directory);
+        let last = match run(&spec, &me, &tx, cancel).instrument(span).await {
+            Ok(exit) => JobEvent::Exit(exit),
+            Err(e) => JobEvent::Failed(e),
+        };
+        running.fetch_sub(1, Ordering::Relaxed);
+        let _ = tx.send(last).await;
+    });
+    rx
+}
+
+async fn run(
+    spec: &ExecSpec,
+    me: &str,
+    tx: &mpsc::Sender<JobEvent>,
+    cancel: CancellationToken,
+) -> Result<ExitInfo, ErrorBody> {
+    let dir = std::path::Path::new(&spec.directory);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ErrorBody::new(
+                ErrorKind::DirectoryNotFound,
+                format!("Not a directory on {me}: {}", spec.directory),
+            )
+            .hint("--directory must name an existing directory on the target peer"))
+        }
+        Err(e) => {
+            return Err(ErrorBody::new(
+                ErrorKind::DirectoryNotFound,
+                format!("Directory not found on {me}: {} ({e})", spec.directory),
+            )
+            .hint("--directory must name an existing directory on the target peer"))
+        }
+    }
+
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&spec.shell_cmd)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("D_JOB_REQUESTER", &spec.requester);
+    for (k, v) in default_env() {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
+    // SAFETY: setsid is async-signal-safe; it makes the shell the leader of a
+    // new session and process group, so the whole group can be signalled.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| {
+        ErrorBody::new(
+            ErrorKind::SpawnFailed,
+            format!("Cannot start /bin/sh on {me}: {e}"),
+        )
+    })?;
+    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+
+    let mut readers = tokio::task::JoinSet::new();
+    if let Some(out) = child.stdout.take() {
+        readers.spawn(pump(out, Stream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.spawn(pump(err, Stream::Stderr, tx.clone()));
+    }
+
+    let deadline = (spec.timeout_secs > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs(spec.timeout_secs));
+    let mut status = None;
+    let mut timed_out = false;
+    // When the group got SIGTERM; SIGKILL follows KILL_GRACE later.
+    let mut termed_at: Option<tokio::time::Instant> = None;
+    let mut kill_sent = false;
+    loop {
+        if status.is_some() && readers.is_empty() {
+            // A stray that ignored SIGTERM (and holds no pipe) still gets SIGKILL.
+            if termed_at.is_none() || kill_sent || !group_alive(pgid) {
+                break;
+            }
+        }
+        let kill_at = termed_at.filter(|_| !kill_sent).map(|t| t + KILL_GRACE);
+        // Once killed, stop waiting for pipes a stray process might still hold.
+        let give_up_at = termed_at.map(|t| t + KILL_GRACE * 2);
+        tokio::select! {
+            s = child.wait(), if status.is_none() => {
+                status = Some(s);
+            }
+            Some(_) = readers.join_next(), if !readers.is_empty() => {}
+            _ = sleep_until_opt(deadline), if termed_at.is_none() && deadline.is_some() => {
+                timed_out = true;
+                termed_at = Some(tokio::time::Instant::now());
+                signal_group(pgid, Signal::SIGTERM);
+            }
+            _ = cancel.cancelled(), if termed_at.is_none() => {
+                termed_at = Some(tokio::time::Instant::now());
+                signal_group(pgid, Signal::SIGTERM);
+            }
+            _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
+                kill_sent = true;
+                signal_group(pgid, Signal::SIGKILL);
+            }
+            _ = sleep_until_opt(give_up_at), if give_up_at.is_some() && kill_sent => {
+                readers.abort_all();
+                if status.is_none() {
+                    status = Some(child.wait().await);
+                }
+                break;
+            }
+        }
+    }
+    let status = status
+        .unwrap_or_else(|| Err(std::io::Error::other("no status")))
+        .map_err(|e| {
+            ErrorBody::new(
+                ErrorKind::SpawnFailed,
+                format!("Lost track of the command on {me}: {e}"),
+            )
+        })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(ExitInfo {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Signal the job's process group. The group id is the shell's pid; while any
+/// member lives the kernel does not reuse it.
+fn signal_group(pgid: Option<Pid>, sig: Signal) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, sig);
+    }
+}
+
+fn group_alive(pgid: Option<Pid>) -> bool {
+    pgid.is_some_and(|p| killpg(p, None).is_ok())
+}
+
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
+    stream: Stream,
+    tx: mpsc::Sender<JobEvent>,
+) {
+    loop {
+        let mut buf = vec![0u8; d_proto::OUTPUT_CHUNK];
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(JobEvent::Output(stream, buf)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn default_env() -> Vec<(&'static str, String)> {
+    let home = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    vec![
+        ("HOME", home),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("LANG", "C.UTF-8".into()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &str, timeout_secs: u64) -> ExecSpec {
+        ExecSpec {
+            directory: "/tmp".into(),
+            shell_cmd: cmd.into(),
+            timeout_secs,
+            requester: "test".into(),
+            user: None,
+        }
+    }
+
+    fn ctx() -> JobCtx {
+        JobCtx {
+            me: "me".into(),
+            tracker: TaskTracker::new(),
+            running: Arc::default(),
+        }
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<JobEvent>) -> (Vec<u8>, Vec<u8>, JobEvent) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            match rx.recv().await.expect("job ended without a final event") {
+                JobEvent::Output(Stream::Stdout, d) => out.extend(d),
+                JobEvent::Output(Stream::Stderr, d) => err.extend(d),
+                last => return (out, err, last),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_apart_and_exit_code() {
+        let rx = spawn(
+            spec("echo out; echo err >&2; exit 42", 0),
+            &ctx(),
+            CancellationToken::new(),
+        );
+        let (out, err, last) = collect(rx).await;
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+        match last {
+            JobEvent::Exit(e) => assert_eq!(e.status(), 42),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_directory_is_named() {
+        let mut s = spec("true", 0);
+        s.directory = "/nonexistent/dir".into();
+        let (_, _, last) = collect(spawn(s, &ctx(), CancellationToken::new())).await;
+        match last {
+            JobEvent::Failed(e) => {
+                assert_eq!(e.kind, ErrorKind::DirectoryNotFound);
+                assert!(e.error.contains("/nonexistent/dir"), "{}", e.error);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout_ends_the_group() {
+        let rx = spawn(
+            spec("sleep 300 & sleep 300 & wait", 1),
+            &ctx(),
+            CancellationToken::new(),
+        );
+        let (_, _, last) = collect(rx).await;
+        match last {
+            JobEvent::Exit(e) => assert_eq!(e.status(), 124),
+            other => panic!("{other:?}"),
+        }
+    }
+}

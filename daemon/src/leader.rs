@@ -1,0 +1,260 @@
+//! The leader's side of the mesh: who may open a session ([`admit`]), the
+//! registry answers ([`answer`]), its own row, and liveness.
+//!
+//! Liveness lives in memory: a peer is online while its link session is open.
+//! SQLite only hears of it in batches ([`flush_liveness`]) and when a link
+//! closes, never once per heartbeat.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use d_proto::peer::{Answer, Hello, Purpose, Query, Welcome};
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
+
+use crate::{unix_now, Daemon};
+
+/// How often online peers' `last_seen` reaches the database.
+const FLUSH_EVERY: Duration = Duration::from_secs(30);
+
+pub fn protocol_mismatch(peer: &str, theirs: u32) -> ErrorBody {
+    let ours = d_proto::PROTOCOL_VERSION;
+    let (old, new) = if theirs < ours {
+        (peer.to_string(), "this machine".to_string())
+    } else {
+        ("this machine".to_string(), peer.to_string())
+    };
+    ErrorBody::new(
+        ErrorKind::ProtocolMismatch,
+        format!("{peer} speaks protocol {theirs}, this daemon {ours}: upgrade d on {old}"),
+    )
+    .hint(format!("both sides must run the same protocol; {new} is newer (`d remoteDeployDaemon --peer ...` or install the new build)"))
+}
+
+/// Decide whether a hello opens a session; a worker link registers the worker.
+pub async fn admit(
+    daemon: &Arc<Daemon>,
+    hello: &Hello,
+    from: SocketAddr,
+) -> Result<Welcome, ErrorBody> {
+    if hello.protocol != d_proto::PROTOCOL_VERSION {
+        return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
+    }
+    d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
+    let me = daemon.identity();
+    let (Some(my_id), Some(my_role)) = (me.id.clone(), me.role) else {
+        return Err(
+            ErrorBody::new(ErrorKind::Refused, "this daemon is not configured yet")
+                .hint("run `d setPeerConfig --role ... --id ...` on it"),
+        );
+    };
+    if hello.peer_id == my_id {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("peer id {my_id} is this daemon's own id"),
+        )
+        .hint("every daemon needs its own id: `d setPeerConfig --id NAME` on one of them"));
+    }
+    let welcome = Welcome {
+        protocol: d_proto::PROTOCOL_VERSION,
+        peer_id: my_id.clone(),
+        version: d_proto::version_string(),
+        role: my_role,
+        heartbeat_ms: daemon.config.heartbeat.as_millis() as u64,
+    };
+    if hello.purpose == Purpose::Direct {
+        return Ok(welcome);
+    }
+    if my_role != Role::Leader {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("{my_id} is not the leader (it is a worker)"),
+        )
+        .hint("point the worker at the leader's address: `d setPeerConfig --leader IP[:PORT]`"));
+    }
+    if let Some(cur) = daemon.session(&hello.peer_id) {
+        if cur.peer.purpose == Purpose::Link && cur.peer.remote.ip() != from.ip() {
+            return Err(ErrorBody::new(
+                ErrorKind::Refused,
+                format!(
+                    "peer id {} is already online from {}",
+                    hello.peer_id,
+                    cur.peer.remote.ip()
+                ),
+            )
+            .hint(
+                "two machines claim one id: give this one its own with `d setPeerConfig --id NAME`",
+            ));
+        }
+    }
+    let row = PeerInfo {
+        id: hello.peer_id.clone(),
+        addr: from.ip().to_string(),
+        port: hello.listen_port,
+        role: Role::Worker,
+        online: true,
+        last_seen: None,
+        version: hello.version.clone(),
+        hostname: hello.hostname.clone(),
+        first_seen: None,
+    };
+    let now = unix_now();
+    daemon
+        .registry
+        .call(move |st| st.upsert_peer(&row, now))
+        .await
+        .map_err(|e| ErrorBody::new(ErrorKind::Other, format!("cannot register: {e}")))?;
+    Ok(welcome)
+}
+
+/// Put the leader itself in its registry (address = its listen address).
+pub async fn ensure_self_row(daemon: &Arc<Daemon>) {
+    let id = daemon.identity();
+    let Some(my_id) = id.id else { return };
+    let listen = daemon.listen_addr();
+    let row = PeerInfo {
+        id: my_id,
+        addr: listen.map(|a| a.ip().to_string()).unwrap_or_default(),
+        port: listen.map(|a| a.port()).unwrap_or(0),
+        role: Role::Leader,
+        online: true,
+        last_seen: None,
+        version: d_proto::version_string(),
+        hostname: daemon.hostname.clone(),
+        first_seen: None,
+    };
+    let now = unix_now();
+    if let Err(e) = daemon
+        .registry
+        .call(move |st| st.upsert_peer(&row, now))
+        .await
+    {
+        tracing::error!("cannot add the leader to its registry: {e}");
+    }
+}
+
+/// Periodically record `last_seen` of online peers, in one transaction.
+pub async fn flush_liveness(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = daemon.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if daemon.identity().role != Some(Role::Leader) {
+            continue;
+        }
+        let mut ids = daemon.online_links();
+        ids.extend(daemon.identity().id);
+        let now = unix_now();
+        if let Err(e) = daemon.registry.call(move |st| st.touch(&ids, now)).await {
+            tracing::warn!("cannot record liveness: {e}");
+        }
+    }
+}
+
+/// A registry question, answered here on the leader or asked of the leader
+/// over the link on a worker.
+pub async fn query(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBody> {
+    match daemon.identity().role {
+        Some(Role::Leader) => Ok(answer(daemon, q).await),
+        Some(Role::Worker) => daemon.leader_session()?.query(q).await,
+        None => Err(crate::not_configured()),
+    }
+}
+
+/// Answer a registry question from the local registry (leader only).
+pub async fn answer(daemon: &Arc<Daemon>, q: Query) -> Answer {
+    match answer_inner(daemon, q).await {
+        Ok(a) => a,
+        Err(e) => Answer::Error(e),
+    }
+}
+
+fn with_liveness(daemon: &Daemon, mut p: PeerInfo, me: &str) -> PeerInfo {
+    p.online = p.id == me || daemon.link_online(&p.id);
+    if p.online {
+        p.last_seen = Some(unix_now());
+    }
+    p
+}
+
+async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBody> {
+    let id = daemon.identity();
+    if id.role != Some(Role::Leader) {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("{} is not the leader", daemon.me()),
+        )
+        .hint("ask the leader: `d getPeerStatus` on a worker shows its address"));
+    }
+    let me = id.id.unwrap_or_default();
+    let db = |e: crate::registry::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
+    match q {
+        Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
+            let p2 = peer.clone();
+            match daemon
+                .registry
+                .call(move |st| st.get_peer(&p2))
+                .await
+                .map_err(db)?
+            {
+                Some(p) => Ok(Answer::Peer {
+                    peer: with_liveness(daemon, p, &me),
+                }),
+                None => Err(ErrorBody::peer_not_found(&peer)),
+            }
+        }
+        Query::ListPeers => {
+            let rows = daemon
+                .registry
+                .call(|st| st.list_peers())
+                .await
+                .map_err(db)?;
+            Ok(Answer::Peers {
+                peers: rows
+                    .into_iter()
+                    .map(|p| with_liveness(daemon, p, &me))
+                    .collect(),
+            })
+        }
+        Query::DeletePeer { peer } => {
+            if peer == me {
+                return Err(ErrorBody::invalid(format!("{peer} is the leader itself"))
+                    .hint("the leader is always in its registry; make another daemon the leader first"));
+            }
+            let p2 = peer.clone();
+            if daemon
+                .registry
+                .call(move |st| st.delete_peer(&p2))
+                .await
+                .map_err(db)?
+            {
+                Ok(Answer::Deleted { peer })
+            } else {
+                Err(ErrorBody::peer_not_found(&peer))
+            }
+        }
+        Query::PeerIdByIp { ip } => {
+            let ip2 = ip.clone();
+            let rows = daemon
+                .registry
+                .call(move |st| st.peers_by_addr(&ip2))
+                .await
+                .map_err(db)?;
+            let best = rows
+                .iter()
+                .find(|p| p.id == me || daemon.link_online(&p.id))
+                .or(rows.first());
+            match best {
+                Some(p) => Ok(Answer::PeerId { peer: p.id.clone() }),
+                None => Err(ErrorBody::new(
+                    ErrorKind::PeerNotFound,
+                    format!("No peer with address {ip}"),
+                )
+                .hint("`d listPeers` shows every registered peer and its address")),
+            }
+        }
+    }
+}

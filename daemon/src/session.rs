@@ -1,0 +1,384 @@
+//! A session is one authenticated-by-hello TCP connection to another daemon,
+//! used both ways: queries, answers, and many jobs at once, multiplexed by job
+//! id. The reader task dispatches frames and enforces the heartbeat deadline;
+//! the writer task serializes outgoing messages and sends heartbeats. When
+//! either side fails, the session closes once: jobs started through it get
+//! the reason, jobs it started here are cancelled (their process groups end).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
+use d_proto::types::{ErrorBody, ExecSpec, Role};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::connection::{Read, Reader, Writer};
+use crate::job::{self, JobEvent};
+use crate::Daemon;
+
+/// How long a query to the other side may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who is at the other end, as its hello (or welcome) said.
+#[derive(Debug, Clone)]
+pub struct PeerDesc {
+    pub id: String,
+    pub remote: SocketAddr,
+    pub role: Role,
+    pub version: String,
+    pub purpose: Purpose,
+}
+
+/// A job this side serves for the other side.
+struct InJob {
+    cancel: CancellationToken,
+    credits: Arc<Semaphore>,
+}
+
+pub struct Session {
+    pub peer: PeerDesc,
+    tx: mpsc::Sender<PeerMsg>,
+    next_id: AtomicU64,
+    queries: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    jobs_out: Mutex<HashMap<u64, mpsc::UnboundedSender<JobEvent>>>,
+    jobs_in: Mutex<HashMap<u64, InJob>>,
+    closed: CancellationToken,
+    reason: Mutex<Option<ErrorBody>>,
+}
+
+/// A job started on the other side through this session.
+pub struct RemoteJob {
+    pub id: u64,
+    pub events: mpsc::UnboundedReceiver<JobEvent>,
+    pub session: Arc<Session>,
+}
+
+impl RemoteJob {
+    /// Tell the target the output was consumed, so it may send more.
+    pub async fn credit(&self, bytes: usize) {
+        let _ = self
+            .session
+            .send(PeerMsg::Credit {
+                job: self.id,
+                bytes: bytes as u32,
+            })
+            .await;
+    }
+    pub async fn cancel(&self) {
+        let _ = self.session.send(PeerMsg::Cancel { job: self.id }).await;
+    }
+}
+
+impl Drop for RemoteJob {
+    fn drop(&mut self) {
+        self.session.lock_jobs_out().remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these maps leaves it consistent enough.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Session {
+    /// Start the reader and writer tasks of an established connection.
+    pub fn start(
+        daemon: &Arc<Daemon>,
+        peer: PeerDesc,
+        reader: Reader<OwnedReadHalf>,
+        writer: Writer<OwnedWriteHalf>,
+    ) -> Arc<Session> {
+        let (tx, rx) = mpsc::channel(1024);
+        let s = Arc::new(Session {
+            peer,
+            tx,
+            next_id: AtomicU64::new(1),
+            queries: Mutex::default(),
+            jobs_out: Mutex::default(),
+            jobs_in: Mutex::default(),
+            closed: daemon.shutdown.child_token(),
+            reason: Mutex::default(),
+        });
+        let span = tracing::info_span!("session", peer = %s.peer.id, remote = %s.peer.remote);
+        let hb = daemon.config.heartbeat;
+        daemon
+            .tracker
+            .spawn(write_loop(s.clone(), writer, rx, hb).instrument(span.clone()));
+        daemon
+            .tracker
+            .spawn(read_loop(s.clone(), daemon.clone(), reader).instrument(span));
+        s
+    }
+
+    fn lock_jobs_out(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<JobEvent>>> {
+        lock(&self.jobs_out)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when the session has closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// Why it closed (or would have, if still open).
+    pub fn reason(&self) -> ErrorBody {
+        lock(&self.reason)
+            .clone()
+            .unwrap_or_else(|| ErrorBody::peer_lost(&self.peer.id))
+    }
+
+    /// Close with a reason; the first reason wins.
+    pub fn close(&self, reason: ErrorBody) {
+        {
+            let mut r = lock(&self.reason);
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.closed.cancel();
+    }
+
+    /// Queue a message; fails once the session is closed.
+    pub async fn send(&self, m: PeerMsg) -> Result<(), ErrorBody> {
+        if self.is_closed() {
+            return Err(self.reason());
+        }
+        tokio::select! {
+            r = self.tx.send(m) => r.map_err(|_| self.reason()),
+            _ = self.closed.cancelled() => Err(self.reason()),
+        }
+    }
+
+    /// Ask the other side (a worker asks its leader).
+    pub async fn query(&self, query: Query) -> Result<Answer, ErrorBody> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.queries).insert(id, tx);
+        let sent = self.send(PeerMsg::Query { id, query }).await;
+        let result = match sent {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(QUERY_TIMEOUT, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err(self.reason()),
+                Err(_) => Err(ErrorBody::peer_timeout(&self.peer.id)),
+            },
+        };
+        lock(&self.queries).remove(&id);
+        result
+    }
+
+    /// Start a job on the other side; its events arrive on the returned job.
+    pub async fn start_job(self: &Arc<Self>, spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock_jobs_out().insert(id, tx);
+        let job = RemoteJob {
+            id,
+            events: rx,
+            session: self.clone(),
+        };
+        self.send(PeerMsg::Exec { job: id, spec }).await?;
+        Ok(job)
+    }
+
+    /// Serve a job the other side asked for.
+    fn serve_job(self: &Arc<Self>, daemon: &Arc<Daemon>, id: u64, spec: ExecSpec) {
+        let cancel = self.closed.child_token();
+        let credits = Arc::new(Semaphore::new(d_proto::JOB_WINDOW as usize));
+        {
+            let mut jobs = lock(&self.jobs_in);
+            if jobs.contains_key(&id) {
+                drop(jobs);
+                let s = self.clone();
+                tokio::spawn(async move {
+                    let error = ErrorBody::invalid(format!("job id {id} is already running"));
+                    let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
+                });
+                return;
+            }
+            jobs.insert(
+                id,
+                InJob {
+                    cancel: cancel.clone(),
+                    credits: credits.clone(),
+                },
+            );
+        }
+        tracing::info!(job = id, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", self.peer.id);
+        let mut events = job::spawn(spec, &daemon.job_ctx(), cancel);
+        let s = self.clone();
+        daemon.tracker.spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let msg = match ev {
+                    JobEvent::Output(stream, data) => {
+                        // Wait for the requester's credit; a closed session
+                        // has cancelled the job, so just drain to the end.
+                        let n = data.len() as u32;
+                        tokio::select! {
+                            p = credits.acquire_many(n) => { if let Ok(p) = p { p.forget() } }
+                            _ = s.closed() => continue,
+                        }
+                        PeerMsg::Output {
+                            job: id,
+                            stream,
+                            data: d_proto::types::B64(data),
+                        }
+                    }
+                    JobEvent::Exit(exit) => PeerMsg::Exit { job: id, exit },
+                    JobEvent::Failed(error) => PeerMsg::JobFailed { job: id, error },
+                };
+                let _ = s.send(msg).await;
+            }
+            lock(&s.jobs_in).remove(&id);
+        });
+    }
+
+    fn dispatch(self: &Arc<Self>, daemon: &Arc<Daemon>, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Heartbeat => {}
+            PeerMsg::Query { id, query } => {
+                let (s, d) = (self.clone(), daemon.clone());
+                tokio::spawn(async move {
+                    let answer = crate::leader::answer(&d, query).await;
+                    let _ = s.send(PeerMsg::Answer { id, answer }).await;
+                });
+            }
+            PeerMsg::Answer { id, answer } => {
+                if let Some(tx) = lock(&self.queries).remove(&id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            PeerMsg::Exec { job, spec } => self.serve_job(daemon, job, spec),
+            PeerMsg::Output { job, stream, data } => {
+                if let Some(tx) = self.lock_jobs_out().get(&job) {
+                    let _ = tx.send(JobEvent::Output(stream, data.0));
+                }
+            }
+            PeerMsg::Exit { job, exit } => {
+                if let Some(tx) = self.lock_jobs_out().remove(&job) {
+                    let _ = tx.send(JobEvent::Exit(exit));
+                }
+            }
+            PeerMsg::JobFailed { job, error } => {
+                if let Some(tx) = self.lock_jobs_out().remove(&job) {
+                    let _ = tx.send(JobEvent::Failed(error));
+                }
+            }
+            PeerMsg::Credit { job, bytes } => {
+                if let Some(j) = lock(&self.jobs_in).get(&job) {
+                    // Never let a peer grow the window past its size.
+                    let room = (d_proto::JOB_WINDOW as usize)
+                        .saturating_sub(j.credits.available_permits());
+                    j.credits.add_permits((bytes as usize).min(room));
+                }
+            }
+            PeerMsg::Cancel { job } => {
+                if let Some(j) = lock(&self.jobs_in).get(&job) {
+                    j.cancel.cancel();
+                }
+            }
+            PeerMsg::Error(e) => {
+                tracing::warn!("{} reports a protocol error: {}", self.peer.id, e.error)
+            }
+            PeerMsg::Hello(_) | PeerMsg::Welcome(_) | PeerMsg::Refused(_) => {
+                let s = self.clone();
+                tokio::spawn(async move {
+                    let e = ErrorBody::invalid(
+                        "unexpected handshake message inside an established session",
+                    );
+                    let _ = s.send(PeerMsg::Error(e)).await;
+                });
+            }
+        }
+    }
+
+    /// Everything that must happen exactly once when the session ends.
+    fn finish(&self) {
+        let reason = self.reason();
+        for (_, tx) in self.lock_jobs_out().drain() {
+            let _ = tx.send(JobEvent::Failed(reason.clone()));
+        }
+        lock(&self.queries).clear();
+        for (_, j) in lock(&self.jobs_in).iter() {
+            j.cancel.cancel();
+        }
+    }
+}
+
+async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<OwnedReadHalf>) {
+    let dead_after = daemon.config.dead_after();
+    loop {
+        tokio::select! {
+            _ = s.closed() => break,
+            r = tokio::time::timeout(dead_after, reader.read::<PeerMsg>()) => match r {
+                Err(_) => {
+                    tracing::warn!("no heartbeat for {dead_after:?}: closing");
+                    s.close(ErrorBody::peer_timeout(&s.peer.id));
+                }
+                Ok(Read::Eof) => s.close(ErrorBody::peer_lost(&s.peer.id)),
+                Ok(Read::Bad(e)) => {
+                    tracing::warn!("bad frame: {e}");
+                    let _ = s.send(PeerMsg::Error(ErrorBody::invalid(e.to_string()))).await;
+                }
+                Ok(Read::Msg(m)) => s.dispatch(&daemon, m),
+            }
+        }
+    }
+    s.finish();
+    daemon.session_closed(&s).await;
+    tracing::info!("session closed: {}", s.reason().error);
+}
+
+async fn write_loop(
+    s: Arc<Session>,
+    mut w: Writer<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<PeerMsg>,
+    heartbeat: Duration,
+) {
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: std::io::Result<()> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = s.closed() => return Ok(()),
+                m = rx.recv() => {
+                    let Some(m) = m else { return Ok(()) };
+                    let batch = async {
+                        w.feed(&m).await?;
+                        while let Ok(m) = rx.try_recv() {
+                            w.feed(&m).await?;
+                        }
+                        w.flush().await
+                    };
+                    tokio::select! {
+                        r = batch => r?,
+                        _ = s.closed() => return Ok(()),
+                    }
+                }
+                _ = tick.tick() => {
+                    tokio::select! {
+                        r = w.send(&PeerMsg::Heartbeat) => r?,
+                        _ = s.closed() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!("write failed: {e}");
+        s.close(ErrorBody::peer_lost(&s.peer.id));
+    }
+}
