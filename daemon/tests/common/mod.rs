@@ -1,0 +1,289 @@
+//! Test hosts: real `d-daemon` processes on loopback addresses (127.0.0.x,
+//! ephemeral ports, a temp dir each) driven through the real `d` client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn daemon_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_d-daemon"))
+}
+
+/// The `d` client binary of the same build (built here if `cargo test` has not).
+pub fn client_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = daemon_bin().with_file_name("d");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "d-client"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .status()
+                .expect("run cargo build -p d-client");
+            assert!(status.success(), "cannot build the d client");
+            assert!(path.exists(), "no d client at {}", path.display());
+            path
+        })
+        .clone()
+}
+
+/// Wait until `f` is true, or panic after `limit` with `what`.
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct TestDaemon {
+    pub name: String,
+    pub ip: String,
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl TestDaemon {
+    /// Start a daemon listening on `ip` with an ephemeral port.
+    pub fn start(name: &str, ip: &str) -> TestDaemon {
+        Self::start_with(name, ip, &[])
+    }
+
+    pub fn start_with(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("d-test-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut d = TestDaemon {
+            name: name.into(),
+            ip: ip.into(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn(&format!("{ip}:0"));
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("d.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("log file");
+        let child = Command::new(daemon_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--listen")
+            .arg(listen)
+            .args(["--heartbeat-ms", "250"])
+            .args(&self.extra)
+            .env("D_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn d-daemon");
+        self.child = Some(child);
+        let sock = self.socket();
+        wait_for(Duration::from_secs(10), "the control socket", || {
+            Command::new(client_bin())
+                .arg("--socket")
+                .arg(&sock)
+                .arg("ping")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+    }
+
+    /// Run `d` against this daemon.
+    pub fn d(&self, args: &[&str]) -> Output {
+        Command::new(client_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run d")
+    }
+
+    /// Run `d --json`, expect success, parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.d(&all);
+        assert!(
+            out.status.success(),
+            "d {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    }
+
+    /// The bound peer port address, `IP:PORT`.
+    pub fn listen(&self) -> String {
+        self.json(&["getPeerStatus"])["listen"]
+            .as_str()
+            .expect("listen address")
+            .to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), libc::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same address and state (after a kill or stop).
+    pub fn restart_on(&mut self, listen: &str) {
+        self.spawn(listen);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain kill(2) on a PID this test started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The reference mesh: leader `vps` on 127.0.0.1, workers `desktop` (127.0.0.2)
+/// and `laptop` (127.0.0.4), all registered and linked.
+pub struct Mesh {
+    pub vps: TestDaemon,
+    pub desktop: TestDaemon,
+    pub laptop: TestDaemon,
+}
+
+impl Mesh {
+    pub fn start() -> Mesh {
+        let vps = TestDaemon::start("vps", "127.0.0.1");
+        let desktop = TestDaemon::start("desktop", "127.0.0.2");
+        let laptop = TestDaemon::start("laptop", "127.0.0.4");
+        vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+        let leader = vps.listen();
+        for w in [&desktop, &laptop] {
+            w.json(&[
+                "setPeerConfig",
+                "--role",
+                "worker",
+                "--id",
+                &w.name,
+                "--leader",
+                &leader,
+            ]);
+        }
+        let m = Mesh {
+            vps,
+            desktop,
+            laptop,
+        };
+        m.wait_online(&["vps", "desktop", "laptop"]);
+        m
+    }
+
+    /// Wait until the leader's registry shows exactly these peers online.
+    pub fn wait_online(&self, ids: &[&str]) {
+        wait_for(Duration::from_secs(10), "peers online", || {
+            let out = self.vps.d(&["--json", "listPeers"]);
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            let online: Vec<&str> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|p| p["online"] == true)
+                        .filter_map(|p| p["id"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.iter().all(|id| online.contains(id))
+        });
+    }
+
+    pub fn by_name(&self, name: &str) -> &TestDaemon {
+        match name {
+            "vps" => &self.vps,
+            "desktop" => &self.desktop,
+            "laptop" => &self.laptop,
+            _ => panic!("no test peer {name}"),
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

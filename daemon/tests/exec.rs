@@ -1,0 +1,309 @@
+//! Exec semantics end to end: three real daemons on loopback, the real client.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn exec(from: &TestDaemon, peer: &str, cmd: &str) -> std::process::Output {
+    from.d(&[
+        "execOnPeer",
+        "--peer",
+        peer,
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        cmd,
+    ])
+}
+
+#[test]
+fn every_direction_and_exit_statuses() {
+    let m = Mesh::start();
+    // worker→worker, worker→leader, leader→worker, self (worker and leader).
+    for (from, to) in [
+        ("laptop", "desktop"),
+        ("desktop", "vps"),
+        ("vps", "laptop"),
+        ("laptop", "laptop"),
+        ("vps", "vps"),
+    ] {
+        let o = exec(m.by_name(from), to, "echo \"$D_JOB_REQUESTER\"; pwd");
+        assert_eq!(o.status.code(), Some(0), "{from}→{to}: {}", stderr(&o));
+        assert_eq!(stdout(&o), format!("{from}\n/tmp\n"), "{from}→{to}");
+    }
+    for (cmd, want) in [
+        ("true", 0),
+        ("false", 1),
+        ("exit 42", 42),
+        ("kill -TERM $$", 128 + 15),
+        ("kill -9 $$", 137),
+    ] {
+        let o = exec(&m.laptop, "desktop", cmd);
+        assert_eq!(o.status.code(), Some(want), "{cmd}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart() {
+    let m = Mesh::start();
+    let o = exec(
+        &m.laptop,
+        "desktop",
+        "echo out1; echo err1 >&2; echo out2; echo err2 >&2",
+    );
+    assert_eq!(stdout(&o), "out1\nout2\n");
+    assert_eq!(stderr(&o), "err1\nerr2\n");
+}
+
+#[test]
+fn fifty_megabytes_of_random_bytes_arrive_intact() {
+    let m = Mesh::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("random.bin");
+    let mut data = vec![0u8; 50 * 1024 * 1024];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    std::fs::write(&file, &data).unwrap();
+    let o = exec(&m.laptop, "desktop", &format!("cat '{}'", path_str(&file)));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout.len(), data.len());
+    assert!(o.stdout == data, "bytes differ");
+    // And through stderr, from the leader to a worker.
+    let o = exec(
+        &m.vps,
+        "laptop",
+        &format!("head -c 5000000 '{}' >&2", path_str(&file)),
+    );
+    assert!(o.stderr == data[..5_000_000], "stderr bytes differ");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn fifty_concurrent_jobs_do_not_mix() {
+    let m = Mesh::start();
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let sock = m.laptop.socket();
+            std::thread::spawn(move || {
+                let cmd = format!(
+                    "for n in 1 2 3 4 5 6 7 8 9 10; do echo job{i}-$n; done; exit {}",
+                    i % 7
+                );
+                let o = Command::new(client_bin())
+                    .arg("--socket")
+                    .arg(sock)
+                    .args([
+                        "execOnPeer",
+                        "--peer",
+                        "desktop",
+                        "--directory",
+                        "/tmp",
+                        "--shellCmd",
+                        &cmd,
+                    ])
+                    .output()
+                    .unwrap();
+                (i, o)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, o) = h.join().unwrap();
+        let want: String = (1..=10).map(|n| format!("job{i}-{n}\n")).collect();
+        assert_eq!(stdout(&o), want, "job {i}");
+        assert_eq!(o.status.code(), Some(i % 7), "job {i}");
+    }
+}
+
+fn read_pids(file: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+#[test]
+fn timeout_ends_the_whole_process_group() {
+    let m = Mesh::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let cmd = format!(
+        "sleep 300 & echo $! >> {p}; sleep 300 & echo $! >> {p}; echo $$ >> {p}; wait",
+        p = path_str(&pids)
+    );
+    let start = Instant::now();
+    let o = m.laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--timeout",
+        "1",
+        "--shellCmd",
+        &cmd,
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let pids = read_pids(&pids);
+    assert_eq!(pids.len(), 3);
+    wait_for(Duration::from_secs(5), "the job's processes to end", || {
+        !pids.iter().any(|p| alive(*p))
+    });
+}
+
+#[test]
+fn interrupted_client_leaves_no_remote_process() {
+    let m = Mesh::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let cmd = format!(
+        "sleep 300 & echo $! >> {p}; echo $$ >> {p}; echo started; wait",
+        p = path_str(&pids)
+    );
+    for target in ["desktop", "laptop"] {
+        let _ = std::fs::remove_file(&pids);
+        let mut client = Command::new(client_bin())
+            .arg("--socket")
+            .arg(m.laptop.socket())
+            .args([
+                "execOnPeer",
+                "--peer",
+                target,
+                "--directory",
+                "/tmp",
+                "--timeout",
+                "0",
+                "--shellCmd",
+                &cmd,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(5), "the job to start", || {
+            read_pids(&pids).len() == 2
+        });
+        let mut first = [0u8; 8];
+        client
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap();
+        assert_eq!(&first, b"started\n", "output is live");
+        signal(client.id(), libc::SIGINT);
+        let _ = client.wait();
+        let pids = read_pids(&pids);
+        wait_for(
+            Duration::from_secs(5),
+            "the remote processes to end",
+            || !pids.iter().any(|p| alive(*p)),
+        );
+    }
+}
+
+#[test]
+fn output_is_streamed_live() {
+    let m = Mesh::start();
+    let mut client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            "echo first; sleep 3; echo second",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut line = [0u8; 6];
+    client
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    assert_eq!(&line, b"first\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "first line came only after {:?}",
+        start.elapsed()
+    );
+    assert!(client.wait().unwrap().success());
+}
+
+#[test]
+fn missing_directory_is_an_error_that_names_it() {
+    let m = Mesh::start();
+    let o = m.laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/no/such/dir",
+        "--shellCmd",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(stderr(&o).contains("/no/such/dir"), "{}", stderr(&o));
+    // A directory is a literal path, never shell text.
+    let o = m.laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp; touch /tmp/d-test-pwned",
+        "--shellCmd",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(!std::path::Path::new("/tmp/d-test-pwned").exists());
+}
+
+#[test]
+fn exec_by_ip_and_peer_id_by_ip() {
+    let m = Mesh::start();
+    let o = m.laptop.d(&["getPeerIdByIp", "127.0.0.2"]);
+    assert_eq!(stdout(&o).trim(), "desktop");
+    let o = m
+        .laptop
+        .d(&["execOnPeerByIp", "127.0.0.2", "/tmp", "echo by-ip"]);
+    assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "by-ip\n"));
+    let o = m.laptop.d(&["getPeerIdByIp", "198.18.0.77"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn json_exec_report() {
+    let m = Mesh::start();
+    let v: serde_json::Value = {
+        let o = m.laptop.d(&[
+            "--json",
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            "echo hi; exit 3",
+        ]);
+        assert_eq!(o.status.code(), Some(3));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert_eq!(v["stdout"], "hi\n");
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["peer"], "desktop");
+}

@@ -1,0 +1,424 @@
+//! Links, registry and the errors users see, with real daemons on loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn peers(d: &TestDaemon) -> Vec<serde_json::Value> {
+    d.json(&["listPeers"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn registration_and_list_peers_from_a_worker() {
+    let m = Mesh::start();
+    let list = peers(&m.laptop);
+    let ids: Vec<&str> = list.iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, ["desktop", "laptop", "vps"]);
+    for p in &list {
+        assert_eq!(p["online"], true, "{p}");
+        assert!(p["version"].as_str().unwrap().starts_with(d_proto::VERSION));
+    }
+    // Addresses come from the link's source address.
+    let desktop = m.laptop.json(&["getPeerInfo", "--peer", "desktop"]);
+    assert_eq!(desktop["addr"], "127.0.0.2");
+    assert_eq!(desktop["role"], "worker");
+    // Human output is a table with a header.
+    let o = m.desktop.d(&["listPeers"]);
+    let text = stdout(&o);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(
+        text.contains("laptop") && text.contains("127.0.0.4"),
+        "{text}"
+    );
+    // Status shows the link and uptime.
+    let st = m.desktop.json(&["getPeerStatus"]);
+    assert_eq!(st["link"], "connected");
+    assert_eq!(st["role"], "worker");
+    assert!(st["uptime_secs"].is_number());
+}
+
+#[test]
+fn register_worker_uses_the_hostname() {
+    let vps = TestDaemon::start("vps", "127.0.0.1");
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let w = TestDaemon::start("w", "127.0.0.5");
+    let r = w.json(&["registerWorker", "--leader", &vps.listen()]);
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(r["status"]["id"], host.as_str());
+    assert_eq!(r["status"]["link"], "connected", "{r}");
+    assert!(peers(&vps)
+        .iter()
+        .any(|p| p["id"] == host.as_str() && p["online"] == true));
+}
+
+#[test]
+fn delete_peer_and_db_sanity_check() {
+    let mut m = Mesh::start();
+    m.laptop.stop();
+    wait_for(Duration::from_secs(5), "laptop offline", || {
+        peers(&m.vps)
+            .iter()
+            .any(|p| p["id"] == "laptop" && p["online"] == false)
+    });
+    let r = m.desktop.json(&["deletePeer", "--peer", "laptop"]);
+    assert_eq!(r["deleted"], "laptop");
+    assert!(!peers(&m.vps).iter().any(|p| p["id"] == "laptop"));
+    let o = m.desktop.d(&["deletePeer", "--peer", "laptop"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("Peer not found: laptop"));
+    // A worker that was a leader before keeps stale rows until dbSanityCheck.
+    let d = &m.desktop;
+    d.json(&["setPeerConfig", "--role", "leader", "--id", "desktop"]);
+    d.json(&[
+        "setPeerConfig",
+        "--role",
+        "worker",
+        "--id",
+        "desktop",
+        "--leader",
+        &m.vps.listen(),
+    ]);
+    let r = d.json(&["dbSanityCheck"]);
+    assert_eq!(r["deleted_rows"], 1, "{r}");
+    let r = d.json(&["dbSanityCheck"]);
+    assert_eq!(r["deleted_rows"], 0, "{r}");
+}
+
+#[test]
+fn config_survives_a_restart() {
+    let m = Mesh::start();
+    let Mesh {
+        vps,
+        mut desktop,
+        laptop: _laptop,
+    } = m;
+    let listen = desktop.listen();
+    desktop.stop();
+    desktop.restart_on(&listen);
+    let st = desktop.json(&["getPeerStatus"]);
+    assert_eq!(st["id"], "desktop");
+    assert_eq!(st["role"], "worker");
+    wait_for(Duration::from_secs(5), "desktop back online", || {
+        peers(&vps)
+            .iter()
+            .any(|p| p["id"] == "desktop" && p["online"] == true)
+    });
+}
+
+#[test]
+fn leader_killed_and_restarted_workers_come_back() {
+    let m = Mesh::start();
+    let Mesh {
+        mut vps,
+        desktop,
+        laptop,
+    } = m;
+    let listen = vps.listen();
+    vps.kill9();
+    wait_for(Duration::from_secs(5), "workers to notice", || {
+        desktop.json(&["getPeerStatus"])["link"] != "connected"
+    });
+    let o = laptop.d(&["listPeers"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Not connected to leader"),
+        "{}",
+        stderr(&o)
+    );
+    let start = Instant::now();
+    vps.restart_on(&listen);
+    let m = Mesh {
+        vps,
+        desktop,
+        laptop,
+    };
+    m.wait_online(&["vps", "desktop", "laptop"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "back after {:?}",
+        start.elapsed()
+    );
+    let o = m.laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "echo back",
+    ]);
+    assert_eq!(stdout(&o), "back\n");
+}
+
+#[test]
+fn worker_killed_mid_job_is_reported_within_seconds() {
+    let m = Mesh::start();
+    let Mesh {
+        vps: _vps,
+        mut desktop,
+        laptop,
+    } = m;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let cmd = format!("echo $$ > {}; echo started; sleep 30", path_str(&pidfile));
+    let client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(laptop.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &cmd,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the job to start", || {
+        pidfile.exists()
+    });
+    let start = Instant::now();
+    desktop.kill9();
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(255));
+    assert!(stderr(&o).contains("desktop"), "{}", stderr(&o));
+    // The orphaned shell was ours: end it by PID.
+    if let Ok(p) = std::fs::read_to_string(&pidfile) {
+        if let Ok(pid) = p.trim().parse::<u32>() {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn spec_error_messages() {
+    let m = Mesh::start();
+    // Peer not found.
+    let o = m.laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "nosuch",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("Peer not found: nosuch"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("registerWorker"), "{}", stderr(&o));
+    let o = m.laptop.d(&["getPeerInfo", "--peer", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    // JSON errors.
+    let o = m.laptop.d(&["--json", "getPeerInfo", "--peer", "nosuch"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"], "Peer not found: nosuch");
+    assert!(v["hint"].is_string());
+    // Invalid role.
+    let o = m.laptop.d(&["setPeerConfig", "--role", "boss"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Invalid role. Use 'leader' or 'worker'."),
+        "{}",
+        stderr(&o)
+    );
+    // Cannot reach the local daemon.
+    let o = Command::new(client_bin())
+        .args(["--socket", "/tmp/d-test-no-such.sock", "listPeers"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("Cannot reach the local daemon at /tmp/d-test-no-such.sock"),
+        "{}",
+        stderr(&o)
+    );
+    let o = Command::new(client_bin())
+        .args([
+            "--socket",
+            "/tmp/d-test-no-such.sock",
+            "execOnPeer",
+            "--peer",
+            "x",
+            "--directory",
+            "/",
+            "--shellCmd",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(255));
+    // Failed to connect: desktop's daemon is gone but still registered.
+    let Mesh {
+        vps,
+        mut desktop,
+        laptop,
+    } = m;
+    let addr = desktop.listen();
+    desktop.kill9();
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains(&format!("Failed to connect to peer: desktop ({addr})")),
+        "{}",
+        stderr(&o)
+    );
+    // Not connected to leader.
+    let mut vps = vps;
+    vps.kill9();
+    wait_for(Duration::from_secs(5), "laptop to notice", || {
+        laptop.json(&["getPeerStatus"])["link"] != "connected"
+    });
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("Not connected to leader"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_peer_that_stops_answering_times_out() {
+    let m = Mesh::start();
+    let client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            "echo started; sleep 20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    signal(m.desktop.pid(), libc::SIGSTOP);
+    let o = client.wait_with_output().unwrap();
+    signal(m.desktop.pid(), libc::SIGCONT);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("Timeout waiting for response from desktop"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn malformed_and_oversize_frames_on_both_sockets() {
+    let m = Mesh::start();
+    // Control socket: garbage, then oversize, then a real request on the same connection.
+    let mut s = UnixStream::connect(m.vps.socket()).unwrap();
+    s.write_all(b"{not json\n").unwrap();
+    s.write_all(&vec![b'a'; d_proto::MAX_FRAME + 100]).unwrap();
+    s.write_all(b"\n{\"command\":\"getPeerInfo\",\"peer\":7}\n{\"command\":\"listPeers\"}\n")
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for want in ["malformed", "too long", "invalid type"] {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("\"event\":\"error\"") && line.contains(want),
+            "{want}: {line}"
+        );
+    }
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"event\":\"result\"") && line.contains("desktop"),
+        "{line}"
+    );
+
+    // Peer port: garbage before the hello is refused; the daemon keeps serving.
+    let addr = m.vps.listen();
+    for bad in [
+        &b"garbage\n"[..],
+        &vec![b'{'; d_proto::MAX_FRAME + 10][..],
+        b"{\"type\":\"heartbeat\"}\n",
+    ] {
+        let mut t = TcpStream::connect(&addr).unwrap();
+        t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        t.write_all(bad).unwrap();
+        let _ = t.write_all(b"\n");
+        let mut line = String::new();
+        BufReader::new(t).read_line(&mut line).unwrap();
+        assert!(line.contains("\"type\":\"refused\""), "{line}");
+    }
+    // A connection closed mid-frame, then everything still works.
+    let mut t = TcpStream::connect(&addr).unwrap();
+    t.write_all(b"{\"type\":\"hel").unwrap();
+    drop(t);
+    let o = m.laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "echo still",
+    ]);
+    assert_eq!(stdout(&o), "still\n");
+    assert_eq!(peers(&m.desktop).len(), 3);
+}
+
+#[test]
+fn versions_name_the_commit() {
+    let o = Command::new(daemon_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = stdout(&o);
+    assert!(v.contains(d_proto::VERSION) && v.contains('('), "{v}");
+    let o = Command::new(client_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(stdout(&o).contains(d_proto::GIT_COMMIT), "{}", stdout(&o));
+}

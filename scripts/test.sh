@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run them all: unit tests, and end-to-end
+# tests that start real d-daemon processes on loopback (127.0.0.x, ephemeral
+# ports, temp dirs). Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
+command -v git >/dev/null || need_apt+=(git)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  else
+    echo "missing: ${need_apt[*]} (run as root or install them)" >&2; exit 1
+  fi
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1
+fi
+
+# One build of everything the tests run (the e2e tests drive the real binaries).
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
