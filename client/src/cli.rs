@@ -53,6 +53,9 @@ pub enum Command {
         /// Address of the leader (port defaults to 3600).
         #[arg(long, value_name = "IP[:PORT]")]
         leader: Option<String>,
+        /// The mesh key file copied from the leader (`-` reads standard input).
+        #[arg(long = "meshKey", value_name = "FILE")]
+        mesh_key: Option<String>,
     },
 
     /// Become a worker named after the hostname and register with the leader.
@@ -60,6 +63,9 @@ pub enum Command {
         /// Address of the leader (default 10.0.0.1, port 3600).
         #[arg(long, value_name = "IP[:PORT]")]
         leader: Option<String>,
+        /// The mesh key file copied from the leader (`-` reads standard input).
+        #[arg(long = "meshKey", value_name = "FILE")]
+        mesh_key: Option<String>,
     },
 
     /// List the registered peers (asked of the leader on a worker).
@@ -136,13 +142,17 @@ impl Command {
         match self {
             Command::Ping => Request::Ping,
             Command::GetPeerStatus => Request::GetPeerStatus,
-            Command::SetPeerConfig { role, id, leader } => Request::SetPeerConfig {
+            Command::SetPeerConfig {
+                role, id, leader, ..
+            } => Request::SetPeerConfig {
                 role: role.clone(),
                 id: id.clone(),
                 leader: leader.clone(),
+                mesh_key: None,
             },
-            Command::RegisterWorker { leader } => Request::RegisterWorker {
+            Command::RegisterWorker { leader, .. } => Request::RegisterWorker {
                 leader: leader.clone(),
+                mesh_key: None,
             },
             Command::ListPeers => Request::ListPeers,
             Command::GetPeerInfo { peer } => Request::GetPeerInfo { peer: peer.clone() },
@@ -254,7 +264,8 @@ mod tests {
             Request::SetPeerConfig {
                 role: Some("boss".into()),
                 id: None,
-                leader: None
+                leader: None,
+                mesh_key: None,
             }
         );
         for name in [

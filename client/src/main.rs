@@ -73,7 +73,23 @@ fn main() -> ExitCode {
 
 /// Run one command; `Ok` is the status to exit with.
 fn run(cli: &Cli) -> Result<i32, ErrorBody> {
-    let req = cli.command.request();
+    let mut req = cli.command.request();
+    if let Command::SetPeerConfig {
+        mesh_key: Some(path),
+        ..
+    }
+    | Command::RegisterWorker {
+        mesh_key: Some(path),
+        ..
+    } = &cli.command
+    {
+        let text = read_mesh_key(path)?;
+        if let d_proto::control::Request::SetPeerConfig { mesh_key, .. }
+        | d_proto::control::Request::RegisterWorker { mesh_key, .. } = &mut req
+        {
+            *mesh_key = Some(text);
+        }
+    }
     match &cli.command {
         Command::ExecOnPeer { timeout, .. } | Command::ExecOnPeerByIp { timeout, .. } => {
             return exec::run(&cli.socket, &req, *timeout, cli.json, cli.verbose);
@@ -114,6 +130,23 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
     };
     render::out(&text);
     Ok(0)
+}
+
+/// The mesh key file's text (`-` = standard input); the daemon checks its form.
+fn read_mesh_key(path: &str) -> Result<String, ErrorBody> {
+    let read = if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    read.map_err(|e| {
+        ErrorBody::new(
+            ErrorKind::InvalidRequest,
+            format!("Cannot read the mesh key from {path}: {e}"),
+        )
+        .hint("copy it from the leader first, e.g. `scp vps:/var/lib/d/mesh.key /tmp/mesh.key`")
+    })
 }
 
 /// Read a command's `result` into the shape this client expects.

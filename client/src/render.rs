@@ -175,6 +175,10 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
         LinkState::Unconfigured => {
             "unconfigured (run `d registerWorker` or `d setPeerConfig`)".to_string()
         }
+        LinkState::NoMeshKey => {
+            "no mesh key (copy the leader's mesh.key, then `d setPeerConfig --meshKey FILE`)"
+                .to_string()
+        }
         LinkState::Connecting => since("connecting"),
         LinkState::Connected => since("connected"),
     };

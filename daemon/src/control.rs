@@ -138,10 +138,13 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
     match req {
         Request::Ping => Ok(json!("pong")),
         Request::GetPeerStatus => to_value(&daemon.status()),
-        Request::SetPeerConfig { role, id, leader } => {
-            set_peer_config(daemon, role, id, leader).await
-        }
-        Request::RegisterWorker { leader } => {
+        Request::SetPeerConfig {
+            role,
+            id,
+            leader,
+            mesh_key,
+        } => set_peer_config(daemon, role, id, leader, mesh_key).await,
+        Request::RegisterWorker { leader, mesh_key } => {
             let leader = leader
                 .or_else(|| daemon.identity().leader)
                 .unwrap_or_else(|| daemon.config.default_leader.clone());
@@ -150,6 +153,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
                 Some("worker".into()),
                 Some(daemon.hostname.clone()),
                 Some(leader),
+                mesh_key,
             )
             .await
         }
@@ -194,8 +198,17 @@ async fn set_peer_config(
     role: Option<String>,
     id: Option<String>,
     leader: Option<String>,
+    mesh_key: Option<String>,
 ) -> Result<serde_json::Value, ErrorBody> {
     let cur = daemon.identity();
+    // Check everything before changing anything.
+    let key = match mesh_key {
+        Some(text) => Some(d_proto::auth::key_from_text(&text).map_err(|e| {
+            ErrorBody::invalid(format!("Invalid mesh key: {e}"))
+                .hint("pass the leader's file: `d setPeerConfig --meshKey /path/to/mesh.key`")
+        })?),
+        None => None,
+    };
     let role = match role {
         Some(r) => Some(Role::parse(&r)?),
         None => cur.role,
@@ -226,9 +239,15 @@ async fn set_peer_config(
         id: Some(id.clone()),
         leader: leader.clone(),
     };
+    if let Some(key) = key {
+        daemon.set_mesh_key(key)?;
+    }
     daemon.apply_identity(new).await?;
     let message = match role {
-        Role::Leader => format!("Configured as leader '{id}'"),
+        Role::Leader => format!(
+            "Configured as leader '{id}'; workers join with the mesh key {}",
+            crate::meshkey::path(&daemon.config.state_dir).display()
+        ),
         Role::Worker => {
             let leader = leader.unwrap_or_default();
             // Say whether the link came up, rather than leaving the user to guess.
@@ -237,6 +256,12 @@ async fn set_peer_config(
                 let link = daemon.link_info();
                 if link.state == d_proto::types::LinkState::Connected {
                     break format!("Configured as worker '{id}', connected to leader at {leader}");
+                }
+                if link.state == d_proto::types::LinkState::NoMeshKey {
+                    break format!(
+                        "Configured as worker '{id}', leader {leader}: not connected: this daemon has no mesh key. Copy it from the leader and give it here: `scp LEADER:{}/mesh.key /tmp/mesh.key && d setPeerConfig --meshKey /tmp/mesh.key`",
+                        d_proto::DEFAULT_STATE_DIR
+                    );
                 }
                 if tokio::time::Instant::now() >= deadline {
                     let why = link.error.unwrap_or_else(|| "no answer yet".into());

@@ -11,6 +11,7 @@
 //! - [`exec`]: choosing where a job runs and streaming it to a client.
 //! - [`job`]: running one command in its own process group.
 //! - [`control`]: the UNIX control socket.
+//! - [`meshkey`]: the mesh key file.
 //! - [`backoff`]: reconnect delays.
 
 pub mod backoff;
@@ -20,6 +21,7 @@ pub mod control;
 pub mod exec;
 pub mod job;
 pub mod leader;
+pub mod meshkey;
 pub mod peer_port;
 pub mod registry;
 pub mod session;
@@ -88,6 +90,8 @@ pub struct Daemon {
     /// One dial at a time per peer, so concurrent jobs share one connection.
     dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     listen: Mutex<(Option<SocketAddr>, Option<String>)>,
+    /// The mesh key; without it no session can be opened either way.
+    mesh_key: RwLock<Option<d_proto::auth::Key>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -105,6 +109,23 @@ impl Daemon {
     /// This daemon's id, or a placeholder for messages when unconfigured.
     pub fn me(&self) -> String {
         self.identity().id.unwrap_or_else(|| self.hostname.clone())
+    }
+
+    pub fn mesh_key(&self) -> Option<d_proto::auth::Key> {
+        *self.mesh_key.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Store and use a new mesh key (given by the user, or made by a new leader).
+    pub fn set_mesh_key(&self, key: d_proto::auth::Key) -> Result<(), ErrorBody> {
+        meshkey::store(&self.config.state_dir, &key)
+            .map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
+        let changed = self.mesh_key() != Some(key);
+        *self.mesh_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        if changed {
+            // Sessions proved the old key; make everyone prove the new one.
+            self.close_all_sessions("the mesh key changed");
+        }
+        Ok(())
     }
 
     pub fn job_ctx(&self) -> job::JobCtx {
@@ -264,10 +285,27 @@ impl Daemon {
         if changed {
             self.close_all_sessions("the peer changed its configuration");
         }
+        if new.role == Some(Role::Leader) {
+            self.ensure_leader_key()?;
+        }
         self.restart_link();
         if new.role == Some(Role::Leader) {
             leader::ensure_self_row(self).await;
         }
+        Ok(())
+    }
+
+    /// A leader without a mesh key makes one.
+    pub fn ensure_leader_key(&self) -> Result<(), ErrorBody> {
+        if self.mesh_key().is_some() {
+            return Ok(());
+        }
+        let key = d_proto::auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
+        self.set_mesh_key(key)?;
+        tracing::info!(
+            "created the mesh key {}",
+            meshkey::path(&self.config.state_dir).display()
+        );
         Ok(())
     }
 
@@ -351,6 +389,9 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
         id,
         leader,
     };
+    let mesh_key = meshkey::load(&config.state_dir).map_err(|e| {
+        anyhow::anyhow!("{e} (fix or remove it; the leader's copy is the reference)")
+    })?;
     Ok(Arc::new(Daemon {
         config,
         registry,
@@ -370,6 +411,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
         sessions: Mutex::default(),
         dial_locks: Mutex::default(),
         listen: Mutex::default(),
+        mesh_key: RwLock::new(mesh_key),
     }))
 }
 
@@ -391,10 +433,13 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
                 .spawn(peer_port::bind_when_ready(daemon.clone()));
         }
     }
-    daemon.restart_link();
     if daemon.identity().role == Some(Role::Leader) {
+        if let Err(e) = daemon.ensure_leader_key() {
+            tracing::error!("{}", e.error);
+        }
         leader::ensure_self_row(&daemon).await;
     }
+    daemon.restart_link();
     daemon.tracker.spawn(leader::flush_liveness(daemon.clone()));
 
     daemon.shutdown.cancelled().await;

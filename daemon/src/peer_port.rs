@@ -9,8 +9,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use d_proto::auth;
 use d_proto::peer::{Hello, PeerMsg, Purpose, Welcome};
-use d_proto::types::{ErrorBody, ErrorKind, Role};
+use d_proto::types::{ErrorBody, ErrorKind, Role, B64};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::connection::{Read, Reader, Writer};
@@ -96,36 +97,35 @@ pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
     })
 }
 
+/// Read one handshake message, or say why not.
+async fn read_step<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    what: &str,
+) -> Result<PeerMsg, ErrorBody> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read::<PeerMsg>()).await {
+        Ok(Read::Msg(m)) => Ok(m),
+        Ok(Read::Bad(e)) => Err(ErrorBody::invalid(format!("bad {what}: {e}"))),
+        Ok(Read::Eof) => Err(ErrorBody::new(
+            ErrorKind::PeerLost,
+            format!("connection closed before the {what}"),
+        )),
+        Err(_) => Err(ErrorBody::invalid(format!(
+            "no {what} within {HANDSHAKE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Accepting side: Hello → Challenge → Auth → Welcome. Nothing but these is
+/// accepted before the welcome.
 async fn handshake_incoming(daemon: Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
     let (r, w) = sock.into_split();
     let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
-    let first = tokio::select! {
+    let result = tokio::select! {
         _ = daemon.shutdown.cancelled() => return,
-        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read::<PeerMsg>()) => r,
+        r = authenticate_incoming(&daemon, &mut reader, &mut writer, addr) => r,
     };
-    let hello = match first {
-        Ok(Read::Msg(PeerMsg::Hello(h))) => h,
-        Ok(Read::Msg(_)) => {
-            let e = ErrorBody::invalid("expected a hello first")
-                .hint("the dialing side speaks first: {\"type\":\"hello\",...}");
-            let _ = writer.send(&PeerMsg::Refused(e)).await;
-            return;
-        }
-        Ok(Read::Bad(e)) => {
-            let _ = writer
-                .send(&PeerMsg::Refused(ErrorBody::invalid(e.to_string())))
-                .await;
-            return;
-        }
-        Ok(Read::Eof) => return,
-        Err(_) => {
-            let e = ErrorBody::invalid(format!("no hello within {HANDSHAKE_TIMEOUT:?}"));
-            let _ = writer.send(&PeerMsg::Refused(e)).await;
-            return;
-        }
-    };
-    match leader::admit(&daemon, &hello, addr).await {
-        Ok(welcome) => {
+    match result {
+        Ok((hello, welcome)) => {
             if writer.send(&PeerMsg::Welcome(welcome)).await.is_err() {
                 return;
             }
@@ -147,10 +147,76 @@ async fn handshake_incoming(daemon: Arc<Daemon>, sock: TcpStream, addr: SocketAd
             }
         }
         Err(e) => {
-            tracing::warn!("refused {} from {addr}: {}", hello.peer_id, e.error);
-            let _ = writer.send(&PeerMsg::Refused(e)).await;
+            if e.kind != ErrorKind::PeerLost {
+                tracing::warn!("refused a session from {addr}: {}", e.error);
+                let _ = writer.send(&PeerMsg::Refused(e)).await;
+            }
         }
     }
+}
+
+async fn authenticate_incoming<R, W>(
+    daemon: &Arc<Daemon>,
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+    addr: SocketAddr,
+) -> Result<(Hello, Welcome), ErrorBody>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let hello = match read_step(reader, "hello").await? {
+        PeerMsg::Hello(h) => h,
+        _ => {
+            return Err(ErrorBody::invalid("expected a hello first")
+                .hint("the dialing side speaks first: {\"type\":\"hello\",...}"))
+        }
+    };
+    if hello.protocol != d_proto::PROTOCOL_VERSION {
+        return Err(leader::protocol_mismatch(&hello.peer_id, hello.protocol));
+    }
+    d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
+    if hello.nonce.0.len() != auth::KEY_LEN {
+        return Err(ErrorBody::invalid(format!(
+            "the hello's nonce must be {} bytes",
+            auth::KEY_LEN
+        )));
+    }
+    let key = daemon.mesh_key().ok_or_else(ErrorBody::no_mesh_key)?;
+    let my_id = daemon.identity().id.ok_or_else(|| {
+        ErrorBody::new(ErrorKind::Refused, "this daemon is not configured yet")
+            .hint("run `d setPeerConfig --role ... --id ...` on it")
+    })?;
+    let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
+    let t = auth::Transcript {
+        dialer_nonce: &hello.nonce.0,
+        acceptor_nonce: &nonce,
+        dialer_id: &hello.peer_id,
+        acceptor_id: &my_id,
+        purpose: hello.purpose.as_str(),
+    };
+    let challenge = PeerMsg::Challenge {
+        peer_id: my_id.clone(),
+        nonce: B64(nonce.to_vec()),
+        proof: B64(auth::prove(&key, auth::Side::Acceptor, &t)),
+    };
+    writer
+        .send(&challenge)
+        .await
+        .map_err(|e| ErrorBody::new(ErrorKind::PeerLost, e.to_string()))?;
+    let proof = match read_step(reader, "authentication").await? {
+        PeerMsg::Auth { proof } => proof,
+        _ => return Err(ErrorBody::invalid("expected the authentication proof")),
+    };
+    if !auth::verify(&key, auth::Side::Dialer, &t, &proof.0) {
+        return Err(ErrorBody::auth_failed(format!(
+            "authentication failed: {} at {} did not prove the mesh key",
+            hello.peer_id,
+            addr.ip()
+        )));
+    }
+    let welcome = leader::admit(daemon, &hello, addr).await?;
+    Ok((hello, welcome))
 }
 
 /// Connect to a daemon and open a session. `expect` is the peer id the
@@ -165,6 +231,8 @@ pub async fn dial(
     let me = id.id.clone().ok_or_else(crate::not_configured)?;
     let role = id.role.ok_or_else(crate::not_configured)?;
     let name = expect.unwrap_or("leader");
+    let key = daemon.mesh_key().ok_or_else(ErrorBody::no_mesh_key)?;
+    let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
     let fail = |why: String| ErrorBody::connect_failed(name, &addr.to_string(), &why);
 
     let sock = TcpSocket::new_v4().map_err(|e| fail(e.to_string()))?;
@@ -191,20 +259,61 @@ pub async fn dial(
         listen_port: daemon.listen_addr().map(|a| a.port()).unwrap_or(0),
         role,
         purpose,
+        nonce: B64(nonce.to_vec()),
     };
     writer
-        .send(&PeerMsg::Hello(hello))
+        .send(&PeerMsg::Hello(hello.clone()))
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let welcome: Welcome = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read::<PeerMsg>())
-        .await
+    let step = |r: Result<PeerMsg, ErrorBody>| match r {
+        Ok(PeerMsg::Refused(e)) => Err(e),
+        Ok(m) => Ok(m),
+        Err(e) if e.kind == ErrorKind::PeerLost => {
+            Err(fail("connection closed during the handshake".into()))
+        }
+        Err(e) if e.error.starts_with("no ") => Err(ErrorBody::peer_timeout(name)),
+        Err(e) => Err(fail(e.error)),
+    };
+    let (their_id, their_nonce, their_proof) =
+        match step(read_step(&mut reader, "challenge").await)? {
+            PeerMsg::Challenge {
+                peer_id,
+                nonce,
+                proof,
+            } => (peer_id, nonce, proof),
+            other => {
+                return Err(fail(format!(
+                    "unexpected answer to hello: {}",
+                    msg_name(&other)
+                )))
+            }
+        };
+    let t = auth::Transcript {
+        dialer_nonce: &nonce,
+        acceptor_nonce: &their_nonce.0,
+        dialer_id: &hello.peer_id,
+        acceptor_id: &their_id,
+        purpose: purpose.as_str(),
+    };
+    if their_nonce.0.len() != auth::KEY_LEN
+        || !auth::verify(&key, auth::Side::Acceptor, &t, &their_proof.0)
     {
-        Ok(Read::Msg(PeerMsg::Welcome(w))) => w,
-        Ok(Read::Msg(PeerMsg::Refused(e))) => return Err(e),
-        Ok(Read::Msg(other)) => return Err(fail(format!("unexpected answer to hello: {other:?}"))),
-        Ok(Read::Bad(e)) => return Err(fail(format!("bad answer to hello: {e}"))),
-        Ok(Read::Eof) => return Err(fail("connection closed during the handshake".into())),
-        Err(_) => return Err(ErrorBody::peer_timeout(name)),
+        return Err(ErrorBody::auth_failed(format!(
+            "authentication failed: {addr} ({their_id}) did not prove the mesh key"
+        )));
+    }
+    let proof = PeerMsg::Auth {
+        proof: B64(auth::prove(&key, auth::Side::Dialer, &t)),
+    };
+    writer.send(&proof).await.map_err(|e| fail(e.to_string()))?;
+    let welcome: Welcome = match step(read_step(&mut reader, "welcome").await)? {
+        PeerMsg::Welcome(w) => w,
+        other => {
+            return Err(fail(format!(
+                "unexpected answer to authentication: {}",
+                msg_name(&other)
+            )))
+        }
     };
     if welcome.protocol != d_proto::PROTOCOL_VERSION {
         return Err(leader::protocol_mismatch(
@@ -234,4 +343,12 @@ pub async fn dial(
     let s = Session::start(daemon, desc, reader, writer);
     daemon.insert_session(s.clone());
     Ok(s)
+}
+
+/// A message's type, for errors (never its contents: it may hold a proof).
+fn msg_name(m: &PeerMsg) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }

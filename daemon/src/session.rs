@@ -291,7 +291,11 @@ impl Session {
             PeerMsg::Error(e) => {
                 tracing::warn!("{} reports a protocol error: {}", self.peer.id, e.error)
             }
-            PeerMsg::Hello(_) | PeerMsg::Welcome(_) | PeerMsg::Refused(_) => {
+            PeerMsg::Hello(_)
+            | PeerMsg::Challenge { .. }
+            | PeerMsg::Auth { .. }
+            | PeerMsg::Welcome(_)
+            | PeerMsg::Refused(_) => {
                 let s = self.clone();
                 tokio::spawn(async move {
                     let e = ErrorBody::invalid(

@@ -19,6 +19,14 @@ const HEALTHY: Duration = Duration::from_secs(10);
 pub async fn link_loop(daemon: Arc<Daemon>, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
+        if daemon.mesh_key().is_none() {
+            // Retrying cannot help: say what to do and wait for the key.
+            let e = d_proto::types::ErrorBody::no_mesh_key();
+            let msg = format!("{} ({})", e.error, e.hint.unwrap_or_default());
+            tracing::warn!("{msg}");
+            daemon.set_link(LinkState::NoMeshKey, Some(msg), None);
+            return;
+        }
         let id = daemon.identity();
         let Some(leader) = id.leader.clone() else {
             daemon.set_link(

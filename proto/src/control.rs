@@ -25,9 +25,12 @@ pub enum Request {
         role: Option<String>,
         id: Option<String>,
         leader: Option<String>,
+        /// The mesh key's text (the client reads the file), stored by the daemon.
+        mesh_key: Option<String>,
     },
     RegisterWorker {
         leader: Option<String>,
+        mesh_key: Option<String>,
     },
     ListPeers,
     GetPeerInfo {

@@ -7,13 +7,14 @@
 //! - [`control`]: the client-to-local-daemon protocol on the UNIX socket.
 //! - [`types`]: data carried by both (peer records, status, exit status, errors).
 
+pub mod auth;
 pub mod control;
 pub mod frame;
 pub mod peer;
 pub mod types;
 
 /// Bumped whenever a change to [`peer`] would confuse an older daemon.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The crate version all three crates share.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit the binary was built from (`unknown` outside a checkout).

@@ -1,8 +1,10 @@
 //! The daemon-to-daemon protocol on the peer port (TCP, JSON lines).
 //!
-//! A connection opens with [`PeerMsg::Hello`] from the side that dialed and
-//! [`PeerMsg::Welcome`] (or [`PeerMsg::Refused`]) from the side that accepted.
-//! After that the session is symmetric: either side may send queries and start
+//! A connection opens with the mutual authentication of [`crate::auth`]:
+//! [`PeerMsg::Hello`] from the side that dialed, [`PeerMsg::Challenge`] from the
+//! side that accepted, [`PeerMsg::Auth`] from the dialer, then
+//! [`PeerMsg::Welcome`] (or [`PeerMsg::Refused`] at any step). Nothing else is
+//! accepted before the welcome. After that the session is symmetric: either side may send queries and start
 //! jobs, and both send [`PeerMsg::Heartbeat`] so a dead peer is noticed within
 //! seconds. Jobs are multiplexed by a job id chosen by the side that starts
 //! them; output flows under a credit window ([`crate::JOB_WINDOW`]) so one slow
@@ -32,6 +34,18 @@ pub struct Hello {
     pub listen_port: u16,
     pub role: Role,
     pub purpose: Purpose,
+    /// The dialer's fresh nonce ([`crate::auth::KEY_LEN`] bytes).
+    #[serde(default)]
+    pub nonce: B64,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Link => "link",
+            Purpose::Direct => "direct",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +94,16 @@ pub enum Answer {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerMsg {
     Hello(Hello),
+    /// The acceptor's nonce, its id, and its proof of the mesh key.
+    Challenge {
+        peer_id: String,
+        nonce: B64,
+        proof: B64,
+    },
+    /// The dialer's proof of the mesh key.
+    Auth {
+        proof: B64,
+    },
     Welcome(Welcome),
     /// The hello was refused; the connection closes after this.
     Refused(ErrorBody),

@@ -56,6 +56,8 @@ pub enum LinkState {
     NotApplicable,
     /// No role configured yet.
     Unconfigured,
+    /// A worker without the mesh key: it cannot join until given one.
+    NoMeshKey,
     Connecting,
     Connected,
 }
@@ -158,6 +160,8 @@ pub enum ErrorKind {
     SpawnFailed,
     ProtocolMismatch,
     Refused,
+    /// The other side did not prove the mesh key (or this side lacks it).
+    AuthFailed,
     Busy,
     #[default]
     #[serde(other)]
@@ -222,6 +226,16 @@ impl ErrorBody {
             format!("Connection to peer lost: {peer}"),
         )
         .hint("the peer's daemon stopped or restarted; the command may have been cut short, check with `d execOnPeer` again")
+    }
+    pub fn no_mesh_key() -> Self {
+        Self::new(ErrorKind::AuthFailed, "This daemon has no mesh key").hint(
+            "copy the leader's key and give it to this daemon: `scp vps:/var/lib/d/mesh.key /tmp/mesh.key && d setPeerConfig --meshKey /tmp/mesh.key` (or `--meshKey -` to read standard input)",
+        )
+    }
+    pub fn auth_failed(what: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AuthFailed, what).hint(
+            "both daemons need the same mesh key: compare <state-dir>/mesh.key with the leader's and set it with `d setPeerConfig --meshKey FILE`",
+        )
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidRequest, msg)

@@ -79,6 +79,11 @@ impl TestDaemon {
         self.dir.path().join("state")
     }
 
+    /// The leader's mesh key file.
+    pub fn mesh_key_path(&self) -> PathBuf {
+        self.state_dir().join("mesh.key")
+    }
+
     fn spawn(&mut self, listen: &str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -226,6 +231,7 @@ impl Mesh {
         let laptop = TestDaemon::start("laptop", "127.0.0.4");
         vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
         let leader = vps.listen();
+        let key = vps.mesh_key_path();
         for w in [&desktop, &laptop] {
             w.json(&[
                 "setPeerConfig",
@@ -235,6 +241,8 @@ impl Mesh {
                 &w.name,
                 "--leader",
                 &leader,
+                "--meshKey",
+                path_str(&key),
             ]);
         }
         let m = Mesh {
