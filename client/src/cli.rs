@@ -95,6 +95,16 @@ pub enum Command {
     /// On a worker, delete leader-only registry rows and report what was done.
     DbSanityCheck,
 
+    /// Show the audit log: jobs run here and jobs asked from here, newest first.
+    ExecLog {
+        /// Only jobs this peer asked for or ran.
+        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        peer: Option<String>,
+        /// At most this many rows.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+    },
+
     /// Run a shell command on a peer, streaming its output; exit with its status.
     ExecOnPeer {
         /// Peer id.
@@ -159,6 +169,10 @@ impl Command {
             Command::DeletePeer { peer } => Request::DeletePeer { peer: peer.clone() },
             Command::GetPeerIdByIp { ip } => Request::GetPeerIdByIp { ip: ip.clone() },
             Command::DbSanityCheck => Request::DbSanityCheck,
+            Command::ExecLog { peer, limit } => Request::ExecLog {
+                peer: peer.clone(),
+                limit: Some(*limit),
+            },
             Command::ExecOnPeer {
                 peer,
                 directory,

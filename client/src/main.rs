@@ -126,6 +126,9 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         }
         Command::GetPeerIdByIp { .. } => format!("{}\n", decode::<PeerIdReply>(result, &req)?.peer),
         Command::DbSanityCheck => format!("{}\n", decode::<MessageReply>(result, &req)?.message),
+        Command::ExecLog { .. } => {
+            render::exec_log_table(&decode::<Vec<d_proto::types::ExecRecord>>(result, &req)?)
+        }
         Command::ExecOnPeer { .. } | Command::ExecOnPeerByIp { .. } => String::new(),
     };
     render::out(&text);

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use d_proto::types::{ErrorBody, LinkState, PeerInfo, PeerStatus};
+use d_proto::types::{ErrorBody, ExecRecord, LinkState, PeerInfo, PeerStatus};
 use serde::Serialize;
 
 /// Unix seconds now (0 if the clock is before 1970).
@@ -149,6 +149,73 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
     )
 }
 
+/// The `execLog` table; the command is last so long ones do not push columns.
+pub fn exec_log_table(rows: &[ExecRecord]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let status = match (&r.exit, &r.error) {
+                (Some(e), _) if e.timed_out => "timed out".to_string(),
+                (Some(e), _) => match e.signal {
+                    Some(sig) => format!("signal {sig}"),
+                    None => format!("exit {}", e.status()),
+                },
+                (None, Some(err)) => format!("error: {err}"),
+                (None, None) => "unknown".to_string(),
+            };
+            vec![
+                local_time(r.started_ms / 1000),
+                r.side.clone(),
+                r.requester.clone(),
+                r.user.clone().unwrap_or_else(|| "-".into()),
+                r.target.clone(),
+                status,
+                format!("{}ms", r.duration_ms),
+                r.output_bytes.to_string(),
+                r.directory.clone(),
+                r.command.replace('\n', "\\n"),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TIME (UTC)",
+            "SIDE",
+            "REQUESTER",
+            "USER",
+            "TARGET",
+            "STATUS",
+            "DURATION",
+            "BYTES",
+            "DIR",
+            "COMMAND",
+        ],
+        &rows,
+    )
+}
+
+/// `2026-11-23 15:04:05` in UTC, without a time-zone database.
+pub fn local_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The `getPeerInfo` lines.
 pub fn peer_info(p: &PeerInfo, now: u64) -> String {
     key_values(&[
@@ -270,6 +337,13 @@ mod tests {
     fn addresses() {
         assert_eq!(address("10.0.0.1", 3600), "10.0.0.1:3600");
         assert_eq!(address("fd00::1", 3600), "[fd00::1]:3600");
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(local_time(0), "1970-01-01 00:00:00");
+        assert_eq!(local_time(1_795_449_228), "2026-11-23 15:53:48");
+        assert_eq!(local_time(951_782_400), "2000-02-29 00:00:00");
     }
 
     #[test]

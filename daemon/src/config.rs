@@ -38,6 +38,9 @@ pub struct Args {
     /// Default exec timeout in seconds, 0 = none (default 30).
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Group allowed to use the control socket (default `d` when that group exists, else root only).
+    #[arg(long = "socket-group")]
+    pub socket_group: Option<String>,
     /// Heartbeat interval in milliseconds; a peer silent for 4 intervals is dead.
     #[arg(long = "heartbeat-ms", hide = true)]
     pub heartbeat_ms: Option<u64>,
@@ -58,6 +61,11 @@ pub struct FileConfig {
     pub leader: Option<String>,
     pub exec_timeout: Option<u64>,
     pub heartbeat_ms: Option<u64>,
+    pub socket_group: Option<String>,
+    /// Audit log rows kept (default 100000).
+    pub exec_log_max_rows: Option<u64>,
+    /// Audit log days kept (default 90).
+    pub exec_log_max_days: Option<u64>,
 }
 
 /// Where the peer port should listen.
@@ -79,6 +87,9 @@ pub struct Config {
     pub default_leader: String,
     pub exec_timeout_secs: u64,
     pub heartbeat: Duration,
+    /// Group that may use the control socket; `None` = root (and the daemon's user) only.
+    pub socket_group: Option<String>,
+    pub exec_log: crate::registry::Retention,
 }
 
 impl Config {
@@ -124,6 +135,19 @@ impl Config {
                 .or(file.exec_timeout)
                 .unwrap_or(d_proto::DEFAULT_EXEC_TIMEOUT_SECS),
             heartbeat: Duration::from_millis(heartbeat_ms),
+            socket_group: match args.socket_group.or(file.socket_group) {
+                Some(g) if g.is_empty() => None,
+                Some(g) => Some(g),
+                // The default group only if it exists on this machine.
+                None => nix::unistd::Group::from_name("d")
+                    .ok()
+                    .flatten()
+                    .map(|_| "d".to_string()),
+            },
+            exec_log: crate::registry::Retention {
+                max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
+                max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),
+            },
         })
     }
 

@@ -24,11 +24,23 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
         };
         match accepted {
             Ok((stream, _)) => {
-                let uid = stream.peer_cred().ok().map(|c| c.uid());
+                let cred = stream.peer_cred().ok();
+                let uid = cred.map(|c| c.uid());
                 let span = tracing::info_span!("control", uid = ?uid);
-                daemon
-                    .tracker
-                    .spawn(handle(daemon.clone(), stream, uid).instrument(span));
+                let d = daemon.clone();
+                daemon.tracker.spawn(
+                    async move {
+                        match authorize(&d, cred) {
+                            Ok(()) => handle(d, stream, uid).await,
+                            Err(e) => {
+                                tracing::warn!("refused a control connection: {}", e.error);
+                                let (_, w) = stream.into_split();
+                                let _ = Writer::new(w).send(&Event::Error(e)).await;
+                            }
+                        }
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 tracing::warn!("control accept failed: {e}");
@@ -36,6 +48,46 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             }
         }
     }
+}
+
+/// Who may use the socket: root, the daemon's own user, and members of the
+/// socket group. The file mode already says so; this holds even if someone
+/// loosens the mode by hand.
+fn authorize(daemon: &Daemon, cred: Option<tokio::net::unix::UCred>) -> Result<(), ErrorBody> {
+    let Some(cred) = cred else {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            "Permission denied: cannot identify the caller (SO_PEERCRED)",
+        ));
+    };
+    let uid = cred.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    let name = user_name(Some(uid)).unwrap_or_default();
+    if let Some(group) = daemon.config.socket_group.as_deref() {
+        if let Ok(Some(g)) = nix::unistd::Group::from_name(group) {
+            let primary = nix::unistd::Gid::from_raw(cred.gid());
+            let member = primary == g.gid
+                || g.mem.contains(&name)
+                || std::ffi::CString::new(name.clone())
+                    .ok()
+                    .and_then(|c| nix::unistd::getgrouplist(&c, primary).ok())
+                    .is_some_and(|gs| gs.contains(&g.gid));
+            if member {
+                return Ok(());
+            }
+        }
+    }
+    let hint = match daemon.config.socket_group.as_deref() {
+        Some(g) => format!("join the group '{g}' (`sudo usermod -aG {g} {name}`, then log in again), or use sudo"),
+        None => "only root may use d on this machine: use sudo, or set socket_group in /etc/d/config.toml (default group 'd' when it exists)".to_string(),
+    };
+    Err(ErrorBody::new(
+        ErrorKind::Refused,
+        format!("Permission denied: user {name} may not use d-daemon"),
+    )
+    .hint(hint))
 }
 
 /// The local user's name, for logs and job records.
@@ -177,6 +229,15 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
             Ok(json!({ "peer": exec::peer_by_ip(daemon, &ip).await? }))
         }
         Request::DbSanityCheck => db_sanity_check(daemon).await,
+        Request::ExecLog { peer, limit } => {
+            let limit = limit.unwrap_or(50).clamp(1, 10_000);
+            let rows = daemon
+                .registry
+                .call(move |st| st.exec_log(peer.as_deref(), limit))
+                .await
+                .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))?;
+            to_value(&rows)
+        }
         Request::ExecOnPeer { .. } | Request::ExecOnPeerByIp { .. } => Err(ErrorBody::invalid(
             "exec requests are streamed, not answered",
         )),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use d_proto::control::Event;
 use d_proto::peer::{Answer, Purpose, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role, B64};
+use d_proto::types::{ErrorBody, ErrorKind, ExecRecord, ExecSpec, Role, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -104,6 +104,24 @@ pub async fn peer_by_ip(daemon: &Arc<Daemon>, ip: &str) -> Result<String, ErrorB
     }
 }
 
+/// A new audit record for a job about to start (the outcome is filled in later).
+pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> ExecRecord {
+    ExecRecord {
+        id: 0,
+        started_ms: crate::unix_now_ms(),
+        side: side.into(),
+        requester: requester.into(),
+        user: spec.user.clone(),
+        target: target.into(),
+        directory: spec.directory.clone(),
+        command: spec.shell_cmd.clone(),
+        exit: None,
+        error: None,
+        duration_ms: 0,
+        output_bytes: 0,
+    }
+}
+
 /// The source of a job's events, local or remote.
 enum Source {
     Local(
@@ -133,8 +151,9 @@ impl Source {
     }
 }
 
-/// Run a job for a control client and stream it back. Returns when a final
-/// event was written or the client went away (the job is then cancelled).
+/// Run a job for a control client and stream it back, and record it in the
+/// audit log. Returns when a final event was written or the client went away
+/// (the job is then cancelled).
 pub async fn run_for_client<R, W>(
     daemon: &Arc<Daemon>,
     peer: &str,
@@ -146,15 +165,35 @@ pub async fn run_for_client<R, W>(
     W: AsyncWrite + Unpin,
 {
     spec.requester = daemon.me();
+    let me = daemon.me();
+    let side = if peer == me { "local" } else { "requester" };
+    let mut rec = record(side, &spec, &me, peer);
+    let started = std::time::Instant::now();
+    stream_to_client(daemon, peer, spec, reader, writer, &mut rec).await;
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    daemon.audit(rec);
+}
+
+async fn stream_to_client<R, W>(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    spec: ExecSpec,
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+    rec: &mut ExecRecord,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let route = tokio::select! {
         r = route(daemon, peer) => r,
-        _ = client_gone(reader) => return,
-    };
-    let (mut source, addr, path) = match route {
-        Err(e) => {
-            let _ = writer.send(&Event::Error(e)).await;
+        _ = client_gone(reader) => {
+            rec.error = Some("cancelled: the client went away".into());
             return;
         }
+    };
+    let started = match route {
+        Err(e) => Err(e),
         Ok(Route::Local) => {
             let cancel = daemon.shutdown.child_token();
             let rx = job::spawn(spec, &daemon.job_ctx(), cancel.clone());
@@ -162,17 +201,21 @@ pub async fn run_for_client<R, W>(
                 .listen_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "local".into());
-            (Source::Local(rx, cancel), addr, "local")
+            Ok((Source::Local(rx, cancel), addr, "local"))
         }
         Ok(Route::Remote(s, path)) => {
             let addr = s.peer.remote.to_string();
-            match s.start_job(spec).await {
-                Ok(j) => (Source::Remote(j), addr, path),
-                Err(e) => {
-                    let _ = writer.send(&Event::Error(e)).await;
-                    return;
-                }
-            }
+            s.start_job(spec)
+                .await
+                .map(|j| (Source::Remote(j), addr, path))
+        }
+    };
+    let (mut source, addr, path) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            rec.error = Some(e.error.clone());
+            let _ = writer.send(&Event::Error(e)).await;
+            return;
         }
     };
     let started = Event::Started {
@@ -180,58 +223,57 @@ pub async fn run_for_client<R, W>(
         addr,
         path: path.to_string(),
     };
-    if writer.send(&started).await.is_err() {
-        source.cancel().await;
-        return;
-    }
-    loop {
+    let mut gone = writer.send(&started).await.is_err();
+    while !gone {
         let ev = tokio::select! {
             ev = source.next() => ev,
             _ = client_gone(reader) => {
-                tracing::info!("client went away: cancelling the job on {peer}");
-                source.cancel().await;
-                return;
+                gone = true;
+                continue;
             }
         };
         let (event, n) = match ev {
             Some(JobEvent::Output(stream, data)) => {
                 let n = data.len();
+                rec.output_bytes += n as u64;
                 let e = match stream {
                     d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
                     d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
                 };
                 (e, n)
             }
-            Some(JobEvent::Exit(exit)) => (
-                Event::Exit {
-                    peer: peer.to_string(),
-                    exit,
-                },
-                0,
-            ),
-            Some(JobEvent::Failed(e)) => (Event::Error(e), 0),
-            None => (
-                Event::Error(ErrorBody::new(
-                    ErrorKind::Other,
-                    "the job ended without a status",
-                )),
-                0,
-            ),
+            Some(JobEvent::Exit(exit)) => {
+                rec.exit = Some(exit);
+                let peer = peer.to_string();
+                (Event::Exit { peer, exit }, 0)
+            }
+            Some(JobEvent::Failed(e)) => {
+                rec.error = Some(e.error.clone());
+                (Event::Error(e), 0)
+            }
+            None => {
+                let e = ErrorBody::new(ErrorKind::Other, "the job ended without a status");
+                rec.error = Some(e.error.clone());
+                (Event::Error(e), 0)
+            }
         };
         let last = event.is_final();
         let written = tokio::select! {
             r = writer.send(&event) => r.is_ok(),
             _ = client_gone(reader) => false,
         };
-        if !written {
-            source.cancel().await;
-            return;
-        }
         if last {
             return;
         }
+        if !written {
+            gone = true;
+            continue;
+        }
         source.consumed(n).await;
     }
+    tracing::info!("client went away: cancelling the job on {peer}");
+    rec.error = Some("cancelled: the client went away".into());
+    source.cancel().await;
 }
 
 /// Resolves when the client closes its side (anything it sends mid-job is ignored).

@@ -43,6 +43,14 @@ use crate::config::Config;
 use crate::registry::Registry;
 use crate::session::Session;
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -126,6 +134,17 @@ impl Daemon {
             self.close_all_sessions("the mesh key changed");
         }
         Ok(())
+    }
+
+    /// Append to the audit log without waiting (a failure is logged, never fatal).
+    pub fn audit(&self, rec: d_proto::types::ExecRecord) {
+        let keep = self.config.exec_log;
+        let reg = self.registry.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = reg.call(move |st| st.log_exec(&rec, keep)).await {
+                tracing::error!("cannot write the audit log: {e}");
+            }
+        });
     }
 
     pub fn job_ctx(&self) -> job::JobCtx {

@@ -36,9 +36,24 @@ async fn main() -> anyhow::Result<()> {
     }
     let control = UnixListener::bind(&socket)
         .with_context(|| format!("cannot bind the control socket {}", socket.display()))?;
-    // Owner and group only; the trust issue narrows this to a configured group.
+    // Root (the daemon's user) and the socket group only: 0660.
+    let gid = match &config.socket_group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .with_context(|| {
+                    format!("socket_group {name:?} does not exist (create it with `groupadd {name}`, or set another)")
+                })?
+                .gid,
+        ),
+        None => None,
+    };
+    nix::unistd::chown(&socket, None, gid)
+        .with_context(|| format!("cannot give {} to its group", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions on {}", socket.display()))?;
+    raise_fd_limit();
 
     let peer = match &config.listen {
         Listen::Addr(a) => Some(TcpListener::bind(a).await.with_context(|| {
@@ -57,6 +72,17 @@ async fn main() -> anyhow::Result<()> {
     d_daemon::run(daemon, control, peer).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Every link and job holds descriptors; the default soft limit (often 1024)
+/// is far below what a leader of thousands needs. Raise it to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            tracing::warn!("cannot raise the open-file limit from {soft} to {hard}");
+        }
+    }
 }
 
 /// SIGTERM or SIGINT.

@@ -19,6 +19,50 @@ use crate::session::{PeerDesc, Session};
 use crate::{leader, Daemon};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections still in their handshake, from one address / in all. Beyond
+/// these a new connection is closed at once, so idle sockets held open by
+/// one host (slowloris) cannot crowd out real peers.
+const PENDING_PER_IP: usize = 32;
+const PENDING_TOTAL: usize = 4096;
+
+/// Counts handshakes in progress; the slot frees itself when dropped.
+#[derive(Default)]
+struct Pending {
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+struct PendingSlot {
+    pending: Arc<Pending>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PendingSlot> {
+        let mut map = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = map.values().sum();
+        let n = map.entry(ip).or_default();
+        if *n >= PENDING_PER_IP || total >= PENDING_TOTAL {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut map = self.pending.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Accept sessions until shutdown.
@@ -26,6 +70,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
     if let Ok(a) = listener.local_addr() {
         tracing::info!("peer port listening on {a}");
     }
+    let pending = Arc::new(Pending::default());
     loop {
         let accepted = tokio::select! {
             _ = daemon.shutdown.cancelled() => return,
@@ -33,10 +78,15 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
         };
         match accepted {
             Ok((sock, addr)) => {
+                let Some(slot) = pending.take(addr.ip()) else {
+                    tracing::debug!("too many handshakes in progress from {}: closed", addr.ip());
+                    drop(sock);
+                    continue;
+                };
                 let d = daemon.clone();
                 daemon.tracker.spawn(async move {
                     let _ = sock.set_nodelay(true);
-                    handshake_incoming(d, sock, addr).await;
+                    handshake_incoming(d, sock, addr, slot).await;
                 });
             }
             Err(e) => {
@@ -117,13 +167,19 @@ async fn read_step<R: tokio::io::AsyncRead + Unpin>(
 
 /// Accepting side: Hello → Challenge → Auth → Welcome. Nothing but these is
 /// accepted before the welcome.
-async fn handshake_incoming(daemon: Arc<Daemon>, sock: TcpStream, addr: SocketAddr) {
+async fn handshake_incoming(
+    daemon: Arc<Daemon>,
+    sock: TcpStream,
+    addr: SocketAddr,
+    slot: PendingSlot,
+) {
     let (r, w) = sock.into_split();
     let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
     let result = tokio::select! {
         _ = daemon.shutdown.cancelled() => return,
         r = authenticate_incoming(&daemon, &mut reader, &mut writer, addr) => r,
     };
+    drop(slot);
     match result {
         Ok((hello, welcome)) => {
             if writer.send(&PeerMsg::Welcome(welcome)).await.is_err() {

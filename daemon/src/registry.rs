@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 
-use d_proto::types::{PeerInfo, Role};
+use d_proto::types::{ExecRecord, ExitInfo, PeerInfo, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
@@ -32,7 +32,34 @@ const MIGRATIONS: &[&str] = &[
         last_seen  INTEGER NOT NULL
     );
     CREATE INDEX peers_addr ON peers(addr);",
+    // 1 → 2: the audit log of jobs run here and asked from here.
+    "CREATE TABLE exec_log (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_ms   INTEGER NOT NULL,
+        side         TEXT NOT NULL,
+        requester    TEXT NOT NULL,
+        user         TEXT,
+        target       TEXT NOT NULL,
+        directory    TEXT NOT NULL,
+        command      TEXT NOT NULL,
+        exit_code    INTEGER,
+        signal       INTEGER,
+        timed_out    INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        duration_ms  INTEGER NOT NULL,
+        output_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX exec_log_started ON exec_log(started_ms);
+    CREATE INDEX exec_log_requester ON exec_log(requester);
+    CREATE INDEX exec_log_target ON exec_log(target);",
 ];
+
+/// How much audit log to keep: whichever limit is reached first.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_rows: u64,
+    pub max_age_days: u64,
+}
 
 const PEER_COLUMNS: &str = "id, addr, port, role, version, hostname, first_seen, last_seen";
 
@@ -184,6 +211,93 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Append one audit record; every 64th insert also applies `keep`.
+    pub fn log_exec(&self, r: &ExecRecord, keep: Retention) -> Result<i64, RegistryError> {
+        let exit = r.exit.as_ref();
+        self.conn.execute(
+            "INSERT INTO exec_log (started_ms, side, requester, user, target, directory, command,
+                exit_code, signal, timed_out, error, duration_ms, output_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            params![
+                r.started_ms as i64,
+                r.side,
+                r.requester,
+                r.user,
+                r.target,
+                r.directory,
+                r.command,
+                exit.and_then(|e| e.code),
+                exit.and_then(|e| e.signal),
+                exit.is_some_and(|e| e.timed_out),
+                r.error,
+                r.duration_ms as i64,
+                r.output_bytes as i64
+            ],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        if id % 64 == 0 {
+            self.prune_exec_log(keep, r.started_ms)?;
+        }
+        Ok(id)
+    }
+
+    /// Drop rows past the retention limits; returns how many went.
+    pub fn prune_exec_log(&self, keep: Retention, now_ms: u64) -> Result<u64, RegistryError> {
+        let cutoff = now_ms.saturating_sub(keep.max_age_days.saturating_mul(86_400_000));
+        let mut n = self.conn.execute(
+            "DELETE FROM exec_log WHERE started_ms < ?1",
+            [cutoff as i64],
+        )?;
+        n += self.conn.execute(
+            "DELETE FROM exec_log WHERE id <= (SELECT MAX(id) FROM exec_log) - ?1",
+            [keep.max_rows as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Newest first; `peer` matches the requester or the target.
+    pub fn exec_log(
+        &self,
+        peer: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ExecRecord>, RegistryError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, started_ms, side, requester, user, target, directory, command,
+                    exit_code, signal, timed_out, error, duration_ms, output_bytes
+             FROM exec_log WHERE ?1 IS NULL OR requester = ?1 OR target = ?1
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![peer, limit], |r| {
+            let code: Option<i32> = r.get(8)?;
+            let signal: Option<i32> = r.get(9)?;
+            let timed_out: bool = r.get(10)?;
+            let duration_ms = r.get::<_, i64>(12)? as u64;
+            let finished = code.is_some() || signal.is_some() || timed_out;
+            Ok(ExecRecord {
+                id: r.get(0)?,
+                started_ms: r.get::<_, i64>(1)? as u64,
+                side: r.get(2)?,
+                requester: r.get(3)?,
+                user: r.get(4)?,
+                target: r.get(5)?,
+                directory: r.get(6)?,
+                command: r.get(7)?,
+                exit: finished.then_some(ExitInfo {
+                    code,
+                    signal,
+                    timed_out,
+                    duration_ms,
+                }),
+                error: r.get(11)?,
+                duration_ms,
+                output_bytes: r.get::<_, i64>(13)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
 fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
     let role: String = r.get(3)?;
     Ok(PeerInfo {
@@ -328,6 +442,53 @@ mod tests {
         assert!(reg.call(|s| s.delete_peer("p1")).await.unwrap());
         assert!(!reg.call(|s| s.delete_peer("p1")).await.unwrap());
         assert_eq!(reg.call(|s| s.delete_all_peers()).await.unwrap(), 99);
+    }
+
+    #[test]
+    fn exec_log_filters_and_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("d.db")).unwrap();
+        let keep = Retention {
+            max_rows: 100,
+            max_age_days: 1,
+        };
+        let rec = |i: u64, requester: &str, started_ms: u64| ExecRecord {
+            id: 0,
+            started_ms,
+            side: "target".into(),
+            requester: requester.into(),
+            user: Some("root".into()),
+            target: "desktop".into(),
+            directory: "/tmp".into(),
+            command: format!("echo {i}"),
+            exit: Some(ExitInfo {
+                code: Some(0),
+                signal: None,
+                timed_out: false,
+                duration_ms: 5,
+            }),
+            error: None,
+            duration_ms: 5,
+            output_bytes: i,
+        };
+        let now = 10 * 86_400_000;
+        for i in 0..300 {
+            s.log_exec(
+                &rec(i, if i % 2 == 0 { "laptop" } else { "vps" }, now),
+                keep,
+            )
+            .unwrap();
+        }
+        s.log_exec(&rec(999, "old", 1), keep).unwrap();
+        s.prune_exec_log(keep, now).unwrap();
+        let all = s.exec_log(None, 1000).unwrap();
+        assert_eq!(all.len(), 100, "bounded by rows");
+        assert!(all.iter().all(|r| r.requester != "old"), "bounded by age");
+        assert_eq!(all[0].command, "echo 299", "newest first");
+        let laptop = s.exec_log(Some("laptop"), 10).unwrap();
+        assert_eq!(laptop.len(), 10);
+        assert!(laptop.iter().all(|r| r.requester == "laptop"));
+        assert_eq!(laptop[0].exit.unwrap().status(), 0);
     }
 
     #[test]

@@ -216,12 +216,16 @@ impl Session {
             );
         }
         tracing::info!(job = id, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", self.peer.id);
+        let mut rec = crate::exec::record("target", &spec, &self.peer.id, &daemon.me());
         let mut events = job::spawn(spec, &daemon.job_ctx(), cancel);
         let s = self.clone();
+        let d = daemon.clone();
         daemon.tracker.spawn(async move {
+            let started = std::time::Instant::now();
             while let Some(ev) = events.recv().await {
                 let msg = match ev {
                     JobEvent::Output(stream, data) => {
+                        rec.output_bytes += data.len() as u64;
                         // Wait for the requester's credit; a closed session
                         // has cancelled the job, so just drain to the end.
                         let n = data.len() as u32;
@@ -235,12 +239,20 @@ impl Session {
                             data: d_proto::types::B64(data),
                         }
                     }
-                    JobEvent::Exit(exit) => PeerMsg::Exit { job: id, exit },
-                    JobEvent::Failed(error) => PeerMsg::JobFailed { job: id, error },
+                    JobEvent::Exit(exit) => {
+                        rec.exit = Some(exit);
+                        PeerMsg::Exit { job: id, exit }
+                    }
+                    JobEvent::Failed(error) => {
+                        rec.error = Some(error.error.clone());
+                        PeerMsg::JobFailed { job: id, error }
+                    }
                 };
                 let _ = s.send(msg).await;
             }
             lock(&s.jobs_in).remove(&id);
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            d.audit(rec);
         });
     }
 

@@ -43,6 +43,13 @@ pub enum Request {
         ip: String,
     },
     DbSanityCheck,
+    /// The audit log, newest first.
+    ExecLog {
+        /// Only jobs this peer asked for or ran.
+        peer: Option<String>,
+        /// At most this many rows (default 50).
+        limit: Option<u32>,
+    },
     ExecOnPeer {
         peer: String,
         directory: String,
@@ -71,6 +78,7 @@ impl Request {
             Request::DeletePeer { .. } => "deletePeer",
             Request::GetPeerIdByIp { .. } => "getPeerIdByIp",
             Request::DbSanityCheck => "dbSanityCheck",
+            Request::ExecLog { .. } => "execLog",
             Request::ExecOnPeer { .. } => "execOnPeer",
             Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
         }

@@ -117,6 +117,31 @@ impl ExitInfo {
     }
 }
 
+/// One row of the audit log (`d execLog`): a job run here or asked from here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRecord {
+    pub id: i64,
+    /// Unix milliseconds when the job started.
+    pub started_ms: u64,
+    /// `target` (run here for another peer), `requester` (asked from here,
+    /// run elsewhere) or `local` (asked and run here).
+    pub side: String,
+    /// The peer that asked.
+    pub requester: String,
+    /// The local user on the requesting machine, if known.
+    pub user: Option<String>,
+    /// The peer that ran it.
+    pub target: String,
+    pub directory: String,
+    pub command: String,
+    pub exit: Option<ExitInfo>,
+    /// Why it did not run or did not finish, if so.
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// stdout + stderr bytes.
+    pub output_bytes: u64,
+}
+
 /// Which output stream a chunk belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
