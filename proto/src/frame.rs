@@ -101,7 +101,11 @@ impl FrameDecoder {
             return None;
         }
         self.scanned = 0;
-        Some(Frame::Line(buf.split()))
+        let mut line = buf.split();
+        if line.last() == Some(&b'\r') {
+            line.truncate(line.len() - 1);
+        }
+        Some(Frame::Line(line))
     }
 }
 
