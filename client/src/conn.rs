@@ -70,7 +70,15 @@ impl Conn {
         if self.verbose {
             eprintln!("[d] -> {}", String::from_utf8_lossy(line.trim_ascii_end()));
         }
-        send_all(&self.stream, &line).map_err(|e| self.io_error("Cannot send the request", &e))
+        if let Err(e) = send_all(&self.stream, &line) {
+            // The daemon may have refused us and closed before reading: its
+            // answer can still be waiting in the socket.
+            if let Ok(Some(Event::Error(refusal))) = self.next_event() {
+                return Err(refusal);
+            }
+            return Err(self.io_error("Cannot send the request", &e));
+        }
+        Ok(())
     }
 
     /// The next event, or `None` once the daemon closed the connection.

@@ -34,7 +34,14 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                             Ok(()) => handle(d, stream, uid).await,
                             Err(e) => {
                                 tracing::warn!("refused a control connection: {}", e.error);
-                                let (_, w) = stream.into_split();
+                                // Take the request first, so the answer is not
+                                // lost to a reset of an unread connection.
+                                let (r, w) = stream.into_split();
+                                let mut reader = Reader::new(r);
+                                let wait = std::time::Duration::from_secs(2);
+                                let _ =
+                                    tokio::time::timeout(wait, reader.read::<serde_json::Value>())
+                                        .await;
                                 let _ = Writer::new(w).send(&Event::Error(e)).await;
                             }
                         }
