@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The README's main job, live: three d-daemons on loopback (vps = leader on
+# 127.0.0.1, desktop on 127.0.0.2, laptop on 127.0.0.4, ephemeral ports, a temp
+# dir each), configured and driven with the real `d` client. Every command is
+# printed before its output, with the peer it runs on.
+#
+# Usage: scripts/demo.sh [--keep] [--wireguard]
+#   --keep       leave the mesh running afterwards and print how to use and stop it
+#   --wireguard  run the mesh over real WireGuard (not yet: issue 4)
+#
+# Needs Rust (cargo); as root on a fresh Debian it installs a C compiler if missing.
+# Exits nonzero if a command's exit status is not the expected one.
+set -euo pipefail
+
+keep=0
+for arg in "$@"; do
+  case $arg in
+    --keep) keep=1 ;;
+    --wireguard) echo "not yet: see issue 4"; exit 2 ;;
+    -h | --help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "unknown option: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+# shellcheck source=scripts/lib-mesh.sh
+source "$(dirname "$0")/lib-mesh.sh"
+
+# ---- presentation helpers --------------------------------------------------
+
+if [ -t 1 ]; then bold=$'\e[1m' dim=$'\e[2m' red=$'\e[31m' off=$'\e[0m'; else bold='' dim='' red='' off=''; fi
+failures=0
+
+section() { printf '\n%s== %s ==%s\n' "$bold" "$*" "$off"; }
+note() { printf '%s# %s%s\n' "$dim" "$*" "$off"; }
+
+# Quote words the way a user would type them (single quotes where needed).
+quote() {
+  local a out=()
+  for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
+      out+=("$a")
+    else
+      out+=("'${a//\'/\'\\\'\'}'")
+    fi
+  done
+  printf '%s' "${out[*]}"
+}
+
+prompt() { local peer=$1; shift; printf '\n%s[%s]$ d %s%s\n' "$bold" "$peer" "$(quote "$@")" "$off"; }
+
+# Microseconds since the epoch (EPOCHREALTIME may use the locale's decimal comma).
+now_us() { local t=$EPOCHREALTIME; echo "${t//[.,]/}"; }
+
+# Report a command's status, and count it as a failure if $EXPECT says otherwise.
+# Exec commands (and failures) also show the status and how long they took.
+report() {
+  local status=$1 started=$2 show=$3 ms
+  ms=$((($(now_us) - started) / 1000))
+  if [ "$show" = 1 ] || [ "$status" != 0 ]; then
+    printf '%sexit status: %s  (%d.%03d s)%s\n' "$dim" "$status" $((ms / 1000)) $((ms % 1000)) "$off"
+  fi
+  if [ "$status" != "${EXPECT:-0}" ]; then
+    printf '%sUNEXPECTED: wanted exit status %s%s\n' "$red" "${EXPECT:-0}" "$off"
+    failures=$((failures + 1))
+  fi
+}
+
+is_exec() { [[ $1 == execOnPeer* ]]; }
+
+# run PEER ARGS...: show and run `d ARGS` on PEER, output as it comes.
+run() {
+  local peer=$1 started status=0; shift
+  prompt "$peer" "$@"
+  started=$(now_us)
+  mesh_d "$peer" "$@" || status=$?
+  report "$status" "$started" "$(is_exec "$1" && echo 1 || echo 0)"
+}
+
+# run_split PEER ARGS...: like run, but label the remote stdout and stderr lines
+# to show they arrive on the client's stdout and stderr respectively.
+run_split() {
+  local peer=$1 started status=0 out err; shift
+  prompt "$peer" "$@"
+  out=$(mktemp "$MESH_DIR/out.XXXXXX") err=$(mktemp "$MESH_DIR/err.XXXXXX")
+  started=$(now_us)
+  mesh_d "$peer" "$@" >"$out" 2>"$err" || status=$?
+  sed 's/^/stdout | /' "$out"
+  sed 's/^/stderr | /' "$err"
+  report "$status" "$started" 1
+}
+
+# run_stamped PEER ARGS...: like run, with each stdout line prefixed by the time
+# since the start, which shows that output streams while the command runs.
+run_stamped() {
+  local peer=$1 started status line us; shift
+  prompt "$peer" "$@"
+  started=$(now_us)
+  set +e
+  mesh_d "$peer" "$@" | while IFS= read -r line; do
+    us=$(($(now_us) - started))
+    printf '%s[+%d.%02ds]%s %s\n' "$dim" $((us / 1000000)) $((us % 1000000 / 10000)) "$off" "$line"
+  done
+  status=${PIPESTATUS[0]}
+  set -e
+  report "$status" "$started" 1
+}
+
+# ---- the demo --------------------------------------------------------------
+
+section "Build (release)"
+mesh_build
+
+trap mesh_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section "Start three daemons on loopback"
+mesh_start d-demo
+for name in "${MESH_PEERS[@]}"; do
+  printf '  %-8s pid %-7s listen %-16s socket %s\n' \
+    "$name" "${PID[$name]}" "$(mesh_listen "$name")" "${SOCK[$name]}"
+done
+note "below, [peer]\$ d ... means: $D --socket <peer's socket> ..."
+note "logs: $MESH_DIR/<peer>/log"
+
+section "Roles: vps leads, desktop and laptop work"
+run vps setPeerConfig --role leader --id vps
+leader=$(mesh_listen vps)
+[ -n "$leader" ] || mesh_die "cannot read the leader's listen address"
+note "the leader listens on $leader"
+mesh_key_args
+if [ ${#MESH_KEY_ARGS[@]} -gt 0 ]; then
+  note "workers join with the leader's mesh key (between machines: scp it over)"
+fi
+run desktop setPeerConfig --role worker --id desktop --leader "$leader" "${MESH_KEY_ARGS[@]}"
+run laptop setPeerConfig --role worker --id laptop --leader "$leader" "${MESH_KEY_ARGS[@]}"
+mesh_wait_linked
+
+section "The registry and the local state"
+note "asked on a worker, listPeers goes to the leader"
+run laptop listPeers
+run desktop getPeerStatus
+
+section "Run commands on peers"
+note "laptop -> desktop: worker to worker, straight over their own link"
+# shellcheck disable=SC2016 # expanded by the remote shell, not here
+run laptop execOnPeer --peer desktop --directory /tmp --shellCmd 'echo hello from $(hostname) in $(pwd)'
+
+note "the remote exit status is d's exit status; stderr stays stderr"
+EXPECT=3 run_split desktop execOnPeer --peer vps --directory / --shellCmd 'ls -d /etc /nonexistent; exit 3'
+
+note "--timeout ends the command's whole process group: exit 124"
+EXPECT=124 run laptop execOnPeer --peer vps --directory /tmp --timeout 1 --shellCmd 'sleep 30'
+
+note "output streams as it is produced (times since the command started)"
+# shellcheck disable=SC2016
+run_stamped vps execOnPeer --peer laptop --directory /tmp --shellCmd 'for i in 1 2 3; do echo tick $i; sleep 0.5; done'
+
+section "The reference's shell helpers, as commands"
+run laptop getPeerIdByIp 127.0.0.2
+run vps execOnPeerByIp 127.0.0.2 /tmp pwd
+
+section "Errors say what to do"
+note "errors of d itself exit 255 in the exec family, as ssh does"
+EXPECT=255 run laptop execOnPeer --peer nosuch --directory /tmp --shellCmd true
+
+section "Done"
+if [ "$failures" -gt 0 ]; then
+  printf '%s%d command(s) did not exit as expected%s\n' "$red" "$failures" "$off"
+  exit 1
+fi
+echo "every command exited as expected"
+
+if [ "$keep" = 1 ]; then
+  trap - EXIT INT TERM
+  echo
+  echo "The mesh keeps running. To play with it, in your shell:"
+  echo "  export PATH=$MESH_BIN:\$PATH"
+  for name in "${MESH_PEERS[@]}"; do
+    printf '  export D_SOCKET=%-40s # be %s\n' "${SOCK[$name]}" "$name"
+  done
+  echo "Logs: $MESH_DIR/<peer>/log"
+  echo "Stop it with:"
+  echo "  kill ${MESH_PIDS[*]} && rm -rf $MESH_DIR"
+fi
