@@ -95,6 +95,13 @@ pub enum Command {
     /// On a worker, delete leader-only registry rows and report what was done.
     DbSanityCheck,
 
+    /// Run the troubleshooting checklist (✓/✗ per check, with the fix), optionally for one peer.
+    Doctor {
+        /// Also check the path to this peer.
+        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        peer: Option<String>,
+    },
+
     /// Show the audit log: jobs run here and jobs asked from here, newest first.
     ExecLog {
         /// Only jobs this peer asked for or ran.
@@ -150,8 +157,8 @@ impl Command {
     /// The request sent to the daemon for this command.
     pub fn request(&self) -> Request {
         match self {
-            Command::Ping => Request::Ping,
-            Command::GetPeerStatus => Request::GetPeerStatus,
+            Command::Ping => Request::Ping {},
+            Command::GetPeerStatus => Request::GetPeerStatus {},
             Command::SetPeerConfig {
                 role, id, leader, ..
             } => Request::SetPeerConfig {
@@ -164,11 +171,12 @@ impl Command {
                 leader: leader.clone(),
                 mesh_key: None,
             },
-            Command::ListPeers => Request::ListPeers,
+            Command::ListPeers => Request::ListPeers {},
             Command::GetPeerInfo { peer } => Request::GetPeerInfo { peer: peer.clone() },
             Command::DeletePeer { peer } => Request::DeletePeer { peer: peer.clone() },
             Command::GetPeerIdByIp { ip } => Request::GetPeerIdByIp { ip: ip.clone() },
-            Command::DbSanityCheck => Request::DbSanityCheck,
+            Command::DbSanityCheck => Request::DbSanityCheck {},
+            Command::Doctor { peer } => Request::Doctor { peer: peer.clone() },
             Command::ExecLog { peer, limit } => Request::ExecLog {
                 peer: peer.clone(),
                 limit: Some(*limit),
@@ -233,7 +241,7 @@ mod tests {
         for c in [a, b] {
             assert!(c.json);
             assert_eq!(c.socket, PathBuf::from("/x.sock"));
-            assert_eq!(c.command.request(), Request::Ping);
+            assert_eq!(c.command.request(), Request::Ping {});
         }
     }
 

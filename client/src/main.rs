@@ -96,6 +96,9 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         }
         _ => {}
     }
+    if let Command::Doctor { .. } = &cli.command {
+        return doctor(cli, &req);
+    }
     let result = conn::request(&cli.socket, cli.verbose, &req)?;
     if cli.json {
         render::out(&render::json(&result));
@@ -126,6 +129,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         }
         Command::GetPeerIdByIp { .. } => format!("{}\n", decode::<PeerIdReply>(result, &req)?.peer),
         Command::DbSanityCheck => format!("{}\n", decode::<MessageReply>(result, &req)?.message),
+        Command::Doctor { .. } => String::new(),
         Command::ExecLog { .. } => {
             render::exec_log_table(&decode::<Vec<d_proto::types::ExecRecord>>(result, &req)?)
         }
@@ -133,6 +137,29 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
     };
     render::out(&text);
     Ok(0)
+}
+
+/// `d doctor`: the daemon runs the checks; an unreachable daemon is the first
+/// failed check, not an error. Exits 1 when any check failed.
+fn doctor(cli: &Cli, req: &d_proto::control::Request) -> Result<i32, ErrorBody> {
+    let checks = match conn::request(&cli.socket, cli.verbose, req) {
+        Ok(v) => decode::<Vec<d_proto::types::Check>>(v, req)?,
+        Err(e) => vec![d_proto::types::Check {
+            name: "local daemon".into(),
+            ok: false,
+            detail: e.error,
+            fix: Some(
+                e.hint
+                    .unwrap_or_else(|| "`systemctl start d-daemon`".into()),
+            ),
+        }],
+    };
+    if cli.json {
+        render::out(&render::json(&checks));
+    } else {
+        render::out(&render::checks(&checks));
+    }
+    Ok(if checks.iter().all(|c| c.ok) { 0 } else { 1 })
 }
 
 /// The mesh key file's text (`-` = standard input); the daemon checks its form.

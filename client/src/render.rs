@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use d_proto::types::{ErrorBody, ExecRecord, LinkState, PeerInfo, PeerStatus};
+use d_proto::types::{Check, ErrorBody, ExecRecord, LinkState, PeerInfo, PeerStatus, WgStatus};
 use serde::Serialize;
 
 /// Unix seconds now (0 if the clock is before 1970).
@@ -132,21 +132,31 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
                 last_seen(p, now),
                 p.version.clone(),
                 p.hostname.clone(),
+                p.handshake_age_secs
+                    .map(|a| format!("{} ago", duration(a)))
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(
-        &[
-            "ID",
-            "ADDRESS",
-            "ROLE",
-            "ONLINE",
-            "LAST SEEN",
-            "VERSION",
-            "HOSTNAME",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "ID",
+        "ADDRESS",
+        "ROLE",
+        "ONLINE",
+        "LAST SEEN",
+        "VERSION",
+        "HOSTNAME",
+        "HANDSHAKE",
+    ];
+    // The handshake column only where the leader has WireGuard to ask.
+    let mut rows = rows;
+    if peers.iter().all(|p| p.handshake_age_secs.is_none()) {
+        header.pop();
+        for r in &mut rows {
+            r.pop();
+        }
+    }
+    table(&header, &rows)
 }
 
 /// The `execLog` table; the command is last so long ones do not push columns.
@@ -281,7 +291,86 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
         ("sessions", s.sessions.to_string()),
         ("running jobs", s.running_jobs.to_string()),
     ]);
-    key_values(&pairs)
+    let mut text = key_values(&pairs);
+    if let Some(wg) = &s.wg {
+        text.push_str(&wg_section(wg));
+    }
+    text
+}
+
+/// The WireGuard part of `getPeerStatus`: the interface, then a peer table.
+pub fn wg_section(wg: &WgStatus) -> String {
+    let mut text = String::from("\n");
+    if let Some(e) = &wg.error {
+        text.push_str(&format!("WireGuard {}: {e}\n", wg.interface));
+        return text;
+    }
+    text.push_str(&format!(
+        "WireGuard {}: public key {}, listening on port {}\n",
+        wg.interface,
+        wg.public_key.as_deref().unwrap_or("?"),
+        wg.listen_port
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "?".into())
+    ));
+    let rows: Vec<Vec<String>> = wg
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.peer_id.clone().unwrap_or_else(|| "-".into()),
+                p.endpoint.clone().unwrap_or_else(|| "-".into()),
+                p.allowed_ips.join(","),
+                p.handshake_age_secs
+                    .map(|a| format!("{} ago", duration(a)))
+                    .unwrap_or_else(|| "never".into()),
+                format!("{}/{}", bytes(p.rx_bytes), bytes(p.tx_bytes)),
+                p.public_key.clone(),
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &[
+            "PEER",
+            "ENDPOINT",
+            "ALLOWED IPS",
+            "HANDSHAKE",
+            "RX/TX",
+            "PUBLIC KEY",
+        ],
+        &rows,
+    ));
+    text
+}
+
+/// `1.5 MiB`, `310 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `d doctor`: one line per check, the fix under each failed one.
+pub fn checks(list: &[Check]) -> String {
+    let mut text = String::new();
+    for c in list {
+        let mark = if c.ok { "✓" } else { "✗" };
+        text.push_str(&format!("{mark} {}: {}\n", c.name, c.detail));
+        if let Some(fix) = c.fix.as_ref().filter(|_| !c.ok) {
+            for line in fix.lines() {
+                text.push_str(&format!("    fix: {line}\n"));
+            }
+        }
+    }
+    text
 }
 
 /// One JSON document, pretty-printed, newline-terminated.
@@ -308,7 +397,10 @@ pub fn error(err: &ErrorBody, as_json: bool) {
     } else {
         let mut e = format!("d: {}\n", err.error);
         if let Some(h) = &err.hint {
-            e.push_str(&format!("hint: {h}\n"));
+            for (i, line) in h.lines().enumerate() {
+                let lead = if i == 0 { "hint: " } else { "      " };
+                e.push_str(&format!("{lead}{line}\n"));
+            }
         }
         let _ = std::io::stderr().lock().write_all(e.as_bytes());
     }
@@ -372,6 +464,8 @@ mod tests {
             version: "0.1.0 (abc)".into(),
             hostname: "host".into(),
             first_seen: Some(0),
+            wg_public_key: None,
+            handshake_age_secs: None,
         }
     }
 
@@ -420,6 +514,7 @@ mod tests {
             wg_interface: "wg0".into(),
             sessions: 0,
             running_jobs: 2,
+            wg: None,
         };
         let t = peer_status(&s, 100);
         assert!(t.starts_with("id:           desk\n"), "{t}");

@@ -100,6 +100,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.inner.feed(line).await
     }
 
+    /// Queue a line already made by [`frame::encode`].
+    pub async fn feed_line(&mut self, line: Vec<u8>) -> std::io::Result<()> {
+        self.inner.feed(line).await
+    }
+
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush().await
     }

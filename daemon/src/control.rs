@@ -115,7 +115,19 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
     loop {
         let req = tokio::select! {
             _ = daemon.shutdown.cancelled() => return,
-            r = reader.read::<Request>() => r,
+            r = reader.read::<serde_json::Value>() => r,
+        };
+        // Only an object is a request (serde would also take `["ping"]`).
+        let req = match req {
+            Read::Msg(v) if !v.is_object() => Read::Bad(d_proto::frame::FrameError::Json(
+                serde::de::Error::custom("a request is one JSON object"),
+            )),
+            Read::Msg(v) => match serde_json::from_value::<Request>(v) {
+                Ok(r) => Read::Msg(r),
+                Err(e) => Read::Bad(d_proto::frame::FrameError::Json(e)),
+            },
+            Read::Bad(e) => Read::Bad(e),
+            Read::Eof => Read::Eof,
         };
         let req = match req {
             Read::Eof => return,
@@ -161,7 +173,7 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
                 continue;
             }
         };
-        match peer {
+        match peer.and_then(|p| check_spec(&spec).map(|()| p)) {
             Ok(peer) => exec::run_for_client(&daemon, &peer, spec, &mut reader, &mut writer).await,
             Err(e) => {
                 let _ = writer.send(&Event::Error(e)).await;
@@ -188,6 +200,28 @@ fn exec_spec(
     }
 }
 
+/// Longest directory a job may name (Linux's PATH_MAX: no longer one can exist).
+const MAX_DIRECTORY: usize = 4096;
+/// Longest command: far beyond any shell line, well inside one frame.
+const MAX_COMMAND: usize = 256 * 1024;
+
+fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
+    if spec.directory.len() > MAX_DIRECTORY {
+        return Err(ErrorBody::invalid(format!(
+            "Directory too long: {} bytes, the limit is {MAX_DIRECTORY}",
+            spec.directory.len()
+        )));
+    }
+    if spec.shell_cmd.len() > MAX_COMMAND {
+        return Err(ErrorBody::invalid(format!(
+            "Command too long: {} bytes, the limit is {MAX_COMMAND}",
+            spec.shell_cmd.len()
+        ))
+        .hint("put a long script in a file on the peer and run that"));
+    }
+    Ok(())
+}
+
 fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorBody> {
     serde_json::to_value(v).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
 }
@@ -195,8 +229,9 @@ fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorBody> 
 /// Answer every request except exec.
 async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value, ErrorBody> {
     match req {
-        Request::Ping => Ok(json!("pong")),
-        Request::GetPeerStatus => to_value(&daemon.status()),
+        Request::Ping {} => Ok(json!("pong")),
+        Request::GetPeerStatus {} => to_value(&daemon.full_status().await),
+        Request::Doctor { peer } => to_value(&crate::doctor::run(daemon, peer.as_deref()).await),
         Request::SetPeerConfig {
             role,
             id,
@@ -216,7 +251,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
             )
             .await
         }
-        Request::ListPeers => match leader::query(daemon, Query::ListPeers).await? {
+        Request::ListPeers {} => match leader::query(daemon, Query::ListPeers).await? {
             Answer::Peers { peers } => to_value(&peers),
             other => Err(unexpected(other)),
         },
@@ -235,7 +270,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
         Request::GetPeerIdByIp { ip } => {
             Ok(json!({ "peer": exec::peer_by_ip(daemon, &ip).await? }))
         }
-        Request::DbSanityCheck => db_sanity_check(daemon).await,
+        Request::DbSanityCheck {} => db_sanity_check(daemon).await,
         Request::ExecLog { peer, limit } => {
             let limit = limit.unwrap_or(50).clamp(1, 10_000);
             let rows = daemon

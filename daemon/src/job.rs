@@ -41,6 +41,22 @@ pub enum JobEvent {
     Failed(ErrorBody),
 }
 
+/// Counts a running job for as long as it lives, even if its task panics.
+struct RunningGuard(Arc<AtomicUsize>);
+
+impl RunningGuard {
+    fn new(n: Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        RunningGuard(n)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What every job of a daemon shares.
 #[derive(Clone)]
 pub struct JobCtx {
@@ -57,15 +73,14 @@ pub struct JobCtx {
 pub fn spawn(spec: ExecSpec, ctx: &JobCtx, cancel: CancellationToken) -> mpsc::Receiver<JobEvent> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = ctx.me.clone();
-    let running = ctx.running.clone();
-    running.fetch_add(1, Ordering::Relaxed);
+    let running = RunningGuard::new(ctx.running.clone());
     ctx.tracker.spawn(async move {
-        let span = tracing::info_span!("job", requester = %spec.requester, dir = %spec.directory);
+        let span = tracing::info_span!("job", requester = %spec.requester);
         let last = match run(&spec, &me, &tx, cancel).instrument(span).await {
             Ok(exit) => JobEvent::Exit(exit),
             Err(e) => JobEvent::Failed(e),
         };
-        running.fetch_sub(1, Ordering::Relaxed);
+        drop(running);
         let _ = tx.send(last).await;
     });
     rx
@@ -78,19 +93,20 @@ async fn run(
     cancel: CancellationToken,
 ) -> Result<ExitInfo, ErrorBody> {
     let dir = std::path::Path::new(&spec.directory);
+    let shown = d_proto::clip(&spec.directory, 200);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
             return Err(ErrorBody::new(
                 ErrorKind::DirectoryNotFound,
-                format!("Not a directory on {me}: {}", spec.directory),
+                format!("Not a directory on {me}: {shown}"),
             )
             .hint("--directory must name an existing directory on the target peer"))
         }
         Err(e) => {
             return Err(ErrorBody::new(
                 ErrorKind::DirectoryNotFound,
-                format!("Directory not found on {me}: {} ({e})", spec.directory),
+                format!("Directory not found on {me}: {shown} ({e})"),
             )
             .hint("--directory must name an existing directory on the target peer"))
         }
@@ -135,8 +151,10 @@ async fn run(
         readers.spawn(pump(err, Stream::Stderr, tx.clone()));
     }
 
+    // A timeout too large to represent is no timeout.
     let deadline = (spec.timeout_secs > 0)
-        .then(|| tokio::time::Instant::now() + Duration::from_secs(spec.timeout_secs));
+        .then(|| tokio::time::Instant::now().checked_add(Duration::from_secs(spec.timeout_secs)))
+        .flatten();
     let mut status = None;
     let mut timed_out = false;
     // When the group got SIGTERM; SIGKILL follows KILL_GRACE later.
@@ -166,6 +184,10 @@ async fn run(
                 termed_at = Some(tokio::time::Instant::now());
                 signal_group(pgid, Signal::SIGTERM);
             }
+            // The shell is gone but its group was signalled: look again soon,
+            // so a group that died of SIGTERM does not wait out the grace.
+            _ = tokio::time::sleep(Duration::from_millis(25)),
+                if status.is_some() && readers.is_empty() && termed_at.is_some() && !kill_sent => {}
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
                 kill_sent = true;
                 signal_group(pgid, Signal::SIGKILL);
@@ -211,8 +233,34 @@ fn signal_group(pgid: Option<Pid>, sig: Signal) {
     }
 }
 
+/// Whether any process of the group still runs. Zombies do not count: an
+/// orphan that died waits for init to reap it, sometimes for seconds, and
+/// `killpg(pgid, 0)` would still see it.
 fn group_alive(pgid: Option<Pid>) -> bool {
-    pgid.is_some_and(|p| killpg(p, None).is_ok())
+    let Some(pgid) = pgid else { return false };
+    if killpg(pgid, None).is_err() {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .any(|stat| {
+            // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut f = rest.split_whitespace();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
+            pgrp == Some(pgid.as_raw()) && state != Some("Z")
+        })
 }
 
 async fn pump<R: tokio::io::AsyncRead + Unpin>(
@@ -313,6 +361,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn timeout_returns_once_the_group_is_gone() {
+        let started = Instant::now();
+        let rx = spawn(spec("sleep 30", 1), &ctx(), CancellationToken::new());
+        let (_, _, last) = collect(rx).await;
+        assert!(matches!(last, JobEvent::Exit(e) if e.status() == 124));
+        // Not KILL_GRACE later: SIGTERM ended it.
+        assert!(
+            started.elapsed() < Duration::from_millis(2800),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

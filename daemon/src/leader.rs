@@ -12,7 +12,7 @@ use std::time::Duration;
 use d_proto::peer::{Answer, Hello, Purpose, Query, Welcome};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
-use crate::{unix_now, Daemon};
+use crate::{unix_now, wg, Daemon};
 
 /// How often online peers' `last_seen` reaches the database.
 const FLUSH_EVERY: Duration = Duration::from_secs(30);
@@ -87,6 +87,24 @@ pub async fn admit(
             ));
         }
     }
+    // With a WireGuard interface, a link must come through one of its peers.
+    let wg_public_key = match wg::read(&daemon.config.wg_interface).await {
+        Ok(dev) => match wg::peer_for(&dev, from.ip()) {
+            Some(p) => Some(p.config.public_key.to_base64()),
+            None => {
+                return Err(ErrorBody::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "link from {} refused: that address is not inside any WireGuard peer's allowed IPs on {}",
+                        from.ip(),
+                        daemon.config.wg_interface
+                    ),
+                )
+                .hint("workers must reach the leader through the tunnel: point them at the leader's WireGuard address, and add the worker as a WireGuard peer (`wg set`)"));
+            }
+        },
+        Err(_) => None,
+    };
     let row = PeerInfo {
         id: hello.peer_id.clone(),
         addr: from.ip().to_string(),
@@ -97,6 +115,8 @@ pub async fn admit(
         version: hello.version.clone(),
         hostname: hello.hostname.clone(),
         first_seen: None,
+        wg_public_key,
+        handshake_age_secs: None,
     };
     let now = unix_now();
     daemon
@@ -122,6 +142,8 @@ pub async fn ensure_self_row(daemon: &Arc<Daemon>) {
         version: d_proto::version_string(),
         hostname: daemon.hostname.clone(),
         first_seen: None,
+        wg_public_key: None,
+        handshake_age_secs: None,
     };
     let now = unix_now();
     if let Err(e) = daemon
@@ -172,15 +194,33 @@ pub async fn answer(daemon: &Arc<Daemon>, q: Query) -> Answer {
     }
 }
 
-fn with_liveness(daemon: &Daemon, mut p: PeerInfo, me: &str) -> PeerInfo {
+fn with_liveness(
+    daemon: &Daemon,
+    mut p: PeerInfo,
+    me: &str,
+    dev: Option<&wireguard_control::Device>,
+) -> PeerInfo {
     p.online = p.id == me || daemon.link_online(&p.id);
     if p.online {
         p.last_seen = Some(unix_now());
+    }
+    if let (Some(dev), Ok(ip)) = (dev, p.addr.parse()) {
+        p.handshake_age_secs = wg::peer_for(dev, ip)
+            .and_then(wg::handshake_age)
+            .map(|a| a.as_secs());
     }
     p
 }
 
 async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBody> {
+    let pong = || Answer::Pong {
+        version: d_proto::version_string(),
+        protocol: d_proto::PROTOCOL_VERSION,
+    };
+    // Any peer answers a ping; the rest needs the registry.
+    if q == Query::Ping {
+        return Ok(pong());
+    }
     let id = daemon.identity();
     if id.role != Some(Role::Leader) {
         return Err(ErrorBody::new(
@@ -191,7 +231,15 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
     }
     let me = id.id.unwrap_or_default();
     let db = |e: crate::registry::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
+    let needs_wg = matches!(q, Query::ListPeers | Query::GetPeerInfo { .. });
+    let dev = if needs_wg {
+        wg::read(&daemon.config.wg_interface).await.ok()
+    } else {
+        None
+    };
+    let dev = dev.as_ref();
     match q {
+        Query::Ping => Ok(pong()),
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match daemon
@@ -201,7 +249,7 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
                 .map_err(db)?
             {
                 Some(p) => Ok(Answer::Peer {
-                    peer: with_liveness(daemon, p, &me),
+                    peer: with_liveness(daemon, p, &me, dev),
                 }),
                 None => Err(ErrorBody::peer_not_found(&peer)),
             }
@@ -215,7 +263,7 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
             Ok(Answer::Peers {
                 peers: rows
                     .into_iter()
-                    .map(|p| with_liveness(daemon, p, &me))
+                    .map(|p| with_liveness(daemon, p, &me, dev))
                     .collect(),
             })
         }

@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod doctor;
 pub mod exec;
 pub mod job;
 pub mod leader;
@@ -25,6 +26,7 @@ pub mod meshkey;
 pub mod peer_port;
 pub mod registry;
 pub mod session;
+pub mod wg;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -367,7 +369,29 @@ impl Daemon {
             wg_interface: self.config.wg_interface.clone(),
             sessions: self.session_count(),
             running_jobs: self.running_jobs.load(std::sync::atomic::Ordering::Relaxed),
+            wg: None,
         }
+    }
+
+    /// [`Daemon::status`] plus the WireGuard interface, its peers named by
+    /// peer id where the registry knows their address.
+    pub async fn full_status(self: &Arc<Self>) -> PeerStatus {
+        let mut st = self.status();
+        let iface = self.config.wg_interface.clone();
+        let dev = wg::read(&iface).await;
+        let names: HashMap<std::net::IpAddr, String> = if dev.is_ok() {
+            match leader::query(self, d_proto::peer::Query::ListPeers).await {
+                Ok(d_proto::peer::Answer::Peers { peers }) => peers
+                    .into_iter()
+                    .filter_map(|p| p.addr.parse().ok().map(|ip| (ip, p.id)))
+                    .collect(),
+                _ => HashMap::new(),
+            }
+        } else {
+            HashMap::new()
+        };
+        st.wg = Some(wg::status(&iface, dev, |ip| names.get(&ip).cloned()));
+        st
     }
 }
 

@@ -277,7 +277,32 @@ where
 
 /// Connect to a daemon and open a session. `expect` is the peer id the
 /// caller means to reach; an address answering with another id is an error.
+/// A failure to connect is explained by what WireGuard saw meanwhile.
 pub async fn dial(
+    daemon: &Arc<Daemon>,
+    addr: SocketAddr,
+    purpose: Purpose,
+    expect: Option<&str>,
+) -> Result<Arc<Session>, ErrorBody> {
+    let iface = daemon.config.wg_interface.clone();
+    let before = crate::wg::snapshot(&iface, addr.ip()).await;
+    let result = dial_inner(daemon, addr, purpose, expect).await;
+    match result {
+        Err(mut e) if matches!(e.kind, ErrorKind::ConnectFailed | ErrorKind::PeerTimeout) => {
+            let after = crate::wg::snapshot(&iface, addr.ip()).await;
+            if let Some(why) = crate::wg::diagnose(expect.unwrap_or("the leader"), before, after) {
+                e.hint = Some(match e.hint {
+                    Some(h) => format!("{why}\n{h}"),
+                    None => why,
+                });
+            }
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+async fn dial_inner(
     daemon: &Arc<Daemon>,
     addr: SocketAddr,
     purpose: Purpose,

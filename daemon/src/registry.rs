@@ -52,6 +52,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX exec_log_started ON exec_log(started_ms);
     CREATE INDEX exec_log_requester ON exec_log(requester);
     CREATE INDEX exec_log_target ON exec_log(target);",
+    // 2 → 3: the WireGuard public key a worker's link came through.
+    "ALTER TABLE peers ADD COLUMN wg_pubkey TEXT;",
 ];
 
 /// How much audit log to keep: whichever limit is reached first.
@@ -61,7 +63,8 @@ pub struct Retention {
     pub max_age_days: u64,
 }
 
-const PEER_COLUMNS: &str = "id, addr, port, role, version, hostname, first_seen, last_seen";
+const PEER_COLUMNS: &str =
+    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -138,11 +141,12 @@ impl Store {
     /// Insert or refresh a peer (registration); `first_seen` is kept.
     pub fn upsert_peer(&self, p: &PeerInfo, now: u64) -> Result<(), RegistryError> {
         self.conn.execute(
-            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
              ON CONFLICT(id) DO UPDATE SET addr = excluded.addr, port = excluded.port,
                 role = excluded.role, version = excluded.version,
-                hostname = excluded.hostname, last_seen = excluded.last_seen",
+                hostname = excluded.hostname, last_seen = excluded.last_seen,
+                wg_pubkey = excluded.wg_pubkey",
             params![
                 p.id,
                 p.addr,
@@ -150,7 +154,8 @@ impl Store {
                 p.role.as_str(),
                 p.version,
                 p.hostname,
-                now as i64
+                now as i64,
+                p.wg_public_key
             ],
         )?;
         Ok(())
@@ -313,7 +318,9 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
         version: r.get(4)?,
         hostname: r.get(5)?,
         first_seen: Some(r.get::<_, i64>(6)? as u64),
+        wg_public_key: r.get(8)?,
         last_seen: Some(r.get::<_, i64>(7)? as u64),
+        handshake_age_secs: None,
     })
 }
 
@@ -405,6 +412,8 @@ mod tests {
             version: "v".into(),
             hostname: "h".into(),
             first_seen: None,
+            wg_public_key: None,
+            handshake_age_secs: None,
         }
     }
 

@@ -43,7 +43,8 @@ struct InJob {
 
 pub struct Session {
     pub peer: PeerDesc,
-    tx: mpsc::Sender<PeerMsg>,
+    /// Encoded lines for the writer task.
+    tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
     queries: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     jobs_out: Mutex<HashMap<u64, mpsc::UnboundedSender<JobEvent>>>,
@@ -149,13 +150,19 @@ impl Session {
         self.closed.cancel();
     }
 
-    /// Queue a message; fails once the session is closed.
+    /// Queue a message; fails once the session is closed. It is encoded
+    /// here, so a message too large to send fails alone instead of taking
+    /// the session (and every job on it) down in the writer.
     pub async fn send(&self, m: PeerMsg) -> Result<(), ErrorBody> {
         if self.is_closed() {
             return Err(self.reason());
         }
+        let line = d_proto::frame::encode(&m).map_err(|e| {
+            ErrorBody::invalid(format!("cannot send to {}: {e}", self.peer.id))
+                .hint("shorten the command or directory")
+        })?;
         tokio::select! {
-            r = self.tx.send(m) => r.map_err(|_| self.reason()),
+            r = self.tx.send(line) => r.map_err(|_| self.reason()),
             _ = self.closed.cancelled() => Err(self.reason()),
         }
     }
@@ -222,6 +229,7 @@ impl Session {
         let d = daemon.clone();
         daemon.tracker.spawn(async move {
             let started = std::time::Instant::now();
+            let mut finished = false;
             while let Some(ev) = events.recv().await {
                 let msg = match ev {
                     JobEvent::Output(stream, data) => {
@@ -240,15 +248,26 @@ impl Session {
                         }
                     }
                     JobEvent::Exit(exit) => {
+                        finished = true;
                         rec.exit = Some(exit);
                         PeerMsg::Exit { job: id, exit }
                     }
                     JobEvent::Failed(error) => {
+                        finished = true;
                         rec.error = Some(error.error.clone());
                         PeerMsg::JobFailed { job: id, error }
                     }
                 };
                 let _ = s.send(msg).await;
+            }
+            if !finished {
+                // The job's task died without a status: never leave the requester waiting.
+                let error = ErrorBody::new(
+                    d_proto::types::ErrorKind::Other,
+                    "the job ended without a status (internal error; see the daemon's log)",
+                );
+                rec.error = Some(error.error.clone());
+                let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
             }
             lock(&s.jobs_in).remove(&id);
             rec.duration_ms = started.elapsed().as_millis() as u64;
@@ -359,22 +378,34 @@ async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<Owne
 async fn write_loop(
     s: Arc<Session>,
     mut w: Writer<OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<PeerMsg>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     heartbeat: Duration,
 ) {
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let beat = d_proto::frame::encode(&PeerMsg::Heartbeat).unwrap_or_default();
     let result: std::io::Result<()> = async {
         loop {
             tokio::select! {
                 biased;
-                _ = s.closed() => return Ok(()),
+                _ = s.closed() => {
+                    // Say what is still queued (an error for the last bad
+                    // frame, a final status) if the peer still reads.
+                    let last = async {
+                        while let Ok(line) = rx.try_recv() {
+                            w.feed_line(line).await?;
+                        }
+                        w.flush().await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(200), last).await;
+                    return Ok(());
+                }
                 m = rx.recv() => {
-                    let Some(m) = m else { return Ok(()) };
+                    let Some(line) = m else { return Ok(()) };
                     let batch = async {
-                        w.feed(&m).await?;
-                        while let Ok(m) = rx.try_recv() {
-                            w.feed(&m).await?;
+                        w.feed_line(line).await?;
+                        while let Ok(line) = rx.try_recv() {
+                            w.feed_line(line).await?;
                         }
                         w.flush().await
                     };
@@ -384,8 +415,12 @@ async fn write_loop(
                     }
                 }
                 _ = tick.tick() => {
+                    let send = async {
+                        w.feed_line(beat.clone()).await?;
+                        w.flush().await
+                    };
                     tokio::select! {
-                        r = w.send(&PeerMsg::Heartbeat) => r?,
+                        r = send => r?,
                         _ = s.closed() => return Ok(()),
                     }
                 }

@@ -432,3 +432,61 @@ fn versions_name_the_commit() {
         .unwrap();
     assert!(stdout(&o).contains(d_proto::GIT_COMMIT), "{}", stdout(&o));
 }
+
+#[test]
+fn doctor_checks_the_path_to_a_peer() {
+    let m = Mesh::start();
+    let o = m.laptop.d(&["--json", "doctor", "--peer", "desktop"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let checks = v.as_array().unwrap();
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {v}"))
+    };
+    assert_eq!(find("leader link")["ok"], true);
+    assert_eq!(find("desktop daemon answering")["ok"], true);
+    assert_eq!(find("versions in step (desktop)")["ok"], true);
+    // No WireGuard on loopback: a failed check with its fix, and exit 1.
+    let wg = find("WireGuard interface");
+    assert_eq!(wg["ok"], false);
+    assert!(wg["fix"].as_str().unwrap().contains("wg-quick up dtnone0"));
+    let o = m.laptop.d(&["doctor", "--peer", "desktop"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("✓ desktop daemon answering"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("✗ WireGuard interface"),
+        "{}",
+        stdout(&o)
+    );
+    // A dead peer: the failed check names it.
+    let Mesh {
+        vps: _v,
+        mut desktop,
+        laptop,
+    } = m;
+    desktop.kill9();
+    let o = laptop.d(&["doctor", "--peer", "desktop"]);
+    assert!(
+        stdout(&o).contains("✗ desktop daemon answering: Failed to connect to peer: desktop"),
+        "{}",
+        stdout(&o)
+    );
+    // The local daemon down is a check too.
+    let o = Command::new(client_bin())
+        .args(["--socket", "/tmp/d-test-none.sock", "doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("✗ local daemon: Cannot reach the local daemon"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -19,8 +19,10 @@ use crate::types::{ErrorBody, ExitInfo, B64};
     deny_unknown_fields
 )]
 pub enum Request {
-    Ping,
-    GetPeerStatus,
+    // Empty struct variants, not unit ones: serde applies deny_unknown_fields
+    // only to these, so `{"command":"ping","sudo":true}` is refused.
+    Ping {},
+    GetPeerStatus {},
     SetPeerConfig {
         role: Option<String>,
         id: Option<String>,
@@ -32,7 +34,7 @@ pub enum Request {
         leader: Option<String>,
         mesh_key: Option<String>,
     },
-    ListPeers,
+    ListPeers {},
     GetPeerInfo {
         peer: String,
     },
@@ -42,13 +44,17 @@ pub enum Request {
     GetPeerIdByIp {
         ip: String,
     },
-    DbSanityCheck,
+    DbSanityCheck {},
     /// The audit log, newest first.
     ExecLog {
         /// Only jobs this peer asked for or ran.
         peer: Option<String>,
         /// At most this many rows (default 50).
         limit: Option<u32>,
+    },
+    /// The troubleshooting checklist, optionally for one peer.
+    Doctor {
+        peer: Option<String>,
     },
     ExecOnPeer {
         peer: String,
@@ -69,16 +75,17 @@ impl Request {
     /// The wire name, for logs.
     pub fn name(&self) -> &'static str {
         match self {
-            Request::Ping => "ping",
-            Request::GetPeerStatus => "getPeerStatus",
+            Request::Ping {} => "ping",
+            Request::GetPeerStatus {} => "getPeerStatus",
             Request::SetPeerConfig { .. } => "setPeerConfig",
             Request::RegisterWorker { .. } => "registerWorker",
-            Request::ListPeers => "listPeers",
+            Request::ListPeers {} => "listPeers",
             Request::GetPeerInfo { .. } => "getPeerInfo",
             Request::DeletePeer { .. } => "deletePeer",
             Request::GetPeerIdByIp { .. } => "getPeerIdByIp",
-            Request::DbSanityCheck => "dbSanityCheck",
+            Request::DbSanityCheck {} => "dbSanityCheck",
             Request::ExecLog { .. } => "execLog",
+            Request::Doctor { .. } => "doctor",
             Request::ExecOnPeer { .. } => "execOnPeer",
             Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
         }
@@ -130,7 +137,7 @@ mod tests {
     #[test]
     fn hand_written_requests_parse() {
         let r: Request = serde_json::from_str(r#"{"command":"listPeers"}"#).unwrap();
-        assert_eq!(r, Request::ListPeers);
+        assert_eq!(r, Request::ListPeers {});
         let r: Request = serde_json::from_str(
             r#"{"command":"execOnPeer","peer":"vps","directory":"/opt","shellCmd":"git pull"}"#,
         )
@@ -145,6 +152,7 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"ping","sudo":true}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"getPeerInfo","peer":5}"#).is_err());
     }
 }

@@ -122,7 +122,9 @@ impl std::fmt::Display for FrameError {
             FrameError::TooLong { max } => {
                 write!(f, "frame too long: the limit is {max} bytes per line")
             }
-            FrameError::Json(e) => write!(f, "malformed frame: {e}"),
+            FrameError::Json(e) => {
+                write!(f, "malformed frame: {}", crate::clip(&e.to_string(), 300))
+            }
         }
     }
 }

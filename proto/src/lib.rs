@@ -40,19 +40,30 @@ pub const OUTPUT_CHUNK: usize = 48 * 1024;
 /// Output bytes a target may send for one job before the requester grants more.
 pub const JOB_WINDOW: u32 = 1024 * 1024;
 
+/// `s` cut to `max` characters for an error message, saying how long it was:
+/// an answer must never echo a megabyte of hostile input back.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(max).collect();
+    format!("{head}... ({} bytes)", s.len())
+}
+
 /// Peer ids are DNS-label-like: 1–64 of `[A-Za-z0-9._-]`, not starting with `-`
 /// or `.`. They appear in shell completions, logs and table cells, so anything
 /// else is refused up front.
 pub fn validate_peer_id(id: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let shown = clip(id, 80);
     if id.is_empty() || id.len() > 64 {
         return Err(format!(
-            "Invalid peer id {id:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
+            "Invalid peer id {shown:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
         ));
     }
     if !id.chars().all(ok_char) || id.starts_with('-') || id.starts_with('.') {
         return Err(format!(
-            "Invalid peer id {id:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)"
+            "Invalid peer id {shown:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)"
         ));
     }
     Ok(())

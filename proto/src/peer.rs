@@ -76,6 +76,8 @@ pub enum Query {
     PeerIdByIp {
         ip: String,
     },
+    /// Is the daemon answering, and which version is it? (Any peer answers.)
+    Ping,
 }
 
 /// The leader's answers.
@@ -86,6 +88,7 @@ pub enum Answer {
     Peers { peers: Vec<PeerInfo> },
     Deleted { peer: String },
     PeerId { peer: String },
+    Pong { version: String, protocol: u32 },
     Error(ErrorBody),
 }
 

@@ -46,6 +46,12 @@ pub struct PeerInfo {
     pub hostname: String,
     /// Unix seconds when it first registered.
     pub first_seen: Option<u64>,
+    /// The WireGuard public key of the peer its link came through (leader with WireGuard).
+    #[serde(default)]
+    pub wg_public_key: Option<String>,
+    /// Seconds since the leader's last WireGuard handshake with it.
+    #[serde(default)]
+    pub handshake_age_secs: Option<u64>,
 }
 
 /// State of a worker's link to its leader.
@@ -88,6 +94,45 @@ pub struct PeerStatus {
     pub sessions: usize,
     /// Jobs running on this daemon right now.
     pub running_jobs: usize,
+    /// The WireGuard interface as this daemon sees it.
+    #[serde(default)]
+    pub wg: Option<WgStatus>,
+}
+
+/// A WireGuard interface and its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgStatus {
+    pub interface: String,
+    /// Why the interface could not be read (absent, no permission, ...).
+    pub error: Option<String>,
+    pub public_key: Option<String>,
+    pub listen_port: Option<u16>,
+    pub peers: Vec<WgPeer>,
+}
+
+/// One WireGuard peer of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgPeer {
+    pub public_key: String,
+    /// The d peer id whose registered address lies in this peer's allowed IPs.
+    pub peer_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the last handshake; `None` = never.
+    pub handshake_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// One line of `d doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do, for a failed check.
+    pub fix: Option<String>,
 }
 
 /// How a job ended on its target.
@@ -218,6 +263,7 @@ impl ErrorBody {
     }
 
     pub fn peer_not_found(peer: &str) -> Self {
+        let peer = crate::clip(peer, 80);
         Self::new(ErrorKind::PeerNotFound, format!("Peer not found: {peer}")).hint(
             "the peer must register with the leader: run `d registerWorker` on it, then check `d listPeers`",
         )

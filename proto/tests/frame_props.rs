@@ -185,8 +185,8 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
 
 fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        Just(Request::Ping),
-        Just(Request::ListPeers),
+        Just(Request::Ping {}),
+        Just(Request::ListPeers {}),
         arb_string().prop_map(|peer| Request::GetPeerInfo { peer }),
         (
             arb_string(),

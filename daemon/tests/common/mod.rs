@@ -98,6 +98,12 @@ impl TestDaemon {
             .arg("--listen")
             .arg(listen)
             .args(["--heartbeat-ms", "250"])
+            // Loopback tests must not see a real wg0 this machine may have.
+            .args(if self.extra.iter().any(|a| a == "--wg-interface") {
+                vec![]
+            } else {
+                vec!["--wg-interface", "dtnone0"]
+            })
             .args(&self.extra)
             .env("D_LOG", "debug")
             .stdin(Stdio::null())

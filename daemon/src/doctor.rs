@@ -1,0 +1,235 @@
+//! `d doctor`: the troubleshooting steps of the reference documents, run for
+//! the user. One [`Check`] per step, each failed one with its fix.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use d_proto::peer::{Answer, Query};
+use d_proto::types::{Check, LinkState, Role};
+
+use crate::config::parse_addr;
+use crate::{exec, wg, Daemon};
+
+fn pass(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// The handshake check for the WireGuard peer carrying `addr`.
+fn handshake(dev: &wireguard_control::Device, who: &str, addr: std::net::IpAddr) -> Check {
+    let name = format!("handshake with {who}");
+    match wg::peer_for(dev, addr) {
+        None => fail(
+            &name,
+            format!("no WireGuard peer of this interface covers {addr}"),
+            format!("add {who} as a WireGuard peer with {addr} in its AllowedIPs (`wg set`)"),
+        ),
+        Some(p) => match wg::handshake_age(p) {
+            Some(a) if a <= wg::STALE_HANDSHAKE => pass(&name, format!("{} ago", wg::age(a))),
+            Some(a) => fail(
+                &name,
+                format!("last handshake {} ago — the tunnel is down", wg::age(a)),
+                format!("check {who}'s endpoint and that its WireGuard is up (`wg show` on both), then `ping {addr}`"),
+            ),
+            None => fail(
+                &name,
+                "never — the tunnel is down".to_string(),
+                format!("check {who}'s endpoint and that its WireGuard is up (`wg show` on both), then `ping {addr}`"),
+            ),
+        },
+    }
+}
+
+pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let st = daemon.status();
+    checks.push(pass(
+        "local daemon",
+        format!("d-daemon {} up {}s", st.version, st.uptime_secs),
+    ));
+
+    let id = daemon.identity();
+    match (id.role, &id.id) {
+        (Some(role), Some(me)) => checks.push(pass("role and id", format!("{} '{me}'", role.as_str()))),
+        _ => checks.push(fail(
+            "role and id",
+            "not configured",
+            "`d setPeerConfig --role leader --id NAME` on the leader, `d registerWorker --leader IP --meshKey FILE` on workers",
+        )),
+    }
+    match daemon.mesh_key() {
+        Some(_) => checks.push(pass(
+            "mesh key",
+            crate::meshkey::path(&daemon.config.state_dir)
+                .display()
+                .to_string(),
+        )),
+        None => checks.push(fail(
+            "mesh key",
+            "missing",
+            "copy the leader's <state-dir>/mesh.key here: `d setPeerConfig --meshKey FILE`",
+        )),
+    }
+    match (&st.listen, &st.listen_error) {
+        (Some(a), _) => checks.push(pass("peer port", format!("listening on {a}"))),
+        (None, e) => checks.push(fail(
+            "peer port",
+            e.clone().unwrap_or_else(|| "not bound".into()),
+            format!(
+                "bring up {} (`wg-quick up {}`) or pass --listen IP",
+                st.wg_interface, st.wg_interface
+            ),
+        )),
+    }
+
+    let dev = wg::read(&daemon.config.wg_interface).await;
+    match &dev {
+        Ok(d) => checks.push(pass(
+            "WireGuard interface",
+            format!(
+                "{} listening on {}, {} peers",
+                st.wg_interface,
+                d.listen_port.map(|p| p.to_string()).unwrap_or("?".into()),
+                d.peers.len()
+            ),
+        )),
+        Err(e) => checks.push(fail(
+            "WireGuard interface",
+            e.clone(),
+            format!(
+                "`wg-quick up {0}` (or `--wg-interface NAME` if yours is named otherwise)",
+                st.wg_interface
+            ),
+        )),
+    }
+
+    if id.role == Some(Role::Worker) {
+        let leader = id.leader.clone().unwrap_or_default();
+        let link = daemon.link_info();
+        match link.state {
+            LinkState::Connected => {
+                let s = link.session.as_ref();
+                let ver = s.map(|s| s.peer.version.clone()).unwrap_or_default();
+                checks.push(pass("leader link", format!("connected to {leader}")));
+                if ver == d_proto::version_string() {
+                    checks.push(pass("versions in step (leader)", ver));
+                } else {
+                    checks.push(fail(
+                        "versions in step (leader)",
+                        format!("leader runs {ver}, this daemon {}", d_proto::version_string()),
+                        "deploy the same build everywhere (`d remoteDeployDaemon --peer ...`)",
+                    ));
+                }
+            }
+            _ => checks.push(fail(
+                "leader link",
+                format!("{:?}: {}", link.state, link.error.unwrap_or_default()).to_lowercase(),
+                format!("is the leader daemon running at {leader}? WireGuard up? leader address right (`d setPeerConfig --leader IP[:PORT]`)?"),
+            )),
+        }
+        if let (Ok(d), Ok(a)) = (&dev, parse_addr(&leader, d_proto::DEFAULT_PORT)) {
+            checks.push(handshake(d, "the leader", a.ip()));
+        }
+    }
+
+    if let Some(peer) = peer {
+        peer_checks(daemon, peer, dev.as_ref().ok(), &mut checks).await;
+    }
+    checks
+}
+
+async fn peer_checks(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    dev: Option<&wireguard_control::Device>,
+    checks: &mut Vec<Check>,
+) {
+    let info = match crate::leader::query(daemon, Query::GetPeerInfo { peer: peer.into() }).await {
+        Ok(Answer::Peer { peer: p }) => p,
+        Ok(Answer::Error(e)) | Err(e) => {
+            checks.push(fail(
+                &format!("{peer} registered"),
+                e.error,
+                e.hint.unwrap_or_default(),
+            ));
+            return;
+        }
+        Ok(other) => {
+            checks.push(fail(
+                &format!("{peer} registered"),
+                format!("{other:?}"),
+                "upgrade d",
+            ));
+            return;
+        }
+    };
+    checks.push(pass(
+        &format!("{peer} registered"),
+        format!(
+            "{}:{}, {}",
+            info.addr,
+            info.port,
+            if info.online { "online" } else { "offline" }
+        ),
+    ));
+    if daemon.identity().id.as_deref() == Some(peer) {
+        return;
+    }
+    if let (Some(d), Ok(ip)) = (dev, info.addr.parse()) {
+        checks.push(handshake(d, peer, ip));
+    }
+    let started = Instant::now();
+    let pong = match exec::route(daemon, peer).await {
+        Ok(exec::Route::Remote(s, path)) => s.query(Query::Ping).await.map(|a| (a, path)),
+        Ok(exec::Route::Local) => return,
+        Err(e) => Err(e),
+    };
+    match pong {
+        Ok((Answer::Pong { version, .. }, path)) => {
+            checks.push(pass(
+                &format!("{peer} daemon answering"),
+                format!(
+                    "in {:.1} ms via {path}",
+                    started.elapsed().as_secs_f64() * 1000.0
+                ),
+            ));
+            if version == d_proto::version_string() {
+                checks.push(pass(&format!("versions in step ({peer})"), version));
+            } else {
+                checks.push(fail(
+                    &format!("versions in step ({peer})"),
+                    format!(
+                        "{peer} runs {version}, this daemon {}",
+                        d_proto::version_string()
+                    ),
+                    format!(
+                        "`d remoteDeployDaemon --peer {peer}` (or install the same build there)"
+                    ),
+                ));
+            }
+        }
+        Ok((other, _)) => checks.push(fail(
+            &format!("{peer} daemon answering"),
+            format!("unexpected answer {other:?}"),
+            "upgrade d there",
+        )),
+        Err(e) => checks.push(fail(
+            &format!("{peer} daemon answering"),
+            e.error,
+            e.hint.unwrap_or_default(),
+        )),
+    }
+}

@@ -1,0 +1,231 @@
+//! The WireGuard interface, read with wireguard-control (kernel netlink
+//! first, then wireguard-go's userspace socket). Used to report the tunnel in
+//! `getPeerStatus` and `d doctor`, to admit worker links only from WireGuard
+//! peers, and to explain a failed connection ("the tunnel is down" versus
+//! "the tunnel is up; is d-daemon running there?").
+//!
+//! The library's calls block: callers use [`read`], which runs them on the
+//! blocking pool.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use d_proto::types::{WgPeer, WgStatus};
+use wireguard_control::{Backend, Device, InterfaceName};
+
+/// WireGuard drops a session this old (REJECT_AFTER_TIME): past it, no
+/// handshake means no tunnel.
+pub const STALE_HANDSHAKE: Duration = Duration::from_secs(180);
+
+/// Read the interface, or say why not.
+pub async fn read(iface: &str) -> Result<Device, String> {
+    let name = iface.to_string();
+    tokio::task::spawn_blocking(move || read_blocking(&name))
+        .await
+        .map_err(|e| format!("cannot read {iface}: {e}"))?
+}
+
+fn read_blocking(iface: &str) -> Result<Device, String> {
+    let name: InterfaceName = iface
+        .parse()
+        .map_err(|e| format!("{iface:?} is not an interface name: {e:?}"))?;
+    let kernel = Device::get(&name, Backend::Kernel);
+    match kernel {
+        Ok(d) => Ok(d),
+        Err(ke) => Device::get(&name, Backend::Userspace).map_err(|ue| {
+            format!(
+                "no WireGuard interface {iface} (kernel: {ke}; wireguard-go: {ue}); is the tunnel up (`wg show`)?"
+            )
+        }),
+    }
+}
+
+fn contains(net: &wireguard_control::AllowedIp, ip: IpAddr) -> bool {
+    match (net.address, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let bits = u32::from(net.cidr.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let bits = u32::from(net.cidr.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The WireGuard peer whose allowed IPs hold `ip` (the most specific one).
+pub fn peer_for(dev: &Device, ip: IpAddr) -> Option<&wireguard_control::PeerInfo> {
+    dev.peers
+        .iter()
+        .filter_map(|p| {
+            p.config
+                .allowed_ips
+                .iter()
+                .filter(|n| contains(n, ip))
+                .map(|n| n.cidr)
+                .max()
+                .map(|c| (c, p))
+        })
+        .max_by_key(|(c, _)| *c)
+        .map(|(_, p)| p)
+}
+
+pub fn handshake_age(p: &wireguard_control::PeerInfo) -> Option<Duration> {
+    p.stats
+        .last_handshake_time
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+}
+
+/// The interface for `getPeerStatus`; `name_of` maps an address to a peer id.
+pub fn status(
+    iface: &str,
+    dev: Result<Device, String>,
+    name_of: impl Fn(IpAddr) -> Option<String>,
+) -> WgStatus {
+    match dev {
+        Err(e) => WgStatus {
+            interface: iface.to_string(),
+            error: Some(e),
+            public_key: None,
+            listen_port: None,
+            peers: Vec::new(),
+        },
+        Ok(d) => WgStatus {
+            interface: iface.to_string(),
+            error: None,
+            public_key: d.public_key.as_ref().map(|k| k.to_base64()),
+            listen_port: d.listen_port,
+            peers: d
+                .peers
+                .iter()
+                .map(|p| WgPeer {
+                    public_key: p.config.public_key.to_base64(),
+                    peer_id: p.config.allowed_ips.iter().find_map(|n| {
+                        (n.cidr == 32 || n.cidr == 128)
+                            .then(|| name_of(n.address))
+                            .flatten()
+                    }),
+                    endpoint: p.config.endpoint.map(|e| e.to_string()),
+                    allowed_ips: p
+                        .config
+                        .allowed_ips
+                        .iter()
+                        .map(|n| format!("{}/{}", n.address, n.cidr))
+                        .collect(),
+                    handshake_age_secs: handshake_age(p).map(|d| d.as_secs()),
+                    rx_bytes: p.stats.rx_bytes,
+                    tx_bytes: p.stats.tx_bytes,
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Traffic counters and handshake of the WireGuard peer carrying `ip`.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub handshake_age: Option<Duration>,
+}
+
+pub async fn snapshot(iface: &str, ip: IpAddr) -> Option<Snapshot> {
+    let dev = read(iface).await.ok()?;
+    let p = peer_for(&dev, ip)?;
+    Some(Snapshot {
+        rx_bytes: p.stats.rx_bytes,
+        tx_bytes: p.stats.tx_bytes,
+        handshake_age: handshake_age(p),
+    })
+}
+
+/// `3m12s`, `4s`.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// Why a connection to `peer` at `ip` failed, as far as WireGuard can tell.
+/// `before` was taken just before the attempt: nothing received since then
+/// while packets went out means the tunnel carries nothing back.
+pub fn diagnose(peer: &str, before: Option<Snapshot>, after: Option<Snapshot>) -> Option<String> {
+    let after = after?;
+    let heard = before.map(|b| after.rx_bytes > b.rx_bytes);
+    let sent = before.map(|b| after.tx_bytes > b.tx_bytes);
+    match after.handshake_age {
+        None => Some(format!("no WireGuard handshake with {peer} ever — the tunnel is down")),
+        Some(a) if a > STALE_HANDSHAKE => Some(format!(
+            "no WireGuard handshake with {peer} for {} — the tunnel is down",
+            age(a)
+        )),
+        Some(a) if heard == Some(false) && sent == Some(true) => Some(format!(
+            "nothing came back from {peer} through WireGuard while connecting (last handshake {} ago) — the tunnel is down",
+            age(a)
+        )),
+        Some(a) => Some(format!(
+            "handshake {} ago — the tunnel is up; is d-daemon running on {peer}?",
+            age(a)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_ip_matching() {
+        let net: wireguard_control::AllowedIp = "198.19.0.0/24".parse().unwrap();
+        assert!(contains(&net, "198.19.0.7".parse().unwrap()));
+        assert!(!contains(&net, "198.18.0.7".parse().unwrap()));
+        let all: wireguard_control::AllowedIp = "0.0.0.0/0".parse().unwrap();
+        assert!(contains(&all, "127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn diagnosis_wording() {
+        let snap = |rx, tx, secs: Option<u64>| Snapshot {
+            rx_bytes: rx,
+            tx_bytes: tx,
+            handshake_age: secs.map(Duration::from_secs),
+        };
+        let d = diagnose("laptop", None, Some(snap(0, 0, Some(192)))).unwrap();
+        assert_eq!(
+            d,
+            "no WireGuard handshake with laptop for 3m12s — the tunnel is down"
+        );
+        let d = diagnose(
+            "laptop",
+            Some(snap(5, 5, Some(4))),
+            Some(snap(9, 9, Some(4))),
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            "handshake 4s ago — the tunnel is up; is d-daemon running on laptop?"
+        );
+        let d = diagnose(
+            "laptop",
+            Some(snap(5, 5, Some(20))),
+            Some(snap(5, 90, Some(23))),
+        )
+        .unwrap();
+        assert!(d.contains("the tunnel is down"), "{d}");
+        assert!(diagnose("x", None, None).is_none());
+    }
+}
