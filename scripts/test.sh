@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install what the tests need, then run them all: unit tests, and end-to-end
-# tests that start real d-daemon processes on loopback (127.0.0.x, ephemeral
-# ports, temp dirs). Usage: scripts/test.sh [extra cargo test args]
+# Install what the tests need, then run them all: unit and property tests,
+# end-to-end tests that start real d-daemon processes on loopback (127.0.0.x,
+# ephemeral ports, temp dirs), the hostile-input suite, and, as root, real
+# WireGuard (wireguard-go) between network namespaces (198.18.0.0/15 only).
+# Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   else
     echo "missing: ${need_apt[*]} (run as root or install them)" >&2; exit 1
   fi
+fi
+# The WireGuard tests build network namespaces with wireguard-go: as root they
+# run (and under CI a missing prerequisite fails them rather than skipping).
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/mesh.sh deps
+else
+  echo "note: not root, so the WireGuard namespace tests will be skipped" >&2
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1

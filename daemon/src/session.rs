@@ -359,7 +359,11 @@ async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<Owne
             r = tokio::time::timeout(dead_after, reader.read::<PeerMsg>()) => match r {
                 Err(_) => {
                     tracing::warn!("no heartbeat for {dead_after:?}: closing");
-                    s.close(ErrorBody::peer_timeout(&s.peer.id));
+                    let mut e = ErrorBody::peer_timeout(&s.peer.id);
+                    if let Some(why) = probe_tunnel(&daemon, &s, dead_after).await {
+                        e.hint = Some(format!("{why}\n{}", e.hint.unwrap_or_default()));
+                    }
+                    s.close(e);
                 }
                 Ok(Read::Eof) => s.close(ErrorBody::peer_lost(&s.peer.id)),
                 Ok(Read::Bad(e)) => {
@@ -373,6 +377,34 @@ async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<Owne
     s.finish();
     daemon.session_closed(&s).await;
     tracing::info!("session closed: {}", s.reason().error);
+}
+
+/// A silent peer: watch its WireGuard counters for a moment while our
+/// heartbeats still go out. Nothing coming back means the tunnel is down;
+/// traffic without frames means the peer's daemon is stuck.
+async fn probe_tunnel(daemon: &Daemon, s: &Session, silent: Duration) -> Option<String> {
+    let iface = &daemon.config.wg_interface;
+    let ip = s.peer.remote.ip();
+    let before = crate::wg::snapshot(iface, ip).await?;
+    let wait = daemon.config.heartbeat.max(Duration::from_millis(300)) * 2;
+    tokio::time::sleep(wait).await;
+    let after = crate::wg::snapshot(iface, ip).await?;
+    let hs = after
+        .handshake_age
+        .map(|a| format!("last handshake {} ago", crate::wg::age(a)))
+        .unwrap_or_else(|| "never a handshake".into());
+    Some(if after.rx_bytes == before.rx_bytes {
+        format!(
+            "nothing came back from {} through WireGuard for {} ({hs}) — the tunnel is down",
+            s.peer.id,
+            crate::wg::age(silent + wait)
+        )
+    } else {
+        format!(
+            "WireGuard still carries traffic from {} ({hs}) — the tunnel is up; its d-daemon stopped answering",
+            s.peer.id
+        )
+    })
 }
 
 async fn write_loop(

@@ -1,0 +1,380 @@
+//! End to end over real WireGuard: d-daemons in network namespaces joined by
+//! wireguard-go tunnels (198.19.0.0/24 overlay on a 198.18.0.0/24 underlay),
+//! each listening on its WireGuard address by default (no --listen).
+//! As root these must run (under CI a missing prerequisite fails the test).
+
+mod common;
+mod wg_mesh;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client_bin, daemon_bin, signal, stderr, stdout, wait_for};
+use wg_mesh::{ready_or_skip, NetMesh, Topology};
+
+/// A d-daemon inside a namespace host, with its own hostname (UTS namespace).
+struct NsDaemon {
+    name: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    host: usize,
+    extra: Vec<String>,
+}
+
+impl NsDaemon {
+    fn start(mesh: &NetMesh, host: usize, name: &str, extra: &[&str]) -> NsDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("d-wg-{name}-"))
+            .tempdir()
+            .unwrap();
+        let mut d = NsDaemon {
+            name: name.into(),
+            dir,
+            child: None,
+            host,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn(mesh);
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("d.sock")
+    }
+
+    fn spawn(&mut self, mesh: &NetMesh) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--uts", "sh", "-c"])
+            .arg(format!("hostname {} && exec \"$0\" \"$@\"", self.name))
+            .arg(daemon_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--wg-interface", mesh.wg_iface(self.host)])
+            .args(["--heartbeat-ms", "250"])
+            .args(&self.extra)
+            .env("D_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(
+            mesh.spawn(self.host, &mut cmd)
+                .expect("start d-daemon in its namespace"),
+        );
+        let sock = self.socket();
+        wait_for(Duration::from_secs(10), "the control socket", || {
+            Command::new(client_bin())
+                .arg("--socket")
+                .arg(&sock)
+                .arg("ping")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        });
+    }
+
+    fn d(&self, args: &[&str]) -> Output {
+        Command::new(client_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let o = self.d(&all);
+        assert!(
+            o.status.success(),
+            "{} d {args:?}: {}{}",
+            self.name,
+            stdout(&o),
+            stderr(&o)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), libc::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+fn online(leader: &NsDaemon) -> Vec<String> {
+    let o = leader.d(&["--json", "listPeers"]);
+    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["online"] == true)
+        .filter_map(|p| p["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn wait_all_online(leader: &NsDaemon, ids: &[&str], limit: Duration) -> Duration {
+    let start = Instant::now();
+    wait_for(limit, "every peer online", || {
+        let on = online(leader);
+        ids.iter().all(|id| on.iter().any(|o| o == id))
+    });
+    start.elapsed()
+}
+
+/// vps (host 1) leads, desktop (2) and laptop (3) register with `registerWorker`.
+fn reference(mesh: &NetMesh, leader_extra: &[&str]) -> (NsDaemon, NsDaemon, NsDaemon) {
+    let vps = NsDaemon::start(mesh, 1, "vps", leader_extra);
+    let desktop = NsDaemon::start(mesh, 2, "desktop", &[]);
+    let laptop = NsDaemon::start(mesh, 3, "laptop", &[]);
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let key = vps.dir.path().join("state/mesh.key");
+    for w in [&desktop, &laptop] {
+        let r = w.json(&[
+            "registerWorker",
+            "--leader",
+            mesh.overlay_ip(1),
+            "--meshKey",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(r["status"]["id"], w.name.as_str(), "{r}");
+    }
+    wait_all_online(&vps, &["vps", "desktop", "laptop"], Duration::from_secs(10));
+    (vps, desktop, laptop)
+}
+
+#[test]
+fn reference_mesh_over_wireguard() {
+    if !ready_or_skip("reference_mesh_over_wireguard") {
+        return;
+    }
+    let mesh = NetMesh::up(3, Topology::Full).expect("mesh up");
+    let (mut vps, desktop, laptop) = reference(&mesh, &[]);
+
+    // Registered at their WireGuard addresses, with the tunnel's view.
+    let peers = laptop.json(&["listPeers"]);
+    for (id, host) in [("vps", 1), ("desktop", 2), ("laptop", 3)] {
+        let p = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap();
+        assert_eq!(p["addr"], mesh.overlay_ip(host), "{p}");
+        assert_eq!(
+            p["port"], 3600,
+            "default port on the WireGuard address: {p}"
+        );
+        if id != "vps" {
+            assert!(p["handshake_age_secs"].is_number(), "{p}");
+            assert_eq!(p["wg_public_key"], mesh.wg_pubkey(host), "{p}");
+        }
+    }
+    let st = laptop.json(&["getPeerStatus"]);
+    let wg = &st["wg"];
+    assert_eq!(wg["interface"], mesh.wg_iface(3));
+    let named: Vec<&str> = wg["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["peer_id"].as_str())
+        .collect();
+    assert!(named.contains(&"vps") && named.contains(&"desktop"), "{st}");
+
+    // Exec laptop → desktop: status and streaming.
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "hostname; echo err >&2; exit 42",
+    ]);
+    assert_eq!(o.status.code(), Some(42), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "desktop\n");
+    assert_eq!(stderr(&o), "err\n");
+    let mut c = Command::new(client_bin())
+        .arg("--socket")
+        .arg(laptop.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            "echo first; sleep 2; echo second",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(c.stdout.as_mut().unwrap(), &mut first).unwrap();
+    let t = Instant::now();
+    assert_eq!(&first, b"first\n");
+    assert!(c.wait().unwrap().success());
+    assert!(
+        t.elapsed() > Duration::from_millis(1500),
+        "the first line came before the command finished"
+    );
+
+    // Cut desktop's underlay: exec to it fails within seconds, and says the tunnel is down.
+    mesh.cut(2);
+    let t = Instant::now();
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "true",
+    ]);
+    let took = t.elapsed();
+    eprintln!(
+        "exec over a cut tunnel failed after {took:?}: {}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(stderr(&o).contains("desktop"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the tunnel is down"), "{}", stderr(&o));
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    // Restore it: works again with nothing restarted.
+    mesh.restore(2);
+    wait_for(
+        Duration::from_secs(20),
+        "exec to desktop after the restore",
+        || {
+            let o = laptop.d(&[
+                "execOnPeer",
+                "--peer",
+                "desktop",
+                "--directory",
+                "/tmp",
+                "--shellCmd",
+                "echo back",
+            ]);
+            stdout(&o) == "back\n"
+        },
+    );
+
+    // kill -9 the leader and start it again: both workers back within seconds.
+    vps.kill9();
+    let t = Instant::now();
+    vps.spawn(&mesh);
+    let back = wait_all_online(&vps, &["vps", "desktop", "laptop"], Duration::from_secs(15));
+    eprintln!(
+        "leader restarted: all online after {:?} ({:?} after the restart)",
+        t.elapsed(),
+        back
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(desktop);
+}
+
+#[test]
+fn leader_rejects_a_link_from_outside_wireguard() {
+    if !ready_or_skip("leader_rejects_a_link_from_outside_wireguard") {
+        return;
+    }
+    let mesh = NetMesh::up(2, Topology::Full).expect("mesh up");
+    // The leader listens everywhere, so the underlay can reach it too.
+    let vps = NsDaemon::start(&mesh, 1, "vps", &["--listen", "0.0.0.0:3600"]);
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let key = vps.dir.path().join("state/mesh.key");
+    let key = key.to_str().unwrap();
+    // A worker on the underlay address: not inside any WireGuard peer's allowed IPs.
+    let rogue_listen = format!("{}:0", mesh.underlay_ip(2));
+    let rogue = NsDaemon::start(&mesh, 2, "rogue", &["--listen", &rogue_listen]);
+    let leader_underlay = format!("{}:3600", mesh.underlay_ip(1));
+    let r = rogue.json(&[
+        "setPeerConfig",
+        "--role",
+        "worker",
+        "--id",
+        "rogue",
+        "--leader",
+        &leader_underlay,
+        "--meshKey",
+        key,
+    ]);
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("not connected") && msg.contains("allowed IPs"),
+        "{msg}"
+    );
+    assert!(!online(&vps).contains(&"rogue".to_string()));
+    assert!(vps
+        .log()
+        .contains("not inside any WireGuard peer's allowed IPs"));
+}
+
+#[test]
+fn hub_and_spoke_workers_reach_the_leader() {
+    if !ready_or_skip("hub_and_spoke_workers_reach_the_leader") {
+        return;
+    }
+    let mesh = NetMesh::up(3, Topology::Hub).expect("mesh up");
+    let (_vps, desktop, laptop) = reference(&mesh, &[]);
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "vps",
+        "--directory",
+        "/",
+        "--shellCmd",
+        "hostname",
+    ]);
+    assert_eq!(stdout(&o), "vps\n", "{}", stderr(&o));
+    let o = desktop.d(&["doctor", "--peer", "vps"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("✓ handshake with the leader"),
+        "{}",
+        stdout(&o)
+    );
+}
