@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint};
 use d_proto::control::Request;
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
@@ -17,6 +18,7 @@ pub struct Cli {
         env = "D_SOCKET",
         default_value = d_proto::DEFAULT_SOCKET,
         value_name = "PATH",
+        value_hint = ValueHint::FilePath,
         help_heading = "Global options"
     )]
     pub socket: PathBuf,
@@ -45,26 +47,26 @@ pub enum Command {
     /// Set this daemon's role and identity; it persists them and (re)connects at once.
     SetPeerConfig {
         /// `leader` or `worker`.
-        #[arg(long, value_name = "ROLE")]
+        #[arg(long, value_name = "ROLE", value_parser = RoleParser)]
         role: Option<String>,
         /// Peer id of this machine (A-Z a-z 0-9 . _ -).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_hint = ValueHint::Other)]
         id: Option<String>,
         /// Address of the leader (port defaults to 3600).
-        #[arg(long, value_name = "IP[:PORT]")]
+        #[arg(long, value_name = "IP[:PORT]", value_hint = ValueHint::Other)]
         leader: Option<String>,
         /// The mesh key file copied from the leader (`-` reads standard input).
-        #[arg(long = "meshKey", value_name = "FILE")]
+        #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
         mesh_key: Option<String>,
     },
 
     /// Become a worker named after the hostname and register with the leader.
     RegisterWorker {
         /// Address of the leader (default 10.0.0.1, port 3600).
-        #[arg(long, value_name = "IP[:PORT]")]
+        #[arg(long, value_name = "IP[:PORT]", value_hint = ValueHint::Other)]
         leader: Option<String>,
         /// The mesh key file copied from the leader (`-` reads standard input).
-        #[arg(long = "meshKey", value_name = "FILE")]
+        #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
         mesh_key: Option<String>,
     },
 
@@ -74,75 +76,125 @@ pub enum Command {
     /// Show one registered peer.
     GetPeerInfo {
         /// Peer id.
-        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: String,
     },
 
     /// Remove one peer from the registry.
     DeletePeer {
         /// Peer id.
-        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: String,
     },
 
     /// Print the id of the peer registered at a mesh address.
     GetPeerIdByIp {
         /// Mesh address of the peer.
-        #[arg(value_name = "IP")]
+        #[arg(value_name = "IP", value_hint = ValueHint::Other)]
         ip: String,
     },
 
     /// On a worker, delete leader-only registry rows and report what was done.
     DbSanityCheck,
 
+    /// `git pull --ff-only` in the peer's repo_dir (config; default /opt/d), as the checkout's owner.
+    RemotePull {
+        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last).
+        #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
+        peer: String,
+    },
+
+    /// Build the daemon on the peer (config build_cmd in repo_dir), as the checkout's owner.
+    RemoteBd {
+        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last).
+        #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
+        peer: String,
+    },
+
+    /// Pull, build, check, install and restart the daemon on the peer; report old → new version.
+    RemoteDeployDaemon {
+        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last; stops at the first failure).
+        #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
+        peer: String,
+    },
+
     /// Run the troubleshooting checklist (✓/✗ per check, with the fix), optionally for one peer.
     Doctor {
         /// Also check the path to this peer.
-        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: Option<String>,
     },
 
     /// Show the audit log: jobs run here and jobs asked from here, newest first.
     ExecLog {
         /// Only jobs this peer asked for or ran.
-        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: Option<String>,
         /// At most this many rows.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        #[arg(long, value_name = "N", default_value_t = 50, value_hint = ValueHint::Other)]
         limit: u32,
     },
 
     /// Run a shell command on a peer, streaming its output; exit with its status.
     ExecOnPeer {
         /// Peer id.
-        #[arg(long, value_name = "ID", value_parser = peer_id)]
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: String,
         /// Working directory on the peer.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
         directory: String,
         /// Command, run with `/bin/sh -c`.
-        #[arg(long = "shellCmd", value_name = "CMD")]
+        #[arg(long = "shellCmd", value_name = "CMD", value_hint = ValueHint::CommandString)]
         shell_cmd: String,
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", value_hint = ValueHint::Other)]
         timeout: Option<u64>,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.
     ExecOnPeerByIp {
         /// Mesh address of the peer.
-        #[arg(value_name = "IP")]
+        #[arg(value_name = "IP", value_hint = ValueHint::Other)]
         ip: String,
         /// Working directory on the peer.
-        #[arg(value_name = "DIR")]
+        #[arg(value_name = "DIR", value_hint = ValueHint::DirPath)]
         directory: String,
         /// Command, run with `/bin/sh -c`.
-        #[arg(value_name = "CMD")]
+        #[arg(value_name = "CMD", value_hint = ValueHint::CommandString)]
         shell_cmd: String,
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", value_hint = ValueHint::Other)]
         timeout: Option<u64>,
     },
+
+    /// Print a completion script for bash, zsh or fish (`--peer <TAB>` completes live peer ids)
+    ///
+    /// The scripts are also in the source tree under `completions/`. Install one:
+    ///
+    ///   bash: d completions bash > ~/.local/share/bash-completion/completions/d
+    ///         (or, without bash-completion, in ~/.bashrc: source <(d completions bash))
+    ///   zsh:  d completions zsh > ~/.zfunc/_d   (with `fpath+=~/.zfunc` before `compinit`)
+    ///   fish: d completions fish > ~/.config/fish/completions/d.fish
+    ///
+    /// Peer ids (`--peer <TAB>`, `d @<TAB>`) are asked of the local daemon
+    /// within 150 ms (env D_COMPLETE_TIMEOUT_MS); when it cannot answer in
+    /// time, the ids of the last successful `listPeers` are used, kept in
+    /// `$XDG_CACHE_HOME/d/peers` (`~/.cache/d/peers`). The bash script removes
+    /// `@` from COMP_WORDBREAKS so that `@vps` stays one word.
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to write the script for.
+        #[arg(value_name = "SHELL")]
+        shell: Shell,
+    },
+}
+
+/// Shells `d completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 impl Command {
@@ -150,13 +202,18 @@ impl Command {
     pub fn is_exec(&self) -> bool {
         matches!(
             self,
-            Command::ExecOnPeer { .. } | Command::ExecOnPeerByIp { .. }
+            Command::ExecOnPeer { .. }
+                | Command::ExecOnPeerByIp { .. }
+                | Command::RemotePull { .. }
+                | Command::RemoteBd { .. }
+                | Command::RemoteDeployDaemon { .. }
         )
     }
 
-    /// The request sent to the daemon for this command.
-    pub fn request(&self) -> Request {
-        match self {
+    /// The request sent to the daemon for this command; `None` for the ones
+    /// `d` answers itself (`completions`).
+    pub fn request(&self) -> Option<Request> {
+        Some(match self {
             Command::Ping => Request::Ping {},
             Command::GetPeerStatus => Request::GetPeerStatus {},
             Command::SetPeerConfig {
@@ -203,7 +260,36 @@ impl Command {
                 shell_cmd: shell_cmd.clone(),
                 timeout: *timeout,
             },
-        }
+            Command::Completions { .. } => return None,
+            // Run per peer by `ops::run`.
+            Command::RemotePull { .. }
+            | Command::RemoteBd { .. }
+            | Command::RemoteDeployDaemon { .. } => return None,
+        })
+    }
+}
+
+/// `--role` values: offered by `--help` and shell completion, but any string
+/// goes to the daemon, which answers `Invalid role. Use 'leader' or 'worker'.`
+#[derive(Clone)]
+struct RoleParser;
+
+impl TypedValueParser for RoleParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            ["leader", "worker"].into_iter().map(PossibleValue::new),
+        ))
     }
 }
 
@@ -212,11 +298,27 @@ fn peer_id(s: &str) -> Result<String, String> {
     d_proto::validate_peer_id(s).map(|()| s.to_string())
 }
 
-/// Parse the command line, exiting with clap's message (status 2) on usage errors.
-pub fn parse() -> Cli {
+/// `all`, or peer ids separated by commas.
+fn peer_list(s: &str) -> Result<String, String> {
+    if s == "all" {
+        return Ok(s.to_string());
+    }
+    for id in s.split(',') {
+        d_proto::validate_peer_id(id.trim())?;
+    }
+    Ok(s.to_string())
+}
+
+/// The clap definition of `d`, with its version.
+pub fn command() -> clap::Command {
     // clap wants a `'static` version string; this one is built once per process.
     let version: &'static str = Box::leak(d_proto::version_string().into_boxed_str());
-    let matches = Cli::command().version(version).get_matches();
+    Cli::command().version(version)
+}
+
+/// Parse the command line, exiting with clap's message (status 2) on usage errors.
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
@@ -241,7 +343,7 @@ mod tests {
         for c in [a, b] {
             assert!(c.json);
             assert_eq!(c.socket, PathBuf::from("/x.sock"));
-            assert_eq!(c.command.request(), Request::Ping {});
+            assert_eq!(c.command.request(), Some(Request::Ping {}));
         }
     }
 
@@ -263,32 +365,32 @@ mod tests {
         assert!(c.command.is_exec());
         assert_eq!(
             c.command.request(),
-            Request::ExecOnPeer {
+            Some(Request::ExecOnPeer {
                 peer: "vps".into(),
                 directory: "/opt".into(),
                 shell_cmd: "git pull".into(),
                 timeout: Some(5),
-            }
+            })
         );
         let c = try_parse(&["d", "execOnPeerByIp", "10.0.0.1", "/opt", "pwd"]).unwrap();
         assert_eq!(
             c.command.request(),
-            Request::ExecOnPeerByIp {
+            Some(Request::ExecOnPeerByIp {
                 ip: "10.0.0.1".into(),
                 directory: "/opt".into(),
                 shell_cmd: "pwd".into(),
                 timeout: None,
-            }
+            })
         );
         let c = try_parse(&["d", "setPeerConfig", "--role", "boss"]).unwrap();
         assert_eq!(
             c.command.request(),
-            Request::SetPeerConfig {
+            Some(Request::SetPeerConfig {
                 role: Some("boss".into()),
                 id: None,
                 leader: None,
                 mesh_key: None,
-            }
+            })
         );
         for name in [
             "getPeerStatus",

@@ -41,13 +41,18 @@ impl Conn {
             eprintln!("[d] connecting to {}", path.display());
         }
         let stream = UnixStream::connect(path).map_err(|e| unreachable_error(path, &e))?;
-        Ok(Conn {
+        Ok(Conn::from_stream(stream, path, verbose))
+    }
+
+    /// Wrap a stream already connected to the daemon at `path`.
+    pub fn from_stream(stream: UnixStream, path: &Path, verbose: bool) -> Conn {
+        Conn {
             stream,
             path: path.to_path_buf(),
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(d_proto::MAX_FRAME),
             verbose,
-        })
+        }
     }
 
     pub fn path(&self) -> &Path {

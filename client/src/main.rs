@@ -9,8 +9,10 @@
 //! 1 for other commands, and 2 for usage errors (clap).
 
 mod cli;
+mod complete;
 mod conn;
 mod exec;
+mod ops;
 mod render;
 
 use std::process::ExitCode;
@@ -55,6 +57,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // The shell completion hook, before clap: it must answer in milliseconds
+    // and is not a command for people (so not in `--help` nor in completions).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == complete::HOOK) {
+        return complete::hook(&args[2..]);
+    }
     let cli = cli::parse();
     let status = match run(&cli) {
         Ok(status) => status,
@@ -73,7 +81,25 @@ fn main() -> ExitCode {
 
 /// Run one command; `Ok` is the status to exit with.
 fn run(cli: &Cli) -> Result<i32, ErrorBody> {
-    let mut req = cli.command.request();
+    let Some(mut req) = cli.command.request() else {
+        // Answered by `d` itself, or one request per peer.
+        return match &cli.command {
+            Command::Completions { shell } => {
+                render::out(&complete::script(*shell));
+                Ok(0)
+            }
+            Command::RemotePull { peer } => {
+                ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
+            }
+            Command::RemoteBd { peer } => {
+                ops::run(&cli.socket, ops::Op::Build, peer, cli.json, cli.verbose)
+            }
+            Command::RemoteDeployDaemon { peer } => {
+                ops::run(&cli.socket, ops::Op::Deploy, peer, cli.json, cli.verbose)
+            }
+            _ => Ok(0),
+        };
+    };
     if let Command::SetPeerConfig {
         mesh_key: Some(path),
         ..
@@ -100,6 +126,10 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         return doctor(cli, &req);
     }
     let result = conn::request(&cli.socket, cli.verbose, &req)?;
+    if let Command::ListPeers = &cli.command {
+        // The ids feed shell completion when the daemon cannot answer it.
+        complete::save_peer_ids(&result);
+    }
     if cli.json {
         render::out(&render::json(&result));
         return Ok(0);
@@ -133,7 +163,12 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         Command::ExecLog { .. } => {
             render::exec_log_table(&decode::<Vec<d_proto::types::ExecRecord>>(result, &req)?)
         }
-        Command::ExecOnPeer { .. } | Command::ExecOnPeerByIp { .. } => String::new(),
+        Command::ExecOnPeer { .. }
+        | Command::ExecOnPeerByIp { .. }
+        | Command::Completions { .. }
+        | Command::RemotePull { .. }
+        | Command::RemoteBd { .. }
+        | Command::RemoteDeployDaemon { .. } => String::new(),
     };
     render::out(&text);
     Ok(0)

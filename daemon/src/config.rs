@@ -62,6 +62,14 @@ pub struct FileConfig {
     pub exec_timeout: Option<u64>,
     pub heartbeat_ms: Option<u64>,
     pub socket_group: Option<String>,
+    /// This machine's checkout of d's source (default /opt/d).
+    pub repo_dir: Option<PathBuf>,
+    /// Builds the daemon in `repo_dir` (default `cargo build --release --locked`).
+    pub build_cmd: Option<String>,
+    /// The binary `build_cmd` leaves, relative to `repo_dir` (default target/release/d-daemon).
+    pub built_binary: Option<PathBuf>,
+    /// Seconds a pull, build or deploy may take (default 3600; 0 = none).
+    pub deploy_timeout: Option<u64>,
     /// Audit log rows kept (default 100000).
     pub exec_log_max_rows: Option<u64>,
     /// Audit log days kept (default 90).
@@ -90,6 +98,17 @@ pub struct Config {
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
     pub exec_log: crate::registry::Retention,
+    pub ops: Ops,
+}
+
+/// Where this machine's own source lives and how it is built (`remotePull`,
+/// `remoteBd`, `remoteDeployDaemon`).
+#[derive(Debug, Clone)]
+pub struct Ops {
+    pub repo_dir: PathBuf,
+    pub build_cmd: String,
+    pub built_binary: PathBuf,
+    pub timeout_secs: u64,
 }
 
 impl Config {
@@ -143,6 +162,16 @@ impl Config {
                     .ok()
                     .flatten()
                     .map(|_| "d".to_string()),
+            },
+            ops: Ops {
+                repo_dir: file.repo_dir.unwrap_or_else(|| PathBuf::from("/opt/d")),
+                build_cmd: file
+                    .build_cmd
+                    .unwrap_or_else(|| "cargo build --release --locked".into()),
+                built_binary: file
+                    .built_binary
+                    .unwrap_or_else(|| PathBuf::from("target/release/d-daemon")),
+                timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
             exec_log: crate::registry::Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use d_proto::control::{Event, Request};
 use d_proto::peer::{Answer, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role};
+use d_proto::types::{Action, ErrorBody, ErrorKind, ExecSpec, Role};
 use serde_json::json;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::Instrument;
@@ -162,6 +162,11 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
                 let peer = exec::peer_by_ip(&daemon, &ip).await;
                 (peer, exec_spec(&daemon, directory, shell_cmd, timeout, uid))
             }
+            Request::RemotePull { peer } => (Ok(peer), ops_spec(&daemon, Action::Pull, uid)),
+            Request::RemoteBd { peer } => (Ok(peer), ops_spec(&daemon, Action::Build, uid)),
+            Request::RemoteDeployDaemon { peer } => {
+                (Ok(peer), ops_spec(&daemon, Action::Deploy, uid))
+            }
             other => {
                 let ev = match answer(&daemon, other).await {
                     Ok(result) => Event::Result { result },
@@ -197,6 +202,24 @@ fn exec_spec(
         timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
         requester: daemon.me(),
         user: user_name(uid),
+        action: None,
+    }
+}
+
+/// An operations job: the target composes the commands from its own config.
+fn ops_spec(daemon: &Daemon, action: Action, uid: Option<u32>) -> ExecSpec {
+    let name = match action {
+        Action::Pull => "remotePull",
+        Action::Build => "remoteBd",
+        Action::Deploy => "remoteDeployDaemon",
+    };
+    ExecSpec {
+        directory: "(repo_dir)".into(),
+        shell_cmd: format!("({name})"),
+        timeout_secs: 0,
+        requester: daemon.me(),
+        user: user_name(uid),
+        action: Some(action),
     }
 }
 
@@ -280,7 +303,11 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
                 .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))?;
             to_value(&rows)
         }
-        Request::ExecOnPeer { .. } | Request::ExecOnPeerByIp { .. } => Err(ErrorBody::invalid(
+        Request::ExecOnPeer { .. }
+        | Request::ExecOnPeerByIp { .. }
+        | Request::RemotePull { .. }
+        | Request::RemoteBd { .. }
+        | Request::RemoteDeployDaemon { .. } => Err(ErrorBody::invalid(
             "exec requests are streamed, not answered",
         )),
     }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::config::parse_addr;
 use crate::connection::{Read, Reader, Writer};
-use crate::job::{self, JobEvent};
+use crate::job::JobEvent;
 use crate::session::{RemoteJob, Session};
 use crate::{leader, peer_port, Daemon};
 
@@ -196,7 +196,7 @@ async fn stream_to_client<R, W>(
         Err(e) => Err(e),
         Ok(Route::Local) => {
             let cancel = daemon.shutdown.child_token();
-            let rx = job::spawn(spec, &daemon.job_ctx(), cancel.clone());
+            let rx = crate::deploy::start(daemon, spec, cancel.clone());
             let addr = daemon
                 .listen_addr()
                 .map(|a| a.to_string())

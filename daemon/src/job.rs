@@ -68,15 +68,59 @@ pub struct JobCtx {
     pub running: Arc<AtomicUsize>,
 }
 
+/// A local user a job runs as instead of the daemon's (a checkout's owner).
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: String,
+}
+
+impl RunAs {
+    /// The owner of `path`.
+    pub fn owner_of(path: &std::path::Path) -> std::io::Result<RunAs> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
+            .ok()
+            .flatten();
+        Ok(RunAs {
+            uid: m.uid(),
+            gid: m.gid(),
+            name: user
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_else(|| m.uid().to_string()),
+            home: user
+                .map(|u| u.dir.display().to_string())
+                .unwrap_or_else(|| "/".into()),
+        })
+    }
+}
+
 /// Start `spec` on this machine. Events arrive on the returned receiver;
 /// cancelling `cancel` ends the job's process group.
 pub fn spawn(spec: ExecSpec, ctx: &JobCtx, cancel: CancellationToken) -> mpsc::Receiver<JobEvent> {
+    spawn_as(spec, ctx, cancel, None)
+}
+
+/// [`spawn`], as another local user (`None`: the daemon's own).
+pub fn spawn_as(
+    spec: ExecSpec,
+    ctx: &JobCtx,
+    cancel: CancellationToken,
+    run_as: Option<RunAs>,
+) -> mpsc::Receiver<JobEvent> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = ctx.me.clone();
     let running = RunningGuard::new(ctx.running.clone());
     ctx.tracker.spawn(async move {
         let span = tracing::info_span!("job", requester = %spec.requester);
-        let last = match run(&spec, &me, &tx, cancel).instrument(span).await {
+        let last = match run(&spec, &me, &tx, cancel, run_as.as_ref())
+            .instrument(span)
+            .await
+        {
             Ok(exit) => JobEvent::Exit(exit),
             Err(e) => JobEvent::Failed(e),
         };
@@ -91,6 +135,7 @@ async fn run(
     me: &str,
     tx: &mpsc::Sender<JobEvent>,
     cancel: CancellationToken,
+    run_as: Option<&RunAs>,
 ) -> Result<ExitInfo, ErrorBody> {
     let dir = std::path::Path::new(&spec.directory);
     let shown = d_proto::clip(&spec.directory, 200);
@@ -119,11 +164,20 @@ async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .env("D_JOB_REQUESTER", &spec.requester);
+        .env("D_JOB_REQUESTER", &spec.requester)
+        .env_remove(crate::deploy::ROLLBACK_ENV);
     for (k, v) in default_env() {
         if std::env::var_os(k).is_none() {
             cmd.env(k, v);
         }
+    }
+    if let Some(u) = run_as {
+        // std drops supplementary groups when root changes uid.
+        cmd.uid(u.uid)
+            .gid(u.gid)
+            .env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
     }
     // SAFETY: setsid is async-signal-safe; it makes the shell the leader of a
     // new session and process group, so the whole group can be signalled.
@@ -309,6 +363,7 @@ mod tests {
             timeout_secs,
             requester: "test".into(),
             user: None,
+            action: None,
         }
     }
 

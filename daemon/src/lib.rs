@@ -18,6 +18,7 @@ pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod deploy;
 pub mod doctor;
 pub mod exec;
 pub mod job;
@@ -100,6 +101,10 @@ pub struct Daemon {
     /// One dial at a time per peer, so concurrent jobs share one connection.
     dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     listen: Mutex<(Option<SocketAddr>, Option<String>)>,
+    /// The path this binary was started from (a deploy replaces and re-executes it).
+    pub exe: std::path::PathBuf,
+    /// Set by a deploy: re-execute [`Daemon::exe`] once shut down.
+    pub restart_requested: std::sync::atomic::AtomicBool,
     /// The mesh key; without it no session can be opened either way.
     mesh_key: RwLock<Option<d_proto::auth::Key>>,
 }
@@ -147,6 +152,14 @@ impl Daemon {
                 tracing::error!("cannot write the audit log: {e}");
             }
         });
+    }
+
+    /// Shut down (ending jobs and sessions) and re-execute the installed binary.
+    pub fn restart(&self) {
+        tracing::info!("restarting {}", self.exe.display());
+        self.restart_requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutdown.cancel();
     }
 
     pub fn job_ctx(&self) -> job::JobCtx {
@@ -455,6 +468,8 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
         dial_locks: Mutex::default(),
         listen: Mutex::default(),
         mesh_key: RwLock::new(mesh_key),
+        exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
+        restart_requested: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 

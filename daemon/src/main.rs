@@ -1,22 +1,30 @@
 //! d-daemon: parse flags, set up logging and signals, bind the sockets, run.
+//! Under systemd (`systemd/d-daemon.service`) it also logs to the journal,
+//! says READY=1 once it serves, and feeds the watchdog.
 
 use std::os::unix::fs::PermissionsExt;
 
 use anyhow::Context;
 use clap::Parser;
 use d_daemon::config::{Args, Config, Listen};
+use sd_notify::NotifyState;
 use tokio::net::{TcpListener, UnixListener};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let served = serve().await;
+    if let Err(e) = &served {
+        // A freshly deployed binary that cannot start hands over to the previous one.
+        d_daemon::deploy::rollback(e);
+    }
+    served
+}
+
+async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("D_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let config = Config::from_args(args)?;
 
     let socket = config.socket.clone();
@@ -66,12 +74,109 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = daemon.shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        // systemctl shows "deactivating" while jobs' process groups are ended.
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
         shutdown.cancel();
     });
     tracing::info!("d-daemon {} starting", d_proto::version_string());
-    d_daemon::run(daemon, control, peer).await;
+    // The control socket is bound and listening (clients queue in its backlog
+    // until `run` accepts), and so is the peer port when its address was
+    // given. When it is the WireGuard interface's address, the peer port binds
+    // later, once the interface is up; READY=1 is still sent now, because the
+    // control socket serves (`d getPeerStatus` says why the port is not open)
+    // and units ordered after d-daemon must not wait for the tunnel.
+    let status = match &peer {
+        Some(l) => format!(
+            "serving {} and peer port {}",
+            socket.display(),
+            l.local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        ),
+        None => format!(
+            "serving {}; peer port waits for the address of {}",
+            socket.display(),
+            daemon.config.wg_interface
+        ),
+    };
+    // Outside systemd (no NOTIFY_SOCKET) these do nothing.
+    if let Err(e) = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&status)]) {
+        tracing::warn!("cannot tell systemd that d-daemon is ready: {e}");
+    }
+    feed_watchdog();
+    d_daemon::run(daemon.clone(), control, peer).await;
     let _ = std::fs::remove_file(&socket);
+    if daemon
+        .restart_requested
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        // A deploy installed a new binary: become it (same PID).
+        d_daemon::deploy::reexec(&daemon);
+    }
     Ok(())
+}
+
+/// Logs go to the journal when stderr is connected to it (systemd sets
+/// `JOURNAL_STREAM` to stderr's device:inode), with levels and fields kept;
+/// otherwise, or if journald does not answer, to stderr. `D_LOG` filters both.
+fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("D_LOG").unwrap_or_else(|_| "info".into());
+    let journal = if stderr_is_journal() {
+        tracing_journald::layer().ok()
+    } else {
+        None
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match journal {
+        Some(journal) => registry.with(journal).init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .init(),
+    }
+}
+
+/// Whether stderr is the journal stream systemd connected it to. A
+/// `JOURNAL_STREAM` merely inherited (d-daemon started by hand from a
+/// service's shell) names another file, so the terminal keeps the logs.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_str() == Some(format!("{}:{}", st.st_dev, st.st_ino).as_str())
+}
+
+/// With `WatchdogSec=` in the unit, send WATCHDOG=1 at half the interval;
+/// systemd restarts the daemon if two in a row are missed. The ping comes
+/// from a task on the runtime, so it proves the scheduler and timers still
+/// run. It deliberately checks nothing deeper (SQLite, the links): a slow
+/// disk or a lost leader is not cured by a restart, and a restart ends every
+/// running job.
+fn feed_watchdog() {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = timeout / 2;
+    tracing::debug!("feeding the systemd watchdog every {period:?}");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned = false;
+        loop {
+            tick.tick().await;
+            if let Err(e) = sd_notify::notify(&[NotifyState::Watchdog]) {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!("cannot feed the systemd watchdog: {e}");
+                }
+            }
+        }
+    });
 }
 
 /// Every link and job holds descriptors; the default soft limit (often 1024)

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::connection::{Read, Reader, Writer};
-use crate::job::{self, JobEvent};
+use crate::job::JobEvent;
 use crate::Daemon;
 
 /// How long a query to the other side may take.
@@ -224,7 +224,7 @@ impl Session {
         }
         tracing::info!(job = id, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", self.peer.id);
         let mut rec = crate::exec::record("target", &spec, &self.peer.id, &daemon.me());
-        let mut events = job::spawn(spec, &daemon.job_ctx(), cancel);
+        let mut events = crate::deploy::start(daemon, spec, cancel);
         let s = self.clone();
         let d = daemon.clone();
         daemon.tracker.spawn(async move {

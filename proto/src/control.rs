@@ -52,6 +52,18 @@ pub enum Request {
         /// At most this many rows (default 50).
         limit: Option<u32>,
     },
+    /// `git pull --ff-only` in the peer's `repo_dir` (streamed like an exec).
+    RemotePull {
+        peer: String,
+    },
+    /// Build the daemon on the peer (`build_cmd` in `repo_dir`).
+    RemoteBd {
+        peer: String,
+    },
+    /// Pull, build, check, install and restart the daemon on the peer.
+    RemoteDeployDaemon {
+        peer: String,
+    },
     /// The troubleshooting checklist, optionally for one peer.
     Doctor {
         peer: Option<String>,
@@ -86,6 +98,9 @@ impl Request {
             Request::DbSanityCheck {} => "dbSanityCheck",
             Request::ExecLog { .. } => "execLog",
             Request::Doctor { .. } => "doctor",
+            Request::RemotePull { .. } => "remotePull",
+            Request::RemoteBd { .. } => "remoteBd",
+            Request::RemoteDeployDaemon { .. } => "remoteDeployDaemon",
             Request::ExecOnPeer { .. } => "execOnPeer",
             Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
         }

@@ -21,8 +21,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("D_GIT_COMMIT");
 
 /// `0.1.0 (1a2b3c4d5e)`: what `--version`, the hello and `listPeers` show.
+/// A packager (or a test) may mark a build by setting `D_VERSION_TAG` in the
+/// daemon's environment: `0.1.0 (1a2b3c4d5e)+TAG`.
 pub fn version_string() -> String {
-    format!("{VERSION} ({GIT_COMMIT})")
+    match std::env::var("D_VERSION_TAG") {
+        Ok(tag) if !tag.is_empty() => format!("{VERSION} ({GIT_COMMIT})+{tag}"),
+        _ => format!("{VERSION} ({GIT_COMMIT})"),
+    }
 }
 
 pub const DEFAULT_PORT: u16 = 3600;

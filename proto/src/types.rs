@@ -210,6 +210,33 @@ pub struct ExecSpec {
     /// The local user on the requesting machine, if known.
     #[serde(default)]
     pub user: Option<String>,
+    /// A maintenance action the target composes from its own configuration
+    /// (`repo_dir`, `build_cmd`) instead of running `shell_cmd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+/// The operations commands: what `remotePull`, `remoteBd` and
+/// `remoteDeployDaemon` ask of a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `git pull --ff-only` in `repo_dir`, as the checkout's owner.
+    Pull,
+    /// `build_cmd` in `repo_dir`, as the checkout's owner.
+    Build,
+    /// Pull, build, check the new binary, install it atomically, restart.
+    Deploy,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Build => "build",
+            Action::Deploy => "deploy",
+        }
+    }
 }
 
 /// Coarse classes of failure, so programs need not parse messages.

@@ -175,6 +175,7 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
                         timeout_secs,
                         requester: "vps".into(),
                         user,
+                        action: None,
                     },
                 }
             ),

@@ -47,6 +47,8 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     extra: Vec<String>,
+    /// The daemon binary this one runs (a private copy when a test deploys over it).
+    pub bin: PathBuf,
 }
 
 impl TestDaemon {
@@ -66,6 +68,29 @@ impl TestDaemon {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            bin: daemon_bin(),
+        };
+        d.spawn(&format!("{ip}:0"));
+        d
+    }
+
+    /// Start from a private copy of the daemon binary (in its temp dir), so a
+    /// deploy may replace it.
+    pub fn start_copy(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("d-test-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let bin = dir.path().join("bin/d-daemon");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(daemon_bin(), &bin).expect("copy d-daemon");
+        let mut d = TestDaemon {
+            name: name.into(),
+            ip: ip.into(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            bin,
         };
         d.spawn(&format!("{ip}:0"));
         d
@@ -90,7 +115,7 @@ impl TestDaemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("log file");
-        let child = Command::new(daemon_bin())
+        let child = Command::new(&self.bin)
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
