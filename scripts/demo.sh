@@ -6,21 +6,31 @@
 #
 # Usage: scripts/demo.sh [--keep] [--wireguard]
 #   --keep       leave the mesh running afterwards and print how to use and stop it
-#   --wireguard  run the mesh over real WireGuard (not yet: issue 4)
+#   --wireguard  the same over real WireGuard (root only): scripts/mesh.sh builds
+#                three network-namespace hosts joined by wireguard-go (vps
+#                198.19.0.1, desktop .2, laptop .3), one daemon in each (its own
+#                hostname, listening on its WireGuard address, port 3600); also
+#                shows d doctor, and a cut of desktop's link and its recovery
 #
-# Needs Rust (cargo); as root on a fresh Debian it installs a C compiler if missing.
+# Needs Rust (cargo); as root on a fresh Debian it installs a C compiler (and,
+# for --wireguard, wireguard-go, wireguard-tools and iproute2) if missing.
 # Exits nonzero if a command's exit status is not the expected one.
 set -euo pipefail
 
-keep=0
+keep=0 wireguard=0
 for arg in "$@"; do
   case $arg in
     --keep) keep=1 ;;
-    --wireguard) echo "not yet: see issue 4"; exit 2 ;;
-    -h | --help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --wireguard) wireguard=1 ;;
+    -h | --help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "unknown option: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$wireguard" = 1 ] && [ "$(id -u)" != 0 ]; then
+  echo "error: --wireguard needs root (network namespaces, WireGuard interfaces):" \
+    "sudo bash $0 $*" >&2
+  exit 2
+fi
 
 # shellcheck source=scripts/lib-mesh.sh
 source "$(dirname "$0")/lib-mesh.sh"
@@ -47,6 +57,15 @@ quote() {
 }
 
 prompt() { local peer=$1; shift; printf '\n%s[%s]$ d %s%s\n' "$bold" "$peer" "$(quote "$@")" "$off"; }
+
+# run_sh ARGS...: show and run a command of this machine's (root's), e.g. mesh.sh.
+run_sh() {
+  local started status=0
+  printf '\n%s[root]# %s%s\n' "$bold" "$(quote "$@")" "$off"
+  started=$(now_us)
+  "$@" || status=$?
+  report "$status" "$started" 0
+}
 
 # Microseconds since the epoch (EPOCHREALTIME may use the locale's decimal comma).
 now_us() { local t=$EPOCHREALTIME; echo "${t//[.,]/}"; }
@@ -105,6 +124,44 @@ run_stamped() {
   report "$status" "$started" 1
 }
 
+# run_diag PATTERN PEER ARGS...: like run, and count it as a failure if d's
+# stderr does not contain PATTERN (the diagnosis we want to show).
+run_diag() {
+  local pattern=$1 peer=$2 started status=0 err; shift 2
+  prompt "$peer" "$@"
+  err=$(mktemp "$MESH_DIR/err.XXXXXX")
+  started=$(now_us)
+  mesh_d "$peer" "$@" 2>"$err" || status=$?
+  cat "$err" >&2
+  report "$status" "$started" 1
+  if ! grep -q -- "$pattern" "$err"; then
+    printf '%sUNEXPECTED: no "%s" on stderr%s\n' "$red" "$pattern" "$off"
+    failures=$((failures + 1))
+  fi
+}
+
+# run_retry SECS PEER ARGS...: run `d ARGS` on PEER quietly until it succeeds or
+# SECS have passed, then show only the last attempt (and how many there were).
+run_retry() {
+  local secs=$1 peer=$2 started first status out err tries=0 ms; shift 2
+  out=$(mktemp "$MESH_DIR/out.XXXXXX") err=$(mktemp "$MESH_DIR/err.XXXXXX")
+  first=$(now_us)
+  while :; do
+    tries=$((tries + 1)) status=0
+    started=$(now_us)
+    mesh_d "$peer" "$@" >"$out" 2>"$err" || status=$?
+    [ "$status" != "${EXPECT:-0}" ] || break
+    [ $(($(now_us) - first)) -lt $((secs * 1000000)) ] || break
+    sleep 0.5
+  done
+  ms=$((($(now_us) - first) / 1000))
+  prompt "$peer" "$@"
+  cat "$out"
+  cat "$err" >&2
+  report "$status" "$started" 1
+  note "attempt $tries; $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s from the first attempt to the end of this one"
+}
+
 # ---- the demo --------------------------------------------------------------
 
 section "Build (release)"
@@ -114,12 +171,33 @@ trap mesh_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-section "Start three daemons on loopback"
-mesh_start d-demo
-for name in "${MESH_PEERS[@]}"; do
-  printf '  %-8s pid %-7s listen %-16s socket %s\n' \
-    "$name" "${PID[$name]}" "$(mesh_listen "$name")" "${SOCK[$name]}"
-done
+if [ "$wireguard" = 0 ]; then
+  section "Start three daemons on loopback"
+  mesh_start d-demo
+  for name in "${MESH_PEERS[@]}"; do
+    printf '  %-8s pid %-7s listen %-16s socket %s\n' \
+      "$name" "${PID[$name]}" "$(mesh_listen "$name")" "${SOCK[$name]}"
+  done
+else
+  section "Three hosts joined by WireGuard"
+  note "scripts/mesh.sh: a network namespace per host, wireguard-go, every host peers with every other"
+  # Unless the mesh is to be kept, mesh.sh also tears it down should this
+  # script die without cleaning up (SIGKILL).
+  mesh_wg_up d-demo-wg "$([ "$keep" = 1 ] || echo $$)"
+  for name in "${MESH_PEERS[@]}"; do
+    printf '  host %s  %-8s netns %-10s underlay %-12s WireGuard %-9s %s\n' \
+      "${HOST[$name]}" "$name" "${NS[$name]}" "${UNDERLAY[$name]}" "${WGIF[$name]}" "${IP[$name]}"
+  done
+  note "state: $MESH_WG_STATE"
+
+  section "Start a daemon on each host"
+  mesh_wg_start
+  for name in "${MESH_PEERS[@]}"; do
+    printf '  %-8s pid %-7s hostname %-8s listen %-16s socket %s\n' \
+      "$name" "${PID[$name]}" "$name" "$(mesh_listen "$name")" "${SOCK[$name]}"
+  done
+  note "each daemon runs in its host's namespace; the d client runs here (a UNIX socket is a path)"
+fi
 note "below, [peer]\$ d ... means: $D --socket <peer's socket> ..."
 note "logs: $MESH_DIR/<peer>/log"
 
@@ -128,18 +206,29 @@ run vps setPeerConfig --role leader --id vps
 leader=$(mesh_listen vps)
 [ -n "$leader" ] || mesh_die "cannot read the leader's listen address"
 note "the leader listens on $leader"
-mesh_key_args
-if [ ${#MESH_KEY_ARGS[@]} -gt 0 ]; then
-  note "workers join with the leader's mesh key (between machines: scp it over)"
+if [ "$wireguard" = 0 ]; then
+  mesh_key_args
+  if [ ${#MESH_KEY_ARGS[@]} -gt 0 ]; then
+    note "workers join with the leader's mesh key (between machines: scp it over)"
+  fi
+  run desktop setPeerConfig --role worker --id desktop --leader "$leader" "${MESH_KEY_ARGS[@]}"
+  run laptop setPeerConfig --role worker --id laptop --leader "$leader" "${MESH_KEY_ARGS[@]}"
+else
+  note "workers register under their hostname, with the leader's mesh key (between machines: scp it over)"
+  run desktop registerWorker --leader "${IP[vps]}" --meshKey "$MESH_DIR/vps/state/mesh.key"
+  run laptop registerWorker --leader "${IP[vps]}" --meshKey "$MESH_DIR/vps/state/mesh.key"
 fi
-run desktop setPeerConfig --role worker --id desktop --leader "$leader" "${MESH_KEY_ARGS[@]}"
-run laptop setPeerConfig --role worker --id laptop --leader "$leader" "${MESH_KEY_ARGS[@]}"
 mesh_wait_linked
 
 section "The registry and the local state"
 note "asked on a worker, listPeers goes to the leader"
 run laptop listPeers
-run desktop getPeerStatus
+if [ "$wireguard" = 0 ]; then
+  run desktop getPeerStatus
+else
+  note "the WireGuard interface, its peers named by peer id"
+  run laptop getPeerStatus
+fi
 
 section "Run commands on peers"
 note "laptop -> desktop: worker to worker, straight over their own link"
@@ -157,12 +246,28 @@ note "output streams as it is produced (times since the command started)"
 run_stamped vps execOnPeer --peer laptop --directory /tmp --shellCmd 'for i in 1 2 3; do echo tick $i; sleep 0.5; done'
 
 section "The reference's shell helpers, as commands"
-run laptop getPeerIdByIp 127.0.0.2
-run vps execOnPeerByIp 127.0.0.2 /tmp pwd
+run laptop getPeerIdByIp "${IP[desktop]}"
+run vps execOnPeerByIp "${IP[desktop]}" /tmp pwd
 
 section "Errors say what to do"
 note "errors of d itself exit 255 in the exec family, as ssh does"
 EXPECT=255 run laptop execOnPeer --peer nosuch --directory /tmp --shellCmd true
+
+if [ "$wireguard" = 1 ]; then
+  section "d doctor: the checklist, run for you"
+  run laptop doctor --peer desktop
+
+  section "A tunnel goes down, and comes back"
+  run_sh bash "$MESH_SH" cut --state "$MESH_WG_STATE" --host "${HOST[desktop]}"
+  note "desktop's underlay link is down: nothing passes its WireGuard tunnel"
+  EXPECT=255 run_diag "the tunnel is down" laptop execOnPeer --peer desktop --directory /tmp --shellCmd true
+
+  run_sh bash "$MESH_SH" restore --state "$MESH_WG_STATE" --host "${HOST[desktop]}"
+  note "retried until it works (up to 15 s); only the last attempt is shown"
+  run_retry 15 laptop execOnPeer --peer desktop --directory /tmp --shellCmd true
+  mesh_wait "desktop to link to the leader again" 15 mesh_linked desktop
+  note "desktop's own link to the leader came back by itself"
+fi
 
 section "Done"
 if [ "$failures" -gt 0 ]; then
@@ -180,6 +285,14 @@ if [ "$keep" = 1 ]; then
     printf '  export D_SOCKET=%-40s # be %s\n' "${SOCK[$name]}" "$name"
   done
   echo "Logs: $MESH_DIR/<peer>/log"
-  echo "Stop it with:"
-  echo "  kill ${MESH_PIDS[*]} && rm -rf $MESH_DIR"
+  if [ "$wireguard" = 0 ]; then
+    echo "Stop it with:"
+    echo "  kill ${MESH_PIDS[*]} && rm -rf $MESH_DIR"
+  else
+    echo "Inside a host (1 vps, 2 desktop, 3 laptop), e.g. its WireGuard:"
+    echo "  bash $MESH_SH exec --state $MESH_WG_STATE --host ${HOST[laptop]} -- wg show ${WGIF[laptop]}"
+    echo "Stop it (as root) with:"
+    echo "  kill ${MESH_PIDS[*]}"
+    echo "  bash $MESH_SH down --state $MESH_WG_STATE && rm -rf $MESH_DIR"
+  fi
 fi

@@ -13,6 +13,16 @@
 # After mesh_start:  MESH_DIR, MESH_PIDS (array), SOCK[name], IP[name], PID[name]
 # After mesh_key_args: MESH_KEY_ARGS (array)
 # Commands:          mesh_d NAME ARGS...   run `d --socket <NAME's socket> ARGS...`
+#
+# Over real WireGuard instead (root only; scripts/mesh.sh builds the hosts):
+#   mesh_wg_up PREFIX [OWNER_PID]  three network-namespace hosts, full WireGuard mesh
+#                                  (vps = host 1 198.19.0.1, desktop = 2, laptop = 3);
+#                                  sets MESH_DIR, MESH_WG_STATE, HOST[name], NS[name],
+#                                  WGIF[name], UNDERLAY[name], IP[name] (overlay)
+#   mesh_wg_start                  one daemon per host, in its namespace, with its own
+#                                  hostname (UTS namespace), listening on its WireGuard
+#                                  address (no --listen); sets SOCK, PID, MESH_PIDS
+# mesh_cleanup then also runs `mesh.sh down` (after stopping the daemons).
 
 MESH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MESH_BIN=$MESH_ROOT/target/release
@@ -24,6 +34,9 @@ declare -A SOCK=() PID=()
 MESH_PIDS=()
 MESH_KEY_ARGS=()
 MESH_DIR=
+MESH_SH=$MESH_ROOT/scripts/mesh.sh
+MESH_WG_STATE=
+declare -A HOST=() NS=() WGIF=() UNDERLAY=()
 
 mesh_die() { echo "error: $*" >&2; exit 1; }
 
@@ -159,8 +172,74 @@ mesh_cleanup() {
     done
     MESH_PIDS=()
   fi
+  if [ -n "$MESH_WG_STATE" ] && [ -f "$MESH_WG_STATE" ]; then
+    MESH_QUIET=1 bash "$MESH_SH" down --state "$MESH_WG_STATE" ||
+      echo "warning: 'scripts/mesh.sh down --state $MESH_WG_STATE' failed" >&2
+    MESH_WG_STATE=
+  fi
   if [ -n "$MESH_DIR" ]; then
     rm -rf "$MESH_DIR"
     MESH_DIR=
   fi
 }
+
+# ---- over real WireGuard (scripts/mesh.sh), root only -------------------------
+
+# mesh_wg_get KEY: KEY's value in the mesh.sh state file (the last line wins).
+mesh_wg_get() { sed -n "s/^$1=//p" "$MESH_WG_STATE" | tail -n 1; }
+
+# mesh_wg_up PREFIX [OWNER_PID]: make a temp dir and, with scripts/mesh.sh, three
+# hosts joined by a full WireGuard mesh; its state file lives in the temp dir.
+# With OWNER_PID, mesh.sh also tears the hosts down once that process has exited
+# (even if it was killed with SIGKILL and could not clean up).
+mesh_wg_up() {
+  local owner=() i name
+  [ "$(id -u)" = 0 ] || mesh_die "WireGuard hosts need root"
+  [ -z "${2:-}" ] || owner=(--owner-pid "$2")
+  MESH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  MESH_WG_STATE=$MESH_DIR/mesh.state
+  bash "$MESH_SH" up --hosts 3 --topology full --state "$MESH_WG_STATE" "${owner[@]}" >/dev/null ||
+    mesh_die "scripts/mesh.sh up failed"
+  [ "$(mesh_wg_get READY)" = 1 ] || mesh_die "scripts/mesh.sh up did not finish ($MESH_WG_STATE)"
+  for i in 1 2 3; do
+    name=${MESH_PEERS[i - 1]}
+    # shellcheck disable=SC2034 # HOST and UNDERLAY are read by the scripts that source this file
+    HOST[$name]=$i
+    NS[$name]=$(mesh_wg_get "NS_$i")
+    WGIF[$name]=$(mesh_wg_get "WG_IFACE_$i")
+    # shellcheck disable=SC2034
+    UNDERLAY[$name]=$(mesh_wg_get "UNDERLAY_IP_$i")
+    IP[$name]=$(mesh_wg_get "OVERLAY_IP_$i")
+    if [ -z "${NS[$name]}" ] || [ -z "${WGIF[$name]}" ] || [ -z "${IP[$name]}" ]; then
+      mesh_die "host $i is incomplete in $MESH_WG_STATE"
+    fi
+  done
+}
+
+# mesh_wg_start: start one daemon per host inside its namespace, unconfigured,
+# without --listen (it listens on its WireGuard interface's address, port 3600),
+# under its own hostname (a UTS namespace, so `d registerWorker` takes the name
+# from it). `ip netns exec`, `unshare` (no --fork) and `exec` all keep the PID,
+# so $! is the daemon's own. Returns once each answers `d ping` and listens.
+mesh_wg_start() {
+  local name
+  for name in "${MESH_PEERS[@]}"; do
+    mkdir -p "$MESH_DIR/$name"
+    SOCK[$name]=$MESH_DIR/$name/d.sock
+    # shellcheck disable=SC2016 # expanded by that sh, not here
+    ip netns exec "${NS[$name]}" unshare --uts \
+      sh -c 'hostname "$1" && shift && exec "$@"' sh "$name" \
+      "$DAEMON" --socket "${SOCK[$name]}" --state-dir "$MESH_DIR/$name/state" \
+      --wg-interface "${WGIF[$name]}" </dev/null >"$MESH_DIR/$name/log" 2>&1 &
+    # shellcheck disable=SC2034
+    PID[$name]=$!
+    MESH_PIDS+=("$!")
+  done
+  for name in "${MESH_PEERS[@]}"; do
+    mesh_wait "$name daemon to answer ping" 10 mesh_d "$name" ping
+    mesh_wait "$name daemon to listen on ${IP[$name]}" 10 mesh_listens_on "$name" "${IP[$name]}"
+  done
+}
+
+# Whether NAME's daemon listens on IP (any port).
+mesh_listens_on() { [[ $(mesh_listen "$1") == "$2":* ]]; }

@@ -41,7 +41,7 @@ pub struct Args {
     /// Group allowed to use the control socket (default `d` when that group exists, else root only).
     #[arg(long = "socket-group")]
     pub socket_group: Option<String>,
-    /// Heartbeat interval in milliseconds; a peer silent for 4 intervals is dead.
+    /// Heartbeat interval in milliseconds; a peer silent for 3 intervals is dead.
     #[arg(long = "heartbeat-ms", hide = true)]
     pub heartbeat_ms: Option<u64>,
 }
@@ -182,7 +182,7 @@ impl Config {
 
     /// A peer silent this long is dead.
     pub fn dead_after(&self) -> Duration {
-        self.heartbeat * 4
+        self.heartbeat * 3
     }
 }
 

@@ -203,6 +203,7 @@ fn exec_spec(
         requester: daemon.me(),
         user: user_name(uid),
         action: None,
+        relay_to: None,
     }
 }
 
@@ -220,6 +221,7 @@ fn ops_spec(daemon: &Daemon, action: Action, uid: Option<u32>) -> ExecSpec {
         requester: daemon.me(),
         user: user_name(uid),
         action: Some(action),
+        relay_to: None,
     }
 }
 
@@ -247,6 +249,36 @@ fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorBody> {
     serde_json::to_value(v).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
+}
+
+/// Requests another peer may have answered here (`d @peer ...`): reading
+/// state only; configuration stays with the machine's own users.
+fn remote_ok(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Ping {}
+            | Request::GetPeerStatus {}
+            | Request::ListPeers {}
+            | Request::GetPeerInfo { .. }
+            | Request::GetPeerIdByIp { .. }
+            | Request::DbSanityCheck {}
+            | Request::ExecLog { .. }
+            | Request::Doctor { .. }
+    )
+}
+
+/// Answer a control request that came from another peer (`Query::Control`).
+pub async fn answer_remote(
+    daemon: &Arc<Daemon>,
+    req: Request,
+) -> Result<serde_json::Value, ErrorBody> {
+    if !remote_ok(&req) {
+        return Err(
+            ErrorBody::invalid(format!("{} cannot be asked of another peer", req.name()))
+                .hint("run it on that machine itself"),
+        );
+    }
+    answer(daemon, req).await
 }
 
 /// Answer every request except exec.
@@ -302,6 +334,27 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
                 .await
                 .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))?;
             to_value(&rows)
+        }
+        Request::OnPeer { peer, request } => {
+            if !remote_ok(&request) {
+                return Err(ErrorBody::invalid(format!(
+                    "{} cannot be asked of another peer",
+                    request.name()
+                ))
+                .hint(format!(
+                    "run it on {peer} itself, e.g. `d execOnPeer --peer {peer} --directory / --shellCmd \"d {}\"`",
+                    request.name()
+                )));
+            }
+            match exec::route(daemon, &peer).await? {
+                exec::Route::Local => Box::pin(answer(daemon, *request)).await,
+                exec::Route::Remote(s, _) | exec::Route::Relay(s, _) => {
+                    match s.query(Query::Control { request }).await? {
+                        Answer::Result { result } => Ok(result),
+                        other => Err(unexpected(other)),
+                    }
+                }
+            }
         }
         Request::ExecOnPeer { .. }
         | Request::ExecOnPeerByIp { .. }

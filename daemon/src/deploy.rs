@@ -27,12 +27,16 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{self, JobEvent, RunAs};
 use crate::Daemon;
 
-/// Start a job: a shell command, or an operations action.
+/// Start a job: a shell command, an operations action, or (on the leader) a
+/// job relayed to another peer.
 pub fn start(
     daemon: &Arc<Daemon>,
     spec: ExecSpec,
     cancel: CancellationToken,
 ) -> mpsc::Receiver<JobEvent> {
+    if spec.relay_to.is_some() {
+        return crate::exec::relay(daemon, spec, cancel);
+    }
     let Some(action) = spec.action else {
         return job::spawn(spec, &daemon.job_ctx(), cancel);
     };
@@ -84,6 +88,7 @@ async fn step(
         requester: spec.requester.clone(),
         user: spec.user.clone(),
         action: None,
+        relay_to: None,
     };
     let mut rx = job::spawn_as(sub, &daemon.job_ctx(), cancel.child_token(), owner.cloned());
     while let Some(ev) = rx.recv().await {

@@ -193,7 +193,17 @@ async fn peer_checks(
     }
     let started = Instant::now();
     let pong = match exec::route(daemon, peer).await {
-        Ok(exec::Route::Remote(s, path)) => s.query(Query::Ping).await.map(|a| (a, path)),
+        Ok(exec::Route::Remote(s, path)) => {
+            s.query(Query::Ping).await.map(|a| (a, path.to_string()))
+        }
+        Ok(exec::Route::Relay(..)) => {
+            checks.push(fail(
+                &format!("{peer} daemon answering"),
+                "not reachable directly: jobs go through the leader",
+                format!("open the path from here to {peer} (WireGuard peer, firewall), or leave it to the relay"),
+            ));
+            return;
+        }
         Ok(exec::Route::Local) => return,
         Err(e) => Err(e),
     };

@@ -28,7 +28,14 @@ use crate::{leader, peer_port, Daemon};
 pub enum Route {
     Local,
     Remote(Arc<Session>, &'static str),
+    /// Through the leader's session (the leader's id): the target cannot be
+    /// reached directly (NAT, hub-and-spoke WireGuard).
+    Relay(Arc<Session>, String),
 }
+
+/// How long a peer that could not be dialed directly goes through the leader
+/// before a direct connection is tried again.
+const RELAY_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Find (or open) the way to `peer`.
 pub async fn route(daemon: &Arc<Daemon>, peer: &str) -> Result<Route, ErrorBody> {
@@ -85,14 +92,124 @@ pub async fn route(daemon: &Arc<Daemon>, peer: &str) -> Result<Route, ErrorBody>
     }
     let addr = parse_addr(&shown, d_proto::DEFAULT_PORT)
         .map_err(|e| ErrorBody::connect_failed(peer, &shown, &e))?;
+    // A worker may go through the leader when the target is online there
+    // but out of its own reach.
+    let relay = || -> Option<Route> {
+        if id.role != Some(Role::Worker) || !info.online {
+            return None;
+        }
+        let ls = daemon.leader_session().ok()?;
+        let leader = ls.peer.id.clone();
+        (leader != peer).then_some(Route::Relay(ls, leader))
+    };
+    if daemon.relay_remembered(peer, RELAY_MEMORY) {
+        if let Some(r) = relay() {
+            return Ok(r);
+        }
+    }
     // One dial per peer at a time; whoever waited reuses the result.
     let gate = daemon.dial_lock(peer);
     let _held = gate.lock().await;
     if let Some(s) = daemon.session(peer) {
         return Ok(Route::Remote(s, "direct"));
     }
-    let s = peer_port::dial(daemon, addr, Purpose::Direct, Some(peer)).await?;
-    Ok(Route::Remote(s, "direct"))
+    match peer_port::dial(daemon, addr, Purpose::Direct, Some(peer)).await {
+        Ok(s) => {
+            daemon.forget_relay(peer);
+            Ok(Route::Remote(s, "direct"))
+        }
+        // Refused means its daemon is down: the leader could not do better.
+        Err(e) if unreachable(&e) => match relay() {
+            Some(r) => {
+                tracing::info!(
+                    "{peer} is out of direct reach ({}): going through the leader",
+                    e.error
+                );
+                daemon.remember_relay(peer);
+                Ok(r)
+            }
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// A dial failure that another path might get around (no route, no answer),
+/// as opposed to a daemon that is not running (refused).
+fn unreachable(e: &ErrorBody) -> bool {
+    let text = format!("{} {}", e.error, e.hint.as_deref().unwrap_or_default());
+    matches!(e.kind, ErrorKind::ConnectFailed | ErrorKind::PeerTimeout) && !text.contains("refused")
+}
+
+/// On the leader: run a job that a worker asked to be relayed to `target`,
+/// over the leader's own session with it. Output is credited to the target
+/// only once handed on, so the chain keeps its backpressure end to end.
+pub fn relay(
+    daemon: &Arc<Daemon>,
+    mut spec: ExecSpec,
+    cancel: tokio_util::sync::CancellationToken,
+) -> mpsc::Receiver<JobEvent> {
+    let (tx, rx) = mpsc::channel(4);
+    let d = daemon.clone();
+    daemon.tracker.spawn(async move {
+        let target = spec.relay_to.take().unwrap_or_default();
+        let last = match relay_run(&d, &target, spec, &tx, cancel).await {
+            Ok(ev) => ev,
+            Err(e) => JobEvent::Failed(e),
+        };
+        let _ = tx.send(last).await;
+    });
+    rx
+}
+
+async fn relay_run(
+    daemon: &Arc<Daemon>,
+    target: &str,
+    spec: ExecSpec,
+    tx: &mpsc::Sender<JobEvent>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<JobEvent, ErrorBody> {
+    if daemon.identity().role != Some(Role::Leader) {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("{} is not the leader: it relays no jobs", daemon.me()),
+        ));
+    }
+    let mut job = match route(daemon, target).await? {
+        Route::Remote(s, _) => s.start_job(spec).await?,
+        Route::Local => {
+            return Err(ErrorBody::invalid(
+                "a relay to the leader itself: connect to it directly",
+            ))
+        }
+        Route::Relay(..) => {
+            return Err(ErrorBody::invalid("the leader cannot relay through itself"))
+        }
+    };
+    loop {
+        let ev = tokio::select! {
+            ev = job.events.recv() => ev,
+            _ = cancel.cancelled() => {
+                job.cancel().await;
+                return Ok(JobEvent::Failed(ErrorBody::new(ErrorKind::Other, "cancelled")));
+            }
+        };
+        match ev {
+            Some(JobEvent::Output(stream, data)) => {
+                let n = data.len();
+                if tx.send(JobEvent::Output(stream, data)).await.is_err() {
+                    job.cancel().await;
+                    return Ok(JobEvent::Failed(ErrorBody::new(
+                        ErrorKind::Other,
+                        "cancelled",
+                    )));
+                }
+                job.credit(n).await;
+            }
+            Some(last) => return Ok(last),
+            None => return Err(job.session.reason()),
+        }
+    }
 }
 
 /// Resolve an address to a peer id through the registry.
@@ -201,13 +318,26 @@ async fn stream_to_client<R, W>(
                 .listen_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "local".into());
-            Ok((Source::Local(rx, cancel), addr, "local"))
+            Ok((Source::Local(rx, cancel), addr, "local".to_string()))
         }
         Ok(Route::Remote(s, path)) => {
             let addr = s.peer.remote.to_string();
             s.start_job(spec)
                 .await
-                .map(|j| (Source::Remote(j), addr, path))
+                .map(|j| (Source::Remote(j), addr, path.to_string()))
+        }
+        Ok(Route::Relay(s, leader)) => {
+            let spec = ExecSpec {
+                relay_to: Some(peer.to_string()),
+                ..spec
+            };
+            s.start_job(spec).await.map(|j| {
+                (
+                    Source::Remote(j),
+                    format!("via {}", s.peer.remote),
+                    format!("relay via {leader}"),
+                )
+            })
         }
     };
     let (mut source, addr, path) = match started {
@@ -221,7 +351,7 @@ async fn stream_to_client<R, W>(
     let started = Event::Started {
         peer: peer.to_string(),
         addr,
-        path: path.to_string(),
+        path,
     };
     let mut gone = writer.send(&started).await.is_err();
     while !gone {

@@ -364,6 +364,7 @@ mod tests {
             requester: "test".into(),
             user: None,
             action: None,
+            relay_to: None,
         }
     }
 

@@ -217,9 +217,13 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
         version: d_proto::version_string(),
         protocol: d_proto::PROTOCOL_VERSION,
     };
-    // Any peer answers a ping; the rest needs the registry.
+    // Any peer answers a ping or a control request; the rest needs the registry.
     if q == Query::Ping {
         return Ok(pong());
+    }
+    if let Query::Control { request } = q {
+        let result = Box::pin(crate::control::answer_remote(daemon, *request)).await?;
+        return Ok(Answer::Result { result });
     }
     let id = daemon.identity();
     if id.role != Some(Role::Leader) {
@@ -240,6 +244,7 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
     let dev = dev.as_ref();
     match q {
         Query::Ping => Ok(pong()),
+        Query::Control { .. } => Err(ErrorBody::invalid("control requests are answered above")),
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match daemon

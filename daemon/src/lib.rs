@@ -98,6 +98,8 @@ pub struct Daemon {
     link_task: Mutex<Option<CancellationToken>>,
     /// Open sessions by peer id (at most one each; a worker's link wins over a direct one).
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// Peers last found out of direct reach (jobs go through the leader), and when.
+    relayed: Mutex<HashMap<String, Instant>>,
     /// One dial at a time per peer, so concurrent jobs share one connection.
     dial_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     listen: Mutex<(Option<SocketAddr>, Option<String>)>,
@@ -286,6 +288,21 @@ impl Daemon {
         }
     }
 
+    pub fn remember_relay(&self, peer: &str) {
+        lock(&self.relayed).insert(peer.to_string(), Instant::now());
+    }
+
+    pub fn forget_relay(&self, peer: &str) {
+        lock(&self.relayed).remove(peer);
+    }
+
+    /// Whether `peer` went through the leader within `memory`.
+    pub fn relay_remembered(&self, peer: &str, memory: std::time::Duration) -> bool {
+        lock(&self.relayed)
+            .get(peer)
+            .is_some_and(|t| t.elapsed() < memory)
+    }
+
     pub fn dial_lock(&self, peer: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.dial_locks)
             .entry(peer.to_string())
@@ -392,6 +409,11 @@ impl Daemon {
         let mut st = self.status();
         let iface = self.config.wg_interface.clone();
         let dev = wg::read(&iface).await;
+        // With an explicit --listen and no such interface, WireGuard is simply
+        // not in use here: say nothing rather than report an error.
+        if dev.is_err() && matches!(self.config.listen, config::Listen::Addr(_)) {
+            return st;
+        }
         let names: HashMap<std::net::IpAddr, String> = if dev.is_ok() {
             match leader::query(self, d_proto::peer::Query::ListPeers).await {
                 Ok(d_proto::peer::Answer::Peers { peers }) => peers
@@ -466,6 +488,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
         link_task: Mutex::default(),
         sessions: Mutex::default(),
         dial_locks: Mutex::default(),
+        relayed: Mutex::default(),
         listen: Mutex::default(),
         mesh_key: RwLock::new(mesh_key),
         exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),

@@ -223,7 +223,13 @@ impl Session {
             );
         }
         tracing::info!(job = id, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", self.peer.id);
-        let mut rec = crate::exec::record("target", &spec, &self.peer.id, &daemon.me());
+        // A relayed job names its real requester; the session's peer is the leader.
+        let requester = if spec.requester.is_empty() {
+            self.peer.id.clone()
+        } else {
+            spec.requester.clone()
+        };
+        let mut rec = crate::exec::record("target", &spec, &requester, &daemon.me());
         let mut events = crate::deploy::start(daemon, spec, cancel);
         let s = self.clone();
         let d = daemon.clone();
@@ -386,7 +392,7 @@ async fn probe_tunnel(daemon: &Daemon, s: &Session, silent: Duration) -> Option<
     let iface = &daemon.config.wg_interface;
     let ip = s.peer.remote.ip();
     let before = crate::wg::snapshot(iface, ip).await?;
-    let wait = daemon.config.heartbeat.max(Duration::from_millis(300)) * 2;
+    let wait = daemon.config.heartbeat.max(Duration::from_millis(300));
     tokio::time::sleep(wait).await;
     let after = crate::wg::snapshot(iface, ip).await?;
     let hs = after

@@ -378,3 +378,82 @@ fn hub_and_spoke_workers_reach_the_leader() {
         stdout(&o)
     );
 }
+
+#[test]
+fn relay_through_the_leader_when_spokes_cannot_meet() {
+    if !ready_or_skip("relay_through_the_leader_when_spokes_cannot_meet") {
+        return;
+    }
+    let mesh = NetMesh::up(3, Topology::Hub).expect("mesh up");
+    // The hub stops forwarding between spokes: laptop has no path to desktop.
+    let o = mesh.exec(1, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_vps, desktop, laptop) = reference(&mesh, &[]);
+    assert!(
+        !mesh.ping(3, mesh.overlay_ip(2), Duration::from_secs(1)),
+        "spokes must not meet"
+    );
+
+    let o = laptop.d(&[
+        "--verbose",
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "hostname; echo err >&2; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "desktop\n");
+    assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("relay via vps"), "{}", stderr(&o));
+    // Byte-exact bulk output through the relay, and the reverse direction.
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "seq 1 300000",
+    ]);
+    let want: String = (1..=300000).map(|i| format!("{i}\n")).collect();
+    assert!(
+        stdout(&o) == want,
+        "relayed output differs ({} bytes)",
+        o.stdout.len()
+    );
+    let o = desktop.d(&[
+        "execOnPeer",
+        "--peer",
+        "laptop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "hostname",
+    ]);
+    assert_eq!(stdout(&o), "laptop\n", "{}", stderr(&o));
+    // Timeout and cancel travel through the relay too.
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--timeout",
+        "1",
+        "--shellCmd",
+        "sleep 30",
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    // The audit log on the target names the real requester.
+    let rows = desktop.json(&["execLog", "--peer", "laptop"]);
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["requester"] == "laptop" && r["side"] == "target"),
+        "{rows}"
+    );
+}

@@ -64,6 +64,13 @@ pub enum Request {
     RemoteDeployDaemon {
         peer: String,
     },
+    /// Answer `request` on another peer (`d @vps getPeerStatus`): the local
+    /// daemon forwards it over its session and relays the one final answer.
+    /// Only requests with one answer (not exec, not the operations commands).
+    OnPeer {
+        peer: String,
+        request: Box<Request>,
+    },
     /// The troubleshooting checklist, optionally for one peer.
     Doctor {
         peer: Option<String>,
@@ -98,6 +105,7 @@ impl Request {
             Request::DbSanityCheck {} => "dbSanityCheck",
             Request::ExecLog { .. } => "execLog",
             Request::Doctor { .. } => "doctor",
+            Request::OnPeer { .. } => "onPeer",
             Request::RemotePull { .. } => "remotePull",
             Request::RemoteBd { .. } => "remoteBd",
             Request::RemoteDeployDaemon { .. } => "remoteDeployDaemon",

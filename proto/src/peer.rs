@@ -78,17 +78,36 @@ pub enum Query {
     },
     /// Is the daemon answering, and which version is it? (Any peer answers.)
     Ping,
+    /// Answer a control request here (`d @peer getPeerStatus`).
+    Control {
+        request: Box<crate::control::Request>,
+    },
 }
 
 /// The leader's answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {
-    Peer { peer: PeerInfo },
-    Peers { peers: Vec<PeerInfo> },
-    Deleted { peer: String },
-    PeerId { peer: String },
-    Pong { version: String, protocol: u32 },
+    Peer {
+        peer: PeerInfo,
+    },
+    Peers {
+        peers: Vec<PeerInfo>,
+    },
+    Deleted {
+        peer: String,
+    },
+    PeerId {
+        peer: String,
+    },
+    Pong {
+        version: String,
+        protocol: u32,
+    },
+    /// The answer to a [`Query::Control`].
+    Result {
+        result: serde_json::Value,
+    },
     Error(ErrorBody),
 }
 

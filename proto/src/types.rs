@@ -214,6 +214,10 @@ pub struct ExecSpec {
     /// (`repo_dir`, `build_cmd`) instead of running `shell_cmd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    /// Sent to the leader: run this job on that peer, through the links the
+    /// leader holds, because the requester cannot reach it directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_to: Option<String>,
 }
 
 /// The operations commands: what `remotePull`, `remoteBd` and

@@ -176,6 +176,7 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
                         requester: "vps".into(),
                         user,
                         action: None,
+                        relay_to: None,
                     },
                 }
             ),
