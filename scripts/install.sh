@@ -22,7 +22,9 @@
 #   --profile P     cargo profile to build and take binaries from (default release).
 #   --no-build      do not run cargo; use the binaries already built.
 #   --uninstall     remove the files listed in the manifest (same --prefix and
-#                   DESTDIR as the install). The state (/var/lib/d), the config
+#                   DESTDIR as the install), and the previous binary a
+#                   `d remoteDeployDaemon` keeps beside the daemon
+#                   (sbin/d-daemon.prev). The state (/var/lib/d), the config
 #                   (/etc/d) and the `d` group are kept.
 #
 # Installing to the live system (no DESTDIR) as root also creates the `d`
@@ -157,6 +159,8 @@ uninstall() {
   local f
   for f in ${OLD_FILES[@]+"${OLD_FILES[@]}"}; do
     rm -f "$DESTDIR$f"
+    # A deploy's rollback copy of the daemon (daemon/src/deploy.rs).
+    case "$f" in */d-daemon) rm -f "$DESTDIR$f.prev" ;; esac
   done
   rm -f "$DESTDIR$MANIFEST"
   rmdirs ${OLD_DIRS[@]+"${OLD_DIRS[@]}"}

@@ -123,6 +123,8 @@ DESTDIR=$DEST2 bash scripts/install.sh --uninstall --prefix /opt/d >/dev/null
 [ -z "$(ls -A "$DEST2")" ] && ok "--prefix /opt/d uninstalled" || fail "left in $DEST2: $(cd "$DEST2" && find .)"
 
 echo "== uninstall"
+# As left by a `d remoteDeployDaemon`: the previous binary beside the new one.
+cp "$DEST$P/sbin/d-daemon" "$DEST$P/sbin/d-daemon.prev"
 DESTDIR=$DEST bash scripts/install.sh --uninstall
 left=$(cd "$DEST" && find . ! -type d)
 [ -z "$left" ] && ok "no file left" || fail "left behind: $left"

@@ -31,3 +31,5 @@ fi
 # One build of everything the tests run (the e2e tests drive the real binaries).
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+# The installer, into temporary DESTDIRs (uses the debug build just made).
+bash scripts/test-install.sh

@@ -165,7 +165,12 @@ async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env("D_JOB_REQUESTER", &spec.requester)
-        .env_remove(crate::deploy::ROLLBACK_ENV);
+        .env_remove(crate::deploy::ROLLBACK_ENV)
+        // systemd's channels are the daemon's, not its jobs'.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM");
     for (k, v) in default_env() {
         if std::env::var_os(k).is_none() {
             cmd.env(k, v);

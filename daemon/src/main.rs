@@ -109,7 +109,11 @@ async fn serve() -> anyhow::Result<()> {
         .restart_requested
         .load(std::sync::atomic::Ordering::SeqCst)
     {
-        // A deploy installed a new binary: become it (same PID).
+        // A deploy installed a new binary: become it (same PID, so systemd
+        // keeps tracking it; the new binary sends READY=1 again and feeds the
+        // watchdog). Not RELOADING=1: since systemd 253 that needs a
+        // MONOTONIC_USEC= handshake, and a mistake there fails the unit.
+        let _ = sd_notify::notify(&[NotifyState::Status("re-executing the deployed binary")]);
         d_daemon::deploy::reexec(&daemon);
     }
     Ok(())
