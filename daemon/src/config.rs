@@ -62,6 +62,9 @@ pub struct FileConfig {
     pub exec_timeout: Option<u64>,
     pub heartbeat_ms: Option<u64>,
     pub socket_group: Option<String>,
+    /// Where `d @peer CMD` runs when no --directory is given (default: the
+    /// daemon user's home).
+    pub default_dir: Option<PathBuf>,
     /// This machine's checkout of d's source (default /opt/d).
     pub repo_dir: Option<PathBuf>,
     /// Builds the daemon in `repo_dir` (default `cargo build --release --locked`).
@@ -99,6 +102,8 @@ pub struct Config {
     pub socket_group: Option<String>,
     pub exec_log: crate::registry::Retention,
     pub ops: Ops,
+    /// Where a job without a directory runs (`d @peer CMD`).
+    pub default_dir: PathBuf,
 }
 
 /// Where this machine's own source lives and how it is built (`remotePull`,
@@ -163,6 +168,13 @@ impl Config {
                     .flatten()
                     .map(|_| "d".to_string()),
             },
+            default_dir: file.default_dir.unwrap_or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::geteuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.dir)
+                    .unwrap_or_else(|| PathBuf::from("/"))
+            }),
             ops: Ops {
                 repo_dir: file.repo_dir.unwrap_or_else(|| PathBuf::from("/opt/d")),
                 build_cmd: file

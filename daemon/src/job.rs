@@ -66,6 +66,8 @@ pub struct JobCtx {
     pub tracker: TaskTracker,
     /// Jobs running now (`getPeerStatus`).
     pub running: Arc<AtomicUsize>,
+    /// Where a job with an empty directory runs (config `default_dir`).
+    pub default_dir: std::path::PathBuf,
 }
 
 /// A local user a job runs as instead of the daemon's (a checkout's owner).
@@ -114,6 +116,10 @@ pub fn spawn_as(
 ) -> mpsc::Receiver<JobEvent> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = ctx.me.clone();
+    let mut spec = spec;
+    if spec.directory.is_empty() {
+        spec.directory = ctx.default_dir.display().to_string();
+    }
     let running = RunningGuard::new(ctx.running.clone());
     ctx.tracker.spawn(async move {
         let span = tracing::info_span!("job", requester = %spec.requester);
@@ -378,6 +384,7 @@ mod tests {
             me: "me".into(),
             tracker: TaskTracker::new(),
             running: Arc::default(),
+            default_dir: "/tmp".into(),
         }
     }
 
@@ -408,6 +415,15 @@ mod tests {
             JobEvent::Exit(e) => assert_eq!(e.status(), 42),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn empty_directory_is_the_default_one() {
+        let mut s = spec("pwd", 0);
+        s.directory = String::new();
+        let (out, _, last) = collect(spawn(s, &ctx(), CancellationToken::new())).await;
+        assert_eq!(out, b"/tmp\n");
+        assert!(matches!(last, JobEvent::Exit(e) if e.status() == 0));
     }
 
     #[tokio::test]

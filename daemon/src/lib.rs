@@ -169,6 +169,7 @@ impl Daemon {
             me: self.me(),
             tracker: self.tracker.clone(),
             running: self.running_jobs.clone(),
+            default_dir: self.config.default_dir.clone(),
         }
     }
 
