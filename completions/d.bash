@@ -335,7 +335,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-v -h --peer --directory --shellCmd --timeout --socket --json --verbose --help"
+            opts="-v -h --peer --directory --shellCmd --timeout --parallel --gather --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -360,6 +360,13 @@ _d() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --parallel)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace

@@ -45,7 +45,7 @@ complete -c d -n "__fish_d_needs_command" -f -a "remoteBd" -d 'Build the daemon 
 complete -c d -n "__fish_d_needs_command" -f -a "remoteDeployDaemon" -d 'Pull, build, check, install and restart the daemon on the peer; report old → new version'
 complete -c d -n "__fish_d_needs_command" -f -a "doctor" -d 'Run the troubleshooting checklist (✓/✗ per check, with the fix), optionally for one peer'
 complete -c d -n "__fish_d_needs_command" -f -a "execLog" -d 'Show the audit log: jobs run here and jobs asked from here, newest first'
-complete -c d -n "__fish_d_needs_command" -f -a "execOnPeer" -d 'Run a shell command on a peer, streaming its output; exit with its status'
+complete -c d -n "__fish_d_needs_command" -f -a "execOnPeer" -d 'Run a shell command on one peer or several, streaming its output; exit with its status'
 complete -c d -n "__fish_d_needs_command" -f -a "execOnPeerByIp" -d 'Run a shell command on the peer at a mesh address, streaming its output'
 complete -c d -n "__fish_d_needs_command" -f -a "completions" -d 'Print a completion script for bash, zsh or fish (`--peer <TAB>` completes live peer ids)'
 complete -c d -n "__fish_d_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -120,14 +120,16 @@ complete -c d -n "__fish_d_using_subcommand execLog" -l socket -d 'Control socke
 complete -c d -n "__fish_d_using_subcommand execLog" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execLog" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execLog" -s h -l help -d 'Print help'
-complete -c d -n "__fish_d_using_subcommand execOnPeer" -l peer -d 'Peer id' -r -f
-complete -c d -n "__fish_d_using_subcommand execOnPeer" -l directory -d 'Working directory on the peer' -r -f -a "(__fish_complete_directories)"
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l peer -d 'Peer id, a comma-separated list, or `all` (every registered peer)' -r -f
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l directory -d 'Working directory on the peer (empty: the peer\'s default directory)' -r -f -a "(__fish_complete_directories)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l shellCmd -d 'Command, run with `/bin/sh -c`' -r -f -a "(__fish_complete_command)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l timeout -d 'Seconds before the command\'s process group is ended (0 = no limit; default 30)' -r -f
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l parallel -d 'With several peers: run at most N at once' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
-complete -c d -n "__fish_d_using_subcommand execOnPeer" -s h -l help -d 'Print help'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l timeout -d 'Seconds before the command\'s process group is ended (0 = no limit; default 30)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
@@ -151,7 +153,7 @@ complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "remoteDeployDaemon" -d 'Pull, build, check, install and restart the daemon on the peer; report old → new version'
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "doctor" -d 'Run the troubleshooting checklist (✓/✗ per check, with the fix), optionally for one peer'
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "execLog" -d 'Show the audit log: jobs run here and jobs asked from here, newest first'
-complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "execOnPeer" -d 'Run a shell command on a peer, streaming its output; exit with its status'
+complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "execOnPeer" -d 'Run a shell command on one peer or several, streaming its output; exit with its status'
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "execOnPeerByIp" -d 'Run a shell command on the peer at a mesh address, streaming its output'
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "completions" -d 'Print a completion script for bash, zsh or fish (`--peer <TAB>` completes live peer ids)'
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -9,7 +9,7 @@ use d_proto::control::Request;
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
-#[command(name = "d")]
+#[command(name = "d", after_help = AT_HELP)]
 pub struct Cli {
     /// Control socket of the local daemon.
     #[arg(
@@ -34,6 +34,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The `d @PEER` forms, which are read before clap (see `at.rs`).
+const AT_HELP: &str = "\
+@PEER (the first word after the global options):
+  d @vps COMMAND [ARGS]   a d command for vps: ping, getPeerStatus, listPeers, getPeerInfo,
+                          getPeerIdByIp, dbSanityCheck and execLog are answered by vps;
+                          remotePull, remoteBd, remoteDeployDaemon and doctor get --peer vps
+  d @vps WORDS...         a shell command on vps, in its default directory; the words are
+                          joined with spaces, as ssh does (quote for the remote shell)
+  d @vps [--directory DIR] [--timeout SECS] [--] WORDS...
+                          `--` reads the words as a shell command even if the first is a
+                          d command (`d @vps -- ping -c1 host`)
+  d @all WORDS...         on every registered peer at once; `d @a,b WORDS...` on several:
+                          `peer: ` before each line, a summary per peer
+                          [--parallel N] [--gather]  (as for execOnPeer)";
 
 #[derive(Debug, Subcommand)]
 #[command(rename_all = "camelCase")]
@@ -135,12 +150,24 @@ pub enum Command {
         limit: u32,
     },
 
-    /// Run a shell command on a peer, streaming its output; exit with its status.
+    /// Run a shell command on one peer or several, streaming its output; exit with its status
+    ///
+    /// One peer: its stdout and stderr are ours, byte for byte; d exits with its status.
+    ///
+    /// Several (`--peer a,b,c`, `--peer all`): at most --parallel at once, each line as
+    /// `peer: line` (stdout lines on stdout, stderr lines on stderr), or with --gather each
+    /// distinct output once at the end; then a summary line per peer on stderr: `ok`,
+    /// `exit N`, `timed out`, `unreachable`, `not found` or `error: ...`. d exits 0 if
+    /// every peer succeeded, else with the largest status (124 timed out, 255 errors of d).
+    /// `--json`: one array, an object per peer. A peer that has not finished SECS + 10 s
+    /// after it started (40 s without --timeout; no limit with --timeout 0) is given up,
+    /// its job cancelled, and reported `timed out (no answer)`; the others carry on.
+    #[command(verbatim_doc_comment)]
     ExecOnPeer {
-        /// Peer id.
-        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
+        /// Peer id, a comma-separated list, or `all` (every registered peer).
+        #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
-        /// Working directory on the peer.
+        /// Working directory on the peer (empty: the peer's default directory).
         #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
         directory: String,
         /// Command, run with `/bin/sh -c`.
@@ -149,6 +176,18 @@ pub enum Command {
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
         #[arg(long, value_name = "SECS", value_hint = ValueHint::Other)]
         timeout: Option<u64>,
+        /// With several peers: run at most N at once.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = DEFAULT_PARALLEL,
+            value_parser = clap::value_parser!(u32).range(1..),
+            value_hint = ValueHint::Other
+        )]
+        parallel: u32,
+        /// With several peers: print each distinct output once at the end, under the peers that printed it.
+        #[arg(long)]
+        gather: bool,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.
@@ -188,6 +227,9 @@ pub enum Command {
         shell: Shell,
     },
 }
+
+/// `--parallel` of `execOnPeer` and `d @a,b`: peers run at once.
+pub const DEFAULT_PARALLEL: u32 = 64;
 
 /// Shells `d completions` writes scripts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -243,6 +285,7 @@ impl Command {
                 directory,
                 shell_cmd,
                 timeout,
+                ..
             } => Request::ExecOnPeer {
                 peer: peer.clone(),
                 directory: directory.clone(),
@@ -299,11 +342,14 @@ fn peer_id(s: &str) -> Result<String, String> {
 }
 
 /// `all`, or peer ids separated by commas.
-fn peer_list(s: &str) -> Result<String, String> {
+pub fn peer_list(s: &str) -> Result<String, String> {
     if s == "all" {
         return Ok(s.to_string());
     }
     for id in s.split(',') {
+        if id.trim() == "all" {
+            return Err("`all` stands alone (every peer): `all`, or a list of peer ids".into());
+        }
         d_proto::validate_peer_id(id.trim())?;
     }
     Ok(s.to_string())
@@ -319,6 +365,12 @@ pub fn command() -> clap::Command {
 /// Parse the command line, exiting with clap's message (status 2) on usage errors.
 pub fn parse() -> Cli {
     let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// [`parse`] for a command line made by `d @PEER` (program name first).
+pub fn parse_from(argv: &[String]) -> Cli {
+    let matches = command().get_matches_from(argv);
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 

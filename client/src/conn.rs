@@ -32,6 +32,8 @@ pub struct Conn {
     buf: BytesMut,
     decoder: FrameDecoder,
     verbose: bool,
+    /// The last read gave up at the reply timeout (not a closed or broken socket).
+    timed_out: bool,
 }
 
 impl Conn {
@@ -52,11 +54,17 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             decoder: FrameDecoder::new(d_proto::MAX_FRAME),
             verbose,
+            timed_out: false,
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the last error of [`Conn::next_event`] was the reply timeout.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     /// Limit how long one read may block (`None`: wait for ever).
@@ -141,7 +149,13 @@ impl Conn {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.timed_out = true;
                     return Err(ErrorBody::new(
                         ErrorKind::Other,
                         format!(
@@ -149,7 +163,7 @@ impl Conn {
                             self.path.display()
                         ),
                     )
-                    .hint("the daemon took the request but did not answer: check `journalctl -u d-daemon`"))
+                    .hint("the daemon took the request but did not answer: check `journalctl -u d-daemon`"));
                 }
                 // A reset is a lost connection, reported by the caller like EOF.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(0),
@@ -338,6 +352,7 @@ mod tests {
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(d_proto::MAX_FRAME),
             verbose: false,
+            timed_out: false,
         };
         let writer = std::thread::spawn(move || {
             use std::io::Write;

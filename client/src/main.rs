@@ -1,22 +1,27 @@
 //! `d`: the command-line client of d-daemon.
 //!
-//! Parses the command line ([`cli`]), sends one request to the local daemon
-//! over its UNIX socket ([`conn`]), and prints the answer for people or, with
-//! `--json`, for programs ([`render`]). Exec streams live output ([`exec`]).
+//! Parses the command line ([`cli`]; `d @PEER ...` first, [`at`]), sends one
+//! request to the local daemon over its UNIX socket ([`conn`]), and prints the
+//! answer for people or, with `--json`, for programs ([`render`]). Exec
+//! streams live output ([`exec`]), on several peers at once too ([`fanout`]).
 //!
 //! Exit status: the remote command's status for the exec family; otherwise 0
 //! on success. Errors of `d` itself exit 255 for the exec family (as ssh does),
 //! 1 for other commands, and 2 for usage errors (clap).
 
+mod ask;
+mod at;
 mod cli;
 mod complete;
 mod conn;
 mod exec;
+mod fanout;
 mod ops;
 mod render;
 
 use std::process::ExitCode;
 
+use d_proto::control::Request;
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, PeerStatus};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -63,7 +68,11 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == complete::HOOK) {
         return complete::hook(&args[2..]);
     }
-    let cli = cli::parse();
+    let cli = match at::route(&args[1..]) {
+        None => cli::parse(),
+        Some(Err(argv)) => cli::parse_from(&argv),
+        Some(Ok(status)) => return status,
+    };
     let status = match run(&cli) {
         Ok(status) => status,
         Err(err) => {
@@ -117,6 +126,22 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         }
     }
     match &cli.command {
+        Command::ExecOnPeer {
+            peer,
+            directory,
+            shell_cmd,
+            timeout,
+            parallel,
+            gather,
+        } if fanout::is_many(peer) => {
+            let opts = fanout::Options {
+                parallel: *parallel as usize,
+                gather: *gather,
+                json: cli.json,
+                verbose: cli.verbose,
+            };
+            return fanout::exec(&cli.socket, peer, directory, shell_cmd, *timeout, &opts);
+        }
         Command::ExecOnPeer { timeout, .. } | Command::ExecOnPeerByIp { timeout, .. } => {
             return exec::run(&cli.socket, &req, *timeout, cli.json, cli.verbose);
         }
@@ -134,34 +159,51 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         render::out(&render::json(&result));
         return Ok(0);
     }
+    let (text, _) = show(&cli.command, result, &req, cli.verbose)?;
+    render::out(&text);
+    Ok(0)
+}
+
+/// The text a command's `result` is shown as, and whether it says all is well
+/// (only `doctor` can say otherwise). Shared by `d CMD` and `d @PEER CMD`.
+fn show(
+    command: &Command,
+    result: Value,
+    req: &Request,
+    verbose: bool,
+) -> Result<(String, bool), ErrorBody> {
     let now = render::now_secs();
-    let text = match &cli.command {
+    let text = match command {
         Command::Ping => match result.as_str() {
             Some(s) => format!("{s}\n"),
             None => render::json(&result),
         },
-        Command::GetPeerStatus => render::peer_status(&decode::<PeerStatus>(result, &req)?, now),
+        Command::GetPeerStatus => render::peer_status(&decode::<PeerStatus>(result, req)?, now),
         Command::SetPeerConfig { .. } | Command::RegisterWorker { .. } => {
-            let reply = decode::<ConfigReply>(result, &req)?;
+            let reply = decode::<ConfigReply>(result, req)?;
             let mut text = format!("{}\n", reply.message);
-            if let (true, Some(status)) = (cli.verbose, &reply.status) {
+            if let (true, Some(status)) = (verbose, &reply.status) {
                 text.push_str(&render::peer_status(status, now));
             }
             text
         }
-        Command::ListPeers => render::peers_table(&decode::<Vec<PeerInfo>>(result, &req)?, now),
-        Command::GetPeerInfo { .. } => render::peer_info(&decode::<PeerInfo>(result, &req)?, now),
+        Command::ListPeers => render::peers_table(&decode::<Vec<PeerInfo>>(result, req)?, now),
+        Command::GetPeerInfo { .. } => render::peer_info(&decode::<PeerInfo>(result, req)?, now),
         Command::DeletePeer { .. } => {
             format!(
                 "Deleted peer {}\n",
-                decode::<DeletedReply>(result, &req)?.deleted
+                decode::<DeletedReply>(result, req)?.deleted
             )
         }
-        Command::GetPeerIdByIp { .. } => format!("{}\n", decode::<PeerIdReply>(result, &req)?.peer),
-        Command::DbSanityCheck => format!("{}\n", decode::<MessageReply>(result, &req)?.message),
-        Command::Doctor { .. } => String::new(),
+        Command::GetPeerIdByIp { .. } => format!("{}\n", decode::<PeerIdReply>(result, req)?.peer),
+        Command::DbSanityCheck => format!("{}\n", decode::<MessageReply>(result, req)?.message),
+        Command::Doctor { .. } => {
+            let checks = decode::<Vec<d_proto::types::Check>>(result, req)?;
+            let ok = checks.iter().all(|c| c.ok);
+            return Ok((render::checks(&checks), ok));
+        }
         Command::ExecLog { .. } => {
-            render::exec_log_table(&decode::<Vec<d_proto::types::ExecRecord>>(result, &req)?)
+            render::exec_log_table(&decode::<Vec<d_proto::types::ExecRecord>>(result, req)?)
         }
         Command::ExecOnPeer { .. }
         | Command::ExecOnPeerByIp { .. }
@@ -170,8 +212,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),
     };
-    render::out(&text);
-    Ok(0)
+    Ok((text, true))
 }
 
 /// `d doctor`: the daemon runs the checks; an unreachable daemon is the first
@@ -215,10 +256,7 @@ fn read_mesh_key(path: &str) -> Result<String, ErrorBody> {
 }
 
 /// Read a command's `result` into the shape this client expects.
-fn decode<T: DeserializeOwned>(
-    result: Value,
-    req: &d_proto::control::Request,
-) -> Result<T, ErrorBody> {
+fn decode<T: DeserializeOwned>(result: Value, req: &Request) -> Result<T, ErrorBody> {
     serde_json::from_value(result).map_err(|e| {
         ErrorBody::new(
             ErrorKind::Other,

@@ -1,0 +1,165 @@
+//! `d @PEER <command>` for the d commands a peer answers: `ping`,
+//! `getPeerStatus`, `listPeers`, `getPeerInfo`, `getPeerIdByIp`,
+//! `dbSanityCheck`, `execLog` (sent as `onPeer`, which the local daemon
+//! forwards), and `doctor` for several peers (`doctor --peer P` here, each).
+//!
+//! One peer: the answer is shown exactly as the command shows it here. Several
+//! (`@a,b`, `@all`, asked at once): identical answers once under the peers
+//! that gave them (as `--gather` does), then a summary line per peer; with
+//! `--json` an array of `{"peer", "result"}` or `{"peer", "error", "hint"}`.
+
+use std::process::ExitCode;
+
+use d_proto::control::Request;
+use d_proto::types::ErrorBody;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::at::{kind, quote};
+use crate::cli::Cli;
+use crate::{conn, fanout, render};
+
+/// Parse `argv` for a d command named after `@PEER`; a usage error says how
+/// to run a shell command of the same name instead.
+fn parse_ask(peers: &str, argv: &[String]) -> Result<Cli, ExitCode> {
+    use clap::FromArgMatches;
+    let parsed = crate::cli::command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    parsed.map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            let words: Vec<&str> = argv
+                .iter()
+                .skip(1)
+                .skip_while(|w| kind(w).is_none())
+                .map(String::as_str)
+                .collect();
+            let typed: Vec<String> = words.iter().map(|w| quote(w)).collect();
+            eprintln!(
+                "hint: `{}` after @{peers} is d's own command; for the shell's: d @{peers} -- {}",
+                words.first().unwrap_or(&""),
+                typed.join(" ")
+            );
+        }
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    })
+}
+
+/// One peer's answer to an asked command.
+#[derive(Serialize)]
+struct Answer<'a> {
+    peer: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+/// `d @PEER <asked command>`: rendered as the command renders here; with
+/// several peers, identical answers once under the peers that gave them,
+/// then a summary line per peer.
+pub fn main(peers: &str, argv: &[String], doctor: bool) -> ExitCode {
+    let cli = match parse_ask(peers, argv) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let status = match ask(&cli, peers, doctor) {
+        Ok(s) => s,
+        Err(e) => {
+            render::error(&e, cli.json);
+            1
+        }
+    };
+    ExitCode::from(u8::try_from(status).unwrap_or(255))
+}
+
+fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
+    let inner = cli
+        .command
+        .request()
+        .ok_or_else(|| ErrorBody::invalid("This command cannot be asked of a peer"))?;
+    let request_for = |peer: &str| -> Request {
+        match (&inner, doctor) {
+            (Request::Doctor { .. }, true) => Request::Doctor {
+                peer: Some(peer.to_string()),
+            },
+            _ => Request::OnPeer {
+                peer: peer.to_string(),
+                request: Box::new(inner.clone()),
+            },
+        }
+    };
+    if !fanout::is_many(spec) {
+        let req = request_for(spec);
+        let result = conn::request(&cli.socket, cli.verbose, &req)?;
+        if cli.json {
+            render::out(&render::json(&result));
+            return Ok(0);
+        }
+        let (text, ok) = crate::show(&cli.command, result, &inner, cli.verbose)?;
+        render::out(&text);
+        return Ok(if ok { 0 } else { 1 });
+    }
+    let peers = fanout::targets(&cli.socket, cli.verbose, spec)?;
+    let answers = fanout::map(&peers, crate::cli::DEFAULT_PARALLEL as usize, |p| {
+        conn::request(&cli.socket, cli.verbose, &request_for(p))
+    });
+    if cli.json {
+        let doc: Vec<Answer> = peers
+            .iter()
+            .zip(answers)
+            .map(|(peer, a)| match a {
+                Ok(v) => Answer {
+                    peer,
+                    result: Some(v),
+                    error: None,
+                },
+                Err(e) => Answer {
+                    peer,
+                    result: None,
+                    error: Some(e),
+                },
+            })
+            .collect();
+        let ok = doc.iter().all(|a| a.error.is_none());
+        render::out(&render::json(&doc));
+        return Ok(if ok { 0 } else { 1 });
+    }
+    // Errors go to the summary only (hints with --verbose), as for exec.
+    let mut shown: Vec<Vec<u8>> = Vec::new();
+    let mut rows = Vec::new();
+    let mut hints = String::new();
+    let mut status = 0;
+    for (peer, a) in peers.iter().zip(answers) {
+        match a.and_then(|v| crate::show(&cli.command, v, &inner, cli.verbose)) {
+            Ok((text, ok)) => {
+                shown.push(text.into_bytes());
+                rows.push((
+                    peer.as_str(),
+                    if ok { "ok" } else { "failed checks" }.into(),
+                ));
+                status = status.max(i32::from(!ok));
+            }
+            Err(e) => {
+                shown.push(Vec::new());
+                rows.push((peer.as_str(), fanout::describe_error(&e)));
+                if let Some(h) = e.hint {
+                    hints.push_str(&format!("[d] {peer}: hint: {h}\n"));
+                }
+                status = 1;
+            }
+        }
+    }
+    let outputs: Vec<(&str, &[u8], &[u8])> = peers
+        .iter()
+        .zip(&shown)
+        .map(|(p, o)| (p.as_str(), &o[..], &b""[..]))
+        .collect();
+    fanout::print_groups(&outputs);
+    eprint!("{}", fanout::summary(&rows));
+    if cli.verbose {
+        eprint!("{hints}");
+    }
+    Ok(status)
+}

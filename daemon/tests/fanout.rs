@@ -1,0 +1,391 @@
+//! The fleet end to end: `execOnPeer --peer a,b,c|all`, `d @PEER ...` and
+//! `d @all ...` from the real client against three real daemons on loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+fn exec_on(from: &TestDaemon, peers: &str, cmd: &str) -> std::process::Output {
+    from.d(&[
+        "execOnPeer",
+        "--peer",
+        peers,
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        cmd,
+    ])
+}
+
+/// A shell test that is true only in a job run by `d`'s daemon (`$PPID` of
+/// `sh -c` is the daemon that spawned it).
+fn on(d: &TestDaemon) -> String {
+    format!("[ $PPID = {} ]", d.pid())
+}
+
+#[test]
+fn fan_out_prefixes_summarises_and_exits_with_the_worst() {
+    let m = Mesh::start();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+
+    // Every peer: one prefixed line each, a summary, exit 0.
+    let o = exec_on(
+        &m.vps,
+        "all",
+        "echo hi from $(cat /proc/sys/kernel/hostname)",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        sorted_lines(&stdout(&o)),
+        vec![
+            format!("desktop: hi from {host}"),
+            format!("laptop: hi from {host}"),
+            format!("vps: hi from {host}"),
+        ]
+    );
+    assert_eq!(stderr(&o), "desktop  ok\nlaptop   ok\nvps      ok\n");
+
+    // stderr lines go to stderr, prefixed too; a last line without its
+    // newline gets one.
+    let o = exec_on(&m.laptop, "vps,desktop", "echo out; printf 'err' >&2");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), vec!["desktop: out", "vps: out"]);
+    let err = stderr(&o);
+    assert_eq!(
+        sorted_lines(&err),
+        vec!["desktop  ok", "desktop: err", "vps      ok", "vps: err"],
+        "{err}"
+    );
+
+    // One peer exits 3: d exits 3 and the summary says so.
+    let o = exec_on(
+        &m.vps,
+        "vps,desktop,laptop",
+        &format!("{} && exit 3; echo fine", on(&m.desktop)),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), vec!["laptop: fine", "vps: fine"]);
+    assert_eq!(stderr(&o), "vps      ok\ndesktop  exit 3\nlaptop   ok\n");
+
+    // An unknown peer: `not found`, exit 255, the others still ran.
+    let o = exec_on(&m.desktop, "vps,nosuch,laptop", "echo ran");
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), vec!["laptop: ran", "vps: ran"]);
+    assert_eq!(stderr(&o), "vps     ok\nnosuch  not found\nlaptop  ok\n");
+
+    // The job's own timeout: 124, `timed out`.
+    let o = m.vps.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop,vps",
+        "--directory",
+        "/tmp",
+        "--timeout",
+        "1",
+        "--shellCmd",
+        &format!("{} && sleep 30; echo quick", on(&m.desktop)),
+    ]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "desktop  timed out\nvps      ok\n");
+}
+
+#[test]
+fn gather_and_json() {
+    let m = Mesh::start();
+    // --gather: identical output once, under the peers that printed it.
+    let o = m.vps.d(&[
+        "execOnPeer",
+        "--peer",
+        "all",
+        "--gather",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        &format!("echo same; {} && echo extra; true", on(&m.vps)),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "----------------\ndesktop,laptop\n----------------\nsame\n\
+         ----------------\nvps\n----------------\nsame\nextra\n"
+    );
+    assert_eq!(stderr(&o), "desktop  ok\nlaptop   ok\nvps      ok\n");
+
+    // --json: one array, one object per peer, errors included.
+    let o = m.laptop.d(&[
+        "--json",
+        "execOnPeer",
+        "--peer",
+        "vps,desktop,nosuch",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "echo out; echo err >&2; exit 2",
+    ]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    let a = v.as_array().expect("an array");
+    assert_eq!(a.len(), 3);
+    for (obj, peer) in a.iter().zip(["vps", "desktop"]) {
+        assert_eq!(obj["peer"], peer);
+        assert_eq!(obj["exit_code"], 2);
+        assert_eq!(obj["code"], 2);
+        assert_eq!(obj["signal"], serde_json::Value::Null);
+        assert_eq!(obj["timed_out"], false);
+        assert_eq!(obj["stdout"], "out\n");
+        assert_eq!(obj["stderr"], "err\n");
+        assert_eq!(obj["error"], serde_json::Value::Null);
+        assert!(obj["duration_ms"].is_u64());
+    }
+    assert_eq!(a[2]["peer"], "nosuch");
+    assert_eq!(a[2]["exit_code"], 255);
+    assert_eq!(a[2]["error"], "Peer not found: nosuch");
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn at_peer_shell_commands() {
+    let m = Mesh::start();
+    // The target's default directory.
+    let o = m.vps.d(&["@desktop", "echo", "hello"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello\n");
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+
+    let o = m.laptop.d(&["@desktop", "--directory", "/tmp", "pwd"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(0), "/tmp\n".into()),
+        "{}",
+        stderr(&o)
+    );
+
+    // Words joined with spaces, read again by the remote shell.
+    let o = m.vps.d(&[
+        "@laptop",
+        "--directory",
+        "/tmp",
+        "echo",
+        "$((6*7))",
+        ";",
+        "exit",
+        "7",
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(7), "42\n".into()),
+        "{}",
+        stderr(&o)
+    );
+
+    // `--` makes a d command's name a shell command.
+    let o = m.vps.d(&["@desktop", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = m
+        .vps
+        .d(&["@desktop", "--directory", "/tmp", "--", "listPeers"]);
+    assert_eq!(
+        o.status.code(),
+        Some(127),
+        "a shell command called listPeers"
+    );
+
+    // Global options before the @.
+    let o = m
+        .vps
+        .d(&["--json", "@desktop", "--directory", "/tmp", "echo", "x"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["peer"].as_str(), v["stdout"].as_str()),
+        (Some("desktop"), Some("x\n"))
+    );
+
+    // Every peer, several.
+    let o = m.desktop.d(&["@all", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "desktop  ok\nlaptop   ok\nvps      ok\n");
+    let o = m
+        .desktop
+        .d(&["@vps,laptop", "--directory", "/tmp", "echo", "x"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), vec!["laptop: x", "vps: x"]);
+
+    // A local command: guidance with the line that does it, exit 1.
+    let o = m.desktop.d(&["@vps", "setPeerConfig", "--role", "worker"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("d: 'setPeerConfig' is a local command: @vps does not send it\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "\n        d execOnPeer --peer vps --directory / --shellCmd \"d setPeerConfig --role worker\"\n"
+        ),
+        "{err}"
+    );
+    let o = m
+        .desktop
+        .d(&["--json", "@vps", "setPeerConfig", "--role", "worker"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("local command"));
+    assert!(v["hint"]
+        .as_str()
+        .unwrap()
+        .contains("d execOnPeer --peer vps"));
+    // A d command through execOnPeer, as the guidance says (a harmless one).
+    let o = m.desktop.d(&[
+        "execOnPeer",
+        "--peer",
+        "vps",
+        "--directory",
+        "/",
+        "--shellCmd",
+        &format!(
+            "{} --socket {} ping",
+            client_bin().display(),
+            m.vps.socket().display()
+        ),
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(0), "pong\n".into()),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Needs the daemon's side of `onPeer`.
+#[test]
+fn at_peer_d_commands() {
+    let m = Mesh::start();
+    let v = m.vps.json(&["@desktop", "getPeerStatus"]);
+    assert_eq!(v["id"], "desktop");
+    let v = m.desktop.json(&["@laptop", "getPeerStatus"]);
+    assert_eq!(v["id"], "laptop");
+
+    let o = m.laptop.d(&["@vps", "ping"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(0), "pong\n".into()),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = m.laptop.d(&["@desktop", "listPeers"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert_eq!(
+        table,
+        stdout(&m.laptop.d(&["listPeers"])),
+        "the table `d listPeers` prints"
+    );
+    for id in ["vps", "desktop", "laptop"] {
+        assert!(table.contains(id), "{table}");
+    }
+
+    // getPeerInfo with its own --peer, execLog with its flags.
+    let v = m.vps.json(&["@desktop", "getPeerInfo", "--peer", "laptop"]);
+    assert_eq!(v["id"], "laptop");
+    let o = m.vps.d(&["@desktop", "--directory", "/tmp", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v[0]["requester"], "vps");
+
+    // Several peers: identical answers once.
+    let o = m.vps.d(&["@all", "ping"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "----------------\ndesktop,laptop,vps\n----------------\npong\n"
+    );
+    let o = m.vps.d(&["--json", "@vps,nosuch", "getPeerStatus"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["peer"], "vps");
+    assert_eq!(v[0]["result"]["id"], "vps");
+    assert_eq!(v[1]["peer"], "nosuch");
+    assert_eq!(v[1]["error"], "Peer not found: nosuch");
+}
+
+#[test]
+fn a_dead_peer_does_not_stall_the_others() {
+    let mut m = Mesh::start();
+    m.laptop.stop();
+    let started = Instant::now();
+    let o = exec_on(&m.vps, "all", "echo up");
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), vec!["desktop: up", "vps: up"]);
+    let err = stderr(&o);
+    assert!(err.contains("desktop  ok\n"), "{err}");
+    assert!(err.contains("laptop   unreachable"), "{err}");
+    assert!(err.contains("vps      ok\n"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A hung peer (its daemon stopped with SIGSTOP): the others' lines come at
+    // once; it is given up at its deadline (1 s + 10 s) at the latest.
+    let hung = m.desktop.pid();
+    signal(hung, libc::SIGSTOP);
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.vps.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "vps,desktop",
+            "--directory",
+            "/tmp",
+            "--timeout",
+            "1",
+            "--shellCmd",
+            "echo up",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(3));
+    let status = child.wait().unwrap();
+    let took = started.elapsed();
+    signal(hung, libc::SIGCONT);
+    reader.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(first.as_deref(), Ok("vps: up"), "{err}");
+    assert!(
+        matches!(status.code(), Some(124) | Some(255)),
+        "{status:?} {err}"
+    );
+    assert!(err.contains("vps      ok\n"), "{err}");
+    assert!(
+        err.contains("desktop  timed out (no answer)") || err.contains("desktop  unreachable"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(40), "{took:?}");
+}
