@@ -348,12 +348,21 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
             }
             match exec::route(daemon, &peer).await? {
                 exec::Route::Local => Box::pin(answer(daemon, *request)).await,
-                exec::Route::Remote(s, _) | exec::Route::Relay(s, _) => {
-                    match s.query(Query::Control { request }).await? {
-                        Answer::Result { result } => Ok(result),
-                        other => Err(unexpected(other)),
-                    }
-                }
+                exec::Route::Remote(s, _) => match s.query(Query::Control { request }).await? {
+                    Answer::Result { result } => Ok(result),
+                    other => Err(unexpected(other)),
+                },
+                // The leader would answer for itself, not for the peer.
+                exec::Route::Relay(_, leader) => Err(ErrorBody::new(
+                    ErrorKind::ConnectFailed,
+                    format!(
+                        "{peer} is not reachable directly from here: only jobs go through {leader}"
+                    ),
+                )
+                .hint(format!(
+                    "run it as a job instead: `d @{peer} d {}` (d on {peer} answers it)",
+                    request.name()
+                ))),
             }
         }
         Request::ExecOnPeer { .. }
