@@ -52,7 +52,7 @@ impl Conn {
             stream,
             path: path.to_path_buf(),
             buf: BytesMut::with_capacity(READ_CHUNK),
-            decoder: FrameDecoder::new(d_proto::MAX_FRAME),
+            decoder: FrameDecoder::new(d_proto::MAX_ANSWER),
             verbose,
             timed_out: false,
         }
@@ -350,7 +350,7 @@ mod tests {
             stream: a,
             path: PathBuf::from("/test.sock"),
             buf: BytesMut::new(),
-            decoder: FrameDecoder::new(d_proto::MAX_FRAME),
+            decoder: FrameDecoder::new(d_proto::MAX_ANSWER),
             verbose: false,
             timed_out: false,
         };

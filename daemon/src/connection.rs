@@ -85,18 +85,27 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 /// The write half: whole messages out, buffered until [`Writer::flush`].
 pub struct Writer<W> {
     inner: FramedWrite<W, LineCodec>,
+    /// Largest frame this side writes (the reader's limit).
+    max: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
     pub fn new(w: W) -> Self {
         Writer {
             inner: FramedWrite::new(w, LineCodec::new()),
+            max: d_proto::MAX_FRAME,
         }
+    }
+
+    /// Allow larger frames (the control socket's answers to the local client).
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
     }
 
     /// Queue one message without flushing (call [`Writer::flush`] after a batch).
     pub async fn feed<T: Serialize>(&mut self, msg: &T) -> std::io::Result<()> {
-        let line = frame::encode(msg).map_err(std::io::Error::other)?;
+        let line = frame::encode_with_max(msg, self.max).map_err(std::io::Error::other)?;
         self.inner.feed(line).await
     }
 

@@ -111,7 +111,7 @@ fn user_name(uid: Option<u32>) -> Option<String> {
 
 async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
     let (r, w) = stream.into_split();
-    let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
+    let (mut reader, mut writer) = (Reader::new(r), Writer::new(w).with_max(d_proto::MAX_ANSWER));
     loop {
         let req = tokio::select! {
             _ = daemon.shutdown.cancelled() => return,

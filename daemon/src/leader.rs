@@ -181,6 +181,27 @@ pub async fn flush_liveness(daemon: Arc<Daemon>) {
 pub async fn query(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBody> {
     match daemon.identity().role {
         Some(Role::Leader) => Ok(answer(daemon, q).await),
+        // The whole registry would not fit in one frame at fleet scale: page it.
+        Some(Role::Worker) if q == Query::ListPeers => {
+            let link = daemon.leader_session()?;
+            let mut all = Vec::new();
+            loop {
+                let page = Query::ListPeersPage {
+                    offset: all.len() as u32,
+                    limit: d_proto::PEERS_PAGE,
+                };
+                match link.query(page).await? {
+                    Answer::Peers { peers } => {
+                        let n = peers.len();
+                        all.extend(peers);
+                        if n < d_proto::PEERS_PAGE as usize {
+                            return Ok(Answer::Peers { peers: all });
+                        }
+                    }
+                    other => return Ok(other),
+                }
+            }
+        }
         Some(Role::Worker) => daemon.leader_session()?.query(q).await,
         None => Err(crate::not_configured()),
     }
@@ -235,7 +256,10 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
     }
     let me = id.id.unwrap_or_default();
     let db = |e: crate::registry::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
-    let needs_wg = matches!(q, Query::ListPeers | Query::GetPeerInfo { .. });
+    let needs_wg = matches!(
+        q,
+        Query::ListPeers | Query::ListPeersPage { .. } | Query::GetPeerInfo { .. }
+    );
     let dev = if needs_wg {
         wg::read(&daemon.config.wg_interface).await.ok()
     } else {
@@ -258,6 +282,20 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
                 }),
                 None => Err(ErrorBody::peer_not_found(&peer)),
             }
+        }
+        Query::ListPeersPage { offset, limit } => {
+            let rows = daemon
+                .registry
+                .call(|st| st.list_peers())
+                .await
+                .map_err(db)?;
+            let page = rows
+                .into_iter()
+                .skip(offset as usize)
+                .take(limit.min(d_proto::PEERS_PAGE) as usize);
+            Ok(Answer::Peers {
+                peers: page.map(|p| with_liveness(daemon, p, &me, dev)).collect(),
+            })
         }
         Query::ListPeers => {
             let rows = daemon

@@ -490,3 +490,34 @@ fn doctor_checks_the_path_to_a_peer() {
         stdout(&o)
     );
 }
+
+#[test]
+fn a_registry_larger_than_one_frame_lists_everywhere() {
+    let m = Mesh::start();
+    let Mesh { mut vps, desktop, laptop: _l } = m;
+    let listen = vps.listen();
+    vps.stop();
+    // 6,000 registered peers: about 2 MiB of JSON, more than one frame.
+    let db = rusqlite::Connection::open(vps.state_dir().join("d.db")).unwrap();
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..6000 {
+        db.execute(
+            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen)
+             VALUES (?1, ?2, 3600, 'worker', '0.1.0 (test)', ?1, 1, 1)",
+            rusqlite::params![format!("sim{i:05}"), format!("198.18.{}.{}", i / 250, i % 250)],
+        )
+        .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    vps.restart_on(&listen);
+    wait_for(Duration::from_secs(10), "desktop back", || {
+        desktop.json(&["getPeerStatus"])["link"] == "connected"
+    });
+    for d in [&vps, &desktop] {
+        let peers = d.json(&["listPeers"]);
+        assert_eq!(peers.as_array().unwrap().len(), 6003, "on {}", d.name);
+    }
+    let o = desktop.d(&["listPeers"]);
+    assert_eq!(stdout(&o).lines().count(), 6004);
+}

@@ -134,11 +134,14 @@ impl std::error::Error for FrameError {}
 /// Serialize one message as a line (with its newline). Refuses to produce a
 /// frame the other side would reject.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_with_max(msg, crate::MAX_FRAME)
+}
+
+/// [`encode`] with another limit (answers to the local client: [`crate::MAX_ANSWER`]).
+pub fn encode_with_max<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut v = serde_json::to_vec(msg).map_err(FrameError::Json)?;
-    if v.len() > crate::MAX_FRAME {
-        return Err(FrameError::TooLong {
-            max: crate::MAX_FRAME,
-        });
+    if v.len() > max {
+        return Err(FrameError::TooLong { max });
     }
     v.push(b'\n');
     Ok(v)

@@ -40,6 +40,13 @@ pub const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 30;
 
 /// Largest frame (one JSON line, newline excluded) either side accepts.
 pub const MAX_FRAME: usize = 1024 * 1024;
+/// Largest answer a daemon sends its own client on the control socket (a
+/// registry of 10,000 peers is about 3 MiB). Requests stay under [`MAX_FRAME`];
+/// only the client, which trusts its own daemon, reads frames this large.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// Peers per page when a worker pages the registry over its link.
+pub const PEERS_PAGE: u32 = 1000;
+
 /// Raw bytes of command output per `Output` message (base64 makes it 4/3 larger).
 pub const OUTPUT_CHUNK: usize = 48 * 1024;
 /// Output bytes a target may send for one job before the requester grants more.

@@ -76,6 +76,11 @@ pub enum Query {
     PeerIdByIp {
         ip: String,
     },
+    /// One page of the registry, ordered by id (so a large registry fits in frames).
+    ListPeersPage {
+        offset: u32,
+        limit: u32,
+    },
     /// Is the daemon answering, and which version is it? (Any peer answers.)
     Ping,
     /// Answer a control request here (`d @peer getPeerStatus`).
