@@ -494,7 +494,11 @@ fn doctor_checks_the_path_to_a_peer() {
 #[test]
 fn a_registry_larger_than_one_frame_lists_everywhere() {
     let m = Mesh::start();
-    let Mesh { mut vps, desktop, laptop: _l } = m;
+    let Mesh {
+        mut vps,
+        desktop,
+        laptop: _l,
+    } = m;
     let listen = vps.listen();
     vps.stop();
     // 6,000 registered peers: about 2 MiB of JSON, more than one frame.
@@ -504,7 +508,10 @@ fn a_registry_larger_than_one_frame_lists_everywhere() {
         db.execute(
             "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen)
              VALUES (?1, ?2, 3600, 'worker', '0.1.0 (test)', ?1, 1, 1)",
-            rusqlite::params![format!("sim{i:05}"), format!("198.18.{}.{}", i / 250, i % 250)],
+            rusqlite::params![
+                format!("sim{i:05}"),
+                format!("198.18.{}.{}", i / 250, i % 250)
+            ],
         )
         .unwrap();
     }
