@@ -1,5 +1,4 @@
-//! Running one command: `/bin/sh -c CMD` in DIR, in its own session and
-//! process group, stdin from /dev/null, stdout and stderr read as separate
+//! Running one command: `/bin/sh -c CMD` in DIR, in its own process group, stdin from /dev/null, stdout and stderr read as separate
 //! streams in chunks as they come.
 //!
 //! The job ends when the shell has exited and both pipes are closed (as with
@@ -190,15 +189,12 @@ async fn run(
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
     }
-    // SAFETY: setsid is async-signal-safe; it makes the shell the leader of a
-    // new session and process group, so the whole group can be signalled.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
-    }
+    // Its own process group, so timeout, cancel and shutdown can signal the
+    // whole group. Not pre_exec(setsid): any pre_exec makes std fork() the
+    // whole daemon instead of posix_spawn, which costs ~15 ms per job on a
+    // leader holding 10,000 links (bench/RESULTS.md). The daemon has no
+    // controlling terminal, so a new session would add nothing.
+    cmd.process_group(0);
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| {
         ErrorBody::new(

@@ -58,7 +58,7 @@ impl NsDaemon {
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .args(["--wg-interface", mesh.wg_iface(self.host)])
-            .args(["--heartbeat-ms", "250"])
+            .args(["--heartbeat-ms", "500"])
             .args(&self.extra)
             .env("D_LOG", "debug")
             .stdin(Stdio::null())

@@ -122,7 +122,7 @@ impl TestDaemon {
             .arg(self.state_dir())
             .arg("--listen")
             .arg(listen)
-            .args(["--heartbeat-ms", "250"])
+            .args(["--heartbeat-ms", "500"])
             // Loopback tests must not see a real wg0 this machine may have.
             .args(if self.extra.iter().any(|a| a == "--wg-interface") {
                 vec![]
