@@ -115,8 +115,8 @@ impl TestDaemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("log file");
-        let child = Command::new(&self.bin)
-            .arg("--socket")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state_dir())
@@ -133,9 +133,20 @@ impl TestDaemon {
             .env("D_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn d-daemon");
+            .stderr(log);
+        // A binary just copied (start_copy) can be briefly "busy": another
+        // test thread's fork may still hold the copy's write descriptor until
+        // its exec closes it. Try again for a moment.
+        let mut tries = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("spawn d-daemon"),
+            }
+        };
         self.child = Some(child);
         let sock = self.socket();
         wait_for(Duration::from_secs(10), "the control socket", || {
