@@ -36,6 +36,8 @@
 #                          run: N links heartbeating every 20 ms until the leader's
 #                          RSS stops growing (at most SOAK_S s; 0 = skip it)
 #   BENCH_NO_BUILD=1       use the binaries already in target/release
+#   BENCH_QUIET_WAIT=60    before each part, wait up to this long for the CPUs to be
+#                          < 25 % busy (other sessions' builds); how busy is recorded
 # Only loopback and 198.18.0.0/15 inside the run's own namespaces are used;
 # only processes started here are ever signalled (by PID).
 set -euo pipefail
@@ -190,6 +192,33 @@ machine() {
     "quick=${QUICK:-0}"
 }
 
+# ------------------------------------------------------------------ quiet
+
+# Other work on the machine (builds, tests of other sessions) skews every
+# number. Before each measurement wait, at most BENCH_QUIET_WAIT s, until the
+# machine's CPUs are less than a quarter busy over 2 s, and record how busy
+# they were when it started (shown in RESULTS.md).
+busy_pct() {
+  python3 - <<'PY'
+import os, time
+def busy():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v[:8]) - v[3] - v[4], sum(v[:8])
+b0, t0 = busy(); time.sleep(2); b1, t1 = busy()
+print(round(100 * (b1 - b0) / max(t1 - t0, 1)))
+PY
+}
+quiet() { # SECTION
+  local t=$((SECONDS + ${BENCH_QUIET_WAIT:-60})) b
+  b=$(busy_pct)
+  while [ "$b" -ge 25 ] && [ $SECONDS -lt $t ]; do
+    note "machine ${b}% busy before $1: waiting"
+    sleep 3
+    b=$(busy_pct)
+  done
+  kv "$RES/config.json" "busy_before_$1=$b"
+}
+
 # ------------------------------------------------------------------ namespace hosts
 
 declare -A NSH=() WGIF=() OIP=() DPID=()
@@ -297,6 +326,7 @@ EOF
 # ------------------------------------------------------------------ 1 latency
 
 bench_latency() {
+  quiet latency
   say "1 latency: d execOnPeer vs ssh vs ssh ControlMaster (h1 -> h2 over WireGuard)"
   local s=$WORK/ssh port=7399
   ip netns exec "${NSH[2]}" "$LOADGEN" rtt-server --listen "${OIP[2]}:$port" &
@@ -341,6 +371,7 @@ bench_latency() {
 bench_fanout() {
   local n peers i
   for n in $FANOUT; do
+    quiet "fanout_$n"
     say "2 fan-out: true on $n peers: d --peer a,b,... vs pdsh -R ssh -f 64"
     peers=h2
     for ((i = 3; i <= n + 1; i++)); do peers+=",h$i"; done
@@ -359,6 +390,7 @@ bench_fanout() {
 
 bench_stream() {
   local bytes=$((STREAM_MB * 1024 * 1024)) port=7398
+  quiet stream
   say "3 stream: $STREAM_MB MiB of output, d vs ssh (h2 -> h1), alternating"
   # What the tunnel itself carries (plain TCP, h2 -> h1), for reference.
   ip netns exec "${NSH[2]}" "$LOADGEN" tput-server --listen "${OIP[2]}:$port" &
@@ -378,6 +410,7 @@ bench_stream() {
 # namespace), to show what d itself can carry when the tunnel is not the limit.
 bench_stream_loopback() {
   local bytes=$((STREAM_MB * 1024 * 1024)) L=$WORK/lo s=$WORK/ssh port tport la lb
+  quiet stream_loopback
   say "3b stream over loopback (no tunnel): $STREAM_MB MiB, d vs ssh"
   mkdir -p "$L"
   "$DAEMON" --socket "$L/a.sock" --state-dir "$L/a" --listen 127.0.0.3:0 --wg-interface dbenchnone0 \
@@ -429,6 +462,7 @@ footprint_rss() { # LABEL: idle RSS of the leader and the workers now
 }
 
 bench_footprint() {
+  quiet footprint
   say "5 footprint: sizes, d ping, d listPeers"
   strip -o "$WORK/d.stripped" "$D" 2>/dev/null || cp "$D" "$WORK/d.stripped"
   strip -o "$WORK/d-daemon.stripped" "$DAEMON" 2>/dev/null || cp "$DAEMON" "$WORK/d-daemon.stripped"
@@ -510,9 +544,17 @@ cpu_window() { # PID SECS: percent of one core
 list_peers_at() { # N: median of `d listPeers` (table) and --json on the leader, or the error
   local n=$1
   if "$D" --socket "$SC/l.sock" --json listPeers >"$SC/lp.json" 2>&1; then
+    local worker=()
+    # From the real worker: the registry comes over its link (paged, where the
+    # daemon pages it), if that works at this size.
+    if "$D" --socket "$SC/w.sock" listPeers >/dev/null 2>&1; then
+      worker=(-n "d listPeers on a worker" "$(q "$D" --socket "$SC/w.sock" listPeers)")
+    else
+      kv "$RES/scale.json" "listpeers_worker_$n=fails: $("$D" --socket "$SC/w.sock" listPeers 2>&1 | head -n 1)"
+    fi
     python3 "$HERE/alt.py" --out "$RES/scale-listpeers-$n.json" --rounds 2 --runs 5 --warmup 1 \
       -n "d listPeers" "$(q "$D" --socket "$SC/l.sock" listPeers)" \
-      -n "d --json listPeers" "$(q "$D" --socket "$SC/l.sock" --json listPeers)"
+      -n "d --json listPeers" "$(q "$D" --socket "$SC/l.sock" --json listPeers)" "${worker[@]}"
     kv "$RES/scale.json" "listpeers_$n=ok" "listpeers_${n}_bytes=$(stat -c %s "$SC/lp.json")"
   else
     local err
@@ -525,6 +567,7 @@ list_peers_at() { # N: median of `d listPeers` (table) and --json on the leader,
 scale_part() {
   SC=$WORK/scale
   mkdir -p "$SC"
+  quiet scale
   LPORT=$(free_port)
   say "4 scale: leader on 127.0.0.1:$LPORT, $SCALE_N simulated workers (loadgen)"
   start_leader

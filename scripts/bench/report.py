@@ -368,16 +368,20 @@ if sc:
         k = int(re.search(r"-(\d+)\.json", p).group(1))
         with open(p) as f:
             data = json.load(f)
+        wk = cmd(data, "d listPeers on a worker")
         lp.append((k, cmd(data, "d listPeers")["median"], cmd(data, "d --json listPeers")["median"],
-                   sc.get(f"listpeers_{k}_bytes")))
+                   sc.get(f"listpeers_{k}_bytes"),
+                   ms(wk["median"]) if wk else sc.get(f"listpeers_worker_{k}", "–")))
     fails = {int(k.split("_")[1]): v for k, v in sc.items() if re.fullmatch(r"listpeers_\d+", k) and v != "ok"}
-    sec.append("`d listPeers` on the leader (table / `--json`), by registry size (peers online):\n")
-    sec.append("| peers | `d listPeers` | `d --json listPeers` | `--json` output |")
-    sec.append("|---:|---:|---:|---:|")
-    for k, a, b, size in lp:
-        sec.append(f"| {k:,} | {ms(a)} | {ms(b)} | {size / 1024:,.0f} KiB |" if size else f"| {k:,} | {ms(a)} | {ms(b)} | – |")
+    sec.append("`d listPeers` by registry size (peers online): on the leader (table / `--json`), and on the real "
+               "worker, which gets the registry from the leader over its link:\n")
+    sec.append("| peers | `d listPeers` (leader) | `d --json listPeers` (leader) | `--json` output | `d listPeers` (worker) |")
+    sec.append("|---:|---:|---:|---:|---:|")
+    for k, a, b, size, wk in lp:
+        sz = f"{size / 1024:,.0f} KiB" if size else "–"
+        sec.append(f"| {k:,} | {ms(a)} | {ms(b)} | {sz} | {wk} |")
     for k, v in sorted(fails.items()):
-        sec.append(f"| {k:,} | fails | fails | `{v.removeprefix('fails: ')}` |")
+        sec.append(f"| {k:,} | fails | fails | `{v.removeprefix('fails: ')}` | |")
     sec.append("")
     eu, el = load("scale-exec-unloaded.json"), load("scale-exec-loaded.json")
     if eu and el:
@@ -480,8 +484,10 @@ head = ["# d benchmarks: results\n",
         f"| run | {'BENCH_QUICK (small version)' if str(machine.get('quick')) not in ('0', '', 'None') else 'full'}, "
         f"{config.get('duration_s', '?')} s |",
         f"| load average (1/5/15 min) | start {config.get('loadavg_start', '?')}; after the network part "
-        f"{config.get('loadavg_after_net', '–')}; after the scale part {config.get('loadavg_after_scale', '–')} "
-        "(other work on the machine shares its CPUs) |", ""]
+        f"{config.get('loadavg_after_net', '–')}; after the scale part {config.get('loadavg_after_scale', '–')} |",
+        "| CPUs busy just before each part (2 s sample; other sessions share this machine) | " +
+        (", ".join(f"{k.removeprefix('busy_before_')} {v} %" for k, v in config.items() if k.startswith("busy_before_"))
+         or "–") + " |", ""]
 head.append("## Summary\n")
 head.append("| # | what | result | target | |")
 head.append("|---|---|---|---|---|")
