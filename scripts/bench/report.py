@@ -238,8 +238,8 @@ if stream:
            f"`head -c {size} /dev/zero` ({size / 2**30:.2f} GiB) on h2, its stdout read on h1 over WireGuard (the "
            "harness drains and counts every byte; a run with a byte missing or a non-zero status fails). ssh: a new "
            "connection per run, default cipher. "
-           f"{stream['runs']} runs each, alternating. Peak RSS: the client's own maxrss; each daemon's VmHWM, reset "
-           "before every run (`/proc/PID/clear_refs`). CPU: seconds per GiB (median run) of each d process, and of "
+           f"{stream['runs']} runs each, alternating. Peak RSS: the client's VmRSS sampled every 50 ms; each daemon's "
+           "VmHWM, reset before every run (`/proc/PID/clear_refs`). CPU: seconds per GiB (median run) of each d process, and of "
            "the whole machine (/proc/stat: wireguard-go, the kernel and sshd included).\n"]
     sec += stream_table(stream, watched)
     sec.append("")

@@ -9,7 +9,8 @@ status is 0). Runs alternate between the commands (A B A B ...). During a run,
 VmRSS of the command itself (the client) and of every watched process (the
 daemons) is sampled every 50 ms; before it, each watched process's peak
 (VmHWM) is reset (/proc/PID/clear_refs = 5), so the peak after it belongs to
-that run. The client's peak is its getrusage maxrss.
+that run. The client's peak is the largest of its samples (its getrusage maxrss
+would count the forked copy of this Python before exec).
 
 FILE gets, per command: wall times, MB/s (10^6 bytes/s) per run and their
 median, the peak RSS (KiB) of the client and of each watched process (max over
