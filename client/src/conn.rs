@@ -52,7 +52,8 @@ impl Conn {
             stream,
             path: path.to_path_buf(),
             buf: BytesMut::with_capacity(READ_CHUNK),
-            decoder: FrameDecoder::new(d_proto::MAX_ANSWER),
+            // Raw output frames come only when a request asks for them.
+            decoder: FrameDecoder::new(d_proto::MAX_ANSWER).with_binary(),
             verbose,
             timed_out: false,
         }
@@ -117,6 +118,11 @@ impl Conn {
                         "a line exceeds the frame limit of {} bytes",
                         d_proto::MAX_FRAME
                     )))
+                }
+                Some(f @ Frame::Binary(_)) => {
+                    return frame::parse_frame::<Event>(f)
+                        .map(Some)
+                        .map_err(|e| self.malformed(&e.to_string()))
                 }
                 Some(Frame::Line(line)) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
@@ -350,7 +356,8 @@ mod tests {
             stream: a,
             path: PathBuf::from("/test.sock"),
             buf: BytesMut::new(),
-            decoder: FrameDecoder::new(d_proto::MAX_ANSWER),
+            // Raw output frames come only when a request asks for them.
+            decoder: FrameDecoder::new(d_proto::MAX_ANSWER).with_binary(),
             verbose: false,
             timed_out: false,
         };

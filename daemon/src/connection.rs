@@ -1,49 +1,26 @@
-//! Framing, apart from handling: a [`Connection`] reads and writes whole
-//! messages (JSON lines, [`d_proto::MAX_FRAME`] at most) over any byte stream,
-//! so TCP links, the UNIX control socket and in-memory pipes in tests share it.
+//! Framing, apart from handling: a [`Reader`] and a [`Writer`] move whole
+//! messages (JSON lines of [`d_proto::MAX_FRAME`] at most, and binary output
+//! frames once a session allows them) over any byte stream, so TCP links, the
+//! UNIX control socket and in-memory pipes in tests share them.
+//!
+//! Memory per link matters at 10,000 links: both sides start with small
+//! buffers, grow only for a large frame, and give the space back once idle.
+//! (tokio-util's `FramedRead` with a 64 KiB buffer let every heartbeat advance
+//! through the whole buffer, so each link's 64 KiB ended up resident.)
 
 use bytes::BytesMut;
-use d_proto::frame::{self, Frame, FrameDecoder, FrameError};
-use futures::{SinkExt, StreamExt};
-use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+use d_proto::frame::{self, Frame, FrameDecoder, FrameError, Message};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// tokio codec around the sans-I/O [`FrameDecoder`]; an oversize line is an
-/// item ([`Frame::TooLong`]), not an error that ends the stream.
-pub struct LineCodec(FrameDecoder);
-
-impl LineCodec {
-    pub fn new() -> Self {
-        LineCodec(FrameDecoder::new(d_proto::MAX_FRAME))
-    }
-}
-
-impl Default for LineCodec {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Decoder for LineCodec {
-    type Item = Frame;
-    type Error = std::io::Error;
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
-        Ok(self.0.decode(src))
-    }
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, std::io::Error> {
-        Ok(self.0.decode_eof(src))
-    }
-}
-
-/// Already-encoded lines (see [`frame::encode`]).
-impl Encoder<Vec<u8>> for LineCodec {
-    type Error = std::io::Error;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut BytesMut) -> Result<(), std::io::Error> {
-        dst.extend_from_slice(&item);
-        Ok(())
-    }
-}
+/// A new link's read buffer; it grows for large frames.
+const READ_START: usize = 2 * 1024;
+/// Read at least this much space at a time.
+const READ_MIN: usize = 1024;
+/// An empty read buffer larger than this is replaced by a small one after a small frame.
+const READ_KEEP: usize = 16 * 1024;
+/// Lines up to this size are gathered in the write buffer; larger ones are written as they are.
+const WRITE_GATHER: usize = 16 * 1024;
 
 /// What reading one message gave.
 #[derive(Debug)]
@@ -57,24 +34,61 @@ pub enum Read<T> {
 
 /// The read half: whole messages in.
 pub struct Reader<R> {
-    inner: FramedRead<R, LineCodec>,
+    io: R,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    eof: bool,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    pub fn new(r: R) -> Self {
+    pub fn new(io: R) -> Self {
         Reader {
-            inner: FramedRead::with_capacity(r, LineCodec::new(), 64 * 1024),
+            io,
+            buf: BytesMut::with_capacity(READ_START),
+            decoder: FrameDecoder::new(d_proto::MAX_FRAME),
+            eof: false,
         }
     }
 
-    /// Next message; I/O errors count as end of stream (the peer is gone either way).
-    pub async fn read<T: DeserializeOwned>(&mut self) -> Read<T> {
-        match self.inner.next().await {
-            None | Some(Err(_)) => Read::Eof,
-            Some(Ok(Frame::TooLong)) => Read::Bad(FrameError::TooLong {
-                max: d_proto::MAX_FRAME,
-            }),
-            Some(Ok(Frame::Line(line))) => match frame::parse(&line) {
+    /// Accept binary output frames from now on (an authenticated session).
+    pub fn accept_binary(&mut self) {
+        self.decoder.set_binary(true);
+    }
+
+    /// The next frame, `None` at end of stream or on an I/O error (the peer
+    /// is gone either way). Cancel-safe: bytes read stay in the buffer.
+    async fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = self.decoder.decode(&mut self.buf) {
+                let small = match &f {
+                    Frame::Line(l) | Frame::Binary(l) => l.len() < READ_MIN,
+                    Frame::TooLong => false,
+                };
+                if small && self.buf.is_empty() && self.buf.capacity() > READ_KEEP {
+                    self.buf = BytesMut::with_capacity(READ_START);
+                }
+                return Some(f);
+            }
+            if self.eof {
+                return self.decoder.decode_eof(&mut self.buf);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_MIN {
+                // Reuses the front of the buffer when its bytes were consumed.
+                self.buf.reserve(READ_START.max(self.buf.len()));
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Next message.
+    pub async fn read<T: Message>(&mut self) -> Read<T> {
+        match self.frame().await {
+            None => Read::Eof,
+            Some(f) => match frame::parse_frame(f) {
                 Ok(m) => Read::Msg(m),
                 Err(e) => Read::Bad(e),
             },
@@ -84,15 +98,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
 /// The write half: whole messages out, buffered until [`Writer::flush`].
 pub struct Writer<W> {
-    inner: FramedWrite<W, LineCodec>,
+    io: W,
+    buf: Vec<u8>,
     /// Largest frame this side writes (the reader's limit).
     max: usize,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
-    pub fn new(w: W) -> Self {
+    pub fn new(io: W) -> Self {
         Writer {
-            inner: FramedWrite::new(w, LineCodec::new()),
+            io,
+            buf: Vec::new(),
             max: d_proto::MAX_FRAME,
         }
     }
@@ -106,16 +122,34 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     /// Queue one message without flushing (call [`Writer::flush`] after a batch).
     pub async fn feed<T: Serialize>(&mut self, msg: &T) -> std::io::Result<()> {
         let line = frame::encode_with_max(msg, self.max).map_err(std::io::Error::other)?;
-        self.inner.feed(line).await
+        self.feed_line(line).await
     }
 
-    /// Queue a line already made by [`frame::encode`].
+    /// Queue a frame already encoded ([`frame::encode`], [`frame::encode_output`]).
+    /// A large one is written at once rather than copied.
     pub async fn feed_line(&mut self, line: Vec<u8>) -> std::io::Result<()> {
-        self.inner.feed(line).await
+        if line.len() >= WRITE_GATHER {
+            self.write_buf().await?;
+            return self.io.write_all(&line).await;
+        }
+        self.buf.extend_from_slice(&line);
+        if self.buf.len() >= WRITE_GATHER {
+            self.write_buf().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_buf(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.io.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush().await
+        self.write_buf().await?;
+        self.io.flush().await
     }
 
     /// Write one message and flush it.

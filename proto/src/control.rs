@@ -153,6 +153,20 @@ impl Event {
     }
 }
 
+/// A client sends no output.
+impl crate::frame::Message for Request {}
+
+/// Output frames stand for [`Event::Stdout`] / [`Event::Stderr`] (when the
+/// request asked for raw output).
+impl crate::frame::Message for Event {
+    fn from_output(_job: u64, stream: crate::types::Stream, data: Vec<u8>) -> Option<Self> {
+        Some(match stream {
+            crate::types::Stream::Stdout => Event::Stdout { data: B64(data) },
+            crate::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,50 +1,108 @@
-//! JSON lines: one JSON object per `\n`-terminated line, at most
-//! [`MAX_FRAME`](crate::MAX_FRAME) bytes. The decoder is sans-I/O so the async
-//! daemon (through a tokio codec) and the blocking client share it, and so it
-//! can be property-tested and fuzzed on its own.
+//! Framing: JSON lines, plus binary frames for command output.
 //!
-//! Unlike tokio-util's `LinesCodec`, an oversize line is not an error that ends
-//! the stream: the decoder reports [`Frame::TooLong`] once, discards the rest of
-//! that line, and carries on with the next one.
+//! A JSON line is one JSON object terminated by `\n`, at most
+//! [`MAX_FRAME`](crate::MAX_FRAME) bytes. A decoder made with
+//! [`FrameDecoder::with_binary`] also accepts *binary frames*: a `0x00` byte
+//! (which no JSON text starts with), a big-endian `u32` length, and that many
+//! bytes. Binary frames carry command output raw ([`encode_output`]), so a
+//! gigabyte of output is never base64'd, escaped and parsed on its way.
+//!
+//! The decoder is sans-I/O so the async daemon and the blocking client share
+//! it, and so it can be property-tested and fuzzed on its own. Unlike
+//! tokio-util's `LinesCodec`, an oversize frame is not an error that ends the
+//! stream: the decoder reports [`Frame::TooLong`] once, discards the rest of
+//! that frame, and carries on with the next one.
 
 use bytes::{Buf, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
+
+use crate::types::Stream;
+
+/// First byte of a binary frame.
+pub const BINARY_MARK: u8 = 0;
+/// Mark plus length.
+const BINARY_HEADER: usize = 5;
 
 /// What the decoder found in the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A complete line, newline (and a trailing `\r`) removed.
     Line(BytesMut),
-    /// A line longer than the limit; its bytes were dropped.
+    /// A binary frame's payload (only with [`FrameDecoder::with_binary`]).
+    Binary(BytesMut),
+    /// A frame longer than the limit; its bytes were dropped.
     TooLong,
 }
 
-/// Incremental line splitter with a size limit.
+/// Incremental frame splitter with a size limit.
 #[derive(Debug)]
 pub struct FrameDecoder {
     max: usize,
+    binary: bool,
     /// Inside an oversize line: drop bytes until the next newline.
     discarding: bool,
+    /// Inside an oversize binary frame: drop this many more bytes.
+    skip: usize,
     /// Bytes of `buf` already scanned for a newline (avoids quadratic rescans).
     scanned: usize,
 }
 
 impl FrameDecoder {
+    /// A decoder of JSON lines only.
     pub fn new(max: usize) -> Self {
         FrameDecoder {
             max,
+            binary: false,
             discarding: false,
+            skip: 0,
             scanned: 0,
         }
+    }
+
+    /// Also accept binary frames (a frame starting with [`BINARY_MARK`]).
+    pub fn with_binary(mut self) -> Self {
+        self.binary = true;
+        self
+    }
+
+    /// Accept binary frames from now on (a session, once authenticated).
+    pub fn set_binary(&mut self, on: bool) {
+        self.binary = on;
     }
 
     /// Take the next frame out of `buf`, or `None` if more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Frame> {
         loop {
-            let newline = buf[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|i| i + self.scanned);
+            if self.skip > 0 {
+                let n = self.skip.min(buf.len());
+                buf.advance(n);
+                self.skip -= n;
+                if self.skip > 0 {
+                    return None;
+                }
+            }
+            if self.binary && !self.discarding && self.scanned == 0 {
+                if buf.first() == Some(&BINARY_MARK) {
+                    if buf.len() < BINARY_HEADER {
+                        return None;
+                    }
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    if len > self.max {
+                        buf.advance(BINARY_HEADER);
+                        self.skip = len;
+                        let n = self.skip.min(buf.len());
+                        buf.advance(n);
+                        self.skip -= n;
+                        return Some(Frame::TooLong);
+                    }
+                    if buf.len() < BINARY_HEADER + len {
+                        return None;
+                    }
+                    buf.advance(BINARY_HEADER);
+                    return Some(Frame::Binary(buf.split_to(len)));
+                }
+            }
+            let newline = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| i + self.scanned);
             if self.discarding {
                 match newline {
                     Some(i) => {
@@ -96,8 +154,12 @@ impl FrameDecoder {
         if let Some(f) = self.decode(buf) {
             return Some(f);
         }
-        if self.discarding || buf.is_empty() {
+        let cut_binary = self.binary && self.scanned == 0 && buf.first() == Some(&BINARY_MARK);
+        if self.discarding || self.skip > 0 || cut_binary || buf.is_empty() {
+            // An oversize frame's tail, or a binary frame cut short: nothing to give.
             buf.clear();
+            self.skip = 0;
+            self.discarding = false;
             return None;
         }
         self.scanned = 0;
@@ -112,8 +174,12 @@ impl FrameDecoder {
 /// Why a frame could not become a message.
 #[derive(Debug)]
 pub enum FrameError {
-    TooLong { max: usize },
+    TooLong {
+        max: usize,
+    },
     Json(serde_json::Error),
+    /// A binary frame that is not a valid output frame, or one where it has no place.
+    Binary(String),
 }
 
 impl std::fmt::Display for FrameError {
@@ -125,6 +191,7 @@ impl std::fmt::Display for FrameError {
             FrameError::Json(e) => {
                 write!(f, "malformed frame: {}", crate::clip(&e.to_string(), 300))
             }
+            FrameError::Binary(why) => write!(f, "malformed binary frame: {why}"),
         }
     }
 }
@@ -150,6 +217,77 @@ pub fn encode_with_max<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, Fra
 /// Parse one line into a message.
 pub fn parse<T: DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
     serde_json::from_slice(line).map_err(FrameError::Json)
+}
+
+/// Kind byte of an output frame's payload.
+const OUTPUT_KIND: u8 = 1;
+/// Kind, stream, job id.
+const OUTPUT_HEADER: usize = 10;
+
+/// A binary frame carrying a chunk of a job's output: `0x00`, length (u32 BE),
+/// then the payload: kind `1`, stream (`1` stdout, `2` stderr), job id (u64 BE;
+/// `0` on the control socket, where a connection has one job), the bytes.
+pub fn encode_output(job: u64, stream: Stream, data: &[u8]) -> Vec<u8> {
+    let len = (OUTPUT_HEADER + data.len()) as u32;
+    let mut v = Vec::with_capacity(BINARY_HEADER + len as usize);
+    v.push(BINARY_MARK);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.push(OUTPUT_KIND);
+    v.push(match stream {
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    });
+    v.extend_from_slice(&job.to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// The job, stream and bytes of an output frame's payload ([`Frame::Binary`]).
+pub fn parse_output(mut payload: BytesMut) -> Result<(u64, Stream, BytesMut), FrameError> {
+    if payload.len() < OUTPUT_HEADER {
+        return Err(FrameError::Binary(format!(
+            "{} bytes, shorter than an output header",
+            payload.len()
+        )));
+    }
+    if payload[0] != OUTPUT_KIND {
+        return Err(FrameError::Binary(format!("unknown kind {}", payload[0])));
+    }
+    let stream = match payload[1] {
+        1 => Stream::Stdout,
+        2 => Stream::Stderr,
+        n => return Err(FrameError::Binary(format!("unknown stream {n}"))),
+    };
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&payload[2..OUTPUT_HEADER]);
+    payload.advance(OUTPUT_HEADER);
+    Ok((u64::from_be_bytes(id), stream, payload))
+}
+
+/// A message type that output frames can stand for.
+pub trait Message: DeserializeOwned {
+    /// The message an output frame stands for; `None` where output has no place.
+    fn from_output(_job: u64, _stream: Stream, _data: Vec<u8>) -> Option<Self> {
+        None
+    }
+}
+
+/// Any JSON, checked later by the caller (the control socket reads requests so).
+impl Message for serde_json::Value {}
+
+/// Any frame into a message: lines are JSON, binary frames are output.
+pub fn parse_frame<T: Message>(frame: Frame) -> Result<T, FrameError> {
+    match frame {
+        Frame::Line(line) => parse(&line),
+        Frame::Binary(payload) => {
+            let (job, stream, data) = parse_output(payload)?;
+            T::from_output(job, stream, data.to_vec())
+                .ok_or_else(|| FrameError::Binary("output is not expected here".into()))
+        }
+        Frame::TooLong => Err(FrameError::TooLong {
+            max: crate::MAX_FRAME,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +331,69 @@ mod tests {
         let mut d = FrameDecoder::new(3);
         let mut b = BytesMut::from(&b"abc\n"[..]);
         assert_eq!(d.decode(&mut b), Some(Frame::Line("abc".into())));
+    }
+
+    #[test]
+    fn binary_frames_between_lines() {
+        let mut d = FrameDecoder::new(64).with_binary();
+        let out = encode_output(7, Stream::Stderr, b"\x00\nraw\n");
+        let mut b = BytesMut::from(&b"{}\n"[..]);
+        b.extend_from_slice(&out);
+        b.extend_from_slice(b"{\"a\":1}\n");
+        let frames = all(&mut d, &mut b);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0], Frame::Line("{}".into()));
+        let Frame::Binary(p) = &frames[1] else {
+            panic!("{frames:?}")
+        };
+        let (job, stream, data) = parse_output(p.clone()).unwrap();
+        assert_eq!(
+            (job, stream, &data[..]),
+            (7, Stream::Stderr, &b"\x00\nraw\n"[..])
+        );
+        assert_eq!(frames[2], Frame::Line("{\"a\":1}".into()));
+    }
+
+    #[test]
+    fn binary_frame_split_anywhere() {
+        let out = encode_output(1, Stream::Stdout, b"hello");
+        for cut in 0..out.len() {
+            let mut d = FrameDecoder::new(64).with_binary();
+            let mut b = BytesMut::from(&out[..cut]);
+            assert_eq!(d.decode(&mut b), None, "cut at {cut}");
+            b.extend_from_slice(&out[cut..]);
+            assert!(matches!(d.decode(&mut b), Some(Frame::Binary(_))));
+        }
+    }
+
+    #[test]
+    fn oversize_binary_is_skipped() {
+        let mut d = FrameDecoder::new(8).with_binary();
+        let mut b = BytesMut::from(&[0u8, 0, 0, 0, 20][..]);
+        b.extend_from_slice(&[b'x'; 12]);
+        assert_eq!(d.decode(&mut b), Some(Frame::TooLong));
+        assert_eq!(d.decode(&mut b), None);
+        b.extend_from_slice(&[b'\n'; 8]);
+        b.extend_from_slice(b"ok\n");
+        assert_eq!(d.decode(&mut b), Some(Frame::Line("ok".into())));
+    }
+
+    #[test]
+    fn without_binary_a_nul_is_part_of_a_line() {
+        let mut d = FrameDecoder::new(64);
+        let mut b = BytesMut::from(&b"\x00abc\n"[..]);
+        assert_eq!(d.decode(&mut b), Some(Frame::Line("\x00abc".into())));
+    }
+
+    #[test]
+    fn bad_output_payloads() {
+        assert!(parse_output(BytesMut::from(&b"\x01\x01"[..])).is_err());
+        let mut p = encode_output(1, Stream::Stdout, b"x");
+        p[5] = 9;
+        assert!(parse_output(BytesMut::from(&p[5..])).is_err());
+        let mut p = encode_output(1, Stream::Stdout, b"x");
+        p[6] = 3;
+        assert!(parse_output(BytesMut::from(&p[5..])).is_err());
     }
 }
 #[cfg(test)]

@@ -180,6 +180,17 @@ pub enum PeerMsg {
     Error(ErrorBody),
 }
 
+/// Output frames stand for [`PeerMsg::Output`] (sessions of protocol 3 on).
+impl crate::frame::Message for PeerMsg {
+    fn from_output(job: u64, stream: Stream, data: Vec<u8>) -> Option<Self> {
+        Some(PeerMsg::Output {
+            job,
+            stream,
+            data: B64(data),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
