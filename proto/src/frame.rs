@@ -81,26 +81,28 @@ impl FrameDecoder {
                     return None;
                 }
             }
-            if self.binary && !self.discarding && self.scanned == 0 {
-                if buf.first() == Some(&BINARY_MARK) {
-                    if buf.len() < BINARY_HEADER {
-                        return None;
-                    }
-                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                    if len > self.max {
-                        buf.advance(BINARY_HEADER);
-                        self.skip = len;
-                        let n = self.skip.min(buf.len());
-                        buf.advance(n);
-                        self.skip -= n;
-                        return Some(Frame::TooLong);
-                    }
-                    if buf.len() < BINARY_HEADER + len {
-                        return None;
-                    }
-                    buf.advance(BINARY_HEADER);
-                    return Some(Frame::Binary(buf.split_to(len)));
+            if self.binary
+                && !self.discarding
+                && self.scanned == 0
+                && buf.first() == Some(&BINARY_MARK)
+            {
+                if buf.len() < BINARY_HEADER {
+                    return None;
                 }
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if len > self.max {
+                    buf.advance(BINARY_HEADER);
+                    self.skip = len;
+                    let n = self.skip.min(buf.len());
+                    buf.advance(n);
+                    self.skip -= n;
+                    return Some(Frame::TooLong);
+                }
+                if buf.len() < BINARY_HEADER + len {
+                    return None;
+                }
+                buf.advance(BINARY_HEADER);
+                return Some(Frame::Binary(buf.split_to(len)));
             }
             let newline = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| i + self.scanned);
             if self.discarding {
