@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 use d_proto::control::Request;
-use d_proto::frame::{encode, parse, Frame, FrameDecoder};
+use d_proto::frame::{encode, encode_output, parse, parse_frame, Frame, FrameDecoder};
 use d_proto::peer::{PeerMsg, Query};
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream, B64};
 use d_proto::MAX_FRAME;
@@ -31,7 +31,13 @@ fn cases() -> u32 {
 /// every call (and within `max` once the decoder asks for more), and that no
 /// line exceeds `max`.
 fn run(max: usize, data: &[u8], cuts: &[usize]) -> Vec<Frame> {
-    let mut dec = FrameDecoder::new(max);
+    run_with(FrameDecoder::new(max), max, data, cuts)
+}
+
+/// [`run`] with a given decoder (one that accepts binary frames may hold a
+/// frame's 5-byte header on top of `max`).
+fn run_with(mut dec: FrameDecoder, max: usize, data: &[u8], cuts: &[usize]) -> Vec<Frame> {
+    let max_held = max + 5;
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut rest = data;
@@ -44,7 +50,7 @@ fn run(max: usize, data: &[u8], cuts: &[usize]) -> Vec<Frame> {
         loop {
             let f = dec.decode(&mut buf);
             assert!(
-                buf.len() <= max + n,
+                buf.len() <= max_held + n,
                 "buffer holds {} bytes, max {max} + chunk {n}",
                 buf.len()
             );
@@ -54,7 +60,7 @@ fn run(max: usize, data: &[u8], cuts: &[usize]) -> Vec<Frame> {
             }
         }
         assert!(
-            buf.len() <= max,
+            buf.len() <= max_held,
             "decoder wants more input but holds {} bytes (max {max})",
             buf.len()
         );
@@ -64,8 +70,8 @@ fn run(max: usize, data: &[u8], cuts: &[usize]) -> Vec<Frame> {
     }
     assert!(buf.is_empty(), "bytes left after decode_eof: {buf:?}");
     for f in &out {
-        if let Frame::Line(l) = f {
-            assert!(l.len() <= max, "line of {} bytes, max {max}", l.len());
+        if let Frame::Line(l) | Frame::Binary(l) = f {
+            assert!(l.len() <= max, "frame of {} bytes, max {max}", l.len());
         }
     }
     out
@@ -359,7 +365,7 @@ proptest! {
                 prop_assert!(buf.len() <= max + chunk, "buffer {} > {max} + {chunk}", buf.len());
                 match f {
                     Some(Frame::TooLong) => too_long += 1,
-                    Some(Frame::Line(l)) => prop_assert!(false, "line inside an endless line: {:?}", l),
+                    Some(Frame::Line(l) | Frame::Binary(l)) => prop_assert!(false, "frame inside an endless line: {:?}", l),
                     None => break,
                 }
             }
@@ -418,7 +424,7 @@ proptest! {
             .into_iter()
             .map(|f| match f {
                 Frame::Line(l) => parse::<PeerMsg>(&l).expect("parse"),
-                Frame::TooLong => panic!("TooLong for an encoded message"),
+                Frame::TooLong | Frame::Binary(_) => panic!("not a line for an encoded message"),
             })
             .collect();
         prop_assert_eq!(back, msgs);
@@ -435,10 +441,59 @@ proptest! {
             .into_iter()
             .map(|f| match f {
                 Frame::Line(l) => parse::<Request>(&l).expect("parse"),
-                Frame::TooLong => panic!("TooLong for an encoded request"),
+                Frame::TooLong | Frame::Binary(_) => panic!("not a line for an encoded request"),
             })
             .collect();
         prop_assert_eq!(back, reqs);
+    }
+
+    /// (f) Lines and binary output frames interleaved, any chunking, through
+    /// a decoder that accepts both: every message comes back, in order, and
+    /// output bytes are identical (NULs and newlines inside included).
+    #[test]
+    fn output_frames_and_lines_roundtrip(
+        items in vec(prop_oneof![
+            arb_peer_msg().prop_map(Ok),
+            (any::<u64>(), any::<bool>(), vec(any::<u8>(), 0..300)).prop_map(Err),
+        ], 0..10),
+        cuts in cuts(),
+    ) {
+        let mut data = Vec::new();
+        let mut want = Vec::new();
+        for it in items {
+            match it {
+                Ok(m) => {
+                    data.extend_from_slice(&encode(&m).expect("encode"));
+                    want.push(m);
+                }
+                Err((job, err, bytes)) => {
+                    let stream = if err { Stream::Stderr } else { Stream::Stdout };
+                    data.extend_from_slice(&encode_output(job, stream, &bytes));
+                    want.push(PeerMsg::Output { job, stream, data: B64(bytes) });
+                }
+            }
+        }
+        let dec = FrameDecoder::new(MAX_FRAME).with_binary();
+        let back: Vec<PeerMsg> = run_with(dec, MAX_FRAME, &data, &cuts)
+            .into_iter()
+            .map(|f| parse_frame::<PeerMsg>(f).expect("parse"))
+            .collect();
+        prop_assert_eq!(back, want);
+    }
+
+    /// (g) Arbitrary bytes (NULs and fake lengths included) through a decoder
+    /// that accepts binary frames: no panic, bounded memory, every frame parses
+    /// to Ok or Err.
+    #[test]
+    fn arbitrary_bytes_with_binary_never_panic(
+        data in vec(prop_oneof![Just(0u8), Just(b'\n'), any::<u8>()], 0..600),
+        max in prop_oneof![0usize..=64, Just(MAX_FRAME)],
+        cuts in cuts(),
+    ) {
+        let dec = FrameDecoder::new(max).with_binary();
+        for f in run_with(dec, max, &data, &cuts) {
+            let _ = parse_frame::<PeerMsg>(f);
+        }
     }
 }
 
