@@ -784,6 +784,7 @@ mod tests {
                 directory: String::new(),
                 shell_cmd: "-x --json".into(),
                 timeout: None,
+                raw_output: false,
             })
         );
         let c = parse(p(&[

@@ -291,6 +291,7 @@ impl Command {
                 directory: directory.clone(),
                 shell_cmd: shell_cmd.clone(),
                 timeout: *timeout,
+                raw_output: false,
             },
             Command::ExecOnPeerByIp {
                 ip,
@@ -302,6 +303,7 @@ impl Command {
                 directory: directory.clone(),
                 shell_cmd: shell_cmd.clone(),
                 timeout: *timeout,
+                raw_output: false,
             },
             Command::Completions { .. } => return None,
             // Run per peer by `ops::run`.
@@ -422,6 +424,7 @@ mod tests {
                 directory: "/opt".into(),
                 shell_cmd: "git pull".into(),
                 timeout: Some(5),
+                raw_output: false,
             })
         );
         let c = try_parse(&["d", "execOnPeerByIp", "10.0.0.1", "/opt", "pwd"]).unwrap();
@@ -432,6 +435,7 @@ mod tests {
                 directory: "/opt".into(),
                 shell_cmd: "pwd".into(),
                 timeout: None,
+                raw_output: false,
             })
         );
         let c = try_parse(&["d", "setPeerConfig", "--role", "boss"]).unwrap();

@@ -34,6 +34,8 @@ pub struct Conn {
     verbose: bool,
     /// The last read gave up at the reply timeout (not a closed or broken socket).
     timed_out: bool,
+    /// An event read ahead by [`Conn::send_exec`], handed out first.
+    pending: Option<Option<Event>>,
 }
 
 impl Conn {
@@ -56,6 +58,7 @@ impl Conn {
             decoder: FrameDecoder::new(d_proto::MAX_ANSWER).with_binary(),
             verbose,
             timed_out: false,
+            pending: None,
         }
     }
 
@@ -95,8 +98,38 @@ impl Conn {
         Ok(())
     }
 
+    /// Send an exec request asking for output as raw binary frames (no
+    /// base64). A daemon older than protocol 3 refuses the unknown field: the
+    /// request then goes again, without it, on a new connection.
+    pub fn send_exec(&mut self, req: &Request) -> Result<(), ErrorBody> {
+        let Some(raw) = req.with_raw_output() else {
+            return self.send(req);
+        };
+        self.send(&raw)?;
+        match self.next_event()? {
+            Some(Event::Error(e)) if e.error.contains("rawOutput") => {
+                if self.verbose {
+                    eprintln!("[d] the daemon predates raw output: asking again without it");
+                }
+                let timeout = self.stream.read_timeout().ok().flatten();
+                let stream = UnixStream::connect(&self.path)
+                    .map_err(|e| unreachable_error(&self.path, &e))?;
+                *self = Conn::from_stream(stream, &self.path.clone(), self.verbose);
+                self.set_reply_timeout(timeout)?;
+                self.send(req)
+            }
+            first => {
+                self.pending = Some(first);
+                Ok(())
+            }
+        }
+    }
+
     /// The next event, or `None` once the daemon closed the connection.
     pub fn next_event(&mut self) -> Result<Option<Event>, ErrorBody> {
+        if let Some(ev) = self.pending.take() {
+            return Ok(ev);
+        }
         loop {
             let frame = match self.decoder.decode(&mut self.buf) {
                 Some(f) => Some(f),
@@ -352,15 +385,7 @@ mod tests {
     #[test]
     fn events_across_reads_and_eof() {
         let (a, b) = UnixStream::pair().unwrap();
-        let mut conn = Conn {
-            stream: a,
-            path: PathBuf::from("/test.sock"),
-            buf: BytesMut::new(),
-            // Raw output frames come only when a request asks for them.
-            decoder: FrameDecoder::new(d_proto::MAX_ANSWER).with_binary(),
-            verbose: false,
-            timed_out: false,
-        };
+        let mut conn = Conn::from_stream(a, Path::new("/test.sock"), false);
         let writer = std::thread::spawn(move || {
             use std::io::Write;
             let mut b = b;
@@ -380,5 +405,55 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(conn.next_event().unwrap().is_none());
+    }
+
+    /// A daemon that predates raw output refuses the field; the client asks
+    /// again without it. A current one sends binary frames, read as events.
+    #[test]
+    fn send_exec_falls_back_for_older_daemons_and_reads_raw_frames() {
+        use std::io::{BufRead, BufReader, Write};
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let req = Request::ExecOnPeer {
+            peer: "vps".into(),
+            directory: "/".into(),
+            shell_cmd: "true".into(),
+            timeout: None,
+            raw_output: false,
+        };
+        let server = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            // Old daemon: refuses, as serde words it.
+            let (s, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            lines.push(line.clone());
+            (&s).write_all(b"{\"event\":\"error\",\"kind\":\"invalid\",\"error\":\"Invalid request: unknown field `rawOutput`, expected one of `peer`, `directory`\"}\n").unwrap();
+            drop(s);
+            let (s, _) = listener.accept().unwrap();
+            line.clear();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            lines.push(line.clone());
+            let mut out =
+                d_proto::frame::encode_output(0, d_proto::types::Stream::Stderr, b"raw\n\0");
+            out.extend_from_slice(b"{\"event\":\"exit\",\"peer\":\"vps\",\"exit\":{\"code\":0,\"signal\":null,\"timed_out\":false,\"duration_ms\":1}}\n");
+            (&s).write_all(&out).unwrap();
+            lines
+        });
+        let mut conn = Conn::connect(&path, false).unwrap();
+        conn.send_exec(&req).unwrap();
+        match conn.next_event().unwrap() {
+            Some(Event::Stderr { data }) => assert_eq!(data.0, b"raw\n\0"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            conn.next_event().unwrap(),
+            Some(Event::Exit { .. })
+        ));
+        let lines = server.join().unwrap();
+        assert!(lines[0].contains("\"rawOutput\":true"), "{}", lines[0]);
+        assert!(!lines[1].contains("rawOutput"), "{}", lines[1]);
     }
 }

@@ -37,7 +37,7 @@ pub fn run(
     let mut conn = Conn::connect(socket, verbose)?;
     // No read timeout: a job may be silent for hours; the daemon notices a dead peer.
     conn.set_reply_timeout(None)?;
-    conn.send(req)?;
+    conn.send_exec(req)?;
 
     // With --json the output is collected for the final document.
     let mut collected: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());

@@ -321,6 +321,7 @@ pub fn exec(
             directory: directory.to_string(),
             shell_cmd: shell_cmd.to_string(),
             timeout,
+            raw_output: false,
         };
         run_one(socket, peer, &req, limit, live, opts.verbose)
     });
@@ -422,7 +423,10 @@ fn run_one(
         if wait(&conn).is_err() {
             return Outcome::NoAnswer(limit.unwrap_or_default());
         }
-        if let Err(e) = conn.send(req) {
+        if let Err(e) = conn.send_exec(req) {
+            if conn.timed_out() {
+                return Outcome::NoAnswer(limit.unwrap_or_default());
+            }
             return Outcome::Failed(e);
         }
         loop {

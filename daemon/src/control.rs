@@ -143,29 +143,33 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
             Read::Msg(req) => req,
         };
         tracing::debug!("request {}", req.name());
-        let (peer, spec) = match req {
+        let (peer, spec, raw) = match req {
             Request::ExecOnPeer {
                 peer,
                 directory,
                 shell_cmd,
                 timeout,
+                raw_output,
             } => (
                 Ok(peer),
                 exec_spec(&daemon, directory, shell_cmd, timeout, uid),
+                raw_output,
             ),
             Request::ExecOnPeerByIp {
                 ip,
                 directory,
                 shell_cmd,
                 timeout,
+                raw_output,
             } => {
                 let peer = exec::peer_by_ip(&daemon, &ip).await;
-                (peer, exec_spec(&daemon, directory, shell_cmd, timeout, uid))
+                let spec = exec_spec(&daemon, directory, shell_cmd, timeout, uid);
+                (peer, spec, raw_output)
             }
-            Request::RemotePull { peer } => (Ok(peer), ops_spec(&daemon, Action::Pull, uid)),
-            Request::RemoteBd { peer } => (Ok(peer), ops_spec(&daemon, Action::Build, uid)),
+            Request::RemotePull { peer } => (Ok(peer), ops_spec(&daemon, Action::Pull, uid), false),
+            Request::RemoteBd { peer } => (Ok(peer), ops_spec(&daemon, Action::Build, uid), false),
             Request::RemoteDeployDaemon { peer } => {
-                (Ok(peer), ops_spec(&daemon, Action::Deploy, uid))
+                (Ok(peer), ops_spec(&daemon, Action::Deploy, uid), false)
             }
             other => {
                 let ev = match answer(&daemon, other).await {
@@ -179,7 +183,14 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
             }
         };
         match peer.and_then(|p| check_spec(&spec).map(|()| p)) {
-            Ok(peer) => exec::run_for_client(&daemon, &peer, spec, &mut reader, &mut writer).await,
+            Ok(peer) => {
+                let client = exec::Client {
+                    reader: &mut reader,
+                    writer: &mut writer,
+                    raw,
+                };
+                exec::run_for_client(&daemon, &peer, spec, client).await
+            }
             Err(e) => {
                 let _ = writer.send(&Event::Error(e)).await;
             }

@@ -275,8 +275,7 @@ pub async fn run_for_client<R, W>(
     daemon: &Arc<Daemon>,
     peer: &str,
     mut spec: ExecSpec,
-    reader: &mut Reader<R>,
-    writer: &mut Writer<W>,
+    client: Client<'_, R, W>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -286,22 +285,34 @@ pub async fn run_for_client<R, W>(
     let side = if peer == me { "local" } else { "requester" };
     let mut rec = record(side, &spec, &me, peer);
     let started = std::time::Instant::now();
-    stream_to_client(daemon, peer, spec, reader, writer, &mut rec).await;
+    stream_to_client(daemon, peer, spec, client, &mut rec).await;
     rec.duration_ms = started.elapsed().as_millis() as u64;
     daemon.audit(rec);
+}
+
+/// The control connection a job streams to.
+pub struct Client<'a, R, W> {
+    pub reader: &'a mut Reader<R>,
+    pub writer: &'a mut Writer<W>,
+    /// Output as binary frames (the request's `rawOutput`), else base64 events.
+    pub raw: bool,
 }
 
 async fn stream_to_client<R, W>(
     daemon: &Arc<Daemon>,
     peer: &str,
     spec: ExecSpec,
-    reader: &mut Reader<R>,
-    writer: &mut Writer<W>,
+    client: Client<'_, R, W>,
     rec: &mut ExecRecord,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Client {
+        reader,
+        writer,
+        raw,
+    } = client;
     let route = tokio::select! {
         r = route(daemon, peer) => r,
         _ = client_gone(reader) => {
@@ -363,6 +374,21 @@ async fn stream_to_client<R, W>(
             }
         };
         let (event, n) = match ev {
+            Some(JobEvent::Output(stream, data)) if raw => {
+                let n = data.len();
+                rec.output_bytes += n as u64;
+                let frame = d_proto::frame::encode_output(0, stream, &data);
+                let written = tokio::select! {
+                    r = async { writer.feed_line(frame).await?; writer.flush().await } => r.is_ok(),
+                    _ = client_gone(reader) => false,
+                };
+                if !written {
+                    gone = true;
+                    continue;
+                }
+                source.consumed(n).await;
+                continue;
+            }
             Some(JobEvent::Output(stream, data)) => {
                 let n = data.len();
                 rec.output_bytes += n as u64;

@@ -16,6 +16,22 @@ use crate::{unix_now, wg, Daemon};
 
 /// How often online peers' `last_seen` reaches the database.
 const FLUSH_EVERY: Duration = Duration::from_secs(30);
+/// Heartbeats a second all links together may cost the leader. Up to 2,000
+/// links each beats at the configured interval (1 s); beyond, the interval
+/// grows with the number of links (5 s at 10,000, so a dead worker is noticed
+/// within 15 s). Jobs between peers run on their own sessions, which keep the
+/// configured interval.
+const LINK_BEATS_PER_SEC: u64 = 2000;
+
+/// The heartbeat interval a new worker link gets, from the number of links
+/// open and of peers registered (those come back after a leader restart).
+pub fn link_heartbeat(daemon: &Daemon) -> Duration {
+    let links = daemon
+        .session_count()
+        .max(daemon.registered.load(std::sync::atomic::Ordering::Relaxed)) as u64;
+    let spread = Duration::from_millis(links * 1000 / LINK_BEATS_PER_SEC);
+    daemon.config.heartbeat.max(spread)
+}
 
 pub fn protocol_mismatch(peer: &str, theirs: u32) -> ErrorBody {
     let ours = d_proto::PROTOCOL_VERSION;
@@ -37,9 +53,9 @@ pub async fn admit(
     hello: &Hello,
     from: SocketAddr,
 ) -> Result<Welcome, ErrorBody> {
-    if hello.protocol != d_proto::PROTOCOL_VERSION {
+    let Some(protocol) = d_proto::negotiate(hello.protocol, hello.protocol_max) else {
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
-    }
+    };
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
     let me = daemon.identity();
     let (Some(my_id), Some(my_role)) = (me.id.clone(), me.role) else {
@@ -55,8 +71,8 @@ pub async fn admit(
         )
         .hint("every daemon needs its own id: `d setPeerConfig --id NAME` on one of them"));
     }
-    let welcome = Welcome {
-        protocol: d_proto::PROTOCOL_VERSION,
+    let mut welcome = Welcome {
+        protocol,
         peer_id: my_id.clone(),
         version: d_proto::version_string(),
         role: my_role,
@@ -65,6 +81,7 @@ pub async fn admit(
     if hello.purpose == Purpose::Direct {
         return Ok(welcome);
     }
+    welcome.heartbeat_ms = link_heartbeat(daemon).as_millis() as u64;
     if my_role != Role::Leader {
         return Err(ErrorBody::new(
             ErrorKind::Refused,
@@ -170,8 +187,15 @@ pub async fn flush_liveness(daemon: Arc<Daemon>) {
         let mut ids = daemon.online_links();
         ids.extend(daemon.identity().id);
         let now = unix_now();
-        if let Err(e) = daemon.registry.call(move |st| st.touch(&ids, now)).await {
-            tracing::warn!("cannot record liveness: {e}");
+        let flushed = daemon
+            .registry
+            .call(move |st| st.touch(&ids, now).and_then(|()| st.count_peers()))
+            .await;
+        match flushed {
+            Ok(n) => daemon
+                .registered
+                .store(n as usize, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::warn!("cannot record liveness: {e}"),
         }
     }
 }

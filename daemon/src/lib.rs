@@ -92,6 +92,9 @@ pub struct Daemon {
     /// Every task that must finish before the process exits.
     pub tracker: TaskTracker,
     pub running_jobs: Arc<AtomicUsize>,
+    /// Peers in the registry (the leader's), as last counted: links are
+    /// given heartbeat intervals by it ([`leader::link_heartbeat`]).
+    pub registered: AtomicUsize,
     identity: RwLock<Identity>,
     link: Mutex<LinkInfo>,
     /// Cancels the current worker link task (replaced on every identity change).
@@ -487,6 +490,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
             session: None,
         }),
         link_task: Mutex::default(),
+        registered: AtomicUsize::new(0),
         sessions: Mutex::default(),
         dial_locks: Mutex::default(),
         relayed: Mutex::default(),

@@ -15,7 +15,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role, B64};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::connection::{Read, Reader, Writer};
-use crate::session::{PeerDesc, Session};
+use crate::session::{PeerDesc, Session, Terms};
 use crate::{leader, Daemon};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -182,6 +182,11 @@ async fn handshake_incoming(
     drop(slot);
     match result {
         Ok((hello, welcome)) => {
+            let terms = Terms {
+                protocol: welcome.protocol,
+                heartbeat: Duration::from_millis(welcome.heartbeat_ms),
+                dialer: false,
+            };
             if writer.send(&PeerMsg::Welcome(welcome)).await.is_err() {
                 return;
             }
@@ -192,7 +197,7 @@ async fn handshake_incoming(
                 version: hello.version.clone(),
                 purpose: hello.purpose,
             };
-            let s = Session::start(&daemon, desc, reader, writer);
+            let s = Session::start(&daemon, desc, terms, reader, writer);
             daemon.insert_session(s);
             if hello.purpose == Purpose::Link {
                 tracing::info!(
@@ -228,7 +233,7 @@ where
                 .hint("the dialing side speaks first: {\"type\":\"hello\",...}"))
         }
     };
-    if hello.protocol != d_proto::PROTOCOL_VERSION {
+    if d_proto::negotiate(hello.protocol, hello.protocol_max).is_none() {
         return Err(leader::protocol_mismatch(&hello.peer_id, hello.protocol));
     }
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
@@ -333,7 +338,8 @@ async fn dial_inner(
     let (r, w) = stream.into_split();
     let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
     let hello = Hello {
-        protocol: d_proto::PROTOCOL_VERSION,
+        protocol: d_proto::PROTOCOL_MIN,
+        protocol_max: d_proto::PROTOCOL_VERSION,
         peer_id: me,
         version: d_proto::version_string(),
         hostname: daemon.hostname.clone(),
@@ -396,7 +402,7 @@ async fn dial_inner(
             )))
         }
     };
-    if welcome.protocol != d_proto::PROTOCOL_VERSION {
+    if !(d_proto::PROTOCOL_MIN..=d_proto::PROTOCOL_VERSION).contains(&welcome.protocol) {
         return Err(leader::protocol_mismatch(
             &welcome.peer_id,
             welcome.protocol,
@@ -421,7 +427,13 @@ async fn dial_inner(
         version: welcome.version,
         purpose,
     };
-    let s = Session::start(daemon, desc, reader, writer);
+    // Beat as the acceptor asks (a leader spreads its links' heartbeats out).
+    let terms = Terms {
+        protocol: welcome.protocol,
+        heartbeat: Duration::from_millis(welcome.heartbeat_ms.clamp(50, 300_000)),
+        dialer: true,
+    };
+    let s = Session::start(daemon, desc, terms, reader, writer);
     daemon.insert_session(s.clone());
     Ok(s)
 }

@@ -1,7 +1,9 @@
 //! A session is one authenticated-by-hello TCP connection to another daemon,
 //! used both ways: queries, answers, and many jobs at once, multiplexed by job
 //! id. The reader task dispatches frames and enforces the heartbeat deadline;
-//! the writer task serializes outgoing messages and sends heartbeats. When
+//! the writer task writes outgoing frames and, on the side that dialed, sends
+//! heartbeats (the accepting side answers them, so an idle link costs one
+//! timer and one round trip per interval, not two). When
 //! either side fails, the session closes once: jobs started through it get
 //! the reason, jobs it started here are cancelled (their process groups end).
 
@@ -11,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
-use d_proto::types::{ErrorBody, ExecSpec, Role};
+use d_proto::types::{ErrorBody, ExecSpec, Role, Stream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +39,34 @@ pub struct PeerDesc {
     pub purpose: Purpose,
 }
 
+/// How a session runs, as its handshake settled it.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    /// The negotiated protocol ([`d_proto::negotiate`]).
+    pub protocol: u32,
+    /// The heartbeat interval the acceptor's welcome named.
+    pub heartbeat: Duration,
+    /// This side dialed: it sends the heartbeats.
+    pub dialer: bool,
+}
+
+impl Terms {
+    /// Output goes as binary frames.
+    fn binary_output(&self) -> bool {
+        self.protocol >= 3
+    }
+    /// This side answers heartbeats instead of sending its own.
+    fn echoes(&self) -> bool {
+        !self.dialer && self.protocol >= 3
+    }
+    /// Silence for this long means the peer is gone.
+    pub fn dead_after(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
+const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
+
 /// A job this side serves for the other side.
 struct InJob {
     cancel: CancellationToken,
@@ -43,6 +75,7 @@ struct InJob {
 
 pub struct Session {
     pub peer: PeerDesc,
+    pub terms: Terms,
     /// Encoded lines for the writer task.
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
@@ -92,12 +125,17 @@ impl Session {
     pub fn start(
         daemon: &Arc<Daemon>,
         peer: PeerDesc,
-        reader: Reader<OwnedReadHalf>,
+        terms: Terms,
+        mut reader: Reader<OwnedReadHalf>,
         writer: Writer<OwnedWriteHalf>,
     ) -> Arc<Session> {
+        if terms.binary_output() {
+            reader.accept_binary();
+        }
         let (tx, rx) = mpsc::channel(1024);
         let s = Arc::new(Session {
             peer,
+            terms,
             tx,
             next_id: AtomicU64::new(1),
             queries: Mutex::default(),
@@ -107,7 +145,7 @@ impl Session {
             reason: Mutex::default(),
         });
         let span = tracing::info_span!("session", peer = %s.peer.id, remote = %s.peer.remote);
-        let hb = daemon.config.heartbeat;
+        let hb = (!terms.echoes()).then_some(terms.heartbeat);
         daemon
             .tracker
             .spawn(write_loop(s.clone(), writer, rx, hb).instrument(span.clone()));
@@ -161,6 +199,29 @@ impl Session {
             ErrorBody::invalid(format!("cannot send to {}: {e}", self.peer.id))
                 .hint("shorten the command or directory")
         })?;
+        self.send_line(line).await
+    }
+
+    /// Send a chunk of a job's output: a binary frame, or base64 in JSON to
+    /// a daemon older than protocol 3.
+    pub async fn send_output(
+        &self,
+        job: u64,
+        stream: Stream,
+        data: Vec<u8>,
+    ) -> Result<(), ErrorBody> {
+        if !self.terms.binary_output() {
+            let data = d_proto::types::B64(data);
+            return self.send(PeerMsg::Output { job, stream, data }).await;
+        }
+        if self.is_closed() {
+            return Err(self.reason());
+        }
+        self.send_line(d_proto::frame::encode_output(job, stream, &data))
+            .await
+    }
+
+    async fn send_line(&self, line: Vec<u8>) -> Result<(), ErrorBody> {
         tokio::select! {
             r = self.tx.send(line) => r.map_err(|_| self.reason()),
             _ = self.closed.cancelled() => Err(self.reason()),
@@ -247,11 +308,8 @@ impl Session {
                             p = credits.acquire_many(n) => { if let Ok(p) = p { p.forget() } }
                             _ = s.closed() => continue,
                         }
-                        PeerMsg::Output {
-                            job: id,
-                            stream,
-                            data: d_proto::types::B64(data),
-                        }
+                        let _ = s.send_output(id, stream, data).await;
+                        continue;
                     }
                     JobEvent::Exit(exit) => {
                         finished = true;
@@ -283,7 +341,12 @@ impl Session {
 
     fn dispatch(self: &Arc<Self>, daemon: &Arc<Daemon>, msg: PeerMsg) {
         match msg {
-            PeerMsg::Heartbeat => {}
+            PeerMsg::Heartbeat => {
+                if self.terms.echoes() {
+                    // A full queue is traffic enough to keep the dialer content.
+                    let _ = self.tx.try_send(HEARTBEAT_LINE.to_vec());
+                }
+            }
             PeerMsg::Query { id, query } => {
                 let (s, d) = (self.clone(), daemon.clone());
                 tokio::spawn(async move {
@@ -358,25 +421,39 @@ impl Session {
 }
 
 async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<OwnedReadHalf>) {
-    let dead_after = daemon.config.dead_after();
+    let dead_after = s.terms.dead_after();
+    // One timer per session, moved on only when it fires: resetting a timer
+    // for every frame costs more than the frame at 10,000 links.
+    let mut last = Instant::now();
+    let deadline = tokio::time::sleep(dead_after);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = s.closed() => break,
-            r = tokio::time::timeout(dead_after, reader.read::<PeerMsg>()) => match r {
-                Err(_) => {
-                    tracing::warn!("no heartbeat for {dead_after:?}: closing");
-                    let mut e = ErrorBody::peer_timeout(&s.peer.id);
-                    if let Some(why) = probe_tunnel(&daemon, &s, dead_after).await {
-                        e.hint = Some(format!("{why}\n{}", e.hint.unwrap_or_default()));
+            _ = &mut deadline => {
+                let due = last + dead_after;
+                if Instant::now() < due {
+                    deadline.as_mut().reset(due);
+                    continue;
+                }
+                tracing::warn!("no heartbeat for {dead_after:?}: closing");
+                let mut e = ErrorBody::peer_timeout(&s.peer.id);
+                if let Some(why) = probe_tunnel(&daemon, &s, dead_after).await {
+                    e.hint = Some(format!("{why}\n{}", e.hint.unwrap_or_default()));
+                }
+                s.close(e);
+                break;
+            }
+            r = reader.read::<PeerMsg>() => {
+                last = Instant::now();
+                match r {
+                    Read::Eof => s.close(ErrorBody::peer_lost(&s.peer.id)),
+                    Read::Bad(e) => {
+                        tracing::warn!("bad frame: {e}");
+                        let _ = s.send(PeerMsg::Error(ErrorBody::invalid(e.to_string()))).await;
                     }
-                    s.close(e);
+                    Read::Msg(m) => s.dispatch(&daemon, m),
                 }
-                Ok(Read::Eof) => s.close(ErrorBody::peer_lost(&s.peer.id)),
-                Ok(Read::Bad(e)) => {
-                    tracing::warn!("bad frame: {e}");
-                    let _ = s.send(PeerMsg::Error(ErrorBody::invalid(e.to_string()))).await;
-                }
-                Ok(Read::Msg(m)) => s.dispatch(&daemon, m),
             }
         }
     }
@@ -392,6 +469,8 @@ async fn probe_tunnel(daemon: &Daemon, s: &Session, silent: Duration) -> Option<
     let iface = &daemon.config.wg_interface;
     let ip = s.peer.remote.ip();
     let before = crate::wg::snapshot(iface, ip).await?;
+    // Send something, so that a live tunnel carries at least its TCP ACK back.
+    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
     let wait = daemon.config.heartbeat.max(Duration::from_millis(300));
     tokio::time::sleep(wait).await;
     let after = crate::wg::snapshot(iface, ip).await?;
@@ -417,11 +496,12 @@ async fn write_loop(
     s: Arc<Session>,
     mut w: Writer<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Vec<u8>>,
-    heartbeat: Duration,
+    heartbeat: Option<Duration>,
 ) {
-    let mut tick = tokio::time::interval(heartbeat);
+    // The side that answers heartbeats has no timer (its tick is never polled).
+    let beats = heartbeat.is_some();
+    let mut tick = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let beat = d_proto::frame::encode(&PeerMsg::Heartbeat).unwrap_or_default();
     let result: std::io::Result<()> = async {
         loop {
             tokio::select! {
@@ -452,9 +532,9 @@ async fn write_loop(
                         _ = s.closed() => return Ok(()),
                     }
                 }
-                _ = tick.tick() => {
+                _ = tick.tick(), if beats => {
                     let send = async {
-                        w.feed_line(beat.clone()).await?;
+                        w.feed_line(HEARTBEAT_LINE.to_vec()).await?;
                         w.flush().await
                     };
                     tokio::select! {

@@ -1310,10 +1310,13 @@ fn control_group() -> Group {
 // Peer port, before authentication
 // ---------------------------------------------------------------------------
 
+/// A hello of the oldest protocol the daemon speaks: these sessions read
+/// every frame as a JSON line (protocol 3 would send output as binary frames),
+/// which also keeps the daemon's compatibility with older peers under test.
 fn hello(id: &str, purpose: &str, nonce: &[u8]) -> Value {
     json!({
         "type": "hello",
-        "protocol": d_proto::PROTOCOL_VERSION,
+        "protocol": d_proto::PROTOCOL_MIN,
         "peer_id": id,
         "version": "0.0.0 (hostile)",
         "hostname": "hostile",

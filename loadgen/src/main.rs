@@ -449,7 +449,8 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
     let mut line = Vec::with_capacity(512);
     let nonce = auth::random_bytes()?;
     let hello = Hello {
-        protocol: d_proto::PROTOCOL_VERSION,
+        protocol: d_proto::PROTOCOL_MIN,
+        protocol_max: d_proto::PROTOCOL_VERSION,
         peer_id: id.to_string(),
         version: d_proto::version_string(),
         hostname: cfg.hostname.clone(),

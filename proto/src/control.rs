@@ -81,16 +81,35 @@ pub enum Request {
         shell_cmd: String,
         /// Seconds; absent = the daemon's default, 0 = no limit.
         timeout: Option<u64>,
+        /// Send output as binary frames ([`crate::frame::encode_output`])
+        /// rather than base64 events. Daemons before protocol 3 refuse the
+        /// field; the client then asks again without it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        raw_output: bool,
     },
     ExecOnPeerByIp {
         ip: String,
         directory: String,
         shell_cmd: String,
         timeout: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        raw_output: bool,
     },
 }
 
 impl Request {
+    /// The same request asking for raw output (exec requests), or `None`.
+    pub fn with_raw_output(&self) -> Option<Request> {
+        let mut r = self.clone();
+        match &mut r {
+            Request::ExecOnPeer { raw_output, .. } | Request::ExecOnPeerByIp { raw_output, .. } => {
+                *raw_output = true;
+                Some(r)
+            }
+            _ => None,
+        }
+    }
+
     /// The wire name, for logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -185,7 +204,8 @@ mod tests {
                 peer: "vps".into(),
                 directory: "/opt".into(),
                 shell_cmd: "git pull".into(),
-                timeout: None
+                timeout: None,
+                raw_output: false,
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"nope"}"#).is_err());

@@ -13,8 +13,26 @@ pub mod frame;
 pub mod peer;
 pub mod types;
 
-/// Bumped whenever a change to [`peer`] would confuse an older daemon.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// The newest peer protocol this build speaks. Bumped whenever a change to
+/// [`peer`] would confuse an older daemon; such a change is used only on
+/// sessions that negotiated it ([`negotiate`]), so meshes upgrade one daemon
+/// at a time.
+///
+/// - 2: authenticated sessions, JSON lines, both sides heartbeat on a timer.
+/// - 3: output as binary frames ([`frame::encode_output`]); the accepting side
+///   answers each of the dialer's heartbeats instead of running its own timer,
+///   and the dialer heartbeats at the interval the welcome names.
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest peer protocol this build still speaks.
+pub const PROTOCOL_MIN: u32 = 2;
+
+/// The protocol a session runs, given the other side's oldest and newest:
+/// the newest both speak, or `None` when the ranges do not meet.
+pub fn negotiate(theirs_min: u32, theirs_max: u32) -> Option<u32> {
+    let theirs_max = theirs_max.max(theirs_min);
+    (theirs_min <= PROTOCOL_VERSION && theirs_max >= PROTOCOL_MIN)
+        .then(|| theirs_max.min(PROTOCOL_VERSION))
+}
 /// The crate version all three crates share.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The git commit the binary was built from (`unknown` outside a checkout).
@@ -84,6 +102,15 @@ pub fn validate_peer_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_ranges() {
+        assert_eq!(negotiate(2, 0), Some(2)); // an older daemon: protocol 2 only
+        assert_eq!(negotiate(2, 3), Some(3));
+        assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(1, 0), None);
+        assert_eq!(negotiate(99, 99), None);
+    }
 
     #[test]
     fn peer_ids() {

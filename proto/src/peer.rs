@@ -4,9 +4,10 @@
 //! [`PeerMsg::Hello`] from the side that dialed, [`PeerMsg::Challenge`] from the
 //! side that accepted, [`PeerMsg::Auth`] from the dialer, then
 //! [`PeerMsg::Welcome`] (or [`PeerMsg::Refused`] at any step). Nothing else is
-//! accepted before the welcome. After that the session is symmetric: either side may send queries and start
-//! jobs, and both send [`PeerMsg::Heartbeat`] so a dead peer is noticed within
-//! seconds. Jobs are multiplexed by a job id chosen by the side that starts
+//! accepted before the welcome. After that the session is symmetric: either
+//! side may send queries and start jobs. The dialer sends [`PeerMsg::Heartbeat`]
+//! at the welcome's interval and the acceptor answers each one (protocol 2:
+//! both send them on a timer), so a dead peer is noticed within three intervals. Jobs are multiplexed by a job id chosen by the side that starts
 //! them; output flows under a credit window ([`crate::JOB_WINDOW`]) so one slow
 //! reader never stalls the other jobs of the connection nor grows memory.
 
@@ -26,7 +27,12 @@ pub enum Purpose {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The oldest protocol the dialer speaks (older daemons check this one
+    /// alone, so a new dialer sends [`crate::PROTOCOL_MIN`] here).
     pub protocol: u32,
+    /// The newest protocol the dialer speaks (absent from older daemons).
+    #[serde(default)]
+    pub protocol_max: u32,
     pub peer_id: String,
     pub version: String,
     pub hostname: String,
@@ -50,11 +56,13 @@ impl Purpose {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
+    /// The protocol the session runs ([`crate::negotiate`]).
     pub protocol: u32,
     pub peer_id: String,
     pub version: String,
     pub role: Role,
-    /// How often the accepting side wants heartbeats, in milliseconds.
+    /// How often the accepting side wants heartbeats, in milliseconds (a
+    /// leader spreads them out as its links grow in number).
     pub heartbeat_ms: u64,
 }
 

@@ -208,6 +208,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     directory,
                     shell_cmd,
                     timeout,
+                    raw_output: false,
                 }
             ),
         (proptest::option::of(arb_string()), any::<Option<u32>>())
