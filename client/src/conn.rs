@@ -18,8 +18,8 @@ use serde_json::Value;
 /// may run for hours and the daemon watches the peer's liveness itself.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Bytes asked of the socket per read (a base64 output frame is ~64 KiB).
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes asked of the socket per read (an output frame is up to 256 KiB).
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Event tags this client understands; lines with another tag come from a
 /// newer daemon and are skipped rather than treated as garbage.
@@ -36,6 +36,8 @@ pub struct Conn {
     timed_out: bool,
     /// An event read ahead by [`Conn::send_exec`], handed out first.
     pending: Option<Option<Event>>,
+    /// Where reads land before joining `buf` (allocated at the first read).
+    scratch: Vec<u8>,
 }
 
 impl Conn {
@@ -59,6 +61,7 @@ impl Conn {
             verbose,
             timed_out: false,
             pending: None,
+            scratch: Vec::new(),
         }
     }
 
@@ -180,11 +183,13 @@ impl Conn {
 
     /// Read more bytes into the buffer; 0 means end of stream.
     fn fill(&mut self) -> Result<usize, ErrorBody> {
-        let mut chunk = [0u8; READ_CHUNK];
+        if self.scratch.is_empty() {
+            self.scratch = vec![0u8; READ_CHUNK];
+        }
         loop {
-            match self.stream.read(&mut chunk) {
+            match self.stream.read(&mut self.scratch) {
                 Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.buf.extend_from_slice(&self.scratch[..n]);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -206,6 +206,7 @@ async fn run(
 
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
+        grow_pipe(&out);
         readers.spawn(pump(out, Stream::Stdout, tx.clone()));
     }
     if let Some(err) = child.stderr.take() {
@@ -324,17 +325,24 @@ fn group_alive(pgid: Option<Pid>) -> bool {
         })
 }
 
+/// A pipe as large as a chunk, so a fast writer fills whole chunks (fewer
+/// frames and wake-ups per gigabyte). Best effort: the 64 KiB default works.
+fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
+    let size = d_proto::OUTPUT_CHUNK as i32;
+    let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+}
+
 async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut r: R,
     stream: Stream,
     tx: mpsc::Sender<JobEvent>,
 ) {
     loop {
-        let mut buf = vec![0u8; d_proto::OUTPUT_CHUNK];
-        match r.read(&mut buf).await {
+        // Whatever is there now, up to a chunk: output stays live.
+        let mut buf = Vec::with_capacity(d_proto::OUTPUT_CHUNK);
+        match r.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
-                buf.truncate(n);
+            Ok(_) => {
                 if tx.send(JobEvent::Output(stream, buf)).await.is_err() {
                     return;
                 }

@@ -65,8 +65,10 @@ pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
 /// Peers per page when a worker pages the registry over its link.
 pub const PEERS_PAGE: u32 = 1000;
 
-/// Raw bytes of command output per `Output` message (base64 makes it 4/3 larger).
-pub const OUTPUT_CHUNK: usize = 48 * 1024;
+/// Most bytes of command output per `Output` message (a read of the job's
+/// pipe, whose size is raised to this). Base64, on protocol-2 sessions, makes
+/// it 4/3 larger, still well within [`MAX_FRAME`].
+pub const OUTPUT_CHUNK: usize = 256 * 1024;
 /// Output bytes a target may send for one job before the requester grants more.
 pub const JOB_WINDOW: u32 = 1024 * 1024;
 
