@@ -105,7 +105,14 @@ pub async fn admit(
         }
     }
     // With a WireGuard interface, a link must come through one of its peers.
-    let wg_public_key = match wg::read(&daemon.config.wg_interface).await {
+    // The device read a second ago will do, unless it lacks this peer (just
+    // added with `wg set`): then read it afresh.
+    let iface = &daemon.config.wg_interface;
+    let mut dev = daemon.wg_cache.get(iface, Duration::from_secs(1)).await;
+    if matches!(&dev, Ok(d) if wg::peer_for(d, from.ip()).is_none()) {
+        dev = daemon.wg_cache.get(iface, Duration::ZERO).await;
+    }
+    let wg_public_key = match dev {
         Ok(dev) => match wg::peer_for(&dev, from.ip()) {
             Some(p) => Some(p.config.public_key.to_base64()),
             None => {

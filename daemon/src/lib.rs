@@ -86,6 +86,8 @@ pub struct Daemon {
     pub config: Config,
     pub registry: Registry,
     pub hostname: String,
+    /// The WireGuard interface as last read for admissions.
+    pub wg_cache: wg::DeviceCache,
     pub started: Instant,
     /// Cancelled on shutdown; every loop selects on it.
     pub shutdown: CancellationToken,
@@ -478,6 +480,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
         config,
         registry,
         hostname: hostname(),
+        wg_cache: wg::DeviceCache::default(),
         started: Instant::now(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),

@@ -8,7 +8,8 @@
 //! blocking pool.
 
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use d_proto::types::{WgPeer, WgStatus};
 use wireguard_control::{Backend, Device, InterfaceName};
@@ -23,6 +24,32 @@ pub async fn read(iface: &str) -> Result<Device, String> {
     tokio::task::spawn_blocking(move || read_blocking(&name))
         .await
         .map_err(|e| format!("cannot read {iface}: {e}"))?
+}
+
+/// The last read of the interface, shared: a leader admitting thousands of
+/// links a second after a restart reads the device once, not once per link
+/// (each read is a blocking-pool thread and a netlink or UAPI dump).
+#[derive(Default)]
+pub struct DeviceCache {
+    slot: tokio::sync::Mutex<Option<(Instant, DeviceRead)>>,
+}
+
+type DeviceRead = Result<Arc<Device>, String>;
+
+impl DeviceCache {
+    /// The device as read at most `max_age` ago (concurrent callers wait for
+    /// one read). A failure is remembered as long as a success.
+    pub async fn get(&self, iface: &str, max_age: Duration) -> DeviceRead {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, r)) = &*slot {
+            if at.elapsed() < max_age {
+                return r.clone();
+            }
+        }
+        let r = read(iface).await.map(Arc::new);
+        *slot = Some((Instant::now(), r.clone()));
+        r
+    }
 }
 
 fn read_blocking(iface: &str) -> Result<Device, String> {
