@@ -291,6 +291,18 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
         ("sessions", s.sessions.to_string()),
         ("running jobs", s.running_jobs.to_string()),
     ]);
+    if let Some(ms) = s.link_heartbeat_ms {
+        let every = if ms < 1000 {
+            format!("{ms} ms")
+        } else {
+            duration(ms / 1000)
+        };
+        let text = match s.role {
+            Some(d_proto::types::Role::Leader) => format!("every {every} on each worker link"),
+            _ => format!("every {every} on the link to the leader"),
+        };
+        pairs.push(("heartbeat", text));
+    }
     let mut text = key_values(&pairs);
     if let Some(wg) = &s.wg {
         text.push_str(&wg_section(wg));
@@ -514,6 +526,7 @@ mod tests {
             wg_interface: "wg0".into(),
             sessions: 0,
             running_jobs: 2,
+            link_heartbeat_ms: Some(10_000),
             wg: None,
         };
         let t = peer_status(&s, 100);
@@ -526,6 +539,10 @@ mod tests {
         );
         assert!(t.contains("uptime:       3h12m\n"), "{t}");
         assert!(t.contains("running jobs: 2\n"), "{t}");
+        assert!(
+            t.contains("heartbeat:    every 10s on the link to the leader\n"),
+            "{t}"
+        );
     }
 
     #[test]

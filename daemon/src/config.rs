@@ -44,6 +44,10 @@ pub struct Args {
     /// Heartbeat interval in milliseconds; a peer silent for 3 intervals is dead.
     #[arg(long = "heartbeat-ms", hide = true)]
     pub heartbeat_ms: Option<u64>,
+    /// Leader: heartbeats a second all worker links together may cost
+    /// (default 1000); past that many links their interval grows.
+    #[arg(long = "link-beats-per-sec", hide = true)]
+    pub link_beats_per_sec: Option<u64>,
 }
 
 fn version_long() -> &'static str {
@@ -61,6 +65,7 @@ pub struct FileConfig {
     pub leader: Option<String>,
     pub exec_timeout: Option<u64>,
     pub heartbeat_ms: Option<u64>,
+    pub link_beats_per_sec: Option<u64>,
     pub socket_group: Option<String>,
     /// Where `d @peer CMD` runs when no --directory is given (default: the
     /// daemon user's home).
@@ -98,6 +103,8 @@ pub struct Config {
     pub default_leader: String,
     pub exec_timeout_secs: u64,
     pub heartbeat: Duration,
+    /// Leader: the heartbeat budget of all links ([`crate::leader::link_heartbeat`]).
+    pub link_beats_per_sec: u64,
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
     pub exec_log: crate::registry::Retention,
@@ -159,6 +166,11 @@ impl Config {
                 .or(file.exec_timeout)
                 .unwrap_or(d_proto::DEFAULT_EXEC_TIMEOUT_SECS),
             heartbeat: Duration::from_millis(heartbeat_ms),
+            link_beats_per_sec: args
+                .link_beats_per_sec
+                .or(file.link_beats_per_sec)
+                .unwrap_or(1000)
+                .max(1),
             socket_group: match args.socket_group.or(file.socket_group) {
                 Some(g) if g.is_empty() => None,
                 Some(g) => Some(g),
@@ -190,11 +202,6 @@ impl Config {
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),
             },
         })
-    }
-
-    /// A peer silent this long is dead.
-    pub fn dead_after(&self) -> Duration {
-        self.heartbeat * 3
     }
 }
 

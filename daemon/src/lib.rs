@@ -239,6 +239,15 @@ impl Daemon {
             .collect()
     }
 
+    /// The open worker links (the leader's sessions with its workers).
+    pub fn link_sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| s.peer.purpose == Purpose::Link && !s.is_closed())
+            .cloned()
+            .collect()
+    }
+
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
     }
@@ -405,6 +414,14 @@ impl Daemon {
             wg_interface: self.config.wg_interface.clone(),
             sessions: self.session_count(),
             running_jobs: self.running_jobs.load(std::sync::atomic::Ordering::Relaxed),
+            link_heartbeat_ms: match id.role {
+                Some(Role::Leader) => Some(leader::link_heartbeat(self).as_millis() as u64),
+                Some(Role::Worker) => self
+                    .leader_session()
+                    .ok()
+                    .map(|s| s.heartbeat().as_millis() as u64),
+                None => None,
+            },
             wg: None,
         }
     }
@@ -530,6 +547,7 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
     }
     daemon.restart_link();
     daemon.tracker.spawn(leader::flush_liveness(daemon.clone()));
+    daemon.tracker.spawn(leader::pace_links(daemon.clone()));
 
     daemon.shutdown.cancelled().await;
     tracing::info!("shutting down: ending jobs and sessions");

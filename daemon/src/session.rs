@@ -44,7 +44,8 @@ pub struct PeerDesc {
 pub struct Terms {
     /// The negotiated protocol ([`d_proto::negotiate`]).
     pub protocol: u32,
-    /// The heartbeat interval the acceptor's welcome named.
+    /// The heartbeat interval the acceptor's welcome named (a
+    /// [`PeerMsg::Pace`] may change it later: see [`Session::heartbeat`]).
     pub heartbeat: Duration,
     /// This side dialed: it sends the heartbeats.
     pub dialer: bool,
@@ -59,11 +60,11 @@ impl Terms {
     fn echoes(&self) -> bool {
         !self.dialer && self.protocol >= 3
     }
-    /// Silence for this long means the peer is gone.
-    pub fn dead_after(&self) -> Duration {
-        self.heartbeat * 3
-    }
 }
+
+/// Bounds on an interval a peer may ask for.
+const PACE_MIN: Duration = Duration::from_millis(50);
+const PACE_MAX: Duration = Duration::from_secs(300);
 
 const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 
@@ -76,6 +77,11 @@ struct InJob {
 pub struct Session {
     pub peer: PeerDesc,
     pub terms: Terms,
+    /// The heartbeat interval now, in ms.
+    heartbeat_ms: AtomicU64,
+    /// The longest interval this side ever asked of the dialer, in ms: the
+    /// deadline allows for a dialer that has not yet heard a shorter one.
+    longest_ms: AtomicU64,
     /// Encoded lines for the writer task.
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
@@ -133,9 +139,12 @@ impl Session {
             reader.accept_binary();
         }
         let (tx, rx) = mpsc::channel(1024);
+        let ms = terms.heartbeat.as_millis() as u64;
         let s = Arc::new(Session {
             peer,
             terms,
+            heartbeat_ms: AtomicU64::new(ms),
+            longest_ms: AtomicU64::new(ms),
             tx,
             next_id: AtomicU64::new(1),
             queries: Mutex::default(),
@@ -145,14 +154,40 @@ impl Session {
             reason: Mutex::default(),
         });
         let span = tracing::info_span!("session", peer = %s.peer.id, remote = %s.peer.remote);
-        let hb = (!terms.echoes()).then_some(terms.heartbeat);
         daemon
             .tracker
-            .spawn(write_loop(s.clone(), writer, rx, hb).instrument(span.clone()));
+            .spawn(write_loop(s.clone(), writer, rx).instrument(span.clone()));
         daemon
             .tracker
             .spawn(read_loop(s.clone(), daemon.clone(), reader).instrument(span));
         s
+    }
+
+    /// The heartbeat interval now.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    /// Silence for this long means the peer is gone.
+    pub fn dead_after(&self) -> Duration {
+        Duration::from_millis(3 * self.longest_ms.load(Ordering::Relaxed))
+    }
+
+    /// Acceptor: ask the dialer to heartbeat at `every` from now on. Only on
+    /// protocol-3 sessions (older dialers keep the welcome's interval).
+    pub fn pace(&self, every: Duration) {
+        if self.terms.dialer || self.terms.protocol < 3 || self.heartbeat() == every {
+            return;
+        }
+        let ms = every.as_millis() as u64;
+        let line = match d_proto::frame::encode(&PeerMsg::Pace { heartbeat_ms: ms }) {
+            Ok(l) => l,
+            Err(_) => return,
+        };
+        if self.tx.try_send(line).is_ok() {
+            self.heartbeat_ms.store(ms, Ordering::Relaxed);
+            self.longest_ms.fetch_max(ms, Ordering::Relaxed);
+        }
     }
 
     fn lock_jobs_out(
@@ -347,6 +382,15 @@ impl Session {
                     let _ = self.tx.try_send(HEARTBEAT_LINE.to_vec());
                 }
             }
+            PeerMsg::Pace { heartbeat_ms } => {
+                if self.terms.dialer {
+                    let every = Duration::from_millis(heartbeat_ms).clamp(PACE_MIN, PACE_MAX);
+                    let ms = every.as_millis() as u64;
+                    self.heartbeat_ms.store(ms, Ordering::Relaxed);
+                    self.longest_ms.store(ms, Ordering::Relaxed);
+                    tracing::debug!("{} asks for a heartbeat every {every:?}", self.peer.id);
+                }
+            }
             PeerMsg::Query { id, query } => {
                 let (s, d) = (self.clone(), daemon.clone());
                 tokio::spawn(async move {
@@ -421,16 +465,16 @@ impl Session {
 }
 
 async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<OwnedReadHalf>) {
-    let dead_after = s.terms.dead_after();
     // One timer per session, moved on only when it fires: resetting a timer
     // for every frame costs more than the frame at 10,000 links.
     let mut last = Instant::now();
-    let deadline = tokio::time::sleep(dead_after);
+    let deadline = tokio::time::sleep(s.dead_after());
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = s.closed() => break,
             _ = &mut deadline => {
+                let dead_after = s.dead_after();
                 let due = last + dead_after;
                 if Instant::now() < due {
                     deadline.as_mut().reset(due);
@@ -496,11 +540,11 @@ async fn write_loop(
     s: Arc<Session>,
     mut w: Writer<OwnedWriteHalf>,
     mut rx: mpsc::Receiver<Vec<u8>>,
-    heartbeat: Option<Duration>,
 ) {
     // The side that answers heartbeats has no timer (its tick is never polled).
-    let beats = heartbeat.is_some();
-    let mut tick = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+    let beats = !s.terms.echoes();
+    let mut every = s.heartbeat();
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: std::io::Result<()> = async {
         loop {
@@ -540,6 +584,12 @@ async fn write_loop(
                     tokio::select! {
                         r = send => r?,
                         _ = s.closed() => return Ok(()),
+                    }
+                    // Paced by the other side since the last beat?
+                    if s.heartbeat() != every {
+                        every = s.heartbeat();
+                        tick = tokio::time::interval_at(Instant::now() + every, every);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
                 }
             }

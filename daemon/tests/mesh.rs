@@ -528,3 +528,58 @@ fn a_registry_larger_than_one_frame_lists_everywhere() {
     let o = desktop.d(&["listPeers"]);
     assert_eq!(stdout(&o).lines().count(), 6004);
 }
+
+/// A leader spreads its links' heartbeats over its budget: with a budget of
+/// one heartbeat a second, two workers are paced to one beat every 2 s each
+/// (3 s once the leader has counted its registry of three), from the shorter
+/// interval their welcome gave; they show it in getPeerStatus, and the slower
+/// links stay up (no false "no heartbeat" on either side).
+#[test]
+fn the_leader_paces_link_heartbeats_by_fleet_size() {
+    let vps = TestDaemon::start_with("vps", "127.0.0.1", &["--link-beats-per-sec", "1"]);
+    let desktop = TestDaemon::start("desktop", "127.0.0.2");
+    let laptop = TestDaemon::start("laptop", "127.0.0.4");
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let (leader, key) = (vps.listen(), vps.mesh_key_path());
+    for w in [&desktop, &laptop] {
+        w.json(&[
+            "setPeerConfig",
+            "--role",
+            "worker",
+            "--id",
+            &w.name,
+            "--leader",
+            &leader,
+            "--meshKey",
+            path_str(&key),
+        ]);
+    }
+    let beat = |d: &TestDaemon| d.json(&["getPeerStatus"])["link_heartbeat_ms"].as_u64();
+    let mut paced = None;
+    wait_for(
+        Duration::from_secs(20),
+        "both links paced to 2 s or more",
+        || {
+            let want = beat(&vps).filter(|ms| *ms >= 2000);
+            paced = want;
+            want.is_some() && beat(&desktop) == want && beat(&laptop) == want
+        },
+    );
+    let secs = paced.unwrap_or_default() / 1000;
+    let text = stdout(&desktop.d(&["getPeerStatus"]));
+    assert!(
+        text.contains(&format!(
+            "heartbeat:    every {secs}s on the link to the leader"
+        )),
+        "{text}"
+    );
+    // Three of the new intervals and more: still linked, nobody gave up.
+    std::thread::sleep(Duration::from_secs(3 * secs + 1));
+    for w in [&desktop, &laptop] {
+        assert_eq!(w.json(&["getPeerStatus"])["link"], "connected");
+        assert!(!w.log().contains("no heartbeat"), "{}", w.log());
+    }
+    assert!(!vps.log().contains("no heartbeat"), "{}", vps.log());
+    let online = peers(&vps).iter().filter(|p| p["online"] == true).count();
+    assert_eq!(online, 3);
+}

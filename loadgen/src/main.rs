@@ -505,10 +505,12 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
     })
 }
 
-/// Hold the link: heartbeats out, the leader's in (silent for 3 intervals = dead).
+/// Hold the link: heartbeats out, the leader's in (silent for 3 intervals =
+/// dead), at the interval the leader names (welcome, then `pace`), as a real
+/// worker does.
 async fn run_link(mut link: Link, stats: &Stats) {
     let beat = encode(&PeerMsg::Heartbeat);
-    let dead_after = link.heartbeat * 3;
+    let mut dead_after = link.heartbeat * 3;
     let mut tick = tokio::time::interval(link.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
@@ -521,6 +523,13 @@ async fn run_link(mut link: Link, stats: &Stats) {
                 last_rx = Instant::now();
                 let msg = serde_json::from_slice::<PeerMsg>(&link.line).ok();
                 link.line.clear();
+                if let Some(PeerMsg::Pace { heartbeat_ms }) = msg {
+                    let every = Duration::from_millis(heartbeat_ms.clamp(10, 300_000));
+                    dead_after = every * 3;
+                    tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    continue;
+                }
                 if let Some(reply) = msg.and_then(|m| answer(m, stats)) {
                     if link.writer.write_all(&encode(&reply)).await.is_err() {
                         return;

@@ -143,6 +143,11 @@ pub enum PeerMsg {
     /// The hello was refused; the connection closes after this.
     Refused(ErrorBody),
     Heartbeat,
+    /// Acceptor → dialer (protocol 3): heartbeat at this interval from now on
+    /// (a leader spreads its links' heartbeats out as the fleet grows).
+    Pace {
+        heartbeat_ms: u64,
+    },
     Query {
         id: u64,
         #[serde(flatten)]

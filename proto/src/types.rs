@@ -94,6 +94,10 @@ pub struct PeerStatus {
     pub sessions: usize,
     /// Jobs running on this daemon right now.
     pub running_jobs: usize,
+    /// Worker: the heartbeat interval of its link, as the leader paced it.
+    /// Leader: the interval its links get at the present fleet size.
+    #[serde(default)]
+    pub link_heartbeat_ms: Option<u64>,
     /// The WireGuard interface as this daemon sees it.
     #[serde(default)]
     pub wg: Option<WgStatus>,
