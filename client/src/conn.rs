@@ -55,7 +55,7 @@ impl Conn {
         Conn {
             stream,
             path: path.to_path_buf(),
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::with_capacity(8 * 1024),
             // Raw output frames come only when a request asks for them.
             decoder: FrameDecoder::new(d_proto::MAX_ANSWER).with_binary(),
             verbose,
