@@ -215,22 +215,25 @@ pub async fn answer(daemon: &Arc<Daemon>, q: Query) -> Answer {
     }
 }
 
+/// Online state, last sign of life and WireGuard handshake of registry rows:
+/// one look at the sessions and one clock reading for all of them.
 fn with_liveness(
     daemon: &Daemon,
-    mut p: PeerInfo,
+    peers: &mut [PeerInfo],
     me: &str,
-    dev: Option<&wireguard_control::Device>,
-) -> PeerInfo {
-    p.online = p.id == me || daemon.link_online(&p.id);
-    if p.online {
-        p.last_seen = Some(unix_now());
+    wg: Option<&wg::HandshakeIndex>,
+) {
+    let now = unix_now();
+    let links = daemon.links_online(peers.iter().map(|p| p.id.as_str()));
+    for (p, link) in peers.iter_mut().zip(links) {
+        p.online = link || p.id == me;
+        if p.online {
+            p.last_seen = Some(now);
+        }
+        if let (Some(wg), Ok(ip)) = (wg, p.addr.parse()) {
+            p.handshake_age_secs = wg.age(ip).map(|a| a.as_secs());
+        }
     }
-    if let (Some(dev), Ok(ip)) = (dev, p.addr.parse()) {
-        p.handshake_age_secs = wg::peer_for(dev, ip)
-            .and_then(wg::handshake_age)
-            .map(|a| a.as_secs());
-    }
-    p
 }
 
 async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBody> {
@@ -260,12 +263,12 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
         q,
         Query::ListPeers | Query::ListPeersPage { .. } | Query::GetPeerInfo { .. }
     );
-    let dev = if needs_wg {
-        wg::read(&daemon.config.wg_interface).await.ok()
+    let wg = if needs_wg {
+        daemon.wg_index.get(&daemon.config.wg_interface).await
     } else {
         None
     };
-    let dev = dev.as_ref();
+    let wg = wg.as_deref();
     match q {
         Query::Ping => Ok(pong()),
         Query::Control { .. } => Err(ErrorBody::invalid("control requests are answered above")),
@@ -277,38 +280,32 @@ async fn answer_inner(daemon: &Arc<Daemon>, q: Query) -> Result<Answer, ErrorBod
                 .await
                 .map_err(db)?
             {
-                Some(p) => Ok(Answer::Peer {
-                    peer: with_liveness(daemon, p, &me, dev),
-                }),
+                Some(mut p) => {
+                    with_liveness(daemon, std::slice::from_mut(&mut p), &me, wg);
+                    Ok(Answer::Peer { peer: p })
+                }
                 None => Err(ErrorBody::peer_not_found(&peer)),
             }
         }
         Query::ListPeersPage { offset, limit } => {
-            let rows = daemon
+            // Only the page's rows, not the whole registry for every page.
+            let limit = limit.min(d_proto::PEERS_PAGE);
+            let mut rows = daemon
                 .registry
-                .call(|st| st.list_peers())
+                .call(move |st| st.list_peers_page(offset, limit))
                 .await
                 .map_err(db)?;
-            let page = rows
-                .into_iter()
-                .skip(offset as usize)
-                .take(limit.min(d_proto::PEERS_PAGE) as usize);
-            Ok(Answer::Peers {
-                peers: page.map(|p| with_liveness(daemon, p, &me, dev)).collect(),
-            })
+            with_liveness(daemon, &mut rows, &me, wg);
+            Ok(Answer::Peers { peers: rows })
         }
         Query::ListPeers => {
-            let rows = daemon
+            let mut rows = daemon
                 .registry
                 .call(|st| st.list_peers())
                 .await
                 .map_err(db)?;
-            Ok(Answer::Peers {
-                peers: rows
-                    .into_iter()
-                    .map(|p| with_liveness(daemon, p, &me, dev))
-                    .collect(),
-            })
+            with_liveness(daemon, &mut rows, &me, wg);
+            Ok(Answer::Peers { peers: rows })
         }
         Query::DeletePeer { peer } => {
             if peer == me {
