@@ -69,15 +69,24 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Next message; I/O errors count as end of stream (the peer is gone either way).
     pub async fn read<T: DeserializeOwned>(&mut self) -> Read<T> {
+        match self.read_line().await {
+            Read::Msg(line) => match frame::parse(&line) {
+                Ok(m) => Read::Msg(m),
+                Err(e) => Read::Bad(e),
+            },
+            Read::Bad(e) => Read::Bad(e),
+            Read::Eof => Read::Eof,
+        }
+    }
+
+    /// The next line, not parsed yet.
+    pub async fn read_line(&mut self) -> Read<BytesMut> {
         match self.inner.next().await {
             None | Some(Err(_)) => Read::Eof,
             Some(Ok(Frame::TooLong)) => Read::Bad(FrameError::TooLong {
                 max: d_proto::MAX_FRAME,
             }),
-            Some(Ok(Frame::Line(line))) => match frame::parse(&line) {
-                Ok(m) => Read::Msg(m),
-                Err(e) => Read::Bad(e),
-            },
+            Some(Ok(Frame::Line(line))) => Read::Msg(line),
         }
     }
 }

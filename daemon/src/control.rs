@@ -254,7 +254,7 @@ fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
 }
 
 /// A command's answer as JSON text (one value): typed rows go straight to
-/// text, never through a `serde_json::Value`.
+/// text, and a worker's registry pages are passed on as they came.
 type Reply = String;
 
 fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Result<Reply, ErrorBody> {
@@ -317,10 +317,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<Reply, ErrorBody> 
             )
             .await
         }
-        Request::ListPeers {} => match leader::query(daemon, Query::ListPeers).await? {
-            Answer::Peers { peers } => to_raw(&peers),
-            other => Err(unexpected(other)),
-        },
+        Request::ListPeers {} => leader::list_peers_json(daemon).await,
         Request::GetPeerInfo { peer } => {
             match leader::query(daemon, Query::GetPeerInfo { peer }).await? {
                 Answer::Peer { peer } => to_raw(&peer),
@@ -386,7 +383,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<Reply, ErrorBody> 
     }
 }
 
-fn unexpected(a: Answer) -> ErrorBody {
+pub(crate) fn unexpected(a: Answer) -> ErrorBody {
     match a {
         Answer::Error(e) => e,
         other => ErrorBody::new(

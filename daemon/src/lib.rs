@@ -430,7 +430,7 @@ impl Daemon {
         }
         let names: HashMap<std::net::IpAddr, String> = if dev.is_ok() {
             match leader::query(self, d_proto::peer::Query::ListPeers).await {
-                Ok(d_proto::peer::Answer::Peers { peers }) => peers
+                Ok(d_proto::peer::Answer::Peers { peers, .. }) => peers
                     .into_iter()
                     .filter_map(|p| p.addr.parse().ok().map(|ip| (ip, p.id)))
                     .collect(),

@@ -44,8 +44,14 @@ pub const MAX_FRAME: usize = 1024 * 1024;
 /// registry of 10,000 peers is about 3 MiB). Requests stay under [`MAX_FRAME`];
 /// only the client, which trusts its own daemon, reads frames this large.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// Peers per page when a worker pages the registry over its link.
-pub const PEERS_PAGE: u32 = 1000;
+/// Peers per page when a worker pages the registry over its link: a row is
+/// about 250–300 bytes, so a page stays well inside [`MAX_FRAME`]. The leader
+/// cuts a page short (saying `more`) rather than send a frame too large.
+pub const PEERS_PAGE: u32 = 3000;
+/// The most rows a leader puts in one page, whatever the worker asks for.
+pub const PEERS_PAGE_MAX: u32 = 10_000;
+/// What leaders before `more` existed answered at most per page.
+pub const LEGACY_PEERS_PAGE: u32 = 1000;
 
 /// Raw bytes of command output per `Output` message (base64 makes it 4/3 larger).
 pub const OUTPUT_CHUNK: usize = 48 * 1024;
