@@ -443,16 +443,22 @@ fn connect_now(path: &Path) -> io::Result<UnixStream> {
 /// The valid peer ids in a `listPeers` result, sorted. Only `id` is read, so
 /// a daemon of another version still feeds completion.
 pub fn peer_ids(result: &Value) -> Option<Vec<String>> {
-    let mut ids: Vec<String> = result
+    let ids = result
         .as_array()?
         .iter()
-        .filter_map(|p| p.get("id")?.as_str())
+        .filter_map(|p| p.get("id")?.as_str());
+    Some(valid_ids(ids))
+}
+
+/// The valid ids among `ids`, sorted, without duplicates.
+fn valid_ids<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut ids: Vec<String> = ids
         .filter(|id| d_proto::validate_peer_id(id).is_ok())
         .map(str::to_string)
         .collect();
-    ids.sort();
+    ids.sort_unstable();
     ids.dedup();
-    Some(ids)
+    ids
 }
 
 /// Where the ids of the last successful `listPeers` are kept:
@@ -476,6 +482,11 @@ pub fn save_peer_ids(result: &Value) {
     if let Some(ids) = peer_ids(result) {
         save_ids(&ids);
     }
+}
+
+/// [`save_peer_ids`] for the ids of rows already read.
+pub fn save_ids_of<'a>(ids: impl Iterator<Item = &'a str>) {
+    save_ids(&valid_ids(ids));
 }
 
 fn save_ids(ids: &[String]) {

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use d_proto::control::{Event, Request};
+use d_proto::control::{parse_result, Event, Request};
 use d_proto::frame::{self, Frame, FrameDecoder};
 use d_proto::types::{ErrorBody, ErrorKind};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// How long a plain request may wait for its answer. Exec sets no limit: jobs
@@ -24,6 +25,57 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Event tags this client understands; lines with another tag come from a
 /// newer daemon and are skipped rather than treated as garbage.
 const KNOWN_EVENTS: [&str; 6] = ["result", "error", "started", "stdout", "stderr", "exit"];
+
+/// What [`Conn::next_reply`] read.
+pub enum Reply {
+    /// A result event, not parsed yet.
+    Result(Answer),
+    /// Any other event.
+    Event(Event),
+}
+
+/// The `result` of a command's result event, read only when its shape is
+/// known: a 10,000-row `listPeers` goes from the line's text straight into
+/// typed rows, in one pass, without a `Value` in between.
+pub struct Answer {
+    line: Line,
+    path: PathBuf,
+}
+
+enum Line {
+    /// The whole line, as a daemon writes a result (tag first).
+    Text(BytesMut),
+    /// A result read the generic way.
+    Value(Value),
+}
+
+impl Answer {
+    /// The result as `T`, if it is one; `None` otherwise (then
+    /// [`Answer::value`] tells what it is, or why it is malformed).
+    pub fn decode<T: DeserializeOwned>(&self) -> Option<T> {
+        match &self.line {
+            Line::Text(line) => parse_result(line),
+            Line::Value(v) => T::deserialize(v).ok(),
+        }
+    }
+
+    /// The result as a `Value`.
+    pub fn value(self) -> Result<Value, ErrorBody> {
+        match self.line {
+            Line::Value(v) => Ok(v),
+            Line::Text(line) => {
+                if let Some(v) = parse_result(&line) {
+                    return Ok(v);
+                }
+                match frame::parse::<Event>(&line) {
+                    Ok(Event::Result { result }) => Ok(result),
+                    Ok(_) => Err(malformed(&self.path, "a result event that is not one")),
+                    Err(e) => Err(malformed(&self.path, &e.to_string())),
+                }
+            }
+        }
+    }
+}
 
 /// An open connection to the local daemon.
 pub struct Conn {
@@ -130,8 +182,19 @@ impl Conn {
 
     /// The next event, or `None` once the daemon closed the connection.
     pub fn next_event(&mut self) -> Result<Option<Event>, ErrorBody> {
+        match self.next_reply()? {
+            None => Ok(None),
+            Some(Reply::Event(ev)) => Ok(Some(ev)),
+            Some(Reply::Result(answer)) => Ok(Some(Event::Result {
+                result: answer.value()?,
+            })),
+        }
+    }
+
+    /// [`Conn::next_event`], a result left unparsed until its shape is known.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ErrorBody> {
         if let Some(ev) = self.pending.take() {
-            return Ok(ev);
+            return Ok(ev.map(Reply::Event));
         }
         loop {
             let frame = match self.decoder.decode(&mut self.buf) {
@@ -157,15 +220,21 @@ impl Conn {
                 }
                 Some(f @ Frame::Binary(_)) => {
                     return frame::parse_frame::<Event>(f)
-                        .map(Some)
+                        .map(|ev| Some(Reply::Event(ev)))
                         .map_err(|e| self.malformed(&e.to_string()))
                 }
                 Some(Frame::Line(line)) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
+                    if line.starts_with(br#"{"event":"result","#) {
+                        return Ok(Some(Reply::Result(Answer {
+                            line: Line::Text(line),
+                            path: self.path.clone(),
+                        })));
+                    }
                     match frame::parse::<Event>(&line) {
-                        Ok(ev) => return Ok(Some(ev)),
+                        Ok(ev) => return Ok(Some(Reply::Event(ev))),
                         Err(e) => {
                             if let Some(tag) = unknown_event_tag(&line) {
                                 if self.verbose {
@@ -224,15 +293,19 @@ impl Conn {
     }
 
     fn malformed(&self, why: &str) -> ErrorBody {
-        ErrorBody::new(
-            ErrorKind::Other,
-            format!(
-                "Malformed reply from the local daemon at {}: {why}",
-                self.path.display()
-            ),
-        )
-        .hint(VERSION_HINT)
+        malformed(&self.path, why)
     }
+}
+
+fn malformed(path: &Path, why: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorKind::Other,
+        format!(
+            "Malformed reply from the local daemon at {}: {why}",
+            path.display()
+        ),
+    )
+    .hint(VERSION_HINT)
 }
 
 /// Suggested when the daemon's answer does not have the expected shape.
@@ -241,32 +314,50 @@ pub const VERSION_HINT: &str =
 
 /// One request, one answer: the `result` of the final event, or its error.
 pub fn request(path: &Path, verbose: bool, req: &Request) -> Result<Value, ErrorBody> {
+    request_answer(path, verbose, req)?.value()
+}
+
+/// [`request`], the result left unparsed until its shape is known.
+pub fn request_answer(path: &Path, verbose: bool, req: &Request) -> Result<Answer, ErrorBody> {
     let started = Instant::now();
     let mut conn = Conn::connect(path, verbose)?;
     conn.set_reply_timeout(Some(REPLY_TIMEOUT))?;
     conn.send(req)?;
+    let answered = || {
+        if verbose {
+            eprintln!(
+                "[d] answered in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    };
     loop {
-        match conn.next_event()? {
+        match conn.next_reply()? {
             None => return Err(lost_connection(conn.path(), false)),
-            Some(Event::Result { result }) => {
-                if verbose {
-                    eprintln!(
-                        "[d] answered in {:.1} ms",
-                        started.elapsed().as_secs_f64() * 1e3
-                    );
+            Some(Reply::Result(answer)) => {
+                answered();
+                return Ok(answer);
+            }
+            Some(Reply::Event(ev)) => match ev {
+                // A result in another form (fields in another order).
+                Event::Result { result } => {
+                    answered();
+                    return Ok(Answer {
+                        line: Line::Value(result),
+                        path: conn.path,
+                    });
                 }
-                return Ok(result);
-            }
-            Some(Event::Error(e)) => return Err(e),
-            Some(Event::Exit { .. }) => {
-                return Err(ErrorBody::new(
-                    ErrorKind::Other,
-                    format!("Unexpected exit event in reply to {}", req.name()),
-                )
-                .hint(VERSION_HINT))
-            }
-            // Progress events carry nothing a plain command needs.
-            Some(_) => continue,
+                Event::Error(e) => return Err(e),
+                Event::Exit { .. } => {
+                    return Err(ErrorBody::new(
+                        ErrorKind::Other,
+                        format!("Unexpected exit event in reply to {}", req.name()),
+                    )
+                    .hint(VERSION_HINT))
+                }
+                // Progress events carry nothing a plain command needs.
+                _ => continue,
+            },
         }
     }
 }

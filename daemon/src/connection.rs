@@ -94,6 +94,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             },
         }
     }
+
+    /// The next frame, not parsed yet (a session hands some answers on as
+    /// their lines).
+    pub async fn read_frame(&mut self) -> Read<Frame> {
+        match self.frame().await {
+            None => Read::Eof,
+            Some(Frame::TooLong) => Read::Bad(FrameError::TooLong {
+                max: d_proto::MAX_FRAME,
+            }),
+            Some(f) => Read::Msg(f),
+        }
+    }
 }
 
 /// The write half: whole messages out, buffered until [`Writer::flush`].
@@ -149,6 +161,18 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
         self.write_buf().await?;
+        self.io.flush().await
+    }
+
+    /// Write one line already made (newline included) and flush: straight
+    /// to the stream, not copied into the write buffer (a megabytes answer).
+    pub async fn send_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if line.len().saturating_sub(1) > self.max {
+            return Err(std::io::Error::other(FrameError::TooLong { max: self.max }));
+        }
+        // Whatever is buffered goes first.
+        self.write_buf().await?;
+        self.io.write_all(line).await?;
         self.io.flush().await
     }
 

@@ -172,11 +172,17 @@ async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
                 (Ok(peer), ops_spec(&daemon, Action::Deploy, uid), false)
             }
             other => {
-                let ev = match answer(&daemon, other).await {
-                    Ok(result) => Event::Result { result },
-                    Err(e) => Event::Error(e),
+                // The answer is written as encoded: a 10,000-row registry
+                // never becomes a `serde_json::Value` on its way out.
+                let sent = match answer(&daemon, other).await {
+                    Ok(json) => {
+                        writer
+                            .send_line(&d_proto::control::result_line(&json))
+                            .await
+                    }
+                    Err(e) => writer.send(&Event::Error(e)).await,
                 };
-                if writer.send(&ev).await.is_err() {
+                if sent.is_err() {
                     return;
                 }
                 continue;
@@ -258,8 +264,12 @@ fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
     Ok(())
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorBody> {
-    serde_json::to_value(v).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
+/// A command's answer as JSON text (one value): typed rows go straight to
+/// text, and a worker's registry pages are passed on as they came.
+type Reply = String;
+
+fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Result<Reply, ErrorBody> {
+    serde_json::to_string(v).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
 }
 
 /// Requests another peer may have answered here (`d @peer ...`): reading
@@ -289,15 +299,16 @@ pub async fn answer_remote(
                 .hint("run it on that machine itself"),
         );
     }
-    answer(daemon, req).await
+    let json = answer(daemon, req).await?;
+    serde_json::from_str(&json).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
 }
 
 /// Answer every request except exec.
-async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value, ErrorBody> {
+async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<Reply, ErrorBody> {
     match req {
-        Request::Ping {} => Ok(json!("pong")),
-        Request::GetPeerStatus {} => to_value(&daemon.full_status().await),
-        Request::Doctor { peer } => to_value(&crate::doctor::run(daemon, peer.as_deref()).await),
+        Request::Ping {} => to_raw("pong"),
+        Request::GetPeerStatus {} => to_raw(&daemon.full_status().await),
+        Request::Doctor { peer } => to_raw(&crate::doctor::run(daemon, peer.as_deref()).await),
         Request::SetPeerConfig {
             role,
             id,
@@ -317,24 +328,21 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
             )
             .await
         }
-        Request::ListPeers {} => match leader::query(daemon, Query::ListPeers).await? {
-            Answer::Peers { peers } => to_value(&peers),
-            other => Err(unexpected(other)),
-        },
+        Request::ListPeers {} => leader::list_peers_json(daemon).await,
         Request::GetPeerInfo { peer } => {
             match leader::query(daemon, Query::GetPeerInfo { peer }).await? {
-                Answer::Peer { peer } => to_value(&peer),
+                Answer::Peer { peer } => to_raw(&peer),
                 other => Err(unexpected(other)),
             }
         }
         Request::DeletePeer { peer } => {
             match leader::query(daemon, Query::DeletePeer { peer }).await? {
-                Answer::Deleted { peer } => Ok(json!({ "deleted": peer })),
+                Answer::Deleted { peer } => to_raw(&json!({ "deleted": peer })),
                 other => Err(unexpected(other)),
             }
         }
         Request::GetPeerIdByIp { ip } => {
-            Ok(json!({ "peer": exec::peer_by_ip(daemon, &ip).await? }))
+            to_raw(&json!({ "peer": exec::peer_by_ip(daemon, &ip).await? }))
         }
         Request::DbSanityCheck {} => db_sanity_check(daemon).await,
         Request::ExecLog { peer, limit } => {
@@ -344,7 +352,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
                 .call(move |st| st.exec_log(peer.as_deref(), limit))
                 .await
                 .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))?;
-            to_value(&rows)
+            to_raw(&rows)
         }
         Request::OnPeer { peer, request } => {
             if !remote_ok(&request) {
@@ -360,7 +368,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
             match exec::route(daemon, &peer).await? {
                 exec::Route::Local => Box::pin(answer(daemon, *request)).await,
                 exec::Route::Remote(s, _) => match s.query(Query::Control { request }).await? {
-                    Answer::Result { result } => Ok(result),
+                    Answer::Result { result } => to_raw(&result),
                     other => Err(unexpected(other)),
                 },
                 // The leader would answer for itself, not for the peer.
@@ -386,7 +394,7 @@ async fn answer(daemon: &Arc<Daemon>, req: Request) -> Result<serde_json::Value,
     }
 }
 
-fn unexpected(a: Answer) -> ErrorBody {
+pub(crate) fn unexpected(a: Answer) -> ErrorBody {
     match a {
         Answer::Error(e) => e,
         other => ErrorBody::new(
@@ -402,7 +410,7 @@ async fn set_peer_config(
     id: Option<String>,
     leader: Option<String>,
     mesh_key: Option<String>,
-) -> Result<serde_json::Value, ErrorBody> {
+) -> Result<Reply, ErrorBody> {
     let cur = daemon.identity();
     // Check everything before changing anything.
     let key = match mesh_key {
@@ -474,10 +482,10 @@ async fn set_peer_config(
             }
         }
     };
-    Ok(json!({ "message": message, "status": daemon.status() }))
+    to_raw(&json!({ "message": message, "status": daemon.status() }))
 }
 
-async fn db_sanity_check(daemon: &Arc<Daemon>) -> Result<serde_json::Value, ErrorBody> {
+async fn db_sanity_check(daemon: &Arc<Daemon>) -> Result<Reply, ErrorBody> {
     let db = |e: crate::registry::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
     match daemon.identity().role {
         Some(Role::Leader) => {
@@ -486,7 +494,7 @@ async fn db_sanity_check(daemon: &Arc<Daemon>) -> Result<serde_json::Value, Erro
                 .call(|st| st.count_peers())
                 .await
                 .map_err(db)?;
-            Ok(json!({
+            to_raw(&json!({
                 "message": format!("This daemon is the leader: its registry holds {n} peers; nothing to clean"),
                 "deleted_rows": 0,
             }))
@@ -502,7 +510,7 @@ async fn db_sanity_check(daemon: &Arc<Daemon>) -> Result<serde_json::Value, Erro
             } else {
                 format!("Deleted {n} leader-only registry rows (this daemon is not the leader)")
             };
-            Ok(json!({ "message": message, "deleted_rows": n }))
+            to_raw(&json!({ "message": message, "deleted_rows": n }))
         }
     }
 }

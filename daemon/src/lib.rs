@@ -114,6 +114,8 @@ pub struct Daemon {
     pub restart_requested: std::sync::atomic::AtomicBool,
     /// The mesh key; without it no session can be opened either way.
     mesh_key: RwLock<Option<d_proto::auth::Key>>,
+    /// The WireGuard handshakes the registry answers show, read at most once a second.
+    pub wg_index: wg::IndexCache,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -229,6 +231,17 @@ impl Daemon {
     pub fn link_online(&self, peer: &str) -> bool {
         self.session(peer)
             .is_some_and(|s| s.peer.purpose == Purpose::Link)
+    }
+
+    /// [`Daemon::link_online`] for many peers, under one lock.
+    pub fn links_online<'a>(&self, peers: impl Iterator<Item = &'a str>) -> Vec<bool> {
+        let map = lock(&self.sessions);
+        peers
+            .map(|p| {
+                map.get(p)
+                    .is_some_and(|s| !s.is_closed() && s.peer.purpose == Purpose::Link)
+            })
+            .collect()
     }
 
     pub fn online_links(&self) -> Vec<String> {
@@ -439,7 +452,7 @@ impl Daemon {
         }
         let names: HashMap<std::net::IpAddr, String> = if dev.is_ok() {
             match leader::query(self, d_proto::peer::Query::ListPeers).await {
-                Ok(d_proto::peer::Answer::Peers { peers }) => peers
+                Ok(d_proto::peer::Answer::Peers { peers, .. }) => peers
                     .into_iter()
                     .filter_map(|p| p.addr.parse().ok().map(|ip| (ip, p.id)))
                     .collect(),
@@ -518,6 +531,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
         mesh_key: RwLock::new(mesh_key),
         exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
         restart_requested: std::sync::atomic::AtomicBool::new(false),
+        wg_index: wg::IndexCache::default(),
     }))
 }
 

@@ -199,6 +199,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Rows `offset..offset + limit` in id order (one page of [`Store::list_peers`]).
+    pub fn list_peers_page(&self, offset: u32, limit: u32) -> Result<Vec<PeerInfo>, RegistryError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {PEER_COLUMNS} FROM peers ORDER BY id LIMIT ?1 OFFSET ?2"
+        ))?;
+        let rows = stmt.query_map(params![limit, offset], row_to_peer)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Returns whether a row was deleted.
     pub fn delete_peer(&self, id: &str) -> Result<bool, RegistryError> {
         Ok(self.conn.execute("DELETE FROM peers WHERE id = ?1", [id])? > 0)
@@ -448,6 +457,22 @@ mod tests {
                 .len(),
             1
         );
+        // Pages put together are the whole list, in id order.
+        let all = reg.call(|s| s.list_peers()).await.unwrap();
+        let mut paged = Vec::new();
+        for offset in (0..=100).step_by(7) {
+            paged.extend(
+                reg.call(move |s| s.list_peers_page(offset, 7))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(paged, all);
+        assert!(reg
+            .call(|s| s.list_peers_page(100, 7))
+            .await
+            .unwrap()
+            .is_empty());
         assert!(reg.call(|s| s.delete_peer("p1")).await.unwrap());
         assert!(!reg.call(|s| s.delete_peer("p1")).await.unwrap());
         assert_eq!(reg.call(|s| s.delete_all_peers()).await.unwrap(), 99);

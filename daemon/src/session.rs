@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use d_proto::frame::Frame;
 use tokio::time::Instant;
 
 use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
@@ -74,6 +76,20 @@ struct InJob {
     credits: Arc<Semaphore>,
 }
 
+/// A query waiting for its answer.
+struct Waiter {
+    tx: oneshot::Sender<Reply>,
+    /// Hand the answer over as its line, unparsed ([`Session::query_line`]).
+    raw: bool,
+}
+
+/// The answer to a query.
+pub enum Reply {
+    Answer(Answer),
+    /// The answer's whole line (`{"type":"answer","id":N,...}`), for the asker to read.
+    Line(BytesMut),
+}
+
 pub struct Session {
     pub peer: PeerDesc,
     pub terms: Terms,
@@ -85,7 +101,7 @@ pub struct Session {
     /// Encoded lines for the writer task.
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
-    queries: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    queries: Mutex<HashMap<u64, Waiter>>,
     jobs_out: Mutex<HashMap<u64, mpsc::UnboundedSender<JobEvent>>>,
     jobs_in: Mutex<HashMap<u64, InJob>>,
     closed: CancellationToken,
@@ -265,9 +281,24 @@ impl Session {
 
     /// Ask the other side (a worker asks its leader).
     pub async fn query(&self, query: Query) -> Result<Answer, ErrorBody> {
+        match self.ask(query, false).await? {
+            Reply::Answer(a) => Ok(a),
+            // Only query_line asks for lines.
+            Reply::Line(_) => Err(ErrorBody::invalid("an answer came as a line")),
+        }
+    }
+
+    /// [`Session::query`], the answer left as its line for the asker to read
+    /// (a page of registry rows a worker passes on as they came: the session's
+    /// reader neither parses nor copies it).
+    pub async fn query_line(&self, query: Query) -> Result<Reply, ErrorBody> {
+        self.ask(query, true).await
+    }
+
+    async fn ask(&self, query: Query, raw: bool) -> Result<Reply, ErrorBody> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.queries).insert(id, tx);
+        lock(&self.queries).insert(id, Waiter { tx, raw });
         let sent = self.send(PeerMsg::Query { id, query }).await;
         let result = match sent {
             Err(e) => Err(e),
@@ -395,12 +426,23 @@ impl Session {
                 let (s, d) = (self.clone(), daemon.clone());
                 tokio::spawn(async move {
                     let answer = crate::leader::answer(&d, query).await;
-                    let _ = s.send(PeerMsg::Answer { id, answer }).await;
+                    if let Err(e) = s.send(PeerMsg::Answer { id, answer }).await {
+                        if !s.is_closed() {
+                            // It could not be encoded (too large for a frame):
+                            // say so rather than leave the asker to time out.
+                            let error = ErrorBody::new(
+                                d_proto::types::ErrorKind::Other,
+                                format!("the answer is too large to send: {}", e.error),
+                            );
+                            let answer = Answer::Error(error);
+                            let _ = s.send(PeerMsg::Answer { id, answer }).await;
+                        }
+                    }
                 });
             }
             PeerMsg::Answer { id, answer } => {
-                if let Some(tx) = lock(&self.queries).remove(&id) {
-                    let _ = tx.send(answer);
+                if let Some(w) = lock(&self.queries).remove(&id) {
+                    let _ = w.tx.send(Reply::Answer(answer));
                 }
             }
             PeerMsg::Exec { job, spec } => self.serve_job(daemon, job, spec),
@@ -451,6 +493,30 @@ impl Session {
         }
     }
 
+    /// Hand an answer to a query that wants its line ([`Session::query_line`])
+    /// over as it is; `Some(line)` back for anything else.
+    fn answer_line(&self, line: BytesMut) -> Option<BytesMut> {
+        let Some(id) = answer_id(&line) else {
+            return Some(line);
+        };
+        let mut queries = lock(&self.queries);
+        if !queries.get(&id).is_some_and(|w| w.raw) {
+            return Some(line);
+        }
+        if let Some(w) = queries.remove(&id) {
+            let _ = w.tx.send(Reply::Line(line));
+        }
+        None
+    }
+
+    /// Tell the other side its last frame made no sense; the session goes on.
+    async fn bad_frame(&self, e: d_proto::frame::FrameError) {
+        tracing::warn!("bad frame: {e}");
+        let _ = self
+            .send(PeerMsg::Error(ErrorBody::invalid(e.to_string())))
+            .await;
+    }
+
     /// Everything that must happen exactly once when the session ends.
     fn finish(&self) {
         let reason = self.reason();
@@ -462,6 +528,17 @@ impl Session {
             j.cancel.cancel();
         }
     }
+}
+
+/// The id of an answer, read from its first bytes as daemons write them
+/// (`{"type":"answer","id":N,`).
+fn answer_id(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(br#"{"type":"answer","id":"#)?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    if end == 0 || rest[end] != b',' {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<OwnedReadHalf>) {
@@ -488,15 +565,23 @@ async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<Owne
                 s.close(e);
                 break;
             }
-            r = reader.read::<PeerMsg>() => {
+            r = reader.read_frame() => {
                 last = Instant::now();
                 match r {
                     Read::Eof => s.close(ErrorBody::peer_lost(&s.peer.id)),
-                    Read::Bad(e) => {
-                        tracing::warn!("bad frame: {e}");
-                        let _ = s.send(PeerMsg::Error(ErrorBody::invalid(e.to_string()))).await;
+                    Read::Bad(e) => s.bad_frame(e).await,
+                    Read::Msg(Frame::Line(line)) => {
+                        // An answer its asker reads itself is not parsed here.
+                        let Some(line) = s.answer_line(line) else { continue };
+                        match d_proto::frame::parse::<PeerMsg>(&line) {
+                            Ok(m) => s.dispatch(&daemon, m),
+                            Err(e) => s.bad_frame(e).await,
+                        }
                     }
-                    Read::Msg(m) => s.dispatch(&daemon, m),
+                    Read::Msg(f) => match d_proto::frame::parse_frame::<PeerMsg>(f) {
+                        Ok(m) => s.dispatch(&daemon, m),
+                        Err(e) => s.bad_frame(e).await,
+                    },
                 }
             }
         }

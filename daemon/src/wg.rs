@@ -7,6 +7,7 @@
 //! The library's calls block: callers use [`read`], which runs them on the
 //! blocking pool.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -93,7 +94,14 @@ fn contains(net: &wireguard_control::AllowedIp, ip: IpAddr) -> bool {
 
 /// The WireGuard peer whose allowed IPs hold `ip` (the most specific one).
 pub fn peer_for(dev: &Device, ip: IpAddr) -> Option<&wireguard_control::PeerInfo> {
-    dev.peers
+    peer_among(&dev.peers, ip)
+}
+
+fn peer_among(
+    peers: &[wireguard_control::PeerInfo],
+    ip: IpAddr,
+) -> Option<&wireguard_control::PeerInfo> {
+    peers
         .iter()
         .filter_map(|p| {
             p.config
@@ -106,6 +114,82 @@ pub fn peer_for(dev: &Device, ip: IpAddr) -> Option<&wireguard_control::PeerInfo
         })
         .max_by_key(|(c, _)| *c)
         .map(|(_, p)| p)
+}
+
+/// The last handshake of the WireGuard peer carrying each address, for
+/// answering thousands of registry rows at once: [`peer_for`] scans every
+/// WireGuard peer for each address, this looks a host address up in a map.
+/// It finds the peer [`peer_for`] finds: the most specific allowed IP, the
+/// later peer on a tie.
+#[derive(Debug, Default)]
+pub struct HandshakeIndex {
+    /// Host entries (/32, /128): address → (prefix length, last handshake).
+    hosts: HashMap<IpAddr, (u8, Option<SystemTime>)>,
+    /// Every other allowed IP, in the device's order.
+    nets: Vec<(wireguard_control::AllowedIp, Option<SystemTime>)>,
+}
+
+impl HandshakeIndex {
+    pub fn new(peers: &[wireguard_control::PeerInfo]) -> Self {
+        let mut ix = HandshakeIndex::default();
+        for p in peers {
+            let t = p.stats.last_handshake_time;
+            for net in &p.config.allowed_ips {
+                let full = if net.address.is_ipv4() { 32 } else { 128 };
+                if net.cidr >= full {
+                    match ix.hosts.get(&net.address) {
+                        Some((c, _)) if *c > net.cidr => {}
+                        _ => {
+                            ix.hosts.insert(net.address, (net.cidr, t));
+                        }
+                    }
+                } else {
+                    ix.nets.push((net.clone(), t));
+                }
+            }
+        }
+        ix
+    }
+
+    /// Seconds since the last handshake with the peer carrying `ip`, as
+    /// `peer_for(dev, ip).and_then(handshake_age)` says.
+    pub fn age(&self, ip: IpAddr) -> Option<Duration> {
+        let mut best: Option<(u8, Option<SystemTime>)> = self.hosts.get(&ip).copied();
+        for (net, t) in &self.nets {
+            let wider = matches!(best, Some((c, _)) if c > net.cidr);
+            if !wider && contains(net, ip) {
+                best = Some((net.cidr, *t));
+            }
+        }
+        best.and_then(|(_, t)| t)
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+    }
+}
+
+/// How long one reading of the interface answers for the registry: the pages
+/// of one `listPeers` (asked together) share a reading instead of each
+/// reading a device of thousands of peers again.
+const INDEX_FRESH: Duration = Duration::from_secs(1);
+
+/// The [`HandshakeIndex`] of the reading [`DeviceCache`] holds, built once
+/// per reading.
+#[derive(Default)]
+pub struct IndexCache(std::sync::Mutex<Option<(Arc<Device>, Arc<HandshakeIndex>)>>);
+
+impl IndexCache {
+    /// `None`: the interface could not be read.
+    pub async fn get(&self, devices: &DeviceCache, iface: &str) -> Option<Arc<HandshakeIndex>> {
+        let dev = devices.get(iface, INDEX_FRESH).await.ok()?;
+        let mut cur = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((d, ix)) = &*cur {
+            if Arc::ptr_eq(d, &dev) {
+                return Some(ix.clone());
+            }
+        }
+        let ix = Arc::new(HandshakeIndex::new(&dev.peers));
+        *cur = Some((dev, ix.clone()));
+        Some(ix)
+    }
 }
 
 pub fn handshake_age(p: &wireguard_control::PeerInfo) -> Option<Duration> {
@@ -222,6 +306,51 @@ mod tests {
         assert!(!contains(&net, "198.18.0.7".parse().unwrap()));
         let all: wireguard_control::AllowedIp = "0.0.0.0/0".parse().unwrap();
         assert!(contains(&all, "127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn handshake_index_finds_what_peer_for_finds() {
+        let now = SystemTime::now();
+        let peer = |secs: u64, nets: &[&str]| {
+            let mut p = wireguard_control::PeerInfo::from_public_key(
+                wireguard_control::Key::generate_private().get_public(),
+            );
+            p.config.allowed_ips = nets.iter().map(|n| n.parse().unwrap()).collect();
+            p.stats.last_handshake_time = now.checked_sub(Duration::from_secs(secs));
+            p
+        };
+        let mut never = peer(0, &["198.19.0.9/32", "fd00::9/128"]);
+        never.stats.last_handshake_time = None;
+        let peers = vec![
+            peer(100, &["198.19.0.0/16"]),
+            peer(200, &["198.19.0.0/24", "198.19.0.2/32"]),
+            peer(300, &["198.19.0.2/32", "10.0.0.0/8"]),
+            peer(400, &["198.19.7.0/24", "fd00::/64"]),
+            peer(500, &["198.19.7.0/24"]),
+            never,
+            peer(600, &["0.0.0.0/0"]),
+        ];
+        let ix = HandshakeIndex::new(&peers);
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        for ip in [
+            "198.19.0.2",
+            "198.19.0.3",
+            "198.19.1.1",
+            "198.19.7.7",
+            "198.19.0.9",
+            "10.1.2.3",
+            "192.168.1.1",
+            "fd00::9",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let want = peer_among(&peers, ip).and_then(handshake_age);
+            assert_eq!(secs(ix.age(ip)), secs(want), "{ip}");
+        }
+        assert_eq!(secs(ix.age("198.19.0.2".parse().unwrap())), Some(300));
+        assert_eq!(secs(ix.age("198.19.7.1".parse().unwrap())), Some(500));
+        assert_eq!(ix.age("198.19.0.9".parse().unwrap()), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! or [`Event::Exit`]). Exec streams [`Event::Stdout`]/[`Event::Stderr`] first;
 //! closing the connection cancels the job.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::{ErrorBody, ExitInfo, B64};
@@ -186,6 +188,36 @@ impl crate::frame::Message for Event {
     }
 }
 
+/// The line of [`Event::Result`] for a result already encoded as `json` (one
+/// JSON value): the same bytes, newline included, written without building
+/// a `serde_json::Value` first (a 10,000-row `listPeers` is megabytes).
+pub fn result_line(json: &str) -> Vec<u8> {
+    const HEAD: &[u8] = br#"{"event":"result","result":"#;
+    let mut line = Vec::with_capacity(HEAD.len() + json.len() + 2);
+    line.extend_from_slice(HEAD);
+    line.extend_from_slice(json.as_bytes());
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// The `result` of a line that is a result event as daemons write it (the
+/// tag first), read straight into `T` in one pass; `None` for any other line
+/// or a result that is no `T`, which is then read as an [`Event`] (that also
+/// gives the error for a malformed line).
+pub fn parse_result<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Option<T> {
+    #[derive(Deserialize)]
+    struct ResultOf<'a, T> {
+        #[serde(borrow)]
+        event: Cow<'a, str>,
+        result: T,
+    }
+    if !line.starts_with(br#"{"event":"result","#) {
+        return None;
+    }
+    let r: ResultOf<'a, T> = serde_json::from_slice(line).ok()?;
+    (r.event == "result").then_some(r.result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +243,36 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"command":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"ping","sudo":true}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"getPeerInfo","peer":5}"#).is_err());
+    }
+
+    #[test]
+    fn result_lines_are_result_events() {
+        let value = serde_json::json!([{"id": "vps", "n": [1, 2]}, "x\n"]);
+        let mut line = result_line(&serde_json::to_string(&value).unwrap());
+        let ev = Event::Result {
+            result: value.clone(),
+        };
+        assert_eq!(line, crate::frame::encode(&ev).unwrap());
+        assert_eq!(line.pop(), Some(b'\n'));
+        assert_eq!(serde_json::from_slice::<Event>(&line).unwrap(), ev);
+        let back: &serde_json::value::RawValue = parse_result(&line).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(back.get()).unwrap(),
+            value
+        );
+        assert_eq!(parse_result::<serde_json::Value>(&line), Some(value));
+        assert_eq!(parse_result::<Vec<u8>>(&line), None, "not that type");
+        // Anything else is left to the Event parser.
+        for other in [
+            &br#"{"result":1,"event":"result"}"#[..],
+            br#"{"event":"error","error":"no"}"#,
+            br#"{"event":"result","result":tru"#,
+            br#"{"event":"result","event":"exit","result":1}"#,
+        ] {
+            assert!(
+                parse_result::<serde_json::Value>(other).is_none(),
+                "{other:?}"
+            );
+        }
     }
 }

@@ -62,8 +62,14 @@ pub const MAX_FRAME: usize = 1024 * 1024;
 /// registry of 10,000 peers is about 3 MiB). Requests stay under [`MAX_FRAME`];
 /// only the client, which trusts its own daemon, reads frames this large.
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
-/// Peers per page when a worker pages the registry over its link.
-pub const PEERS_PAGE: u32 = 1000;
+/// Peers per page when a worker pages the registry over its link: a row is
+/// about 250–300 bytes, so a page stays well inside [`MAX_FRAME`]. The leader
+/// cuts a page short (saying `more`) rather than send a frame too large.
+pub const PEERS_PAGE: u32 = 3000;
+/// The most rows a leader puts in one page, whatever the worker asks for.
+pub const PEERS_PAGE_MAX: u32 = 10_000;
+/// What leaders before `more` existed answered at most per page.
+pub const LEGACY_PEERS_PAGE: u32 = 1000;
 
 /// Most bytes of command output per `Output` message (a read of the job's
 /// pipe, whose size is raised to this). Base64, on protocol-2 sessions, makes
@@ -87,15 +93,18 @@ pub fn clip(s: &str, max: usize) -> String {
 /// else is refused up front.
 pub fn validate_peer_id(id: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    let shown = clip(id, 80);
+    // Only for the message: `d listPeers` checks 10,000 good ids.
+    let shown = || clip(id, 80);
     if id.is_empty() || id.len() > 64 {
         return Err(format!(
-            "Invalid peer id {shown:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -"
+            "Invalid peer id {:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -",
+            shown()
         ));
     }
     if !id.chars().all(ok_char) || id.starts_with('-') || id.starts_with('.') {
         return Err(format!(
-            "Invalid peer id {shown:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)"
+            "Invalid peer id {:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)",
+            shown()
         ));
     }
     Ok(())

@@ -106,6 +106,10 @@ pub enum Answer {
     },
     Peers {
         peers: Vec<PeerInfo>,
+        /// Whether rows remain after this page (answers to
+        /// [`Query::ListPeersPage`]); absent from leaders that predate it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        more: Option<bool>,
     },
     Deleted {
         peer: String,
@@ -227,5 +231,21 @@ mod tests {
         };
         let j = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), out);
+        // `more` only where a leader says it; older workers skip it.
+        let page = |more| PeerMsg::Answer {
+            id: 9,
+            answer: Answer::Peers {
+                peers: vec![],
+                more,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&page(None)).unwrap(),
+            r#"{"type":"answer","id":9,"answer":"peers","peers":[]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&page(Some(true))).unwrap(),
+            r#"{"type":"answer","id":9,"answer":"peers","peers":[],"more":true}"#
+        );
     }
 }

@@ -10,8 +10,8 @@
 use bytes::BytesMut;
 use d_proto::control::Request;
 use d_proto::frame::{encode, encode_output, parse, parse_frame, Frame, FrameDecoder};
-use d_proto::peer::{PeerMsg, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream, B64};
+use d_proto::peer::{Answer, PeerMsg, Query};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, PeerInfo, Role, Stream, B64};
 use d_proto::MAX_FRAME;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -188,7 +188,48 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
             ),
         (any::<u64>(), arb_error()).prop_map(|(job, error)| PeerMsg::JobFailed { job, error }),
         arb_error().prop_map(PeerMsg::Error),
+        (
+            any::<u64>(),
+            vec(arb_peer_info(), 0..4),
+            proptest::option::of(any::<bool>())
+        )
+            .prop_map(|(id, peers, more)| PeerMsg::Answer {
+                id,
+                answer: Answer::Peers { peers, more },
+            }),
     ]
+}
+
+fn arb_peer_info() -> impl Strategy<Value = PeerInfo> {
+    (
+        (arb_string(), arb_string(), any::<u16>(), any::<bool>()),
+        (
+            any::<Option<u64>>(),
+            arb_string(),
+            arb_string(),
+            any::<Option<u64>>(),
+            proptest::option::of(arb_string()),
+            any::<Option<u64>>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (id, addr, port, leader),
+                (last_seen, version, hostname, first_seen, wg_public_key, handshake_age_secs),
+            )| PeerInfo {
+                id,
+                addr,
+                port,
+                role: if leader { Role::Leader } else { Role::Worker },
+                online: port % 2 == 1,
+                last_seen,
+                version,
+                hostname,
+                first_seen,
+                wg_public_key,
+                handshake_age_secs,
+            },
+        )
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
