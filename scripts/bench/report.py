@@ -312,7 +312,9 @@ if sc:
     grow = (r1 - r0) / w if r0 and r1 and w else None
     rows.append((f"leader RSS over {w:.0f} s of idle heartbeats",
                  f"{mib(r0)} → {mib(r1)} (+{grow:,.0f} KiB/s)" if grow is not None else "–"))
-    rows.append((f"leader CPU while {n:,} heartbeat (1 s), {sc.get('idle_window_s')} s window",
+    hb = sc.get("link_heartbeat_ms")
+    hb_txt = f"every {hb / 1000:g} s, as the leader paced them" if isinstance(hb, (int, float)) else "paced by the leader"
+    rows.append((f"leader CPU while {n:,} heartbeat ({hb_txt}), {sc.get('idle_window_s')} s window",
                  f"{sc.get('idle_cpu_pct')} % of a core"))
     rows.append(("loadgen CPU meanwhile (for scale)", f"{sc.get('loadgen_cpu_pct')} % of a core"))
     rows.append(("leader threads / open fds", f"{sc.get('leader_threads')} / {sc.get('leader_fds')}"))
@@ -354,9 +356,9 @@ if sc:
         fig.tight_layout()
         fig.savefig(os.path.join(OUT, "soak.png"), dpi=110)
         plt.close(fig)
-    if sc.get("hb_experiment_ms"):
-        rows.append((f"experiment: leader with `--heartbeat-ms {sc['hb_experiment_ms']}` (loadgen follows Welcome.heartbeat_ms)",
-                     f"CPU {sc.get('hb_idle_cpu_pct')} % of a core; RSS {mib(sc.get('hb_rss_idle_start_kib'))} → {mib(sc.get('hb_rss_idle_end_kib'))}"))
+    if sc.get("budget_experiment"):
+        rows.append((f"experiment: every link at 1 s (`--link-beats-per-sec {sc['budget_experiment']}`, no pacing)",
+                     f"CPU {sc.get('budget_idle_cpu_pct')} % of a core; RSS {mib(sc.get('budget_rss_idle_start_kib'))} → {mib(sc.get('budget_rss_idle_end_kib'))}"))
     sec.append("| measure | value |")
     sec.append("|---|---|")
     sec += [f"| {a} | {b} |" for a, b in rows]
