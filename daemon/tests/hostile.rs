@@ -269,6 +269,8 @@ struct Conn<S: Sock> {
     buf: Vec<u8>,
     eof: bool,
     timeout: Duration,
+    /// Binary output frames read so far.
+    binary_frames: usize,
 }
 
 impl<S: Sock> Conn<S> {
@@ -282,6 +284,7 @@ impl<S: Sock> Conn<S> {
             buf: Vec::new(),
             eof: false,
             timeout: IO_TIMEOUT,
+            binary_frames: 0,
         })
     }
 
@@ -310,10 +313,26 @@ impl<S: Sock> Conn<S> {
         self.w.close_write().map_err(|e| format!("shutdown: {e}"))
     }
 
-    /// The next line, `None` at end of stream.
+    /// The next line, `None` at end of stream. A binary output frame (what
+    /// protocol-3 sessions send) comes back as the JSON line of the `output`
+    /// message it stands for, decoded here independently of d_proto.
     fn line(&mut self) -> R<Option<Vec<u8>>> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let binary = self.buf.first() == Some(&0);
+            if binary && self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                let len = len as usize;
+                if self.buf.len() >= 5 + len {
+                    let frame: Vec<u8> = self.buf.drain(..5 + len).collect();
+                    self.binary_frames += 1;
+                    return binary_output_as_json(&frame[5..]).map(Some);
+                }
+            }
+            // (Inside a binary frame a newline is data: read on.)
+            let newline = (!binary)
+                .then(|| self.buf.iter().position(|&b| b == b'\n'))
+                .flatten();
+            if let Some(i) = newline {
                 let mut l: Vec<u8> = self.buf.drain(..=i).collect();
                 l.pop();
                 return Ok(Some(l));
@@ -370,6 +389,31 @@ impl<S: Sock> Conn<S> {
             )),
         }
     }
+}
+
+/// A binary output frame's payload (kind 1, stream 1|2, job u64 BE, bytes)
+/// as the JSON line of the equivalent `output` message.
+fn binary_output_as_json(p: &[u8]) -> R<Vec<u8>> {
+    if p.len() < 10 || p[0] != 1 || !(1..=2).contains(&p[1]) {
+        return Err(format!(
+            "the daemon sent a malformed binary frame: {}",
+            preview(p)
+        ));
+    }
+    let stream = if p[1] == 1 { "stdout" } else { "stderr" };
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&p[2..10]);
+    let v =
+        json!({"type":"output","job":u64::from_be_bytes(id),"stream":stream,"data":b64(&p[10..])});
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+/// A binary frame: 0x00, length (u32 BE), payload.
+fn binary_frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
 }
 
 /// Check an error frame: `tag_key` is `tag`, the message is there, short,
@@ -1370,8 +1414,22 @@ struct Exchange {
 
 /// Hello → Challenge (checked) → Auth → the verdict (welcome or refused).
 fn exchange(c: &mut Conn<TcpStream>, key: &Key, id: &str, purpose: &str) -> R<Exchange> {
+    exchange_up_to(c, key, id, purpose, d_proto::PROTOCOL_MIN)
+}
+
+/// [`exchange`], offering protocols up to `max` (3: binary output frames,
+/// heartbeats answered).
+fn exchange_up_to(
+    c: &mut Conn<TcpStream>,
+    key: &Key,
+    id: &str,
+    purpose: &str,
+    max: u32,
+) -> R<Exchange> {
     let nd = nonce();
-    let hello = line(&hello(id, purpose, &nd));
+    let mut h = hello(id, purpose, &nd);
+    h["protocol_max"] = json!(max);
+    let hello = line(&h);
     c.send(&hello)?;
     let ch = read_challenge(c)?;
     let t = Transcript {
@@ -1786,9 +1844,13 @@ struct Sess {
 
 impl Sess {
     fn open(ctx: &Ctx) -> R<Sess> {
+        Sess::open_up_to(ctx, d_proto::PROTOCOL_MIN)
+    }
+
+    fn open_up_to(ctx: &Ctx, max: u32) -> R<Sess> {
         let mut c = ctx.tcp(ctx.desktop)?;
-        let ex = exchange(&mut c, &ctx.key, TESTER, "direct")?;
-        if ex.verdict["type"] != "welcome" {
+        let ex = exchange_up_to(&mut c, &ctx.key, TESTER, "direct", max)?;
+        if ex.verdict["type"] != "welcome" || ex.verdict["protocol"] != max {
             return Err(format!(
                 "desktop did not welcome a valid handshake: {}",
                 show(&ex.verdict)
@@ -1923,11 +1985,105 @@ fn in_session(slot: &mut Option<Sess>, ctx: &Ctx, f: impl FnOnce(&mut Sess) -> R
         *slot = Some(Sess::open(ctx)?);
     }
     let s = slot.as_mut().expect("session");
+    let r = f(s)
+        .and_then(|_| s.alive())
+        .and_then(|_| match s.c.binary_frames {
+            0 => Ok(()),
+            n => Err(format!("a protocol-2 session got {n} binary frames")),
+        });
+    if r.is_err() {
+        *slot = None;
+    }
+    r
+}
+
+/// [`in_session`] on a protocol-3 session (output as binary frames).
+fn in_session3(slot: &mut Option<Sess>, ctx: &Ctx, f: impl FnOnce(&mut Sess) -> R) -> R {
+    if slot.as_ref().is_some_and(|s| s.addr != ctx.desktop) {
+        *slot = None;
+    }
+    if slot.is_none() {
+        *slot = Some(Sess::open_up_to(ctx, 3)?);
+    }
+    let s = slot.as_mut().expect("session");
     let r = f(s).and_then(|_| s.alive());
     if r.is_err() {
         *slot = None;
     }
     r
+}
+
+/// Protocol 3: the daemon's output arrives as binary frames (read back byte
+/// for byte by this file's own decoder), and bad binary frames from the other
+/// side get an error while the session carries on.
+fn session3_group() -> Group {
+    let mut g = Group::new("sess3");
+    let mut slot: Option<Sess> = None;
+    g.case(
+        "sess3: output as binary frames, NULs and newlines intact",
+        "desktop",
+        |ctx| {
+            in_session3(&mut slot, ctx, |s| {
+                let job = 700001;
+                s.send(&line(&json!({"type":"exec","job":job,"directory":"/tmp",
+                "shell_cmd":"printf 'a\\000b\\n'; head -c 300000 /dev/zero","timeout_secs":10})))?;
+                let before = s.c.binary_frames;
+                let (out, last) = s.job_result(job)?;
+                if s.c.binary_frames == before {
+                    return Err("protocol 3, yet the output came as JSON lines".into());
+                }
+                let mut want = b"a\0b\n".to_vec();
+                want.extend(vec![0u8; 300_000]);
+                if out != want || last["exit"]["code"] != 0 {
+                    return Err(format!("got {} bytes and {}", out.len(), show(&last)));
+                }
+                Ok(())
+            })
+        },
+    );
+    let job = 12345u64.to_be_bytes();
+    let with = |kind: u8, stream: u8, data: &[u8]| {
+        let mut p = vec![kind, stream];
+        p.extend_from_slice(&job);
+        p.extend_from_slice(data);
+        binary_frame(&p)
+    };
+    let mut huge = vec![0u8];
+    huge.extend_from_slice(&((MAX_FRAME + 1) as u32).to_be_bytes());
+    huge.extend(vec![b'x'; MAX_FRAME + 1]);
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "binary frame of an unknown kind",
+            with(9, 1, b"x"),
+            &["binary frame", "kind"],
+        ),
+        (
+            "output on an unknown stream",
+            with(1, 7, b"x"),
+            &["binary frame", "stream"],
+        ),
+        (
+            "binary frame shorter than its header",
+            binary_frame(&[1, 1, 0]),
+            &["binary frame", "shorter"],
+        ),
+        ("empty binary frame", binary_frame(&[]), &["binary frame"]),
+        ("oversize binary frame", huge, &["too long"]),
+    ];
+    for (name, payload, want) in cases {
+        g.case(&format!("sess3: {name}"), "desktop", |ctx| {
+            in_session3(&mut slot, ctx, |s| {
+                s.send(&payload)?;
+                s.expect_error(want)
+            })
+        });
+    }
+    // Output for a job this side never started is ignored (no error; the
+    // session still serves, checked by in_session3).
+    g.case("sess3: output frame for an unknown job", "desktop", |ctx| {
+        in_session3(&mut slot, ctx, |s| s.send(&with(1, 1, b"stray")))
+    });
+    g
 }
 
 /// A field of a message: name, a wrong-typed value, whether it is required.
@@ -2523,6 +2679,11 @@ fn hostile_peer_port_before_authentication() {
 #[test]
 fn hostile_authenticated_session() {
     session_group().finish();
+}
+
+#[test]
+fn hostile_protocol3_session() {
+    session3_group().finish();
 }
 
 #[test]

@@ -12,12 +12,17 @@
 //! - every line parses as a `PeerMsg` and as a `Request` or fails cleanly, and
 //!   a message that parses comes back the same after encode → parse.
 //!
+//! The same stream then goes through a decoder that accepts binary frames
+//! (`with_binary`): nothing panics, the buffer stays within the limit plus a
+//! frame header and a chunk, no frame exceeds the limit, and every frame
+//! parses as a `PeerMsg` (binary ones as output) or fails cleanly.
+//!
 //! Run with `scripts/fuzz.sh [SECONDS]`.
 #![no_main]
 
 use bytes::BytesMut;
 use d_proto::control::Request;
-use d_proto::frame::{encode, parse, Frame, FrameDecoder, FrameError};
+use d_proto::frame::{encode, parse, parse_frame, Frame, FrameDecoder, FrameError};
 use d_proto::peer::PeerMsg;
 use d_proto::MAX_FRAME;
 use libfuzzer_sys::fuzz_target;
@@ -39,8 +44,35 @@ fuzz_target!(|input: &[u8]| {
                 check_parse::<Request>(l);
             }
         }
+        for f in decode_binary(max, data, chunk) {
+            let _ = parse_frame::<PeerMsg>(f);
+        }
     }
 });
+
+/// Through a decoder that accepts binary frames: bounded, no panic.
+fn decode_binary(max: usize, data: &[u8], chunk: usize) -> Vec<Frame> {
+    let mut dec = FrameDecoder::new(max).with_binary();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    for piece in data.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        while let Some(f) = dec.decode(&mut buf) {
+            frames.push(f);
+        }
+        assert!(buf.len() <= max + 5, "waiting with {} > max {max} + 5", buf.len());
+    }
+    while let Some(f) = dec.decode_eof(&mut buf) {
+        frames.push(f);
+    }
+    assert!(buf.is_empty(), "{} bytes left after decode_eof", buf.len());
+    for f in &frames {
+        if let Frame::Line(l) | Frame::Binary(l) = f {
+            assert!(l.len() <= max, "frame of {} > max {max}", l.len());
+        }
+    }
+    frames
+}
 
 fn decode_chunked(max: usize, data: &[u8], chunk: usize) -> Vec<Frame> {
     let mut dec = FrameDecoder::new(max);
