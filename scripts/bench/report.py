@@ -247,8 +247,7 @@ if stream:
     tw = load("tput-wg.json")
     if tw:
         sec.append(f"Plain TCP over the same tunnel (h2 → h1, no ssh, no d): **{tw['mb_per_s']:,.0f} MB/s** — the "
-                   f"ceiling for anything carried raw; d carries output as base64 in JSON lines (4/3 of the bytes), "
-                   f"so its ceiling on this tunnel is about {tw['mb_per_s'] * 0.75:,.0f} MB/s.\n")
+                   f"ceiling for anything carried raw, as d (binary output frames, peer protocol 3) and ssh both do.\n")
     sec.append(f"d / ssh throughput: **{ratio(d['median_mbps'], s['median_mbps'], 2)}**. "
                f"Daemon RSS before the streams (idle): leader/requester {mib(foot.get('rss_idle_leader_kib'))}, "
                f"a worker {mib(foot.get('rss_idle_worker_median_kib'))}; after them: requester "
