@@ -162,7 +162,7 @@ impl Conn {
         };
         self.send(&raw)?;
         match self.next_event()? {
-            Some(Event::Error(e)) if e.error.contains("rawOutput") => {
+            Some(Event::Error(e)) if e.error.contains("unknown field `rawOutput`") => {
                 if self.verbose {
                     eprintln!("[d] the daemon predates raw output: asking again without it");
                 }
@@ -252,13 +252,17 @@ impl Conn {
 
     /// Read more bytes into the buffer; 0 means end of stream.
     fn fill(&mut self) -> Result<usize, ErrorBody> {
+        // Small for the usual short answer; the full chunk once a read fills it.
         if self.scratch.is_empty() {
-            self.scratch = vec![0u8; READ_CHUNK];
+            self.scratch = vec![0u8; 16 * 1024];
         }
         loop {
             match self.stream.read(&mut self.scratch) {
                 Ok(n) => {
                     self.buf.extend_from_slice(&self.scratch[..n]);
+                    if n == self.scratch.len() && n < READ_CHUNK {
+                        self.scratch = vec![0u8; READ_CHUNK];
+                    }
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -3,8 +3,9 @@
 //! frames once a session allows them) over any byte stream, so TCP links, the
 //! UNIX control socket and in-memory pipes in tests share them.
 //!
-//! Memory per link matters at 10,000 links: both sides start with small
-//! buffers, grow only for a large frame, and give the space back once idle.
+//! Memory per link matters at 10,000 links: the read buffer starts small,
+//! grows only for a large frame and is given back once idle; the write buffer
+//! only gathers small frames (32 KiB at most), large ones go out as they are.
 //! (tokio-util's `FramedRead` with a 64 KiB buffer let every heartbeat advance
 //! through the whole buffer, so each link's 64 KiB ended up resident.)
 
@@ -38,6 +39,9 @@ pub struct Reader<R> {
     buf: BytesMut,
     decoder: FrameDecoder,
     eof: bool,
+    /// When bytes last arrived (a large frame takes a while on a slow link:
+    /// the peer is alive meanwhile).
+    last_read: tokio::time::Instant,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -47,7 +51,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             buf: BytesMut::with_capacity(READ_START),
             decoder: FrameDecoder::new(d_proto::MAX_FRAME),
             eof: false,
+            last_read: tokio::time::Instant::now(),
         }
+    }
+
+    /// When bytes last arrived.
+    pub fn last_read(&self) -> tokio::time::Instant {
+        self.last_read
     }
 
     /// Accept binary output frames from now on (an authenticated session).
@@ -78,7 +88,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) => self.eof = true,
-                Ok(_) => {}
+                Ok(_) => self.last_read = tokio::time::Instant::now(),
                 Err(_) => return None,
             }
         }

@@ -87,7 +87,11 @@ pub async fn admit(
     if hello.purpose == Purpose::Direct {
         return Ok(welcome);
     }
-    welcome.heartbeat_ms = link_heartbeat(daemon).as_millis() as u64;
+    // A protocol-2 worker ignores the welcome's interval and gives up after
+    // three of its own: it keeps the configured one (and is never paced).
+    if protocol >= 3 {
+        welcome.heartbeat_ms = link_heartbeat(daemon).as_millis() as u64;
+    }
     if my_role != Role::Leader {
         return Err(ErrorBody::new(
             ErrorKind::Refused,
@@ -112,7 +116,8 @@ pub async fn admit(
     }
     // With a WireGuard interface, a link must come through one of its peers.
     // The device read a second ago will do, unless it lacks this peer (just
-    // added with `wg set`): then read it afresh.
+    // added with `wg set`): then read it afresh. (A peer removed less than a
+    // second ago may still get in; its tunnel is gone with it anyway.)
     let iface = &daemon.config.wg_interface;
     let mut dev = daemon.wg_cache.get(iface, Duration::from_secs(1)).await;
     if matches!(&dev, Ok(d) if wg::peer_for(d, from.ip()).is_none()) {

@@ -98,6 +98,8 @@ pub struct Session {
     /// The longest interval this side ever asked of the dialer, in ms: the
     /// deadline allows for a dialer that has not yet heard a shorter one.
     longest_ms: AtomicU64,
+    /// Dialer: a `pace` arrived; the writer re-arms its heartbeat at once.
+    paced: tokio::sync::Notify,
     /// Encoded lines for the writer task.
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
@@ -161,6 +163,7 @@ impl Session {
             terms,
             heartbeat_ms: AtomicU64::new(ms),
             longest_ms: AtomicU64::new(ms),
+            paced: tokio::sync::Notify::new(),
             tx,
             next_id: AtomicU64::new(1),
             queries: Mutex::default(),
@@ -418,7 +421,10 @@ impl Session {
                     let every = Duration::from_millis(heartbeat_ms).clamp(PACE_MIN, PACE_MAX);
                     let ms = every.as_millis() as u64;
                     self.heartbeat_ms.store(ms, Ordering::Relaxed);
-                    self.longest_ms.store(ms, Ordering::Relaxed);
+                    // Until the writer beats at the new interval, silence may
+                    // still last an old one (the acceptor only answers beats).
+                    self.longest_ms.fetch_max(ms, Ordering::Relaxed);
+                    self.paced.notify_one();
                     tracing::debug!("{} asks for a heartbeat every {every:?}", self.peer.id);
                 }
             }
@@ -552,7 +558,8 @@ async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<Owne
             _ = s.closed() => break,
             _ = &mut deadline => {
                 let dead_after = s.dead_after();
-                let due = last + dead_after;
+                // Bytes of a frame still arriving count as life too.
+                let due = last.max(reader.last_read()) + dead_after;
                 if Instant::now() < due {
                     deadline.as_mut().reset(due);
                     continue;
@@ -661,6 +668,12 @@ async fn write_loop(
                         _ = s.closed() => return Ok(()),
                     }
                 }
+                _ = s.paced.notified(), if beats => {
+                    // Beat now and from now on at the new interval.
+                    every = s.heartbeat();
+                    tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
                 _ = tick.tick(), if beats => {
                     let send = async {
                         w.feed_line(HEARTBEAT_LINE.to_vec()).await?;
@@ -670,11 +683,9 @@ async fn write_loop(
                         r = send => r?,
                         _ = s.closed() => return Ok(()),
                     }
-                    // Paced by the other side since the last beat?
-                    if s.heartbeat() != every {
-                        every = s.heartbeat();
-                        tick = tokio::time::interval_at(Instant::now() + every, every);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    if s.terms.dialer {
+                        // Beating at `every` now: its answers come as often.
+                        s.longest_ms.store(every.as_millis() as u64, Ordering::Relaxed);
                     }
                 }
             }

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use d_proto::peer::{PeerMsg, Purpose};
 
 fn peers(d: &TestDaemon) -> Vec<serde_json::Value> {
     d.json(&["listPeers"])
@@ -561,6 +562,19 @@ fn the_leader_paces_link_heartbeats_by_fleet_size() {
         ]);
     }
     let beat = |d: &TestDaemon| d.json(&["getPeerStatus"])["link_heartbeat_ms"].as_u64();
+    // An older (protocol-2) worker ignores the welcome's interval and gives
+    // up after three of its own: it is welcomed at the configured one (the
+    // test daemons' 500 ms). A current one gets the paced interval.
+    let old = raw_handshake(&leader, &key, "old-worker", Purpose::Link, 2).1;
+    let new = raw_handshake(&leader, &key, "new-worker", Purpose::Link, 3).1;
+    match (old, new) {
+        (PeerMsg::Welcome(o), PeerMsg::Welcome(n)) => {
+            assert_eq!((o.protocol, o.heartbeat_ms), (2, 500));
+            assert_eq!(n.protocol, 3);
+            assert!(n.heartbeat_ms >= 1000, "{n:?}");
+        }
+        other => panic!("not welcomed: {other:?}"),
+    }
     let mut paced = None;
     wait_for(
         Duration::from_secs(20),

@@ -337,3 +337,68 @@ pub fn stderr(o: &Output) -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// Authenticate to a daemon's peer port by hand, as a daemon offering
+/// protocols `PROTOCOL_MIN..=protocol_max` would (protocol_max 2: an older
+/// daemon that sends no `protocol_max`). Returns the stream (read timeout
+/// 5 s) and the daemon's last handshake message (the welcome, or a refusal).
+pub fn raw_handshake(
+    addr: &str,
+    key_file: &Path,
+    id: &str,
+    purpose: d_proto::peer::Purpose,
+    protocol_max: u32,
+) -> (std::net::TcpStream, d_proto::peer::PeerMsg) {
+    use d_proto::auth::{self, Side, Transcript};
+    use d_proto::peer::{Hello, PeerMsg};
+    use d_proto::types::{Role, B64};
+    use std::io::{BufRead, BufReader, Write};
+    let key = auth::key_from_text(&std::fs::read_to_string(key_file).expect("read the mesh key"))
+        .expect("a mesh key");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the peer port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut next = || {
+        let mut l = String::new();
+        r.read_line(&mut l).expect("read a handshake line");
+        serde_json::from_str::<PeerMsg>(&l).expect("a handshake message")
+    };
+    let nonce = auth::random_bytes().unwrap();
+    let hello = Hello {
+        protocol: d_proto::PROTOCOL_MIN,
+        protocol_max: if protocol_max > d_proto::PROTOCOL_MIN {
+            protocol_max
+        } else {
+            0
+        },
+        peer_id: id.into(),
+        version: "0.0.0 (raw)".into(),
+        hostname: "raw".into(),
+        listen_port: 0,
+        role: Role::Worker,
+        purpose,
+        nonce: B64(nonce.to_vec()),
+    };
+    s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
+        .unwrap();
+    let PeerMsg::Challenge {
+        peer_id,
+        nonce: theirs,
+        ..
+    } = next()
+    else {
+        panic!("no challenge")
+    };
+    let t = Transcript {
+        dialer_nonce: &nonce,
+        acceptor_nonce: &theirs.0,
+        dialer_id: id,
+        acceptor_id: &peer_id,
+        purpose: purpose.as_str(),
+    };
+    let proof = B64(auth::prove(&key, Side::Dialer, &t));
+    s.write_all(&d_proto::frame::encode(&PeerMsg::Auth { proof }).unwrap())
+        .unwrap();
+    let verdict = next();
+    (s, verdict)
+}
