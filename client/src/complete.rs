@@ -341,11 +341,21 @@ pub fn hook(args: &[OsString]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// What to offer for `word`: peer ids, or for `@...` the routing forms
-/// `@ID`, `@all` and `@a,b` (ids already in the list are not offered again).
+/// What to offer for `word`: peer ids (after `a,b,` the ids not yet in the
+/// fan-out list, appended to it), or for `@...` the routing forms `@ID`,
+/// `@all` and `@a,b` (ids already in the list are not offered again).
 pub fn candidates(ids: &[String], word: &str) -> Vec<String> {
     let Some(rest) = word.strip_prefix('@') else {
-        return ids.to_vec();
+        let Some(i) = word.rfind(',') else {
+            return ids.to_vec();
+        };
+        let done = &word[..=i];
+        let chosen: Vec<&str> = done.split(',').filter(|s| !s.is_empty()).collect();
+        return ids
+            .iter()
+            .filter(|id| !chosen.contains(&id.as_str()))
+            .map(|id| format!("{done}{id}"))
+            .collect();
     };
     let done = match rest.rfind(',') {
         Some(i) => &rest[..=i],
@@ -580,6 +590,14 @@ mod tests {
             ids(&["@vps,desktop", "@vps,laptop"])
         );
         assert_eq!(candidates(&ids(&["all"]), "@"), ids(&["@all"]));
+        assert_eq!(
+            candidates(&all, "vps,l"),
+            ids(&["vps,desktop", "vps,laptop"])
+        );
+        assert_eq!(
+            candidates(&all, "vps,laptop,"),
+            ids(&["vps,laptop,desktop"])
+        );
     }
 
     #[test]

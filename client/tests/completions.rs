@@ -462,6 +462,12 @@ fn bash_completes_live_peer_ids() {
         strs(&["desktop"])
     );
     assert_eq!(env.bash("d getPeerInfo --peer v"), strs(&["vps"]));
+    // A fan-out list: the ids not yet in it, after it.
+    assert_eq!(env.bash("d execOnPeer --peer vps,l"), strs(&["vps,laptop"]));
+    assert_eq!(
+        env.bash("d execOnPeer --peer=vps,laptop,"),
+        strs(&["vps,laptop,desktop"])
+    );
     assert_eq!(
         env.bash("d --json deletePeer --peer x"),
         Vec::<String>::new()
