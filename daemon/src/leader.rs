@@ -190,20 +190,33 @@ pub async fn ensure_self_row(daemon: &Arc<Daemon>) {
     }
 }
 
+/// A periodic timer that does not catch up on missed ticks.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Wait for the next tick at which this daemon is the leader (a daemon may
+/// become one at any time); `false` at shutdown.
+async fn next_tick_as_leader(daemon: &Daemon, tick: &mut tokio::time::Interval) -> bool {
+    loop {
+        tokio::select! {
+            _ = daemon.shutdown.cancelled() => return false,
+            _ = tick.tick() => {}
+        }
+        if daemon.identity().role == Some(Role::Leader) {
+            return true;
+        }
+    }
+}
+
 /// Keep every link's heartbeat at [`link_heartbeat`] as the fleet grows or
 /// shrinks (links admitted early in a registration storm were given a short
 /// interval). Re-paced only when off by more than a quarter.
 pub async fn pace_links(daemon: Arc<Daemon>) {
-    let mut tick = tokio::time::interval(PACE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = daemon.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if daemon.identity().role != Some(Role::Leader) {
-            continue;
-        }
+    let mut tick = ticker(PACE_EVERY);
+    while next_tick_as_leader(&daemon, &mut tick).await {
         let every = link_heartbeat(&daemon);
         for s in daemon.link_sessions() {
             let now = s.heartbeat();
@@ -216,16 +229,8 @@ pub async fn pace_links(daemon: Arc<Daemon>) {
 
 /// Periodically record `last_seen` of online peers, in one transaction.
 pub async fn flush_liveness(daemon: Arc<Daemon>) {
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = daemon.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if daemon.identity().role != Some(Role::Leader) {
-            continue;
-        }
+    let mut tick = ticker(FLUSH_EVERY);
+    while next_tick_as_leader(&daemon, &mut tick).await {
         let mut ids = daemon.online_links();
         ids.extend(daemon.identity().id);
         let now = unix_now();

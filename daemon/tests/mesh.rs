@@ -543,24 +543,9 @@ fn a_registry_larger_than_one_frame_lists_everywhere() {
 /// links stay up (no false "no heartbeat" on either side).
 #[test]
 fn the_leader_paces_link_heartbeats_by_fleet_size() {
-    let vps = TestDaemon::start_with("vps", "127.0.0.1", &["--link-beats-per-sec", "1"]);
-    let desktop = TestDaemon::start("desktop", "127.0.0.2");
-    let laptop = TestDaemon::start("laptop", "127.0.0.4");
-    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let m = Mesh::start_with(&["--link-beats-per-sec", "1"]);
+    let (vps, desktop, laptop) = (&m.vps, &m.desktop, &m.laptop);
     let (leader, key) = (vps.listen(), vps.mesh_key_path());
-    for w in [&desktop, &laptop] {
-        w.json(&[
-            "setPeerConfig",
-            "--role",
-            "worker",
-            "--id",
-            &w.name,
-            "--leader",
-            &leader,
-            "--meshKey",
-            path_str(&key),
-        ]);
-    }
     let beat = |d: &TestDaemon| d.json(&["getPeerStatus"])["link_heartbeat_ms"].as_u64();
     // An older (protocol-2) worker ignores the welcome's interval and gives
     // up after three of its own: it is welcomed at the configured one (the
@@ -580,9 +565,9 @@ fn the_leader_paces_link_heartbeats_by_fleet_size() {
         Duration::from_secs(20),
         "both links paced to 2 s or more",
         || {
-            let want = beat(&vps).filter(|ms| *ms >= 2000);
+            let want = beat(vps).filter(|ms| *ms >= 2000);
             paced = want;
-            want.is_some() && beat(&desktop) == want && beat(&laptop) == want
+            want.is_some() && beat(desktop) == want && beat(laptop) == want
         },
     );
     let secs = paced.unwrap_or_default() / 1000;
@@ -595,11 +580,11 @@ fn the_leader_paces_link_heartbeats_by_fleet_size() {
     );
     // Three of the new intervals and more: still linked, nobody gave up.
     std::thread::sleep(Duration::from_secs(3 * secs + 1));
-    for w in [&desktop, &laptop] {
+    for w in [desktop, laptop] {
         assert_eq!(w.json(&["getPeerStatus"])["link"], "connected");
         assert!(!w.log().contains("no heartbeat"), "{}", w.log());
     }
     assert!(!vps.log().contains("no heartbeat"), "{}", vps.log());
-    let online = peers(&vps).iter().filter(|p| p["online"] == true).count();
+    let online = peers(vps).iter().filter(|p| p["online"] == true).count();
     assert_eq!(online, 3);
 }

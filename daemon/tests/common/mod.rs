@@ -268,7 +268,12 @@ pub struct Mesh {
 
 impl Mesh {
     pub fn start() -> Mesh {
-        let vps = TestDaemon::start("vps", "127.0.0.1");
+        Mesh::start_with(&[])
+    }
+
+    /// [`Mesh::start`] with extra arguments for the leader's daemon.
+    pub fn start_with(leader_args: &[&str]) -> Mesh {
+        let vps = TestDaemon::start_with("vps", "127.0.0.1", leader_args);
         let desktop = TestDaemon::start("desktop", "127.0.0.2");
         let laptop = TestDaemon::start("laptop", "127.0.0.4");
         vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
