@@ -588,3 +588,98 @@ fn the_leader_paces_link_heartbeats_by_fleet_size() {
     let online = peers(vps).iter().filter(|p| p["online"] == true).count();
     assert_eq!(online, 3);
 }
+
+/// A real worker follows a `pace` at once: a fake leader (this test, doing
+/// the acceptor's side of the handshake) welcomes it at 4 s, then paces it to
+/// 300 ms. The worker's next heartbeat must come right away, not an old
+/// interval later (until then its own deadline would have been the new,
+/// shorter one), and it keeps the new interval with the link up.
+#[test]
+fn a_worker_follows_a_pace_at_once() {
+    use d_proto::auth::{self, Side, Transcript};
+    use d_proto::peer::Welcome;
+    use d_proto::types::{Role, B64};
+    use std::net::TcpListener;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = auth::random_bytes().unwrap();
+    let key_file = dir.path().join("mesh.key");
+    std::fs::write(&key_file, auth::key_to_text(&key)).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let leader = listener.local_addr().unwrap().to_string();
+    let w = TestDaemon::start("desktop", "127.0.0.2");
+    w.json(&[
+        "setPeerConfig",
+        "--role",
+        "worker",
+        "--id",
+        "desktop",
+        "--leader",
+        &leader,
+        "--meshKey",
+        path_str(&key_file),
+    ]);
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut next = || {
+        let mut l = String::new();
+        r.read_line(&mut l).expect("a line from the worker");
+        serde_json::from_str::<PeerMsg>(&l).expect("a message")
+    };
+    let mut send = |m: &PeerMsg| s.write_all(&d_proto::frame::encode(m).unwrap()).unwrap();
+    let PeerMsg::Hello(hello) = next() else {
+        panic!("no hello")
+    };
+    assert!(hello.protocol_max >= 3, "{hello:?}");
+    let nonce = auth::random_bytes().unwrap();
+    let t = Transcript {
+        dialer_nonce: &hello.nonce.0,
+        acceptor_nonce: &nonce,
+        dialer_id: &hello.peer_id,
+        acceptor_id: "fakelead",
+        purpose: hello.purpose.as_str(),
+    };
+    send(&PeerMsg::Challenge {
+        peer_id: "fakelead".into(),
+        nonce: B64(nonce.to_vec()),
+        proof: B64(auth::prove(&key, Side::Acceptor, &t)),
+    });
+    let PeerMsg::Auth { proof } = next() else {
+        panic!("no auth")
+    };
+    assert!(auth::verify(&key, Side::Dialer, &t, &proof.0));
+    send(&PeerMsg::Welcome(Welcome {
+        protocol: 3,
+        peer_id: "fakelead".into(),
+        version: "0.0.0 (fake)".into(),
+        role: Role::Leader,
+        heartbeat_ms: 4000,
+    }));
+    // Heartbeats from the worker, each answered as a leader does; anything
+    // else it says is not this test's business.
+    let mut beat = |send: &mut dyn FnMut(&PeerMsg)| loop {
+        if let PeerMsg::Heartbeat = next() {
+            send(&PeerMsg::Heartbeat);
+            return Instant::now();
+        }
+    };
+    beat(&mut send);
+    let paced = Instant::now();
+    send(&PeerMsg::Pace { heartbeat_ms: 300 });
+    let first = beat(&mut send) - paced;
+    assert!(
+        first < Duration::from_millis(1500),
+        "the worker's next heartbeat came {first:?} after the pace (its old interval is 4 s)"
+    );
+    let t0 = Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        beat(&mut send);
+        n += 1;
+    }
+    assert!(n >= 6, "{n} heartbeats in 3 s at a 300 ms pace");
+    let st = w.json(&["getPeerStatus"]);
+    assert_eq!(st["link"], "connected", "{st}");
+    assert_eq!(st["link_heartbeat_ms"], 300, "{st}");
+}
