@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_bin, daemon_bin, signal, stderr, stdout, wait_for};
+use common::{
+    client_bin, daemon_bin, kill_child, run_d, run_d_json, stderr, stdout, stop_child,
+    wait_answering, wait_for,
+};
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
 
 /// A d-daemon inside a namespace host, with its own hostname (UTS namespace).
@@ -68,62 +71,23 @@ impl NsDaemon {
             mesh.spawn(self.host, &mut cmd)
                 .expect("start d-daemon in its namespace"),
         );
-        let sock = self.socket();
-        wait_for(Duration::from_secs(10), "the control socket", || {
-            Command::new(client_bin())
-                .arg("--socket")
-                .arg(&sock)
-                .arg("ping")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
+        wait_answering(&self.socket());
     }
 
     fn d(&self, args: &[&str]) -> Output {
-        Command::new(client_bin())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        run_d(&self.socket(), args)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let o = self.d(&all);
-        assert!(
-            o.status.success(),
-            "{} d {args:?}: {}{}",
-            self.name,
-            stdout(&o),
-            stderr(&o)
-        );
-        serde_json::from_slice(&o.stdout).unwrap()
+        run_d_json(&self.socket(), args)
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), libc::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_child(&mut self.child);
     }
 
     fn log(&self) -> String {

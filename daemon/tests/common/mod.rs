@@ -148,41 +148,17 @@ impl TestDaemon {
             }
         };
         self.child = Some(child);
-        let sock = self.socket();
-        wait_for(Duration::from_secs(10), "the control socket", || {
-            Command::new(client_bin())
-                .arg("--socket")
-                .arg(&sock)
-                .arg("ping")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
+        wait_answering(&self.socket());
     }
 
     /// Run `d` against this daemon.
     pub fn d(&self, args: &[&str]) -> Output {
-        Command::new(client_bin())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run d")
+        run_d(&self.socket(), args)
     }
 
     /// Run `d --json`, expect success, parse stdout.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.d(&all);
-        assert!(
-            out.status.success(),
-            "d {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+        run_d_json(&self.socket(), args)
     }
 
     /// The bound peer port address, `IP:PORT`.
@@ -199,26 +175,12 @@ impl TestDaemon {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id(), libc::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_child(&mut self.child);
     }
 
     /// Start again on the same address and state (after a kill or stop).
@@ -237,6 +199,63 @@ impl Drop for TestDaemon {
         if std::thread::panicking() {
             eprintln!("---- log of {} ----\n{}", self.name, self.log());
         }
+    }
+}
+
+/// Run `d --socket SOCKET ARGS`.
+pub fn run_d(socket: &Path, args: &[&str]) -> Output {
+    Command::new(client_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run d")
+}
+
+/// Run `d --json`, expect success, parse stdout.
+pub fn run_d_json(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run_d(socket, &all);
+    assert!(
+        out.status.success(),
+        "d --socket {} {args:?} failed: {}\n{}",
+        socket.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// Wait until a daemon answers `d ping` on `socket`.
+pub fn wait_answering(socket: &Path) {
+    wait_for(Duration::from_secs(10), "the control socket", || {
+        run_d(socket, &["ping"]).status.success()
+    });
+}
+
+/// SIGKILL a daemon we started, as a crash would.
+pub fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// SIGTERM a daemon we started and wait (10 s, then SIGKILL) for it to end.
+pub fn stop_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        signal(c.id(), libc::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
