@@ -373,49 +373,47 @@ async fn stream_to_client<R, W>(
                 continue;
             }
         };
-        let (event, n) = match ev {
-            Some(JobEvent::Output(stream, data)) if raw => {
-                let n = data.len();
-                rec.output_bytes += n as u64;
-                let frame = d_proto::frame::encode_output(0, stream, &data);
-                let written = tokio::select! {
-                    r = async { writer.feed_line(frame).await?; writer.flush().await } => r.is_ok(),
-                    _ = client_gone(reader) => false,
-                };
-                if !written {
-                    gone = true;
-                    continue;
-                }
-                source.consumed(n).await;
-                continue;
-            }
+        let (out, n) = match ev {
             Some(JobEvent::Output(stream, data)) => {
                 let n = data.len();
                 rec.output_bytes += n as u64;
-                let e = match stream {
-                    d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
-                    d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+                let out = if raw {
+                    ToClient::Raw(d_proto::frame::encode_output(0, stream, &data))
+                } else {
+                    ToClient::Event(match stream {
+                        d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
+                        d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+                    })
                 };
-                (e, n)
+                (out, n)
             }
             Some(JobEvent::Exit(exit)) => {
                 rec.exit = Some(exit);
                 let peer = peer.to_string();
-                (Event::Exit { peer, exit }, 0)
+                (ToClient::Event(Event::Exit { peer, exit }), 0)
             }
             Some(JobEvent::Failed(e)) => {
                 rec.error = Some(e.error.clone());
-                (Event::Error(e), 0)
+                (ToClient::Event(Event::Error(e)), 0)
             }
             None => {
                 let e = ErrorBody::new(ErrorKind::Other, "the job ended without a status");
                 rec.error = Some(e.error.clone());
-                (Event::Error(e), 0)
+                (ToClient::Event(Event::Error(e)), 0)
             }
         };
-        let last = event.is_final();
+        let last = matches!(&out, ToClient::Event(e) if e.is_final());
+        let write = async {
+            match out {
+                ToClient::Event(e) => writer.send(&e).await,
+                ToClient::Raw(frame) => {
+                    writer.feed_line(frame).await?;
+                    writer.flush().await
+                }
+            }
+        };
         let written = tokio::select! {
-            r = writer.send(&event) => r.is_ok(),
+            r = write => r.is_ok(),
             _ = client_gone(reader) => false,
         };
         if last {
@@ -430,6 +428,13 @@ async fn stream_to_client<R, W>(
     tracing::info!("client went away: cancelling the job on {peer}");
     rec.error = Some("cancelled: the client went away".into());
     source.cancel().await;
+}
+
+/// What goes to the control client next: an event, or (when it asked for
+/// raw output) an output chunk as a binary frame.
+enum ToClient {
+    Event(Event),
+    Raw(Vec<u8>),
 }
 
 /// Resolves when the client closes its side (anything it sends mid-job is ignored).

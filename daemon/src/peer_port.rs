@@ -430,7 +430,7 @@ async fn dial_inner(
     // Beat as the acceptor asks (a leader spreads its links' heartbeats out).
     let terms = Terms {
         protocol: welcome.protocol,
-        heartbeat: Duration::from_millis(welcome.heartbeat_ms.clamp(50, 300_000)),
+        heartbeat: crate::session::asked_interval(welcome.heartbeat_ms),
         dialer: true,
     };
     let s = Session::start(daemon, desc, terms, reader, writer);

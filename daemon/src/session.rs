@@ -64,9 +64,11 @@ impl Terms {
     }
 }
 
-/// Bounds on an interval a peer may ask for.
-const PACE_MIN: Duration = Duration::from_millis(50);
-const PACE_MAX: Duration = Duration::from_secs(300);
+/// A heartbeat interval the other side asked for (welcome or pace), kept
+/// within 50 ms and 5 minutes.
+pub fn asked_interval(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(50, 300_000))
+}
 
 const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 
@@ -418,7 +420,7 @@ impl Session {
             }
             PeerMsg::Pace { heartbeat_ms } => {
                 if self.terms.dialer {
-                    let every = Duration::from_millis(heartbeat_ms).clamp(PACE_MIN, PACE_MAX);
+                    let every = asked_interval(heartbeat_ms);
                     let ms = every.as_millis() as u64;
                     self.heartbeat_ms.store(ms, Ordering::Relaxed);
                     // Until the writer beats at the new interval, silence may

@@ -1843,10 +1843,6 @@ struct Sess {
 }
 
 impl Sess {
-    fn open(ctx: &Ctx) -> R<Sess> {
-        Sess::open_up_to(ctx, d_proto::PROTOCOL_MIN)
-    }
-
     fn open_up_to(ctx: &Ctx, max: u32) -> R<Sess> {
         let mut c = ctx.tcp(ctx.desktop)?;
         let ex = exchange_up_to(&mut c, &ctx.key, TESTER, "direct", max)?;
@@ -1978,35 +1974,37 @@ impl Drop for Sess {
 /// Run `f` on the group's session (opened on first use, reopened after a
 /// failure or a fresh mesh), then check the session still serves jobs.
 fn in_session(slot: &mut Option<Sess>, ctx: &Ctx, f: impl FnOnce(&mut Sess) -> R) -> R {
+    in_session_of(d_proto::PROTOCOL_MIN, slot, ctx, f)
+}
+
+/// [`in_session`] on a protocol-3 session (output as binary frames).
+fn in_session3(slot: &mut Option<Sess>, ctx: &Ctx, f: impl FnOnce(&mut Sess) -> R) -> R {
+    in_session_of(3, slot, ctx, f)
+}
+
+/// [`in_session`] on a session of `protocol`; one older than 3 must never
+/// see a binary frame.
+fn in_session_of(
+    protocol: u32,
+    slot: &mut Option<Sess>,
+    ctx: &Ctx,
+    f: impl FnOnce(&mut Sess) -> R,
+) -> R {
     if slot.as_ref().is_some_and(|s| s.addr != ctx.desktop) {
         *slot = None;
     }
     if slot.is_none() {
-        *slot = Some(Sess::open(ctx)?);
+        *slot = Some(Sess::open_up_to(ctx, protocol)?);
     }
     let s = slot.as_mut().expect("session");
     let r = f(s)
         .and_then(|_| s.alive())
         .and_then(|_| match s.c.binary_frames {
-            0 => Ok(()),
-            n => Err(format!("a protocol-2 session got {n} binary frames")),
+            n if n > 0 && protocol < 3 => Err(format!(
+                "a protocol-{protocol} session got {n} binary frames"
+            )),
+            _ => Ok(()),
         });
-    if r.is_err() {
-        *slot = None;
-    }
-    r
-}
-
-/// [`in_session`] on a protocol-3 session (output as binary frames).
-fn in_session3(slot: &mut Option<Sess>, ctx: &Ctx, f: impl FnOnce(&mut Sess) -> R) -> R {
-    if slot.as_ref().is_some_and(|s| s.addr != ctx.desktop) {
-        *slot = None;
-    }
-    if slot.is_none() {
-        *slot = Some(Sess::open_up_to(ctx, 3)?);
-    }
-    let s = slot.as_mut().expect("session");
-    let r = f(s).and_then(|_| s.alive());
     if r.is_err() {
         *slot = None;
     }
