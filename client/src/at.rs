@@ -11,7 +11,7 @@
 //!   `getPeerIdByIp`, `dbSanityCheck`, `execLog` are answered by the target
 //!   (`Request::OnPeer`); `remotePull`, `remoteBd`, `remoteDeployDaemon` and
 //!   `doctor` run here with `--peer TARGET`; the local commands
-//!   (`setPeerConfig`, `registerWorker`, `completions`, `deletePeer`,
+//!   (`setPeerConfig`, `registerWorker`, `completions`, `mcp`, `deletePeer`,
 //!   `execOnPeer`, `execOnPeerByIp`) are refused with the line that does it;
 //! - otherwise words of a shell command, run on the target in its default
 //!   directory: joined with single spaces, as ssh joins them, so the remote
@@ -69,7 +69,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "dbSanityCheck" | "execLog" => Kind::Ask,
         "remotePull" | "remoteBd" | "remoteDeployDaemon" => Kind::Operation,
         "doctor" => Kind::Doctor,
-        "setPeerConfig" | "registerWorker" | "completions" => Kind::Local,
+        "setPeerConfig" | "registerWorker" | "completions" | "mcp" => Kind::Local,
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
         _ => return None,
@@ -357,7 +357,7 @@ fn local_only(spec: &str, cmd: &str, user: &[String]) -> ErrorBody {
             "\nThe --meshKey file is read on {target} (copy it there first; `-` would read an empty stdin)."
         ));
     }
-    if cmd == "completions" {
+    if cmd == "completions" || cmd == "mcp" {
         hint.push_str(&format!("\nFor this machine: {}", d_line(cmd, user)));
     }
     ErrorBody::new(

@@ -226,6 +226,22 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: Shell,
     },
+
+    /// Serve d to an AI assistant: a Model Context Protocol server on stdio
+    ///
+    /// Runs d-mcp (found beside d, then on PATH), whose tools run this d:
+    /// listPeers, getPeerStatus, execOnPeer, execOnPeers (fan-out), execLog,
+    /// doctor. Register it with an assistant as the command `d mcp`, e.g.
+    ///   claude mcp add d -- d mcp
+    /// Output returned per call is bounded (--maxOutput); a longer stream keeps
+    /// its first and last halves and says how much was left out.
+    #[command(verbatim_doc_comment)]
+    Mcp {
+        /// Bytes of each output stream returned per call (fan-out: divided among the peers).
+        #[arg(long = "maxOutput", value_name = "BYTES", default_value_t = 32 * 1024,
+              value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+        max_output: u64,
+    },
 }
 
 /// `--parallel` of `execOnPeer` and `d @a,b`: peers run at once.
@@ -305,7 +321,7 @@ impl Command {
                 timeout: *timeout,
                 raw_output: false,
             },
-            Command::Completions { .. } => return None,
+            Command::Completions { .. } | Command::Mcp { .. } => return None,
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }
             | Command::RemoteBd { .. }

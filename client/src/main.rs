@@ -16,6 +16,7 @@ mod complete;
 mod conn;
 mod exec;
 mod fanout;
+mod mcp;
 mod ops;
 mod render;
 
@@ -97,6 +98,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 render::out(&complete::script(*shell));
                 Ok(0)
             }
+            Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
             }
@@ -231,6 +233,7 @@ fn show(
         Command::ExecOnPeer { .. }
         | Command::ExecOnPeerByIp { .. }
         | Command::Completions { .. }
+        | Command::Mcp { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),
