@@ -22,7 +22,9 @@
 # overlay whose writes go to the run's directory (so `scripts/install.sh`
 # into /usr/local and `dpkg -i` work and the host stays untouched), and
 # /var/lib/dpkg is a copy of the host's package database (so dpkg knows what
-# /usr holds and checks a .deb's dependencies against it). The checkout is bound read-only at its own path, and so is each
+# /usr holds and checks a .deb's dependencies against it), with the host's
+# accounts merged into its /etc/passwd, group, shadow and gshadow, and its
+# /etc/alternatives, PAM and account tools' settings copied in. The checkout is bound read-only at its own path, and so is each
 # --bind-ro DIR. Its network namespace has `eth0` with 198.18.0.I/24, bridged
 # to <P>br in namespace <P>hub, where the bridge has 198.18.0.254 (the host's
 # side: a test may run a daemon there with `ip netns exec <P>hub ...`).
@@ -405,9 +407,32 @@ wait_booted() {
     die "${S[NAME_$i]}: systemd not running after ${secs}s (is-system-running: ${st:-no answer})"
   fi
   # The host's package database, as a Debian machine has one (so `dpkg -i`
-  # knows what is installed: /usr is the host's).
+  # knows what is installed: /usr is the host's), and the accounts its
+  # packages made (dpkg refuses to run if a stat override names a group that
+  # does not exist); the machine's own system accounts are kept.
   tar -C /var/lib -cf - dpkg | in_machine "$i" tar -C /var/lib -xf - ||
     die "${S[NAME_$i]}: cannot copy the package database in"
+  # And what a Debian /etc has beyond systemd's first boot: the alternatives
+  # (/usr/bin/awk points there), the accounts tools' and PAM's settings.
+  local f etc=()
+  for f in alternatives login.defs adduser.conf deluser.conf nsswitch.conf shells \
+    pam.conf pam.d security default skel environment profile bash.bashrc dpkg; do
+    [ ! -e "/etc/$f" ] || etc+=("$f")
+  done
+  tar -C /etc -cf - "${etc[@]}" | in_machine "$i" tar -C /etc --skip-old-files -xf - ||
+    die "${S[NAME_$i]}: cannot copy /etc files in"
+  # This machine's image may carry Docker's policy-rc.d (exit 101: "start no
+  # service"), which no booted machine has: gone from the machine's /usr
+  # overlay (a whiteout; the host keeps its own).
+  in_machine "$i" rm -f /usr/sbin/policy-rc.d
+  for f in passwd group shadow gshadow; do
+    [ -r "/etc/$f" ] || continue
+    # shellcheck disable=SC2016 # expanded by that sh
+    in_machine "$i" sh -c 'cat >"/run/$1.host" &&
+      awk -F: "NR == FNR { seen[\$1] = 1; print; next } !seen[\$1]" "/run/$1.host" "/etc/$1" >"/run/$1.new" &&
+      cat "/run/$1.new" >"/etc/$1" && rm -f "/run/$1.host" "/run/$1.new"' sh "$f" <"/etc/$f" ||
+      die "${S[NAME_$i]}: cannot merge /etc/$f"
+  done
 }
 
 # WireGuard: keys made here, a wg0.conf per machine, wg-quick@wg0 in each.
