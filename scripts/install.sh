@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Install d (client) and d-daemon, their systemd unit, man pages and shell
-# completions; or, with --uninstall, remove exactly what an install put there.
+# Install d (client), d-daemon and d-mcp (the MCP server behind `d mcp`), the
+# systemd unit, man pages and shell completions; or, with --uninstall, remove
+# exactly what an install put there.
 #
 # Usage: scripts/install.sh [--prefix DIR] [--destdir DIR] [--unitdir DIR]
 #                           [--profile release|dev] [--no-build] [--uninstall]
 #
 #   --prefix DIR    where things go (default /usr/local):
-#                     DIR/bin/d, DIR/sbin/d-daemon,
+#                     DIR/bin/d, DIR/bin/d-mcp, DIR/sbin/d-daemon,
 #                     DIR/share/man/man1/d.1 (and d-COMMAND.1), DIR/share/man/man8/d-daemon.8,
 #                     DIR/share/bash-completion/completions/d, DIR/share/zsh/site-functions/_d,
 #                     DIR/share/fish/vendor_completions.d/d.fish,
@@ -182,7 +183,7 @@ build() {
   [ "$PROFILE" = dev ] && profile_args=()
   command -v cargo >/dev/null ||
     die "cargo not found: install Rust (https://rustup.rs), or build first and use --no-build"
-  (cd "$ROOT" && cargo build "${profile_args[@]}" --locked -p d-daemon -p d-client -p xtask)
+  (cd "$ROOT" && cargo build "${profile_args[@]}" --locked -p d-daemon -p d-client -p d-mcp -p xtask)
 }
 
 install_all() {
@@ -207,6 +208,11 @@ install_all() {
 
   put "$bin/d" "$PREFIX/bin/d" 0755
   put "$bin/d-daemon" "$PREFIX/sbin/d-daemon" 0755
+  if [ -x "$bin/d-mcp" ]; then
+    put "$bin/d-mcp" "$PREFIX/bin/d-mcp" 0755
+  else
+    note "no $bin/d-mcp (build it: cargo build --release -p d-mcp): \`d mcp\` will say it is missing"
+  fi
 
   sed "s|^ExecStart=.*|ExecStart=$PREFIX/sbin/d-daemon|" "$ROOT/systemd/d-daemon.service" >"$work/d-daemon.service"
   grep -qx "ExecStart=$PREFIX/sbin/d-daemon" "$work/d-daemon.service" ||

@@ -49,6 +49,7 @@ if diff -u "$tmp/tree1" "$tmp/tree2"; then ok "idempotent"; else fail "second in
 
 echo "== files and modes"
 expect_file $P/bin/d 755
+expect_file $P/bin/d-mcp 755
 expect_file $P/sbin/d-daemon 755
 expect_file $P/lib/systemd/system/d-daemon.service 644
 expect_file $P/share/man/man1/d.1 644
