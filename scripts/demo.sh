@@ -4,33 +4,47 @@
 # dir each), configured and driven with the real `d` client. Every command is
 # printed before its output, with the peer it runs on.
 #
-# Usage: scripts/demo.sh [--keep] [--wireguard]
+# Usage: scripts/demo.sh [--keep] [--wireguard | --machines]
 #   --keep       leave the mesh running afterwards and print how to use and stop it
 #   --wireguard  the same over real WireGuard (root only): scripts/mesh.sh builds
 #                three network-namespace hosts joined by wireguard-go (vps
 #                198.19.0.1, desktop .2, laptop .3), one daemon in each (its own
 #                hostname, listening on its WireGuard address, port 3600); also
 #                shows d doctor, and a cut of desktop's link and its recovery
+#   --machines   on three machines with their own systemd (root only):
+#                scripts/machines.sh boots them with systemd-nspawn, each with
+#                wg-quick@wg0 (wireguard-go) and d installed by install.sh as
+#                d-daemon.service; they join the mesh, then run the same
+#                scenario, d doctor, a tunnel cut, and a daemon killed and
+#                brought back by systemd
 #
 # Needs Rust (cargo); as root on a fresh Debian it installs a C compiler (and,
-# for --wireguard, wireguard-go, wireguard-tools and iproute2) if missing.
+# for --wireguard and --machines, wireguard-go, wireguard-tools, iproute2 and
+# systemd-container) if missing.
 # Exits nonzero if a command's exit status is not the expected one.
 set -euo pipefail
 
-keep=0 wireguard=0
+keep=0 wireguard=0 machines=0
 for arg in "$@"; do
   case $arg in
     --keep) keep=1 ;;
     --wireguard) wireguard=1 ;;
-    -h | --help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --machines) machines=1 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "unknown option: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
-if [ "$wireguard" = 1 ] && [ "$(id -u)" != 0 ]; then
-  echo "error: --wireguard needs root (network namespaces, WireGuard interfaces):" \
-    "sudo bash $0 $*" >&2
+if [ "$wireguard" = 1 ] && [ "$machines" = 1 ]; then
+  echo "error: --wireguard or --machines, not both (--machines runs over WireGuard too)" >&2
   exit 2
 fi
+if { [ "$wireguard" = 1 ] || [ "$machines" = 1 ]; } && [ "$(id -u)" != 0 ]; then
+  echo "error: --wireguard and --machines need root (network namespaces, WireGuard" \
+    "interfaces, containers): sudo bash $0 $*" >&2
+  exit 2
+fi
+# Over WireGuard either way: the doctor and tunnel sections run.
+tunnels=$((wireguard + machines))
 
 # shellcheck source=scripts/lib-mesh.sh
 source "$(dirname "$0")/lib-mesh.sh"
@@ -82,6 +96,16 @@ report() {
     printf '%sUNEXPECTED: wanted exit status %s%s\n' "$red" "${EXPECT:-0}" "$off"
     failures=$((failures + 1))
   fi
+}
+
+# run_in NAME CMD...: show and run a command as root inside machine NAME.
+run_in() {
+  local name=$1 started status=0
+  shift
+  printf '\n%s[%s]# %s%s\n' "$bold" "$name" "$(quote "$@")" "$off"
+  started=$(now_us)
+  mesh_machine "$name" "$@" || status=$?
+  report "$status" "$started" 0
 }
 
 is_exec() { [[ $1 == execOnPeer* ]]; }
@@ -171,7 +195,16 @@ trap mesh_cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if [ "$wireguard" = 0 ]; then
+if [ "$machines" = 1 ]; then
+  section "Three machines, each with its own systemd, joined by WireGuard"
+  note "scripts/machines.sh: systemd-nspawn boots this machine's own files three times;"
+  note "each has wg-quick@wg0 (wireguard-go) and d installed by scripts/install.sh"
+  mesh_machines_up d-demo-machines "$([ "$keep" = 1 ] || echo $$)"
+  bash "$MACHINES_SH" status --state "$MESH_MACHINES_STATE"
+  note "state: $MESH_MACHINES_STATE"
+  run_in vps systemctl status d-daemon --no-pager --lines=3
+  run_in laptop wg show wg0 peers
+elif [ "$wireguard" = 0 ]; then
   section "Start three daemons on loopback"
   mesh_start d-demo
   for name in "${MESH_PEERS[@]}"; do
@@ -198,9 +231,21 @@ else
   done
   note "each daemon runs in its host's namespace; the d client runs here (a UNIX socket is a path)"
 fi
-note "below, [peer]\$ d ... means: $D --socket <peer's socket> ..."
-note "logs: $MESH_DIR/<peer>/log"
+if [ "$machines" = 1 ]; then
+  note "below, [peer]\$ d ... runs d inside that machine, against its /run/d/d.sock"
+else
+  note "below, [peer]\$ d ... means: $D --socket <peer's socket> ..."
+  note "logs: $MESH_DIR/<peer>/log"
+fi
 
+if [ "$machines" = 1 ]; then
+  section "Join: vps leads, desktop and laptop join it"
+  started=$(now_us)
+  status=0
+  mesh_machines_join || status=$?
+  report "$status" "$started" 0
+  mesh_wait_linked
+else
 section "Roles: vps leads, desktop and laptop work"
 run vps setPeerConfig --role leader --id vps
 leader=$(mesh_listen vps)
@@ -219,11 +264,12 @@ else
   run laptop registerWorker --leader "${IP[vps]}" --meshKey "$MESH_DIR/vps/state/mesh.key"
 fi
 mesh_wait_linked
+fi
 
 section "The registry and the local state"
 note "asked on a worker, listPeers goes to the leader"
 run laptop listPeers
-if [ "$wireguard" = 0 ]; then
+if [ "$tunnels" = 0 ]; then
   run desktop getPeerStatus
 else
   note "the WireGuard interface, its peers named by peer id"
@@ -253,20 +299,40 @@ section "Errors say what to do"
 note "errors of d itself exit 255 in the exec family, as ssh does"
 EXPECT=255 run laptop execOnPeer --peer nosuch --directory /tmp --shellCmd true
 
-if [ "$wireguard" = 1 ]; then
+if [ "$tunnels" = 1 ]; then
   section "d doctor: the checklist, run for you"
   run laptop doctor --peer desktop
 
   section "A tunnel goes down, and comes back"
-  run_sh bash "$MESH_SH" cut --state "$MESH_WG_STATE" --host "${HOST[desktop]}"
+  if [ "$machines" = 1 ]; then
+    run_sh bash "$MACHINES_SH" cut --state "$MESH_MACHINES_STATE" --machine desktop
+  else
+    run_sh bash "$MESH_SH" cut --state "$MESH_WG_STATE" --host "${HOST[desktop]}"
+  fi
   note "desktop's underlay link is down: nothing passes its WireGuard tunnel"
   EXPECT=255 run_diag "the tunnel is down" laptop execOnPeer --peer desktop --directory /tmp --shellCmd true
 
-  run_sh bash "$MESH_SH" restore --state "$MESH_WG_STATE" --host "${HOST[desktop]}"
+  if [ "$machines" = 1 ]; then
+    run_sh bash "$MACHINES_SH" restore --state "$MESH_MACHINES_STATE" --machine desktop
+  else
+    run_sh bash "$MESH_SH" restore --state "$MESH_WG_STATE" --host "${HOST[desktop]}"
+  fi
   note "retried until it works (up to 15 s); only the last attempt is shown"
   run_retry 15 laptop execOnPeer --peer desktop --directory /tmp --shellCmd true
   mesh_wait "desktop to link to the leader again" 15 mesh_linked desktop
   note "desktop's own link to the leader came back by itself"
+fi
+
+if [ "$machines" = 1 ]; then
+  section "systemd keeps d-daemon running"
+  run_in desktop systemctl kill --signal=KILL d-daemon
+  note "killed; Restart=always brings it back after RestartSec=1, and it links to the leader again"
+  mesh_wait "desktop's d-daemon to be back" 15 mesh_machine desktop systemctl is-active --quiet d-daemon
+  mesh_wait "desktop to link to the leader again" 15 mesh_linked desktop
+  run_in desktop systemctl show d-daemon --property=NRestarts,MainPID,ActiveState
+  run laptop execOnPeer --peer desktop --directory / --shellCmd 'systemctl is-active d-daemon'
+  note "its log is in the journal"
+  run_in desktop journalctl -u d-daemon --no-pager --lines=4 --output=cat
 fi
 
 section "Done"
@@ -279,6 +345,18 @@ echo "every command exited as expected"
 if [ "$keep" = 1 ]; then
   trap - EXIT INT TERM
   echo
+  if [ "$machines" = 1 ]; then
+    echo "The three machines keep running. In your shell, as root:"
+    for name in "${MESH_PEERS[@]}"; do
+      printf '  bash %s exec --state %s --machine %-7s -- bash -l   # a shell on %s\n' \
+        "$MACHINES_SH" "$MESH_MACHINES_STATE" "$name" "$name"
+    done
+    echo "  (or nsenter -t PID -a bash, PID = the machine's systemd: bash $MACHINES_SH status --state $MESH_MACHINES_STATE)"
+    echo "There: d listPeers, d @desktop uptime, systemctl status d-daemon, journalctl -u d-daemon, wg show"
+    echo "Stop them (as root) with:"
+    echo "  bash $MACHINES_SH down --state $MESH_MACHINES_STATE && rm -rf $MESH_DIR"
+    exit 0
+  fi
   echo "The mesh keeps running. To play with it, in your shell:"
   echo "  export PATH=$MESH_BIN:\$PATH"
   for name in "${MESH_PEERS[@]}"; do

@@ -23,6 +23,17 @@
 #                                  hostname (UTS namespace), listening on its WireGuard
 #                                  address (no --listen); sets SOCK, PID, MESH_PIDS
 # mesh_cleanup then also runs `mesh.sh down` (after stopping the daemons).
+#
+# On three machines with a real systemd instead (root only; scripts/machines.sh
+# boots them with systemd-nspawn, joined by WireGuard):
+#   mesh_machines_up PREFIX [OWNER_PID]  boot vps, desktop, laptop (198.19.0.1-3 on
+#                                  wg0, wg-quick@wg0), install d with install.sh
+#                                  (release build), enable --now d-daemon; sets
+#                                  MESH_DIR, MESH_MACHINES_STATE, IP[name]; from
+#                                  then on mesh_d runs `d` inside the machine
+#   mesh_machines_join             vps leads, desktop and laptop join it
+#   mesh_machine NAME CMD...       run CMD inside machine NAME
+# mesh_cleanup then runs `machines.sh down`.
 
 MESH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MESH_BIN=$MESH_ROOT/target/release
@@ -36,6 +47,8 @@ MESH_KEY_ARGS=()
 MESH_DIR=
 MESH_SH=$MESH_ROOT/scripts/mesh.sh
 MESH_WG_STATE=
+MACHINES_SH=$MESH_ROOT/scripts/machines.sh
+MESH_MACHINES_STATE=
 declare -A HOST=() NS=() WGIF=() UNDERLAY=()
 
 mesh_die() { echo "error: $*" >&2; exit 1; }
@@ -73,8 +86,17 @@ mesh_start() {
   done
 }
 
-# mesh_d NAME ARGS...: the d client against NAME's daemon.
-mesh_d() { local name=$1; shift; "$D" --socket "${SOCK[$name]}" "$@"; }
+# mesh_d NAME ARGS...: the d client against NAME's daemon (on a machine: the
+# d installed there, against its /run/d/d.sock).
+mesh_d() {
+  local name=$1
+  shift
+  if [ -n "$MESH_MACHINES_STATE" ]; then
+    mesh_machine "$name" d "$@"
+  else
+    "$D" --socket "${SOCK[$name]}" "$@"
+  fi
+}
 
 # mesh_wait WHAT SECS CMD...: poll CMD (quietly) every 50 ms until it succeeds.
 mesh_wait() {
@@ -172,6 +194,11 @@ mesh_cleanup() {
     done
     MESH_PIDS=()
   fi
+  if [ -n "$MESH_MACHINES_STATE" ] && [ -f "$MESH_MACHINES_STATE" ]; then
+    MACHINES_QUIET=1 bash "$MACHINES_SH" down --state "$MESH_MACHINES_STATE" ||
+      echo "warning: 'scripts/machines.sh down --state $MESH_MACHINES_STATE' failed" >&2
+    MESH_MACHINES_STATE=
+  fi
   if [ -n "$MESH_WG_STATE" ] && [ -f "$MESH_WG_STATE" ]; then
     MESH_QUIET=1 bash "$MESH_SH" down --state "$MESH_WG_STATE" ||
       echo "warning: 'scripts/mesh.sh down --state $MESH_WG_STATE' failed" >&2
@@ -243,3 +270,51 @@ mesh_wg_start() {
 
 # Whether NAME's daemon listens on IP (any port).
 mesh_listens_on() { [[ $(mesh_listen "$1") == "$2":* ]]; }
+
+# ---- on machines with a real systemd (scripts/machines.sh), root only ---------
+
+# mesh_machine NAME CMD...: run CMD inside machine NAME (all its namespaces).
+mesh_machine() {
+  local name=$1
+  shift
+  bash "$MACHINES_SH" exec --state "$MESH_MACHINES_STATE" --machine "$name" -- "$@"
+}
+
+# mesh_machines_up PREFIX [OWNER_PID]: boot the three machines joined by
+# WireGuard, install d (the release build) and start d-daemon.service in each.
+mesh_machines_up() {
+  local owner=() name
+  [ "$(id -u)" = 0 ] || mesh_die "machines need root"
+  [ -z "${2:-}" ] || owner=(--owner-pid "$2")
+  MESH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+  local state=$MESH_DIR/machines.state
+  bash "$MACHINES_SH" up --names vps,desktop,laptop --wireguard --state "$state" \
+    "${owner[@]}" >/dev/null || mesh_die "scripts/machines.sh up failed"
+  MESH_MACHINES_STATE=$state
+  IP=([vps]=198.19.0.1 [desktop]=198.19.0.2 [laptop]=198.19.0.3)
+  for name in "${MESH_PEERS[@]}"; do
+    bash "$MACHINES_SH" install --state "$state" --machine "$name" --profile release >/dev/null 2>&1 ||
+      mesh_die "scripts/install.sh failed in $name"
+    mesh_machine "$name" systemctl enable --now --quiet d-daemon ||
+      mesh_die "d-daemon.service did not start in $name"
+  done
+  for name in "${MESH_PEERS[@]}"; do
+    mesh_wait "$name daemon to listen on ${IP[$name]}" 15 mesh_listens_on "$name" "${IP[$name]}"
+  done
+}
+
+# mesh_machines_join: vps becomes the leader; desktop and laptop join it.
+# The one place that says how a machine joins (today: the leader's mesh key,
+# carried over as one would with scp; with invitations: `d invite` on the
+# leader, `d join TOKEN` on the new machine). Prints each step as it goes.
+mesh_machines_join() {
+  local name
+  printf '[vps]$ d setPeerConfig --role leader --id vps\n'
+  mesh_d vps setPeerConfig --role leader --id vps || return 1
+  for name in desktop laptop; do
+    printf '[%s]$ ssh vps cat /var/lib/d/mesh.key | d registerWorker --leader %s --meshKey -\n' \
+      "$name" "${IP[vps]}"
+    mesh_machine vps cat /var/lib/d/mesh.key |
+      mesh_d "$name" registerWorker --leader "${IP[vps]}" --meshKey - || return 1
+  done
+}

@@ -24,8 +24,11 @@
 # /var/lib/dpkg is a copy of the host's package database (so dpkg knows what
 # /usr holds and checks a .deb's dependencies against it), with the host's
 # accounts merged into its /etc/passwd, group, shadow and gshadow, and its
-# /etc/alternatives, PAM and account tools' settings copied in. The checkout is bound read-only at its own path, and so is each
-# --bind-ro DIR. Its network namespace has `eth0` with 198.18.0.I/24, bridged
+# /etc/alternatives, PAM and account tools' settings copied in; Docker's
+# policy-rc.d, if the host image has one, is removed from the machine's /usr.
+# The checkout is bound read-only at its own path, and so are each --bind-ro
+# DIR and $CARGO_TARGET_DIR when it lies outside the checkout.
+# Its network namespace has `eth0` with 198.18.0.I/24, bridged
 # to <P>br in namespace <P>hub, where the bridge has 198.18.0.254 (the host's
 # side: a test may run a daemon there with `ip netns exec <P>hub ...`).
 # With --wireguard, every machine gets /etc/wireguard/wg0.conf (198.19.0.I/24,
@@ -503,6 +506,14 @@ cmd_up() {
     die "--prefix: 2-8 of [a-z0-9], starting with a letter"
   [[ $timeout =~ ^[0-9]+$ ]] || die "--timeout SECS"
   [ -z "$owner" ] || [[ $owner =~ ^[0-9]+$ ]] || die "--owner-pid PID"
+  # A target dir outside the checkout (CARGO_TARGET_DIR) holds the binaries
+  # `install` takes.
+  if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -d "$CARGO_TARGET_DIR" ]; then
+    case "$(readlink -f "$CARGO_TARGET_DIR")" in
+      "$ROOT" | "$ROOT"/*) ;;
+      *) BINDS+=("$(readlink -f "$CARGO_TARGET_DIR")") ;;
+    esac
+  fi
   local b
   for b in ${BINDS[@]+"${BINDS[@]}"}; do
     [ -d "$b" ] || die "--bind-ro $b: no such directory"

@@ -69,6 +69,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
     if let Ok(a) = listener.local_addr() {
         tracing::info!("peer port listening on {a}");
+        // The STATUS= line of `systemctl status` (set at start, when the port
+        // may still wait for the WireGuard address); a no-op outside systemd.
+        let status = format!(
+            "serving {} and peer port {a}",
+            daemon.config.socket.display()
+        );
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
     }
     let pending = Arc::new(Pending::default());
     loop {

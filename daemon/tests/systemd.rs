@@ -544,10 +544,31 @@ fn deb_installs_runs_upgrades_through_d_and_purges_clean() {
         s["FragmentPath"].ends_with("lib/systemd/system/d-daemon.service"),
         "{s:?}"
     );
-    assert!(
-        s["StatusText"].starts_with("serving /run/d/d.sock"),
+    // No wg0 yet: the control socket serves, the peer port waits, and says so.
+    assert_eq!(
+        s["StatusText"], "serving /run/d/d.sock; peer port waits for the address of wg0",
         "{s:?}"
     );
+    // The interface appears (a veth standing in for wg-quick's): the port binds and
+    // the STATUS= line follows.
+    let ns = m.ns("pkg").to_string();
+    for cmd in [
+        "link add wg0 type veth peer name wg0peer",
+        "addr add 198.19.0.9/24 dev wg0",
+        "link set wg0 up",
+    ] {
+        let st = Command::new("ip")
+            .args(["-n", &ns])
+            .args(cmd.split(' '))
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {cmd}");
+    }
+    wait_until(LONG, "the STATUS= line to name the peer port", || {
+        (m.show("pkg", UNIT, &["StatusText"])["StatusText"]
+            == "serving /run/d/d.sock and peer port 198.19.0.9:3600")
+            .then_some(())
+    });
     assert_eq!(m.sh_ok("pkg", "d ping").trim(), "pong");
     assert_eq!(m.sh_ok("pkg", "getent group d | cut -d: -f1").trim(), "d");
     assert_eq!(

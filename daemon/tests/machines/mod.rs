@@ -201,6 +201,12 @@ impl Machines {
         self.get(&format!("OVERLAY_IP_{}", self.index(name)))
     }
 
+    /// Machine `name`'s network namespace (to change its links from outside:
+    /// the machine itself has no CAP_NET_ADMIN unless `--wireguard`).
+    pub fn ns(&self, name: &str) -> &str {
+        self.get(&format!("NS_{}", self.index(name)))
+    }
+
     /// The host's side of the bridge: a namespace and its address.
     pub fn hub_ns(&self) -> &str {
         self.get("HUB_NS")
