@@ -8,6 +8,8 @@
 //!
 //! stdout carries only MCP messages; diagnostics go to stderr.
 
+mod answer;
+mod args;
 mod run;
 mod tools;
 
@@ -65,7 +67,7 @@ async fn serve(args: Args) -> Result<(), String> {
         d: run::find_d(args.d),
         socket: args.socket,
     };
-    let features = tools::Features::probe(&runner).await;
+    let features = args::Features::probe(&runner).await;
     let server = tools::DTools::new(runner, args.max_output as usize, features);
     let service = server
         .serve(rmcp::transport::stdio())

@@ -13,11 +13,13 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
-use schemars::JsonSchema;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::run::{Ran, Runner};
+use crate::answer::{bound_list, bound_text, d_error, exec_result, tool_error};
+use crate::args::{
+    CpArgs, DoctorArgs, ExecArgs, ExecLogArgs, FanoutArgs, Features, NoArgs, PeerOpt,
+};
+use crate::run::Runner;
 
 /// Most bytes read from `d --json` (a registry of 10,000 peers is ~3 MB).
 const JSON_READ_CAP: usize = 64 * 1024 * 1024;
@@ -39,191 +41,9 @@ pub struct DTools {
 /// Smallest per-stream bound of one peer in a fan-out.
 pub const MIN_PER_PEER: usize = 2048;
 
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NoArgs {}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PeerOpt {
-    /// Ask this peer (its id) instead of the local daemon. Omit for this machine.
-    pub peer: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct DoctorArgs {
-    /// Also check the path to this peer (its id): the tunnel's handshake, its
-    /// daemon answering, versions in step. Omit to check this machine only.
-    pub peer: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExecArgs {
-    /// The peer id to run on (one id; `execOnPeers` runs on several). This
-    /// machine's own id runs locally.
-    pub peer: String,
-    /// Working directory on the peer, an absolute path (set by the daemon,
-    /// never pasted into the command). Omit for the peer's default directory
-    /// (its `default_dir`, normally root's home).
-    pub directory: Option<String>,
-    /// The command line, run on the peer by its shell with `-c` (as
-    /// `d execOnPeer --shellCmd` does): pipes, `&&`, redirections and quoting
-    /// work as in a terminal.
-    pub command: String,
-    /// Seconds before the command's whole process group is ended (SIGTERM,
-    /// 2 s, SIGKILL); `exitStatus` is then 124. 0 = no limit. Omit for the
-    /// daemon's default (30 s unless its config says otherwise).
-    pub timeout: Option<u64>,
-    /// Run as this user on the peer (with that user's login shell, HOME and
-    /// groups), as `sudo -iu USER` would. Omit to run as the daemon's user (root).
-    pub user: Option<String>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FanoutArgs {
-    /// The peers: ids separated by commas (`web1,web2`), or `all` for every
-    /// registered peer (and any target expression this d accepts for `--peer`).
-    pub peers: String,
-    /// Working directory on each peer (absolute path). Omit for each peer's default directory.
-    pub directory: Option<String>,
-    /// The command line, run on each peer by its shell with `-c`.
-    pub command: String,
-    /// Seconds before the command's process group is ended on a peer (exit
-    /// status 124 there); a peer that has not answered 10 s later is given up.
-    /// 0 = no limit. Omit for the daemon's default (30 s).
-    pub timeout: Option<u64>,
-    /// At most this many peers at once (default 64).
-    pub parallel: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExecLogArgs {
-    /// Only jobs this peer (its id) asked for or ran.
-    pub peer: Option<String>,
-    /// At most this many records, newest first (default 50).
-    pub limit: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CpArgs {
-    /// What to copy: local paths, or `PEER:PATH` for a file on a peer.
-    pub sources: Vec<String>,
-    /// Where to: a local path, or `PEER:PATH` (a directory when several sources).
-    pub destination: String,
-    /// Copy directories and their contents (`-r`).
-    #[serde(default)]
-    pub recursive: bool,
-    /// Keep modes and modification times (`-p`).
-    #[serde(default)]
-    pub preserve: bool,
-    /// Create the destination directory if it is missing (`--mkdir`).
-    #[serde(default)]
-    pub mkdir: bool,
-    /// Read and write as this user on the peers (`--user`). Omit for root.
-    pub user: Option<String>,
-}
-
-/// What this `d` can do beyond the commands every version has.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Features {
-    /// `d cp` exists.
-    pub cp: bool,
-    /// `d execOnPeer --user` exists.
-    pub exec_user: bool,
-}
-
-impl Features {
-    /// Ask `d` itself (`d cp --help`, `d execOnPeer --help`).
-    pub async fn probe(runner: &Runner) -> Features {
-        let help = |args: &'static [&'static str]| {
-            let runner = runner.clone();
-            async move {
-                let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-                runner
-                    .run(&args, (64 * 1024, 1024), Some(Duration::from_secs(10)))
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 0)
-                    .map(|r| r.stdout.text())
-            }
-        };
-        let (cp, exec) = tokio::join!(help(&["cp", "--help"]), help(&["execOnPeer", "--help"]));
-        Features {
-            cp: cp.is_some(),
-            exec_user: exec.is_some_and(|h| h.contains("--user")),
-        }
-    }
-}
-
 /// `--flag=value`: a value that starts with `-` stays a value.
 fn flag(name: &str, value: impl std::fmt::Display) -> String {
     format!("--{name}={value}")
-}
-
-fn tool_error(error: impl Into<String>, hint: Option<String>) -> CallToolResult {
-    let mut v = json!({ "error": error.into() });
-    if let Some(h) = hint {
-        v["hint"] = Value::String(h);
-    }
-    CallToolResult::structured_error(v)
-}
-
-/// `d`'s own error, from its last stderr lines: `d: MESSAGE` then optional `hint: HINT`.
-fn d_error(stderr_end: &str) -> Option<(String, Option<String>)> {
-    let lines: Vec<&str> = stderr_end.lines().collect();
-    let at = lines.iter().rposition(|l| l.starts_with("d: "))?;
-    let msg = lines[at].trim_start_matches("d: ").to_string();
-    let hint: Vec<&str> = lines[at + 1..]
-        .iter()
-        .map(|l| l.trim_start_matches("hint: "))
-        .collect();
-    Some((msg, (!hint.is_empty()).then(|| hint.join("\n"))))
-}
-
-/// Keep the first items of `items` whose JSON fits in `budget` bytes.
-fn bound_list(items: Vec<Value>, budget: usize) -> (Vec<Value>, bool) {
-    let mut used = 0;
-    let mut kept = Vec::new();
-    let total = items.len();
-    for item in items {
-        used += item.to_string().len() + 1;
-        if used > budget && !kept.is_empty() {
-            break;
-        }
-        kept.push(item);
-    }
-    let truncated = kept.len() < total;
-    (kept, truncated)
-}
-
-/// Cut `s` to at most `keep` bytes (first and last halves, as for streams).
-fn bound_text(s: &str, keep: usize) -> (String, bool) {
-    if s.len() <= keep {
-        return (s.to_string(), false);
-    }
-    let half = keep / 2;
-    let mut a = half;
-    while !s.is_char_boundary(a) {
-        a -= 1;
-    }
-    let mut b = s.len() - half;
-    while !s.is_char_boundary(b) {
-        b += 1;
-    }
-    let omitted = b - a;
-    (
-        format!(
-            "{}\n[... {omitted} bytes left out by d-mcp ...]\n{}",
-            &s[..a],
-            &s[b..]
-        ),
-        true,
-    )
 }
 
 #[tool_router]
@@ -528,36 +348,6 @@ impl DTools {
     }
 }
 
-/// The answer of one exec (or cp) run through `d`.
-fn exec_result(peer: &str, ran: &Ran) -> CallToolResult {
-    let stderr_end = ran.stderr.last_text();
-    let mut v = json!({
-        "exitStatus": ran.status,
-        "timedOut": ran.status == 124 && stderr_end.contains("timed out"),
-        "stdout": ran.stdout.text(),
-        "stderr": ran.stderr.text(),
-        "stdoutBytes": ran.stdout.total,
-        "stderrBytes": ran.stderr.total,
-        "stdoutTruncated": ran.stdout.truncated(),
-        "stderrTruncated": ran.stderr.truncated(),
-        "durationMs": ran.duration.as_millis() as u64,
-    });
-    if !peer.is_empty() {
-        v["peer"] = peer.into();
-    }
-    // 255 with `d: ...` last: d itself failed (the command may not have run).
-    if ran.status == 255 {
-        if let Some((msg, hint)) = d_error(&stderr_end) {
-            v["error"] = msg.into();
-            if let Some(h) = hint {
-                v["hint"] = h.into();
-            }
-            return CallToolResult::structured_error(v);
-        }
-    }
-    CallToolResult::structured(v)
-}
-
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for DTools {
     fn get_info(&self) -> ServerConfig {
@@ -577,33 +367,6 @@ When a peer cannot be reached, run doctor with that peer. execLog shows what ran
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn d_errors_are_read_from_the_end_of_stderr() {
-        let e = d_error("remote said this\nd: Peer not found: x\nhint: the peer must register\n");
-        assert_eq!(
-            e,
-            Some((
-                "Peer not found: x".to_string(),
-                Some("the peer must register".to_string())
-            ))
-        );
-        assert_eq!(d_error("plain stderr\n"), None);
-    }
-
-    #[test]
-    fn lists_and_texts_are_bounded() {
-        let items: Vec<Value> = (0..100)
-            .map(|i| json!({ "id": format!("peer{i}") }))
-            .collect();
-        let (kept, cut) = bound_list(items.clone(), 200);
-        assert!(cut && kept.len() < 100 && !kept.is_empty());
-        let (kept, cut) = bound_list(items, 1 << 20);
-        assert!(!cut && kept.len() == 100);
-        let (t, cut) = bound_text("ééééééééééé", 7);
-        assert!(cut && t.contains("left out"), "{t}");
-        assert_eq!(bound_text("short", 7), ("short".into(), false));
-    }
 
     #[test]
     fn every_field_of_every_tool_is_described() {

@@ -317,6 +317,39 @@ impl Machines {
             .unwrap_or(0)
     }
 
+    /// The unit's main PID, once it is active (running) with a main PID other
+    /// than `not` (60 s at most).
+    pub fn active_pid(&self, name: &str, unit: &str, not: u64) -> u64 {
+        wait_until(
+            Duration::from_secs(60),
+            "the unit active with a new main PID",
+            || {
+                let s = self.show(name, unit, &["ActiveState", "SubState", "MainPID"]);
+                let pid: u64 = s.get("MainPID")?.parse().ok()?;
+                let running = s.get("ActiveState")? == "active" && s.get("SubState")? == "running";
+                (running && pid != 0 && pid != not).then_some(pid)
+            },
+        )
+    }
+
+    /// The unit's last 60 journal lines, for a failing assertion.
+    pub fn journal(&self, name: &str, unit: &str) -> String {
+        let out = self.exec(
+            name,
+            &[
+                "journalctl",
+                "-u",
+                unit,
+                "--no-pager",
+                "-n",
+                "60",
+                "-o",
+                "short-monotonic",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn teardown(&mut self) -> Result<(), String> {
         self.torn_down = true;
         let out = machines_sh(&["down", "--state"])
