@@ -190,6 +190,26 @@ fn an_assistant_drives_a_mesh_through_d_mcp() {
         let text = &r.content[0].as_text().expect("text").text;
         assert!(text.contains("unknown field `sudo`"), "{text}");
 
+        // Cancelling a call (the client gives up) ends the remote command.
+        let marker = mesh.vps.dir.path().join("cancelled-job.pid");
+        let cmd = format!("echo $$ > {}; exec sleep 60", marker.display());
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            call(&client, "execOnPeer", json!({"peer": "vps", "command": cmd})),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the call should still be running");
+        let pid: u32 = std::fs::read_to_string(&marker)
+            .expect("the job started")
+            .trim()
+            .parse()
+            .unwrap();
+        common::wait_for(
+            std::time::Duration::from_secs(15),
+            "the cancelled job's process to end",
+            || !common::alive(pid),
+        );
+
         // One exec round trip: the assistant's call to d-mcp, d, the daemon
         // on laptop, desktop's daemon running `true`, and back.
         let mut times = Vec::new();

@@ -6,6 +6,8 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::run::Runner;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -114,7 +116,12 @@ impl Features {
             async move {
                 let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
                 runner
-                    .run(&args, (64 * 1024, 1024), Some(Duration::from_secs(10)))
+                    .run(
+                        &args,
+                        (64 * 1024, 1024),
+                        Some(Duration::from_secs(10)),
+                        &CancellationToken::new(),
+                    )
                     .await
                     .ok()
                     .filter(|r| r.status == 0)

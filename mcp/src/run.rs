@@ -4,8 +4,9 @@
 //! is), the middle is counted and dropped, so memory stays bounded whatever a
 //! command prints.
 //!
-//! The child is killed if the call is dropped (an MCP cancellation): `d`
-//! then closes its socket, and the daemon ends the remote job's process group.
+//! The child is killed when the call is cancelled (the MCP client's
+//! `notifications/cancelled`, or the session ending) or dropped: `d` then
+//! closes its socket, and the daemon ends the remote job's process group.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
 
 /// Bytes kept from one stream, and how many there were in all.
 #[derive(Debug, Default)]
@@ -114,11 +116,13 @@ impl Runner {
     /// Run `d ARGS`, keeping at most `keep.0` bytes of stdout and `keep.1`
     /// of stderr. `limit`: kill `d` after this long (the command's own
     /// timeout is `d`'s business; this only guards against a hang).
+    /// `cancel`: kill `d` at once.
     pub async fn run(
         &self,
         args: &[String],
         keep: (usize, usize),
         limit: Option<Duration>,
+        cancel: &CancellationToken,
     ) -> Result<Ran, String> {
         let mut cmd = Command::new(&self.d);
         if let Some(s) = &self.socket {
@@ -146,11 +150,20 @@ impl Runner {
                 .map_err(|e| format!("waiting for d: {e}"))?;
             Ok::<_, String>((o?, e?, st))
         };
-        let (stdout, stderr, st) = match limit {
-            Some(l) => tokio::time::timeout(l, work).await.map_err(|_| {
-                format!("d did not finish within {} s; it was stopped", l.as_secs())
-            })??,
-            None => work.await?,
+        let bounded = async {
+            match limit {
+                Some(l) => tokio::time::timeout(l, work).await.map_err(|_| {
+                    format!("d did not finish within {} s; it was stopped", l.as_secs())
+                })?,
+                None => work.await,
+            }
+        };
+        // Either way `child` is dropped on return, which kills `d` if it still runs.
+        let (stdout, stderr, st) = tokio::select! {
+            r = bounded => r?,
+            _ = cancel.cancelled() => {
+                return Err("cancelled: d was stopped, which ends the command on the peer".into())
+            }
         };
         use std::os::unix::process::ExitStatusExt;
         let status = st
@@ -205,6 +218,48 @@ fn is_executable(p: &Path) -> bool {
 mod tests {
     use super::*;
 
+    fn never() -> CancellationToken {
+        CancellationToken::new()
+    }
+
+    #[tokio::test]
+    async fn cancelling_stops_d() {
+        let r = Runner {
+            d: PathBuf::from("sh"),
+            socket: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let args = [
+            "-c".to_string(),
+            format!("echo $$ > {}; exec sleep 60", pid_file.display()),
+        ];
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let pf = pid_file.clone();
+        tokio::spawn(async move {
+            while !pf.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            c.cancel();
+        });
+        let e = r.run(&args, (1, 1), None, &cancel).await.unwrap_err();
+        assert!(e.contains("cancelled"), "{e}");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let gone = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .map(|st| st.contains(") Z"))
+                .unwrap_or(true)
+        };
+        for _ in 0..100 {
+            if gone(&pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the child survived the cancel");
+    }
+
     #[tokio::test]
     async fn capture_keeps_the_head_and_the_tail() {
         let mut data = vec![b'a'; 50_000];
@@ -247,7 +302,7 @@ mod tests {
             d: PathBuf::from("/nonexistent/d"),
             socket: None,
         };
-        let e = r.run(&[], (10, 10), None).await.unwrap_err();
+        let e = r.run(&[], (10, 10), None, &never()).await.unwrap_err();
         assert!(e.contains("cannot run /nonexistent/d"), "{e}");
     }
 
@@ -259,15 +314,18 @@ mod tests {
             socket: None,
         };
         let args = ["-c", "echo out; echo err >&2; exit 3"].map(String::from);
-        let ran = r.run(&args, (100, 100), None).await.unwrap();
+        let ran = r.run(&args, (100, 100), None, &never()).await.unwrap();
         assert_eq!(ran.status, 3);
         assert_eq!(ran.stdout.text(), "out\n");
         assert_eq!(ran.stderr.text(), "err\n");
         let args = ["-c", "kill -9 $$"].map(String::from);
-        assert_eq!(r.run(&args, (1, 1), None).await.unwrap().status, 137);
+        assert_eq!(
+            r.run(&args, (1, 1), None, &never()).await.unwrap().status,
+            137
+        );
         let args = ["-c", "sleep 5"].map(String::from);
         let e = r
-            .run(&args, (1, 1), Some(Duration::from_millis(200)))
+            .run(&args, (1, 1), Some(Duration::from_millis(200)), &never())
             .await
             .unwrap_err();
         assert!(e.contains("did not finish"), "{e}");

@@ -14,6 +14,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::answer::{bound_list, bound_text, d_error, exec_result, tool_error};
 use crate::args::{
@@ -26,6 +27,8 @@ const JSON_READ_CAP: usize = 64 * 1024 * 1024;
 /// Extra seconds `d` gets beyond the command's own timeout before it is
 /// stopped (the client's own fan-out deadline is the timeout + 10 s).
 const GRACE_SECS: u64 = 20;
+/// How long a query (listPeers, execLog, doctor, ...) may take before `d` is stopped.
+const QUERY_LIMIT: Duration = Duration::from_secs(120);
 
 /// The server: the tools and how to run `d`.
 #[derive(Clone)]
@@ -70,16 +73,26 @@ impl DTools {
     }
 
     /// `d --json ARGS`: the parsed answer, or a tool error with `d`'s message.
-    async fn d_json(&self, args: Vec<String>) -> Result<Value, CallToolResult> {
+    async fn d_json(
+        &self,
+        args: Vec<String>,
+        ct: &CancellationToken,
+    ) -> Result<Value, CallToolResult> {
+        self.d_json_within(args, Some(QUERY_LIMIT), ct).await
+    }
+
+    /// [`DTools::d_json`], stopping `d` after `limit` (none: `d` ends by itself).
+    async fn d_json_within(
+        &self,
+        args: Vec<String>,
+        limit: Option<Duration>,
+        ct: &CancellationToken,
+    ) -> Result<Value, CallToolResult> {
         let mut all = vec!["--json".to_string()];
         all.extend(args);
         let ran = self
             .runner
-            .run(
-                &all,
-                (JSON_READ_CAP, 64 * 1024),
-                Some(Duration::from_secs(120)),
-            )
+            .run(&all, (JSON_READ_CAP, 64 * 1024), limit, ct)
             .await
             .map_err(|e| tool_error(e, None))?;
         if ran.stdout.truncated() {
@@ -136,8 +149,12 @@ impl DTools {
         name = "listPeers",
         description = "The mesh's peers, from the leader's registry: id, address, role, online, last seen, d version, hostname, WireGuard handshake age. Start here to learn which peer ids exist. Answer: {peers: [...], total, truncated}."
     )]
-    async fn list_peers(&self, _args: Parameters<NoArgs>) -> Result<CallToolResult, ErrorData> {
-        Ok(match self.d_json(vec!["listPeers".into()]).await {
+    async fn list_peers(
+        &self,
+        _args: Parameters<NoArgs>,
+        ct: CancellationToken,
+    ) -> Result<CallToolResult, ErrorData> {
+        Ok(match self.d_json(vec!["listPeers".into()], &ct).await {
             Ok(v) => self.list("peers", v),
             Err(e) => e,
         })
@@ -150,12 +167,13 @@ impl DTools {
     async fn get_peer_status(
         &self,
         Parameters(a): Parameters<PeerOpt>,
+        ct: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let args = match a.peer {
             Some(p) => vec![format!("@{p}"), "getPeerStatus".into()],
             None => vec!["getPeerStatus".into()],
         };
-        Ok(match self.d_json(args).await {
+        Ok(match self.d_json(args, &ct).await {
             Ok(v) => self.object(v),
             Err(e) => e,
         })
@@ -168,6 +186,7 @@ impl DTools {
     async fn exec_on_peer(
         &self,
         Parameters(a): Parameters<ExecArgs>,
+        ct: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         if a.peer.contains(',') || a.peer == "all" {
             return Ok(tool_error(
@@ -201,7 +220,7 @@ impl DTools {
             .map(|t| Duration::from_secs(t + GRACE_SECS));
         let ran = match self
             .runner
-            .run(&args, (self.max_output, self.max_output), limit)
+            .run(&args, (self.max_output, self.max_output), limit, &ct)
             .await
         {
             Ok(r) => r,
@@ -217,6 +236,7 @@ impl DTools {
     async fn exec_on_peers(
         &self,
         Parameters(a): Parameters<FanoutArgs>,
+        ct: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let mut args = vec![
             "execOnPeer".to_string(),
@@ -230,7 +250,13 @@ impl DTools {
         if let Some(p) = a.parallel {
             args.push(flag("parallel", p));
         }
-        let v = match self.d_json(args).await {
+        // d gives a silent peer up at its timeout + 10 s (40 s without one);
+        // this guard only matters if d itself hangs.
+        let limit = a
+            .timeout
+            .filter(|&t| t > 0)
+            .map(|t| Duration::from_secs(t + GRACE_SECS));
+        let v = match self.d_json_within(args, limit, &ct).await {
             Ok(v) => v,
             Err(e) => return Ok(e),
         };
@@ -279,6 +305,7 @@ impl DTools {
     async fn exec_log(
         &self,
         Parameters(a): Parameters<ExecLogArgs>,
+        ct: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let mut args = vec!["execLog".to_string()];
         if let Some(p) = &a.peer {
@@ -287,7 +314,7 @@ impl DTools {
         if let Some(l) = a.limit {
             args.push(flag("limit", l));
         }
-        Ok(match self.d_json(args).await {
+        Ok(match self.d_json(args, &ct).await {
             Ok(v) => self.list("records", v),
             Err(e) => e,
         })
@@ -300,12 +327,13 @@ impl DTools {
     async fn doctor(
         &self,
         Parameters(a): Parameters<DoctorArgs>,
+        ct: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
         let mut args = vec!["doctor".to_string()];
         if let Some(p) = &a.peer {
             args.push(flag("peer", p));
         }
-        Ok(match self.d_json(args).await {
+        Ok(match self.d_json(args, &ct).await {
             Ok(v) => self.list("checks", v),
             // A failed check makes `d doctor` exit 1 with its checklist on stdout.
             Err(e) => e,
@@ -316,7 +344,11 @@ impl DTools {
         name = "cp",
         description = "Copy files between this machine and peers, or between peers: a remote path is PEER:PATH. Answer: {exitStatus, stdout, stderr, durationMs} as `d cp` reports it."
     )]
-    async fn cp(&self, Parameters(a): Parameters<CpArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn cp(
+        &self,
+        Parameters(a): Parameters<CpArgs>,
+        ct: CancellationToken,
+    ) -> Result<CallToolResult, ErrorData> {
         if a.sources.is_empty() {
             return Ok(tool_error("cp needs at least one source", None));
         }
@@ -338,7 +370,7 @@ impl DTools {
         args.push(a.destination.clone());
         let ran = match self
             .runner
-            .run(&args, (self.max_output, self.max_output), None)
+            .run(&args, (self.max_output, self.max_output), None, &ct)
             .await
         {
             Ok(r) => r,
