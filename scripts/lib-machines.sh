@@ -25,6 +25,7 @@ init_of() {
   while [ ${#queue[@]} -gt 0 ]; do
     pid=${queue[0]}
     queue=("${queue[@]:1}")
+    # shellcheck disable=SC2013 # PIDs separated by spaces
     for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
       if is_container_init "$child"; then
         echo "$child"
@@ -110,7 +111,7 @@ teardown() {
     fi
   done
   for pid in ${nspawns[@]+"${nspawns[@]}"}; do
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   for _ in $(seq 1 50); do
     left=

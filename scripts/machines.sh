@@ -193,7 +193,8 @@ in_machine() {
 
 # boot I NAME: start machine I's nspawn in its own cgroup; record its PIDs.
 boot() {
-  local i=$1 name=$2 machine=${PREFIX}-$2 cg=$CG_PARENT/${PREFIX}-$2 dir=$RUN_DIR/m$i
+  local i=$1 name=$2 machine=${PREFIX}-$2 cg=$CG_PARENT/${PREFIX}-$2
+  local dir=$RUN_DIR/m$i
   local -a args=(
     --quiet --register=no --keep-unit --volatile=yes -D /
     --machine="$machine" --hostname="$name"
@@ -343,7 +344,9 @@ cmd_up() {
   done
   local -a list=()
   IFS=, read -r -a list <<<"$names"
-  [ ${#list[@]} -ge 1 ] && [ ${#list[@]} -le $MAX_MACHINES ] || die "--names a,b,... (1..$MAX_MACHINES names)"
+  if [ ${#list[@]} -lt 1 ] || [ ${#list[@]} -gt $MAX_MACHINES ]; then
+    die "--names a,b,... (1..$MAX_MACHINES names)"
+  fi
   local name
   for name in "${list[@]}"; do
     [[ $name =~ ^[a-z][a-z0-9-]{0,15}$ ]] || die "machine name '$name': 1-16 of [a-z0-9-], starting with a letter"
@@ -447,8 +450,9 @@ machine_arg() {
   [ -n "$MACHINE" ] || die "--machine NAME is required"
   local i
   i=$(machine_index "$MACHINE")
-  [ -n "${S[INIT_PID_$i]:-}" ] && is_container_init "${S[INIT_PID_$i]}" ||
+  if [ -z "${S[INIT_PID_$i]:-}" ] || ! is_container_init "${S[INIT_PID_$i]}"; then
     die "machine $MACHINE is not running"
+  fi
   echo "$i"
 }
 
