@@ -69,6 +69,8 @@
 # also wireguard-go and wireguard-tools. `deps` installs them with apt-get
 # --no-install-recommends.
 set -eEuo pipefail
+# A failure inside $(...) stops the script too (die in machine_index).
+shopt -s inherit_errexit
 
 ME=$(readlink -f "${BASH_SOURCE[0]}")
 ROOT=$(cd "$(dirname "$ME")/.." && pwd)
