@@ -14,21 +14,21 @@
 //! - [`meshkey`]: the mesh key file.
 //! - [`backoff`]: reconnect delays.
 
-pub mod backoff;
-pub mod config;
-pub mod connection;
+pub mod api;
+pub mod base;
 pub mod control;
-pub mod deploy;
-pub mod doctor;
-pub mod exec;
-pub mod job;
-pub mod leader;
-pub mod meshkey;
-pub mod peer_port;
-pub mod registry;
-pub mod session;
-pub mod wg;
-pub mod worker;
+pub mod jobs;
+pub mod mesh;
+pub mod store;
+pub mod transport;
+
+// Old paths, while the layers are put in place.
+pub use api::{deploy, doctor, exec};
+pub use base::{backoff, config, meshkey, wg};
+pub use jobs as job;
+pub use mesh::{leader, link as worker};
+pub use store as registry;
+pub use transport::{connection, port as peer_port, session};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,4 @@
+//! Requests.
+pub mod deploy;
+pub mod doctor;
+pub mod exec;

@@ -1,0 +1,3 @@
+//! The mesh.
+pub mod leader;
+pub mod link;

@@ -1,0 +1,4 @@
+//! Daemon-to-daemon connections.
+pub mod connection;
+pub mod port;
+pub mod session;
