@@ -38,7 +38,7 @@ pub fn start(
         return crate::exec::relay(daemon, spec, cancel);
     }
     let Some(action) = spec.action else {
-        return job::spawn(spec, &daemon.job_ctx(), cancel);
+        return job::spawn_with(spec, &daemon.job_ctx(), cancel, job_options(None));
     };
     let (tx, rx) = mpsc::channel(4);
     let d = daemon.clone();
@@ -50,6 +50,15 @@ pub fn start(
         let _ = tx.send(last).await;
     });
     rx
+}
+
+/// How every job of this daemon starts: without the deploy's rollback
+/// variable (a job's own `d-daemon` must not take it for its own).
+fn job_options(run_as: Option<RunAs>) -> job::Options {
+    job::Options {
+        run_as,
+        env_remove: &[ROLLBACK_ENV],
+    }
 }
 
 async fn say(tx: &mpsc::Sender<JobEvent>, line: String) {
@@ -90,7 +99,8 @@ async fn step(
         action: None,
         relay_to: None,
     };
-    let mut rx = job::spawn_as(sub, &daemon.job_ctx(), cancel.child_token(), owner.cloned());
+    let opts = job_options(owner.cloned());
+    let mut rx = job::spawn_with(sub, &daemon.job_ctx(), cancel.child_token(), opts);
     while let Some(ev) = rx.recv().await {
         match ev {
             JobEvent::Output(s, d) => {

@@ -1,5 +1,7 @@
-//! Running one command: `/bin/sh -c CMD` in DIR, in its own process group, stdin from /dev/null, stdout and stderr read as separate
-//! streams in chunks as they come.
+//! Running one command: `/bin/sh -c CMD` in DIR, in its own process group,
+//! stdin from /dev/null, stdout and stderr read as separate streams in chunks
+//! as they come. This layer knows processes only: what a job is for
+//! (an exec, a deploy's step) is the caller's business.
 //!
 //! The job ends when the shell has exited and both pipes are closed (as with
 //! ssh: a background process that keeps the pipes open keeps the job alive).
@@ -9,17 +11,23 @@
 //! Environment: the daemon's own, plus `HOME` (of the daemon's user), a
 //! standard `PATH` and `LANG=C.UTF-8` where the daemon's environment lacks them
 //! (a systemd service starts with almost none), and `D_JOB_REQUESTER` naming
-//! the requesting peer.
+//! the requesting peer; minus what the caller names ([`Options::env_remove`]).
+//!
+//! Files: this one the job's events and how to start one; [`process`] the
+//! process, its group and its end; [`pump`] its output pipes.
 
-use std::process::Stdio;
+mod process;
+mod pump;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(test)]
+use std::time::Instant;
 
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
+use d_proto::types::{ErrorBody, ExecSpec, ExitInfo, Stream};
+#[cfg(test)]
+use d_proto::types::ErrorKind;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -100,18 +108,29 @@ impl RunAs {
     }
 }
 
+/// How a job is started, beyond its [`ExecSpec`]: given by the caller, so
+/// that this layer knows nothing of what the daemon above it needs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run as this local user instead of the daemon's.
+    pub run_as: Option<RunAs>,
+    /// Variables of the daemon's environment a job must not inherit (besides
+    /// systemd's, always removed).
+    pub env_remove: &'static [&'static str],
+}
+
 /// Start `spec` on this machine. Events arrive on the returned receiver;
 /// cancelling `cancel` ends the job's process group.
 pub fn spawn(spec: ExecSpec, ctx: &JobCtx, cancel: CancellationToken) -> mpsc::Receiver<JobEvent> {
-    spawn_as(spec, ctx, cancel, None)
+    spawn_with(spec, ctx, cancel, Options::default())
 }
 
-/// [`spawn`], as another local user (`None`: the daemon's own).
-pub fn spawn_as(
+/// [`spawn`], with [`Options`].
+pub fn spawn_with(
     spec: ExecSpec,
     ctx: &JobCtx,
     cancel: CancellationToken,
-    run_as: Option<RunAs>,
+    opts: Options,
 ) -> mpsc::Receiver<JobEvent> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = ctx.me.clone();
@@ -122,7 +141,7 @@ pub fn spawn_as(
     let running = RunningGuard::new(ctx.running.clone());
     ctx.tracker.spawn(async move {
         let span = tracing::info_span!("job", requester = %spec.requester);
-        let last = match run(&spec, &me, &tx, cancel, run_as.as_ref())
+        let last = match process::run(&spec, &me, &tx, cancel, &opts)
             .instrument(span)
             .await
         {
@@ -133,241 +152,6 @@ pub fn spawn_as(
         let _ = tx.send(last).await;
     });
     rx
-}
-
-async fn run(
-    spec: &ExecSpec,
-    me: &str,
-    tx: &mpsc::Sender<JobEvent>,
-    cancel: CancellationToken,
-    run_as: Option<&RunAs>,
-) -> Result<ExitInfo, ErrorBody> {
-    let dir = std::path::Path::new(&spec.directory);
-    let shown = d_proto::clip(&spec.directory, 200);
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(ErrorBody::new(
-                ErrorKind::DirectoryNotFound,
-                format!("Not a directory on {me}: {shown}"),
-            )
-            .hint("--directory must name an existing directory on the target peer"))
-        }
-        Err(e) => {
-            return Err(ErrorBody::new(
-                ErrorKind::DirectoryNotFound,
-                format!("Directory not found on {me}: {shown} ({e})"),
-            )
-            .hint("--directory must name an existing directory on the target peer"))
-        }
-    }
-
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.shell_cmd)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("D_JOB_REQUESTER", &spec.requester)
-        .env_remove(crate::deploy::ROLLBACK_ENV)
-        // systemd's channels are the daemon's, not its jobs'.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("JOURNAL_STREAM");
-    for (k, v) in default_env() {
-        if std::env::var_os(k).is_none() {
-            cmd.env(k, v);
-        }
-    }
-    if let Some(u) = run_as {
-        // std drops supplementary groups when root changes uid.
-        cmd.uid(u.uid)
-            .gid(u.gid)
-            .env("HOME", &u.home)
-            .env("USER", &u.name)
-            .env("LOGNAME", &u.name);
-    }
-    // Its own process group, so timeout, cancel and shutdown can signal the
-    // whole group. Not pre_exec(setsid): any pre_exec makes std fork() the
-    // whole daemon instead of posix_spawn, which costs ~15 ms per job on a
-    // leader holding 10,000 links (bench/RESULTS.md). The daemon has no
-    // controlling terminal, so a new session would add nothing.
-    cmd.process_group(0);
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
-        ErrorBody::new(
-            ErrorKind::SpawnFailed,
-            format!("Cannot start /bin/sh on {me}: {e}"),
-        )
-    })?;
-    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-
-    let mut readers = tokio::task::JoinSet::new();
-    if let Some(out) = child.stdout.take() {
-        grow_pipe(&out);
-        readers.spawn(pump(out, Stream::Stdout, tx.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.spawn(pump(err, Stream::Stderr, tx.clone()));
-    }
-
-    // A timeout too large to represent is no timeout.
-    let deadline = (spec.timeout_secs > 0)
-        .then(|| tokio::time::Instant::now().checked_add(Duration::from_secs(spec.timeout_secs)))
-        .flatten();
-    let mut status = None;
-    let mut timed_out = false;
-    // When the group got SIGTERM; SIGKILL follows KILL_GRACE later.
-    let mut termed_at: Option<tokio::time::Instant> = None;
-    let mut kill_sent = false;
-    loop {
-        if status.is_some() && readers.is_empty() {
-            // A stray that ignored SIGTERM (and holds no pipe) still gets SIGKILL.
-            if termed_at.is_none() || kill_sent || !group_alive(pgid) {
-                break;
-            }
-        }
-        let kill_at = termed_at.filter(|_| !kill_sent).map(|t| t + KILL_GRACE);
-        // Once killed, stop waiting for pipes a stray process might still hold.
-        let give_up_at = termed_at.map(|t| t + KILL_GRACE * 2);
-        tokio::select! {
-            s = child.wait(), if status.is_none() => {
-                status = Some(s);
-            }
-            Some(_) = readers.join_next(), if !readers.is_empty() => {}
-            _ = sleep_until_opt(deadline), if termed_at.is_none() && deadline.is_some() => {
-                timed_out = true;
-                termed_at = Some(tokio::time::Instant::now());
-                signal_group(pgid, Signal::SIGTERM);
-            }
-            _ = cancel.cancelled(), if termed_at.is_none() => {
-                termed_at = Some(tokio::time::Instant::now());
-                signal_group(pgid, Signal::SIGTERM);
-            }
-            // The shell is gone but its group was signalled: look again soon,
-            // so a group that died of SIGTERM does not wait out the grace.
-            _ = tokio::time::sleep(Duration::from_millis(25)),
-                if status.is_some() && readers.is_empty() && termed_at.is_some() && !kill_sent => {}
-            _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
-                kill_sent = true;
-                signal_group(pgid, Signal::SIGKILL);
-            }
-            _ = sleep_until_opt(give_up_at), if give_up_at.is_some() && kill_sent => {
-                readers.abort_all();
-                if status.is_none() {
-                    status = Some(child.wait().await);
-                }
-                break;
-            }
-        }
-    }
-    let status = status
-        .unwrap_or_else(|| Err(std::io::Error::other("no status")))
-        .map_err(|e| {
-            ErrorBody::new(
-                ErrorKind::SpawnFailed,
-                format!("Lost track of the command on {me}: {e}"),
-            )
-        })?;
-    use std::os::unix::process::ExitStatusExt;
-    Ok(ExitInfo {
-        code: status.code(),
-        signal: status.signal(),
-        timed_out,
-        duration_ms: started.elapsed().as_millis() as u64,
-    })
-}
-
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Signal the job's process group. The group id is the shell's pid; while any
-/// member lives the kernel does not reuse it.
-fn signal_group(pgid: Option<Pid>, sig: Signal) {
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, sig);
-    }
-}
-
-/// Whether any process of the group still runs. Zombies do not count: an
-/// orphan that died waits for init to reap it, sometimes for seconds, and
-/// `killpg(pgid, 0)` would still see it.
-fn group_alive(pgid: Option<Pid>) -> bool {
-    let Some(pgid) = pgid else { return false };
-    if killpg(pgid, None).is_err() {
-        return false;
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    dir.filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .any(|stat| {
-            // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut f = rest.split_whitespace();
-            let state = f.next();
-            let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
-            pgrp == Some(pgid.as_raw()) && state != Some("Z")
-        })
-}
-
-/// A pipe as large as a chunk, so a fast writer fills whole chunks (fewer
-/// frames and wake-ups per gigabyte). Best effort: the 64 KiB default works.
-/// (A daemon not running as root may reach the kernel's per-user pipe budget,
-/// `pipe-user-pages-soft`, with a few hundred jobs at once; its later pipes
-/// are then small, not refused.)
-fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
-    let size = d_proto::OUTPUT_CHUNK as i32;
-    let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
-}
-
-async fn pump<R: tokio::io::AsyncRead + Unpin>(
-    mut r: R,
-    stream: Stream,
-    tx: mpsc::Sender<JobEvent>,
-) {
-    loop {
-        // Whatever is there now, up to a chunk: output stays live.
-        let mut buf = Vec::with_capacity(d_proto::OUTPUT_CHUNK);
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if tx.send(JobEvent::Output(stream, buf)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn default_env() -> Vec<(&'static str, String)> {
-    let home = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.dir.display().to_string())
-        .unwrap_or_else(|| "/".into());
-    vec![
-        ("HOME", home),
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("LANG", "C.UTF-8".into()),
-    ]
 }
 
 #[cfg(test)]
