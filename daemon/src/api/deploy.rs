@@ -24,37 +24,12 @@ use d_proto::types::{Action, ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{self, JobEvent, RunAs};
-use crate::Daemon;
-
-/// Start a job: a shell command, an operations action, or (on the leader) a
-/// job relayed to another peer.
-pub fn start(
-    daemon: &Arc<Daemon>,
-    spec: ExecSpec,
-    cancel: CancellationToken,
-) -> mpsc::Receiver<JobEvent> {
-    if spec.relay_to.is_some() {
-        return crate::exec::relay(daemon, spec, cancel);
-    }
-    let Some(action) = spec.action else {
-        return job::spawn_with(spec, &daemon.job_ctx(), cancel, job_options(None));
-    };
-    let (tx, rx) = mpsc::channel(4);
-    let d = daemon.clone();
-    daemon.tracker.spawn(async move {
-        let last = match run(&d, action, &spec, &tx, cancel).await {
-            Ok(exit) => JobEvent::Exit(exit),
-            Err(e) => JobEvent::Failed(e),
-        };
-        let _ = tx.send(last).await;
-    });
-    rx
-}
+use super::Daemon;
+use crate::jobs::{self as job, JobEvent, RunAs};
 
 /// How every job of this daemon starts: without the deploy's rollback
 /// variable (a job's own `d-daemon` must not take it for its own).
-fn job_options(run_as: Option<RunAs>) -> job::Options {
+pub(super) fn job_options(run_as: Option<RunAs>) -> job::Options {
     job::Options {
         run_as,
         env_remove: &[ROLLBACK_ENV],
@@ -117,7 +92,7 @@ async fn step(
     ))
 }
 
-async fn run(
+pub(super) async fn run(
     daemon: &Arc<Daemon>,
     action: Action,
     spec: &ExecSpec,
@@ -264,7 +239,7 @@ pub const ROLLBACK_ENV: &str = "D_ROLLBACK_BINARY";
 /// daemon's address still find it.
 fn reexec_args(daemon: &Daemon) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(bound) = daemon.listen_addr() {
+    if let Some(bound) = daemon.mesh.endpoint.listen_addr() {
         let mut i = 1;
         while i < args.len() {
             if args[i] == "--listen" && i + 1 < args.len() {

@@ -1,10 +1,6 @@
-//! Where a job runs, and streaming it to the client that asked.
-//!
-//! Route: the requester's own id runs here; an open session to the target (a
-//! worker's link on the leader, the link to the leader on a worker, or an
-//! earlier direct connection) is reused; otherwise the target's address comes
-//! from the registry (asked of the leader on a worker) and a direct session is
-//! dialed and kept for later jobs.
+//! A job for a control client: the request checked and turned into an
+//! [`ExecSpec`], run where the mesh routes it ([`route::route`]: here, over a
+//! session, or relayed by the leader), and streamed back as it runs.
 //!
 //! Output is written to the client as it comes; remote output is credited back
 //! only once written, so a slow client slows the remote command instead of
@@ -12,231 +8,136 @@
 
 use std::sync::Arc;
 
-use d_proto::control::Event;
-use d_proto::peer::{Answer, Purpose, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecRecord, ExecSpec, Role, B64};
+use d_proto::control::{Event, Request};
+use d_proto::types::{Action, ErrorBody, ErrorKind, ExecRecord, ExecSpec, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::config::parse_addr;
-use crate::connection::{Read, Reader, Writer};
-use crate::job::JobEvent;
-use crate::session::{RemoteJob, Session};
-use crate::{leader, peer_port, Daemon};
+use super::{job, Daemon};
+use crate::jobs::JobEvent;
+use crate::mesh::route::{self, Route};
+use crate::transport::connection::{Read, Reader, Writer};
+use crate::transport::RemoteJob;
 
-/// Where a job will run.
-pub enum Route {
-    Local,
-    Remote(Arc<Session>, &'static str),
-    /// Through the leader's session (the leader's id): the target cannot be
-    /// reached directly (NAT, hub-and-spoke WireGuard).
-    Relay(Arc<Session>, String),
-}
-
-/// How long a peer that could not be dialed directly goes through the leader
-/// before a direct connection is tried again.
-const RELAY_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Find (or open) the way to `peer`.
-pub async fn route(daemon: &Arc<Daemon>, peer: &str) -> Result<Route, ErrorBody> {
-    let id = daemon.identity();
-    let Some(me) = id.id.clone() else {
-        return Err(crate::not_configured());
-    };
-    if peer == me {
-        return Ok(Route::Local);
-    }
-    d_proto::validate_peer_id(peer).map_err(ErrorBody::invalid)?;
-    if let Some(s) = daemon.session(peer) {
-        let path = if s.peer.purpose == Purpose::Link {
-            "link"
-        } else {
-            "direct"
-        };
-        return Ok(Route::Remote(s, path));
-    }
-    let info = match id.role {
-        None => return Err(crate::not_configured()),
-        Some(Role::Worker) => match daemon
-            .leader_session()?
-            .query(Query::ResolvePeer { peer: peer.into() })
-            .await?
-        {
-            Answer::Peer { peer } => peer,
-            Answer::Error(e) => return Err(e),
-            other => {
-                return Err(ErrorBody::invalid(format!(
-                    "unexpected answer from the leader: {other:?}"
-                )))
-            }
-        },
-        Some(Role::Leader) => {
-            match leader::answer(daemon, Query::ResolvePeer { peer: peer.into() }).await {
-                Answer::Peer { peer } => peer,
-                Answer::Error(e) => return Err(e),
-                other => {
-                    return Err(ErrorBody::invalid(format!(
-                        "unexpected registry answer: {other:?}"
-                    )))
-                }
-            }
-        }
-    };
-    let shown = format!("{}:{}", info.addr, info.port);
-    if info.port == 0 || info.addr.is_empty() {
-        return Err(ErrorBody::connect_failed(
+/// Serve an exec request (`execOnPeer`, `execOnPeerByIp`, `remotePull`,
+/// `remoteBd`, `remoteDeployDaemon`) of a local `user` on its connection:
+/// an error, or the job's events to its final one. Any other request is an
+/// error here (the dispatcher answers those).
+pub async fn serve<R, W>(
+    daemon: &Arc<Daemon>,
+    req: Request,
+    user: Option<String>,
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (peer, spec, raw) = match req {
+        Request::ExecOnPeer {
             peer,
-            &shown,
-            "it registered without a listening peer port",
-        ));
-    }
-    let addr = parse_addr(&shown, d_proto::DEFAULT_PORT)
-        .map_err(|e| ErrorBody::connect_failed(peer, &shown, &e))?;
-    // A worker may go through the leader when the target is online there
-    // but out of its own reach.
-    let relay = || -> Option<Route> {
-        if id.role != Some(Role::Worker) || !info.online {
-            return None;
+            directory,
+            shell_cmd,
+            timeout,
+            raw_output,
+        } => (
+            Ok(peer),
+            exec_spec(daemon, directory, shell_cmd, timeout, user),
+            raw_output,
+        ),
+        Request::ExecOnPeerByIp {
+            ip,
+            directory,
+            shell_cmd,
+            timeout,
+            raw_output,
+        } => {
+            let peer = route::peer_by_ip(&daemon.mesh, &ip).await;
+            let spec = exec_spec(daemon, directory, shell_cmd, timeout, user);
+            (peer, spec, raw_output)
         }
-        let ls = daemon.leader_session().ok()?;
-        let leader = ls.peer.id.clone();
-        (leader != peer).then_some(Route::Relay(ls, leader))
-    };
-    if daemon.relay_remembered(peer, RELAY_MEMORY) {
-        if let Some(r) = relay() {
-            return Ok(r);
+        Request::RemotePull { peer } => (Ok(peer), ops_spec(daemon, Action::Pull, user), false),
+        Request::RemoteBd { peer } => (Ok(peer), ops_spec(daemon, Action::Build, user), false),
+        Request::RemoteDeployDaemon { peer } => {
+            (Ok(peer), ops_spec(daemon, Action::Deploy, user), false)
         }
-    }
-    // One dial per peer at a time; whoever waited reuses the result.
-    let gate = daemon.dial_lock(peer);
-    let _held = gate.lock().await;
-    if let Some(s) = daemon.session(peer) {
-        return Ok(Route::Remote(s, "direct"));
-    }
-    match peer_port::dial(daemon, addr, Purpose::Direct, Some(peer)).await {
-        Ok(s) => {
-            daemon.forget_relay(peer);
-            Ok(Route::Remote(s, "direct"))
-        }
-        // Refused means its daemon is down: the leader could not do better.
-        Err(e) if unreachable(&e) => match relay() {
-            Some(r) => {
-                tracing::info!(
-                    "{peer} is out of direct reach ({}): going through the leader",
-                    e.error
-                );
-                daemon.remember_relay(peer);
-                Ok(r)
-            }
-            None => Err(e),
-        },
-        Err(e) => Err(e),
-    }
-}
-
-/// A dial failure that another path might get around (no route, no answer),
-/// as opposed to a daemon that is not running (refused).
-fn unreachable(e: &ErrorBody) -> bool {
-    let text = format!("{} {}", e.error, e.hint.as_deref().unwrap_or_default());
-    matches!(e.kind, ErrorKind::ConnectFailed | ErrorKind::PeerTimeout) && !text.contains("refused")
-}
-
-/// On the leader: run a job that a worker asked to be relayed to `target`,
-/// over the leader's own session with it. Output is credited to the target
-/// only once handed on, so the chain keeps its backpressure end to end.
-pub fn relay(
-    daemon: &Arc<Daemon>,
-    mut spec: ExecSpec,
-    cancel: tokio_util::sync::CancellationToken,
-) -> mpsc::Receiver<JobEvent> {
-    let (tx, rx) = mpsc::channel(4);
-    let d = daemon.clone();
-    daemon.tracker.spawn(async move {
-        let target = spec.relay_to.take().unwrap_or_default();
-        let last = match relay_run(&d, &target, spec, &tx, cancel).await {
-            Ok(ev) => ev,
-            Err(e) => JobEvent::Failed(e),
-        };
-        let _ = tx.send(last).await;
-    });
-    rx
-}
-
-async fn relay_run(
-    daemon: &Arc<Daemon>,
-    target: &str,
-    spec: ExecSpec,
-    tx: &mpsc::Sender<JobEvent>,
-    cancel: tokio_util::sync::CancellationToken,
-) -> Result<JobEvent, ErrorBody> {
-    if daemon.identity().role != Some(Role::Leader) {
-        return Err(ErrorBody::new(
-            ErrorKind::Refused,
-            format!("{} is not the leader: it relays no jobs", daemon.me()),
-        ));
-    }
-    let mut job = match route(daemon, target).await? {
-        Route::Remote(s, _) => s.start_job(spec).await?,
-        Route::Local => {
-            return Err(ErrorBody::invalid(
-                "a relay to the leader itself: connect to it directly",
-            ))
-        }
-        Route::Relay(..) => {
-            return Err(ErrorBody::invalid("the leader cannot relay through itself"))
+        other => {
+            let e = ErrorBody::invalid(format!("{} is not a job", other.name()));
+            let _ = writer.send(&Event::Error(e)).await;
+            return;
         }
     };
-    loop {
-        let ev = tokio::select! {
-            ev = job.events.recv() => ev,
-            _ = cancel.cancelled() => {
-                job.cancel().await;
-                return Ok(JobEvent::Failed(ErrorBody::new(ErrorKind::Other, "cancelled")));
-            }
-        };
-        match ev {
-            Some(JobEvent::Output(stream, data)) => {
-                let n = data.len();
-                if tx.send(JobEvent::Output(stream, data)).await.is_err() {
-                    job.cancel().await;
-                    return Ok(JobEvent::Failed(ErrorBody::new(
-                        ErrorKind::Other,
-                        "cancelled",
-                    )));
-                }
-                job.credit(n).await;
-            }
-            Some(last) => return Ok(last),
-            None => return Err(job.session.reason()),
+    match peer.and_then(|p| check_spec(&spec).map(|()| p)) {
+        Ok(peer) => {
+            let client = Client {
+                reader,
+                writer,
+                raw,
+            };
+            run_for_client(daemon, &peer, spec, client).await
+        }
+        Err(e) => {
+            let _ = writer.send(&Event::Error(e)).await;
         }
     }
 }
 
-/// Resolve an address to a peer id through the registry.
-pub async fn peer_by_ip(daemon: &Arc<Daemon>, ip: &str) -> Result<String, ErrorBody> {
-    match leader::query(daemon, Query::PeerIdByIp { ip: ip.into() }).await? {
-        Answer::PeerId { peer } => Ok(peer),
-        Answer::Error(e) => Err(e),
-        other => Err(ErrorBody::invalid(format!("unexpected answer: {other:?}"))),
+fn exec_spec(
+    daemon: &Daemon,
+    directory: String,
+    shell_cmd: String,
+    timeout: Option<u64>,
+    user: Option<String>,
+) -> ExecSpec {
+    ExecSpec {
+        directory,
+        shell_cmd,
+        timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
+        requester: daemon.me(),
+        user,
+        action: None,
+        relay_to: None,
     }
 }
 
-/// A new audit record for a job about to start (the outcome is filled in later).
-pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> ExecRecord {
-    ExecRecord {
-        id: 0,
-        started_ms: crate::unix_now_ms(),
-        side: side.into(),
-        requester: requester.into(),
-        user: spec.user.clone(),
-        target: target.into(),
-        directory: spec.directory.clone(),
-        command: spec.shell_cmd.clone(),
-        exit: None,
-        error: None,
-        duration_ms: 0,
-        output_bytes: 0,
+/// An operations job: the target composes the commands from its own config.
+fn ops_spec(daemon: &Daemon, action: Action, user: Option<String>) -> ExecSpec {
+    let name = match action {
+        Action::Pull => "remotePull",
+        Action::Build => "remoteBd",
+        Action::Deploy => "remoteDeployDaemon",
+    };
+    ExecSpec {
+        directory: "(repo_dir)".into(),
+        shell_cmd: format!("({name})"),
+        timeout_secs: 0,
+        requester: daemon.me(),
+        user,
+        action: Some(action),
+        relay_to: None,
     }
+}
+
+/// Longest directory a job may name (Linux's PATH_MAX: no longer one can exist).
+const MAX_DIRECTORY: usize = 4096;
+/// Longest command: far beyond any shell line, well inside one frame.
+const MAX_COMMAND: usize = 256 * 1024;
+
+fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
+    if spec.directory.len() > MAX_DIRECTORY {
+        return Err(ErrorBody::invalid(format!(
+            "Directory too long: {} bytes, the limit is {MAX_DIRECTORY}",
+            spec.directory.len()
+        )));
+    }
+    if spec.shell_cmd.len() > MAX_COMMAND {
+        return Err(ErrorBody::invalid(format!(
+            "Command too long: {} bytes, the limit is {MAX_COMMAND}",
+            spec.shell_cmd.len()
+        ))
+        .hint("put a long script in a file on the peer and run that"));
+    }
+    Ok(())
 }
 
 /// The source of a job's events, local or remote.
@@ -271,7 +172,7 @@ impl Source {
 /// Run a job for a control client and stream it back, and record it in the
 /// audit log. Returns when a final event was written or the client went away
 /// (the job is then cancelled).
-pub async fn run_for_client<R, W>(
+async fn run_for_client<R, W>(
     daemon: &Arc<Daemon>,
     peer: &str,
     mut spec: ExecSpec,
@@ -283,7 +184,7 @@ pub async fn run_for_client<R, W>(
     spec.requester = daemon.me();
     let me = daemon.me();
     let side = if peer == me { "local" } else { "requester" };
-    let mut rec = record(side, &spec, &me, peer);
+    let mut rec = job::record(side, &spec, &me, peer);
     let started = std::time::Instant::now();
     stream_to_client(daemon, peer, spec, client, &mut rec).await;
     rec.duration_ms = started.elapsed().as_millis() as u64;
@@ -314,7 +215,7 @@ async fn stream_to_client<R, W>(
         raw,
     } = client;
     let route = tokio::select! {
-        r = route(daemon, peer) => r,
+        r = route::route(&daemon.mesh, peer) => r,
         _ = client_gone(reader) => {
             rec.error = Some("cancelled: the client went away".into());
             return;
@@ -323,9 +224,11 @@ async fn stream_to_client<R, W>(
     let started = match route {
         Err(e) => Err(e),
         Ok(Route::Local) => {
-            let cancel = daemon.shutdown.child_token();
-            let rx = crate::deploy::start(daemon, spec, cancel.clone());
+            let cancel = daemon.shutdown().child_token();
+            let rx = job::start(daemon, spec, cancel.clone());
             let addr = daemon
+                .mesh
+                .endpoint
                 .listen_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "local".into());

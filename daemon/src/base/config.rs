@@ -103,7 +103,7 @@ pub struct Config {
     pub default_leader: String,
     pub exec_timeout_secs: u64,
     pub heartbeat: Duration,
-    /// Leader: the heartbeat budget of all links ([`crate::leader::link_heartbeat`]).
+    /// Leader: the heartbeat budget of all links (`mesh::liveness::link_heartbeat`).
     pub link_beats_per_sec: u64,
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,

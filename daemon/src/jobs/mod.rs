@@ -25,9 +25,9 @@ use std::time::Duration;
 #[cfg(test)]
 use std::time::Instant;
 
-use d_proto::types::{ErrorBody, ExecSpec, ExitInfo, Stream};
 #[cfg(test)]
 use d_proto::types::ErrorKind;
+use d_proto::types::{ErrorBody, ExecSpec, ExitInfo, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -81,4 +81,3 @@ impl Registry {
         rx.await.map_err(|_| RegistryError::Gone)?
     }
 }
-
