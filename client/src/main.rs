@@ -1,6 +1,7 @@
 //! `d`: the command-line client of d-daemon.
 //!
-//! Parses the command line ([`cli`]; `d @PEER ...` first, [`at`]), sends one
+//! Parses the command line ([`cli`]; `d @PEER ...` first, [`at`] plans it and
+//! [`route_at`] carries it out), sends one
 //! request to the local daemon over its UNIX socket ([`conn`]), and prints the
 //! answer for people or, with `--json`, for programs ([`render`]). Exec
 //! streams live output ([`exec`]), on several peers at once too ([`fanout`]).
@@ -19,6 +20,7 @@ mod fanout;
 mod ops;
 mod render;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use d_proto::control::Request;
@@ -68,7 +70,7 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == complete::HOOK) {
         return complete::hook(&args[2..]);
     }
-    let cli = match at::route(&args[1..]) {
+    let cli = match route_at(&args[1..]) {
         None => cli::parse(),
         Some(Err(argv)) => cli::parse_from(&argv),
         Some(Ok(status)) => return status,
@@ -86,6 +88,45 @@ fn main() -> ExitCode {
     };
     // Statuses outside 0..=255 cannot be exit codes; 255 says "something odd".
     ExitCode::from(u8::try_from(status).unwrap_or(255))
+}
+
+/// Carry out a `d @PEER` line. `Err` holds an ordinary command line for the
+/// caller to parse and run; `Ok` is the exit status, all done.
+fn route_at(args: &[OsString]) -> Option<Result<ExitCode, Vec<String>>> {
+    // Only lines whose target comes before any other word are ours.
+    let mut strings = Vec::with_capacity(args.len());
+    for a in args {
+        match a.to_str() {
+            Some(s) => strings.push(s.to_string()),
+            None => {
+                // Not UTF-8: ours only if an `@` word precedes it; say so then.
+                if strings.iter().any(|s: &String| s.starts_with('@')) {
+                    let e = ErrorBody::invalid(format!("{} is not UTF-8", a.to_string_lossy()))
+                        .hint("commands and their arguments are sent as text");
+                    render::error(&e, false);
+                    return Some(Ok(ExitCode::from(2)));
+                }
+                return None;
+            }
+        }
+    }
+    let (plan, json) = at::plan(&strings)?;
+    Some(match plan {
+        at::Plan::Argv(argv) => Err(argv),
+        at::Plan::Refuse(e) => {
+            render::error(&e, json);
+            Ok(ExitCode::from(1))
+        }
+        at::Plan::Usage(e) => {
+            render::error(&e, json);
+            Ok(ExitCode::from(2))
+        }
+        at::Plan::Ask {
+            peers,
+            argv,
+            doctor,
+        } => Ok(crate::ask::main(&peers, &argv, doctor)),
+    })
 }
 
 /// Run one command; `Ok` is the status to exit with.
