@@ -13,7 +13,7 @@
 //! file ([`cache::cache_path`]). It prints one candidate per line, unfiltered: the
 //! shell matches them against what was typed.
 //!
-//! This module holds the scripts; [`hook`] the hook, [`cache`] the cache.
+//! This module holds the scripts; [`mod@hook`] the hook, [`cache`] the cache.
 
 mod cache;
 mod hook;
