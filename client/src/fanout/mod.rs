@@ -15,7 +15,6 @@
 //! Each peer has a deadline ([`deadline`]): its job's timeout plus a margin.
 //! A peer still silent at its deadline has its connection closed (its daemon
 //! cancels the job) and is reported `timed out (no answer)`; the others carry on.
-
 //!
 //! [`outcome`] words how each peer ended, [`lines`] cuts live output into
 //! prefixed lines, [`gather`] groups identical outputs.
