@@ -77,7 +77,7 @@ pub fn hook(args: &[OsString]) -> ExitCode {
     }
     let _ = io::stdout().lock().write_all(text.as_bytes());
     if verbose {
-        eprintln!(
+        errln!(
             "[d] {} peer ids from {source} in {:.2} ms",
             ids.len(),
             started.elapsed().as_secs_f64() * 1e3
@@ -122,7 +122,7 @@ pub fn candidates(ids: &[String], word: &str) -> Vec<String> {
 /// The ids of `listPeers`, if the daemon answers before `deadline`.
 fn ask_daemon(socket: &Path, deadline: Instant) -> Result<Vec<String>, String> {
     let stream = connect_now(socket).map_err(|e| format!("cannot connect: {e}"))?;
-    let mut conn = Conn::from_stream(stream, socket, false);
+    let mut conn = Conn::from_stream(stream, socket, false).map_err(|e| e.error)?;
     let remaining = || {
         deadline
             .checked_duration_since(Instant::now())

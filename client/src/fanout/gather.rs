@@ -1,9 +1,7 @@
 //! `--gather`: each distinct output once, under the peers that printed it
 //! (dshbak -c).
 
-use std::io;
-
-use super::write_locked;
+use crate::stdio;
 
 /// What `--gather` puts above each distinct output (dshbak's separator).
 const RULE: &str = "----------------";
@@ -40,13 +38,13 @@ pub fn print_groups(outputs: &[(&str, &[u8], &[u8])]) {
         if !out.is_empty() && !out.ends_with(b"\n") {
             o.push(b'\n');
         }
-        write_locked(&mut io::stdout().lock(), &o);
+        stdio::out(&o);
         if !err.is_empty() {
             let mut e = err.to_vec();
             if !e.ends_with(b"\n") {
                 e.push(b'\n');
             }
-            write_locked(&mut io::stderr().lock(), &e);
+            stdio::err(&e);
         }
     }
 }

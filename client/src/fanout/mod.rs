@@ -26,18 +26,18 @@ mod outcome;
 pub use gather::print_groups;
 pub use outcome::{combined_status, describe_error, summary, Outcome};
 
-use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use d_proto::control::{Event, Request};
-use d_proto::types::{ErrorBody, ErrorKind, PeerInfo};
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
-use crate::render;
+use crate::stdio::{self, Stream};
+use crate::{render, stop};
 use lines::Lines;
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
@@ -116,15 +116,6 @@ pub fn deadline(timeout: Option<u64>) -> Option<Duration> {
     }
 }
 
-/// Write and flush while the caller holds the stream's lock; a write error
-/// (a closed pipe) is not worth a message per line.
-pub(crate) fn write_locked(w: &mut impl Write, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let _ = w.write_all(data).and_then(|()| w.flush());
-}
-
 /// One peer's run.
 struct PeerRun {
     outcome: Outcome,
@@ -146,6 +137,11 @@ struct PeerReport<'a> {
     stdout: String,
     stderr: String,
     error: Option<String>,
+    /// The exact bytes, when `stdout` is not UTF-8 (then `stdout` is lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout_base64: Option<B64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr_base64: Option<B64>,
 }
 
 /// The fan-out's options.
@@ -197,16 +193,17 @@ pub fn exec(
             .zip(&runs)
             .map(|(p, r)| (p.as_str(), r.outcome.describe()))
             .collect();
-        write_locked(&mut io::stderr().lock(), summary(&rows).as_bytes());
+        stdio::err(summary(&rows).as_bytes());
         if opts.verbose {
             for (p, r) in peers.iter().zip(&runs) {
                 if let Outcome::Failed(ErrorBody { hint: Some(h), .. }) = &r.outcome {
-                    eprintln!("[d] {p}: hint: {h}");
+                    errln!("[d] {p}: hint: {}", render::clean(h));
                 }
             }
         }
     }
-    Ok(combined_status(runs.iter().map(|r| r.outcome.status())))
+    let status = combined_status(runs.iter().map(|r| r.outcome.status()));
+    Ok(stop::status().unwrap_or(status))
 }
 
 fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
@@ -215,6 +212,8 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
         Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
     };
+    let (stdout, stdout_base64) = render::json_text(&r.stdout);
+    let (stderr, stderr_base64) = render::json_text(&r.stderr);
     PeerReport {
         peer,
         exit_code: r.outcome.status(),
@@ -222,9 +221,14 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         signal,
         timed_out,
         duration_ms,
-        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+        stdout,
+        stderr,
+        stdout_base64,
+        stderr_base64,
         error: match &r.outcome {
+            Outcome::Failed(e) if stop::is_stop(e) => {
+                Some(format!("{}: its job was cancelled", e.error))
+            }
             Outcome::Failed(e) => Some(e.error.clone()),
             Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
             Outcome::Exit(_) => None,
@@ -297,20 +301,24 @@ fn run_one(
             match event {
                 Event::Started { addr, path, .. } => {
                     if verbose {
-                        eprintln!("[d] {peer}: running at {addr} via {path}");
+                        errln!(
+                            "[d] {peer}: running at {} via {}",
+                            render::clean(&addr),
+                            render::clean(&path)
+                        );
                     }
                 }
                 Event::Stdout { data } if live => {
-                    write_locked(&mut io::stdout().lock(), &out.push(&data.0));
+                    stdio::with(Stream::Out, |w| out.push(&data.0, w));
                 }
                 Event::Stderr { data } if live => {
-                    write_locked(&mut io::stderr().lock(), &err.push(&data.0));
+                    stdio::with(Stream::Err, |w| err.push(&data.0, w));
                 }
                 Event::Stdout { data } => kept.0.extend_from_slice(&data.0),
                 Event::Stderr { data } => kept.1.extend_from_slice(&data.0),
                 Event::Exit { exit, .. } => {
                     if verbose {
-                        eprintln!("[d] {peer}: ended after {} ms", exit.duration_ms);
+                        errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
                     }
                     return Outcome::Exit(exit);
                 }
@@ -328,8 +336,9 @@ fn run_one(
         }
     })();
     if live {
-        write_locked(&mut io::stdout().lock(), &out.finish());
-        write_locked(&mut io::stderr().lock(), &err.finish());
+        // The partial last lines, also when the run was stopped.
+        stdio::with(Stream::Out, |w| out.finish(w));
+        stdio::with(Stream::Err, |w| err.finish(w));
     }
     PeerRun {
         outcome,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use d_proto::types::{ErrorBody, ErrorKind, ExitInfo};
 
+use crate::{render, stop};
+
 /// How a peer's job ended, as the requester saw it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -17,10 +19,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// What this peer contributes to the exit status: the remote status, 124
-    /// for a timeout, 255 for errors of d itself.
+    /// for a timeout, 255 for errors of d itself, 128+N when signal N stopped
+    /// the run before this peer finished.
     pub fn status(&self) -> i32 {
         match self {
             Outcome::Exit(e) => e.status(),
+            Outcome::Failed(e) if stop::is_stop(e) => stop::status().unwrap_or(255),
             Outcome::Failed(_) => 255,
             Outcome::NoAnswer(_) => 124,
         }
@@ -42,14 +46,20 @@ impl Outcome {
     }
 }
 
-/// `not found`, `unreachable — Failed to connect to peer: ...`, or `error: ...`.
+/// `not found`, `unreachable — Failed to connect to peer: ...`, `error: ...`,
+/// or `interrupted` (`cancelled`) when the run stopped before this peer ended.
+/// Text from other machines is [`render::clean`]ed.
 pub fn describe_error(e: &ErrorBody) -> String {
+    if stop::is_stop(e) {
+        return stop::word().into();
+    }
+    let text = render::clean(&e.error);
     match e.kind {
         ErrorKind::PeerNotFound => "not found".into(),
         ErrorKind::ConnectFailed | ErrorKind::NotConnectedToLeader | ErrorKind::PeerTimeout => {
-            format!("unreachable — {}", e.error)
+            format!("unreachable — {text}")
         }
-        _ => format!("error: {}", e.error),
+        _ => format!("error: {text}"),
     }
 }
 
@@ -69,6 +79,7 @@ pub fn summary(rows: &[(&str, String)]) -> String {
         .map(|(p, what)| format!("{p:<width$}  {what}\n"))
         .collect()
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,10 @@ mod views;
 
 pub use views::*;
 
-use std::io::Write;
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use d_proto::types::ErrorBody;
+use d_proto::types::{ErrorBody, B64};
 use serde::Serialize;
 
 /// Unix seconds now (0 if the clock is before 1970).
@@ -65,7 +65,8 @@ pub(crate) fn yes_no(b: bool) -> &'static str {
 }
 
 /// Columns separated by two spaces, each as wide as its widest cell; no
-/// trailing spaces. Every line ends with a newline.
+/// trailing spaces. Every line ends with a newline. Cells are [`clean`]ed:
+/// a newline or an escape sequence in one never forges a row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     table_of(header, rows)
 }
@@ -83,7 +84,7 @@ pub fn table_of<R: AsRef<[S]>, S: AsRef<str>>(header: &[&str], rows: &[R]) -> St
     let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for row in rows {
         for (i, cell) in row.as_ref().iter().enumerate() {
-            let w = width(cell.as_ref());
+            let w = width(&clean(cell.as_ref()));
             match widths.get_mut(i) {
                 Some(cur) => *cur = (*cur).max(w),
                 None => widths.push(w),
@@ -116,12 +117,13 @@ pub fn table_of<R: AsRef<[S]>, S: AsRef<str>>(header: &[&str], rows: &[R]) -> St
     };
     line(&mut header.iter().copied());
     for row in rows {
-        line(&mut row.as_ref().iter().map(|c| c.as_ref()));
+        let cells: Vec<Cow<'_, str>> = row.as_ref().iter().map(|c| clean(c.as_ref())).collect();
+        line(&mut cells.iter().map(|c| c.as_ref()));
     }
     out
 }
 
-/// `key: value` lines with the values aligned.
+/// `key: value` lines with the values aligned, [`clean`]ed.
 pub fn key_values(pairs: &[(&str, String)]) -> String {
     let w = pairs
         .iter()
@@ -131,7 +133,7 @@ pub fn key_values(pairs: &[(&str, String)]) -> String {
     let mut out = String::new();
     for (k, v) in pairs {
         let pad = w - k.chars().count();
-        out.push_str(format!("{k}:{} {v}", " ".repeat(pad)).trim_end());
+        out.push_str(format!("{k}:{} {}", " ".repeat(pad), clean(v)).trim_end());
         out.push('\n');
     }
     out
@@ -182,29 +184,51 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
     s
 }
 
-/// Write to stdout and flush. Errors are dropped: with SIGPIPE at its default a
-/// closed pipe already ended the process, and nothing else is worth a message.
+/// Captured output as `--json` carries it: the text (lossy where the bytes
+/// are not UTF-8) and then, only then, the exact bytes (`B64`, base64).
+pub fn json_text(bytes: &[u8]) -> (String, Option<B64>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(B64(bytes.to_vec())),
+        ),
+    }
+}
+
+/// Write to stdout and flush, checked ([`crate::stdio`]): a failure is
+/// recorded and reported once at the end.
 pub fn out(text: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = o.write_all(text.as_bytes());
-    let _ = o.flush();
+    crate::stdio::out(text.as_bytes());
+}
+
+/// Text from another machine (or from a daemon that passes it on), fit for a
+/// terminal: control characters escaped visibly (`\u{1b}`, `\n`).
+pub fn clean(s: &str) -> Cow<'_, str> {
+    d_proto::text::escape_controls(s)
 }
 
 /// Report an error of `d`: `d: ...` and `hint: ...` on stderr, or with `--json`
-/// `{"error": .., "hint": .., "kind": ..}` on stdout.
+/// `{"error": .., "hint": .., "kind": ..}` on stdout. The text may come from
+/// another machine: its control characters are escaped, line by line.
 pub fn error(err: &ErrorBody, as_json: bool) {
     if as_json {
         out(&json(err));
     } else {
-        let mut e = format!("d: {}\n", err.error);
-        if let Some(h) = &err.hint {
-            for (i, line) in h.lines().enumerate() {
-                let lead = if i == 0 { "hint: " } else { "      " };
-                e.push_str(&format!("{lead}{line}\n"));
-            }
-        }
-        let _ = std::io::stderr().lock().write_all(e.as_bytes());
+        crate::stdio::err(error_text(err).as_bytes());
     }
+}
+
+/// The lines [`error`] writes on stderr.
+pub fn error_text(err: &ErrorBody) -> String {
+    let mut e = format!("d: {}\n", clean(&err.error));
+    if let Some(h) = &err.hint {
+        for (i, line) in h.lines().enumerate() {
+            let lead = if i == 0 { "hint: " } else { "      " };
+            e.push_str(&format!("{lead}{}\n", clean(line)));
+        }
+    }
+    e
 }
 
 #[cfg(test)]
@@ -254,7 +278,14 @@ mod tests {
     }
 
     /// The table as it was first written: one `String` per cell and line.
+    /// Cells cleaned first, as `table` does since control characters are
+    /// escaped.
     fn reference_table(header: &[&str], rows: &[Vec<String>]) -> String {
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| r.iter().map(|c| clean(c).into_owned()).collect())
+            .collect();
+        let rows = &rows[..];
         let width = |s: &str| s.chars().count();
         let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
         for row in rows {
@@ -314,6 +345,22 @@ mod tests {
             );
         }
         assert_eq!(table(&[], &rows), reference_table(&[], &rows));
+    }
+
+    #[test]
+    fn text_from_peers_cannot_forge_rows_or_recolour() {
+        let t = table(
+            &["ID", "HOSTNAME"],
+            &[vec!["vps".into(), "evil\x1b[2J\nfake  row\r".into()]],
+        );
+        assert_eq!(t, "ID   HOSTNAME\nvps  evil\\u{1b}[2J\\nfake  row\\r\n");
+        let kv = key_values(&[("hostname", "a\x07b".into())]);
+        assert_eq!(kv, "hostname: a\\u{7}b\n");
+        let e = ErrorBody::invalid("bad\x1b]0;t\x07\nd: forged").hint("one\ntwo\x1b");
+        assert_eq!(
+            error_text(&e),
+            "d: bad\\u{1b}]0;t\\u{7}\\nd: forged\nhint: one\n      two\\u{1b}\n"
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use d_proto::types::{Check, ExecRecord, LinkState, PeerInfo, PeerStatus, WgStatus};
 
-use super::{address, ago, bytes, duration, key_values, local_time, table, table_of, yes_no};
+use super::{
+    address, ago, bytes, clean, duration, key_values, local_time, table, table_of, yes_no,
+};
 
 /// `now` while online, else the age of the last sign of life.
 pub fn last_seen(p: &PeerInfo, now: u64) -> String {
@@ -84,7 +86,7 @@ pub fn exec_log_table(rows: &[ExecRecord]) -> String {
                 format!("{}ms", r.duration_ms),
                 r.output_bytes.to_string(),
                 r.directory.clone(),
-                r.command.replace('\n', "\\n"),
+                r.command.clone(),
             ]
         })
         .collect();
@@ -193,13 +195,17 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
 pub fn wg_section(wg: &WgStatus) -> String {
     let mut text = String::from("\n");
     if let Some(e) = &wg.error {
-        text.push_str(&format!("WireGuard {}: {e}\n", wg.interface));
+        text.push_str(&format!(
+            "WireGuard {}: {}\n",
+            clean(&wg.interface),
+            clean(e)
+        ));
         return text;
     }
     text.push_str(&format!(
         "WireGuard {}: public key {}, listening on port {}\n",
-        wg.interface,
-        wg.public_key.as_deref().unwrap_or("?"),
+        clean(&wg.interface),
+        clean(wg.public_key.as_deref().unwrap_or("?")),
         wg.listen_port
             .map(|p| p.to_string())
             .unwrap_or_else(|| "?".into())
@@ -239,10 +245,14 @@ pub fn checks(list: &[Check]) -> String {
     let mut text = String::new();
     for c in list {
         let mark = if c.ok { "✓" } else { "✗" };
-        text.push_str(&format!("{mark} {}: {}\n", c.name, c.detail));
+        text.push_str(&format!(
+            "{mark} {}: {}\n",
+            clean(&c.name),
+            clean(&c.detail)
+        ));
         if let Some(fix) = c.fix.as_ref().filter(|_| !c.ok) {
             for line in fix.lines() {
-                text.push_str(&format!("    fix: {line}\n"));
+                text.push_str(&format!("    fix: {}\n", clean(line)));
             }
         }
     }
