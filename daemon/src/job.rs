@@ -116,8 +116,12 @@ pub fn spawn_as(
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = ctx.me.clone();
     let mut spec = spec;
+    // Empty: the default directory; relative: from there (as ssh takes a
+    // relative path from the home directory), never from the daemon's own cwd.
     if spec.directory.is_empty() {
         spec.directory = ctx.default_dir.display().to_string();
+    } else if !std::path::Path::new(&spec.directory).is_absolute() {
+        spec.directory = ctx.default_dir.join(&spec.directory).display().to_string();
     }
     let running = RunningGuard::new(ctx.running.clone());
     ctx.tracker.spawn(async move {

@@ -90,6 +90,15 @@ pub fn cap(s: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}…", &s[..end]))
 }
 
+/// [`cap`] for an owned string: `s` itself when it fits.
+pub fn cap_owned(s: String, max: usize) -> String {
+    if s.len() <= max {
+        s
+    } else {
+        cap(&s, max).into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
