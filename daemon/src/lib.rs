@@ -27,6 +27,7 @@ pub mod meshkey;
 pub mod peer_port;
 pub mod registry;
 pub mod session;
+pub mod spawn;
 pub mod wg;
 pub mod worker;
 
