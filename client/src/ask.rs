@@ -26,7 +26,7 @@ fn parse_ask(peers: &str, argv: &[String]) -> Result<Cli, i32> {
         .try_get_matches_from(argv)
         .and_then(|m| Cli::from_arg_matches(&m));
     parsed.map_err(|e| {
-        crate::cli::print_error(&e);
+        crate::print_clap_error(&e);
         if e.use_stderr() {
             let words: Vec<&str> = argv
                 .iter()

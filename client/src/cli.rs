@@ -364,53 +364,19 @@ pub fn command() -> clap::Command {
     Cli::command().version(version)
 }
 
-/// Parse the command line, exiting with clap's message (status 2) on usage errors.
-pub fn parse() -> Cli {
-    parse_matches(command().try_get_matches())
+/// Parse the command line; `Err` is clap's message (help, version, usage
+/// error) for the caller to print ([`crate`]'s `clap_exit`).
+pub fn parse() -> Result<Cli, clap::Error> {
+    command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
 }
 
 /// [`parse`] for a command line made by `d @PEER` (program name first).
-pub fn parse_from(argv: &[String]) -> Cli {
-    parse_matches(command().try_get_matches_from(argv))
-}
-
-fn parse_matches(m: Result<clap::ArgMatches, clap::Error>) -> Cli {
-    match m.and_then(|m| Cli::from_arg_matches(&m)) {
-        Ok(cli) => cli,
-        Err(e) => {
-            print_error(&e);
-            // `--help` and `--version` are "errors" that exit 0.
-            let code = match crate::stdio::failure() {
-                Some(f) if !f.is_broken_pipe() => {
-                    crate::render::error(&f.error_body(false), false);
-                    1
-                }
-                _ => e.exit_code(),
-            };
-            std::process::exit(code)
-        }
-    }
-}
-
-/// Print clap's message (help, version or a usage error) where clap puts it,
-/// the write checked ([`crate::stdio`]).
-pub fn print_error(e: &clap::Error) {
-    use std::io::Write;
-    let r = e.print().and_then(|()| {
-        if e.use_stderr() {
-            std::io::stderr().flush()
-        } else {
-            std::io::stdout().flush()
-        }
-    });
-    if let Err(err) = r {
-        let stream = if e.use_stderr() {
-            crate::stdio::Stream::Err
-        } else {
-            crate::stdio::Stream::Out
-        };
-        crate::stdio::record(stream, err);
-    }
+pub fn parse_from(argv: &[String]) -> Result<Cli, clap::Error> {
+    command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
 }
 
 #[cfg(test)]

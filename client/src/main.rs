@@ -76,8 +76,8 @@ fn main() -> ExitCode {
         return complete::hook(&args[2..]);
     }
     let cli = match route_at(&args[1..]) {
-        None => cli::parse(),
-        Some(Err(argv)) => cli::parse_from(&argv),
+        None => cli::parse().unwrap_or_else(|e| clap_exit(&e)),
+        Some(Err(argv)) => cli::parse_from(&argv).unwrap_or_else(|e| clap_exit(&e)),
         Some(Ok((status, exec))) => return exit(status, exec),
     };
     let exec = cli.command.is_exec();
@@ -95,6 +95,37 @@ fn main() -> ExitCode {
         }
     };
     exit(status, exec)
+}
+
+/// Print clap's message (help, version, a usage error) and exit with its
+/// status, or 1 if it could not be written.
+fn clap_exit(e: &clap::Error) -> ! {
+    print_clap_error(e);
+    let code = match stdio::failure() {
+        Some(f) if !f.is_broken_pipe() => {
+            render::error(&f.error_body(false), false);
+            1
+        }
+        _ => e.exit_code(),
+    };
+    std::process::exit(code)
+}
+
+/// Print clap's message where clap puts it, the write checked ([`stdio`]).
+fn print_clap_error(e: &clap::Error) {
+    use std::io::Write;
+    let stream = if e.use_stderr() {
+        stdio::Stream::Err
+    } else {
+        stdio::Stream::Out
+    };
+    let r = e.print().and_then(|()| match stream {
+        stdio::Stream::Err => std::io::stderr().flush(),
+        stdio::Stream::Out => std::io::stdout().flush(),
+    });
+    if let Err(err) = r {
+        stdio::record(stream, err);
+    }
 }
 
 /// d's own error status: 255 for the exec family (as ssh), 1 for the others.
