@@ -45,12 +45,10 @@ pub fn escape_lines(s: &str) -> String {
     out
 }
 
-/// Check what a peer says it is called or runs: 1 to `max` bytes, no control
-/// characters. `what` names the field in the message (`hostname`).
+/// Check what a peer says it is called or runs: at most `max` bytes, no
+/// control characters (empty is allowed: a machine whose hostname is unset
+/// still joins). `what` names the field in the message (`hostname`).
 pub fn validate_label(what: &str, s: &str, max: usize) -> Result<(), String> {
-    if s.is_empty() {
-        return Err(format!("empty {what}"));
-    }
     if s.len() > max {
         return Err(format!(
             "{what} of {} bytes (at most {max}): {}",
@@ -117,7 +115,7 @@ mod tests {
     fn labels() {
         assert!(validate_hostname("desk-1.example").is_ok());
         assert!(validate_version("0.1.0 (abc)+tag").is_ok());
-        assert!(validate_hostname("").is_err());
+        assert!(validate_hostname("").is_ok());
         let e = validate_hostname(&"h".repeat(1 << 20)).unwrap_err();
         assert!(
             e.starts_with("hostname of 1048576 bytes (at most 255)"),
