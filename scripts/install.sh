@@ -159,7 +159,7 @@ uninstall() {
   local f
   for f in ${OLD_FILES[@]+"${OLD_FILES[@]}"}; do
     rm -f "$DESTDIR$f"
-    # A deploy's rollback copy of the daemon (daemon/src/deploy.rs).
+    # A deploy's rollback copy of the daemon (daemon/src/api/deploy.rs).
     case "$f" in */d-daemon) rm -f "$DESTDIR$f.prev" ;; esac
   done
   rm -f "$DESTDIR$MANIFEST"

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use anyhow::Context;
 use clap::Parser;
-use d_daemon::config::{Args, Config, Listen};
+use d_daemon::base::config::{Args, Config, Listen};
 use sd_notify::NotifyState;
 use tokio::net::{TcpListener, UnixListener};
 use tracing_subscriber::layer::SubscriberExt;
@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     let served = serve().await;
     if let Err(e) = &served {
         // A freshly deployed binary that cannot start hands over to the previous one.
-        d_daemon::deploy::rollback(e);
+        d_daemon::api::deploy::rollback(e);
     }
     served
 }
@@ -71,7 +71,7 @@ async fn serve() -> anyhow::Result<()> {
     };
 
     let daemon = d_daemon::open(config).await?;
-    let shutdown = daemon.shutdown.clone();
+    let shutdown = daemon.shutdown().clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         // systemctl shows "deactivating" while jobs' process groups are ended.
@@ -105,16 +105,13 @@ async fn serve() -> anyhow::Result<()> {
     feed_watchdog();
     d_daemon::run(daemon.clone(), control, peer).await;
     let _ = std::fs::remove_file(&socket);
-    if daemon
-        .restart_requested
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
+    if daemon.restart_requested() {
         // A deploy installed a new binary: become it (same PID, so systemd
         // keeps tracking it; the new binary sends READY=1 again and feeds the
         // watchdog). Not RELOADING=1: since systemd 253 that needs a
         // MONOTONIC_USEC= handshake, and a mistake there fails the unit.
         let _ = sd_notify::notify(&[NotifyState::Status("re-executing the deployed binary")]);
-        d_daemon::deploy::reexec(&daemon);
+        d_daemon::api::deploy::reexec(&daemon);
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ use tokio::net::TcpSocket;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// A link up this long resets the backoff (as `daemon/src/worker.rs`).
+/// A link up this long resets the backoff (as `daemon/src/mesh/link.rs`).
 const HEALTHY: Duration = Duration::from_secs(10);
 /// A leader line longer than this ends the link (the daemon's own limit).
 const MAX_LINE: usize = d_proto::MAX_FRAME;
@@ -342,7 +342,7 @@ impl Rng {
     }
 }
 
-/// The daemon's backoff (`daemon/src/backoff.rs`): uniform in [ceiling/2, ceiling].
+/// The daemon's backoff (`daemon/src/base/backoff.rs`): uniform in [ceiling/2, ceiling].
 struct Backoff {
     attempt: u32,
 }

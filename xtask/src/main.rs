@@ -59,8 +59,8 @@ fn man(out: &Path) -> anyhow::Result<()> {
 
     // d-daemon(8): a system daemon, so section 8.
     // Its about line starts with "d-daemon:", which NAME already says.
-    let daemon =
-        d_daemon::config::Args::command().about("run commands for the peers of a WireGuard mesh");
+    let daemon = d_daemon::base::config::Args::command()
+        .about("run commands for the peers of a WireGuard mesh");
     write_page(
         &out.join("d-daemon.8"),
         daemon,

@@ -24,6 +24,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncRead;
 use tokio::net::unix::pipe;
 
+use super::pump::grow_pipe;
+
 /// A job's output pipe, read asynchronously.
 pub type Output = Box<dyn AsyncRead + Send + Unpin>;
 
@@ -276,14 +278,4 @@ pub fn spawn_shell_as(
         stdout,
         stderr,
     })
-}
-
-/// A pipe as large as a chunk, so a fast writer fills whole chunks (fewer
-/// frames and wake-ups per gigabyte). Best effort: the 64 KiB default works.
-/// (A daemon not running as root may reach the kernel's per-user pipe budget,
-/// `pipe-user-pages-soft`, with a few hundred jobs at once; its later pipes
-/// are then small, not refused.)
-fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
-    let size = d_proto::OUTPUT_CHUNK as i32;
-    let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
 }

@@ -103,14 +103,21 @@ pub struct Config {
     pub default_leader: String,
     pub exec_timeout_secs: u64,
     pub heartbeat: Duration,
-    /// Leader: the heartbeat budget of all links ([`crate::leader::link_heartbeat`]).
+    /// Leader: the heartbeat budget of all links (`mesh::liveness::link_heartbeat`).
     pub link_beats_per_sec: u64,
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
-    pub exec_log: crate::registry::Retention,
+    pub exec_log: Retention,
     pub ops: Ops,
     /// Where a job without a directory runs (`d @peer CMD`).
     pub default_dir: PathBuf,
+}
+
+/// How much audit log to keep: whichever limit is reached first.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_rows: u64,
+    pub max_age_days: u64,
 }
 
 /// Where this machine's own source lives and how it is built (`remotePull`,
@@ -197,7 +204,7 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("target/release/d-daemon")),
                 timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
-            exec_log: crate::registry::Retention {
+            exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),
             },

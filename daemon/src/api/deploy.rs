@@ -24,32 +24,16 @@ use d_proto::types::{Action, ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{self, JobEvent, RunAs};
-use crate::Daemon;
+use super::Daemon;
+use crate::jobs::{self as job, JobEvent, RunAs};
 
-/// Start a job: a shell command, an operations action, or (on the leader) a
-/// job relayed to another peer.
-pub fn start(
-    daemon: &Arc<Daemon>,
-    spec: ExecSpec,
-    cancel: CancellationToken,
-) -> mpsc::Receiver<JobEvent> {
-    if spec.relay_to.is_some() {
-        return crate::exec::relay(daemon, spec, cancel);
+/// How every job of this daemon starts: without the deploy's rollback
+/// variable (a job's own `d-daemon` must not take it for its own).
+pub(super) fn job_options(run_as: Option<RunAs>) -> job::Options {
+    job::Options {
+        run_as,
+        env_remove: &[ROLLBACK_ENV],
     }
-    let Some(action) = spec.action else {
-        return job::spawn(spec, &daemon.job_ctx(), cancel);
-    };
-    let (tx, rx) = mpsc::channel(4);
-    let d = daemon.clone();
-    daemon.tracker.spawn(async move {
-        let last = match run(&d, action, &spec, &tx, cancel).await {
-            Ok(exit) => JobEvent::Exit(exit),
-            Err(e) => JobEvent::Failed(e),
-        };
-        let _ = tx.send(last).await;
-    });
-    rx
 }
 
 async fn say(tx: &mpsc::Sender<JobEvent>, line: String) {
@@ -90,7 +74,8 @@ async fn step(
         action: None,
         relay_to: None,
     };
-    let mut rx = job::spawn_as(sub, &daemon.job_ctx(), cancel.child_token(), owner.cloned());
+    let opts = job_options(owner.cloned());
+    let mut rx = job::spawn_with(sub, &daemon.job_ctx(), cancel.child_token(), opts);
     while let Some(ev) = rx.recv().await {
         match ev {
             JobEvent::Output(s, d) => {
@@ -107,7 +92,7 @@ async fn step(
     ))
 }
 
-async fn run(
+pub(super) async fn run(
     daemon: &Arc<Daemon>,
     action: Action,
     spec: &ExecSpec,
@@ -254,7 +239,7 @@ pub const ROLLBACK_ENV: &str = "D_ROLLBACK_BINARY";
 /// daemon's address still find it.
 fn reexec_args(daemon: &Daemon) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(bound) = daemon.listen_addr() {
+    if let Some(bound) = daemon.mesh.endpoint.listen_addr() {
         let mut i = 1;
         while i < args.len() {
             if args[i] == "--listen" && i + 1 < args.len() {

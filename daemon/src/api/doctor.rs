@@ -7,8 +7,11 @@ use std::time::Instant;
 use d_proto::peer::{Answer, Query};
 use d_proto::types::{Check, LinkState, Role};
 
-use crate::config::parse_addr;
-use crate::{exec, wg, Daemon};
+use super::{status, Daemon};
+use crate::base::config::parse_addr;
+use crate::base::wg;
+use crate::mesh::ask;
+use crate::mesh::route::{self, Route};
 
 fn pass(name: &str, detail: impl Into<String>) -> Check {
     Check {
@@ -55,13 +58,13 @@ fn handshake(dev: &wireguard_control::Device, who: &str, addr: std::net::IpAddr)
 
 pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
     let mut checks = Vec::new();
-    let st = daemon.status();
+    let st = status::local(daemon);
     checks.push(pass(
         "local daemon",
         format!("d-daemon {} up {}s", st.version, st.uptime_secs),
     ));
 
-    let id = daemon.identity();
+    let id = daemon.mesh.me.get();
     match (id.role, &id.id) {
         (Some(role), Some(me)) => checks.push(pass("role and id", format!("{} '{me}'", role.as_str()))),
         _ => checks.push(fail(
@@ -70,12 +73,10 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
             "`d setPeerConfig --role leader --id NAME` on the leader, `d registerWorker --leader IP --meshKey FILE` on workers",
         )),
     }
-    match daemon.mesh_key() {
+    match daemon.mesh.me.key() {
         Some(_) => checks.push(pass(
             "mesh key",
-            crate::meshkey::path(&daemon.config.state_dir)
-                .display()
-                .to_string(),
+            daemon.mesh.me.key_path().display().to_string(),
         )),
         None => checks.push(fail(
             "mesh key",
@@ -118,7 +119,7 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
 
     if id.role == Some(Role::Worker) {
         let leader = id.leader.clone().unwrap_or_default();
-        let link = daemon.link_info();
+        let link = daemon.mesh.link.info();
         match link.state {
             LinkState::Connected => {
                 let s = link.session.as_ref();
@@ -157,7 +158,7 @@ async fn peer_checks(
     dev: Option<&wireguard_control::Device>,
     checks: &mut Vec<Check>,
 ) {
-    let info = match crate::leader::query(daemon, Query::GetPeerInfo { peer: peer.into() }).await {
+    let info = match ask::query(&daemon.mesh, Query::GetPeerInfo { peer: peer.into() }).await {
         Ok(Answer::Peer { peer: p }) => p,
         Ok(Answer::Error(e)) | Err(e) => {
             checks.push(fail(
@@ -185,18 +186,16 @@ async fn peer_checks(
             if info.online { "online" } else { "offline" }
         ),
     ));
-    if daemon.identity().id.as_deref() == Some(peer) {
+    if daemon.mesh.me.get().id.as_deref() == Some(peer) {
         return;
     }
     if let (Some(d), Ok(ip)) = (dev, info.addr.parse()) {
         checks.push(handshake(d, peer, ip));
     }
     let started = Instant::now();
-    let pong = match exec::route(daemon, peer).await {
-        Ok(exec::Route::Remote(s, path)) => {
-            s.query(Query::Ping).await.map(|a| (a, path.to_string()))
-        }
-        Ok(exec::Route::Relay(..)) => {
+    let pong = match route::route(&daemon.mesh, peer).await {
+        Ok(Route::Remote(s, path)) => s.query(Query::Ping).await.map(|a| (a, path.to_string())),
+        Ok(Route::Relay(..)) => {
             checks.push(fail(
                 &format!("{peer} daemon answering"),
                 "not reachable directly: jobs go through the leader",
@@ -204,7 +203,7 @@ async fn peer_checks(
             ));
             return;
         }
-        Ok(exec::Route::Local) => return,
+        Ok(Route::Local) => return,
         Err(e) => Err(e),
     };
     match pong {

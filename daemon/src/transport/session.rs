@@ -14,8 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use d_proto::frame::Frame;
-use tokio::time::Instant;
 
 use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
 use d_proto::types::{ErrorBody, ExecSpec, Role, Stream};
@@ -24,9 +22,12 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::connection::{Read, Reader, Writer};
-use crate::job::JobEvent;
-use crate::Daemon;
+use super::connection::{Reader, Writer};
+use super::{Endpoint, Handler};
+use crate::jobs::JobEvent;
+
+mod io;
+mod served;
 
 /// How long a query to the other side may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +73,7 @@ pub fn asked_interval(ms: u64) -> Duration {
 
 const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 
-/// A job this side serves for the other side.
+/// A job this side serves for the other side ([`served`]).
 struct InJob {
     cancel: CancellationToken,
     credits: Arc<Semaphore>,
@@ -110,6 +111,10 @@ pub struct Session {
     jobs_in: Mutex<HashMap<u64, InJob>>,
     closed: CancellationToken,
     reason: Mutex<Option<ErrorBody>>,
+    /// This side's end: its tasks and WireGuard interface.
+    ep: Arc<Endpoint>,
+    /// What queries and jobs from the other side mean.
+    handler: Arc<dyn Handler>,
 }
 
 /// A job started on the other side through this session.
@@ -149,7 +154,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Session {
     /// Start the reader and writer tasks of an established connection.
     pub fn start(
-        daemon: &Arc<Daemon>,
+        ep: &Arc<Endpoint>,
+        handler: Arc<dyn Handler>,
         peer: PeerDesc,
         terms: Terms,
         mut reader: Reader<OwnedReadHalf>,
@@ -171,16 +177,15 @@ impl Session {
             queries: Mutex::default(),
             jobs_out: Mutex::default(),
             jobs_in: Mutex::default(),
-            closed: daemon.shutdown.child_token(),
+            closed: ep.tasks.shutdown.child_token(),
             reason: Mutex::default(),
+            ep: ep.clone(),
+            handler,
         });
         let span = tracing::info_span!("session", peer = %s.peer.id, remote = %s.peer.remote);
-        daemon
-            .tracker
-            .spawn(write_loop(s.clone(), writer, rx).instrument(span.clone()));
-        daemon
-            .tracker
-            .spawn(read_loop(s.clone(), daemon.clone(), reader).instrument(span));
+        let tracker = &ep.tasks.tracker;
+        tracker.spawn(io::write_loop(s.clone(), writer, rx).instrument(span.clone()));
+        tracker.spawn(io::read_loop(s.clone(), reader).instrument(span));
         s
     }
 
@@ -331,86 +336,7 @@ impl Session {
         Ok(job)
     }
 
-    /// Serve a job the other side asked for.
-    fn serve_job(self: &Arc<Self>, daemon: &Arc<Daemon>, id: u64, spec: ExecSpec) {
-        let cancel = self.closed.child_token();
-        let credits = Arc::new(Semaphore::new(d_proto::JOB_WINDOW as usize));
-        {
-            let mut jobs = lock(&self.jobs_in);
-            if jobs.contains_key(&id) {
-                drop(jobs);
-                let s = self.clone();
-                tokio::spawn(async move {
-                    let error = ErrorBody::invalid(format!("job id {id} is already running"));
-                    let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
-                });
-                return;
-            }
-            jobs.insert(
-                id,
-                InJob {
-                    cancel: cancel.clone(),
-                    credits: credits.clone(),
-                },
-            );
-        }
-        tracing::info!(job = id, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", self.peer.id);
-        // A relayed job names its real requester; the session's peer is the leader.
-        let requester = if spec.requester.is_empty() {
-            self.peer.id.clone()
-        } else {
-            spec.requester.clone()
-        };
-        let mut rec = crate::exec::record("target", &spec, &requester, &daemon.me());
-        let mut events = crate::deploy::start(daemon, spec, cancel);
-        let s = self.clone();
-        let d = daemon.clone();
-        daemon.tracker.spawn(async move {
-            let started = std::time::Instant::now();
-            let mut finished = false;
-            while let Some(ev) = events.recv().await {
-                let msg = match ev {
-                    JobEvent::Output(stream, data) => {
-                        rec.output_bytes += data.len() as u64;
-                        // Wait for the requester's credit; a closed session
-                        // has cancelled the job, so just drain to the end.
-                        let n = data.len() as u32;
-                        tokio::select! {
-                            p = credits.acquire_many(n) => { if let Ok(p) = p { p.forget() } }
-                            _ = s.closed() => continue,
-                        }
-                        let _ = s.send_output(id, stream, data).await;
-                        continue;
-                    }
-                    JobEvent::Exit(exit) => {
-                        finished = true;
-                        rec.exit = Some(exit);
-                        PeerMsg::Exit { job: id, exit }
-                    }
-                    JobEvent::Failed(error) => {
-                        finished = true;
-                        rec.error = Some(error.error.clone());
-                        PeerMsg::JobFailed { job: id, error }
-                    }
-                };
-                let _ = s.send(msg).await;
-            }
-            if !finished {
-                // The job's task died without a status: never leave the requester waiting.
-                let error = ErrorBody::new(
-                    d_proto::types::ErrorKind::Other,
-                    "the job ended without a status (internal error; see the daemon's log)",
-                );
-                rec.error = Some(error.error.clone());
-                let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
-            }
-            lock(&s.jobs_in).remove(&id);
-            rec.duration_ms = started.elapsed().as_millis() as u64;
-            d.audit(rec);
-        });
-    }
-
-    fn dispatch(self: &Arc<Self>, daemon: &Arc<Daemon>, msg: PeerMsg) {
+    fn dispatch(self: &Arc<Self>, msg: PeerMsg) {
         match msg {
             PeerMsg::Heartbeat => {
                 if self.terms.echoes() {
@@ -431,9 +357,9 @@ impl Session {
                 }
             }
             PeerMsg::Query { id, query } => {
-                let (s, d) = (self.clone(), daemon.clone());
+                let (s, h) = (self.clone(), self.handler.clone());
                 tokio::spawn(async move {
-                    let answer = crate::leader::answer(&d, query).await;
+                    let answer = h.query(s.clone(), query).await;
                     if let Err(e) = s.send(PeerMsg::Answer { id, answer }).await {
                         if !s.is_closed() {
                             // It could not be encoded (too large for a frame):
@@ -453,7 +379,7 @@ impl Session {
                     let _ = w.tx.send(Reply::Answer(answer));
                 }
             }
-            PeerMsg::Exec { job, spec } => self.serve_job(daemon, job, spec),
+            PeerMsg::Exec { job, spec } => self.serve_job(job, spec),
             PeerMsg::Output { job, stream, data } => {
                 if let Some(tx) = self.lock_jobs_out().get(&job) {
                     let _ = tx.send(JobEvent::Output(stream, data.0));
@@ -547,155 +473,4 @@ fn answer_id(line: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
-}
-
-async fn read_loop(s: Arc<Session>, daemon: Arc<Daemon>, mut reader: Reader<OwnedReadHalf>) {
-    // One timer per session, moved on only when it fires: resetting a timer
-    // for every frame costs more than the frame at 10,000 links.
-    let mut last = Instant::now();
-    let deadline = tokio::time::sleep(s.dead_after());
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = s.closed() => break,
-            _ = &mut deadline => {
-                let dead_after = s.dead_after();
-                // Bytes of a frame still arriving count as life too.
-                let due = last.max(reader.last_read()) + dead_after;
-                if Instant::now() < due {
-                    deadline.as_mut().reset(due);
-                    continue;
-                }
-                tracing::warn!("no heartbeat for {dead_after:?}: closing");
-                let mut e = ErrorBody::peer_timeout(&s.peer.id);
-                if let Some(why) = probe_tunnel(&daemon, &s, dead_after).await {
-                    e.hint = Some(format!("{why}\n{}", e.hint.unwrap_or_default()));
-                }
-                s.close(e);
-                break;
-            }
-            r = reader.read_frame() => {
-                last = Instant::now();
-                match r {
-                    Read::Eof => s.close(ErrorBody::peer_lost(&s.peer.id)),
-                    Read::Bad(e) => s.bad_frame(e).await,
-                    Read::Msg(Frame::Line(line)) => {
-                        // An answer its asker reads itself is not parsed here.
-                        let Some(line) = s.answer_line(line) else { continue };
-                        match d_proto::frame::parse::<PeerMsg>(&line) {
-                            Ok(m) => s.dispatch(&daemon, m),
-                            Err(e) => s.bad_frame(e).await,
-                        }
-                    }
-                    Read::Msg(f) => match d_proto::frame::parse_frame::<PeerMsg>(f) {
-                        Ok(m) => s.dispatch(&daemon, m),
-                        Err(e) => s.bad_frame(e).await,
-                    },
-                }
-            }
-        }
-    }
-    s.finish();
-    daemon.session_closed(&s).await;
-    tracing::info!("session closed: {}", s.reason().error);
-}
-
-/// A silent peer: watch its WireGuard counters for a moment while our
-/// heartbeats still go out. Nothing coming back means the tunnel is down;
-/// traffic without frames means the peer's daemon is stuck.
-async fn probe_tunnel(daemon: &Daemon, s: &Session, silent: Duration) -> Option<String> {
-    let iface = &daemon.config.wg_interface;
-    let ip = s.peer.remote.ip();
-    let before = crate::wg::snapshot(iface, ip).await?;
-    // Send something, so that a live tunnel carries at least its TCP ACK back.
-    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
-    let wait = daemon.config.heartbeat.max(Duration::from_millis(300));
-    tokio::time::sleep(wait).await;
-    let after = crate::wg::snapshot(iface, ip).await?;
-    let hs = after
-        .handshake_age
-        .map(|a| format!("last handshake {} ago", crate::wg::age(a)))
-        .unwrap_or_else(|| "never a handshake".into());
-    Some(if after.rx_bytes == before.rx_bytes {
-        format!(
-            "nothing came back from {} through WireGuard for {} ({hs}) — the tunnel is down",
-            s.peer.id,
-            crate::wg::age(silent + wait)
-        )
-    } else {
-        format!(
-            "WireGuard still carries traffic from {} ({hs}) — the tunnel is up; its d-daemon stopped answering",
-            s.peer.id
-        )
-    })
-}
-
-async fn write_loop(
-    s: Arc<Session>,
-    mut w: Writer<OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) {
-    // The side that answers heartbeats has no timer (its tick is never polled).
-    let beats = !s.terms.echoes();
-    let mut every = s.heartbeat();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result: std::io::Result<()> = async {
-        loop {
-            tokio::select! {
-                biased;
-                _ = s.closed() => {
-                    // Say what is still queued (an error for the last bad
-                    // frame, a final status) if the peer still reads.
-                    let last = async {
-                        while let Ok(line) = rx.try_recv() {
-                            w.feed_line(line).await?;
-                        }
-                        w.flush().await
-                    };
-                    let _ = tokio::time::timeout(Duration::from_millis(200), last).await;
-                    return Ok(());
-                }
-                m = rx.recv() => {
-                    let Some(line) = m else { return Ok(()) };
-                    let batch = async {
-                        w.feed_line(line).await?;
-                        while let Ok(line) = rx.try_recv() {
-                            w.feed_line(line).await?;
-                        }
-                        w.flush().await
-                    };
-                    tokio::select! {
-                        r = batch => r?,
-                        _ = s.closed() => return Ok(()),
-                    }
-                }
-                _ = s.paced.notified(), if beats => {
-                    // Beat now and from now on at the new interval.
-                    every = s.heartbeat();
-                    tick = tokio::time::interval(every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                }
-                _ = tick.tick(), if beats => {
-                    let send = async {
-                        w.feed_line(HEARTBEAT_LINE.to_vec()).await?;
-                        w.flush().await
-                    };
-                    tokio::select! {
-                        r = send => r?,
-                        _ = s.closed() => return Ok(()),
-                    }
-                    if s.terms.dialer {
-                        // Beating at `every` now: its answers come as often.
-                        s.longest_ms.store(every.as_millis() as u64, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::debug!("write failed: {e}");
-        s.close(ErrorBody::peer_lost(&s.peer.id));
-    }
 }

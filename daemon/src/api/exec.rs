@@ -1,0 +1,350 @@
+//! A job for a control client: the request checked and turned into an
+//! [`ExecSpec`], run where the mesh routes it ([`route::route`]: here, over a
+//! session, or relayed by the leader), and streamed back as it runs.
+//!
+//! Output is written to the client as it comes; remote output is credited back
+//! only once written, so a slow client slows the remote command instead of
+//! filling memory. The client closing its connection cancels the job.
+
+use std::sync::Arc;
+
+use d_proto::control::{Event, Request};
+use d_proto::types::{Action, ErrorBody, ErrorKind, ExecRecord, ExecSpec, B64};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::{job, Daemon};
+use crate::jobs::JobEvent;
+use crate::mesh::route::{self, Route};
+use crate::transport::connection::{Read, Reader, Writer};
+use crate::transport::RemoteJob;
+
+/// Serve an exec request (`execOnPeer`, `execOnPeerByIp`, `remotePull`,
+/// `remoteBd`, `remoteDeployDaemon`) of a local `user` on its connection:
+/// an error, or the job's events to its final one. Any other request is an
+/// error here (the dispatcher answers those).
+pub async fn serve<R, W>(
+    daemon: &Arc<Daemon>,
+    req: Request,
+    user: Option<String>,
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (peer, spec, raw) = match req {
+        Request::ExecOnPeer {
+            peer,
+            directory,
+            shell_cmd,
+            timeout,
+            raw_output,
+        } => (
+            Ok(peer),
+            exec_spec(daemon, directory, shell_cmd, timeout, user),
+            raw_output,
+        ),
+        Request::ExecOnPeerByIp {
+            ip,
+            directory,
+            shell_cmd,
+            timeout,
+            raw_output,
+        } => {
+            let peer = route::peer_by_ip(&daemon.mesh, &ip).await;
+            let spec = exec_spec(daemon, directory, shell_cmd, timeout, user);
+            (peer, spec, raw_output)
+        }
+        Request::RemotePull { peer } => (Ok(peer), ops_spec(daemon, Action::Pull, user), false),
+        Request::RemoteBd { peer } => (Ok(peer), ops_spec(daemon, Action::Build, user), false),
+        Request::RemoteDeployDaemon { peer } => {
+            (Ok(peer), ops_spec(daemon, Action::Deploy, user), false)
+        }
+        other => {
+            let e = ErrorBody::invalid(format!("{} is not a job", other.name()));
+            let _ = writer.send(&Event::Error(e)).await;
+            return;
+        }
+    };
+    match peer.and_then(|p| check_spec(&spec).map(|()| p)) {
+        Ok(peer) => {
+            let client = Client {
+                reader,
+                writer,
+                raw,
+            };
+            run_for_client(daemon, &peer, spec, client).await
+        }
+        Err(e) => {
+            let _ = writer.send(&Event::Error(e)).await;
+        }
+    }
+}
+
+fn exec_spec(
+    daemon: &Daemon,
+    directory: String,
+    shell_cmd: String,
+    timeout: Option<u64>,
+    user: Option<String>,
+) -> ExecSpec {
+    ExecSpec {
+        directory,
+        shell_cmd,
+        timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
+        requester: daemon.me(),
+        user,
+        action: None,
+        relay_to: None,
+    }
+}
+
+/// An operations job: the target composes the commands from its own config.
+fn ops_spec(daemon: &Daemon, action: Action, user: Option<String>) -> ExecSpec {
+    let name = match action {
+        Action::Pull => "remotePull",
+        Action::Build => "remoteBd",
+        Action::Deploy => "remoteDeployDaemon",
+    };
+    ExecSpec {
+        directory: "(repo_dir)".into(),
+        shell_cmd: format!("({name})"),
+        timeout_secs: 0,
+        requester: daemon.me(),
+        user,
+        action: Some(action),
+        relay_to: None,
+    }
+}
+
+/// Longest directory a job may name (Linux's PATH_MAX: no longer one can exist).
+const MAX_DIRECTORY: usize = 4096;
+/// Longest command: far beyond any shell line, well inside one frame.
+const MAX_COMMAND: usize = 256 * 1024;
+
+fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
+    if spec.directory.len() > MAX_DIRECTORY {
+        return Err(ErrorBody::invalid(format!(
+            "Directory too long: {} bytes, the limit is {MAX_DIRECTORY}",
+            spec.directory.len()
+        )));
+    }
+    if spec.shell_cmd.len() > MAX_COMMAND {
+        return Err(ErrorBody::invalid(format!(
+            "Command too long: {} bytes, the limit is {MAX_COMMAND}",
+            spec.shell_cmd.len()
+        ))
+        .hint("put a long script in a file on the peer and run that"));
+    }
+    Ok(())
+}
+
+/// The source of a job's events, local or remote.
+enum Source {
+    Local(
+        mpsc::Receiver<JobEvent>,
+        tokio_util::sync::CancellationToken,
+    ),
+    Remote(RemoteJob),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<JobEvent> {
+        match self {
+            Source::Local(rx, _) => rx.recv().await,
+            Source::Remote(j) => j.events.recv().await,
+        }
+    }
+    async fn consumed(&self, n: usize) {
+        if let Source::Remote(j) = self {
+            j.credit(n).await;
+        }
+    }
+    async fn cancel(&self) {
+        match self {
+            Source::Local(_, c) => c.cancel(),
+            Source::Remote(j) => j.cancel().await,
+        }
+    }
+}
+
+/// Run a job for a control client and stream it back, and record it in the
+/// audit log. Returns when a final event was written or the client went away
+/// (the job is then cancelled).
+async fn run_for_client<R, W>(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    mut spec: ExecSpec,
+    client: Client<'_, R, W>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    spec.requester = daemon.me();
+    let me = daemon.me();
+    let side = if peer == me { "local" } else { "requester" };
+    let mut rec = job::record(side, &spec, &me, peer);
+    let started = std::time::Instant::now();
+    stream_to_client(daemon, peer, spec, client, &mut rec).await;
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    daemon.audit(rec);
+}
+
+/// The control connection a job streams to.
+pub struct Client<'a, R, W> {
+    pub reader: &'a mut Reader<R>,
+    pub writer: &'a mut Writer<W>,
+    /// Output as binary frames (the request's `rawOutput`), else base64 events.
+    pub raw: bool,
+}
+
+async fn stream_to_client<R, W>(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    spec: ExecSpec,
+    client: Client<'_, R, W>,
+    rec: &mut ExecRecord,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Client {
+        reader,
+        writer,
+        raw,
+    } = client;
+    let route = tokio::select! {
+        r = route::route(&daemon.mesh, peer) => r,
+        _ = client_gone(reader) => {
+            rec.error = Some("cancelled: the client went away".into());
+            return;
+        }
+    };
+    let started = match route {
+        Err(e) => Err(e),
+        Ok(Route::Local) => {
+            let cancel = daemon.shutdown().child_token();
+            let rx = job::start(daemon, spec, cancel.clone());
+            let addr = daemon
+                .mesh
+                .endpoint
+                .listen_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "local".into());
+            Ok((Source::Local(rx, cancel), addr, "local".to_string()))
+        }
+        Ok(Route::Remote(s, path)) => {
+            let addr = s.peer.remote.to_string();
+            s.start_job(spec)
+                .await
+                .map(|j| (Source::Remote(j), addr, path.to_string()))
+        }
+        Ok(Route::Relay(s, leader)) => {
+            let spec = ExecSpec {
+                relay_to: Some(peer.to_string()),
+                ..spec
+            };
+            s.start_job(spec).await.map(|j| {
+                (
+                    Source::Remote(j),
+                    format!("via {}", s.peer.remote),
+                    format!("relay via {leader}"),
+                )
+            })
+        }
+    };
+    let (mut source, addr, path) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            rec.error = Some(e.error.clone());
+            let _ = writer.send(&Event::Error(e)).await;
+            return;
+        }
+    };
+    let started = Event::Started {
+        peer: peer.to_string(),
+        addr,
+        path,
+    };
+    let mut gone = writer.send(&started).await.is_err();
+    while !gone {
+        let ev = tokio::select! {
+            ev = source.next() => ev,
+            _ = client_gone(reader) => {
+                gone = true;
+                continue;
+            }
+        };
+        let (out, n) = match ev {
+            Some(JobEvent::Output(stream, data)) => {
+                let n = data.len();
+                rec.output_bytes += n as u64;
+                let out = if raw {
+                    ToClient::Raw(d_proto::frame::encode_output(0, stream, &data))
+                } else {
+                    ToClient::Event(match stream {
+                        d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
+                        d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+                    })
+                };
+                (out, n)
+            }
+            Some(JobEvent::Exit(exit)) => {
+                rec.exit = Some(exit);
+                let peer = peer.to_string();
+                (ToClient::Event(Event::Exit { peer, exit }), 0)
+            }
+            Some(JobEvent::Failed(e)) => {
+                rec.error = Some(e.error.clone());
+                (ToClient::Event(Event::Error(e)), 0)
+            }
+            None => {
+                let e = ErrorBody::new(ErrorKind::Other, "the job ended without a status");
+                rec.error = Some(e.error.clone());
+                (ToClient::Event(Event::Error(e)), 0)
+            }
+        };
+        let last = matches!(&out, ToClient::Event(e) if e.is_final());
+        let write = async {
+            match out {
+                ToClient::Event(e) => writer.send(&e).await,
+                ToClient::Raw(frame) => {
+                    writer.feed_line(frame).await?;
+                    writer.flush().await
+                }
+            }
+        };
+        let written = tokio::select! {
+            r = write => r.is_ok(),
+            _ = client_gone(reader) => false,
+        };
+        if last {
+            return;
+        }
+        if !written {
+            gone = true;
+            continue;
+        }
+        source.consumed(n).await;
+    }
+    tracing::info!("client went away: cancelling the job on {peer}");
+    rec.error = Some("cancelled: the client went away".into());
+    source.cancel().await;
+}
+
+/// What goes to the control client next: an event, or (when it asked for
+/// raw output) an output chunk as a binary frame.
+enum ToClient {
+    Event(Event),
+    Raw(Vec<u8>),
+}
+
+/// Resolves when the client closes its side (anything it sends mid-job is ignored).
+async fn client_gone<R: AsyncRead + Unpin>(reader: &mut Reader<R>) {
+    loop {
+        if let Read::Eof = reader.read::<serde_json::Value>().await {
+            return;
+        }
+    }
+}

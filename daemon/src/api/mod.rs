@@ -1,0 +1,164 @@
+//! The top layer: what requests mean. One dispatcher ([`dispatch`]) answers
+//! a request whether it came from the control socket or from another peer
+//! (`d @peer ...`), and says in one place which requests a peer may ask.
+//!
+//! - [`Daemon`] (here): the parts of a running daemon put together.
+//! - [`dispatch`]: every request: answered, or streamed as a job ([`exec`]).
+//! - [`exec`]: a job for a control client, streamed back as it runs.
+//! - [`job`]: starting a job here (shell command, operations action, relay),
+//!   and audit records.
+//! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
+//! - [`peer_config`], [`status`], [`doctor`], [`deploy`]: commands.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use d_proto::types::{ErrorBody, ErrorKind, ExecRecord, Role};
+use tokio_util::sync::CancellationToken;
+
+use crate::base::config::Config;
+use crate::base::identity::{hostname, Identity, Me};
+use crate::base::meshkey;
+use crate::base::tasks::Tasks;
+use crate::jobs::JobCtx;
+use crate::mesh::Mesh;
+use crate::store::Registry;
+use crate::transport::Handler;
+
+pub mod deploy;
+pub mod dispatch;
+pub mod doctor;
+pub mod exec;
+pub mod job;
+pub mod peer;
+pub mod peer_config;
+pub mod status;
+
+/// A command's answer as JSON text (one value): typed rows go straight to
+/// text, and a worker's registry pages are passed on as they came.
+pub type Reply = String;
+
+pub fn to_raw<T: serde::Serialize + ?Sized>(v: &T) -> Result<Reply, ErrorBody> {
+    serde_json::to_string(v).map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))
+}
+
+/// A running daemon: the mesh below, and what only requests need.
+pub struct Daemon {
+    pub config: Arc<Config>,
+    pub mesh: Arc<Mesh>,
+    pub started: Instant,
+    /// Jobs running now (`getPeerStatus`).
+    running_jobs: Arc<AtomicUsize>,
+    /// The path this binary was started from (a deploy replaces and re-executes it).
+    pub exe: PathBuf,
+    /// Set by a deploy: re-execute [`Daemon::exe`] once shut down.
+    restart_requested: AtomicBool,
+}
+
+impl Daemon {
+    /// Open the state database, load the saved identity and mesh key, and
+    /// put the parts together (nothing runs yet).
+    pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create state directory {}: {e} (use --state-dir or D_STATE_DIR)",
+                config.state_dir.display()
+            )
+        })?;
+        let store = Registry::start(&config.state_dir.join("d.db"))?;
+        let (role, id, leader) = store
+            .call(|st| {
+                Ok((
+                    st.get_setting("role")?,
+                    st.get_setting("id")?,
+                    st.get_setting("leader")?,
+                ))
+            })
+            .await?;
+        let identity = Identity {
+            role: role.as_deref().and_then(|r| Role::parse(r).ok()),
+            id,
+            leader,
+        };
+        let mesh_key = meshkey::load(&config.state_dir).map_err(|e| {
+            anyhow::anyhow!("{e} (fix or remove it; the leader's copy is the reference)")
+        })?;
+        let me = Arc::new(Me::new(
+            hostname(),
+            config.state_dir.clone(),
+            identity,
+            mesh_key,
+        ));
+        let config = Arc::new(config);
+        Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
+            let handler: Weak<dyn Handler> = this.clone();
+            Daemon {
+                mesh: Arc::new(Mesh::new(
+                    config.clone(),
+                    Tasks::default(),
+                    store,
+                    me,
+                    handler,
+                )),
+                config,
+                started: Instant::now(),
+                running_jobs: Arc::default(),
+                exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
+                restart_requested: AtomicBool::new(false),
+            }
+        }))
+    }
+
+    pub fn tasks(&self) -> &Tasks {
+        &self.mesh.tasks
+    }
+
+    /// Cancelled on shutdown.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.mesh.tasks.shutdown
+    }
+
+    /// This daemon's id, or a placeholder for messages when unconfigured.
+    pub fn me(&self) -> String {
+        self.mesh.me.name()
+    }
+
+    pub fn running_jobs(&self) -> usize {
+        self.running_jobs.load(Ordering::Relaxed)
+    }
+
+    /// What every job of this daemon shares.
+    pub fn job_ctx(&self) -> JobCtx {
+        JobCtx {
+            me: self.me(),
+            tracker: self.tasks().tracker.clone(),
+            running: self.running_jobs.clone(),
+            default_dir: self.config.default_dir.clone(),
+        }
+    }
+
+    /// Append to the audit log without waiting (a failure is logged, never fatal).
+    pub fn audit(&self, rec: ExecRecord) {
+        let keep = self.config.exec_log;
+        let store = self.mesh.store.clone();
+        self.tasks().tracker.spawn(async move {
+            if let Err(e) = store.call(move |st| st.log_exec(&rec, keep)).await {
+                tracing::error!("cannot write the audit log: {e}");
+            }
+        });
+    }
+
+    /// Shut down (ending jobs and sessions) and re-execute the installed binary.
+    pub fn restart(&self) {
+        tracing::info!("restarting {}", self.exe.display());
+        self.restart_requested.store(true, Ordering::SeqCst);
+        self.shutdown().cancel();
+    }
+
+    /// Whether a deploy asked for [`Daemon::restart`].
+    pub fn restart_requested(&self) -> bool {
+        self.restart_requested.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,58 @@
+//! What a peer session carries, answered: the [`Handler`] the transport
+//! reports to. Admission and the sessions table are the mesh's; queries go
+//! to the one dispatcher (control requests) or the registry; jobs start
+//! here like any other ([`job::serve_for_peer`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use d_proto::peer::{Answer, Hello, Query, Welcome};
+use d_proto::types::{ErrorBody, ExecSpec};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use super::{dispatch, job, Daemon};
+use crate::mesh::{admit, liveness, registry};
+use crate::transport::{Handler, PeerDesc, Served, Session};
+
+impl Handler for Daemon {
+    fn admit<'a>(
+        &'a self,
+        hello: &'a Hello,
+        from: SocketAddr,
+    ) -> BoxFuture<'a, Result<Welcome, ErrorBody>> {
+        Box::pin(admit::admit(&self.mesh, hello, from))
+    }
+
+    fn opened(&self, s: &Arc<Session>) {
+        self.mesh.sessions.insert(s.clone());
+    }
+
+    fn closed<'a>(&'a self, s: &'a Arc<Session>) -> BoxFuture<'a, ()> {
+        Box::pin(liveness::session_closed(&self.mesh, s))
+    }
+
+    fn query(self: Arc<Self>, _from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer> {
+        Box::pin(async move {
+            match q {
+                Query::Control { request } => {
+                    match Box::pin(dispatch::answer_remote(&self, *request)).await {
+                        Ok(result) => Answer::Result { result },
+                        Err(e) => Answer::Error(e),
+                    }
+                }
+                q => registry::answer(&self.mesh, q).await,
+            }
+        })
+    }
+
+    fn exec(
+        self: Arc<Self>,
+        from: &PeerDesc,
+        job: u64,
+        spec: ExecSpec,
+        cancel: CancellationToken,
+    ) -> Served {
+        job::serve_for_peer(&self, from, job, spec, cancel)
+    }
+}

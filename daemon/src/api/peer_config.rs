@@ -1,0 +1,94 @@
+//! `setPeerConfig` and `registerWorker`: check everything, then change the
+//! identity and key, and say whether a worker's link came up.
+
+use std::sync::Arc;
+
+use d_proto::types::{ErrorBody, Role};
+use serde_json::json;
+
+use super::{status, to_raw, Daemon, Reply};
+use crate::base::config::parse_addr;
+use crate::base::identity::Identity;
+
+pub async fn set(
+    daemon: &Arc<Daemon>,
+    role: Option<String>,
+    id: Option<String>,
+    leader: Option<String>,
+    mesh_key: Option<String>,
+) -> Result<Reply, ErrorBody> {
+    let cur = daemon.mesh.me.get();
+    // Check everything before changing anything.
+    let key = match mesh_key {
+        Some(text) => Some(d_proto::auth::key_from_text(&text).map_err(|e| {
+            ErrorBody::invalid(format!("Invalid mesh key: {e}"))
+                .hint("pass the leader's file: `d setPeerConfig --meshKey /path/to/mesh.key`")
+        })?),
+        None => None,
+    };
+    let role = match role {
+        Some(r) => Some(Role::parse(&r)?),
+        None => cur.role,
+    };
+    let Some(role) = role else {
+        return Err(
+            ErrorBody::invalid("No role set yet: pass --role leader or --role worker").hint(
+                "e.g. `d setPeerConfig --role leader --id vps` or `d registerWorker --leader IP`",
+            ),
+        );
+    };
+    let id = id
+        .or(cur.id)
+        .unwrap_or_else(|| daemon.mesh.me.hostname.clone());
+    d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
+    let leader = match leader {
+        Some(l) => Some(
+            parse_addr(&l, d_proto::DEFAULT_PORT)
+                .map_err(|e| ErrorBody::invalid(format!("Invalid leader address: {e}")))?
+                .to_string(),
+        ),
+        None => cur.leader,
+    };
+    let leader = match role {
+        Role::Worker => Some(leader.unwrap_or_else(|| daemon.config.default_leader.clone())),
+        Role::Leader => None,
+    };
+    let new = Identity {
+        role: Some(role),
+        id: Some(id.clone()),
+        leader: leader.clone(),
+    };
+    if let Some(key) = key {
+        daemon.mesh.set_mesh_key(key)?;
+    }
+    daemon.mesh.apply_identity(new).await?;
+    let message = match role {
+        Role::Leader => format!(
+            "Configured as leader '{id}'; workers join with the mesh key {}",
+            daemon.mesh.me.key_path().display()
+        ),
+        Role::Worker => {
+            let leader = leader.unwrap_or_default();
+            // Say whether the link came up, rather than leaving the user to guess.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            loop {
+                let link = daemon.mesh.link.info();
+                if link.state == d_proto::types::LinkState::Connected {
+                    break format!("Configured as worker '{id}', connected to leader at {leader}");
+                }
+                if link.state == d_proto::types::LinkState::NoMeshKey {
+                    break format!(
+                        "Configured as worker '{id}', leader {leader}: not connected: this daemon has no mesh key. Copy it from the leader and give it here: `scp LEADER:{}/mesh.key /tmp/mesh.key && d setPeerConfig --meshKey /tmp/mesh.key`",
+                        d_proto::DEFAULT_STATE_DIR
+                    );
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let why = link.error.unwrap_or_else(|| "no answer yet".into());
+                    break format!("Configured as worker '{id}', leader {leader}: not connected yet ({why}); the daemon keeps trying");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    to_raw(&json!({ "message": message, "status": status::local(daemon) }))
+}

@@ -1,0 +1,77 @@
+//! `getPeerStatus`: this daemon as its parts see it, and the WireGuard
+//! interface with its peers named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use d_proto::peer::{Answer, Query};
+use d_proto::types::{PeerStatus, Role};
+
+use super::Daemon;
+use crate::base::config::Listen;
+use crate::base::wg;
+use crate::mesh::ask;
+use crate::mesh::liveness::link_heartbeat;
+
+/// The daemon's own state, without reading the WireGuard interface.
+pub fn local(daemon: &Daemon) -> PeerStatus {
+    let mesh = &daemon.mesh;
+    let id = mesh.me.get();
+    let link = mesh.link.info();
+    let (listen, listen_error) = mesh.endpoint.listen();
+    let config = &daemon.config;
+    PeerStatus {
+        id: id.id,
+        role: id.role,
+        leader: id.leader,
+        link: link.state,
+        link_since: Some(link.since),
+        link_error: link.error,
+        listen: listen.map(|a| a.to_string()),
+        listen_error,
+        uptime_secs: daemon.started.elapsed().as_secs(),
+        version: d_proto::version_string(),
+        protocol: d_proto::PROTOCOL_VERSION,
+        hostname: mesh.me.hostname.clone(),
+        socket: config.socket.display().to_string(),
+        state_dir: config.state_dir.display().to_string(),
+        wg_interface: config.wg_interface.clone(),
+        sessions: mesh.sessions.count(),
+        running_jobs: daemon.running_jobs(),
+        link_heartbeat_ms: match id.role {
+            Some(Role::Leader) => Some(link_heartbeat(mesh).as_millis() as u64),
+            Some(Role::Worker) => mesh
+                .leader_session()
+                .ok()
+                .map(|s| s.heartbeat().as_millis() as u64),
+            None => None,
+        },
+        wg: None,
+    }
+}
+
+/// [`local`] plus the WireGuard interface, its peers named by peer id where
+/// the registry knows their address.
+pub async fn full(daemon: &Arc<Daemon>) -> PeerStatus {
+    let mut st = local(daemon);
+    let iface = daemon.config.wg_interface.clone();
+    let dev = wg::read(&iface).await;
+    // With an explicit --listen and no such interface, WireGuard is simply
+    // not in use here: say nothing rather than report an error.
+    if dev.is_err() && matches!(daemon.config.listen, Listen::Addr(_)) {
+        return st;
+    }
+    let names: HashMap<std::net::IpAddr, String> = if dev.is_ok() {
+        match ask::query(&daemon.mesh, Query::ListPeers).await {
+            Ok(Answer::Peers { peers, .. }) => peers
+                .into_iter()
+                .filter_map(|p| p.addr.parse().ok().map(|ip| (ip, p.id)))
+                .collect(),
+            _ => HashMap::new(),
+        }
+    } else {
+        HashMap::new()
+    };
+    st.wg = Some(wg::status(&iface, dev, |ip| names.get(&ip).cloned()));
+    st
+}

@@ -1,0 +1,98 @@
+//! Who this daemon is: its role, peer id and leader (set at run time by
+//! `d setPeerConfig`, kept in the state database), its hostname, and the mesh
+//! key it proves membership with. [`Me`] holds them; saving the identity is
+//! the caller's (`mesh::Mesh::apply_identity`), the key file is written here.
+
+use std::path::PathBuf;
+use std::sync::RwLock;
+
+use d_proto::auth::Key;
+use d_proto::types::{ErrorBody, ErrorKind, Role};
+
+use super::meshkey;
+
+/// Role, id and leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub role: Option<Role>,
+    pub id: Option<String>,
+    /// The leader's peer address, `IP:PORT` (workers).
+    pub leader: Option<String>,
+}
+
+/// This daemon's identity and mesh key, read by every layer, changed only
+/// through these methods.
+pub struct Me {
+    /// The machine's hostname (the default peer id, and told to peers).
+    pub hostname: String,
+    state_dir: PathBuf,
+    identity: RwLock<Identity>,
+    mesh_key: RwLock<Option<Key>>,
+}
+
+impl Me {
+    /// `state_dir` is where the mesh key file lives ([`meshkey`]).
+    pub fn new(hostname: String, state_dir: PathBuf, identity: Identity, key: Option<Key>) -> Me {
+        Me {
+            hostname,
+            state_dir,
+            identity: RwLock::new(identity),
+            mesh_key: RwLock::new(key),
+        }
+    }
+
+    pub fn get(&self) -> Identity {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).role
+    }
+
+    /// This daemon's id, or its hostname for messages while unconfigured.
+    pub fn name(&self) -> String {
+        self.get().id.unwrap_or_else(|| self.hostname.clone())
+    }
+
+    /// Replace the identity; returns whether it changed.
+    pub fn set(&self, new: Identity) -> bool {
+        let mut cur = self.identity.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *cur != new;
+        *cur = new;
+        changed
+    }
+
+    pub fn key(&self) -> Option<Key> {
+        *self.mesh_key.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write the key file and use the key from now on; returns whether it changed.
+    pub fn set_key(&self, key: Key) -> Result<bool, ErrorBody> {
+        meshkey::store(&self.state_dir, &key).map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
+        let changed = self.key() != Some(key);
+        *self.mesh_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        Ok(changed)
+    }
+
+    /// The mesh key file.
+    pub fn key_path(&self) -> PathBuf {
+        meshkey::path(&self.state_dir)
+    }
+}
+
+pub fn not_configured() -> ErrorBody {
+    ErrorBody::new(ErrorKind::NotConfigured, "This daemon has no role yet").hint(
+        "make it the leader with `d setPeerConfig --role leader --id NAME`, or a worker with `d registerWorker --leader IP[:PORT]`",
+    )
+}
+
+/// The machine's hostname, the default peer id of `registerWorker`.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,13 @@
+//! The bottom layer: pieces every other layer may use, importing none of
+//! them. Configuration ([`config`]), this daemon's identity and mesh key
+//! ([`identity`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
+//! and shutdown signal everything runs under ([`tasks`]), time ([`clock`])
+//! and reconnect delays ([`backoff`]).
+
+pub mod backoff;
+pub mod clock;
+pub mod config;
+pub mod identity;
+pub mod meshkey;
+pub mod tasks;
+pub mod wg;

@@ -1,0 +1,125 @@
+//! The leader's door: who may open a session. Any authenticated peer may
+//! open a direct session (for jobs); a worker's link must come to the leader,
+//! through a WireGuard peer, under an id no other machine holds, and it
+//! registers (or refreshes) the worker's row.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use d_proto::peer::{Hello, Purpose, Welcome};
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
+
+use super::liveness::link_heartbeat;
+use super::Mesh;
+use crate::base::clock::unix_now;
+use crate::base::wg;
+use crate::transport::handshake::protocol_mismatch;
+
+/// Decide whether a hello opens a session; a worker link registers the worker.
+pub async fn admit(
+    mesh: &Arc<Mesh>,
+    hello: &Hello,
+    from: SocketAddr,
+) -> Result<Welcome, ErrorBody> {
+    let Some(protocol) = d_proto::negotiate(hello.protocol, hello.protocol_max) else {
+        return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
+    };
+    d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
+    let me = mesh.me.get();
+    let (Some(my_id), Some(my_role)) = (me.id.clone(), me.role) else {
+        return Err(
+            ErrorBody::new(ErrorKind::Refused, "this daemon is not configured yet")
+                .hint("run `d setPeerConfig --role ... --id ...` on it"),
+        );
+    };
+    if hello.peer_id == my_id {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("peer id {my_id} is this daemon's own id"),
+        )
+        .hint("every daemon needs its own id: `d setPeerConfig --id NAME` on one of them"));
+    }
+    let mut welcome = Welcome {
+        protocol,
+        peer_id: my_id.clone(),
+        version: d_proto::version_string(),
+        role: my_role,
+        heartbeat_ms: mesh.config.heartbeat.as_millis() as u64,
+    };
+    if hello.purpose == Purpose::Direct {
+        return Ok(welcome);
+    }
+    // A protocol-2 worker ignores the welcome's interval and gives up after
+    // three of its own: it keeps the configured one (and is never paced).
+    if protocol >= 3 {
+        welcome.heartbeat_ms = link_heartbeat(mesh).as_millis() as u64;
+    }
+    if my_role != Role::Leader {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("{my_id} is not the leader (it is a worker)"),
+        )
+        .hint("point the worker at the leader's address: `d setPeerConfig --leader IP[:PORT]`"));
+    }
+    if let Some(cur) = mesh.sessions.get(&hello.peer_id) {
+        if cur.peer.purpose == Purpose::Link && cur.peer.remote.ip() != from.ip() {
+            return Err(ErrorBody::new(
+                ErrorKind::Refused,
+                format!(
+                    "peer id {} is already online from {}",
+                    hello.peer_id,
+                    cur.peer.remote.ip()
+                ),
+            )
+            .hint(
+                "two machines claim one id: give this one its own with `d setPeerConfig --id NAME`",
+            ));
+        }
+    }
+    // With a WireGuard interface, a link must come through one of its peers.
+    // The device read a second ago will do, unless it lacks this peer (just
+    // added with `wg set`): then read it afresh. (A peer removed less than a
+    // second ago may still get in; its tunnel is gone with it anyway.)
+    let iface = &mesh.config.wg_interface;
+    let mut dev = mesh.wg_device.get(iface, Duration::from_secs(1)).await;
+    if matches!(&dev, Ok(d) if wg::peer_for(d, from.ip()).is_none()) {
+        dev = mesh.wg_device.get(iface, Duration::ZERO).await;
+    }
+    let wg_public_key = match dev {
+        Ok(dev) => match wg::peer_for(&dev, from.ip()) {
+            Some(p) => Some(p.config.public_key.to_base64()),
+            None => {
+                return Err(ErrorBody::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "link from {} refused: that address is not inside any WireGuard peer's allowed IPs on {}",
+                        from.ip(),
+                        mesh.config.wg_interface
+                    ),
+                )
+                .hint("workers must reach the leader through the tunnel: point them at the leader's WireGuard address, and add the worker as a WireGuard peer (`wg set`)"));
+            }
+        },
+        Err(_) => None,
+    };
+    let row = PeerInfo {
+        id: hello.peer_id.clone(),
+        addr: from.ip().to_string(),
+        port: hello.listen_port,
+        role: Role::Worker,
+        online: true,
+        last_seen: None,
+        version: hello.version.clone(),
+        hostname: hello.hostname.clone(),
+        first_seen: None,
+        wg_public_key,
+        handshake_age_secs: None,
+    };
+    let now = unix_now();
+    mesh.store
+        .call(move |st| st.upsert_peer(&row, now))
+        .await
+        .map_err(|e| ErrorBody::new(ErrorKind::Other, format!("cannot register: {e}")))?;
+    Ok(welcome)
+}

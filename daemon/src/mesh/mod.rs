@@ -1,0 +1,216 @@
+//! The mesh: which sessions are open and who is linked, above the transport
+//! and below the requests.
+//!
+//! - [`Mesh`] (here): the parts below put together, and the identity
+//!   changes that touch several of them ([`Mesh::apply_identity`]).
+//! - [`sessions`]: the table of open sessions (its only owner).
+//! - [`admit`]: who may open a session with the leader; links register.
+//! - [`link`]: a worker's link to its leader, with backoff.
+//! - [`liveness`]: online state, `last_seen` in batches, link pacing.
+//! - [`registry`]: the leader's answers to registry questions; [`ask`]:
+//!   asking them from anywhere (paged over the link on a worker).
+//! - [`route`]: the way to a peer, and the leader's relay.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use d_proto::types::{ErrorBody, ErrorKind, LinkState, Role};
+use tokio::net::TcpListener;
+
+use crate::base::config::{Config, Listen};
+use crate::base::identity::{not_configured, Identity, Me};
+use crate::base::tasks::Tasks;
+use crate::base::wg;
+use crate::store::Registry;
+use crate::transport::{port, Endpoint, Handler, Session};
+
+pub mod admit;
+pub mod ask;
+pub mod link;
+pub mod liveness;
+pub mod registry;
+pub mod route;
+pub mod sessions;
+
+/// The mesh state of one daemon; each part behind its own small API.
+pub struct Mesh {
+    pub config: Arc<Config>,
+    pub tasks: Tasks,
+    pub store: Registry,
+    pub me: Arc<Me>,
+    /// This side of every session (the transport's).
+    pub endpoint: Arc<Endpoint>,
+    pub sessions: sessions::Sessions,
+    pub link: link::Link,
+    pub routes: route::Routes,
+    /// The WireGuard interface as last read for admissions.
+    pub wg_device: wg::DeviceCache,
+    /// The WireGuard handshakes the registry answers show, read at most once a second.
+    pub wg_index: wg::IndexCache,
+    /// Peers in the registry (the leader's), as last counted: links are
+    /// given heartbeat intervals by it ([`liveness::link_heartbeat`]).
+    registered: AtomicUsize,
+}
+
+impl Mesh {
+    /// `handler` answers what the sessions carry (it is the layer above).
+    pub fn new(
+        config: Arc<Config>,
+        tasks: Tasks,
+        store: Registry,
+        me: Arc<Me>,
+        handler: Weak<dyn Handler>,
+    ) -> Mesh {
+        let endpoint = Arc::new(Endpoint::new(
+            tasks.clone(),
+            me.clone(),
+            config.wg_interface.clone(),
+            config.heartbeat,
+            handler,
+        ));
+        Mesh {
+            config,
+            tasks,
+            store,
+            me,
+            endpoint,
+            sessions: Default::default(),
+            link: Default::default(),
+            routes: Default::default(),
+            wg_device: Default::default(),
+            wg_index: Default::default(),
+            registered: AtomicUsize::new(0),
+        }
+    }
+
+    /// Peers in the registry as last counted (the leader's).
+    pub fn registered(&self) -> usize {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Serve the peer port (`bound`, or the WireGuard interface's address
+    /// once it has one), set up the leader or the worker link, and start the
+    /// leader's periodic tasks.
+    pub async fn start(self: &Arc<Self>, bound: Option<TcpListener>) {
+        match bound {
+            Some(l) => {
+                self.endpoint.set_listen(l.local_addr().ok(), None);
+                self.tasks
+                    .tracker
+                    .spawn(port::serve(self.endpoint.clone(), l));
+            }
+            None => {
+                self.tasks.tracker.spawn(bind_when_ready(self.clone()));
+            }
+        }
+        if self.me.role() == Some(Role::Leader) {
+            if let Err(e) = self.ensure_leader_key() {
+                tracing::error!("{}", e.error);
+            }
+            liveness::ensure_self_row(self).await;
+        }
+        self.restart_link();
+        let t = &self.tasks.tracker;
+        t.spawn(liveness::flush_liveness(self.clone()));
+        t.spawn(liveness::pace_links(self.clone()));
+    }
+
+    /// The link to the leader, if it is up.
+    pub fn leader_session(&self) -> Result<Arc<Session>, ErrorBody> {
+        let id = self.me.get();
+        match id.role {
+            Some(Role::Worker) => {}
+            Some(Role::Leader) => {
+                return Err(ErrorBody::invalid("this daemon is the leader"));
+            }
+            None => return Err(not_configured()),
+        }
+        self.link
+            .session()
+            .ok_or_else(|| ErrorBody::not_connected_to_leader(id.leader.as_deref().unwrap_or("?")))
+    }
+
+    /// Store and use a new mesh key (given by the user, or made by a new leader).
+    pub fn set_mesh_key(&self, key: d_proto::auth::Key) -> Result<(), ErrorBody> {
+        if self.me.set_key(key)? {
+            // Sessions proved the old key; make everyone prove the new one.
+            self.sessions.close_all("the mesh key changed");
+        }
+        Ok(())
+    }
+
+    /// A leader without a mesh key makes one.
+    pub fn ensure_leader_key(&self) -> Result<(), ErrorBody> {
+        if self.me.key().is_some() {
+            return Ok(());
+        }
+        let key = d_proto::auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
+        self.set_mesh_key(key)?;
+        tracing::info!("created the mesh key {}", self.me.key_path().display());
+        Ok(())
+    }
+
+    /// Persist and apply a new identity: sessions are dropped, the worker
+    /// link restarts at once, a leader makes sure it is in its own registry.
+    pub async fn apply_identity(self: &Arc<Self>, new: Identity) -> Result<(), ErrorBody> {
+        let stored = new.clone();
+        self.store
+            .call(move |st| {
+                st.set_setting("role", stored.role.map(|r| r.as_str()))?;
+                st.set_setting("id", stored.id.as_deref())?;
+                st.set_setting("leader", stored.leader.as_deref())
+            })
+            .await
+            .map_err(|e| {
+                ErrorBody::new(
+                    ErrorKind::Other,
+                    format!("cannot save the configuration: {e}"),
+                )
+            })?;
+        let role = new.role;
+        if self.me.set(new) {
+            self.sessions
+                .close_all("the peer changed its configuration");
+        }
+        if role == Some(Role::Leader) {
+            self.ensure_leader_key()?;
+        }
+        self.restart_link();
+        if role == Some(Role::Leader) {
+            liveness::ensure_self_row(self).await;
+        }
+        Ok(())
+    }
+
+    /// (Re)start the worker link task for the current identity.
+    pub fn restart_link(self: &Arc<Self>) {
+        let token = self.tasks.shutdown.child_token();
+        self.link.replace_task(token.clone());
+        match self.me.role() {
+            Some(Role::Worker) => {
+                self.link.set(LinkState::Connecting, None, None);
+                self.tasks
+                    .tracker
+                    .spawn(link::link_loop(self.clone(), token));
+            }
+            Some(Role::Leader) => self.link.set(LinkState::NotApplicable, None, None),
+            None => self.link.set(LinkState::Unconfigured, None, None),
+        }
+    }
+}
+
+/// Without `--listen`, wait for the WireGuard interface to have an IPv4
+/// address, then serve the peer port there. Until then only the control
+/// socket serves.
+async fn bind_when_ready(mesh: Arc<Mesh>) {
+    let Listen::Interface(iface, port) = mesh.config.listen.clone() else {
+        return;
+    };
+    let Some(l) = port::bind_when_ready(&mesh.endpoint, &iface, port).await else {
+        return;
+    };
+    if mesh.me.role() == Some(Role::Leader) {
+        liveness::ensure_self_row(&mesh).await;
+    }
+    port::serve(mesh.endpoint.clone(), l).await;
+}

@@ -1,0 +1,248 @@
+//! The leader's answers to registry questions ([`Query`]), from its own
+//! registry ([`answer`]; asking from anywhere is `ask.rs`). Rows get
+//! their liveness from the sessions table, never from SQLite.
+
+use std::sync::Arc;
+
+use d_proto::peer::{Answer, Query};
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
+
+use super::Mesh;
+use crate::base::clock::unix_now;
+use crate::base::wg;
+
+/// An answer that is not the one asked for: its error, or say what came.
+pub fn unexpected(a: Answer) -> ErrorBody {
+    match a {
+        Answer::Error(e) => e,
+        other => ErrorBody::new(
+            ErrorKind::Other,
+            format!("unexpected answer from the registry: {other:?}"),
+        ),
+    }
+}
+
+/// Answer a registry question from the local registry (leader only).
+pub async fn answer(mesh: &Arc<Mesh>, q: Query) -> Answer {
+    match answer_inner(mesh, q).await {
+        Ok(a) => a,
+        Err(e) => Answer::Error(e),
+    }
+}
+
+/// Online state, last sign of life and WireGuard handshake of registry rows:
+/// one look at the sessions and one clock reading for all of them.
+fn with_liveness(mesh: &Mesh, peers: &mut [PeerInfo], me: &str, wg: Option<&wg::HandshakeIndex>) {
+    let now = unix_now();
+    let links = mesh
+        .sessions
+        .links_online(peers.iter().map(|p| p.id.as_str()));
+    for (p, link) in peers.iter_mut().zip(links) {
+        p.online = link || p.id == me;
+        if p.online {
+            p.last_seen = Some(now);
+        }
+        if let (Some(wg), Ok(ip)) = (wg, p.addr.parse()) {
+            p.handshake_age_secs = wg.age(ip).map(|a| a.as_secs());
+        }
+    }
+}
+
+/// Room for the rows of one page: a frame less the message around them.
+pub(super) const PAGE_BYTES: usize = d_proto::MAX_FRAME - 1024;
+
+/// The length of `row` as JSON, counted without encoding it: exact unless a
+/// string needs escaping, and never less.
+pub(super) fn json_len_bound(row: &PeerInfo) -> usize {
+    fn text(s: &str) -> usize {
+        let plain = !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+        // An escaped byte takes at most 6 (`\u001f`).
+        2 + if plain { s.len() } else { 6 * s.len() }
+    }
+    fn number(n: u64) -> usize {
+        n.checked_ilog10().unwrap_or(0) as usize + 1
+    }
+    fn opt(n: Option<u64>) -> usize {
+        n.map_or(4, number)
+    }
+    // The field names with their quotes and colons, the commas and braces.
+    const KEYS: usize = 130;
+    KEYS + text(&row.id)
+        + text(&row.addr)
+        + number(u64::from(row.port))
+        + text(row.role.as_str())
+        + if row.online { 4 } else { 5 }
+        + opt(row.last_seen)
+        + text(&row.version)
+        + text(&row.hostname)
+        + opt(row.first_seen)
+        + row.wg_public_key.as_deref().map_or(4, text)
+        + opt(row.handshake_age_secs)
+}
+
+/// How many of `rows`, from the first, fit in `budget` bytes as a JSON array.
+pub(super) fn rows_that_fit(rows: &[PeerInfo], budget: usize) -> usize {
+    // Usually all of them, known without encoding any: `[`, the rows and
+    // their commas, `]` is one byte more than `bound`.
+    let bound: usize = rows.iter().map(|r| json_len_bound(r) + 1).sum();
+    if bound < budget {
+        return rows.len();
+    }
+    /// Counts the bytes written to it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut used = 2; // []
+    for (i, row) in rows.iter().enumerate() {
+        let mut n = Count(usize::from(i > 0)); // the comma
+        if serde_json::to_writer(&mut n, row).is_err() {
+            return i;
+        }
+        used += n.0;
+        if used > budget {
+            return i;
+        }
+    }
+    rows.len()
+}
+
+async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
+    let pong = || Answer::Pong {
+        version: d_proto::version_string(),
+        protocol: d_proto::PROTOCOL_VERSION,
+    };
+    // Any peer answers a ping; the rest needs the registry.
+    if q == Query::Ping {
+        return Ok(pong());
+    }
+    if let Query::Control { request } = q {
+        // The api layer answers these before asking the registry.
+        return Err(ErrorBody::invalid(format!(
+            "{} is not a registry question",
+            request.name()
+        )));
+    }
+    let id = mesh.me.get();
+    if id.role != Some(Role::Leader) {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!("{} is not the leader", mesh.me.name()),
+        )
+        .hint("ask the leader: `d getPeerStatus` on a worker shows its address"));
+    }
+    let me = id.id.unwrap_or_default();
+    let db = |e: crate::store::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
+    let needs_wg = matches!(
+        q,
+        Query::ListPeers | Query::ListPeersPage { .. } | Query::GetPeerInfo { .. }
+    );
+    let wg = if needs_wg {
+        mesh.wg_index
+            .get(&mesh.wg_device, &mesh.config.wg_interface)
+            .await
+    } else {
+        None
+    };
+    let wg = wg.as_deref();
+    match q {
+        Query::Ping => Ok(pong()),
+        Query::Control { .. } => Err(ErrorBody::invalid("control requests are answered above")),
+        Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
+            let p2 = peer.clone();
+            match mesh
+                .store
+                .call(move |st| st.get_peer(&p2))
+                .await
+                .map_err(db)?
+            {
+                Some(mut p) => {
+                    with_liveness(mesh, std::slice::from_mut(&mut p), &me, wg);
+                    Ok(Answer::Peer { peer: p })
+                }
+                None => Err(ErrorBody::peer_not_found(&peer)),
+            }
+        }
+        Query::ListPeersPage { offset, limit } => {
+            let limit = limit.min(d_proto::PEERS_PAGE_MAX);
+            // One row more than asked says whether any remain.
+            let mut rows = mesh
+                .store
+                .call(move |st| st.list_peers_page(offset, limit.saturating_add(1)))
+                .await
+                .map_err(db)?;
+            let mut more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            with_liveness(mesh, &mut rows, &me, wg);
+            // Never a frame the worker would refuse: cut the page short instead.
+            let fit = rows_that_fit(&rows, PAGE_BYTES);
+            if fit < rows.len() {
+                if fit == 0 {
+                    let id = d_proto::clip(&rows[0].id, 80);
+                    return Err(ErrorBody::new(
+                        ErrorKind::Other,
+                        format!("the registry row of {id} is too large to send over a link"),
+                    )
+                    .hint(format!("`d listPeers` on the leader shows it; remove it there with `d deletePeer --peer {id}`")));
+                }
+                rows.truncate(fit);
+                more = true;
+            }
+            Ok(Answer::Peers {
+                peers: rows,
+                more: Some(more),
+            })
+        }
+        Query::ListPeers => {
+            let mut rows = mesh.store.call(|st| st.list_peers()).await.map_err(db)?;
+            with_liveness(mesh, &mut rows, &me, wg);
+            Ok(Answer::Peers {
+                peers: rows,
+                more: None,
+            })
+        }
+        Query::DeletePeer { peer } => {
+            if peer == me {
+                return Err(ErrorBody::invalid(format!("{peer} is the leader itself"))
+                    .hint("the leader is always in its registry; make another daemon the leader first"));
+            }
+            let p2 = peer.clone();
+            if mesh
+                .store
+                .call(move |st| st.delete_peer(&p2))
+                .await
+                .map_err(db)?
+            {
+                Ok(Answer::Deleted { peer })
+            } else {
+                Err(ErrorBody::peer_not_found(&peer))
+            }
+        }
+        Query::PeerIdByIp { ip } => {
+            let ip2 = ip.clone();
+            let rows = mesh
+                .store
+                .call(move |st| st.peers_by_addr(&ip2))
+                .await
+                .map_err(db)?;
+            let best = rows
+                .iter()
+                .find(|p| p.id == me || mesh.sessions.link_online(&p.id))
+                .or(rows.first());
+            match best {
+                Some(p) => Ok(Answer::PeerId { peer: p.id.clone() }),
+                None => Err(ErrorBody::new(
+                    ErrorKind::PeerNotFound,
+                    format!("No peer with address {ip}"),
+                )
+                .hint("`d listPeers` shows every registered peer and its address")),
+            }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The schema, one step per `PRAGMA user_version`.
+
+use super::{RegistryError, Store};
+
+/// One step per schema version; step N brings the database from N to N+1.
+const MIGRATIONS: &[&str] = &[
+    // 0 → 1: settings and the peer registry.
+    "CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE peers (
+        id         TEXT PRIMARY KEY,
+        addr       TEXT NOT NULL,
+        port       INTEGER NOT NULL,
+        role       TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        hostname   TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL
+    );
+    CREATE INDEX peers_addr ON peers(addr);",
+    // 1 → 2: the audit log of jobs run here and asked from here.
+    "CREATE TABLE exec_log (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_ms   INTEGER NOT NULL,
+        side         TEXT NOT NULL,
+        requester    TEXT NOT NULL,
+        user         TEXT,
+        target       TEXT NOT NULL,
+        directory    TEXT NOT NULL,
+        command      TEXT NOT NULL,
+        exit_code    INTEGER,
+        signal       INTEGER,
+        timed_out    INTEGER NOT NULL DEFAULT 0,
+        error        TEXT,
+        duration_ms  INTEGER NOT NULL,
+        output_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX exec_log_started ON exec_log(started_ms);
+    CREATE INDEX exec_log_requester ON exec_log(requester);
+    CREATE INDEX exec_log_target ON exec_log(target);",
+    // 2 → 3: the WireGuard public key a worker's link came through.
+    "ALTER TABLE peers ADD COLUMN wg_pubkey TEXT;",
+];
+
+impl Store {
+    pub(super) fn migrate(&mut self) -> Result<(), RegistryError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(step)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! Daemon-to-daemon connections, knowing nothing of what requests mean.
+//!
+//! - [`connection`]: JSON-lines (and binary output) framing over any byte stream.
+//! - [`session`]: one multiplexed, authenticated connection: queries and jobs
+//!   both ways, heartbeats, the dead-peer deadline (`session/io.rs` runs its
+//!   reader and writer, `session/served.rs` the jobs it serves for the other
+//!   side).
+//! - [`handshake`]: hello → challenge → auth → welcome, both sides.
+//! - [`port`]: accepting (with [`limits`] on handshakes in progress) and dialing.
+//!
+//! What a query or a job means, who may open a session and which sessions
+//! are kept is decided above, by the [`Handler`] the layer above gives to the
+//! [`Endpoint`]. The per-peer keys of a future handshake belong in
+//! [`handshake`] (with the key material in `base::identity`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use d_proto::peer::{Answer, Hello, Query, Welcome};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo};
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::base::identity::Me;
+use crate::base::tasks::Tasks;
+use crate::jobs::JobEvent;
+
+pub mod connection;
+pub mod handshake;
+pub mod limits;
+pub mod port;
+pub mod session;
+
+pub use session::{PeerDesc, RemoteJob, Reply, Session, Terms};
+
+/// What the layer above decides for the sessions of this layer. Every
+/// session holds one; `port` asks it on the accepting side.
+pub trait Handler: Send + Sync + 'static {
+    /// Accepting side, once `hello` has proven the mesh key: open a session
+    /// with it (on the welcome's terms) or refuse.
+    fn admit<'a>(
+        &'a self,
+        hello: &'a Hello,
+        from: SocketAddr,
+    ) -> BoxFuture<'a, Result<Welcome, ErrorBody>>;
+    /// A session is open (either side dialed).
+    fn opened(&self, s: &Arc<Session>);
+    /// A session has closed; its jobs and queries have already been told.
+    fn closed<'a>(&'a self, s: &'a Arc<Session>) -> BoxFuture<'a, ()>;
+    /// Answer a query from the other side of `from`.
+    fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer>;
+    /// Start a job the other side of `from` asked for (`job` is its id on
+    /// that session); cancelling `cancel` must end it.
+    fn exec(
+        self: Arc<Self>,
+        from: &PeerDesc,
+        job: u64,
+        spec: ExecSpec,
+        cancel: CancellationToken,
+    ) -> Served;
+}
+
+/// A job served for the other side: its events, and whom to tell once it ended.
+pub struct Served {
+    pub events: mpsc::Receiver<JobEvent>,
+    pub done: Box<dyn FnOnce(Outcome) + Send>,
+}
+
+/// How a served job ended, as the session saw it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub output_bytes: u64,
+    pub exit: Option<ExitInfo>,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// This daemon's end of every session: who it is, where it listens, the
+/// tasks sessions run under and the [`Handler`] they report to.
+pub struct Endpoint {
+    pub tasks: Tasks,
+    pub me: Arc<Me>,
+    /// The WireGuard interface sessions go through: a silent peer or a failed
+    /// dial is explained by what it saw.
+    pub wg_interface: String,
+    /// The configured heartbeat interval (a silent peer is watched this long).
+    pub heartbeat: Duration,
+    listen: Mutex<(Option<SocketAddr>, Option<String>)>,
+    handler: Weak<dyn Handler>,
+}
+
+impl Endpoint {
+    pub fn new(
+        tasks: Tasks,
+        me: Arc<Me>,
+        wg_interface: String,
+        heartbeat: Duration,
+        handler: Weak<dyn Handler>,
+    ) -> Endpoint {
+        Endpoint {
+            tasks,
+            me,
+            wg_interface,
+            heartbeat,
+            listen: Mutex::default(),
+            handler,
+        }
+    }
+
+    /// The bound peer port, if any.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen().0
+    }
+
+    /// The bound peer port, or why there is none.
+    pub fn listen(&self) -> (Option<SocketAddr>, Option<String>) {
+        self.listen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_listen(&self, addr: Option<SocketAddr>, error: Option<String>) {
+        *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = (addr, error);
+    }
+
+    /// The handler, unless the daemon is being dropped.
+    fn handler(&self) -> Result<Arc<dyn Handler>, ErrorBody> {
+        self.handler
+            .upgrade()
+            .ok_or_else(|| ErrorBody::new(ErrorKind::Other, "the daemon is shutting down"))
+    }
+}

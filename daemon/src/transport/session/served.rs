@@ -1,0 +1,88 @@
+//! Jobs this side serves for the other side: started by the [`Handler`],
+//! their output sent as the requester's credit allows, their end reported
+//! once.
+//!
+//! [`Handler`]: crate::transport::Handler
+
+use std::sync::Arc;
+
+use d_proto::peer::PeerMsg;
+use d_proto::types::{ErrorBody, ExecSpec};
+use tokio::sync::Semaphore;
+
+use super::{lock, InJob, Session};
+use crate::jobs::JobEvent;
+use crate::transport::{Outcome, Served};
+
+impl Session {
+    /// Serve a job the other side asked for.
+    pub(super) fn serve_job(self: &Arc<Self>, id: u64, spec: ExecSpec) {
+        let cancel = self.closed.child_token();
+        let credits = Arc::new(Semaphore::new(d_proto::JOB_WINDOW as usize));
+        {
+            let mut jobs = lock(&self.jobs_in);
+            if jobs.contains_key(&id) {
+                drop(jobs);
+                let s = self.clone();
+                tokio::spawn(async move {
+                    let error = ErrorBody::invalid(format!("job id {id} is already running"));
+                    let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
+                });
+                return;
+            }
+            jobs.insert(
+                id,
+                InJob {
+                    cancel: cancel.clone(),
+                    credits: credits.clone(),
+                },
+            );
+        }
+        let Served { mut events, done } = self.handler.clone().exec(&self.peer, id, spec, cancel);
+        let s = self.clone();
+        self.ep.tasks.tracker.spawn(async move {
+            let started = std::time::Instant::now();
+            let mut rec = Outcome::default();
+            let mut finished = false;
+            while let Some(ev) = events.recv().await {
+                let msg = match ev {
+                    JobEvent::Output(stream, data) => {
+                        rec.output_bytes += data.len() as u64;
+                        // Wait for the requester's credit; a closed session
+                        // has cancelled the job, so just drain to the end.
+                        let n = data.len() as u32;
+                        tokio::select! {
+                            p = credits.acquire_many(n) => { if let Ok(p) = p { p.forget() } }
+                            _ = s.closed() => continue,
+                        }
+                        let _ = s.send_output(id, stream, data).await;
+                        continue;
+                    }
+                    JobEvent::Exit(exit) => {
+                        finished = true;
+                        rec.exit = Some(exit);
+                        PeerMsg::Exit { job: id, exit }
+                    }
+                    JobEvent::Failed(error) => {
+                        finished = true;
+                        rec.error = Some(error.error.clone());
+                        PeerMsg::JobFailed { job: id, error }
+                    }
+                };
+                let _ = s.send(msg).await;
+            }
+            if !finished {
+                // The job's task died without a status: never leave the requester waiting.
+                let error = ErrorBody::new(
+                    d_proto::types::ErrorKind::Other,
+                    "the job ended without a status (internal error; see the daemon's log)",
+                );
+                rec.error = Some(error.error.clone());
+                let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
+            }
+            lock(&s.jobs_in).remove(&id);
+            rec.duration = started.elapsed();
+            done(rec);
+        });
+    }
+}
