@@ -7,8 +7,7 @@
 //! (`@a,b`, `@all`, asked at once): identical answers once under the peers
 //! that gave them (as `--gather` does), then a summary line per peer; with
 //! `--json` an array of `{"peer", "result"}` or `{"peer", "error", "hint"}`.
-
-use std::process::ExitCode;
+//! Interrupted, the peers that had not answered are `interrupted`.
 
 use d_proto::control::Request;
 use d_proto::types::ErrorBody;
@@ -21,13 +20,13 @@ use crate::{conn, fanout, render};
 
 /// Parse `argv` for a d command named after `@PEER`; a usage error says how
 /// to run a shell command of the same name instead.
-fn parse_ask(peers: &str, argv: &[String]) -> Result<Cli, ExitCode> {
+fn parse_ask(peers: &str, argv: &[String]) -> Result<Cli, i32> {
     use clap::FromArgMatches;
     let parsed = crate::cli::command()
         .try_get_matches_from(argv)
         .and_then(|m| Cli::from_arg_matches(&m));
     parsed.map_err(|e| {
-        let _ = e.print();
+        crate::print_clap_error(&e);
         if e.use_stderr() {
             let words: Vec<&str> = argv
                 .iter()
@@ -36,13 +35,13 @@ fn parse_ask(peers: &str, argv: &[String]) -> Result<Cli, ExitCode> {
                 .map(String::as_str)
                 .collect();
             let typed: Vec<String> = words.iter().map(|w| quote(w)).collect();
-            eprintln!(
+            errln!(
                 "hint: `{}` after @{peers} is d's own command; for the shell's: d @{peers} -- {}",
                 words.first().unwrap_or(&""),
                 typed.join(" ")
             );
         }
-        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+        e.exit_code()
     })
 }
 
@@ -59,19 +58,22 @@ struct Answer<'a> {
 /// `d @PEER <asked command>`: rendered as the command renders here; with
 /// several peers, identical answers once under the peers that gave them,
 /// then a summary line per peer.
-pub fn main(peers: &str, argv: &[String], doctor: bool) -> ExitCode {
+pub fn main(peers: &str, argv: &[String], doctor: bool) -> i32 {
     let cli = match parse_ask(peers, argv) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let status = match ask(&cli, peers, doctor) {
+    crate::stop::catch_signals();
+    match ask(&cli, peers, doctor) {
         Ok(s) => s,
         Err(e) => {
-            render::error(&e, cli.json);
+            // The stop, or output that failed, is reported once by `main`.
+            if !crate::stop::is_stop(&e) && crate::stdio::failure().is_none() {
+                render::error(&e, cli.json);
+            }
             1
         }
-    };
-    ExitCode::from(u8::try_from(status).unwrap_or(255))
+    }
 }
 
 fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
@@ -124,7 +126,7 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
             .collect();
         let ok = doc.iter().all(|a| a.error.is_none());
         render::out(&render::json(&doc));
-        return Ok(if ok { 0 } else { 1 });
+        return Ok(crate::stop::status().unwrap_or(if ok { 0 } else { 1 }));
     }
     // Errors go to the summary only (hints with --verbose), as for exec.
     let mut shown: Vec<Vec<u8>> = Vec::new();
@@ -145,7 +147,7 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
                 shown.push(Vec::new());
                 rows.push((peer.as_str(), fanout::describe_error(&e)));
                 if let Some(h) = e.hint {
-                    hints.push_str(&format!("[d] {peer}: hint: {h}\n"));
+                    hints.push_str(&format!("[d] {peer}: hint: {}\n", render::clean(&h)));
                 }
                 status = 1;
             }
@@ -157,9 +159,9 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
         .map(|(p, o)| (p.as_str(), &o[..], &b""[..]))
         .collect();
     fanout::print_groups(&outputs);
-    eprint!("{}", fanout::summary(&rows));
+    crate::stdio::err(fanout::summary(&rows).as_bytes());
     if cli.verbose {
-        eprint!("{hints}");
+        crate::stdio::err(hints.as_bytes());
     }
-    Ok(status)
+    Ok(crate::stop::status().unwrap_or(status))
 }

@@ -380,16 +380,19 @@ pub fn command() -> clap::Command {
     Cli::command().version(version)
 }
 
-/// Parse the command line, exiting with clap's message (status 2) on usage errors.
-pub fn parse() -> Cli {
-    let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+/// Parse the command line; `Err` is clap's message (help, version, usage
+/// error) for the caller to print ([`crate`]'s `clap_exit`).
+pub fn parse() -> Result<Cli, clap::Error> {
+    command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
 }
 
 /// [`parse`] for a command line made by `d @PEER` (program name first).
-pub fn parse_from(argv: &[String]) -> Cli {
-    let matches = command().get_matches_from(argv);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+pub fn parse_from(argv: &[String]) -> Result<Cli, clap::Error> {
+    command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Cli::from_arg_matches(&m))
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use d_proto::types::{ErrorBody, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::stop;
+
 /// How long a plain request may wait for its answer. Exec sets no limit: jobs
 /// may run for hours and the daemon watches the peer's liveness itself.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,21 +92,28 @@ pub struct Conn {
     pending: Option<Option<Event>>,
     /// Where reads land before joining `buf` (allocated at the first read).
     scratch: Vec<u8>,
+    /// A stop ([`crate::stop`]) shuts the stream down: the daemon cancels.
+    _stop: stop::Registration,
 }
 
 impl Conn {
     /// Connect to the control socket at `path`.
     pub fn connect(path: &Path, verbose: bool) -> Result<Conn, ErrorBody> {
         if verbose {
-            eprintln!("[d] connecting to {}", path.display());
+            errln!("[d] connecting to {}", path.display());
+        }
+        if stop::stopped() {
+            return Err(stop::error());
         }
         let stream = UnixStream::connect(path).map_err(|e| unreachable_error(path, &e))?;
-        Ok(Conn::from_stream(stream, path, verbose))
+        Conn::from_stream(stream, path, verbose)
     }
 
-    /// Wrap a stream already connected to the daemon at `path`.
-    pub fn from_stream(stream: UnixStream, path: &Path, verbose: bool) -> Conn {
-        Conn {
+    /// Wrap a stream already connected to the daemon at `path`; refused once
+    /// the run has stopped.
+    pub fn from_stream(stream: UnixStream, path: &Path, verbose: bool) -> Result<Conn, ErrorBody> {
+        let registration = stop::register(&stream)?;
+        Ok(Conn {
             stream,
             path: path.to_path_buf(),
             buf: BytesMut::with_capacity(8 * 1024),
@@ -114,7 +123,8 @@ impl Conn {
             timed_out: false,
             pending: None,
             scratch: Vec::new(),
-        }
+            _stop: registration,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -140,9 +150,12 @@ impl Conn {
                 .hint("shorten the command or its arguments")
         })?;
         if self.verbose {
-            eprintln!("[d] -> {}", String::from_utf8_lossy(line.trim_ascii_end()));
+            errln!("[d] -> {}", String::from_utf8_lossy(line.trim_ascii_end()));
         }
         if let Err(e) = send_all(&self.stream, &line) {
+            if stop::stopped() {
+                return Err(stop::error());
+            }
             // The daemon may have refused us and closed before reading: its
             // answer can still be waiting in the socket.
             if let Ok(Some(Event::Error(refusal))) = self.next_event() {
@@ -164,12 +177,12 @@ impl Conn {
         match self.next_event()? {
             Some(Event::Error(e)) if e.error.contains("unknown field `rawOutput`") => {
                 if self.verbose {
-                    eprintln!("[d] the daemon predates raw output: asking again without it");
+                    errln!("[d] the daemon predates raw output: asking again without it");
                 }
                 let timeout = self.stream.read_timeout().ok().flatten();
                 let stream = UnixStream::connect(&self.path)
                     .map_err(|e| unreachable_error(&self.path, &e))?;
-                *self = Conn::from_stream(stream, &self.path.clone(), self.verbose);
+                *self = Conn::from_stream(stream, &self.path.clone(), self.verbose)?;
                 self.set_reply_timeout(timeout)?;
                 self.send(req)
             }
@@ -192,10 +205,19 @@ impl Conn {
     }
 
     /// [`Conn::next_event`], a result left unparsed until its shape is known.
+    /// Once the run has stopped, the end of the connection (which the stop
+    /// shut down) is the stop's error.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ErrorBody> {
         if let Some(ev) = self.pending.take() {
             return Ok(ev.map(Reply::Event));
         }
+        match self.read_reply() {
+            Ok(None) | Err(_) if stop::stopped() => Err(stop::error()),
+            r => r,
+        }
+    }
+
+    fn read_reply(&mut self) -> Result<Option<Reply>, ErrorBody> {
         loop {
             let frame = match self.decoder.decode(&mut self.buf) {
                 Some(f) => Some(f),
@@ -238,7 +260,7 @@ impl Conn {
                         Err(e) => {
                             if let Some(tag) = unknown_event_tag(&line) {
                                 if self.verbose {
-                                    eprintln!("[d] skipping unknown event {tag:?}");
+                                    errln!("[d] skipping unknown event {tag:?}");
                                 }
                                 continue;
                             }
@@ -329,7 +351,7 @@ pub fn request_answer(path: &Path, verbose: bool, req: &Request) -> Result<Answe
     conn.send(req)?;
     let answered = || {
         if verbose {
-            eprintln!(
+            errln!(
                 "[d] answered in {:.1} ms",
                 started.elapsed().as_secs_f64() * 1e3
             );
@@ -485,7 +507,7 @@ mod tests {
     #[test]
     fn events_across_reads_and_eof() {
         let (a, b) = UnixStream::pair().unwrap();
-        let mut conn = Conn::from_stream(a, Path::new("/test.sock"), false);
+        let mut conn = Conn::from_stream(a, Path::new("/test.sock"), false).unwrap();
         let writer = std::thread::spawn(move || {
             use std::io::Write;
             let mut b = b;

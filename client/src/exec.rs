@@ -1,16 +1,18 @@
 //! Streaming exec (`execOnPeer`, `execOnPeerByIp`): the remote stdout and
 //! stderr go to ours as they arrive, byte for byte, and `d` exits with the
-//! remote status. Interrupting `d` closes the socket, which cancels the job.
+//! remote status. Interrupting `d` shuts the connection down, which cancels
+//! the job ([`crate::stop`]); with `--json` the document still comes out,
+//! holding the output so far.
 
-use std::io::{self, Write};
 use std::path::Path;
 
 use d_proto::control::{Event, Request};
-use d_proto::types::{ErrorBody, ErrorKind, ExitInfo};
+use d_proto::types::{ErrorBody, ErrorKind, ExitInfo, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
-use crate::render;
+use crate::stdio::{self, Stream};
+use crate::{render, stop};
 
 /// The `--json` document of a finished job.
 #[derive(Debug, Serialize)]
@@ -24,6 +26,35 @@ struct JobReport<'a> {
     duration_ms: u64,
     stdout: String,
     stderr: String,
+    /// The exact bytes, when `stdout` is not UTF-8 (then `stdout` is lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout_base64: Option<B64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr_base64: Option<B64>,
+    /// Why there is no exit status (`Interrupted (SIGINT)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl<'a> JobReport<'a> {
+    /// The report of a job that ended with `exit`, its output `collected`.
+    fn new(peer: &'a str, exit: &ExitInfo, collected: &(Vec<u8>, Vec<u8>)) -> JobReport<'a> {
+        let (stdout, stdout_base64) = render::json_text(&collected.0);
+        let (stderr, stderr_base64) = render::json_text(&collected.1);
+        JobReport {
+            peer,
+            exit_code: exit.status(),
+            code: exit.code,
+            signal: exit.signal,
+            timed_out: exit.timed_out,
+            duration_ms: exit.duration_ms,
+            stdout,
+            stderr,
+            stdout_base64,
+            stderr_base64,
+            error: None,
+        }
+    }
 }
 
 /// Run the job; `Ok` is the status to exit with.
@@ -41,55 +72,74 @@ pub fn run(
 
     // With --json the output is collected for the final document.
     let mut collected: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
-    let mut stdout = io::stdout().lock();
+    let started = std::time::Instant::now();
+    // The target's id, from the `started` event (by IP it is not known before).
+    let mut target = match req {
+        Request::ExecOnPeer { peer, .. }
+        | Request::RemotePull { peer }
+        | Request::RemoteBd { peer }
+        | Request::RemoteDeployDaemon { peer } => peer.clone(),
+        Request::ExecOnPeerByIp { ip, .. } => ip.clone(),
+        _ => String::new(),
+    };
     loop {
-        let Some(event) = conn.next_event()? else {
-            return Err(conn::lost_connection(conn.path(), true));
+        let event = match conn.next_event() {
+            Ok(Some(event)) => event,
+            Ok(None) => return Err(conn::lost_connection(conn.path(), true)),
+            Err(e) if stop::is_stop(&e) && as_json => {
+                // Interrupted: the document, with what came so far.
+                let exit = ExitInfo {
+                    code: None,
+                    signal: None,
+                    timed_out: false,
+                    duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                };
+                let mut report = JobReport::new(&target, &exit, &collected);
+                report.exit_code = stop::status().unwrap_or(255);
+                report.error = Some(format!("{}: the job was cancelled", e.error));
+                render::out(&render::json(&report));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         };
         match event {
             Event::Started { peer, addr, path } => {
+                target = peer.clone();
                 if verbose {
-                    eprintln!("[d] running on {peer} ({addr}) via {path}");
+                    errln!(
+                        "[d] running on {peer} ({}) via {}",
+                        render::clean(&addr),
+                        render::clean(&path)
+                    );
                 }
             }
             Event::Stdout { data } => {
                 if as_json {
                     collected.0.extend_from_slice(&data.0);
                 } else {
-                    write_chunk(&mut stdout, &data.0)?;
+                    write_chunk(Stream::Out, &data.0)?;
                 }
             }
             Event::Stderr { data } => {
                 if as_json {
                     collected.1.extend_from_slice(&data.0);
                 } else {
-                    write_chunk(&mut io::stderr().lock(), &data.0)?;
+                    write_chunk(Stream::Err, &data.0)?;
                 }
             }
             Event::Exit { peer, exit } => {
                 if verbose {
-                    eprintln!(
+                    errln!(
                         "[d] {peer}: {} after {} ms",
                         describe(&exit),
                         exit.duration_ms
                     );
                 }
                 if exit.timed_out {
-                    eprintln!("{}", timed_out_message(&peer, timeout));
+                    errln!("{}", timed_out_message(&peer, timeout));
                 }
                 if as_json {
-                    let report = JobReport {
-                        peer: &peer,
-                        exit_code: exit.status(),
-                        code: exit.code,
-                        signal: exit.signal,
-                        timed_out: exit.timed_out,
-                        duration_ms: exit.duration_ms,
-                        stdout: String::from_utf8_lossy(&collected.0).into_owned(),
-                        stderr: String::from_utf8_lossy(&collected.1).into_owned(),
-                    };
-                    drop(stdout);
-                    render::out(&render::json(&report));
+                    render::out(&render::json(&JobReport::new(&peer, &exit, &collected)));
                 }
                 return Ok(exit.status());
             }
@@ -105,14 +155,14 @@ pub fn run(
     }
 }
 
-/// Write one chunk and flush at once, so output is live.
-fn write_chunk(w: &mut impl Write, data: &[u8]) -> Result<(), ErrorBody> {
-    w.write_all(data).and_then(|()| w.flush()).map_err(|e| {
-        ErrorBody::new(
-            ErrorKind::Other,
-            format!("Cannot write the command's output: {e}"),
-        )
-    })
+/// Write one chunk and flush at once, so output is live. A failure is
+/// recorded ([`crate::stdio`]) and ends the job.
+fn write_chunk(stream: Stream, data: &[u8]) -> Result<(), ErrorBody> {
+    if stdio::with(stream, |w| w.write_all(data)) {
+        Ok(())
+    } else {
+        Err(stop::error())
+    }
 }
 
 /// `d: command timed out on vps after 5 s (process group ended)`.
@@ -154,20 +204,23 @@ mod tests {
     }
 
     #[test]
-    fn report_field_order_and_lossy_text() {
-        let r = JobReport {
-            peer: "x",
-            exit_code: 3,
+    fn report_fields_and_exact_bytes() {
+        let exit = ExitInfo {
             code: Some(3),
             signal: None,
             timed_out: false,
             duration_ms: 5,
-            stdout: String::from_utf8_lossy(b"hi\xff").into_owned(),
-            stderr: String::new(),
         };
+        let text = (b"hi\n".to_vec(), Vec::new());
         assert_eq!(
-            serde_json::to_string(&r).unwrap(),
-            r#"{"peer":"x","exit_code":3,"code":3,"signal":null,"timed_out":false,"duration_ms":5,"stdout":"hi�","stderr":""}"#
+            serde_json::to_string(&JobReport::new("x", &exit, &text)).unwrap(),
+            r#"{"peer":"x","exit_code":3,"code":3,"signal":null,"timed_out":false,"duration_ms":5,"stdout":"hi\n","stderr":""}"#
         );
+        // Not UTF-8: the text is lossy, the bytes exact beside it.
+        let binary = (b"a\xffb\n".to_vec(), b"\xfe".to_vec());
+        let v = serde_json::to_value(JobReport::new("x", &exit, &binary)).unwrap();
+        assert_eq!(v["stdout"], "a\u{fffd}b\n");
+        assert_eq!(v["stdout_base64"], "Yf9iCg==");
+        assert_eq!(v["stderr_base64"], "/g==");
     }
 }

@@ -1,14 +1,19 @@
 //! `d`: the command-line client of d-daemon.
 //!
-//! Parses the command line ([`cli`]; `d @PEER ...` first, [`at`]), sends one
+//! Parses the command line ([`cli`]; `d @PEER ...` first, [`at`] plans it and
+//! [`route_at`] carries it out), sends one
 //! request to the local daemon over its UNIX socket ([`conn`]), and prints the
 //! answer for people or, with `--json`, for programs ([`render`]). Exec
 //! streams live output ([`exec`]), on several peers at once too ([`fanout`]).
 //!
 //! Exit status: the remote command's status for the exec family; otherwise 0
 //! on success. Errors of `d` itself exit 255 for the exec family (as ssh does),
-//! 1 for other commands, and 2 for usage errors (clap).
+//! 1 for other commands, and 2 for usage errors (clap). Output `d` cannot
+//! write is such an error ([`stdio`]); an interrupted exec or fan-out reports
+//! what it gathered, then ends by its signal ([`stop`]).
 
+#[macro_use]
+mod stdio;
 mod ask;
 mod at;
 mod cli;
@@ -19,7 +24,9 @@ mod fanout;
 mod mcp;
 mod ops;
 mod render;
+mod stop;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use d_proto::control::Request;
@@ -69,24 +76,123 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == complete::HOOK) {
         return complete::hook(&args[2..]);
     }
-    let cli = match at::route(&args[1..]) {
-        None => cli::parse(),
-        Some(Err(argv)) => cli::parse_from(&argv),
-        Some(Ok(status)) => return status,
+    let cli = match route_at(&args[1..]) {
+        None => cli::parse().unwrap_or_else(|e| clap_exit(&e)),
+        Some(Err(argv)) => cli::parse_from(&argv).unwrap_or_else(|e| clap_exit(&e)),
+        Some(Ok((status, exec))) => return exit(status, exec),
     };
+    let exec = cli.command.is_exec();
+    if exec {
+        stop::catch_signals();
+    }
     let status = match run(&cli) {
         Ok(status) => status,
         Err(err) => {
-            render::error(&err, cli.json);
-            if cli.command.is_exec() {
-                255
-            } else {
-                1
+            // The stop, or output that failed, is reported once by `exit`.
+            if !stop::is_stop(&err) && stdio::failure().is_none() {
+                render::error(&err, cli.json);
             }
+            own_error(exec)
         }
     };
+    exit(status, exec)
+}
+
+/// Print clap's message (help, version, a usage error) and exit with its
+/// status, or 1 if it could not be written.
+fn clap_exit(e: &clap::Error) -> ! {
+    print_clap_error(e);
+    let code = match stdio::failure() {
+        Some(f) if !f.is_broken_pipe() => {
+            render::error(&f.error_body(false), false);
+            1
+        }
+        _ => e.exit_code(),
+    };
+    std::process::exit(code)
+}
+
+/// Print clap's message where clap puts it, the write checked ([`stdio`]).
+fn print_clap_error(e: &clap::Error) {
+    use std::io::Write;
+    let stream = if e.use_stderr() {
+        stdio::Stream::Err
+    } else {
+        stdio::Stream::Out
+    };
+    let r = e.print().and_then(|()| match stream {
+        stdio::Stream::Err => std::io::stderr().flush(),
+        stdio::Stream::Out => std::io::stdout().flush(),
+    });
+    if let Err(err) = r {
+        stdio::record(stream, err);
+    }
+}
+
+/// d's own error status: 255 for the exec family (as ssh), 1 for the others.
+fn own_error(exec: bool) -> i32 {
+    if exec {
+        255
+    } else {
+        1
+    }
+}
+
+/// End with `status`, unless output failed (one message, d's own error
+/// status; a broken pipe quietly, as SIGPIPE would) or a signal stopped the
+/// run (then `d` ends by that signal, its report written).
+fn exit(status: i32, exec: bool) -> ExitCode {
+    let mut status = status;
+    if let Some(f) = stdio::failure() {
+        if f.is_broken_pipe() {
+            return ExitCode::from(128 + libc::SIGPIPE as u8);
+        }
+        render::error(&f.error_body(exec), false);
+        status = own_error(exec);
+    }
+    stop::finish();
     // Statuses outside 0..=255 cannot be exit codes; 255 says "something odd".
     ExitCode::from(u8::try_from(status).unwrap_or(255))
+}
+
+/// Carry out a `d @PEER` line. `Err` holds an ordinary command line for the
+/// caller to parse and run; `Ok` is the exit status, all done, and whether
+/// the command is of the exec family.
+fn route_at(args: &[OsString]) -> Option<Result<(i32, bool), Vec<String>>> {
+    // Only lines whose target comes before any other word are ours.
+    let mut strings = Vec::with_capacity(args.len());
+    for a in args {
+        match a.to_str() {
+            Some(s) => strings.push(s.to_string()),
+            None => {
+                // Not UTF-8: ours only if an `@` word precedes it; say so then.
+                if strings.iter().any(|s: &String| s.starts_with('@')) {
+                    let e = ErrorBody::invalid(format!("{} is not UTF-8", a.to_string_lossy()))
+                        .hint("commands and their arguments are sent as text");
+                    render::error(&e, false);
+                    return Some(Ok((2, false)));
+                }
+                return None;
+            }
+        }
+    }
+    let (plan, json) = at::plan(&strings)?;
+    Some(match plan {
+        at::Plan::Argv(argv) => Err(argv),
+        at::Plan::Refuse(e) => {
+            render::error(&e, json);
+            Ok((1, false))
+        }
+        at::Plan::Usage(e) => {
+            render::error(&e, json);
+            Ok((2, false))
+        }
+        at::Plan::Ask {
+            peers,
+            argv,
+            doctor,
+        } => Ok((ask::main(&peers, &argv, doctor), false)),
+    })
 }
 
 /// Run one command; `Ok` is the status to exit with.
@@ -200,13 +306,13 @@ fn show(
     let now = render::now_secs();
     let text = match command {
         Command::Ping => match result.as_str() {
-            Some(s) => format!("{s}\n"),
+            Some(s) => format!("{}\n", render::clean(s)),
             None => render::json(&result),
         },
         Command::GetPeerStatus => render::peer_status(&decode::<PeerStatus>(result, req)?, now),
         Command::SetPeerConfig { .. } | Command::RegisterWorker { .. } => {
             let reply = decode::<ConfigReply>(result, req)?;
-            let mut text = format!("{}\n", reply.message);
+            let mut text = format!("{}\n", render::clean(&reply.message));
             if let (true, Some(status)) = (verbose, &reply.status) {
                 text.push_str(&render::peer_status(status, now));
             }
@@ -217,11 +323,21 @@ fn show(
         Command::DeletePeer { .. } => {
             format!(
                 "Deleted peer {}\n",
-                decode::<DeletedReply>(result, req)?.deleted
+                render::clean(&decode::<DeletedReply>(result, req)?.deleted)
             )
         }
-        Command::GetPeerIdByIp { .. } => format!("{}\n", decode::<PeerIdReply>(result, req)?.peer),
-        Command::DbSanityCheck => format!("{}\n", decode::<MessageReply>(result, req)?.message),
+        Command::GetPeerIdByIp { .. } => {
+            format!(
+                "{}\n",
+                render::clean(&decode::<PeerIdReply>(result, req)?.peer)
+            )
+        }
+        Command::DbSanityCheck => {
+            format!(
+                "{}\n",
+                render::clean(&decode::<MessageReply>(result, req)?.message)
+            )
+        }
         Command::Doctor { .. } => {
             let checks = decode::<Vec<d_proto::types::Check>>(result, req)?;
             let ok = checks.iter().all(|c| c.ok);

@@ -97,7 +97,7 @@ pub fn run(
     let many = peers.len() > 1;
     for peer in &peers {
         if many && !as_json {
-            eprintln!("== {peer} ==");
+            errln!("== {peer} ==");
         }
         let old = if op == Op::Deploy {
             version_of(socket, verbose, peer).map(|p| p.version)
@@ -105,9 +105,9 @@ pub fn run(
             None
         };
         let status = exec::run(socket, &request(op, peer), None, as_json, verbose)?;
-        if status != 0 {
+        if status != 0 && !crate::stop::stopped() {
             if many {
-                eprintln!(
+                errln!(
                     "d: stopped at {peer} (status {status}); the peers after it were not touched"
                 );
             }
@@ -117,7 +117,11 @@ pub fn run(
             let old = old.unwrap_or_default();
             let new = wait_back(socket, verbose, peer, &old)?;
             if !as_json {
-                println!("{peer}: {old} → {new}");
+                outln!(
+                    "{peer}: {} → {}",
+                    crate::render::clean(&old),
+                    crate::render::clean(&new)
+                );
             }
         }
     }
@@ -129,6 +133,9 @@ fn wait_back(socket: &Path, verbose: bool, peer: &str, old: &str) -> Result<Stri
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < BACK_WITHIN {
+        if crate::stop::stopped() {
+            return Err(crate::stop::error());
+        }
         if let Some(p) = version_of(socket, verbose, peer) {
             if p.online && p.version != old {
                 return Ok(p.version);
@@ -143,6 +150,6 @@ fn wait_back(socket: &Path, verbose: bool, peer: &str, old: &str) -> Result<Stri
     )
     .hint(format!(
         "it reports {:?}; check it with `d doctor --peer {peer}` and its log (`journalctl -u d-daemon`)",
-        if last.is_empty() { "nothing (offline)" } else { &last }
+        if last.is_empty() { "nothing (offline)".into() } else { crate::render::clean(&last) }
     )))
 }

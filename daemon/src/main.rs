@@ -119,6 +119,10 @@ async fn serve() -> anyhow::Result<()> {
 /// Logs go to the journal when stderr is connected to it (systemd sets
 /// `JOURNAL_STREAM` to stderr's device:inode), with levels and fields kept;
 /// otherwise, or if journald does not answer, to stderr. `D_LOG` filters both.
+/// On stderr every field (the message too) has its control characters
+/// escaped: peer ids, hostnames, commands and errors from other machines
+/// never forge a log line or drive the terminal (journalctl does the same for
+/// the journal: it shows such fields as blobs).
 fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("D_LOG").unwrap_or_else(|_| "info".into());
@@ -133,11 +137,28 @@ fn init_logging() {
         None => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(escaped_fields())
                     .with_writer(std::io::stderr)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
             )
             .init(),
     }
+}
+
+/// The default field format (`message`, then `name=value`), each value with
+/// its control characters escaped ([`d_proto::text::escape_controls`]).
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = d_proto::text::escape_controls(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// Whether stderr is the journal stream systemd connected it to. A

@@ -6,11 +6,13 @@
 //!   leader, multiplexed jobs with credit-based flow control).
 //! - [`control`]: the client-to-local-daemon protocol on the UNIX socket.
 //! - [`types`]: data carried by both (peer records, status, exit status, errors).
+//! - [`text`]: text from other machines made safe to show, and its limits.
 
 pub mod auth;
 pub mod control;
 pub mod frame;
 pub mod peer;
+pub mod text;
 pub mod types;
 
 /// The newest peer protocol this build speaks. Bumped whenever a change to

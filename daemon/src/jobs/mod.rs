@@ -1,4 +1,4 @@
-//! Running one command: `/bin/sh -c CMD` in DIR, in its own process group,
+//! Running one command: `/bin/sh -c CMD` in DIR, in its own session and process group,
 //! stdin from /dev/null, stdout and stderr read as separate streams in chunks
 //! as they come. This layer knows processes only: what a job is for
 //! (an exec, a deploy's step) is the caller's business.
@@ -14,10 +14,12 @@
 //! the requesting peer; minus what the caller names ([`Options::env_remove`]).
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
-//! process, its group and its end; [`pump`] its output pipes.
+//! process, its group and its end; [`spawn`] starting it in a session of its
+//! own without forking the daemon; [`pump`] its output pipes.
 
 mod process;
 mod pump;
+mod spawn;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -135,8 +137,12 @@ pub fn spawn_with(
     let (tx, rx) = mpsc::channel(QUEUE);
     let me = ctx.me.clone();
     let mut spec = spec;
+    // Empty: the default directory; relative: from there (as ssh takes a
+    // relative path from the home directory), never from the daemon's own cwd.
     if spec.directory.is_empty() {
         spec.directory = ctx.default_dir.display().to_string();
+    } else if !std::path::Path::new(&spec.directory).is_absolute() {
+        spec.directory = ctx.default_dir.join(&spec.directory).display().to_string();
     }
     let running = RunningGuard::new(ctx.running.clone());
     ctx.tracker.spawn(async move {

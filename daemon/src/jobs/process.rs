@@ -1,7 +1,7 @@
 //! One job's process: `/bin/sh -c` in its own group, waited for with its
 //! pipes, ended by timeout or cancel (SIGTERM, [`KILL_GRACE`], SIGKILL).
 
-use std::process::Stdio;
+use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{pump, JobEvent, Options, KILL_GRACE};
+use super::{pump, spawn, JobEvent, Options, KILL_GRACE};
 
 pub(super) async fn run(
     spec: &ExecSpec,
@@ -39,53 +39,57 @@ pub(super) async fn run(
         }
     }
 
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&spec.shell_cmd)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("D_JOB_REQUESTER", &spec.requester)
-        // systemd's channels are the daemon's, not its jobs'.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("JOURNAL_STREAM");
-    for k in opts.env_remove {
-        cmd.env_remove(k);
-    }
+    // The job's environment, in full: the daemon's own, less what is the
+    // daemon's alone and what the caller names, plus the defaults it lacks
+    // and the requester.
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            ![
+                // systemd's channels are the daemon's, not its jobs'.
+                "NOTIFY_SOCKET",
+                "WATCHDOG_PID",
+                "WATCHDOG_USEC",
+                "JOURNAL_STREAM",
+                "D_JOB_REQUESTER",
+            ]
+            .iter()
+            .chain(opts.env_remove.iter())
+            .any(|n| k == n)
+        })
+        .collect();
     for (k, v) in default_env() {
         if std::env::var_os(k).is_none() {
-            cmd.env(k, v);
+            env.push((k.into(), v.into()));
         }
     }
+    env.push(("D_JOB_REQUESTER".into(), spec.requester.clone().into()));
     if let Some(u) = &opts.run_as {
-        // std drops supplementary groups when root changes uid.
-        cmd.uid(u.uid)
-            .gid(u.gid)
-            .env("HOME", &u.home)
-            .env("USER", &u.name)
-            .env("LOGNAME", &u.name);
+        env.retain(|(k, _)| !["HOME", "USER", "LOGNAME"].iter().any(|n| k == n));
+        env.extend([
+            ("HOME".into(), u.home.clone().into()),
+            ("USER".into(), u.name.clone().into()),
+            ("LOGNAME".into(), u.name.clone().into()),
+        ]);
     }
-    // Its own process group, so timeout, cancel and shutdown can signal the
-    // whole group. Not pre_exec(setsid): any pre_exec makes std fork() the
-    // whole daemon instead of posix_spawn, which costs ~15 ms per job on a
-    // leader holding 10,000 links (bench/RESULTS.md). The daemon has no
-    // controlling terminal, so a new session would add nothing.
-    cmd.process_group(0);
+    // Its own session (so no controlling terminal: a daemon started from a
+    // terminal does not hand it to its jobs) and so its own process group,
+    // which timeout, cancel and shutdown signal as a whole. Started without
+    // forking the daemon (see `spawn`).
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| {
+    let spawned = match &opts.run_as {
+        None => spawn::spawn_shell(&spec.shell_cmd, dir, &env),
+        Some(u) => spawn::spawn_shell_as(&spec.shell_cmd, dir, &env, u.uid, u.gid),
+    };
+    let mut child = spawned.map_err(|e| {
         ErrorBody::new(
             ErrorKind::SpawnFailed,
             format!("Cannot start /bin/sh on {me}: {e}"),
         )
     })?;
-    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    let pgid = Some(Pid::from_raw(child.id() as i32));
 
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
-        pump::grow_pipe(&out);
         readers.spawn(pump::pump(out, Stream::Stdout, tx.clone()));
     }
     if let Some(err) = child.stderr.take() {

@@ -108,8 +108,9 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
             Role::Worker
         },
         online: false,
-        version: r.get(4)?,
-        hostname: r.get(5)?,
+        // Rows written before hellos were checked may hold anything.
+        version: d_proto::text::cap_owned(r.get(4)?, d_proto::text::MAX_VERSION),
+        hostname: d_proto::text::cap_owned(r.get(5)?, d_proto::text::MAX_HOSTNAME),
         first_seen: Some(r.get::<_, i64>(6)? as u64),
         wg_public_key: r.get(8)?,
         last_seen: Some(r.get::<_, i64>(7)? as u64),

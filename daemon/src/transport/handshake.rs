@@ -74,6 +74,17 @@ where
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     }
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
+    // What a peer says of itself reaches tables, terminals and logs.
+    for check in [
+        d_proto::text::validate_hostname(&hello.hostname),
+        d_proto::text::validate_version(&hello.version),
+    ] {
+        check.map_err(|e| {
+            ErrorBody::invalid(format!("hello from {}: {e}", hello.peer_id)).hint(
+                "give that machine a hostname of at most 255 plain characters (`hostnamectl hostname NAME`) and run a released d-daemon",
+            )
+        })?;
+    }
     if hello.nonce.0.len() != auth::KEY_LEN {
         return Err(ErrorBody::invalid(format!(
             "the hello's nonce must be {} bytes",
@@ -224,6 +235,9 @@ where
     if !(d_proto::PROTOCOL_MIN..=d_proto::PROTOCOL_VERSION).contains(&welcome.protocol) {
         return Err(protocol_mismatch(&welcome.peer_id, welcome.protocol));
     }
+    d_proto::validate_peer_id(&welcome.peer_id)
+        .and_then(|()| d_proto::text::validate_version(&welcome.version))
+        .map_err(|e| fail(format!("unusable welcome from {addr}: {e}")))?;
     if let Some(want) = expect {
         if welcome.peer_id != want {
             return Err(ErrorBody::new(

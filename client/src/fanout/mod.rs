@@ -15,30 +15,34 @@
 //! Each peer has a deadline ([`deadline`]): its job's timeout plus a margin.
 //! A peer still silent at its deadline has its connection closed (its daemon
 //! cancels the job) and is reported `timed out (no answer)`; the others carry on.
+//!
+//! [`outcome`] words how each peer ended, [`lines`] cuts live output into
+//! prefixed lines, [`gather`] groups identical outputs.
 
-use std::io::{self, Write};
+mod gather;
+mod lines;
+mod outcome;
+
+pub use gather::print_groups;
+pub use outcome::{combined_status, describe_error, summary, Outcome};
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use d_proto::control::{Event, Request};
-use d_proto::types::{ErrorBody, ErrorKind, ExitInfo, PeerInfo};
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
-use crate::render;
+use crate::stdio::{self, Stream};
+use crate::{render, stop};
+use lines::Lines;
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
 /// the spawn, the process group's 2 s grace after SIGTERM, and the way back.
 pub const MARGIN: Duration = Duration::from_secs(10);
-
-/// A partial line longer than this is written as a line of its own (with a
-/// newline added) rather than held: memory stays bounded whatever the output.
-const MAX_PARTIAL: usize = 64 * 1024;
-
-/// What `--gather` puts above each distinct output (dshbak's separator).
-const RULE: &str = "----------------";
 
 /// Whether a `--peer` value or `@` target names several peers (a list or
 /// `all`). That form, not the number of peers it turns out to be, selects the
@@ -112,165 +116,6 @@ pub fn deadline(timeout: Option<u64>) -> Option<Duration> {
     }
 }
 
-/// How a peer's job ended, as the requester saw it.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Exit(ExitInfo),
-    /// An error of d (the peer unknown, unreachable, ...).
-    Failed(ErrorBody),
-    /// Nothing final came before the deadline; the connection was closed.
-    NoAnswer(Duration),
-}
-
-impl Outcome {
-    /// What this peer contributes to the exit status: the remote status, 124
-    /// for a timeout, 255 for errors of d itself.
-    pub fn status(&self) -> i32 {
-        match self {
-            Outcome::Exit(e) => e.status(),
-            Outcome::Failed(_) => 255,
-            Outcome::NoAnswer(_) => 124,
-        }
-    }
-
-    /// The summary word: `ok`, `exit 3`, `timed out`, `unreachable — ...`.
-    pub fn describe(&self) -> String {
-        match self {
-            Outcome::Exit(e) if e.timed_out => "timed out".into(),
-            Outcome::Exit(e) => match (e.signal, e.code) {
-                (Some(sig), _) => format!("killed by signal {sig}"),
-                (None, Some(0)) => "ok".into(),
-                (None, Some(c)) => format!("exit {c}"),
-                (None, None) => "ended without a status".into(),
-            },
-            Outcome::Failed(e) => describe_error(e),
-            Outcome::NoAnswer(_) => "timed out (no answer)".into(),
-        }
-    }
-}
-
-/// `not found`, `unreachable — Failed to connect to peer: ...`, or `error: ...`.
-pub fn describe_error(e: &ErrorBody) -> String {
-    match e.kind {
-        ErrorKind::PeerNotFound => "not found".into(),
-        ErrorKind::ConnectFailed | ErrorKind::NotConnectedToLeader | ErrorKind::PeerTimeout => {
-            format!("unreachable — {}", e.error)
-        }
-        _ => format!("error: {}", e.error),
-    }
-}
-
-/// The exit status of a fan-out: 0 if every peer succeeded, else the largest.
-pub fn combined_status(statuses: impl IntoIterator<Item = i32>) -> i32 {
-    statuses.into_iter().max().unwrap_or(0).max(0)
-}
-
-/// One summary line per peer, ids padded to one width: `laptop  exit 3`.
-pub fn summary(rows: &[(&str, String)]) -> String {
-    let width = rows
-        .iter()
-        .map(|(p, _)| p.chars().count())
-        .max()
-        .unwrap_or(0);
-    rows.iter()
-        .map(|(p, what)| format!("{p:<width$}  {what}\n"))
-        .collect()
-}
-
-/// Splits one stream of one peer into whole lines, each with the peer's prefix.
-pub struct Lines {
-    prefix: Vec<u8>,
-    pending: Vec<u8>,
-}
-
-impl Lines {
-    pub fn new(peer: &str) -> Lines {
-        Lines {
-            prefix: format!("{peer}: ").into_bytes(),
-            pending: Vec::new(),
-        }
-    }
-
-    /// The complete lines `data` ends, prefixed, ready to be written at once.
-    pub fn push(&mut self, mut data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some(i) = data.iter().position(|&b| b == b'\n') {
-            out.extend_from_slice(&self.prefix);
-            out.append(&mut self.pending);
-            out.extend_from_slice(&data[..=i]);
-            data = &data[i + 1..];
-        }
-        self.pending.extend_from_slice(data);
-        if self.pending.len() >= MAX_PARTIAL {
-            out.append(&mut self.finish());
-        }
-        out
-    }
-
-    /// The partial last line, if any, prefixed and with its newline added.
-    pub fn finish(&mut self) -> Vec<u8> {
-        if self.pending.is_empty() {
-            return Vec::new();
-        }
-        let mut out = self.prefix.clone();
-        out.append(&mut self.pending);
-        out.push(b'\n');
-        out
-    }
-}
-
-/// Peers whose (stdout, stderr) are identical, in the order first seen;
-/// peers that printed nothing are left out (the summary names them).
-pub fn groups<'a>(
-    outputs: &'a [(&'a str, &'a [u8], &'a [u8])],
-) -> Vec<(Vec<&'a str>, &'a [u8], &'a [u8])> {
-    let mut groups: Vec<(Vec<&str>, &[u8], &[u8])> = Vec::new();
-    for &(peer, out, err) in outputs {
-        if out.is_empty() && err.is_empty() {
-            continue;
-        }
-        match groups.iter_mut().find(|g| g.1 == out && g.2 == err) {
-            Some(g) => g.0.push(peer),
-            None => groups.push((vec![peer], out, err)),
-        }
-    }
-    groups
-}
-
-/// `----------------\nvps,desktop\n----------------\n`
-pub fn header(peers: &[&str]) -> String {
-    format!("{RULE}\n{}\n{RULE}\n", peers.join(","))
-}
-
-/// Print the `--gather` groups: the header and stdout on stdout, stderr on
-/// stderr, each ending with a newline.
-pub fn print_groups(outputs: &[(&str, &[u8], &[u8])]) {
-    for (peers, out, err) in groups(outputs) {
-        let mut o = header(&peers).into_bytes();
-        o.extend_from_slice(out);
-        if !out.is_empty() && !out.ends_with(b"\n") {
-            o.push(b'\n');
-        }
-        write_locked(&mut io::stdout().lock(), &o);
-        if !err.is_empty() {
-            let mut e = err.to_vec();
-            if !e.ends_with(b"\n") {
-                e.push(b'\n');
-            }
-            write_locked(&mut io::stderr().lock(), &e);
-        }
-    }
-}
-
-/// Write and flush while the caller holds the stream's lock; a write error
-/// (a closed pipe) is not worth a message per line.
-fn write_locked(w: &mut impl Write, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let _ = w.write_all(data).and_then(|()| w.flush());
-}
-
 /// One peer's run.
 struct PeerRun {
     outcome: Outcome,
@@ -292,6 +137,11 @@ struct PeerReport<'a> {
     stdout: String,
     stderr: String,
     error: Option<String>,
+    /// The exact bytes, when `stdout` is not UTF-8 (then `stdout` is lossy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout_base64: Option<B64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr_base64: Option<B64>,
 }
 
 /// The fan-out's options.
@@ -343,16 +193,17 @@ pub fn exec(
             .zip(&runs)
             .map(|(p, r)| (p.as_str(), r.outcome.describe()))
             .collect();
-        write_locked(&mut io::stderr().lock(), summary(&rows).as_bytes());
+        stdio::err(summary(&rows).as_bytes());
         if opts.verbose {
             for (p, r) in peers.iter().zip(&runs) {
                 if let Outcome::Failed(ErrorBody { hint: Some(h), .. }) = &r.outcome {
-                    eprintln!("[d] {p}: hint: {h}");
+                    errln!("[d] {p}: hint: {}", render::clean(h));
                 }
             }
         }
     }
-    Ok(combined_status(runs.iter().map(|r| r.outcome.status())))
+    let status = combined_status(runs.iter().map(|r| r.outcome.status()));
+    Ok(stop::status().unwrap_or(status))
 }
 
 fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
@@ -361,6 +212,8 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
         Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
     };
+    let (stdout, stdout_base64) = render::json_text(&r.stdout);
+    let (stderr, stderr_base64) = render::json_text(&r.stderr);
     PeerReport {
         peer,
         exit_code: r.outcome.status(),
@@ -368,9 +221,14 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         signal,
         timed_out,
         duration_ms,
-        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+        stdout,
+        stderr,
+        stdout_base64,
+        stderr_base64,
         error: match &r.outcome {
+            Outcome::Failed(e) if stop::is_stop(e) => {
+                Some(format!("{}: its job was cancelled", e.error))
+            }
             Outcome::Failed(e) => Some(e.error.clone()),
             Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
             Outcome::Exit(_) => None,
@@ -443,20 +301,24 @@ fn run_one(
             match event {
                 Event::Started { addr, path, .. } => {
                     if verbose {
-                        eprintln!("[d] {peer}: running at {addr} via {path}");
+                        errln!(
+                            "[d] {peer}: running at {} via {}",
+                            render::clean(&addr),
+                            render::clean(&path)
+                        );
                     }
                 }
                 Event::Stdout { data } if live => {
-                    write_locked(&mut io::stdout().lock(), &out.push(&data.0));
+                    stdio::with(Stream::Out, |w| out.push(&data.0, w));
                 }
                 Event::Stderr { data } if live => {
-                    write_locked(&mut io::stderr().lock(), &err.push(&data.0));
+                    stdio::with(Stream::Err, |w| err.push(&data.0, w));
                 }
                 Event::Stdout { data } => kept.0.extend_from_slice(&data.0),
                 Event::Stderr { data } => kept.1.extend_from_slice(&data.0),
                 Event::Exit { exit, .. } => {
                     if verbose {
-                        eprintln!("[d] {peer}: ended after {} ms", exit.duration_ms);
+                        errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
                     }
                     return Outcome::Exit(exit);
                 }
@@ -474,8 +336,9 @@ fn run_one(
         }
     })();
     if live {
-        write_locked(&mut io::stdout().lock(), &out.finish());
-        write_locked(&mut io::stderr().lock(), &err.finish());
+        // The partial last lines, also when the run was stopped.
+        stdio::with(Stream::Out, |w| out.finish(w));
+        stdio::with(Stream::Err, |w| err.finish(w));
     }
     PeerRun {
         outcome,
@@ -488,100 +351,6 @@ fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_are_whole_and_prefixed() {
-        let mut l = Lines::new("vps");
-        assert_eq!(l.push(b"hel"), b"");
-        assert_eq!(l.push(b"lo\nwor"), b"vps: hello\n");
-        assert_eq!(l.push(b"ld\n\nx\ny"), b"vps: world\nvps: \nvps: x\n");
-        assert_eq!(l.finish(), b"vps: y\n");
-        assert_eq!(l.finish(), b"");
-        // Bytes pass as they are, binary included.
-        assert_eq!(l.push(b"\xff\x00\n"), b"vps: \xff\x00\n");
-    }
-
-    #[test]
-    fn a_huge_partial_line_is_written_not_held() {
-        let mut l = Lines::new("a");
-        let big = vec![b'x'; MAX_PARTIAL + 5];
-        let out = l.push(&big);
-        assert_eq!(out.len(), 3 + big.len() + 1);
-        assert!(out.starts_with(b"a: xxx") && out.ends_with(b"x\n"));
-        assert_eq!(l.finish(), b"");
-    }
-
-    #[test]
-    fn gather_groups_identical_output() {
-        let outputs: Vec<(&str, &[u8], &[u8])> = vec![
-            ("vps", b"hi\n", b""),
-            ("desktop", b"other\n", b""),
-            ("laptop", b"hi\n", b""),
-            ("silent", b"", b""),
-            ("errs", b"hi\n", b"oops\n"),
-        ];
-        let g = groups(&outputs);
-        assert_eq!(g.len(), 3);
-        assert_eq!(g[0].0, vec!["vps", "laptop"]);
-        assert_eq!(g[1].0, vec!["desktop"]);
-        assert_eq!((g[2].0.clone(), g[2].2), (vec!["errs"], &b"oops\n"[..]));
-        assert_eq!(
-            header(&g[0].0),
-            "----------------\nvps,laptop\n----------------\n"
-        );
-    }
-
-    #[test]
-    fn summary_words_and_status() {
-        let exit = |code, signal, timed_out| {
-            Outcome::Exit(ExitInfo {
-                code,
-                signal,
-                timed_out,
-                duration_ms: 1,
-            })
-        };
-        let cases = [
-            (exit(Some(0), None, false), "ok", 0),
-            (exit(Some(3), None, false), "exit 3", 3),
-            (exit(None, Some(9), false), "killed by signal 9", 137),
-            (exit(None, Some(15), true), "timed out", 124),
-            (
-                Outcome::NoAnswer(Duration::from_secs(40)),
-                "timed out (no answer)",
-                124,
-            ),
-            (
-                Outcome::Failed(ErrorBody::peer_not_found("nosuch")),
-                "not found",
-                255,
-            ),
-            (
-                Outcome::Failed(ErrorBody::connect_failed(
-                    "laptop",
-                    "198.18.0.4:3600",
-                    "refused",
-                )),
-                "unreachable — Failed to connect to peer: laptop (198.18.0.4:3600)",
-                255,
-            ),
-            (
-                Outcome::Failed(ErrorBody::invalid("Directory not found: /nope")),
-                "error: Directory not found: /nope",
-                255,
-            ),
-        ];
-        for (o, word, status) in cases {
-            assert_eq!((o.describe().as_str(), o.status()), (word, status));
-        }
-        assert_eq!(combined_status([0, 3, 0]), 3);
-        assert_eq!(combined_status([0, 0]), 0);
-        assert_eq!(combined_status([3, 255, 124]), 255);
-        assert_eq!(
-            summary(&[("vps", "ok".into()), ("desktop", "exit 3".into())]),
-            "vps      ok\ndesktop  exit 3\n"
-        );
-    }
 
     #[test]
     fn deadlines() {

@@ -1,0 +1,281 @@
+//! Starting a job's shell in a session of its own (setsid: its own process
+//! group, no controlling terminal), without forking the daemon.
+//!
+//! std's `Command` starts a child with `posix_spawn` (a vfork: no copy of the
+//! daemon's memory) unless asked for something `posix_spawn` cannot do; any
+//! `pre_exec` (the usual way to call `setsid`) makes it `fork` the whole
+//! daemon, about 15 ms per job on a leader holding 10,000 links
+//! (bench/RESULTS.md). std has no stable `setsid` yet, so [`spawn_shell`]
+//! calls glibc's `posix_spawn` itself with `POSIX_SPAWN_SETSID`, and waits
+//! for the child through a pidfd. A job run as another user needs setuid,
+//! which `posix_spawn` cannot do: that one forks anyway ([`spawn_shell_as`]),
+//! and calls `setsid` there.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncRead;
+use tokio::net::unix::pipe;
+
+use super::pump::grow_pipe;
+
+/// A job's output pipe, read asynchronously.
+pub type Output = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A running job's shell.
+pub struct Child {
+    pid: i32,
+    waiter: Waiter,
+    /// The shell's stdout and stderr (taken by the reader tasks).
+    pub stdout: Option<Output>,
+    pub stderr: Option<Output>,
+}
+
+enum Waiter {
+    /// Started by [`spawn_shell`]: readable once the child has exited.
+    /// `None`: the kernel has no pidfd (before Linux 5.3), so poll.
+    Pidfd(Option<AsyncFd<OwnedFd>>, bool),
+    /// Started by tokio ([`spawn_shell_as`]).
+    Tokio(tokio::process::Child),
+}
+
+impl Child {
+    /// The shell's pid, which is also its session and process group id.
+    pub fn id(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Wait for the shell to exit. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        let (fd, reaped) = match &mut self.waiter {
+            Waiter::Tokio(c) => return c.wait().await,
+            Waiter::Pidfd(fd, reaped) => (fd, reaped),
+        };
+        loop {
+            if let Some(status) = try_reap(self.pid)? {
+                *reaped = true;
+                return Ok(status);
+            }
+            match fd {
+                Some(fd) => fd.readable().await?.clear_ready(),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // Not waited for (the job's task was dropped): reap it later, as
+        // tokio does for its own children, so no zombie stays behind.
+        if let Waiter::Pidfd(fd, false) = &mut self.waiter {
+            let (pid, fd) = (self.pid, fd.take());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    while let Ok(None) = try_reap(pid) {
+                        match &fd {
+                            Some(fd) => match fd.readable().await {
+                                Ok(mut g) => g.clear_ready(),
+                                Err(_) => return,
+                            },
+                            None => tokio::time::sleep(Duration::from_millis(200)).await,
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// `waitpid(pid, WNOHANG)`: the status once the child has exited.
+fn try_reap(pid: i32) -> io::Result<Option<ExitStatus>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: plain waitpid on our own child, writing into a local int.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => return Ok(None),
+            r if r == pid => return Ok(Some(ExitStatus::from_raw(status))),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// A text for C: no NUL inside (std's `Command` refuses those the same way).
+fn c_string(what: &str, s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the {what} holds a NUL byte"),
+        )
+    })
+}
+
+/// A pipe for a job's output: (read end, write end), both close-on-exec.
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    Ok((r, w))
+}
+
+/// `/bin/sh -c CMD` in `dir` with exactly `env`, stdin from /dev/null,
+/// stdout and stderr into pipes, in a new session (hence a new process group
+/// whose id is the shell's pid, and no controlling terminal).
+pub fn spawn_shell(cmd: &str, dir: &Path, env: &[(OsString, OsString)]) -> io::Result<Child> {
+    let sh = c_string("shell path", b"/bin/sh")?;
+    let argv_owned = [
+        sh.clone(),
+        c_string("shell option", b"-c")?,
+        c_string("command", cmd.as_bytes())?,
+    ];
+    let dir_c = c_string("directory", dir.as_os_str().as_bytes())?;
+    let devnull = c_string("path", b"/dev/null")?;
+    let env_owned = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            c_string("environment", &kv)
+        })
+        .collect::<io::Result<Vec<CString>>>()?;
+    let mut argv: Vec<*mut libc::c_char> =
+        argv_owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> =
+        env_owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+    let (out_r, out_w) = output_pipe()?;
+    let (err_r, err_w) = output_pipe()?;
+
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer passed lives until the call returns (the
+    // CStrings and vectors above); the attribute and file-action objects are
+    // initialised before use and destroyed after; the descriptors are open.
+    let rc = unsafe {
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        libc::posix_spawnattr_init(&mut attr);
+        libc::posix_spawn_file_actions_init(&mut fa);
+        // The daemon ignores SIGPIPE (Rust does at start) and may block
+        // signals: the job gets both back at their defaults, as std gives.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        let mut dfl: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut dfl);
+        libc::sigaddset(&mut dfl, libc::SIGPIPE);
+        let flags = libc::c_int::from(libc::POSIX_SPAWN_SETSID)
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        let mut rc = libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short);
+        if rc == 0 {
+            rc = libc::posix_spawnattr_setsigmask(&mut attr, &none);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawnattr_setsigdefault(&mut attr, &dfl);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_addopen(
+                &mut fa,
+                0,
+                devnull.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            );
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, out_w.as_raw_fd(), 1);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, err_w.as_raw_fd(), 2);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_addchdir_np(&mut fa, dir_c.as_ptr());
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn(
+                &mut pid,
+                sh.as_ptr(),
+                &fa,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            );
+        }
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        libc::posix_spawnattr_destroy(&mut attr);
+        rc
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    drop((out_w, err_w));
+    grow_pipe(&out_r);
+    // SAFETY: pidfd_open on our own child; a non-negative result is a new
+    // descriptor that nothing else owns.
+    let pidfd = unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        (fd >= 0).then(|| OwnedFd::from_raw_fd(fd as i32))
+    };
+    // SAFETY: the OwnedFd moves into the AsyncFd and stays open as long.
+    let pidfd = pidfd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok());
+    Ok(Child {
+        pid,
+        waiter: Waiter::Pidfd(pidfd, false),
+        stdout: Some(Box::new(pipe::Receiver::from_owned_fd(out_r)?)),
+        stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r)?)),
+    })
+}
+
+/// [`spawn_shell`] as another user (`uid`, `gid`): forked by tokio, which
+/// drops supplementary groups when root changes uid; `setsid` runs in the
+/// child.
+pub fn spawn_shell_as(
+    cmd: &str,
+    dir: &Path,
+    env: &[(OsString, OsString)],
+    uid: u32,
+    gid: u32,
+) -> io::Result<Child> {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .uid(uid)
+        .gid(gid);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        c.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+    }
+    let mut child = c.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("the shell ended before its pid was read"))?;
+    let stdout: Option<Output> = child.stdout.take().map(|o| {
+        grow_pipe(&o);
+        Box::new(o) as Output
+    });
+    let stderr: Option<Output> = child.stderr.take().map(|o| Box::new(o) as Output);
+    Ok(Child {
+        pid: pid as i32,
+        waiter: Waiter::Tokio(child),
+        stdout,
+        stderr,
+    })
+}
