@@ -11,6 +11,8 @@
 pub mod auth;
 pub mod control;
 pub mod frame;
+pub mod invite;
+pub mod keys;
 pub mod peer;
 pub mod text;
 pub mod types;
