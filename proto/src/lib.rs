@@ -26,7 +26,13 @@ pub mod types;
 /// - 3: output as binary frames ([`frame::encode_output`]); the accepting side
 ///   answers each of the dialer's heartbeats instead of running its own timer,
 ///   and the dialer heartbeats at the interval the welcome names.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: per-peer identity keys: both sides sign the handshake
+///   ([`keys`]); join tokens ([`invite`]); the leader pushes registry
+///   revisions and workers keep a copy ([`peer::Query::RegistrySince`]);
+///   relayed jobs carry the requester's signed claim.
+pub const PROTOCOL_VERSION: u32 = 4;
+/// The first protocol with per-peer identity keys.
+pub const PROTOCOL_KEYS: u32 = 4;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -122,6 +128,7 @@ mod tests {
     fn protocol_ranges() {
         assert_eq!(negotiate(2, 0), Some(2)); // an older daemon: protocol 2 only
         assert_eq!(negotiate(2, 3), Some(3));
+        assert_eq!(negotiate(2, 4), Some(4));
         assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);

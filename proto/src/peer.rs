@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{PublicKey, Rotation};
 use crate::types::{ErrorBody, ExecSpec, ExitInfo, PeerInfo, Role, Stream, B64};
 
 /// Why a connection was opened.
@@ -43,7 +44,23 @@ pub struct Hello {
     /// The dialer's fresh nonce ([`crate::auth::KEY_LEN`] bytes).
     #[serde(default)]
     pub nonce: B64,
+    /// The dialer's identity key (protocol 4: it signs the handshake with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PublicKey>,
 }
+
+/// Proof of a join token in [`PeerMsg::Auth`] ([`crate::invite`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteProof {
+    /// The token's id (16 hex digits): the leader looks the secret up by it.
+    pub token_id: String,
+    /// [`crate::keys::invite_proof`] of the token's secret over the handshake.
+    pub proof: B64,
+}
+
+/// A peer as a worker keeps it ([`Answer::RegistryDelta`]): what it needs to
+/// reach the peer and to authenticate it without the leader.
+pub type KeptPeer = PeerInfo;
 
 impl Purpose {
     pub fn as_str(self) -> &'static str {
@@ -95,6 +112,20 @@ pub enum Query {
     Control {
         request: Box<crate::control::Request>,
     },
+    /// Protocol 4, worker → leader: the registry's changes after revision
+    /// `since` (0: all of it), one page of them in id order.
+    RegistrySince {
+        since: u64,
+        offset: u32,
+        limit: u32,
+    },
+    /// Protocol 4, worker → leader over its link (which proved the old key):
+    /// enroll `public_key` as this worker's key from now on. `signature` is
+    /// by the NEW key ([`crate::keys::sign_new_key`]).
+    RotateKey {
+        public_key: PublicKey,
+        signature: B64,
+    },
 }
 
 /// The leader's answers.
@@ -125,6 +156,24 @@ pub enum Answer {
     Result {
         result: serde_json::Value,
     },
+    /// One page of the registry's changes ([`Query::RegistrySince`]): rows
+    /// added or changed and ids removed after `since`, as of revision `rev`.
+    RegistryDelta {
+        rev: u64,
+        peers: Vec<KeptPeer>,
+        removed: Vec<String>,
+        /// Whether changes remain after this page.
+        more: bool,
+        /// The leader cannot give changes since that revision (it is newer
+        /// than the leader's own: another leader, or a restored database):
+        /// this is the whole registry, and the worker drops what it kept.
+        #[serde(default)]
+        full: bool,
+    },
+    /// [`Query::RotateKey`] is committed: `public_key` is enrolled.
+    KeyRotated {
+        public_key: PublicKey,
+    },
     Error(ErrorBody),
 }
 
@@ -133,15 +182,34 @@ pub enum Answer {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerMsg {
     Hello(Hello),
-    /// The acceptor's nonce, its id, and its proof of the mesh key.
+    /// The acceptor's nonce and id; protocol 4: its key and its signature of
+    /// the handshake ([`crate::keys`]), and on a leader that rotated its key
+    /// the chain of rotations; its proof of the mesh key when it has one
+    /// (dialers of protocol 3 and older check only that).
     Challenge {
         peer_id: String,
         nonce: B64,
+        #[serde(default)]
         proof: B64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<PublicKey>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<B64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        key_chain: Vec<Rotation>,
     },
-    /// The dialer's proof of the mesh key.
+    /// The dialer's proof: protocol 4, its signature of the handshake (and a
+    /// join token's proof, or the mesh key's to enroll once); older
+    /// protocols, its proof of the mesh key.
     Auth {
+        #[serde(default)]
         proof: B64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<B64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invite: Option<InviteProof>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mesh_proof: Option<B64>,
     },
     Welcome(Welcome),
     /// The hello was refused; the connection closes after this.
@@ -195,6 +263,14 @@ pub enum PeerMsg {
     },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
+    /// Protocol 4, leader → worker: the registry is at revision `rev` now;
+    /// a worker behind it asks for the changes ([`Query::RegistrySince`]).
+    RegistryChanged {
+        rev: u64,
+    },
+    /// Protocol 4, leader → worker: the shared mesh key is retired: the
+    /// worker deletes its copy (legacy sessions end everywhere).
+    MeshKeyRetired,
 }
 
 /// Output frames stand for [`PeerMsg::Output`] (sessions of protocol 3 on).
