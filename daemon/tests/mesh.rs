@@ -644,8 +644,12 @@ fn a_worker_follows_a_pace_at_once() {
         peer_id: "fakelead".into(),
         nonce: B64(nonce.to_vec()),
         proof: B64(auth::prove(&key, Side::Acceptor, &t)),
+        // An old leader (protocol 3): no identity key.
+        public_key: None,
+        signature: None,
+        key_chain: Vec::new(),
     });
-    let PeerMsg::Auth { proof } = next() else {
+    let PeerMsg::Auth { proof, .. } = next() else {
         panic!("no auth")
     };
     assert!(auth::verify(&key, Side::Dialer, &t, &proof.0));

@@ -19,6 +19,39 @@ use crate::types::B64;
 
 /// What every token starts with (the version of its format).
 pub const PREFIX: &str = "d1.";
+/// How long a token is valid unless `d invite --ttl` says (1 h).
+pub const DEFAULT_TTL_SECS: u64 = 3600;
+/// The longest `--ttl` accepted (30 days).
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// A duration as `d invite --ttl` takes it: a number and a unit, `s`, `m`,
+/// `h` or `d` (`90s`, `30m`, `1h`, `7d`; a bare number is seconds), into
+/// seconds, 1 s ..= [`MAX_TTL_SECS`].
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a duration: give a number and s, m, h or d (e.g. 30m, 1h, 7d)")
+    })?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}: use s, m, h or d (e.g. 30m, 1h, 7d)"
+            ))
+        }
+    };
+    let secs = n.saturating_mul(mult);
+    if secs == 0 || secs > MAX_TTL_SECS {
+        return Err(format!("{s:?}: a token lives from 1s to 30d"));
+    }
+    Ok(secs)
+}
+
 /// Longest token accepted, in characters (a token with a few addresses is
 /// about 300).
 pub const MAX_LEN: usize = 4096;
@@ -114,6 +147,32 @@ pub fn token_id_of(arg: &str) -> Result<String, String> {
         "{:?} is neither a join token nor a token id (16 hex digits, see `d invite --list`)",
         crate::clip(a, 40)
     ))
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    #[test]
+    fn ttl_forms() {
+        assert_eq!(parse_ttl("90").unwrap(), 90);
+        assert_eq!(parse_ttl("90s").unwrap(), 90);
+        assert_eq!(parse_ttl("30m").unwrap(), 1800);
+        assert_eq!(parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(parse_ttl("7d").unwrap(), 7 * 86400);
+        for bad in [
+            "",
+            "h",
+            "1w",
+            "0",
+            "31d",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,8 @@ pub mod types;
 ///   answers each of the dialer's heartbeats instead of running its own timer,
 ///   and the dialer heartbeats at the interval the welcome names.
 /// - 4: per-peer identity keys: both sides sign the handshake
-///   ([`keys`]); join tokens ([`invite`]); the leader pushes registry
-///   revisions and workers keep a copy ([`peer::Query::RegistrySince`]);
-///   relayed jobs carry the requester's signed claim.
+///   ([`keys`]), the leader enrolls each peer's key (by a join token,
+///   [`invite`]), and an enrolled id can be proven only by its key.
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;

@@ -58,10 +58,6 @@ pub struct InviteProof {
     pub proof: B64,
 }
 
-/// A peer as a worker keeps it ([`Answer::RegistryDelta`]): what it needs to
-/// reach the peer and to authenticate it without the leader.
-pub type KeptPeer = PeerInfo;
-
 impl Purpose {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,20 +108,6 @@ pub enum Query {
     Control {
         request: Box<crate::control::Request>,
     },
-    /// Protocol 4, worker → leader: the registry's changes after revision
-    /// `since` (0: all of it), one page of them in id order.
-    RegistrySince {
-        since: u64,
-        offset: u32,
-        limit: u32,
-    },
-    /// Protocol 4, worker → leader over its link (which proved the old key):
-    /// enroll `public_key` as this worker's key from now on. `signature` is
-    /// by the NEW key ([`crate::keys::sign_new_key`]).
-    RotateKey {
-        public_key: PublicKey,
-        signature: B64,
-    },
 }
 
 /// The leader's answers.
@@ -155,24 +137,6 @@ pub enum Answer {
     /// The answer to a [`Query::Control`].
     Result {
         result: serde_json::Value,
-    },
-    /// One page of the registry's changes ([`Query::RegistrySince`]): rows
-    /// added or changed and ids removed after `since`, as of revision `rev`.
-    RegistryDelta {
-        rev: u64,
-        peers: Vec<KeptPeer>,
-        removed: Vec<String>,
-        /// Whether changes remain after this page.
-        more: bool,
-        /// The leader cannot give changes since that revision (it is newer
-        /// than the leader's own: another leader, or a restored database):
-        /// this is the whole registry, and the worker drops what it kept.
-        #[serde(default)]
-        full: bool,
-    },
-    /// [`Query::RotateKey`] is committed: `public_key` is enrolled.
-    KeyRotated {
-        public_key: PublicKey,
     },
     Error(ErrorBody),
 }
@@ -263,14 +227,6 @@ pub enum PeerMsg {
     },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
-    /// Protocol 4, leader → worker: the registry is at revision `rev` now;
-    /// a worker behind it asks for the changes ([`Query::RegistrySince`]).
-    RegistryChanged {
-        rev: u64,
-    },
-    /// Protocol 4, leader → worker: the shared mesh key is retired: the
-    /// worker deletes its copy (legacy sessions end everywhere).
-    MeshKeyRetired,
 }
 
 /// Output frames stand for [`PeerMsg::Output`] (sessions of protocol 3 on).

@@ -13,15 +13,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dispatch, job, Daemon};
 use crate::mesh::{admit, liveness, registry};
-use crate::transport::{Handler, PeerDesc, Served, Session};
+use crate::transport::{Handler, PeerDesc, Proof, Served, Session};
 
 impl Handler for Daemon {
     fn admit<'a>(
         &'a self,
         hello: &'a Hello,
         from: SocketAddr,
+        proof: &'a Proof,
     ) -> BoxFuture<'a, Result<Welcome, ErrorBody>> {
-        Box::pin(admit::admit(&self.mesh, hello, from))
+        Box::pin(admit::admit(&self.mesh, hello, from, proof))
     }
 
     fn opened(&self, s: &Arc<Session>) {

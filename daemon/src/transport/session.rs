@@ -40,6 +40,9 @@ pub struct PeerDesc {
     pub role: Role,
     pub version: String,
     pub purpose: Purpose,
+    /// The identity key the peer proved (protocol 4); `None`: it proved
+    /// only the shared mesh key.
+    pub key: Option<d_proto::keys::PublicKey>,
 }
 
 /// How a session runs, as its handshake settled it.
