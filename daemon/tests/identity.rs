@@ -432,3 +432,34 @@ fn a_shared_key_mesh_enrolls_each_member_once_and_then_binds_ids() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(stdout(&o), "direct\n");
 }
+
+#[test]
+fn a_deleted_peer_is_cut_off_and_needs_a_new_invitation() {
+    let vps = leader("127.0.0.51");
+    let desktop = TestDaemon::start("desktop", "127.0.0.52");
+    join(&desktop, &invite(&vps, &[]), "desktop");
+    assert_eq!(desktop.json(&["getPeerStatus"])["link"], "connected");
+    vps.json(&["deletePeer", "--peer", "desktop"]);
+    // Its link ends at once, and its reconnects are refused.
+    wait_for(Duration::from_secs(10), "desktop's link refused", || {
+        let st = desktop.json(&["getPeerStatus"]);
+        st["link"] != "connected"
+            && st["link_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not enrolled"))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(registry_key(&vps, "desktop").is_none());
+    assert!(!vps
+        .json(&["listPeers"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == "desktop" && p["online"] == true));
+    // A new invitation brings it back, with the same key.
+    join(&desktop, &invite(&vps, &["--id", "desktop"]), "desktop");
+    assert_eq!(
+        registry_key(&vps, "desktop").map(|k| fp_of(&k)),
+        Some(fingerprint(&desktop))
+    );
+}

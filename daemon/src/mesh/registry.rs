@@ -215,10 +215,14 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             let p2 = peer.clone();
             if mesh
                 .store
-                .call(move |st| st.delete_peer(&p2))
+                .call_durable(move |st| st.delete_peer(&p2))
                 .await
                 .map_err(db)?
             {
+                // Its key went with its row: a session it proved with that
+                // key ends now (it needs a new invitation to come back).
+                mesh.sessions
+                    .close_peer(&peer, "this peer was deleted from the leader's registry");
                 Ok(Answer::Deleted { peer })
             } else {
                 Err(ErrorBody::peer_not_found(&peer))

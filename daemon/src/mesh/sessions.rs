@@ -96,6 +96,14 @@ impl Sessions {
         }
     }
 
+    /// Close the session with `peer`, if any (it was deleted or revoked).
+    pub fn close_peer(&self, peer: &str, why: &str) {
+        let s = self.lock().remove(peer);
+        if let Some(s) = s {
+            s.close(ErrorBody::new(ErrorKind::PeerLost, why.to_string()));
+        }
+    }
+
     /// Close every session (the identity or the key changed: peers know us by the old one).
     pub fn close_all(&self, why: &str) {
         let all: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
