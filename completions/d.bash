@@ -78,6 +78,9 @@ _d() {
             d,remotePull)
                 cmd="d__subcmd__remotePull"
                 ;;
+            d,revoke)
+                cmd="d__subcmd__revoke"
+                ;;
             d,setPeerConfig)
                 cmd="d__subcmd__setPeerConfig"
                 ;;
@@ -141,6 +144,9 @@ _d() {
             d__subcmd__help,remotePull)
                 cmd="d__subcmd__help__subcmd__remotePull"
                 ;;
+            d__subcmd__help,revoke)
+                cmd="d__subcmd__help__subcmd__revoke"
+                ;;
             d__subcmd__help,setPeerConfig)
                 cmd="d__subcmd__help__subcmd__setPeerConfig"
                 ;;
@@ -151,7 +157,7 @@ _d() {
 
     case "${cmd}" in
         d)
-            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers invite join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
+            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -544,7 +550,7 @@ _d() {
             return 0
             ;;
         d__subcmd__help)
-            opts="ping getPeerStatus setPeerConfig registerWorker listPeers invite join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
+            opts="ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -824,6 +830,20 @@ _d() {
             return 0
             ;;
         d__subcmd__help__subcmd__remotePull)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__help__subcmd__revoke)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1159,6 +1179,42 @@ _d() {
             return 0
             ;;
         d__subcmd__remotePull)
+            opts="-v -h --peer --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --peer)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__revoke)
             opts="-v -h --peer --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -120,6 +120,13 @@ pub enum Command {
         revoke: Option<String>,
     },
 
+    /// On the leader: remove a peer's key; its sessions close everywhere, and it needs a new invitation
+    Revoke {
+        /// Peer id.
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
+        peer: String,
+    },
+
     /// Enroll this machine with the leader named in TOKEN (from `d invite` there)
     ///
     /// The daemon connects to the leader, checks the leader's key against the
@@ -355,6 +362,7 @@ impl Command {
                 replace: *replace,
                 leaders: leader.clone(),
             },
+            Command::Revoke { peer } => Request::Revoke { peer: peer.clone() },
             Command::Join { token, id } => Request::Join {
                 token: token.clone(),
                 id: id.clone(),

@@ -323,7 +323,7 @@ fn show(
             &decode::<Vec<d_proto::types::InviteInfo>>(result, req)?,
             now,
         ),
-        Command::Invite { .. } => {
+        Command::Invite { .. } | Command::Revoke { .. } => {
             format!(
                 "{}\n",
                 render::clean(&decode::<MessageReply>(result, req)?.message)

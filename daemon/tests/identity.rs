@@ -463,3 +463,104 @@ fn a_deleted_peer_is_cut_off_and_needs_a_new_invitation() {
         Some(fingerprint(&desktop))
     );
 }
+
+/// Handshake cost, printed (not asserted: the machine is shared): the median
+/// wall time of a whole handshake with a leader over loopback, protocol 4
+/// (identity keys; the acceptor checks the enrolled key in its database)
+/// against protocol 3 (shared mesh key only). Run with
+/// `cargo test --release -p d-daemon --test identity handshake_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn handshake_cost() {
+    let vps = leader("127.0.0.61");
+    let w = TestDaemon::start("bench", "127.0.0.62");
+    join(&w, &invite(&vps, &[]), "bench");
+    let kp = key_of(&w);
+    let addr = vps.listen();
+    let key_file = vps.mesh_key_path();
+    let n = 300;
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_micros()
+    };
+    let mut v4 = Vec::with_capacity(n);
+    let mut v3 = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        let v = claim(&addr, &kp, "bench", Purpose::Direct);
+        v4.push(t.elapsed());
+        assert!(matches!(v, PeerMsg::Welcome(_)), "{v:?}");
+        let t = std::time::Instant::now();
+        let (_s, v) = raw_handshake(&addr, &key_file, &format!("legacy{i}"), Purpose::Direct, 3);
+        v3.push(t.elapsed());
+        assert!(matches!(v, PeerMsg::Welcome(_)), "{v:?}");
+    }
+    println!(
+        "handshake with the leader over loopback, median of {n}: protocol 4 (keys) {} µs, protocol 3 (mesh key) {} µs",
+        median(v4),
+        median(v3)
+    );
+}
+
+#[test]
+fn revoke_closes_sessions_everywhere_within_seconds() {
+    let vps = leader("127.0.0.71");
+    let desktop = TestDaemon::start("desktop", "127.0.0.72");
+    let laptop = TestDaemon::start("laptop", "127.0.0.73");
+    join(&desktop, &invite(&vps, &[]), "desktop");
+    join(&laptop, &invite(&vps, &[]), "laptop");
+    // A direct session laptop ↔ desktop, carrying a long job.
+    let o = run_on(&laptop, "desktop", "echo hi");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(laptop.json(&["getPeerStatus"])["sessions"], 2);
+    let long = std::thread::spawn({
+        let socket = laptop.socket();
+        move || {
+            run_d(
+                &socket,
+                &[
+                    "execOnPeer",
+                    "--peer",
+                    "desktop",
+                    "--directory",
+                    "/tmp",
+                    "--shellCmd",
+                    "sleep 30",
+                    "--timeout",
+                    "60",
+                ],
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let r = vps.json(&["revoke", "--peer", "desktop"]);
+    assert!(
+        r["message"].as_str().unwrap().contains("Revoked desktop"),
+        "{r}"
+    );
+    // laptop's session with desktop closes (told by the leader), and so
+    // does the job it carried.
+    wait_for(
+        Duration::from_secs(10),
+        "laptop's desktop session closed",
+        || laptop.json(&["getPeerStatus"])["sessions"] == 1,
+    );
+    let o = long.join().unwrap();
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    // desktop cannot come back: its link is refused, revoked.
+    wait_for(Duration::from_secs(10), "desktop refused", || {
+        desktop.json(&["getPeerStatus"])["link_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revoked"))
+    });
+    let o = run_on(&desktop, "laptop", "echo should-not-run");
+    assert!(!o.status.success());
+    assert!(!stdout(&o).contains("should-not-run"));
+    assert!(registry_key(&vps, "desktop").is_none());
+    // A new invitation for it brings it back.
+    join(&desktop, &invite(&vps, &["--id", "desktop"]), "desktop");
+    let o = run_on(&laptop, "desktop", "echo back");
+    assert_eq!(stdout(&o), "back\n", "{}", stderr(&o));
+}

@@ -117,6 +117,11 @@ pub enum Request {
     RevokeInvite {
         token: String,
     },
+    /// On a leader: remove a peer's key and close its sessions everywhere;
+    /// it needs a new invitation to come back (`d revoke`).
+    Revoke {
+        peer: String,
+    },
     /// Enroll this daemon with the leader a token names (`d join`).
     Join {
         token: String,
@@ -162,6 +167,7 @@ impl Request {
             Request::ListInvites {} => "listInvites",
             Request::RevokeInvite { .. } => "revokeInvite",
             Request::Join { .. } => "join",
+            Request::Revoke { .. } => "revoke",
         }
     }
 }

@@ -108,6 +108,12 @@ pub enum Query {
     Control {
         request: Box<crate::control::Request>,
     },
+    /// Protocol 4, leader → worker over its link: `peer` was revoked or
+    /// deleted (its key is no longer enrolled): close every session with it.
+    /// Answered `Result { result: null }`.
+    PeerRemoved {
+        peer: String,
+    },
 }
 
 /// The leader's answers.

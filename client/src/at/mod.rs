@@ -74,7 +74,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         "remotePull" | "remoteBd" | "remoteDeployDaemon" => Kind::Operation,
         "doctor" => Kind::Doctor,
         "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "join" => Kind::Local,
-        "invite" => Kind::Registry,
+        "invite" | "revoke" => Kind::Registry,
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
         _ => return None,

@@ -139,6 +139,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         Request::ListInvites {} => invite::list(daemon).await,
         Request::RevokeInvite { token } => invite::revoke(daemon, token).await,
         Request::Join { token, id } => invite::join(daemon, token, id).await,
+        Request::Revoke { peer } => invite::revoke_peer(daemon, peer).await,
         Request::GetPeerInfo { peer } => {
             match ask::query(&daemon.mesh, Query::GetPeerInfo { peer }).await? {
                 Answer::Peer { peer } => to_raw(&peer),

@@ -245,18 +245,18 @@ pub async fn join(
         .to_string();
     let leader_key = inv.leader_key;
     let leader_id = inv.leader_id.clone();
-    mesh.apply_identity(Identity {
-        role: Some(Role::Worker),
-        id: Some(id.clone()),
-        leader: Some(leader.clone()),
-    })
+    mesh.apply_identity_with(
+        Identity {
+            role: Some(Role::Worker),
+            id: Some(id.clone()),
+            leader: Some(leader.clone()),
+        },
+        Some(LeaderTrust {
+            key: None,
+            join: Some(inv),
+        }),
+    )
     .await?;
-    mesh.save_leader_trust(LeaderTrust {
-        key: None,
-        join: Some(inv),
-    })
-    .await?;
-    mesh.restart_link();
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     loop {
         let link = mesh.link.info();
@@ -286,4 +286,31 @@ pub async fn join(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `d revoke --peer ID` on the leader: the peer's row and key go (with a
+/// tombstone: the shared mesh key cannot enroll it again), and every
+/// session with it closes, here and on every worker.
+pub async fn revoke_peer(daemon: &Arc<Daemon>, peer: String) -> Result<Reply, ErrorBody> {
+    let me = leader_only(daemon, "`d revoke`")?;
+    d_proto::validate_peer_id(&peer).map_err(ErrorBody::invalid)?;
+    if peer == me {
+        return Err(ErrorBody::invalid(format!("{peer} is the leader itself"))
+            .hint("a leader cannot revoke itself; make another daemon the leader first"));
+    }
+    let now = unix_now();
+    let p2 = peer.clone();
+    let existed = daemon
+        .mesh
+        .store
+        .call_durable(move |st| st.revoke_peer(&p2, now))
+        .await
+        .map_err(db)?;
+    crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
+    let message = if existed {
+        format!("Revoked {peer}: its key is removed and its sessions closed; it needs a new invitation (`d invite --id {peer}`) to come back")
+    } else {
+        format!("{peer} was not enrolled; it is marked revoked all the same (only an invitation can enroll it)")
+    };
+    to_raw(&json!({ "revoked": peer, "existed": existed, "message": message }))
 }

@@ -33,9 +33,10 @@ impl Handler for Daemon {
         Box::pin(liveness::session_closed(&self.mesh, s))
     }
 
-    fn query(self: Arc<Self>, _from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer> {
+    fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer> {
         Box::pin(async move {
             match q {
+                Query::PeerRemoved { peer } => registry::peer_removed(&self.mesh, &from, &peer),
                 Query::Control { request } => {
                     match Box::pin(dispatch::answer_remote(&self, *request)).await {
                         Ok(result) => Answer::Result { result },

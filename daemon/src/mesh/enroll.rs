@@ -43,7 +43,7 @@ pub async fn check_at_leader(
     let key = proof.key;
     let token = proof.invite.as_ref().map(|i| i.token_id.clone());
     let (id2, token2) = (id.clone(), token.clone());
-    let (enrolled, owner, invite) = mesh
+    let (enrolled, owner, invite, revoked) = mesh
         .store
         .call(move |st| {
             Ok((
@@ -56,14 +56,22 @@ pub async fn check_at_leader(
                     Some(t) => st.get_invite(&t)?,
                     None => None,
                 },
+                st.is_revoked(&id2)?,
             ))
         })
         .await
         .map_err(db)?;
+    let revoked_err = || {
+        refused(
+            format!("{id} was revoked on this leader: it needs a new invitation"),
+            format!("`d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
+        )
+    };
     let Some(key) = key else {
         // Protocol 3 or older: the mesh key proved membership, not identity.
         return match enrolled {
             Some(k) => Err(legacy_refused(&id, &k)),
+            None if revoked => Err(revoked_err()),
             None => Ok(()),
         };
     };
@@ -112,6 +120,9 @@ pub async fn check_at_leader(
         Some(k) if k == key => return Ok(()),
         Some(k) => return Err(taken(&id, &k, &key)),
         None => {}
+    }
+    if revoked {
+        return Err(revoked_err());
     }
     let link = hello.purpose == Purpose::Link;
     if owner.is_some() && link {

@@ -115,6 +115,7 @@ impl Mesh {
         let t = &self.tasks.tracker;
         t.spawn(liveness::flush_liveness(self.clone()));
         t.spawn(liveness::pace_links(self.clone()));
+        t.spawn(liveness::close_idle_duplicates(self.clone()));
     }
 
     /// The link to the leader, if it is up.
@@ -175,6 +176,17 @@ impl Mesh {
     /// Persist and apply a new identity: sessions are dropped, the worker
     /// link restarts at once, a leader makes sure it is in its own registry.
     pub async fn apply_identity(self: &Arc<Self>, new: Identity) -> Result<(), ErrorBody> {
+        self.apply_identity_with(new, None).await
+    }
+
+    /// [`Mesh::apply_identity`] with what is known of the leader's identity
+    /// (`d join`: the token), saved before the link restarts. Without it the
+    /// pinned leader key is dropped when the leader address or role changes.
+    pub async fn apply_identity_with(
+        self: &Arc<Self>,
+        new: Identity,
+        trust: Option<LeaderTrust>,
+    ) -> Result<(), ErrorBody> {
         let stored = new.clone();
         self.store
             .call(move |st| {
@@ -191,10 +203,13 @@ impl Mesh {
             })?;
         let role = new.role;
         let old = self.me.get();
-        if old.leader != new.leader || role != Some(Role::Worker) {
-            // Another leader (or none): the pinned key was that leader's.
-            // A join sets its own trust after this.
-            self.save_leader_trust(LeaderTrust::default()).await?;
+        match trust {
+            Some(t) => self.save_leader_trust(t).await?,
+            None if old.leader != new.leader || role != Some(Role::Worker) => {
+                // Another leader (or none): the pinned key was that leader's.
+                self.save_leader_trust(LeaderTrust::default()).await?;
+            }
+            None => {}
         }
         if self.me.set(new) {
             self.sessions

@@ -127,6 +127,7 @@ impl Store {
             "UPDATE peers SET public_key = NULL WHERE public_key = ?1 AND id != ?2",
             params![key.to_base64(), row.id],
         )?;
+        sp.execute("DELETE FROM revoked_ids WHERE id = ?1", [&row.id])?;
         sp.execute(
             "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
@@ -147,12 +148,28 @@ impl Store {
         Ok(Ok(()))
     }
 
-    /// Remove `id`'s key (revocation); returns whether it had one.
-    pub fn unenroll(&self, id: &str) -> Result<bool, RegistryError> {
-        Ok(self.conn.execute(
-            "UPDATE peers SET public_key = NULL WHERE id = ?1 AND public_key IS NOT NULL",
-            [id],
-        )? > 0)
+    /// Revoke `id`: its row (and key) goes, and a tombstone stops the
+    /// shared mesh key from enrolling it again (only a new invitation can).
+    /// Returns whether it had a row.
+    pub fn revoke_peer(&mut self, id: &str, now: u64) -> Result<bool, RegistryError> {
+        let sp = self.conn.savepoint()?;
+        let n = sp.execute("DELETE FROM peers WHERE id = ?1", [id])?;
+        sp.execute(
+            "INSERT INTO revoked_ids (id, revoked_at) VALUES (?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at",
+            params![id, now as i64],
+        )?;
+        sp.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Whether `id` was revoked (and not enrolled again since).
+    pub fn is_revoked(&self, id: &str) -> Result<bool, RegistryError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM revoked_ids WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// File a new invitation; old spent, revoked and expired ones are pruned.
@@ -288,13 +305,17 @@ mod tests {
         st.enroll(&row("laptop2", k), None, 400).unwrap().unwrap();
         assert_eq!(st.enrolled_key("laptop").unwrap(), None);
         assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
-        // Revoking.
+        // Revoking a token, and a peer.
         st.add_invite(&invite("00000000000000cc", 9000))
             .unwrap()
             .unwrap();
         assert!(st.revoke_invite("00000000000000cc").unwrap());
         assert!(!st.revoke_invite("00000000000000cc").unwrap());
-        assert!(st.unenroll("laptop2").unwrap());
+        assert!(st.revoke_peer("laptop2", 500).unwrap());
         assert_eq!(st.enrolled_key("laptop2").unwrap(), None);
+        assert!(st.is_revoked("laptop2").unwrap());
+        // A new enrollment lifts the tombstone.
+        st.enroll(&row("laptop2", k), None, 600).unwrap().unwrap();
+        assert!(!st.is_revoked("laptop2").unwrap());
     }
 }

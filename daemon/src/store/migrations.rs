@@ -57,6 +57,10 @@ const MIGRATIONS: &[&str] = &[
         spent_at    INTEGER,
         spent_by    TEXT,
         revoked     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE revoked_ids (
+        id         TEXT PRIMARY KEY,
+        revoked_at INTEGER NOT NULL
     );",
 ];
 
