@@ -52,9 +52,10 @@ fn register_worker_uses_the_hostname() {
     let vps = TestDaemon::start("vps", "127.0.0.1");
     vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
     let w = TestDaemon::start("w", "127.0.0.5");
-    // Without the mesh key it says how to get one instead of retrying blindly.
+    // Not joined (no token, no mesh key): it says how to join instead of
+    // retrying blindly.
     let r = w.json(&["registerWorker", "--leader", &vps.listen()]);
-    assert!(r["message"].as_str().unwrap().contains("mesh key"), "{r}");
+    assert!(r["message"].as_str().unwrap().contains("d join TOKEN"), "{r}");
     assert_eq!(r["status"]["link"], "no_mesh_key", "{r}");
     let r = w.json(&[
         "registerWorker",
