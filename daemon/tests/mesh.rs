@@ -55,7 +55,10 @@ fn register_worker_uses_the_hostname() {
     // Not joined (no token, no mesh key): it says how to join instead of
     // retrying blindly.
     let r = w.json(&["registerWorker", "--leader", &vps.listen()]);
-    assert!(r["message"].as_str().unwrap().contains("d join TOKEN"), "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("d join TOKEN"),
+        "{r}"
+    );
     assert_eq!(r["status"]["link"], "no_mesh_key", "{r}");
     let r = w.json(&[
         "registerWorker",

@@ -384,6 +384,12 @@ where
                 }
                 Some(_) => {}
                 None if mesh_key_proven => {}
+                None if mesh_key.is_some() => {
+                    // A shared-key mesh: the leader's proof of it failed.
+                    return Err(ErrorBody::auth_failed(format!(
+                        "authentication failed: {addr} ({their_id}) did not prove the mesh key"
+                    )));
+                }
                 None => {
                     return Err(ErrorBody::auth_failed(format!(
                         "{name} at {addr} answered with key {}, and this daemon knows no key for it",
