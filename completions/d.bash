@@ -75,6 +75,9 @@ _d() {
             d,setPeerConfig)
                 cmd="d__subcmd__setPeerConfig"
                 ;;
+            d,targets)
+                cmd="d__subcmd__targets"
+                ;;
             d__subcmd__help,completions)
                 cmd="d__subcmd__help__subcmd__completions"
                 ;;
@@ -132,6 +135,9 @@ _d() {
             d__subcmd__help,setPeerConfig)
                 cmd="d__subcmd__help__subcmd__setPeerConfig"
                 ;;
+            d__subcmd__help,targets)
+                cmd="d__subcmd__help__subcmd__targets"
+                ;;
             *)
                 ;;
         esac
@@ -139,7 +145,7 @@ _d() {
 
     case "${cmd}" in
         d)
-            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
+            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp targets completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -532,7 +538,7 @@ _d() {
             return 0
             ;;
         d__subcmd__help)
-            opts="ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
+            opts="ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp targets completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -798,6 +804,20 @@ _d() {
             return 0
             ;;
         d__subcmd__help__subcmd__setPeerConfig)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__help__subcmd__targets)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1101,6 +1121,35 @@ _d() {
                     fi
                     return 0
                     ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__targets)
+            opts="-v -h --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --socket)
                     local oldifs
                     if [ -n "${IFS+x}" ]; then

@@ -48,7 +48,10 @@ const AT_HELP: &str = "\
                           d command (`d @vps -- ping -c1 host`)
   d @all WORDS...         on every registered peer at once; `d @a,b WORDS...` on several:
                           `peer: ` before each line, a summary per peer
-                          [--parallel N] [--gather]  (as for execOnPeer)";
+                          [--parallel N] [--gather]  (as for execOnPeer)
+  d @TARGET [-x EXPR] ... TARGET is an expression: a,b  all  web[01-20]  web*  @label
+                          A&B  A!B  (...)  failed; -x EXPR leaves EXPR out; quote it for
+                          the shell; `d targets EXPR` shows what it names";
 
 #[derive(Debug, Subcommand)]
 #[command(rename_all = "camelCase")]
@@ -114,21 +117,21 @@ pub enum Command {
 
     /// `git pull --ff-only` in the peer's repo_dir (config; default /opt/d), as the checkout's owner.
     RemotePull {
-        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
     },
 
     /// Build the daemon on the peer (config build_cmd in repo_dir), as the checkout's owner.
     RemoteBd {
-        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
     },
 
     /// Pull, build, check, install and restart the daemon on the peer; report old → new version.
     RemoteDeployDaemon {
-        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last; stops at the first failure).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last; stops at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
     },
@@ -164,7 +167,7 @@ pub enum Command {
     /// its job cancelled, and reported `timed out (no answer)`; the others carry on.
     #[command(verbatim_doc_comment)]
     ExecOnPeer {
-        /// Peer id, a comma-separated list, or `all` (every registered peer).
+        /// Target: a peer id, or an expression (a,b, all, web[01-20], web*, @label, &, !; `d targets` shows it).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
         /// Working directory on the peer (empty: the peer's default directory).
@@ -204,6 +207,18 @@ pub enum Command {
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
         #[arg(long, value_name = "SECS", value_hint = ValueHint::Other)]
         timeout: Option<u64>,
+    },
+
+    /// Show what a target expression expands to, and why (id, range, glob, label).
+    ///
+    /// EXPR is what follows `@` in `d @EXPR` or goes after `--peer`: ids `a,b`,
+    /// `all`, ClusterShell ranges `web[01-20]`, globs `web*`, labels `@web` or
+    /// `label:web`, `failed`; `&` intersection, `!` exclusion, parentheses.
+    #[command(verbatim_doc_comment)]
+    Targets {
+        /// The expression (quote it: `&`, `!`, `*`, `[` mean something to the shell).
+        #[arg(value_name = "EXPR", value_parser = peer_list, value_hint = ValueHint::Other)]
+        expr: String,
     },
 
     /// Print a completion script for bash, zsh or fish (`--peer <TAB>` completes live peer ids)
@@ -321,7 +336,9 @@ impl Command {
                 timeout: *timeout,
                 raw_output: false,
             },
-            Command::Completions { .. } | Command::Mcp { .. } => return None,
+            Command::Completions { .. } | Command::Mcp { .. } | Command::Targets { .. } => {
+                return None
+            }
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }
             | Command::RemoteBd { .. }
@@ -359,18 +376,11 @@ fn peer_id(s: &str) -> Result<String, String> {
     d_proto::validate_peer_id(s).map(|()| s.to_string())
 }
 
-/// `all`, or peer ids separated by commas.
+/// A target expression (`vps`, `a,b`, `all`, `web[01-20]`, `web*`, `@label`,
+/// `&`, `!`): read here, so a malformed one is a usage error before any
+/// connection (the `targets` module says what it means).
 pub fn peer_list(s: &str) -> Result<String, String> {
-    if s == "all" {
-        return Ok(s.to_string());
-    }
-    for id in s.split(',') {
-        if id.trim() == "all" {
-            return Err("`all` stands alone (every peer): `all`, or a list of peer ids".into());
-        }
-        d_proto::validate_peer_id(id.trim())?;
-    }
-    Ok(s.to_string())
+    crate::targets::check(s).map(|_| s.to_string())
 }
 
 /// The clap definition of `d`, with its version.

@@ -25,6 +25,7 @@ mod mcp;
 mod ops;
 mod render;
 mod stop;
+mod targets;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -92,7 +93,12 @@ fn main() -> ExitCode {
             if !stop::is_stop(&err) && stdio::failure().is_none() {
                 render::error(&err, cli.json);
             }
-            own_error(exec)
+            if targets::refused() {
+                // A target expression that reads wrong or matches nothing.
+                2
+            } else {
+                own_error(exec)
+            }
         }
     };
     exit(status, exec)
@@ -205,6 +211,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 Ok(0)
             }
             Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
+            Command::Targets { expr } => targets::show(&cli.socket, cli.verbose, expr, cli.json),
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
             }
@@ -350,6 +357,7 @@ fn show(
         | Command::ExecOnPeerByIp { .. }
         | Command::Completions { .. }
         | Command::Mcp { .. }
+        | Command::Targets { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),

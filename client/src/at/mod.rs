@@ -1,9 +1,11 @@
 //! `d @PEER ...`: a command line aimed at a peer, read before clap.
 //!
 //! The first word after the global options (`--socket PATH`, `--json`,
-//! `--verbose`) that starts with `@` names the target: `@vps`, `@a,b` or
-//! `@all`. What follows is, in this order:
+//! `--verbose`) that starts with `@` names the target: `@vps`, `@a,b`, `@all`
+//! or any target expression (the `targets` module). What follows is, in this
+//! order:
 //!
+//! - `-x EXPR` (with any command): the target becomes `(TARGET)!(EXPR)`;
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
 //!   `--parallel N`, `--gather` (and the global options again), then `--`
 //!   to read the rest as a shell command whatever its first word;
@@ -73,7 +75,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "dbSanityCheck" | "execLog" => Kind::Ask,
         "remotePull" | "remoteBd" | "remoteDeployDaemon" => Kind::Operation,
         "doctor" => Kind::Doctor,
-        "setPeerConfig" | "registerWorker" | "completions" | "mcp" => Kind::Local,
+        "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "targets" => Kind::Local,
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
         _ => return None,
@@ -141,10 +143,12 @@ fn plan_after(
     if spec.is_empty() {
         return Err(usage("'@' needs a peer id", FORMS));
     }
-    if let Err(e) = crate::cli::peer_list(spec) {
-        return Err(usage(format!("@{}: {e}", d_proto::clip(spec, 80)), FORMS));
+    if let Err(e) = crate::targets::read(spec) {
+        return Err(Plan::Usage(e));
     }
     let at = format!("@{spec}");
+    // `-x EXPR` (pdsh's, ClusterShell's): what follows the target, then `!(EXPR)`.
+    let mut target = spec.to_string();
     let mut opts = ShellOpts::default();
     let mut forced = false;
     let mut i = 0;
@@ -155,7 +159,7 @@ fn plan_after(
         };
         let takes_value = matches!(
             name,
-            "--directory" | "--timeout" | "--parallel" | "--socket"
+            "--directory" | "--timeout" | "--parallel" | "--socket" | "-x" | "--exclude"
         );
         let has_inline = inline.is_some();
         let value = if takes_value {
@@ -186,6 +190,13 @@ fn plan_after(
             }
             ("--verbose" | "-v", None) if !has_inline => globals.push(a.clone()),
             ("--socket", Some(v)) => globals.push(format!("--socket={v}")),
+            ("-x" | "--exclude", Some(v)) => {
+                if let Err(mut e) = crate::targets::read(&v) {
+                    e.error = format!("-x after {at}: {}", e.error);
+                    return Err(Plan::Usage(e));
+                }
+                target = format!("({target})!({v})");
+            }
             ("--directory", Some(v)) => {
                 opts.given.push(format!("--directory {}", quote(&v)));
                 opts.directory = v;
@@ -219,7 +230,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: --directory DIR, --timeout SECS, --parallel N, --gather, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -228,6 +239,7 @@ fn plan_after(
         i += 1;
     }
     let words = &rest[i..];
+    let spec = target.as_str();
     let Some(first) = words.first() else {
         return Err(usage(
             format!("Nothing to run on {spec} after {at}"),

@@ -185,7 +185,8 @@ fn malformed_lines_are_usage_errors() {
         &["@vps", "--parallel", "0", "ls"],
         &["@vps", "-la"],
         &["@vps", "--"],
-        &["@all,vps", "ls"],
+        &["@web[5-1]", "ls"],
+        &["@vps", "-x", "a b", "ls"],
     ] {
         assert!(matches!(p(bad), Plan::Usage(_)), "{bad:?}");
     }
@@ -351,4 +352,16 @@ fn every_command_has_a_kind() {
             c.get_name()
         );
     }
+}
+
+#[test]
+fn exclusion_folds_into_the_target() {
+    let Plan::Argv(v) = p(&["@web*", "-x", "web03", "uptime"]) else {
+        panic!()
+    };
+    assert!(v.contains(&"--peer=(web*)!(web03)".to_string()), "{v:?}");
+    let Plan::Ask { peers, .. } = p(&["@all", "--exclude=a,b", "ping"]) else {
+        panic!()
+    };
+    assert_eq!(peers, "(all)!(a,b)");
 }

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use d_proto::control::{Event, Request};
-use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, B64};
+use d_proto::types::{ErrorBody, ErrorKind, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
@@ -44,44 +44,16 @@ use lines::Lines;
 /// the spawn, the process group's 2 s grace after SIGTERM, and the way back.
 pub const MARGIN: Duration = Duration::from_secs(10);
 
-/// Whether a `--peer` value or `@` target names several peers (a list or
-/// `all`). That form, not the number of peers it turns out to be, selects the
-/// prefixed output, so a script sees one format whatever the registry holds.
+/// Whether a `--peer` value or `@` target may name several peers (anything
+/// but one plain id; see `targets::is_many`).
 pub fn is_many(spec: &str) -> bool {
-    spec == "all" || spec.contains(',')
+    crate::targets::is_many(spec)
 }
 
-/// The peers `spec` names, in order, without duplicates: `all` is every
-/// registered peer (sorted), asked of the local daemon.
+/// The peers the target expression `spec` names, in order, without
+/// duplicates (`targets::resolve`).
 pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, ErrorBody> {
-    let mut list: Vec<String> = if spec == "all" {
-        let v = conn::request(socket, verbose, &Request::ListPeers {})?;
-        let peers: Vec<PeerInfo> = serde_json::from_value(v).map_err(|e| {
-            ErrorBody::new(
-                ErrorKind::Other,
-                format!("Unexpected answer from the local daemon to listPeers: {e}"),
-            )
-            .hint(conn::VERSION_HINT)
-        })?;
-        let mut ids: Vec<String> = peers.into_iter().map(|p| p.id).collect();
-        ids.sort();
-        ids
-    } else {
-        spec.split(',').map(|s| s.trim().to_string()).collect()
-    };
-    let mut seen = std::collections::HashSet::new();
-    list.retain(|p| seen.insert(p.clone()));
-    for p in &list {
-        d_proto::validate_peer_id(p).map_err(ErrorBody::invalid)?;
-    }
-    if list.is_empty() {
-        return Err(
-            ErrorBody::new(ErrorKind::PeerNotFound, "No peers registered").hint(
-                "register the workers with the leader first (`d registerWorker` on each); `d listPeers` shows the registry",
-            ),
-        );
-    }
-    Ok(list)
+    crate::targets::ids(socket, verbose, spec)
 }
 
 /// Run `f` on every item, at most `parallel` at once, one thread each;
