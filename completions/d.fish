@@ -127,8 +127,13 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l directory -d 'Working
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l shellCmd -d 'Command, run with `/bin/sh -c`' -r -f -a "(__fish_complete_command)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l timeout -d 'Seconds before the command\'s process group is ended (0 = no limit; default 30)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l parallel -d 'With several peers: run at most N at once' -r -f
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s h -l help -d 'Print help (see more with \'--help\')'

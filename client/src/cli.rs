@@ -7,6 +7,8 @@ use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint};
 use d_proto::control::Request;
 
+use crate::fanout::rollout::Amount;
+
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
 #[command(name = "d", after_help = AT_HELP)]
@@ -191,6 +193,8 @@ pub enum Command {
         /// With several peers: print each distinct output once at the end, under the peers that printed it.
         #[arg(long)]
         gather: bool,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.
@@ -257,6 +261,49 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
         max_output: u64,
     },
+}
+
+/// Rollout control of a fan-out (`fanout::rollout`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RolloutArgs {
+    /// With several peers: at most N (or N% of them) at once; the next starts as one finishes.
+    #[arg(long, value_name = "N|N%", value_parser = batch_amount)]
+    pub batch: Option<Amount>,
+    /// With --batch: seconds to wait after a peer finishes before its slot starts the next.
+    #[arg(long = "batch-wait", value_name = "SECS", default_value_t = 0)]
+    pub batch_wait: u64,
+    /// Stop starting peers once more than N (or N% of them) have failed; running ones finish.
+    #[arg(long = "max-errors", value_name = "N|N%", value_parser = error_amount)]
+    pub max_errors: Option<Amount>,
+    /// Stop starting peers at the first failure (= --max-errors 0).
+    #[arg(long = "fail-fast", conflicts_with = "max_errors")]
+    pub fail_fast: bool,
+    /// Run the first N peers first; the others start only if all N succeeded.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub canary: usize,
+}
+
+impl RolloutArgs {
+    pub fn rollout(&self) -> crate::fanout::rollout::Rollout {
+        crate::fanout::rollout::Rollout {
+            batch: self.batch,
+            batch_wait: std::time::Duration::from_secs(self.batch_wait),
+            max_errors: if self.fail_fast {
+                Some(Amount::Count(0))
+            } else {
+                self.max_errors
+            },
+            canary: self.canary,
+        }
+    }
+}
+
+fn batch_amount(s: &str) -> Result<Amount, String> {
+    Amount::parse(s, true)
+}
+
+fn error_amount(s: &str) -> Result<Amount, String> {
+    Amount::parse(s, false)
 }
 
 /// `--parallel` of `execOnPeer` and `d @a,b`: peers run at once.

@@ -248,9 +248,11 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
+            rollout,
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
+                rollout: rollout.rollout(),
                 gather: *gather,
                 json: cli.json,
                 verbose: cli.verbose,

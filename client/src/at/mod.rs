@@ -7,7 +7,9 @@
 //!
 //! - `-x EXPR` (with any command): the target becomes `(TARGET)!(EXPR)`;
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
-//!   `--parallel N`, `--gather` (and the global options again), then `--`
+//!   `--parallel N`, `--gather`, the rollout control (`--batch`,
+//!   `--batch-wait`, `--max-errors`, `--fail-fast`, `--canary`) and the
+//!   global options again, then `--`
 //!   to read the rest as a shell command whatever its first word;
 //! - a d command: `ping`, `getPeerStatus`, `listPeers`, `getPeerInfo`,
 //!   `getPeerIdByIp`, `dbSanityCheck`, `execLog` are answered by the target
@@ -124,6 +126,8 @@ struct ShellOpts {
     timeout: Option<u64>,
     parallel: Option<u32>,
     gather: bool,
+    /// Rollout control, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
+    rollout: Vec<String>,
     /// The ones given, for messages (`--timeout 5`).
     given: Vec<String>,
 }
@@ -159,7 +163,16 @@ fn plan_after(
         };
         let takes_value = matches!(
             name,
-            "--directory" | "--timeout" | "--parallel" | "--socket" | "-x" | "--exclude"
+            "--directory"
+                | "--timeout"
+                | "--parallel"
+                | "--socket"
+                | "-x"
+                | "--exclude"
+                | "--batch"
+                | "--batch-wait"
+                | "--max-errors"
+                | "--canary"
         );
         let has_inline = inline.is_some();
         let value = if takes_value {
@@ -219,6 +232,14 @@ fn plan_after(
                 })?);
                 opts.given.push(format!("--parallel {v}"));
             }
+            ("--batch" | "--batch-wait" | "--max-errors" | "--canary", Some(v)) => {
+                opts.rollout.push(format!("{name}={v}"));
+                opts.given.push(format!("{name} {v}"));
+            }
+            ("--fail-fast", None) if !has_inline => {
+                opts.rollout.push(name.to_string());
+                opts.given.push(name.to_string());
+            }
             ("--gather", None) if !has_inline => {
                 opts.gather = true;
                 opts.given.push(name.to_string());
@@ -230,7 +251,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -321,5 +342,6 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
     if opts.gather {
         v.push("--gather".into());
     }
+    v.extend(opts.rollout);
     Plan::Argv(v)
 }

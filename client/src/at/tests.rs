@@ -365,3 +365,23 @@ fn exclusion_folds_into_the_target() {
     };
     assert_eq!(peers, "(all)!(a,b)");
 }
+
+#[test]
+fn rollout_options_go_to_the_fan_out() {
+    let Plan::Argv(v) = p(&[
+        "@all",
+        "--batch",
+        "25%",
+        "--fail-fast",
+        "--canary=1",
+        "uptime",
+    ]) else {
+        panic!()
+    };
+    let tail: Vec<&str> = v.iter().rev().take(3).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["--batch=25%", "--fail-fast", "--canary=1"]);
+    assert!(matches!(
+        p(&["@vps", "--batch", "2", "ping"]),
+        Plan::Usage(_)
+    ));
+}

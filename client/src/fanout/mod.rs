@@ -22,6 +22,7 @@
 mod gather;
 mod lines;
 mod outcome;
+pub mod rollout;
 
 pub use gather::print_groups;
 pub use outcome::{combined_status, describe_error, summary, Outcome};
@@ -119,6 +120,7 @@ struct PeerReport<'a> {
 /// The fan-out's options.
 pub struct Options {
     pub parallel: usize,
+    pub rollout: rollout::Rollout,
     pub gather: bool,
     pub json: bool,
     pub verbose: bool,
@@ -137,16 +139,34 @@ pub fn exec(
     let peers = targets(socket, opts.verbose, spec)?;
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
-    let runs = map(&peers, opts.parallel, |peer| {
-        let req = Request::ExecOnPeer {
-            peer: peer.clone(),
-            directory: directory.to_string(),
-            shell_cmd: shell_cmd.to_string(),
-            timeout,
-            raw_output: false,
-        };
-        run_one(socket, peer, &req, limit, live, opts.verbose)
-    });
+    let (runs, halt) = rollout::run(
+        &peers,
+        opts.parallel,
+        &opts.rollout,
+        |peer| {
+            let req = Request::ExecOnPeer {
+                peer: peer.clone(),
+                directory: directory.to_string(),
+                shell_cmd: shell_cmd.to_string(),
+                timeout,
+                raw_output: false,
+            };
+            run_one(socket, peer, &req, limit, live, opts.verbose)
+        },
+        |r| r.outcome.status() != 0,
+    );
+    let skipped = halt.as_ref().map(rollout::Halt::skipped_word);
+    let runs: Vec<PeerRun> = runs
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| PeerRun {
+                outcome: Outcome::Skipped(skipped.clone().unwrap_or_else(|| "skipped".into())),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                duration: Duration::ZERO,
+            })
+        })
+        .collect();
 
     if opts.json {
         let reports: Vec<PeerReport> = peers.iter().zip(&runs).map(|(p, r)| report(p, r)).collect();
@@ -166,6 +186,17 @@ pub fn exec(
             .map(|(p, r)| (p.as_str(), r.outcome.describe()))
             .collect();
         stdio::err(summary(&rows).as_bytes());
+        if let Some(h) = &halt {
+            let n = runs
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Skipped(_)))
+                .count();
+            errln!(
+                "d: {n} of {} peers not started: {}",
+                peers.len(),
+                h.reason()
+            );
+        }
         if opts.verbose {
             for (p, r) in peers.iter().zip(&runs) {
                 if let Outcome::Failed(ErrorBody { hint: Some(h), .. }) = &r.outcome {
@@ -183,6 +214,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Exit(e) => (e.code, e.signal, e.timed_out, e.duration_ms),
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
         Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
+        Outcome::Skipped(_) => (None, None, false, 0),
     };
     let (stdout, stdout_base64) = render::json_text(&r.stdout);
     let (stderr, stderr_base64) = render::json_text(&r.stderr);
@@ -203,6 +235,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
             }
             Outcome::Failed(e) => Some(e.error.clone()),
             Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
+            Outcome::Skipped(word) => Some(format!("not started: {word}")),
             Outcome::Exit(_) => None,
         },
     }
