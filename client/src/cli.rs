@@ -7,7 +7,13 @@ use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint};
 use d_proto::control::Request;
 
-use crate::fanout::rollout::Amount;
+// The fleet's flags (rollout control, `d jobs`), in their own file; the path
+// is explicit so that xtask, which compiles this file by path, finds it too.
+#[path = "cli_fleet.rs"]
+mod fleet;
+// xtask, which builds only the man pages, leaves `Amount` unused.
+#[allow(unused_imports)]
+pub use fleet::{Amount, JobsAction, RolloutArgs};
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
@@ -213,6 +219,21 @@ pub enum Command {
         timeout: Option<u64>,
     },
 
+    /// Fan-out job history kept by the local daemon: list, show one, or rerun one.
+    ///
+    /// Every shell fan-out (`d @TARGET CMD`, `execOnPeer --peer TARGET`) is
+    /// recorded with its target, command and per-peer results; the target word
+    /// `failed` names the peers that did not succeed in your last one.
+    #[command(verbatim_doc_comment)]
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
+        /// How many jobs to list, newest first.
+        #[arg(long, value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+
     /// Show what a target expression expands to, and why (id, range, glob, label).
     ///
     /// EXPR is what follows `@` in `d @EXPR` or goes after `--peer`: ids `a,b`,
@@ -263,49 +284,6 @@ pub enum Command {
     },
 }
 
-/// Rollout control of a fan-out (`fanout::rollout`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct RolloutArgs {
-    /// With several peers: at most N (or N% of them) at once; the next starts as one finishes.
-    #[arg(long, value_name = "N|N%", value_parser = batch_amount)]
-    pub batch: Option<Amount>,
-    /// With --batch: seconds to wait after a peer finishes before its slot starts the next.
-    #[arg(long = "batch-wait", value_name = "SECS", default_value_t = 0)]
-    pub batch_wait: u64,
-    /// Stop starting peers once more than N (or N% of them) have failed; running ones finish.
-    #[arg(long = "max-errors", value_name = "N|N%", value_parser = error_amount)]
-    pub max_errors: Option<Amount>,
-    /// Stop starting peers at the first failure (= --max-errors 0).
-    #[arg(long = "fail-fast", conflicts_with = "max_errors")]
-    pub fail_fast: bool,
-    /// Run the first N peers first; the others start only if all N succeeded.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub canary: usize,
-}
-
-impl RolloutArgs {
-    pub fn rollout(&self) -> crate::fanout::rollout::Rollout {
-        crate::fanout::rollout::Rollout {
-            batch: self.batch,
-            batch_wait: std::time::Duration::from_secs(self.batch_wait),
-            max_errors: if self.fail_fast {
-                Some(Amount::Count(0))
-            } else {
-                self.max_errors
-            },
-            canary: self.canary,
-        }
-    }
-}
-
-fn batch_amount(s: &str) -> Result<Amount, String> {
-    Amount::parse(s, true)
-}
-
-fn error_amount(s: &str) -> Result<Amount, String> {
-    Amount::parse(s, false)
-}
-
 /// `--parallel` of `execOnPeer` and `d @a,b`: peers run at once.
 pub const DEFAULT_PARALLEL: u32 = 64;
 
@@ -327,6 +305,10 @@ impl Command {
                 | Command::RemotePull { .. }
                 | Command::RemoteBd { .. }
                 | Command::RemoteDeployDaemon { .. }
+                | Command::Jobs {
+                    action: Some(JobsAction::Rerun { .. }),
+                    ..
+                }
         )
     }
 
@@ -383,9 +365,10 @@ impl Command {
                 timeout: *timeout,
                 raw_output: false,
             },
-            Command::Completions { .. } | Command::Mcp { .. } | Command::Targets { .. } => {
-                return None
-            }
+            Command::Completions { .. }
+            | Command::Mcp { .. }
+            | Command::Targets { .. }
+            | Command::Jobs { .. } => return None,
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }
             | Command::RemoteBd { .. }
@@ -427,7 +410,7 @@ fn peer_id(s: &str) -> Result<String, String> {
 /// `&`, `!`): read here, so a malformed one is a usage error before any
 /// connection (the `targets` module says what it means).
 pub fn peer_list(s: &str) -> Result<String, String> {
-    crate::targets::check(s).map(|_| s.to_string())
+    crate::target_syntax::check(s).map(|_| s.to_string())
 }
 
 /// The clap definition of `d`, with its version.

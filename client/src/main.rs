@@ -21,11 +21,16 @@ mod complete;
 mod conn;
 mod exec;
 mod fanout;
+mod history;
+mod jobs;
 mod mcp;
 mod ops;
 mod render;
 mod stop;
 mod targets;
+
+/// The syntax of target expressions, used by `cli` (also built into xtask).
+use targets::parse as target_syntax;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -212,6 +217,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             }
             Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
             Command::Targets { expr } => targets::show(&cli.socket, cli.verbose, expr, cli.json),
+            Command::Jobs { action, limit } => jobs::main(cli, action.as_ref(), *limit),
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
             }
@@ -252,7 +258,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
-                rollout: rollout.rollout(),
+                rollout: rollout.into(),
                 gather: *gather,
                 json: cli.json,
                 verbose: cli.verbose,
@@ -360,6 +366,7 @@ fn show(
         | Command::Completions { .. }
         | Command::Mcp { .. }
         | Command::Targets { .. }
+        | Command::Jobs { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),

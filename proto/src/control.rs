@@ -97,6 +97,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         raw_output: bool,
     },
+    /// Fan-out job history kept by this daemon ([`crate::jobs`]); local only.
+    Jobs {
+        op: crate::jobs::JobOp,
+    },
 }
 
 impl Request {
@@ -132,6 +136,7 @@ impl Request {
             Request::RemoteDeployDaemon { .. } => "remoteDeployDaemon",
             Request::ExecOnPeer { .. } => "execOnPeer",
             Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
+            Request::Jobs { .. } => "jobs",
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod control;
 pub mod frame;
+pub mod jobs;
 pub mod peer;
 pub mod text;
 pub mod types;

@@ -77,7 +77,9 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "dbSanityCheck" | "execLog" => Kind::Ask,
         "remotePull" | "remoteBd" | "remoteDeployDaemon" => Kind::Operation,
         "doctor" => Kind::Doctor,
-        "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "targets" => Kind::Local,
+        "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "targets" | "jobs" => {
+            Kind::Local
+        }
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
         _ => return None,

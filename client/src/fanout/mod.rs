@@ -137,10 +137,25 @@ pub fn exec(
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
     let peers = targets(socket, opts.verbose, spec)?;
+    exec_on(socket, spec, &peers, directory, shell_cmd, timeout, opts)
+}
+
+/// [`exec`] on `peers`, recorded in the job history with the target `target`
+/// (the expression, or `jobs rerun 12`).
+pub fn exec_on(
+    socket: &Path,
+    target: &str,
+    peers: &[String],
+    directory: &str,
+    shell_cmd: &str,
+    timeout: Option<u64>,
+    opts: &Options,
+) -> Result<i32, ErrorBody> {
+    let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
     let (runs, halt) = rollout::run(
-        &peers,
+        peers,
         opts.parallel,
         &opts.rollout,
         |peer| {
@@ -204,6 +219,20 @@ pub fn exec(
                 }
             }
         }
+    }
+    if let Some(id) = job {
+        let results = peers
+            .iter()
+            .zip(&runs)
+            .map(|(p, r)| d_proto::jobs::JobPeer {
+                peer: p.clone(),
+                status: r.outcome.history_status().into(),
+                exit_code: Some(r.outcome.status()),
+                duration_ms: Some(millis(r.duration)),
+                word: Some(r.outcome.describe()),
+            })
+            .collect();
+        crate::history::finish(socket, opts.verbose, id, results);
     }
     let status = combined_status(runs.iter().map(|r| r.outcome.status()));
     Ok(stop::status().unwrap_or(status))

@@ -34,6 +34,15 @@ impl Outcome {
         }
     }
 
+    /// The status word kept in the job history: `ok`, `skipped`, `failed`.
+    pub fn history_status(&self) -> &'static str {
+        match self {
+            Outcome::Skipped(_) => "skipped",
+            o if o.status() == 0 => "ok",
+            _ => "failed",
+        }
+    }
+
     /// The summary word: `ok`, `exit 3`, `timed out`, `unreachable — ...`.
     pub fn describe(&self) -> String {
         match self {

@@ -11,57 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use crate::cli::Amount;
+use crate::cli::RolloutArgs;
 use crate::stop;
-
-/// `N` or `N%` of the peers of the run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Amount {
-    Count(usize),
-    Percent(u8),
-}
-
-impl Amount {
-    /// Read `N` or `N%` (0..=100). `at_least_one`: 0 and 0% are refused
-    /// (`--batch 0` would start nothing).
-    pub fn parse(s: &str, at_least_one: bool) -> Result<Amount, String> {
-        let bad = || {
-            format!(
-                "{s:?}: give a number of peers or a percentage of them, e.g. 4 or 25%{}",
-                if at_least_one { " (at least 1)" } else { "" }
-            )
-        };
-        let a = if let Some(p) = s.strip_suffix('%') {
-            let p: u8 = p.parse().map_err(|_| bad())?;
-            if p > 100 {
-                return Err(format!("{s:?}: a percentage goes up to 100%"));
-            }
-            Amount::Percent(p)
-        } else {
-            Amount::Count(s.parse().map_err(|_| bad())?)
-        };
-        if at_least_one && matches!(a, Amount::Count(0) | Amount::Percent(0)) {
-            return Err(bad());
-        }
-        Ok(a)
-    }
-
-    /// The number for a run of `total` peers: a percentage rounded up for a
-    /// batch (at least 1 when `at_least_one`), down for max-errors (10% of 5
-    /// peers is 0: the first error stops the run).
-    pub fn of(self, total: usize, round_up: bool) -> usize {
-        match self {
-            Amount::Count(n) => n,
-            Amount::Percent(p) => {
-                let num = total * usize::from(p);
-                if round_up {
-                    num.div_ceil(100).max(1)
-                } else {
-                    num / 100
-                }
-            }
-        }
-    }
-}
 
 /// The rollout options as given.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -70,6 +22,21 @@ pub struct Rollout {
     pub batch_wait: Duration,
     pub max_errors: Option<Amount>,
     pub canary: usize,
+}
+
+impl From<&RolloutArgs> for Rollout {
+    fn from(a: &RolloutArgs) -> Rollout {
+        Rollout {
+            batch: a.batch,
+            batch_wait: Duration::from_secs(a.batch_wait),
+            max_errors: if a.fail_fast {
+                Some(Amount::Count(0))
+            } else {
+                a.max_errors
+            },
+            canary: a.canary,
+        }
+    }
 }
 
 /// Why the peers after some point were not started.

@@ -19,7 +19,7 @@
 //! - Every error is a usage error (exit 2) that shows the expression and a
 //!   caret under the part that failed.
 
-mod parse;
+pub mod parse;
 #[cfg(test)]
 mod tests;
 
@@ -32,10 +32,7 @@ use d_proto::types::{ErrorBody, ErrorKind, PeerInfo};
 use serde::Serialize;
 
 use crate::conn;
-pub use parse::{parse, Expr, ExprError, Op, Word, MAX_TARGETS};
-
-/// Longest expression read, in bytes.
-pub const MAX_EXPR_LEN: usize = 4096;
+pub use parse::{explain_error, parse, read, Expr, ExprError, Op, Word, MAX_TARGETS};
 
 /// Why a peer is in the result: the first word that brought it in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -265,47 +262,6 @@ pub fn refused() -> bool {
     USAGE.load(Ordering::SeqCst)
 }
 
-/// `e` as the lines users see: the message naming the expression, then (in
-/// the hint) the expression with a caret under the part that failed.
-pub fn explain_error(text: &str, e: &ExprError) -> ErrorBody {
-    let shown = d_proto::clip(text, 200);
-    let mut hint = String::new();
-    if !e.span.is_empty() && e.span.end <= shown.len() {
-        let lead = shown[..e.span.start].chars().count();
-        let width = shown[e.span.clone()].chars().count().max(1);
-        hint.push_str(&format!(
-            "{shown}\n{}{}\n",
-            " ".repeat(lead),
-            "^".repeat(width)
-        ));
-    }
-    hint.push_str("targets: ids, a,b, all, web[01-20], web*, @label or label:NAME, failed; & and, ! but not, (...); `d targets EXPR` shows the expansion");
-    ErrorBody::invalid(format!("Target {shown:?}: {}", e.msg)).hint(hint)
-}
-
-/// Read `text` for clap and the `@` planner: the message for a usage error.
-pub fn check(text: &str) -> Result<Expr, String> {
-    read(text).map_err(|e| {
-        let mut s = e.error;
-        if let Some(h) = e.hint {
-            s.push('\n');
-            s.push_str(&h);
-        }
-        s
-    })
-}
-
-/// Read `text`: the usage error, with the expression and a caret, if it is malformed.
-pub fn read(text: &str) -> Result<Expr, ErrorBody> {
-    if text.len() > MAX_EXPR_LEN {
-        return Err(ErrorBody::invalid(format!(
-            "Target expression of {} bytes: at most {MAX_EXPR_LEN}",
-            text.len()
-        )));
-    }
-    parse(text).map_err(|e| explain_error(text, &e))
-}
-
 /// Whether `text` may name several peers (anything but one plain id): that
 /// form, not the number of peers it turns out to be, selects the prefixed
 /// fan-out output, so a script sees one format whatever the registry holds.
@@ -338,6 +294,9 @@ pub fn resolve(socket: &Path, verbose: bool, text: &str) -> Result<Vec<Selected>
     if expr.needs_registry() {
         ctx.peers = Some(registry_of(socket, verbose)?);
     }
+    if expr.uses_failed() {
+        ctx.failed = crate::history::last_failed(socket, verbose)?;
+    }
     expand(&expr, &ctx).map_err(|e| usage(explain_error(text, &e)))
 }
 
@@ -359,7 +318,11 @@ pub fn show(socket: &Path, verbose: bool, text: &str, json: bool) -> Result<i32,
     let expr = read(text).map_err(usage)?;
     let ctx = Context {
         peers: Some(registry_of(socket, verbose)?),
-        failed: None,
+        failed: if expr.uses_failed() {
+            crate::history::last_failed(socket, verbose)?
+        } else {
+            None
+        },
     };
     let list = expand(&expr, &ctx).map_err(|e| usage(explain_error(text, &e)))?;
     if json {

@@ -19,7 +19,11 @@
 
 use std::ops::Range;
 
+use d_proto::types::ErrorBody;
 use nodeset::{IdRangeTree, NodeSet, Parser};
+
+/// Longest expression read, in bytes.
+pub const MAX_EXPR_LEN: usize = 4096;
 
 /// Most peers one expression may name (a range or the whole result): the
 /// registry's scale target (10,000 peers, SPEC) is the largest sane fan-out.
@@ -106,6 +110,15 @@ impl Expr {
             Expr::Word { word, .. } => !matches!(word, Word::Id(_) | Word::Range(_)),
             Expr::Not { .. } => true,
             Expr::Binary { left, right, .. } => left.needs_registry() || right.needs_registry(),
+        }
+    }
+
+    /// Whether `failed` appears anywhere (the job history is asked then).
+    pub fn uses_failed(&self) -> bool {
+        match self {
+            Expr::Word { word, .. } => *word == Word::Failed,
+            Expr::Not { inner, .. } => inner.uses_failed(),
+            Expr::Binary { left, right, .. } => left.uses_failed() || right.uses_failed(),
         }
     }
 
@@ -377,4 +390,45 @@ fn range(text: &str) -> Result<Vec<String>, String> {
         d_proto::validate_peer_id(id).map_err(|e| format!("{text:?} names an invalid id: {e}"))?;
     }
     Ok(ids)
+}
+
+/// `e` as the lines users see: the message naming the expression, then (in
+/// the hint) the expression with a caret under the part that failed.
+pub fn explain_error(text: &str, e: &ExprError) -> ErrorBody {
+    let shown = d_proto::clip(text, 200);
+    let mut hint = String::new();
+    if !e.span.is_empty() && e.span.end <= shown.len() {
+        let lead = shown[..e.span.start].chars().count();
+        let width = shown[e.span.clone()].chars().count().max(1);
+        hint.push_str(&format!(
+            "{shown}\n{}{}\n",
+            " ".repeat(lead),
+            "^".repeat(width)
+        ));
+    }
+    hint.push_str("targets: ids, a,b, all, web[01-20], web*, @label or label:NAME, failed; & and, ! but not, (...); `d targets EXPR` shows the expansion");
+    ErrorBody::invalid(format!("Target {shown:?}: {}", e.msg)).hint(hint)
+}
+
+/// Read `text` for clap and the `@` planner: the message for a usage error.
+pub fn check(text: &str) -> Result<Expr, String> {
+    read(text).map_err(|e| {
+        let mut s = e.error;
+        if let Some(h) = e.hint {
+            s.push('\n');
+            s.push_str(&h);
+        }
+        s
+    })
+}
+
+/// Read `text`: the usage error, with the expression and a caret, if it is malformed.
+pub fn read(text: &str) -> Result<Expr, ErrorBody> {
+    if text.len() > MAX_EXPR_LEN {
+        return Err(ErrorBody::invalid(format!(
+            "Target expression of {} bytes: at most {MAX_EXPR_LEN}",
+            text.len()
+        )));
+    }
+    parse(text).map_err(|e| explain_error(text, &e))
 }

@@ -154,7 +154,7 @@ fn huge_expansions_are_bounded() {
     assert!(err("a[1-2]b[1-2]c[1-2]d[1-2]e[1-2]", &none)
         .msg
         .contains("at most 4"));
-    assert!(check(&"a,".repeat(3000))
+    assert!(parse::check(&"a,".repeat(3000))
         .unwrap_err()
         .contains("at most 4096"));
     assert_eq!(ids("n[1-10000]", &none).len(), 10_000);

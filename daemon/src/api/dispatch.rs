@@ -17,7 +17,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{doctor, exec, peer_config, status, to_raw, Daemon, Reply};
+use super::{doctor, exec, jobs, peer_config, status, to_raw, Daemon, Reply};
 use crate::mesh::ask;
 use crate::mesh::registry::unexpected;
 use crate::mesh::route::{self, Route};
@@ -55,6 +55,17 @@ where
         | Request::RemoteDeployDaemon { .. } => {
             exec::serve(daemon, req, user, reader, writer).await;
             false
+        }
+        Request::Jobs { op } => {
+            let sent = match jobs::answer(daemon, op, user).await {
+                Ok(json) => {
+                    writer
+                        .send_line(&d_proto::control::result_line(&json))
+                        .await
+                }
+                Err(e) => writer.send(&Event::Error(e)).await,
+            };
+            sent.is_ok()
         }
         other => {
             // The answer is written as encoded: a 10,000-row registry
@@ -193,6 +204,11 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         | Request::RemoteDeployDaemon { .. } => Err(ErrorBody::invalid(
             "exec requests are streamed, not answered",
         )),
+        // Per local user: answered in `serve`, where the user is known.
+        Request::Jobs { .. } => Err(ErrorBody::invalid(
+            "the job history is kept per user of each machine",
+        )
+        .hint("run `d jobs` on that machine itself")),
     }
 }
 

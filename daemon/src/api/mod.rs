@@ -32,6 +32,7 @@ pub mod dispatch;
 pub mod doctor;
 pub mod exec;
 pub mod job;
+pub mod jobs;
 pub mod peer;
 pub mod peer_config;
 pub mod status;

@@ -42,6 +42,28 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX exec_log_target ON exec_log(target);",
     // 2 → 3: the WireGuard public key a worker's link came through.
     "ALTER TABLE peers ADD COLUMN wg_pubkey TEXT;",
+    // 3 → 4: fan-out job history (`d jobs`, `@failed`), see jobs.rs.
+    "CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        user        TEXT,
+        target      TEXT NOT NULL,
+        directory   TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        n_peers     INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_user ON jobs(user, id);
+    CREATE TABLE job_peers (
+        job         INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        peer        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        exit_code   INTEGER,
+        duration_ms INTEGER,
+        word        TEXT,
+        PRIMARY KEY (job, seq)
+    );",
 ];
 
 impl Store {
