@@ -1333,7 +1333,7 @@ _d() {
             return 0
             ;;
         d__subcmd__setPeerConfig)
-            opts="-v -h --role --id --leader --meshKey --socket --json --verbose --help"
+            opts="-v -h --role --id --leader --meshKey --labels --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1369,6 +1369,13 @@ _d() {
                     fi
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --labels)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
                     fi
                     return 0
                     ;;

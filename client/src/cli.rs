@@ -84,6 +84,9 @@ pub enum Command {
         /// The mesh key file copied from the leader (`-` reads standard input).
         #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
         mesh_key: Option<String>,
+        /// This peer's labels, comma-separated, replacing its old ones (`''` clears them); told to the leader, targets `@NAME`.
+        #[arg(long, value_name = "A,B", value_parser = fleet::labels, value_hint = ValueHint::Other)]
+        labels: Option<String>,
     },
 
     /// Become a worker named after the hostname and register with the leader.
@@ -319,12 +322,17 @@ impl Command {
             Command::Ping => Request::Ping {},
             Command::GetPeerStatus => Request::GetPeerStatus {},
             Command::SetPeerConfig {
-                role, id, leader, ..
+                role,
+                id,
+                leader,
+                labels,
+                ..
             } => Request::SetPeerConfig {
                 role: role.clone(),
                 id: id.clone(),
                 leader: leader.clone(),
                 mesh_key: None,
+                labels: labels.as_deref().map(fleet::split_labels),
             },
             Command::RegisterWorker { leader, .. } => Request::RegisterWorker {
                 leader: leader.clone(),
@@ -505,8 +513,25 @@ mod tests {
                 id: None,
                 leader: None,
                 mesh_key: None,
+                labels: None,
             })
         );
+        let c = try_parse(&["d", "setPeerConfig", "--labels", "web, prod"]).unwrap();
+        let Some(Request::SetPeerConfig { labels, .. }) = c.command.request() else {
+            panic!()
+        };
+        assert_eq!(labels, Some(vec!["web".to_string(), "prod".to_string()]));
+        let c = try_parse(&["d", "setPeerConfig", "--labels", ""]).unwrap();
+        let Some(Request::SetPeerConfig { labels, .. }) = c.command.request() else {
+            panic!()
+        };
+        assert_eq!(labels, Some(vec![]));
+        for bad in ["all", "web,web", "a b", "-x"] {
+            assert!(
+                try_parse(&["d", "setPeerConfig", "--labels", bad]).is_err(),
+                "{bad}"
+            );
+        }
         for name in [
             "getPeerStatus",
             "listPeers",

@@ -101,3 +101,17 @@ fn batch_amount(s: &str) -> Result<Amount, String> {
 fn error_amount(s: &str) -> Result<Amount, String> {
     Amount::parse(s, false)
 }
+
+/// `--labels A,B`: spaces around commas allowed, empty = none.
+pub fn split_labels(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Check `--labels` before anything is sent (d_proto::validate_labels).
+pub fn labels(s: &str) -> Result<String, String> {
+    d_proto::validate_labels(&split_labels(s)).map(|()| s.to_string())
+}

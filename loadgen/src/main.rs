@@ -458,6 +458,7 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
         role: Role::Worker,
         purpose: Purpose::Link,
         nonce: B64(nonce.to_vec()),
+        labels: Vec::new(),
     };
     writer
         .write_all(&encode(&PeerMsg::Hello(hello)))

@@ -191,7 +191,8 @@ impl DTools {
         // One plain id: `all` and the target-expression forms (`a,b`, `web*`,
         // `web[1-3]`, `@label`, `a&b`, `failed`) name several.
         if matches!(a.peer.as_str(), "all" | "failed")
-            || a.peer.contains([',', '*', '?', '[', '&', '!', '(', '@', ':'])
+            || a.peer
+                .contains([',', '*', '?', '[', '&', '!', '(', '@', ':'])
         {
             return Ok(tool_error(
                 format!("execOnPeer runs on one peer, not '{}'", a.peer),

@@ -31,6 +31,11 @@ pub enum Request {
         leader: Option<String>,
         /// The mesh key's text (the client reads the file), stored by the daemon.
         mesh_key: Option<String>,
+        /// This peer's labels, replacing the ones it had (`[]` clears them);
+        /// absent: unchanged. Sent only when given, so older daemons still
+        /// read the other fields.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels: Option<Vec<String>>,
     },
     RegisterWorker {
         leader: Option<String>,

@@ -52,6 +52,9 @@ pub struct PeerInfo {
     /// Seconds since the leader's last WireGuard handshake with it.
     #[serde(default)]
     pub handshake_age_secs: Option<u64>,
+    /// Its labels, as it told the leader (targets `@NAME`, `label:NAME`).
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// State of a worker's link to its leader.

@@ -23,6 +23,8 @@ pub fn last_seen(p: &PeerInfo, now: u64) -> String {
 pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
     // The handshake column only where the leader has WireGuard to ask.
     let handshakes = peers.iter().any(|p| p.handshake_age_secs.is_some());
+    // The labels column only once some peer has labels.
+    let labels = peers.iter().any(|p| !p.labels.is_empty());
     let rows: Vec<Vec<Cow<'_, str>>> = peers
         .iter()
         .map(|p| {
@@ -46,10 +48,17 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
                     None => Cow::Borrowed("-"),
                 });
             }
+            if labels {
+                row.push(if p.labels.is_empty() {
+                    Cow::Borrowed("-")
+                } else {
+                    Cow::Owned(p.labels.join(","))
+                });
+            }
             row
         })
         .collect();
-    let header = [
+    let mut header = vec![
         "ID",
         "ADDRESS",
         "ROLE",
@@ -57,9 +66,14 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
         "LAST SEEN",
         "VERSION",
         "HOSTNAME",
-        "HANDSHAKE",
     ];
-    table_of(&header[..if handshakes { 8 } else { 7 }], &rows)
+    if handshakes {
+        header.push("HANDSHAKE");
+    }
+    if labels {
+        header.push("LABELS");
+    }
+    table_of(&header, &rows)
 }
 
 /// The `execLog` table; the command is last so long ones do not push columns.
@@ -277,6 +291,7 @@ mod tests {
             first_seen: Some(0),
             wg_public_key: None,
             handshake_age_secs: None,
+            labels: Vec::new(),
         }
     }
 

@@ -279,7 +279,7 @@ pub fn registry_of(socket: &Path, verbose: bool) -> Result<Vec<(String, Vec<Stri
         )
         .hint(conn::VERSION_HINT)
     })?;
-    Ok(peers.into_iter().map(|p| (p.id, Vec::new())).collect())
+    Ok(peers.into_iter().map(|p| (p.id, p.labels)).collect())
 }
 
 /// Read and expand `text` for a command. A refused expression marks the

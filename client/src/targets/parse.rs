@@ -278,16 +278,6 @@ impl P {
     }
 }
 
-/// The checks of a label name: a peer id's characters.
-pub fn validate_label(name: &str) -> Result<(), String> {
-    d_proto::validate_peer_id(name)
-        .map_err(|_| format!("Invalid label {name:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)"))?;
-    if matches!(name, "all" | "failed") {
-        return Err(format!("{name:?} is a reserved target word, not a label"));
-    }
-    Ok(())
-}
-
 fn word(text: &str, span: Range<usize>) -> Result<Word, ExprError> {
     let bad = |msg: String| ExprError::new(msg, span.clone());
     match text {
@@ -299,7 +289,7 @@ fn word(text: &str, span: Range<usize>) -> Result<Word, ExprError> {
         .strip_prefix("label:")
         .or_else(|| text.strip_prefix('@'));
     if let Some(name) = label {
-        validate_label(name).map_err(bad)?;
+        d_proto::validate_label(name).map_err(bad)?;
         return Ok(Word::Label(name.to_string()));
     }
     if let Some(id) = text.strip_prefix("id:") {

@@ -126,7 +126,8 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             id,
             leader,
             mesh_key,
-        } => peer_config::set(daemon, role, id, leader, mesh_key).await,
+            labels,
+        } => peer_config::set(daemon, role, id, leader, mesh_key, labels).await,
         Request::RegisterWorker { leader, mesh_key } => {
             let leader = leader
                 .or_else(|| daemon.mesh.me.get().leader)
@@ -137,6 +138,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
                 Some(daemon.mesh.me.hostname.clone()),
                 Some(leader),
                 mesh_key,
+                None,
             )
             .await
         }

@@ -69,15 +69,25 @@ impl Daemon {
             )
         })?;
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader) = store
+        let (role, id, leader, labels) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
                     st.get_setting("id")?,
                     st.get_setting("leader")?,
+                    st.get_setting("labels")?,
                 ))
             })
             .await?;
+        // `setPeerConfig --labels` (comma-joined in settings) wins over the file.
+        let labels: Vec<String> = match labels {
+            Some(s) => s
+                .split(',')
+                .filter(|l| d_proto::validate_label(l).is_ok())
+                .map(str::to_string)
+                .collect(),
+            None => config.labels.clone(),
+        };
         let identity = Identity {
             role: role.as_deref().and_then(|r| Role::parse(r).ok()),
             id,
@@ -92,6 +102,7 @@ impl Daemon {
             identity,
             mesh_key,
         ));
+        me.set_labels(labels);
         let config = Arc::new(config);
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();

@@ -28,6 +28,8 @@ pub struct Me {
     state_dir: PathBuf,
     identity: RwLock<Identity>,
     mesh_key: RwLock<Option<Key>>,
+    /// Labels told to the leader in every hello (checked when set).
+    labels: RwLock<Vec<String>>,
 }
 
 impl Me {
@@ -38,7 +40,23 @@ impl Me {
             state_dir,
             identity: RwLock::new(identity),
             mesh_key: RwLock::new(key),
+            labels: RwLock::new(Vec::new()),
         }
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the labels (saving them is the caller's); returns whether they changed.
+    pub fn set_labels(&self, new: Vec<String>) -> bool {
+        let mut cur = self.labels.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *cur != new;
+        *cur = new;
+        changed
     }
 
     pub fn get(&self) -> Identity {

@@ -227,6 +227,7 @@ mod tests {
             first_seen: Some(1_600_000_000),
             wg_public_key: None,
             handshake_age_secs: None,
+            labels: Vec::new(),
         }
     }
 
@@ -364,6 +365,10 @@ mod tests {
         r.wg_public_key = Some("k".repeat(44));
         r.port = 0;
         r.hostname = "é-ü-字".into();
+        assert_eq!(json_len_bound(&r), exact(&r));
+        r.labels = vec!["web".into()];
+        assert_eq!(json_len_bound(&r), exact(&r));
+        r.labels = vec!["web".into(), "prod".into(), "x".into()];
         assert_eq!(json_len_bound(&r), exact(&r));
         for s in ["a\"b", "back\\slash", "tab\t", "\u{1}\u{1f}", "\n\n\n"] {
             r.version = s.into();

@@ -53,6 +53,7 @@ pub async fn ensure_self_row(mesh: &Arc<Mesh>) {
         first_seen: None,
         wg_public_key: None,
         handshake_age_secs: None,
+        labels: mesh.me.labels(),
     };
     let now = unix_now();
     if let Err(e) = mesh.store.call(move |st| st.upsert_peer(&row, now)).await {

@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
         word        TEXT,
         PRIMARY KEY (job, seq)
     );",
+    // 4 → 5: the labels a peer told the leader, comma-joined (each checked
+    // by d_proto::validate_label, so commas never occur inside one).
+    "ALTER TABLE peers ADD COLUMN labels TEXT NOT NULL DEFAULT '';",
 ];
 
 impl Store {

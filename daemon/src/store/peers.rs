@@ -6,18 +6,18 @@ use rusqlite::{params, OptionalExtension};
 use super::{RegistryError, Store};
 
 const PEER_COLUMNS: &str =
-    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey";
+    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, labels";
 
 impl Store {
     /// Insert or refresh a peer (registration); `first_seen` is kept.
     pub fn upsert_peer(&self, p: &PeerInfo, now: u64) -> Result<(), RegistryError> {
         self.conn.execute(
-            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
              ON CONFLICT(id) DO UPDATE SET addr = excluded.addr, port = excluded.port,
                 role = excluded.role, version = excluded.version,
                 hostname = excluded.hostname, last_seen = excluded.last_seen,
-                wg_pubkey = excluded.wg_pubkey",
+                wg_pubkey = excluded.wg_pubkey, labels = excluded.labels",
             params![
                 p.id,
                 p.addr,
@@ -26,7 +26,8 @@ impl Store {
                 p.version,
                 p.hostname,
                 now as i64,
-                p.wg_public_key
+                p.wg_public_key,
+                p.labels.join(",")
             ],
         )?;
         Ok(())
@@ -115,6 +116,12 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
         wg_public_key: r.get(8)?,
         last_seen: Some(r.get::<_, i64>(7)? as u64),
         handshake_age_secs: None,
+        labels: r
+            .get::<_, String>(9)?
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
     })
 }
 
@@ -136,6 +143,7 @@ mod tests {
             first_seen: None,
             wg_public_key: None,
             handshake_age_secs: None,
+            labels: Vec::new(),
         }
     }
 

@@ -178,6 +178,7 @@ where
         role,
         purpose,
         nonce: B64(nonce.to_vec()),
+        labels: ep.me.labels(),
     };
     writer
         .send(&PeerMsg::Hello(hello.clone()))

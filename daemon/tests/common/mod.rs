@@ -402,6 +402,7 @@ pub fn raw_handshake(
         role: Role::Worker,
         purpose,
         nonce: B64(nonce.to_vec()),
+        labels: Vec::new(),
     };
     s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
         .unwrap();
