@@ -7,6 +7,14 @@ use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint};
 use d_proto::control::Request;
 
+// The fleet's flags (rollout control, `d jobs`), in their own file; the path
+// is explicit so that xtask, which compiles this file by path, finds it too.
+#[path = "cli_fleet.rs"]
+mod fleet;
+// xtask, which builds only the man pages, leaves `Amount` unused.
+#[allow(unused_imports)]
+pub use fleet::{Amount, JobsAction, RolloutArgs};
+
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
 #[command(name = "d", after_help = AT_HELP)]
@@ -48,7 +56,10 @@ const AT_HELP: &str = "\
                           d command (`d @vps -- ping -c1 host`)
   d @all WORDS...         on every registered peer at once; `d @a,b WORDS...` on several:
                           `peer: ` before each line, a summary per peer
-                          [--parallel N] [--gather]  (as for execOnPeer)";
+                          [--parallel N] [--gather]  (as for execOnPeer)
+  d @TARGET [-x EXPR] ... TARGET is an expression: a,b  all  web[01-20]  web*  @label
+                          A&B  A!B  (...)  failed; -x EXPR leaves EXPR out; quote it for
+                          the shell; `d targets EXPR` shows what it names";
 
 #[derive(Debug, Subcommand)]
 #[command(rename_all = "camelCase")]
@@ -73,6 +84,9 @@ pub enum Command {
         /// The mesh key file copied from the leader (`-` reads standard input).
         #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
         mesh_key: Option<String>,
+        /// This peer's labels, comma-separated, replacing its old ones (`''` clears them); told to the leader, targets `@NAME`.
+        #[arg(long, value_name = "A,B", value_parser = fleet::labels, value_hint = ValueHint::Other)]
+        labels: Option<String>,
     },
 
     /// Become a worker named after the hostname and register with the leader.
@@ -170,21 +184,21 @@ pub enum Command {
 
     /// `git pull --ff-only` in the peer's repo_dir (config; default /opt/d), as the checkout's owner.
     RemotePull {
-        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
     },
 
     /// Build the daemon on the peer (config build_cmd in repo_dir), as the checkout's owner.
     RemoteBd {
-        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
     },
 
     /// Pull, build, check, install and restart the daemon on the peer; report old → new version.
     RemoteDeployDaemon {
-        /// Peer id, a comma-separated list, or `all` (one at a time, this machine last; stops at the first failure).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last; stops at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
     },
@@ -220,7 +234,7 @@ pub enum Command {
     /// its job cancelled, and reported `timed out (no answer)`; the others carry on.
     #[command(verbatim_doc_comment)]
     ExecOnPeer {
-        /// Peer id, a comma-separated list, or `all` (every registered peer).
+        /// Target: a peer id, or an expression (a,b, all, web[01-20], web*, @label, &, !; `d targets` shows it).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
         /// Working directory on the peer (empty: the peer's default directory).
@@ -244,6 +258,8 @@ pub enum Command {
         /// With several peers: print each distinct output once at the end, under the peers that printed it.
         #[arg(long)]
         gather: bool,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.
@@ -260,6 +276,33 @@ pub enum Command {
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
         #[arg(long, value_name = "SECS", value_hint = ValueHint::Other)]
         timeout: Option<u64>,
+    },
+
+    /// Fan-out job history kept by the local daemon: list, show one, or rerun one.
+    ///
+    /// Every shell fan-out (`d @TARGET CMD`, `execOnPeer --peer TARGET`) is
+    /// recorded with its target, command and per-peer results; the target word
+    /// `failed` names the peers that did not succeed in your last one.
+    #[command(verbatim_doc_comment)]
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
+        /// How many jobs to list, newest first.
+        #[arg(long, value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
+
+    /// Show what a target expression expands to, and why (id, range, glob, label).
+    ///
+    /// EXPR is what follows `@` in `d @EXPR` or goes after `--peer`: ids `a,b`,
+    /// `all`, ClusterShell ranges `web[01-20]`, globs `web*`, labels `@web` or
+    /// `label:web`, `failed`; `&` intersection, `!` exclusion, parentheses.
+    #[command(verbatim_doc_comment)]
+    Targets {
+        /// The expression (quote it: `&`, `!`, `*`, `[` mean something to the shell).
+        #[arg(value_name = "EXPR", value_parser = peer_list, value_hint = ValueHint::Other)]
+        expr: String,
     },
 
     /// Print a completion script for bash, zsh or fish (`--peer <TAB>` completes live peer ids)
@@ -321,6 +364,10 @@ impl Command {
                 | Command::RemotePull { .. }
                 | Command::RemoteBd { .. }
                 | Command::RemoteDeployDaemon { .. }
+                | Command::Jobs {
+                    action: Some(JobsAction::Rerun { .. }),
+                    ..
+                }
         )
     }
 
@@ -331,12 +378,17 @@ impl Command {
             Command::Ping => Request::Ping {},
             Command::GetPeerStatus => Request::GetPeerStatus {},
             Command::SetPeerConfig {
-                role, id, leader, ..
+                role,
+                id,
+                leader,
+                labels,
+                ..
             } => Request::SetPeerConfig {
                 role: role.clone(),
                 id: id.clone(),
                 leader: leader.clone(),
                 mesh_key: None,
+                labels: labels.as_deref().map(fleet::split_labels),
             },
             Command::RegisterWorker { leader, .. } => Request::RegisterWorker {
                 leader: leader.clone(),
@@ -401,7 +453,10 @@ impl Command {
                 timeout: *timeout,
                 raw_output: false,
             },
-            Command::Completions { .. } | Command::Mcp { .. } => return None,
+            Command::Completions { .. }
+            | Command::Mcp { .. }
+            | Command::Targets { .. }
+            | Command::Jobs { .. } => return None,
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }
             | Command::RemoteBd { .. }
@@ -444,18 +499,11 @@ fn ttl_secs(s: &str) -> Result<u64, String> {
     d_proto::invite::parse_ttl(s)
 }
 
-/// `all`, or peer ids separated by commas.
+/// A target expression (`vps`, `a,b`, `all`, `web[01-20]`, `web*`, `@label`,
+/// `&`, `!`): read here, so a malformed one is a usage error before any
+/// connection (the `targets` module says what it means).
 pub fn peer_list(s: &str) -> Result<String, String> {
-    if s == "all" {
-        return Ok(s.to_string());
-    }
-    for id in s.split(',') {
-        if id.trim() == "all" {
-            return Err("`all` stands alone (every peer): `all`, or a list of peer ids".into());
-        }
-        d_proto::validate_peer_id(id.trim())?;
-    }
-    Ok(s.to_string())
+    crate::target_syntax::check(s).map(|_| s.to_string())
 }
 
 /// The clap definition of `d`, with its version.
@@ -550,8 +598,25 @@ mod tests {
                 id: None,
                 leader: None,
                 mesh_key: None,
+                labels: None,
             })
         );
+        let c = try_parse(&["d", "setPeerConfig", "--labels", "web, prod"]).unwrap();
+        let Some(Request::SetPeerConfig { labels, .. }) = c.command.request() else {
+            panic!()
+        };
+        assert_eq!(labels, Some(vec!["web".to_string(), "prod".to_string()]));
+        let c = try_parse(&["d", "setPeerConfig", "--labels", ""]).unwrap();
+        let Some(Request::SetPeerConfig { labels, .. }) = c.command.request() else {
+            panic!()
+        };
+        assert_eq!(labels, Some(vec![]));
+        for bad in ["all", "web,web", "a b", "-x"] {
+            assert!(
+                try_parse(&["d", "setPeerConfig", "--labels", bad]).is_err(),
+                "{bad}"
+            );
+        }
         for name in [
             "getPeerStatus",
             "listPeers",

@@ -21,10 +21,16 @@ mod complete;
 mod conn;
 mod exec;
 mod fanout;
+mod history;
+mod jobs;
 mod mcp;
 mod ops;
 mod render;
 mod stop;
+mod targets;
+
+/// The syntax of target expressions, used by `cli` (also built into xtask).
+use targets::parse as target_syntax;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -92,7 +98,12 @@ fn main() -> ExitCode {
             if !stop::is_stop(&err) && stdio::failure().is_none() {
                 render::error(&err, cli.json);
             }
-            own_error(exec)
+            if targets::refused() {
+                // A target expression that reads wrong or matches nothing.
+                2
+            } else {
+                own_error(exec)
+            }
         }
     };
     exit(status, exec)
@@ -205,6 +216,8 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 Ok(0)
             }
             Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
+            Command::Targets { expr } => targets::show(&cli.socket, cli.verbose, expr, cli.json),
+            Command::Jobs { action, limit } => jobs::main(cli, action.as_ref(), *limit),
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
             }
@@ -241,9 +254,11 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
+            rollout,
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
+                rollout: rollout.into(),
                 gather: *gather,
                 json: cli.json,
                 verbose: cli.verbose,
@@ -368,6 +383,8 @@ fn show(
         | Command::ExecOnPeerByIp { .. }
         | Command::Completions { .. }
         | Command::Mcp { .. }
+        | Command::Targets { .. }
+        | Command::Jobs { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),

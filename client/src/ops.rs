@@ -48,27 +48,12 @@ fn ask<T: serde::de::DeserializeOwned>(
 /// The peers `--peer` names, in the order they are done: this machine last.
 fn targets(socket: &Path, verbose: bool, arg: &str) -> Result<Vec<String>, ErrorBody> {
     let me = ask::<PeerStatus>(socket, verbose, &Request::GetPeerStatus {})?.id;
-    let mut list: Vec<String> = if arg == "all" {
-        let mut ids: Vec<String> = ask::<Vec<PeerInfo>>(socket, verbose, &Request::ListPeers {})?
-            .into_iter()
-            .map(|p| p.id)
-            .collect();
-        ids.sort();
-        ids
-    } else {
-        arg.split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
+    let mut list = crate::targets::ids(socket, verbose, arg)?;
     if let Some(me) = me {
         if let Some(i) = list.iter().position(|p| *p == me) {
             let mine = list.remove(i);
             list.push(mine);
         }
-    }
-    for p in &list {
-        d_proto::validate_peer_id(p).map_err(ErrorBody::invalid)?;
     }
     Ok(list)
 }

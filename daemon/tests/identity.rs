@@ -265,6 +265,7 @@ fn claim(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> PeerMsg {
         purpose,
         nonce: B64(nonce.to_vec()),
         public_key: Some(me),
+        labels: Vec::new(),
     };
     s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
         .unwrap();

@@ -461,6 +461,7 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
         // Simulated workers speak the shared-key protocol (no identity key
         // each): the leader admits them as not-enrolled legacy peers.
         public_key: None,
+        labels: Vec::new(),
     };
     writer
         .write_all(&encode(&PeerMsg::Hello(hello)))

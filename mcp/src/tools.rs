@@ -188,7 +188,12 @@ impl DTools {
         Parameters(a): Parameters<ExecArgs>,
         ct: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
-        if a.peer.contains(',') || a.peer == "all" {
+        // One plain id: `all` and the target-expression forms (`a,b`, `web*`,
+        // `web[1-3]`, `@label`, `a&b`, `failed`) name several.
+        if matches!(a.peer.as_str(), "all" | "failed")
+            || a.peer
+                .contains([',', '*', '?', '[', '&', '!', '(', '@', ':'])
+        {
             return Ok(tool_error(
                 format!("execOnPeer runs on one peer, not '{}'", a.peer),
                 Some("use execOnPeers for several peers".into()),

@@ -31,6 +31,11 @@ pub enum Request {
         leader: Option<String>,
         /// The mesh key's text (the client reads the file), stored by the daemon.
         mesh_key: Option<String>,
+        /// This peer's labels, replacing the ones it had (`[]` clears them);
+        /// absent: unchanged. Sent only when given, so older daemons still
+        /// read the other fields.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels: Option<Vec<String>>,
     },
     RegisterWorker {
         leader: Option<String>,
@@ -128,6 +133,10 @@ pub enum Request {
         /// This machine's peer id (default: the token's, else the hostname).
         id: Option<String>,
     },
+    /// Fan-out job history kept by this daemon ([`crate::jobs`]); local only.
+    Jobs {
+        op: crate::jobs::JobOp,
+    },
 }
 
 impl Request {
@@ -168,6 +177,7 @@ impl Request {
             Request::RevokeInvite { .. } => "revokeInvite",
             Request::Join { .. } => "join",
             Request::Revoke { .. } => "revoke",
+            Request::Jobs { .. } => "jobs",
         }
     }
 }

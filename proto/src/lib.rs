@@ -12,6 +12,7 @@ pub mod auth;
 pub mod control;
 pub mod frame;
 pub mod invite;
+pub mod jobs;
 pub mod keys;
 pub mod peer;
 pub mod text;
@@ -115,6 +116,38 @@ pub fn validate_peer_id(id: &str) -> Result<(), String> {
             "Invalid peer id {:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)",
             shown()
         ));
+    }
+    Ok(())
+}
+
+/// Most labels one peer carries.
+pub const MAX_LABELS: usize = 32;
+
+/// A label's rules: a peer id's characters, and not a target keyword (`all`,
+/// `failed`), so `@NAME` in a target expression always means the label.
+pub fn validate_label(name: &str) -> Result<(), String> {
+    validate_peer_id(name).map_err(|_| {
+        format!(
+            "Invalid label {:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ - (not starting with - or .)",
+            clip(name, 80)
+        )
+    })?;
+    if matches!(name, "all" | "failed") {
+        return Err(format!("{name:?} is a reserved target word, not a label"));
+    }
+    Ok(())
+}
+
+/// A peer's labels: each valid, at most [`MAX_LABELS`], no repeats.
+pub fn validate_labels(labels: &[String]) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("{} labels: at most {MAX_LABELS}", labels.len()));
+    }
+    for (i, l) in labels.iter().enumerate() {
+        validate_label(l)?;
+        if labels[..i].contains(l) {
+            return Err(format!("label {l:?} is given twice"));
+        }
     }
     Ok(())
 }

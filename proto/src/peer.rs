@@ -44,6 +44,10 @@ pub struct Hello {
     /// The dialer's fresh nonce ([`crate::auth::KEY_LEN`] bytes).
     #[serde(default)]
     pub nonce: B64,
+    /// The sender's labels (config `labels`, `d setPeerConfig --labels`),
+    /// kept by the leader with its registration; absent from older daemons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// The dialer's identity key (protocol 4: it signs the handshake with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<PublicKey>,

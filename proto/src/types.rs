@@ -52,6 +52,9 @@ pub struct PeerInfo {
     /// Seconds since the leader's last WireGuard handshake with it.
     #[serde(default)]
     pub handshake_age_secs: Option<u64>,
+    /// Its labels, as it told the leader (targets `@NAME`, `label:NAME`).
+    #[serde(default)]
+    pub labels: Vec<String>,
     /// The peer's enrolled identity key (protocol 4); `None` for a peer that
     /// has only ever proved the legacy mesh key.
     #[serde(default, skip_serializing_if = "Option::is_none")]

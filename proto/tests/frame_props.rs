@@ -229,6 +229,7 @@ fn arb_peer_info() -> impl Strategy<Value = PeerInfo> {
                 wg_public_key,
                 handshake_age_secs,
                 public_key: None,
+                labels: Vec::new(),
             },
         )
 }

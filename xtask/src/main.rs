@@ -11,11 +11,15 @@ use anyhow::Context;
 use clap::CommandFactory;
 
 // The client is a binary crate; its clap definitions live in one file that
-// needs only clap and d-proto, so it is compiled here as well (the same source,
+// needs only clap, d-proto and the target syntax, so it is compiled here as well (the same source,
 // so the pages cannot drift from `d --help`).
 #[allow(dead_code)]
 #[path = "../../client/src/cli.rs"]
 mod cli;
+// `cli` checks target expressions with it (nodeset, glob and d-proto only).
+#[allow(dead_code)]
+#[path = "../../client/src/targets/parse.rs"]
+mod target_syntax;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -35,10 +35,21 @@ pub(super) fn exec_on_peer_line(spec: &str, cmd: &str, user: &[String]) -> Strin
 }
 
 pub(super) fn local_only(spec: &str, cmd: &str, user: &[String]) -> ErrorBody {
+    if cmd == "targets" {
+        return ErrorBody::new(
+            ErrorKind::InvalidRequest,
+            format!("'targets' takes the expression itself: @{spec} does not send it"),
+        )
+        .hint(format!(
+            "to see what @{spec} names: d targets {}",
+            quote(spec)
+        ));
+    }
     let target = target_words(spec);
     let what = match cmd {
         "setPeerConfig" => "it sets the role, id, leader and mesh key of the daemon on the machine where it runs",
         "registerWorker" => "it makes the daemon on the machine where it runs a worker, named after that machine's hostname",
+        "jobs" => "the fan-out job history is kept by the daemon of the machine the fan-outs ran from",
         _ => "it prints a completion script for the shell of the machine where it runs",
     };
     let mut hint = format!(

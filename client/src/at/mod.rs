@@ -1,11 +1,15 @@
 //! `d @PEER ...`: a command line aimed at a peer, read before clap.
 //!
 //! The first word after the global options (`--socket PATH`, `--json`,
-//! `--verbose`) that starts with `@` names the target: `@vps`, `@a,b` or
-//! `@all`. What follows is, in this order:
+//! `--verbose`) that starts with `@` names the target: `@vps`, `@a,b`, `@all`
+//! or any target expression (the `targets` module). What follows is, in this
+//! order:
 //!
+//! - `-x EXPR` (with any command): the target becomes `(TARGET)!(EXPR)`;
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
-//!   `--parallel N`, `--gather` (and the global options again), then `--`
+//!   `--parallel N`, `--gather`, the rollout control (`--batch`,
+//!   `--batch-wait`, `--max-errors`, `--fail-fast`, `--canary`) and the
+//!   global options again, then `--`
 //!   to read the rest as a shell command whatever its first word;
 //! - a d command: `ping`, `getPeerStatus`, `listPeers`, `getPeerInfo`,
 //!   `getPeerIdByIp`, `dbSanityCheck`, `execLog` are answered by the target
@@ -73,7 +77,8 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "dbSanityCheck" | "execLog" => Kind::Ask,
         "remotePull" | "remoteBd" | "remoteDeployDaemon" => Kind::Operation,
         "doctor" => Kind::Doctor,
-        "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "join" => Kind::Local,
+        "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "join" | "targets"
+        | "jobs" => Kind::Local,
         "invite" | "revoke" => Kind::Registry,
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
@@ -123,6 +128,8 @@ struct ShellOpts {
     timeout: Option<u64>,
     parallel: Option<u32>,
     gather: bool,
+    /// Rollout control, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
+    rollout: Vec<String>,
     /// The ones given, for messages (`--timeout 5`).
     given: Vec<String>,
 }
@@ -142,10 +149,12 @@ fn plan_after(
     if spec.is_empty() {
         return Err(usage("'@' needs a peer id", FORMS));
     }
-    if let Err(e) = crate::cli::peer_list(spec) {
-        return Err(usage(format!("@{}: {e}", d_proto::clip(spec, 80)), FORMS));
+    if let Err(e) = crate::targets::read(spec) {
+        return Err(Plan::Usage(e));
     }
     let at = format!("@{spec}");
+    // `-x EXPR` (pdsh's, ClusterShell's): what follows the target, then `!(EXPR)`.
+    let mut target = spec.to_string();
     let mut opts = ShellOpts::default();
     let mut forced = false;
     let mut i = 0;
@@ -156,7 +165,16 @@ fn plan_after(
         };
         let takes_value = matches!(
             name,
-            "--directory" | "--timeout" | "--parallel" | "--socket"
+            "--directory"
+                | "--timeout"
+                | "--parallel"
+                | "--socket"
+                | "-x"
+                | "--exclude"
+                | "--batch"
+                | "--batch-wait"
+                | "--max-errors"
+                | "--canary"
         );
         let has_inline = inline.is_some();
         let value = if takes_value {
@@ -187,6 +205,13 @@ fn plan_after(
             }
             ("--verbose" | "-v", None) if !has_inline => globals.push(a.clone()),
             ("--socket", Some(v)) => globals.push(format!("--socket={v}")),
+            ("-x" | "--exclude", Some(v)) => {
+                if let Err(mut e) = crate::targets::read(&v) {
+                    e.error = format!("-x after {at}: {}", e.error);
+                    return Err(Plan::Usage(e));
+                }
+                target = format!("({target})!({v})");
+            }
             ("--directory", Some(v)) => {
                 opts.given.push(format!("--directory {}", quote(&v)));
                 opts.directory = v;
@@ -209,6 +234,14 @@ fn plan_after(
                 })?);
                 opts.given.push(format!("--parallel {v}"));
             }
+            ("--batch" | "--batch-wait" | "--max-errors" | "--canary", Some(v)) => {
+                opts.rollout.push(format!("{name}={v}"));
+                opts.given.push(format!("{name} {v}"));
+            }
+            ("--fail-fast", None) if !has_inline => {
+                opts.rollout.push(name.to_string());
+                opts.given.push(name.to_string());
+            }
             ("--gather", None) if !has_inline => {
                 opts.gather = true;
                 opts.given.push(name.to_string());
@@ -220,7 +253,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: --directory DIR, --timeout SECS, --parallel N, --gather, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -229,6 +262,7 @@ fn plan_after(
         i += 1;
     }
     let words = &rest[i..];
+    let spec = target.as_str();
     let Some(first) = words.first() else {
         return Err(usage(
             format!("Nothing to run on {spec} after {at}"),
@@ -310,5 +344,6 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
     if opts.gather {
         v.push("--gather".into());
     }
+    v.extend(opts.rollout);
     Plan::Argv(v)
 }

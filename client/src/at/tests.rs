@@ -185,7 +185,8 @@ fn malformed_lines_are_usage_errors() {
         &["@vps", "--parallel", "0", "ls"],
         &["@vps", "-la"],
         &["@vps", "--"],
-        &["@all,vps", "ls"],
+        &["@web[5-1]", "ls"],
+        &["@vps", "-x", "a b", "ls"],
     ] {
         assert!(matches!(p(bad), Plan::Usage(_)), "{bad:?}");
     }
@@ -351,4 +352,36 @@ fn every_command_has_a_kind() {
             c.get_name()
         );
     }
+}
+
+#[test]
+fn exclusion_folds_into_the_target() {
+    let Plan::Argv(v) = p(&["@web*", "-x", "web03", "uptime"]) else {
+        panic!()
+    };
+    assert!(v.contains(&"--peer=(web*)!(web03)".to_string()), "{v:?}");
+    let Plan::Ask { peers, .. } = p(&["@all", "--exclude=a,b", "ping"]) else {
+        panic!()
+    };
+    assert_eq!(peers, "(all)!(a,b)");
+}
+
+#[test]
+fn rollout_options_go_to_the_fan_out() {
+    let Plan::Argv(v) = p(&[
+        "@all",
+        "--batch",
+        "25%",
+        "--fail-fast",
+        "--canary=1",
+        "uptime",
+    ]) else {
+        panic!()
+    };
+    let tail: Vec<&str> = v.iter().rev().take(3).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["--batch=25%", "--fail-fast", "--canary=1"]);
+    assert!(matches!(
+        p(&["@vps", "--batch", "2", "ping"]),
+        Plan::Usage(_)
+    ));
 }

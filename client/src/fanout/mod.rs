@@ -22,6 +22,7 @@
 mod gather;
 mod lines;
 mod outcome;
+pub mod rollout;
 
 pub use gather::print_groups;
 pub use outcome::{combined_status, describe_error, summary, Outcome};
@@ -32,7 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use d_proto::control::{Event, Request};
-use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, B64};
+use d_proto::types::{ErrorBody, ErrorKind, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
@@ -44,44 +45,16 @@ use lines::Lines;
 /// the spawn, the process group's 2 s grace after SIGTERM, and the way back.
 pub const MARGIN: Duration = Duration::from_secs(10);
 
-/// Whether a `--peer` value or `@` target names several peers (a list or
-/// `all`). That form, not the number of peers it turns out to be, selects the
-/// prefixed output, so a script sees one format whatever the registry holds.
+/// Whether a `--peer` value or `@` target may name several peers (anything
+/// but one plain id; see `targets::is_many`).
 pub fn is_many(spec: &str) -> bool {
-    spec == "all" || spec.contains(',')
+    crate::targets::is_many(spec)
 }
 
-/// The peers `spec` names, in order, without duplicates: `all` is every
-/// registered peer (sorted), asked of the local daemon.
+/// The peers the target expression `spec` names, in order, without
+/// duplicates (`targets::resolve`).
 pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, ErrorBody> {
-    let mut list: Vec<String> = if spec == "all" {
-        let v = conn::request(socket, verbose, &Request::ListPeers {})?;
-        let peers: Vec<PeerInfo> = serde_json::from_value(v).map_err(|e| {
-            ErrorBody::new(
-                ErrorKind::Other,
-                format!("Unexpected answer from the local daemon to listPeers: {e}"),
-            )
-            .hint(conn::VERSION_HINT)
-        })?;
-        let mut ids: Vec<String> = peers.into_iter().map(|p| p.id).collect();
-        ids.sort();
-        ids
-    } else {
-        spec.split(',').map(|s| s.trim().to_string()).collect()
-    };
-    let mut seen = std::collections::HashSet::new();
-    list.retain(|p| seen.insert(p.clone()));
-    for p in &list {
-        d_proto::validate_peer_id(p).map_err(ErrorBody::invalid)?;
-    }
-    if list.is_empty() {
-        return Err(
-            ErrorBody::new(ErrorKind::PeerNotFound, "No peers registered").hint(
-                "register the workers with the leader first (`d registerWorker` on each); `d listPeers` shows the registry",
-            ),
-        );
-    }
-    Ok(list)
+    crate::targets::ids(socket, verbose, spec)
 }
 
 /// Run `f` on every item, at most `parallel` at once, one thread each;
@@ -147,6 +120,7 @@ struct PeerReport<'a> {
 /// The fan-out's options.
 pub struct Options {
     pub parallel: usize,
+    pub rollout: rollout::Rollout,
     pub gather: bool,
     pub json: bool,
     pub verbose: bool,
@@ -163,18 +137,51 @@ pub fn exec(
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
     let peers = targets(socket, opts.verbose, spec)?;
+    exec_on(socket, spec, &peers, directory, shell_cmd, timeout, opts)
+}
+
+/// [`exec`] on `peers`, recorded in the job history with the target `target`
+/// (the expression, or `jobs rerun 12`).
+pub fn exec_on(
+    socket: &Path,
+    target: &str,
+    peers: &[String],
+    directory: &str,
+    shell_cmd: &str,
+    timeout: Option<u64>,
+    opts: &Options,
+) -> Result<i32, ErrorBody> {
+    let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
-    let runs = map(&peers, opts.parallel, |peer| {
-        let req = Request::ExecOnPeer {
-            peer: peer.clone(),
-            directory: directory.to_string(),
-            shell_cmd: shell_cmd.to_string(),
-            timeout,
-            raw_output: false,
-        };
-        run_one(socket, peer, &req, limit, live, opts.verbose)
-    });
+    let (runs, halt) = rollout::run(
+        peers,
+        opts.parallel,
+        &opts.rollout,
+        |peer| {
+            let req = Request::ExecOnPeer {
+                peer: peer.clone(),
+                directory: directory.to_string(),
+                shell_cmd: shell_cmd.to_string(),
+                timeout,
+                raw_output: false,
+            };
+            run_one(socket, peer, &req, limit, live, opts.verbose)
+        },
+        |r| r.outcome.status() != 0,
+    );
+    let skipped = halt.as_ref().map(rollout::Halt::skipped_word);
+    let runs: Vec<PeerRun> = runs
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| PeerRun {
+                outcome: Outcome::Skipped(skipped.clone().unwrap_or_else(|| "skipped".into())),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                duration: Duration::ZERO,
+            })
+        })
+        .collect();
 
     if opts.json {
         let reports: Vec<PeerReport> = peers.iter().zip(&runs).map(|(p, r)| report(p, r)).collect();
@@ -194,6 +201,17 @@ pub fn exec(
             .map(|(p, r)| (p.as_str(), r.outcome.describe()))
             .collect();
         stdio::err(summary(&rows).as_bytes());
+        if let Some(h) = &halt {
+            let n = runs
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Skipped(_)))
+                .count();
+            errln!(
+                "d: {n} of {} peers not started: {}",
+                peers.len(),
+                h.reason()
+            );
+        }
         if opts.verbose {
             for (p, r) in peers.iter().zip(&runs) {
                 if let Outcome::Failed(ErrorBody { hint: Some(h), .. }) = &r.outcome {
@@ -201,6 +219,20 @@ pub fn exec(
                 }
             }
         }
+    }
+    if let Some(id) = job {
+        let results = peers
+            .iter()
+            .zip(&runs)
+            .map(|(p, r)| d_proto::jobs::JobPeer {
+                peer: p.clone(),
+                status: r.outcome.history_status().into(),
+                exit_code: Some(r.outcome.status()),
+                duration_ms: Some(millis(r.duration)),
+                word: Some(r.outcome.describe()),
+            })
+            .collect();
+        crate::history::finish(socket, opts.verbose, id, results);
     }
     let status = combined_status(runs.iter().map(|r| r.outcome.status()));
     Ok(stop::status().unwrap_or(status))
@@ -211,6 +243,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Exit(e) => (e.code, e.signal, e.timed_out, e.duration_ms),
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
         Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
+        Outcome::Skipped(_) => (None, None, false, 0),
     };
     let (stdout, stdout_base64) = render::json_text(&r.stdout);
     let (stderr, stderr_base64) = render::json_text(&r.stderr);
@@ -231,6 +264,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
             }
             Outcome::Failed(e) => Some(e.error.clone()),
             Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
+            Outcome::Skipped(word) => Some(format!("not started: {word}")),
             Outcome::Exit(_) => None,
         },
     }

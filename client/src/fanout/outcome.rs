@@ -15,6 +15,8 @@ pub enum Outcome {
     Failed(ErrorBody),
     /// Nothing final came before the deadline; the connection was closed.
     NoAnswer(Duration),
+    /// Never started (rollout control): the summary word, `skipped (...)`.
+    Skipped(String),
 }
 
 impl Outcome {
@@ -27,6 +29,17 @@ impl Outcome {
             Outcome::Failed(e) if stop::is_stop(e) => stop::status().unwrap_or(255),
             Outcome::Failed(_) => 255,
             Outcome::NoAnswer(_) => 124,
+            // Only a floor: the failure that stopped the run is larger or equal.
+            Outcome::Skipped(_) => 1,
+        }
+    }
+
+    /// The status word kept in the job history: `ok`, `skipped`, `failed`.
+    pub fn history_status(&self) -> &'static str {
+        match self {
+            Outcome::Skipped(_) => "skipped",
+            o if o.status() == 0 => "ok",
+            _ => "failed",
         }
     }
 
@@ -42,6 +55,7 @@ impl Outcome {
             },
             Outcome::Failed(e) => describe_error(e),
             Outcome::NoAnswer(_) => "timed out (no answer)".into(),
+            Outcome::Skipped(word) => word.clone(),
         }
     }
 }
@@ -124,6 +138,11 @@ mod tests {
                 255,
             ),
         ];
+        let cases = cases.into_iter().chain([(
+            Outcome::Skipped("skipped (a canary failed)".into()),
+            "skipped (a canary failed)",
+            1,
+        )]);
         for (o, word, status) in cases {
             assert_eq!((o.describe().as_str(), o.status()), (word, status));
         }

@@ -23,6 +23,8 @@ pub fn last_seen(p: &PeerInfo, now: u64) -> String {
 pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
     // The handshake column only where the leader has WireGuard to ask.
     let handshakes = peers.iter().any(|p| p.handshake_age_secs.is_some());
+    // The labels column only once some peer has labels.
+    let labels = peers.iter().any(|p| !p.labels.is_empty());
     let rows: Vec<Vec<Cow<'_, str>>> = peers
         .iter()
         .map(|p| {
@@ -50,10 +52,17 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
                     None => Cow::Borrowed("-"),
                 });
             }
+            if labels {
+                row.push(if p.labels.is_empty() {
+                    Cow::Borrowed("-")
+                } else {
+                    Cow::Owned(p.labels.join(","))
+                });
+            }
             row
         })
         .collect();
-    let header = [
+    let mut header = vec![
         "ID",
         "ADDRESS",
         "ROLE",
@@ -62,9 +71,14 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
         "VERSION",
         "HOSTNAME",
         "KEY",
-        "HANDSHAKE",
     ];
-    table_of(&header[..if handshakes { 9 } else { 8 }], &rows)
+    if handshakes {
+        header.push("HANDSHAKE");
+    }
+    if labels {
+        header.push("LABELS");
+    }
+    table_of(&header, &rows)
 }
 
 /// `d invite --list`: one row per token the leader keeps.
@@ -317,6 +331,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: None,
+            labels: Vec::new(),
         }
     }
 

@@ -17,7 +17,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{doctor, exec, invite, peer_config, status, to_raw, Daemon, Reply};
+use super::{doctor, exec, invite, jobs, peer_config, status, to_raw, Daemon, Reply};
 use crate::mesh::ask;
 use crate::mesh::registry::unexpected;
 use crate::mesh::route::{self, Route};
@@ -55,6 +55,17 @@ where
         | Request::RemoteDeployDaemon { .. } => {
             exec::serve(daemon, req, user, reader, writer).await;
             false
+        }
+        Request::Jobs { op } => {
+            let sent = match jobs::answer(daemon, op, user).await {
+                Ok(json) => {
+                    writer
+                        .send_line(&d_proto::control::result_line(&json))
+                        .await
+                }
+                Err(e) => writer.send(&Event::Error(e)).await,
+            };
+            sent.is_ok()
         }
         other => {
             // The answer is written as encoded: a 10,000-row registry
@@ -115,7 +126,8 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             id,
             leader,
             mesh_key,
-        } => peer_config::set(daemon, role, id, leader, mesh_key).await,
+            labels,
+        } => peer_config::set(daemon, role, id, leader, mesh_key, labels).await,
         Request::RegisterWorker { leader, mesh_key } => {
             let leader = leader
                 .or_else(|| daemon.mesh.me.get().leader)
@@ -126,6 +138,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
                 Some(daemon.mesh.me.hostname.clone()),
                 Some(leader),
                 mesh_key,
+                None,
             )
             .await
         }
@@ -203,6 +216,11 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         | Request::RemoteDeployDaemon { .. } => Err(ErrorBody::invalid(
             "exec requests are streamed, not answered",
         )),
+        // Per local user: answered in `serve`, where the user is known.
+        Request::Jobs { .. } => Err(ErrorBody::invalid(
+            "the job history is kept per user of each machine",
+        )
+        .hint("run `d jobs` on that machine itself")),
     }
 }
 

@@ -35,6 +35,7 @@ pub mod doctor;
 pub mod exec;
 pub mod invite;
 pub mod job;
+pub mod jobs;
 pub mod peer;
 pub mod peer_config;
 pub mod status;
@@ -71,7 +72,7 @@ impl Daemon {
             )
         })?;
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader, leader_key, join_token) = store
+        let (role, id, leader, leader_key, join_token, labels) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
@@ -79,6 +80,7 @@ impl Daemon {
                     st.get_setting("leader")?,
                     st.get_setting("leader_key")?,
                     st.get_setting("join_token")?,
+                    st.get_setting("labels")?,
                 ))
             })
             .await?;
@@ -90,6 +92,15 @@ impl Daemon {
                 None => None,
             },
             join: join_token.and_then(|t| Invite::decode(&t).ok()),
+        };
+        // `setPeerConfig --labels` (comma-joined in settings) wins over the file.
+        let labels: Vec<String> = match labels {
+            Some(s) => s
+                .split(',')
+                .filter(|l| d_proto::validate_label(l).is_ok())
+                .map(str::to_string)
+                .collect(),
+            None => config.labels.clone(),
         };
         let identity = Identity {
             role: role.as_deref().and_then(|r| Role::parse(r).ok()),
@@ -116,6 +127,7 @@ impl Daemon {
             keypair,
         ));
         me.set_leader_trust(trust);
+        me.set_labels(labels);
         let config = Arc::new(config);
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();

@@ -16,8 +16,15 @@ pub async fn set(
     id: Option<String>,
     leader: Option<String>,
     mesh_key: Option<String>,
+    labels: Option<Vec<String>>,
 ) -> Result<Reply, ErrorBody> {
     let cur = daemon.mesh.me.get();
+    if let Some(l) = &labels {
+        d_proto::validate_labels(l).map_err(|e| {
+            ErrorBody::invalid(e)
+                .hint("e.g. `d setPeerConfig --labels web,prod` (`--labels ''` clears them)")
+        })?;
+    }
     // Check everything before changing anything.
     let key = match mesh_key {
         Some(text) => Some(d_proto::auth::key_from_text(&text).map_err(|e| {
@@ -60,6 +67,23 @@ pub async fn set(
     };
     if let Some(key) = key {
         daemon.mesh.set_mesh_key(key)?;
+    }
+    if let Some(l) = labels {
+        // Saved first; the new hello of the link below tells the leader
+        // (a leader's own row is rewritten by apply_identity).
+        let joined = l.join(",");
+        daemon
+            .mesh
+            .store
+            .call(move |st| st.set_setting("labels", Some(&joined)))
+            .await
+            .map_err(|e| {
+                ErrorBody::new(
+                    d_proto::types::ErrorKind::Other,
+                    format!("cannot save the labels: {e}"),
+                )
+            })?;
+        daemon.mesh.me.set_labels(l);
     }
     daemon.mesh.apply_identity(new).await?;
     let message = match role {

@@ -82,6 +82,9 @@ pub struct FileConfig {
     pub exec_log_max_rows: Option<u64>,
     /// Audit log days kept (default 90).
     pub exec_log_max_days: Option<u64>,
+    /// This peer's labels (targets `@NAME`), until `d setPeerConfig --labels`
+    /// sets others (kept in the state database, which then wins).
+    pub labels: Option<Vec<String>>,
 }
 
 /// Where the peer port should listen.
@@ -108,6 +111,8 @@ pub struct Config {
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
     pub exec_log: Retention,
+    /// Labels from the config file (checked at start).
+    pub labels: Vec<String>,
     pub ops: Ops,
     /// Where a job without a directory runs (`d @peer CMD`).
     pub default_dir: PathBuf,
@@ -207,6 +212,12 @@ impl Config {
             exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),
+            },
+            labels: {
+                let labels = file.labels.unwrap_or_default();
+                d_proto::validate_labels(&labels)
+                    .map_err(|e| anyhow::anyhow!("config `labels`: {e}"))?;
+                labels
             },
         })
     }

@@ -35,6 +35,8 @@ pub struct Me {
     /// first protocol-4 link proven by the mesh key), and the join token
     /// still to present (until the leader welcomes it).
     leader_trust: RwLock<LeaderTrust>,
+    /// Labels told to the leader in every hello (checked when set).
+    labels: RwLock<Vec<String>>,
 }
 
 /// What a worker knows of its leader's identity (settings `leader_key`,
@@ -61,7 +63,23 @@ impl Me {
             mesh_key: RwLock::new(key),
             keypair: RwLock::new(keypair),
             leader_trust: RwLock::default(),
+            labels: RwLock::new(Vec::new()),
         }
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the labels (saving them is the caller's); returns whether they changed.
+    pub fn set_labels(&self, new: Vec<String>) -> bool {
+        let mut cur = self.labels.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *cur != new;
+        *cur = new;
+        changed
     }
 
     pub fn leader_trust(&self) -> LeaderTrust {

@@ -125,6 +125,18 @@ pub async fn admit(
         wg_public_key,
         handshake_age_secs: None,
         public_key: None,
+        // A worker's own labels; an older or odd one's invalid ones are left out.
+        labels: if d_proto::validate_labels(&hello.labels).is_ok() {
+            hello.labels.clone()
+        } else {
+            hello
+                .labels
+                .iter()
+                .filter(|l| d_proto::validate_label(l).is_ok())
+                .take(d_proto::MAX_LABELS)
+                .cloned()
+                .collect()
+        },
     };
     let now = unix_now();
     mesh.store

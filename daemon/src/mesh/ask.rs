@@ -228,6 +228,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: None,
+            labels: Vec::new(),
         }
     }
 
@@ -365,6 +366,10 @@ mod tests {
         r.wg_public_key = Some("k".repeat(44));
         r.port = 0;
         r.hostname = "é-ü-字".into();
+        assert_eq!(json_len_bound(&r), exact(&r));
+        r.labels = vec!["web".into()];
+        assert_eq!(json_len_bound(&r), exact(&r));
+        r.labels = vec!["web".into(), "prod".into(), "x".into()];
         assert_eq!(json_len_bound(&r), exact(&r));
         for s in ["a\"b", "back\\slash", "tab\t", "\u{1}\u{1f}", "\n\n\n"] {
             r.version = s.into();

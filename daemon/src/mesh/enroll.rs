@@ -162,6 +162,7 @@ async fn enroll(
         wg_public_key: None,
         handshake_age_secs: None,
         public_key: Some(key),
+        labels: Vec::new(),
     };
     let now = unix_now();
     let id = row.id.clone();

@@ -67,7 +67,7 @@ pub(super) fn json_len_bound(row: &PeerInfo) -> usize {
         n.map_or(4, number)
     }
     // The field names with their quotes and colons, the commas and braces.
-    const KEYS: usize = 130;
+    const KEYS: usize = 140;
     KEYS + text(&row.id)
         + text(&row.addr)
         + number(u64::from(row.port))
@@ -79,6 +79,10 @@ pub(super) fn json_len_bound(row: &PeerInfo) -> usize {
         + opt(row.first_seen)
         + row.wg_public_key.as_deref().map_or(4, text)
         + opt(row.handshake_age_secs)
+        // `[`, `]`, the labels and the commas between them.
+        + 2
+        + row.labels.iter().map(|l| text(l) + 1).sum::<usize>()
+        - usize::from(!row.labels.is_empty())
 }
 
 /// How many of `rows`, from the first, fit in `budget` bytes as a JSON array.

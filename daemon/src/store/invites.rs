@@ -252,6 +252,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: Some(key),
+            labels: Vec::new(),
         }
     }
 

@@ -62,6 +62,31 @@ const MIGRATIONS: &[&str] = &[
         id         TEXT PRIMARY KEY,
         revoked_at INTEGER NOT NULL
     );",
+    // 4 → 5: fan-out job history (`d jobs`, `@failed`), see jobs.rs.
+    "CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        user        TEXT,
+        target      TEXT NOT NULL,
+        directory   TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        n_peers     INTEGER NOT NULL
+    );
+    CREATE INDEX jobs_user ON jobs(user, id);
+    CREATE TABLE job_peers (
+        job         INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        peer        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        exit_code   INTEGER,
+        duration_ms INTEGER,
+        word        TEXT,
+        PRIMARY KEY (job, seq)
+    );",
+    // 5 → 6: the labels a peer told the leader, comma-joined (each checked
+    // by d_proto::validate_label, so commas never occur inside one).
+    "ALTER TABLE peers ADD COLUMN labels TEXT NOT NULL DEFAULT '';",
 ];
 
 impl Store {

@@ -10,7 +10,7 @@
 //!
 //! Files: [`db`] the thread callers send work to, [`migrations`] the schema,
 //! [`settings`] the daemon's own settings, [`peers`] the leader's registry,
-//! [`exec_log`] the audit log, [`invites`] enrolled keys and join invitations. A new table gets its own file with an
+//! [`exec_log`] the audit log, [`invites`] enrolled keys and join invitations, [`jobs`] the fan-out job history. A new table gets its own file with an
 //! `impl Store` block and a step in [`migrations`].
 
 use std::path::Path;
@@ -23,6 +23,7 @@ pub use db::Registry;
 pub mod db;
 pub mod exec_log;
 pub mod invites;
+pub mod jobs;
 pub mod migrations;
 pub mod peers;
 pub mod settings;

@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension};
 use super::{RegistryError, Store};
 
 const PEER_COLUMNS: &str =
-    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key";
+    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key, labels";
 
 impl Store {
     /// Insert or refresh a peer (registration); `first_seen` is kept, and
@@ -22,12 +22,12 @@ impl Store {
             )?;
         }
         self.conn.execute(
-            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key, labels)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)
              ON CONFLICT(id) DO UPDATE SET addr = excluded.addr, port = excluded.port,
                 role = excluded.role, version = excluded.version,
                 hostname = excluded.hostname, last_seen = excluded.last_seen,
-                wg_pubkey = excluded.wg_pubkey,
+                wg_pubkey = excluded.wg_pubkey, labels = excluded.labels,
                 public_key = COALESCE(excluded.public_key, peers.public_key)",
             params![
                 p.id,
@@ -38,7 +38,8 @@ impl Store {
                 p.hostname,
                 now as i64,
                 p.wg_public_key,
-                p.public_key.map(|k| k.to_base64())
+                p.public_key.map(|k| k.to_base64()),
+                p.labels.join(",")
             ],
         )?;
         Ok(())
@@ -131,6 +132,12 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
         public_key: r
             .get::<_, Option<String>>(9)?
             .and_then(|k| PublicKey::from_base64(&k).ok()),
+        labels: r
+            .get::<_, String>(10)?
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
     })
 }
 
@@ -153,6 +160,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: None,
+            labels: Vec::new(),
         }
     }
 

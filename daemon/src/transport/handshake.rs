@@ -317,6 +317,7 @@ where
         purpose,
         nonce: B64(nonce.to_vec()),
         public_key: Some(my_key),
+        labels: ep.me.labels(),
     };
     writer
         .send(&PeerMsg::Hello(hello.clone()))

@@ -404,6 +404,7 @@ pub fn raw_handshake(
         nonce: B64(nonce.to_vec()),
         // An old daemon's hello: the shared mesh key only.
         public_key: None,
+        labels: Vec::new(),
     };
     s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
         .unwrap();
