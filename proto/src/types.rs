@@ -268,6 +268,12 @@ pub enum ErrorKind {
     /// The other side did not prove the mesh key (or this side lacks it).
     AuthFailed,
     Busy,
+    /// The daemon could not save or read its state (disk full, read-only,
+    /// locked, the state directory gone): nothing was changed.
+    Storage,
+    /// The daemon on this machine (the one the client talks to) is
+    /// shutting down: not the peer's fault.
+    ShuttingDown,
     #[default]
     #[serde(other)]
     Other,
