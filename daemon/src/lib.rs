@@ -39,6 +39,9 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
 pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpListener>) {
     let tasks = daemon.tasks().clone();
     tasks.tracker.spawn(control::serve(daemon.clone(), control));
+    tasks
+        .tracker
+        .spawn(daemon.audit.clone().retry_loop(tasks.shutdown.clone()));
     daemon.mesh.start(peer).await;
 
     tasks.shutdown.cancelled().await;

@@ -101,6 +101,19 @@ pub struct PeerStatus {
     /// The WireGuard interface as this daemon sees it.
     #[serde(default)]
     pub wg: Option<WgStatus>,
+    /// Why the state database refuses writes now (disk full, read-only,
+    /// locked, removed), with what to do; absent when it takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
+    /// Unix seconds since the state database refuses writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error_since: Option<u64>,
+    /// Audit records kept in memory, waiting for the database to take them.
+    #[serde(default)]
+    pub audit_pending: u64,
+    /// Audit records dropped since start because too many waited.
+    #[serde(default)]
+    pub audit_dropped: u64,
 }
 
 /// A WireGuard interface and its peers.

@@ -8,6 +8,7 @@
 //! - [`job`]: starting a job here (shell command, operations action, relay),
 //!   and audit records.
 //! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
+//! - [`audit`]: the audit log's writer, which keeps records the database refuses.
 //! - [`peer_config`], [`status`], [`doctor`], [`deploy`]: commands.
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use crate::mesh::Mesh;
 use crate::store::Registry;
 use crate::transport::Handler;
 
+pub mod audit;
 pub mod deploy;
 pub mod dispatch;
 pub mod doctor;
@@ -55,6 +57,8 @@ pub struct Daemon {
     pub exe: PathBuf,
     /// Set by a deploy: re-execute [`Daemon::exe`] once shut down.
     restart_requested: AtomicBool,
+    /// Audit records, kept while the database refuses them.
+    pub audit: Arc<audit::Audit>,
 }
 
 impl Daemon {
@@ -92,6 +96,7 @@ impl Daemon {
             mesh_key,
         ));
         let config = Arc::new(config);
+        let audit = audit::Audit::new(store.clone(), config.exec_log);
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();
             Daemon {
@@ -107,6 +112,7 @@ impl Daemon {
                 running_jobs: Arc::default(),
                 exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
                 restart_requested: AtomicBool::new(false),
+                audit,
             }
         }))
     }
@@ -139,15 +145,13 @@ impl Daemon {
         }
     }
 
-    /// Append to the audit log without waiting (a failure is logged, never fatal).
+    /// Append to the audit log without waiting: a record the database
+    /// refuses is kept and written later ([`audit`]).
     pub fn audit(&self, rec: ExecRecord) {
-        let keep = self.config.exec_log;
-        let store = self.mesh.store.clone();
-        self.tasks().tracker.spawn(async move {
-            if let Err(e) = store.call(move |st| st.log_exec(&rec, keep)).await {
-                tracing::error!("cannot write the audit log: {e}");
-            }
-        });
+        let audit = self.audit.clone();
+        self.tasks()
+            .tracker
+            .spawn(async move { audit.record(rec).await });
     }
 
     /// Shut down (ending jobs and sessions) and re-execute the installed binary.

@@ -162,10 +162,13 @@ impl Mesh {
             })
             .await
             .map_err(|e| {
-                ErrorBody::new(
-                    ErrorKind::Other,
-                    format!("cannot save the configuration: {e}"),
-                )
+                // Nothing changed: the identity in use stays the saved one.
+                let mut body = ErrorBody::from(e);
+                body.error = format!(
+                    "Not configured: cannot save the configuration: {}",
+                    body.error
+                );
+                body
             })?;
         let role = new.role;
         if self.me.set(new) {

@@ -122,7 +122,10 @@ impl Health {
         match (r, cur.as_ref()) {
             (Ok(()), None) => {}
             (Ok(()), Some((e, _))) => {
-                tracing::info!("the state database takes writes again (it failed: {})", e.error);
+                tracing::info!(
+                    "the state database takes writes again (it failed: {})",
+                    e.error
+                );
                 *cur = None;
             }
             (Err(e), Some((old, _))) if old.error == e.error => {}
@@ -145,6 +148,15 @@ impl Registry {
         let reader = Store::open(path)?;
         let id = FileId::of(path).map_err(RegistryError::Storage)?;
         let health = Arc::<Health>::default();
+        // SQLite opens a file it cannot write read-only, without a word:
+        // say it now, not at the first change someone asks for.
+        if store.conn.is_readonly(c"main").unwrap_or(false) {
+            health.record(Err(&StorageError::new(
+                super::Cause::ReadOnly,
+                path,
+                "opened read-only",
+            )));
+        }
         let (tx, rx) = std_mpsc::sync_channel::<Op>(4096);
         let (reads, read_rx) = std_mpsc::sync_channel::<Op>(4096);
         let spawn_err = |e: std::io::Error| RegistryError::Open {

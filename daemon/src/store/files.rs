@@ -176,6 +176,10 @@ mod tests {
         std::fs::rename(dir.path().join("other"), &db).unwrap();
         assert_eq!(id.check(&db).unwrap_err().cause, Cause::Gone);
         std::fs::remove_file(&db).unwrap();
-        assert!(id.check(&db).unwrap_err().error.contains("no longer exists"));
+        assert!(id
+            .check(&db)
+            .unwrap_err()
+            .error
+            .contains("no longer exists"));
     }
 }

@@ -50,9 +50,7 @@ pub enum RegistryError {
 impl From<RegistryError> for ErrorBody {
     fn from(e: RegistryError) -> ErrorBody {
         match e {
-            RegistryError::Storage(s) => {
-                ErrorBody::new(ErrorKind::Storage, s.error).hint(s.hint)
-            }
+            RegistryError::Storage(s) => ErrorBody::new(ErrorKind::Storage, s.error).hint(s.hint),
             other => ErrorBody::new(ErrorKind::Storage, other.to_string())
                 .hint("see the daemon's log (`journalctl -u d-daemon`) and `d doctor`"),
         }
@@ -124,9 +122,7 @@ impl StorageError {
             C::DiskFull => Cause::Full,
             C::ReadOnly => Cause::ReadOnly,
             C::DatabaseBusy | C::DatabaseLocked => Cause::Locked,
-            C::SystemIoFailure | C::CannotOpen | C::DatabaseCorrupt | C::NotADatabase => {
-                Cause::Io
-            }
+            C::SystemIoFailure | C::CannotOpen | C::DatabaseCorrupt | C::NotADatabase => Cause::Io,
             _ => return None,
         };
         Some(StorageError::new(cause, path, e))
@@ -141,9 +137,22 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, RegistryError> {
-        let open = |source| RegistryError::Open {
-            path: path.display().to_string(),
-            source,
+        let open = |source| {
+            // SQLite says only "unable to open database file": say why.
+            let dir = path.parent().unwrap_or(path);
+            let read_only = nix::sys::statvfs::statvfs(dir)
+                .is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+            if read_only {
+                return RegistryError::Storage(StorageError::new(
+                    Cause::ReadOnly,
+                    path,
+                    format!("{} is on a read-only file system; {source}", dir.display()),
+                ));
+            }
+            RegistryError::Open {
+                path: path.display().to_string(),
+                source,
+            }
         };
         let conn = Connection::open(path).map_err(open)?;
         // FULL: a commit is on disk (the WAL fsynced) before anyone is told
