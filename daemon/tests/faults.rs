@@ -249,3 +249,58 @@ fn an_external_write_lock_stalls_no_read_and_loses_no_audit_row() {
     assert!(audit_commands(&d).iter().any(|c| c == "echo during-lock"));
     assert_eq!(status(&d)["id"], "lead");
 }
+
+/// A leader whose disk is full still admits a worker it already lists when
+/// that worker reconnects (its row is only stale); a new worker is refused
+/// with the reason rather than admitted unlisted.
+#[test]
+fn a_full_leader_admits_reconnecting_workers() {
+    if !root_or_skip("the full-leader test") {
+        return;
+    }
+    let fs = Tmpfs::mount("8m");
+    let state = fs.path().join("state");
+    std::fs::create_dir(&state).expect("state dir on the tmpfs");
+    let vps = TestDaemon::start_prepared("fullvps", "127.0.0.1", &[], |p| {
+        std::os::unix::fs::symlink(&state, p).expect("link the state dir to the tmpfs");
+    });
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let leader = vps.listen();
+    let key = vps.mesh_key_path();
+    let join = |w: &TestDaemon| {
+        w.d(&[
+            "setPeerConfig",
+            "--role",
+            "worker",
+            "--id",
+            &w.name,
+            "--leader",
+            &leader,
+            "--meshKey",
+            path_str(&key),
+        ])
+    };
+    let mut desk = TestDaemon::start("desk", "127.0.0.2");
+    assert!(join(&desk).status.success());
+    let linked = |w: &TestDaemon| status(w)["link"] == "connected";
+    wait_for(LONG, "desk linked", || linked(&desk));
+
+    let _fill = fs.fill();
+    let listen = desk.listen();
+    desk.stop();
+    desk.restart_on(&listen);
+    wait_for(LONG, "desk linked again to the full leader", || {
+        linked(&desk)
+    });
+
+    let new = TestDaemon::start("newbie", "127.0.0.4");
+    let out = join(&new);
+    let text = stdout(&out) + &stderr(&out);
+    assert!(!linked(&new), "a new worker was admitted unlisted: {text}");
+    wait_for(LONG, "the refusal to name the full disk", || {
+        status(&new)["link_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disk is full")
+    });
+}
