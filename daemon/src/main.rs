@@ -26,6 +26,14 @@ async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
     let config = Config::from_args(args)?;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {} (use --state-dir or D_STATE_DIR)",
+            config.state_dir.display()
+        )
+    })?;
+    // Held until exit (or a deploy's exec, which closes it): one daemon per state dir.
+    let _state_lock = d_daemon::store::lock::acquire(&config.state_dir)?;
 
     let socket = config.socket.clone();
     if let Some(dir) = socket.parent() {

@@ -304,3 +304,35 @@ fn a_full_leader_admits_reconnecting_workers() {
             .contains("disk is full")
     });
 }
+
+/// A second daemon on the same state dir (another socket, another port)
+/// refuses to start and names the PID that holds the state; the first keeps
+/// serving, and once it stops a new one starts there.
+#[test]
+fn one_daemon_per_state_dir() {
+    let mut first = TestDaemon::start("lockone", "127.0.0.1");
+    let other_sock = first.dir.path().join("second.sock");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(daemon_bin())
+        .arg("--socket")
+        .arg(&other_sock)
+        .arg("--state-dir")
+        .arg(first.state_dir())
+        .args(["--listen", "127.0.0.1:0", "--wg-interface", "dtnone0"])
+        .output()
+        .expect("run a second d-daemon");
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a second daemon ran on one state dir: {err}"
+    );
+    assert!(err.contains(&format!("PID {}", first.pid())), "{err}");
+    assert!(!other_sock.exists(), "the second bound a socket");
+    assert_eq!(status(&first)["running_jobs"], 0, "the first still serves");
+
+    let listen = first.listen();
+    first.stop();
+    first.restart_on(&listen);
+    assert!(status(&first)["uptime_secs"].is_u64());
+}

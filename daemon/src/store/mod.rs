@@ -9,7 +9,8 @@
 //! Schema changes are steps of `PRAGMA user_version` ([`migrations`]).
 //!
 //! Files: [`db`] the threads callers send work to, [`files`] the database's
-//! files checked at start and watched, [`migrations`] the schema,
+//! files checked at start and watched, [`lock`] one daemon per state dir,
+//! [`migrations`] the schema,
 //! [`settings`] the daemon's own settings, [`peers`] the leader's registry,
 //! [`exec_log`] the audit log. A new table gets its own file with an
 //! `impl Store` block and a step in [`migrations`].
@@ -25,6 +26,7 @@ pub use db::Registry;
 pub mod db;
 pub mod exec_log;
 pub mod files;
+pub mod lock;
 pub mod migrations;
 pub mod peers;
 pub mod settings;
