@@ -25,6 +25,9 @@ async fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
+    // Before anything else: no signal may end the daemon silently.
+    let stop = tokio_util::sync::CancellationToken::new();
+    d_daemon::base::signals::install(stop.clone());
     let config = Config::from_args(args)?;
     std::fs::create_dir_all(&config.state_dir).with_context(|| {
         format!(
@@ -81,7 +84,7 @@ async fn serve() -> anyhow::Result<()> {
     let daemon = d_daemon::open(config).await?;
     let shutdown = daemon.shutdown().clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop.cancelled().await;
         // systemctl shows "deactivating" while jobs' process groups are ended.
         let _ = sd_notify::notify(&[NotifyState::Stopping]);
         shutdown.cancel();
@@ -217,18 +220,5 @@ fn raise_fd_limit() {
         if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
             tracing::warn!("cannot raise the open-file limit from {soft} to {hard}");
         }
-    }
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -336,3 +336,89 @@ fn one_daemon_per_state_dir() {
     first.restart_on(&listen);
     assert!(status(&first)["uptime_secs"].is_u64());
 }
+
+/// Signals whose default would end the daemon are logged and ignored while
+/// a job runs on; SIGTERM then ends the daemon cleanly: the job's process
+/// is gone, and its audit row is there after a restart.
+#[test]
+fn signals_are_handled_and_shutdown_records_the_job() {
+    let mut d = TestDaemon::start("sig", "127.0.0.1");
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "sig"])
+        .status
+        .success());
+    let pidfile = d.dir.path().join("job.pid");
+    let cmd = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+    let client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(d.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "sig",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &cmd,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    wait_for(LONG, "the job to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+    });
+    let job: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let rt1 = libc::SIGRTMIN() + 1;
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP".to_string()),
+        (libc::SIGUSR1, "SIGUSR1".to_string()),
+        (libc::SIGUSR2, "SIGUSR2".to_string()),
+        (libc::SIGALRM, "SIGALRM".to_string()),
+        (rt1, "SIGRTMIN+1".to_string()),
+    ] {
+        signal(d.pid(), sig);
+        let line = format!("received {name}: ignored");
+        wait_for(LONG, &line, || d.log().contains(&line));
+        assert!(alive(d.pid()), "{name} ended the daemon");
+    }
+    assert!(alive(job), "the job survives ignored signals");
+    assert_eq!(status(&d)["running_jobs"], 1);
+
+    let listen = d.listen();
+    signal(d.pid(), libc::SIGTERM);
+    let mut child = d.child.take().expect("daemon child");
+    wait_for(LONG, "the daemon to exit", || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    assert!(child.wait().unwrap().success(), "exit status after SIGTERM");
+    assert!(
+        d.log().contains("received SIGTERM: shutting down cleanly"),
+        "{}",
+        d.log()
+    );
+    wait_for(LONG, "the job's process to end", || !alive(job));
+    let out = client.wait_with_output().expect("client exits");
+    assert!(
+        !out.status.success(),
+        "the interrupted job reported success"
+    );
+    eprintln!("CLIENT: {} {}", stdout(&out), stderr(&out));
+
+    d.restart_on(&listen);
+    let rows = d.json(&["execLog", "--limit", "10"]);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["command"] == cmd.as_str())
+        .unwrap_or_else(|| panic!("no audit row for the job ended by shutdown: {rows}"));
+    assert!(
+        !row["exit"].is_null() || !row["error"].is_null(),
+        "the row does not say how it ended: {row}"
+    );
+}

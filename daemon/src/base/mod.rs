@@ -2,12 +2,14 @@
 //! them. Configuration ([`config`]), this daemon's identity and mesh key
 //! ([`identity`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
 //! and shutdown signal everything runs under ([`tasks`]), time ([`clock`])
-//! and reconnect delays ([`backoff`]).
+//! reconnect delays ([`backoff`]) and the signals the daemon handles or
+//! ignores ([`signals`]).
 
 pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod meshkey;
+pub mod signals;
 pub mod tasks;
 pub mod wg;
