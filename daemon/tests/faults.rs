@@ -407,7 +407,11 @@ fn signals_are_handled_and_shutdown_records_the_job() {
         !out.status.success(),
         "the interrupted job reported success"
     );
-    eprintln!("CLIENT: {} {}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the local daemon on sig is shutting down"),
+        "{err}"
+    );
 
     d.restart_on(&listen);
     let rows = d.json(&["execLog", "--limit", "10"]);
@@ -421,4 +425,72 @@ fn signals_are_handled_and_shutdown_records_the_job() {
         !row["exit"].is_null() || !row["error"].is_null(),
         "the row does not say how it ended: {row}"
     );
+}
+
+fn start_job(from: &TestDaemon, peer: &str, pidfile: &Path) -> std::process::Child {
+    let cmd = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+    Command::new(client_bin())
+        .arg("--socket")
+        .arg(from.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            peer,
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &cmd,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the client")
+}
+
+fn wait_pid(pidfile: &Path) -> u32 {
+    wait_for(LONG, "the job to start", || {
+        std::fs::read_to_string(pidfile).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+    });
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The client's message names the machine whose daemon stopped: the peer's
+/// when the target shuts down mid-job, its own when the requester's does.
+#[test]
+fn shutdown_messages_name_the_machine() {
+    let mut m = Mesh::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let pidfile = dir.path().join("a.pid");
+    let client = start_job(&m.laptop, "desktop", &pidfile);
+    let job = wait_pid(&pidfile);
+    m.desktop.stop();
+    let out = client.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the daemon on desktop (the peer) is shutting down"),
+        "{err}"
+    );
+    assert!(!alive(job));
+
+    let pidfile = dir.path().join("b.pid");
+    let client = start_job(&m.laptop, "vps", &pidfile);
+    let job = wait_pid(&pidfile);
+    m.laptop.stop();
+    let out = client.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the local daemon on laptop is shutting down"),
+        "{err}"
+    );
+    assert!(!err.contains("the peer"), "{err}");
+    wait_for(LONG, "the job on vps to end with the session", || {
+        !alive(job)
+    });
 }

@@ -284,8 +284,8 @@ pub enum ErrorKind {
     /// The daemon could not save or read its state (disk full, read-only,
     /// locked, the state directory gone): nothing was changed.
     Storage,
-    /// The daemon on this machine (the one the client talks to) is
-    /// shutting down: not the peer's fault.
+    /// A daemon is shutting down and ended the job; the message names which
+    /// one ("the local daemon on laptop", "the daemon on desktop (the peer)").
     ShuttingDown,
     #[default]
     #[serde(other)]
