@@ -428,11 +428,15 @@ fn signals_are_handled_and_shutdown_records_the_job() {
 }
 
 fn start_job(from: &TestDaemon, peer: &str, pidfile: &Path) -> std::process::Child {
-    let cmd = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+    let cmd = format!(
+        "echo before; echo $$ > {}; exec sleep 300",
+        pidfile.display()
+    );
     Command::new(client_bin())
         .arg("--socket")
         .arg(from.socket())
         .args([
+            "--json",
             "execOnPeer",
             "--peer",
             peer,
@@ -477,6 +481,17 @@ fn shutdown_messages_name_the_machine() {
         "{err}"
     );
     assert!(!alive(job));
+    // --json keeps the stdout that came before the loss.
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(doc["stdout"], "before\n", "{doc}");
+    assert_eq!(doc["peer"], "desktop", "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("shutting down"),
+        "{doc}"
+    );
 
     let pidfile = dir.path().join("b.pid");
     let client = start_job(&m.laptop, "vps", &pidfile);
