@@ -42,6 +42,10 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
     tasks
         .tracker
         .spawn(daemon.audit.clone().retry_loop(tasks.shutdown.clone()));
+    tasks.tracker.spawn(base::clock::watch_jumps(
+        std::time::Duration::from_secs(1),
+        tasks.shutdown.clone(),
+    ));
     daemon.mesh.start(peer).await;
 
     tasks.shutdown.cancelled().await;

@@ -509,3 +509,42 @@ fn shutdown_messages_name_the_machine() {
         !alive(job)
     });
 }
+
+/// The wall clock moved forward by a year while the daemon runs (the
+/// debug-build test hook `.test-clock-offset`): the jump is logged and the
+/// audit retention that runs next deletes none of the earlier rows.
+#[test]
+fn a_wall_clock_jump_deletes_no_history() {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    // Small enough that a 2 KiB command prunes at once (max_bytes / 64).
+    std::fs::write(cfg.path(), "exec_log_max_bytes = 65536\n").unwrap();
+    let d = TestDaemon::start_with("clock", "127.0.0.1", &["--config", path_str(cfg.path())]);
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "clock"])
+        .status
+        .success());
+    for i in 0..3 {
+        let out = exec(&d, "clock", &format!("echo before-{i}"));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    wait_for(LONG, "three audit rows", || {
+        audit_commands(&d)
+            .iter()
+            .filter(|c| c.starts_with("echo before-"))
+            .count()
+            == 3
+    });
+    std::fs::write(d.state_dir().join(".test-clock-offset"), "31536000").unwrap();
+    wait_for(LONG, "the jump to be logged", || {
+        d.log().contains("the wall clock jumped forward by 3153")
+    });
+    let big = format!("true {}", "x".repeat(2048));
+    assert!(exec(&d, "clock", &big).status.success());
+    wait_for(LONG, "the big row", || audit_commands(&d).contains(&big));
+    let rows = audit_commands(&d);
+    let kept = rows
+        .iter()
+        .filter(|c| c.starts_with("echo before-"))
+        .count();
+    assert_eq!(kept, 3, "history deleted after a clock jump: {rows:?}");
+}

@@ -71,6 +71,7 @@ impl Daemon {
                 config.state_dir.display()
             )
         })?;
+        crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
         let (role, id, leader) = store
             .call(|st| {

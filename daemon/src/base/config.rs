@@ -82,6 +82,9 @@ pub struct FileConfig {
     pub exec_log_max_rows: Option<u64>,
     /// Audit log days kept (default 90).
     pub exec_log_max_days: Option<u64>,
+    /// Audit log bytes kept (default 64 MiB), counting each row's text
+    /// (command, directory, error, names) plus 64 bytes.
+    pub exec_log_max_bytes: Option<u64>,
 }
 
 /// Where the peer port should listen.
@@ -118,6 +121,9 @@ pub struct Config {
 pub struct Retention {
     pub max_rows: u64,
     pub max_age_days: u64,
+    /// Bytes of row text kept (see `FileConfig::exec_log_max_bytes`), so a
+    /// burst of 1 MB commands cannot fill the disk.
+    pub max_bytes: u64,
 }
 
 /// Where this machine's own source lives and how it is built (`remotePull`,
@@ -207,6 +213,7 @@ impl Config {
             exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),
+                max_bytes: file.exec_log_max_bytes.unwrap_or(64 << 20).max(4096),
             },
         })
     }
