@@ -2,13 +2,11 @@
 //! Under systemd (`systemd/d-daemon.service`) it also logs to the journal,
 //! says READY=1 once it serves, and feeds the watchdog.
 
-use std::os::unix::fs::PermissionsExt;
-
 use anyhow::Context;
 use clap::Parser;
 use d_daemon::base::config::{Args, Config, Listen};
 use sd_notify::NotifyState;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -53,25 +51,8 @@ async fn serve() -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(&socket);
     }
-    let control = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot bind the control socket {}", socket.display()))?;
     // Root (the daemon's user) and the socket group only: 0660.
-    let gid = match &config.socket_group {
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .with_context(|| {
-                    format!("socket_group {name:?} does not exist (create it with `groupadd {name}`, or set another)")
-                })?
-                .gid,
-        ),
-        None => None,
-    };
-    nix::unistd::chown(&socket, None, gid)
-        .with_context(|| format!("cannot give {} to its group", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot set permissions on {}", socket.display()))?;
+    let control = d_daemon::control::bind(&socket, config.socket_group.as_deref())?;
     raise_fd_limit();
 
     let peer = match &config.listen {

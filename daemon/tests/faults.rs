@@ -548,3 +548,77 @@ fn a_wall_clock_jump_deletes_no_history() {
         .count();
     assert_eq!(kept, 3, "history deleted after a clock jump: {rows:?}");
 }
+
+/// The state dir removed while the daemon runs is said (log, getPeerStatus,
+/// doctor) and every change fails; a zero-length d.db left next to its WAL
+/// refuses to start rather than start unconfigured; a removed control
+/// socket is created again.
+#[test]
+fn state_dir_and_socket_are_watched() {
+    let mut d = TestDaemon::start("watch", "127.0.0.1");
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "watch"])
+        .status
+        .success());
+
+    // The control socket removed: created again, and logged.
+    std::fs::remove_file(d.socket()).unwrap();
+    wait_for(LONG, "the control socket to be created again", || {
+        d.d(&["ping"]).status.success()
+    });
+    assert!(d
+        .log()
+        .contains("was removed while the daemon ran: created it again"));
+
+    // A zero-length database next to its WAL (a botched copy).
+    let listen = d.listen();
+    d.stop();
+    let db = d.state_dir().join("d.db");
+    let saved = std::fs::read(&db).unwrap();
+    std::fs::write(&db, b"").unwrap();
+    std::fs::write(d.state_dir().join("d.db-wal"), b"some frames").unwrap();
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(daemon_bin())
+        .arg("--socket")
+        .arg(d.socket())
+        .arg("--state-dir")
+        .arg(d.state_dir())
+        .args(["--listen", &listen, "--wg-interface", "dtnone0"])
+        .output()
+        .expect("run d-daemon");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "started on an empty database: {err}");
+    assert!(err.contains("is empty (0 bytes) next to a"), "{err}");
+    std::fs::write(&db, saved).unwrap();
+    std::fs::remove_file(d.state_dir().join("d.db-wal")).unwrap();
+    d.restart_on(&listen);
+    assert_eq!(status(&d)["id"], "watch");
+
+    // The whole state dir removed while running.
+    std::fs::remove_dir_all(d.state_dir()).unwrap();
+    wait_for(LONG, "getPeerStatus to say the state is gone", || {
+        status(&d)["storage_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("removed or replaced")
+    });
+    let doc = d.d(&["doctor"]);
+    assert!(
+        stdout(&doc).contains("removed or replaced"),
+        "{}",
+        stdout(&doc)
+    );
+    assert!(d.log().contains("no longer exists"), "{}", d.log());
+    let out = d.d(&["setPeerConfig", "--id", "other"]);
+    assert!(
+        !out.status.success(),
+        "answered OK with no state dir: {}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("removed or replaced"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -98,6 +98,8 @@ pub struct Registry {
     tx: std_mpsc::SyncSender<Op>,
     reads: std_mpsc::SyncSender<Op>,
     health: Arc<Health>,
+    /// The database file, and which file it was when opened.
+    file: Arc<(std::path::PathBuf, FileId)>,
 }
 
 /// What the last write (or check of the files) found; shown by
@@ -178,12 +180,31 @@ impl Registry {
                 }
             })
             .map_err(spawn_err)?;
-        Ok(Registry { tx, reads, health })
+        let file = Arc::new((path.to_path_buf(), id));
+        Ok(Registry {
+            tx,
+            reads,
+            health,
+            file,
+        })
     }
 
     /// The last write failure, if writes fail now.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Whether the database file is still the one opened (its directory
+    /// not removed, the file not replaced); a failure is recorded (logged,
+    /// shown by getPeerStatus and doctor). The daemon calls it every few
+    /// seconds, so a removed state dir is said even when nothing writes.
+    pub fn check_files(&self) -> Result<(), StorageError> {
+        let (path, id) = &*self.file;
+        let r = id.check(path);
+        if let Err(e) = &r {
+            self.health.record(Err(e));
+        }
+        r
     }
 
     /// Run `f` on the write thread and await its result, which comes only

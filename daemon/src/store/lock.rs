@@ -29,6 +29,12 @@ pub fn acquire(state_dir: &Path) -> anyhow::Result<StateLock> {
         .create(true)
         .truncate(false)
         .open(&path)
+        // A read-only state dir: lock it all the same (flock needs no write
+        // access), and let the database say read-only with what to do.
+        .or_else(|e| match e.raw_os_error() {
+            Some(libc::EROFS) => std::fs::File::open(&path),
+            _ => Err(e),
+        })
         .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(l) => l,

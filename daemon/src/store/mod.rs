@@ -180,6 +180,15 @@ impl Store {
         })
     }
 
+    /// Copy the write-ahead log into the database file and empty it, so a
+    /// stopped daemon's `d.db` alone holds everything (a copy of it is a
+    /// backup). Called at shutdown.
+    pub fn checkpoint(&self) -> Result<(), RegistryError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
