@@ -622,3 +622,47 @@ fn state_dir_and_socket_are_watched() {
         stderr(&out)
     );
 }
+
+fn listed(d: &TestDaemon, id: &str) -> bool {
+    d.json(&["listPeers"])
+        .as_array()
+        .expect("peers")
+        .iter()
+        .any(|p| p["id"] == id)
+}
+
+/// A worker id not seen for peer_retire_days (30) leaves the leader's
+/// registry (the clock moved by the debug-build test hook); seen 20 days
+/// ago it stays.
+#[test]
+fn ids_not_seen_for_peer_retire_days_are_retired() {
+    let mut vps = TestDaemon::start("retire", "127.0.0.1");
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    let leader = vps.listen();
+    let key = vps.mesh_key_path();
+    let mut old = TestDaemon::start("oldid", "127.0.0.2");
+    old.json(&[
+        "setPeerConfig",
+        "--role",
+        "worker",
+        "--id",
+        "oldid",
+        "--leader",
+        &leader,
+        "--meshKey",
+        path_str(&key),
+    ]);
+    wait_for(LONG, "oldid registered", || listed(&vps, "oldid"));
+    old.stop();
+    let offset = vps.state_dir().join(".test-clock-offset");
+    for (days, kept) in [(20, true), (31, false)] {
+        vps.stop();
+        std::fs::write(&offset, (days * 86_400).to_string()).unwrap();
+        vps.restart_on(&leader);
+        assert_eq!(listed(&vps, "oldid"), kept, "{days} days later");
+        assert!(listed(&vps, "vps"), "the leader itself stays");
+    }
+    assert!(vps
+        .log()
+        .contains("retired 1 registry rows not seen for 30 days"));
+}

@@ -85,6 +85,9 @@ pub struct FileConfig {
     /// Audit log bytes kept (default 64 MiB), counting each row's text
     /// (command, directory, error, names) plus 64 bytes.
     pub exec_log_max_bytes: Option<u64>,
+    /// Leader: registry rows of peers not seen for this many days are
+    /// removed (default 30; 0 = never).
+    pub peer_retire_days: Option<u64>,
 }
 
 /// Where the peer port should listen.
@@ -111,6 +114,8 @@ pub struct Config {
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
     pub exec_log: Retention,
+    /// Leader: retire registry rows not seen for this many days (0 = never).
+    pub peer_retire_days: u64,
     pub ops: Ops,
     /// Where a job without a directory runs (`d @peer CMD`).
     pub default_dir: PathBuf,
@@ -210,6 +215,7 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("target/release/d-daemon")),
                 timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
+            peer_retire_days: file.peer_retire_days.unwrap_or(30),
             exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),

@@ -108,6 +108,8 @@ impl Mesh {
                 tracing::error!("{}", e.error);
             }
             liveness::ensure_self_row(self).await;
+            let me: Vec<String> = self.me.get().id.into_iter().collect();
+            liveness::retire(self, me).await;
         }
         self.restart_link();
         let t = &self.tasks.tracker;
