@@ -341,7 +341,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-v -h --peer --directory --shellCmd --timeout --parallel --gather --socket --json --verbose --help"
+            opts="-v -h --peer --directory --shellCmd --timeout --parallel --gather --strict --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

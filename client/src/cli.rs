@@ -188,6 +188,9 @@ pub enum Command {
         /// With several peers: print each distinct output once at the end, under the peers that printed it.
         #[arg(long)]
         gather: bool,
+        /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).
+        #[arg(long)]
+        strict: bool,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.

@@ -241,10 +241,12 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
+            strict,
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
                 gather: *gather,
+                strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,
             };

@@ -666,3 +666,36 @@ fn ids_not_seen_for_peer_retire_days_are_retired() {
         .log()
         .contains("retired 1 registry rows not seen for 30 days"));
 }
+
+/// `@all` reports a peer the registry shows offline as `offline` without
+/// failing the run; `--strict` runs it and counts the failure.
+#[test]
+fn all_reports_offline_peers_unless_strict() {
+    let mut m = Mesh::start();
+    m.laptop.stop();
+    wait_for(LONG, "laptop offline in the registry", || {
+        m.vps
+            .json(&["listPeers"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "laptop" && p["online"] == false)
+    });
+    let out = m.desktop.d(&["@all", "true"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "an offline peer failed @all: {err}");
+    assert!(err.contains("laptop   offline"), "{err}");
+    assert!(err.contains("vps      ok"), "{err}");
+    let out = m.desktop.d(&["@all", "--strict", "true"]);
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    let v = m.desktop.d(&["--json", "@all", "true"]);
+    let doc: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let laptop = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["peer"] == "laptop")
+        .unwrap()
+        .clone();
+    assert_eq!(laptop["error"], "offline", "{doc}");
+}

@@ -122,6 +122,7 @@ struct ShellOpts {
     timeout: Option<u64>,
     parallel: Option<u32>,
     gather: bool,
+    strict: bool,
     /// The ones given, for messages (`--timeout 5`).
     given: Vec<String>,
 }
@@ -212,6 +213,10 @@ fn plan_after(
                 opts.gather = true;
                 opts.given.push(name.to_string());
             }
+            ("--strict", None) if !has_inline => {
+                opts.strict = true;
+                opts.given.push(name.to_string());
+            }
             ("--help" | "-h", None) if !has_inline => {
                 return Ok(Plan::Argv(vec!["d".into(), "--help".into()]));
             }
@@ -219,7 +224,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: --directory DIR, --timeout SECS, --parallel N, --gather, then `--` before a command that starts with '-'"
+                        "options after {at}: --directory DIR, --timeout SECS, --parallel N, --gather, --strict, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -308,6 +313,9 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
     }
     if opts.gather {
         v.push("--gather".into());
+    }
+    if opts.strict {
+        v.push("--strict".into());
     }
     Plan::Argv(v)
 }

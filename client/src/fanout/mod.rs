@@ -54,6 +54,16 @@ pub fn is_many(spec: &str) -> bool {
 /// The peers `spec` names, in order, without duplicates: `all` is every
 /// registered peer (sorted), asked of the local daemon.
 pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, ErrorBody> {
+    Ok(targets_online(socket, verbose, spec)?.0)
+}
+
+/// [`targets`], and for `all` the ids the registry shows offline.
+pub fn targets_online(
+    socket: &Path,
+    verbose: bool,
+    spec: &str,
+) -> Result<(Vec<String>, std::collections::HashSet<String>), ErrorBody> {
+    let mut offline = std::collections::HashSet::new();
     let mut list: Vec<String> = if spec == "all" {
         let v = conn::request(socket, verbose, &Request::ListPeers {})?;
         let peers: Vec<PeerInfo> = serde_json::from_value(v).map_err(|e| {
@@ -63,6 +73,7 @@ pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, 
             )
             .hint(conn::VERSION_HINT)
         })?;
+        offline.extend(peers.iter().filter(|p| !p.online).map(|p| p.id.clone()));
         let mut ids: Vec<String> = peers.into_iter().map(|p| p.id).collect();
         ids.sort();
         ids
@@ -81,7 +92,7 @@ pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, 
             ),
         );
     }
-    Ok(list)
+    Ok((list, offline))
 }
 
 /// Run `f` on every item, at most `parallel` at once, one thread each;
@@ -148,6 +159,8 @@ struct PeerReport<'a> {
 pub struct Options {
     pub parallel: usize,
     pub gather: bool,
+    /// With `all`: run offline peers too, and count their failures.
+    pub strict: bool,
     pub json: bool,
     pub verbose: bool,
 }
@@ -162,10 +175,18 @@ pub fn exec(
     timeout: Option<u64>,
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
-    let peers = targets(socket, opts.verbose, spec)?;
+    let (peers, offline) = targets_online(socket, opts.verbose, spec)?;
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
     let runs = map(&peers, opts.parallel, |peer| {
+        if !opts.strict && offline.contains(peer) {
+            return PeerRun {
+                outcome: Outcome::Offline,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                duration: Duration::ZERO,
+            };
+        }
         let req = Request::ExecOnPeer {
             peer: peer.clone(),
             directory: directory.to_string(),
@@ -211,6 +232,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Exit(e) => (e.code, e.signal, e.timed_out, e.duration_ms),
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
         Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
+        Outcome::Offline => (None, None, false, 0),
     };
     let (stdout, stdout_base64) = render::json_text(&r.stdout);
     let (stderr, stderr_base64) = render::json_text(&r.stderr);
@@ -231,6 +253,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
             }
             Outcome::Failed(e) => Some(e.error.clone()),
             Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
+            Outcome::Offline => Some("offline".into()),
             Outcome::Exit(_) => None,
         },
     }

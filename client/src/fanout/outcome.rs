@@ -15,6 +15,9 @@ pub enum Outcome {
     Failed(ErrorBody),
     /// Nothing final came before the deadline; the connection was closed.
     NoAnswer(Duration),
+    /// `all` without `--strict`: the registry shows it offline, so it was
+    /// not run; not a failure of the run.
+    Offline,
 }
 
 impl Outcome {
@@ -27,6 +30,7 @@ impl Outcome {
             Outcome::Failed(e) if stop::is_stop(e) => stop::status().unwrap_or(255),
             Outcome::Failed(_) => 255,
             Outcome::NoAnswer(_) => 124,
+            Outcome::Offline => 0,
         }
     }
 
@@ -42,6 +46,7 @@ impl Outcome {
             },
             Outcome::Failed(e) => describe_error(e),
             Outcome::NoAnswer(_) => "timed out (no answer)".into(),
+            Outcome::Offline => "offline (not run; --strict counts it as a failure)".into(),
         }
     }
 }
