@@ -699,3 +699,25 @@ fn all_reports_offline_peers_unless_strict() {
         .clone();
     assert_eq!(laptop["error"], "offline", "{doc}");
 }
+
+/// Before the handshake, a frame larger than a few KiB is refused, not
+/// buffered (a stranger cannot make the daemon hold a MiB per connection).
+#[test]
+fn pre_auth_frames_are_small() {
+    use std::io::{BufRead, BufReader, Write};
+    let d = TestDaemon::start("preauth", "127.0.0.1");
+    let mut s = std::net::TcpStream::connect(d.listen()).expect("connect the peer port");
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let hello = format!(
+        "{{\"type\":\"hello\",\"peer_id\":\"x\",\"pad\":\"{}\"}}\n",
+        "x".repeat(64 * 1024)
+    );
+    let _ = s.write_all(hello.as_bytes());
+    let mut line = String::new();
+    let _ = BufReader::new(&s).read_line(&mut line);
+    assert!(
+        line.contains("frame too long: the limit is 16384 bytes"),
+        "answer: {line}"
+    );
+    assert!(d.d(&["ping"]).status.success());
+}
