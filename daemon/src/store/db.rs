@@ -7,9 +7,8 @@
 //! A write call is answered only after the commit of its batch: its result if
 //! the commit succeeded, else the commit's error ([`StorageError`], saying
 //! why: disk full, read-only, locked, the file gone). A failed batch fails
-//! every call in it; none is retried here (the audit log keeps its rows and
-//! tries again, `crate::api::audit`; a configuration change fails and says
-//! so). A call whose own statements fail is rolled back to its savepoint and
+//! every call in it; none is retried here (the daemon's audit writer keeps
+//! its rows and tries again; a configuration change fails and says so). A call whose own statements fail is rolled back to its savepoint and
 //! gets its error, without touching the others of its batch.
 
 use std::path::Path;
