@@ -51,6 +51,12 @@ _d() {
             d,help)
                 cmd="d__subcmd__help"
                 ;;
+            d,invite)
+                cmd="d__subcmd__invite"
+                ;;
+            d,join)
+                cmd="d__subcmd__join"
+                ;;
             d,listPeers)
                 cmd="d__subcmd__listPeers"
                 ;;
@@ -71,6 +77,9 @@ _d() {
                 ;;
             d,remotePull)
                 cmd="d__subcmd__remotePull"
+                ;;
+            d,revoke)
+                cmd="d__subcmd__revoke"
                 ;;
             d,setPeerConfig)
                 cmd="d__subcmd__setPeerConfig"
@@ -108,6 +117,12 @@ _d() {
             d__subcmd__help,help)
                 cmd="d__subcmd__help__subcmd__help"
                 ;;
+            d__subcmd__help,invite)
+                cmd="d__subcmd__help__subcmd__invite"
+                ;;
+            d__subcmd__help,join)
+                cmd="d__subcmd__help__subcmd__join"
+                ;;
             d__subcmd__help,listPeers)
                 cmd="d__subcmd__help__subcmd__listPeers"
                 ;;
@@ -129,6 +144,9 @@ _d() {
             d__subcmd__help,remotePull)
                 cmd="d__subcmd__help__subcmd__remotePull"
                 ;;
+            d__subcmd__help,revoke)
+                cmd="d__subcmd__help__subcmd__revoke"
+                ;;
             d__subcmd__help,setPeerConfig)
                 cmd="d__subcmd__help__subcmd__setPeerConfig"
                 ;;
@@ -139,7 +157,7 @@ _d() {
 
     case "${cmd}" in
         d)
-            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
+            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -532,7 +550,7 @@ _d() {
             return 0
             ;;
         d__subcmd__help)
-            opts="ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
+            opts="ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -699,6 +717,34 @@ _d() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        d__subcmd__help__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__help__subcmd__join)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         d__subcmd__help__subcmd__listPeers)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -797,6 +843,20 @@ _d() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        d__subcmd__help__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         d__subcmd__help__subcmd__setPeerConfig)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -804,6 +864,99 @@ _d() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__invite)
+            opts="-v -h --id --ttl --replace --leader --list --revoke --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --id)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --leader)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --revoke)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__join)
+            opts="-v -h --id --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --id)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1026,6 +1179,42 @@ _d() {
             return 0
             ;;
         d__subcmd__remotePull)
+            opts="-v -h --peer --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --peer)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__revoke)
             opts="-v -h --peer --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

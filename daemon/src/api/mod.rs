@@ -9,7 +9,7 @@
 //!   and audit records.
 //! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
 //! - [`audit`]: the audit log's writer, which keeps records the database refuses.
-//! - [`peer_config`], [`status`], [`doctor`], [`deploy`]: commands.
+//! - [`peer_config`], [`status`], [`doctor`], [`deploy`], [`invite`]: commands.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,19 +20,22 @@ use d_proto::types::{ErrorBody, ErrorKind, ExecRecord, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::base::config::Config;
-use crate::base::identity::{hostname, Identity, Me};
-use crate::base::meshkey;
+use crate::base::identity::{hostname, Identity, LeaderTrust, Me};
 use crate::base::tasks::Tasks;
+use crate::base::{idkey, meshkey};
 use crate::jobs::JobCtx;
 use crate::mesh::Mesh;
 use crate::store::Registry;
 use crate::transport::Handler;
+use d_proto::invite::Invite;
+use d_proto::keys::PublicKey;
 
 pub mod audit;
 pub mod deploy;
 pub mod dispatch;
 pub mod doctor;
 pub mod exec;
+pub mod invite;
 pub mod job;
 pub mod peer;
 pub mod peer_config;
@@ -73,15 +76,26 @@ impl Daemon {
         })?;
         crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader) = store
+        let (role, id, leader, leader_key, join_token) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
                     st.get_setting("id")?,
                     st.get_setting("leader")?,
+                    st.get_setting("leader_key")?,
+                    st.get_setting("join_token")?,
                 ))
             })
             .await?;
+        let trust = LeaderTrust {
+            key: match leader_key {
+                Some(k) => Some(PublicKey::from_base64(&k).map_err(|e| {
+                    anyhow::anyhow!("the pinned leader key in the state database is damaged: {e} (join again: `d join TOKEN`)")
+                })?),
+                None => None,
+            },
+            join: join_token.and_then(|t| Invite::decode(&t).ok()),
+        };
         let identity = Identity {
             role: role.as_deref().and_then(|r| Role::parse(r).ok()),
             id,
@@ -90,12 +104,23 @@ impl Daemon {
         let mesh_key = meshkey::load(&config.state_dir).map_err(|e| {
             anyhow::anyhow!("{e} (fix or remove it; the leader's copy is the reference)")
         })?;
+        let (keypair, created) =
+            idkey::load_or_create(&config.state_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if created {
+            tracing::info!(
+                "created the identity key {} ({})",
+                idkey::path(&config.state_dir).display(),
+                keypair.public().fingerprint()
+            );
+        }
         let me = Arc::new(Me::new(
             hostname(),
             config.state_dir.clone(),
             identity,
             mesh_key,
+            keypair,
         ));
+        me.set_leader_trust(trust);
         let config = Arc::new(config);
         let audit = audit::Audit::new(store.clone(), config.exec_log);
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {

@@ -216,6 +216,16 @@ impl Registry {
         submit(&self.tx, f).await
     }
 
+    /// The same as [`Registry::call`], which now always answers after the
+    /// commit; kept for the callers that asked for it by name.
+    pub async fn call_durable<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, RegistryError> + Send + 'static,
+    {
+        self.call(f).await
+    }
+
     /// Run a read-only `f` on the read thread (never behind a write lock).
     /// Anything it writes is its own autocommit, outside any batch: use
     /// [`Registry::call`] for writes.

@@ -12,7 +12,7 @@
 //! files checked at start and watched, [`lock`] one daemon per state dir,
 //! [`migrations`] the schema,
 //! [`settings`] the daemon's own settings, [`peers`] the leader's registry,
-//! [`exec_log`] the audit log. A new table gets its own file with an
+//! [`exec_log`] the audit log, [`invites`] enrolled keys and join invitations. A new table gets its own file with an
 //! `impl Store` block and a step in [`migrations`].
 
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ pub use db::Registry;
 pub mod db;
 pub mod exec_log;
 pub mod files;
+pub mod invites;
 pub mod lock;
 pub mod migrations;
 pub mod peers;
@@ -47,6 +48,8 @@ pub enum RegistryError {
     Storage(StorageError),
     #[error("the state database thread has stopped")]
     Gone,
+    #[error("state database: the transaction could not be committed (disk full or read-only?)")]
+    Uncommitted,
 }
 
 impl From<RegistryError> for ErrorBody {
