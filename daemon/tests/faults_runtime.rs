@@ -172,10 +172,17 @@ fn shutdown_messages_name_the_machine() {
     m.desktop.stop();
     let out = client.wait_with_output().unwrap();
     let err = stderr(&out);
-    assert!(!out.status.success());
+    assert!(
+        !out.status.success(),
+        "{:?} {} {err}",
+        out.status,
+        stdout(&out)
+    );
     assert!(
         err.contains("the daemon on desktop (the peer) is shutting down"),
-        "{err}"
+        "{:?} stdout {} stderr {err}",
+        out.status,
+        stdout(&out)
     );
     assert!(!alive(job));
     // --json keeps the stdout that came before the loss.

@@ -126,7 +126,20 @@ pub fn serve_for_peer(
     let mut spec = spec;
     spec.requester = requester.clone();
     let mut rec = record("target", &spec, &requester, &daemon.me());
-    let events = start(daemon, spec, cancel);
+    let mut inner = start(daemon, spec, cancel);
+    // A job ended by this daemon's shutdown says so, even when its end
+    // reaches the requester before the session's own shutdown notice.
+    let (tx, events) = mpsc::channel(4);
+    let d = daemon.clone();
+    daemon.tasks().tracker.spawn(async move {
+        let who = format!("the daemon on {} (the peer)", d.me());
+        let me = d.me();
+        while let Some(ev) = inner.recv().await {
+            if tx.send(said_at_shutdown(&d, ev, &who, &me)).await.is_err() {
+                break;
+            }
+        }
+    });
     let d = daemon.clone();
     Served {
         events,
