@@ -395,7 +395,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
+            opts="-v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --strict --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -159,6 +159,7 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l canary -d 'Run the fi
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l strict -d 'With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -260,6 +260,9 @@ pub enum Command {
         gather: bool,
         #[command(flatten)]
         rollout: RolloutArgs,
+        /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).
+        #[arg(long)]
+        strict: bool,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.

@@ -85,6 +85,10 @@ pub fn run(
     loop {
         let event = match conn.next_event() {
             Ok(Some(event)) => event,
+            Ok(None) if as_json && has_output(&collected) => {
+                let e = conn::lost_connection(conn.path(), true);
+                return Ok(failed_report(&target, started, &collected, &e));
+            }
             Ok(None) => return Err(conn::lost_connection(conn.path(), true)),
             Err(e) if stop::is_stop(&e) && as_json => {
                 // Interrupted: the document, with what came so far.
@@ -143,6 +147,12 @@ pub fn run(
                 }
                 return Ok(exit.status());
             }
+            // The peer lost, a daemon shutting down: with --json the job's
+            // document still holds the output that came before (without
+            // output, the error's own document, as for any command).
+            Event::Error(e) if as_json && has_output(&collected) => {
+                return Ok(failed_report(&target, started, &collected, &e));
+            }
             Event::Error(e) => return Err(e),
             Event::Result { .. } => {
                 return Err(ErrorBody::new(
@@ -153,6 +163,33 @@ pub fn run(
             }
         }
     }
+}
+
+fn has_output(collected: &(Vec<u8>, Vec<u8>)) -> bool {
+    !collected.0.is_empty() || !collected.1.is_empty()
+}
+
+/// The `--json` document of a job that ended without a status (`error`
+/// says why, as it is also said on stderr); returns d's own error status.
+fn failed_report(
+    target: &str,
+    started: std::time::Instant,
+    collected: &(Vec<u8>, Vec<u8>),
+    error: &ErrorBody,
+) -> i32 {
+    const STATUS: i32 = 255;
+    let exit = ExitInfo {
+        code: None,
+        signal: None,
+        timed_out: false,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut report = JobReport::new(target, &exit, collected);
+    report.exit_code = STATUS;
+    report.error = Some(error.error.clone());
+    render::out(&render::json(&report));
+    crate::stdio::err(render::error_text(error).as_bytes());
+    STATUS
 }
 
 /// Write one chunk and flush at once, so output is live. A failure is

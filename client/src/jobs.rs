@@ -49,12 +49,15 @@ pub fn main(cli: &Cli, action: Option<&JobsAction>, limit: u32) -> Result<i32, E
                 gather: false,
                 json: cli.json,
                 verbose: cli.verbose,
+                // A rerun names its peers: each is run (offline ones fail).
+                strict: true,
             };
             let target = format!("jobs rerun {id}{}", if *failed { " --failed" } else { "" });
             fanout::exec_on(
                 &cli.socket,
                 &target,
                 &peers,
+                &Default::default(),
                 &d.job.directory,
                 &d.job.command,
                 None,

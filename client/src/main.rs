@@ -255,11 +255,13 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             parallel,
             gather,
             rollout,
+            strict,
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
                 gather: *gather,
+                strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,
             };

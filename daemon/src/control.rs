@@ -3,7 +3,12 @@
 //! events (see `d_proto::control`). A connection may carry several requests
 //! in turn; a bad frame is answered with an error and the connection goes on.
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use d_proto::control::{Event, Request};
 use d_proto::types::{ErrorBody, ErrorKind};
@@ -13,11 +18,99 @@ use tracing::Instrument;
 use crate::api::{self, Daemon};
 use crate::transport::connection::{Read, Reader, Writer};
 
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+/// Bind the control socket at `path`, for root and `group` only (0660).
+pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .with_context(|| {
+                    format!("socket_group {name:?} does not exist (create it with `groupadd {name}`, or set another)")
+                })?
+                .gid,
+        ),
+        None => None,
+    };
+    nix::unistd::chown(path, None, gid)
+        .with_context(|| format!("cannot give {} to its group", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions on {}", path.display()))?;
+    Ok(listener)
+}
+
+/// How often the socket file is checked for removal or replacement.
+const WATCH: Duration = Duration::from_secs(2);
+
+/// The socket file's inode, if it is a socket.
+fn socket_ino(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_socket())
+        .map(|m| m.ino())
+}
+
+/// The socket file removed or replaced (a cleanup script, a second daemon
+/// started by hand): bind a new one at the path, so clients reach this
+/// daemon again, and say so. A live socket of another process is left alone
+/// (logged as an error: clients now reach that one).
+fn rebind(daemon: &Daemon, ino: &mut Option<u64>) -> Option<UnixListener> {
+    let path = &daemon.config.socket;
+    let now = socket_ino(path);
+    if now.is_some() && now == *ino {
+        return None;
+    }
+    let what = if now.is_some() || path.exists() {
+        "was replaced"
+    } else {
+        "was removed"
+    };
+    if now.is_some() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if *ino != Some(0) {
+            tracing::error!(
+                "the control socket {} {what} by another process's socket that answers: clients reach that process, not this daemon; stop it or give one of them another --socket",
+                path.display()
+            );
+            *ino = Some(0);
+        }
+        return None;
+    }
+    let _ = std::fs::remove_file(path);
+    match bind(path, daemon.config.socket_group.as_deref()) {
+        Ok(l) => {
+            *ino = socket_ino(path);
+            tracing::warn!(
+                "the control socket {} {what} while the daemon ran: created it again",
+                path.display()
+            );
+            Some(l)
+        }
+        Err(e) => {
+            tracing::error!(
+                "the control socket {} {what} and cannot be created again: {e:#}",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+pub async fn serve(daemon: Arc<Daemon>, mut listener: UnixListener) {
     tracing::info!("control socket at {}", daemon.config.socket.display());
+    let mut ino = socket_ino(&daemon.config.socket);
+    let mut watch = tokio::time::interval(WATCH);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = daemon.shutdown().cancelled() => return,
+            _ = watch.tick() => {
+                if let Some(l) = rebind(&daemon, &mut ino) {
+                    listener = l;
+                }
+                continue;
+            }
             r = listener.accept() => r,
         };
         match accepted {

@@ -39,6 +39,24 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
 pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpListener>) {
     let tasks = daemon.tasks().clone();
     tasks.tracker.spawn(control::serve(daemon.clone(), control));
+    tasks
+        .tracker
+        .spawn(daemon.audit.clone().retry_loop(tasks.shutdown.clone()));
+    let (store, stop) = (daemon.mesh.store.clone(), tasks.shutdown.clone());
+    tasks.tracker.spawn(async move {
+        // The state dir removed or the database replaced: said within seconds.
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            }
+            let _ = store.check_files();
+        }
+    });
+    tasks.tracker.spawn(base::clock::watch_jumps(
+        std::time::Duration::from_secs(1),
+        tasks.shutdown.clone(),
+    ));
     daemon.mesh.start(peer).await;
 
     tasks.shutdown.cancelled().await;
@@ -50,5 +68,9 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
         .is_err()
     {
         tracing::warn!("some tasks did not finish within {grace:?}");
+    }
+    // Outside the batch's transaction: a checkpoint cannot run inside one.
+    if let Err(e) = daemon.mesh.store.read(|st| st.checkpoint()).await {
+        tracing::warn!("cannot checkpoint the state database at shutdown: {e}");
     }
 }

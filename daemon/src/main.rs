@@ -2,13 +2,11 @@
 //! Under systemd (`systemd/d-daemon.service`) it also logs to the journal,
 //! says READY=1 once it serves, and feeds the watchdog.
 
-use std::os::unix::fs::PermissionsExt;
-
 use anyhow::Context;
 use clap::Parser;
 use d_daemon::base::config::{Args, Config, Listen};
 use sd_notify::NotifyState;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -25,7 +23,18 @@ async fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging();
+    // Before anything else: no signal may end the daemon silently.
+    let stop = tokio_util::sync::CancellationToken::new();
+    d_daemon::base::signals::install(stop.clone());
     let config = Config::from_args(args)?;
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {} (use --state-dir or D_STATE_DIR)",
+            config.state_dir.display()
+        )
+    })?;
+    // Held until exit (or a deploy's exec, which closes it): one daemon per state dir.
+    let _state_lock = d_daemon::store::lock::acquire(&config.state_dir)?;
 
     let socket = config.socket.clone();
     if let Some(dir) = socket.parent() {
@@ -42,25 +51,8 @@ async fn serve() -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(&socket);
     }
-    let control = UnixListener::bind(&socket)
-        .with_context(|| format!("cannot bind the control socket {}", socket.display()))?;
     // Root (the daemon's user) and the socket group only: 0660.
-    let gid = match &config.socket_group {
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .with_context(|| {
-                    format!("socket_group {name:?} does not exist (create it with `groupadd {name}`, or set another)")
-                })?
-                .gid,
-        ),
-        None => None,
-    };
-    nix::unistd::chown(&socket, None, gid)
-        .with_context(|| format!("cannot give {} to its group", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot set permissions on {}", socket.display()))?;
+    let control = d_daemon::control::bind(&socket, config.socket_group.as_deref())?;
     raise_fd_limit();
 
     let peer = match &config.listen {
@@ -73,7 +65,7 @@ async fn serve() -> anyhow::Result<()> {
     let daemon = d_daemon::open(config).await?;
     let shutdown = daemon.shutdown().clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        stop.cancelled().await;
         // systemctl shows "deactivating" while jobs' process groups are ended.
         let _ = sd_notify::notify(&[NotifyState::Stopping]);
         shutdown.cancel();
@@ -209,18 +201,5 @@ fn raise_fd_limit() {
         if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
             tracing::warn!("cannot raise the open-file limit from {soft} to {hard}");
         }
-    }
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -1601,7 +1601,8 @@ fn peer_port_group() -> Group {
             r#""}"#,
             MAX_FRAME - 8,
         ),
-        &["Invalid peer id"],
+        // Past the pre-authentication frame limit (16 KiB), so refused unread.
+        &["too long", "16384"],
     );
     add(
         "oversize frame",

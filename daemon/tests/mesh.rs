@@ -507,15 +507,21 @@ fn a_registry_larger_than_one_frame_lists_everywhere() {
     let listen = vps.listen();
     vps.stop();
     // 6,000 registered peers: about 2 MiB of JSON, more than one frame.
+    // Seen now: rows not seen for peer_retire_days would be retired at start.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let db = rusqlite::Connection::open(vps.state_dir().join("d.db")).unwrap();
     db.execute_batch("BEGIN").unwrap();
     for i in 0..6000 {
         db.execute(
             "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen)
-             VALUES (?1, ?2, 3600, 'worker', '0.1.0 (test)', ?1, 1, 1)",
+             VALUES (?1, ?2, 3600, 'worker', '0.1.0 (test)', ?1, ?3, ?3)",
             rusqlite::params![
                 format!("sim{i:05}"),
-                format!("198.18.{}.{}", i / 250, i % 250)
+                format!("198.18.{}.{}", i / 250, i % 250),
+                now
             ],
         )
         .unwrap();

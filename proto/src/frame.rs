@@ -70,6 +70,16 @@ impl FrameDecoder {
         self.binary = on;
     }
 
+    /// The largest frame accepted (bytes).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Change the largest frame accepted from now on (bytes).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Take the next frame out of `buf`, or `None` if more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Frame> {
         loop {

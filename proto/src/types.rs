@@ -129,6 +129,19 @@ pub struct PeerStatus {
     /// The WireGuard interface as this daemon sees it.
     #[serde(default)]
     pub wg: Option<WgStatus>,
+    /// Why the state database refuses writes now (disk full, read-only,
+    /// locked, removed), with what to do; absent when it takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
+    /// Unix seconds since the state database refuses writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error_since: Option<u64>,
+    /// Audit records kept in memory, waiting for the database to take them.
+    #[serde(default)]
+    pub audit_pending: u64,
+    /// Audit records dropped since start because too many waited.
+    #[serde(default)]
+    pub audit_dropped: u64,
     /// This daemon's identity key (`<state-dir>/identity.key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<crate::keys::PublicKey>,
@@ -302,6 +315,12 @@ pub enum ErrorKind {
     /// The other side did not prove the mesh key (or this side lacks it).
     AuthFailed,
     Busy,
+    /// The daemon could not save or read its state (disk full, read-only,
+    /// locked, the state directory gone): nothing was changed.
+    Storage,
+    /// A daemon is shutting down and ended the job; the message names which
+    /// one ("the local daemon on laptop", "the daemon on desktop (the peer)").
+    ShuttingDown,
     #[default]
     #[serde(other)]
     Other,

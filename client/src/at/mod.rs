@@ -130,6 +130,7 @@ struct ShellOpts {
     gather: bool,
     /// Rollout control, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
     rollout: Vec<String>,
+    strict: bool,
     /// The ones given, for messages (`--timeout 5`).
     given: Vec<String>,
 }
@@ -246,6 +247,10 @@ fn plan_after(
                 opts.gather = true;
                 opts.given.push(name.to_string());
             }
+            ("--strict", None) if !has_inline => {
+                opts.strict = true;
+                opts.given.push(name.to_string());
+            }
             ("--help" | "-h", None) if !has_inline => {
                 return Ok(Plan::Argv(vec!["d".into(), "--help".into()]));
             }
@@ -253,7 +258,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --strict, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -345,5 +350,8 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
         v.push("--gather".into());
     }
     v.extend(opts.rollout);
+    if opts.strict {
+        v.push("--strict".into());
+    }
     Plan::Argv(v)
 }

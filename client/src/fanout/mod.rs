@@ -54,7 +54,23 @@ pub fn is_many(spec: &str) -> bool {
 /// The peers the target expression `spec` names, in order, without
 /// duplicates (`targets::resolve`).
 pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, ErrorBody> {
-    crate::targets::ids(socket, verbose, spec)
+    Ok(targets_online(socket, verbose, spec)?.0)
+}
+
+/// [`targets`], and the ones brought in by the registry (`all`, a label, a
+/// glob) that it shows offline (`targets::Selected::offline`).
+pub fn targets_online(
+    socket: &Path,
+    verbose: bool,
+    spec: &str,
+) -> Result<(Vec<String>, std::collections::HashSet<String>), ErrorBody> {
+    let sel = crate::targets::resolve(socket, verbose, spec)?;
+    let offline = sel
+        .iter()
+        .filter(|s| s.offline)
+        .map(|s| s.peer.clone())
+        .collect();
+    Ok((sel.into_iter().map(|s| s.peer).collect(), offline))
 }
 
 /// Run `f` on every item, at most `parallel` at once, one thread each;
@@ -122,6 +138,8 @@ pub struct Options {
     pub parallel: usize,
     pub rollout: rollout::Rollout,
     pub gather: bool,
+    /// With `all`: run offline peers too, and count their failures.
+    pub strict: bool,
     pub json: bool,
     pub verbose: bool,
 }
@@ -136,16 +154,27 @@ pub fn exec(
     timeout: Option<u64>,
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
-    let peers = targets(socket, opts.verbose, spec)?;
-    exec_on(socket, spec, &peers, directory, shell_cmd, timeout, opts)
+    let (peers, offline) = targets_online(socket, opts.verbose, spec)?;
+    let offline = if opts.strict {
+        Default::default()
+    } else {
+        offline
+    };
+    exec_on(
+        socket, spec, &peers, &offline, directory, shell_cmd, timeout, opts,
+    )
 }
 
 /// [`exec`] on `peers`, recorded in the job history with the target `target`
-/// (the expression, or `jobs rerun 12`).
+/// (the expression, or `jobs rerun 12`); `offline` peers are reported
+/// `offline` without being run (the caller leaves it empty for `--strict`).
+// One argument per part of the job, as the request has them.
+#[allow(clippy::too_many_arguments)]
 pub fn exec_on(
     socket: &Path,
     target: &str,
     peers: &[String],
+    offline: &std::collections::HashSet<String>,
     directory: &str,
     shell_cmd: &str,
     timeout: Option<u64>,
@@ -159,6 +188,14 @@ pub fn exec_on(
         opts.parallel,
         &opts.rollout,
         |peer| {
+            if offline.contains(peer) {
+                return PeerRun {
+                    outcome: Outcome::Offline,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    duration: Duration::ZERO,
+                };
+            }
             let req = Request::ExecOnPeer {
                 peer: peer.clone(),
                 directory: directory.to_string(),
@@ -244,6 +281,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
         Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
         Outcome::Skipped(_) => (None, None, false, 0),
+        Outcome::Offline => (None, None, false, 0),
     };
     let (stdout, stdout_base64) = render::json_text(&r.stdout);
     let (stderr, stderr_base64) = render::json_text(&r.stderr);
@@ -265,6 +303,7 @@ fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
             Outcome::Failed(e) => Some(e.error.clone()),
             Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
             Outcome::Skipped(word) => Some(format!("not started: {word}")),
+            Outcome::Offline => Some("offline".into()),
             Outcome::Exit(_) => None,
         },
     }

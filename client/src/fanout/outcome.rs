@@ -17,6 +17,9 @@ pub enum Outcome {
     NoAnswer(Duration),
     /// Never started (rollout control): the summary word, `skipped (...)`.
     Skipped(String),
+    /// `all` without `--strict`: the registry shows it offline, so it was
+    /// not run; not a failure of the run.
+    Offline,
 }
 
 impl Outcome {
@@ -31,6 +34,7 @@ impl Outcome {
             Outcome::NoAnswer(_) => 124,
             // Only a floor: the failure that stopped the run is larger or equal.
             Outcome::Skipped(_) => 1,
+            Outcome::Offline => 0,
         }
     }
 
@@ -38,6 +42,7 @@ impl Outcome {
     pub fn history_status(&self) -> &'static str {
         match self {
             Outcome::Skipped(_) => "skipped",
+            Outcome::Offline => "offline",
             o if o.status() == 0 => "ok",
             _ => "failed",
         }
@@ -56,6 +61,7 @@ impl Outcome {
             Outcome::Failed(e) => describe_error(e),
             Outcome::NoAnswer(_) => "timed out (no answer)".into(),
             Outcome::Skipped(word) => word.clone(),
+            Outcome::Offline => "offline (not run; --strict counts it as a failure)".into(),
         }
     }
 }

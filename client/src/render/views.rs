@@ -225,6 +225,22 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
         ("sessions", s.sessions.to_string()),
         ("running jobs", s.running_jobs.to_string()),
     ]);
+    if let Some(e) = &s.storage_error {
+        let since = s
+            .storage_error_since
+            .map(|t| format!(" (for {})", duration(now.saturating_sub(t))))
+            .unwrap_or_default();
+        pairs.push(("storage", format!("FAILING{since}: {e}")));
+    }
+    if s.audit_pending > 0 || s.audit_dropped > 0 {
+        pairs.push((
+            "audit",
+            format!(
+                "{} records wait for the database, {} dropped",
+                s.audit_pending, s.audit_dropped
+            ),
+        ));
+    }
     if let Some(ms) = s.link_heartbeat_ms {
         let every = if ms < 1000 {
             format!("{ms} ms")
@@ -401,6 +417,10 @@ mod tests {
             running_jobs: 2,
             link_heartbeat_ms: Some(10_000),
             wg: None,
+            storage_error: None,
+            storage_error_since: None,
+            audit_pending: 0,
+            audit_dropped: 0,
             public_key: None,
             fingerprint: None,
         };

@@ -67,6 +67,11 @@ pub struct Selected {
     pub via: Via,
     /// Whether the registry holds it (`None`: the registry was not asked).
     pub registered: Option<bool>,
+    /// Brought in by the registry (`all`, a label or a glob) while the
+    /// registry shows it offline: a fan-out reports it `offline` instead of
+    /// running it, unless `--strict`. A peer named by id or range is always run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
 }
 
 /// What expansion reads: the registered peers (id and labels) and the peers
@@ -74,6 +79,8 @@ pub struct Selected {
 #[derive(Debug, Default)]
 pub struct Context {
     pub peers: Option<Vec<(String, Vec<String>)>>,
+    /// The registered peers the registry shows offline.
+    pub offline: HashSet<String>,
     pub failed: Option<(String, Vec<String>)>,
 }
 
@@ -134,6 +141,8 @@ pub fn expand(e: &Expr, ctx: &Context) -> Result<Vec<Selected>, ExprError> {
         .into_iter()
         .map(|(peer, via)| Selected {
             registered: registered.as_ref().map(|r| r.contains(peer.as_str())),
+            offline: matches!(via, Via::All | Via::Label(_) | Via::Glob(_))
+                && ctx.offline.contains(&peer),
             peer,
             via,
         })
@@ -269,8 +278,13 @@ pub fn is_many(text: &str) -> bool {
     parse(text).map_or(true, |e| e.single_id().is_none())
 }
 
-/// The registry as expansion reads it, from the local daemon (`listPeers`).
-pub fn registry_of(socket: &Path, verbose: bool) -> Result<Vec<(String, Vec<String>)>, ErrorBody> {
+/// The registry as expansion reads it, from the local daemon (`listPeers`):
+/// each peer's id and labels, and the ids shown offline.
+#[allow(clippy::type_complexity)]
+pub fn registry_of(
+    socket: &Path,
+    verbose: bool,
+) -> Result<(Vec<(String, Vec<String>)>, HashSet<String>), ErrorBody> {
     let v = conn::request(socket, verbose, &Request::ListPeers {})?;
     let peers: Vec<PeerInfo> = serde_json::from_value(v).map_err(|e| {
         ErrorBody::new(
@@ -279,7 +293,15 @@ pub fn registry_of(socket: &Path, verbose: bool) -> Result<Vec<(String, Vec<Stri
         )
         .hint(conn::VERSION_HINT)
     })?;
-    Ok(peers.into_iter().map(|p| (p.id, p.labels)).collect())
+    let offline = peers
+        .iter()
+        .filter(|p| !p.online)
+        .map(|p| p.id.clone())
+        .collect();
+    Ok((
+        peers.into_iter().map(|p| (p.id, p.labels)).collect(),
+        offline,
+    ))
 }
 
 /// Read and expand `text` for a command. A refused expression marks the
@@ -292,7 +314,9 @@ pub fn resolve(socket: &Path, verbose: bool, text: &str) -> Result<Vec<Selected>
     let expr = read(text).map_err(usage)?;
     let mut ctx = Context::default();
     if expr.needs_registry() {
-        ctx.peers = Some(registry_of(socket, verbose)?);
+        let (peers, offline) = registry_of(socket, verbose)?;
+        ctx.peers = Some(peers);
+        ctx.offline = offline;
     }
     if expr.uses_failed() {
         ctx.failed = crate::history::last_failed(socket, verbose)?;
@@ -316,8 +340,10 @@ pub fn show(socket: &Path, verbose: bool, text: &str, json: bool) -> Result<i32,
         e
     };
     let expr = read(text).map_err(usage)?;
+    let (peers, offline) = registry_of(socket, verbose)?;
     let ctx = Context {
-        peers: Some(registry_of(socket, verbose)?),
+        peers: Some(peers),
+        offline,
         failed: if expr.uses_failed() {
             crate::history::last_failed(socket, verbose)?
         } else {

@@ -9,6 +9,7 @@ fn reg(peers: &[(&str, &[&str])]) -> Context {
                 .collect(),
         ),
         failed: None,
+        offline: HashSet::new(),
     }
 }
 
@@ -171,4 +172,31 @@ fn many_forms() {
     ] {
         assert!(is_many(m), "{m}");
     }
+}
+
+#[test]
+fn offline_is_marked_only_for_peers_the_registry_brought_in() {
+    let mut ctx = fleet();
+    ctx.offline = ["web02".to_string(), "web03".to_string()].into();
+    let got = |text: &str| -> Vec<(String, bool)> {
+        expand(&parse(text).unwrap(), &ctx)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.peer, s.offline))
+            .collect()
+    };
+    // By label and glob: web02 is offline (web03 is not in @prod).
+    assert_eq!(
+        got("@prod"),
+        vec![
+            ("db1".into(), false),
+            ("web01".into(), false),
+            ("web02".into(), true),
+            ("web10".into(), false)
+        ]
+    );
+    assert!(got("web*").contains(&("web03".into(), true)));
+    // Named by id or range: always run.
+    assert_eq!(got("web02"), vec![("web02".into(), false)]);
+    assert!(got("web[02-03]").iter().all(|(_, off)| !off));
 }

@@ -174,9 +174,9 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             let rows = daemon
                 .mesh
                 .store
-                .call(move |st| st.exec_log(peer.as_deref(), limit))
+                .read(move |st| st.exec_log(peer.as_deref(), limit))
                 .await
-                .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()))?;
+                .map_err(ErrorBody::from)?;
             to_raw(&rows)
         }
         Request::OnPeer { peer, request } => {
@@ -225,13 +225,13 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
 }
 
 async fn db_sanity_check(daemon: &Arc<Daemon>) -> Result<Reply, ErrorBody> {
-    let db = |e: RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
+    let db = |e: RegistryError| ErrorBody::from(e);
     match daemon.mesh.me.role() {
         Some(Role::Leader) => {
             let n = daemon
                 .mesh
                 .store
-                .call(|st| st.count_peers())
+                .read(|st| st.count_peers())
                 .await
                 .map_err(db)?;
             to_raw(&json!({

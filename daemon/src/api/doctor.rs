@@ -73,6 +73,23 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
             "`d setPeerConfig --role leader --id NAME` on the leader, `d registerWorker --leader IP --meshKey FILE` on workers",
         )),
     }
+    match daemon.mesh.store.health().failure() {
+        None => checks.push(pass(
+            "state database",
+            format!("{}/d.db takes writes", st.state_dir),
+        )),
+        Some((e, _)) => checks.push(fail("state database", e.error, e.hint)),
+    }
+    if st.audit_pending > 0 || st.audit_dropped > 0 {
+        checks.push(fail(
+            "audit log",
+            format!(
+                "{} records wait in memory for the state database, {} dropped since start",
+                st.audit_pending, st.audit_dropped
+            ),
+            "make the state database writable again (see the state database check); waiting records are written within seconds",
+        ));
+    }
     // Identity: this daemon's key, and how it knows its leader's.
     let me = &daemon.mesh.me;
     let fp = me.public_key().short_fingerprint();

@@ -276,6 +276,10 @@ async fn stream_to_client<R, W>(
                 continue;
             }
         };
+        let ev = ev.map(|e| {
+            let who = format!("the local daemon on {}", daemon.me());
+            job::said_at_shutdown(daemon, e, &who, peer)
+        });
         let (out, n) = match ev {
             Some(JobEvent::Output(stream, data)) => {
                 let n = data.len();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use d_proto::types::{ExecRecord, ExecSpec};
+use d_proto::types::{ErrorBody, ErrorKind, ExecRecord, ExecSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +38,38 @@ pub fn start(
         let _ = tx.send(last).await;
     });
     rx
+}
+
+/// The final event of a job ended by this daemon's own shutdown, said as
+/// such: `who` names the machine ("the local daemon on laptop", "the daemon
+/// on desktop (the peer)") so the user is never told another machine failed.
+/// Any other final event, and every event while the daemon runs on, is
+/// returned as it is.
+pub fn said_at_shutdown(daemon: &Daemon, ev: JobEvent, who: &str, peer: &str) -> JobEvent {
+    if !daemon.shutdown().is_cancelled() {
+        return ev;
+    }
+    let how = match &ev {
+        JobEvent::Exit(e) if e.signal.is_none() && !e.timed_out => return ev,
+        JobEvent::Output(..) => return ev,
+        JobEvent::Exit(e) => format!(
+            "its process group was ended (signal {})",
+            e.signal.unwrap_or(0)
+        ),
+        JobEvent::Failed(e) => e.error.clone(),
+    };
+    let restart = if daemon.restart_requested() {
+        "it restarts for a deploy"
+    } else {
+        "SIGTERM or `systemctl stop`"
+    };
+    JobEvent::Failed(
+        ErrorBody::new(
+            ErrorKind::ShuttingDown,
+            format!("{who} is shutting down ({restart}): the job on {peer} was ended: {how}"),
+        )
+        .hint("run it again once the daemon is back (`d getPeerStatus`)"),
+    )
 }
 
 /// A new audit record for a job about to start (the outcome is filled in later).
@@ -94,7 +126,20 @@ pub fn serve_for_peer(
     let mut spec = spec;
     spec.requester = requester.clone();
     let mut rec = record("target", &spec, &requester, &daemon.me());
-    let events = start(daemon, spec, cancel);
+    let mut inner = start(daemon, spec, cancel);
+    // A job ended by this daemon's shutdown says so, even when its end
+    // reaches the requester before the session's own shutdown notice.
+    let (tx, events) = mpsc::channel(4);
+    let d = daemon.clone();
+    daemon.tasks().tracker.spawn(async move {
+        let who = format!("the daemon on {} (the peer)", d.me());
+        let me = d.me();
+        while let Some(ev) = inner.recv().await {
+            if tx.send(said_at_shutdown(&d, ev, &who, &me)).await.is_err() {
+                break;
+            }
+        }
+    });
     let d = daemon.clone();
     Served {
         events,

@@ -8,6 +8,7 @@
 //! - [`job`]: starting a job here (shell command, operations action, relay),
 //!   and audit records.
 //! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
+//! - [`audit`]: the audit log's writer, which keeps records the database refuses.
 //! - [`peer_config`], [`status`], [`doctor`], [`deploy`], [`invite`]: commands.
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use crate::transport::Handler;
 use d_proto::invite::Invite;
 use d_proto::keys::PublicKey;
 
+pub mod audit;
 pub mod deploy;
 pub mod dispatch;
 pub mod doctor;
@@ -59,6 +61,8 @@ pub struct Daemon {
     pub exe: PathBuf,
     /// Set by a deploy: re-execute [`Daemon::exe`] once shut down.
     restart_requested: AtomicBool,
+    /// Audit records, kept while the database refuses them.
+    pub audit: Arc<audit::Audit>,
 }
 
 impl Daemon {
@@ -71,6 +75,7 @@ impl Daemon {
                 config.state_dir.display()
             )
         })?;
+        crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
         let (role, id, leader, leader_key, join_token, labels) = store
             .call(|st| {
@@ -129,6 +134,7 @@ impl Daemon {
         me.set_leader_trust(trust);
         me.set_labels(labels);
         let config = Arc::new(config);
+        let audit = audit::Audit::new(store.clone(), config.exec_log);
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();
             Daemon {
@@ -144,6 +150,7 @@ impl Daemon {
                 running_jobs: Arc::default(),
                 exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
                 restart_requested: AtomicBool::new(false),
+                audit,
             }
         }))
     }
@@ -176,15 +183,13 @@ impl Daemon {
         }
     }
 
-    /// Append to the audit log without waiting (a failure is logged, never fatal).
+    /// Append to the audit log without waiting: a record the database
+    /// refuses is kept and written later ([`audit`]).
     pub fn audit(&self, rec: ExecRecord) {
-        let keep = self.config.exec_log;
-        let store = self.mesh.store.clone();
-        self.tasks().tracker.spawn(async move {
-            if let Err(e) = store.call(move |st| st.log_exec(&rec, keep)).await {
-                tracing::error!("cannot write the audit log: {e}");
-            }
-        });
+        let audit = self.audit.clone();
+        self.tasks()
+            .tracker
+            .spawn(async move { audit.record(rec).await });
     }
 
     /// Shut down (ending jobs and sessions) and re-execute the installed binary.

@@ -20,6 +20,8 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
     let link = mesh.link.info();
     let (listen, listen_error) = mesh.endpoint.listen();
     let config = &daemon.config;
+    let storage = mesh.store.health().failure();
+    let audit = daemon.audit.state();
     PeerStatus {
         id: id.id,
         role: id.role,
@@ -47,6 +49,12 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
             None => None,
         },
         wg: None,
+        storage_error: storage
+            .as_ref()
+            .map(|(e, _)| format!("{} ({})", e.error, e.hint)),
+        storage_error_since: storage.map(|(_, since)| since),
+        audit_pending: audit.pending,
+        audit_dropped: audit.dropped,
         public_key: Some(mesh.me.public_key()),
         fingerprint: Some(mesh.me.public_key().fingerprint()),
     }

@@ -1,19 +1,98 @@
-//! Wall-clock time as the registry and the audit log record it.
+//! Wall-clock time as the registry and the audit log record it, and a
+//! jump-proof clock for what measures an age.
+//!
+//! Records carry wall-clock times (people read them). What deletes by age
+//! (audit retention) counts on [`steady_now_ms`] instead: the wall time of
+//! the daemon's start plus the monotonic time since, so an NTP step or a
+//! resumed VM moving the wall clock forward by a year does not age every row
+//! at once. [`watch_jumps`] logs such jumps.
+//!
+//! Test hook (debug builds only, never in a release build): a file
+//! `.test-clock-offset` in the state dir holding a signed number of seconds
+//! is added to the wall clock, re-read every 200 ms, so a test can move the
+//! wall clock of a running daemon (`daemon/tests/faults.rs`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The test hook's offset, in milliseconds (always 0 in release builds).
+static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// The monotonic instant and the wall time (ms) of the first reading.
+static START: OnceLock<(Instant, u64)> = OnceLock::new();
+
+fn wall_ms() -> u64 {
+    let real = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    real.saturating_add_signed(OFFSET_MS.load(Ordering::Relaxed))
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    wall_ms()
 }
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    wall_ms() / 1000
+}
+
+/// Wall-clock milliseconds as of the daemon's start, advanced by the
+/// monotonic clock since: immune to jumps of the wall clock while running.
+pub fn steady_now_ms() -> u64 {
+    let (at, wall) = START.get_or_init(|| (Instant::now(), wall_ms()));
+    wall.saturating_add(at.elapsed().as_millis() as u64)
+}
+
+/// How far the wall clock is from [`steady_now_ms`] (ms; positive: ahead).
+pub fn skew_ms() -> i64 {
+    wall_ms() as i64 - steady_now_ms() as i64
+}
+
+/// Start the clock (call at start) and, in debug builds, the test hook.
+pub fn init(state_dir: &std::path::Path) {
+    if cfg!(debug_assertions) {
+        let file = state_dir.join(".test-clock-offset");
+        let read = move || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        OFFSET_MS.store(read().saturating_mul(1000), Ordering::Relaxed);
+        let _ = std::thread::Builder::new()
+            .name("test-clock".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(200));
+                OFFSET_MS.store(read().saturating_mul(1000), Ordering::Relaxed);
+            });
+    }
+    let _ = steady_now_ms();
+}
+
+/// A change of the skew this large is a jump worth a log line.
+const JUMP: i64 = 2_000;
+
+/// Log every wall-clock jump (checked each `every`) until `stop`.
+pub async fn watch_jumps(every: Duration, stop: tokio_util::sync::CancellationToken) {
+    let mut last = skew_ms();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = skew_ms();
+        let jump = now - last;
+        if jump.abs() >= JUMP {
+            let way = if jump > 0 { "forward" } else { "back" };
+            tracing::warn!(
+                "the wall clock jumped {way} by {} s (an NTP step, a resumed VM?); records keep wall-clock times, audit retention keeps counting on the monotonic clock, so no history is deleted for it",
+                jump.abs() / 1000
+            );
+        }
+        last = now;
+    }
 }

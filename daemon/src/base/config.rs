@@ -85,6 +85,12 @@ pub struct FileConfig {
     /// This peer's labels (targets `@NAME`), until `d setPeerConfig --labels`
     /// sets others (kept in the state database, which then wins).
     pub labels: Option<Vec<String>>,
+    /// Audit log bytes kept (default 64 MiB), counting each row's text
+    /// (command, directory, error, names) plus 64 bytes.
+    pub exec_log_max_bytes: Option<u64>,
+    /// Leader: registry rows of peers not seen for this many days are
+    /// removed (default 30; 0 = never).
+    pub peer_retire_days: Option<u64>,
 }
 
 /// Where the peer port should listen.
@@ -113,6 +119,8 @@ pub struct Config {
     pub exec_log: Retention,
     /// Labels from the config file (checked at start).
     pub labels: Vec<String>,
+    /// Leader: retire registry rows not seen for this many days (0 = never).
+    pub peer_retire_days: u64,
     pub ops: Ops,
     /// Where a job without a directory runs (`d @peer CMD`).
     pub default_dir: PathBuf,
@@ -123,6 +131,9 @@ pub struct Config {
 pub struct Retention {
     pub max_rows: u64,
     pub max_age_days: u64,
+    /// Bytes of row text kept (see `FileConfig::exec_log_max_bytes`), so a
+    /// burst of 1 MB commands cannot fill the disk.
+    pub max_bytes: u64,
 }
 
 /// Where this machine's own source lives and how it is built (`remotePull`,
@@ -209,9 +220,11 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("target/release/d-daemon")),
                 timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
+            peer_retire_days: file.peer_retire_days.unwrap_or(30),
             exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),
+                max_bytes: file.exec_log_max_bytes.unwrap_or(64 << 20).max(4096),
             },
             labels: {
                 let labels = file.labels.unwrap_or_default();

@@ -2,7 +2,8 @@
 //! them. Configuration ([`config`]), this daemon's identity, its key and the mesh key
 //! ([`identity`], [`idkey`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
 //! and shutdown signal everything runs under ([`tasks`]), time ([`clock`])
-//! and reconnect delays ([`backoff`]).
+//! reconnect delays ([`backoff`]) and the signals the daemon handles or
+//! ignores ([`signals`]).
 
 pub mod backoff;
 pub mod clock;
@@ -10,5 +11,6 @@ pub mod config;
 pub mod identity;
 pub mod idkey;
 pub mod meshkey;
+pub mod signals;
 pub mod tasks;
 pub mod wg;

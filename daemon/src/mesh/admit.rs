@@ -139,9 +139,26 @@ pub async fn admit(
         },
     };
     let now = unix_now();
-    mesh.store
-        .call(move |st| st.upsert_peer(&row, now))
-        .await
-        .map_err(|e| ErrorBody::new(ErrorKind::Other, format!("cannot register: {e}")))?;
+    let id = row.id.clone();
+    let saved = mesh.store.call(move |st| st.upsert_peer(&row, now)).await;
+    if let Err(e) = saved {
+        // A worker the registry already lists comes back even when the
+        // leader cannot save (a full disk): its row is only a little stale.
+        // A new one is refused, or it would be online but unlisted.
+        let id2 = id.clone();
+        let known = matches!(
+            mesh.store.read(move |st| st.get_peer(&id2)).await,
+            Ok(Some(_))
+        );
+        if !known {
+            let mut body = ErrorBody::from(e);
+            body.error = format!(
+                "link refused: the leader cannot register {id}: {}",
+                body.error
+            );
+            return Err(body);
+        }
+        tracing::warn!("admitted {id}, already registered, without updating its registry row: {e}");
+    }
     Ok(welcome)
 }

@@ -140,6 +140,7 @@ pub async fn flush_liveness(mesh: Arc<Mesh>) {
     while next_tick_as_leader(&mesh, &mut tick).await {
         let mut ids = mesh.sessions.online_links();
         ids.extend(mesh.me.get().id);
+        retire(&mesh, ids.clone()).await;
         let now = unix_now();
         let flushed = mesh
             .store
@@ -149,5 +150,31 @@ pub async fn flush_liveness(mesh: Arc<Mesh>) {
             Ok(n) => mesh.registered.store(n as usize, Ordering::Relaxed),
             Err(e) => tracing::warn!("cannot record liveness: {e}"),
         }
+    }
+}
+
+/// Leader: remove the registry rows of peers not seen for
+/// `peer_retire_days` (an id a worker no longer uses would stay forever and
+/// fail every `@all`). Age counts on the jump-proof clock
+/// (`base::clock::steady_now_ms`); `online` (and the leader) are kept.
+pub async fn retire(mesh: &Arc<Mesh>, online: Vec<String>) {
+    let days = mesh.config.peer_retire_days;
+    if days == 0 {
+        return;
+    }
+    let now = crate::base::clock::steady_now_ms() / 1000;
+    let before = now.saturating_sub(days.saturating_mul(86_400));
+    match mesh
+        .store
+        .call(move |st| st.retire_peers(before, &online))
+        .await
+    {
+        Ok(gone) if !gone.is_empty() => tracing::info!(
+            "retired {} registry rows not seen for {days} days (peer_retire_days): {}",
+            gone.len(),
+            gone.join(", ")
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot retire old registry rows: {e}"),
     }
 }

@@ -110,6 +110,8 @@ impl Mesh {
                 tracing::error!("{}", e.error);
             }
             liveness::ensure_self_row(self).await;
+            let me: Vec<String> = self.me.get().id.into_iter().collect();
+            liveness::retire(self, me).await;
         }
         self.restart_link();
         let t = &self.tasks.tracker;
@@ -196,10 +198,13 @@ impl Mesh {
             })
             .await
             .map_err(|e| {
-                ErrorBody::new(
-                    ErrorKind::Other,
-                    format!("cannot save the configuration: {e}"),
-                )
+                // Nothing changed: the identity in use stays the saved one.
+                let mut body = ErrorBody::from(e);
+                body.error = format!(
+                    "Not configured: cannot save the configuration: {}",
+                    body.error
+                );
+                body
             })?;
         let role = new.role;
         let old = self.me.get();

@@ -143,7 +143,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
         .hint("ask the leader: `d getPeerStatus` on a worker shows its address"));
     }
     let me = id.id.unwrap_or_default();
-    let db = |e: crate::store::RegistryError| ErrorBody::new(ErrorKind::Other, e.to_string());
+    let db = ErrorBody::from;
     let needs_wg = matches!(
         q,
         Query::ListPeers | Query::ListPeersPage { .. } | Query::GetPeerInfo { .. }
@@ -165,7 +165,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             let p2 = peer.clone();
             match mesh
                 .store
-                .call(move |st| st.get_peer(&p2))
+                .read(move |st| st.get_peer(&p2))
                 .await
                 .map_err(db)?
             {
@@ -181,7 +181,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             // One row more than asked says whether any remain.
             let mut rows = mesh
                 .store
-                .call(move |st| st.list_peers_page(offset, limit.saturating_add(1)))
+                .read(move |st| st.list_peers_page(offset, limit.saturating_add(1)))
                 .await
                 .map_err(db)?;
             let mut more = rows.len() > limit as usize;
@@ -207,7 +207,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             })
         }
         Query::ListPeers => {
-            let mut rows = mesh.store.call(|st| st.list_peers()).await.map_err(db)?;
+            let mut rows = mesh.store.read(|st| st.list_peers()).await.map_err(db)?;
             with_liveness(mesh, &mut rows, &me, wg);
             Ok(Answer::Peers {
                 peers: rows,
@@ -238,7 +238,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             let ip2 = ip.clone();
             let rows = mesh
                 .store
-                .call(move |st| st.peers_by_addr(&ip2))
+                .read(move |st| st.peers_by_addr(&ip2))
                 .await
                 .map_err(db)?;
             let best = rows

@@ -30,13 +30,17 @@ impl Store {
             ],
         )?;
         let id = self.conn.last_insert_rowid();
-        if id % 64 == 0 {
-            self.prune_exec_log(keep, r.started_ms)?;
+        // Every 64th row, or any row large enough to matter on its own.
+        let big = (r.command.len() + r.directory.len()) as u64 > keep.max_bytes / 64;
+        if id % 64 == 0 || big {
+            self.prune_exec_log(keep, crate::base::clock::steady_now_ms())?;
         }
         Ok(id)
     }
 
-    /// Drop rows past the retention limits; returns how many went.
+    /// Drop rows past the retention limits; returns how many went. `now_ms`
+    /// comes from the jump-proof clock (`base::clock::steady_now_ms`), never
+    /// from a record, so a wall clock moved forward deletes nothing.
     pub fn prune_exec_log(&self, keep: Retention, now_ms: u64) -> Result<u64, RegistryError> {
         let cutoff = now_ms.saturating_sub(keep.max_age_days.saturating_mul(86_400_000));
         let mut n = self.conn.execute(
@@ -46,6 +50,18 @@ impl Store {
         n += self.conn.execute(
             "DELETE FROM exec_log WHERE id <= (SELECT MAX(id) FROM exec_log) - ?1",
             [keep.max_rows as i64],
+        )?;
+        // Bytes: keep the newest rows whose text adds up to at most max_bytes.
+        n += self.conn.execute(
+            "DELETE FROM exec_log WHERE id <= (
+                SELECT id FROM (
+                    SELECT id, SUM(64 + LENGTH(CAST(command AS BLOB)) + LENGTH(CAST(directory AS BLOB))
+                        + IFNULL(LENGTH(CAST(error AS BLOB)), 0) + LENGTH(CAST(requester AS BLOB))
+                        + LENGTH(CAST(target AS BLOB)) + IFNULL(LENGTH(CAST(user AS BLOB)), 0))
+                        OVER (ORDER BY id DESC) AS total
+                    FROM exec_log)
+                WHERE total > ?1 ORDER BY id DESC LIMIT 1)",
+            [keep.max_bytes as i64],
         )?;
         Ok(n as u64)
     }
@@ -103,6 +119,7 @@ mod tests {
         let keep = Retention {
             max_rows: 100,
             max_age_days: 1,
+            max_bytes: 1 << 30,
         };
         let rec = |i: u64, requester: &str, started_ms: u64| ExecRecord {
             id: 0,
@@ -123,7 +140,7 @@ mod tests {
             duration_ms: 5,
             output_bytes: i,
         };
-        let now = 10 * 86_400_000;
+        let now = crate::base::clock::steady_now_ms();
         for i in 0..300 {
             s.log_exec(
                 &rec(i, if i % 2 == 0 { "laptop" } else { "vps" }, now),
@@ -141,5 +158,39 @@ mod tests {
         assert_eq!(laptop.len(), 10);
         assert!(laptop.iter().all(|r| r.requester == "laptop"));
         assert_eq!(laptop[0].exit.unwrap().status(), 0);
+    }
+
+    #[test]
+    fn retention_is_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("d.db")).unwrap();
+        let keep = Retention {
+            max_rows: 100_000,
+            max_age_days: 90,
+            max_bytes: 100_000,
+        };
+        let now = crate::base::clock::steady_now_ms();
+        for i in 0..200u64 {
+            let rec = ExecRecord {
+                id: 0,
+                started_ms: now,
+                side: "local".into(),
+                requester: "a".into(),
+                user: None,
+                target: "a".into(),
+                directory: "/tmp".into(),
+                command: format!("{i:05} {}", "x".repeat(10_000)),
+                exit: None,
+                error: None,
+                duration_ms: 0,
+                output_bytes: 0,
+            };
+            s.log_exec(&rec, keep).unwrap();
+        }
+        let all = s.exec_log(None, 1000).unwrap();
+        let bytes: usize = all.iter().map(|r| r.command.len()).sum();
+        assert!(bytes <= 100_000, "{bytes} bytes kept");
+        assert!(all.len() >= 8, "the newest rows stay: {}", all.len());
+        assert!(all[0].command.starts_with("00199"));
     }
 }

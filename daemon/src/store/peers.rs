@@ -102,6 +102,24 @@ impl Store {
         Ok(self.conn.execute("DELETE FROM peers", [])? as u64)
     }
 
+    /// Remove the rows of peers last seen before `before` (unix seconds),
+    /// except `keep` (those online, the leader); returns the ids removed.
+    pub fn retire_peers(&self, before: u64, keep: &[String]) -> Result<Vec<String>, RegistryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM peers WHERE last_seen < ?1")?;
+        let old: Vec<String> = stmt
+            .query_map([before as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut gone = Vec::new();
+        for id in old.into_iter().filter(|id| !keep.contains(id)) {
+            self.conn
+                .execute("DELETE FROM peers WHERE id = ?1", [&id])?;
+            gone.push(id);
+        }
+        Ok(gone)
+    }
+
     pub fn count_peers(&self) -> Result<u64, RegistryError> {
         Ok(self
             .conn

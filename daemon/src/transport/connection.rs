@@ -60,6 +60,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.last_read
     }
 
+    /// The largest frame accepted from now on: small before the other side
+    /// is authenticated ([`crate::transport::limits::PREAUTH_FRAME`]).
+    pub fn limit(&mut self, max: usize) {
+        self.decoder.set_max(max);
+    }
+
     /// Accept binary output frames from now on (an authenticated session).
     pub fn accept_binary(&mut self) {
         self.decoder.set_binary(true);
@@ -98,6 +104,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     pub async fn read<T: Message>(&mut self) -> Read<T> {
         match self.frame().await {
             None => Read::Eof,
+            Some(Frame::TooLong) => Read::Bad(FrameError::TooLong {
+                max: self.decoder.max(),
+            }),
             Some(f) => match frame::parse_frame(f) {
                 Ok(m) => Read::Msg(m),
                 Err(e) => Read::Bad(e),
@@ -111,7 +120,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         match self.frame().await {
             None => Read::Eof,
             Some(Frame::TooLong) => Read::Bad(FrameError::TooLong {
-                max: d_proto::MAX_FRAME,
+                max: self.decoder.max(),
             }),
             Some(f) => Read::Msg(f),
         }

@@ -6,6 +6,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The largest frame read before the other side proved the mesh key: a
+/// hello, challenge or welcome is a few hundred bytes, so a stranger (or
+/// thousands of them, [`PENDING_TOTAL`] at most) cannot make the daemon
+/// buffer a megabyte frame each.
+pub const PREAUTH_FRAME: usize = 16 * 1024;
+
 /// A handshake step (hello, authentication) must arrive within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A dial must connect within this.

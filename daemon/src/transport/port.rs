@@ -105,11 +105,13 @@ async fn handshake_incoming(
     let Ok(handler) = ep.handler() else { return };
     let (r, w) = sock.into_split();
     let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
+    reader.limit(super::limits::PREAUTH_FRAME);
     let result = tokio::select! {
         _ = ep.tasks.shutdown.cancelled() => return,
         r = handshake::accept(&ep, handler.as_ref(), &mut reader, &mut writer, addr) => r,
     };
     drop(slot);
+    reader.limit(d_proto::MAX_FRAME);
     match result {
         Ok((hello, welcome, key)) => {
             let terms = handshake::accepted_terms(&welcome);
@@ -203,6 +205,7 @@ async fn dial_inner(
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
+    reader.limit(super::limits::PREAUTH_FRAME);
     let (desc, terms) = handshake::dial(
         ep,
         creds,
@@ -214,6 +217,7 @@ async fn dial_inner(
         fail,
     )
     .await?;
+    reader.limit(d_proto::MAX_FRAME);
     let s = Session::start(ep, handler.clone(), desc, terms, reader, writer);
     handler.opened(&s);
     Ok(s)

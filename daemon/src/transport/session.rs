@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
-use d_proto::types::{ErrorBody, ExecSpec, Role, Stream};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role, Stream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -440,6 +440,11 @@ impl Session {
                 if let Some(j) = lock(&self.jobs_in).get(&job) {
                     j.cancel.cancel();
                 }
+            }
+            // Its daemon is shutting down: that is why the session ends.
+            PeerMsg::Error(e) if e.kind == ErrorKind::ShuttingDown => {
+                tracing::info!("{}", e.error);
+                self.close(e);
             }
             PeerMsg::Error(e) => {
                 tracing::warn!("{} reports a protocol error: {}", self.peer.id, e.error)

@@ -74,6 +74,31 @@ impl TestDaemon {
         d
     }
 
+    /// Like [`TestDaemon::start_with`], with `prepare` run on the state dir's
+    /// path (not created yet) first: e.g. to make it a link to a small tmpfs.
+    pub fn start_prepared(
+        name: &str,
+        ip: &str,
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("d-test-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        prepare(&dir.path().join("state"));
+        let mut d = TestDaemon {
+            name: name.into(),
+            ip: ip.into(),
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            bin: daemon_bin(),
+        };
+        d.spawn(&format!("{ip}:0"));
+        d
+    }
+
     /// Start from a private copy of the daemon binary (in its temp dir), so a
     /// deploy may replace it.
     pub fn start_copy(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use d_proto::frame::Frame;
 use d_proto::peer::PeerMsg;
-use d_proto::types::ErrorBody;
+use d_proto::types::{ErrorBody, ErrorKind};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -115,7 +115,11 @@ pub(super) async fn write_loop(
                 _ = s.closed() => {
                     // Say what is still queued (an error for the last bad
                     // frame, a final status) if the peer still reads.
+                    let bye = shutdown_notice(&s);
                     let last = async {
+                        if let Some(line) = bye {
+                            w.feed_line(line).await?;
+                        }
                         while let Ok(line) = rx.try_recv() {
                             w.feed_line(line).await?;
                         }
@@ -166,4 +170,22 @@ pub(super) async fn write_loop(
         tracing::debug!("write failed: {e}");
         s.close(ErrorBody::peer_lost(&s.peer.id));
     }
+}
+
+/// Closed by this daemon's shutdown: tell the other side first, so it says
+/// "the daemon on X (the peer) is shutting down" rather than a lost
+/// connection (see `Session::dispatch`, `PeerMsg::Error` of that kind).
+fn shutdown_notice(s: &Session) -> Option<Vec<u8>> {
+    if !s.ep.tasks.shutdown.is_cancelled() {
+        return None;
+    }
+    let e = ErrorBody::new(
+        ErrorKind::ShuttingDown,
+        format!(
+            "the daemon on {} (the peer) is shutting down: its jobs were ended",
+            s.ep.me.name()
+        ),
+    )
+    .hint("run it again once that daemon is back (`d listPeers` shows it online)");
+    d_proto::frame::encode(&PeerMsg::Error(e)).ok()
 }
