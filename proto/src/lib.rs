@@ -24,7 +24,13 @@ pub mod types;
 /// - 3: output as binary frames ([`frame::encode_output`]); the accepting side
 ///   answers each of the dialer's heartbeats instead of running its own timer,
 ///   and the dialer heartbeats at the interval the welcome names.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// - 4: a job's standard input (input frames, `input_end`, `input_credit`),
+///   terminals (`resize`), and jobs run as another user, with variables set
+///   or as a login shell ([`PROTOCOL_STREAMS`]).
+pub const PROTOCOL_VERSION: u32 = 4;
+/// The protocol that brought standard input, terminals, `--user`, `--env`
+/// and login shells: a daemon sends none of them on an older session.
+pub const PROTOCOL_STREAMS: u32 = 4;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -79,6 +85,12 @@ pub const LEGACY_PEERS_PAGE: u32 = 1000;
 pub const OUTPUT_CHUNK: usize = 256 * 1024;
 /// Output bytes a target may send for one job before the requester grants more.
 pub const JOB_WINDOW: u32 = 1024 * 1024;
+/// Input bytes a requester may send for one job (and a client to its daemon)
+/// before the receiving side grants more: one window per hop, so each hop
+/// holds at most this much of a job's standard input.
+pub const INPUT_WINDOW: u32 = 1024 * 1024;
+/// Most bytes of standard input per input frame.
+pub const INPUT_CHUNK: usize = 256 * 1024;
 
 /// `s` cut to `max` characters for an error message, saying how long it was:
 /// an answer must never echo a megabyte of hostile input back.
@@ -121,6 +133,7 @@ mod tests {
         assert_eq!(negotiate(2, 0), Some(2)); // an older daemon: protocol 2 only
         assert_eq!(negotiate(2, 3), Some(3));
         assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(2, 4), Some(4));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);
     }
