@@ -123,16 +123,22 @@ complete -c d -n "__fish_d_using_subcommand execLog" -s v -l verbose -d 'Say on 
 complete -c d -n "__fish_d_using_subcommand execLog" -s h -l help -d 'Print help'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l peer -d 'Peer id, a comma-separated list, or `all` (every registered peer)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l directory -d 'Working directory on the peer (empty: the peer\'s default directory)' -r -f -a "(__fish_complete_directories)"
-complete -c d -n "__fish_d_using_subcommand execOnPeer" -l shellCmd -d 'Command, run with `/bin/sh -c`' -r -f -a "(__fish_complete_command)"
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l shellCmd -d 'Command, run with the target user\'s login shell and `-c` (as ssh does)' -r -f -a "(__fish_complete_command)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l timeout -d 'Seconds before the command\'s process group is ended (0 = no limit; default 30)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l parallel -d 'With several peers: run at most N at once' -r -f
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -s u -l user -d 'Run as this user of the target: its uid, groups, HOME, USER, LOGNAME, SHELL, its login shell, its home as the default directory (the target\'s daemon must run as root)' -r -f -a "(__fish_complete_users)"
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l env -d 'Set a variable for the job (repeatable; the audit log records the name, never the value)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l timeout -d 'Seconds before the command\'s process group is ended (0 = no limit; default 30)' -r -f
+complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s u -l user -d 'Run as this user of the target: its uid, groups, HOME, USER, LOGNAME, SHELL, its login shell, its home as the default directory (the target\'s daemon must run as root)' -r -f -a "(__fish_complete_users)"
+complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l env -d 'Set a variable for the job (repeatable; the audit log records the name, never the value)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l socket -d 'Control socket of the local daemon' -r -F
+complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s h -l help -d 'Print help'

@@ -21,6 +21,7 @@ mod complete;
 mod conn;
 mod exec;
 mod fanout;
+mod input;
 mod mcp;
 mod ops;
 mod render;
@@ -241,16 +242,26 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
+            job,
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
                 gather: *gather,
                 json: cli.json,
                 verbose: cli.verbose,
+                job: d_proto::control::ExecOpts {
+                    stdin: input::wanted(job.no_stdin),
+                    ..job.opts()
+                },
             };
             return fanout::exec(&cli.socket, peer, directory, shell_cmd, *timeout, &opts);
         }
-        Command::ExecOnPeer { timeout, .. } | Command::ExecOnPeerByIp { timeout, .. } => {
+        Command::ExecOnPeer { timeout, job, .. } | Command::ExecOnPeerByIp { timeout, job, .. } => {
+            if let d_proto::control::Request::ExecOnPeer { opts, .. }
+            | d_proto::control::Request::ExecOnPeerByIp { opts, .. } = &mut req
+            {
+                opts.stdin = input::wanted(job.no_stdin);
+            }
             return exec::run(&cli.socket, &req, *timeout, cli.json, cli.verbose);
         }
         _ => {}

@@ -7,7 +7,7 @@
 //! or [`Event::Exit`]). Exec streams [`Event::Stdout`]/[`Event::Stderr`] first;
 //! closing the connection cancels the job.
 //!
-//! An exec request with `stdin` (or `pty`) is followed, from the client, by
+//! An exec request with `stdin` is followed, from the client, by
 //! the job's standard input as input frames ([`crate::frame::encode_input`],
 //! job 0) and [`ClientMsg`] lines: the client sends no more input than the
 //! daemon granted ([`crate::INPUT_WINDOW`] at the start, then each
@@ -94,8 +94,8 @@ pub enum Request {
         /// field; the client then asks again without it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         raw_output: bool,
-        /// What the job runs as and with, beyond the command (`-n`, `-t`,
-        /// `--user`, `--env`); absent: as before them.
+        /// What the job runs as and with, beyond the command (`--user`, `--env`,
+        /// standard input); absent: as before them.
         #[serde(flatten)]
         opts: ExecOpts,
     },
@@ -126,12 +126,6 @@ pub struct ExecOpts {
     /// `--env NAME=VALUE`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
-    /// A terminal on the target (`-t`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pty: Option<crate::types::Pty>,
-    /// No command: the user's login shell.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub login: bool,
 }
 
 /// What a client sends during a job that takes its input (after the request;
@@ -144,8 +138,6 @@ pub enum ClientMsg {
     Data { data: B64 },
     /// Standard input has ended.
     End,
-    /// The client's terminal is now this size.
-    Resize { rows: u16, cols: u16 },
 }
 
 /// Input frames stand for [`ClientMsg::Data`].

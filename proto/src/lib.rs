@@ -25,11 +25,11 @@ pub mod types;
 ///   answers each of the dialer's heartbeats instead of running its own timer,
 ///   and the dialer heartbeats at the interval the welcome names.
 /// - 4: a job's standard input (input frames, `input_end`, `input_credit`),
-///   terminals (`resize`), and jobs run as another user, with variables set
-///   or as a login shell ([`PROTOCOL_STREAMS`]).
+///   jobs run as another user (`run_as`) and with variables set (`env`)
+///   ([`PROTOCOL_STREAMS`]).
 pub const PROTOCOL_VERSION: u32 = 4;
-/// The protocol that brought standard input, terminals, `--user`, `--env`
-/// and login shells: a daemon sends none of them on an older session.
+/// The protocol that brought standard input, `--user` and `--env`: a daemon
+/// sends none of them on an older session.
 pub const PROTOCOL_STREAMS: u32 = 4;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;

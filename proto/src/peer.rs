@@ -211,12 +211,6 @@ pub enum PeerMsg {
         job: u64,
         bytes: u32,
     },
-    /// The requester's terminal changed size (jobs with a pty).
-    Resize {
-        job: u64,
-        rows: u16,
-        cols: u16,
-    },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
 }

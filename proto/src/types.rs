@@ -246,13 +246,6 @@ pub struct ExecSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
-    /// Give the job a terminal on the target (`-t`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pty: Option<Pty>,
-    /// No command: the user's login shell itself (`-bash`, as sshd starts
-    /// it), reading standard input, interactive with a `pty`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub login: bool,
 }
 
 impl ExecSpec {
@@ -269,8 +262,6 @@ impl ExecSpec {
             stdin: false,
             run_as: None,
             env: Vec::new(),
-            pty: None,
-            login: false,
         }
     }
 
@@ -287,24 +278,8 @@ impl ExecSpec {
         if !self.env.is_empty() {
             v.push("--env");
         }
-        if self.pty.is_some() {
-            v.push("a terminal (-t)");
-        }
-        if self.login {
-            v.push("a login shell");
-        }
         v
     }
-}
-
-/// A terminal for a job: its type and its size at start (changes follow as
-/// resize messages).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pty {
-    /// `TERM` for the job (the client's own; `xterm-256color`, `dumb`).
-    pub term: String,
-    pub rows: u16,
-    pub cols: u16,
 }
 
 /// The operations commands: what `remotePull`, `remoteBd` and

@@ -5,7 +5,8 @@
 //! `@all`. What follows is, in this order:
 //!
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
-//!   `--parallel N`, `--gather` (and the global options again), then `--`
+//!   `--parallel N`, `--gather`, `-n`/`--no-stdin`, `-u`/`--user USER`,
+//!   `--env NAME=VALUE` (and the global options again), then `--`
 //!   to read the rest as a shell command whatever its first word;
 //! - a d command: `ping`, `getPeerStatus`, `listPeers`, `getPeerInfo`,
 //!   `getPeerIdByIp`, `dbSanityCheck`, `execLog` are answered by the target
@@ -122,6 +123,8 @@ struct ShellOpts {
     timeout: Option<u64>,
     parallel: Option<u32>,
     gather: bool,
+    /// `-n`, `-u USER`, `--env NAME=VALUE`, passed on as given.
+    job: Vec<String>,
     /// The ones given, for messages (`--timeout 5`).
     given: Vec<String>,
 }
@@ -155,7 +158,7 @@ fn plan_after(
         };
         let takes_value = matches!(
             name,
-            "--directory" | "--timeout" | "--parallel" | "--socket"
+            "--directory" | "--timeout" | "--parallel" | "--socket" | "--user" | "-u" | "--env"
         );
         let has_inline = inline.is_some();
         let value = if takes_value {
@@ -212,6 +215,18 @@ fn plan_after(
                 opts.gather = true;
                 opts.given.push(name.to_string());
             }
+            ("-n" | "--no-stdin", None) if !has_inline => {
+                opts.job.push("--no-stdin".into());
+                opts.given.push(name.to_string());
+            }
+            ("--user" | "-u", Some(v)) => {
+                opts.job.push(format!("--user={v}"));
+                opts.given.push(format!("--user {}", quote(&v)));
+            }
+            ("--env", Some(v)) => {
+                opts.job.push(format!("--env={v}"));
+                opts.given.push(format!("--env {}", quote(&v)));
+            }
             ("--help" | "-h", None) if !has_inline => {
                 return Ok(Plan::Argv(vec!["d".into(), "--help".into()]));
             }
@@ -219,7 +234,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: --directory DIR, --timeout SECS, --parallel N, --gather, then `--` before a command that starts with '-'"
+                        "options after {at}: --directory DIR, --timeout SECS, --parallel N, --gather, -n, -u USER, --env NAME=VALUE, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -309,5 +324,6 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
     if opts.gather {
         v.push("--gather".into());
     }
+    v.extend(opts.job);
     Plan::Argv(v)
 }

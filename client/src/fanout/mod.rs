@@ -31,11 +31,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use d_proto::control::{Event, Request};
+use d_proto::control::{Event, ExecOpts, Request};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
+use crate::input::Input;
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
 use lines::Lines;
@@ -150,6 +151,10 @@ pub struct Options {
     pub gather: bool,
     pub json: bool,
     pub verbose: bool,
+    /// Each job's options; with `stdin`, every peer gets our stdin (all
+    /// peers then run at once, whatever `parallel`: the same bytes go to
+    /// each as they are read, see [`crate::input`]).
+    pub job: ExecOpts,
 }
 
 /// Run `shell_cmd` in `directory` on every peer `spec` names; `Ok` is the
@@ -165,15 +170,30 @@ pub fn exec(
     let peers = targets(socket, opts.verbose, spec)?;
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
-    let runs = map(&peers, opts.parallel, |peer| {
+    let input = opts.job.stdin.then(|| Input::new(peers.len()));
+    if let Some(input) = &input {
+        crate::input::start(input);
+    }
+    let parallel = if input.is_some() {
+        peers.len()
+    } else {
+        opts.parallel
+    };
+    let runs = map(&peers, parallel, |peer| {
         let req = Request::ExecOnPeer {
             peer: peer.clone(),
             directory: directory.to_string(),
             shell_cmd: shell_cmd.to_string(),
             timeout,
             raw_output: false,
+            opts: opts.job.clone(),
         };
-        run_one(socket, peer, &req, limit, live, opts.verbose)
+        let mut feed = input.as_deref().map(Feed::new);
+        let run = run_one(socket, peer, &req, limit, live, opts.verbose, feed.as_mut());
+        if let Some(f) = feed {
+            f.finish();
+        }
+        run
     });
 
     if opts.json {
@@ -248,6 +268,37 @@ fn no_answer_message(peer: &str, limit: Duration) -> String {
     )
 }
 
+/// One peer's share of the fan-out's stdin: attached once its request is
+/// sent, done (or skipped, if it never was) once its job ended.
+struct Feed<'a> {
+    input: &'a Input,
+    index: Option<usize>,
+}
+
+impl<'a> Feed<'a> {
+    fn new(input: &'a Input) -> Feed<'a> {
+        Feed { input, index: None }
+    }
+
+    fn attach(&mut self, conn: &Conn) -> Result<(), ErrorBody> {
+        self.index = Some(self.input.attach(conn.input_stream()?));
+        Ok(())
+    }
+
+    fn credit(&self, bytes: u32) {
+        if let Some(i) = self.index {
+            self.input.credit(i, bytes);
+        }
+    }
+
+    fn finish(self) {
+        match self.index {
+            Some(i) => self.input.done(i),
+            None => self.input.skip(),
+        }
+    }
+}
+
 /// One peer's job on its own connection; with `live`, its lines are written
 /// as they complete, else its output is kept for the end.
 fn run_one(
@@ -257,6 +308,7 @@ fn run_one(
     limit: Option<Duration>,
     live: bool,
     verbose: bool,
+    mut feed: Option<&mut Feed>,
 ) -> PeerRun {
     let started = Instant::now();
     let mut out = Lines::new(peer);
@@ -286,6 +338,11 @@ fn run_one(
                 return Outcome::NoAnswer(limit.unwrap_or_default());
             }
             return Outcome::Failed(e);
+        }
+        if let Some(f) = feed.as_deref_mut() {
+            if let Err(e) = f.attach(&conn) {
+                return Outcome::Failed(e);
+            }
         }
         loop {
             if wait(&conn).is_err() {
@@ -322,7 +379,12 @@ fn run_one(
                     }
                     return Outcome::Exit(exit);
                 }
-                Event::Error(e) => return Outcome::Failed(e),
+                Event::Credit { bytes } => {
+                    if let Some(f) = feed.as_deref() {
+                        f.credit(bytes);
+                    }
+                }
+                Event::Error(e) => return Outcome::Failed(crate::exec::older_daemon(e)),
                 Event::Result { .. } => {
                     return Outcome::Failed(
                         ErrorBody::new(

@@ -9,25 +9,54 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::deploy::{self, job_options};
-use super::Daemon;
+use super::{run_as, Daemon};
 use crate::base::clock::unix_now_ms;
+use crate::base::credit::CreditQueue;
 use crate::jobs::{self, JobEvent};
 use crate::mesh::route;
 use crate::transport::{PeerDesc, Served};
 
 /// Start a job: a shell command, an operations action, or (on the leader) a
-/// job relayed to another peer.
+/// job relayed to another peer. `input` is its standard input (specs with
+/// `stdin`), closed once the job no longer needs it.
 pub fn start(
     daemon: &Arc<Daemon>,
-    spec: ExecSpec,
+    mut spec: ExecSpec,
     cancel: CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> mpsc::Receiver<JobEvent> {
     if spec.relay_to.is_some() {
-        return route::relay(&daemon.mesh, spec, cancel);
+        return route::relay(&daemon.mesh, spec, cancel, input);
     }
     let Some(action) = spec.action else {
-        return jobs::spawn_with(spec, &daemon.job_ctx(), cancel, job_options(None));
+        let run_as = match run_as::check_env(&spec.env)
+            .and_then(|()| run_as::resolve(&spec, &daemon.me()))
+        {
+            Ok(u) => u,
+            Err(e) => {
+                if let Some(q) = input {
+                    q.close();
+                }
+                return failed(e);
+            }
+        };
+        if let Some(u) = &run_as {
+            if spec.directory.is_empty() {
+                // As ssh: the user's home is where the command starts.
+                spec.directory = u.home.clone();
+            }
+        }
+        let opts = jobs::Options {
+            shell: daemon.config.shell.clone(),
+            stdin: input,
+            ..job_options(run_as)
+        };
+        return jobs::spawn_with(spec, &daemon.job_ctx(), cancel, opts);
     };
+    // Operations actions read no input.
+    if let Some(q) = input {
+        q.close();
+    }
     let (tx, rx) = mpsc::channel(4);
     let d = daemon.clone();
     daemon.tasks().tracker.spawn(async move {
@@ -37,6 +66,13 @@ pub fn start(
         };
         let _ = tx.send(last).await;
     });
+    rx
+}
+
+/// A job that failed before it started.
+fn failed(e: d_proto::types::ErrorBody) -> mpsc::Receiver<JobEvent> {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(JobEvent::Failed(e));
     rx
 }
 
@@ -55,6 +91,8 @@ pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> Exe
         error: None,
         duration_ms: 0,
         output_bytes: 0,
+        run_as: spec.run_as.clone(),
+        env_names: spec.env.iter().map(|(k, _)| k.clone()).collect(),
     }
 }
 
@@ -66,6 +104,7 @@ pub fn serve_for_peer(
     job: u64,
     spec: ExecSpec,
     cancel: CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> Served {
     tracing::info!(job, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", from.id);
     // A relayed job names its real requester; the session's peer is the leader.
@@ -75,7 +114,7 @@ pub fn serve_for_peer(
         spec.requester.clone()
     };
     let mut rec = record("target", &spec, &requester, &daemon.me());
-    let events = start(daemon, spec, cancel);
+    let events = start(daemon, spec, cancel, input);
     let d = daemon.clone();
     Served {
         events,

@@ -7,6 +7,7 @@
 //! - [`exec`]: a job for a control client, streamed back as it runs.
 //! - [`job`]: starting a job here (shell command, operations action, relay),
 //!   and audit records.
+//! - [`run_as`]: `--user` (who may run as whom: one place) and `--env` checks.
 //! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
 //! - [`peer_config`], [`status`], [`doctor`], [`deploy`]: commands.
 
@@ -34,6 +35,7 @@ pub mod exec;
 pub mod job;
 pub mod peer;
 pub mod peer_config;
+pub mod run_as;
 pub mod status;
 
 /// A command's answer as JSON text (one value): typed rows go straight to

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod credit;
 pub mod identity;
 pub mod meshkey;
 pub mod tasks;

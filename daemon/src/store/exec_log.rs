@@ -86,6 +86,8 @@ impl Store {
                 error: r.get(11)?,
                 duration_ms,
                 output_bytes: r.get::<_, i64>(13)? as u64,
+                run_as: None,
+                env_names: Vec::new(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -120,6 +122,8 @@ mod tests {
                 duration_ms: 5,
             }),
             error: None,
+            run_as: None,
+            env_names: Vec::new(),
             duration_ms: 5,
             output_bytes: i,
         };
