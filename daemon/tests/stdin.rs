@@ -6,32 +6,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-/// Run `d --socket S ARGS` with `input` on its stdin (a pipe, fed from a
-/// thread so a job that does not read never blocks the test).
-fn d_in(socket: &std::path::Path, args: &[&str], input: Vec<u8>) -> Output {
-    let mut child = Command::new(client_bin())
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run d");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let feeder = std::thread::spawn(move || {
-        // EPIPE once d stopped reading is fine here.
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().expect("wait for d");
-    let _ = feeder.join();
-    out
-}
 
 /// Bytes that are not text, not all alike, and not a multiple of a chunk.
 fn noise(n: usize) -> Vec<u8> {
@@ -54,7 +32,7 @@ fn stdin_reaches_the_file_the_job_writes() {
     // The issue's own case, worker → worker (a direct session) and local.
     for (from, to) in [("laptop", "desktop"), ("desktop", "desktop")] {
         let cmd = format!("cat > '{}'", f.display());
-        let o = d_in(
+        let o = run_d_in(
             &m.by_name(from).socket(),
             &[&format!("@{to}"), &cmd],
             b"important\n".to_vec(),
@@ -70,7 +48,7 @@ fn binary_stdin_echoes_byte_for_byte_and_eof_arrives() {
     let m = Mesh::start();
     // 12 MiB: many windows and chunks, through a session, echoed by `cat`.
     let data = noise(12 * 1024 * 1024 + 12345);
-    let o = d_in(&m.laptop.socket(), &["@desktop", "cat"], data.clone());
+    let o = run_d_in(&m.laptop.socket(), &["@desktop", "cat"], data.clone());
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(
         o.stdout == data,
@@ -79,7 +57,7 @@ fn binary_stdin_echoes_byte_for_byte_and_eof_arrives() {
         data.len()
     );
     // EOF reaches the job: wc ends and counts it all; the exit status comes back.
-    let o = d_in(
+    let o = run_d_in(
         &m.vps.socket(),
         &[
             "execOnPeer",
@@ -95,7 +73,7 @@ fn binary_stdin_echoes_byte_for_byte_and_eof_arrives() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "300001");
     // Empty stdin: EOF at once.
-    let o = d_in(&m.laptop.socket(), &["@desktop", "wc -c"], Vec::new());
+    let o = run_d_in(&m.laptop.socket(), &["@desktop", "wc -c"], Vec::new());
     assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
 }
 
@@ -103,13 +81,13 @@ fn binary_stdin_echoes_byte_for_byte_and_eof_arrives() {
 fn no_stdin_gives_dev_null_and_a_terminal_or_device_is_not_read() {
     let m = Mesh::start();
     for flag in ["-n", "--no-stdin"] {
-        let o = d_in(
+        let o = run_d_in(
             &m.laptop.socket(),
             &["@desktop", flag, "wc -c"],
             b"abc".to_vec(),
         );
         assert_eq!(stdout(&o).trim(), "0", "{flag}: {}", stderr(&o));
-        let o = d_in(
+        let o = run_d_in(
             &m.laptop.socket(),
             &[
                 "execOnPeer",
@@ -148,7 +126,7 @@ fn tar_through_d_is_byte_exact() {
         .expect("tar c");
     assert!(tar.status.success());
     let cmd = format!("tar x -C '{}'", dst.path().display());
-    let o = d_in(&m.laptop.socket(), &["@desktop", &cmd], tar.stdout);
+    let o = run_d_in(&m.laptop.socket(), &["@desktop", &cmd], tar.stdout);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let diff = Command::new("diff")
         .arg("-r")
@@ -170,7 +148,7 @@ fn fan_out_sends_the_same_bytes_to_every_peer() {
     let data = noise(5 * 1024 * 1024 + 7);
     let want = sha256(&data);
     // `--parallel 1` does not apply: with stdin every peer runs at once.
-    let o = d_in(
+    let o = run_d_in(
         &m.laptop.socket(),
         &["@vps,desktop,laptop", "--parallel", "1", "sha256sum"],
         data,
@@ -189,7 +167,7 @@ fn fan_out_sends_the_same_bytes_to_every_peer() {
 fn a_job_that_never_reads_or_stops_reading_does_not_hang_d() {
     let m = Mesh::start();
     // Never reads: d ends with the job, having sent no more than its windows.
-    let o = d_in(
+    let o = run_d_in(
         &m.laptop.socket(),
         &["@desktop", "sleep 0.3; echo done"],
         noise(40 * 1024 * 1024),
@@ -198,7 +176,7 @@ fn a_job_that_never_reads_or_stops_reading_does_not_hang_d() {
     assert_eq!(stdout(&o), "done\n");
     // Stops reading after 10 bytes but runs on: the rest is dropped on the
     // target, so neither d nor a fan-out waits on it.
-    let o = d_in(
+    let o = run_d_in(
         &m.laptop.socket(),
         &["@desktop", "head -c 10 >/dev/null; sleep 0.5; echo ok"],
         noise(40 * 1024 * 1024),
@@ -260,4 +238,95 @@ fn sha256(data: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// A peer that speaks protocol 3 at most (no standard input, --user,
+/// --env): a hand-made session to the leader, kept alive by heartbeats.
+struct OldPeer {
+    stream: std::net::TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OldPeer {
+    fn connect(leader: &TestDaemon, id: &str) -> OldPeer {
+        use d_proto::auth::{self, Side, Transcript};
+        use d_proto::types::B64;
+        use std::io::BufRead;
+        let key =
+            auth::key_from_text(&std::fs::read_to_string(leader.mesh_key_path()).unwrap()).unwrap();
+        let mut s = std::net::TcpStream::connect(leader.listen()).unwrap();
+        let nonce = auth::random_bytes().unwrap();
+        let hello = serde_json::json!({"type":"hello","protocol":2,"protocol_max":3,"peer_id":id,
+            "version":"0.0.0 (old)","hostname":"old","listen_port":0,"role":"worker",
+            "purpose":"direct","nonce":B64(nonce.to_vec())});
+        s.write_all(format!("{hello}\n").as_bytes()).unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let ch: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ch["type"], "challenge", "{line}");
+        let their: B64 = serde_json::from_value(ch["nonce"].clone()).unwrap();
+        let acceptor = ch["peer_id"].as_str().unwrap().to_string();
+        let t = Transcript {
+            dialer_nonce: &nonce,
+            acceptor_nonce: &their.0,
+            dialer_id: id,
+            acceptor_id: &acceptor,
+            purpose: "direct",
+        };
+        let proof = B64(auth::prove(&key, Side::Dialer, &t));
+        let a = serde_json::json!({"type":"auth","proof":proof});
+        s.write_all(format!("{a}\n").as_bytes()).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let w: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(w["type"] == "welcome" && w["protocol"] == 3, "{line}");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (mut hs, st) = (s.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            // Beat, and read whatever comes (an exec must never arrive).
+            std::thread::spawn(move || {
+                let mut l = String::new();
+                while r.read_line(&mut l).unwrap_or(0) > 0 {
+                    assert!(!l.contains("\"exec\""), "an exec reached the old peer: {l}");
+                    l.clear();
+                }
+            });
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                if hs.write_all(b"{\"type\":\"heartbeat\"}\n").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        OldPeer { stream: s, stop }
+    }
+}
+
+impl Drop for OldPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[test]
+fn an_older_peer_is_refused_stdin_user_and_env_clearly() {
+    let d = TestDaemon::start("lead", "127.0.0.1");
+    d.json(&["setPeerConfig", "--role", "leader", "--id", "lead"]);
+    let _old = OldPeer::connect(&d, "oldie");
+    for (args, what) in [
+        (vec!["@oldie", "cat"], "standard input"),
+        (vec!["@oldie", "-n", "-u", "nobody", "id"], "--user"),
+        (vec!["@oldie", "-n", "--env", "A=1", "true"], "--env"),
+    ] {
+        let o = run_d_in(&d.socket(), &args, b"data".to_vec());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(255), "{args:?}: {err}");
+        assert!(
+            err.contains("oldie runs an older d-daemon") && err.contains(what),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("-n"), "the hint names -n: {err}");
+    }
 }
