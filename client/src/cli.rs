@@ -210,6 +210,30 @@ pub enum Command {
         job: JobFlags,
     },
 
+    /// Run a command on a peer with ssh's argument shape, for programs that run ssh
+    ///
+    ///   d rsh [-l USER] [-p PORT] [-o OPT]... [USER@]PEER COMMAND...
+    ///
+    /// For `rsync -e 'd rsh' dir/ desktop:/srv/dir/` and
+    /// `GIT_SSH_COMMAND='d rsh' git clone desktop:/srv/repo.git`. The words after PEER
+    /// are joined with spaces for the user's login shell on PEER (as ssh does); stdin,
+    /// stdout and stderr are the command's, byte for byte; d exits with its status
+    /// (255: an error of d). -l USER or USER@ runs it as USER (--user); -n gives it
+    /// /dev/null; -o SendEnv=NAME passes NAME from here (--env); -G prints the
+    /// destination. Ports, keys, ciphers, config files, -T, -v, -q, -4/-6 do not apply and
+    /// are ignored; -t, -N, -f and forwarding (-L -R -D -W -w) are refused. No time limit.
+    #[command(verbatim_doc_comment)]
+    Rsh {
+        /// ssh's arguments: [OPTIONS] [USER@]PEER COMMAND...
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            num_args = 0..
+        )]
+        args: Vec<String>,
+    },
+
     /// Print a completion script for bash, zsh or fish (`--peer <TAB>` completes live peer ids)
     ///
     /// The scripts are also in the source tree under `completions/`. Install one:
@@ -305,6 +329,7 @@ impl Command {
                 | Command::RemotePull { .. }
                 | Command::RemoteBd { .. }
                 | Command::RemoteDeployDaemon { .. }
+                | Command::Rsh { .. }
         )
     }
 
@@ -365,7 +390,7 @@ impl Command {
                 raw_output: false,
                 opts: job.opts(),
             },
-            Command::Completions { .. } | Command::Mcp { .. } => return None,
+            Command::Completions { .. } | Command::Mcp { .. } | Command::Rsh { .. } => return None,
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }
             | Command::RemoteBd { .. }

@@ -138,6 +138,14 @@ impl Input {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A non-blocking stdin (rsync's socket): wait for bytes.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = crate::stdio::wait_ready(0, true) {
+                        errln!("d: waiting for standard input: {e} (the jobs get its end)");
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     errln!("d: reading standard input: {e} (the jobs get its end)");
                     break;

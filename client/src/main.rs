@@ -25,6 +25,7 @@ mod input;
 mod mcp;
 mod ops;
 mod render;
+mod rsh;
 mod stop;
 
 use std::ffi::OsString;
@@ -206,6 +207,14 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 Ok(0)
             }
             Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
+            Command::Rsh { args } => {
+                let r = rsh::parse(args)?;
+                if r.print_config {
+                    render::out(&r.config_text());
+                    return Ok(0);
+                }
+                exec::run(&cli.socket, &r.request(), None, false, cli.verbose)
+            }
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
             }
@@ -361,6 +370,7 @@ fn show(
         | Command::ExecOnPeerByIp { .. }
         | Command::Completions { .. }
         | Command::Mcp { .. }
+        | Command::Rsh { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),

@@ -42,8 +42,13 @@ pub fn start(
         };
         if let Some(u) = &run_as {
             if spec.directory.is_empty() {
-                // As ssh: the user's home is where the command starts.
-                spec.directory = u.home.clone();
+                // As sshd: the user's home is where the command starts, `/`
+                // if it has none (nobody's is /nonexistent).
+                spec.directory = if std::path::Path::new(&u.home).is_dir() {
+                    u.home.clone()
+                } else {
+                    "/".into()
+                };
             }
         }
         let opts = jobs::Options {

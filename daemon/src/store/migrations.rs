@@ -42,6 +42,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX exec_log_target ON exec_log(target);",
     // 2 → 3: the WireGuard public key a worker's link came through.
     "ALTER TABLE peers ADD COLUMN wg_pubkey TEXT;",
+    // 3 → 4: who a job ran as (`--user`) and the names `--env` set
+    // (space-separated; never the values).
+    "ALTER TABLE exec_log ADD COLUMN run_as TEXT;
+     ALTER TABLE exec_log ADD COLUMN env_names TEXT;",
 ];
 
 impl Store {
