@@ -330,3 +330,30 @@ fn an_older_peer_is_refused_stdin_user_and_env_clearly() {
         assert!(err.contains("-n"), "the hint names -n: {err}");
     }
 }
+
+#[test]
+fn a_client_that_vanishes_mid_stdin_ends_its_job() {
+    use std::os::unix::net::UnixStream;
+    let m = Mesh::start();
+    let marker = tempfile::tempdir().unwrap();
+    let pidfile = marker.path().join("pid");
+    let mut s = UnixStream::connect(m.laptop.socket()).unwrap();
+    let req = serde_json::json!({"command":"execOnPeer","peer":"desktop","directory":"",
+        "shellCmd": format!("echo $$ > '{}'; cat > /dev/null; sleep 30", pidfile.display()),
+        "timeout": 60, "stdin": true});
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    s.write_all(&d_proto::frame::encode_input(0, &[1u8; 100_000]))
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the job to start", || {
+        pidfile.exists()
+    });
+    drop(s);
+    wait_for(Duration::from_secs(10), "the job's group to end", || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| !alive(pid))
+    });
+    let o = m.laptop.d(&["@desktop", "echo alive"]);
+    assert_eq!(stdout(&o), "alive\n", "{}", stderr(&o));
+}
