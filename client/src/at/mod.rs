@@ -13,7 +13,7 @@
 //!   (`Request::OnPeer`); `remotePull`, `remoteBd`, `remoteDeployDaemon` and
 //!   `doctor` run here with `--peer TARGET`; the local commands
 //!   (`setPeerConfig`, `registerWorker`, `completions`, `mcp`, `deletePeer`,
-//!   `execOnPeer`, `execOnPeerByIp`) are refused with the line that does it;
+//!   `execOnPeer`, `execOnPeerByIp`, `rsh`) are refused with the line that does it;
 //! - otherwise words of a shell command, run on the target in its default
 //!   directory: joined with single spaces, as ssh joins them, so the remote
 //!   shell reads them again (`d @vps echo '$HOME'` prints vps's home).
@@ -76,7 +76,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         "doctor" => Kind::Doctor,
         "setPeerConfig" | "registerWorker" | "completions" | "mcp" => Kind::Local,
         "deletePeer" => Kind::Registry,
-        "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
+        "execOnPeer" | "execOnPeerByIp" | "rsh" => Kind::Exec,
         _ => return None,
     })
 }
