@@ -12,6 +12,9 @@
 #          throwaway sshd on 127.0.0.1:PORT (as root; skipped otherwise)
 #   tcp    the floor: the same bytes over one plain TCP connection on
 #          loopback into a reader that discards them (python3, 1 MiB reads)
+#   rsync  a tree of SIZE (one big file, 200 small ones) copied with
+#          `rsync -a -e 'd rsh'` vs `rsync -a -e ssh` into an empty directory
+#          (as root with sshd; BENCH_RSYNC=0 skips it)
 #   tar    a tree of SIZE through `tar c | d @lead tar x`, sha256 of every file
 #          compared (the issue's byte-exact check; BENCH_TAR=0 skips it)
 #
@@ -64,23 +67,25 @@ measure() { # label, then the command
   local label=$1; shift
   local ms
   ms=$(for _ in $(seq "$RUNS"); do secs "$@"; done | median)
-  printf '%-6s %6s MB/s  (%d MiB in %d ms, median of %d)\n' "$label" "$(rate "$ms")" "$MB" "$ms" "$RUNS"
+  printf '%-9s %6s MB/s  (%d MiB in %d ms, median of %d)\n' "$label" "$(rate "$ms")" "$MB" "$ms" "$RUNS"
 }
 
 d_one() { head -c "$SIZE" /dev/zero | D work @lead 'cat > /dev/null'; }
-d_fan() { head -c "$SIZE" /dev/zero | D work @lead,work 'cat > /dev/null'; }
+d_fan() { head -c "$SIZE" /dev/zero | D work @lead,work 'cat > /dev/null' 2>/dev/null; }
 tcp_floor() {
-  local port=$((30000 + RANDOM % 20000))
-  python3 - "$port" <<'PY' &
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+  # The reader picks a free port and names it once it listens.
+  rm -f "$WORK/port"
+  python3 - "$WORK/port" <<'PY' &
+import os, socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+with open(sys.argv[1] + ".tmp", "w") as f: f.write(str(s.getsockname()[1]))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
 c, _ = s.accept(); b = bytearray(1 << 20)
 while c.recv_into(b): pass
 PY
   local rp=$!
-  sleep 0.3
-  head -c "$SIZE" /dev/zero >"/dev/tcp/127.0.0.1/$port"
+  for _ in $(seq 200); do [ -s "$WORK/port" ] && break; sleep 0.05; done
+  head -c "$SIZE" /dev/zero >"/dev/tcp/127.0.0.1/$(cat "$WORK/port")"
   wait "$rp"
 }
 
@@ -118,6 +123,16 @@ CONF
   ssh_one() { head -c "$SIZE" /dev/zero | "${SSH[@]}" 'cat > /dev/null'; }
   measure ssh ssh_one
   echo "       (ssh cipher: $("${SSH[@]}" -G 127.0.0.1 2>/dev/null | awk '/^ciphers/{print $2}' | cut -d, -f1))"
+  if [ "${BENCH_RSYNC:-1}" != 0 ] && command -v rsync >/dev/null; then
+    r=$WORK/rsync; mkdir -p "$r/src/small"
+    head -c "$SIZE" /dev/urandom >"$r/src/big.bin"
+    for i in $(seq 200); do head -c 4096 /dev/urandom >"$r/src/small/f$i"; done
+    rs_d() { rm -rf "$r/dst"; rsync -a -e "$BIN/d --socket $WORK/work/d.sock rsh" "$r/src/" "lead:$r/dst/"; }
+    rs_ssh() { rm -rf "$r/dst"; rsync -a -e "${SSH[*]:0:${#SSH[@]}-1}" "$r/src/" "root@127.0.0.1:$r/dst/"; }
+    measure "rsync d" rs_d
+    diff -r "$r/src" "$r/dst" >/dev/null && echo "       (rsync over d rsh: tree identical)"
+    measure "rsync ssh" rs_ssh
+  fi
 else
   echo "ssh    skipped (needs root and /usr/sbin/sshd)"
 fi
