@@ -110,9 +110,6 @@ fn user_name(uid: Option<u32>) -> Option<String> {
 async fn handle(daemon: Arc<Daemon>, stream: UnixStream, uid: Option<u32>) {
     let (r, w) = stream.into_split();
     let (mut reader, mut writer) = (Reader::new(r), Writer::new(w).with_max(d_proto::MAX_ANSWER));
-    // A job's standard input comes as binary input frames after its request
-    // (no JSON text starts with their 0x00 mark, so requests read the same).
-    reader.accept_binary();
     loop {
         let req = tokio::select! {
             _ = daemon.shutdown().cancelled() => return,

@@ -238,6 +238,11 @@ async fn stream_to_client<R, W>(
     let input = spec
         .stdin
         .then(|| CreditQueue::new(d_proto::INPUT_WINDOW as usize));
+    if input.is_some() {
+        // It comes as binary input frames after the request (only then: a
+        // request line is never read as one, whatever bytes start it).
+        reader.accept_binary();
+    }
     let inbound = from_client(reader, input.clone());
     tokio::pin!(inbound);
     let gone = stream_events(
