@@ -52,29 +52,29 @@ impl InputSink {
 impl Session {
     /// A chunk of input for a job this side serves. More than the window
     /// allows is a broken peer: the job is cancelled and the peer told so.
-    pub(super) fn input(self: &Arc<Self>, job: u64, data: &[u8]) {
+    pub(super) fn input(&self, job: u64, data: &[u8]) {
         let (q, cancel) = match lock(&self.jobs_in).get(&job) {
             Some(j) => (j.input.clone(), j.cancel.clone()),
             // Input for a job that already ended: dropped.
             None => return,
         };
         let Some(q) = q else {
-            let s = self.clone();
-            tokio::spawn(async move {
-                let e = ErrorBody::invalid(format!("job {job} takes no standard input"));
-                let _ = s.send(PeerMsg::Error(e)).await;
-            });
+            self.complain(format!("job {job} takes no standard input"));
             return;
         };
         if let Err(overrun) = q.push(data) {
             tracing::warn!("job {job}: {overrun}: cancelling it");
             cancel.cancel();
             q.close();
-            let s = self.clone();
-            tokio::spawn(async move {
-                let e = ErrorBody::invalid(format!("job {job}: {overrun}"));
-                let _ = s.send(PeerMsg::Error(e)).await;
-            });
+            self.complain(format!("job {job}: {overrun}"));
+        }
+    }
+
+    /// Tell the other side what was wrong with its input, if the outgoing
+    /// queue has room (a peer that floods bad frames gets no task each).
+    fn complain(&self, why: String) {
+        if let Ok(line) = d_proto::frame::encode(&PeerMsg::Error(ErrorBody::invalid(why))) {
+            let _ = self.tx.try_send(line);
         }
     }
 }
