@@ -51,6 +51,12 @@ _d() {
             d,help)
                 cmd="d__subcmd__help"
                 ;;
+            d,invite)
+                cmd="d__subcmd__invite"
+                ;;
+            d,join)
+                cmd="d__subcmd__join"
+                ;;
             d,listPeers)
                 cmd="d__subcmd__listPeers"
                 ;;
@@ -71,6 +77,9 @@ _d() {
                 ;;
             d,remotePull)
                 cmd="d__subcmd__remotePull"
+                ;;
+            d,revoke)
+                cmd="d__subcmd__revoke"
                 ;;
             d,rsh)
                 cmd="d__subcmd__rsh"
@@ -111,6 +120,12 @@ _d() {
             d__subcmd__help,help)
                 cmd="d__subcmd__help__subcmd__help"
                 ;;
+            d__subcmd__help,invite)
+                cmd="d__subcmd__help__subcmd__invite"
+                ;;
+            d__subcmd__help,join)
+                cmd="d__subcmd__help__subcmd__join"
+                ;;
             d__subcmd__help,listPeers)
                 cmd="d__subcmd__help__subcmd__listPeers"
                 ;;
@@ -132,6 +147,9 @@ _d() {
             d__subcmd__help,remotePull)
                 cmd="d__subcmd__help__subcmd__remotePull"
                 ;;
+            d__subcmd__help,revoke)
+                cmd="d__subcmd__help__subcmd__revoke"
+                ;;
             d__subcmd__help,rsh)
                 cmd="d__subcmd__help__subcmd__rsh"
                 ;;
@@ -145,7 +163,7 @@ _d() {
 
     case "${cmd}" in
         d)
-            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh completions mcp help"
+            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -568,7 +586,7 @@ _d() {
             return 0
             ;;
         d__subcmd__help)
-            opts="ping getPeerStatus setPeerConfig registerWorker listPeers getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh completions mcp help"
+            opts="ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -735,6 +753,34 @@ _d() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        d__subcmd__help__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__help__subcmd__join)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         d__subcmd__help__subcmd__listPeers)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -833,6 +879,20 @@ _d() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        d__subcmd__help__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         d__subcmd__help__subcmd__rsh)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -854,6 +914,99 @@ _d() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__invite)
+            opts="-v -h --id --ttl --replace --leader --list --revoke --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --id)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --leader)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --revoke)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__join)
+            opts="-v -h --id --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --id)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1076,6 +1229,42 @@ _d() {
             return 0
             ;;
         d__subcmd__remotePull)
+            opts="-v -h --peer --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --peer)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__revoke)
             opts="-v -h --peer --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

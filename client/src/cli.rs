@@ -88,6 +88,62 @@ pub enum Command {
     /// List the registered peers (asked of the leader on a worker).
     ListPeers,
 
+    /// On the leader: print a one-time join token for a new machine (`d join TOKEN` there)
+    ///
+    /// The token names the leader's address(es) and public key and carries a
+    /// single-use secret; it is valid for --ttl (default 1h) and joins one
+    /// machine once. `--list` shows the tokens the leader keeps (never their
+    /// secrets); `--revoke TOKEN|TOKEN_ID` makes an unspent one useless.
+    #[command(verbatim_doc_comment)]
+    Invite {
+        /// The only peer id the token may enroll (default: any, chosen by `d join --id`).
+        #[arg(long, value_name = "NAME", value_parser = peer_id, value_hint = ValueHint::Other,
+              conflicts_with_all = ["list", "revoke"])]
+        id: Option<String>,
+        /// How long the token is valid: a number and s, m, h or d (1s to 30d).
+        #[arg(long, value_name = "DUR", default_value = "1h", value_parser = ttl_secs,
+              value_hint = ValueHint::Other)]
+        ttl: u64,
+        /// With --id: the token may replace the key that id is enrolled under (a reinstalled machine).
+        #[arg(long, requires = "id")]
+        replace: bool,
+        /// Address the new machine reaches the leader at (repeat or comma-separate for several;
+        /// default: the leader's peer-port address).
+        #[arg(long, value_name = "IP[:PORT]", value_delimiter = ',', value_hint = ValueHint::Other,
+              conflicts_with_all = ["list", "revoke"])]
+        leader: Vec<String>,
+        /// List the join tokens the leader keeps: id, state (open/spent/revoked/expired), expiry.
+        #[arg(long, conflicts_with = "revoke")]
+        list: bool,
+        /// Revoke an unspent token (the token itself, or its 16-hex-digit id from --list).
+        #[arg(long, value_name = "TOKEN", value_hint = ValueHint::Other)]
+        revoke: Option<String>,
+    },
+
+    /// On the leader: remove a peer's key; its sessions close everywhere, and it needs a new invitation
+    Revoke {
+        /// Peer id.
+        #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
+        peer: String,
+    },
+
+    /// Enroll this machine with the leader named in TOKEN (from `d invite` there)
+    ///
+    /// The daemon connects to the leader, checks the leader's key against the
+    /// token's, proves the token's secret and has its own key enrolled under
+    /// its id. Prints success only once the leader has committed the
+    /// enrollment; otherwise the leader's reason (spent, expired, revoked, id
+    /// taken, another leader) and exits 1.
+    #[command(verbatim_doc_comment)]
+    Join {
+        /// The token `d invite` printed on the leader.
+        #[arg(value_name = "TOKEN", value_hint = ValueHint::Other)]
+        token: String,
+        /// This machine's peer id (default: the token's, else the hostname).
+        #[arg(long, value_name = "NAME", value_parser = peer_id, value_hint = ValueHint::Other)]
+        id: Option<String>,
+    },
+
     /// Show one registered peer.
     GetPeerInfo {
         /// Peer id.
@@ -352,6 +408,30 @@ impl Command {
                 mesh_key: None,
             },
             Command::ListPeers => Request::ListPeers {},
+            Command::Invite { list: true, .. } => Request::ListInvites {},
+            Command::Invite {
+                revoke: Some(token),
+                ..
+            } => Request::RevokeInvite {
+                token: token.clone(),
+            },
+            Command::Invite {
+                id,
+                ttl,
+                replace,
+                leader,
+                ..
+            } => Request::Invite {
+                id: id.clone(),
+                ttl: Some(*ttl),
+                replace: *replace,
+                leaders: leader.clone(),
+            },
+            Command::Revoke { peer } => Request::Revoke { peer: peer.clone() },
+            Command::Join { token, id } => Request::Join {
+                token: token.clone(),
+                id: id.clone(),
+            },
             Command::GetPeerInfo { peer } => Request::GetPeerInfo { peer: peer.clone() },
             Command::DeletePeer { peer } => Request::DeletePeer { peer: peer.clone() },
             Command::GetPeerIdByIp { ip } => Request::GetPeerIdByIp { ip: ip.clone() },
@@ -426,6 +506,11 @@ impl TypedValueParser for RoleParser {
 /// Refuse malformed peer ids as usage errors, before any connection.
 fn peer_id(s: &str) -> Result<String, String> {
     d_proto::validate_peer_id(s).map(|()| s.to_string())
+}
+
+/// `--ttl`: `30m`, `1h`, `7d` into seconds.
+fn ttl_secs(s: &str) -> Result<u64, String> {
+    d_proto::invite::parse_ttl(s)
 }
 
 /// `all`, or peer ids separated by commas.

@@ -339,6 +339,24 @@ fn show(
             text
         }
         Command::ListPeers => render::peers_table(&decode::<Vec<PeerInfo>>(result, req)?, now),
+        Command::Invite { list: true, .. } => render::invites_table(
+            &decode::<Vec<d_proto::types::InviteInfo>>(result, req)?,
+            now,
+        ),
+        Command::Invite { .. } | Command::Revoke { .. } => {
+            format!(
+                "{}\n",
+                render::clean(&decode::<MessageReply>(result, req)?.message)
+            )
+        }
+        Command::Join { .. } => {
+            let reply = decode::<ConfigReply>(result, req)?;
+            let mut text = format!("{}\n", render::clean(&reply.message));
+            if let (true, Some(status)) = (verbose, &reply.status) {
+                text.push_str(&render::peer_status(status, now));
+            }
+            text
+        }
         Command::GetPeerInfo { .. } => render::peer_info(&decode::<PeerInfo>(result, req)?, now),
         Command::DeletePeer { .. } => {
             format!(

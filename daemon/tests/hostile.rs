@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use d_proto::auth::{self, Key, Side, Transcript};
+use d_proto::keys;
 use d_proto::types::B64;
 use d_proto::MAX_FRAME;
 use serde_json::{json, Value};
@@ -1627,7 +1628,7 @@ fn peer_port_group() -> Group {
         "auth without a proof",
         true,
         s(r#"{"type":"auth"}"#),
-        &["bad authentication", "missing field"],
+        &["authentication failed", "did not prove the mesh key"],
     );
     add(
         "garbage instead of the auth",
@@ -1767,7 +1768,14 @@ fn peer_port_group() -> Group {
         |ctx| {
             let mut c = Conn::new(connect_from(Ipv4Addr::new(127, 0, 0, 9), ctx.vps)?)?;
             let ex = exchange(&mut c, &ctx.key, "desktop", "link")?;
-            check_error(&ex.verdict, "type", "refused", &["already online"])?;
+            // desktop enrolled its own key on its first link (the mesh
+            // key's one-time enrollment): the mesh key alone is not desktop.
+            check_error(
+                &ex.verdict,
+                "type",
+                "refused",
+                &["desktop is enrolled under key", "only the shared mesh key"],
+            )?;
             c.expect_closed()
             // Ctx::healthy then checks desktop is still online at 127.0.0.2
             // and that its link never dropped.
@@ -2661,6 +2669,342 @@ fn slowloris_other_group() -> Group {
 }
 
 // ---------------------------------------------------------------------------
+// Protocol 4: identity keys (issue 11)
+// ---------------------------------------------------------------------------
+
+/// What a protocol-4 dialer sends and what it saw.
+struct KeyedHandshake {
+    hello: Vec<u8>,
+    nd: [u8; 32],
+    /// The acceptor's id, nonce, key and signature.
+    peer_id: String,
+    na: Vec<u8>,
+    their_key: keys::PublicKey,
+    their_sig: Vec<u8>,
+}
+
+/// Send a protocol-4 hello as `id` with `key`; read the challenge.
+fn keyed_hello(
+    c: &mut Conn<TcpStream>,
+    key: &keys::PublicKey,
+    id: &str,
+    purpose: &str,
+) -> R<KeyedHandshake> {
+    let nd = nonce();
+    let mut h = hello(id, purpose, &nd);
+    h["protocol_max"] = json!(d_proto::PROTOCOL_VERSION);
+    h["public_key"] = json!(key.to_base64());
+    let hello = line(&h);
+    c.send(&hello)?;
+    let v = c.msg()?.ok_or("closed instead of answering the hello")?;
+    if v["type"] != "challenge" {
+        return Err(format!("want a challenge, got {}", show(&v)));
+    }
+    let their_key = keys::PublicKey::from_base64(v["public_key"].as_str().unwrap_or_default())
+        .map_err(|e| format!("the challenge has no usable key: {e}: {}", show(&v)))?;
+    Ok(KeyedHandshake {
+        hello,
+        nd,
+        peer_id: v["peer_id"].as_str().unwrap_or_default().to_string(),
+        na: unb64(&v["nonce"])?,
+        their_key,
+        their_sig: unb64(&v["signature"])?,
+    })
+}
+
+impl KeyedHandshake {
+    fn transcript<'a>(
+        &'a self,
+        me: &'a keys::PublicKey,
+        id: &'a str,
+        purpose: &'a str,
+    ) -> keys::Transcript<'a> {
+        keys::Transcript {
+            protocol: d_proto::PROTOCOL_KEYS,
+            dialer_nonce: &self.nd,
+            acceptor_nonce: &self.na,
+            dialer_id: id,
+            acceptor_id: &self.peer_id,
+            purpose,
+            dialer_key: me,
+            acceptor_key: &self.their_key,
+        }
+    }
+}
+
+fn keyed_auth(sig: &[u8], mesh_proof: Option<Vec<u8>>) -> Vec<u8> {
+    let mut a = json!({"type": "auth", "signature": b64(sig)});
+    if let Some(p) = mesh_proof {
+        a["mesh_proof"] = b64(&p);
+    }
+    line(&a)
+}
+
+/// A full protocol-4 handshake as `id`, signing with `signer` (normally
+/// `kp` itself) and proving the mesh key: the verdict and the bytes sent.
+fn keyed_exchange(
+    ctx: &Ctx,
+    to: SocketAddr,
+    kp: &keys::KeyPair,
+    id: &str,
+    purpose: &str,
+) -> R<(Value, Vec<u8>, Vec<u8>)> {
+    let mut c = ctx.tcp(to)?;
+    let me = kp.public();
+    let hs = keyed_hello(&mut c, &me, id, purpose)?;
+    let t = hs.transcript(&me, id, purpose);
+    if !keys::verify_handshake(keys::Side::Acceptor, &t, &hs.their_sig) {
+        return Err("the daemon's challenge is not signed by the key it offered".into());
+    }
+    let sig = keys::sign_handshake(kp, keys::Side::Dialer, &t);
+    let auth = keyed_auth(&sig, Some(keys::mesh_proof(&ctx.key, &t)));
+    c.send(&auth)?;
+    let v = c.msg()?.ok_or("closed instead of answering the auth")?;
+    Ok((v, hs.hello, auth))
+}
+
+fn keyed_group() -> Group {
+    let mut g = Group::new("keys");
+    let tester = keys::KeyPair::generate().expect("a key");
+
+    g.case(
+        "keys: a legitimate unenrolled key with the mesh key (baseline)",
+        "vps",
+        |ctx| {
+            let (v, _, _) = keyed_exchange(ctx, ctx.vps, &tester, TESTER, "direct")?;
+            if v["type"] != "welcome" {
+                return Err(format!("want a welcome, got {}", show(&v)));
+            }
+            Ok(())
+        },
+    );
+
+    for (target, name) in [("vps", "the leader"), ("desktop", "a worker")] {
+        g.case(
+            &format!("keys: forged signature (random bytes) at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let mut c = ctx.tcp(addr)?;
+                keyed_hello(&mut c, &tester.public(), TESTER, "direct")?;
+                c.send(&keyed_auth(&[0x5a; 64], None))?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["did not sign the handshake"])?;
+                c.expect_closed()
+            },
+        );
+        g.case(
+            &format!("keys: signed by another key than offered at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let other = keys::KeyPair::generate().map_err(|e| e.to_string())?;
+                let mut c = ctx.tcp(addr)?;
+                let me = tester.public();
+                let hs = keyed_hello(&mut c, &me, TESTER, "direct")?;
+                let sig = keys::sign_handshake(
+                    &other,
+                    keys::Side::Dialer,
+                    &hs.transcript(&me, TESTER, "direct"),
+                );
+                c.send(&keyed_auth(&sig, None))?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["did not sign the handshake"])?;
+                c.expect_closed()
+            },
+        );
+        g.case(
+            &format!("keys: the acceptor's own signature reflected at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let mut c = ctx.tcp(addr)?;
+                // Offer the acceptor's own key and hand its signature back.
+                let probe = {
+                    let mut p = ctx.tcp(addr)?;
+                    keyed_hello(&mut p, &tester.public(), TESTER, "direct")?.their_key
+                };
+                let hs = keyed_hello(&mut c, &probe, TESTER, "direct")?;
+                c.send(&keyed_auth(&hs.their_sig, None))?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["did not sign the handshake"])?;
+                c.expect_closed()
+            },
+        );
+        g.case(
+            &format!("keys: truncated signature (32 bytes) at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let mut c = ctx.tcp(addr)?;
+                let me = tester.public();
+                let hs = keyed_hello(&mut c, &me, TESTER, "direct")?;
+                let sig = keys::sign_handshake(
+                    &tester,
+                    keys::Side::Dialer,
+                    &hs.transcript(&me, TESTER, "direct"),
+                );
+                c.send(&keyed_auth(&sig[..32], None))?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["did not sign the handshake"])?;
+                c.expect_closed()
+            },
+        );
+        g.case(
+            &format!("keys: an auth without any signature at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let mut c = ctx.tcp(addr)?;
+                keyed_hello(&mut c, &tester.public(), TESTER, "direct")?;
+                c.send(&line(&json!({"type": "auth"})))?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["did not sign the handshake"])?;
+                c.expect_closed()
+            },
+        );
+        g.case(
+            &format!("keys: a recorded handshake replayed at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let (v, hello, auth) = keyed_exchange(ctx, addr, &tester, TESTER, "direct")?;
+                if v["type"] != "welcome" {
+                    return Err(format!(
+                        "the recorded handshake itself failed: {}",
+                        show(&v)
+                    ));
+                }
+                let mut c = ctx.tcp(addr)?;
+                c.send(&hello)?;
+                c.msg()?.ok_or("no challenge")?;
+                c.send(&auth)?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["did not sign the handshake"])?;
+                c.expect_closed()
+            },
+        );
+        g.case(
+            &format!("keys: a key of 31 bytes in the hello at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let mut c = ctx.tcp(addr)?;
+                let mut h = hello(TESTER, "direct", &nonce());
+                h["protocol_max"] = json!(d_proto::PROTOCOL_VERSION);
+                h["public_key"] = b64(&[1; 31]);
+                c.send(&line(&h))?;
+                let v = c.msg()?.ok_or("closed without `refused`")?;
+                check_error(&v, "type", "refused", &["bad hello", "32 bytes"])?;
+                c.expect_closed()
+            },
+        );
+        for claimed in ["desktop", "laptop", "vps"] {
+            g.case(
+                &format!("keys: a valid key (and the mesh key) claiming {claimed} at {name}"),
+                target,
+                |ctx| {
+                    let addr = if target == "vps" {
+                        ctx.vps
+                    } else {
+                        ctx.desktop
+                    };
+                    let (v, _, _) = keyed_exchange(ctx, addr, &tester, claimed, "direct")?;
+                    let want = if claimed == target {
+                        "own id"
+                    } else {
+                        "is enrolled under key"
+                    };
+                    check_error(&v, "type", "refused", &[want])
+                },
+            );
+        }
+        g.case(
+            &format!("keys: an old daemon's hello (mesh key only) claiming laptop at {name}"),
+            target,
+            |ctx| {
+                let addr = if target == "vps" {
+                    ctx.vps
+                } else {
+                    ctx.desktop
+                };
+                let mut c = ctx.tcp(addr)?;
+                let ex = exchange(&mut c, &ctx.key, "laptop", "direct")?;
+                check_error(
+                    &ex.verdict,
+                    "type",
+                    "refused",
+                    &["laptop is enrolled under key", "only the shared mesh key"],
+                )
+            },
+        );
+    }
+
+    g.case("keys: a join proof for a token this leader never minted", "vps", |ctx| {
+        let mut c = ctx.tcp(ctx.vps)?;
+        let kp = keys::KeyPair::generate().map_err(|e| e.to_string())?;
+        let me = kp.public();
+        let hs = keyed_hello(&mut c, &me, "newcomer", "link")?;
+        let t = hs.transcript(&me, "newcomer", "link");
+        let sig = keys::sign_handshake(&kp, keys::Side::Dialer, &t);
+        let mut a = json!({"type": "auth", "signature": b64(&sig)});
+        a["invite"] = json!({"token_id": "00000000deadbeef", "proof": b64(&keys::invite_proof(&[3; 32], &t))});
+        c.send(&line(&a))?;
+        let v = c.msg()?.ok_or("closed without `refused`")?;
+        check_error(&v, "type", "refused", &["unknown to this leader"])?;
+        c.expect_closed()
+    });
+    g.case(
+        "keys: a new id with a key but neither token nor mesh key",
+        "vps",
+        |ctx| {
+            let mut c = ctx.tcp(ctx.vps)?;
+            let kp = keys::KeyPair::generate().map_err(|e| e.to_string())?;
+            let me = kp.public();
+            let hs = keyed_hello(&mut c, &me, "newcomer", "link")?;
+            let sig = keys::sign_handshake(
+                &kp,
+                keys::Side::Dialer,
+                &hs.transcript(&me, "newcomer", "link"),
+            );
+            c.send(&keyed_auth(&sig, None))?;
+            let v = c.msg()?.ok_or("closed without `refused`")?;
+            check_error(&v, "type", "refused", &["newcomer is not enrolled"])?;
+            c.expect_closed()
+        },
+    );
+    g
+}
+
+// ---------------------------------------------------------------------------
 // The tests: one per group, so the groups run in parallel.
 // ---------------------------------------------------------------------------
 
@@ -2672,6 +3016,11 @@ fn hostile_control_socket() {
 #[test]
 fn hostile_peer_port_before_authentication() {
     peer_port_group().finish();
+}
+
+#[test]
+fn hostile_identity_key_handshakes() {
+    keyed_group().finish();
 }
 
 #[test]

@@ -385,6 +385,7 @@ fn hello_answer(addr: &str, hostname: &str, version: &str) -> serde_json::Value 
         role: Role::Worker,
         purpose: Purpose::Link,
         nonce: B64(vec![7; 32]),
+        public_key: None,
     };
     s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
         .unwrap();

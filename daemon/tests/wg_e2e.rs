@@ -438,3 +438,68 @@ fn relay_through_the_leader_when_spokes_cannot_meet() {
         "{rows}"
     );
 }
+
+/// Issue 11: a mesh set up by invitation only (no key file copied): the
+/// leader mints tokens, each worker joins with one over the tunnel, its own
+/// key is enrolled, and jobs run between the workers over direct sessions
+/// proven by those keys. A spent token joins nobody else.
+#[test]
+fn workers_join_by_token_over_wireguard() {
+    if !ready_or_skip("workers_join_by_token_over_wireguard") {
+        return;
+    }
+    let mesh = NetMesh::up(3, Topology::Full).expect("mesh up");
+    let vps = NsDaemon::start(&mesh, 1, "vps", &[]);
+    let desktop = NsDaemon::start(&mesh, 2, "desktop", &[]);
+    let laptop = NsDaemon::start(&mesh, 3, "laptop", &[]);
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    // The peer port binds to the WireGuard address once it is there.
+    wait_for(Duration::from_secs(10), "the leader's peer port", || {
+        vps.json(&["getPeerStatus"])["listen"].is_string()
+    });
+    let mut tokens = Vec::new();
+    for w in [&desktop, &laptop] {
+        let t = vps.json(&["invite", "--ttl", "10m"])["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // No --id: the machine's hostname.
+        let r = w.json(&["join", &t]);
+        assert!(r["message"].as_str().unwrap().contains("Joined"), "{r}");
+        assert_eq!(r["status"]["id"], w.name.as_str(), "{r}");
+        tokens.push(t);
+    }
+    // The token named the leader's WireGuard address.
+    let inv = d_proto::invite::Invite::decode(&tokens[0]).unwrap();
+    assert_eq!(inv.leaders, vec![format!("{}:3600", mesh.overlay_ip(1))]);
+    wait_all_online(&vps, &["vps", "desktop", "laptop"], Duration::from_secs(10));
+    let peers = vps.json(&["listPeers"]);
+    for (w, host) in [(&desktop, 2), (&laptop, 3)] {
+        let p = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == w.name.as_str())
+            .unwrap();
+        assert_eq!(p["addr"], mesh.overlay_ip(host), "{p}");
+        assert_eq!(
+            p["public_key"],
+            w.json(&["getPeerStatus"])["public_key"],
+            "{p}"
+        );
+    }
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "hostname",
+    ]);
+    assert_eq!(stdout(&o), "desktop\n", "{}", stderr(&o));
+    // The spent token: refused with the leader's reason, nothing changed.
+    let o = laptop.d(&["join", &tokens[0], "--id", "other"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already used"), "{}", stderr(&o));
+}

@@ -458,6 +458,9 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
         role: Role::Worker,
         purpose: Purpose::Link,
         nonce: B64(nonce.to_vec()),
+        // Simulated workers speak the shared-key protocol (no identity key
+        // each): the leader admits them as not-enrolled legacy peers.
+        public_key: None,
     };
     writer
         .write_all(&encode(&PeerMsg::Hello(hello)))
@@ -468,6 +471,7 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
             peer_id,
             nonce,
             proof,
+            ..
         }) => (peer_id, nonce, proof),
         Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
         Some(_) => return Err("unexpected answer to hello".into()),
@@ -485,6 +489,9 @@ async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
     }
     let mine = PeerMsg::Auth {
         proof: B64(auth::prove(&cfg.key, Side::Dialer, &t)),
+        signature: None,
+        invite: None,
+        mesh_proof: None,
     };
     writer
         .write_all(&encode(&mine))

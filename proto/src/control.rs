@@ -109,6 +109,37 @@ pub enum Request {
         #[serde(flatten)]
         opts: ExecOpts,
     },
+    /// On a leader: mint a one-time join token (`d invite`).
+    Invite {
+        /// The only peer id the token may enroll.
+        id: Option<String>,
+        /// Seconds it stays valid (default [`crate::invite::DEFAULT_TTL_SECS`]).
+        ttl: Option<u64>,
+        /// It may replace the key `id` is enrolled under (a reinstalled machine).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+        /// The leader addresses (`IP:PORT`) the token names; default: the
+        /// leader's peer-port address.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        leaders: Vec<String>,
+    },
+    /// On a leader: the invitations it keeps (`d invite --list`).
+    ListInvites {},
+    /// On a leader: revoke an unspent invitation (a token or its id).
+    RevokeInvite {
+        token: String,
+    },
+    /// On a leader: remove a peer's key and close its sessions everywhere;
+    /// it needs a new invitation to come back (`d revoke`).
+    Revoke {
+        peer: String,
+    },
+    /// Enroll this daemon with the leader a token names (`d join`).
+    Join {
+        token: String,
+        /// This machine's peer id (default: the token's, else the hostname).
+        id: Option<String>,
+    },
 }
 
 /// The exec options of protocol [`crate::PROTOCOL_STREAMS`], as a client
@@ -180,6 +211,11 @@ impl Request {
             Request::RemoteDeployDaemon { .. } => "remoteDeployDaemon",
             Request::ExecOnPeer { .. } => "execOnPeer",
             Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
+            Request::Invite { .. } => "invite",
+            Request::ListInvites {} => "listInvites",
+            Request::RevokeInvite { .. } => "revokeInvite",
+            Request::Join { .. } => "join",
+            Request::Revoke { .. } => "revoke",
         }
     }
 }

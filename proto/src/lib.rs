@@ -11,6 +11,8 @@
 pub mod auth;
 pub mod control;
 pub mod frame;
+pub mod invite;
+pub mod keys;
 pub mod peer;
 pub mod text;
 pub mod types;
@@ -24,13 +26,18 @@ pub mod types;
 /// - 3: output as binary frames ([`frame::encode_output`]); the accepting side
 ///   answers each of the dialer's heartbeats instead of running its own timer,
 ///   and the dialer heartbeats at the interval the welcome names.
-/// - 4: a job's standard input (input frames, `input_end`, `input_credit`),
+/// - 4: per-peer identity keys: both sides sign the handshake
+///   ([`keys`]), the leader enrolls each peer's key (by a join token,
+///   [`invite`]), and an enrolled id can be proven only by its key.
+/// - 5: a job's standard input (input frames, `input_end`, `input_credit`),
 ///   jobs run as another user (`run_as`) and with variables set (`env`)
 ///   ([`PROTOCOL_STREAMS`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
+/// The first protocol with per-peer identity keys.
+pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
 /// sends none of them on an older session.
-pub const PROTOCOL_STREAMS: u32 = 4;
+pub const PROTOCOL_STREAMS: u32 = 5;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -132,8 +139,9 @@ mod tests {
     fn protocol_ranges() {
         assert_eq!(negotiate(2, 0), Some(2)); // an older daemon: protocol 2 only
         assert_eq!(negotiate(2, 3), Some(3));
-        assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(2, 4), Some(4));
+        assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(2, 5), Some(5));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);
     }

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{PublicKey, Rotation};
 use crate::types::{ErrorBody, ExecSpec, ExitInfo, PeerInfo, Role, Stream, B64};
 
 /// Why a connection was opened.
@@ -43,6 +44,18 @@ pub struct Hello {
     /// The dialer's fresh nonce ([`crate::auth::KEY_LEN`] bytes).
     #[serde(default)]
     pub nonce: B64,
+    /// The dialer's identity key (protocol 4: it signs the handshake with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<PublicKey>,
+}
+
+/// Proof of a join token in [`PeerMsg::Auth`] ([`crate::invite`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteProof {
+    /// The token's id (16 hex digits): the leader looks the secret up by it.
+    pub token_id: String,
+    /// [`crate::keys::invite_proof`] of the token's secret over the handshake.
+    pub proof: B64,
 }
 
 impl Purpose {
@@ -95,6 +108,12 @@ pub enum Query {
     Control {
         request: Box<crate::control::Request>,
     },
+    /// Protocol 4, leader → worker over its link: `peer` was revoked or
+    /// deleted (its key is no longer enrolled): close every session with it.
+    /// Answered `Result { result: null }`.
+    PeerRemoved {
+        peer: String,
+    },
 }
 
 /// The leader's answers.
@@ -133,15 +152,34 @@ pub enum Answer {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PeerMsg {
     Hello(Hello),
-    /// The acceptor's nonce, its id, and its proof of the mesh key.
+    /// The acceptor's nonce and id; protocol 4: its key and its signature of
+    /// the handshake ([`crate::keys`]), and on a leader that rotated its key
+    /// the chain of rotations; its proof of the mesh key when it has one
+    /// (dialers of protocol 3 and older check only that).
     Challenge {
         peer_id: String,
         nonce: B64,
+        #[serde(default)]
         proof: B64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_key: Option<PublicKey>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<B64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        key_chain: Vec<Rotation>,
     },
-    /// The dialer's proof of the mesh key.
+    /// The dialer's proof: protocol 4, its signature of the handshake (and a
+    /// join token's proof, or the mesh key's to enroll once); older
+    /// protocols, its proof of the mesh key.
     Auth {
+        #[serde(default)]
         proof: B64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<B64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invite: Option<InviteProof>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mesh_proof: Option<B64>,
     },
     Welcome(Welcome),
     /// The hello was refused; the connection closes after this.

@@ -52,6 +52,28 @@ pub struct PeerInfo {
     /// Seconds since the leader's last WireGuard handshake with it.
     #[serde(default)]
     pub handshake_age_secs: Option<u64>,
+    /// The peer's enrolled identity key (protocol 4); `None` for a peer that
+    /// has only ever proved the legacy mesh key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<crate::keys::PublicKey>,
+}
+
+/// One of a leader's join invitations (`d invite --list`; never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteInfo {
+    /// 16 hex digits: what `d invite --revoke` takes.
+    pub token_id: String,
+    /// The only id it may enroll, if minted with `--id`.
+    pub id: Option<String>,
+    /// `open`, `spent`, `revoked` or `expired`.
+    pub state: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub expires: u64,
+    /// The id it enrolled, once spent.
+    pub spent_by: Option<String>,
+    /// Minted with `--replace`: may replace the key `id` is enrolled under.
+    pub replace: bool,
 }
 
 /// State of a worker's link to its leader.
@@ -66,6 +88,9 @@ pub enum LinkState {
     NoMeshKey,
     Connecting,
     Connected,
+    /// The leader refused this worker's join token (the link error says
+    /// why); it stops trying until `d join` is run again.
+    JoinRefused,
 }
 
 /// Answer of `getPeerStatus`.
@@ -101,6 +126,12 @@ pub struct PeerStatus {
     /// The WireGuard interface as this daemon sees it.
     #[serde(default)]
     pub wg: Option<WgStatus>,
+    /// This daemon's identity key (`<state-dir>/identity.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<crate::keys::PublicKey>,
+    /// Its fingerprint, ssh's form: `SHA256:` + unpadded base64 of SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// A WireGuard interface and its peers.

@@ -225,6 +225,7 @@ fn arb_peer_info() -> impl Strategy<Value = PeerInfo> {
                 first_seen,
                 wg_public_key,
                 handshake_age_secs,
+                public_key: None,
             },
         )
 }

@@ -39,6 +39,10 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
                 },
                 Cow::Borrowed(p.version.as_str()),
                 Cow::Borrowed(p.hostname.as_str()),
+                match &p.public_key {
+                    Some(k) => Cow::Owned(k.short_fingerprint()),
+                    None => Cow::Borrowed("-"),
+                },
             ]);
             if handshakes {
                 row.push(match p.handshake_age_secs {
@@ -57,9 +61,35 @@ pub fn peers_table(peers: &[PeerInfo], now: u64) -> String {
         "LAST SEEN",
         "VERSION",
         "HOSTNAME",
+        "KEY",
         "HANDSHAKE",
     ];
-    table_of(&header[..if handshakes { 8 } else { 7 }], &rows)
+    table_of(&header[..if handshakes { 9 } else { 8 }], &rows)
+}
+
+/// `d invite --list`: one row per token the leader keeps.
+pub fn invites_table(rows: &[d_proto::types::InviteInfo], now: u64) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let expires = if r.expires > now {
+                format!("in {}", duration(r.expires - now))
+            } else {
+                format!("{} ago", duration(now - r.expires))
+            };
+            vec![
+                r.token_id.clone(),
+                r.id.clone().unwrap_or_else(|| "(any)".into()),
+                r.state.clone(),
+                expires,
+                r.spent_by.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["TOKEN ID", "FOR ID", "STATE", "EXPIRES", "SPENT BY"],
+        &rows,
+    )
 }
 
 /// The `execLog` table; the command is last so long ones do not push columns.
@@ -118,6 +148,12 @@ pub fn peer_info(p: &PeerInfo, now: u64) -> String {
         ("first seen", ago(now, p.first_seen)),
         ("version", p.version.clone()),
         ("hostname", p.hostname.clone()),
+        (
+            "key",
+            p.public_key
+                .map(|k| k.fingerprint())
+                .unwrap_or_else(|| "(none enrolled: shared mesh key only)".into()),
+        ),
     ])
 }
 
@@ -134,9 +170,9 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
             "unconfigured (run `d registerWorker` or `d setPeerConfig`)".to_string()
         }
         LinkState::NoMeshKey => {
-            "no mesh key (copy the leader's mesh.key, then `d setPeerConfig --meshKey FILE`)"
-                .to_string()
+            "not joined (run `d invite` on the leader, then `d join TOKEN` here)".to_string()
         }
+        LinkState::JoinRefused => "join refused (see the link error; get a new token with `d invite` on the leader, then `d join TOKEN`)".to_string(),
         LinkState::Connecting => since("connecting"),
         LinkState::Connected => since("connected"),
     };
@@ -152,6 +188,9 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
         ),
         ("link", link),
     ];
+    if let Some(f) = &s.fingerprint {
+        pairs.push(("key", f.clone()));
+    }
     if let Some(e) = &s.link_error {
         pairs.push(("link error", e.clone()));
     }
@@ -277,15 +316,19 @@ mod tests {
             first_seen: Some(0),
             wg_public_key: None,
             handshake_age_secs: None,
+            public_key: None,
         }
     }
 
     #[test]
     fn peers_table_shape() {
         let now = 10_000;
+        let key = d_proto::keys::PublicKey([7; 32]);
+        let mut vps = peer("vps", true, Some(now));
+        vps.public_key = Some(key);
         let t = peers_table(
             &[
-                peer("vps", true, Some(now)),
+                vps,
                 peer("laptop", false, Some(now - 300)),
                 peer("x", false, None),
             ],
@@ -293,13 +336,17 @@ mod tests {
         );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
-            lines[0],
-            "ID      ADDRESS          ROLE    ONLINE  LAST SEEN  VERSION      HOSTNAME"
+            lines[0].trim_end(),
+            "ID      ADDRESS          ROLE    ONLINE  LAST SEEN  VERSION      HOSTNAME  KEY"
         );
         assert_eq!(
             lines[1],
-            "vps     198.19.0.2:3600  worker  yes     now        0.1.0 (abc)  host"
+            format!(
+                "vps     198.19.0.2:3600  worker  yes     now        0.1.0 (abc)  host      {}",
+                key.short_fingerprint()
+            )
         );
+        assert!(lines[2].ends_with("  host      -"), "{}", lines[2]);
         assert!(lines[2].contains("  no      5m ago  "), "{}", lines[2]);
         assert!(lines[3].contains("never"));
         assert_eq!(peers_table(&[], now).lines().count(), 1);
@@ -312,9 +359,9 @@ mod tests {
         a.handshake_age_secs = Some(125);
         let t = peers_table(&[a, peer("b", true, Some(now))], now);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].ends_with("  HOSTNAME  HANDSHAKE"), "{t}");
-        assert!(lines[1].ends_with("  host      2m5s ago"), "{t}");
-        assert!(lines[2].ends_with("  host      -"), "{t}");
+        assert!(lines[0].ends_with("  HOSTNAME  KEY  HANDSHAKE"), "{t}");
+        assert!(lines[1].ends_with("  host      -    2m5s ago"), "{t}");
+        assert!(lines[2].ends_with("  host      -    -"), "{t}");
     }
 
     #[test]
@@ -339,6 +386,8 @@ mod tests {
             running_jobs: 2,
             link_heartbeat_ms: Some(10_000),
             wg: None,
+            public_key: None,
+            fingerprint: None,
         };
         let t = peer_status(&s, 100);
         assert!(t.starts_with("id:           desk\n"), "{t}");

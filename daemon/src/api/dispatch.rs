@@ -17,7 +17,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{doctor, exec, peer_config, status, to_raw, Daemon, Reply};
+use super::{doctor, exec, invite, peer_config, status, to_raw, Daemon, Reply};
 use crate::mesh::ask;
 use crate::mesh::registry::unexpected;
 use crate::mesh::route::{self, Route};
@@ -130,6 +130,16 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             .await
         }
         Request::ListPeers {} => ask::list_peers_json(&daemon.mesh).await,
+        Request::Invite {
+            id,
+            ttl,
+            replace,
+            leaders,
+        } => invite::invite(daemon, id, ttl, replace, leaders).await,
+        Request::ListInvites {} => invite::list(daemon).await,
+        Request::RevokeInvite { token } => invite::revoke(daemon, token).await,
+        Request::Join { token, id } => invite::join(daemon, token, id).await,
+        Request::Revoke { peer } => invite::revoke_peer(daemon, peer).await,
         Request::GetPeerInfo { peer } => {
             match ask::query(&daemon.mesh, Query::GetPeerInfo { peer }).await? {
                 Answer::Peer { peer } => to_raw(&peer),

@@ -73,16 +73,27 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
             "`d setPeerConfig --role leader --id NAME` on the leader, `d registerWorker --leader IP --meshKey FILE` on workers",
         )),
     }
-    match daemon.mesh.me.key() {
-        Some(_) => checks.push(pass(
-            "mesh key",
-            daemon.mesh.me.key_path().display().to_string(),
+    // Identity: this daemon's key, and how it knows its leader's.
+    let me = &daemon.mesh.me;
+    let fp = me.public_key().short_fingerprint();
+    let trust = me.leader_trust();
+    match id.role {
+        Some(Role::Worker) if trust.key.is_none() && trust.join.is_none() && me.key().is_none() => {
+            checks.push(fail(
+                "identity",
+                format!("key {fp}; not joined to a mesh"),
+                "`d invite` on the leader, then `d join TOKEN` here",
+            ))
+        }
+        Some(Role::Worker) => checks.push(pass(
+            "identity",
+            match (trust.key, &trust.join) {
+                (_, Some(_)) => format!("key {fp}; joining (token not yet accepted)"),
+                (Some(k), None) => format!("key {fp}; leader key {} pinned", k.short_fingerprint()),
+                (None, None) => format!("key {fp}; shared mesh key {}", me.key_path().display()),
+            },
         )),
-        None => checks.push(fail(
-            "mesh key",
-            "missing",
-            "copy the leader's <state-dir>/mesh.key here: `d setPeerConfig --meshKey FILE`",
-        )),
+        _ => checks.push(pass("identity", format!("key {fp}"))),
     }
     match (&st.listen, &st.listen_error) {
         (Some(a), _) => checks.push(pass("peer port", format!("listening on {a}"))),

@@ -112,12 +112,31 @@ pub fn serve_for_peer(
     input: Option<Arc<CreditQueue>>,
 ) -> Served {
     tracing::info!(job, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", from.id);
-    // A relayed job names its real requester; the session's peer is the leader.
-    let requester = if spec.requester.is_empty() {
+    // The session's peer proved its id (its key, or the mesh key for a peer
+    // with none): it is the requester. Only the leader relays jobs for
+    // others, so only a job from this worker's leader may name another
+    // requester (not yet signed by that requester: see the README's threat
+    // model).
+    let from_leader = daemon
+        .mesh
+        .link
+        .session()
+        .is_some_and(|l| l.peer.id == from.id);
+    let requester = if spec.requester.is_empty() || spec.requester == from.id {
         from.id.clone()
-    } else {
+    } else if from_leader {
         spec.requester.clone()
+    } else {
+        tracing::warn!(
+            "{} sent a job naming {:?} as its requester: recorded as {}",
+            from.id,
+            d_proto::clip(&spec.requester, 80),
+            from.id
+        );
+        from.id.clone()
     };
+    let mut spec = spec;
+    spec.requester = requester.clone();
     let mut rec = record("target", &spec, &requester, &daemon.me());
     let events = start(daemon, spec, cancel, input);
     let d = daemon.clone();

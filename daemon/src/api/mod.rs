@@ -9,7 +9,7 @@
 //!   and audit records.
 //! - [`run_as`]: `--user` (who may run as whom: one place) and `--env` checks.
 //! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
-//! - [`peer_config`], [`status`], [`doctor`], [`deploy`]: commands.
+//! - [`peer_config`], [`status`], [`doctor`], [`deploy`], [`invite`]: commands.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,18 +20,21 @@ use d_proto::types::{ErrorBody, ErrorKind, ExecRecord, Role};
 use tokio_util::sync::CancellationToken;
 
 use crate::base::config::Config;
-use crate::base::identity::{hostname, Identity, Me};
-use crate::base::meshkey;
+use crate::base::identity::{hostname, Identity, LeaderTrust, Me};
 use crate::base::tasks::Tasks;
+use crate::base::{idkey, meshkey};
 use crate::jobs::JobCtx;
 use crate::mesh::Mesh;
 use crate::store::Registry;
 use crate::transport::Handler;
+use d_proto::invite::Invite;
+use d_proto::keys::PublicKey;
 
 pub mod deploy;
 pub mod dispatch;
 pub mod doctor;
 pub mod exec;
+pub mod invite;
 pub mod job;
 pub mod peer;
 pub mod peer_config;
@@ -70,15 +73,26 @@ impl Daemon {
             )
         })?;
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader) = store
+        let (role, id, leader, leader_key, join_token) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
                     st.get_setting("id")?,
                     st.get_setting("leader")?,
+                    st.get_setting("leader_key")?,
+                    st.get_setting("join_token")?,
                 ))
             })
             .await?;
+        let trust = LeaderTrust {
+            key: match leader_key {
+                Some(k) => Some(PublicKey::from_base64(&k).map_err(|e| {
+                    anyhow::anyhow!("the pinned leader key in the state database is damaged: {e} (join again: `d join TOKEN`)")
+                })?),
+                None => None,
+            },
+            join: join_token.and_then(|t| Invite::decode(&t).ok()),
+        };
         let identity = Identity {
             role: role.as_deref().and_then(|r| Role::parse(r).ok()),
             id,
@@ -87,12 +101,23 @@ impl Daemon {
         let mesh_key = meshkey::load(&config.state_dir).map_err(|e| {
             anyhow::anyhow!("{e} (fix or remove it; the leader's copy is the reference)")
         })?;
+        let (keypair, created) =
+            idkey::load_or_create(&config.state_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if created {
+            tracing::info!(
+                "created the identity key {} ({})",
+                idkey::path(&config.state_dir).display(),
+                keypair.public().fingerprint()
+            );
+        }
         let me = Arc::new(Me::new(
             hostname(),
             config.state_dir.clone(),
             identity,
             mesh_key,
+            keypair,
         ));
+        me.set_leader_trust(trust);
         let config = Arc::new(config);
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();

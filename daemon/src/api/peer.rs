@@ -14,15 +14,16 @@ use tokio_util::sync::CancellationToken;
 use super::{dispatch, job, Daemon};
 use crate::base::credit::CreditQueue;
 use crate::mesh::{admit, liveness, registry};
-use crate::transport::{Handler, PeerDesc, Served, Session};
+use crate::transport::{Handler, PeerDesc, Proof, Served, Session};
 
 impl Handler for Daemon {
     fn admit<'a>(
         &'a self,
         hello: &'a Hello,
         from: SocketAddr,
+        proof: &'a Proof,
     ) -> BoxFuture<'a, Result<Welcome, ErrorBody>> {
-        Box::pin(admit::admit(&self.mesh, hello, from))
+        Box::pin(admit::admit(&self.mesh, hello, from, proof))
     }
 
     fn opened(&self, s: &Arc<Session>) {
@@ -33,9 +34,10 @@ impl Handler for Daemon {
         Box::pin(liveness::session_closed(&self.mesh, s))
     }
 
-    fn query(self: Arc<Self>, _from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer> {
+    fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer> {
         Box::pin(async move {
             match q {
+                Query::PeerRemoved { peer } => registry::peer_removed(&self.mesh, &from, &peer),
                 Query::Control { request } => {
                     match Box::pin(dispatch::answer_remote(&self, *request)).await {
                         Ok(result) => Answer::Result { result },

@@ -78,7 +78,7 @@ pub async fn set(
                 }
                 if link.state == d_proto::types::LinkState::NoMeshKey {
                     break format!(
-                        "Configured as worker '{id}', leader {leader}: not connected: this daemon has no mesh key. Copy it from the leader and give it here: `scp LEADER:{}/mesh.key /tmp/mesh.key && d setPeerConfig --meshKey /tmp/mesh.key`",
+                        "Configured as worker '{id}', leader {leader}: not connected: this daemon has not joined the mesh. Run `d invite` on the leader, then `d join TOKEN` here (a mesh still on the shared key: `d setPeerConfig --meshKey FILE` with the leader's {}/mesh.key)",
                         d_proto::DEFAULT_STATE_DIR
                     );
                 }

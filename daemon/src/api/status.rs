@@ -47,6 +47,8 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
             None => None,
         },
         wg: None,
+        public_key: Some(mesh.me.public_key()),
+        fingerprint: Some(mesh.me.public_key().fingerprint()),
     }
 }
 

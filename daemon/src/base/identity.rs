@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 
 use d_proto::auth::Key;
+use d_proto::keys::{KeyPair, PublicKey};
 use d_proto::types::{ErrorBody, ErrorKind, Role};
 
 use super::meshkey;
@@ -28,17 +29,67 @@ pub struct Me {
     state_dir: PathBuf,
     identity: RwLock<Identity>,
     mesh_key: RwLock<Option<Key>>,
+    /// This daemon's identity key ([`super::idkey`]).
+    keypair: RwLock<KeyPair>,
+    /// Worker: the leader's key it pinned (from a join token, or from its
+    /// first protocol-4 link proven by the mesh key), and the join token
+    /// still to present (until the leader welcomes it).
+    leader_trust: RwLock<LeaderTrust>,
+}
+
+/// What a worker knows of its leader's identity (settings `leader_key`,
+/// `join_token`).
+#[derive(Debug, Clone, Default)]
+pub struct LeaderTrust {
+    pub key: Option<PublicKey>,
+    pub join: Option<d_proto::invite::Invite>,
 }
 
 impl Me {
     /// `state_dir` is where the mesh key file lives ([`meshkey`]).
-    pub fn new(hostname: String, state_dir: PathBuf, identity: Identity, key: Option<Key>) -> Me {
+    pub fn new(
+        hostname: String,
+        state_dir: PathBuf,
+        identity: Identity,
+        key: Option<Key>,
+        keypair: KeyPair,
+    ) -> Me {
         Me {
             hostname,
             state_dir,
             identity: RwLock::new(identity),
             mesh_key: RwLock::new(key),
+            keypair: RwLock::new(keypair),
+            leader_trust: RwLock::default(),
         }
+    }
+
+    pub fn leader_trust(&self) -> LeaderTrust {
+        self.leader_trust
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace what is known of the leader (the caller saves it).
+    pub fn set_leader_trust(&self, t: LeaderTrust) {
+        *self.leader_trust.write().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    /// This daemon's identity key pair.
+    pub fn keypair(&self) -> KeyPair {
+        self.keypair
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// This daemon's public identity key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keypair
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .public()
     }
 
     pub fn get(&self) -> Identity {

@@ -1,6 +1,6 @@
 //! The bottom layer: pieces every other layer may use, importing none of
-//! them. Configuration ([`config`]), this daemon's identity and mesh key
-//! ([`identity`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
+//! them. Configuration ([`config`]), this daemon's identity, its key and the mesh key
+//! ([`identity`], [`idkey`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
 //! and shutdown signal everything runs under ([`tasks`]), time ([`clock`])
 //! and reconnect delays ([`backoff`]).
 
@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod credit;
 pub mod identity;
+pub mod idkey;
 pub mod meshkey;
 pub mod tasks;
 pub mod wg;

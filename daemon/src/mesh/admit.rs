@@ -1,5 +1,6 @@
-//! The leader's door: who may open a session. Any authenticated peer may
-//! open a direct session (for jobs); a worker's link must come to the leader,
+//! The door: who may open a session. Any peer whose key is the one enrolled
+//! for its id ([`enroll`]) may open a direct session (for jobs); a worker's
+//! link must come to the leader,
 //! through a WireGuard peer, under an id no other machine holds, and it
 //! registers (or refreshes) the worker's row.
 
@@ -10,17 +11,20 @@ use std::time::Duration;
 use d_proto::peer::{Hello, Purpose, Welcome};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
+use super::enroll;
 use super::liveness::link_heartbeat;
 use super::Mesh;
 use crate::base::clock::unix_now;
 use crate::base::wg;
 use crate::transport::handshake::protocol_mismatch;
+use crate::transport::Proof;
 
 /// Decide whether a hello opens a session; a worker link registers the worker.
 pub async fn admit(
     mesh: &Arc<Mesh>,
     hello: &Hello,
     from: SocketAddr,
+    proof: &Proof,
 ) -> Result<Welcome, ErrorBody> {
     let Some(protocol) = d_proto::negotiate(hello.protocol, hello.protocol_max) else {
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
@@ -39,6 +43,11 @@ pub async fn admit(
             format!("peer id {my_id} is this daemon's own id"),
         )
         .hint("every daemon needs its own id: `d setPeerConfig --id NAME` on one of them"));
+    }
+    // Who it is: the key it proved against the key enrolled for its id.
+    match my_role {
+        Role::Leader => enroll::check_at_leader(mesh, hello, from, proof).await?,
+        Role::Worker => enroll::check_at_worker(mesh, hello, proof).await?,
     }
     let mut welcome = Welcome {
         protocol,
@@ -115,6 +124,7 @@ pub async fn admit(
         first_seen: None,
         wg_public_key,
         handshake_age_secs: None,
+        public_key: None,
     };
     let now = unix_now();
     mesh.store

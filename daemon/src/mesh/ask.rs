@@ -227,6 +227,7 @@ mod tests {
             first_seen: Some(1_600_000_000),
             wg_public_key: None,
             handshake_age_secs: None,
+            public_key: None,
         }
     }
 

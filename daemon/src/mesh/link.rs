@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use d_proto::peer::Purpose;
-use d_proto::types::LinkState;
+use d_proto::types::{ErrorKind, LinkState};
 use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
 use crate::base::backoff::Backoff;
 use crate::base::clock::unix_now;
 use crate::base::config::parse_addr;
-use crate::transport::{port, Session};
+use crate::base::identity::LeaderTrust;
+use crate::transport::{port, Expect, Session};
 
 /// A link up this long counts as healthy: the next loss starts backoff afresh.
 const HEALTHY: Duration = Duration::from_secs(10);
@@ -85,14 +86,28 @@ impl Link {
 pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
-        if mesh.me.key().is_none() {
-            // Retrying cannot help: say what to do and wait for the key.
-            let e = d_proto::types::ErrorBody::no_mesh_key();
-            let msg = format!("{} ({})", e.error, e.hint.unwrap_or_default());
+        let trust = mesh.me.leader_trust();
+        if mesh.me.key().is_none() && trust.key.is_none() && trust.join.is_none() {
+            // Retrying cannot help: say what to do and wait for a token.
+            let msg = "this daemon has not joined a mesh: run `d invite` on the leader, then `d join TOKEN` here".to_string();
             tracing::warn!("{msg}");
             mesh.link.set(LinkState::NoMeshKey, Some(msg), None);
             return;
         }
+        // The leader must prove the key pinned (or the token's); a pending
+        // token is presented until the leader welcomes it.
+        let expect = Expect {
+            id: None,
+            key: trust
+                .key
+                .or_else(|| trust.join.as_ref().map(|j| j.leader_key)),
+            invite: trust.join.as_ref().map(|j| {
+                (
+                    j.token_id.clone(),
+                    d_proto::invite::Invite::secret_hash(&j.secret.0),
+                )
+            }),
+        };
         let id = mesh.me.get();
         let Some(leader) = id.leader.clone() else {
             mesh.link.set(
@@ -111,10 +126,25 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
         };
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
-            r = port::dial(&mesh.endpoint, addr, Purpose::Link, None) => r,
+            r = port::dial(&mesh.endpoint, addr, Purpose::Link, &expect) => r,
         };
         match attempt {
             Ok(session) => {
+                if trust.join.is_some() || trust.key.is_none() {
+                    // Joined (the enrollment is committed on the leader), or
+                    // the first link of a mesh moving from the shared key:
+                    // pin the leader's key from now on.
+                    let pinned = LeaderTrust {
+                        key: session.peer.key.or(trust.key),
+                        join: None,
+                    };
+                    if let Err(e) = mesh.save_leader_trust(pinned).await {
+                        tracing::error!("{}", e.error);
+                    }
+                    if trust.join.is_some() {
+                        tracing::info!("joined the mesh of leader {}", session.peer.id);
+                    }
+                }
                 tracing::info!("link to leader {} at {addr} is up", session.peer.id);
                 mesh.link
                     .set(LinkState::Connected, None, Some(session.clone()));
@@ -142,6 +172,12 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
                     Some(h) => format!("{} ({h})", e.error),
                     None => e.error.clone(),
                 };
+                if trust.join.is_some() && e.kind == ErrorKind::AuthFailed {
+                    // A refused token stays refused: stop, and say why.
+                    tracing::warn!("the leader refused to enroll this daemon: {msg}");
+                    mesh.link.set(LinkState::JoinRefused, Some(msg), None);
+                    return;
+                }
                 tracing::debug!("cannot reach leader at {addr}: {msg}");
                 mesh.link.set(LinkState::Connecting, Some(msg), None);
             }

@@ -53,6 +53,7 @@ pub async fn ensure_self_row(mesh: &Arc<Mesh>) {
         first_seen: None,
         wg_public_key: None,
         handshake_age_secs: None,
+        public_key: Some(mesh.me.public_key()),
     };
     let now = unix_now();
     if let Err(e) = mesh.store.call(move |st| st.upsert_peer(&row, now)).await {
@@ -64,13 +65,34 @@ pub async fn ensure_self_row(mesh: &Arc<Mesh>) {
 /// on the leader records its last sign of life.
 pub async fn session_closed(mesh: &Mesh, s: &Arc<Session>) {
     let removed = mesh.sessions.remove(s);
-    if removed && s.peer.purpose == Purpose::Link && mesh.me.role() == Some(Role::Leader) {
+    // Another link of the same peer may be up already (it reconnected
+    // before this one was noticed dead): then it is not offline.
+    if removed
+        && s.peer.purpose == Purpose::Link
+        && mesh.me.role() == Some(Role::Leader)
+        && !mesh.sessions.link_online(&s.peer.id)
+    {
         let id = s.peer.id.clone();
         let now = unix_now();
         if let Err(e) = mesh.store.call(move |st| st.touch(&[id], now)).await {
             tracing::warn!("cannot record last seen: {e}");
         }
         tracing::info!("{} is offline", s.peer.id);
+    }
+}
+
+/// Close idle duplicate sessions this side dialed ([`super::sessions`]'s rule).
+pub async fn close_idle_duplicates(mesh: Arc<Mesh>) {
+    let mut tick = ticker(super::sessions::DUPLICATE_IDLE / 3);
+    loop {
+        tokio::select! {
+            _ = mesh.tasks.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let n = mesh.sessions.close_idle_duplicates();
+        if n > 0 {
+            tracing::debug!("closed {n} idle duplicate session(s)");
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //!   changes that touch several of them ([`Mesh::apply_identity`]).
 //! - [`sessions`]: the table of open sessions (its only owner).
 //! - [`admit`]: who may open a session with the leader; links register.
+//! - [`enroll`]: whether a proven key may be the id it claims; enrollment.
 //! - [`link`]: a worker's link to its leader, with backoff.
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
 //! - [`registry`]: the leader's answers to registry questions; [`ask`]:
@@ -18,7 +19,7 @@ use d_proto::types::{ErrorBody, ErrorKind, LinkState, Role};
 use tokio::net::TcpListener;
 
 use crate::base::config::{Config, Listen};
-use crate::base::identity::{not_configured, Identity, Me};
+use crate::base::identity::{not_configured, Identity, LeaderTrust, Me};
 use crate::base::tasks::Tasks;
 use crate::base::wg;
 use crate::store::Registry;
@@ -26,6 +27,7 @@ use crate::transport::{port, Endpoint, Handler, Session};
 
 pub mod admit;
 pub mod ask;
+pub mod enroll;
 pub mod link;
 pub mod liveness;
 pub mod registry;
@@ -113,6 +115,7 @@ impl Mesh {
         let t = &self.tasks.tracker;
         t.spawn(liveness::flush_liveness(self.clone()));
         t.spawn(liveness::pace_links(self.clone()));
+        t.spawn(liveness::close_idle_duplicates(self.clone()));
     }
 
     /// The link to the leader, if it is up.
@@ -150,9 +153,40 @@ impl Mesh {
         Ok(())
     }
 
+    /// Save and use what this worker knows of its leader's identity.
+    pub async fn save_leader_trust(&self, t: LeaderTrust) -> Result<(), ErrorBody> {
+        let key = t.key.map(|k| k.to_base64());
+        let join = t.join.as_ref().map(|j| j.encode());
+        self.store
+            .call_durable(move |st| {
+                st.set_setting("leader_key", key.as_deref())?;
+                st.set_setting("join_token", join.as_deref())
+            })
+            .await
+            .map_err(|e| {
+                ErrorBody::new(
+                    ErrorKind::Other,
+                    format!("cannot save the leader's key: {e}"),
+                )
+            })?;
+        self.me.set_leader_trust(t);
+        Ok(())
+    }
+
     /// Persist and apply a new identity: sessions are dropped, the worker
     /// link restarts at once, a leader makes sure it is in its own registry.
     pub async fn apply_identity(self: &Arc<Self>, new: Identity) -> Result<(), ErrorBody> {
+        self.apply_identity_with(new, None).await
+    }
+
+    /// [`Mesh::apply_identity`] with what is known of the leader's identity
+    /// (`d join`: the token), saved before the link restarts. Without it the
+    /// pinned leader key is dropped when the leader address or role changes.
+    pub async fn apply_identity_with(
+        self: &Arc<Self>,
+        new: Identity,
+        trust: Option<LeaderTrust>,
+    ) -> Result<(), ErrorBody> {
         let stored = new.clone();
         self.store
             .call(move |st| {
@@ -168,6 +202,15 @@ impl Mesh {
                 )
             })?;
         let role = new.role;
+        let old = self.me.get();
+        match trust {
+            Some(t) => self.save_leader_trust(t).await?,
+            None if old.leader != new.leader || role != Some(Role::Worker) => {
+                // Another leader (or none): the pinned key was that leader's.
+                self.save_leader_trust(LeaderTrust::default()).await?;
+            }
+            None => {}
+        }
         if self.me.set(new) {
             self.sessions
                 .close_all("the peer changed its configuration");

@@ -10,6 +10,7 @@ use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 use super::Mesh;
 use crate::base::clock::unix_now;
 use crate::base::wg;
+use crate::transport::Session;
 
 /// An answer that is not the one asked for: its error, or say what came.
 pub fn unexpected(a: Answer) -> ErrorBody {
@@ -153,7 +154,9 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
     let wg = wg.as_deref();
     match q {
         Query::Ping => Ok(pong()),
-        Query::Control { .. } => Err(ErrorBody::invalid("control requests are answered above")),
+        Query::Control { .. } | Query::PeerRemoved { .. } => {
+            Err(ErrorBody::invalid("answered above (api::peer)"))
+        }
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match mesh
@@ -215,10 +218,13 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             let p2 = peer.clone();
             if mesh
                 .store
-                .call(move |st| st.delete_peer(&p2))
+                .call_durable(move |st| st.delete_peer(&p2))
                 .await
                 .map_err(db)?
             {
+                // Its key went with its row: a session it proved with that
+                // key ends now, everywhere (it needs a new invitation to come back).
+                announce_removed(mesh, &peer, "deleted from the leader's registry");
                 Ok(Answer::Deleted { peer })
             } else {
                 Err(ErrorBody::peer_not_found(&peer))
@@ -244,5 +250,47 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
                 .hint("`d listPeers` shows every registered peer and its address")),
             }
         }
+    }
+}
+
+/// On the leader: `peer`'s key is gone (deleted, revoked). Close its
+/// sessions here, and tell every worker (protocol 4 links) to close theirs.
+pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
+    mesh.sessions.close_peer(peer, &format!("{peer} was {why}"));
+    for link in mesh.sessions.links() {
+        if link.terms.protocol < d_proto::PROTOCOL_KEYS {
+            continue;
+        }
+        let q = Query::PeerRemoved {
+            peer: peer.to_string(),
+        };
+        mesh.tasks.tracker.spawn(async move {
+            if let Err(e) = link.query(q).await {
+                tracing::debug!(
+                    "{} was not told of a removed peer: {}",
+                    link.peer.id,
+                    e.error
+                );
+            }
+        });
+    }
+}
+
+/// On a worker: the leader says `peer` was removed: close its sessions.
+pub fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
+    let from_leader = mesh
+        .link
+        .session()
+        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), from as *const Session));
+    if !from_leader {
+        return Answer::Error(ErrorBody::invalid(
+            "only this worker's leader may say a peer was removed",
+        ));
+    }
+    mesh.sessions
+        .close_peer(peer, &format!("{peer} was removed by the leader"));
+    tracing::info!("{peer} was removed by the leader: its sessions are closed");
+    Answer::Result {
+        result: serde_json::Value::Null,
     }
 }

@@ -21,7 +21,7 @@ use crate::base::config::parse_addr;
 use crate::base::credit::CreditQueue;
 use crate::base::identity::not_configured;
 use crate::jobs::JobEvent;
-use crate::transport::{port, Session};
+use crate::transport::{port, Expect, Session};
 
 /// What routing remembers between jobs.
 #[derive(Default)]
@@ -149,7 +149,13 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
     if let Some(s) = mesh.sessions.get(peer) {
         return Ok(Route::Remote(s, "direct"));
     }
-    match port::dial(&mesh.endpoint, addr, Purpose::Direct, Some(peer)).await {
+    // The key the registry has for it: whoever answers must prove it.
+    let expect = Expect {
+        id: Some(peer.to_string()),
+        key: info.public_key,
+        invite: None,
+    };
+    match port::dial(&mesh.endpoint, addr, Purpose::Direct, &expect).await {
         Ok(s) => {
             mesh.routes.forget(peer);
             Ok(Route::Remote(s, "direct"))

@@ -1,53 +1,75 @@
-//! The table of open sessions, by peer id: at most one each, and a worker's
-//! link is never displaced by a direct session. The only owner of the map;
+//! The table of open sessions, by peer id. The only owner of the map;
 //! everyone else asks through these methods.
+//!
+//! One rule for crossing and repeated dials: **a new session never ends a
+//! live one.** A peer may have several sessions open at once (two daemons
+//! that dialed each other at the same moment, a link that came back before
+//! the old one was noticed dead); new work uses one of them (the link if
+//! there is one, else the oldest), and a duplicate direct session that this
+//! side dialed is closed by this side once it has carried nothing for
+//! [`DUPLICATE_IDLE`] ([`Sessions::close_idle_duplicates`]). Sessions end
+//! only by failing, or explicitly: an identity change, a key change, a
+//! deleted peer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use d_proto::peer::Purpose;
 use d_proto::types::{ErrorBody, ErrorKind};
 
 use crate::transport::Session;
 
+/// A duplicate direct session idle this long is closed by the side that dialed it.
+pub const DUPLICATE_IDLE: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
+    map: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+}
+
+/// The session new work for a peer goes over: its link, else the oldest.
+fn preferred(list: &[Arc<Session>]) -> Option<&Arc<Session>> {
+    let open = || list.iter().filter(|s| !s.is_closed());
+    open()
+        .find(|s| s.peer.purpose == Purpose::Link)
+        .or_else(|| open().next())
+}
+
+fn has_link(list: &[Arc<Session>]) -> bool {
+    list.iter()
+        .any(|s| !s.is_closed() && s.peer.purpose == Purpose::Link)
 }
 
 impl Sessions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Session>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<Session>>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The open session with `peer`.
+    /// The open session new work for `peer` should use.
     pub fn get(&self, peer: &str) -> Option<Arc<Session>> {
-        self.lock().get(peer).filter(|s| !s.is_closed()).cloned()
+        self.lock().get(peer).and_then(|l| preferred(l)).cloned()
     }
 
     /// Whether `peer` has a live link to this (leader) daemon.
     pub fn link_online(&self, peer: &str) -> bool {
-        self.get(peer)
-            .is_some_and(|s| s.peer.purpose == Purpose::Link)
+        self.lock().get(peer).is_some_and(|l| has_link(l))
     }
 
     /// [`Sessions::link_online`] for many peers, under one lock.
     pub fn links_online<'a>(&self, peers: impl Iterator<Item = &'a str>) -> Vec<bool> {
         let map = self.lock();
         peers
-            .map(|p| {
-                map.get(p)
-                    .is_some_and(|s| !s.is_closed() && s.peer.purpose == Purpose::Link)
-            })
+            .map(|p| map.get(p).is_some_and(|l| has_link(l)))
             .collect()
     }
 
     /// The ids of peers with an open link.
     pub fn online_links(&self) -> Vec<String> {
         self.lock()
-            .values()
-            .filter(|s| s.peer.purpose == Purpose::Link && !s.is_closed())
-            .map(|s| s.peer.id.clone())
+            .iter()
+            .filter(|(_, l)| has_link(l))
+            .map(|(id, _)| id.clone())
             .collect()
     }
 
@@ -55,52 +77,84 @@ impl Sessions {
     pub fn links(&self) -> Vec<Arc<Session>> {
         self.lock()
             .values()
+            .flatten()
             .filter(|s| s.peer.purpose == Purpose::Link && !s.is_closed())
             .cloned()
             .collect()
     }
 
+    /// Peers with at least one session.
     pub fn count(&self) -> usize {
         self.lock().len()
     }
 
-    /// Make `s` the session for its peer. A live link is never displaced by a
-    /// direct session; a replaced session is closed.
+    /// File `s` beside its peer's other sessions (it replaces none of them).
     pub fn insert(&self, s: Arc<Session>) {
-        let old = {
-            let mut map = self.lock();
-            if let Some(cur) = map.get(&s.peer.id) {
-                if !cur.is_closed()
-                    && cur.peer.purpose == Purpose::Link
-                    && s.peer.purpose == Purpose::Direct
-                {
-                    return;
-                }
-            }
-            map.insert(s.peer.id.clone(), s)
-        };
-        if let Some(old) = old {
-            old.close(ErrorBody::new(
-                ErrorKind::PeerLost,
-                "replaced by a newer connection",
-            ));
-        }
+        let mut map = self.lock();
+        let list = map.entry(s.peer.id.clone()).or_default();
+        list.retain(|o| !o.is_closed());
+        list.push(s);
     }
 
-    /// Remove `s` if it is still its peer's session; returns whether it was.
+    /// Remove `s`; returns whether it was in the table.
     pub fn remove(&self, s: &Arc<Session>) -> bool {
         let mut map = self.lock();
-        match map.get(&s.peer.id) {
-            Some(cur) if Arc::ptr_eq(cur, s) => map.remove(&s.peer.id).is_some(),
-            _ => false,
+        let Some(list) = map.get_mut(&s.peer.id) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|o| !Arc::ptr_eq(o, s));
+        let removed = list.len() < before;
+        if list.is_empty() {
+            map.remove(&s.peer.id);
+        }
+        removed
+    }
+
+    /// Close every session with `peer` (it was deleted or revoked).
+    pub fn close_peer(&self, peer: &str, why: &str) {
+        let list = self.lock().remove(peer).unwrap_or_default();
+        for s in list {
+            s.close(ErrorBody::new(ErrorKind::PeerLost, why.to_string()));
         }
     }
 
     /// Close every session (the identity or the key changed: peers know us by the old one).
     pub fn close_all(&self, why: &str) {
-        let all: Vec<_> = self.lock().drain().map(|(_, s)| s).collect();
+        let all: Vec<_> = self.lock().drain().flat_map(|(_, l)| l).collect();
         for s in all {
             s.close(ErrorBody::new(ErrorKind::PeerLost, why.to_string()));
         }
+    }
+
+    /// Close the direct sessions this side dialed that duplicate another
+    /// session with the same peer and have carried nothing for
+    /// [`DUPLICATE_IDLE`]; returns how many.
+    pub fn close_idle_duplicates(&self) -> usize {
+        let victims: Vec<Arc<Session>> = {
+            let map = self.lock();
+            map.values()
+                .filter(|l| l.iter().filter(|s| !s.is_closed()).count() > 1)
+                .flat_map(|l| {
+                    let keep = preferred(l).cloned();
+                    l.iter()
+                        .filter(move |s| {
+                            !keep.as_ref().is_some_and(|k| Arc::ptr_eq(k, s))
+                                && s.terms.dialer
+                                && s.peer.purpose == Purpose::Direct
+                                && s.idle_for() >= DUPLICATE_IDLE
+                        })
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for s in &victims {
+            s.close(ErrorBody::new(
+                ErrorKind::PeerLost,
+                "an idle duplicate of another session with this peer",
+            ));
+        }
+        victims.len()
     }
 }

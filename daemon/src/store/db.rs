@@ -41,10 +41,15 @@ impl Registry {
                     for op in batch {
                         op(&mut store);
                     }
+                    let mut committed = true;
                     if in_tx {
                         if let Err(e) = store.conn.execute_batch("COMMIT") {
                             tracing::error!("state database commit failed: {e}");
+                            committed = false;
                         }
+                    }
+                    for reply in std::mem::take(&mut store.after_commit) {
+                        reply(committed);
                     }
                 }
             })
@@ -67,6 +72,40 @@ impl Registry {
         });
         // The channel is deep; a full one means SQLite is far behind, and
         // waiting on a blocking thread keeps the async workers free.
+        let sender = self.tx.clone();
+        match sender.try_send(op) {
+            Ok(()) => {}
+            Err(std_mpsc::TrySendError::Full(op)) => {
+                tokio::task::spawn_blocking(move || sender.send(op))
+                    .await
+                    .map_err(|_| RegistryError::Gone)?
+                    .map_err(|_| RegistryError::Gone)?;
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(RegistryError::Gone),
+        }
+        rx.await.map_err(|_| RegistryError::Gone)?
+    }
+
+    /// [`Registry::call`] whose answer comes only once its changes are
+    /// committed (what a peer is told then is durable: an enrollment before
+    /// its welcome). `f` should change the database in one statement or
+    /// under a savepoint of its own.
+    pub async fn call_durable<T, F>(&self, f: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: Op = Box::new(move |s| {
+            let r = f(s);
+            s.after_commit.push(Box::new(move |committed| {
+                let _ = tx.send(if committed {
+                    r
+                } else {
+                    Err(RegistryError::Uncommitted)
+                });
+            }));
+        });
         let sender = self.tx.clone();
         match sender.try_send(op) {
             Ok(()) => {}

@@ -42,7 +42,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX exec_log_target ON exec_log(target);",
     // 2 → 3: the WireGuard public key a worker's link came through.
     "ALTER TABLE peers ADD COLUMN wg_pubkey TEXT;",
-    // 3 → 4: who a job ran as (`--user`) and the names `--env` set
+    // 3 → 4: per-peer identity keys (issue 11): each peer's enrolled public
+    // key (base64), and the leader's join invitations (only the SHA-256 of
+    // each secret is kept).
+    "ALTER TABLE peers ADD COLUMN public_key TEXT;
+    CREATE UNIQUE INDEX peers_public_key ON peers(public_key) WHERE public_key IS NOT NULL;
+    CREATE TABLE invites (
+        token_id    TEXT PRIMARY KEY,
+        secret_hash BLOB NOT NULL,
+        id          TEXT,
+        replace_key INTEGER NOT NULL DEFAULT 0,
+        created     INTEGER NOT NULL,
+        expires     INTEGER NOT NULL,
+        spent_at    INTEGER,
+        spent_by    TEXT,
+        revoked     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE revoked_ids (
+        id         TEXT PRIMARY KEY,
+        revoked_at INTEGER NOT NULL
+    );",
+    // 4 → 5: who a job ran as (`--user`) and the names `--env` set
     // (space-separated; never the values).
     "ALTER TABLE exec_log ADD COLUMN run_as TEXT;
      ALTER TABLE exec_log ADD COLUMN env_names TEXT;",

@@ -10,7 +10,7 @@
 //!
 //! Files: [`db`] the thread callers send work to, [`migrations`] the schema,
 //! [`settings`] the daemon's own settings, [`peers`] the leader's registry,
-//! [`exec_log`] the audit log. A new table gets its own file with an
+//! [`exec_log`] the audit log, [`invites`] enrolled keys and join invitations. A new table gets its own file with an
 //! `impl Store` block and a step in [`migrations`].
 
 use std::path::Path;
@@ -22,6 +22,7 @@ pub use db::Registry;
 
 pub mod db;
 pub mod exec_log;
+pub mod invites;
 pub mod migrations;
 pub mod peers;
 pub mod settings;
@@ -38,11 +39,15 @@ pub enum RegistryError {
     Sql(#[from] rusqlite::Error),
     #[error("the state database thread has stopped")]
     Gone,
+    #[error("state database: the transaction could not be committed (disk full or read-only?)")]
+    Uncommitted,
 }
 
 /// Synchronous access to the database; only the registry thread holds one.
 pub struct Store {
     conn: Connection,
+    /// Answers of [`Registry::call_durable`], sent once the batch commits.
+    after_commit: Vec<Box<dyn FnOnce(bool) + Send>>,
 }
 
 impl Store {
@@ -56,7 +61,10 @@ impl Store {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )
         .map_err(open)?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn,
+            after_commit: Vec::new(),
+        };
         store.migrate()?;
         Ok(store)
     }

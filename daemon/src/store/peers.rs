@@ -1,23 +1,34 @@
 //! The leader's peer registry: one row per peer that ever linked.
 
+use d_proto::keys::PublicKey;
 use d_proto::types::{PeerInfo, Role};
 use rusqlite::{params, OptionalExtension};
 
 use super::{RegistryError, Store};
 
 const PEER_COLUMNS: &str =
-    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey";
+    "id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key";
 
 impl Store {
-    /// Insert or refresh a peer (registration); `first_seen` is kept.
+    /// Insert or refresh a peer (registration); `first_seen` is kept, and
+    /// so is its enrolled key unless `p` names one ([`Store::enroll`] is how
+    /// keys are enrolled).
     pub fn upsert_peer(&self, p: &PeerInfo, now: u64) -> Result<(), RegistryError> {
+        if let Some(k) = p.public_key {
+            // A key belongs to one id (the leader renamed: its old row lets go).
+            self.conn.execute(
+                "UPDATE peers SET public_key = NULL WHERE public_key = ?1 AND id != ?2",
+                params![k.to_base64(), p.id],
+            )?;
+        }
         self.conn.execute(
-            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
              ON CONFLICT(id) DO UPDATE SET addr = excluded.addr, port = excluded.port,
                 role = excluded.role, version = excluded.version,
                 hostname = excluded.hostname, last_seen = excluded.last_seen,
-                wg_pubkey = excluded.wg_pubkey",
+                wg_pubkey = excluded.wg_pubkey,
+                public_key = COALESCE(excluded.public_key, peers.public_key)",
             params![
                 p.id,
                 p.addr,
@@ -26,7 +37,8 @@ impl Store {
                 p.version,
                 p.hostname,
                 now as i64,
-                p.wg_public_key
+                p.wg_public_key,
+                p.public_key.map(|k| k.to_base64())
             ],
         )?;
         Ok(())
@@ -115,6 +127,10 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
         wg_public_key: r.get(8)?,
         last_seen: Some(r.get::<_, i64>(7)? as u64),
         handshake_age_secs: None,
+        // A key that does not parse (hand-edited database) counts as none.
+        public_key: r
+            .get::<_, Option<String>>(9)?
+            .and_then(|k| PublicKey::from_base64(&k).ok()),
     })
 }
 
@@ -136,6 +152,7 @@ mod tests {
             first_seen: None,
             wg_public_key: None,
             handshake_age_secs: None,
+            public_key: None,
         }
     }
 

@@ -1,21 +1,30 @@
 //! The handshake that opens a session, both sides. The dialing side sends
-//! `Hello`; the accepting side proves the mesh key first (`Challenge`), the
-//! dialer proves it back (`Auth`), and only then does the accepting side
+//! `Hello`; the accepting side proves itself first (`Challenge`), the
+//! dialer proves itself back (`Auth`), and only then does the accepting side
 //! ask its [`Handler`] whether to admit the peer (`Welcome`) or not
 //! (`Refused`). Nothing else is accepted before the welcome.
+//!
+//! Protocol 4 (both sides offer it, and the dialer sent its key): each side
+//! signs the transcript with its own identity key ([`d_proto::keys`]); the
+//! dialer checks the acceptor's key against the one it expects for the id it
+//! dialed ([`Expect`]), the acceptor hands the dialer's proven key to its
+//! handler, which checks it against the key enrolled for the claimed id.
+//! Older protocols (and protocol-4 peers without an enrolled key, while the
+//! mesh still has a shared key) prove the mesh key instead ([`auth`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use d_proto::auth;
-use d_proto::peer::{Hello, PeerMsg, Purpose, Welcome};
+use d_proto::keys::{self, KeyPair, PublicKey, Side};
+use d_proto::peer::{Hello, InviteProof, PeerMsg, Purpose, Welcome};
 use d_proto::types::{ErrorBody, ErrorKind, Role, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Read, Reader, Writer};
 use super::limits::HANDSHAKE_TIMEOUT;
 use super::session::{asked_interval, PeerDesc, Terms};
-use super::{Endpoint, Handler};
+use super::{Endpoint, Handler, InviteClaim, Proof};
 use crate::base::identity::{not_configured, Me};
 
 /// Read one handshake message, or say why not.
@@ -58,7 +67,7 @@ pub async fn accept<R, W>(
     reader: &mut Reader<R>,
     writer: &mut Writer<W>,
     addr: SocketAddr,
-) -> Result<(Hello, Welcome), ErrorBody>
+) -> Result<(Hello, Welcome, Option<PublicKey>), ErrorBody>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -91,49 +100,157 @@ where
             auth::KEY_LEN
         )));
     }
-    let key = ep.me.key().ok_or_else(ErrorBody::no_mesh_key)?;
     let my_id = ep.me.get().id.ok_or_else(|| {
         ErrorBody::new(ErrorKind::Refused, "this daemon is not configured yet")
             .hint("run `d setPeerConfig --role ... --id ...` on it")
     })?;
     let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
-    let t = auth::Transcript {
+    let mesh_key = ep.me.key();
+    let legacy = auth::Transcript {
         dialer_nonce: &hello.nonce.0,
         acceptor_nonce: &nonce,
         dialer_id: &hello.peer_id,
         acceptor_id: &my_id,
         purpose: hello.purpose.as_str(),
     };
-    let challenge = PeerMsg::Challenge {
-        peer_id: my_id.clone(),
-        nonce: B64(nonce.to_vec()),
-        proof: B64(auth::prove(&key, auth::Side::Acceptor, &t)),
+    let keyed = hello
+        .public_key
+        .filter(|_| hello.protocol_max >= d_proto::PROTOCOL_KEYS);
+    let proof = match keyed {
+        Some(dialer_key) => {
+            let kp = ep.me.keypair();
+            let my_key = kp.public();
+            let t = keys::Transcript {
+                protocol: d_proto::PROTOCOL_KEYS,
+                dialer_nonce: &hello.nonce.0,
+                acceptor_nonce: &nonce,
+                dialer_id: &hello.peer_id,
+                acceptor_id: &my_id,
+                purpose: hello.purpose.as_str(),
+                dialer_key: &dialer_key,
+                acceptor_key: &my_key,
+            };
+            let challenge = PeerMsg::Challenge {
+                peer_id: my_id.clone(),
+                nonce: B64(nonce.to_vec()),
+                // For a dialer that knows no key for this id yet (a mesh
+                // moving from the shared key): the mesh key's proof.
+                proof: B64(mesh_key
+                    .map(|k| auth::prove(&k, auth::Side::Acceptor, &legacy))
+                    .unwrap_or_default()),
+                public_key: Some(my_key),
+                signature: Some(B64(keys::sign_handshake(&kp, Side::Acceptor, &t).to_vec())),
+                key_chain: Vec::new(),
+            };
+            send(writer, &challenge).await?;
+            let (signature, invite, mesh_proof) = match read_step(reader, "authentication").await? {
+                PeerMsg::Auth {
+                    signature,
+                    invite,
+                    mesh_proof,
+                    ..
+                } => (signature, invite, mesh_proof),
+                _ => return Err(ErrorBody::invalid("expected the authentication proof")),
+            };
+            let signed =
+                signature.is_some_and(|sig| keys::verify_handshake(Side::Dialer, &t, &sig.0));
+            if !signed {
+                return Err(ErrorBody::auth_failed(format!(
+                    "authentication failed: {} at {} did not sign the handshake with the key it offered ({})",
+                    hello.peer_id,
+                    addr.ip(),
+                    dialer_key.fingerprint()
+                ))
+                .hint("a damaged or foreign d-daemon: check `d getPeerStatus` there"));
+            }
+            let mesh_key_proven = match (mesh_key, mesh_proof) {
+                (Some(k), Some(p)) => keys::verify_mesh_proof(&k, &t, &p.0),
+                _ => false,
+            };
+            let invite = invite.map(|InviteProof { token_id, proof }| InviteClaim {
+                token_id,
+                proof: proof.0,
+                transcript: owned(&t),
+            });
+            Proof {
+                key: Some(dialer_key),
+                mesh_key: mesh_key_proven,
+                invite,
+            }
+        }
+        None => {
+            // Protocol 3 and older: only the shared mesh key.
+            let key = mesh_key.ok_or_else(|| {
+                ErrorBody::new(
+                    ErrorKind::AuthFailed,
+                    format!(
+                        "{} speaks protocol {} without identity keys, and this mesh has no shared key",
+                        hello.peer_id, hello.protocol_max.max(hello.protocol)
+                    ),
+                )
+                .hint(format!(
+                    "upgrade d on {} (then `d invite` on the leader and `d join TOKEN` there)",
+                    hello.peer_id
+                ))
+            })?;
+            let challenge = PeerMsg::Challenge {
+                peer_id: my_id.clone(),
+                nonce: B64(nonce.to_vec()),
+                proof: B64(auth::prove(&key, auth::Side::Acceptor, &legacy)),
+                public_key: None,
+                signature: None,
+                key_chain: Vec::new(),
+            };
+            send(writer, &challenge).await?;
+            let proof = match read_step(reader, "authentication").await? {
+                PeerMsg::Auth { proof, .. } => proof,
+                _ => return Err(ErrorBody::invalid("expected the authentication proof")),
+            };
+            if !auth::verify(&key, auth::Side::Dialer, &legacy, &proof.0) {
+                return Err(ErrorBody::auth_failed(format!(
+                    "authentication failed: {} at {} did not prove the mesh key",
+                    hello.peer_id,
+                    addr.ip()
+                )));
+            }
+            Proof {
+                key: None,
+                mesh_key: true,
+                invite: None,
+            }
+        }
     };
+    let welcome = handler.admit(&hello, addr, &proof).await?;
+    Ok((hello, welcome, proof.key))
+}
+
+async fn send<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, m: &PeerMsg) -> Result<(), ErrorBody> {
     writer
-        .send(&challenge)
+        .send(m)
         .await
-        .map_err(|e| ErrorBody::new(ErrorKind::PeerLost, e.to_string()))?;
-    let proof = match read_step(reader, "authentication").await? {
-        PeerMsg::Auth { proof } => proof,
-        _ => return Err(ErrorBody::invalid("expected the authentication proof")),
-    };
-    if !auth::verify(&key, auth::Side::Dialer, &t, &proof.0) {
-        return Err(ErrorBody::auth_failed(format!(
-            "authentication failed: {} at {} did not prove the mesh key",
-            hello.peer_id,
-            addr.ip()
-        )));
+        .map_err(|e| ErrorBody::new(ErrorKind::PeerLost, e.to_string()))
+}
+
+/// The transcript's parts, kept to check an invitation's proof later.
+fn owned(t: &keys::Transcript<'_>) -> super::OwnedTranscript {
+    super::OwnedTranscript {
+        dialer_nonce: t.dialer_nonce.to_vec(),
+        acceptor_nonce: t.acceptor_nonce.to_vec(),
+        dialer_id: t.dialer_id.to_string(),
+        acceptor_id: t.acceptor_id.to_string(),
+        purpose: t.purpose.to_string(),
+        dialer_key: *t.dialer_key,
+        acceptor_key: *t.acceptor_key,
     }
-    let welcome = handler.admit(&hello, addr).await?;
-    Ok((hello, welcome))
 }
 
 /// What the dialing side proves itself with, read before connecting (an
-/// unconfigured daemon or one without the key need not try).
+/// unconfigured daemon need not try).
 pub struct Credentials {
     id: String,
     role: Role,
-    key: auth::Key,
+    keypair: KeyPair,
+    mesh_key: Option<auth::Key>,
 }
 
 impl Credentials {
@@ -142,14 +259,29 @@ impl Credentials {
         Ok(Credentials {
             id: id.id.ok_or_else(not_configured)?,
             role: id.role.ok_or_else(not_configured)?,
-            key: me.key().ok_or_else(ErrorBody::no_mesh_key)?,
+            keypair: me.keypair(),
+            mesh_key: me.key(),
         })
     }
 }
 
+/// Whom the dialing side means to reach, and how it knows them.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// The peer id (`None`: the leader, whatever its id).
+    pub id: Option<String>,
+    /// The identity key that id is enrolled under (the pinned leader key, or
+    /// the registry's). `None`: none is known, and only the mesh key's proof
+    /// is accepted (a mesh moving from the shared key).
+    pub key: Option<PublicKey>,
+    /// A join token being used: its id and the SHA-256 of its secret (the
+    /// proof is keyed with that, as the leader keeps only the hash).
+    pub invite: Option<(String, [u8; 32])>,
+}
+
 /// Dialing side, over a connected stream: Hello → Challenge → Auth →
-/// Welcome. `expect` is the peer id the caller means to reach (`None`: the
-/// leader, whatever its id); `fail` words a failure to connect.
+/// Welcome. `expect` says whom the caller means to reach; `fail` words a
+/// failure to connect.
 #[allow(clippy::too_many_arguments)]
 pub async fn dial<R, W>(
     ep: &Endpoint,
@@ -158,15 +290,21 @@ pub async fn dial<R, W>(
     writer: &mut Writer<W>,
     addr: SocketAddr,
     purpose: Purpose,
-    expect: Option<&str>,
+    expect: &Expect,
     fail: impl Fn(String) -> ErrorBody,
 ) -> Result<(PeerDesc, Terms), ErrorBody>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let name = expect.unwrap_or("leader");
-    let Credentials { id: me, role, key } = creds;
+    let name = expect.id.as_deref().unwrap_or("leader");
+    let Credentials {
+        id: me,
+        role,
+        keypair,
+        mesh_key,
+    } = creds;
+    let my_key = keypair.public();
     let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
     let hello = Hello {
         protocol: d_proto::PROTOCOL_MIN,
@@ -178,6 +316,7 @@ where
         role,
         purpose,
         nonce: B64(nonce.to_vec()),
+        public_key: Some(my_key),
     };
     writer
         .send(&PeerMsg::Hello(hello.clone()))
@@ -192,37 +331,120 @@ where
         Err(e) if e.error.starts_with("no ") => Err(ErrorBody::peer_timeout(name)),
         Err(e) => Err(fail(e.error)),
     };
-    let (their_id, their_nonce, their_proof) = match step(read_step(reader, "challenge").await)? {
-        PeerMsg::Challenge {
-            peer_id,
-            nonce,
-            proof,
-        } => (peer_id, nonce, proof),
-        other => {
-            return Err(fail(format!(
-                "unexpected answer to hello: {}",
-                msg_name(&other)
-            )))
-        }
-    };
-    let t = auth::Transcript {
+    let (their_id, their_nonce, their_proof, their_key, their_sig) =
+        match step(read_step(reader, "challenge").await)? {
+            PeerMsg::Challenge {
+                peer_id,
+                nonce,
+                proof,
+                public_key,
+                signature,
+                ..
+            } => (peer_id, nonce, proof, public_key, signature),
+            other => {
+                return Err(fail(format!(
+                    "unexpected answer to hello: {}",
+                    msg_name(&other)
+                )))
+            }
+        };
+    if their_nonce.0.len() != auth::KEY_LEN {
+        return Err(fail("the challenge's nonce is not 32 bytes".into()));
+    }
+    let legacy = auth::Transcript {
         dialer_nonce: &nonce,
         acceptor_nonce: &their_nonce.0,
         dialer_id: &hello.peer_id,
         acceptor_id: &their_id,
         purpose: purpose.as_str(),
     };
-    if their_nonce.0.len() != auth::KEY_LEN
-        || !auth::verify(&key, auth::Side::Acceptor, &t, &their_proof.0)
-    {
-        return Err(ErrorBody::auth_failed(format!(
-            "authentication failed: {addr} ({their_id}) did not prove the mesh key"
-        )));
-    }
-    let proof = PeerMsg::Auth {
-        proof: B64(auth::prove(&key, auth::Side::Dialer, &t)),
+    let mesh_key_proven =
+        mesh_key.is_some_and(|k| auth::verify(&k, auth::Side::Acceptor, &legacy, &their_proof.0));
+    let auth_msg = match their_key {
+        Some(their_key) => {
+            let t = keys::Transcript {
+                protocol: d_proto::PROTOCOL_KEYS,
+                dialer_nonce: &nonce,
+                acceptor_nonce: &their_nonce.0,
+                dialer_id: &hello.peer_id,
+                acceptor_id: &their_id,
+                purpose: purpose.as_str(),
+                dialer_key: &my_key,
+                acceptor_key: &their_key,
+            };
+            if !their_sig.is_some_and(|s| keys::verify_handshake(Side::Acceptor, &t, &s.0)) {
+                return Err(ErrorBody::auth_failed(format!(
+                    "authentication failed: {addr} ({their_id}) did not sign the handshake with the key it offered ({})",
+                    their_key.fingerprint()
+                )).hint("something other than a d-daemon answers there, or it is damaged"));
+            }
+            match expect.key {
+                Some(want) if want != their_key => {
+                    return Err(wrong_key(name, addr, &want, &their_key));
+                }
+                Some(_) => {}
+                None if mesh_key_proven => {}
+                None if mesh_key.is_some() => {
+                    // A shared-key mesh: the leader's proof of it failed.
+                    return Err(ErrorBody::auth_failed(format!(
+                        "authentication failed: {addr} ({their_id}) did not prove the mesh key"
+                    )));
+                }
+                None => {
+                    return Err(ErrorBody::auth_failed(format!(
+                        "{name} at {addr} answered with key {}, and this daemon knows no key for it",
+                        their_key.fingerprint()
+                    ))
+                    .hint("join the mesh with a token from the leader: `d invite` there, `d join TOKEN` here"));
+                }
+            }
+            PeerMsg::Auth {
+                proof: B64(Vec::new()),
+                signature: Some(B64(
+                    keys::sign_handshake(&keypair, Side::Dialer, &t).to_vec()
+                )),
+                invite: expect.invite.as_ref().map(|(token_id, hash)| InviteProof {
+                    token_id: token_id.clone(),
+                    proof: B64(keys::invite_proof(hash, &t)),
+                }),
+                mesh_proof: mesh_key.map(|k| B64(keys::mesh_proof(&k, &t))),
+            }
+        }
+        None => {
+            // A daemon of protocol 3 or older: the mesh key is all it has.
+            if let Some(want) = expect.key {
+                return Err(ErrorBody::auth_failed(format!(
+                    "{name} at {addr} proved no identity key, but {name} is enrolled under {}: refused (an old daemon, or someone holding the mesh key pretending to be {name})",
+                    want.fingerprint()
+                ))
+                .hint(format!("upgrade d on {name}; if it was reinstalled, enroll it again (`d invite` on the leader)")));
+            }
+            if !mesh_key_proven {
+                return Err(match mesh_key {
+                    None => ErrorBody::auth_failed(format!(
+                        "{name} at {addr} speaks only the old shared-key protocol, and this daemon has no mesh key"
+                    ))
+                    .hint(format!("upgrade d on {name}")),
+                    Some(_) => ErrorBody::auth_failed(format!(
+                        "authentication failed: {addr} ({their_id}) did not prove the mesh key"
+                    )),
+                });
+            }
+            let Some(k) = mesh_key else {
+                return Err(ErrorBody::no_mesh_key());
+            };
+            PeerMsg::Auth {
+                proof: B64(auth::prove(&k, auth::Side::Dialer, &legacy)),
+                signature: None,
+                invite: None,
+                mesh_proof: None,
+            }
+        }
     };
-    writer.send(&proof).await.map_err(|e| fail(e.to_string()))?;
+    writer
+        .send(&auth_msg)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let welcome: Welcome = match step(read_step(reader, "welcome").await)? {
         PeerMsg::Welcome(w) => w,
         other => {
@@ -238,7 +460,7 @@ where
     d_proto::validate_peer_id(&welcome.peer_id)
         .and_then(|()| d_proto::text::validate_version(&welcome.version))
         .map_err(|e| fail(format!("unusable welcome from {addr}: {e}")))?;
-    if let Some(want) = expect {
+    if let Some(want) = expect.id.as_deref() {
         if welcome.peer_id != want {
             return Err(ErrorBody::new(
                 ErrorKind::ConnectFailed,
@@ -250,12 +472,19 @@ where
             )));
         }
     }
+    if welcome.peer_id != their_id {
+        return Err(fail(format!(
+            "the welcome names {:?}, the challenge {their_id:?}",
+            welcome.peer_id
+        )));
+    }
     let desc = PeerDesc {
         id: welcome.peer_id.clone(),
         remote: addr,
         role: welcome.role,
         version: welcome.version,
         purpose,
+        key: their_key,
     };
     // Beat as the acceptor asks (a leader spreads its links' heartbeats out).
     let terms = Terms {
@@ -264,6 +493,21 @@ where
         dialer: true,
     };
     Ok((desc, terms))
+}
+
+/// The error when the acceptor's key is not the one expected: both fingerprints.
+fn wrong_key(name: &str, addr: SocketAddr, want: &PublicKey, got: &PublicKey) -> ErrorBody {
+    ErrorBody::new(
+        ErrorKind::AuthFailed,
+        format!(
+            "{name} at {addr} answered with key {}, but {name} is enrolled under {}: refused",
+            got.fingerprint(),
+            want.fingerprint()
+        ),
+    )
+    .hint(format!(
+        "someone else answers at {addr}, or {name} was reinstalled: if so, enroll it again (`d revoke --peer {name}` and `d invite --id {name}` on the leader, `d join TOKEN` on it)"
+    ))
 }
 
 /// The terms of a session this side accepted.

@@ -54,3 +54,58 @@ impl Drop for PendingSlot {
         }
     }
 }
+
+/// Refusals are logged once per (source address, reason) per this long: a
+/// peer retrying a refused handshake every 100 ms cannot flood the journal.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Most (address, reason) pairs remembered; beyond it the memory starts over.
+const REFUSALS_KEPT: usize = 4096;
+
+/// Which refusals were logged, and when.
+#[derive(Default)]
+pub struct RefusalLog {
+    seen: Mutex<HashMap<(IpAddr, String), std::time::Instant>>,
+}
+
+impl RefusalLog {
+    /// Whether a refusal of `ip` for `reason` should be logged now; counts
+    /// it as logged if so.
+    pub fn should_log(&self, ip: IpAddr, reason: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if seen.len() >= REFUSALS_KEPT {
+            seen.retain(|_, t| now.duration_since(*t) < REFUSAL_LOG_EVERY);
+            if seen.len() >= REFUSALS_KEPT {
+                seen.clear();
+            }
+        }
+        let key = (ip, d_proto::clip(reason, 120));
+        match seen.get(&key) {
+            Some(t) if now.duration_since(*t) < REFUSAL_LOG_EVERY => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_logged_once_a_minute_per_source_and_reason() {
+        let log = RefusalLog::default();
+        let a: IpAddr = "198.18.0.1".parse().unwrap();
+        let b: IpAddr = "198.18.0.2".parse().unwrap();
+        assert!(log.should_log(a, "x"));
+        assert!(!log.should_log(a, "x"));
+        assert!(log.should_log(a, "y"));
+        assert!(log.should_log(b, "x"));
+        for i in 0..(REFUSALS_KEPT + 10) {
+            log.should_log(a, &format!("r{i}"));
+        }
+        assert!(log.seen.lock().unwrap().len() <= REFUSALS_KEPT);
+    }
+}

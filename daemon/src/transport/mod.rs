@@ -10,13 +10,14 @@
 //!
 //! What a query or a job means, who may open a session and which sessions
 //! are kept is decided above, by the [`Handler`] the layer above gives to the
-//! [`Endpoint`]. The per-peer keys of a future handshake belong in
-//! [`handshake`] (with the key material in `base::identity`).
+//! [`Endpoint`]. The handshake proves keys ([`Proof`]); whether a proven
+//! key may be the id it claims is the handler's decision.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use d_proto::keys::{self, PublicKey};
 use d_proto::peer::{Answer, Hello, Query, Welcome};
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo};
 use futures::future::BoxFuture;
@@ -34,17 +35,71 @@ pub mod limits;
 pub mod port;
 pub mod session;
 
+pub use handshake::Expect;
 pub use session::{InputSink, PeerDesc, RemoteJob, Reply, Session, Terms};
+
+/// What the dialer of an accepted connection proved in its handshake.
+#[derive(Debug)]
+pub struct Proof {
+    /// Protocol 4: the identity key it signed the handshake with. `None`:
+    /// an older dialer that proved only the mesh key.
+    pub key: Option<PublicKey>,
+    /// It proved the shared mesh key (always true without `key`).
+    pub mesh_key: bool,
+    /// It presented a join token (checked by [`InviteClaim::verify`]).
+    pub invite: Option<InviteClaim>,
+}
+
+/// A join token's proof, to check against the leader's stored hash.
+#[derive(Debug)]
+pub struct InviteClaim {
+    pub token_id: String,
+    proof: Vec<u8>,
+    transcript: OwnedTranscript,
+}
+
+impl InviteClaim {
+    /// Whether the proof was made with the secret whose SHA-256 is `secret_hash`.
+    pub fn verify(&self, secret_hash: &[u8; 32]) -> bool {
+        let t = &self.transcript;
+        let t = keys::Transcript {
+            protocol: d_proto::PROTOCOL_KEYS,
+            dialer_nonce: &t.dialer_nonce,
+            acceptor_nonce: &t.acceptor_nonce,
+            dialer_id: &t.dialer_id,
+            acceptor_id: &t.acceptor_id,
+            purpose: &t.purpose,
+            dialer_key: &t.dialer_key,
+            acceptor_key: &t.acceptor_key,
+        };
+        keys::verify_invite_proof(secret_hash, &t, &self.proof)
+    }
+}
+
+/// The parts of a handshake transcript, kept past the handshake's borrows.
+#[derive(Debug)]
+struct OwnedTranscript {
+    dialer_nonce: Vec<u8>,
+    acceptor_nonce: Vec<u8>,
+    dialer_id: String,
+    acceptor_id: String,
+    purpose: String,
+    dialer_key: PublicKey,
+    acceptor_key: PublicKey,
+}
 
 /// What the layer above decides for the sessions of this layer. Every
 /// session holds one; `port` asks it on the accepting side.
 pub trait Handler: Send + Sync + 'static {
-    /// Accepting side, once `hello` has proven the mesh key: open a session
-    /// with it (on the welcome's terms) or refuse.
+    /// Accepting side, once the dialer of `hello` has proven what `proof`
+    /// says: open a session with it (on the welcome's terms) or refuse.
+    /// Whether the proven key (or the mesh key) may act as `hello.peer_id`
+    /// is decided here.
     fn admit<'a>(
         &'a self,
         hello: &'a Hello,
         from: SocketAddr,
+        proof: &'a Proof,
     ) -> BoxFuture<'a, Result<Welcome, ErrorBody>>;
     /// A session is open (either side dialed).
     fn opened(&self, s: &Arc<Session>);
@@ -93,6 +148,8 @@ pub struct Endpoint {
     pub heartbeat: Duration,
     listen: Mutex<(Option<SocketAddr>, Option<String>)>,
     handler: Weak<dyn Handler>,
+    /// Which refused handshakes were logged lately (once a minute each).
+    pub refusals: limits::RefusalLog,
 }
 
 impl Endpoint {
@@ -110,6 +167,7 @@ impl Endpoint {
             heartbeat,
             listen: Mutex::default(),
             handler,
+            refusals: Default::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use d_proto::types::{ErrorBody, ErrorKind};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::connection::{Reader, Writer};
-use super::handshake::{self, Credentials};
+use super::handshake::{self, Credentials, Expect};
 use super::limits::{Pending, PendingSlot, CONNECT_TIMEOUT};
 use super::session::{PeerDesc, Session};
 use super::Endpoint;
@@ -111,7 +111,7 @@ async fn handshake_incoming(
     };
     drop(slot);
     match result {
-        Ok((hello, welcome)) => {
+        Ok((hello, welcome, key)) => {
             let terms = handshake::accepted_terms(&welcome);
             if writer.send(&PeerMsg::Welcome(welcome)).await.is_err() {
                 return;
@@ -122,6 +122,7 @@ async fn handshake_incoming(
                 role: hello.role,
                 version: hello.version.clone(),
                 purpose: hello.purpose,
+                key,
             };
             let s = Session::start(&ep, handler.clone(), desc, terms, reader, writer);
             handler.opened(&s);
@@ -135,28 +136,35 @@ async fn handshake_incoming(
         }
         Err(e) => {
             if e.kind != ErrorKind::PeerLost {
-                tracing::warn!("refused a session from {addr}: {}", e.error);
+                if ep.refusals.should_log(addr.ip(), &e.error) {
+                    tracing::warn!(
+                        "refused a session from {addr}: {} (logged once a minute per address and reason)",
+                        e.error
+                    );
+                }
                 let _ = writer.send(&PeerMsg::Refused(e)).await;
             }
         }
     }
 }
 
-/// Connect to a daemon and open a session. `expect` is the peer id the
-/// caller means to reach; an address answering with another id is an error.
+/// Connect to a daemon and open a session. `expect` is whom the caller
+/// means to reach: an address answering with another id or key is an error.
 /// A failure to connect is explained by what WireGuard saw meanwhile.
 pub async fn dial(
     ep: &Arc<Endpoint>,
     addr: SocketAddr,
     purpose: Purpose,
-    expect: Option<&str>,
+    expect: &Expect,
 ) -> Result<Arc<Session>, ErrorBody> {
     let before = wg::snapshot(&ep.wg_interface, addr.ip()).await;
     let result = dial_inner(ep, addr, purpose, expect).await;
     match result {
         Err(mut e) if matches!(e.kind, ErrorKind::ConnectFailed | ErrorKind::PeerTimeout) => {
             let after = wg::snapshot(&ep.wg_interface, addr.ip()).await;
-            if let Some(why) = wg::diagnose(expect.unwrap_or("the leader"), before, after) {
+            if let Some(why) =
+                wg::diagnose(expect.id.as_deref().unwrap_or("the leader"), before, after)
+            {
                 e.hint = Some(match e.hint {
                     Some(h) => format!("{why}\n{h}"),
                     None => why,
@@ -172,11 +180,11 @@ async fn dial_inner(
     ep: &Arc<Endpoint>,
     addr: SocketAddr,
     purpose: Purpose,
-    expect: Option<&str>,
+    expect: &Expect,
 ) -> Result<Arc<Session>, ErrorBody> {
     let creds = Credentials::of(&ep.me)?;
     let handler = ep.handler()?;
-    let name = expect.unwrap_or("leader");
+    let name = expect.id.as_deref().unwrap_or("leader");
     let fail = |why: String| ErrorBody::connect_failed(name, &addr.to_string(), &why);
 
     let sock = TcpSocket::new_v4().map_err(|e| fail(e.to_string()))?;

@@ -44,6 +44,9 @@ pub struct PeerDesc {
     pub role: Role,
     pub version: String,
     pub purpose: Purpose,
+    /// The identity key the peer proved (protocol 4); `None`: it proved
+    /// only the shared mesh key.
+    pub key: Option<d_proto::keys::PublicKey>,
 }
 
 /// How a session runs, as its handshake settled it.
@@ -128,6 +131,10 @@ pub struct Session {
     jobs_in: Mutex<HashMap<u64, InJob>>,
     closed: CancellationToken,
     reason: Mutex<Option<ErrorBody>>,
+    /// When the session opened, and (ms after that) when it last carried
+    /// work: a query, a job, anything but heartbeats ([`Session::idle_for`]).
+    opened: std::time::Instant,
+    last_work_ms: AtomicU64,
     /// This side's end: its tasks and WireGuard interface.
     ep: Arc<Endpoint>,
     /// What queries and jobs from the other side mean.
@@ -202,6 +209,8 @@ impl Session {
             jobs_in: Mutex::default(),
             closed: ep.tasks.shutdown.child_token(),
             reason: Mutex::default(),
+            opened: std::time::Instant::now(),
+            last_work_ms: AtomicU64::new(0),
             ep: ep.clone(),
             handler,
         });
@@ -210,6 +219,25 @@ impl Session {
         tracker.spawn(io::write_loop(s.clone(), writer, rx).instrument(span.clone()));
         tracker.spawn(io::read_loop(s.clone(), reader).instrument(span));
         s
+    }
+
+    /// Note that the session carries work now.
+    fn worked(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_work_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long the session has carried nothing: zero while a query or a
+    /// job (either way) is in flight.
+    pub fn idle_for(&self) -> Duration {
+        let busy = !lock(&self.queries).is_empty()
+            || !lock(&self.jobs_out).is_empty()
+            || !lock(&self.jobs_in).is_empty();
+        if busy {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_work_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 
     /// The heartbeat interval now.
@@ -337,6 +365,7 @@ impl Session {
     }
 
     async fn ask(&self, query: Query, raw: bool) -> Result<Reply, ErrorBody> {
+        self.worked();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.queries).insert(id, Waiter { tx, raw });
@@ -375,6 +404,7 @@ impl Session {
                 self.peer.id
             )));
         }
+        self.worked();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let credits = spec
@@ -402,6 +432,9 @@ impl Session {
     }
 
     fn dispatch(self: &Arc<Self>, msg: PeerMsg) {
+        if !matches!(msg, PeerMsg::Heartbeat | PeerMsg::Pace { .. }) {
+            self.worked();
+        }
         match msg {
             PeerMsg::Heartbeat => {
                 if self.terms.echoes() {

@@ -425,6 +425,8 @@ pub fn raw_handshake(
         role: Role::Worker,
         purpose,
         nonce: B64(nonce.to_vec()),
+        // An old daemon's hello: the shared mesh key only.
+        public_key: None,
     };
     s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
         .unwrap();
@@ -444,7 +446,13 @@ pub fn raw_handshake(
         purpose: purpose.as_str(),
     };
     let proof = B64(auth::prove(&key, Side::Dialer, &t));
-    s.write_all(&d_proto::frame::encode(&PeerMsg::Auth { proof }).unwrap())
+    let auth = PeerMsg::Auth {
+        proof,
+        signature: None,
+        invite: None,
+        mesh_proof: None,
+    };
+    s.write_all(&d_proto::frame::encode(&auth).unwrap())
         .unwrap();
     let verdict = next();
     (s, verdict)

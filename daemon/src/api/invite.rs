@@ -1,0 +1,316 @@
+//! `d invite` (mint, list, revoke join tokens, on a leader) and `d join`
+//! (enroll this daemon with the leader a token names).
+//!
+//! A token carries the leader's addresses and public key and a single-use
+//! secret ([`d_proto::invite`]); the leader keeps the SHA-256 of the secret,
+//! and the joining daemon proves it inside its handshake, keyed with that
+//! hash, so neither the secret nor anything replayable crosses the network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use d_proto::invite::{self, Invite};
+use d_proto::types::{ErrorBody, ErrorKind, InviteInfo, LinkState, Role, B64};
+use serde_json::json;
+
+use super::{status, to_raw, Daemon, Reply};
+use crate::base::clock::unix_now;
+use crate::base::config::parse_addr;
+use crate::base::identity::{Identity, LeaderTrust};
+use crate::store::invites::InviteRow;
+
+/// How long `d join` waits for the leader's welcome.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+fn db(e: crate::store::RegistryError) -> ErrorBody {
+    ErrorBody::new(ErrorKind::Other, format!("state database: {e}"))
+}
+
+fn leader_only(daemon: &Daemon, what: &str) -> Result<String, ErrorBody> {
+    let me = daemon.mesh.me.get();
+    match (me.role, me.id) {
+        (Some(Role::Leader), Some(id)) => Ok(id),
+        _ => Err(ErrorBody::invalid(format!("{what} runs on the leader; this daemon is not it"))
+            .hint("run it on the leader, e.g. `d @LEADER` is not enough: log in there, or use the leader's own d")),
+    }
+}
+
+/// Mint a token: `{ token, token_id, id, expires, leaders, message }`.
+pub async fn invite(
+    daemon: &Arc<Daemon>,
+    id: Option<String>,
+    ttl: Option<u64>,
+    replace: bool,
+    leaders: Vec<String>,
+) -> Result<Reply, ErrorBody> {
+    let leader_id = leader_only(daemon, "`d invite`")?;
+    if let Some(id) = &id {
+        d_proto::validate_peer_id(id).map_err(|e| ErrorBody::invalid(e).hint("--id NAME"))?;
+        if *id == leader_id {
+            return Err(ErrorBody::invalid(format!("{id} is the leader's own id")));
+        }
+    }
+    if replace && id.is_none() {
+        return Err(ErrorBody::invalid(
+            "--replace needs --id: the id whose key the token may replace",
+        ));
+    }
+    let ttl = ttl.unwrap_or(invite::DEFAULT_TTL_SECS);
+    if ttl == 0 || ttl > invite::MAX_TTL_SECS {
+        return Err(ErrorBody::invalid(format!(
+            "--ttl must be 1 s to {} days",
+            invite::MAX_TTL_SECS / 86400
+        )));
+    }
+    let leaders = if leaders.is_empty() {
+        match daemon.mesh.endpoint.listen_addr() {
+            Some(a) if !a.ip().is_unspecified() => vec![a.to_string()],
+            _ => return Err(ErrorBody::invalid(
+                "this leader's peer port is not bound to one address, so the token cannot name it",
+            )
+            .hint("pass the address workers reach it at: `d invite --leader IP:PORT`")),
+        }
+    } else {
+        leaders
+            .iter()
+            .map(|l| {
+                parse_addr(l, d_proto::DEFAULT_PORT)
+                    .map(|a| a.to_string())
+                    .map_err(|e| ErrorBody::invalid(format!("--leader {l}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let rnd = |n: usize| -> Result<Vec<u8>, ErrorBody> {
+        let b = d_proto::auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
+        Ok(b[..n].to_vec())
+    };
+    let token_id: String = rnd(8)?.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = rnd(32)?;
+    let now = unix_now();
+    let row = InviteRow {
+        token_id: token_id.clone(),
+        secret_hash: Invite::secret_hash(&secret),
+        id: id.clone(),
+        replace,
+        created: now,
+        expires: now + ttl,
+        spent_at: None,
+        spent_by: None,
+        revoked: false,
+    };
+    daemon
+        .mesh
+        .store
+        .call_durable(move |st| st.add_invite(&row))
+        .await
+        .map_err(db)?
+        .map_err(ErrorBody::invalid)?;
+    let token = Invite {
+        leaders: leaders.clone(),
+        leader_id,
+        leader_key: daemon.mesh.me.public_key(),
+        token_id: token_id.clone(),
+        secret: B64(secret),
+        id: id.clone(),
+        expires: now + ttl,
+    }
+    .encode();
+    let mins = ttl.div_ceil(60);
+    let message = format!(
+        "On the new machine run (valid {mins} min, once):\n  d join {token}{}",
+        match &id {
+            Some(_) => String::new(),
+            None => " [--id NAME]".into(),
+        }
+    );
+    to_raw(&json!({
+        "token": token,
+        "token_id": token_id,
+        "id": id,
+        "expires": now + ttl,
+        "leaders": leaders,
+        "message": message,
+    }))
+}
+
+fn info(r: InviteRow, now: u64) -> InviteInfo {
+    let state = if r.spent_by.is_some() {
+        "spent"
+    } else if r.revoked {
+        "revoked"
+    } else if now >= r.expires {
+        "expired"
+    } else {
+        "open"
+    };
+    InviteInfo {
+        token_id: r.token_id,
+        id: r.id,
+        state: state.into(),
+        created: r.created,
+        expires: r.expires,
+        spent_by: r.spent_by,
+        replace: r.replace,
+    }
+}
+
+/// `d invite --list`: newest first.
+pub async fn list(daemon: &Arc<Daemon>) -> Result<Reply, ErrorBody> {
+    leader_only(daemon, "`d invite --list`")?;
+    let rows = daemon
+        .mesh
+        .store
+        .call(|st| st.list_invites())
+        .await
+        .map_err(db)?;
+    let now = unix_now();
+    let rows: Vec<InviteInfo> = rows.into_iter().map(|r| info(r, now)).collect();
+    to_raw(&rows)
+}
+
+/// `d invite --revoke TOKEN|TOKEN_ID`.
+pub async fn revoke(daemon: &Arc<Daemon>, token: String) -> Result<Reply, ErrorBody> {
+    leader_only(daemon, "`d invite --revoke`")?;
+    let token_id = invite::token_id_of(&token).map_err(ErrorBody::invalid)?;
+    let t2 = token_id.clone();
+    let (revoked, row) = daemon
+        .mesh
+        .store
+        .call_durable(move |st| Ok((st.revoke_invite(&t2)?, st.get_invite(&t2)?)))
+        .await
+        .map_err(db)?;
+    if revoked {
+        return to_raw(&json!({
+            "token_id": token_id,
+            "message": format!("Revoked join token {token_id}: the leader refuses it from now on"),
+        }));
+    }
+    Err(match row {
+        None => ErrorBody::new(
+            ErrorKind::PeerNotFound,
+            format!("no join token {token_id} on this leader"),
+        )
+        .hint("`d invite --list` shows the tokens it keeps"),
+        Some(r) => ErrorBody::invalid(match r.spent_by {
+            Some(by) => format!("join token {token_id} was already used by {by}: revoke the peer instead (`d deletePeer --peer {by}`)"),
+            None => format!("join token {token_id} is already revoked"),
+        }),
+    })
+}
+
+/// `d join TOKEN [--id NAME]`: becomes a worker of the token's leader, and
+/// answers once the leader has welcomed it (the enrollment is committed
+/// there), or with the leader's reason.
+pub async fn join(
+    daemon: &Arc<Daemon>,
+    token: String,
+    id: Option<String>,
+) -> Result<Reply, ErrorBody> {
+    let inv = Invite::decode(&token).map_err(|e| {
+        ErrorBody::invalid(e).hint("copy the whole line `d invite` printed on the leader")
+    })?;
+    let mesh = &daemon.mesh;
+    if mesh.me.role() == Some(Role::Leader) {
+        return Err(
+            ErrorBody::invalid("this daemon is a leader: it cannot join another mesh").hint(
+                "make it a worker first only if you mean to: `d setPeerConfig --role worker`",
+            ),
+        );
+    }
+    let id = id
+        .or_else(|| inv.id.clone())
+        .unwrap_or_else(|| mesh.me.hostname.clone());
+    d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
+    if let Some(want) = &inv.id {
+        if *want != id {
+            return Err(
+                ErrorBody::invalid(format!("this token is for the id {want}, not {id}")).hint(
+                    format!(
+                    "run `d join TOKEN --id {want}`, or ask the leader for a token without --id"
+                ),
+                ),
+            );
+        }
+    }
+    let now = unix_now();
+    if now >= inv.expires {
+        return Err(ErrorBody::invalid(format!(
+            "this join token expired {} s ago",
+            now - inv.expires
+        ))
+        .hint("ask the leader for a new one: `d invite`"));
+    }
+    let leader = parse_addr(&inv.leaders[0], d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::invalid(format!("the token's leader address: {e}")))?
+        .to_string();
+    let leader_key = inv.leader_key;
+    let leader_id = inv.leader_id.clone();
+    mesh.apply_identity_with(
+        Identity {
+            role: Some(Role::Worker),
+            id: Some(id.clone()),
+            leader: Some(leader.clone()),
+        },
+        Some(LeaderTrust {
+            key: None,
+            join: Some(inv),
+        }),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    loop {
+        let link = mesh.link.info();
+        let joined = mesh.me.leader_trust().join.is_none();
+        if link.state == LinkState::Connected && joined {
+            let message = format!(
+                "Joined: this machine is '{id}', enrolled with leader {leader_id} at {leader} (leader key {}; this machine's key {})",
+                leader_key.fingerprint(),
+                mesh.me.public_key().fingerprint()
+            );
+            return to_raw(&json!({ "message": message, "status": status::local(daemon) }));
+        }
+        if link.state == LinkState::JoinRefused {
+            let why = link.error.unwrap_or_default();
+            return Err(ErrorBody::new(
+                ErrorKind::AuthFailed,
+                format!("the leader at {leader} refused to enroll this machine: {why}"),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = link.error.unwrap_or_else(|| "no answer yet".into());
+            return Err(ErrorBody::new(
+                ErrorKind::ConnectFailed,
+                format!("not joined yet: the leader at {leader} did not welcome this machine within {JOIN_WAIT:?} ({why})"),
+            )
+            .hint("the daemon keeps trying with the token; check the address and the WireGuard tunnel (`d doctor`), then `d getPeerStatus`"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `d revoke --peer ID` on the leader: the peer's row and key go (with a
+/// tombstone: the shared mesh key cannot enroll it again), and every
+/// session with it closes, here and on every worker.
+pub async fn revoke_peer(daemon: &Arc<Daemon>, peer: String) -> Result<Reply, ErrorBody> {
+    let me = leader_only(daemon, "`d revoke`")?;
+    d_proto::validate_peer_id(&peer).map_err(ErrorBody::invalid)?;
+    if peer == me {
+        return Err(ErrorBody::invalid(format!("{peer} is the leader itself"))
+            .hint("a leader cannot revoke itself; make another daemon the leader first"));
+    }
+    let now = unix_now();
+    let p2 = peer.clone();
+    let existed = daemon
+        .mesh
+        .store
+        .call_durable(move |st| st.revoke_peer(&p2, now))
+        .await
+        .map_err(db)?;
+    crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
+    let message = if existed {
+        format!("Revoked {peer}: its key is removed and its sessions closed; it needs a new invitation (`d invite --id {peer}`) to come back")
+    } else {
+        format!("{peer} was not enrolled; it is marked revoked all the same (only an invitation can enroll it)")
+    };
+    to_raw(&json!({ "revoked": peer, "existed": existed, "message": message }))
+}

@@ -1,0 +1,243 @@
+//! Whether the key a dialer proved may act as the id it claims (every
+//! session, on the leader and on workers), and enrollment on the leader:
+//! by a join token, by a renamed machine's own key, or once by the shared
+//! mesh key (a mesh moving from it).
+//!
+//! The rules (README, "Threat model"):
+//! - an id enrolled under a key can only be that key: a second key, or a
+//!   dialer proving only the mesh key, is refused;
+//! - an id with no enrolled key: enrolled on the leader's link by a valid
+//!   token, by a key already enrolled under another id (renaming), or by
+//!   the mesh key while the leader still has one; a direct session proving
+//!   the mesh key is let in as before (legacy), never enrolled;
+//! - a worker asks the leader, over its link, for the key of the id that
+//!   dials it (the leader's own key it knows from the link).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use d_proto::keys::PublicKey;
+use d_proto::peer::{Answer, Hello, Purpose, Query};
+use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
+
+use super::Mesh;
+use crate::base::clock::unix_now;
+use crate::transport::Proof;
+
+fn refused(msg: String, hint: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(ErrorKind::AuthFailed, msg).hint(hint)
+}
+
+fn db(e: crate::store::RegistryError) -> ErrorBody {
+    ErrorBody::new(ErrorKind::Other, format!("state database: {e}"))
+}
+
+/// The leader's check (and enrollment): `Ok` once `proof` may be `hello.peer_id`.
+pub async fn check_at_leader(
+    mesh: &Arc<Mesh>,
+    hello: &Hello,
+    from: SocketAddr,
+    proof: &Proof,
+) -> Result<(), ErrorBody> {
+    let id = hello.peer_id.clone();
+    let key = proof.key;
+    let token = proof.invite.as_ref().map(|i| i.token_id.clone());
+    let (id2, token2) = (id.clone(), token.clone());
+    let (enrolled, owner, invite, revoked) = mesh
+        .store
+        .call(move |st| {
+            Ok((
+                st.enrolled_key(&id2)?,
+                match key {
+                    Some(k) => st.key_owner(&k)?,
+                    None => None,
+                },
+                match token2 {
+                    Some(t) => st.get_invite(&t)?,
+                    None => None,
+                },
+                st.is_revoked(&id2)?,
+            ))
+        })
+        .await
+        .map_err(db)?;
+    let revoked_err = || {
+        refused(
+            format!("{id} was revoked on this leader: it needs a new invitation"),
+            format!("`d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
+        )
+    };
+    let Some(key) = key else {
+        // Protocol 3 or older: the mesh key proved membership, not identity.
+        return match enrolled {
+            Some(k) => Err(legacy_refused(&id, &k)),
+            None if revoked => Err(revoked_err()),
+            None => Ok(()),
+        };
+    };
+    if let Some(claim) = &proof.invite {
+        let now = unix_now();
+        let Some(inv) = invite else {
+            return Err(refused(
+                format!(
+                    "join token {} is unknown to this leader (minted by another leader, or pruned)",
+                    claim.token_id
+                ),
+                "ask the leader you mean to join for a new token: `d invite` there",
+            ));
+        };
+        if let Some(why) = inv.unusable(now) {
+            return Err(refused(why, "ask the leader for a new token: `d invite`"));
+        }
+        if !claim.verify(&inv.secret_hash) {
+            return Err(refused(
+                format!(
+                    "join token {} was not proven: the secret does not match (an altered token?)",
+                    claim.token_id
+                ),
+                "copy the whole token again from the leader's `d invite`",
+            ));
+        }
+        if let Some(want) = &inv.id {
+            if *want != id {
+                return Err(refused(
+                    format!(
+                        "join token {} is for the id {want}, not {id}",
+                        claim.token_id
+                    ),
+                    format!("run `d join TOKEN --id {want}`, or ask for a token without --id"),
+                ));
+            }
+        }
+        if let Some(cur) = enrolled.filter(|k| *k != key) {
+            if !inv.replace {
+                return Err(taken(&id, &cur, &key));
+            }
+        }
+        return enroll(mesh, hello, from, key, Some(claim.token_id.clone())).await;
+    }
+    match enrolled {
+        Some(k) if k == key => return Ok(()),
+        Some(k) => return Err(taken(&id, &k, &key)),
+        None => {}
+    }
+    if revoked {
+        return Err(revoked_err());
+    }
+    let link = hello.purpose == Purpose::Link;
+    if owner.is_some() && link {
+        // The same machine under a new id: renaming is not impersonation.
+        return enroll(mesh, hello, from, key, None).await;
+    }
+    if proof.mesh_key && mesh.me.key().is_some() {
+        if link {
+            return enroll(mesh, hello, from, key, None).await;
+        }
+        return Ok(());
+    }
+    Err(refused(
+        format!("{id} is not enrolled with this leader (key {})", key.fingerprint()),
+        format!("it needs an invitation: `d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
+    ))
+}
+
+/// Enroll `key` as `hello.peer_id`'s, committed before the caller welcomes it.
+async fn enroll(
+    mesh: &Arc<Mesh>,
+    hello: &Hello,
+    from: SocketAddr,
+    key: PublicKey,
+    token: Option<String>,
+) -> Result<(), ErrorBody> {
+    let row = PeerInfo {
+        id: hello.peer_id.clone(),
+        addr: from.ip().to_string(),
+        port: hello.listen_port,
+        role: Role::Worker,
+        online: false,
+        last_seen: None,
+        version: hello.version.clone(),
+        hostname: hello.hostname.clone(),
+        first_seen: None,
+        wg_public_key: None,
+        handshake_age_secs: None,
+        public_key: Some(key),
+    };
+    let now = unix_now();
+    let id = row.id.clone();
+    let how = match &token {
+        Some(t) => format!("join token {t}"),
+        None => "its earlier enrollment or the mesh key".into(),
+    };
+    mesh.store
+        .call_durable(move |st| st.enroll(&row, token.as_deref().map(|t| (t, now)), now))
+        .await
+        .map_err(db)?
+        .map_err(|e| refused(e, "ask the leader for a new token: `d invite`"))?;
+    tracing::info!("enrolled {id} with key {} ({how})", key.fingerprint());
+    Ok(())
+}
+
+/// A worker's check of a dialer: the leader's registry says which key `hello.peer_id` has.
+pub async fn check_at_worker(
+    mesh: &Arc<Mesh>,
+    hello: &Hello,
+    proof: &Proof,
+) -> Result<(), ErrorBody> {
+    let id = &hello.peer_id;
+    let link = mesh.leader_session().map_err(|e| {
+        refused(
+            format!(
+                "cannot check {id}'s key: the leader is unreachable ({})",
+                e.error
+            ),
+            "try again once this worker's link to the leader is up (`d getPeerStatus`)",
+        )
+    })?;
+    let enrolled = if *id == link.peer.id {
+        link.peer.key
+    } else {
+        match link.query(Query::ResolvePeer { peer: id.clone() }).await? {
+            Answer::Peer { peer } => peer.public_key,
+            Answer::Error(e) if e.kind == ErrorKind::PeerNotFound => None,
+            Answer::Error(e) => return Err(e),
+            other => {
+                return Err(ErrorBody::invalid(format!(
+                    "unexpected answer from the leader: {other:?}"
+                )))
+            }
+        }
+    };
+    match (proof.key, enrolled) {
+        (None, Some(k)) => Err(legacy_refused(id, &k)),
+        (None, None) => Ok(()),
+        (Some(key), Some(k)) if key == k => Ok(()),
+        (Some(key), Some(k)) => Err(taken(id, &k, &key)),
+        (Some(_), None) if proof.mesh_key => Ok(()),
+        (Some(key), None) => Err(refused(
+            format!("{id} is not enrolled with the leader (key {})", key.fingerprint()),
+            format!("it needs an invitation: `d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
+        )),
+    }
+}
+
+fn taken(id: &str, enrolled: &PublicKey, offered: &PublicKey) -> ErrorBody {
+    refused(
+        format!(
+            "{id} is enrolled under key {}; this daemon has {}: refused",
+            enrolled.fingerprint(),
+            offered.fingerprint()
+        ),
+        format!("if the machine was reinstalled: `d revoke --peer {id}` on the leader and join again with a token from `d invite --id {id}`; otherwise give this machine its own id (`d join TOKEN --id NAME`)"),
+    )
+}
+
+fn legacy_refused(id: &str, enrolled: &PublicKey) -> ErrorBody {
+    refused(
+        format!(
+            "{id} is enrolled under key {}, and this connection proved only the shared mesh key: refused",
+            enrolled.fingerprint()
+        ),
+        format!("an old d-daemon cannot act as an enrolled peer: upgrade d on {id}"),
+    )
+}

@@ -1,0 +1,321 @@
+//! Identity keys in the leader's registry (the `public_key` column of
+//! `peers`) and its join invitations (`invites`: only the SHA-256 of each
+//! secret is kept).
+
+use d_proto::keys::PublicKey;
+use d_proto::types::PeerInfo;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::{RegistryError, Store};
+
+/// An invitation as the leader keeps it (`d invite --list` shows these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRow {
+    pub token_id: String,
+    #[serde(skip)]
+    pub secret_hash: [u8; 32],
+    /// The peer id it was minted for, if any.
+    pub id: Option<String>,
+    /// It may replace the key `id` is enrolled under (`d invite --replace`).
+    pub replace: bool,
+    /// Unix seconds.
+    pub created: u64,
+    pub expires: u64,
+    pub spent_at: Option<u64>,
+    pub spent_by: Option<String>,
+    pub revoked: bool,
+}
+
+impl InviteRow {
+    /// Why it cannot be used at `now`, if it cannot.
+    pub fn unusable(&self, now: u64) -> Option<String> {
+        let t = &self.token_id;
+        if self.revoked {
+            return Some(format!("join token {t} was revoked on the leader"));
+        }
+        if let Some(by) = &self.spent_by {
+            return Some(format!(
+                "join token {t} was already used (by {by}): a token joins one machine once"
+            ));
+        }
+        if now >= self.expires {
+            return Some(format!(
+                "join token {t} expired {}s ago",
+                now - self.expires
+            ));
+        }
+        None
+    }
+}
+
+/// Invitations spent, revoked or expired this long ago are deleted.
+pub const INVITE_KEEP_SECS: u64 = 7 * 24 * 3600;
+/// Most invitations a leader keeps unspent at once.
+pub const MAX_OPEN_INVITES: u64 = 10_000;
+
+const INVITE_COLUMNS: &str =
+    "token_id, secret_hash, id, replace_key, created, expires, spent_at, spent_by, revoked";
+
+fn row_to_invite(r: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
+    let hash: Vec<u8> = r.get(1)?;
+    Ok(InviteRow {
+        token_id: r.get(0)?,
+        secret_hash: hash.as_slice().try_into().unwrap_or([0; 32]),
+        id: r.get(2)?,
+        replace: r.get::<_, i64>(3)? != 0,
+        created: r.get::<_, i64>(4)? as u64,
+        expires: r.get::<_, i64>(5)? as u64,
+        spent_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        spent_by: r.get(7)?,
+        revoked: r.get::<_, i64>(8)? != 0,
+    })
+}
+
+impl Store {
+    /// The key `id` is enrolled under.
+    pub fn enrolled_key(&self, id: &str) -> Result<Option<PublicKey>, RegistryError> {
+        let k: Option<Option<String>> = self
+            .conn
+            .query_row("SELECT public_key FROM peers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(k.flatten().and_then(|k| PublicKey::from_base64(&k).ok()))
+    }
+
+    /// The id `key` is enrolled under.
+    pub fn key_owner(&self, key: &PublicKey) -> Result<Option<String>, RegistryError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM peers WHERE public_key = ?1",
+                [key.to_base64()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Enroll `row.public_key` as `row.id`'s key, in one savepoint: the key
+    /// leaves any other id it was enrolled under (a renamed machine), and
+    /// `spend` (token id, unix now) is marked used by `row.id`. `Ok(Err)`:
+    /// the token cannot be spent (used, revoked or expired meanwhile);
+    /// nothing changed.
+    pub fn enroll(
+        &mut self,
+        row: &PeerInfo,
+        spend: Option<(&str, u64)>,
+        now: u64,
+    ) -> Result<Result<(), String>, RegistryError> {
+        let Some(key) = row.public_key else {
+            return Ok(Err("no key to enroll".into()));
+        };
+        let sp = self.conn.savepoint()?;
+        if let Some((token_id, at)) = spend {
+            let n = sp.execute(
+                "UPDATE invites SET spent_at = ?2, spent_by = ?3
+                 WHERE token_id = ?1 AND spent_at IS NULL AND revoked = 0 AND expires > ?2",
+                params![token_id, at as i64, row.id],
+            )?;
+            if n == 0 {
+                return Ok(Err(format!(
+                    "join token {token_id} can no longer be used (spent, revoked or expired)"
+                )));
+            }
+        }
+        sp.execute(
+            "UPDATE peers SET public_key = NULL WHERE public_key = ?1 AND id != ?2",
+            params![key.to_base64(), row.id],
+        )?;
+        sp.execute("DELETE FROM revoked_ids WHERE id = ?1", [&row.id])?;
+        sp.execute(
+            "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
+             ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key",
+            params![
+                row.id,
+                row.addr,
+                row.port,
+                row.role.as_str(),
+                row.version,
+                row.hostname,
+                now as i64,
+                row.wg_public_key,
+                key.to_base64()
+            ],
+        )?;
+        sp.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Revoke `id`: its row (and key) goes, and a tombstone stops the
+    /// shared mesh key from enrolling it again (only a new invitation can).
+    /// Returns whether it had a row.
+    pub fn revoke_peer(&mut self, id: &str, now: u64) -> Result<bool, RegistryError> {
+        let sp = self.conn.savepoint()?;
+        let n = sp.execute("DELETE FROM peers WHERE id = ?1", [id])?;
+        sp.execute(
+            "INSERT INTO revoked_ids (id, revoked_at) VALUES (?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at",
+            params![id, now as i64],
+        )?;
+        sp.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Whether `id` was revoked (and not enrolled again since).
+    pub fn is_revoked(&self, id: &str) -> Result<bool, RegistryError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM revoked_ids WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// File a new invitation; old spent, revoked and expired ones are pruned.
+    /// Refused beyond [`MAX_OPEN_INVITES`] unspent ones.
+    pub fn add_invite(&self, inv: &InviteRow) -> Result<Result<(), String>, RegistryError> {
+        self.conn.execute(
+            "DELETE FROM invites WHERE (spent_at IS NOT NULL OR revoked != 0 OR expires <= ?1) AND ?1 - created > ?2",
+            params![inv.created as i64, INVITE_KEEP_SECS as i64],
+        )?;
+        let open: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM invites WHERE spent_at IS NULL AND revoked = 0 AND expires > ?1",
+            [inv.created as i64],
+            |r| r.get(0),
+        )?;
+        if open as u64 >= MAX_OPEN_INVITES {
+            return Ok(Err(format!(
+                "{open} invitations are open already: revoke some (`d invite --list`, `d invite --revoke TOKEN_ID`) or let them expire"
+            )));
+        }
+        self.conn.execute(
+            &format!("INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, 0)"),
+            params![
+                inv.token_id,
+                inv.secret_hash.to_vec(),
+                inv.id,
+                inv.replace as i64,
+                inv.created as i64,
+                inv.expires as i64
+            ],
+        )?;
+        Ok(Ok(()))
+    }
+
+    pub fn get_invite(&self, token_id: &str) -> Result<Option<InviteRow>, RegistryError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {INVITE_COLUMNS} FROM invites WHERE token_id = ?1"),
+                [token_id],
+                row_to_invite,
+            )
+            .optional()?)
+    }
+
+    /// Every invitation kept, newest first.
+    pub fn list_invites(&self) -> Result<Vec<InviteRow>, RegistryError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {INVITE_COLUMNS} FROM invites ORDER BY created DESC, token_id LIMIT 1000"
+        ))?;
+        let rows = stmt.query_map([], row_to_invite)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revoke an unspent invitation; returns whether one was revoked.
+    pub fn revoke_invite(&self, token_id: &str) -> Result<bool, RegistryError> {
+        Ok(self.conn.execute(
+            "UPDATE invites SET revoked = 1 WHERE token_id = ?1 AND spent_at IS NULL AND revoked = 0",
+            [token_id],
+        )? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use d_proto::keys::KeyPair;
+    use d_proto::types::Role;
+
+    fn row(id: &str, key: PublicKey) -> PeerInfo {
+        PeerInfo {
+            id: id.into(),
+            addr: "198.18.0.5".into(),
+            port: 3600,
+            role: Role::Worker,
+            online: false,
+            last_seen: None,
+            version: "v".into(),
+            hostname: "h".into(),
+            first_seen: None,
+            wg_public_key: None,
+            handshake_age_secs: None,
+            public_key: Some(key),
+        }
+    }
+
+    fn invite(token_id: &str, expires: u64) -> InviteRow {
+        InviteRow {
+            token_id: token_id.into(),
+            secret_hash: [7; 32],
+            id: None,
+            replace: false,
+            created: 100,
+            expires,
+            spent_at: None,
+            spent_by: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn enroll_spend_once_rename_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Store::open(&dir.path().join("d.db")).unwrap();
+        let k = KeyPair::generate().unwrap().public();
+        st.add_invite(&invite("00000000000000aa", 1000))
+            .unwrap()
+            .unwrap();
+        st.enroll(&row("laptop", k), Some(("00000000000000aa", 200)), 200)
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.enrolled_key("laptop").unwrap(), Some(k));
+        assert_eq!(st.key_owner(&k).unwrap().as_deref(), Some("laptop"));
+        // The token is spent: a second use changes nothing.
+        let k2 = KeyPair::generate().unwrap().public();
+        let e = st
+            .enroll(&row("other", k2), Some(("00000000000000aa", 201)), 201)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("can no longer be used"), "{e}");
+        assert_eq!(st.enrolled_key("other").unwrap(), None);
+        let inv = st.get_invite("00000000000000aa").unwrap().unwrap();
+        assert_eq!(inv.spent_by.as_deref(), Some("laptop"));
+        assert!(inv.unusable(201).unwrap().contains("already used"));
+        // An expired token is refused.
+        st.add_invite(&invite("00000000000000bb", 300))
+            .unwrap()
+            .unwrap();
+        assert!(st
+            .enroll(&row("late", k2), Some(("00000000000000bb", 300)), 300)
+            .unwrap()
+            .is_err());
+        // Renaming moves the key.
+        st.enroll(&row("laptop2", k), None, 400).unwrap().unwrap();
+        assert_eq!(st.enrolled_key("laptop").unwrap(), None);
+        assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
+        // Revoking a token, and a peer.
+        st.add_invite(&invite("00000000000000cc", 9000))
+            .unwrap()
+            .unwrap();
+        assert!(st.revoke_invite("00000000000000cc").unwrap());
+        assert!(!st.revoke_invite("00000000000000cc").unwrap());
+        assert!(st.revoke_peer("laptop2", 500).unwrap());
+        assert_eq!(st.enrolled_key("laptop2").unwrap(), None);
+        assert!(st.is_revoked("laptop2").unwrap());
+        // A new enrollment lifts the tombstone.
+        st.enroll(&row("laptop2", k), None, 600).unwrap().unwrap();
+        assert!(!st.is_revoked("laptop2").unwrap());
+    }
+}
