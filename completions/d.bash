@@ -84,6 +84,9 @@ _d() {
             d,revoke)
                 cmd="d__subcmd__revoke"
                 ;;
+            d,rsh)
+                cmd="d__subcmd__rsh"
+                ;;
             d,setPeerConfig)
                 cmd="d__subcmd__setPeerConfig"
                 ;;
@@ -156,6 +159,9 @@ _d() {
             d__subcmd__help,revoke)
                 cmd="d__subcmd__help__subcmd__revoke"
                 ;;
+            d__subcmd__help,rsh)
+                cmd="d__subcmd__help__subcmd__rsh"
+                ;;
             d__subcmd__help,setPeerConfig)
                 cmd="d__subcmd__help__subcmd__setPeerConfig"
                 ;;
@@ -193,7 +199,7 @@ _d() {
 
     case "${cmd}" in
         d)
-            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp jobs targets completions mcp help"
+            opts="-v -h -V --socket --json --verbose --help --version ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh jobs targets completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -395,7 +401,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --strict --socket --json --verbose --help"
+            opts="-n -u -v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -449,6 +455,21 @@ _d() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
                 --socket)
                     local oldifs
                     if [ -n "${IFS+x}" ]; then
@@ -472,13 +493,28 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeerByIp)
-            opts="-v -h --timeout --socket --json --verbose --help"
+            opts="-n -u -v -h --timeout --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --timeout)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
@@ -602,7 +638,7 @@ _d() {
             return 0
             ;;
         d__subcmd__help)
-            opts="ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp jobs targets completions mcp help"
+            opts="ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh jobs targets completions mcp help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -938,6 +974,20 @@ _d() {
             return 0
             ;;
         d__subcmd__help__subcmd__revoke)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__help__subcmd__rsh)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1499,6 +1549,35 @@ _d() {
                     fi
                     return 0
                     ;;
+                --socket)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        d__subcmd__rsh)
+            opts="-v -h --socket --json --verbose --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --socket)
                     local oldifs
                     if [ -n "${IFS+x}" ]; then

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v git >/dev/null || need_apt+=(git)
+# `d rsh` is tested as the transport of real rsync and git (daemon/tests/rsh.rs).
+command -v rsync >/dev/null || need_apt+=(rsync)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum, ValueHint};
-use d_proto::control::Request;
+use d_proto::control::{ExecOpts, Request};
 
 // The fleet's flags (rollout control, `d jobs`), in their own file; the path
 // is explicit so that xtask, which compiles this file by path, finds it too.
@@ -51,7 +51,7 @@ const AT_HELP: &str = "\
                           remotePull, remoteBd, remoteDeployDaemon and doctor get --peer vps
   d @vps WORDS...         a shell command on vps, in its default directory; the words are
                           joined with spaces, as ssh does (quote for the remote shell)
-  d @vps [--directory DIR] [--timeout SECS] [--] WORDS...
+  d @vps [--directory DIR] [--timeout SECS] [-n] [-u USER] [--env NAME=VALUE] [--] WORDS...
                           `--` reads the words as a shell command even if the first is a
                           d command (`d @vps -- ping -c1 host`)
   d @all WORDS...         on every registered peer at once; `d @a,b WORDS...` on several:
@@ -240,7 +240,7 @@ pub enum Command {
         /// Working directory on the peer (empty: the peer's default directory).
         #[arg(long, value_name = "DIR", value_hint = ValueHint::DirPath)]
         directory: String,
-        /// Command, run with `/bin/sh -c`.
+        /// Command, run with the target user's login shell and `-c` (as ssh does).
         #[arg(long = "shellCmd", value_name = "CMD", value_hint = ValueHint::CommandString)]
         shell_cmd: String,
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
@@ -263,6 +263,8 @@ pub enum Command {
         /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).
         #[arg(long)]
         strict: bool,
+        #[command(flatten)]
+        job: JobFlags,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.
@@ -273,12 +275,38 @@ pub enum Command {
         /// Working directory on the peer.
         #[arg(value_name = "DIR", value_hint = ValueHint::DirPath)]
         directory: String,
-        /// Command, run with `/bin/sh -c`.
+        /// Command, run with the target user's login shell and `-c` (as ssh does).
         #[arg(value_name = "CMD", value_hint = ValueHint::CommandString)]
         shell_cmd: String,
         /// Seconds before the command's process group is ended (0 = no limit; default 30).
         #[arg(long, value_name = "SECS", value_hint = ValueHint::Other)]
         timeout: Option<u64>,
+        #[command(flatten)]
+        job: JobFlags,
+    },
+
+    /// Run a command on a peer with ssh's argument shape, for programs that run ssh
+    ///
+    ///   d rsh [-l USER] [-p PORT] [-o OPT]... [USER@]PEER COMMAND...
+    ///
+    /// For `rsync -e 'd rsh' dir/ desktop:/srv/dir/` and
+    /// `GIT_SSH_COMMAND='d rsh' git clone desktop:/srv/repo.git`. The words after PEER
+    /// are joined with spaces for the user's login shell on PEER (as ssh does); stdin,
+    /// stdout and stderr are the command's, byte for byte; d exits with its status
+    /// (255: an error of d). -l USER or USER@ runs it as USER (--user); -n gives it
+    /// /dev/null; -o SendEnv=NAME passes NAME from here (--env); -G prints the
+    /// destination. Ports, keys, ciphers, config files, -T, -v, -q, -4/-6 do not apply and
+    /// are ignored; -t, -N, -f and forwarding (-L -R -D -W -w) are refused. No time limit.
+    #[command(verbatim_doc_comment)]
+    Rsh {
+        /// ssh's arguments: [OPTIONS] [USER@]PEER COMMAND...
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            num_args = 0..
+        )]
+        args: Vec<String>,
     },
 
     /// Fan-out job history kept by the local daemon: list, show one, or rerun one.
@@ -346,6 +374,42 @@ pub enum Command {
     },
 }
 
+/// How a job runs on its target, beyond its command (`execOnPeer`,
+/// `execOnPeerByIp`, `d @PEER`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct JobFlags {
+    /// Give the job /dev/null as stdin (as `ssh -n`); without it, d's stdin goes to the job
+    /// when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest).
+    #[arg(short = 'n', long = "no-stdin")]
+    pub no_stdin: bool,
+    /// Run as this user of the target: its uid, groups, HOME, USER, LOGNAME, SHELL, its
+    /// login shell, its home as the default directory (the target's daemon must run as root).
+    #[arg(short = 'u', long, value_name = "USER", value_hint = ValueHint::Username)]
+    pub user: Option<String>,
+    /// Set a variable for the job (repeatable; the audit log records the name, never the value).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_pair, value_hint = ValueHint::Other)]
+    pub env: Vec<(String, String)>,
+}
+
+impl JobFlags {
+    /// The request's options (stdin is decided when the job starts).
+    pub fn opts(&self) -> ExecOpts {
+        ExecOpts {
+            stdin: false,
+            user: self.user.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
+/// `NAME=VALUE` of `--env`.
+pub fn env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
 /// `--parallel` of `execOnPeer` and `d @a,b`: peers run at once.
 pub const DEFAULT_PARALLEL: u32 = 64;
 
@@ -371,6 +435,7 @@ impl Command {
                     action: Some(JobsAction::Rerun { .. }),
                     ..
                 }
+                | Command::Rsh { .. }
         )
     }
 
@@ -436,6 +501,7 @@ impl Command {
                 directory,
                 shell_cmd,
                 timeout,
+                job,
                 ..
             } => Request::ExecOnPeer {
                 peer: peer.clone(),
@@ -443,23 +509,27 @@ impl Command {
                 shell_cmd: shell_cmd.clone(),
                 timeout: *timeout,
                 raw_output: false,
+                opts: job.opts(),
             },
             Command::ExecOnPeerByIp {
                 ip,
                 directory,
                 shell_cmd,
                 timeout,
+                job,
             } => Request::ExecOnPeerByIp {
                 ip: ip.clone(),
                 directory: directory.clone(),
                 shell_cmd: shell_cmd.clone(),
                 timeout: *timeout,
                 raw_output: false,
+                opts: job.opts(),
             },
             Command::Completions { .. }
             | Command::Mcp { .. }
             | Command::Targets { .. }
-            | Command::Jobs { .. } => return None,
+            | Command::Jobs { .. }
+            | Command::Rsh { .. } => return None,
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }
             | Command::RemoteBd { .. }
@@ -580,6 +650,7 @@ mod tests {
                 shell_cmd: "git pull".into(),
                 timeout: Some(5),
                 raw_output: false,
+                opts: Default::default(),
             })
         );
         let c = try_parse(&["d", "execOnPeerByIp", "10.0.0.1", "/opt", "pwd"]).unwrap();
@@ -591,8 +662,49 @@ mod tests {
                 shell_cmd: "pwd".into(),
                 timeout: None,
                 raw_output: false,
+                opts: Default::default(),
             })
         );
+        let c = try_parse(&[
+            "d",
+            "execOnPeer",
+            "--peer",
+            "vps",
+            "--directory",
+            "",
+            "--shellCmd",
+            "id",
+            "-n",
+            "-u",
+            "app",
+            "--env",
+            "A=1=2",
+            "--env",
+            "B=",
+        ])
+        .unwrap();
+        let Command::ExecOnPeer { job, .. } = &c.command else {
+            panic!("{c:?}")
+        };
+        assert!(job.no_stdin);
+        assert_eq!(job.opts().user.as_deref(), Some("app"));
+        assert_eq!(
+            job.opts().env,
+            vec![("A".into(), "1=2".into()), ("B".into(), String::new())]
+        );
+        assert!(try_parse(&[
+            "d",
+            "execOnPeer",
+            "--peer",
+            "vps",
+            "--directory",
+            "",
+            "--shellCmd",
+            "id",
+            "--env",
+            "=x",
+        ])
+        .is_err());
         let c = try_parse(&["d", "setPeerConfig", "--role", "boss"]).unwrap();
         assert_eq!(
             c.command.request(),

@@ -26,7 +26,9 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// Event tags this client understands; lines with another tag come from a
 /// newer daemon and are skipped rather than treated as garbage.
-const KNOWN_EVENTS: [&str; 6] = ["result", "error", "started", "stdout", "stderr", "exit"];
+const KNOWN_EVENTS: [&str; 7] = [
+    "result", "error", "started", "stdout", "stderr", "exit", "credit",
+];
 
 /// What [`Conn::next_reply`] read.
 pub enum Reply {
@@ -129,6 +131,14 @@ impl Conn {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A second handle on the connection, for writing a job's input while
+    /// this one reads its events.
+    pub fn input_stream(&self) -> Result<UnixStream, ErrorBody> {
+        self.stream
+            .try_clone()
+            .map_err(|e| self.io_error("Cannot share the connection", &e))
     }
 
     /// Whether the last error of [`Conn::next_event`] was the reply timeout.
@@ -456,7 +466,7 @@ fn unknown_event_tag(line: &[u8]) -> Option<String> {
 /// Write all of `buf` with MSG_NOSIGNAL: the process keeps the default SIGPIPE
 /// disposition (for `d listPeers | head`), but a daemon that already closed
 /// the socket must be an error here, not a silent death.
-fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+pub fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
     let fd = stream.as_raw_fd();
     while !buf.is_empty() {
         // SAFETY: `fd` is an open socket owned by `stream`, which outlives the
@@ -544,6 +554,7 @@ mod tests {
             shell_cmd: "true".into(),
             timeout: None,
             raw_output: false,
+            opts: Default::default(),
         };
         let server = std::thread::spawn(move || {
             let mut lines = Vec::new();

@@ -11,6 +11,7 @@ use d_proto::types::{ErrorBody, ErrorKind, ExitInfo, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
+use crate::input::{self, Input};
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
 
@@ -69,6 +70,15 @@ pub fn run(
     // No read timeout: a job may be silent for hours; the daemon notices a dead peer.
     conn.set_reply_timeout(None)?;
     conn.send_exec(req)?;
+    // Our stdin, if the job takes it, from a thread of its own.
+    let input = if takes_stdin(req) {
+        let input = Input::new(1);
+        input.attach(conn.input_stream()?);
+        input::start(&input);
+        Some(input)
+    } else {
+        None
+    };
 
     // With --json the output is collected for the final document.
     let mut collected: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
@@ -147,13 +157,18 @@ pub fn run(
                 }
                 return Ok(exit.status());
             }
+            Event::Credit { bytes } => {
+                if let Some(input) = &input {
+                    input.credit(0, bytes);
+                }
+            }
             // The peer lost, a daemon shutting down: with --json the job's
             // document still holds the output that came before (without
             // output, the error's own document, as for any command).
             Event::Error(e) if as_json && has_output(&collected) => {
                 return Ok(failed_report(&target, started, &collected, &e));
             }
-            Event::Error(e) => return Err(e),
+            Event::Error(e) => return Err(older_daemon(e)),
             Event::Result { .. } => {
                 return Err(ErrorBody::new(
                     ErrorKind::Other,
@@ -190,6 +205,38 @@ fn failed_report(
     render::out(&render::json(&report));
     crate::stdio::err(render::error_text(error).as_bytes());
     STATUS
+}
+
+/// Whether the request sends the job our stdin.
+pub fn takes_stdin(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::ExecOnPeer { opts, .. } | Request::ExecOnPeerByIp { opts, .. } if opts.stdin
+    )
+}
+
+/// A local daemon that predates standard input, `--user` or `--env`
+/// refuses the request's unknown field: say what to do instead.
+pub fn older_daemon(e: ErrorBody) -> ErrorBody {
+    let what = [
+        ("stdin", "standard input"),
+        ("user", "--user"),
+        ("env", "--env"),
+    ]
+    .into_iter()
+    .find(|(field, _)| e.error.contains(&format!("unknown field `{field}`")));
+    match what {
+        Some((field, what)) => ErrorBody::new(
+            ErrorKind::Other,
+            format!("The local d-daemon is older than d: it cannot pass {what} to a job"),
+        )
+        .hint(if field == "stdin" {
+            "upgrade d-daemon on this machine, or run with -n (the job reads /dev/null)"
+        } else {
+            "upgrade d-daemon on this machine"
+        }),
+        None => e,
+    }
 }
 
 /// Write one chunk and flush at once, so output is live. A failure is

@@ -51,6 +51,8 @@ pub fn main(cli: &Cli, action: Option<&JobsAction>, limit: u32) -> Result<i32, E
                 verbose: cli.verbose,
                 // A rerun names its peers: each is run (offline ones fail).
                 strict: true,
+                // No stdin: a rerun is not fed the input of the first run.
+                job: Default::default(),
             };
             let target = format!("jobs rerun {id}{}", if *failed { " --failed" } else { "" });
             fanout::exec_on(

@@ -22,10 +22,12 @@ mod conn;
 mod exec;
 mod fanout;
 mod history;
+mod input;
 mod jobs;
 mod mcp;
 mod ops;
 mod render;
+mod rsh;
 mod stop;
 mod targets;
 
@@ -218,6 +220,14 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
             Command::Targets { expr } => targets::show(&cli.socket, cli.verbose, expr, cli.json),
             Command::Jobs { action, limit } => jobs::main(cli, action.as_ref(), *limit),
+            Command::Rsh { args } => {
+                let r = rsh::parse(args)?;
+                if r.print_config {
+                    render::out(&r.config_text());
+                    return Ok(0);
+                }
+                exec::run(&cli.socket, &r.request(), None, false, cli.verbose)
+            }
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
             }
@@ -256,6 +266,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             gather,
             rollout,
             strict,
+            job,
         } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
@@ -264,10 +275,19 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,
+                job: d_proto::control::ExecOpts {
+                    stdin: input::wanted(job.no_stdin),
+                    ..job.opts()
+                },
             };
             return fanout::exec(&cli.socket, peer, directory, shell_cmd, *timeout, &opts);
         }
-        Command::ExecOnPeer { timeout, .. } | Command::ExecOnPeerByIp { timeout, .. } => {
+        Command::ExecOnPeer { timeout, job, .. } | Command::ExecOnPeerByIp { timeout, job, .. } => {
+            if let d_proto::control::Request::ExecOnPeer { opts, .. }
+            | d_proto::control::Request::ExecOnPeerByIp { opts, .. } = &mut req
+            {
+                opts.stdin = input::wanted(job.no_stdin);
+            }
             return exec::run(&cli.socket, &req, *timeout, cli.json, cli.verbose);
         }
         _ => {}
@@ -387,6 +407,7 @@ fn show(
         | Command::Mcp { .. }
         | Command::Targets { .. }
         | Command::Jobs { .. }
+        | Command::Rsh { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }
         | Command::RemoteDeployDaemon { .. } => String::new(),

@@ -94,11 +94,11 @@ pub fn with(stream: Stream, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) ->
     }
     let r = match stream {
         Stream::Out => {
-            let mut w = io::stdout().lock();
+            let mut w = Patient(io::stdout().lock(), 1);
             f(&mut w).and_then(|()| w.flush())
         }
         Stream::Err => {
-            let mut w = io::stderr().lock();
+            let mut w = Patient(io::stderr().lock(), 2);
             f(&mut w).and_then(|()| w.flush())
         }
     };
@@ -107,6 +107,51 @@ pub fn with(stream: Stream, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) ->
         Err(error) => {
             record(stream, error);
             false
+        }
+    }
+}
+
+/// A stream whose descriptor another program may have made non-blocking
+/// (rsync does, on the socket it gives `d rsh` as stdin and stdout): a write
+/// that would block waits until the descriptor is writable, then goes on.
+struct Patient<W>(W, std::os::fd::RawFd);
+
+impl<W: Write> Write for Patient<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_ready(self.1, false)?,
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            match self.0.flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_ready(self.1, false)?,
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Wait until `fd` is readable (`read`) or writable.
+pub fn wait_ready(fd: std::os::fd::RawFd, read: bool) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: if read { libc::POLLIN } else { libc::POLLOUT },
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd, valid for the call.
+        let r = unsafe { libc::poll(&mut p, 1, -1) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

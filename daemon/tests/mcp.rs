@@ -75,17 +75,16 @@ fn an_assistant_drives_a_mesh_through_d_mcp() {
         let tools = client.list_all_tools().await.expect("tools/list");
         let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         names.sort();
-        // No `cp` tool and no `user` field while this d has neither.
+        // No `cp` tool while this d has none; `user` since d has `execOnPeer --user`.
         assert_eq!(
             names,
             ["doctor", "execLog", "execOnPeer", "execOnPeers", "getPeerStatus", "listPeers"]
         );
         let exec = tools.iter().find(|t| t.name == "execOnPeer").unwrap();
         let props = exec.input_schema["properties"].as_object().unwrap();
-        for f in ["peer", "directory", "command", "timeout"] {
+        for f in ["peer", "directory", "command", "timeout", "user"] {
             assert!(props[f]["description"].is_string(), "{f}: {props:?}");
         }
-        assert!(!props.contains_key("user"));
         assert_eq!(exec.input_schema["required"], json!(["peer", "command"]));
 
         // listPeers: the registry, asked of the leader through laptop.

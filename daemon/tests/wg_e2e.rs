@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    client_bin, daemon_bin, kill_child, run_d, run_d_json, stderr, stdout, stop_child,
+    client_bin, daemon_bin, kill_child, run_d, run_d_in, run_d_json, stderr, stdout, stop_child,
     wait_answering, wait_for,
 };
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
@@ -398,6 +398,23 @@ fn relay_through_the_leader_when_spokes_cannot_meet() {
         "hostname",
     ]);
     assert_eq!(stdout(&o), "laptop\n", "{}", stderr(&o));
+    // Standard input through the relay: byte-exact (many windows, so credit
+    // flows back through the leader), its end passed on to the job.
+    let data: Vec<u8> = (0..6_000_000u32).map(|i| (i * 31 / 7) as u8).collect();
+    let o = run_d_in(
+        &laptop.socket(),
+        &["--verbose", "@desktop", "cat; echo eof-seen >&2"],
+        data.clone(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("relay via vps"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("eof-seen"), "{}", stderr(&o));
+    assert!(
+        o.stdout == data,
+        "relayed stdin differs ({} bytes of {})",
+        o.stdout.len(),
+        data.len()
+    );
     // Timeout and cancel travel through the relay too.
     let o = laptop.d(&[
         "execOnPeer",

@@ -6,6 +6,12 @@
 //! and reads [`Event`]s until a final one ([`Event::Result`], [`Event::Error`]
 //! or [`Event::Exit`]). Exec streams [`Event::Stdout`]/[`Event::Stderr`] first;
 //! closing the connection cancels the job.
+//!
+//! An exec request with `stdin` is followed, from the client, by
+//! the job's standard input as input frames ([`crate::frame::encode_input`],
+//! job 0) and [`ClientMsg`] lines: the client sends no more input than the
+//! daemon granted ([`crate::INPUT_WINDOW`] at the start, then each
+//! [`Event::Credit`]), then [`ClientMsg::End`].
 
 use std::borrow::Cow;
 
@@ -93,6 +99,10 @@ pub enum Request {
         /// field; the client then asks again without it.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         raw_output: bool,
+        /// What the job runs as and with, beyond the command (`--user`, `--env`,
+        /// standard input); absent: as before them.
+        #[serde(flatten)]
+        opts: ExecOpts,
     },
     ExecOnPeerByIp {
         ip: String,
@@ -101,6 +111,8 @@ pub enum Request {
         timeout: Option<u64>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         raw_output: bool,
+        #[serde(flatten)]
+        opts: ExecOpts,
     },
     /// On a leader: mint a one-time join token (`d invite`).
     Invite {
@@ -137,6 +149,42 @@ pub enum Request {
     Jobs {
         op: crate::jobs::JobOp,
     },
+}
+
+/// The exec options of protocol [`crate::PROTOCOL_STREAMS`], as a client
+/// asks for them (each left out when unused: older daemons refuse what they
+/// do not know, so they are never sent needlessly).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecOpts {
+    /// The client sends standard input after the request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Run as this user of the target (`--user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `--env NAME=VALUE`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+}
+
+/// What a client sends during a job that takes its input (after the request;
+/// see the module's header). Input may also come as JSON ([`ClientMsg::Data`]),
+/// for hand-written clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// A chunk of standard input.
+    Data { data: B64 },
+    /// Standard input has ended.
+    End,
+}
+
+/// Input frames stand for [`ClientMsg::Data`].
+impl crate::frame::Message for ClientMsg {
+    fn from_input(_job: u64, data: Vec<u8>) -> Option<Self> {
+        Some(ClientMsg::Data { data: B64(data) })
+    }
 }
 
 impl Request {
@@ -208,6 +256,11 @@ pub enum Event {
     Exit {
         peer: String,
         exit: ExitInfo,
+    },
+    /// Exec with stdin: the job consumed `bytes` of input; the client may
+    /// send that many more.
+    Credit {
+        bytes: u32,
     },
 }
 
@@ -284,8 +337,22 @@ mod tests {
                 shell_cmd: "git pull".into(),
                 timeout: None,
                 raw_output: false,
+                opts: ExecOpts::default(),
             }
         );
+        // The newer options, camelCase, beside the others.
+        let r: Request = serde_json::from_str(
+            r#"{"command":"execOnPeer","peer":"vps","directory":"","shellCmd":"id","stdin":true,"user":"app","env":[["A","1"]]}"#,
+        )
+        .unwrap();
+        let Request::ExecOnPeer { opts, .. } = &r else {
+            panic!("{r:?}")
+        };
+        assert!(opts.stdin && opts.user.as_deref() == Some("app") && opts.env.len() == 1);
+        assert!(serde_json::from_str::<Request>(
+            r#"{"command":"execOnPeer","peer":"vps","directory":"","shellCmd":"id","sudo":true}"#
+        )
+        .is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"ping","sudo":true}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"command":"getPeerInfo","peer":5}"#).is_err());

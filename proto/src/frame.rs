@@ -4,8 +4,9 @@
 //! [`MAX_FRAME`](crate::MAX_FRAME) bytes. A decoder made with
 //! [`FrameDecoder::with_binary`] also accepts *binary frames*: a `0x00` byte
 //! (which no JSON text starts with), a big-endian `u32` length, and that many
-//! bytes. Binary frames carry command output raw ([`encode_output`]), so a
-//! gigabyte of output is never base64'd, escaped and parsed on its way.
+//! bytes. Binary frames carry command output raw ([`encode_output`]) and a
+//! job's standard input raw ([`encode_input`]), so a gigabyte of either is
+//! never base64'd, escaped and parsed on its way.
 //!
 //! The decoder is sans-I/O so the async daemon and the blocking client share
 //! it, and so it can be property-tested and fuzzed on its own. Unlike
@@ -254,6 +255,52 @@ pub fn encode_output(job: u64, stream: Stream, data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Kind byte of an input frame's payload.
+const INPUT_KIND: u8 = 2;
+/// Kind, job id.
+const INPUT_HEADER: usize = 9;
+
+/// A binary frame carrying a chunk of a job's standard input (requester →
+/// target): `0x00`, length (u32 BE), then the payload: kind `2`, job id (u64
+/// BE; `0` on the control socket), the bytes.
+pub fn encode_input(job: u64, data: &[u8]) -> Vec<u8> {
+    let len = (INPUT_HEADER + data.len()) as u32;
+    let mut v = Vec::with_capacity(BINARY_HEADER + len as usize);
+    v.push(BINARY_MARK);
+    v.extend_from_slice(&len.to_be_bytes());
+    v.push(INPUT_KIND);
+    v.extend_from_slice(&job.to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// What a binary frame holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Binary {
+    /// A chunk of a job's output ([`encode_output`]).
+    Output(u64, Stream, BytesMut),
+    /// A chunk of a job's standard input ([`encode_input`]).
+    Input(u64, BytesMut),
+}
+
+/// Read a binary frame's payload ([`Frame::Binary`]): output or input.
+pub fn parse_binary(mut payload: BytesMut) -> Result<Binary, FrameError> {
+    if payload.first() == Some(&INPUT_KIND) {
+        if payload.len() < INPUT_HEADER {
+            return Err(FrameError::Binary(format!(
+                "{} bytes, shorter than an input header",
+                payload.len()
+            )));
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&payload[1..INPUT_HEADER]);
+        payload.advance(INPUT_HEADER);
+        return Ok(Binary::Input(u64::from_be_bytes(id), payload));
+    }
+    let (job, stream, data) = parse_output(payload)?;
+    Ok(Binary::Output(job, stream, data))
+}
+
 /// The job, stream and bytes of an output frame's payload ([`Frame::Binary`]).
 pub fn parse_output(mut payload: BytesMut) -> Result<(u64, Stream, BytesMut), FrameError> {
     if payload.len() < OUTPUT_HEADER {
@@ -276,10 +323,14 @@ pub fn parse_output(mut payload: BytesMut) -> Result<(u64, Stream, BytesMut), Fr
     Ok((u64::from_be_bytes(id), stream, payload))
 }
 
-/// A message type that output frames can stand for.
+/// A message type that output (or input) frames can stand for.
 pub trait Message: DeserializeOwned {
     /// The message an output frame stands for; `None` where output has no place.
     fn from_output(_job: u64, _stream: Stream, _data: Vec<u8>) -> Option<Self> {
+        None
+    }
+    /// The message an input frame stands for; `None` where input has no place.
+    fn from_input(_job: u64, _data: Vec<u8>) -> Option<Self> {
         None
     }
 }
@@ -287,15 +338,16 @@ pub trait Message: DeserializeOwned {
 /// Any JSON, checked later by the caller (the control socket reads requests so).
 impl Message for serde_json::Value {}
 
-/// Any frame into a message: lines are JSON, binary frames are output.
+/// Any frame into a message: lines are JSON, binary frames output or input.
 pub fn parse_frame<T: Message>(frame: Frame) -> Result<T, FrameError> {
     match frame {
         Frame::Line(line) => parse(&line),
-        Frame::Binary(payload) => {
-            let (job, stream, data) = parse_output(payload)?;
-            T::from_output(job, stream, data.to_vec())
-                .ok_or_else(|| FrameError::Binary("output is not expected here".into()))
-        }
+        Frame::Binary(payload) => match parse_binary(payload)? {
+            Binary::Output(job, stream, data) => T::from_output(job, stream, data.to_vec())
+                .ok_or_else(|| FrameError::Binary("output is not expected here".into())),
+            Binary::Input(job, data) => T::from_input(job, data.to_vec())
+                .ok_or_else(|| FrameError::Binary("input is not expected here".into())),
+        },
         Frame::TooLong => Err(FrameError::TooLong {
             max: crate::MAX_FRAME,
         }),
@@ -388,6 +440,35 @@ mod tests {
         b.extend_from_slice(&[b'\n'; 8]);
         b.extend_from_slice(b"ok\n");
         assert_eq!(d.decode(&mut b), Some(Frame::Line("ok".into())));
+    }
+
+    #[test]
+    fn input_frames() {
+        let mut d = FrameDecoder::new(64).with_binary();
+        let mut b = BytesMut::from(&encode_input(9, b"\x00in\n")[..]);
+        b.extend_from_slice(&encode_input(1, b""));
+        let frames = all(&mut d, &mut b);
+        let parsed: Vec<Binary> = frames
+            .into_iter()
+            .map(|f| match f {
+                Frame::Binary(p) => parse_binary(p).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            parsed,
+            vec![
+                Binary::Input(9, BytesMut::from(&b"\x00in\n"[..])),
+                Binary::Input(1, BytesMut::new())
+            ]
+        );
+        assert!(parse_binary(BytesMut::from(&[2u8, 0, 0][..])).is_err());
+        // Output frames read as before.
+        let out = encode_output(3, Stream::Stdout, b"x");
+        assert!(matches!(
+            parse_binary(BytesMut::from(&out[5..])),
+            Ok(Binary::Output(3, Stream::Stdout, _))
+        ));
     }
 
     #[test]

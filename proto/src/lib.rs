@@ -30,9 +30,15 @@ pub mod types;
 /// - 4: per-peer identity keys: both sides sign the handshake
 ///   ([`keys`]), the leader enrolls each peer's key (by a join token,
 ///   [`invite`]), and an enrolled id can be proven only by its key.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// - 5: a job's standard input (input frames, `input_end`, `input_credit`),
+///   jobs run as another user (`run_as`) and with variables set (`env`)
+///   ([`PROTOCOL_STREAMS`]).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
+/// The protocol that brought standard input, `--user` and `--env`: a daemon
+/// sends none of them on an older session.
+pub const PROTOCOL_STREAMS: u32 = 5;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -87,6 +93,12 @@ pub const LEGACY_PEERS_PAGE: u32 = 1000;
 pub const OUTPUT_CHUNK: usize = 256 * 1024;
 /// Output bytes a target may send for one job before the requester grants more.
 pub const JOB_WINDOW: u32 = 1024 * 1024;
+/// Input bytes a requester may send for one job (and a client to its daemon)
+/// before the receiving side grants more: one window per hop, so each hop
+/// holds at most this much of a job's standard input.
+pub const INPUT_WINDOW: u32 = 1024 * 1024;
+/// Most bytes of standard input per input frame.
+pub const INPUT_CHUNK: usize = 256 * 1024;
 
 /// `s` cut to `max` characters for an error message, saying how long it was:
 /// an answer must never echo a megabyte of hostile input back.
@@ -162,6 +174,7 @@ mod tests {
         assert_eq!(negotiate(2, 3), Some(3));
         assert_eq!(negotiate(2, 4), Some(4));
         assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(2, 5), Some(5));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);
     }

@@ -235,16 +235,41 @@ pub enum PeerMsg {
     Cancel {
         job: u64,
     },
+    /// A chunk of a job's standard input (starter → receiver; protocol 4:
+    /// sent as an input frame, [`crate::frame::encode_input`]). The starter
+    /// sends only what the receiver's credit allows ([`crate::INPUT_WINDOW`]).
+    Input {
+        job: u64,
+        data: B64,
+    },
+    /// The job's standard input has ended: the job reads end-of-file once
+    /// it has read what came before.
+    InputEnd {
+        job: u64,
+    },
+    /// The receiver consumed `bytes` of the job's input: the starter may send
+    /// that many more.
+    InputCredit {
+        job: u64,
+        bytes: u32,
+    },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
 }
 
-/// Output frames stand for [`PeerMsg::Output`] (sessions of protocol 3 on).
+/// Output frames stand for [`PeerMsg::Output`] (sessions of protocol 3 on),
+/// input frames for [`PeerMsg::Input`] (protocol 4 on).
 impl crate::frame::Message for PeerMsg {
     fn from_output(job: u64, stream: Stream, data: Vec<u8>) -> Option<Self> {
         Some(PeerMsg::Output {
             job,
             stream,
+            data: B64(data),
+        })
+    }
+    fn from_input(job: u64, data: Vec<u8>) -> Option<Self> {
+        Some(PeerMsg::Input {
+            job,
             data: B64(data),
         })
     }

@@ -236,6 +236,12 @@ pub struct ExecRecord {
     pub duration_ms: u64,
     /// stdout + stderr bytes.
     pub output_bytes: u64,
+    /// The user it ran as on the target (`--user`), if not the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// The names of the variables `--env` set (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
 }
 
 /// Which output stream a chunk belongs to.
@@ -247,11 +253,17 @@ pub enum Stream {
 }
 
 /// What a job runs, as sent to its target.
+///
+/// The fields after `relay_to` came with protocol [`crate::PROTOCOL_STREAMS`]:
+/// each is left out when unused, so a job that uses none of them reads the
+/// same to older daemons, and a daemon never sends one to a session of an
+/// older protocol ([`ExecSpec::needs_streams`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecSpec {
-    /// Working directory, a literal path (never shell text).
+    /// Working directory, a literal path (never shell text); empty: the
+    /// target's default directory (the home of [`ExecSpec::run_as`] when set).
     pub directory: String,
-    /// Run with `/bin/sh -c`.
+    /// Run with the target user's login shell and `-c` (as sshd does).
     pub shell_cmd: String,
     /// Seconds; 0 = no limit.
     pub timeout_secs: u64,
@@ -269,6 +281,52 @@ pub struct ExecSpec {
     /// leader holds, because the requester cannot reach it directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay_to: Option<String>,
+    /// The requester streams standard input for the job (input frames, then
+    /// its end); otherwise the job reads `/dev/null`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Run as this user of the target (its uid, groups, HOME, shell), not as
+    /// the daemon's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// Variables set for the job, in order (a later one wins), after the
+    /// defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+}
+
+impl ExecSpec {
+    /// A job for `shell_cmd` in `directory`, the newer fields unused.
+    pub fn new(directory: impl Into<String>, shell_cmd: impl Into<String>) -> ExecSpec {
+        ExecSpec {
+            directory: directory.into(),
+            shell_cmd: shell_cmd.into(),
+            timeout_secs: 0,
+            requester: String::new(),
+            user: None,
+            action: None,
+            relay_to: None,
+            stdin: false,
+            run_as: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// What of this job a daemon before protocol [`crate::PROTOCOL_STREAMS`]
+    /// cannot do (`stdin`, `--user`, ...); empty if nothing.
+    pub fn needs_streams(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.stdin {
+            v.push("standard input");
+        }
+        if self.run_as.is_some() {
+            v.push("--user");
+        }
+        if !self.env.is_empty() {
+            v.push("--env");
+        }
+        v
+    }
 }
 
 /// The operations commands: what `remotePull`, `remoteBd` and

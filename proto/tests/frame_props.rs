@@ -176,13 +176,10 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
                 |(job, directory, shell_cmd, timeout_secs, user)| PeerMsg::Exec {
                     job,
                     spec: ExecSpec {
-                        directory,
-                        shell_cmd,
                         timeout_secs,
                         requester: "vps".into(),
                         user,
-                        action: None,
-                        relay_to: None,
+                        ..ExecSpec::new(directory, shell_cmd)
                     },
                 }
             ),
@@ -252,6 +249,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     shell_cmd,
                     timeout,
                     raw_output: false,
+                    opts: Default::default(),
                 }
             ),
         (proptest::option::of(arb_string()), any::<Option<u32>>())

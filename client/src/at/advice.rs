@@ -94,6 +94,8 @@ pub(super) fn registry_only(spec: &str, cmd: &str, user: &[String]) -> ErrorBody
 pub(super) fn names_its_peer(spec: &str, cmd: &str, user: &[String]) -> ErrorBody {
     let how = if cmd == "execOnPeer" {
         "names its peers itself (--peer)"
+    } else if cmd == "rsh" {
+        "names its peer itself (d rsh PEER CMD...)"
     } else {
         "names its peer by address"
     };

@@ -7,16 +7,17 @@
 //!
 //! - `-x EXPR` (with any command): the target becomes `(TARGET)!(EXPR)`;
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
-//!   `--parallel N`, `--gather`, the rollout control (`--batch`,
-//!   `--batch-wait`, `--max-errors`, `--fail-fast`, `--canary`) and the
-//!   global options again, then `--`
+//!   `--parallel N`, `--gather`, `-n`/`--no-stdin`, `-u`/`--user USER`,
+//!   `--env NAME=VALUE`, the rollout control (`--batch`, `--batch-wait`,
+//!   `--max-errors`, `--fail-fast`, `--canary`) and the global options
+//!   again, then `--`
 //!   to read the rest as a shell command whatever its first word;
 //! - a d command: `ping`, `getPeerStatus`, `listPeers`, `getPeerInfo`,
 //!   `getPeerIdByIp`, `dbSanityCheck`, `execLog` are answered by the target
 //!   (`Request::OnPeer`); `remotePull`, `remoteBd`, `remoteDeployDaemon` and
 //!   `doctor` run here with `--peer TARGET`; the local commands
 //!   (`setPeerConfig`, `registerWorker`, `completions`, `mcp`, `deletePeer`,
-//!   `execOnPeer`, `execOnPeerByIp`) are refused with the line that does it;
+//!   `execOnPeer`, `execOnPeerByIp`, `rsh`) are refused with the line that does it;
 //! - otherwise words of a shell command, run on the target in its default
 //!   directory: joined with single spaces, as ssh joins them, so the remote
 //!   shell reads them again (`d @vps echo '$HOME'` prints vps's home).
@@ -81,7 +82,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "jobs" => Kind::Local,
         "invite" | "revoke" => Kind::Registry,
         "deletePeer" => Kind::Registry,
-        "execOnPeer" | "execOnPeerByIp" => Kind::Exec,
+        "execOnPeer" | "execOnPeerByIp" | "rsh" => Kind::Exec,
         _ => return None,
     })
 }
@@ -131,6 +132,8 @@ struct ShellOpts {
     /// Rollout control, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
     rollout: Vec<String>,
     strict: bool,
+    /// `-n`, `-u USER`, `--env NAME=VALUE`, passed on as given.
+    job: Vec<String>,
     /// The ones given, for messages (`--timeout 5`).
     given: Vec<String>,
 }
@@ -176,6 +179,9 @@ fn plan_after(
                 | "--batch-wait"
                 | "--max-errors"
                 | "--canary"
+                | "--user"
+                | "-u"
+                | "--env"
         );
         let has_inline = inline.is_some();
         let value = if takes_value {
@@ -251,6 +257,18 @@ fn plan_after(
                 opts.strict = true;
                 opts.given.push(name.to_string());
             }
+            ("-n" | "--no-stdin", None) if !has_inline => {
+                opts.job.push("--no-stdin".into());
+                opts.given.push(name.to_string());
+            }
+            ("--user" | "-u", Some(v)) => {
+                opts.job.push(format!("--user={v}"));
+                opts.given.push(format!("--user {}", quote(&v)));
+            }
+            ("--env", Some(v)) => {
+                opts.job.push(format!("--env={v}"));
+                opts.given.push(format!("--env {}", quote(&v)));
+            }
             ("--help" | "-h", None) if !has_inline => {
                 return Ok(Plan::Argv(vec!["d".into(), "--help".into()]));
             }
@@ -258,7 +276,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --strict, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --strict, -n, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -353,5 +371,6 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
     if opts.strict {
         v.push("--strict".into());
     }
+    v.extend(opts.job);
     Plan::Argv(v)
 }

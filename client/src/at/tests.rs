@@ -316,7 +316,29 @@ fn clap_reads_the_lines_made_for_it() {
             shell_cmd: "-x --json".into(),
             timeout: None,
             raw_output: false,
+            opts: Default::default(),
         })
+    );
+    // -n, -u, --env pass through to the job.
+    let c = parse(p(&[
+        "@vps",
+        "-n",
+        "-u",
+        "app",
+        "--env=A=1",
+        "--env",
+        "B=2",
+        "id",
+    ]));
+    let crate::cli::Command::ExecOnPeer { job, shell_cmd, .. } = &c.command else {
+        panic!("{c:?}")
+    };
+    assert!(job.no_stdin);
+    assert_eq!(shell_cmd, "id");
+    assert_eq!(job.opts().user.as_deref(), Some("app"));
+    assert_eq!(
+        job.opts().env,
+        vec![("A".into(), "1".into()), ("B".into(), "2".into())]
     );
     let c = parse(p(&[
         "@a,b",

@@ -32,11 +32,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use d_proto::control::{Event, Request};
+use d_proto::control::{Event, ExecOpts, Request};
 use d_proto::types::{ErrorBody, ErrorKind, B64};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
+use crate::input::Input;
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
 use lines::Lines;
@@ -142,6 +143,10 @@ pub struct Options {
     pub strict: bool,
     pub json: bool,
     pub verbose: bool,
+    /// Each job's options; with `stdin`, every peer gets our stdin (all
+    /// peers then run at once, whatever `parallel`: the same bytes go to
+    /// each as they are read, see [`crate::input`]).
+    pub job: ExecOpts,
 }
 
 /// Run `shell_cmd` in `directory` on every peer `spec` names; `Ok` is the
@@ -180,15 +185,38 @@ pub fn exec_on(
     timeout: Option<u64>,
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
+    if opts.job.stdin && opts.rollout != rollout::Rollout::default() {
+        return Err(crate::targets::usage_error(
+            ErrorBody::invalid(
+                "Standard input goes to every peer at once, so --batch, --batch-wait, --max-errors, --fail-fast and --canary cannot be used with it",
+            )
+            .hint("give the job /dev/null with -n, or put the input in a file on each peer (`d cp`)"),
+        ));
+    }
     let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
+    let input = opts.job.stdin.then(|| Input::new(peers.len()));
+    if let Some(input) = &input {
+        crate::input::start(input);
+    }
+    // With stdin every peer runs at once (each gets the same bytes at the
+    // pace of the slowest), so no rollout control applies (refused above).
+    let parallel = if input.is_some() {
+        peers.len()
+    } else {
+        opts.parallel
+    };
     let (runs, halt) = rollout::run(
         peers,
-        opts.parallel,
+        parallel,
         &opts.rollout,
         |peer| {
+            let mut feed = input.as_deref().map(Feed::new);
             if offline.contains(peer) {
+                if let Some(f) = feed {
+                    f.finish();
+                }
                 return PeerRun {
                     outcome: Outcome::Offline,
                     stdout: Vec::new(),
@@ -202,11 +230,22 @@ pub fn exec_on(
                 shell_cmd: shell_cmd.to_string(),
                 timeout,
                 raw_output: false,
+                opts: opts.job.clone(),
             };
-            run_one(socket, peer, &req, limit, live, opts.verbose)
+            let run = run_one(socket, peer, &req, limit, live, opts.verbose, feed.as_mut());
+            if let Some(f) = feed {
+                f.finish();
+            }
+            run
         },
         |r| r.outcome.status() != 0,
     );
+    if let Some(input) = &input {
+        // Peers never started (interrupted) are not waited for.
+        for _ in runs.iter().filter(|r| r.is_none()) {
+            input.skip();
+        }
+    }
     let skipped = halt.as_ref().map(rollout::Halt::skipped_word);
     let runs: Vec<PeerRun> = runs
         .into_iter()
@@ -321,6 +360,37 @@ fn no_answer_message(peer: &str, limit: Duration) -> String {
     )
 }
 
+/// One peer's share of the fan-out's stdin: attached once its request is
+/// sent, done (or skipped, if it never was) once its job ended.
+struct Feed<'a> {
+    input: &'a Input,
+    index: Option<usize>,
+}
+
+impl<'a> Feed<'a> {
+    fn new(input: &'a Input) -> Feed<'a> {
+        Feed { input, index: None }
+    }
+
+    fn attach(&mut self, conn: &Conn) -> Result<(), ErrorBody> {
+        self.index = Some(self.input.attach(conn.input_stream()?));
+        Ok(())
+    }
+
+    fn credit(&self, bytes: u32) {
+        if let Some(i) = self.index {
+            self.input.credit(i, bytes);
+        }
+    }
+
+    fn finish(self) {
+        match self.index {
+            Some(i) => self.input.done(i),
+            None => self.input.skip(),
+        }
+    }
+}
+
 /// One peer's job on its own connection; with `live`, its lines are written
 /// as they complete, else its output is kept for the end.
 fn run_one(
@@ -330,6 +400,7 @@ fn run_one(
     limit: Option<Duration>,
     live: bool,
     verbose: bool,
+    mut feed: Option<&mut Feed>,
 ) -> PeerRun {
     let started = Instant::now();
     let mut out = Lines::new(peer);
@@ -359,6 +430,11 @@ fn run_one(
                 return Outcome::NoAnswer(limit.unwrap_or_default());
             }
             return Outcome::Failed(e);
+        }
+        if let Some(f) = feed.as_deref_mut() {
+            if let Err(e) = f.attach(&conn) {
+                return Outcome::Failed(e);
+            }
         }
         loop {
             if wait(&conn).is_err() {
@@ -395,7 +471,12 @@ fn run_one(
                     }
                     return Outcome::Exit(exit);
                 }
-                Event::Error(e) => return Outcome::Failed(e),
+                Event::Credit { bytes } => {
+                    if let Some(f) = feed.as_deref() {
+                        f.credit(bytes);
+                    }
+                }
+                Event::Error(e) => return Outcome::Failed(crate::exec::older_daemon(e)),
                 Event::Result { .. } => {
                     return Outcome::Failed(
                         ErrorBody::new(

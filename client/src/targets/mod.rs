@@ -266,6 +266,14 @@ fn word_set(
 /// Whether this process refused a target expression: `d` then exits 2.
 static USAGE: AtomicBool = AtomicBool::new(false);
 
+/// Mark this process as refusing its command line (`d` exits 2) and pass
+/// the error on: for usage errors found after clap (an expression, a flag
+/// combination).
+pub fn usage_error(e: ErrorBody) -> ErrorBody {
+    USAGE.store(true, Ordering::SeqCst);
+    e
+}
+
 /// Whether an expression was refused (the caller exits 2, a usage error).
 pub fn refused() -> bool {
     USAGE.load(Ordering::SeqCst)

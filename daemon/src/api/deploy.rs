@@ -28,11 +28,15 @@ use super::Daemon;
 use crate::jobs::{self as job, JobEvent, RunAs};
 
 /// How every job of this daemon starts: without the deploy's rollback
-/// variable (a job's own `d-daemon` must not take it for its own).
+/// variable (a job's own `d-daemon` must not take it for its own); the
+/// deploy's own steps in `/bin/sh` (their commands are config text written
+/// for it), shell commands in the user's shell (set by the caller).
 pub(super) fn job_options(run_as: Option<RunAs>) -> job::Options {
     job::Options {
         run_as,
         env_remove: &[ROLLBACK_ENV],
+        shell: Some("/bin/sh".into()),
+        stdin: None,
     }
 }
 
@@ -66,13 +70,10 @@ async fn step(
 ) -> Result<Option<ExitInfo>, ErrorBody> {
     let ops = &daemon.config.ops;
     let sub = ExecSpec {
-        directory: ops.repo_dir.display().to_string(),
-        shell_cmd: cmd.to_string(),
         timeout_secs: ops.timeout_secs,
         requester: spec.requester.clone(),
         user: spec.user.clone(),
-        action: None,
-        relay_to: None,
+        ..ExecSpec::new(ops.repo_dir.display().to_string(), cmd)
     };
     let opts = job_options(owner.cloned());
     let mut rx = job::spawn_with(sub, &daemon.job_ctx(), cancel.child_token(), opts);

@@ -5,15 +5,23 @@
 //! Output is written to the client as it comes; remote output is credited back
 //! only once written, so a slow client slows the remote command instead of
 //! filling memory. The client closing its connection cancels the job.
+//!
+//! A job with standard input (`stdin` in the request) reads what the client
+//! sends after the request: input frames into a [`CreditQueue`] of
+//! [`d_proto::INPUT_WINDOW`] bytes, consumed by the job here or forwarded to
+//! the target as its credit allows; each chunk used is credited back to the
+//! client ([`Event::Credit`]), so a client can never get more than a window
+//! ahead of the job, whatever the hops between.
 
 use std::sync::Arc;
 
-use d_proto::control::{Event, Request};
+use d_proto::control::{ClientMsg, Event, ExecOpts, Request};
 use d_proto::types::{Action, ErrorBody, ErrorKind, ExecRecord, ExecSpec, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use super::{job, Daemon};
+use super::{job, run_as, Daemon};
+use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
 use crate::mesh::route::{self, Route};
 use crate::transport::connection::{Read, Reader, Writer};
@@ -40,9 +48,10 @@ pub async fn serve<R, W>(
             shell_cmd,
             timeout,
             raw_output,
+            opts,
         } => (
             Ok(peer),
-            exec_spec(daemon, directory, shell_cmd, timeout, user),
+            exec_spec(daemon, directory, shell_cmd, timeout, user, opts),
             raw_output,
         ),
         Request::ExecOnPeerByIp {
@@ -51,9 +60,10 @@ pub async fn serve<R, W>(
             shell_cmd,
             timeout,
             raw_output,
+            opts,
         } => {
             let peer = route::peer_by_ip(&daemon.mesh, &ip).await;
-            let spec = exec_spec(daemon, directory, shell_cmd, timeout, user);
+            let spec = exec_spec(daemon, directory, shell_cmd, timeout, user, opts);
             (peer, spec, raw_output)
         }
         Request::RemotePull { peer } => (Ok(peer), ops_spec(daemon, Action::Pull, user), false),
@@ -88,15 +98,16 @@ fn exec_spec(
     shell_cmd: String,
     timeout: Option<u64>,
     user: Option<String>,
+    opts: ExecOpts,
 ) -> ExecSpec {
     ExecSpec {
-        directory,
-        shell_cmd,
         timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
         requester: daemon.me(),
         user,
-        action: None,
-        relay_to: None,
+        stdin: opts.stdin,
+        run_as: opts.user,
+        env: opts.env,
+        ..ExecSpec::new(directory, shell_cmd)
     }
 }
 
@@ -108,13 +119,10 @@ fn ops_spec(daemon: &Daemon, action: Action, user: Option<String>) -> ExecSpec {
         Action::Deploy => "remoteDeployDaemon",
     };
     ExecSpec {
-        directory: "(repo_dir)".into(),
-        shell_cmd: format!("({name})"),
-        timeout_secs: 0,
         requester: daemon.me(),
         user,
         action: Some(action),
-        relay_to: None,
+        ..ExecSpec::new("(repo_dir)", format!("({name})"))
     }
 }
 
@@ -137,8 +145,19 @@ fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
         ))
         .hint("put a long script in a file on the peer and run that"));
     }
-    Ok(())
+    if let Some(u) = &spec.run_as {
+        if u.is_empty() || u.len() > MAX_USER || u.contains(['\0', '/', ':']) {
+            return Err(
+                ErrorBody::invalid(format!("Invalid --user {:?}", d_proto::clip(u, 64)))
+                    .hint("--user names an account of the target machine"),
+            );
+        }
+    }
+    run_as::check_env(&spec.env)
 }
+
+/// Longest `--user` name (Linux allows 32; this leaves room for others).
+const MAX_USER: usize = 256;
 
 /// The source of a job's events, local or remote.
 enum Source {
@@ -214,18 +233,63 @@ async fn stream_to_client<R, W>(
         writer,
         raw,
     } = client;
+    // The job's standard input: what the client sends from now on, also
+    // while the way to the target is found.
+    let input = spec
+        .stdin
+        .then(|| CreditQueue::new(d_proto::INPUT_WINDOW as usize));
+    if input.is_some() {
+        // It comes as binary input frames after the request (only then: a
+        // request line is never read as one, whatever bytes start it).
+        reader.accept_binary();
+    }
+    let inbound = from_client(reader, input.clone());
+    tokio::pin!(inbound);
+    let gone = stream_events(
+        daemon,
+        peer,
+        spec,
+        writer,
+        raw,
+        input.clone(),
+        &mut inbound,
+        rec,
+    )
+    .await;
+    if let Some(q) = input {
+        q.close();
+    }
+    if let Some(why) = gone {
+        rec.error = Some(format!("cancelled: {why}"));
+    }
+}
+
+/// Stream the job's events to the client; `Some(why)` if it ended because
+/// the client went away (then the job was cancelled).
+#[allow(clippy::too_many_arguments)]
+async fn stream_events<W, F>(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    spec: ExecSpec,
+    writer: &mut Writer<W>,
+    raw: bool,
+    input: Option<Arc<CreditQueue>>,
+    inbound: &mut std::pin::Pin<&mut F>,
+    rec: &mut ExecRecord,
+) -> Option<String>
+where
+    W: AsyncWrite + Unpin,
+    F: std::future::Future<Output = String>,
+{
     let route = tokio::select! {
         r = route::route(&daemon.mesh, peer) => r,
-        _ = client_gone(reader) => {
-            rec.error = Some("cancelled: the client went away".into());
-            return;
-        }
+        why = inbound.as_mut() => return Some(why),
     };
     let started = match route {
         Err(e) => Err(e),
         Ok(Route::Local) => {
             let cancel = daemon.shutdown().child_token();
-            let rx = job::start(daemon, spec, cancel.clone());
+            let rx = job::start(daemon, spec, cancel.clone(), input.clone());
             let addr = daemon
                 .mesh
                 .endpoint
@@ -259,20 +323,38 @@ async fn stream_to_client<R, W>(
         Err(e) => {
             rec.error = Some(e.error.clone());
             let _ = writer.send(&Event::Error(e)).await;
-            return;
+            return None;
         }
     };
+    // A remote job's input goes on to the target as its credit allows.
+    if let (Source::Remote(j), Some(q)) = (&mut source, &input) {
+        if let Some(sink) = j.input.take() {
+            daemon.tasks().tracker.spawn(sink.forward(q.clone()));
+        }
+    }
     let started = Event::Started {
         peer: peer.to_string(),
         addr,
         path,
     };
-    let mut gone = writer.send(&started).await.is_err();
-    while !gone {
+    if writer.send(&started).await.is_err() {
+        source.cancel().await;
+        return Some("the client went away".into());
+    }
+    loop {
         let ev = tokio::select! {
             ev = source.next() => ev,
-            _ = client_gone(reader) => {
-                gone = true;
+            why = inbound.as_mut() => {
+                tracing::info!("client went away ({why}): cancelling the job on {peer}");
+                source.cancel().await;
+                return Some(why);
+            }
+            n = due(input.as_deref()) => {
+                let credit = Event::Credit { bytes: n as u32 };
+                if writer.send(&credit).await.is_err() {
+                    source.cancel().await;
+                    return Some("the client went away".into());
+                }
                 continue;
             }
         };
@@ -320,21 +402,58 @@ async fn stream_to_client<R, W>(
             }
         };
         let written = tokio::select! {
-            r = write => r.is_ok(),
-            _ = client_gone(reader) => false,
+            r = write => r.map_err(|_| "the client went away".to_string()),
+            why = inbound.as_mut() => Err(why),
         };
         if last {
-            return;
+            return None;
         }
-        if !written {
-            gone = true;
-            continue;
+        if let Err(why) = written {
+            tracing::info!("client went away ({why}): cancelling the job on {peer}");
+            source.cancel().await;
+            return Some(why);
         }
         source.consumed(n).await;
     }
-    tracing::info!("client went away: cancelling the job on {peer}");
-    rec.error = Some("cancelled: the client went away".into());
-    source.cancel().await;
+}
+
+/// Input credit due to the client; never resolves without input (or once
+/// the job no longer takes any).
+async fn due(q: Option<&CreditQueue>) -> usize {
+    if let Some(q) = q {
+        if let Some(n) = q.credit().await {
+            return n;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Read what the client sends during the job: standard input into `input`
+/// (when the job takes it; otherwise ignored, as anything else it sends),
+/// until it goes away; then resolves, saying why. More input than it was
+/// granted is a broken client: the job is cancelled.
+async fn from_client<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    input: Option<Arc<CreditQueue>>,
+) -> String {
+    loop {
+        match reader.read::<ClientMsg>().await {
+            Read::Eof => return "the client went away".into(),
+            Read::Msg(ClientMsg::Data { data }) => {
+                if let Some(q) = &input {
+                    if let Err(overrun) = q.push(&data.0) {
+                        return format!("the client sent {overrun}");
+                    }
+                }
+            }
+            Read::Msg(ClientMsg::End) => {
+                if let Some(q) = &input {
+                    q.end();
+                }
+            }
+            Read::Bad(_) => {}
+        }
+    }
 }
 
 /// What goes to the control client next: an event, or (when it asked for
@@ -342,13 +461,4 @@ async fn stream_to_client<R, W>(
 enum ToClient {
     Event(Event),
     Raw(Vec<u8>),
-}
-
-/// Resolves when the client closes its side (anything it sends mid-job is ignored).
-async fn client_gone<R: AsyncRead + Unpin>(reader: &mut Reader<R>) {
-    loop {
-        if let Read::Eof = reader.read::<serde_json::Value>().await {
-            return;
-        }
-    }
 }

@@ -9,25 +9,59 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::deploy::{self, job_options};
-use super::Daemon;
+use super::{run_as, Daemon};
 use crate::base::clock::unix_now_ms;
+use crate::base::credit::CreditQueue;
 use crate::jobs::{self, JobEvent};
 use crate::mesh::route;
 use crate::transport::{PeerDesc, Served};
 
 /// Start a job: a shell command, an operations action, or (on the leader) a
-/// job relayed to another peer.
+/// job relayed to another peer. `input` is its standard input (specs with
+/// `stdin`), closed once the job no longer needs it.
 pub fn start(
     daemon: &Arc<Daemon>,
-    spec: ExecSpec,
+    mut spec: ExecSpec,
     cancel: CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> mpsc::Receiver<JobEvent> {
     if spec.relay_to.is_some() {
-        return route::relay(&daemon.mesh, spec, cancel);
+        return route::relay(&daemon.mesh, spec, cancel, input);
     }
     let Some(action) = spec.action else {
-        return jobs::spawn_with(spec, &daemon.job_ctx(), cancel, job_options(None));
+        let run_as = match run_as::check_env(&spec.env)
+            .and_then(|()| run_as::resolve(&spec, &daemon.me()))
+        {
+            Ok(u) => u,
+            Err(e) => {
+                if let Some(q) = input {
+                    q.close();
+                }
+                return failed(e);
+            }
+        };
+        if let Some(u) = &run_as {
+            if spec.directory.is_empty() {
+                // As sshd: the user's home is where the command starts, `/`
+                // if it has none (nobody's is /nonexistent).
+                spec.directory = if std::path::Path::new(&u.home).is_dir() {
+                    u.home.clone()
+                } else {
+                    "/".into()
+                };
+            }
+        }
+        let opts = jobs::Options {
+            shell: daemon.config.shell.clone(),
+            stdin: input,
+            ..job_options(run_as)
+        };
+        return jobs::spawn_with(spec, &daemon.job_ctx(), cancel, opts);
     };
+    // Operations actions read no input.
+    if let Some(q) = input {
+        q.close();
+    }
     let (tx, rx) = mpsc::channel(4);
     let d = daemon.clone();
     daemon.tasks().tracker.spawn(async move {
@@ -72,6 +106,13 @@ pub fn said_at_shutdown(daemon: &Daemon, ev: JobEvent, who: &str, peer: &str) ->
     )
 }
 
+/// A job that failed before it started.
+fn failed(e: d_proto::types::ErrorBody) -> mpsc::Receiver<JobEvent> {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(JobEvent::Failed(e));
+    rx
+}
+
 /// A new audit record for a job about to start (the outcome is filled in later).
 pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> ExecRecord {
     ExecRecord {
@@ -87,6 +128,8 @@ pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> Exe
         error: None,
         duration_ms: 0,
         output_bytes: 0,
+        run_as: spec.run_as.clone(),
+        env_names: spec.env.iter().map(|(k, _)| k.clone()).collect(),
     }
 }
 
@@ -98,6 +141,7 @@ pub fn serve_for_peer(
     job: u64,
     spec: ExecSpec,
     cancel: CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> Served {
     tracing::info!(job, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", from.id);
     // The session's peer proved its id (its key, or the mesh key for a peer
@@ -126,7 +170,7 @@ pub fn serve_for_peer(
     let mut spec = spec;
     spec.requester = requester.clone();
     let mut rec = record("target", &spec, &requester, &daemon.me());
-    let mut inner = start(daemon, spec, cancel);
+    let mut inner = start(daemon, spec, cancel, input);
     // A job ended by this daemon's shutdown says so, even when its end
     // reaches the requester before the session's own shutdown notice.
     let (tx, events) = mpsc::channel(4);

@@ -7,6 +7,7 @@
 //! - [`exec`]: a job for a control client, streamed back as it runs.
 //! - [`job`]: starting a job here (shell command, operations action, relay),
 //!   and audit records.
+//! - [`run_as`]: `--user` (who may run as whom: one place) and `--env` checks.
 //! - [`peer`]: the [`Handler`](crate::transport::Handler) peer sessions report to.
 //! - [`audit`]: the audit log's writer, which keeps records the database refuses.
 //! - [`peer_config`], [`status`], [`doctor`], [`deploy`], [`invite`]: commands.
@@ -40,6 +41,7 @@ pub mod job;
 pub mod jobs;
 pub mod peer;
 pub mod peer_config;
+pub mod run_as;
 pub mod status;
 
 /// A command's answer as JSON text (one value): typed rows go straight to

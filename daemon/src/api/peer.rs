@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::{dispatch, job, Daemon};
+use crate::base::credit::CreditQueue;
 use crate::mesh::{admit, liveness, registry};
 use crate::transport::{Handler, PeerDesc, Proof, Served, Session};
 
@@ -54,7 +55,8 @@ impl Handler for Daemon {
         job: u64,
         spec: ExecSpec,
         cancel: CancellationToken,
+        input: Option<Arc<CreditQueue>>,
     ) -> Served {
-        job::serve_for_peer(&self, from, job, spec, cancel)
+        job::serve_for_peer(&self, from, job, spec, cancel, input)
     }
 }

@@ -70,6 +70,9 @@ pub struct FileConfig {
     /// Where `d @peer CMD` runs when no --directory is given (default: the
     /// daemon user's home).
     pub default_dir: Option<PathBuf>,
+    /// The shell jobs' commands run in with `-c`, for every user (default:
+    /// each user's login shell from the password database, `/bin/sh` if none).
+    pub shell: Option<PathBuf>,
     /// This machine's checkout of d's source (default /opt/d).
     pub repo_dir: Option<PathBuf>,
     /// Builds the daemon in `repo_dir` (default `cargo build --release --locked`).
@@ -124,6 +127,8 @@ pub struct Config {
     pub ops: Ops,
     /// Where a job without a directory runs (`d @peer CMD`).
     pub default_dir: PathBuf,
+    /// Config `shell`: overrides the users' login shells.
+    pub shell: Option<PathBuf>,
 }
 
 /// How much audit log to keep: whichever limit is reached first.
@@ -210,6 +215,7 @@ impl Config {
                     .map(|u| u.dir)
                     .unwrap_or_else(|| PathBuf::from("/"))
             }),
+            shell: file.shell.filter(|s| !s.as_os_str().is_empty()),
             ops: Ops {
                 repo_dir: file.repo_dir.unwrap_or_else(|| PathBuf::from("/opt/d")),
                 build_cmd: file

@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod credit;
 pub mod identity;
 pub mod idkey;
 pub mod meshkey;

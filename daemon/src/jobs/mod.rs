@@ -1,6 +1,7 @@
-//! Running one command: `/bin/sh -c CMD` in DIR, in its own session and process group,
-//! stdin from /dev/null, stdout and stderr read as separate streams in chunks
-//! as they come. This layer knows processes only: what a job is for
+//! Running one command: `SHELL -c CMD` in DIR (SHELL: the user's login
+//! shell, [`Options::shell`]), in its own session and process group, stdin
+//! from /dev/null or fed from a credit queue ([`Options::stdin`]), stdout and
+//! stderr read as separate streams in chunks as they come. This layer knows processes only: what a job is for
 //! (an exec, a deploy's step) is the caller's business.
 //!
 //! The job ends when the shell has exited and both pipes are closed (as with
@@ -10,12 +11,13 @@
 //!
 //! Environment: the daemon's own, plus `HOME` (of the daemon's user), a
 //! standard `PATH` and `LANG=C.UTF-8` where the daemon's environment lacks them
-//! (a systemd service starts with almost none), and `D_JOB_REQUESTER` naming
-//! the requesting peer; minus what the caller names ([`Options::env_remove`]).
+//! (a systemd service starts with almost none), `SHELL`, and `D_JOB_REQUESTER`
+//! naming the requesting peer; minus what the caller names
+//! ([`Options::env_remove`]); then [`ExecSpec::env`] (`--env`), in order.
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
 //! process, its group and its end; [`spawn`] starting it in a session of its
-//! own without forking the daemon; [`pump`] its output pipes.
+//! own without forking the daemon; [`pump`] its pipes.
 
 mod process;
 mod pump;
@@ -79,13 +81,19 @@ pub struct JobCtx {
     pub default_dir: std::path::PathBuf,
 }
 
-/// A local user a job runs as instead of the daemon's (a checkout's owner).
+/// A local user a job runs as instead of the daemon's (a checkout's owner,
+/// `--user`).
 #[derive(Debug, Clone)]
 pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
     pub name: String,
     pub home: String,
+    /// The login shell from the password database (empty: none).
+    pub shell: String,
+    /// Supplementary groups (the primary one included), as `initgroups`
+    /// would set them; empty: none beyond `gid`.
+    pub groups: Vec<u32>,
 }
 
 impl RunAs {
@@ -104,21 +112,57 @@ impl RunAs {
                 .map(|u| u.name.clone())
                 .unwrap_or_else(|| m.uid().to_string()),
             home: user
+                .as_ref()
                 .map(|u| u.dir.display().to_string())
                 .unwrap_or_else(|| "/".into()),
+            shell: user
+                .map(|u| u.shell.display().to_string())
+                .unwrap_or_default(),
+            groups: Vec::new(),
         })
+    }
+
+    /// The user called `name` in the password database, with its groups;
+    /// `Ok(None)` if there is none.
+    pub fn by_name(name: &str) -> std::io::Result<Option<RunAs>> {
+        let Some(u) = nix::unistd::User::from_name(name).map_err(std::io::Error::from)? else {
+            return Ok(None);
+        };
+        let c = std::ffi::CString::new(name)
+            .map_err(|_| std::io::Error::other("the user name holds a NUL byte"))?;
+        let groups = nix::unistd::getgrouplist(&c, u.gid)
+            .map_err(std::io::Error::from)?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        Ok(Some(RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            name: u.name,
+            home: u.dir.display().to_string(),
+            shell: u.shell.display().to_string(),
+            groups,
+        }))
     }
 }
 
 /// How a job is started, beyond its [`ExecSpec`]: given by the caller, so
 /// that this layer knows nothing of what the daemon above it needs.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Run as this local user instead of the daemon's.
     pub run_as: Option<RunAs>,
     /// Variables of the daemon's environment a job must not inherit (besides
     /// systemd's, always removed).
     pub env_remove: &'static [&'static str],
+    /// The shell that runs the command with `-c`; `None`: the login shell
+    /// of the user the job runs as (password database), `/bin/sh` if it has
+    /// none.
+    pub shell: Option<std::path::PathBuf>,
+    /// The job's standard input: fed from this queue (whose credit goes back
+    /// to the sender as the job reads), closed once the job ended. `None`:
+    /// `/dev/null`.
+    pub stdin: Option<Arc<crate::base::credit::CreditQueue>>,
 }
 
 /// Start `spec` on this machine. Events arrive on the returned receiver;
@@ -154,6 +198,10 @@ pub fn spawn_with(
             Ok(exit) => JobEvent::Exit(exit),
             Err(e) => JobEvent::Failed(e),
         };
+        // Input that comes after the end goes nowhere and earns no credit.
+        if let Some(q) = &opts.stdin {
+            q.close();
+        }
         drop(running);
         let _ = tx.send(last).await;
     });
@@ -166,13 +214,9 @@ mod tests {
 
     fn spec(cmd: &str, timeout_secs: u64) -> ExecSpec {
         ExecSpec {
-            directory: "/tmp".into(),
-            shell_cmd: cmd.into(),
             timeout_secs,
             requester: "test".into(),
-            user: None,
-            action: None,
-            relay_to: None,
+            ..ExecSpec::new("/tmp", cmd)
         }
     }
 

@@ -1,7 +1,9 @@
-//! One job's process: `/bin/sh -c` in its own group, waited for with its
-//! pipes, ended by timeout or cancel (SIGTERM, [`KILL_GRACE`], SIGKILL).
+//! One job's process: `SHELL -c` in its own group, its stdin fed, waited for
+//! with its pipes, ended by timeout or cancel (SIGTERM, [`KILL_GRACE`],
+//! SIGKILL).
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
@@ -63,6 +65,7 @@ pub(super) async fn run(
         }
     }
     env.push(("D_JOB_REQUESTER".into(), spec.requester.clone().into()));
+    let shell = shell_for(opts);
     if let Some(u) = &opts.run_as {
         env.retain(|(k, _)| !["HOME", "USER", "LOGNAME"].iter().any(|n| k == n));
         env.extend([
@@ -71,22 +74,42 @@ pub(super) async fn run(
             ("LOGNAME".into(), u.name.clone().into()),
         ]);
     }
+    env.retain(|(k, _)| k != "SHELL");
+    env.push(("SHELL".into(), shell.clone().into_os_string()));
+    // --env last: it wins over every default (a later one over an earlier).
+    for (k, v) in &spec.env {
+        env.retain(|(n, _)| n.as_os_str() != k.as_str());
+        env.push((k.into(), v.into()));
+    }
     // Its own session (so no controlling terminal: a daemon started from a
     // terminal does not hand it to its jobs) and so its own process group,
     // which timeout, cancel and shutdown signal as a whole. Started without
     // forking the daemon (see `spawn`).
     let started = Instant::now();
+    let command = spawn::Command {
+        shell: &shell,
+        cmd: &spec.shell_cmd,
+        dir,
+        env: &env,
+        stdin: opts.stdin.is_some(),
+    };
     let spawned = match &opts.run_as {
-        None => spawn::spawn_shell(&spec.shell_cmd, dir, &env),
-        Some(u) => spawn::spawn_shell_as(&spec.shell_cmd, dir, &env, u.uid, u.gid),
+        None => spawn::spawn_shell(&command),
+        Some(u) => spawn::spawn_shell_as(&command, u),
     };
     let mut child = spawned.map_err(|e| {
         ErrorBody::new(
             ErrorKind::SpawnFailed,
-            format!("Cannot start /bin/sh on {me}: {e}"),
+            format!("Cannot start {} on {me}: {e}", shell.display()),
         )
     })?;
     let pgid = Some(Pid::from_raw(child.id() as i32));
+    // Fed as the queue fills; stopped once the job has ended (input it never
+    // read is dropped then).
+    let feeder = match (child.stdin.take(), &opts.stdin) {
+        (Some(pipe), Some(q)) => Some(AbortOnDrop(tokio::spawn(pump::feed(pipe, q.clone())))),
+        _ => None,
+    };
 
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
@@ -146,6 +169,7 @@ pub(super) async fn run(
             }
         }
     }
+    drop(feeder);
     let status = status
         .unwrap_or_else(|| Err(std::io::Error::other("no status")))
         .map_err(|e| {
@@ -161,6 +185,36 @@ pub(super) async fn run(
         timed_out,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The shell a job's command runs in: the caller's choice (config `shell`),
+/// else the login shell of the user it runs as, else `/bin/sh` (as sshd).
+fn shell_for(opts: &Options) -> PathBuf {
+    if let Some(s) = &opts.shell {
+        return s.clone();
+    }
+    let login = match &opts.run_as {
+        Some(u) => u.shell.clone(),
+        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.shell.display().to_string())
+            .unwrap_or_default(),
+    };
+    if login.is_empty() {
+        PathBuf::from("/bin/sh")
+    } else {
+        PathBuf::from(login)
+    }
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {

@@ -1,7 +1,12 @@
-//! A job's output pipes, read in chunks as they come.
+//! A job's pipes: output read in chunks as they come, input written as it
+//! comes.
 
 use d_proto::types::Stream;
-use tokio::io::AsyncReadExt;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::base::credit::CreditQueue;
 use tokio::sync::mpsc;
 
 use super::JobEvent;
@@ -33,4 +38,20 @@ pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
             }
         }
     }
+}
+
+/// Write the queue's bytes into the job's stdin pipe, crediting each chunk
+/// back once the pipe took it; close the pipe (the job reads end-of-file)
+/// when the queue ends. A job that closed its stdin gets nothing more: what
+/// still comes is credited and dropped, so a sender (or a fan-out waiting
+/// for the slowest peer) never waits on a reader that is gone.
+pub(super) async fn feed<W: tokio::io::AsyncWrite + Unpin>(mut w: W, q: Arc<CreditQueue>) {
+    let mut open = true;
+    while let Some(chunk) = q.next().await {
+        if open && w.write_all(&chunk).await.is_err() {
+            open = false;
+        }
+        q.used(chunk.len());
+    }
+    let _ = w.shutdown().await;
 }

@@ -21,18 +21,23 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 
 use super::pump::grow_pipe;
+use super::RunAs;
 
 /// A job's output pipe, read asynchronously.
 pub type Output = Box<dyn AsyncRead + Send + Unpin>;
+/// A job's input pipe, written asynchronously.
+pub type Input = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A running job's shell.
 pub struct Child {
     pid: i32,
     waiter: Waiter,
+    /// The shell's stdin, when it reads a pipe (taken by the feeding task).
+    pub stdin: Option<Input>,
     /// The shell's stdout and stderr (taken by the reader tasks).
     pub stdout: Option<Output>,
     pub stderr: Option<Output>,
@@ -129,11 +134,22 @@ fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// `/bin/sh -c CMD` in `dir` with exactly `env`, stdin from /dev/null,
-/// stdout and stderr into pipes, in a new session (hence a new process group
-/// whose id is the shell's pid, and no controlling terminal).
-pub fn spawn_shell(cmd: &str, dir: &Path, env: &[(OsString, OsString)]) -> io::Result<Child> {
-    let sh = c_string("shell path", b"/bin/sh")?;
+/// What a job's shell runs: `shell -c cmd` in `dir` with exactly `env`,
+/// stdin from a pipe (`stdin`) or /dev/null.
+pub struct Command<'a> {
+    pub shell: &'a Path,
+    pub cmd: &'a str,
+    pub dir: &'a Path,
+    pub env: &'a [(OsString, OsString)],
+    pub stdin: bool,
+}
+
+/// Start `c` with stdout and stderr into pipes, in a new session (hence a
+/// new process group whose id is the shell's pid, and no controlling
+/// terminal).
+pub fn spawn_shell(c: &Command) -> io::Result<Child> {
+    let (cmd, dir, env) = (c.cmd, c.dir, c.env);
+    let sh = c_string("shell path", c.shell.as_os_str().as_bytes())?;
     let argv_owned = [
         sh.clone(),
         c_string("shell option", b"-c")?,
@@ -158,6 +174,7 @@ pub fn spawn_shell(cmd: &str, dir: &Path, env: &[(OsString, OsString)]) -> io::R
     envp.push(std::ptr::null_mut());
     let (out_r, out_w) = output_pipe()?;
     let (err_r, err_w) = output_pipe()?;
+    let input = if c.stdin { Some(output_pipe()?) } else { None };
 
     let mut pid: libc::pid_t = 0;
     // SAFETY: every pointer passed lives until the call returns (the
@@ -186,13 +203,16 @@ pub fn spawn_shell(cmd: &str, dir: &Path, env: &[(OsString, OsString)]) -> io::R
             rc = libc::posix_spawnattr_setsigdefault(&mut attr, &dfl);
         }
         if rc == 0 {
-            rc = libc::posix_spawn_file_actions_addopen(
-                &mut fa,
-                0,
-                devnull.as_ptr(),
-                libc::O_RDONLY,
-                0,
-            );
+            rc = match &input {
+                Some((r, _)) => libc::posix_spawn_file_actions_adddup2(&mut fa, r.as_raw_fd(), 0),
+                None => libc::posix_spawn_file_actions_addopen(
+                    &mut fa,
+                    0,
+                    devnull.as_ptr(),
+                    libc::O_RDONLY,
+                    0,
+                ),
+            };
         }
         if rc == 0 {
             rc = libc::posix_spawn_file_actions_adddup2(&mut fa, out_w.as_raw_fd(), 1);
@@ -222,6 +242,14 @@ pub fn spawn_shell(cmd: &str, dir: &Path, env: &[(OsString, OsString)]) -> io::R
     }
     drop((out_w, err_w));
     grow_pipe(&out_r);
+    let stdin: Option<Input> = match input {
+        Some((r, w)) => {
+            drop(r);
+            grow_pipe(&w);
+            Some(Box::new(pipe::Sender::from_owned_fd(w)?))
+        }
+        None => None,
+    };
     // SAFETY: pidfd_open on our own child; a non-negative result is a new
     // descriptor that nothing else owns.
     let pidfd = unsafe {
@@ -233,40 +261,57 @@ pub fn spawn_shell(cmd: &str, dir: &Path, env: &[(OsString, OsString)]) -> io::R
     Ok(Child {
         pid,
         waiter: Waiter::Pidfd(pidfd, false),
+        stdin,
         stdout: Some(Box::new(pipe::Receiver::from_owned_fd(out_r)?)),
         stderr: Some(Box::new(pipe::Receiver::from_owned_fd(err_r)?)),
     })
 }
 
-/// [`spawn_shell`] as another user (`uid`, `gid`): forked by tokio, which
-/// drops supplementary groups when root changes uid; `setsid` runs in the
-/// child.
-pub fn spawn_shell_as(
-    cmd: &str,
-    dir: &Path,
-    env: &[(OsString, OsString)],
-    uid: u32,
-    gid: u32,
-) -> io::Result<Child> {
-    let mut c = tokio::process::Command::new("/bin/sh");
-    c.arg("-c")
-        .arg(cmd)
-        .current_dir(dir)
+/// [`spawn_shell`] as another user: forked by tokio; the child calls
+/// `setsid`, then (as root) sets the user's groups, then its gid and uid.
+pub fn spawn_shell_as(c: &Command, user: &RunAs) -> io::Result<Child> {
+    let mut cmd = tokio::process::Command::new(c.shell);
+    cmd.arg("-c")
+        .arg(c.cmd)
+        .current_dir(c.dir)
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .envs(c.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if c.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .uid(uid)
-        .gid(gid);
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+        .stderr(Stdio::piped());
+    let root = nix::unistd::geteuid().is_root();
+    let groups: Vec<nix::unistd::Gid> = user
+        .groups
+        .iter()
+        .map(|g| nix::unistd::Gid::from_raw(*g))
+        .collect();
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(user.uid),
+        nix::unistd::Gid::from_raw(user.gid),
+    );
+    // SAFETY: between fork and exec only async-signal-safe system calls
+    // (setsid, setgroups, setgid, setuid) on memory prepared before the fork.
     unsafe {
-        c.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(io::Error::from)?;
+            if root {
+                // Empty: no supplementary groups (as std does when root changes uid).
+                nix::unistd::setgroups(&groups).map_err(io::Error::from)?;
+            }
+            nix::unistd::setgid(gid).map_err(io::Error::from)?;
+            nix::unistd::setuid(uid).map_err(io::Error::from)?;
+            Ok(())
+        });
     }
-    let mut child = c.spawn()?;
+    let mut child = cmd.spawn()?;
     let pid = child
         .id()
         .ok_or_else(|| io::Error::other("the shell ended before its pid was read"))?;
+    let stdin: Option<Input> = child.stdin.take().map(|i| Box::new(i) as Input);
     let stdout: Option<Output> = child.stdout.take().map(|o| {
         grow_pipe(&o);
         Box::new(o) as Output
@@ -275,6 +320,7 @@ pub fn spawn_shell_as(
     Ok(Child {
         pid: pid as i32,
         waiter: Waiter::Tokio(child),
+        stdin,
         stdout,
         stderr,
     })

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::{ask, registry, Mesh};
 use crate::base::config::parse_addr;
+use crate::base::credit::CreditQueue;
 use crate::base::identity::not_configured;
 use crate::jobs::JobEvent;
 use crate::transport::{port, Expect, Session};
@@ -184,20 +185,26 @@ fn unreachable(e: &ErrorBody) -> bool {
 
 /// On the leader: run a job that a worker asked to be relayed to `target`,
 /// over the leader's own session with it. Output is credited to the target
-/// only once handed on, so the chain keeps its backpressure end to end.
+/// only once handed on, and standard input (`input`) to the requester only
+/// once the target took it, so the chain keeps its backpressure end to end
+/// both ways.
 pub fn relay(
     mesh: &Arc<Mesh>,
     mut spec: ExecSpec,
     cancel: tokio_util::sync::CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> mpsc::Receiver<JobEvent> {
     let (tx, rx) = mpsc::channel(4);
     let m = mesh.clone();
     mesh.tasks.tracker.spawn(async move {
         let target = spec.relay_to.take().unwrap_or_default();
-        let last = match relay_run(&m, &target, spec, &tx, cancel).await {
+        let last = match relay_run(&m, &target, spec, &tx, cancel, input.clone()).await {
             Ok(ev) => ev,
             Err(e) => JobEvent::Failed(e),
         };
+        if let Some(q) = input {
+            q.close();
+        }
         let _ = tx.send(last).await;
     });
     rx
@@ -209,6 +216,7 @@ async fn relay_run(
     spec: ExecSpec,
     tx: &mpsc::Sender<JobEvent>,
     cancel: tokio_util::sync::CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> Result<JobEvent, ErrorBody> {
     if mesh.me.get().role != Some(Role::Leader) {
         return Err(ErrorBody::new(
@@ -227,6 +235,9 @@ async fn relay_run(
             return Err(ErrorBody::invalid("the leader cannot relay through itself"))
         }
     };
+    if let (Some(q), Some(sink)) = (input, job.input.take()) {
+        mesh.tasks.tracker.spawn(sink.forward(q));
+    }
     loop {
         let ev = tokio::select! {
             ev = job.events.recv() => ev,

@@ -11,8 +11,8 @@ impl Store {
         let exit = r.exit.as_ref();
         self.conn.execute(
             "INSERT INTO exec_log (started_ms, side, requester, user, target, directory, command,
-                exit_code, signal, timed_out, error, duration_ms, output_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                exit_code, signal, timed_out, error, duration_ms, output_bytes, run_as, env_names)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 r.started_ms as i64,
                 r.side,
@@ -26,7 +26,9 @@ impl Store {
                 exit.is_some_and(|e| e.timed_out),
                 r.error,
                 r.duration_ms as i64,
-                r.output_bytes as i64
+                r.output_bytes as i64,
+                r.run_as,
+                (!r.env_names.is_empty()).then(|| r.env_names.join(" "))
             ],
         )?;
         let id = self.conn.last_insert_rowid();
@@ -74,7 +76,8 @@ impl Store {
     ) -> Result<Vec<ExecRecord>, RegistryError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, started_ms, side, requester, user, target, directory, command,
-                    exit_code, signal, timed_out, error, duration_ms, output_bytes
+                    exit_code, signal, timed_out, error, duration_ms, output_bytes,
+                    run_as, env_names
              FROM exec_log WHERE ?1 IS NULL OR requester = ?1 OR target = ?1
              ORDER BY id DESC LIMIT ?2",
         )?;
@@ -102,6 +105,11 @@ impl Store {
                 error: r.get(11)?,
                 duration_ms,
                 output_bytes: r.get::<_, i64>(13)? as u64,
+                run_as: r.get(14)?,
+                env_names: r
+                    .get::<_, Option<String>>(15)?
+                    .map(|n| n.split(' ').map(str::to_string).collect())
+                    .unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -137,6 +145,8 @@ mod tests {
                 duration_ms: 5,
             }),
             error: None,
+            run_as: None,
+            env_names: Vec::new(),
             duration_ms: 5,
             output_bytes: i,
         };
@@ -158,6 +168,15 @@ mod tests {
         assert_eq!(laptop.len(), 10);
         assert!(laptop.iter().all(|r| r.requester == "laptop"));
         assert_eq!(laptop[0].exit.unwrap().status(), 0);
+        // Who it ran as and the --env names come back; no value is stored.
+        let mut r = rec(1000, "laptop", now);
+        r.run_as = Some("app".into());
+        r.env_names = vec!["A".into(), "B_2".into()];
+        s.log_exec(&r, keep).unwrap();
+        let back = &s.exec_log(Some("laptop"), 1).unwrap()[0];
+        assert_eq!(back.run_as.as_deref(), Some("app"));
+        assert_eq!(back.env_names, ["A", "B_2"]);
+        assert!(s.exec_log(None, 1000).unwrap()[1].env_names.is_empty());
     }
 
     #[test]
@@ -184,6 +203,8 @@ mod tests {
                 error: None,
                 duration_ms: 0,
                 output_bytes: 0,
+                run_as: None,
+                env_names: Vec::new(),
             };
             s.log_exec(&rec, keep).unwrap();
         }

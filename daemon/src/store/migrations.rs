@@ -87,6 +87,10 @@ const MIGRATIONS: &[&str] = &[
     // 5 → 6: the labels a peer told the leader, comma-joined (each checked
     // by d_proto::validate_label, so commas never occur inside one).
     "ALTER TABLE peers ADD COLUMN labels TEXT NOT NULL DEFAULT '';",
+    // 6 → 7: who a job ran as (`--user`) and the names `--env` set
+    // (space-separated; never the values).
+    "ALTER TABLE exec_log ADD COLUMN run_as TEXT;
+     ALTER TABLE exec_log ADD COLUMN env_names TEXT;",
 ];
 
 impl Store {

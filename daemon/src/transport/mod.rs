@@ -24,6 +24,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::base::credit::CreditQueue;
 use crate::base::identity::Me;
 use crate::base::tasks::Tasks;
 use crate::jobs::JobEvent;
@@ -35,7 +36,7 @@ pub mod port;
 pub mod session;
 
 pub use handshake::Expect;
-pub use session::{PeerDesc, RemoteJob, Reply, Session, Terms};
+pub use session::{InputSink, PeerDesc, RemoteJob, Reply, Session, Terms};
 
 /// What the dialer of an accepted connection proved in its handshake.
 #[derive(Debug)]
@@ -107,13 +108,16 @@ pub trait Handler: Send + Sync + 'static {
     /// Answer a query from the other side of `from`.
     fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer>;
     /// Start a job the other side of `from` asked for (`job` is its id on
-    /// that session); cancelling `cancel` must end it.
+    /// that session); cancelling `cancel` must end it. `input` is its
+    /// standard input as it arrives (specs with `stdin`): the job uses it
+    /// and closes it once it ended.
     fn exec(
         self: Arc<Self>,
         from: &PeerDesc,
         job: u64,
         spec: ExecSpec,
         cancel: CancellationToken,
+        input: Option<Arc<CreditQueue>>,
     ) -> Served;
 }
 

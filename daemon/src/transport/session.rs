@@ -24,10 +24,14 @@ use tracing::Instrument;
 
 use super::connection::{Reader, Writer};
 use super::{Endpoint, Handler};
+use crate::base::credit::{CreditQueue, Credits};
 use crate::jobs::JobEvent;
 
+mod input;
 mod io;
 mod served;
+
+pub use input::InputSink;
 
 /// How long a query to the other side may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +66,10 @@ impl Terms {
     fn binary_output(&self) -> bool {
         self.protocol >= 3
     }
+    /// Standard input, `--user` and `--env` may be sent.
+    fn streams(&self) -> bool {
+        self.protocol >= d_proto::PROTOCOL_STREAMS
+    }
     /// This side answers heartbeats instead of sending its own.
     fn echoes(&self) -> bool {
         !self.dialer && self.protocol >= 3
@@ -80,6 +88,15 @@ const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 struct InJob {
     cancel: CancellationToken,
     credits: Arc<Semaphore>,
+    /// The job's standard input as it arrives, if the requester sends it.
+    input: Option<Arc<CreditQueue>>,
+}
+
+/// A job started on the other side, as the session's reader sees it.
+struct OutJob {
+    events: mpsc::UnboundedSender<JobEvent>,
+    /// The credit for its standard input, if this side sends it.
+    input: Option<Credits>,
 }
 
 /// A query waiting for its answer.
@@ -110,7 +127,7 @@ pub struct Session {
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
     queries: Mutex<HashMap<u64, Waiter>>,
-    jobs_out: Mutex<HashMap<u64, mpsc::UnboundedSender<JobEvent>>>,
+    jobs_out: Mutex<HashMap<u64, OutJob>>,
     jobs_in: Mutex<HashMap<u64, InJob>>,
     closed: CancellationToken,
     reason: Mutex<Option<ErrorBody>>,
@@ -129,6 +146,8 @@ pub struct RemoteJob {
     pub id: u64,
     pub events: mpsc::UnboundedReceiver<JobEvent>,
     pub session: Arc<Session>,
+    /// Where its standard input goes (jobs whose spec has `stdin`).
+    pub input: Option<InputSink>,
 }
 
 impl RemoteJob {
@@ -149,7 +168,11 @@ impl RemoteJob {
 
 impl Drop for RemoteJob {
     fn drop(&mut self) {
-        self.session.lock_jobs_out().remove(&self.id);
+        if let Some(j) = self.session.lock_jobs_out().remove(&self.id) {
+            if let Some(c) = j.input {
+                c.close();
+            }
+        }
     }
 }
 
@@ -244,10 +267,18 @@ impl Session {
         }
     }
 
-    fn lock_jobs_out(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::UnboundedSender<JobEvent>>> {
+    fn lock_jobs_out(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OutJob>> {
         lock(&self.jobs_out)
+    }
+
+    /// A job ended (or its session did): no more events, no more input.
+    fn end_out(&self, job: u64, last: JobEvent) {
+        if let Some(j) = self.lock_jobs_out().remove(&job) {
+            let _ = j.events.send(last);
+            if let Some(c) = j.input {
+                c.close();
+            }
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -352,15 +383,49 @@ impl Session {
     }
 
     /// Start a job on the other side; its events arrive on the returned job.
+    /// A job that needs what the other side's protocol lacks (standard
+    /// input, `--user`, `--env`) is refused here, saying so, never sent
+    /// without it.
     pub async fn start_job(self: &Arc<Self>, spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
+        let needs = spec.needs_streams();
+        if !needs.is_empty() && !self.terms.streams() {
+            return Err(ErrorBody::new(
+                d_proto::types::ErrorKind::Refused,
+                format!(
+                    "{} runs an older d-daemon ({}, protocol {}) that cannot take {}",
+                    self.peer.id,
+                    self.peer.version,
+                    self.terms.protocol,
+                    needs.join(", ")
+                ),
+            )
+            .hint(format!(
+                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or run without it (`-n` gives the job /dev/null as stdin)",
+                self.peer.id
+            )));
+        }
         self.worked();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock_jobs_out().insert(id, tx);
+        let credits = spec
+            .stdin
+            .then(|| Credits::new(d_proto::INPUT_WINDOW as usize));
+        self.lock_jobs_out().insert(
+            id,
+            OutJob {
+                events: tx,
+                input: credits.clone(),
+            },
+        );
         let job = RemoteJob {
             id,
             events: rx,
             session: self.clone(),
+            input: credits.map(|credits| InputSink {
+                session: self.clone(),
+                job: id,
+                credits,
+            }),
         };
         self.send(PeerMsg::Exec { job: id, spec }).await?;
         Ok(job)
@@ -414,18 +479,25 @@ impl Session {
             }
             PeerMsg::Exec { job, spec } => self.serve_job(job, spec),
             PeerMsg::Output { job, stream, data } => {
-                if let Some(tx) = self.lock_jobs_out().get(&job) {
-                    let _ = tx.send(JobEvent::Output(stream, data.0));
+                if let Some(j) = self.lock_jobs_out().get(&job) {
+                    let _ = j.events.send(JobEvent::Output(stream, data.0));
                 }
             }
-            PeerMsg::Exit { job, exit } => {
-                if let Some(tx) = self.lock_jobs_out().remove(&job) {
-                    let _ = tx.send(JobEvent::Exit(exit));
+            PeerMsg::Exit { job, exit } => self.end_out(job, JobEvent::Exit(exit)),
+            PeerMsg::JobFailed { job, error } => self.end_out(job, JobEvent::Failed(error)),
+            PeerMsg::Input { job, data } => self.input(job, &data.0),
+            PeerMsg::InputEnd { job } => {
+                if let Some(q) = lock(&self.jobs_in).get(&job).and_then(|j| j.input.clone()) {
+                    q.end();
                 }
             }
-            PeerMsg::JobFailed { job, error } => {
-                if let Some(tx) = self.lock_jobs_out().remove(&job) {
-                    let _ = tx.send(JobEvent::Failed(error));
+            PeerMsg::InputCredit { job, bytes } => {
+                if let Some(c) = self
+                    .lock_jobs_out()
+                    .get(&job)
+                    .and_then(|j| j.input.as_ref())
+                {
+                    c.grant(bytes as usize);
                 }
             }
             PeerMsg::Credit { job, bytes } => {
@@ -492,8 +564,11 @@ impl Session {
     /// Everything that must happen exactly once when the session ends.
     fn finish(&self) {
         let reason = self.reason();
-        for (_, tx) in self.lock_jobs_out().drain() {
-            let _ = tx.send(JobEvent::Failed(reason.clone()));
+        for (_, j) in self.lock_jobs_out().drain() {
+            let _ = j.events.send(JobEvent::Failed(reason.clone()));
+            if let Some(c) = j.input {
+                c.close();
+            }
         }
         lock(&self.queries).clear();
         for (_, j) in lock(&self.jobs_in).iter() {

@@ -238,6 +238,29 @@ pub fn run_d(socket: &Path, args: &[&str]) -> Output {
         .expect("run d")
 }
 
+/// Run `d --socket SOCKET ARGS` with `input` on its stdin, a pipe fed from
+/// a thread (so a job that does not read never blocks the test).
+pub fn run_d_in(socket: &Path, args: &[&str], input: Vec<u8>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run d");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        // EPIPE once d stopped reading is fine here.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait for d");
+    let _ = feeder.join();
+    out
+}
+
 /// Run `d --json`, expect success, parse stdout.
 pub fn run_d_json(socket: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--json"];

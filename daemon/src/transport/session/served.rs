@@ -11,6 +11,7 @@ use d_proto::types::{ErrorBody, ExecSpec};
 use tokio::sync::Semaphore;
 
 use super::{lock, InJob, Session};
+use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
 use crate::transport::{Outcome, Served};
 
@@ -19,6 +20,9 @@ impl Session {
     pub(super) fn serve_job(self: &Arc<Self>, id: u64, spec: ExecSpec) {
         let cancel = self.closed.child_token();
         let credits = Arc::new(Semaphore::new(d_proto::JOB_WINDOW as usize));
+        let input = spec
+            .stdin
+            .then(|| CreditQueue::new(d_proto::INPUT_WINDOW as usize));
         {
             let mut jobs = lock(&self.jobs_in);
             if jobs.contains_key(&id) {
@@ -35,10 +39,29 @@ impl Session {
                 InJob {
                     cancel: cancel.clone(),
                     credits: credits.clone(),
+                    input: input.clone(),
                 },
             );
         }
-        let Served { mut events, done } = self.handler.clone().exec(&self.peer, id, spec, cancel);
+        if let Some(q) = &input {
+            // Input used by the job is credited back to the requester.
+            let (s, q) = (self.clone(), q.clone());
+            self.ep.tasks.tracker.spawn(async move {
+                while let Some(n) = q.credit().await {
+                    let bytes = n as u32;
+                    if s.send(PeerMsg::InputCredit { job: id, bytes })
+                        .await
+                        .is_err()
+                    {
+                        q.close();
+                    }
+                }
+            });
+        }
+        let Served { mut events, done } =
+            self.handler
+                .clone()
+                .exec(&self.peer, id, spec, cancel, input.clone());
         let s = self.clone();
         self.ep.tasks.tracker.spawn(async move {
             let started = std::time::Instant::now();
@@ -81,6 +104,9 @@ impl Session {
                 let _ = s.send(PeerMsg::JobFailed { job: id, error }).await;
             }
             lock(&s.jobs_in).remove(&id);
+            if let Some(q) = input {
+                q.close();
+            }
             rec.duration = started.elapsed();
             done(rec);
         });
