@@ -454,13 +454,14 @@ fn a_deleted_peer_is_cut_off_and_needs_a_new_invitation() {
     join(&desktop, &invite(&vps, &[]), "desktop");
     assert_eq!(desktop.json(&["getPeerStatus"])["link"], "connected");
     vps.json(&["deletePeer", "--peer", "desktop"]);
-    // Its link ends at once, and its reconnects are refused.
+    // Its link ends at once, and its reconnects are refused: its id is
+    // tombstoned like a revoked one.
     wait_for(Duration::from_secs(10), "desktop's link refused", || {
         let st = desktop.json(&["getPeerStatus"]);
         st["link"] != "connected"
             && st["link_error"]
                 .as_str()
-                .is_some_and(|e| e.contains("not enrolled"))
+                .is_some_and(|e| e.contains("revoked"))
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(registry_key(&vps, "desktop").is_none());
@@ -577,4 +578,35 @@ fn revoke_closes_sessions_everywhere_within_seconds() {
     join(&desktop, &invite(&vps, &["--id", "desktop"]), "desktop");
     let o = run_on(&laptop, "desktop", "echo back");
     assert_eq!(stdout(&o), "back\n", "{}", stderr(&o));
+}
+
+#[test]
+fn only_the_leader_deletes_peers_and_a_deleted_member_leaves_a_tombstone() {
+    let vps = leader("127.0.0.81");
+    let desktop = TestDaemon::start("desktop", "127.0.0.82");
+    let laptop = TestDaemon::start("laptop", "127.0.0.83");
+    join(&desktop, &invite(&vps, &[]), "desktop");
+    join(&laptop, &invite(&vps, &[]), "laptop");
+    // A member (its key over its link) cannot remove another member.
+    let o = laptop.d(&["deletePeer", "--peer", "desktop"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(e.contains("only the leader's own control socket"), "{e}");
+    assert!(e.contains("on the leader vps"), "{e}");
+    assert_eq!(
+        registry_key(&vps, "desktop").map(|k| fp_of(&k)),
+        Some(fingerprint(&desktop))
+    );
+    // On the leader it works, and the id is tombstoned like a revoke: the
+    // shared mesh key alone cannot take it again.
+    let r = vps.json(&["deletePeer", "--peer", "desktop"]);
+    assert_eq!(r["deleted"], "desktop", "{r}");
+    let (_s, v) = raw_handshake(
+        &vps.listen(),
+        &vps.mesh_key_path(),
+        "desktop",
+        Purpose::Link,
+        3,
+    );
+    refused_with(v, "revoked");
 }

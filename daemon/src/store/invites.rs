@@ -163,6 +163,37 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// `d deletePeer` on the leader: `id`'s row goes; if it had an enrolled
+    /// key, a tombstone is left as by [`Self::revoke_peer`] (one
+    /// transaction), so neither the mesh key nor another member's key can
+    /// take the id again without a new invitation. `None`: no such row;
+    /// `Some(true)`: it had a key (tombstoned).
+    pub fn delete_peer_tombstoned(
+        &mut self,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<bool>, RegistryError> {
+        let sp = self.conn.savepoint()?;
+        let had: Option<Option<String>> = sp
+            .query_row("SELECT public_key FROM peers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(key) = had else {
+            return Ok(None);
+        };
+        sp.execute("DELETE FROM peers WHERE id = ?1", [id])?;
+        if key.is_some() {
+            sp.execute(
+                "INSERT INTO revoked_ids (id, revoked_at) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                params![id, now as i64],
+            )?;
+        }
+        sp.commit()?;
+        Ok(Some(key.is_some()))
+    }
+
     /// Whether `id` was revoked (and not enrolled again since).
     pub fn is_revoked(&self, id: &str) -> Result<bool, RegistryError> {
         Ok(self
