@@ -610,3 +610,53 @@ fn only_the_leader_deletes_peers_and_a_deleted_member_leaves_a_tombstone() {
     );
     refused_with(v, "revoked");
 }
+
+#[test]
+fn a_member_renames_only_onto_a_free_id_and_its_old_id_is_closed() {
+    let vps = leader("127.0.0.85");
+    let desktop = TestDaemon::start("desktop", "127.0.0.86");
+    join(&desktop, &invite(&vps, &[]), "desktop");
+    let dk = key_of(&desktop);
+    // An id an open invitation names is not squatted by a member's key.
+    invite(&vps, &["--id", "laptop"]);
+    refused_with(
+        claim(&vps.listen(), &dk, "laptop", Purpose::Link),
+        "open invitation",
+    );
+    // Nor is a key-less row (an old daemon that proved the mesh key).
+    let (_old, v) = raw_handshake(
+        &vps.listen(),
+        &vps.mesh_key_path(),
+        "server",
+        Purpose::Link,
+        3,
+    );
+    assert!(matches!(v, PeerMsg::Welcome(_)), "{v:?}");
+    refused_with(
+        claim(&vps.listen(), &dk, "server", Purpose::Link),
+        "already in the registry",
+    );
+    assert!(registry_key(&vps, "server").is_none());
+    assert!(registry_key(&vps, "laptop").is_none());
+    // A free id: the rename goes through; the old id's link is closed at
+    // once and the id is tombstoned (the mesh key cannot take it).
+    assert_eq!(desktop.json(&["getPeerStatus"])["link"], "connected");
+    let v = claim(&vps.listen(), &dk, "desk2", Purpose::Link);
+    assert!(matches!(v, PeerMsg::Welcome(_)), "{v:?}");
+    assert!(registry_key(&vps, "desktop").is_none());
+    wait_for(Duration::from_secs(10), "desktop's old link closed", || {
+        let st = desktop.json(&["getPeerStatus"]);
+        st["link"] != "connected"
+            && st["link_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("revoked"))
+    });
+    let (_s, v) = raw_handshake(
+        &vps.listen(),
+        &vps.mesh_key_path(),
+        "desktop",
+        Purpose::Link,
+        3,
+    );
+    refused_with(v, "revoked");
+}
