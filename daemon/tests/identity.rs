@@ -660,3 +660,22 @@ fn a_member_renames_only_onto_a_free_id_and_its_old_id_is_closed() {
     );
     refused_with(v, "revoked");
 }
+
+#[test]
+fn refusals_varying_their_text_are_logged_once_per_source_and_kind() {
+    let vps = leader("127.0.0.88");
+    let k = KeyPair::generate().unwrap();
+    // Every try names another id: another text each time, one kind.
+    for i in 0..12 {
+        refused_with(
+            claim(&vps.listen(), &k, &format!("ghost{i}"), Purpose::Link),
+            "not enrolled",
+        );
+    }
+    let logged = vps
+        .log()
+        .lines()
+        .filter(|l| l.contains("refused a session from") && l.contains("ghost"))
+        .count();
+    assert_eq!(logged, 1, "{}", vps.log());
+}

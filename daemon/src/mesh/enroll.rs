@@ -177,7 +177,10 @@ async fn enroll(
         .map_err(|e| {
             refused(
                 e,
-                format!("ask the leader for a token for this id: `d invite --id {}`", hello.peer_id),
+                format!(
+                    "ask the leader for a token for this id: `d invite --id {}`",
+                    hello.peer_id
+                ),
             )
         })?;
     tracing::info!("enrolled {id} with key {} ({how})", key.fingerprint());

@@ -418,16 +418,26 @@ mod tests {
         // Check and write are one: an id enrolled under another key is not
         // overwritten (two racing enrollments: the second is "taken").
         let k3 = KeyPair::generate().unwrap().public();
-        let e = st.enroll(&row("laptop2", k3), None, 401).unwrap().unwrap_err();
+        let e = st
+            .enroll(&row("laptop2", k3), None, 401)
+            .unwrap()
+            .unwrap_err();
         assert!(e.contains("taken"), "{e}");
         assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
-        st.add_invite(&invite("00000000000000dd", 9000)).unwrap().unwrap();
+        st.add_invite(&invite("00000000000000dd", 9000))
+            .unwrap()
+            .unwrap();
         let e = st
             .enroll(&row("laptop2", k3), Some(("00000000000000dd", 402)), 402)
             .unwrap()
             .unwrap_err();
         assert!(e.contains("taken"), "{e}");
-        assert!(st.get_invite("00000000000000dd").unwrap().unwrap().spent_at.is_none());
+        assert!(st
+            .get_invite("00000000000000dd")
+            .unwrap()
+            .unwrap()
+            .spent_at
+            .is_none());
         // Revoking a token, and a peer.
         st.add_invite(&invite("00000000000000cc", 9000))
             .unwrap()
@@ -440,7 +450,9 @@ mod tests {
         // Without a token a revoked id stays revoked; a new invitation
         // lifts the tombstone.
         assert!(st.enroll(&row("laptop2", k), None, 600).unwrap().is_err());
-        st.add_invite(&invite("00000000000000ee", 9000)).unwrap().unwrap();
+        st.add_invite(&invite("00000000000000ee", 9000))
+            .unwrap()
+            .unwrap();
         st.enroll(&row("laptop2", k), Some(("00000000000000ee", 600)), 600)
             .unwrap()
             .unwrap();
@@ -450,12 +462,18 @@ mod tests {
         let mut named = invite("00000000000000ff", 9000);
         named.id = Some("reserved".into());
         st.add_invite(&named).unwrap().unwrap();
-        let e = st.enroll(&row("reserved", k), None, 700).unwrap().unwrap_err();
+        let e = st
+            .enroll(&row("reserved", k), None, 700)
+            .unwrap()
+            .unwrap_err();
         assert!(e.contains("open invitation"), "{e}");
         st.enroll(&row("laptop3", k2), Some(("00000000000000dd", 700)), 700)
             .unwrap()
             .unwrap();
-        let e = st.enroll(&row("laptop3", k), None, 701).unwrap().unwrap_err();
+        let e = st
+            .enroll(&row("laptop3", k), None, 701)
+            .unwrap()
+            .unwrap_err();
         assert!(e.contains("taken") || e.contains("registry"), "{e}");
         assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
     }

@@ -167,6 +167,19 @@ where
                 (Some(k), Some(p)) => keys::verify_mesh_proof(&k, &t, &p.0),
                 _ => false,
             };
+            if let Some(i) = &invite {
+                // Peer-chosen text that goes into queries and log lines:
+                // only the fixed format is looked at.
+                let ok =
+                    i.token_id.len() == 16 && i.token_id.bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(ErrorBody::invalid(format!(
+                        "join token id {:?} is malformed (16 hex digits expected)",
+                        d_proto::clip(&i.token_id, 20)
+                    ))
+                    .hint("copy the whole token again from the leader's `d invite`"));
+                }
+            }
             let invite = invite.map(|InviteProof { token_id, proof }| InviteClaim {
                 token_id,
                 proof: proof.0,
