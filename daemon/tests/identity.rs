@@ -679,3 +679,96 @@ fn refusals_varying_their_text_are_logged_once_per_source_and_kind() {
         .count();
     assert_eq!(logged, 1, "{}", vps.log());
 }
+
+/// One handshake line read off `r`.
+fn read_msg(r: &mut impl BufRead) -> Option<PeerMsg> {
+    let mut l = String::new();
+    match r.read_line(&mut l) {
+        Ok(n) if n > 0 => serde_json::from_str(&l).ok(),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_man_in_the_middle_cannot_relay_the_leaders_mesh_key_proof() {
+    let vps = leader("127.0.0.91");
+    let w = TestDaemon::start("w", "127.0.0.92");
+    // The attacker listens where w thinks its leader is; it holds its own
+    // key, not the mesh key.
+    let mitm = std::net::TcpListener::bind("127.0.0.93:0").unwrap();
+    let mitm_addr = mitm.local_addr().unwrap().to_string();
+    let attacker = KeyPair::generate().unwrap();
+    let vps_addr = vps.listen();
+    let relay = std::thread::spawn(move || {
+        let (c, _) = mitm.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut cr = BufReader::new(c.try_clone().unwrap());
+        let Some(PeerMsg::Hello(hello)) = read_msg(&mut cr) else {
+            panic!("no hello from w")
+        };
+        // The real leader, asked with w's own hello: its challenge carries
+        // its mesh-key proof for these nonces and ids.
+        let mut s = TcpStream::connect(&vps_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sr = BufReader::new(s.try_clone().unwrap());
+        s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello.clone())).unwrap())
+            .unwrap();
+        let Some(PeerMsg::Challenge {
+            peer_id,
+            nonce,
+            proof,
+            ..
+        }) = read_msg(&mut sr)
+        else {
+            panic!("no challenge from the leader")
+        };
+        // Passed on next to the attacker's key, signed by it.
+        let me = attacker.public();
+        let dialer_key = hello.public_key.expect("a protocol-4 hello");
+        let t = Transcript {
+            protocol: d_proto::PROTOCOL_KEYS,
+            dialer_nonce: &hello.nonce.0,
+            acceptor_nonce: &nonce.0,
+            dialer_id: &hello.peer_id,
+            acceptor_id: &peer_id,
+            purpose: hello.purpose.as_str(),
+            dialer_key: &dialer_key,
+            acceptor_key: &me,
+        };
+        let forged = PeerMsg::Challenge {
+            peer_id: peer_id.clone(),
+            nonce: nonce.clone(),
+            proof,
+            public_key: Some(me),
+            signature: Some(B64(
+                keys::sign_handshake(&attacker, Side::Acceptor, &t).to_vec()
+            )),
+            key_chain: Vec::new(),
+        };
+        let mut c2 = c.try_clone().unwrap();
+        c2.write_all(&d_proto::frame::encode(&forged).unwrap())
+            .unwrap();
+        // Does w go on (authenticate to the attacker, pinning its key)?
+        read_msg(&mut cr)
+    });
+    w.json(&[
+        "setPeerConfig",
+        "--role",
+        "worker",
+        "--id",
+        "w",
+        "--leader",
+        &mitm_addr,
+        "--meshKey",
+        path_str(&vps.mesh_key_path()),
+    ]);
+    let next = relay.join().unwrap();
+    assert!(
+        !matches!(next, Some(PeerMsg::Auth { .. })),
+        "w authenticated to the man in the middle: {next:?}"
+    );
+    // ...and says why (its later retries find no one listening).
+    wait_for(Duration::from_secs(10), "w's refusal", || {
+        w.log().contains("did not prove the mesh key")
+    });
+}

@@ -134,9 +134,10 @@ where
                 peer_id: my_id.clone(),
                 nonce: B64(nonce.to_vec()),
                 // For a dialer that knows no key for this id yet (a mesh
-                // moving from the shared key): the mesh key's proof.
+                // moving from the shared key): the mesh key's proof, bound
+                // to both keys (so no one can relay it next to another key).
                 proof: B64(mesh_key
-                    .map(|k| auth::prove(&k, auth::Side::Acceptor, &legacy))
+                    .map(|k| keys::acceptor_mesh_proof(&k, &t))
                     .unwrap_or_default()),
                 public_key: Some(my_key),
                 signature: Some(B64(keys::sign_handshake(&kp, Side::Acceptor, &t).to_vec())),
@@ -396,7 +397,8 @@ where
                     return Err(wrong_key(name, addr, &want, &their_key));
                 }
                 Some(_) => {}
-                None if mesh_key_proven => {}
+                None if mesh_key
+                    .is_some_and(|k| keys::verify_acceptor_mesh_proof(&k, &t, &their_proof.0)) => {}
                 None if mesh_key.is_some() => {
                     // A shared-key mesh: the leader's proof of it failed.
                     return Err(ErrorBody::auth_failed(format!(
