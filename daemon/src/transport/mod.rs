@@ -107,7 +107,8 @@ pub trait Handler: Send + Sync + 'static {
     /// Answer a query from the other side of `from`.
     fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer>;
     /// Start a job the other side of `from` asked for (`job` is its id on
-    /// that session); cancelling `cancel` must end it.
+    /// that session); cancelling `cancel` must end it. `from` is the
+    /// session's own `peer` field, so its address identifies the session.
     fn exec(
         self: Arc<Self>,
         from: &PeerDesc,
