@@ -772,3 +772,37 @@ fn a_man_in_the_middle_cannot_relay_the_leaders_mesh_key_proof() {
         w.log().contains("did not prove the mesh key")
     });
 }
+
+#[test]
+fn state_is_private_and_an_unauthenticated_peer_cannot_send_large_frames() {
+    let mut d = TestDaemon::start("modes", "127.0.0.95");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.state_dir()), 0o700);
+    assert_eq!(mode(&d.state_dir().join("d.db")), 0o600);
+    // A key file others can read is made private again at start, said in
+    // the log.
+    d.stop();
+    let key = d.state_dir().join("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    d.restart_on("127.0.0.95:0");
+    assert_eq!(mode(&key), 0o600);
+    assert!(
+        d.log().contains("was readable by other users"),
+        "{}",
+        d.log()
+    );
+    // Before authentication a frame of more than 16 KiB is refused.
+    d.json(&["setPeerConfig", "--role", "leader", "--id", "modes"]);
+    let mut s = TcpStream::connect(d.listen()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let big = format!(
+        "{{\"msg\":\"hello\",\"pad\":\"{}\"}}\n",
+        "x".repeat(100_000)
+    );
+    s.write_all(big.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    match read_msg(&mut r) {
+        Some(PeerMsg::Refused(e)) => assert!(e.error.contains("16384"), "{}", e.error),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

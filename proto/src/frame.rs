@@ -66,6 +66,16 @@ impl FrameDecoder {
     }
 
     /// Accept binary frames from now on (a session, once authenticated).
+    /// The largest frame accepted (bytes).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Change the largest frame accepted from now on (bytes).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     pub fn set_binary(&mut self, on: bool) {
         self.binary = on;
     }

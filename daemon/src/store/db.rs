@@ -23,6 +23,16 @@ const BATCH: usize = 512;
 impl Registry {
     /// Open (and migrate) the database, then start its thread.
     pub fn start(path: &Path) -> Result<Registry, RegistryError> {
+        // Created 0600 (SQLite gives its -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let mut store = Store::open(path)?;
         let (tx, rx) = std_mpsc::sync_channel::<Op>(4096);
         std::thread::Builder::new()

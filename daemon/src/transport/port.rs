@@ -12,7 +12,7 @@ use d_proto::peer::{PeerMsg, Purpose};
 use d_proto::types::{ErrorBody, ErrorKind};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use super::connection::{Reader, Writer};
+use super::connection::{Reader, Writer, HANDSHAKE_MAX_FRAME};
 use super::handshake::{self, Credentials, Expect};
 use super::limits::{Pending, PendingSlot, CONNECT_TIMEOUT};
 use super::session::{PeerDesc, Session};
@@ -104,7 +104,7 @@ async fn handshake_incoming(
 ) {
     let Ok(handler) = ep.handler() else { return };
     let (r, w) = sock.into_split();
-    let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
+    let (mut reader, mut writer) = (Reader::new(r).with_max(HANDSHAKE_MAX_FRAME), Writer::new(w));
     let result = tokio::select! {
         _ = ep.tasks.shutdown.cancelled() => return,
         r = handshake::accept(&ep, handler.as_ref(), &mut reader, &mut writer, addr) => r,
@@ -203,7 +203,7 @@ async fn dial_inner(
     };
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let (mut reader, mut writer) = (Reader::new(r), Writer::new(w));
+    let (mut reader, mut writer) = (Reader::new(r).with_max(HANDSHAKE_MAX_FRAME), Writer::new(w));
     let (desc, terms) = handshake::dial(
         ep,
         creds,
