@@ -244,6 +244,11 @@ fn invite_and_join_end_to_end() {
 
 /// A raw protocol-4 handshake with `key`, claiming `id`: the acceptor's verdict.
 fn claim(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> PeerMsg {
+    claim_open(addr, key, id, purpose).1
+}
+
+/// [`claim`], keeping the connection (a welcomed session stays open).
+fn claim_open(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> (TcpStream, PeerMsg) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -275,7 +280,7 @@ fn claim(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> PeerMsg {
             public_key,
             ..
         } => (peer_id, nonce, public_key.expect("a protocol-4 challenge")),
-        other => return other,
+        other => return (s, other),
     };
     let t = Transcript {
         protocol: d_proto::PROTOCOL_KEYS,
@@ -295,7 +300,8 @@ fn claim(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> PeerMsg {
     };
     s.write_all(&d_proto::frame::encode(&auth).unwrap())
         .unwrap();
-    next()
+    let v = next();
+    (s, v)
 }
 
 fn key_of(d: &TestDaemon) -> KeyPair {
@@ -805,4 +811,27 @@ fn state_is_private_and_an_unauthenticated_peer_cannot_send_large_frames() {
         Some(PeerMsg::Refused(e)) => assert!(e.error.contains("16384"), "{}", e.error),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+#[test]
+fn one_member_cannot_open_unbounded_sessions() {
+    let vps = leader("127.0.0.97");
+    let desktop = TestDaemon::start("desktop", "127.0.0.98");
+    join(&desktop, &invite(&vps, &[]), "desktop");
+    let dk = key_of(&desktop);
+    // desktop's link is one; three more direct sessions fit.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (s, v) = claim_open(&vps.listen(), &dk, "desktop", Purpose::Direct);
+        assert!(matches!(v, PeerMsg::Welcome(_)), "{v:?}");
+        open.push(s);
+    }
+    refused_with(
+        claim(&vps.listen(), &dk, "desktop", Purpose::Direct),
+        "sessions open to vps already",
+    );
+    // The open ones were not closed for it.
+    assert_eq!(desktop.json(&["getPeerStatus"])["link"], "connected");
+    let o = run_on(&vps, "desktop", "echo still");
+    assert_eq!(stdout(&o), "still\n", "{}", stderr(&o));
 }

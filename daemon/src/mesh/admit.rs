@@ -13,6 +13,7 @@ use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
 use super::enroll;
 use super::liveness::link_heartbeat;
+use super::sessions::MAX_INBOUND_PER_PEER;
 use super::Mesh;
 use crate::base::clock::unix_now;
 use crate::base::wg;
@@ -43,6 +44,17 @@ pub async fn admit(
             format!("peer id {my_id} is this daemon's own id"),
         )
         .hint("every daemon needs its own id: `d setPeerConfig --id NAME` on one of them"));
+    }
+    let open = mesh.sessions.inbound(&hello.peer_id);
+    if open >= MAX_INBOUND_PER_PEER {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!(
+                "{} has {open} sessions open to {my_id} already (at most {MAX_INBOUND_PER_PEER})",
+                hello.peer_id
+            ),
+        )
+        .hint("its open sessions carry new work; if they are stuck, restart d-daemon there"));
     }
     // Who it is: the key it proved against the key enrolled for its id.
     match my_role {

@@ -20,6 +20,12 @@ use d_proto::types::{ErrorBody, ErrorKind};
 
 use crate::transport::Session;
 
+/// Most sessions one peer id may have open that it dialed to this daemon:
+/// a crossing dial, a link that came back before the old one was seen
+/// dead, and room to spare. One more is refused at admission (the open
+/// ones are never closed for it), so one member cannot fill the table.
+pub const MAX_INBOUND_PER_PEER: usize = 4;
+
 /// A duplicate direct session idle this long is closed by the side that dialed it.
 pub const DUPLICATE_IDLE: Duration = Duration::from_secs(30);
 
@@ -81,6 +87,15 @@ impl Sessions {
             .filter(|s| s.peer.purpose == Purpose::Link && !s.is_closed())
             .cloned()
             .collect()
+    }
+
+    /// How many open sessions `peer` dialed to this daemon.
+    pub fn inbound(&self, peer: &str) -> usize {
+        self.lock().get(peer).map_or(0, |l| {
+            l.iter()
+                .filter(|s| !s.is_closed() && !s.terms.dialer)
+                .count()
+        })
     }
 
     /// Peers with at least one session.
