@@ -31,6 +31,8 @@ pub async fn admit(
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     };
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
+    // Anything that removes this id from here on voids this admission.
+    mesh.sessions.admitting(from, &hello.peer_id);
     let me = mesh.me.get();
     let (Some(my_id), Some(my_role)) = (me.id.clone(), me.role) else {
         return Err(

@@ -191,6 +191,8 @@ async fn enroll(
     }
     if done.replaced {
         registry::announce_removed(mesh, &id, "enrolled under a new key");
+        // That removal was this admission's own doing: it goes on.
+        mesh.sessions.admitting(from, &id);
     }
     Ok(())
 }
