@@ -258,3 +258,17 @@ fn one_member_cannot_open_unbounded_sessions() {
     let o = run_on(&vps, "desktop", "echo still");
     assert_eq!(stdout(&o), "still\n", "{}", stderr(&o));
 }
+
+#[test]
+fn a_malformed_join_token_id_is_refused_before_it_is_looked_up() {
+    let vps = leader("127.0.0.99");
+    let k = KeyPair::generate().unwrap();
+    let invite = d_proto::peer::InviteProof {
+        token_id: "zz".repeat(40),
+        proof: B64(vec![0; 32]),
+    };
+    let (_s, v) = claim_with(&vps.listen(), &k, "newcomer", Purpose::Link, Some(invite));
+    refused_with(v, "malformed");
+    // The log line holds at most the clipped id, never the whole text.
+    assert!(!vps.log().contains(&"zz".repeat(40)), "{}", vps.log());
+}

@@ -70,6 +70,17 @@ pub fn claim(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> PeerMsg {
 
 /// [`claim`], keeping the connection (a welcomed session stays open).
 pub fn claim_open(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> (TcpStream, PeerMsg) {
+    claim_with(addr, key, id, purpose, None)
+}
+
+/// [`claim_open`] whose authentication also carries `invite` (a join claim).
+pub fn claim_with(
+    addr: &str,
+    key: &KeyPair,
+    id: &str,
+    purpose: Purpose,
+    invite: Option<d_proto::peer::InviteProof>,
+) -> (TcpStream, PeerMsg) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
@@ -116,7 +127,7 @@ pub fn claim_open(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> (Tcp
     let auth = PeerMsg::Auth {
         proof: B64(Vec::new()),
         signature: Some(B64(keys::sign_handshake(key, Side::Dialer, &t).to_vec())),
-        invite: None,
+        invite,
         mesh_proof: None,
     };
     s.write_all(&d_proto::frame::encode(&auth).unwrap())
