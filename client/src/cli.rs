@@ -165,7 +165,7 @@ pub enum Command {
         peer: String,
     },
 
-    /// Remove one peer from the registry.
+    /// On the leader: remove one peer from the registry (an enrolled id needs a new invitation to come back).
     DeletePeer {
         /// Peer id.
         #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]

@@ -1592,8 +1592,22 @@ fn peer_port_group() -> Group {
             );
         }
     }
+    // Before authentication a line may be 16 KiB at most (the handshake
+    // limit), not MAX_FRAME.
+    const HANDSHAKE_MAX: usize = 16 * 1024;
     add(
-        "hello with a peer id of almost MAX_FRAME bytes",
+        "hello with a peer id of almost the 16 KiB handshake limit",
+        false,
+        padded(
+            r#"{"type":"hello","protocol":2,"version":"x","hostname":"h","listen_port":0,"role":"worker","purpose":"direct","nonce":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","peer_id":""#,
+            b'a',
+            r#""}"#,
+            HANDSHAKE_MAX - 8,
+        ),
+        &["Invalid peer id"],
+    );
+    add(
+        "hello with a peer id of almost MAX_FRAME bytes (over the handshake limit)",
         false,
         padded(
             r#"{"type":"hello","protocol":2,"version":"x","hostname":"h","listen_port":0,"role":"worker","purpose":"direct","nonce":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","peer_id":""#,

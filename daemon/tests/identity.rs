@@ -5,70 +5,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use d_proto::invite::Invite;
-use d_proto::keys::{self, KeyPair, Side, Transcript};
-use d_proto::peer::{Hello, PeerMsg, Purpose};
-use d_proto::types::{Role, B64};
-use serde_json::Value;
+use d_proto::peer::{PeerMsg, Purpose};
+use d_proto::types::B64;
 
+use common::identity::*;
 use common::*;
-
-/// A leader `vps` with no worker yet.
-fn leader(ip: &str) -> TestDaemon {
-    let vps = TestDaemon::start("vps", ip);
-    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
-    vps
-}
-
-fn invite(leader: &TestDaemon, args: &[&str]) -> String {
-    let mut all = vec!["invite"];
-    all.extend_from_slice(args);
-    let v = leader.json(&all);
-    v["token"].as_str().expect("a token").to_string()
-}
-
-/// `d join`, expected to succeed.
-fn join(w: &TestDaemon, token: &str, id: &str) -> Value {
-    w.json(&["join", token, "--id", id])
-}
-
-/// `d join`, expected to fail: its error text (stdout+stderr).
-fn join_refused(w: &TestDaemon, token: &str, id: &str) -> String {
-    let o = w.d(&["join", token, "--id", id]);
-    assert!(
-        !o.status.success(),
-        "join of {id} should have failed: {}",
-        stdout(&o)
-    );
-    format!("{}{}", stdout(&o), stderr(&o))
-}
-
-fn fingerprint(d: &TestDaemon) -> String {
-    d.json(&["getPeerStatus"])["fingerprint"]
-        .as_str()
-        .expect("a fingerprint")
-        .to_string()
-}
-
-fn registry_key(leader: &TestDaemon, id: &str) -> Option<String> {
-    let peers = leader.json(&["listPeers"]);
-    peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == id)
-        .and_then(|p| p["public_key"].as_str().map(str::to_string))
-}
-
-fn fp_of(b64: &str) -> String {
-    keys::PublicKey::from_base64(b64).unwrap().fingerprint()
-}
 
 #[test]
 fn identity_key_created_at_first_start_private_and_kept() {
@@ -242,89 +188,6 @@ fn invite_and_join_end_to_end() {
     }
 }
 
-/// A raw protocol-4 handshake with `key`, claiming `id`: the acceptor's verdict.
-fn claim(addr: &str, key: &KeyPair, id: &str, purpose: Purpose) -> PeerMsg {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut next = || {
-        let mut l = String::new();
-        r.read_line(&mut l).expect("a handshake line");
-        serde_json::from_str::<PeerMsg>(&l).expect("a handshake message")
-    };
-    let nonce = d_proto::auth::random_bytes().unwrap();
-    let me = key.public();
-    let hello = Hello {
-        protocol: d_proto::PROTOCOL_MIN,
-        protocol_max: d_proto::PROTOCOL_VERSION,
-        peer_id: id.into(),
-        version: "0.0.0 (impostor)".into(),
-        hostname: "impostor".into(),
-        listen_port: 0,
-        role: Role::Worker,
-        purpose,
-        nonce: B64(nonce.to_vec()),
-        public_key: Some(me),
-        labels: Vec::new(),
-    };
-    s.write_all(&d_proto::frame::encode(&PeerMsg::Hello(hello)).unwrap())
-        .unwrap();
-    let (their_id, their_nonce, their_key) = match next() {
-        PeerMsg::Challenge {
-            peer_id,
-            nonce,
-            public_key,
-            ..
-        } => (peer_id, nonce, public_key.expect("a protocol-4 challenge")),
-        other => return other,
-    };
-    let t = Transcript {
-        protocol: d_proto::PROTOCOL_KEYS,
-        dialer_nonce: &nonce,
-        acceptor_nonce: &their_nonce.0,
-        dialer_id: id,
-        acceptor_id: &their_id,
-        purpose: purpose.as_str(),
-        dialer_key: &me,
-        acceptor_key: &their_key,
-    };
-    let auth = PeerMsg::Auth {
-        proof: B64(Vec::new()),
-        signature: Some(B64(keys::sign_handshake(key, Side::Dialer, &t).to_vec())),
-        invite: None,
-        mesh_proof: None,
-    };
-    s.write_all(&d_proto::frame::encode(&auth).unwrap())
-        .unwrap();
-    next()
-}
-
-fn key_of(d: &TestDaemon) -> KeyPair {
-    KeyPair::from_text(&std::fs::read_to_string(d.state_dir().join("identity.key")).unwrap())
-        .unwrap()
-}
-
-fn refused_with(v: PeerMsg, want: &str) {
-    match v {
-        PeerMsg::Refused(e) => assert!(e.error.contains(want), "{}", e.error),
-        other => panic!("expected a refusal ({want}), got {other:?}"),
-    }
-}
-
-fn run_on(d: &TestDaemon, peer: &str, cmd: &str) -> std::process::Output {
-    d.d(&[
-        "execOnPeer",
-        "--peer",
-        peer,
-        "--directory",
-        "/tmp",
-        "--shellCmd",
-        cmd,
-        "--timeout",
-        "20",
-    ])
-}
-
 #[test]
 fn an_enrolled_member_cannot_be_another_id() {
     let vps = leader("127.0.0.41");
@@ -455,13 +318,14 @@ fn a_deleted_peer_is_cut_off_and_needs_a_new_invitation() {
     join(&desktop, &invite(&vps, &[]), "desktop");
     assert_eq!(desktop.json(&["getPeerStatus"])["link"], "connected");
     vps.json(&["deletePeer", "--peer", "desktop"]);
-    // Its link ends at once, and its reconnects are refused.
+    // Its link ends at once, and its reconnects are refused: its id is
+    // tombstoned like a revoked one.
     wait_for(Duration::from_secs(10), "desktop's link refused", || {
         let st = desktop.json(&["getPeerStatus"]);
         st["link"] != "connected"
             && st["link_error"]
                 .as_str()
-                .is_some_and(|e| e.contains("not enrolled"))
+                .is_some_and(|e| e.contains("revoked"))
     });
     std::thread::sleep(Duration::from_secs(1));
     assert!(registry_key(&vps, "desktop").is_none());

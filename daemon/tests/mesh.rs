@@ -84,10 +84,14 @@ fn delete_peer_and_db_sanity_check() {
             .iter()
             .any(|p| p["id"] == "laptop" && p["online"] == false)
     });
-    let r = m.desktop.json(&["deletePeer", "--peer", "laptop"]);
+    // Only the leader's own socket removes a peer; a worker is told so.
+    let o = m.desktop.d(&["deletePeer", "--peer", "laptop"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("on the leader vps"), "{}", stderr(&o));
+    let r = m.vps.json(&["deletePeer", "--peer", "laptop"]);
     assert_eq!(r["deleted"], "laptop");
     assert!(!peers(&m.vps).iter().any(|p| p["id"] == "laptop"));
-    let o = m.desktop.d(&["deletePeer", "--peer", "laptop"]);
+    let o = m.vps.d(&["deletePeer", "--peer", "laptop"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("Peer not found: laptop"));
     // A worker that was a leader before keeps stale rows until dbSanityCheck.

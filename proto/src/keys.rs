@@ -287,6 +287,24 @@ pub fn verify_mesh_proof(mesh_key: &[u8], t: &Transcript<'_>, proof: &[u8]) -> b
         .is_ok()
 }
 
+/// The acceptor's proof of the legacy mesh key in a protocol-4 challenge,
+/// over the whole transcript (both public keys included), so a man in the
+/// middle cannot pass a real leader's proof off next to its own key. Its
+/// own label: never the dialer's proof reflected.
+pub fn acceptor_mesh_proof(mesh_key: &[u8], t: &Transcript<'_>) -> Vec<u8> {
+    hmac(mesh_key, &t.bytes(b"d mesh key acceptor v1"))
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+/// Check an [`acceptor_mesh_proof`] in constant time.
+pub fn verify_acceptor_mesh_proof(mesh_key: &[u8], t: &Transcript<'_>, proof: &[u8]) -> bool {
+    hmac(mesh_key, &t.bytes(b"d mesh key acceptor v1"))
+        .verify_slice(proof)
+        .is_ok()
+}
+
 /// A key rotation: `old` vouches for `new` as `id`'s key. The leader sends
 /// the chain of its rotations in its challenge, so a worker that pinned an
 /// older leader key can follow it to the current one.

@@ -353,7 +353,7 @@ impl Action {
 }
 
 /// Coarse classes of failure, so programs need not parse messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     PeerNotFound,

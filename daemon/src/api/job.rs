@@ -148,12 +148,15 @@ pub fn serve_for_peer(
     // with none): it is the requester. Only the leader relays jobs for
     // others, so only a job from this worker's leader may name another
     // requester (not yet signed by that requester: see the README's threat
-    // model).
+    // model). "From the leader" is the session itself being this worker's
+    // current link (`from` is that session's own `peer`), never a session
+    // that merely carries the leader's id (a key-less id proved by the
+    // shared mesh key could).
     let from_leader = daemon
         .mesh
         .link
         .session()
-        .is_some_and(|l| l.peer.id == from.id);
+        .is_some_and(|l| std::ptr::eq(&l.peer, from));
     let requester = if spec.requester.is_empty() || spec.requester == from.id {
         from.id.clone()
     } else if from_leader {

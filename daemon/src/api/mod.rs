@@ -12,6 +12,7 @@
 //! - [`audit`]: the audit log's writer, which keeps records the database refuses.
 //! - [`peer_config`], [`status`], [`doctor`], [`deploy`], [`invite`]: commands.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -71,12 +72,18 @@ impl Daemon {
     /// Open the state database, load the saved identity and mesh key, and
     /// put the parts together (nothing runs yet).
     pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create state directory {}: {e} (use --state-dir or D_STATE_DIR)",
-                config.state_dir.display()
-            )
-        })?;
+        // Private from the start: it holds the identity key and the
+        // registry (a directory that exists already keeps its mode).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create state directory {}: {e} (use --state-dir or D_STATE_DIR)",
+                    config.state_dir.display()
+                )
+            })?;
         crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
         let (role, id, leader, leader_key, join_token, labels) = store

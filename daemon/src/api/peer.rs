@@ -38,6 +38,10 @@ impl Handler for Daemon {
         Box::pin(async move {
             match q {
                 Query::PeerRemoved { peer } => registry::peer_removed(&self.mesh, &from, &peer),
+                // Registry changes are the leader's local socket's alone.
+                Query::DeletePeer { peer } => {
+                    registry::refuse_remote_change(&self.mesh, &from, &peer)
+                }
                 Query::Control { request } => {
                     match Box::pin(dispatch::answer_remote(&self, *request)).await {
                         Ok(result) => Answer::Result { result },

@@ -29,12 +29,15 @@ pub fn next_path(state_dir: &Path) -> PathBuf {
 pub fn load_or_create(state_dir: &Path) -> Result<(KeyPair, bool), String> {
     let p = path(state_dir);
     match std::fs::read_to_string(&p) {
-        Ok(text) => KeyPair::from_text(&text).map(|k| (k, false)).map_err(|e| {
+        Ok(text) => {
+            check_mode(&p)?;
+            KeyPair::from_text(&text).map(|k| (k, false)).map_err(|e| {
             format!(
                 "{}: {e}: this daemon's identity key is damaged; restore it from a backup, or move it away and enroll the machine again (`d invite` on the leader, `d join TOKEN` here)",
                 p.display()
             )
-        }),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = KeyPair::generate()?;
             store(&p, &key)?;
@@ -45,6 +48,33 @@ pub fn load_or_create(state_dir: &Path) -> Result<(KeyPair, bool), String> {
             p.display()
         )),
     }
+}
+
+/// A key file others may read is made private again (0600), said in the
+/// log; one that cannot be is a start failure.
+fn check_mode(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p)
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        format!(
+            "{} is readable by other users (mode {:o}) and cannot be made private: {e}; run `chmod 600 {}`",
+            p.display(),
+            mode & 0o777,
+            p.display()
+        )
+    })?;
+    tracing::warn!(
+        "{} was readable by other users (mode {:o}): made it 0600; if others could read it, enroll this machine again with a new key",
+        p.display(),
+        mode & 0o777
+    );
+    Ok(())
 }
 
 /// Write `key` to `p` atomically with mode 0600.

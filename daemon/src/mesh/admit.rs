@@ -13,6 +13,7 @@ use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
 use super::enroll;
 use super::liveness::link_heartbeat;
+use super::sessions::MAX_INBOUND_PER_PEER;
 use super::Mesh;
 use crate::base::clock::unix_now;
 use crate::base::wg;
@@ -30,6 +31,8 @@ pub async fn admit(
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     };
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
+    // Anything that removes this id from here on voids this admission.
+    mesh.sessions.admitting(from, &hello.peer_id);
     let me = mesh.me.get();
     let (Some(my_id), Some(my_role)) = (me.id.clone(), me.role) else {
         return Err(
@@ -44,6 +47,47 @@ pub async fn admit(
         )
         .hint("every daemon needs its own id: `d setPeerConfig --id NAME` on one of them"));
     }
+    let open = mesh.sessions.inbound(&hello.peer_id);
+    if open >= MAX_INBOUND_PER_PEER {
+        return Err(ErrorBody::new(
+            ErrorKind::Refused,
+            format!(
+                "{} has {open} sessions open to {my_id} already (at most {MAX_INBOUND_PER_PEER})",
+                hello.peer_id
+            ),
+        )
+        .hint("its open sessions carry new work; if they are stuck, restart d-daemon there"));
+    }
+    // With a WireGuard interface, every session (a worker's link, and a
+    // direct session for jobs) must come through one of its peers: what a
+    // session carries after the handshake is protected by WireGuard alone.
+    // Checked before anything is enrolled or registered.
+    // The device read a second ago will do, unless it lacks this peer (just
+    // added with `wg set`): then read it afresh. (A peer removed less than a
+    // second ago may still get in; its tunnel is gone with it anyway.)
+    let iface = &mesh.config.wg_interface;
+    let mut dev = mesh.wg_device.get(iface, Duration::from_secs(1)).await;
+    if matches!(&dev, Ok(d) if wg::peer_for(d, from.ip()).is_none()) {
+        dev = mesh.wg_device.get(iface, Duration::ZERO).await;
+    }
+    let wg_public_key = match dev {
+        Ok(dev) => match wg::peer_for(&dev, from.ip()) {
+            Some(p) => Some(p.config.public_key.to_base64()),
+            None => {
+                return Err(ErrorBody::new(
+                    ErrorKind::Refused,
+                    format!(
+                        "{} from {} refused: that address is not inside any WireGuard peer's allowed IPs on {}",
+                        if hello.purpose == Purpose::Link { "link" } else { "session" },
+                        from.ip(),
+                        mesh.config.wg_interface
+                    ),
+                )
+                .hint("workers must reach the leader through the tunnel: point them at the leader's WireGuard address, and add the worker as a WireGuard peer (`wg set`)"));
+            }
+        },
+        Err(_) => None,
+    };
     // Who it is: the key it proved against the key enrolled for its id.
     match my_role {
         Role::Leader => enroll::check_at_leader(mesh, hello, from, proof).await?,
@@ -86,32 +130,6 @@ pub async fn admit(
             ));
         }
     }
-    // With a WireGuard interface, a link must come through one of its peers.
-    // The device read a second ago will do, unless it lacks this peer (just
-    // added with `wg set`): then read it afresh. (A peer removed less than a
-    // second ago may still get in; its tunnel is gone with it anyway.)
-    let iface = &mesh.config.wg_interface;
-    let mut dev = mesh.wg_device.get(iface, Duration::from_secs(1)).await;
-    if matches!(&dev, Ok(d) if wg::peer_for(d, from.ip()).is_none()) {
-        dev = mesh.wg_device.get(iface, Duration::ZERO).await;
-    }
-    let wg_public_key = match dev {
-        Ok(dev) => match wg::peer_for(&dev, from.ip()) {
-            Some(p) => Some(p.config.public_key.to_base64()),
-            None => {
-                return Err(ErrorBody::new(
-                    ErrorKind::Refused,
-                    format!(
-                        "link from {} refused: that address is not inside any WireGuard peer's allowed IPs on {}",
-                        from.ip(),
-                        mesh.config.wg_interface
-                    ),
-                )
-                .hint("workers must reach the leader through the tunnel: point them at the leader's WireGuard address, and add the worker as a WireGuard peer (`wg set`)"));
-            }
-        },
-        Err(_) => None,
-    };
     let row = PeerInfo {
         id: hello.peer_id.clone(),
         addr: from.ip().to_string(),

@@ -20,7 +20,7 @@ use d_proto::keys::PublicKey;
 use d_proto::peer::{Answer, Hello, Purpose, Query};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
-use super::Mesh;
+use super::{registry, Mesh};
 use crate::base::clock::unix_now;
 use crate::transport::Proof;
 
@@ -170,12 +170,31 @@ async fn enroll(
         Some(t) => format!("join token {t}"),
         None => "its earlier enrollment or the mesh key".into(),
     };
-    mesh.store
+    let done = mesh
+        .store
         .call_durable(move |st| st.enroll(&row, token.as_deref().map(|t| (t, now)), now))
         .await
         .map_err(db)?
-        .map_err(|e| refused(e, "ask the leader for a new token: `d invite`"))?;
+        .map_err(|e| {
+            refused(
+                e,
+                format!(
+                    "ask the leader for a token for this id: `d invite --id {}`",
+                    hello.peer_id
+                ),
+            )
+        })?;
     tracing::info!("enrolled {id} with key {} ({how})", key.fingerprint());
+    // The key's old id is gone (tombstoned) and an id's replaced key is no
+    // longer its: their sessions end now, here and on every worker.
+    for old in &done.renamed_from {
+        registry::announce_removed(mesh, old, &format!("renamed to {id}"));
+    }
+    if done.replaced {
+        registry::announce_removed(mesh, &id, "enrolled under a new key");
+        // That removal was this admission's own doing: it goes on.
+        mesh.sessions.admitting(from, &id);
+    }
     Ok(())
 }
 

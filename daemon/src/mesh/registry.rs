@@ -220,18 +220,26 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
                     .hint("the leader is always in its registry; make another daemon the leader first"));
             }
             let p2 = peer.clone();
-            if mesh
+            let now = unix_now();
+            match mesh
                 .store
-                .call_durable(move |st| st.delete_peer(&p2))
+                .call_durable(move |st| st.delete_peer_tombstoned(&p2, now))
                 .await
                 .map_err(db)?
             {
-                // Its key went with its row: a session it proved with that
-                // key ends now, everywhere (it needs a new invitation to come back).
-                announce_removed(mesh, &peer, "deleted from the leader's registry");
-                Ok(Answer::Deleted { peer })
-            } else {
-                Err(ErrorBody::peer_not_found(&peer))
+                Some(keyed) => {
+                    // Its key went with its row (and, if it had one, a
+                    // tombstone stays): a session it proved with that key
+                    // ends now, everywhere (it needs a new invitation to come back).
+                    let why = if keyed {
+                        "deleted from the leader's registry (its id needs a new invitation)"
+                    } else {
+                        "deleted from the leader's registry"
+                    };
+                    announce_removed(mesh, &peer, why);
+                    Ok(Answer::Deleted { peer })
+                }
+                None => Err(ErrorBody::peer_not_found(&peer)),
             }
         }
         Query::PeerIdByIp { ip } => {
@@ -255,6 +263,26 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             }
         }
     }
+}
+
+/// A registry-changing question ([`Query::DeletePeer`]) that came over a
+/// peer session: refused. Only the leader's own control socket changes its
+/// registry (a worker's `d deletePeer` is refused with this, told to run it
+/// on the leader): a member's key must never remove another member.
+pub fn refuse_remote_change(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
+    let leader = mesh.me.name();
+    let peer = d_proto::clip(peer, 80);
+    tracing::info!(
+        "refused deletePeer of {peer} asked by {} over the mesh",
+        d_proto::clip(&from.peer.id, 80)
+    );
+    Answer::Error(
+        ErrorBody::new(
+            ErrorKind::Refused,
+            format!("{leader} refuses deletePeer asked over the mesh: only the leader's own control socket may remove a peer"),
+        )
+        .hint(format!("run `d deletePeer --peer {peer}` (or `d revoke --peer {peer}`) on the leader {leader} itself")),
+    )
 }
 
 /// On the leader: `peer`'s key is gone (deleted, revoked). Close its

@@ -20,12 +20,35 @@ use d_proto::types::{ErrorBody, ErrorKind};
 
 use crate::transport::Session;
 
+/// Most sessions one peer id may have open that it dialed to this daemon:
+/// a crossing dial, a link that came back before the old one was seen
+/// dead, and room to spare. One more is refused at admission (the open
+/// ones are never closed for it), so one member cannot fill the table.
+pub const MAX_INBOUND_PER_PEER: usize = 4;
+
 /// A duplicate direct session idle this long is closed by the side that dialed it.
 pub const DUPLICATE_IDLE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    removals: Mutex<Removals>,
+}
+
+/// Most ids (and admissions in progress) remembered for [`Removals`];
+/// beyond it the memory starts over.
+const REMOVALS_KEPT: usize = 4096;
+
+/// Which ids were removed (deleted, revoked, renamed away) and when, as a
+/// count, so that a session admitted while its id was being removed is not
+/// filed after the removal closed the others.
+#[derive(Default)]
+struct Removals {
+    count: u64,
+    /// Id → the count at its last removal.
+    last: HashMap<String, u64>,
+    /// Admissions in progress: the dialer's address → (id, its last removal then).
+    admitting: HashMap<std::net::SocketAddr, (String, u64)>,
 }
 
 /// The session new work for a peer goes over: its link, else the oldest.
@@ -83,13 +106,68 @@ impl Sessions {
             .collect()
     }
 
+    /// How many open sessions `peer` dialed to this daemon.
+    pub fn inbound(&self, peer: &str) -> usize {
+        self.lock().get(peer).map_or(0, |l| {
+            l.iter()
+                .filter(|s| !s.is_closed() && !s.terms.dialer)
+                .count()
+        })
+    }
+
     /// Peers with at least one session.
     pub fn count(&self) -> usize {
         self.lock().len()
     }
 
+    fn removals(&self) -> MutexGuard<'_, Removals> {
+        self.removals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An admission of `id` from `from` begins: what [`Sessions::insert`]
+    /// compares with (was `id` removed meanwhile?).
+    pub fn admitting(&self, from: std::net::SocketAddr, id: &str) {
+        let mut r = self.removals();
+        if r.admitting.len() >= REMOVALS_KEPT {
+            r.admitting.clear();
+        }
+        let since = r.last.get(id).copied().unwrap_or(0);
+        r.admitting.insert(from, (id.to_string(), since));
+    }
+
+    fn removed(&self, id: &str) {
+        let mut r = self.removals();
+        if r.last.len() >= REMOVALS_KEPT {
+            r.last.clear();
+        }
+        r.count += 1;
+        let n = r.count;
+        r.last.insert(id.to_string(), n);
+    }
+
     /// File `s` beside its peer's other sessions (it replaces none of them).
+    /// A session whose id was removed while it was being admitted is closed
+    /// instead.
     pub fn insert(&self, s: Arc<Session>) {
+        let stale = {
+            let mut r = self.removals();
+            match r.admitting.remove(&s.peer.remote) {
+                Some((id, since)) if id == s.peer.id => {
+                    r.last.get(&id).copied().unwrap_or(0) != since
+                }
+                _ => false,
+            }
+        };
+        if stale {
+            s.close(ErrorBody::new(
+                ErrorKind::PeerLost,
+                format!(
+                    "{} was removed while its session was being admitted",
+                    s.peer.id
+                ),
+            ));
+            return;
+        }
         let mut map = self.lock();
         let list = map.entry(s.peer.id.clone()).or_default();
         list.retain(|o| !o.is_closed());
@@ -113,6 +191,7 @@ impl Sessions {
 
     /// Close every session with `peer` (it was deleted or revoked).
     pub fn close_peer(&self, peer: &str, why: &str) {
+        self.removed(peer);
         let list = self.lock().remove(peer).unwrap_or_default();
         for s in list {
             s.close(ErrorBody::new(ErrorKind::PeerLost, why.to_string()));

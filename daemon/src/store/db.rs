@@ -145,6 +145,16 @@ impl Registry {
     /// Check the files, open (and migrate) the database, then start its threads.
     pub fn start(path: &Path) -> Result<Registry, RegistryError> {
         files::check_at_start(path)?;
+        // Created 0600 (SQLite gives its -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let mut store = Store::open(path)?;
         let reader = Store::open(path)?;
         let id = FileId::of(path).map_err(RegistryError::Storage)?;

@@ -52,6 +52,15 @@ impl InviteRow {
 /// Invitations spent, revoked or expired this long ago are deleted.
 pub const INVITE_KEEP_SECS: u64 = 7 * 24 * 3600;
 /// Most invitations a leader keeps unspent at once.
+/// What an enrollment changed besides the row (its caller closes sessions).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The ids the key was enrolled under before (now tombstoned).
+    pub renamed_from: Vec<String>,
+    /// Whether the id had another key before (replaced by a `--replace` token).
+    pub replaced: bool,
+}
+
 pub const MAX_OPEN_INVITES: u64 = 10_000;
 
 const INVITE_COLUMNS: &str =
@@ -96,44 +105,102 @@ impl Store {
             .optional()?)
     }
 
-    /// Enroll `row.public_key` as `row.id`'s key, in one savepoint: the key
-    /// leaves any other id it was enrolled under (a renamed machine), and
-    /// `spend` (token id, unix now) is marked used by `row.id`. `Ok(Err)`:
-    /// the token cannot be spent (used, revoked or expired meanwhile);
-    /// nothing changed.
+    /// Enroll `row.public_key` as `row.id`'s key, in one savepoint (the
+    /// checks and the writes together, so two dialers racing for one id
+    /// cannot both win):
+    /// - `spend` (token id, unix now) is marked used by `row.id`;
+    /// - an id enrolled under another key is only overwritten by a token
+    ///   minted with `--replace`; otherwise "taken", nothing changed;
+    /// - without a token, a key already enrolled under another id (a
+    ///   renamed machine) may take `row.id` only if no row and no open
+    ///   invitation name it; a revoked id is never taken without a token;
+    /// - any other id the key was enrolled under goes, tombstoned (only a
+    ///   new invitation brings it back).
+    ///
+    /// `Ok(Err)`: refused (its reason); nothing changed.
     pub fn enroll(
         &mut self,
         row: &PeerInfo,
         spend: Option<(&str, u64)>,
         now: u64,
-    ) -> Result<Result<(), String>, RegistryError> {
+    ) -> Result<Result<Enrolled, String>, RegistryError> {
         let Some(key) = row.public_key else {
             return Ok(Err("no key to enroll".into()));
         };
+        let key64 = key.to_base64();
+        let id = &row.id;
         let sp = self.conn.savepoint()?;
+        let mut replace = false;
         if let Some((token_id, at)) = spend {
             let n = sp.execute(
                 "UPDATE invites SET spent_at = ?2, spent_by = ?3
                  WHERE token_id = ?1 AND spent_at IS NULL AND revoked = 0 AND expires > ?2",
-                params![token_id, at as i64, row.id],
+                params![token_id, at as i64, id],
             )?;
             if n == 0 {
                 return Ok(Err(format!(
                     "join token {token_id} can no longer be used (spent, revoked or expired)"
                 )));
             }
+            replace = sp.query_row(
+                "SELECT replace_key FROM invites WHERE token_id = ?1",
+                [token_id],
+                |r| r.get::<_, i64>(0),
+            )? != 0;
         }
-        sp.execute(
-            "UPDATE peers SET public_key = NULL WHERE public_key = ?1 AND id != ?2",
-            params![key.to_base64(), row.id],
-        )?;
-        sp.execute("DELETE FROM revoked_ids WHERE id = ?1", [&row.id])?;
-        sp.execute(
+        let old_ids: Vec<String> = {
+            let mut st = sp.prepare("SELECT id FROM peers WHERE public_key = ?1 AND id != ?2")?;
+            let rows = st.query_map(params![key64, id], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        if spend.is_none() {
+            let revoked = sp
+                .query_row("SELECT 1 FROM revoked_ids WHERE id = ?1", [id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if revoked {
+                return Ok(Err(format!(
+                    "{id} was revoked on this leader: it needs a new invitation"
+                )));
+            }
+            if !old_ids.is_empty() {
+                let named: bool = sp.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM peers WHERE id = ?1)
+                         OR EXISTS (SELECT 1 FROM invites WHERE id = ?1 AND spent_at IS NULL
+                                    AND revoked = 0 AND expires > ?2)",
+                    params![id, now as i64],
+                    |r| r.get(0),
+                )?;
+                if named {
+                    return Ok(Err(format!(
+                        "{id} is already in the registry or named by an open invitation: the member {} cannot rename itself to it",
+                        old_ids.join(", ")
+                    )));
+                }
+            }
+        }
+        let prior: Option<Option<String>> = sp
+            .query_row("SELECT public_key FROM peers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        // (A key is enrolled under one id at most: its old ids go first; a
+        // refusal below rolls this back with the rest.)
+        for old in &old_ids {
+            sp.execute("DELETE FROM peers WHERE id = ?1", [old])?;
+            sp.execute(
+                "INSERT INTO revoked_ids (id, revoked_at) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                params![old, now as i64],
+            )?;
+        }
+        let n = sp.execute(
             "INSERT INTO peers (id, addr, port, role, version, hostname, first_seen, last_seen, wg_pubkey, public_key)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
-             ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key",
+             ON CONFLICT(id) DO UPDATE SET public_key = excluded.public_key
+             WHERE peers.public_key IS NULL OR peers.public_key = excluded.public_key OR ?10",
             params![
-                row.id,
+                id,
                 row.addr,
                 row.port,
                 row.role.as_str(),
@@ -141,11 +208,21 @@ impl Store {
                 row.hostname,
                 now as i64,
                 row.wg_public_key,
-                key.to_base64()
+                key64,
+                replace
             ],
         )?;
+        if n != 1 {
+            return Ok(Err(format!(
+                "{id} is enrolled under another key (taken meanwhile): refused"
+            )));
+        }
+        sp.execute("DELETE FROM revoked_ids WHERE id = ?1", [id])?;
         sp.commit()?;
-        Ok(Ok(()))
+        Ok(Ok(Enrolled {
+            renamed_from: old_ids,
+            replaced: prior.flatten().is_some_and(|k| k != key64),
+        }))
     }
 
     /// Revoke `id`: its row (and key) goes, and a tombstone stops the
@@ -161,6 +238,37 @@ impl Store {
         )?;
         sp.commit()?;
         Ok(n > 0)
+    }
+
+    /// `d deletePeer` on the leader: `id`'s row goes; if it had an enrolled
+    /// key, a tombstone is left as by [`Self::revoke_peer`] (one
+    /// transaction), so neither the mesh key nor another member's key can
+    /// take the id again without a new invitation. `None`: no such row;
+    /// `Some(true)`: it had a key (tombstoned).
+    pub fn delete_peer_tombstoned(
+        &mut self,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<bool>, RegistryError> {
+        let sp = self.conn.savepoint()?;
+        let had: Option<Option<String>> = sp
+            .query_row("SELECT public_key FROM peers WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(key) = had else {
+            return Ok(None);
+        };
+        sp.execute("DELETE FROM peers WHERE id = ?1", [id])?;
+        if key.is_some() {
+            sp.execute(
+                "INSERT INTO revoked_ids (id, revoked_at) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                params![id, now as i64],
+            )?;
+        }
+        sp.commit()?;
+        Ok(Some(key.is_some()))
     }
 
     /// Whether `id` was revoked (and not enrolled again since).
@@ -302,10 +410,35 @@ mod tests {
             .enroll(&row("late", k2), Some(("00000000000000bb", 300)), 300)
             .unwrap()
             .is_err());
-        // Renaming moves the key.
-        st.enroll(&row("laptop2", k), None, 400).unwrap().unwrap();
+        // Renaming moves the key, and tombstones the old id.
+        let e = st.enroll(&row("laptop2", k), None, 400).unwrap().unwrap();
+        assert_eq!(e.renamed_from, vec!["laptop".to_string()]);
         assert_eq!(st.enrolled_key("laptop").unwrap(), None);
+        assert!(st.is_revoked("laptop").unwrap());
         assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
+        // Check and write are one: an id enrolled under another key is not
+        // overwritten (two racing enrollments: the second is "taken").
+        let k3 = KeyPair::generate().unwrap().public();
+        let e = st
+            .enroll(&row("laptop2", k3), None, 401)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("taken"), "{e}");
+        assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
+        st.add_invite(&invite("00000000000000dd", 9000))
+            .unwrap()
+            .unwrap();
+        let e = st
+            .enroll(&row("laptop2", k3), Some(("00000000000000dd", 402)), 402)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("taken"), "{e}");
+        assert!(st
+            .get_invite("00000000000000dd")
+            .unwrap()
+            .unwrap()
+            .spent_at
+            .is_none());
         // Revoking a token, and a peer.
         st.add_invite(&invite("00000000000000cc", 9000))
             .unwrap()
@@ -315,8 +448,34 @@ mod tests {
         assert!(st.revoke_peer("laptop2", 500).unwrap());
         assert_eq!(st.enrolled_key("laptop2").unwrap(), None);
         assert!(st.is_revoked("laptop2").unwrap());
-        // A new enrollment lifts the tombstone.
-        st.enroll(&row("laptop2", k), None, 600).unwrap().unwrap();
+        // Without a token a revoked id stays revoked; a new invitation
+        // lifts the tombstone.
+        assert!(st.enroll(&row("laptop2", k), None, 600).unwrap().is_err());
+        st.add_invite(&invite("00000000000000ee", 9000))
+            .unwrap()
+            .unwrap();
+        st.enroll(&row("laptop2", k), Some(("00000000000000ee", 600)), 600)
+            .unwrap()
+            .unwrap();
         assert!(!st.is_revoked("laptop2").unwrap());
+        // A member cannot rename itself onto a row, or an id an open
+        // invitation names.
+        let mut named = invite("00000000000000ff", 9000);
+        named.id = Some("reserved".into());
+        st.add_invite(&named).unwrap().unwrap();
+        let e = st
+            .enroll(&row("reserved", k), None, 700)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("open invitation"), "{e}");
+        st.enroll(&row("laptop3", k2), Some(("00000000000000dd", 700)), 700)
+            .unwrap()
+            .unwrap();
+        let e = st
+            .enroll(&row("laptop3", k), None, 701)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.contains("taken") || e.contains("registry"), "{e}");
+        assert_eq!(st.enrolled_key("laptop2").unwrap(), Some(k));
     }
 }

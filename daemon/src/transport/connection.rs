@@ -44,6 +44,12 @@ pub struct Reader<R> {
     last_read: tokio::time::Instant,
 }
 
+/// Largest frame read before the other side is authenticated (hello,
+/// challenge, auth, welcome: about 1 KiB each; 16 KiB leaves room for a key
+/// chain), so an unauthenticated dialer cannot make the daemon buffer and
+/// parse a 1 MiB line per connection.
+pub const HANDSHAKE_MAX_FRAME: usize = 16 * 1024;
+
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub fn new(io: R) -> Self {
         Reader {
@@ -53,6 +59,19 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             eof: false,
             last_read: tokio::time::Instant::now(),
         }
+    }
+
+    /// Accept frames of `max` bytes at most from now on (a handshake's
+    /// peer is not authenticated yet: [`HANDSHAKE_MAX_FRAME`]).
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.decoder.set_max(max);
+        self
+    }
+
+    /// Raise (or lower) the largest accepted frame (an authenticated
+    /// session: [`d_proto::MAX_FRAME`]).
+    pub fn set_max(&mut self, max: usize) {
+        self.decoder.set_max(max);
     }
 
     /// When bytes last arrived.

@@ -134,9 +134,10 @@ where
                 peer_id: my_id.clone(),
                 nonce: B64(nonce.to_vec()),
                 // For a dialer that knows no key for this id yet (a mesh
-                // moving from the shared key): the mesh key's proof.
+                // moving from the shared key): the mesh key's proof, bound
+                // to both keys (so no one can relay it next to another key).
                 proof: B64(mesh_key
-                    .map(|k| auth::prove(&k, auth::Side::Acceptor, &legacy))
+                    .map(|k| keys::acceptor_mesh_proof(&k, &t))
                     .unwrap_or_default()),
                 public_key: Some(my_key),
                 signature: Some(B64(keys::sign_handshake(&kp, Side::Acceptor, &t).to_vec())),
@@ -167,6 +168,19 @@ where
                 (Some(k), Some(p)) => keys::verify_mesh_proof(&k, &t, &p.0),
                 _ => false,
             };
+            if let Some(i) = &invite {
+                // Peer-chosen text that goes into queries and log lines:
+                // only the fixed format is looked at.
+                let ok =
+                    i.token_id.len() == 16 && i.token_id.bytes().all(|b| b.is_ascii_hexdigit());
+                if !ok {
+                    return Err(ErrorBody::invalid(format!(
+                        "join token id {:?} is malformed (16 hex digits expected)",
+                        d_proto::clip(&i.token_id, 20)
+                    ))
+                    .hint("copy the whole token again from the leader's `d invite`"));
+                }
+            }
             let invite = invite.map(|InviteProof { token_id, proof }| InviteClaim {
                 token_id,
                 proof: proof.0,
@@ -384,7 +398,8 @@ where
                     return Err(wrong_key(name, addr, &want, &their_key));
                 }
                 Some(_) => {}
-                None if mesh_key_proven => {}
+                None if mesh_key
+                    .is_some_and(|k| keys::verify_acceptor_mesh_proof(&k, &t, &their_proof.0)) => {}
                 None if mesh_key.is_some() => {
                     // A shared-key mesh: the leader's proof of it failed.
                     return Err(ErrorBody::auth_failed(format!(

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use d_proto::types::ErrorKind;
+
 /// The largest frame read before the other side proved the mesh key: a
 /// hello, challenge or welcome is a few hundred bytes, so a stranger (or
 /// thousands of them, [`PENDING_TOTAL`] at most) cannot make the daemon
@@ -61,22 +63,24 @@ impl Drop for PendingSlot {
     }
 }
 
-/// Refusals are logged once per (source address, reason) per this long: a
-/// peer retrying a refused handshake every 100 ms cannot flood the journal.
+/// Refusals are logged once per (source address, kind of error) per this
+/// long: a peer retrying a refused handshake every 100 ms, or varying the
+/// text it provokes (other ids, other token ids), cannot flood the journal.
 pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Most (address, reason) pairs remembered; beyond it the memory starts over.
+/// Most (address, kind) pairs remembered; beyond it the memory starts over.
 const REFUSALS_KEPT: usize = 4096;
 
 /// Which refusals were logged, and when.
 #[derive(Default)]
 pub struct RefusalLog {
-    seen: Mutex<HashMap<(IpAddr, String), std::time::Instant>>,
+    seen: Mutex<HashMap<(IpAddr, ErrorKind), std::time::Instant>>,
 }
 
 impl RefusalLog {
-    /// Whether a refusal of `ip` for `reason` should be logged now; counts
-    /// it as logged if so.
-    pub fn should_log(&self, ip: IpAddr, reason: &str) -> bool {
+    /// Whether a refusal of `ip` of this `kind` should be logged now; counts
+    /// it as logged if so. Keyed on the kind, never the text: the text
+    /// holds what the peer chose.
+    pub fn should_log(&self, ip: IpAddr, kind: ErrorKind) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
         if seen.len() >= REFUSALS_KEPT {
@@ -85,7 +89,7 @@ impl RefusalLog {
                 seen.clear();
             }
         }
-        let key = (ip, d_proto::clip(reason, 120));
+        let key = (ip, kind);
         match seen.get(&key) {
             Some(t) if now.duration_since(*t) < REFUSAL_LOG_EVERY => false,
             _ => {
@@ -101,16 +105,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_logged_once_a_minute_per_source_and_reason() {
+    fn refusals_logged_once_a_minute_per_source_and_kind() {
         let log = RefusalLog::default();
         let a: IpAddr = "198.18.0.1".parse().unwrap();
         let b: IpAddr = "198.18.0.2".parse().unwrap();
-        assert!(log.should_log(a, "x"));
-        assert!(!log.should_log(a, "x"));
-        assert!(log.should_log(a, "y"));
-        assert!(log.should_log(b, "x"));
+        assert!(log.should_log(a, ErrorKind::AuthFailed));
+        assert!(!log.should_log(a, ErrorKind::AuthFailed));
+        assert!(log.should_log(a, ErrorKind::Refused));
+        assert!(log.should_log(b, ErrorKind::AuthFailed));
         for i in 0..(REFUSALS_KEPT + 10) {
-            log.should_log(a, &format!("r{i}"));
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(i as u32));
+            log.should_log(ip, ErrorKind::Refused);
         }
         assert!(log.seen.lock().unwrap().len() <= REFUSALS_KEPT);
     }

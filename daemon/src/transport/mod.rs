@@ -108,9 +108,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Answer a query from the other side of `from`.
     fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer>;
     /// Start a job the other side of `from` asked for (`job` is its id on
-    /// that session); cancelling `cancel` must end it. `input` is its
-    /// standard input as it arrives (specs with `stdin`): the job uses it
-    /// and closes it once it ended.
+    /// that session); cancelling `cancel` must end it. `from` is the
+    /// session's own `peer` field, so its address identifies the session.
+    /// `input` is its standard input as it arrives (specs with `stdin`): the
+    /// job uses it and closes it once it ended.
     fn exec(
         self: Arc<Self>,
         from: &PeerDesc,

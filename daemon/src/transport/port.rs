@@ -138,10 +138,11 @@ async fn handshake_incoming(
         }
         Err(e) => {
             if e.kind != ErrorKind::PeerLost {
-                if ep.refusals.should_log(addr.ip(), &e.error) {
+                if ep.refusals.should_log(addr.ip(), e.kind) {
+                    // The text holds what the peer sent (ids, token ids): clipped.
                     tracing::warn!(
-                        "refused a session from {addr}: {} (logged once a minute per address and reason)",
-                        e.error
+                        "refused a session from {addr}: {} (logged once a minute per address and kind of error)",
+                        d_proto::clip(&e.error, 300)
                     );
                 }
                 let _ = writer.send(&PeerMsg::Refused(e)).await;

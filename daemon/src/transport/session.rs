@@ -191,6 +191,8 @@ impl Session {
         mut reader: Reader<OwnedReadHalf>,
         writer: Writer<OwnedWriteHalf>,
     ) -> Arc<Session> {
+        // Authenticated: frames up to the full size from now on.
+        reader.set_max(d_proto::MAX_FRAME);
         if terms.binary_output() {
             reader.accept_binary();
         }

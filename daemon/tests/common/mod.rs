@@ -2,6 +2,8 @@
 //! ephemeral ports, a temp dir each) driven through the real `d` client.
 #![allow(dead_code)]
 
+pub mod identity;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
