@@ -439,6 +439,11 @@ fn text_from_other_machines_never_reaches_a_terminal_raw() {
         .d(&["@vps", "true # \x1b[2J\x1b[31mred\n# fake row"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for d in [&m.desktop, &m.vps] {
+        // The audit row is committed just after the job's end reaches the
+        // client (README, execLog): wait for it rather than race it.
+        wait_for(Duration::from_secs(10), "the job's audit row", || {
+            stdout(&d.d(&["execLog", "--limit", "1"])).contains("fake row")
+        });
         let log = stdout(&d.d(&["execLog", "--limit", "1"]));
         assert!(!log.contains('\x1b'), "{log:?}");
         assert!(
