@@ -27,12 +27,21 @@ async fn serve() -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     d_daemon::base::signals::install(stop.clone());
     let config = Config::from_args(args)?;
-    std::fs::create_dir_all(&config.state_dir).with_context(|| {
-        format!(
-            "cannot create state directory {} (use --state-dir or D_STATE_DIR)",
-            config.state_dir.display()
-        )
-    })?;
+    // Private from the start: it holds the identity key and the registry
+    // (a directory that exists already keeps its mode).
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.state_dir)
+            .with_context(|| {
+                format!(
+                    "cannot create state directory {} (use --state-dir or D_STATE_DIR)",
+                    config.state_dir.display()
+                )
+            })?;
+    }
     // Held until exit (or a deploy's exec, which closes it): one daemon per state dir.
     let _state_lock = d_daemon::store::lock::acquire(&config.state_dir)?;
 
