@@ -10,36 +10,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
+use common::faults::*;
 use common::*;
-
-const LONG: Duration = Duration::from_secs(60);
-
-fn exec(from: &TestDaemon, peer: &str, cmd: &str) -> std::process::Output {
-    from.d(&[
-        "execOnPeer",
-        "--peer",
-        peer,
-        "--directory",
-        "/tmp",
-        "--shellCmd",
-        cmd,
-    ])
-}
-
-fn status(d: &TestDaemon) -> serde_json::Value {
-    d.json(&["getPeerStatus"])
-}
-
-fn audit_commands(d: &TestDaemon) -> Vec<String> {
-    d.json(&["execLog", "--limit", "100"])
-        .as_array()
-        .expect("execLog rows")
-        .iter()
-        .filter_map(|r| r["command"].as_str().map(str::to_string))
-        .collect()
-}
 
 fn root_or_skip(what: &str) -> bool {
     if nix::unistd::geteuid().is_root() {

@@ -2,6 +2,7 @@
 //! ephemeral ports, a temp dir each) driven through the real `d` client.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod identity;
 
 use std::path::{Path, PathBuf};
