@@ -360,11 +360,12 @@ fn show(
             &decode::<Vec<d_proto::types::InviteInfo>>(result, req)?,
             now,
         ),
+        // The invitation is two lines (what to do, then the command to copy);
+        // each line is cleaned on its own so the break survives.
         Command::Invite { .. } | Command::Revoke { .. } => {
-            format!(
-                "{}\n",
-                render::clean(&decode::<MessageReply>(result, req)?.message)
-            )
+            let message = decode::<MessageReply>(result, req)?.message;
+            let lines: Vec<_> = message.split('\n').map(render::clean).collect();
+            format!("{}\n", lines.join("\n"))
         }
         Command::Join { .. } => {
             let reply = decode::<ConfigReply>(result, req)?;
