@@ -20,11 +20,13 @@
 //! prefixed lines, [`gather`] groups identical outputs.
 
 mod gather;
+mod keep;
 mod lines;
 mod outcome;
 pub mod rollout;
 
 pub use gather::print_groups;
+pub use keep::print as print_kept;
 pub use outcome::{combined_status, describe_error, summary, Outcome};
 
 use std::path::Path;
@@ -40,6 +42,7 @@ use crate::conn::{self, Conn};
 use crate::input::Input;
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
+use keep::Keep;
 use lines::Lines;
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
@@ -106,12 +109,31 @@ pub fn deadline(timeout: Option<u64>) -> Option<Duration> {
     }
 }
 
+/// Memory for the history's copies of the outputs of the peers running at
+/// once ([`Keep`]), bytes: each gets a quarter of this divided by their
+/// number, or the daemon's `job_output_keep` if smaller.
+pub const KEEP_BUDGET: usize = 64 << 20;
+
 /// One peer's run.
 struct PeerRun {
     outcome: Outcome,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     duration: Duration,
+    /// The head and tail of stdout and stderr, for the job history.
+    kept: Option<(Keep, Keep)>,
+}
+
+impl PeerRun {
+    fn not_run(outcome: Outcome) -> PeerRun {
+        PeerRun {
+            outcome,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            duration: Duration::ZERO,
+            kept: None,
+        }
+    }
 }
 
 /// The `--json` object of one peer.
@@ -207,22 +229,22 @@ pub fn exec_on(
     } else {
         opts.parallel
     };
+    let keep = job.map(|j| {
+        let share = KEEP_BUDGET / (4 * parallel.clamp(1, peers.len().max(1)));
+        usize::try_from(j.keep).unwrap_or(usize::MAX).min(share)
+    });
+    let indexed: Vec<(usize, &String)> = peers.iter().enumerate().collect();
     let (runs, halt) = rollout::run(
-        peers,
+        &indexed,
         parallel,
         &opts.rollout,
-        |peer| {
+        |&(seq, peer)| {
             let mut feed = input.as_deref().map(Feed::new);
             if offline.contains(peer) {
                 if let Some(f) = feed {
                     f.finish();
                 }
-                return PeerRun {
-                    outcome: Outcome::Offline,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    duration: Duration::ZERO,
-                };
+                return PeerRun::not_run(Outcome::Offline);
             }
             let req = Request::ExecOnPeer {
                 peer: peer.clone(),
@@ -232,9 +254,30 @@ pub fn exec_on(
                 raw_output: false,
                 opts: opts.job.clone(),
             };
-            let run = run_one(socket, peer, &req, limit, live, opts.verbose, feed.as_mut());
+            let mut run = run_one(
+                socket,
+                peer,
+                &req,
+                limit,
+                live,
+                opts.verbose,
+                feed.as_mut(),
+                keep,
+            );
             if let Some(f) = feed {
                 f.finish();
+            }
+            // Sent as soon as this peer ended, so only running peers hold theirs.
+            if let (Some(job), Some((out, err))) = (job, run.kept.take()) {
+                crate::history::output(
+                    socket,
+                    opts.verbose,
+                    job.id,
+                    seq,
+                    peer,
+                    out.into_kept(),
+                    err.into_kept(),
+                );
             }
             run
         },
@@ -250,11 +293,10 @@ pub fn exec_on(
     let runs: Vec<PeerRun> = runs
         .into_iter()
         .map(|r| {
-            r.unwrap_or_else(|| PeerRun {
-                outcome: Outcome::Skipped(skipped.clone().unwrap_or_else(|| "skipped".into())),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                duration: Duration::ZERO,
+            r.unwrap_or_else(|| {
+                PeerRun::not_run(Outcome::Skipped(
+                    skipped.clone().unwrap_or_else(|| "skipped".into()),
+                ))
             })
         })
         .collect();
@@ -296,7 +338,7 @@ pub fn exec_on(
             }
         }
     }
-    if let Some(id) = job {
+    if let Some(job) = job {
         let results = peers
             .iter()
             .zip(&runs)
@@ -306,9 +348,11 @@ pub fn exec_on(
                 exit_code: Some(r.outcome.status()),
                 duration_ms: Some(millis(r.duration)),
                 word: Some(r.outcome.describe()),
+                stdout: None,
+                stderr: None,
             })
             .collect();
-        crate::history::finish(socket, opts.verbose, id, results);
+        crate::history::finish(socket, opts.verbose, job.id, results);
     }
     let status = combined_status(runs.iter().map(|r| r.outcome.status()));
     Ok(stop::status().unwrap_or(status))
@@ -392,7 +436,10 @@ impl<'a> Feed<'a> {
 }
 
 /// One peer's job on its own connection; with `live`, its lines are written
-/// as they complete, else its output is kept for the end.
+/// as they complete, else its output is kept for the end. With `keep`, the
+/// head and tail of each stream are kept for the job history too.
+// One argument per part of the run, as the callers have them.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     socket: &Path,
     peer: &str,
@@ -401,11 +448,13 @@ fn run_one(
     live: bool,
     verbose: bool,
     mut feed: Option<&mut Feed>,
+    keep: Option<usize>,
 ) -> PeerRun {
     let started = Instant::now();
     let mut out = Lines::new(peer);
     let mut err = Lines::new(peer);
     let mut kept = (Vec::new(), Vec::new());
+    let mut history = keep.map(|cap| (Keep::new(cap), Keep::new(cap)));
     let outcome = (|| -> Outcome {
         let mut conn = match Conn::connect(socket, verbose) {
             Ok(c) => c,
@@ -457,14 +506,26 @@ fn run_one(
                         );
                     }
                 }
-                Event::Stdout { data } if live => {
-                    stdio::with(Stream::Out, |w| out.push(&data.0, w));
+                Event::Stdout { data } => {
+                    if let Some((h, _)) = history.as_mut() {
+                        h.push(&data.0);
+                    }
+                    if live {
+                        stdio::with(Stream::Out, |w| out.push(&data.0, w));
+                    } else {
+                        kept.0.extend_from_slice(&data.0);
+                    }
                 }
-                Event::Stderr { data } if live => {
-                    stdio::with(Stream::Err, |w| err.push(&data.0, w));
+                Event::Stderr { data } => {
+                    if let Some((_, h)) = history.as_mut() {
+                        h.push(&data.0);
+                    }
+                    if live {
+                        stdio::with(Stream::Err, |w| err.push(&data.0, w));
+                    } else {
+                        kept.1.extend_from_slice(&data.0);
+                    }
                 }
-                Event::Stdout { data } => kept.0.extend_from_slice(&data.0),
-                Event::Stderr { data } => kept.1.extend_from_slice(&data.0),
                 Event::Exit { exit, .. } => {
                     if verbose {
                         errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
@@ -499,6 +560,7 @@ fn run_one(
         stdout: kept.0,
         stderr: kept.1,
         duration: started.elapsed(),
+        kept: history,
     }
 }
 
@@ -533,10 +595,8 @@ mod tests {
     #[test]
     fn json_report_fields() {
         let r = PeerRun {
-            outcome: Outcome::Failed(ErrorBody::peer_not_found("nosuch")),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
             duration: Duration::from_millis(7),
+            ..PeerRun::not_run(Outcome::Failed(ErrorBody::peer_not_found("nosuch")))
         };
         assert_eq!(
             serde_json::to_string(&report("nosuch", &r)).unwrap(),
