@@ -16,13 +16,21 @@
 //! A peer still silent at its deadline has its connection closed (its daemon
 //! cancels the job) and is reported `timed out (no answer)`; the others carry on.
 //!
+//! `--diff` prints, at the end, each output that differs from the most
+//! common one as a unified diff ([`diff`], clush --diff), stderr live;
+//! `--outdir DIR` writes each peer's streams to `DIR/PEER.out` and
+//! `DIR/PEER.err` instead of the terminal ([`outdir`], pssh).
+//!
 //! [`outcome`] words how each peer ended, [`lines`] cuts live output into
-//! prefixed lines, [`gather`] groups identical outputs.
+//! prefixed lines, [`gather`] groups identical outputs, [`keep`] holds the
+//! head and tail the job history keeps.
 
+mod diff;
 mod gather;
 mod keep;
 mod lines;
 mod outcome;
+mod outdir;
 pub mod rollout;
 
 pub use gather::print_groups;
@@ -161,6 +169,10 @@ pub struct Options {
     pub parallel: usize,
     pub rollout: rollout::Rollout,
     pub gather: bool,
+    /// Print how outputs differ from the most common one ([`diff`]).
+    pub diff: bool,
+    /// Write each peer's output to files in this directory ([`outdir`]).
+    pub outdir: Option<std::path::PathBuf>,
     /// With `all`: run offline peers too, and count their failures.
     pub strict: bool,
     pub json: bool,
@@ -216,7 +228,10 @@ pub fn exec_on(
         ));
     }
     let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
-    let live = !opts.gather && !opts.json;
+    let how = How::of(opts);
+    if let Some(dir) = &opts.outdir {
+        outdir::prepare(dir)?;
+    }
     let limit = deadline(timeout);
     let input = opts.job.stdin.then(|| Input::new(peers.len()));
     if let Some(input) = &input {
@@ -259,7 +274,7 @@ pub fn exec_on(
                 peer,
                 &req,
                 limit,
-                live,
+                &how,
                 opts.verbose,
                 feed.as_mut(),
                 keep,
@@ -312,6 +327,15 @@ pub fn exec_on(
                 .map(|(p, r)| (p.as_str(), &r.stdout[..], &r.stderr[..]))
                 .collect();
             print_groups(&outputs);
+        }
+        if opts.diff {
+            let outputs: Vec<(&str, &[u8])> = peers
+                .iter()
+                .zip(&runs)
+                .filter(|(_, r)| matches!(r.outcome, Outcome::Exit(_)))
+                .map(|(p, r)| (p.as_str(), &r.stdout[..]))
+                .collect();
+            stdio::out(diff::render(&outputs).as_bytes());
         }
         let rows: Vec<(&str, String)> = peers
             .iter()
@@ -435,9 +459,35 @@ impl<'a> Feed<'a> {
     }
 }
 
-/// One peer's job on its own connection; with `live`, its lines are written
-/// as they complete, else its output is kept for the end. With `keep`, the
-/// head and tail of each stream are kept for the job history too.
+/// Where a peer's output goes: each stream printed live (prefixed lines),
+/// kept whole for the end (`--gather`, `--json`, `--diff`), or neither;
+/// and, with `--outdir`, into that peer's files.
+struct How<'a> {
+    live_out: bool,
+    live_err: bool,
+    keep_out: bool,
+    keep_err: bool,
+    outdir: Option<&'a Path>,
+}
+
+impl<'a> How<'a> {
+    fn of(opts: &'a Options) -> How<'a> {
+        let keep_out = opts.gather || opts.json || opts.diff;
+        let keep_err = opts.gather || opts.json;
+        let files = opts.outdir.is_some();
+        How {
+            live_out: !keep_out && !files,
+            live_err: !keep_err && !files,
+            keep_out,
+            keep_err,
+            outdir: opts.outdir.as_deref(),
+        }
+    }
+}
+
+/// One peer's job on its own connection, its output sent where `how` says.
+/// With `keep`, the head and tail of each stream are kept for the job
+/// history too.
 // One argument per part of the run, as the callers have them.
 #[allow(clippy::too_many_arguments)]
 fn run_one(
@@ -445,7 +495,7 @@ fn run_one(
     peer: &str,
     req: &Request,
     limit: Option<Duration>,
-    live: bool,
+    how: &How,
     verbose: bool,
     mut feed: Option<&mut Feed>,
     keep: Option<usize>,
@@ -455,7 +505,14 @@ fn run_one(
     let mut err = Lines::new(peer);
     let mut kept = (Vec::new(), Vec::new());
     let mut history = keep.map(|cap| (Keep::new(cap), Keep::new(cap)));
+    let mut files = None;
     let outcome = (|| -> Outcome {
+        if let Some(dir) = how.outdir {
+            match outdir::OutFiles::create(dir, peer) {
+                Ok(f) => files = Some(f),
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
         let mut conn = match Conn::connect(socket, verbose) {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(e),
@@ -510,9 +567,13 @@ fn run_one(
                     if let Some((h, _)) = history.as_mut() {
                         h.push(&data.0);
                     }
-                    if live {
+                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Out, &data.0)) {
+                        return Outcome::Failed(e);
+                    }
+                    if how.live_out {
                         stdio::with(Stream::Out, |w| out.push(&data.0, w));
-                    } else {
+                    }
+                    if how.keep_out {
                         kept.0.extend_from_slice(&data.0);
                     }
                 }
@@ -520,9 +581,13 @@ fn run_one(
                     if let Some((_, h)) = history.as_mut() {
                         h.push(&data.0);
                     }
-                    if live {
+                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Err, &data.0)) {
+                        return Outcome::Failed(e);
+                    }
+                    if how.live_err {
                         stdio::with(Stream::Err, |w| err.push(&data.0, w));
-                    } else {
+                    }
+                    if how.keep_err {
                         kept.1.extend_from_slice(&data.0);
                     }
                 }
@@ -550,11 +615,18 @@ fn run_one(
             }
         }
     })();
-    if live {
-        // The partial last lines, also when the run was stopped.
+    // The partial last lines, also when the run was stopped.
+    if how.live_out {
         stdio::with(Stream::Out, |w| out.finish(w));
+    }
+    if how.live_err {
         stdio::with(Stream::Err, |w| err.finish(w));
     }
+    // The output is said written only once it is on the disk.
+    let outcome = match (files.map(outdir::OutFiles::finish), outcome) {
+        (Some(Err(e)), Outcome::Exit(_)) => Outcome::Failed(e),
+        (_, outcome) => outcome,
+    };
     PeerRun {
         outcome,
         stdout: kept.0,
