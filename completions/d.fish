@@ -163,6 +163,8 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l env -d 'Set a variabl
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l diff -d 'With several peers: at the end, print each stdout that differs from the most common one as a unified diff (clush --diff); stderr stays live'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l via-leader -d 'From a worker: send every job through the leader\'s links instead of dialing each peer (the default above 32 peers)'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l direct -d 'From a worker: dial each peer directly, however many (no leader hop for the output)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l strict -d 'With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'

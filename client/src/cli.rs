@@ -13,7 +13,7 @@ use d_proto::control::{ExecOpts, Request};
 mod fleet;
 // xtask, which builds only the man pages, leaves `Amount` unused.
 #[allow(unused_imports)]
-pub use fleet::{Amount, JobsAction, OutputArgs, RolloutArgs};
+pub use fleet::{Amount, FanoutArgs, JobsAction, RolloutArgs};
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
@@ -259,7 +259,7 @@ pub enum Command {
         #[arg(long)]
         gather: bool,
         #[command(flatten)]
-        output: OutputArgs,
+        fanout: FanoutArgs,
         #[command(flatten)]
         rollout: RolloutArgs,
         /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).
@@ -397,9 +397,9 @@ impl JobFlags {
     /// The request's options (stdin is decided when the job starts).
     pub fn opts(&self) -> ExecOpts {
         ExecOpts {
-            stdin: false,
             user: self.user.clone(),
             env: self.env.clone(),
+            ..ExecOpts::default()
         }
     }
 }

@@ -49,6 +49,7 @@ pub fn main(cli: &Cli, action: Option<&JobsAction>, limit: u32) -> Result<i32, E
                 gather: false,
                 diff: false,
                 outdir: None,
+                route: fanout::Way::Auto,
                 json: cli.json,
                 verbose: cli.verbose,
                 // A rerun names its peers: each is run (offline ones fail).

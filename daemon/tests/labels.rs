@@ -60,7 +60,10 @@ fn labels_are_kept_by_the_leader_and_select_targets() {
     assert!(table.lines().next().unwrap().ends_with("LABELS"), "{table}");
     assert!(table.contains("web,prod"), "{table}");
     let info = stdout(&m.laptop.d(&["getPeerInfo", "--peer", "desktop"]));
-    assert!(info.contains("labels:") && info.contains("web,prod"), "{info}");
+    assert!(
+        info.contains("labels:") && info.contains("web,prod"),
+        "{info}"
+    );
 
     // Targets.
     assert_eq!(targets(&m.laptop, "@web"), ["desktop", "laptop"]);

@@ -293,6 +293,11 @@ pub struct ExecSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// The requester's own routing choice, never sent: go through the
+    /// leader's links even where a direct session could be dialed (a big
+    /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
+    #[serde(skip)]
+    pub via_leader: bool,
 }
 
 impl ExecSpec {
@@ -309,6 +314,7 @@ impl ExecSpec {
             stdin: false,
             run_as: None,
             env: Vec::new(),
+            via_leader: false,
         }
     }
 

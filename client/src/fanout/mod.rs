@@ -164,6 +164,41 @@ struct PeerReport<'a> {
     stderr_base64: Option<B64>,
 }
 
+/// Peers above which a fan-out from a worker goes through the leader's
+/// links ([`Way::Auto`]): a few peers are dialed directly (their output then
+/// skips the leader), many are not (each dial is a handshake and a session
+/// the requester would hold, where the leader holds a link to each already).
+pub const VIA_LEADER_ABOVE: usize = 32;
+
+/// Which way a fan-out's jobs take from a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Through the leader above [`VIA_LEADER_ABOVE`] peers, else direct.
+    Auto,
+    /// `--via-leader`.
+    ViaLeader,
+    /// `--direct`.
+    Direct,
+}
+
+impl Way {
+    pub fn of(via_leader: bool, direct: bool) -> Way {
+        match (via_leader, direct) {
+            (true, _) => Way::ViaLeader,
+            (_, true) => Way::Direct,
+            _ => Way::Auto,
+        }
+    }
+
+    fn via_leader(self, peers: usize) -> bool {
+        match self {
+            Way::Auto => peers > VIA_LEADER_ABOVE,
+            Way::ViaLeader => true,
+            Way::Direct => false,
+        }
+    }
+}
+
 /// The fan-out's options.
 pub struct Options {
     pub parallel: usize,
@@ -173,6 +208,8 @@ pub struct Options {
     pub diff: bool,
     /// Write each peer's output to files in this directory ([`outdir`]).
     pub outdir: Option<std::path::PathBuf>,
+    /// Which way the jobs take from a worker ([`Way`]).
+    pub route: Way,
     /// With `all`: run offline peers too, and count their failures.
     pub strict: bool,
     pub json: bool,
@@ -248,6 +285,7 @@ pub fn exec_on(
         let share = KEEP_BUDGET / (4 * parallel.clamp(1, peers.len().max(1)));
         usize::try_from(j.keep).unwrap_or(usize::MAX).min(share)
     });
+    let via_leader = opts.route.via_leader(peers.len());
     let indexed: Vec<(usize, &String)> = peers.iter().enumerate().collect();
     let (runs, halt) = rollout::run(
         &indexed,
@@ -267,7 +305,10 @@ pub fn exec_on(
                 shell_cmd: shell_cmd.to_string(),
                 timeout,
                 raw_output: false,
-                opts: opts.job.clone(),
+                opts: ExecOpts {
+                    via_leader,
+                    ..opts.job.clone()
+                },
             };
             let mut run = run_one(
                 socket,
