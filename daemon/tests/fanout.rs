@@ -302,8 +302,12 @@ fn at_peer_d_commands() {
     assert_eq!(v["id"], "laptop");
     let o = m.vps.d(&["@desktop", "--directory", "/tmp", "true"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
-    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    // The audit row is committed just after the job's end reached the client.
+    let mut v = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
+        v.as_array().map(Vec::len) == Some(1)
+    });
     assert_eq!(v[0]["requester"], "vps");
 
     // Several peers: identical answers once.
@@ -468,8 +472,11 @@ fn fanout_through_the_leader() {
     let err = stderr(&o);
     assert!(err.contains("relay via vps"), "{err}");
     assert!(err.contains("desktop  exit 3\nvps      exit 3\n"), "{err}");
-    let log = m.desktop.json(&["execLog", "--limit", "1"]);
-    assert_eq!(log[0]["requester"], "laptop", "{log}");
+    let mut log = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        log = m.desktop.json(&["execLog", "--limit", "1"]);
+        log[0]["requester"] == "laptop"
+    });
     // The leader itself is reached over the link, never relayed through itself.
     assert!(!err.contains("vps: running at via"), "{err}");
 
