@@ -277,6 +277,11 @@ pub fn exec_on(
     run(socket, target, peers, offline, &work, opts)
 }
 
+/// Builds the request for one peer (and whether it goes through the leader).
+pub type MakeRequest<'a> = dyn Fn(&str, bool) -> Request + Sync + 'a;
+/// Turns a peer's outcome into its final one, on that peer's thread.
+pub type AfterPeer<'a> = dyn Fn(&str, Outcome) -> Outcome + Sync + 'a;
+
 /// What a fan-out runs on each peer: the request for that peer (and whether
 /// it goes through the leader), and what the history records of it.
 pub struct Work<'a> {
@@ -285,10 +290,10 @@ pub struct Work<'a> {
     pub command: &'a str,
     /// The jobs' timeout, for each peer's deadline ([`deadline`]).
     pub timeout: Option<u64>,
-    pub request: &'a (dyn Fn(&str, bool) -> Request + Sync),
+    pub request: &'a MakeRequest<'a>,
     /// Run on each peer's thread once its job ended: may turn the outcome
     /// into another (a deploy that did not come back is a failure).
-    pub after: Option<&'a (dyn Fn(&str, Outcome) -> Outcome + Sync)>,
+    pub after: Option<&'a AfterPeer<'a>>,
 }
 
 /// Run `work` on `peers` as [`exec_on`] does (rollout, history, output,
