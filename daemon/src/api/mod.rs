@@ -189,6 +189,7 @@ impl Daemon {
             tracker: self.tasks().tracker.clone(),
             running: self.running_jobs.clone(),
             default_dir: self.config.default_dir.clone(),
+            output: self.mesh.endpoint.output.clone(),
         }
     }
 

@@ -94,6 +94,9 @@ pub struct FileConfig {
     /// Leader: registry rows of peers not seen for this many days are
     /// removed (default 30; 0 = never).
     pub peer_retire_days: Option<u64>,
+    /// Bytes of job output the whole daemon buffers at most, across all its
+    /// jobs and sessions (default 256 MiB); beyond it, backpressure.
+    pub output_buffer_max: Option<u64>,
 }
 
 /// Where the peer port should listen.
@@ -129,6 +132,8 @@ pub struct Config {
     pub default_dir: PathBuf,
     /// Config `shell`: overrides the users' login shells.
     pub shell: Option<PathBuf>,
+    /// Bytes of job output buffered at most ([`crate::base::budget`]).
+    pub output_buffer_max: usize,
 }
 
 /// How much audit log to keep: whichever limit is reached first.
@@ -227,6 +232,10 @@ impl Config {
                 timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
             peer_retire_days: file.peer_retire_days.unwrap_or(30),
+            output_buffer_max: file
+                .output_buffer_max
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+                .unwrap_or(super::budget::DEFAULT_OUTPUT_BUFFER_MAX),
             exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),

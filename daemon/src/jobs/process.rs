@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{pump, spawn, JobEvent, Options, KILL_GRACE};
+use crate::base::budget::{Allowance, OutputBudget};
+use std::sync::Arc;
 
 pub(super) async fn run(
     spec: &ExecSpec,
@@ -20,6 +22,7 @@ pub(super) async fn run(
     tx: &mpsc::Sender<JobEvent>,
     cancel: CancellationToken,
     opts: &Options,
+    output: &Arc<OutputBudget>,
 ) -> Result<ExitInfo, ErrorBody> {
     let dir = std::path::Path::new(&spec.directory);
     let shown = d_proto::clip(&spec.directory, 200);
@@ -111,12 +114,26 @@ pub(super) async fn run(
         _ => None,
     };
 
+    // The job's own share of output memory, beside the daemon's budget.
+    let own = Arc::new(Allowance::new());
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
-        readers.spawn(pump::pump(out, Stream::Stdout, tx.clone()));
+        readers.spawn(pump::pump(
+            out,
+            Stream::Stdout,
+            tx.clone(),
+            output.clone(),
+            own.clone(),
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        readers.spawn(pump::pump(err, Stream::Stderr, tx.clone()));
+        readers.spawn(pump::pump(
+            err,
+            Stream::Stderr,
+            tx.clone(),
+            output.clone(),
+            own.clone(),
+        ));
     }
 
     // A timeout too large to represent is no timeout.

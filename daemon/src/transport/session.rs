@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role, Stream};
+use d_proto::types::{ErrorBody, ErrorKind, Role, Stream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -24,14 +24,17 @@ use tracing::Instrument;
 
 use super::connection::{Reader, Writer};
 use super::{Endpoint, Handler};
+use crate::base::budget::{Chunk, Held};
 use crate::base::credit::{CreditQueue, Credits};
 use crate::jobs::JobEvent;
 
 mod input;
 mod io;
+mod remote;
 mod served;
 
 pub use input::InputSink;
+pub use remote::RemoteJob;
 
 /// How long a query to the other side may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +91,10 @@ const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 struct InJob {
     cancel: CancellationToken,
     credits: Arc<Semaphore>,
+    /// The requester's credit window ([`d_proto::types::ExecSpec::window`]).
+    window: usize,
+    /// The output budget of bytes sent and not yet credited back.
+    sent: Arc<Mutex<Held>>,
     /// The job's standard input as it arrives, if the requester sends it.
     input: Option<Arc<CreditQueue>>,
 }
@@ -95,6 +102,9 @@ struct InJob {
 /// A job started on the other side, as the session's reader sees it.
 struct OutJob {
     events: mpsc::UnboundedSender<JobEvent>,
+    /// The output budget of the credit granted and not yet used by the
+    /// target: arriving output takes its bytes from here.
+    reserve: Held,
     /// The credit for its standard input, if this side sends it.
     input: Option<Credits>,
 }
@@ -139,41 +149,6 @@ pub struct Session {
     ep: Arc<Endpoint>,
     /// What queries and jobs from the other side mean.
     handler: Arc<dyn Handler>,
-}
-
-/// A job started on the other side through this session.
-pub struct RemoteJob {
-    pub id: u64,
-    pub events: mpsc::UnboundedReceiver<JobEvent>,
-    pub session: Arc<Session>,
-    /// Where its standard input goes (jobs whose spec has `stdin`).
-    pub input: Option<InputSink>,
-}
-
-impl RemoteJob {
-    /// Tell the target the output was consumed, so it may send more.
-    pub async fn credit(&self, bytes: usize) {
-        let _ = self
-            .session
-            .send(PeerMsg::Credit {
-                job: self.id,
-                bytes: bytes as u32,
-            })
-            .await;
-    }
-    pub async fn cancel(&self) {
-        let _ = self.session.send(PeerMsg::Cancel { job: self.id }).await;
-    }
-}
-
-impl Drop for RemoteJob {
-    fn drop(&mut self) {
-        if let Some(j) = self.session.lock_jobs_out().remove(&self.id) {
-            if let Some(c) = j.input {
-                c.close();
-            }
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -330,16 +305,16 @@ impl Session {
         &self,
         job: u64,
         stream: Stream,
-        data: Vec<u8>,
+        data: &[u8],
     ) -> Result<(), ErrorBody> {
         if !self.terms.binary_output() {
-            let data = d_proto::types::B64(data);
+            let data = d_proto::types::B64(data.to_vec());
             return self.send(PeerMsg::Output { job, stream, data }).await;
         }
         if self.is_closed() {
             return Err(self.reason());
         }
-        self.send_line(d_proto::frame::encode_output(job, stream, &data))
+        self.send_line(d_proto::frame::encode_output(job, stream, data))
             .await
     }
 
@@ -382,55 +357,6 @@ impl Session {
         };
         lock(&self.queries).remove(&id);
         result
-    }
-
-    /// Start a job on the other side; its events arrive on the returned job.
-    /// A job that needs what the other side's protocol lacks (standard
-    /// input, `--user`, `--env`) is refused here, saying so, never sent
-    /// without it.
-    pub async fn start_job(self: &Arc<Self>, spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
-        let needs = spec.needs_streams();
-        if !needs.is_empty() && !self.terms.streams() {
-            return Err(ErrorBody::new(
-                d_proto::types::ErrorKind::Refused,
-                format!(
-                    "{} runs an older d-daemon ({}, protocol {}) that cannot take {}",
-                    self.peer.id,
-                    self.peer.version,
-                    self.terms.protocol,
-                    needs.join(", ")
-                ),
-            )
-            .hint(format!(
-                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or run without it (`-n` gives the job /dev/null as stdin)",
-                self.peer.id
-            )));
-        }
-        self.worked();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let credits = spec
-            .stdin
-            .then(|| Credits::new(d_proto::INPUT_WINDOW as usize));
-        self.lock_jobs_out().insert(
-            id,
-            OutJob {
-                events: tx,
-                input: credits.clone(),
-            },
-        );
-        let job = RemoteJob {
-            id,
-            events: rx,
-            session: self.clone(),
-            input: credits.map(|credits| InputSink {
-                session: self.clone(),
-                job: id,
-                credits,
-            }),
-        };
-        self.send(PeerMsg::Exec { job: id, spec }).await?;
-        Ok(job)
     }
 
     fn dispatch(self: &Arc<Self>, msg: PeerMsg) {
@@ -481,8 +407,18 @@ impl Session {
             }
             PeerMsg::Exec { job, spec } => self.serve_job(job, spec),
             PeerMsg::Output { job, stream, data } => {
-                if let Some(j) = self.lock_jobs_out().get(&job) {
-                    let _ = j.events.send(JobEvent::Output(stream, data.0));
+                if let Some(j) = self.lock_jobs_out().get_mut(&job) {
+                    let n = data.0.len();
+                    let mut held = j.reserve.split(n);
+                    if held.len() < n {
+                        // Beyond the window it was asked for (an older target
+                        // uses the full one): counted if the budget has it.
+                        if let Some(more) = self.ep.output.try_reserve(n - held.len()) {
+                            held.merge(more);
+                        }
+                    }
+                    let chunk = Chunk { data: data.0, held };
+                    let _ = j.events.send(JobEvent::Output(stream, chunk));
                 }
             }
             PeerMsg::Exit { job, exit } => self.end_out(job, JobEvent::Exit(exit)),
@@ -505,9 +441,11 @@ impl Session {
             PeerMsg::Credit { job, bytes } => {
                 if let Some(j) = lock(&self.jobs_in).get(&job) {
                     // Never let a peer grow the window past its size.
-                    let room = (d_proto::JOB_WINDOW as usize)
-                        .saturating_sub(j.credits.available_permits());
-                    j.credits.add_permits((bytes as usize).min(room));
+                    let room = j.window.saturating_sub(j.credits.available_permits());
+                    let n = (bytes as usize).min(room);
+                    j.credits.add_permits(n);
+                    // Those bytes are gone from here: their budget comes back.
+                    drop(lock(&j.sent).split(n));
                 }
             }
             PeerMsg::Cancel { job } => {
