@@ -136,3 +136,88 @@ fn output_cap_holds_stalled_jobs_back_and_loses_no_byte() {
         buffered(&desk).0 == 0 && buffered(&vps).0 == 0
     });
 }
+
+/// A peer that floods the leader with queries (5000 in one write) has at
+/// most `QUERIES_IN_FLIGHT` (64) answered at a time: the others are refused
+/// at once, saying why, never queued without bound; every query gets an
+/// answer, the refusal is logged, and the daemon goes on serving the others.
+#[test]
+fn a_query_flood_is_refused_beyond_the_limit_and_others_are_served() {
+    use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
+    use std::io::{BufRead, BufReader, Write};
+    const N: u64 = 5000;
+    let m = Mesh::start();
+    let (s, v) = raw_handshake(
+        &m.vps.listen(),
+        &m.vps.mesh_key_path(),
+        "flooder",
+        Purpose::Link,
+        3,
+    );
+    assert!(matches!(v, PeerMsg::Welcome(_)), "not welcomed: {v:?}");
+    s.set_read_timeout(Some(LONG)).unwrap();
+    // Read the answers as they come, beating as a dialer must meanwhile.
+    let reader = {
+        let s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(s);
+            let (mut answered, mut refused) = (std::collections::HashSet::new(), 0);
+            let mut line = String::new();
+            while (answered.len() as u64) < N {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Ok(PeerMsg::Answer { id, answer }) = serde_json::from_str(&line) {
+                    if let Answer::Error(e) = &answer {
+                        assert!(
+                            e.error.contains("queries from flooder already"),
+                            "{}",
+                            e.error
+                        );
+                        refused += 1;
+                    }
+                    answered.insert(id);
+                }
+            }
+            (answered.len() as u64, refused)
+        })
+    };
+    let mut flood = Vec::new();
+    for id in 1..=N {
+        let q = PeerMsg::Query {
+            id,
+            query: Query::ListPeers,
+        };
+        flood.extend(d_proto::frame::encode(&q).unwrap());
+    }
+    let mut w = s.try_clone().unwrap();
+    w.write_all(&flood).unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beats = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let beat = d_proto::frame::encode(&PeerMsg::Heartbeat).unwrap();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if w.write_all(&beat).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let (answered, refused) = reader.join().expect("reader");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = beats.join();
+    assert_eq!(answered, N, "queries left without an answer");
+    assert!(refused > 0, "none refused: the limit never held");
+    assert!(
+        m.vps.log().contains("queries from flooder already"),
+        "{}",
+        m.vps.log()
+    );
+    let out = exec(&m.laptop, "desktop", "echo still served");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "still served\n");
+    assert!(m.vps.d(&["listPeers"]).status.success());
+}

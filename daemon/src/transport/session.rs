@@ -38,6 +38,11 @@ pub use remote::RemoteJob;
 
 /// How long a query to the other side may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queries from the other side this side answers at once, per session; one
+/// more is refused at once, saying so (a worker asks one or two at a time; a
+/// flood of queries whose answers are not read would otherwise grow a task
+/// each without limit).
+pub const QUERIES_IN_FLIGHT: usize = 64;
 
 /// Who is at the other end, as its hello (or welcome) said.
 #[derive(Debug, Clone)]
@@ -137,6 +142,10 @@ pub struct Session {
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
     queries: Mutex<HashMap<u64, Waiter>>,
+    /// Queries from the other side being answered ([`QUERIES_IN_FLIGHT`]).
+    queries_in: Arc<Semaphore>,
+    /// A refusal for too many queries was logged on this session.
+    flood_logged: std::sync::atomic::AtomicBool,
     jobs_out: Mutex<HashMap<u64, OutJob>>,
     jobs_in: Mutex<HashMap<u64, InJob>>,
     closed: CancellationToken,
@@ -182,6 +191,8 @@ impl Session {
             tx,
             next_id: AtomicU64::new(1),
             queries: Mutex::default(),
+            queries_in: Arc::new(Semaphore::new(QUERIES_IN_FLIGHT)),
+            flood_logged: Default::default(),
             jobs_out: Mutex::default(),
             jobs_in: Mutex::default(),
             closed: ep.tasks.shutdown.child_token(),
@@ -383,8 +394,13 @@ impl Session {
                 }
             }
             PeerMsg::Query { id, query } => {
+                let Ok(permit) = self.queries_in.clone().try_acquire_owned() else {
+                    self.too_many_queries(id);
+                    return;
+                };
                 let (s, h) = (self.clone(), self.handler.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let answer = h.query(s.clone(), query).await;
                     if let Err(e) = s.send(PeerMsg::Answer { id, answer }).await {
                         if !s.is_closed() {
@@ -474,6 +490,29 @@ impl Session {
                     let _ = s.send(PeerMsg::Error(e)).await;
                 });
             }
+        }
+    }
+
+    /// Refuse query `id`: [`QUERIES_IN_FLIGHT`] are being answered. Said
+    /// without waiting (a peer that floods queries may not read its
+    /// answers: then the refusal is dropped with the queue full, never
+    /// queued without bound); logged once per session.
+    fn too_many_queries(&self, id: u64) {
+        let error = ErrorBody::new(
+            ErrorKind::Refused,
+            format!(
+                "{} is answering {QUERIES_IN_FLIGHT} queries from {} already: this one is refused",
+                self.ep.me.name(),
+                self.peer.id
+            ),
+        )
+        .hint("wait for answers before asking more");
+        if !self.flood_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{}", error.error);
+        }
+        let answer = Answer::Error(error);
+        if let Ok(line) = d_proto::frame::encode(&PeerMsg::Answer { id, answer }) {
+            let _ = self.tx.try_send(line);
         }
     }
 
