@@ -38,6 +38,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
 /// the WireGuard interface's address.
 pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpListener>) {
     let tasks = daemon.tasks().clone();
+    api::orphans::sweep(&daemon);
     tasks.tracker.spawn(control::serve(daemon.clone(), control));
     tasks
         .tracker

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::faults::*;
 use common::*;
@@ -327,4 +328,81 @@ fn pre_auth_frames_are_small() {
         "answer: {line}"
     );
     assert!(d.d(&["ping"]).status.success());
+}
+
+/// A daemon killed outright (SIGKILL) cannot end its jobs, and nothing
+/// kills them with it (outside systemd): its next start on the same state
+/// dir ends their process groups, a background process of the job included,
+/// logs it and gives each job its audit row, saying what happened.
+#[test]
+fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
+    let mut d = TestDaemon::start("orphan", "127.0.0.1");
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "orphan"])
+        .status
+        .success());
+    let listen = d.listen();
+    let (job_pid, bg_pid) = (d.dir.path().join("job.pid"), d.dir.path().join("bg.pid"));
+    let cmd = format!(
+        "sleep 300 & echo $! > {}; echo $$ > {}; exec sleep 301",
+        bg_pid.display(),
+        job_pid.display()
+    );
+    let mut client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(d.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "orphan",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &cmd,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the client");
+    let read_pid = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    wait_for(LONG, "the job and its background process", || {
+        read_pid(&job_pid).is_some() && read_pid(&bg_pid).is_some()
+    });
+    let (job, bg) = (read_pid(&job_pid).unwrap(), read_pid(&bg_pid).unwrap());
+    d.kill9();
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        alive(job) && alive(bg),
+        "the job died with the daemon: nothing left to find"
+    );
+    d.restart_on(&listen);
+    wait_for(LONG, "the orphaned group to be ended", || {
+        !alive(job) && !alive(bg)
+    });
+    wait_for(LONG, "the orphan logged", || {
+        d.log().contains("was not ended by it")
+    });
+    wait_for(LONG, "the orphan's audit row", || {
+        d.json(&["execLog", "--limit", "10"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["command"] == cmd.as_str()
+                    && r["error"].as_str().is_some_and(|e| {
+                        e.contains("stopped without ending this job")
+                            && e.contains("still running and was ended now")
+                    })
+            })
+    });
+    // Its entry is gone: a second start finds nothing more.
+    let entries = std::fs::read_dir(d.state_dir().join("jobs"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "job entries left behind");
 }

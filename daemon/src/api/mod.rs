@@ -40,6 +40,7 @@ pub mod exec;
 pub mod invite;
 pub mod job;
 pub mod jobs;
+pub mod orphans;
 pub mod peer;
 pub mod peer_config;
 pub mod run_as;
@@ -66,6 +67,8 @@ pub struct Daemon {
     restart_requested: AtomicBool,
     /// Audit records, kept while the database refuses them.
     pub audit: Arc<audit::Audit>,
+    /// Running jobs written down (`<state-dir>/jobs`), for the start after a crash.
+    pub ledger: Arc<crate::jobs::ledger::Ledger>,
 }
 
 impl Daemon {
@@ -144,6 +147,9 @@ impl Daemon {
         me.set_labels(labels);
         let config = Arc::new(config);
         let audit = audit::Audit::new(store.clone(), config.exec_log);
+        let ledger = Arc::new(crate::jobs::ledger::Ledger::new(
+            config.state_dir.join("jobs"),
+        ));
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();
             Daemon {
@@ -160,6 +166,7 @@ impl Daemon {
                 exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
                 restart_requested: AtomicBool::new(false),
                 audit,
+                ledger,
             }
         }))
     }
@@ -190,6 +197,7 @@ impl Daemon {
             running: self.running_jobs.clone(),
             default_dir: self.config.default_dir.clone(),
             output: self.mesh.endpoint.output.clone(),
+            ledger: Some(self.ledger.clone()),
         }
     }
 

@@ -17,8 +17,10 @@
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
 //! process, its group and its end; [`spawn`] starting it in a session of its
-//! own without forking the daemon; [`pump`] its pipes.
+//! own without forking the daemon; [`pump`] its pipes; [`ledger`] running
+//! jobs written down, for the start after a daemon was killed.
 
+pub mod ledger;
 mod process;
 mod pump;
 mod spawn;
@@ -83,6 +85,8 @@ pub struct JobCtx {
     /// The daemon's budget of buffered output: a pipe is read only into
     /// bytes of it.
     pub output: Arc<crate::base::budget::OutputBudget>,
+    /// Where running jobs are written down ([`ledger`]); `None`: nowhere.
+    pub ledger: Option<Arc<ledger::Ledger>>,
 }
 
 /// A local user a job runs as instead of the daemon's (a checkout's owner,
@@ -194,9 +198,10 @@ pub fn spawn_with(
     }
     let running = RunningGuard::new(ctx.running.clone());
     let output = ctx.output.clone();
+    let ledger = ctx.ledger.clone();
     ctx.tracker.spawn(async move {
         let span = tracing::info_span!("job", requester = %spec.requester);
-        let last = match process::run(&spec, &me, &tx, cancel, &opts, &output)
+        let last = match process::run(&spec, &me, &tx, cancel, &opts, &output, ledger.as_deref())
             .instrument(span)
             .await
         {
@@ -232,6 +237,7 @@ mod tests {
             running: Arc::default(),
             default_dir: "/tmp".into(),
             output: crate::base::budget::OutputBudget::new(1 << 20),
+            ledger: None,
         }
     }
 
