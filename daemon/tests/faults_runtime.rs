@@ -406,3 +406,47 @@ fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
         .unwrap_or(0);
     assert_eq!(entries, 0, "job entries left behind");
 }
+
+/// The wall clock moved forward by a year while the daemon was stopped (the
+/// debug-build hook `.test-clock-offset`, read at start): the restarted
+/// daemon's retention goes on from the clock the last run left (plus the
+/// boot clock's time since), says the wall clock is ahead, and deletes none
+/// of the earlier rows.
+#[test]
+fn a_restart_after_a_wall_clock_jump_deletes_no_history() {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    // Small enough that a 2 KiB command prunes at once (max_bytes / 64).
+    std::fs::write(cfg.path(), "exec_log_max_bytes = 65536\n").unwrap();
+    let mut d = TestDaemon::start_with("clock2", "127.0.0.1", &["--config", path_str(cfg.path())]);
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "clock2"])
+        .status
+        .success());
+    let listen = d.listen();
+    for i in 0..3 {
+        let out = exec(&d, "clock2", &format!("echo before-{i}"));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let before = |d: &TestDaemon| {
+        audit_commands(d)
+            .iter()
+            .filter(|c| c.starts_with("echo before-"))
+            .count()
+    };
+    wait_for(LONG, "three audit rows", || before(&d) == 3);
+    d.stop();
+    std::fs::write(d.state_dir().join(".test-clock-offset"), "31536000").unwrap();
+    d.restart_on(&listen);
+    wait_for(LONG, "the jump to be said", || {
+        d.log().contains("the wall clock is 3153")
+    });
+    let big = format!("true {}", "x".repeat(2048));
+    assert!(exec(&d, "clock2", &big).status.success());
+    wait_for(LONG, "the big row", || audit_commands(&d).contains(&big));
+    assert_eq!(
+        before(&d),
+        3,
+        "history deleted after a restart: {:?}",
+        audit_commands(&d)
+    );
+}

@@ -89,7 +89,7 @@ impl Daemon {
             })?;
         crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader, leader_key, join_token, labels) = store
+        let (role, id, leader, leader_key, join_token, labels, clock) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
@@ -98,9 +98,14 @@ impl Daemon {
                     st.get_setting("leader_key")?,
                     st.get_setting("join_token")?,
                     st.get_setting("labels")?,
+                    st.get_setting("clock_mark")?,
                 ))
             })
             .await?;
+        // Retention goes on from where the last run left its clock.
+        if let Some(mark) = clock {
+            crate::base::clock::resume(&mark);
+        }
         let trust = LeaderTrust {
             key: match leader_key {
                 Some(k) => Some(PublicKey::from_base64(&k).map_err(|e| {
