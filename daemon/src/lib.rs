@@ -49,7 +49,7 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
         // The jump-proof clock kept now and every minute ([`base::clock::mark`]).
         let mut tick = 0u32;
         loop {
-            if tick % 30 == 0 {
+            if tick.is_multiple_of(30) {
                 save_clock(&store).await;
             }
             tick = tick.wrapping_add(1);
