@@ -267,11 +267,13 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             rollout,
             strict,
             job,
-        } if fanout::is_many(peer) => {
+            output,
+        } if fanout::is_many(peer) || output.outdir.is_some() => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
                 gather: *gather,
+                outdir: output.outdir.clone(),
                 strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,
