@@ -82,18 +82,25 @@ impl Session {
                 let msg = match ev {
                     JobEvent::Output(stream, mut chunk) => {
                         rec.output_bytes += chunk.len() as u64;
-                        // In pieces the requester's window holds, each sent
-                        // once its credit came; the budget they hold stays
-                        // held until the requester credits them back. A
-                        // closed session has cancelled the job, so just
-                        // drain to the end.
+                        // In pieces as large as the credit there is (at
+                        // least a byte: a requester short of budget grants
+                        // a little at a time, and must never wait for a
+                        // piece larger than it can grant); the budget they
+                        // hold stays held until the requester credits them
+                        // back. A closed session has cancelled the job, so
+                        // just drain to the end.
                         let mut off = 0;
                         while off < chunk.len() {
-                            let k = (chunk.len() - off).min(window);
                             tokio::select! {
-                                p = credits.acquire_many(k as u32) => { if let Ok(p) = p { p.forget() } }
+                                p = credits.acquire() => { if let Ok(p) = p { p.forget() } }
                                 _ = s.closed() => break,
                             }
+                            // Only this task takes credit: what is there stays.
+                            let more = (chunk.len() - off - 1).min(credits.available_permits());
+                            if let Ok(p) = credits.try_acquire_many(more as u32) {
+                                p.forget();
+                            }
+                            let k = 1 + more;
                             let held = chunk.held.split(k);
                             let _ = s.send_output(id, stream, &chunk.data[off..off + k]).await;
                             lock(&sent).merge(held);
