@@ -159,7 +159,6 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l max-errors -d 'Stop s
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s u -l user -d 'Run as this user of the target: its uid, groups, HOME, USER, LOGNAME, SHELL, its login shell, its home as the default directory (the target\'s daemon must run as root)' -r -f -a "(__fish_complete_users)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l env -d 'Set a variable for the job (repeatable; the audit log records the name, never the value)' -r -f
-complete -c d -n "__fish_d_using_subcommand execOnPeer" -l outdir -d 'Also write each peer\'s stdout to DIR/PEER.out, its stderr to DIR/PEER.err (as they come) and how it ended to DIR/PEER.status ("STATUS WORD", e.g. "0 ok", "3 exit 3"); DIR is created if needed, files of the same peers replaced. Makes one peer a fan-out too' -r -f -a "(__fish_complete_directories)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'

@@ -14,10 +14,6 @@ mod fleet;
 // xtask, which builds only the man pages, leaves `Amount` unused.
 #[allow(unused_imports)]
 pub use fleet::{Amount, JobsAction, RolloutArgs};
-// `--outdir` of a fan-out.
-#[path = "cli_outdir.rs"]
-mod outdir;
-pub use outdir::OutputArgs;
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
@@ -269,8 +265,6 @@ pub enum Command {
         strict: bool,
         #[command(flatten)]
         job: JobFlags,
-        #[command(flatten)]
-        output: OutputArgs,
     },
 
     /// Run a shell command on the peer at a mesh address, streaming its output.

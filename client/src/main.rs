@@ -267,13 +267,11 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             rollout,
             strict,
             job,
-            output,
-        } if fanout::is_many(peer) || output.outdir.is_some() => {
+        } if fanout::is_many(peer) => {
             let opts = fanout::Options {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
                 gather: *gather,
-                outdir: output.outdir.clone(),
                 strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,

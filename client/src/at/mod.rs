@@ -129,7 +129,7 @@ struct ShellOpts {
     timeout: Option<u64>,
     parallel: Option<u32>,
     gather: bool,
-    /// Rollout control and `--outdir`, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
+    /// Rollout control, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
     rollout: Vec<String>,
     strict: bool,
     /// `-n`, `-u USER`, `--env NAME=VALUE`, passed on as given.
@@ -179,7 +179,6 @@ fn plan_after(
                 | "--batch-wait"
                 | "--max-errors"
                 | "--canary"
-                | "--outdir"
                 | "--user"
                 | "-u"
                 | "--env"
@@ -254,10 +253,6 @@ fn plan_after(
                 opts.gather = true;
                 opts.given.push(name.to_string());
             }
-            ("--outdir", Some(v)) => {
-                opts.rollout.push(format!("--outdir={v}"));
-                opts.given.push(format!("--outdir {}", quote(&v)));
-            }
             ("--strict", None) if !has_inline => {
                 opts.strict = true;
                 opts.given.push(name.to_string());
@@ -281,7 +276,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --outdir DIR, --strict, -n, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --strict, -n, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }

@@ -17,13 +17,11 @@
 //! cancels the job) and is reported `timed out (no answer)`; the others carry on.
 //!
 //! [`outcome`] words how each peer ended, [`lines`] cuts live output into
-//! prefixed lines, [`gather`] groups identical outputs, [`outdir`] writes
-//! each peer's output to files (`--outdir`).
+//! prefixed lines, [`gather`] groups identical outputs.
 
 mod gather;
 mod lines;
 mod outcome;
-mod outdir;
 pub mod rollout;
 
 pub use gather::print_groups;
@@ -43,7 +41,6 @@ use crate::input::Input;
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
 use lines::Lines;
-use outdir::{OutDir, PeerFiles};
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
 /// the spawn, the process group's 2 s grace after SIGTERM, and the way back.
@@ -142,8 +139,6 @@ pub struct Options {
     pub parallel: usize,
     pub rollout: rollout::Rollout,
     pub gather: bool,
-    /// `--outdir`: each peer's output also to files there ([`outdir`]).
-    pub outdir: Option<std::path::PathBuf>,
     /// With `all`: run offline peers too, and count their failures.
     pub strict: bool,
     pub json: bool,
@@ -198,9 +193,6 @@ pub fn exec_on(
             .hint("give the job /dev/null with -n, or put the input in a file on each peer (`d cp`)"),
         ));
     }
-    let outdir = opts.outdir.as_deref().map(OutDir::create).transpose()?;
-    // Files that could not be written, said at the end (an error of d).
-    let unwritten: Mutex<Vec<ErrorBody>> = Mutex::default();
     let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
     let live = !opts.gather && !opts.json;
     let limit = deadline(timeout);
@@ -240,29 +232,9 @@ pub fn exec_on(
                 raw_output: false,
                 opts: opts.job.clone(),
             };
-            let mut files = match outdir.as_ref().map(|d| d.peer(peer)).transpose() {
-                Ok(f) => f,
-                Err(e) => {
-                    unwritten.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-                    None
-                }
-            };
-            let to = outdir.as_ref().zip(files.as_mut());
-            let run = run_one(
-                socket,
-                peer,
-                &req,
-                limit,
-                live,
-                opts.verbose,
-                feed.as_mut(),
-                to,
-            );
+            let run = run_one(socket, peer, &req, limit, live, opts.verbose, feed.as_mut());
             if let Some(f) = feed {
                 f.finish();
-            }
-            if let Some(e) = files.and_then(PeerFiles::failed) {
-                unwritten.lock().unwrap_or_else(|e| e.into_inner()).push(e);
             }
             run
         },
@@ -338,23 +310,7 @@ pub fn exec_on(
             .collect();
         crate::history::finish(socket, opts.verbose, id, results);
     }
-    let mut status = combined_status(runs.iter().map(|r| r.outcome.status()));
-    let mut unwritten = unwritten.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some(dir) = &outdir {
-        for (p, r) in peers.iter().zip(&runs) {
-            if let Err(e) = dir.status(p, r.outcome.status(), &r.outcome.describe()) {
-                unwritten.push(e);
-            }
-        }
-    }
-    if let Some(e) = unwritten.first() {
-        errln!(
-            "d: {} ({} files of --outdir not written in all)",
-            render::clean(&e.error),
-            unwritten.len()
-        );
-        status = status.max(255);
-    }
+    let status = combined_status(runs.iter().map(|r| r.outcome.status()));
     Ok(stop::status().unwrap_or(status))
 }
 
@@ -436,10 +392,7 @@ impl<'a> Feed<'a> {
 }
 
 /// One peer's job on its own connection; with `live`, its lines are written
-/// as they complete, else its output is kept for the end; with `files`, it
-/// is also written to them as it comes.
-// One argument per part of the run, as the fan-out has them.
-#[allow(clippy::too_many_arguments)]
+/// as they complete, else its output is kept for the end.
 fn run_one(
     socket: &Path,
     peer: &str,
@@ -448,7 +401,6 @@ fn run_one(
     live: bool,
     verbose: bool,
     mut feed: Option<&mut Feed>,
-    mut files: Option<(&OutDir, &mut PeerFiles)>,
 ) -> PeerRun {
     let started = Instant::now();
     let mut out = Lines::new(peer);
@@ -505,26 +457,14 @@ fn run_one(
                         );
                     }
                 }
-                Event::Stdout { data } => {
-                    if let Some((d, f)) = files.as_mut() {
-                        f.stdout(&data.0, d, peer);
-                    }
-                    if live {
-                        stdio::with(Stream::Out, |w| out.push(&data.0, w));
-                    } else {
-                        kept.0.extend_from_slice(&data.0);
-                    }
+                Event::Stdout { data } if live => {
+                    stdio::with(Stream::Out, |w| out.push(&data.0, w));
                 }
-                Event::Stderr { data } => {
-                    if let Some((d, f)) = files.as_mut() {
-                        f.stderr(&data.0, d, peer);
-                    }
-                    if live {
-                        stdio::with(Stream::Err, |w| err.push(&data.0, w));
-                    } else {
-                        kept.1.extend_from_slice(&data.0);
-                    }
+                Event::Stderr { data } if live => {
+                    stdio::with(Stream::Err, |w| err.push(&data.0, w));
                 }
+                Event::Stdout { data } => kept.0.extend_from_slice(&data.0),
+                Event::Stderr { data } => kept.1.extend_from_slice(&data.0),
                 Event::Exit { exit, .. } => {
                     if verbose {
                         errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
