@@ -240,8 +240,9 @@ fn listed(d: &TestDaemon, id: &str) -> bool {
 }
 
 /// A worker id not seen for peer_retire_days (30) leaves the leader's
-/// registry (the clock moved by the debug-build test hook); seen 20 days
-/// ago it stays.
+/// registry (time made to pass between two runs by the debug-build test
+/// hooks: the wall clock and the boot clock both moved); seen 20 days ago
+/// it stays.
 #[test]
 fn ids_not_seen_for_peer_retire_days_are_retired() {
     let mut vps = TestDaemon::start("retire", "127.0.0.1");
@@ -266,6 +267,10 @@ fn ids_not_seen_for_peer_retire_days_are_retired() {
     for (days, kept) in [(20, true), (31, false)] {
         vps.stop();
         std::fs::write(&offset, (days * 86_400).to_string()).unwrap();
+        // The boot clock too: the days really passed (the wall clock alone
+        // would be a jump, which retires nothing).
+        let up = vps.state_dir().join(".test-uptime-offset");
+        std::fs::write(&up, (days * 86_400).to_string()).unwrap();
         vps.restart_on(&leader);
         assert_eq!(listed(&vps, "oldid"), kept, "{days} days later");
         assert!(listed(&vps, "vps"), "the leader itself stays");

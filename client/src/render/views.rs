@@ -244,9 +244,9 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
     if s.output_buffer_max > 0 {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         pairs.push((
-            "output buffer",
+            "output",
             format!(
-                "{:.1} MiB of {:.1} MiB",
+                "{:.1} MiB buffered of {:.1} MiB",
                 mib(s.output_buffered),
                 mib(s.output_buffer_max)
             ),

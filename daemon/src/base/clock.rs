@@ -15,17 +15,20 @@
 //! time the machine was off is unknown, so it does not count: rows are then
 //! kept longer, never deleted early).
 //!
-//! Test hook (debug builds only, never in a release build): a file
+//! Test hooks (debug builds only, never in a release build): a file
 //! `.test-clock-offset` in the state dir holding a signed number of seconds
 //! is added to the wall clock, re-read every 200 ms, so a test can move the
-//! wall clock of a running daemon (`daemon/tests/faults.rs`).
+//! wall clock of a running daemon (`daemon/tests/faults_runtime.rs`); a file
+//! `.test-uptime-offset` likewise to the boot clock, so a test can make time
+//! really pass between two runs (both files) or only seem to (the first).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The test hook's offset, in milliseconds (always 0 in release builds).
+/// The test hooks' offsets, in milliseconds (always 0 in release builds).
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+static UPTIME_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 
 /// The monotonic instant of the first reading.
 static START: OnceLock<Instant> = OnceLock::new();
@@ -112,7 +115,7 @@ pub fn resume(mark: &str) {
 fn uptime_ms() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/uptime").ok()?;
     let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
-    Some((secs * 1000.0) as u64)
+    Some(((secs * 1000.0) as u64).saturating_add_signed(UPTIME_OFFSET_MS.load(Ordering::Relaxed)))
 }
 
 fn boot_id() -> Option<String> {
@@ -129,19 +132,27 @@ pub fn skew_ms() -> i64 {
 /// Start the clock (call at start) and, in debug builds, the test hook.
 pub fn init(state_dir: &std::path::Path) {
     if cfg!(debug_assertions) {
-        let file = state_dir.join(".test-clock-offset");
+        let (wall, up) = (
+            state_dir.join(".test-clock-offset"),
+            state_dir.join(".test-uptime-offset"),
+        );
         let read = move || {
-            std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.trim().parse::<i64>().ok())
-                .unwrap_or(0)
+            let secs = |f: &std::path::Path| {
+                std::fs::read_to_string(f)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                    .unwrap_or(0)
+                    .saturating_mul(1000)
+            };
+            OFFSET_MS.store(secs(&wall), Ordering::Relaxed);
+            UPTIME_OFFSET_MS.store(secs(&up), Ordering::Relaxed);
         };
-        OFFSET_MS.store(read().saturating_mul(1000), Ordering::Relaxed);
+        read();
         let _ = std::thread::Builder::new()
             .name("test-clock".into())
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(200));
-                OFFSET_MS.store(read().saturating_mul(1000), Ordering::Relaxed);
+                read();
             });
     }
     let _ = steady_now_ms();

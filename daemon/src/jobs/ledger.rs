@@ -19,6 +19,7 @@
 //! [`spawn`]: super::spawn
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use d_proto::types::ExecSpec;
@@ -31,6 +32,9 @@ use super::KILL_GRACE;
 /// The directory of running jobs' entries.
 pub struct Ledger {
     dir: PathBuf,
+    /// A failed write was logged (once until one succeeds again: a full
+    /// disk must not log a warning per job).
+    warned: AtomicBool,
 }
 
 /// One running job, as written down.
@@ -57,7 +61,10 @@ pub struct Orphan {
 impl Ledger {
     /// Entries under `dir` (created when the first job starts).
     pub fn new(dir: PathBuf) -> Ledger {
-        Ledger { dir }
+        Ledger {
+            dir,
+            warned: AtomicBool::new(false),
+        }
     }
 
     fn path(&self, pgid: i32) -> PathBuf {
@@ -78,16 +85,26 @@ impl Ledger {
         };
         let path = self.path(pgid);
         let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.dir)?;
+            // Never create the state dir itself: one removed is reported, not remade.
+            match std::fs::create_dir(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
             std::fs::write(&path, serde_json::to_vec(&entry)?)
         };
         match write() {
-            Ok(()) => Some(path),
+            Ok(()) => {
+                self.warned.store(false, Ordering::Relaxed);
+                Some(path)
+            }
             Err(e) => {
-                tracing::warn!(
-                    "cannot write the job down in {}: {e} (it runs, but a crash of the daemon would leave it unrecorded)",
-                    self.dir.display()
-                );
+                let _ = std::fs::remove_file(&path);
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cannot write running jobs down in {}: {e} (they run, but a crash of the daemon would leave them unrecorded)",
+                        self.dir.display()
+                    );
+                }
                 None
             }
         }
