@@ -306,6 +306,11 @@ pub struct ExecSpec {
     /// 4 KiB. Older targets ignore it and use [`crate::JOB_WINDOW`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,
+    /// The requester's own routing choice, never sent: go through the
+    /// leader's links even where a direct session could be dialed (a big
+    /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
+    #[serde(skip)]
+    pub via_leader: bool,
 }
 
 impl ExecSpec {
@@ -323,6 +328,7 @@ impl ExecSpec {
             run_as: None,
             env: Vec::new(),
             window: None,
+            via_leader: false,
         }
     }
 
