@@ -68,7 +68,7 @@ mesh_build() {
 }
 
 # mesh_start PREFIX: make a temp dir and start the three daemons, unconfigured;
-# return once each answers `d ping`.
+# return once each answers `d ping`. MESH_DAEMON_CONFIG: a config file for all three.
 mesh_start() {
   MESH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
   local name
@@ -76,7 +76,8 @@ mesh_start() {
     mkdir -p "$MESH_DIR/$name"
     SOCK[$name]=$MESH_DIR/$name/d.sock
     "$DAEMON" --socket "${SOCK[$name]}" --state-dir "$MESH_DIR/$name/state" \
-      --listen "${IP[$name]}:0" </dev/null >"$MESH_DIR/$name/log" 2>&1 &
+      --listen "${IP[$name]}:0" ${MESH_DAEMON_CONFIG:+--config "$MESH_DAEMON_CONFIG"} \
+      </dev/null >"$MESH_DIR/$name/log" 2>&1 &
     # shellcheck disable=SC2034 # PID is read by the scripts that source this file
     PID[$name]=$!
     MESH_PIDS+=("$!")

@@ -38,6 +38,7 @@ pub async fn open(config: Config) -> anyhow::Result<Arc<Daemon>> {
 /// the WireGuard interface's address.
 pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpListener>) {
     let tasks = daemon.tasks().clone();
+    api::orphans::sweep(&daemon);
     tasks.tracker.spawn(control::serve(daemon.clone(), control));
     tasks
         .tracker
@@ -45,7 +46,13 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
     let (store, stop) = (daemon.mesh.store.clone(), tasks.shutdown.clone());
     tasks.tracker.spawn(async move {
         // The state dir removed or the database replaced: said within seconds.
+        // The jump-proof clock kept now and every minute ([`base::clock::mark`]).
+        let mut tick = 0u32;
         loop {
+            if tick.is_multiple_of(30) {
+                save_clock(&store).await;
+            }
+            tick = tick.wrapping_add(1);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
@@ -69,8 +76,20 @@ pub async fn run(daemon: Arc<Daemon>, control: UnixListener, peer: Option<TcpLis
     {
         tracing::warn!("some tasks did not finish within {grace:?}");
     }
+    save_clock(&daemon.mesh.store).await;
     // Outside the batch's transaction: a checkpoint cannot run inside one.
     if let Err(e) = daemon.mesh.store.read(|st| st.checkpoint()).await {
         tracing::warn!("cannot checkpoint the state database at shutdown: {e}");
+    }
+}
+
+/// Keep where the jump-proof clock stands, for the next start.
+async fn save_clock(store: &store::Registry) {
+    let mark = base::clock::mark();
+    if let Err(e) = store
+        .call(move |st| st.set_setting("clock_mark", Some(&mark)))
+        .await
+    {
+        tracing::debug!("cannot keep the clock mark: {e}");
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::faults::*;
 use common::*;
@@ -239,8 +240,9 @@ fn listed(d: &TestDaemon, id: &str) -> bool {
 }
 
 /// A worker id not seen for peer_retire_days (30) leaves the leader's
-/// registry (the clock moved by the debug-build test hook); seen 20 days
-/// ago it stays.
+/// registry (time made to pass between two runs by the debug-build test
+/// hooks: the wall clock and the boot clock both moved); seen 20 days ago
+/// it stays.
 #[test]
 fn ids_not_seen_for_peer_retire_days_are_retired() {
     let mut vps = TestDaemon::start("retire", "127.0.0.1");
@@ -265,6 +267,10 @@ fn ids_not_seen_for_peer_retire_days_are_retired() {
     for (days, kept) in [(20, true), (31, false)] {
         vps.stop();
         std::fs::write(&offset, (days * 86_400).to_string()).unwrap();
+        // The boot clock too: the days really passed (the wall clock alone
+        // would be a jump, which retires nothing).
+        let up = vps.state_dir().join(".test-uptime-offset");
+        std::fs::write(&up, (days * 86_400).to_string()).unwrap();
         vps.restart_on(&leader);
         assert_eq!(listed(&vps, "oldid"), kept, "{days} days later");
         assert!(listed(&vps, "vps"), "the leader itself stays");
@@ -327,4 +333,125 @@ fn pre_auth_frames_are_small() {
         "answer: {line}"
     );
     assert!(d.d(&["ping"]).status.success());
+}
+
+/// A daemon killed outright (SIGKILL) cannot end its jobs, and nothing
+/// kills them with it (outside systemd): its next start on the same state
+/// dir ends their process groups, a background process of the job included,
+/// logs it and gives each job its audit row, saying what happened.
+#[test]
+fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
+    let mut d = TestDaemon::start("orphan", "127.0.0.1");
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "orphan"])
+        .status
+        .success());
+    let listen = d.listen();
+    let (job_pid, bg_pid) = (d.dir.path().join("job.pid"), d.dir.path().join("bg.pid"));
+    let cmd = format!(
+        "sleep 300 & echo $! > {}; echo $$ > {}; exec sleep 301",
+        bg_pid.display(),
+        job_pid.display()
+    );
+    let mut client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(d.socket())
+        .args([
+            "execOnPeer",
+            "--peer",
+            "orphan",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &cmd,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the client");
+    let read_pid = |p: &Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+    };
+    wait_for(LONG, "the job and its background process", || {
+        read_pid(&job_pid).is_some() && read_pid(&bg_pid).is_some()
+    });
+    let (job, bg) = (read_pid(&job_pid).unwrap(), read_pid(&bg_pid).unwrap());
+    d.kill9();
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        alive(job) && alive(bg),
+        "the job died with the daemon: nothing left to find"
+    );
+    d.restart_on(&listen);
+    wait_for(LONG, "the orphaned group to be ended", || {
+        !alive(job) && !alive(bg)
+    });
+    wait_for(LONG, "the orphan logged", || {
+        d.log().contains("was not ended by it")
+    });
+    wait_for(LONG, "the orphan's audit row", || {
+        d.json(&["execLog", "--limit", "10"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["command"] == cmd.as_str()
+                    && r["error"].as_str().is_some_and(|e| {
+                        e.contains("stopped without ending this job")
+                            && e.contains("still running and was ended now")
+                    })
+            })
+    });
+    // Its entry is gone: a second start finds nothing more.
+    let entries = std::fs::read_dir(d.state_dir().join("jobs"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "job entries left behind");
+}
+
+/// The wall clock moved forward by a year while the daemon was stopped (the
+/// debug-build hook `.test-clock-offset`, read at start): the restarted
+/// daemon's retention goes on from the clock the last run left (plus the
+/// boot clock's time since), says the wall clock is ahead, and deletes none
+/// of the earlier rows.
+#[test]
+fn a_restart_after_a_wall_clock_jump_deletes_no_history() {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    // Small enough that a 2 KiB command prunes at once (max_bytes / 64).
+    std::fs::write(cfg.path(), "exec_log_max_bytes = 65536\n").unwrap();
+    let mut d = TestDaemon::start_with("clock2", "127.0.0.1", &["--config", path_str(cfg.path())]);
+    assert!(d
+        .d(&["setPeerConfig", "--role", "leader", "--id", "clock2"])
+        .status
+        .success());
+    let listen = d.listen();
+    for i in 0..3 {
+        let out = exec(&d, "clock2", &format!("echo before-{i}"));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let before = |d: &TestDaemon| {
+        audit_commands(d)
+            .iter()
+            .filter(|c| c.starts_with("echo before-"))
+            .count()
+    };
+    wait_for(LONG, "three audit rows", || before(&d) == 3);
+    d.stop();
+    std::fs::write(d.state_dir().join(".test-clock-offset"), "31536000").unwrap();
+    d.restart_on(&listen);
+    wait_for(LONG, "the jump to be said", || {
+        d.log().contains("the wall clock is 3153")
+    });
+    let big = format!("true {}", "x".repeat(2048));
+    assert!(exec(&d, "clock2", &big).status.success());
+    wait_for(LONG, "the big row", || audit_commands(&d).contains(&big));
+    assert_eq!(
+        before(&d),
+        3,
+        "history deleted after a restart: {:?}",
+        audit_commands(&d)
+    );
 }

@@ -142,6 +142,13 @@ pub struct PeerStatus {
     /// Audit records dropped since start because too many waited.
     #[serde(default)]
     pub audit_dropped: u64,
+    /// Bytes of job output this daemon buffers now, across all its jobs
+    /// and sessions (config `output_buffer_max` caps it).
+    #[serde(default)]
+    pub output_buffered: u64,
+    /// The cap (config `output_buffer_max`), bytes; 0 from older daemons.
+    #[serde(default)]
+    pub output_buffer_max: u64,
     /// This daemon's identity key (`<state-dir>/identity.key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<crate::keys::PublicKey>,
@@ -293,6 +300,12 @@ pub struct ExecSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// Bytes of output the requester lets the target send before its first
+    /// credit (its credit window, as much as its output budget had free);
+    /// absent: [`crate::JOB_WINDOW`]. A target uses at most that, at least
+    /// 4 KiB. Older targets ignore it and use [`crate::JOB_WINDOW`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<u32>,
     /// The requester's own routing choice, never sent: go through the
     /// leader's links even where a direct session could be dialed (a big
     /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
@@ -314,6 +327,7 @@ impl ExecSpec {
             stdin: false,
             run_as: None,
             env: Vec::new(),
+            window: None,
             via_leader: false,
         }
     }

@@ -249,6 +249,17 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
             ),
         ));
     }
+    if s.output_buffer_max > 0 {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        pairs.push((
+            "output",
+            format!(
+                "{:.1} MiB buffered of {:.1} MiB",
+                mib(s.output_buffered),
+                mib(s.output_buffer_max)
+            ),
+        ));
+    }
     if let Some(ms) = s.link_heartbeat_ms {
         let every = if ms < 1000 {
             format!("{ms} ms")
@@ -428,6 +439,8 @@ mod tests {
             storage_error: None,
             storage_error_since: None,
             audit_pending: 0,
+            output_buffered: 0,
+            output_buffer_max: 0,
             audit_dropped: 0,
             public_key: None,
             fingerprint: None,

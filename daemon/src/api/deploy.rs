@@ -44,7 +44,7 @@ async fn say(tx: &mpsc::Sender<JobEvent>, line: String) {
     let _ = tx
         .send(JobEvent::Output(
             Stream::Stdout,
-            format!("[d] {line}\n").into_bytes(),
+            job::Chunk::untracked(format!("[d] {line}\n").into_bytes()),
         ))
         .await;
 }

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::{job, run_as, Daemon};
+use crate::base::budget::Held;
 use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
 use crate::mesh::route::{self, Route};
@@ -363,10 +364,14 @@ where
             let who = format!("the local daemon on {}", daemon.me());
             job::said_at_shutdown(daemon, e, &who, peer)
         });
+        // The output's budget is held until it was written to the client.
+        let mut held = Held::none();
         let (out, n) = match ev {
-            Some(JobEvent::Output(stream, data)) => {
-                let n = data.len();
+            Some(JobEvent::Output(stream, chunk)) => {
+                let n = chunk.len();
                 rec.output_bytes += n as u64;
+                held = chunk.held;
+                let data = chunk.data;
                 let out = if raw {
                     ToClient::Raw(d_proto::frame::encode_output(0, stream, &data))
                 } else {
@@ -406,6 +411,7 @@ where
             r = write => r.map_err(|_| "the client went away".to_string()),
             why = inbound.as_mut() => Err(why),
         };
+        drop(held);
         if last {
             return None;
         }

@@ -40,6 +40,7 @@ pub mod exec;
 pub mod invite;
 pub mod job;
 pub mod jobs;
+pub mod orphans;
 pub mod peer;
 pub mod peer_config;
 pub mod run_as;
@@ -66,6 +67,8 @@ pub struct Daemon {
     restart_requested: AtomicBool,
     /// Audit records, kept while the database refuses them.
     pub audit: Arc<audit::Audit>,
+    /// Running jobs written down (`<state-dir>/jobs`), for the start after a crash.
+    pub ledger: Arc<crate::jobs::ledger::Ledger>,
 }
 
 impl Daemon {
@@ -86,7 +89,7 @@ impl Daemon {
             })?;
         crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader, leader_key, join_token, labels) = store
+        let (role, id, leader, leader_key, join_token, labels, clock) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
@@ -95,9 +98,14 @@ impl Daemon {
                     st.get_setting("leader_key")?,
                     st.get_setting("join_token")?,
                     st.get_setting("labels")?,
+                    st.get_setting("clock_mark")?,
                 ))
             })
             .await?;
+        // Retention goes on from where the last run left its clock.
+        if let Some(mark) = clock {
+            crate::base::clock::resume(&mark);
+        }
         let trust = LeaderTrust {
             key: match leader_key {
                 Some(k) => Some(PublicKey::from_base64(&k).map_err(|e| {
@@ -144,6 +152,9 @@ impl Daemon {
         me.set_labels(labels);
         let config = Arc::new(config);
         let audit = audit::Audit::new(store.clone(), config.exec_log);
+        let ledger = Arc::new(crate::jobs::ledger::Ledger::new(
+            config.state_dir.join("jobs"),
+        ));
         Ok(Arc::new_cyclic(|this: &Weak<Daemon>| {
             let handler: Weak<dyn Handler> = this.clone();
             Daemon {
@@ -160,6 +171,7 @@ impl Daemon {
                 exe: std::env::current_exe().unwrap_or_else(|_| "d-daemon".into()),
                 restart_requested: AtomicBool::new(false),
                 audit,
+                ledger,
             }
         }))
     }
@@ -189,6 +201,8 @@ impl Daemon {
             tracker: self.tasks().tracker.clone(),
             running: self.running_jobs.clone(),
             default_dir: self.config.default_dir.clone(),
+            output: self.mesh.endpoint.output.clone(),
+            ledger: Some(self.ledger.clone()),
         }
     }
 

@@ -55,6 +55,8 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
         storage_error_since: storage.map(|(_, since)| since),
         audit_pending: audit.pending,
         audit_dropped: audit.dropped,
+        output_buffered: mesh.endpoint.output.in_use() as u64,
+        output_buffer_max: mesh.endpoint.output.max() as u64,
         public_key: Some(mesh.me.public_key()),
         fingerprint: Some(mesh.me.public_key().fingerprint()),
     }

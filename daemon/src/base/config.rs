@@ -94,6 +94,9 @@ pub struct FileConfig {
     /// Leader: registry rows of peers not seen for this many days are
     /// removed (default 30; 0 = never).
     pub peer_retire_days: Option<u64>,
+    /// Bytes of job output the whole daemon buffers at most, across all its
+    /// jobs and sessions (default 256 MiB); beyond it, backpressure.
+    pub output_buffer_max: Option<u64>,
     /// Fan-out history: bytes of each peer's stdout and stderr kept from the
     /// start and from the end (default 65536 = `d_proto::jobs::OUTPUT_KEEP`;
     /// at most 131072; 0 = keep no output).
@@ -138,6 +141,8 @@ pub struct Config {
     pub default_dir: PathBuf,
     /// Config `shell`: overrides the users' login shells.
     pub shell: Option<PathBuf>,
+    /// Bytes of job output buffered at most ([`crate::base::budget`]).
+    pub output_buffer_max: usize,
 }
 
 /// How much audit log to keep: whichever limit is reached first.
@@ -245,6 +250,10 @@ impl Config {
                 timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
             peer_retire_days: file.peer_retire_days.unwrap_or(30),
+            output_buffer_max: file
+                .output_buffer_max
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+                .unwrap_or(super::budget::DEFAULT_OUTPUT_BUFFER_MAX),
             job_output: JobOutput {
                 keep: file
                     .job_output_keep

@@ -2,10 +2,11 @@
 //! them. Configuration ([`config`]), this daemon's identity, its key and the mesh key
 //! ([`identity`], [`idkey`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
 //! and shutdown signal everything runs under ([`tasks`]), time ([`clock`])
-//! reconnect delays ([`backoff`]) and the signals the daemon handles or
+//! reconnect delays ([`backoff`]), the budget of buffered output ([`budget`]) and the signals the daemon handles or
 //! ignores ([`signals`]).
 
 pub mod backoff;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod credit;

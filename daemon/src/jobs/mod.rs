@@ -17,8 +17,10 @@
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
 //! process, its group and its end; [`spawn`] starting it in a session of its
-//! own without forking the daemon; [`pump`] its pipes.
+//! own without forking the daemon; [`pump`] its pipes; [`ledger`] running
+//! jobs written down, for the start after a daemon was killed.
 
+pub mod ledger;
 mod process;
 mod pump;
 mod spawn;
@@ -29,6 +31,7 @@ use std::time::Duration;
 #[cfg(test)]
 use std::time::Instant;
 
+pub use crate::base::budget::Chunk;
 #[cfg(test)]
 use d_proto::types::ErrorKind;
 use d_proto::types::{ErrorBody, ExecSpec, ExitInfo, Stream};
@@ -47,7 +50,7 @@ const QUEUE: usize = 4;
 /// `Exit` or `Failed`.
 #[derive(Debug)]
 pub enum JobEvent {
-    Output(Stream, Vec<u8>),
+    Output(Stream, Chunk),
     Exit(ExitInfo),
     Failed(ErrorBody),
 }
@@ -79,6 +82,11 @@ pub struct JobCtx {
     pub running: Arc<AtomicUsize>,
     /// Where a job with an empty directory runs (config `default_dir`).
     pub default_dir: std::path::PathBuf,
+    /// The daemon's budget of buffered output: a pipe is read only into
+    /// bytes of it.
+    pub output: Arc<crate::base::budget::OutputBudget>,
+    /// Where running jobs are written down ([`ledger`]); `None`: nowhere.
+    pub ledger: Option<Arc<ledger::Ledger>>,
 }
 
 /// A local user a job runs as instead of the daemon's (a checkout's owner,
@@ -189,9 +197,11 @@ pub fn spawn_with(
         spec.directory = ctx.default_dir.join(&spec.directory).display().to_string();
     }
     let running = RunningGuard::new(ctx.running.clone());
+    let output = ctx.output.clone();
+    let ledger = ctx.ledger.clone();
     ctx.tracker.spawn(async move {
         let span = tracing::info_span!("job", requester = %spec.requester);
-        let last = match process::run(&spec, &me, &tx, cancel, &opts)
+        let last = match process::run(&spec, &me, &tx, cancel, &opts, &output, ledger.as_deref())
             .instrument(span)
             .await
         {
@@ -226,6 +236,8 @@ mod tests {
             tracker: TaskTracker::new(),
             running: Arc::default(),
             default_dir: "/tmp".into(),
+            output: crate::base::budget::OutputBudget::new(1 << 20),
+            ledger: None,
         }
     }
 
@@ -233,8 +245,8 @@ mod tests {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         loop {
             match rx.recv().await.expect("job ended without a final event") {
-                JobEvent::Output(Stream::Stdout, d) => out.extend(d),
-                JobEvent::Output(Stream::Stderr, d) => err.extend(d),
+                JobEvent::Output(Stream::Stdout, d) => out.extend_from_slice(&d),
+                JobEvent::Output(Stream::Stderr, d) => err.extend_from_slice(&d),
                 last => return (out, err, last),
             }
         }

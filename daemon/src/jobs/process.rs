@@ -12,7 +12,10 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::ledger::Ledger;
 use super::{pump, spawn, JobEvent, Options, KILL_GRACE};
+use crate::base::budget::{Allowance, OutputBudget};
+use std::sync::Arc;
 
 pub(super) async fn run(
     spec: &ExecSpec,
@@ -20,6 +23,8 @@ pub(super) async fn run(
     tx: &mpsc::Sender<JobEvent>,
     cancel: CancellationToken,
     opts: &Options,
+    output: &Arc<OutputBudget>,
+    ledger: Option<&Ledger>,
 ) -> Result<ExitInfo, ErrorBody> {
     let dir = std::path::Path::new(&spec.directory);
     let shown = d_proto::clip(&spec.directory, 200);
@@ -104,6 +109,8 @@ pub(super) async fn run(
         )
     })?;
     let pgid = Some(Pid::from_raw(child.id() as i32));
+    // Written down until its group has ended, for a daemon killed meanwhile.
+    let noted = ledger.and_then(|l| l.add(child.id() as i32, spec));
     // Fed as the queue fills; stopped once the job has ended (input it never
     // read is dropped then).
     let feeder = match (child.stdin.take(), &opts.stdin) {
@@ -111,12 +118,26 @@ pub(super) async fn run(
         _ => None,
     };
 
+    // The job's own share of output memory, beside the daemon's budget.
+    let own = Arc::new(Allowance::new());
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
-        readers.spawn(pump::pump(out, Stream::Stdout, tx.clone()));
+        readers.spawn(pump::pump(
+            out,
+            Stream::Stdout,
+            tx.clone(),
+            output.clone(),
+            own.clone(),
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        readers.spawn(pump::pump(err, Stream::Stderr, tx.clone()));
+        readers.spawn(pump::pump(
+            err,
+            Stream::Stderr,
+            tx.clone(),
+            output.clone(),
+            own.clone(),
+        ));
     }
 
     // A timeout too large to represent is no timeout.
@@ -170,6 +191,9 @@ pub(super) async fn run(
         }
     }
     drop(feeder);
+    if let Some(p) = noted {
+        Ledger::remove(&p);
+    }
     let status = status
         .unwrap_or_else(|| Err(std::io::Error::other("no status")))
         .map_err(|e| {
@@ -235,7 +259,7 @@ fn signal_group(pgid: Option<Pid>, sig: Signal) {
 /// Whether any process of the group still runs. Zombies do not count: an
 /// orphan that died waits for init to reap it, sometimes for seconds, and
 /// `killpg(pgid, 0)` would still see it.
-fn group_alive(pgid: Option<Pid>) -> bool {
+pub(super) fn group_alive(pgid: Option<Pid>) -> bool {
     let Some(pgid) = pgid else { return false };
     if killpg(pgid, None).is_err() {
         return false;

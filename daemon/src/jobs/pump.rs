@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::base::budget::{Allowance, Chunk, OutputBudget};
 use crate::base::credit::CreditQueue;
 use tokio::sync::mpsc;
 
@@ -21,23 +22,68 @@ pub(super) fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
     let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
 }
 
+/// Read a pipe into chunks, each holding its bytes of the daemon's output
+/// budget (or of the job's own allowance): the first byte is awaited without
+/// any (an idle job holds nothing), then up to a chunk's worth is taken —
+/// waiting while both are spent, so the job blocks on its write — and
+/// whatever the pipe has now is read into it; what the read left unused is
+/// given back.
 pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut r: R,
     stream: Stream,
     tx: mpsc::Sender<JobEvent>,
+    budget: Arc<OutputBudget>,
+    own: Arc<Allowance>,
 ) {
     loop {
-        // Whatever is there now, up to a chunk: output stays live.
-        let mut buf = Vec::with_capacity(d_proto::OUTPUT_CHUNK);
-        match r.read_buf(&mut buf).await {
+        let mut first = [0u8; 1];
+        match r.read(&mut first).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if tx.send(JobEvent::Output(stream, buf)).await.is_err() {
-                    return;
+            Ok(_) => {}
+        }
+        let mut held = budget.take(d_proto::OUTPUT_CHUNK, &own).await;
+        // Zeroed by the allocator (calloc): pages the read leaves untouched
+        // are never resident.
+        let mut buf = vec![0u8; held.len().clamp(1, d_proto::OUTPUT_CHUNK)];
+        buf[0] = first[0];
+        let mut len = 1;
+        // The rest of what is there now, without waiting for more.
+        let mut eof = false;
+        while len < buf.len() {
+            match read_ready(&mut r, &mut buf[len..]).await {
+                Some(0) => {
+                    eof = true;
+                    break;
                 }
+                Some(n) => len += n,
+                None => break,
             }
         }
+        buf.truncate(len);
+        if len < buf.capacity() / 2 {
+            buf.shrink_to_fit();
+        }
+        let keep = buf.capacity().min(held.len());
+        drop(held.split(held.len() - keep));
+        let chunk = Chunk { data: buf, held };
+        if tx.send(JobEvent::Output(stream, chunk)).await.is_err() || eof {
+            return;
+        }
     }
+}
+
+/// One read of what the pipe holds now into `buf`: `None` if it holds
+/// nothing (or failed; the next read says which), `Some(0)` at its end.
+async fn read_ready<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Option<usize> {
+    std::future::poll_fn(|cx| {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        let n = match std::pin::Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => Some(rb.filled().len()),
+            std::task::Poll::Pending | std::task::Poll::Ready(Err(_)) => None,
+        };
+        std::task::Poll::Ready(n)
+    })
+    .await
 }
 
 /// Write the queue's bytes into the job's stdin pipe, crediting each chunk

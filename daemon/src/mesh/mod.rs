@@ -69,6 +69,7 @@ impl Mesh {
             config.wg_interface.clone(),
             config.heartbeat,
             handler,
+            crate::base::budget::OutputBudget::new(config.output_buffer_max),
         ));
         Mesh {
             config,

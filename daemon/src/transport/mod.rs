@@ -151,6 +151,9 @@ pub struct Endpoint {
     handler: Weak<dyn Handler>,
     /// Which refused handshakes were logged lately (once a minute each).
     pub refusals: limits::RefusalLog,
+    /// The daemon's budget of buffered output, which every session's jobs
+    /// draw on (both ways).
+    pub output: Arc<crate::base::budget::OutputBudget>,
 }
 
 impl Endpoint {
@@ -160,6 +163,7 @@ impl Endpoint {
         wg_interface: String,
         heartbeat: Duration,
         handler: Weak<dyn Handler>,
+        output: Arc<crate::base::budget::OutputBudget>,
     ) -> Endpoint {
         Endpoint {
             tasks,
@@ -169,6 +173,7 @@ impl Endpoint {
             listen: Mutex::default(),
             handler,
             refusals: Default::default(),
+            output,
         }
     }
 

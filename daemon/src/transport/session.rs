@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use d_proto::peer::{Answer, PeerMsg, Purpose, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role, Stream};
+use d_proto::types::{ErrorBody, ErrorKind, Role, Stream};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -24,17 +24,25 @@ use tracing::Instrument;
 
 use super::connection::{Reader, Writer};
 use super::{Endpoint, Handler};
+use crate::base::budget::{Chunk, Held};
 use crate::base::credit::{CreditQueue, Credits};
 use crate::jobs::JobEvent;
 
 mod input;
 mod io;
+mod remote;
 mod served;
 
 pub use input::InputSink;
+pub use remote::RemoteJob;
 
 /// How long a query to the other side may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queries from the other side this side answers at once, per session; one
+/// more is refused at once, saying so (a worker asks one or two at a time; a
+/// flood of queries whose answers are not read would otherwise grow a task
+/// each without limit).
+pub const QUERIES_IN_FLIGHT: usize = 64;
 
 /// Who is at the other end, as its hello (or welcome) said.
 #[derive(Debug, Clone)]
@@ -88,6 +96,10 @@ const HEARTBEAT_LINE: &[u8] = b"{\"type\":\"heartbeat\"}\n";
 struct InJob {
     cancel: CancellationToken,
     credits: Arc<Semaphore>,
+    /// The requester's credit window ([`d_proto::types::ExecSpec::window`]).
+    window: usize,
+    /// The output budget of bytes sent and not yet credited back.
+    sent: Arc<Mutex<Held>>,
     /// The job's standard input as it arrives, if the requester sends it.
     input: Option<Arc<CreditQueue>>,
 }
@@ -95,6 +107,9 @@ struct InJob {
 /// A job started on the other side, as the session's reader sees it.
 struct OutJob {
     events: mpsc::UnboundedSender<JobEvent>,
+    /// The output budget of the credit granted and not yet used by the
+    /// target: arriving output takes its bytes from here.
+    reserve: Held,
     /// The credit for its standard input, if this side sends it.
     input: Option<Credits>,
 }
@@ -127,6 +142,10 @@ pub struct Session {
     tx: mpsc::Sender<Vec<u8>>,
     next_id: AtomicU64,
     queries: Mutex<HashMap<u64, Waiter>>,
+    /// Queries from the other side being answered ([`QUERIES_IN_FLIGHT`]).
+    queries_in: Arc<Semaphore>,
+    /// A refusal for too many queries was logged on this session.
+    flood_logged: std::sync::atomic::AtomicBool,
     jobs_out: Mutex<HashMap<u64, OutJob>>,
     jobs_in: Mutex<HashMap<u64, InJob>>,
     closed: CancellationToken,
@@ -139,41 +158,6 @@ pub struct Session {
     ep: Arc<Endpoint>,
     /// What queries and jobs from the other side mean.
     handler: Arc<dyn Handler>,
-}
-
-/// A job started on the other side through this session.
-pub struct RemoteJob {
-    pub id: u64,
-    pub events: mpsc::UnboundedReceiver<JobEvent>,
-    pub session: Arc<Session>,
-    /// Where its standard input goes (jobs whose spec has `stdin`).
-    pub input: Option<InputSink>,
-}
-
-impl RemoteJob {
-    /// Tell the target the output was consumed, so it may send more.
-    pub async fn credit(&self, bytes: usize) {
-        let _ = self
-            .session
-            .send(PeerMsg::Credit {
-                job: self.id,
-                bytes: bytes as u32,
-            })
-            .await;
-    }
-    pub async fn cancel(&self) {
-        let _ = self.session.send(PeerMsg::Cancel { job: self.id }).await;
-    }
-}
-
-impl Drop for RemoteJob {
-    fn drop(&mut self) {
-        if let Some(j) = self.session.lock_jobs_out().remove(&self.id) {
-            if let Some(c) = j.input {
-                c.close();
-            }
-        }
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,6 +191,8 @@ impl Session {
             tx,
             next_id: AtomicU64::new(1),
             queries: Mutex::default(),
+            queries_in: Arc::new(Semaphore::new(QUERIES_IN_FLIGHT)),
+            flood_logged: Default::default(),
             jobs_out: Mutex::default(),
             jobs_in: Mutex::default(),
             closed: ep.tasks.shutdown.child_token(),
@@ -330,16 +316,16 @@ impl Session {
         &self,
         job: u64,
         stream: Stream,
-        data: Vec<u8>,
+        data: &[u8],
     ) -> Result<(), ErrorBody> {
         if !self.terms.binary_output() {
-            let data = d_proto::types::B64(data);
+            let data = d_proto::types::B64(data.to_vec());
             return self.send(PeerMsg::Output { job, stream, data }).await;
         }
         if self.is_closed() {
             return Err(self.reason());
         }
-        self.send_line(d_proto::frame::encode_output(job, stream, &data))
+        self.send_line(d_proto::frame::encode_output(job, stream, data))
             .await
     }
 
@@ -384,55 +370,6 @@ impl Session {
         result
     }
 
-    /// Start a job on the other side; its events arrive on the returned job.
-    /// A job that needs what the other side's protocol lacks (standard
-    /// input, `--user`, `--env`) is refused here, saying so, never sent
-    /// without it.
-    pub async fn start_job(self: &Arc<Self>, spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
-        let needs = spec.needs_streams();
-        if !needs.is_empty() && !self.terms.streams() {
-            return Err(ErrorBody::new(
-                d_proto::types::ErrorKind::Refused,
-                format!(
-                    "{} runs an older d-daemon ({}, protocol {}) that cannot take {}",
-                    self.peer.id,
-                    self.peer.version,
-                    self.terms.protocol,
-                    needs.join(", ")
-                ),
-            )
-            .hint(format!(
-                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or run without it (`-n` gives the job /dev/null as stdin)",
-                self.peer.id
-            )));
-        }
-        self.worked();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let credits = spec
-            .stdin
-            .then(|| Credits::new(d_proto::INPUT_WINDOW as usize));
-        self.lock_jobs_out().insert(
-            id,
-            OutJob {
-                events: tx,
-                input: credits.clone(),
-            },
-        );
-        let job = RemoteJob {
-            id,
-            events: rx,
-            session: self.clone(),
-            input: credits.map(|credits| InputSink {
-                session: self.clone(),
-                job: id,
-                credits,
-            }),
-        };
-        self.send(PeerMsg::Exec { job: id, spec }).await?;
-        Ok(job)
-    }
-
     fn dispatch(self: &Arc<Self>, msg: PeerMsg) {
         if !matches!(msg, PeerMsg::Heartbeat | PeerMsg::Pace { .. }) {
             self.worked();
@@ -457,8 +394,13 @@ impl Session {
                 }
             }
             PeerMsg::Query { id, query } => {
+                let Ok(permit) = self.queries_in.clone().try_acquire_owned() else {
+                    self.too_many_queries(id);
+                    return;
+                };
                 let (s, h) = (self.clone(), self.handler.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let answer = h.query(s.clone(), query).await;
                     if let Err(e) = s.send(PeerMsg::Answer { id, answer }).await {
                         if !s.is_closed() {
@@ -481,8 +423,18 @@ impl Session {
             }
             PeerMsg::Exec { job, spec } => self.serve_job(job, spec),
             PeerMsg::Output { job, stream, data } => {
-                if let Some(j) = self.lock_jobs_out().get(&job) {
-                    let _ = j.events.send(JobEvent::Output(stream, data.0));
+                if let Some(j) = self.lock_jobs_out().get_mut(&job) {
+                    let n = data.0.len();
+                    let mut held = j.reserve.split(n);
+                    if held.len() < n {
+                        // Beyond the window it was asked for (an older target
+                        // uses the full one): counted if the budget has it.
+                        if let Some(more) = self.ep.output.try_reserve(n - held.len()) {
+                            held.merge(more);
+                        }
+                    }
+                    let chunk = Chunk { data: data.0, held };
+                    let _ = j.events.send(JobEvent::Output(stream, chunk));
                 }
             }
             PeerMsg::Exit { job, exit } => self.end_out(job, JobEvent::Exit(exit)),
@@ -505,9 +457,11 @@ impl Session {
             PeerMsg::Credit { job, bytes } => {
                 if let Some(j) = lock(&self.jobs_in).get(&job) {
                     // Never let a peer grow the window past its size.
-                    let room = (d_proto::JOB_WINDOW as usize)
-                        .saturating_sub(j.credits.available_permits());
-                    j.credits.add_permits((bytes as usize).min(room));
+                    let room = j.window.saturating_sub(j.credits.available_permits());
+                    let n = (bytes as usize).min(room);
+                    j.credits.add_permits(n);
+                    // Those bytes are gone from here: their budget comes back.
+                    drop(lock(&j.sent).split(n));
                 }
             }
             PeerMsg::Cancel { job } => {
@@ -536,6 +490,29 @@ impl Session {
                     let _ = s.send(PeerMsg::Error(e)).await;
                 });
             }
+        }
+    }
+
+    /// Refuse query `id`: [`QUERIES_IN_FLIGHT`] are being answered. Said
+    /// without waiting (a peer that floods queries may not read its
+    /// answers: then the refusal is dropped with the queue full, never
+    /// queued without bound); logged once per session.
+    fn too_many_queries(&self, id: u64) {
+        let error = ErrorBody::new(
+            ErrorKind::Refused,
+            format!(
+                "{} is answering {QUERIES_IN_FLIGHT} queries from {} already: this one is refused",
+                self.ep.me.name(),
+                self.peer.id
+            ),
+        )
+        .hint("wait for answers before asking more");
+        if !self.flood_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!("{}", error.error);
+        }
+        let answer = Answer::Error(error);
+        if let Ok(line) = d_proto::frame::encode(&PeerMsg::Answer { id, answer }) {
+            let _ = self.tx.try_send(line);
         }
     }
 

@@ -11,15 +11,24 @@ use d_proto::types::{ErrorBody, ExecSpec};
 use tokio::sync::Semaphore;
 
 use super::{lock, InJob, Session};
+use crate::base::budget::Held;
 use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
 use crate::transport::{Outcome, Served};
+
+/// The smallest window a requester may ask for ([`ExecSpec::window`]):
+/// smaller would cut output into absurdly many frames.
+const MIN_WINDOW: u32 = 4096;
 
 impl Session {
     /// Serve a job the other side asked for.
     pub(super) fn serve_job(self: &Arc<Self>, id: u64, spec: ExecSpec) {
         let cancel = self.closed.child_token();
-        let credits = Arc::new(Semaphore::new(d_proto::JOB_WINDOW as usize));
+        let window = spec.window.map_or(d_proto::JOB_WINDOW, |w| {
+            w.clamp(MIN_WINDOW, d_proto::JOB_WINDOW)
+        }) as usize;
+        let credits = Arc::new(Semaphore::new(window));
+        let sent = Arc::new(std::sync::Mutex::new(Held::none()));
         let input = spec
             .stdin
             .then(|| CreditQueue::new(d_proto::INPUT_WINDOW as usize));
@@ -39,6 +48,8 @@ impl Session {
                 InJob {
                     cancel: cancel.clone(),
                     credits: credits.clone(),
+                    window,
+                    sent: sent.clone(),
                     input: input.clone(),
                 },
             );
@@ -69,16 +80,32 @@ impl Session {
             let mut finished = false;
             while let Some(ev) = events.recv().await {
                 let msg = match ev {
-                    JobEvent::Output(stream, data) => {
-                        rec.output_bytes += data.len() as u64;
-                        // Wait for the requester's credit; a closed session
-                        // has cancelled the job, so just drain to the end.
-                        let n = data.len() as u32;
-                        tokio::select! {
-                            p = credits.acquire_many(n) => { if let Ok(p) = p { p.forget() } }
-                            _ = s.closed() => continue,
+                    JobEvent::Output(stream, mut chunk) => {
+                        rec.output_bytes += chunk.len() as u64;
+                        // In pieces as large as the credit there is (at
+                        // least a byte: a requester short of budget grants
+                        // a little at a time, and must never wait for a
+                        // piece larger than it can grant); the budget they
+                        // hold stays held until the requester credits them
+                        // back. A closed session has cancelled the job, so
+                        // just drain to the end.
+                        let mut off = 0;
+                        while off < chunk.len() {
+                            tokio::select! {
+                                p = credits.acquire() => { if let Ok(p) = p { p.forget() } }
+                                _ = s.closed() => break,
+                            }
+                            // Only this task takes credit: what is there stays.
+                            let more = (chunk.len() - off - 1).min(credits.available_permits());
+                            if let Ok(p) = credits.try_acquire_many(more as u32) {
+                                p.forget();
+                            }
+                            let k = 1 + more;
+                            let held = chunk.held.split(k);
+                            let _ = s.send_output(id, stream, &chunk.data[off..off + k]).await;
+                            lock(&sent).merge(held);
+                            off += k;
                         }
-                        let _ = s.send_output(id, stream, data).await;
                         continue;
                     }
                     JobEvent::Exit(exit) => {

@@ -1,0 +1,184 @@
+//! Jobs written down while they run (`<state-dir>/jobs/PGID.json`), so that
+//! a daemon killed outright (SIGKILL, the OOM killer, a crash), which could
+//! not end its jobs, finds them at its next start: their process groups are
+//! ended then (SIGTERM, [`KILL_GRACE`], SIGKILL) and the caller records each
+//! in the audit log.
+//!
+//! Why not `PR_SET_PDEATHSIG`: jobs start through `posix_spawn` ([`spawn`]),
+//! which has no hook to call `prctl` in the child, and the signal fires when
+//! the *thread* that started the child ends (a runtime worker thread may end
+//! at any time), not the daemon. Under systemd the unit's cgroup is killed
+//! as soon as the daemon dies (`KillMode=mixed`); this ledger still says
+//! which jobs died with it.
+//!
+//! A group is only signalled if it is the one written down: same boot
+//! (`/proc/sys/kernel/random/boot_id`), and its leader is gone or has the
+//! start time written down (so a reused pid is never hit; the kernel reuses
+//! no pid while a process of its group lives).
+//!
+//! [`spawn`]: super::spawn
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use d_proto::types::ExecSpec;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::KILL_GRACE;
+
+/// The directory of running jobs' entries.
+pub struct Ledger {
+    dir: PathBuf,
+    /// A failed write was logged (once until one succeeds again: a full
+    /// disk must not log a warning per job).
+    warned: AtomicBool,
+}
+
+/// One running job, as written down.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its process group (and session) id: the shell's pid.
+    pub pgid: i32,
+    /// The shell's start time, clock ticks after boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+    pub boot_id: String,
+    /// Unix milliseconds when it started.
+    pub started_ms: u64,
+    pub spec: ExecSpec,
+}
+
+/// A job found at start from a daemon that did not end it.
+#[derive(Debug)]
+pub struct Orphan {
+    pub entry: Entry,
+    /// Processes of its group that were still running (and were ended).
+    pub running: bool,
+}
+
+impl Ledger {
+    /// Entries under `dir` (created when the first job starts).
+    pub fn new(dir: PathBuf) -> Ledger {
+        Ledger {
+            dir,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    fn path(&self, pgid: i32) -> PathBuf {
+        self.dir.join(format!("{pgid}.json"))
+    }
+
+    /// Write a job down. Best effort: a job runs even if the state dir
+    /// takes no more (disk full); it is then only not found after a crash.
+    pub(super) fn add(&self, pgid: i32, spec: &ExecSpec) -> Option<PathBuf> {
+        let entry = Entry {
+            pgid,
+            start_ticks: start_ticks(pgid)?,
+            boot_id: boot_id()?,
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            spec: spec.clone(),
+        };
+        let path = self.path(pgid);
+        let write = || -> std::io::Result<()> {
+            // Never create the state dir itself: one removed is reported, not remade.
+            match std::fs::create_dir(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            std::fs::write(&path, serde_json::to_vec(&entry)?)
+        };
+        match write() {
+            Ok(()) => {
+                self.warned.store(false, Ordering::Relaxed);
+                Some(path)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cannot write running jobs down in {}: {e} (they run, but a crash of the daemon would leave them unrecorded)",
+                        self.dir.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The job ended (its group too).
+    pub(super) fn remove(path: &Path) {
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Take every entry a previous daemon left (call before any job starts).
+    pub fn take_all(&self) -> Vec<Entry> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for e in dir.filter_map(|e| e.ok()) {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                match std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+                {
+                    Some(entry) => found.push(entry),
+                    None => tracing::warn!("unreadable job entry {} removed", path.display()),
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        found
+    }
+}
+
+/// End the process groups of jobs a previous daemon left running (blocking:
+/// up to [`KILL_GRACE`] and a little more).
+pub fn end_orphans(found: Vec<Entry>) -> Vec<Orphan> {
+    let boot = boot_id();
+    let mut out: Vec<Orphan> = found
+        .into_iter()
+        .map(|entry| {
+            let ours = boot.as_deref() == Some(entry.boot_id.as_str())
+                && start_ticks(entry.pgid).is_none_or(|t| t == entry.start_ticks);
+            let running = ours && super::process::group_alive(Some(Pid::from_raw(entry.pgid)));
+            if running {
+                let _ = killpg(Pid::from_raw(entry.pgid), Signal::SIGTERM);
+            }
+            Orphan { entry, running }
+        })
+        .collect();
+    let until = Instant::now() + KILL_GRACE;
+    let alive =
+        |o: &Orphan| o.running && super::process::group_alive(Some(Pid::from_raw(o.entry.pgid)));
+    while Instant::now() < until && out.iter().any(alive) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for o in out.iter_mut() {
+        if alive(o) {
+            let _ = killpg(Pid::from_raw(o.entry.pgid), Signal::SIGKILL);
+        }
+    }
+    out
+}
+
+/// A process's start time, clock ticks after boot; `None` if there is none.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ...: comm may hold spaces and parens; starttime is
+    // field 22, the 20th after the comm.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}

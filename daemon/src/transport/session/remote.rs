@@ -1,0 +1,170 @@
+//! Jobs this side starts on the other side ([`RemoteJob`]): the credit
+//! window asked for, output arriving under it, and credit granted back as the
+//! output is consumed — each byte of it reserved in this daemon's output
+//! budget first ([`crate::base::budget`]), so a target never sends more than
+//! this daemon has room for.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use d_proto::peer::PeerMsg;
+use d_proto::types::{ErrorBody, ExecSpec};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::{InputSink, OutJob, Session};
+use crate::base::budget::{Allowance, Held};
+use crate::base::credit::Credits;
+use crate::jobs::JobEvent;
+
+/// A job started on the other side through this session.
+pub struct RemoteJob {
+    pub id: u64,
+    pub events: mpsc::UnboundedReceiver<JobEvent>,
+    pub session: Arc<Session>,
+    /// Where its standard input goes (jobs whose spec has `stdin`).
+    pub input: Option<InputSink>,
+    owed: Arc<Owed>,
+    /// Ends the credit task when the job is dropped.
+    done: CancellationToken,
+}
+
+/// Bytes consumed and not yet credited back to the target.
+#[derive(Default)]
+struct Owed {
+    bytes: AtomicUsize,
+    more: Notify,
+}
+
+impl RemoteJob {
+    /// The output was consumed (written out, passed on): the target may
+    /// send `bytes` more, once this daemon's output budget has room for
+    /// them (a task of the job's own waits for it, so its other events
+    /// still come meanwhile).
+    pub async fn credit(&self, bytes: usize) {
+        if bytes > 0 {
+            self.owed.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.owed.more.notify_one();
+        }
+    }
+
+    pub async fn cancel(&self) {
+        let _ = self.session.send(PeerMsg::Cancel { job: self.id }).await;
+    }
+}
+
+impl Drop for RemoteJob {
+    fn drop(&mut self) {
+        self.done.cancel();
+        if let Some(j) = self.session.lock_jobs_out().remove(&self.id) {
+            if let Some(c) = j.input {
+                c.close();
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Start a job on the other side; its events arrive on the returned job.
+    /// A job that needs what the other side's protocol lacks (standard
+    /// input, `--user`, `--env`) is refused here, saying so, never sent
+    /// without it.
+    pub async fn start_job(self: &Arc<Self>, mut spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
+        let needs = spec.needs_streams();
+        if !needs.is_empty() && !self.terms.streams() {
+            return Err(ErrorBody::new(
+                d_proto::types::ErrorKind::Refused,
+                format!(
+                    "{} runs an older d-daemon ({}, protocol {}) that cannot take {}",
+                    self.peer.id,
+                    self.peer.version,
+                    self.terms.protocol,
+                    needs.join(", ")
+                ),
+            )
+            .hint(format!(
+                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or run without it (`-n` gives the job /dev/null as stdin)",
+                self.peer.id
+            )));
+        }
+        // The target may send this much before the first credit: reserved
+        // now, so what arrives fits.
+        let own = Allowance::new();
+        let reserve = self.ep.output.window(&own);
+        spec.window = Some(reserve.len() as u32);
+        self.worked();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let credits = spec
+            .stdin
+            .then(|| Credits::new(d_proto::INPUT_WINDOW as usize));
+        self.lock_jobs_out().insert(
+            id,
+            OutJob {
+                events: tx,
+                reserve,
+                input: credits.clone(),
+            },
+        );
+        let owed = Arc::new(Owed::default());
+        let done = self.closed.child_token();
+        self.ep.tasks.tracker.spawn(grant_loop(
+            self.clone(),
+            id,
+            own,
+            owed.clone(),
+            done.clone(),
+        ));
+        let job = RemoteJob {
+            id,
+            events: rx,
+            session: self.clone(),
+            input: credits.map(|credits| InputSink {
+                session: self.clone(),
+                job: id,
+                credits,
+            }),
+            owed,
+            done,
+        };
+        self.send(PeerMsg::Exec { job: id, spec }).await?;
+        Ok(job)
+    }
+
+    /// Grant a target credit for the bytes `held` reserved (unless the job
+    /// has ended: they are given back at once).
+    async fn grant(&self, job: u64, held: Held) {
+        let bytes = held.len() as u32;
+        match self.lock_jobs_out().get_mut(&job) {
+            Some(j) => j.reserve.merge(held),
+            None => return,
+        }
+        let _ = self.send(PeerMsg::Credit { job, bytes }).await;
+    }
+}
+
+/// A remote job's credit: what its consumer used is granted back to the
+/// target as the output budget (or the job's own allowance) has room.
+async fn grant_loop(
+    s: Arc<Session>,
+    job: u64,
+    own: Allowance,
+    owed: Arc<Owed>,
+    done: CancellationToken,
+) {
+    loop {
+        let n = owed.bytes.load(Ordering::Relaxed);
+        if n == 0 {
+            tokio::select! {
+                _ = owed.more.notified() => continue,
+                _ = done.cancelled() => return,
+            }
+        }
+        let held = tokio::select! {
+            h = s.ep.output.take(n, &own) => h,
+            _ = done.cancelled() => return,
+        };
+        owed.bytes.fetch_sub(held.len(), Ordering::Relaxed);
+        s.grant(job, held).await;
+    }
+}
