@@ -59,7 +59,12 @@ fn env_sets_variables_and_the_audit_log_keeps_only_names() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "again|two words=3\n");
     for d in [&m.laptop, &m.desktop] {
-        let log = d.json(&["execLog", "--limit", "1"]);
+        // The audit row is committed just after the job's end reached the client.
+        let mut log = serde_json::Value::Null;
+        wait_for(std::time::Duration::from_secs(10), "the audit row", || {
+            log = d.json(&["execLog", "--limit", "1"]);
+            log[0]["env_names"].is_array()
+        });
         let text = log.to_string();
         assert_eq!(
             log[0]["env_names"],
