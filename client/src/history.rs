@@ -221,10 +221,10 @@ pub fn show(socket: &Path, verbose: bool, id: i64, json: bool) -> Result<i32, Er
         for p in &d.results {
             let peer = render::clean(&p.peer);
             if let Some(k) = &p.stdout {
-                crate::fanout::print_kept(&peer, Stream::Out, k);
+                crate::output::print_kept(&peer, Stream::Out, k);
             }
             if let Some(k) = &p.stderr {
-                crate::fanout::print_kept(&peer, Stream::Err, k);
+                crate::output::print_kept(&peer, Stream::Err, k);
             }
         }
     }

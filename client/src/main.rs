@@ -26,6 +26,7 @@ mod input;
 mod jobs;
 mod mcp;
 mod ops;
+mod output;
 mod render;
 mod rsh;
 mod stop;

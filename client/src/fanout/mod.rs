@@ -27,31 +27,28 @@
 
 mod diff;
 mod gather;
-mod keep;
-mod lines;
 mod outcome;
 mod outdir;
+mod peer;
+mod report;
 pub mod rollout;
 
 pub use gather::print_groups;
-pub use keep::print as print_kept;
 pub use outcome::{combined_status, describe_error, summary, Outcome};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use d_proto::control::{Event, ExecOpts, Request};
-use d_proto::types::{ErrorBody, ErrorKind, B64};
-use serde::Serialize;
+use d_proto::control::{ExecOpts, Request};
+use d_proto::types::ErrorBody;
 
-use crate::conn::{self, Conn};
 use crate::input::Input;
-use crate::stdio::{self, Stream};
+use crate::stdio::{self};
 use crate::{render, stop};
-use keep::Keep;
-use lines::Lines;
+use peer::{run_one, Feed, How, PeerRun};
+use report::{millis, report, PeerReport};
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
 /// the spawn, the process group's 2 s grace after SIGTERM, and the way back.
@@ -121,48 +118,6 @@ pub fn deadline(timeout: Option<u64>) -> Option<Duration> {
 /// once ([`Keep`]), bytes: each gets a quarter of this divided by their
 /// number, or the daemon's `job_output_keep` if smaller.
 pub const KEEP_BUDGET: usize = 64 << 20;
-
-/// One peer's run.
-struct PeerRun {
-    outcome: Outcome,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    duration: Duration,
-    /// The head and tail of stdout and stderr, for the job history.
-    kept: Option<(Keep, Keep)>,
-}
-
-impl PeerRun {
-    fn not_run(outcome: Outcome) -> PeerRun {
-        PeerRun {
-            outcome,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            duration: Duration::ZERO,
-            kept: None,
-        }
-    }
-}
-
-/// The `--json` object of one peer.
-#[derive(Debug, Serialize)]
-struct PeerReport<'a> {
-    peer: &'a str,
-    /// What this peer contributes to d's exit status.
-    exit_code: i32,
-    code: Option<i32>,
-    signal: Option<i32>,
-    timed_out: bool,
-    duration_ms: u64,
-    stdout: String,
-    stderr: String,
-    error: Option<String>,
-    /// The exact bytes, when `stdout` is not UTF-8 (then `stdout` is lossy).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stdout_base64: Option<B64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stderr_base64: Option<B64>,
-}
 
 /// Peers above which a fan-out from a worker goes through the leader's
 /// links ([`Way::Auto`]): a few peers are dialed directly (their output then
@@ -467,260 +422,6 @@ pub fn run(
     Ok(stop::status().unwrap_or(status))
 }
 
-fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
-    let (code, signal, timed_out, duration_ms) = match &r.outcome {
-        Outcome::Exit(e) => (e.code, e.signal, e.timed_out, e.duration_ms),
-        Outcome::Failed(_) => (None, None, false, millis(r.duration)),
-        Outcome::NoAnswer(_) => (None, None, true, millis(r.duration)),
-        Outcome::Skipped(_) => (None, None, false, 0),
-        Outcome::Offline => (None, None, false, 0),
-    };
-    let (stdout, stdout_base64) = render::json_text(&r.stdout);
-    let (stderr, stderr_base64) = render::json_text(&r.stderr);
-    PeerReport {
-        peer,
-        exit_code: r.outcome.status(),
-        code,
-        signal,
-        timed_out,
-        duration_ms,
-        stdout,
-        stderr,
-        stdout_base64,
-        stderr_base64,
-        error: match &r.outcome {
-            Outcome::Failed(e) if stop::is_stop(e) => {
-                Some(format!("{}: its job was cancelled", e.error))
-            }
-            Outcome::Failed(e) => Some(e.error.clone()),
-            Outcome::NoAnswer(d) => Some(no_answer_message(peer, *d)),
-            Outcome::Skipped(word) => Some(format!("not started: {word}")),
-            Outcome::Offline => Some("offline".into()),
-            Outcome::Exit(_) => None,
-        },
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `No answer from vps within 40 s: gave up (its job is cancelled)`.
-fn no_answer_message(peer: &str, limit: Duration) -> String {
-    format!(
-        "No answer from {peer} within {} s: gave up (its job is cancelled)",
-        limit.as_secs()
-    )
-}
-
-/// One peer's share of the fan-out's stdin: attached once its request is
-/// sent, done (or skipped, if it never was) once its job ended.
-struct Feed<'a> {
-    input: &'a Input,
-    index: Option<usize>,
-}
-
-impl<'a> Feed<'a> {
-    fn new(input: &'a Input) -> Feed<'a> {
-        Feed { input, index: None }
-    }
-
-    fn attach(&mut self, conn: &Conn) -> Result<(), ErrorBody> {
-        self.index = Some(self.input.attach(conn.input_stream()?));
-        Ok(())
-    }
-
-    fn credit(&self, bytes: u32) {
-        if let Some(i) = self.index {
-            self.input.credit(i, bytes);
-        }
-    }
-
-    fn finish(self) {
-        match self.index {
-            Some(i) => self.input.done(i),
-            None => self.input.skip(),
-        }
-    }
-}
-
-/// Where a peer's output goes: each stream printed live (prefixed lines),
-/// kept whole for the end (`--gather`, `--json`, `--diff`), or neither;
-/// and, with `--outdir`, into that peer's files.
-struct How<'a> {
-    live_out: bool,
-    live_err: bool,
-    keep_out: bool,
-    keep_err: bool,
-    outdir: Option<&'a Path>,
-}
-
-impl<'a> How<'a> {
-    fn of(opts: &'a Options) -> How<'a> {
-        let keep_out = opts.gather || opts.json || opts.diff;
-        let keep_err = opts.gather || opts.json;
-        let files = opts.outdir.is_some();
-        How {
-            live_out: !keep_out && !files,
-            live_err: !keep_err && !files,
-            keep_out,
-            keep_err,
-            outdir: opts.outdir.as_deref(),
-        }
-    }
-}
-
-/// One peer's job on its own connection, its output sent where `how` says.
-/// With `keep`, the head and tail of each stream are kept for the job
-/// history too.
-// One argument per part of the run, as the callers have them.
-#[allow(clippy::too_many_arguments)]
-fn run_one(
-    socket: &Path,
-    peer: &str,
-    req: &Request,
-    limit: Option<Duration>,
-    how: &How,
-    verbose: bool,
-    mut feed: Option<&mut Feed>,
-    keep: Option<usize>,
-) -> PeerRun {
-    let started = Instant::now();
-    let mut out = Lines::new(peer);
-    let mut err = Lines::new(peer);
-    let mut kept = (Vec::new(), Vec::new());
-    let mut history = keep.map(|cap| (Keep::new(cap), Keep::new(cap)));
-    let mut files = None;
-    let outcome = (|| -> Outcome {
-        if let Some(dir) = how.outdir {
-            match outdir::OutFiles::create(dir, peer) {
-                Ok(f) => files = Some(f),
-                Err(e) => return Outcome::Failed(e),
-            }
-        }
-        let mut conn = match Conn::connect(socket, verbose) {
-            Ok(c) => c,
-            Err(e) => return Outcome::Failed(e),
-        };
-        let wait = |conn: &Conn| -> Result<(), ()> {
-            let left = match limit {
-                Some(l) => Some(
-                    l.checked_sub(started.elapsed())
-                        .filter(|d| !d.is_zero())
-                        .ok_or(())?,
-                ),
-                None => None,
-            };
-            conn.set_reply_timeout(left).map_err(|_| ())
-        };
-        if wait(&conn).is_err() {
-            return Outcome::NoAnswer(limit.unwrap_or_default());
-        }
-        if let Err(e) = conn.send_exec(req) {
-            if conn.timed_out() {
-                return Outcome::NoAnswer(limit.unwrap_or_default());
-            }
-            return Outcome::Failed(e);
-        }
-        if let Some(f) = feed.as_deref_mut() {
-            if let Err(e) = f.attach(&conn) {
-                return Outcome::Failed(e);
-            }
-        }
-        loop {
-            if wait(&conn).is_err() {
-                return Outcome::NoAnswer(limit.unwrap_or_default());
-            }
-            let event = match conn.next_event() {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return Outcome::Failed(conn::lost_connection(conn.path(), true)),
-                // Dropping the connection on return cancels the job.
-                Err(_) if conn.timed_out() => return Outcome::NoAnswer(limit.unwrap_or_default()),
-                Err(e) => return Outcome::Failed(e),
-            };
-            match event {
-                Event::Started { addr, path, .. } => {
-                    if verbose {
-                        errln!(
-                            "[d] {peer}: running at {} via {}",
-                            render::clean(&addr),
-                            render::clean(&path)
-                        );
-                    }
-                }
-                Event::Stdout { data } => {
-                    if let Some((h, _)) = history.as_mut() {
-                        h.push(&data.0);
-                    }
-                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Out, &data.0)) {
-                        return Outcome::Failed(e);
-                    }
-                    if how.live_out {
-                        stdio::with(Stream::Out, |w| out.push(&data.0, w));
-                    }
-                    if how.keep_out {
-                        kept.0.extend_from_slice(&data.0);
-                    }
-                }
-                Event::Stderr { data } => {
-                    if let Some((_, h)) = history.as_mut() {
-                        h.push(&data.0);
-                    }
-                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Err, &data.0)) {
-                        return Outcome::Failed(e);
-                    }
-                    if how.live_err {
-                        stdio::with(Stream::Err, |w| err.push(&data.0, w));
-                    }
-                    if how.keep_err {
-                        kept.1.extend_from_slice(&data.0);
-                    }
-                }
-                Event::Exit { exit, .. } => {
-                    if verbose {
-                        errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
-                    }
-                    return Outcome::Exit(exit);
-                }
-                Event::Credit { bytes } => {
-                    if let Some(f) = feed.as_deref() {
-                        f.credit(bytes);
-                    }
-                }
-                Event::Error(e) => return Outcome::Failed(crate::exec::older_daemon(e)),
-                Event::Result { .. } => {
-                    return Outcome::Failed(
-                        ErrorBody::new(
-                            ErrorKind::Other,
-                            format!("Unexpected result event in reply to {}", req.name()),
-                        )
-                        .hint(conn::VERSION_HINT),
-                    )
-                }
-            }
-        }
-    })();
-    // The partial last lines, also when the run was stopped.
-    if how.live_out {
-        stdio::with(Stream::Out, |w| out.finish(w));
-    }
-    if how.live_err {
-        stdio::with(Stream::Err, |w| err.finish(w));
-    }
-    // The output is said written only once it is on the disk.
-    let outcome = match (files.map(outdir::OutFiles::finish), outcome) {
-        (Some(Err(e)), Outcome::Exit(_)) => Outcome::Failed(e),
-        (_, outcome) => outcome,
-    };
-    PeerRun {
-        outcome,
-        stdout: kept.0,
-        stderr: kept.1,
-        duration: started.elapsed(),
-        kept: history,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,17 +448,5 @@ mod tests {
         });
         assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
         assert!(most.load(Ordering::SeqCst) <= 3);
-    }
-
-    #[test]
-    fn json_report_fields() {
-        let r = PeerRun {
-            duration: Duration::from_millis(7),
-            ..PeerRun::not_run(Outcome::Failed(ErrorBody::peer_not_found("nosuch")))
-        };
-        assert_eq!(
-            serde_json::to_string(&report("nosuch", &r)).unwrap(),
-            r#"{"peer":"nosuch","exit_code":255,"code":null,"signal":null,"timed_out":false,"duration_ms":7,"stdout":"","stderr":"","error":"Peer not found: nosuch"}"#
-        );
     }
 }

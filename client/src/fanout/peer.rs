@@ -1,0 +1,246 @@
+//! One peer of a fan-out: its job on its own connection to the local
+//! daemon ([`run_one`]), its output sent where the options say ([`How`]),
+//! its share of the fan-out's stdin ([`Feed`]).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use d_proto::control::{Event, Request};
+use d_proto::types::{ErrorBody, ErrorKind};
+
+use super::{outdir, Options, Outcome};
+use crate::conn::{self, Conn};
+use crate::input::Input;
+use crate::output::{Keep, Lines};
+use crate::render;
+use crate::stdio::{self, Stream};
+
+/// One peer's run.
+pub(super) struct PeerRun {
+    pub outcome: Outcome,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub duration: Duration,
+    /// The head and tail of stdout and stderr, for the job history.
+    pub kept: Option<(Keep, Keep)>,
+}
+
+impl PeerRun {
+    pub fn not_run(outcome: Outcome) -> PeerRun {
+        PeerRun {
+            outcome,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            duration: Duration::ZERO,
+            kept: None,
+        }
+    }
+}
+
+/// One peer's share of the fan-out's stdin: attached once its request is
+/// sent, done (or skipped, if it never was) once its job ended.
+pub(super) struct Feed<'a> {
+    input: &'a Input,
+    index: Option<usize>,
+}
+
+impl<'a> Feed<'a> {
+    pub fn new(input: &'a Input) -> Feed<'a> {
+        Feed { input, index: None }
+    }
+
+    fn attach(&mut self, conn: &Conn) -> Result<(), ErrorBody> {
+        self.index = Some(self.input.attach(conn.input_stream()?));
+        Ok(())
+    }
+
+    fn credit(&self, bytes: u32) {
+        if let Some(i) = self.index {
+            self.input.credit(i, bytes);
+        }
+    }
+
+    pub fn finish(self) {
+        match self.index {
+            Some(i) => self.input.done(i),
+            None => self.input.skip(),
+        }
+    }
+}
+
+/// Where a peer's output goes: each stream printed live (prefixed lines),
+/// kept whole for the end (`--gather`, `--json`, `--diff`), or neither;
+/// and, with `--outdir`, into that peer's files.
+pub(super) struct How<'a> {
+    live_out: bool,
+    live_err: bool,
+    keep_out: bool,
+    keep_err: bool,
+    outdir: Option<&'a Path>,
+}
+
+impl<'a> How<'a> {
+    pub fn of(opts: &'a Options) -> How<'a> {
+        let keep_out = opts.gather || opts.json || opts.diff;
+        let keep_err = opts.gather || opts.json;
+        let files = opts.outdir.is_some();
+        How {
+            live_out: !keep_out && !files,
+            live_err: !keep_err && !files,
+            keep_out,
+            keep_err,
+            outdir: opts.outdir.as_deref(),
+        }
+    }
+}
+
+/// One peer's job on its own connection, its output sent where `how` says.
+/// With `keep`, the head and tail of each stream are kept for the job
+/// history too.
+// One argument per part of the run, as the callers have them.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run_one(
+    socket: &Path,
+    peer: &str,
+    req: &Request,
+    limit: Option<Duration>,
+    how: &How,
+    verbose: bool,
+    mut feed: Option<&mut Feed>,
+    keep: Option<usize>,
+) -> PeerRun {
+    let started = Instant::now();
+    let mut out = Lines::new(peer);
+    let mut err = Lines::new(peer);
+    let mut kept = (Vec::new(), Vec::new());
+    let mut history = keep.map(|cap| (Keep::new(cap), Keep::new(cap)));
+    let mut files = None;
+    let outcome = (|| -> Outcome {
+        if let Some(dir) = how.outdir {
+            match outdir::OutFiles::create(dir, peer) {
+                Ok(f) => files = Some(f),
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+        let mut conn = match Conn::connect(socket, verbose) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let wait = |conn: &Conn| -> Result<(), ()> {
+            let left = match limit {
+                Some(l) => Some(
+                    l.checked_sub(started.elapsed())
+                        .filter(|d| !d.is_zero())
+                        .ok_or(())?,
+                ),
+                None => None,
+            };
+            conn.set_reply_timeout(left).map_err(|_| ())
+        };
+        if wait(&conn).is_err() {
+            return Outcome::NoAnswer(limit.unwrap_or_default());
+        }
+        if let Err(e) = conn.send_exec(req) {
+            if conn.timed_out() {
+                return Outcome::NoAnswer(limit.unwrap_or_default());
+            }
+            return Outcome::Failed(e);
+        }
+        if let Some(f) = feed.as_deref_mut() {
+            if let Err(e) = f.attach(&conn) {
+                return Outcome::Failed(e);
+            }
+        }
+        loop {
+            if wait(&conn).is_err() {
+                return Outcome::NoAnswer(limit.unwrap_or_default());
+            }
+            let event = match conn.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Outcome::Failed(conn::lost_connection(conn.path(), true)),
+                // Dropping the connection on return cancels the job.
+                Err(_) if conn.timed_out() => return Outcome::NoAnswer(limit.unwrap_or_default()),
+                Err(e) => return Outcome::Failed(e),
+            };
+            match event {
+                Event::Started { addr, path, .. } => {
+                    if verbose {
+                        errln!(
+                            "[d] {peer}: running at {} via {}",
+                            render::clean(&addr),
+                            render::clean(&path)
+                        );
+                    }
+                }
+                Event::Stdout { data } => {
+                    if let Some((h, _)) = history.as_mut() {
+                        h.push(&data.0);
+                    }
+                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Out, &data.0)) {
+                        return Outcome::Failed(e);
+                    }
+                    if how.live_out {
+                        stdio::with(Stream::Out, |w| out.push(&data.0, w));
+                    }
+                    if how.keep_out {
+                        kept.0.extend_from_slice(&data.0);
+                    }
+                }
+                Event::Stderr { data } => {
+                    if let Some((_, h)) = history.as_mut() {
+                        h.push(&data.0);
+                    }
+                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Err, &data.0)) {
+                        return Outcome::Failed(e);
+                    }
+                    if how.live_err {
+                        stdio::with(Stream::Err, |w| err.push(&data.0, w));
+                    }
+                    if how.keep_err {
+                        kept.1.extend_from_slice(&data.0);
+                    }
+                }
+                Event::Exit { exit, .. } => {
+                    if verbose {
+                        errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
+                    }
+                    return Outcome::Exit(exit);
+                }
+                Event::Credit { bytes } => {
+                    if let Some(f) = feed.as_deref() {
+                        f.credit(bytes);
+                    }
+                }
+                Event::Error(e) => return Outcome::Failed(crate::exec::older_daemon(e)),
+                Event::Result { .. } => {
+                    return Outcome::Failed(
+                        ErrorBody::new(
+                            ErrorKind::Other,
+                            format!("Unexpected result event in reply to {}", req.name()),
+                        )
+                        .hint(conn::VERSION_HINT),
+                    )
+                }
+            }
+        }
+    })();
+    // The partial last lines, also when the run was stopped.
+    if how.live_out {
+        stdio::with(Stream::Out, |w| out.finish(w));
+    }
+    if how.live_err {
+        stdio::with(Stream::Err, |w| err.finish(w));
+    }
+    // The output is said written only once it is on the disk.
+    let outcome = match (files.map(outdir::OutFiles::finish), outcome) {
+        (Some(Err(e)), Outcome::Exit(_)) => Outcome::Failed(e),
+        (_, outcome) => outcome,
+    };
+    PeerRun {
+        outcome,
+        stdout: kept.0,
+        stderr: kept.1,
+        duration: started.elapsed(),
+        kept: history,
+    }
+}
