@@ -245,6 +245,10 @@ pub enum Event {
         peer: String,
         addr: String,
         path: String,
+        /// Set when the way to `peer` came from this worker's kept copy of
+        /// the registry (the leader unreachable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale: Option<crate::kept::StaleRegistry>,
     },
     Stdout {
         data: B64,

@@ -118,6 +118,13 @@ pub enum Query {
     PeerRemoved {
         peer: String,
     },
+    /// Protocol 8 ([`crate::PROTOCOL_SIGNED_JOBS`]), leader → worker over
+    /// its link: `peer` was just enrolled (joined, renamed, key replaced):
+    /// the worker keeps its row (its kept registry). Answered
+    /// `Result { result: null }`.
+    PeerEnrolled {
+        peer: Box<PeerInfo>,
+    },
 }
 
 /// The leader's answers.

@@ -59,6 +59,10 @@ pub struct PeerInfo {
     /// has only ever proved the legacy mesh key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<crate::keys::PublicKey>,
+    /// Set when a worker answered from its kept copy of the registry (its
+    /// leader unreachable): how old that copy is, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<Box<crate::kept::StaleRegistry>>,
 }
 
 /// One of a leader's join invitations (`d invite --list`; never its secret).
@@ -148,6 +152,13 @@ pub struct PeerStatus {
     /// Its fingerprint, ssh's form: `SHA256:` + unpadded base64 of SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Worker: unix seconds when it last received the leader's registry
+    /// (its kept copy, used while the leader is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_registry_at: Option<u64>,
+    /// Worker: the peers in that kept copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_registry_peers: Option<u64>,
 }
 
 /// A WireGuard interface and its peers.

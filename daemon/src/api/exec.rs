@@ -336,6 +336,7 @@ where
         peer: peer.to_string(),
         addr,
         path,
+        stale: crate::mesh::kept::notice(&daemon.mesh).await,
     };
     if writer.send(&started).await.is_err() {
         source.cancel().await;

@@ -7,6 +7,8 @@
 //! - [`admit`]: who may open a session with the leader; links register.
 //! - [`enroll`]: whether a proven key may be the id it claims; enrollment.
 //! - [`link`]: a worker's link to its leader, with backoff.
+//! - [`kept`]: a worker's kept copy of the registry, used while the
+//!   leader is unreachable.
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
 //! - [`registry`]: the leader's answers to registry questions; [`ask`]:
 //!   asking them from anywhere (paged over the link on a worker).
@@ -28,6 +30,7 @@ use crate::transport::{port, Endpoint, Handler, Session};
 pub mod admit;
 pub mod ask;
 pub mod enroll;
+pub mod kept;
 pub mod link;
 pub mod liveness;
 pub mod registry;
@@ -211,8 +214,12 @@ impl Mesh {
         match trust {
             Some(t) => self.save_leader_trust(t).await?,
             None if old.leader != new.leader || role != Some(Role::Worker) => {
-                // Another leader (or none): the pinned key was that leader's.
+                // Another leader (or none): the pinned key was that leader's,
+                // and so was the kept registry.
                 self.save_leader_trust(LeaderTrust::default()).await?;
+                if let Err(e) = self.store.call(|st| st.clear_kept()).await {
+                    tracing::warn!("cannot forget the kept registry: {e}");
+                }
             }
             None => {}
         }

@@ -158,7 +158,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
     let wg = wg.as_deref();
     match q {
         Query::Ping => Ok(pong()),
-        Query::Control { .. } | Query::PeerRemoved { .. } => {
+        Query::Control { .. } | Query::PeerRemoved { .. } | Query::PeerEnrolled { .. } => {
             Err(ErrorBody::invalid("answered above (api::peer)"))
         }
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
@@ -308,8 +308,9 @@ pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
     }
 }
 
-/// On a worker: the leader says `peer` was removed: close its sessions.
-pub fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
+/// On a worker: the leader says `peer` was removed: close its sessions,
+/// and hold its key revoked in the kept registry.
+pub async fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
     let from_leader = mesh
         .link
         .session()
@@ -319,9 +320,52 @@ pub fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
             "only this worker's leader may say a peer was removed",
         ));
     }
+    super::kept::forget(mesh, peer).await;
     mesh.sessions
         .close_peer(peer, &format!("{peer} was removed by the leader"));
     tracing::info!("{peer} was removed by the leader: its sessions are closed");
+    Answer::Result {
+        result: serde_json::Value::Null,
+    }
+}
+
+/// On the leader: `row` was just enrolled: tell every worker (protocol 8
+/// links), which keep it in their registry copy.
+pub fn announce_enrolled(mesh: &Arc<Mesh>, row: &PeerInfo) {
+    for link in mesh.sessions.links() {
+        if link.terms.protocol < d_proto::PROTOCOL_SIGNED_JOBS || link.peer.id == row.id {
+            continue;
+        }
+        let q = Query::PeerEnrolled {
+            peer: Box::new(row.clone()),
+        };
+        mesh.tasks.tracker.spawn(async move {
+            if let Err(e) = link.query(q).await {
+                tracing::debug!(
+                    "{} was not told of an enrolled peer: {}",
+                    link.peer.id,
+                    e.error
+                );
+            }
+        });
+    }
+}
+
+/// On a worker: the leader says `peer` was enrolled: keep its row.
+pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> Answer {
+    let from_leader = mesh
+        .link
+        .session()
+        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), from as *const Session));
+    if !from_leader {
+        return Answer::Error(ErrorBody::invalid(
+            "only this worker's leader may say a peer was enrolled",
+        ));
+    }
+    if let Err(e) = d_proto::validate_peer_id(&peer.id) {
+        return Answer::Error(ErrorBody::invalid(e));
+    }
+    super::kept::learned_now(mesh, *peer).await;
     Answer::Result {
         result: serde_json::Value::Null,
     }

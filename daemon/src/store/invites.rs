@@ -360,6 +360,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: Some(key),
+            stale: None,
             labels: Vec::new(),
         }
     }

@@ -91,6 +91,27 @@ const MIGRATIONS: &[&str] = &[
     // (space-separated; never the values).
     "ALTER TABLE exec_log ADD COLUMN run_as TEXT;
      ALTER TABLE exec_log ADD COLUMN env_names TEXT;",
+    // 7 → 8: a worker's kept copy of its leader's registry (issue 11), used
+    // while the leader is unreachable, and the keys the leader said were
+    // removed (never accepted from the kept copy).
+    "CREATE TABLE kept_peers (
+        id          TEXT PRIMARY KEY,
+        addr        TEXT NOT NULL,
+        port        INTEGER NOT NULL,
+        role        TEXT NOT NULL,
+        hostname    TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        online      INTEGER NOT NULL,
+        public_key  TEXT,
+        labels      TEXT NOT NULL DEFAULT '',
+        received_at INTEGER NOT NULL
+    );
+    CREATE TABLE kept_revoked (
+        id         TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        PRIMARY KEY (id, public_key)
+    );",
 ];
 
 impl Store {
