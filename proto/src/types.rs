@@ -304,6 +304,11 @@ pub struct ExecSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// Protocol 8, a job relayed through the leader: the requester's signed
+    /// claim over this job ([`crate::keys::exec_digest`]), passed on by the
+    /// relay and checked by the target against the requester's enrolled key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<crate::keys::JobClaim>,
 }
 
 impl ExecSpec {
@@ -320,6 +325,7 @@ impl ExecSpec {
             stdin: false,
             run_as: None,
             env: Vec::new(),
+            claim: None,
         }
     }
 

@@ -12,7 +12,8 @@
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
 //! - [`registry`]: the leader's answers to registry questions; [`ask`]:
 //!   asking them from anywhere (paged over the link on a worker).
-//! - [`route`]: the way to a peer, and the leader's relay.
+//! - [`route`]: the way to a peer, and the leader's relay; [`claims`]:
+//!   the requester's signature on a relayed job.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -29,6 +30,7 @@ use crate::transport::{port, Endpoint, Handler, Session};
 
 pub mod admit;
 pub mod ask;
+pub mod claims;
 pub mod enroll;
 pub mod kept;
 pub mod link;
@@ -48,6 +50,8 @@ pub struct Mesh {
     pub sessions: sessions::Sessions,
     pub link: link::Link,
     pub routes: route::Routes,
+    /// The nonces of signed job claims accepted lately.
+    pub claims: claims::Seen,
     /// The WireGuard interface as last read for admissions.
     pub wg_device: wg::DeviceCache,
     /// The WireGuard handshakes the registry answers show, read at most once a second.
@@ -82,6 +86,7 @@ impl Mesh {
             sessions: Default::default(),
             link: Default::default(),
             routes: Default::default(),
+            claims: Default::default(),
             wg_device: Default::default(),
             wg_index: Default::default(),
             registered: AtomicUsize::new(0),
