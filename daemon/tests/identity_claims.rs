@@ -187,9 +187,11 @@ fn relayed_jobs_name_their_signer_and_altered_claims_are_refused() {
         relayed(&mut s, &mut r, 31, spec_of("laptop", "exit 4")),
         Ok(Some(4))
     );
-    wait_for(Duration::from_secs(10), "the unsigned job's audit row", || {
-        audit(&desktop).contains(&("vps".into(), "exit 4".into()))
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the unsigned job's audit row",
+        || audit(&desktop).contains(&("vps".into(), "exit 4".into())),
+    );
     // Nothing refused ever ran on desktop.
     let rows = audit(&desktop);
     for cmd in ["echo pwned", "echo ok", "echo invented"] {

@@ -372,6 +372,19 @@ fn relay_through_the_leader_when_spokes_cannot_meet() {
     assert_eq!(stdout(&o), "desktop\n");
     assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
     assert!(stderr(&o).contains("relay via vps"), "{}", stderr(&o));
+    // desktop's audit names laptop, proven by its signed claim (not the relay).
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        desktop
+            .json(&["execLog", "--limit", "20"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["side"] == "target"
+                    && r["requester"] == "laptop"
+                    && r["command"] == "hostname; echo err >&2; exit 7"
+            })
+    });
     // Byte-exact bulk output through the relay, and the reverse direction.
     let o = laptop.d(&[
         "execOnPeer",
