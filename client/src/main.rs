@@ -373,7 +373,7 @@ fn show(
             &decode::<Vec<d_proto::types::InviteInfo>>(result, req)?,
             now,
         ),
-        Command::Invite { .. } | Command::Revoke { .. } => {
+        Command::Invite { .. } | Command::Revoke { .. } | Command::RotateKey => {
             format!(
                 "{}\n",
                 render::clean(&decode::<MessageReply>(result, req)?.message)

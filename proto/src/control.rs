@@ -139,6 +139,9 @@ pub enum Request {
     Revoke {
         peer: String,
     },
+    /// On a worker: replace this daemon's identity key; the leader enrolls
+    /// the new one over the link the old one proves (`d rotateKey`).
+    RotateKey {},
     /// Enroll this daemon with the leader a token names (`d join`).
     Join {
         token: String,
@@ -225,6 +228,7 @@ impl Request {
             Request::RevokeInvite { .. } => "revokeInvite",
             Request::Join { .. } => "join",
             Request::Revoke { .. } => "revoke",
+            Request::RotateKey {} => "rotateKey",
             Request::Jobs { .. } => "jobs",
         }
     }

@@ -125,6 +125,14 @@ pub enum Query {
     PeerEnrolled {
         peer: Box<PeerInfo>,
     },
+    /// Protocol 8, worker → leader over its link (which its current key
+    /// proved): enroll `rotation.new` as its key in place of `rotation.old`
+    /// (`d rotateKey`). `rotation` is signed by the old key, `proof` by the
+    /// new one ([`crate::keys::sign_new_key`]). Answered `Result`.
+    RotateKey {
+        rotation: crate::keys::Rotation,
+        proof: crate::types::B64,
+    },
 }
 
 /// The leader's answers.

@@ -40,6 +40,10 @@ impl Handler for Daemon {
                 Query::PeerRemoved { peer } => {
                     registry::peer_removed(&self.mesh, &from, &peer).await
                 }
+                Query::RotateKey { rotation, proof } => {
+                    crate::mesh::rotate::rotate_at_leader(&self.mesh, &from, rotation, &proof.0)
+                        .await
+                }
                 Query::PeerEnrolled { peer } => {
                     registry::peer_enrolled(&self.mesh, &from, peer).await
                 }

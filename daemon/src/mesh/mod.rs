@@ -12,6 +12,7 @@
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
 //! - [`registry`]: the leader's answers to registry questions; [`ask`]:
 //!   asking them from anywhere (paged over the link on a worker).
+//! - [`rotate`]: `d rotateKey`, on the worker and on the leader.
 //! - [`route`]: the way to a peer, and the leader's relay; [`claims`]:
 //!   the requester's signature on a relayed job.
 
@@ -36,6 +37,7 @@ pub mod kept;
 pub mod link;
 pub mod liveness;
 pub mod registry;
+pub mod rotate;
 pub mod route;
 pub mod sessions;
 

@@ -158,9 +158,10 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
     let wg = wg.as_deref();
     match q {
         Query::Ping => Ok(pong()),
-        Query::Control { .. } | Query::PeerRemoved { .. } | Query::PeerEnrolled { .. } => {
-            Err(ErrorBody::invalid("answered above (api::peer)"))
-        }
+        Query::Control { .. }
+        | Query::PeerRemoved { .. }
+        | Query::PeerEnrolled { .. }
+        | Query::RotateKey { .. } => Err(ErrorBody::invalid("answered above (api::peer)")),
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match mesh
@@ -368,5 +369,37 @@ pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> 
     super::kept::learned_now(mesh, *peer).await;
     Answer::Result {
         result: serde_json::Value::Null,
+    }
+}
+
+/// On the leader: `peer` rotated its key (`row` now holds the new one).
+/// Each worker is told, in order, that the old key is gone (its sessions
+/// close, its kept copy holds it revoked) and, on protocol 8, the new row.
+/// The rotating peer's own sessions are its to close.
+pub fn announce_rotated(mesh: &Arc<Mesh>, peer: &str, row: Option<PeerInfo>) {
+    for link in mesh.sessions.links() {
+        if link.terms.protocol < d_proto::PROTOCOL_KEYS || link.peer.id == peer {
+            continue;
+        }
+        let removed = Query::PeerRemoved {
+            peer: peer.to_string(),
+        };
+        let enrolled = row
+            .clone()
+            .filter(|_| link.terms.protocol >= d_proto::PROTOCOL_SIGNED_JOBS)
+            .map(|r| Query::PeerEnrolled { peer: Box::new(r) });
+        mesh.tasks.tracker.spawn(async move {
+            let mut told = link.query(removed).await.map(|_| ());
+            if let (Ok(()), Some(q)) = (&told, enrolled) {
+                told = link.query(q).await.map(|_| ());
+            }
+            if let Err(e) = told {
+                tracing::debug!(
+                    "{} was not told of a rotated key: {}",
+                    link.peer.id,
+                    e.error
+                );
+            }
+        });
     }
 }
