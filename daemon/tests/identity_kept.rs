@@ -166,3 +166,27 @@ fn workers_work_from_the_kept_registry_while_the_leader_is_down() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(!stderr(&o).contains("registry is"), "{}", stderr(&o));
 }
+
+/// A refused `d join` (a spent token) leaves a working member as it was:
+/// same id, same leader, linked again (it used to keep the new id, unlinked).
+#[test]
+fn a_refused_join_leaves_a_working_member_as_it_was() {
+    let vps = leader("127.0.8.31");
+    let desktop = TestDaemon::start("desktop", "127.0.8.32");
+    let laptop = TestDaemon::start("laptop", "127.0.8.33");
+    let t = invite(&vps, &[]);
+    join(&desktop, &t, "desktop");
+    join(&laptop, &invite(&vps, &[]), "laptop");
+    let err = join_refused(&laptop, &t, "other");
+    assert!(
+        err.contains("already used") && err.contains("stays laptop"),
+        "{err}"
+    );
+    let st = laptop.json(&["getPeerStatus"]);
+    assert_eq!(st["id"], "laptop", "{st}");
+    wait_for(Duration::from_secs(15), "laptop linked again", || {
+        !link_down(&laptop)
+    });
+    let o = run_on(&laptop, "desktop", "echo still-here");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
