@@ -190,3 +190,56 @@ fn a_refused_join_leaves_a_working_member_as_it_was() {
     let o = run_on(&laptop, "desktop", "echo still-here");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 }
+
+/// A forged refusal (sent before any key is proven) in answer to a `d join`
+/// does not stop the join: the link tries again and the real leader enrolls
+/// it. Here the first connection to the token's address is answered by an
+/// impostor's "authentication failed", later ones reach the leader.
+#[test]
+fn a_forged_refusal_does_not_stop_a_join() {
+    use d_proto::peer::PeerMsg;
+    use d_proto::types::{ErrorBody, ErrorKind};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    let vps = leader("127.0.8.41");
+    let w = TestDaemon::start("w", "127.0.8.42");
+    let real = vps.listen();
+    let proxy = TcpListener::bind("127.0.8.43:0").unwrap();
+    let at = proxy.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, c) in proxy.incoming().enumerate() {
+            let Ok(mut c) = c else { return };
+            if i == 0 {
+                let mut hello = String::new();
+                let _ = BufReader::new(c.try_clone().unwrap()).read_line(&mut hello);
+                let forged = PeerMsg::Refused(ErrorBody::new(
+                    ErrorKind::AuthFailed,
+                    "join token already used",
+                ));
+                let _ = c.write_all(&d_proto::frame::encode(&forged).unwrap());
+                continue;
+            }
+            let Ok(up) = TcpStream::connect(&real) else {
+                return;
+            };
+            let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c2, &mut up2.try_clone().unwrap()));
+            std::thread::spawn(move || {
+                let mut up = up;
+                std::io::copy(&mut up, &mut c)
+            });
+        }
+    });
+    let t = invite(&vps, &["--leader", &at]);
+    let r = join(&w, &t, "w");
+    assert!(r["message"].as_str().unwrap().contains("Joined"), "{r}");
+    assert!(
+        w.log().contains("not taken as leader's answer"),
+        "{}",
+        w.log()
+    );
+    assert_eq!(
+        registry_key(&vps, "w").map(|k| fp_of(&k)),
+        Some(fingerprint(&w))
+    );
+}
