@@ -222,8 +222,9 @@ fn a_forged_refusal_does_not_stop_a_join() {
             let Ok(up) = TcpStream::connect(&real) else {
                 return;
             };
-            let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
-            std::thread::spawn(move || std::io::copy(&mut c2, &mut up2.try_clone().unwrap()));
+            let mut c2 = c.try_clone().unwrap();
+            let mut up2 = up.try_clone().unwrap();
+            std::thread::spawn(move || std::io::copy(&mut c2, &mut up2));
             std::thread::spawn(move || {
                 let mut up = up;
                 std::io::copy(&mut up, &mut c)
