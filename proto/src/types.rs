@@ -428,7 +428,7 @@ impl ErrorBody {
     pub fn peer_not_found(peer: &str) -> Self {
         let peer = crate::clip(peer, 80);
         Self::new(ErrorKind::PeerNotFound, format!("Peer not found: {peer}")).hint(
-            "the peer must register with the leader: run `d registerWorker` on it, then check `d listPeers`",
+            "is the id right (`d listPeers`)? a new machine joins with `d invite` on the leader, then `d join TOKEN` on it",
         )
     }
     pub fn not_connected_to_leader(leader: &str) -> Self {
