@@ -168,6 +168,7 @@ async fn enroll(
     let now = unix_now();
     let id = row.id.clone();
     let told = row.clone();
+    let by_token = token.is_some();
     let how = match &token {
         Some(t) => format!("join token {t}"),
         None => "its earlier enrollment or the mesh key".into(),
@@ -187,8 +188,13 @@ async fn enroll(
             )
         })?;
     tracing::info!("enrolled {id} with key {} ({how})", key.fingerprint());
-    // Workers keep the registry: each learns of the new member now.
-    registry::announce_enrolled(mesh, &told);
+    // Workers keep the registry: each learns of a member joined by token
+    // (or renamed, or given a new key) now. Not of the one-time enrollments
+    // of a mesh moving from the shared key: thousands of those at once
+    // would cost the leader N² messages; the workers' pulls bring them.
+    if by_token || !done.renamed_from.is_empty() || done.replaced {
+        registry::announce_enrolled(mesh, &told);
+    }
     // The key's old id is gone (tombstoned) and an id's replaced key is no
     // longer its: their sessions end now, here and on every worker.
     for old in &done.renamed_from {
