@@ -207,11 +207,11 @@ pub async fn resolve(mesh: &Mesh, peer: &str, why: &ErrorBody) -> Result<PeerInf
             mark(mesh, &mut p, &notice);
             Ok(p)
         }
-        None => Err(ErrorBody::new(
-            ErrorKind::PeerNotFound,
-            format!("{peer} is not in this worker's kept registry"),
-        )
-        .hint(notice.message())),
+        // Only the leader could say more: its unreachability is the error.
+        None => Err(why.clone().hint(format!(
+            "{peer} is not in this worker's kept registry; {}",
+            notice.message()
+        ))),
     }
 }
 
