@@ -407,7 +407,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-n -u -v -h --peer --directory --shellCmd --timeout --parallel --gather --outdir --diff --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
+            opts="-n -u -v -h --peer --directory --shellCmd --timeout --parallel --gather --outdir --diff --via-leader --direct --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1455,7 +1455,7 @@ _d() {
             return 0
             ;;
         d__subcmd__remoteBd)
-            opts="-v -h --peer --socket --json --verbose --help"
+            opts="-v -h --peer --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1466,6 +1466,22 @@ _d() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-errors)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)
@@ -1491,7 +1507,7 @@ _d() {
             return 0
             ;;
         d__subcmd__remoteDeployDaemon)
-            opts="-v -h --peer --socket --json --verbose --help"
+            opts="-v -h --peer --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1502,6 +1518,22 @@ _d() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-errors)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)
@@ -1527,7 +1559,7 @@ _d() {
             return 0
             ;;
         d__subcmd__remotePull)
-            opts="-v -h --peer --socket --json --verbose --help"
+            opts="-v -h --peer --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1538,6 +1570,22 @@ _d() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-errors)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)

@@ -169,6 +169,11 @@ pub struct ExecOpts {
     /// `--env NAME=VALUE`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// On a worker: send the job through the leader's links rather than
+    /// dialing the target (a big fan-out: the leader already holds a link to
+    /// every worker). A target with a session open here uses it anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_leader: bool,
 }
 
 /// What a client sends during a job that takes its input (after the request;

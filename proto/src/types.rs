@@ -309,6 +309,11 @@ pub struct ExecSpec {
     /// relay and checked by the target against the requester's enrolled key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<crate::keys::JobClaim>,
+    /// The requester's own routing choice, never sent: go through the
+    /// leader's links even where a direct session could be dialed (a big
+    /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
+    #[serde(skip)]
+    pub via_leader: bool,
 }
 
 impl ExecSpec {
@@ -326,6 +331,7 @@ impl ExecSpec {
             run_as: None,
             env: Vec::new(),
             claim: None,
+            via_leader: false,
         }
     }
 

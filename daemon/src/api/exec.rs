@@ -107,6 +107,7 @@ fn exec_spec(
         stdin: opts.stdin,
         run_as: opts.user,
         env: opts.env,
+        via_leader: opts.via_leader,
         ..ExecSpec::new(directory, shell_cmd)
     }
 }
@@ -282,7 +283,7 @@ where
     F: std::future::Future<Output = String>,
 {
     let route = tokio::select! {
-        r = route::route(&daemon.mesh, peer) => r,
+        r = route::route_job(&daemon.mesh, peer, spec.via_leader) => r,
         why = inbound.as_mut() => return Some(why),
     };
     let started = match route {
