@@ -141,6 +141,9 @@ pub enum Command {
         peer: String,
     },
 
+    /// On a worker: replace this machine's identity key; the leader enrolls the new one, the old one is refused after
+    RotateKey,
+
     /// Enroll this machine with the leader named in TOKEN (from `d invite` there)
     ///
     /// The daemon connects to the leader, checks the leader's key against the
@@ -491,6 +494,7 @@ impl Command {
                 leaders: leader.clone(),
             },
             Command::Revoke { peer } => Request::Revoke { peer: peer.clone() },
+            Command::RotateKey => Request::RotateKey {},
             Command::Join { token, id } => Request::Join {
                 token: token.clone(),
                 id: id.clone(),

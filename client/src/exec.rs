@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use d_proto::control::{Event, Request};
+use d_proto::kept::StaleRegistry;
 use d_proto::types::{ErrorBody, ErrorKind, ExitInfo, B64};
 use serde::Serialize;
 
@@ -35,6 +36,10 @@ struct JobReport<'a> {
     /// Why there is no exit status (`Interrupted (SIGINT)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// Set when the way to the peer came from the worker's kept registry
+    /// (its leader unreachable): how old it is, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<StaleRegistry>,
 }
 
 impl<'a> JobReport<'a> {
@@ -54,6 +59,7 @@ impl<'a> JobReport<'a> {
             stdout_base64,
             stderr_base64,
             error: None,
+            stale: None,
         }
     }
 }
@@ -83,6 +89,8 @@ pub fn run(
     // With --json the output is collected for the final document.
     let mut collected: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
     let started = std::time::Instant::now();
+    // Said by `started` when the registry came from the worker's kept copy.
+    let mut kept: Option<StaleRegistry> = None;
     // The target's id, from the `started` event (by IP it is not known before).
     let mut target = match req {
         Request::ExecOnPeer { peer, .. }
@@ -117,8 +125,17 @@ pub fn run(
             Err(e) => return Err(e),
         };
         match event {
-            Event::Started { peer, addr, path } => {
+            Event::Started {
+                peer,
+                addr,
+                path,
+                stale,
+            } => {
                 target = peer.clone();
+                if let Some(s) = &stale {
+                    errln!("d: warning: {}", render::clean(&s.message()));
+                }
+                kept = stale;
                 if verbose {
                     errln!(
                         "[d] running on {peer} ({}) via {}",
@@ -153,7 +170,9 @@ pub fn run(
                     errln!("{}", timed_out_message(&peer, timeout));
                 }
                 if as_json {
-                    render::out(&render::json(&JobReport::new(&peer, &exit, &collected)));
+                    let mut report = JobReport::new(&peer, &exit, &collected);
+                    report.stale = kept.take();
+                    render::out(&render::json(&report));
                 }
                 return Ok(exit.status());
             }

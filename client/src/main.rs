@@ -323,6 +323,10 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
     if let Command::ListPeers = &cli.command {
         // The ids feed shell completion when the daemon cannot answer it.
         complete::save_peer_ids(&result);
+        let first = result.as_array().and_then(|rows| rows.first());
+        if let Some(s) = first.and_then(|r| r.get("stale")) {
+            warn_stale(serde_json::from_value(s.clone()).ok().as_ref());
+        }
     }
     if cli.json {
         render::out(&render::json(&result));
@@ -331,6 +335,14 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
     let (text, _) = show(&cli.command, result, &req, cli.verbose)?;
     render::out(&text);
     Ok(0)
+}
+
+/// Say on stderr that an answer came from the worker's kept copy of the
+/// registry (its leader unreachable), and how old that copy is.
+pub fn warn_stale(stale: Option<&d_proto::kept::StaleRegistry>) {
+    if let Some(s) = stale {
+        errln!("d: warning: {}", render::clean(&s.message()));
+    }
 }
 
 /// `d listPeers`: the rows read straight from the answer's text (no `Value`
@@ -348,6 +360,7 @@ fn list_peers(answer: conn::Answer, req: &Request) -> Result<i32, ErrorBody> {
     };
     // The ids feed shell completion when the daemon cannot answer it.
     complete::save_ids_of(peers.iter().map(|p| p.id.as_str()));
+    warn_stale(peers.iter().find_map(|p| p.stale.as_deref()));
     render::out(&render::peers_table(&peers, render::now_secs()));
     Ok(0)
 }
@@ -382,7 +395,7 @@ fn show(
         ),
         // The invitation is two lines (what to do, then the command to copy);
         // each line is cleaned on its own so the break survives.
-        Command::Invite { .. } | Command::Revoke { .. } => {
+        Command::Invite { .. } | Command::Revoke { .. } | Command::RotateKey => {
             let message = decode::<MessageReply>(result, req)?.message;
             let lines: Vec<_> = message.split('\n').map(render::clean).collect();
             format!("{}\n", lines.join("\n"))

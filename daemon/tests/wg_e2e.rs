@@ -372,6 +372,19 @@ fn relay_through_the_leader_when_spokes_cannot_meet() {
     assert_eq!(stdout(&o), "desktop\n");
     assert!(stderr(&o).contains("err\n"), "{}", stderr(&o));
     assert!(stderr(&o).contains("relay via vps"), "{}", stderr(&o));
+    // desktop's audit names laptop, proven by its signed claim (not the relay).
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        desktop
+            .json(&["execLog", "--limit", "20"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["side"] == "target"
+                    && r["requester"] == "laptop"
+                    && r["command"] == "hostname; echo err >&2; exit 7"
+            })
+    });
     // Byte-exact bulk output through the relay, and the reverse direction.
     let o = laptop.d(&[
         "execOnPeer",
@@ -502,4 +515,55 @@ fn workers_join_by_token_over_wireguard() {
     let o = laptop.d(&["join", &tokens[0], "--id", "other"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already used"), "{}", stderr(&o));
+}
+
+/// Issue 11: the leader killed, workers joined by token reach each other
+/// over the tunnel from their kept registry (dialed at the kept address,
+/// proven by the kept key), and say the registry is stale.
+#[test]
+fn workers_work_from_the_kept_registry_over_wireguard() {
+    if !ready_or_skip("workers_work_from_the_kept_registry_over_wireguard") {
+        return;
+    }
+    let mesh = NetMesh::up(3, Topology::Full).expect("mesh up");
+    let mut vps = NsDaemon::start(&mesh, 1, "vps", &[]);
+    let desktop = NsDaemon::start(&mesh, 2, "desktop", &[]);
+    let laptop = NsDaemon::start(&mesh, 3, "laptop", &[]);
+    vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
+    wait_for(Duration::from_secs(10), "the leader's peer port", || {
+        vps.json(&["getPeerStatus"])["listen"].is_string()
+    });
+    for w in [&desktop, &laptop] {
+        let t = vps.json(&["invite"])["token"].as_str().unwrap().to_string();
+        w.json(&["join", &t]);
+    }
+    wait_all_online(&vps, &["vps", "desktop", "laptop"], Duration::from_secs(10));
+    // laptop's copy comes with its link; desktop hears of laptop's enrollment.
+    wait_for(Duration::from_secs(15), "laptop's kept registry", || {
+        laptop.json(&["getPeerStatus"])["kept_registry_peers"] == 3
+    });
+    vps.kill9();
+    wait_for(Duration::from_secs(15), "laptop's link down", || {
+        laptop.json(&["getPeerStatus"])["link"] != "connected"
+    });
+    let o = laptop.d(&[
+        "execOnPeer",
+        "--peer",
+        "desktop",
+        "--directory",
+        "/tmp",
+        "--shellCmd",
+        "hostname",
+    ]);
+    assert_eq!(stdout(&o), "desktop\n", "{}", stderr(&o));
+    assert!(stderr(&o).contains("registry is"), "{}", stderr(&o));
+    let peers = laptop.json(&["listPeers"]);
+    let rows = peers.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{peers}");
+    assert!(
+        rows.iter().all(|p| p["stale"]["age_secs"].is_u64()),
+        "{peers}"
+    );
+    let d = rows.iter().find(|p| p["id"] == "desktop").unwrap();
+    assert_eq!(d["addr"], mesh.overlay_ip(2), "{d}");
 }

@@ -139,6 +139,9 @@ pub enum Request {
     Revoke {
         peer: String,
     },
+    /// On a worker: replace this daemon's identity key; the leader enrolls
+    /// the new one over the link the old one proves (`d rotateKey`).
+    RotateKey {},
     /// Enroll this daemon with the leader a token names (`d join`).
     Join {
         token: String,
@@ -230,6 +233,7 @@ impl Request {
             Request::RevokeInvite { .. } => "revokeInvite",
             Request::Join { .. } => "join",
             Request::Revoke { .. } => "revoke",
+            Request::RotateKey {} => "rotateKey",
             Request::Jobs { .. } => "jobs",
         }
     }
@@ -250,6 +254,10 @@ pub enum Event {
         peer: String,
         addr: String,
         path: String,
+        /// Set when the way to `peer` came from this worker's kept copy of
+        /// the registry (the leader unreachable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale: Option<crate::kept::StaleRegistry>,
     },
     Stdout {
         data: B64,

@@ -447,9 +447,117 @@ pub fn job_digest(fields: &[&[u8]]) -> [u8; 32] {
     Sha256::digest(encode_parts(fields)).into()
 }
 
+/// The digest a [`JobClaim`] signs: every field of `spec` that changes
+/// what runs, where, as whom or with what (directory, command, timeout,
+/// requester, local user, action, stdin, run-as user, each variable's name
+/// and value). Not `relay_to` (the relay takes it off; the claim names the
+/// target) nor the claim itself.
+pub fn exec_digest(spec: &crate::types::ExecSpec) -> [u8; 32] {
+    fn opt(v: Option<&str>) -> Vec<u8> {
+        match v {
+            None => vec![0],
+            Some(s) => [&[1u8][..], s.as_bytes()].concat(),
+        }
+    }
+    let timeout = spec.timeout_secs.to_be_bytes();
+    let user = opt(spec.user.as_deref());
+    let action = opt(spec.action.map(|a| a.as_str()));
+    let run_as = opt(spec.run_as.as_deref());
+    let n_env = (spec.env.len() as u64).to_be_bytes();
+    let mut fields: Vec<&[u8]> = vec![
+        b"d exec v1",
+        spec.directory.as_bytes(),
+        spec.shell_cmd.as_bytes(),
+        &timeout,
+        spec.requester.as_bytes(),
+        &user,
+        &action,
+        if spec.stdin { b"1" } else { b"0" },
+        &run_as,
+        &n_env,
+    ];
+    for (k, v) in &spec.env {
+        fields.push(k.as_bytes());
+        fields.push(v.as_bytes());
+    }
+    job_digest(&fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_digest_covers_every_field_that_changes_the_job() {
+        use crate::types::{Action, ExecSpec};
+        let base = ExecSpec {
+            timeout_secs: 30,
+            requester: "laptop".into(),
+            user: Some("ann".into()),
+            env: vec![("A".into(), "1".into())],
+            ..ExecSpec::new("/tmp", "echo hi")
+        };
+        let d0 = exec_digest(&base);
+        let changed: Vec<ExecSpec> = vec![
+            ExecSpec {
+                directory: "/".into(),
+                ..base.clone()
+            },
+            ExecSpec {
+                shell_cmd: "rm -rf /".into(),
+                ..base.clone()
+            },
+            ExecSpec {
+                timeout_secs: 0,
+                ..base.clone()
+            },
+            ExecSpec {
+                requester: "desktop".into(),
+                ..base.clone()
+            },
+            ExecSpec {
+                user: None,
+                ..base.clone()
+            },
+            ExecSpec {
+                action: Some(Action::Deploy),
+                ..base.clone()
+            },
+            ExecSpec {
+                stdin: true,
+                ..base.clone()
+            },
+            ExecSpec {
+                run_as: Some("root".into()),
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![("A".into(), "2".into())],
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![("B".into(), "1".into())],
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![],
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![("A".into(), "1".into()), ("A".into(), "1".into())],
+                ..base.clone()
+            },
+        ];
+        for (i, c) in changed.iter().enumerate() {
+            assert_ne!(exec_digest(c), d0, "change {i} not covered");
+        }
+        // relay_to is the relay's to take off.
+        let relayed = ExecSpec {
+            relay_to: Some("desktop".into()),
+            ..base.clone()
+        };
+        assert_eq!(exec_digest(&relayed), d0);
+    }
 
     fn pair() -> KeyPair {
         KeyPair::generate().unwrap()

@@ -13,6 +13,7 @@ pub mod control;
 pub mod frame;
 pub mod invite;
 pub mod jobs;
+pub mod kept;
 pub mod keys;
 pub mod peer;
 pub mod text;
@@ -33,12 +34,18 @@ pub mod types;
 /// - 5: a job's standard input (input frames, `input_end`, `input_credit`),
 ///   jobs run as another user (`run_as`) and with variables set (`env`)
 ///   ([`PROTOCOL_STREAMS`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// - 8: the leader tells its workers of each enrollment (their kept
+///   registry), and relayed jobs carry the requester's signed claim
+///   ([`PROTOCOL_SIGNED_JOBS`]).
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
 /// sends none of them on an older session.
 pub const PROTOCOL_STREAMS: u32 = 5;
+/// The protocol that brought `Query::PeerEnrolled` (workers keep the
+/// registry) and signed job claims: never sent on an older session.
+pub const PROTOCOL_SIGNED_JOBS: u32 = 8;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 

@@ -118,6 +118,21 @@ pub enum Query {
     PeerRemoved {
         peer: String,
     },
+    /// Protocol 8 ([`crate::PROTOCOL_SIGNED_JOBS`]), leader → worker over
+    /// its link: `peer` was just enrolled (joined, renamed, key replaced):
+    /// the worker keeps its row (its kept registry). Answered
+    /// `Result { result: null }`.
+    PeerEnrolled {
+        peer: Box<PeerInfo>,
+    },
+    /// Protocol 8, worker → leader over its link (which its current key
+    /// proved): enroll `rotation.new` as its key in place of `rotation.old`
+    /// (`d rotateKey`). `rotation` is signed by the old key, `proof` by the
+    /// new one ([`crate::keys::sign_new_key`]). Answered `Result`.
+    RotateKey {
+        rotation: crate::keys::Rotation,
+        proof: crate::types::B64,
+    },
 }
 
 /// The leader's answers.

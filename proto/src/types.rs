@@ -59,6 +59,10 @@ pub struct PeerInfo {
     /// has only ever proved the legacy mesh key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<crate::keys::PublicKey>,
+    /// Set when a worker answered from its kept copy of the registry (its
+    /// leader unreachable): how old that copy is, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<Box<crate::kept::StaleRegistry>>,
 }
 
 /// One of a leader's join invitations (`d invite --list`; never its secret).
@@ -155,6 +159,13 @@ pub struct PeerStatus {
     /// Its fingerprint, ssh's form: `SHA256:` + unpadded base64 of SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Worker: unix seconds when it last received the leader's registry
+    /// (its kept copy, used while the leader is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_registry_at: Option<u64>,
+    /// Worker: the peers in that kept copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_registry_peers: Option<u64>,
 }
 
 /// A WireGuard interface and its peers.
@@ -306,6 +317,11 @@ pub struct ExecSpec {
     /// 4 KiB. Older targets ignore it and use [`crate::JOB_WINDOW`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,
+    /// Protocol 8, a job relayed through the leader: the requester's signed
+    /// claim over this job ([`crate::keys::exec_digest`]), passed on by the
+    /// relay and checked by the target against the requester's enrolled key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<crate::keys::JobClaim>,
     /// The requester's own routing choice, never sent: go through the
     /// leader's links even where a direct session could be dialed (a big
     /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
@@ -328,6 +344,7 @@ impl ExecSpec {
             run_as: None,
             env: Vec::new(),
             window: None,
+            claim: None,
             via_leader: false,
         }
     }

@@ -226,6 +226,7 @@ fn arb_peer_info() -> impl Strategy<Value = PeerInfo> {
                 wg_public_key,
                 handshake_age_secs,
                 public_key: None,
+                stale: None,
                 labels: Vec::new(),
             },
         )

@@ -80,7 +80,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         "remotePull" | "remoteBd" | "remoteDeployDaemon" => Kind::Operation,
         "doctor" => Kind::Doctor,
         "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "join" | "targets"
-        | "jobs" => Kind::Local,
+        | "jobs" | "rotateKey" => Kind::Local,
         "invite" | "revoke" => Kind::Registry,
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" | "rsh" => Kind::Exec,

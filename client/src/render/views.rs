@@ -366,6 +366,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: None,
+            stale: None,
             labels: Vec::new(),
         }
     }
@@ -444,6 +445,8 @@ mod tests {
             audit_dropped: 0,
             public_key: None,
             fingerprint: None,
+            kept_registry_at: None,
+            kept_registry_peers: None,
         };
         let t = peer_status(&s, 100);
         assert!(t.starts_with("id:           desk\n"), "{t}");

@@ -301,6 +301,7 @@ pub fn registry_of(
         )
         .hint(conn::VERSION_HINT)
     })?;
+    crate::warn_stale(peers.iter().find_map(|p| p.stale.as_deref()));
     let offline = peers
         .iter()
         .filter(|p| !p.online)

@@ -153,6 +153,19 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         Request::RevokeInvite { token } => invite::revoke(daemon, token).await,
         Request::Join { token, id } => invite::join(daemon, token, id).await,
         Request::Revoke { peer } => invite::revoke_peer(daemon, peer).await,
+        Request::RotateKey {} => {
+            let (old, new) = crate::mesh::rotate::rotate_here(&daemon.mesh).await?;
+            to_raw(&json!({
+                "old_fingerprint": old.fingerprint(),
+                "fingerprint": new.fingerprint(),
+                "public_key": new,
+                "message": format!(
+                    "Rotated this machine's key: {} replaces {} (the leader enrolled it; the old key is refused from now on)",
+                    new.fingerprint(),
+                    old.fingerprint()
+                ),
+            }))
+        }
         Request::GetPeerInfo { peer } => {
             match ask::query(&daemon.mesh, Query::GetPeerInfo { peer }).await? {
                 Answer::Peer { peer } => to_raw(&peer),

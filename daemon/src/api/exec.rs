@@ -307,8 +307,22 @@ where
                 .map(|j| (Source::Remote(j), addr, path.to_string()))
         }
         Ok(Route::Relay(s, leader)) => {
+            // Signed, so the target's audit names this daemon, not the relay.
+            let claim = if s.terms.protocol >= d_proto::PROTOCOL_SIGNED_JOBS {
+                match crate::mesh::claims::sign(&daemon.mesh, &spec, peer) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        rec.error = Some(e.error.clone());
+                        let _ = writer.send(&Event::Error(e)).await;
+                        return None;
+                    }
+                }
+            } else {
+                None
+            };
             let spec = ExecSpec {
                 relay_to: Some(peer.to_string()),
+                claim,
                 ..spec
             };
             s.start_job(spec).await.map(|j| {
@@ -338,6 +352,7 @@ where
         peer: peer.to_string(),
         addr,
         path,
+        stale: crate::mesh::kept::notice(&daemon.mesh).await,
     };
     if writer.send(&started).await.is_err() {
         source.cancel().await;

@@ -245,6 +245,9 @@ pub async fn join(
         .to_string();
     let leader_key = inv.leader_key;
     let leader_id = inv.leader_id.clone();
+    // A member that was working stays as it was if the leader refuses.
+    let before = (mesh.me.get(), mesh.me.leader_trust());
+    let was_member = before.0.role == Some(Role::Worker) && before.1.key.is_some();
     mesh.apply_identity_with(
         Identity {
             role: Some(Role::Worker),
@@ -271,9 +274,22 @@ pub async fn join(
         }
         if link.state == LinkState::JoinRefused {
             let why = link.error.unwrap_or_default();
+            let mut kept = String::new();
+            if was_member {
+                let (old, trust) = before.clone();
+                let name = format!(
+                    "{} of leader {}",
+                    old.id.as_deref().unwrap_or("?"),
+                    old.leader.as_deref().unwrap_or("?")
+                );
+                match mesh.apply_identity_with(old, Some(trust)).await {
+                    Ok(()) => kept = format!(" (this machine stays {name})"),
+                    Err(e) => kept = format!(" (and it could not go back to {name}: {})", e.error),
+                }
+            }
             return Err(ErrorBody::new(
                 ErrorKind::AuthFailed,
-                format!("the leader at {leader} refused to enroll this machine: {why}"),
+                format!("the leader at {leader} refused to enroll this machine: {why}{kept}"),
             ));
         }
         if tokio::time::Instant::now() >= deadline {

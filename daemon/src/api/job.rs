@@ -13,7 +13,7 @@ use super::{run_as, Daemon};
 use crate::base::clock::unix_now_ms;
 use crate::base::credit::CreditQueue;
 use crate::jobs::{self, JobEvent};
-use crate::mesh::route;
+use crate::mesh::{claims, route};
 use crate::transport::{PeerDesc, Served};
 
 /// Start a job: a shell command, an operations action, or (on the leader) a
@@ -147,38 +147,70 @@ pub fn serve_for_peer(
     // The session's peer proved its id (its key, or the mesh key for a peer
     // with none): it is the requester. Only the leader relays jobs for
     // others, so only a job from this worker's leader may name another
-    // requester (not yet signed by that requester: see the README's threat
-    // model). "From the leader" is the session itself being this worker's
-    // current link (`from` is that session's own `peer`), never a session
-    // that merely carries the leader's id (a key-less id proved by the
-    // shared mesh key could).
+    // requester, and (protocol 8) only with that requester's signed claim
+    // ([`claims::verify`]): a relay cannot alter or invent it. "From the
+    // leader" is the session itself being this worker's current link
+    // (`from` is that session's own `peer`), never a session that merely
+    // carries the leader's id (a key-less id proved by the shared mesh key
+    // could).
     let from_leader = daemon
         .mesh
         .link
         .session()
         .is_some_and(|l| std::ptr::eq(&l.peer, from));
-    let requester = if spec.requester.is_empty() || spec.requester == from.id {
-        from.id.clone()
-    } else if from_leader {
-        spec.requester.clone()
-    } else {
+    let relayed = !spec.requester.is_empty() && spec.requester != from.id;
+    if relayed && !from_leader {
         tracing::warn!(
             "{} sent a job naming {:?} as its requester: recorded as {}",
             from.id,
             d_proto::clip(&spec.requester, 80),
             from.id
         );
-        from.id.clone()
-    };
+    }
+    // A relayed job is the relay's until its claim is checked; one without
+    // a claim (an older requester or relay) stays the relay's.
+    if relayed && from_leader && spec.claim.is_none() {
+        tracing::info!(
+            "{} relayed a job for {:?} without a signed claim: recorded as {}'s",
+            from.id,
+            d_proto::clip(&spec.requester, 80),
+            from.id
+        );
+    }
+    let check = (relayed && from_leader && spec.claim.is_some()).then(|| spec.requester.clone());
     let mut spec = spec;
-    spec.requester = requester.clone();
-    let mut rec = record("target", &spec, &requester, &daemon.me());
-    let mut inner = start(daemon, spec, cancel, input);
+    spec.requester = from.id.clone();
+    let relay = from.id.clone();
+    let mut rec = record("target", &spec, &from.id, &daemon.me());
+    let proven = Arc::new(std::sync::Mutex::new(from.id.clone()));
     // A job ended by this daemon's shutdown says so, even when its end
     // reaches the requester before the session's own shutdown notice.
     let (tx, events) = mpsc::channel(4);
     let d = daemon.clone();
+    let who_asked = proven.clone();
     daemon.tasks().tracker.spawn(async move {
+        let mut inner = match check {
+            None => start(&d, spec, cancel, input),
+            Some(claimed) => {
+                spec.requester = claimed.clone();
+                match claims::verify(&d.mesh, &relay, &spec, &d.me()).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            "the job relayed by {relay} is proven {claimed}'s (signed claim)"
+                        );
+                        *who_asked.lock().unwrap_or_else(|e| e.into_inner()) = claimed;
+                        start(&d, spec, cancel, input)
+                    }
+                    Err(e) => {
+                        tracing::warn!("{}", e.error);
+                        if let Some(q) = input {
+                            q.close();
+                        }
+                        failed(e)
+                    }
+                }
+            }
+        };
         let who = format!("the daemon on {} (the peer)", d.me());
         let me = d.me();
         while let Some(ev) = inner.recv().await {
@@ -191,6 +223,7 @@ pub fn serve_for_peer(
     Served {
         events,
         done: Box::new(move |o| {
+            rec.requester = proven.lock().unwrap_or_else(|e| e.into_inner()).clone();
             rec.output_bytes = o.output_bytes;
             rec.exit = o.exit;
             rec.error = o.error;

@@ -37,7 +37,16 @@ impl Handler for Daemon {
     fn query(self: Arc<Self>, from: Arc<Session>, q: Query) -> BoxFuture<'static, Answer> {
         Box::pin(async move {
             match q {
-                Query::PeerRemoved { peer } => registry::peer_removed(&self.mesh, &from, &peer),
+                Query::PeerRemoved { peer } => {
+                    registry::peer_removed(&self.mesh, &from, &peer).await
+                }
+                Query::RotateKey { rotation, proof } => {
+                    crate::mesh::rotate::rotate_at_leader(&self.mesh, &from, rotation, &proof.0)
+                        .await
+                }
+                Query::PeerEnrolled { peer } => {
+                    registry::peer_enrolled(&self.mesh, &from, peer).await
+                }
                 // Registry changes are the leader's local socket's alone.
                 Query::DeletePeer { peer } => {
                     registry::refuse_remote_change(&self.mesh, &from, &peer)

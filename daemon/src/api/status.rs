@@ -59,6 +59,8 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
         output_buffer_max: mesh.endpoint.output.max() as u64,
         public_key: Some(mesh.me.public_key()),
         fingerprint: Some(mesh.me.public_key().fingerprint()),
+        kept_registry_at: None,
+        kept_registry_peers: None,
     }
 }
 
@@ -66,6 +68,12 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
 /// the registry knows their address.
 pub async fn full(daemon: &Arc<Daemon>) -> PeerStatus {
     let mut st = local(daemon);
+    if st.role == Some(Role::Worker) {
+        if let Ok((at, n)) = daemon.mesh.store.read(|s| s.kept_summary()).await {
+            st.kept_registry_at = at;
+            st.kept_registry_peers = at.map(|_| n);
+        }
+    }
     let iface = daemon.config.wg_interface.clone();
     let dev = wg::read(&iface).await;
     // With an explicit --listen and no such interface, WireGuard is simply

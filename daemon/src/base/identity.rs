@@ -102,6 +102,12 @@ impl Me {
             .clone()
     }
 
+    /// Use `new` as this daemon's identity key from now on (`d rotateKey`;
+    /// its file is the caller's).
+    pub fn set_keypair(&self, new: KeyPair) {
+        *self.keypair.write().unwrap_or_else(|e| e.into_inner()) = new;
+    }
+
     /// This daemon's public identity key.
     pub fn public_key(&self) -> PublicKey {
         self.keypair

@@ -143,6 +143,7 @@ pub async fn admit(
         wg_public_key,
         handshake_age_secs: None,
         public_key: None,
+        stale: None,
         // A worker's own labels; an older or odd one's invalid ones are left out.
         labels: if d_proto::validate_labels(&hello.labels).is_ok() {
             hello.labels.clone()

@@ -16,26 +16,32 @@ use serde_json::value::RawValue;
 use super::registry::{answer, unexpected};
 #[cfg(test)]
 use super::registry::{json_len_bound, rows_that_fit, PAGE_BYTES};
-use super::Mesh;
+use super::{kept, Mesh};
 use crate::base::identity::not_configured;
-use crate::transport::session;
+use crate::transport::{session, Session};
 #[cfg(test)]
 use d_proto::types::PeerInfo;
 
 /// A registry question, answered here on the leader or asked of the leader
 /// over the link on a worker.
 pub async fn query(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
+    // The leader unreachable: the kept copy answers what it can.
+    if let Some(why) = kept::leader_down(mesh) {
+        return kept::answer(mesh, q, why).await;
+    }
     match mesh.me.get().role {
         Some(Role::Leader) => Ok(answer(mesh, q).await),
         // The whole registry would not fit in one frame at fleet scale: page it.
         Some(Role::Worker) if q == Query::ListPeers => {
             let json = paged_registry(mesh).await?;
-            let peers = serde_json::from_str(&json).map_err(|e| {
-                ErrorBody::new(
-                    ErrorKind::Other,
-                    format!("unexpected registry rows from the leader: {e}"),
-                )
-            })?;
+            let peers: Vec<d_proto::types::PeerInfo> =
+                serde_json::from_str(&json).map_err(|e| {
+                    ErrorBody::new(
+                        ErrorKind::Other,
+                        format!("unexpected registry rows from the leader: {e}"),
+                    )
+                })?;
+            kept::received(mesh, peers.clone());
             Ok(Answer::Peers { peers, more: None })
         }
         Some(Role::Worker) => mesh.leader_session()?.query(q).await,
@@ -48,7 +54,17 @@ pub async fn query(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
 /// never parsed into rows and encoded again.
 pub async fn list_peers_json(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
     if mesh.me.get().role == Some(Role::Worker) {
-        return paged_registry(mesh).await;
+        if let Some(why) = kept::leader_down(mesh) {
+            let rows = kept::list(mesh, &why).await?;
+            return serde_json::to_string(&rows)
+                .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()));
+        }
+        let json = paged_registry(mesh).await?;
+        // The whole registry, received: it is the copy to keep.
+        if let Ok(rows) = serde_json::from_str(&json) {
+            kept::received(mesh, rows);
+        }
+        return Ok(json);
     }
     match query(mesh, Query::ListPeers).await? {
         Answer::Peers { peers, .. } => serde_json::to_string(&peers)
@@ -59,7 +75,11 @@ pub async fn list_peers_json(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
 
 /// A worker: the leader's registry, paged over the link, as JSON text.
 async fn paged_registry(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
-    let link = mesh.leader_session()?;
+    paged_registry_of(mesh.leader_session()?).await
+}
+
+/// The leader's registry, paged over `link`, as JSON text.
+pub(super) async fn paged_registry_of(link: Arc<Session>) -> Result<String, ErrorBody> {
     list_paged(|offset, limit| {
         let link = link.clone();
         async move {
@@ -115,7 +135,7 @@ fn page_of(reply: session::Reply) -> Result<Page, ErrorBody> {
         more: Option<bool>,
     }
     let answer = match reply {
-        session::Reply::Answer(a) => a,
+        session::Reply::Answer(a) => *a,
         session::Reply::Line(line) => {
             if let Ok(p) = serde_json::from_slice::<RawPage<'_>>(&line) {
                 if p.kind == "answer" && p.answer == "peers" {
@@ -228,6 +248,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: None,
+            stale: None,
             labels: Vec::new(),
         }
     }
@@ -343,10 +364,10 @@ mod tests {
         .unwrap_err();
         assert_eq!((e.kind, e.error.as_str()), (ErrorKind::Refused, "no"));
         // Rows read the generic way are passed on too.
-        let p = page_of(session::Reply::Answer(Answer::Peers {
+        let p = page_of(session::Reply::Answer(Box::new(Answer::Peers {
             peers: vec![row(1), row(2)],
             more: Some(false),
-        }))
+        })))
         .unwrap();
         assert_eq!((p.n, p.more), (2, Some(false)));
         let back: Vec<PeerInfo> = serde_json::from_str(&format!("[{}]", p.rows)).unwrap();

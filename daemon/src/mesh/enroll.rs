@@ -162,10 +162,13 @@ async fn enroll(
         wg_public_key: None,
         handshake_age_secs: None,
         public_key: Some(key),
+        stale: None,
         labels: Vec::new(),
     };
     let now = unix_now();
     let id = row.id.clone();
+    let told = row.clone();
+    let by_token = token.is_some();
     let how = match &token {
         Some(t) => format!("join token {t}"),
         None => "its earlier enrollment or the mesh key".into(),
@@ -185,6 +188,13 @@ async fn enroll(
             )
         })?;
     tracing::info!("enrolled {id} with key {} ({how})", key.fingerprint());
+    // Workers keep the registry: each learns of a member joined by token
+    // (or renamed, or given a new key) now. Not of the one-time enrollments
+    // of a mesh moving from the shared key: thousands of those at once
+    // would cost the leader N² messages; the workers' pulls bring them.
+    if by_token || !done.renamed_from.is_empty() || done.replaced {
+        registry::announce_enrolled(mesh, &told);
+    }
     // The key's old id is gone (tombstoned) and an id's replaced key is no
     // longer its: their sessions end now, here and on every worker.
     for old in &done.renamed_from {
@@ -205,28 +215,27 @@ pub async fn check_at_worker(
     proof: &Proof,
 ) -> Result<(), ErrorBody> {
     let id = &hello.peer_id;
-    let link = mesh.leader_session().map_err(|e| {
-        refused(
-            format!(
-                "cannot check {id}'s key: the leader is unreachable ({})",
-                e.error
-            ),
-            "try again once this worker's link to the leader is up (`d getPeerStatus`)",
-        )
-    })?;
-    let enrolled = if *id == link.peer.id {
-        link.peer.key
-    } else {
-        match link.query(Query::ResolvePeer { peer: id.clone() }).await? {
-            Answer::Peer { peer } => peer.public_key,
-            Answer::Error(e) if e.kind == ErrorKind::PeerNotFound => None,
+    let enrolled = match mesh.leader_session() {
+        // The leader unreachable: the key its kept registry names (never
+        // one the leader said was removed).
+        Err(why) => super::kept::key_of(mesh, id, proof.key, &why).await?,
+        Ok(link) if *id == link.peer.id => link.peer.key,
+        Ok(link) => match link.query(Query::ResolvePeer { peer: id.clone() }).await? {
+            Answer::Peer { peer } => {
+                super::kept::learned(mesh, &peer);
+                peer.public_key
+            }
+            Answer::Error(e) if e.kind == ErrorKind::PeerNotFound => {
+                super::kept::forget(mesh, id).await;
+                None
+            }
             Answer::Error(e) => return Err(e),
             other => {
                 return Err(ErrorBody::invalid(format!(
                     "unexpected answer from the leader: {other:?}"
                 )))
             }
-        }
+        },
     };
     match (proof.key, enrolled) {
         (None, Some(k)) => Err(legacy_refused(id, &k)),

@@ -148,6 +148,10 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
                 tracing::info!("link to leader {} at {addr} is up", session.peer.id);
                 mesh.link
                     .set(LinkState::Connected, None, Some(session.clone()));
+                // A copy of the registry, for when the leader is unreachable.
+                mesh.tasks
+                    .tracker
+                    .spawn(super::kept::keep_fresh(mesh.clone(), session.clone()));
                 let up = Instant::now();
                 tokio::select! {
                     _ = stop.cancelled() => {

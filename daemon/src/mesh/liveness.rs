@@ -54,6 +54,7 @@ pub async fn ensure_self_row(mesh: &Arc<Mesh>) {
         wg_public_key: None,
         handshake_age_secs: None,
         public_key: Some(mesh.me.public_key()),
+        stale: None,
         labels: mesh.me.labels(),
     };
     let now = unix_now();

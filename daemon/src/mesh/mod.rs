@@ -7,10 +7,14 @@
 //! - [`admit`]: who may open a session with the leader; links register.
 //! - [`enroll`]: whether a proven key may be the id it claims; enrollment.
 //! - [`link`]: a worker's link to its leader, with backoff.
+//! - [`kept`]: a worker's kept copy of the registry, used while the
+//!   leader is unreachable.
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
 //! - [`registry`]: the leader's answers to registry questions; [`ask`]:
 //!   asking them from anywhere (paged over the link on a worker).
-//! - [`route`]: the way to a peer, and the leader's relay.
+//! - [`rotate`]: `d rotateKey`, on the worker and on the leader.
+//! - [`route`]: the way to a peer, and the leader's relay; [`claims`]:
+//!   the requester's signature on a relayed job.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,10 +31,13 @@ use crate::transport::{port, Endpoint, Handler, Session};
 
 pub mod admit;
 pub mod ask;
+pub mod claims;
 pub mod enroll;
+pub mod kept;
 pub mod link;
 pub mod liveness;
 pub mod registry;
+pub mod rotate;
 pub mod route;
 pub mod sessions;
 
@@ -45,6 +52,8 @@ pub struct Mesh {
     pub sessions: sessions::Sessions,
     pub link: link::Link,
     pub routes: route::Routes,
+    /// The nonces of signed job claims accepted lately.
+    pub claims: claims::Seen,
     /// The WireGuard interface as last read for admissions.
     pub wg_device: wg::DeviceCache,
     /// The WireGuard handshakes the registry answers show, read at most once a second.
@@ -80,6 +89,7 @@ impl Mesh {
             sessions: Default::default(),
             link: Default::default(),
             routes: Default::default(),
+            claims: Default::default(),
             wg_device: Default::default(),
             wg_index: Default::default(),
             registered: AtomicUsize::new(0),
@@ -212,8 +222,12 @@ impl Mesh {
         match trust {
             Some(t) => self.save_leader_trust(t).await?,
             None if old.leader != new.leader || role != Some(Role::Worker) => {
-                // Another leader (or none): the pinned key was that leader's.
+                // Another leader (or none): the pinned key was that leader's,
+                // and so was the kept registry.
                 self.save_leader_trust(LeaderTrust::default()).await?;
+                if let Err(e) = self.store.call(|st| st.clear_kept()).await {
+                    tracing::warn!("cannot forget the kept registry: {e}");
+                }
             }
             None => {}
         }

@@ -158,9 +158,10 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
     let wg = wg.as_deref();
     match q {
         Query::Ping => Ok(pong()),
-        Query::Control { .. } | Query::PeerRemoved { .. } => {
-            Err(ErrorBody::invalid("answered above (api::peer)"))
-        }
+        Query::Control { .. }
+        | Query::PeerRemoved { .. }
+        | Query::PeerEnrolled { .. }
+        | Query::RotateKey { .. } => Err(ErrorBody::invalid("answered above (api::peer)")),
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match mesh
@@ -308,8 +309,9 @@ pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
     }
 }
 
-/// On a worker: the leader says `peer` was removed: close its sessions.
-pub fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
+/// On a worker: the leader says `peer` was removed: close its sessions,
+/// and hold its key revoked in the kept registry.
+pub async fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
     let from_leader = mesh
         .link
         .session()
@@ -319,10 +321,85 @@ pub fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
             "only this worker's leader may say a peer was removed",
         ));
     }
+    super::kept::forget(mesh, peer).await;
     mesh.sessions
         .close_peer(peer, &format!("{peer} was removed by the leader"));
     tracing::info!("{peer} was removed by the leader: its sessions are closed");
     Answer::Result {
         result: serde_json::Value::Null,
+    }
+}
+
+/// On the leader: `row` was just enrolled: tell every worker (protocol 8
+/// links), which keep it in their registry copy.
+pub fn announce_enrolled(mesh: &Arc<Mesh>, row: &PeerInfo) {
+    for link in mesh.sessions.links() {
+        if link.terms.protocol < d_proto::PROTOCOL_SIGNED_JOBS || link.peer.id == row.id {
+            continue;
+        }
+        let q = Query::PeerEnrolled {
+            peer: Box::new(row.clone()),
+        };
+        mesh.tasks.tracker.spawn(async move {
+            if let Err(e) = link.query(q).await {
+                tracing::debug!(
+                    "{} was not told of an enrolled peer: {}",
+                    link.peer.id,
+                    e.error
+                );
+            }
+        });
+    }
+}
+
+/// On a worker: the leader says `peer` was enrolled: keep its row.
+pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> Answer {
+    let from_leader = mesh
+        .link
+        .session()
+        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), from as *const Session));
+    if !from_leader {
+        return Answer::Error(ErrorBody::invalid(
+            "only this worker's leader may say a peer was enrolled",
+        ));
+    }
+    if let Err(e) = d_proto::validate_peer_id(&peer.id) {
+        return Answer::Error(ErrorBody::invalid(e));
+    }
+    super::kept::learned_now(mesh, *peer).await;
+    Answer::Result {
+        result: serde_json::Value::Null,
+    }
+}
+
+/// On the leader: `peer` rotated its key (`row` now holds the new one).
+/// Each worker is told, in order, that the old key is gone (its sessions
+/// close, its kept copy holds it revoked) and, on protocol 8, the new row.
+/// The rotating peer's own sessions are its to close.
+pub fn announce_rotated(mesh: &Arc<Mesh>, peer: &str, row: Option<PeerInfo>) {
+    for link in mesh.sessions.links() {
+        if link.terms.protocol < d_proto::PROTOCOL_KEYS || link.peer.id == peer {
+            continue;
+        }
+        let removed = Query::PeerRemoved {
+            peer: peer.to_string(),
+        };
+        let enrolled = row
+            .clone()
+            .filter(|_| link.terms.protocol >= d_proto::PROTOCOL_SIGNED_JOBS)
+            .map(|r| Query::PeerEnrolled { peer: Box::new(r) });
+        mesh.tasks.tracker.spawn(async move {
+            let mut told = link.query(removed).await.map(|_| ());
+            if let (Ok(()), Some(q)) = (&told, enrolled) {
+                told = link.query(q).await.map(|_| ());
+            }
+            if let Err(e) = told {
+                tracing::debug!(
+                    "{} was not told of a rotated key: {}",
+                    link.peer.id,
+                    e.error
+                );
+            }
+        });
     }
 }

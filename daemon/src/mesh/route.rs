@@ -16,7 +16,7 @@ use d_proto::peer::{Answer, Purpose, Query};
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role};
 use tokio::sync::mpsc;
 
-use super::{ask, registry, Mesh};
+use super::{ask, kept, registry, Mesh};
 use crate::base::config::parse_addr;
 use crate::base::credit::CreditQueue;
 use crate::base::identity::not_configured;
@@ -93,18 +93,26 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
     }
     let info = match id.role {
         None => return Err(not_configured()),
-        Some(Role::Worker) => match mesh
-            .leader_session()?
-            .query(Query::ResolvePeer { peer: peer.into() })
-            .await?
-        {
-            Answer::Peer { peer } => peer,
-            Answer::Error(e) => return Err(e),
-            other => {
-                return Err(ErrorBody::invalid(format!(
-                    "unexpected answer from the leader: {other:?}"
-                )))
-            }
+        Some(Role::Worker) => match mesh.leader_session() {
+            // The leader unreachable: the way (and the key) from the kept copy.
+            Err(why) => kept::resolve(mesh, peer, &why).await?,
+            Ok(link) => match link.query(Query::ResolvePeer { peer: peer.into() }).await? {
+                Answer::Peer { peer } => {
+                    kept::learned(mesh, &peer);
+                    peer
+                }
+                Answer::Error(e) => {
+                    if e.kind == ErrorKind::PeerNotFound {
+                        kept::forget(mesh, peer).await;
+                    }
+                    return Err(e);
+                }
+                other => {
+                    return Err(ErrorBody::invalid(format!(
+                        "unexpected answer from the leader: {other:?}"
+                    )))
+                }
+            },
         },
         Some(Role::Leader) => {
             match registry::answer(mesh, Query::ResolvePeer { peer: peer.into() }).await {

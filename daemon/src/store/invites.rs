@@ -93,6 +93,31 @@ impl Store {
         Ok(k.flatten().and_then(|k| PublicKey::from_base64(&k).ok()))
     }
 
+    /// `d rotateKey`: `id`'s key becomes `new` if it is `old` now. `Err`
+    /// (the reason) when `id` has another key, or `new` is another id's.
+    pub fn rotate_key(
+        &self,
+        id: &str,
+        old: &PublicKey,
+        new: &PublicKey,
+    ) -> Result<Result<(), String>, RegistryError> {
+        if let Some(owner) = self.key_owner(new)? {
+            return Ok(Err(format!("the new key is already {owner}'s")));
+        }
+        let n = self.conn.execute(
+            "UPDATE peers SET public_key = ?3 WHERE id = ?1 AND public_key = ?2",
+            params![id, old.to_base64(), new.to_base64()],
+        )?;
+        Ok(if n == 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{id} is not enrolled under key {}",
+                old.fingerprint()
+            ))
+        })
+    }
+
     /// The id `key` is enrolled under.
     pub fn key_owner(&self, key: &PublicKey) -> Result<Option<String>, RegistryError> {
         Ok(self
@@ -360,6 +385,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: Some(key),
+            stale: None,
             labels: Vec::new(),
         }
     }

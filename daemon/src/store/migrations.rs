@@ -100,6 +100,27 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE job_peers ADD COLUMN err_tail BLOB;
      ALTER TABLE job_peers ADD COLUMN err_bytes INTEGER;
      ALTER TABLE jobs ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;",
+    // 8 → 9: a worker's kept copy of its leader's registry (issue 11), used
+    // while the leader is unreachable, and the keys the leader said were
+    // removed (never accepted from the kept copy).
+    "CREATE TABLE kept_peers (
+        id          TEXT PRIMARY KEY,
+        addr        TEXT NOT NULL,
+        port        INTEGER NOT NULL,
+        role        TEXT NOT NULL,
+        hostname    TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        online      INTEGER NOT NULL,
+        public_key  TEXT,
+        labels      TEXT NOT NULL DEFAULT '',
+        received_at INTEGER NOT NULL
+    );
+    CREATE TABLE kept_revoked (
+        id         TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        PRIMARY KEY (id, public_key)
+    );",
 ];
 
 impl Store {

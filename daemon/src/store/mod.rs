@@ -12,7 +12,7 @@
 //! files checked at start and watched, [`lock`] one daemon per state dir,
 //! [`migrations`] the schema,
 //! [`settings`] the daemon's own settings, [`peers`] the leader's registry,
-//! [`exec_log`] the audit log, [`invites`] enrolled keys and join invitations, [`jobs`] the fan-out job history. A new table gets its own file with an
+//! [`exec_log`] the audit log, [`invites`] enrolled keys and join invitations, [`jobs`] the fan-out job history, [`kept`] a worker's kept copy of the registry. A new table gets its own file with an
 //! `impl Store` block and a step in [`migrations`].
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ pub mod exec_log;
 pub mod files;
 pub mod invites;
 pub mod jobs;
+pub mod kept;
 pub mod lock;
 pub mod migrations;
 pub mod peers;

@@ -150,6 +150,7 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
         public_key: r
             .get::<_, Option<String>>(9)?
             .and_then(|k| PublicKey::from_base64(&k).ok()),
+        stale: None,
         labels: r
             .get::<_, String>(10)?
             .split(',')
@@ -178,6 +179,7 @@ mod tests {
             wg_public_key: None,
             handshake_age_secs: None,
             public_key: None,
+            stale: None,
             labels: Vec::new(),
         }
     }

@@ -346,23 +346,38 @@ where
         Err(e) if e.error.starts_with("no ") => Err(ErrorBody::peer_timeout(name)),
         Err(e) => Err(fail(e.error)),
     };
-    let (their_id, their_nonce, their_proof, their_key, their_sig) =
-        match step(read_step(reader, "challenge").await)? {
-            PeerMsg::Challenge {
-                peer_id,
-                nonce,
-                proof,
-                public_key,
-                signature,
-                ..
-            } => (peer_id, nonce, proof, public_key, signature),
-            other => {
-                return Err(fail(format!(
-                    "unexpected answer to hello: {}",
-                    msg_name(&other)
-                )))
-            }
-        };
+    // A refusal before the other side proved its key is anyone's word: a
+    // real daemon never refuses an identity there, so one that says
+    // "authentication failed" (a forged answer to a `d join`, say) is not
+    // taken as final (the link tries again).
+    let first = match read_step(reader, "challenge").await {
+        Ok(PeerMsg::Refused(e)) if e.kind == ErrorKind::AuthFailed => {
+            return Err(ErrorBody::new(
+                ErrorKind::Refused,
+                format!(
+                    "{addr} refused before proving any key ({}): not taken as {name}'s answer",
+                    d_proto::clip(&e.error, 200)
+                ),
+            ))
+        }
+        r => r,
+    };
+    let (their_id, their_nonce, their_proof, their_key, their_sig) = match step(first)? {
+        PeerMsg::Challenge {
+            peer_id,
+            nonce,
+            proof,
+            public_key,
+            signature,
+            ..
+        } => (peer_id, nonce, proof, public_key, signature),
+        other => {
+            return Err(fail(format!(
+                "unexpected answer to hello: {}",
+                msg_name(&other)
+            )))
+        }
+    };
     if their_nonce.0.len() != auth::KEY_LEN {
         return Err(fail("the challenge's nonce is not 32 bytes".into()));
     }

@@ -123,7 +123,7 @@ struct Waiter {
 
 /// The answer to a query.
 pub enum Reply {
-    Answer(Answer),
+    Answer(Box<Answer>),
     /// The answer's whole line (`{"type":"answer","id":N,...}`), for the asker to read.
     Line(BytesMut),
 }
@@ -339,7 +339,7 @@ impl Session {
     /// Ask the other side (a worker asks its leader).
     pub async fn query(&self, query: Query) -> Result<Answer, ErrorBody> {
         match self.ask(query, false).await? {
-            Reply::Answer(a) => Ok(a),
+            Reply::Answer(a) => Ok(*a),
             // Only query_line asks for lines.
             Reply::Line(_) => Err(ErrorBody::invalid("an answer came as a line")),
         }
@@ -418,7 +418,7 @@ impl Session {
             }
             PeerMsg::Answer { id, answer } => {
                 if let Some(w) = lock(&self.queries).remove(&id) {
-                    let _ = w.tx.send(Reply::Answer(answer));
+                    let _ = w.tx.send(Reply::Answer(Box::new(answer)));
                 }
             }
             PeerMsg::Exec { job, spec } => self.serve_job(job, spec),

@@ -70,6 +70,10 @@ impl Session {
     /// input, `--user`, `--env`) is refused here, saying so, never sent
     /// without it.
     pub async fn start_job(self: &Arc<Self>, mut spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
+        if self.terms.protocol < d_proto::PROTOCOL_SIGNED_JOBS {
+            // An older daemon checks no claims.
+            spec.claim = None;
+        }
         let needs = spec.needs_streams();
         if !needs.is_empty() && !self.terms.streams() {
             return Err(ErrorBody::new(
