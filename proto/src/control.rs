@@ -166,6 +166,9 @@ pub struct ExecOpts {
     /// `--env NAME=VALUE`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::types::FilesOp>,
 }
 
 /// What a client sends during a job that takes its input (after the request;

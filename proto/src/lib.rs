@@ -33,12 +33,17 @@ pub mod types;
 /// - 5: a job's standard input (input frames, `input_end`, `input_credit`),
 ///   jobs run as another user (`run_as`) and with variables set (`env`)
 ///   ([`PROTOCOL_STREAMS`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// - 7: `d cp` jobs (`files` in the job: the target runs its file helper,
+///   [`PROTOCOL_FILES`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
 /// sends none of them on an older session.
 pub const PROTOCOL_STREAMS: u32 = 5;
+/// The protocol that brought `d cp` ([`types::FilesOp`]): a daemon sends no
+/// file job on an older session, and says which peer is too old.
+pub const PROTOCOL_FILES: u32 = 7;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -175,6 +180,7 @@ mod tests {
         assert_eq!(negotiate(2, 4), Some(4));
         assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(2, 5), Some(5));
+        assert_eq!(negotiate(2, 7), Some(7));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);
     }
