@@ -54,7 +54,7 @@ impl Feed<'_> {
 const KEPT_MESSAGES: usize = 50;
 
 /// Run `op` on `peer`; `feed` gives it the stream (push), `sink` takes its
-/// output (pull). `echo`: print the helper's messages as they come.
+/// output (pull). The helper's messages are printed as they come.
 pub fn run(
     socket: &Path,
     peer: &str,
@@ -63,7 +63,6 @@ pub fn run(
     verbose: bool,
     mut feed: Option<&mut Feed>,
     mut sink: Option<&mut dyn Write>,
-    echo: bool,
 ) -> JobEnd {
     let started = Instant::now();
     let takes_input = feed.is_some();
@@ -86,9 +85,7 @@ pub fn run(
     let message = |line: &[u8], messages: &mut Vec<String>| {
         let text = String::from_utf8_lossy(line);
         let text = render::clean(text.trim_end());
-        if echo {
-            stdio::with(Stream::Err, |w| writeln!(w, "{text}"));
-        }
+        stdio::with(Stream::Err, |w| writeln!(w, "{text}"));
         if messages.len() < KEPT_MESSAGES {
             messages.push(text.into_owned());
         }

@@ -191,7 +191,6 @@ fn to_peers<T: Send>(
                 ctx.verbose,
                 Some(&mut feed),
                 None,
-                true,
             );
             feed.finish();
             (peer.clone(), PeerResult::of_receive(end))
@@ -285,7 +284,6 @@ fn pull_one(ctx: &Ctx, peer: &str, op: FilesOp, dest: &Path, many: bool) -> Peer
             ctx.verbose,
             None,
             Some(&mut w),
-            true,
         );
         let _ = w.shutdown(std::net::Shutdown::Write);
         drop(w);
@@ -325,7 +323,6 @@ fn relay(
             ctx.verbose,
             None,
             Some(&mut w),
-            true,
         );
         let _ = w.shutdown(std::net::Shutdown::Write);
         end

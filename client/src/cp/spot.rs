@@ -82,7 +82,7 @@ fn split_at(s: &str) -> Option<usize> {
         .find(|&i| {
             let before = &s[..i];
             let word = before
-                .rsplit(|c: char| matches!(c, ',' | '&' | '!' | '(' | ')' | '^' | ' ' | '@'))
+                .rsplit([',', '&', '!', '(', ')', '^', ' ', '@'])
                 .next()
                 .unwrap_or("");
             !matches!(word, "label" | "id")
