@@ -25,7 +25,7 @@ pub struct CpArgs {
     #[arg(long)]
     pub mkdir: bool,
     /// Leave destination files whose size and modification time match the source's.
-    #[arg(short = 'u', long)]
+    #[arg(long)]
     pub update: bool,
     /// With --update: compare contents (SHA-256) instead of modification times.
     #[arg(short = 'c', long, requires = "update")]
@@ -34,7 +34,7 @@ pub struct CpArgs {
     #[arg(long, value_name = "USER[:GROUP]", value_hint = ValueHint::Username)]
     pub owner: Option<String>,
     /// Read and write as this user of the peer (its permissions, files owned by it).
-    #[arg(long, value_name = "USER", value_hint = ValueHint::Username)]
+    #[arg(short = 'u', long, value_name = "USER", value_hint = ValueHint::Username)]
     pub user: Option<String>,
     /// With several peers: pull from at most N at once (a push streams to all at once).
     #[arg(

@@ -535,7 +535,7 @@ fn update_skips_unchanged_files() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = cp(
         &m.laptop,
-        &["--json", "-u", s(&here.path().join("a")), &dest],
+        &["--json", "--update", s(&here.path().join("a")), &dest],
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
@@ -557,13 +557,13 @@ fn update_skips_unchanged_files() {
         .unwrap();
     let o = cp(
         &m.laptop,
-        &["--json", "-u", s(&here.path().join("a")), &dest],
+        &["--json", "--update", s(&here.path().join("a")), &dest],
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["skipped"].as_u64(), Some(1), "{v}");
     let o = cp(
         &m.laptop,
-        &["--json", "-uc", s(&here.path().join("a")), &dest],
+        &["--json", "--update", "-c", s(&here.path().join("a")), &dest],
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
