@@ -82,7 +82,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "jobs" => Kind::Local,
         "invite" | "revoke" => Kind::Registry,
         "deletePeer" => Kind::Registry,
-        "execOnPeer" | "execOnPeerByIp" | "rsh" => Kind::Exec,
+        "execOnPeer" | "execOnPeerByIp" | "rsh" | "cp" => Kind::Exec,
         _ => return None,
     })
 }
