@@ -15,6 +15,7 @@
 //!   to the second's job through this client (not yet directly).
 
 mod job;
+mod progress;
 mod report;
 mod spot;
 
@@ -29,6 +30,7 @@ use crate::fanout::{self, Outcome};
 use crate::input::Input;
 use crate::stdio::{self, Stream};
 use job::{Feed, JobEnd};
+use progress::{Counting, Progress};
 use report::PeerResult;
 use spot::Spot;
 
@@ -140,14 +142,23 @@ fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i3
     };
     let opts = ctx.opts.clone();
     let started = Instant::now();
+    let bar = Progress::new(ctx.quiet, || {
+        Some(progress::total_size(&sources, opts.follow))
+    });
+    let counted = bar.clone();
     let (ends, made) = to_peers(ctx, target, op, move |w| {
         let mut failed = Vec::new();
+        let w = Counting {
+            inner: w,
+            progress: counted,
+        };
         let sent = d_files::send(&sources, &opts, w, &mut |m| {
             here(&m);
             failed.push(m);
         });
         (sent.map(|s| s.failed).unwrap_or(0), failed)
     })?;
+    bar.finish();
     Ok(report::finish(ctx, target, &ends, made.1, started))
 }
 
@@ -238,6 +249,7 @@ fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32,
         }
     }
     let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
+    let bar = Progress::new(ctx.quiet, || None);
     let ends = fanout::map(&items, ctx.parallel, |(peer, off)| {
         if *off {
             return (peer.clone(), PeerResult::offline());
@@ -255,14 +267,25 @@ fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32,
         } else {
             (dest.to_path_buf(), many_sources)
         };
-        (peer.clone(), pull_one(ctx, peer, op.clone(), &to, many))
+        (
+            peer.clone(),
+            pull_one(ctx, peer, op.clone(), &to, many, &bar),
+        )
     });
+    bar.finish();
     Ok(report::finish(ctx, target, &ends, Vec::new(), started))
 }
 
 /// One peer's stream written under `dest` here.
-fn pull_one(ctx: &Ctx, peer: &str, op: FilesOp, dest: &Path, many: bool) -> PeerResult {
-    let (r, mut w) = match UnixStream::pair() {
+fn pull_one(
+    ctx: &Ctx,
+    peer: &str,
+    op: FilesOp,
+    dest: &Path,
+    many: bool,
+    bar: &Progress,
+) -> PeerResult {
+    let (r, w) = match UnixStream::pair() {
         Ok(p) => p,
         Err(e) => return PeerResult::local_failure(format!("cannot make a pipe here: {e}")),
     };
@@ -276,6 +299,10 @@ fn pull_one(ctx: &Ctx, peer: &str, op: FilesOp, dest: &Path, many: bool) -> Peer
             });
             (got, msgs)
         });
+        let mut sink = Counting {
+            inner: &w,
+            progress: bar.clone(),
+        };
         let end: JobEnd = job::run(
             ctx.socket,
             peer,
@@ -283,7 +310,7 @@ fn pull_one(ctx: &Ctx, peer: &str, op: FilesOp, dest: &Path, many: bool) -> Peer
             ctx.user.clone(),
             ctx.verbose,
             None,
-            Some(&mut w),
+            Some(&mut sink),
         );
         let _ = w.shutdown(std::net::Shutdown::Write);
         drop(w);
@@ -314,7 +341,12 @@ fn relay(
         sources: paths,
         opts: ctx.opts.clone(),
     };
-    let (ends, source) = to_peers(ctx, target, op, |mut w| {
+    let bar = Progress::new(ctx.quiet, || None);
+    let (ends, source) = to_peers(ctx, target, op, |w| {
+        let mut sink = Counting {
+            inner: &w,
+            progress: bar.clone(),
+        };
         let end = job::run(
             ctx.socket,
             from,
@@ -322,11 +354,12 @@ fn relay(
             ctx.user.clone(),
             ctx.verbose,
             None,
-            Some(&mut w),
+            Some(&mut sink),
         );
         let _ = w.shutdown(std::net::Shutdown::Write);
         end
     })?;
+    bar.finish();
     let mut extra = Vec::new();
     match &source.outcome {
         Outcome::Exit(e) if e.status() == 0 => {}
