@@ -573,3 +573,31 @@ fn update_skips_unchanged_files() {
     );
     assert_eq!(std::fs::read(there.path().join("a")).unwrap(), b"same");
 }
+
+#[test]
+fn an_older_peer_is_refused_by_name() {
+    let d = TestDaemon::start("lead", "127.0.0.1");
+    d.json(&["setPeerConfig", "--role", "leader", "--id", "lead"]);
+    let _old = common::old_peer::OldPeer::connect(&d, "oldie");
+    let here = tempfile::tempdir().unwrap();
+    std::fs::write(here.path().join("f"), b"x").unwrap();
+    for args in [
+        vec![
+            s(&here.path().join("f")).to_string(),
+            "oldie:/tmp/".to_string(),
+        ],
+        vec![
+            "oldie:/etc/hostname".to_string(),
+            s(here.path()).to_string(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = cp(&d, &args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(255), "{args:?}: {err}");
+        assert!(
+            err.contains("oldie runs an older d-daemon") && err.contains("d cp"),
+            "{args:?}: {err}"
+        );
+    }
+}
