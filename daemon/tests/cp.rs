@@ -601,3 +601,44 @@ fn an_older_peer_is_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn a_full_disk_fails_the_file_and_removes_the_partial_one() {
+    if !nix_is_root() || Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and unshare (a private tmpfs)");
+        return;
+    }
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("big"), noise(3 * 1024 * 1024, 4)).unwrap();
+    std::fs::write(src.path().join("small"), b"fits").unwrap();
+    let stream_big = stream_of(src.path(), "big");
+    let stream_small = stream_of(src.path(), "small");
+    let stream_path = src.path().join("stream");
+    let mut both = stream_big[..stream_big.len() - 1024].to_vec();
+    both.extend_from_slice(&stream_small);
+    std::fs::write(&stream_path, &both).unwrap();
+    // A 1 MiB tmpfs over the destination, in a mount namespace of its own
+    // (gone with the process); an old file there first.
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs '{d}' && printf old > '{d}/big' && \
+         '{bin}' __d-files testhost '{{\"op\":\"receive\",\"dest\":\"{d}\"}}' < '{s}'; \
+         echo status=$?; cat '{d}/big'; echo; cat '{d}/small'; echo; ls -a '{d}'",
+        d = s(dst.path()),
+        bin = daemon_bin().display(),
+        s = s(&stream_path),
+    );
+    let o = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(out.contains("status=1"), "{out}\n{err}");
+    assert!(
+        err.contains("big: disk full") && err.contains("partial file was removed"),
+        "{err}"
+    );
+    // The old file intact, the next file written, no temporary file left.
+    assert!(out.contains("\nold\nfits\n"), "{out}");
+    assert!(!out.contains(".d-cp."), "{out}");
+}
