@@ -642,3 +642,27 @@ fn a_full_disk_fails_the_file_and_removes_the_partial_one() {
     assert!(out.contains("\nold\nfits\n"), "{out}");
     assert!(!out.contains(".d-cp."), "{out}");
 }
+
+#[test]
+fn a_destination_symlink_is_replaced_not_followed() {
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("f"), b"new").unwrap();
+    std::fs::write(outside.path().join("target"), b"keep").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("target"), dst.path().join("f")).unwrap();
+    let o = helper(
+        dst.path(),
+        &format!(r#"{{"op":"receive","dest":"{}"}}"#, s(dst.path())),
+        &stream_of(src.path(), "f"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(dst.path().join("f"))
+        .unwrap()
+        .is_file());
+    assert_eq!(std::fs::read(dst.path().join("f")).unwrap(), b"new");
+    assert_eq!(
+        std::fs::read(outside.path().join("target")).unwrap(),
+        b"keep"
+    );
+}

@@ -16,6 +16,7 @@
 //! Both ends run with bounded memory: one chunk ([`CHUNK`]) at a time.
 
 pub mod helper;
+mod local;
 pub mod receive;
 pub mod send;
 mod tmp;

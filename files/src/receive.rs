@@ -18,6 +18,7 @@ use d_proto::types::CopyOpts;
 use sha2::{Digest, Sha256};
 use tar::{Archive, EntryType, PaxExtensions};
 
+use crate::local::{parse_owner, sha256_of, umask};
 use crate::send::hex;
 use crate::{shown, tmp, why, KEY_ERROR, KEY_SHA256};
 
@@ -399,19 +400,6 @@ fn start_file(
     }
 }
 
-fn sha256_of(p: &Path) -> io::Result<String> {
-    let mut f = File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; crate::CHUNK];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex(&h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
-}
-
 enum WriteError {
     /// Reading the stream failed: the whole receive ends.
     Stream(io::Error),
@@ -425,24 +413,19 @@ fn write_tmp(
     src: &mut impl Read,
     target: &Path,
 ) -> Result<(PathBuf, Option<File>, String), WriteError> {
-    let discard = false;
     let t = tmp::beside(target);
     let local = |e: &io::Error| WriteError::Local(format!("{}: {}", shown(target), why(e)));
-    let mut file = if discard {
-        None
-    } else {
-        tmp::track(&t);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&t)
-        {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tmp::untrack(&t);
-                return Err(local(&e));
-            }
+    tmp::track(&t);
+    let mut file = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&t)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tmp::untrack(&t);
+            return Err(local(&e));
         }
     };
     let mut h = Sha256::new();
@@ -575,46 +558,4 @@ fn finish(
         }
         Err(e) => fail(local(e)),
     }
-}
-
-/// `USER[:GROUP]`, names or numbers.
-fn parse_owner(spec: &str) -> io::Result<(Option<u32>, Option<u32>)> {
-    let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
-    let (u, g) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let uid = if u.is_empty() {
-        None
-    } else if let Ok(n) = u.parse() {
-        Some(n)
-    } else {
-        match nix::unistd::User::from_name(u) {
-            Ok(Some(x)) => Some(x.uid.as_raw()),
-            _ => return Err(bad(format!("--owner: no user {u:?} here"))),
-        }
-    };
-    let gid = match g {
-        None | Some("") => None,
-        Some(g) => match g.parse() {
-            Ok(n) => Some(n),
-            Err(_) => match nix::unistd::Group::from_name(g) {
-                Ok(Some(x)) => Some(x.gid.as_raw()),
-                _ => return Err(bad(format!("--owner: no group {g:?} here"))),
-            },
-        },
-    };
-    Ok((uid, gid))
-}
-
-/// The process's umask, read without changing it (/proc); 022 if unknown.
-fn umask() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
 }
