@@ -455,7 +455,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-n -u -v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
+            opts="-n -u -v -h --peer --directory --shellCmd --timeout --parallel --gather --outdir --diff --via-leader --direct --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -490,6 +490,13 @@ _d() {
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --outdir)
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
                     fi
                     return 0
                     ;;

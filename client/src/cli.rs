@@ -17,7 +17,7 @@ mod cp;
 pub use cp::CpArgs;
 // xtask, which builds only the man pages, leaves `Amount` unused.
 #[allow(unused_imports)]
-pub use fleet::{Amount, JobsAction, RolloutArgs};
+pub use fleet::{Amount, FanoutArgs, JobsAction, RolloutArgs};
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
@@ -263,6 +263,8 @@ pub enum Command {
         #[arg(long)]
         gather: bool,
         #[command(flatten)]
+        fanout: FanoutArgs,
+        #[command(flatten)]
         rollout: RolloutArgs,
         /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).
         #[arg(long)]
@@ -415,10 +417,9 @@ impl JobFlags {
     /// The request's options (stdin is decided when the job starts).
     pub fn opts(&self) -> ExecOpts {
         ExecOpts {
-            stdin: false,
             user: self.user.clone(),
             env: self.env.clone(),
-            files: None,
+            ..ExecOpts::default()
         }
     }
 }

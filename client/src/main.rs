@@ -266,6 +266,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
+            fanout: how,
             rollout,
             strict,
             job,
@@ -274,6 +275,9 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
                 gather: *gather,
+                diff: how.diff,
+                outdir: how.outdir.clone(),
+                route: fanout::Way::of(how.via_leader, how.direct),
                 strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,
@@ -362,11 +366,12 @@ fn show(
             &decode::<Vec<d_proto::types::InviteInfo>>(result, req)?,
             now,
         ),
+        // The invitation is two lines (what to do, then the command to copy);
+        // each line is cleaned on its own so the break survives.
         Command::Invite { .. } | Command::Revoke { .. } => {
-            format!(
-                "{}\n",
-                render::clean(&decode::<MessageReply>(result, req)?.message)
-            )
+            let message = decode::<MessageReply>(result, req)?.message;
+            let lines: Vec<_> = message.split('\n').map(render::clean).collect();
+            format!("{}\n", lines.join("\n"))
         }
         Command::Join { .. } => {
             let reply = decode::<ConfigReply>(result, req)?;

@@ -158,7 +158,7 @@ impl Rsh {
                 stdin: crate::input::wanted(self.no_stdin),
                 user: self.user.clone(),
                 env,
-                files: None,
+                ..ExecOpts::default()
             },
         }
     }

@@ -302,8 +302,12 @@ fn at_peer_d_commands() {
     assert_eq!(v["id"], "laptop");
     let o = m.vps.d(&["@desktop", "--directory", "/tmp", "true"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
-    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    // The audit row is committed just after the job's end reached the client.
+    let mut v = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
+        v.as_array().map(Vec::len) == Some(1)
+    });
     assert_eq!(v[0]["requester"], "vps");
 
     // Several peers: identical answers once.
@@ -390,4 +394,93 @@ fn a_dead_peer_does_not_stall_the_others() {
         "{err}"
     );
     assert!(took < Duration::from_secs(40), "{took:?}");
+}
+
+/// `--outdir DIR`: each peer's stdout and stderr land in DIR/PEER.out and
+/// DIR/PEER.err and only the summary is printed; an output file that cannot
+/// be written fails that peer (never `ok` for a lost output). `--diff`: the
+/// outputs that differ from the most common one, as unified diffs.
+#[test]
+fn outdir_and_diff() {
+    let m = Mesh::start();
+    let cmd = format!(
+        "echo a; if [ $PPID = {} ]; then echo B; else echo b; fi; echo c; echo e >&2",
+        m.desktop.pid()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runs/1");
+    let o = m
+        .laptop
+        .d(&["@all", "--outdir", path_str(&dir), "--", &cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(stderr(&o), "desktop  ok\nlaptop   ok\nvps      ok\n");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(read("vps.out"), "a\nb\nc\n");
+    assert_eq!(read("desktop.out"), "a\nB\nc\n");
+    assert_eq!(read("laptop.err"), "e\n");
+
+    // A file that cannot be written (here: full) fails that peer.
+    std::fs::remove_file(dir.join("vps.out")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.join("vps.out")).unwrap();
+    let o = m
+        .laptop
+        .d(&["@all", "--outdir", path_str(&dir), "--", &cmd]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("vps.out here: No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("desktop  ok\n"), "{}", stderr(&o));
+    // Not a directory: refused before anything runs.
+    let o = m.laptop.d(&["@all", "--outdir", "/dev/null/x", "true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Cannot create the directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = m.laptop.d(&["@all", "--diff", "--", &cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "--- laptop,vps (2)\n+++ desktop (1)\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
+    );
+    assert!(stderr(&o).contains("vps: e\n"), "{}", stderr(&o));
+    // The same everywhere: nothing but the summary.
+    let o = m.laptop.d(&["@all", "--diff", "echo same"]);
+    assert_eq!((stdout(&o).as_str(), o.status.code()), ("", Some(0)));
+    // --diff and --gather ask for two ways of printing: a usage error.
+    let o = m.laptop.d(&["@all", "--diff", "--gather", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `--via-leader` (the default above 32 peers) sends a worker's fan-out
+/// through the leader's links: no dial to each peer, the same output and
+/// statuses, and each target's audit log still names the real requester.
+/// `--direct` dials.
+#[test]
+fn fanout_through_the_leader() {
+    let m = Mesh::start();
+    let o = m
+        .laptop
+        .d(&["-v", "@desktop,vps", "--via-leader", "echo hi; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), ["desktop: hi", "vps: hi"]);
+    let err = stderr(&o);
+    assert!(err.contains("relay via vps"), "{err}");
+    assert!(err.contains("desktop  exit 3\nvps      exit 3\n"), "{err}");
+    let mut log = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        log = m.desktop.json(&["execLog", "--limit", "1"]);
+        log[0]["requester"] == "laptop"
+    });
+    // The leader itself is reached over the link, never relayed through itself.
+    assert!(!err.contains("vps: running at via"), "{err}");
+
+    let o = m.laptop.d(&["-v", "@desktop,vps", "--direct", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("relay via"), "{}", stderr(&o));
 }

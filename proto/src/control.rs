@@ -169,6 +169,11 @@ pub struct ExecOpts {
     /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<crate::types::FilesOp>,
+    /// On a worker: send the job through the leader's links rather than
+    /// dialing the target (a big fan-out: the leader already holds a link to
+    /// every worker). A target with a session open here uses it anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_leader: bool,
 }
 
 /// What a client sends during a job that takes its input (after the request;

@@ -298,6 +298,11 @@ pub struct ExecSpec {
     /// logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesOp>,
+    /// The requester's own routing choice, never sent: go through the
+    /// leader's links even where a direct session could be dialed (a big
+    /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
+    #[serde(skip)]
+    pub via_leader: bool,
 }
 
 /// What a `d cp` job does on its target. The archive stream is tar (GNU
@@ -366,6 +371,7 @@ impl ExecSpec {
             run_as: None,
             env: Vec::new(),
             files: None,
+            via_leader: false,
         }
     }
 
@@ -468,7 +474,7 @@ impl ErrorBody {
     pub fn peer_not_found(peer: &str) -> Self {
         let peer = crate::clip(peer, 80);
         Self::new(ErrorKind::PeerNotFound, format!("Peer not found: {peer}")).hint(
-            "the peer must register with the leader: run `d registerWorker` on it, then check `d listPeers`",
+            "is the id right (`d listPeers`)? a new machine joins with `d invite` on the leader, then `d join TOKEN` on it",
         )
     }
     pub fn not_connected_to_leader(leader: &str) -> Self {

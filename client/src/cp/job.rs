@@ -77,6 +77,7 @@ pub fn run(
             user,
             env: Vec::new(),
             files: Some(op),
+            ..ExecOpts::default()
         },
     };
     let mut out = Vec::new();

@@ -110,6 +110,7 @@ fn exec_spec(
         // What the audit log shows for a `d cp` job: composed here, never the
         // client's text (the target runs its file helper, not a shell).
         files: opts.files.clone(),
+        via_leader: opts.via_leader,
         ..ExecSpec::new(
             directory,
             match &opts.files {
@@ -301,7 +302,7 @@ where
     F: std::future::Future<Output = String>,
 {
     let route = tokio::select! {
-        r = route::route(&daemon.mesh, peer) => r,
+        r = route::route_job(&daemon.mesh, peer, spec.via_leader) => r,
         why = inbound.as_mut() => return Some(why),
     };
     let started = match route {
