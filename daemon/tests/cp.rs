@@ -492,7 +492,7 @@ fn a_killed_client_leaves_the_old_file_and_no_temp() {
     let here = tempfile::tempdir().unwrap();
     let there = tempfile::tempdir().unwrap();
     let src = here.path().join("big");
-    std::fs::write(&src, noise(400 * 1024 * 1024, 2)).unwrap();
+    std::fs::write(&src, noise(150 * 1024 * 1024, 2)).unwrap();
     std::fs::write(there.path().join("big"), b"old contents").unwrap();
     let mut child = Command::new(client_bin())
         .arg("--socket")

@@ -69,6 +69,9 @@ pub fn receive(
     let mut pending: Option<Pending> = None;
     let mut top: Option<PathBuf> = None;
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
+    // Directories whose new entries are fsynced once, at the end (before
+    // the summary says the files are there), not after every file.
+    let mut dirty: std::collections::HashSet<PathBuf> = Default::default();
     let mut archive = Archive::new(io::BufReader::with_capacity(crate::CHUNK, input));
     let result = (|| -> io::Result<()> {
         for entry in archive.entries()? {
@@ -78,7 +81,7 @@ pub fn receive(
                 let mut data = Vec::new();
                 (&mut e).take(64 * 1024).read_to_end(&mut data)?;
                 if let Some(p) = pending.take() {
-                    match finish(p, &data, opts, owner, &mut r) {
+                    match finish(p, &data, opts, owner, &mut r, &mut dirty) {
                         Ok(()) => {}
                         Err(msg) => {
                             report(msg);
@@ -171,6 +174,16 @@ pub fn receive(
             shown(&p.target)
         ));
         r.failed += 1;
+    }
+    for d in &dirty {
+        if let Err(e) = File::open(d).and_then(|f| f.sync_all()) {
+            report(format!(
+                "{}: its new entries may not be on disk: {}",
+                shown(d),
+                why(&e)
+            ));
+            r.failed += 1;
+        }
     }
     // Directories' times last: writing into them changed them.
     for (d, mode, mtime) in dirs.iter().rev() {
@@ -485,6 +498,7 @@ fn finish(
     opts: &CopyOpts,
     owner: Option<(Option<u32>, Option<u32>)>,
     r: &mut Received,
+    dirty: &mut std::collections::HashSet<PathBuf>,
 ) -> Result<(), String> {
     let mut sum = None;
     let mut error = None;
@@ -546,7 +560,9 @@ fn finish(
             } else {
                 dir
             };
-            File::open(dir)?.sync_all()?;
+            if !dirty.contains(dir) {
+                dirty.insert(dir.to_path_buf());
+            }
         }
         Ok(())
     })();
