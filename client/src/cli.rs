@@ -188,23 +188,29 @@ pub enum Command {
 
     /// `git pull --ff-only` in the peer's repo_dir (config; default /opt/d), as the checkout's owner.
     RemotePull {
-        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Build the daemon on the peer (config build_cmd in repo_dir), as the checkout's owner.
     RemoteBd {
-        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Pull, build, check, install and restart the daemon on the peer; report old → new version.
     RemoteDeployDaemon {
-        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last; stops at the first failure).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Run the troubleshooting checklist (✓/✗ per check, with the fix), optionally for one peer.

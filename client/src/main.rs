@@ -230,15 +230,30 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 }
                 exec::run(&cli.socket, &r.request(), None, false, cli.verbose)
             }
-            Command::RemotePull { peer } => {
-                ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
-            }
-            Command::RemoteBd { peer } => {
-                ops::run(&cli.socket, ops::Op::Build, peer, cli.json, cli.verbose)
-            }
-            Command::RemoteDeployDaemon { peer } => {
-                ops::run(&cli.socket, ops::Op::Deploy, peer, cli.json, cli.verbose)
-            }
+            Command::RemotePull { peer, rollout } => ops::run(
+                &cli.socket,
+                ops::Op::Pull,
+                peer,
+                rollout,
+                cli.json,
+                cli.verbose,
+            ),
+            Command::RemoteBd { peer, rollout } => ops::run(
+                &cli.socket,
+                ops::Op::Build,
+                peer,
+                rollout,
+                cli.json,
+                cli.verbose,
+            ),
+            Command::RemoteDeployDaemon { peer, rollout } => ops::run(
+                &cli.socket,
+                ops::Op::Deploy,
+                peer,
+                rollout,
+                cli.json,
+                cli.verbose,
+            ),
             _ => Ok(0),
         };
     };

@@ -256,6 +256,57 @@ pub fn exec_on(
     timeout: Option<u64>,
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
+    let request = |peer: &str, via_leader: bool| Request::ExecOnPeer {
+        peer: peer.to_string(),
+        directory: directory.to_string(),
+        shell_cmd: shell_cmd.to_string(),
+        timeout,
+        raw_output: false,
+        opts: ExecOpts {
+            via_leader,
+            ..opts.job.clone()
+        },
+    };
+    let work = Work {
+        directory,
+        command: shell_cmd,
+        timeout,
+        request: &request,
+        after: None,
+    };
+    run(socket, target, peers, offline, &work, opts)
+}
+
+/// Builds the request for one peer (and whether it goes through the leader).
+pub type MakeRequest<'a> = dyn Fn(&str, bool) -> Request + Sync + 'a;
+/// Turns a peer's outcome into its final one, on that peer's thread.
+pub type AfterPeer<'a> = dyn Fn(&str, Outcome) -> Outcome + Sync + 'a;
+
+/// What a fan-out runs on each peer: the request for that peer (and whether
+/// it goes through the leader), and what the history records of it.
+pub struct Work<'a> {
+    /// Recorded in the job history.
+    pub directory: &'a str,
+    pub command: &'a str,
+    /// The jobs' timeout, for each peer's deadline ([`deadline`]).
+    pub timeout: Option<u64>,
+    pub request: &'a MakeRequest<'a>,
+    /// Run on each peer's thread once its job ended: may turn the outcome
+    /// into another (a deploy that did not come back is a failure).
+    pub after: Option<&'a AfterPeer<'a>>,
+}
+
+/// Run `work` on `peers` as [`exec_on`] does (rollout, history, output,
+/// summary); `Ok` is the status to exit with.
+pub fn run(
+    socket: &Path,
+    target: &str,
+    peers: &[String],
+    offline: &std::collections::HashSet<String>,
+    work: &Work,
+    opts: &Options,
+) -> Result<i32, ErrorBody> {
+    let (directory, shell_cmd, timeout) = (work.directory, work.command, work.timeout);
     if opts.job.stdin && opts.rollout != rollout::Rollout::default() {
         return Err(crate::targets::usage_error(
             ErrorBody::invalid(
@@ -299,17 +350,7 @@ pub fn exec_on(
                 }
                 return PeerRun::not_run(Outcome::Offline);
             }
-            let req = Request::ExecOnPeer {
-                peer: peer.clone(),
-                directory: directory.to_string(),
-                shell_cmd: shell_cmd.to_string(),
-                timeout,
-                raw_output: false,
-                opts: ExecOpts {
-                    via_leader,
-                    ..opts.job.clone()
-                },
-            };
+            let req = (work.request)(peer, via_leader);
             let mut run = run_one(
                 socket,
                 peer,
@@ -322,6 +363,9 @@ pub fn exec_on(
             );
             if let Some(f) = feed {
                 f.finish();
+            }
+            if let Some(after) = work.after {
+                run.outcome = after(peer, run.outcome);
             }
             // Sent as soon as this peer ended, so only running peers hold theirs.
             if let (Some(job), Some((out, err))) = (job, run.kept.take()) {
