@@ -156,7 +156,7 @@ fn an_assistant_drives_a_mesh_through_d_mcp() {
         assert_eq!(r.is_error, Some(true), "{r:?}");
         let v = structured(&r);
         assert_eq!(v["error"], "Peer not found: nosuch", "{v}");
-        assert!(v["hint"].as_str().unwrap().contains("registerWorker"), "{v}");
+        assert!(v["hint"].as_str().unwrap().contains("d invite"), "{v}");
         let r = call(
             &client,
             "execOnPeer",
