@@ -11,6 +11,10 @@ use d_proto::control::{ExecOpts, Request};
 // is explicit so that xtask, which compiles this file by path, finds it too.
 #[path = "cli_fleet.rs"]
 mod fleet;
+// `d cp`'s arguments, likewise in their own file.
+#[path = "cli_cp.rs"]
+mod cp;
+pub use cp::CpArgs;
 // xtask, which builds only the man pages, leaves `Amount` unused.
 #[allow(unused_imports)]
 pub use fleet::{Amount, FanoutArgs, JobsAction, RolloutArgs};
@@ -320,6 +324,22 @@ pub enum Command {
         args: Vec<String>,
     },
 
+    /// Copy files to, from and between peers (scp's forms; protocol 7 on both daemons)
+    ///
+    ///   d cp [-r] [-p] FILE... PEER:PATH      push to one peer
+    ///   d cp [-r] [-p] FILE... @TARGET:PATH   push to several at once (@all, @a,b, @web)
+    ///   d cp [-r] PEER:PATH... DEST           pull from one peer
+    ///   d cp [-r] @TARGET:PATH... DIR         pull from several into DIR/PEER/...
+    ///   d cp [-r] PEER:PATH PEER2:PATH        peer to peer (through this client)
+    ///
+    /// A relative remote path starts at the peer's default directory (the --user's home).
+    /// Each file is written to a temporary file beside its destination, fsynced, checked
+    /// against the sender's SHA-256 and renamed into place: a reader never sees half a file
+    /// and an interrupted copy leaves the old one. Symlinks are copied as links unless -L.
+    /// d exits 0 if everything was copied, 1 if some file was not, 255 on errors of d.
+    #[command(verbatim_doc_comment)]
+    Cp(CpArgs),
+
     /// Fan-out job history kept by the local daemon: list, show one, or rerun one.
     ///
     /// Every shell fan-out (`d @TARGET CMD`, `execOnPeer --peer TARGET`) is
@@ -447,6 +467,7 @@ impl Command {
                     ..
                 }
                 | Command::Rsh { .. }
+                | Command::Cp(..)
         )
     }
 
@@ -541,6 +562,7 @@ impl Command {
             | Command::Mcp { .. }
             | Command::Targets { .. }
             | Command::Jobs { .. }
+            | Command::Cp(..)
             | Command::Rsh { .. } => return None,
             // Run per peer by `ops::run`.
             Command::RemotePull { .. }

@@ -19,6 +19,7 @@ mod at;
 mod cli;
 mod complete;
 mod conn;
+mod cp;
 mod exec;
 mod fanout;
 mod history;
@@ -221,6 +222,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             Command::Mcp { max_output } => Err(mcp::exec(&cli.socket, *max_output)),
             Command::Targets { expr } => targets::show(&cli.socket, cli.verbose, expr, cli.json),
             Command::Jobs { action, limit } => jobs::main(cli, action.as_ref(), *limit),
+            Command::Cp(args) => cp::main(&cli.socket, args, cli.json, cli.verbose),
             Command::Rsh { args } => {
                 let r = rsh::parse(args)?;
                 if r.print_config {
@@ -441,6 +443,7 @@ fn show(
         | Command::Mcp { .. }
         | Command::Targets { .. }
         | Command::Jobs { .. }
+        | Command::Cp(..)
         | Command::Rsh { .. }
         | Command::RemotePull { .. }
         | Command::RemoteBd { .. }

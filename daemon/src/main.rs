@@ -10,8 +10,18 @@ use tokio::net::TcpListener;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+fn main() -> anyhow::Result<()> {
+    // `d-daemon __d-files ...`: the file helper of a `d cp` job, started by
+    // a daemon; no runtime, no logging, nothing of the daemon's.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(status) = d_files::helper::from_args(&args) {
+        std::process::exit(status);
+    }
+    daemon_main()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn daemon_main() -> anyhow::Result<()> {
     let served = serve().await;
     if let Err(e) = &served {
         // A freshly deployed binary that cannot start hands over to the previous one.

@@ -75,10 +75,10 @@ fn an_assistant_drives_a_mesh_through_d_mcp() {
         let tools = client.list_all_tools().await.expect("tools/list");
         let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         names.sort();
-        // No `cp` tool while this d has none; `user` since d has `execOnPeer --user`.
+        // `cp` since this d has `d cp`; `user` since d has `execOnPeer --user`.
         assert_eq!(
             names,
-            ["doctor", "execLog", "execOnPeer", "execOnPeers", "getPeerStatus", "listPeers"]
+            ["cp", "doctor", "execLog", "execOnPeer", "execOnPeers", "getPeerStatus", "listPeers"]
         );
         let exec = tools.iter().find(|t| t.name == "execOnPeer").unwrap();
         let props = exec.input_schema["properties"].as_object().unwrap();
@@ -86,6 +86,21 @@ fn an_assistant_drives_a_mesh_through_d_mcp() {
             assert!(props[f]["description"].is_string(), "{f}: {props:?}");
         }
         assert_eq!(exec.input_schema["required"], json!(["peer", "command"]));
+
+        // cp: a file pushed to a peer, byte for byte.
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("from mcp");
+        std::fs::write(&src, b"copied by an assistant\n").unwrap();
+        let to = dir.path().join("sub/copy");
+        let r = call(
+            &client,
+            "cp",
+            json!({"sources": [common::path_str(&src)], "destination": format!("desktop:{}", common::path_str(&to)),
+                   "mkdir": true}),
+        )
+        .await;
+        assert_eq!(structured(&r)["exitStatus"], 0, "{r:?}");
+        assert_eq!(std::fs::read(&to).unwrap(), b"copied by an assistant\n");
 
         // listPeers: the registry, asked of the leader through laptop.
         let r = call(&client, "listPeers", json!({})).await;

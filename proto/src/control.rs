@@ -169,6 +169,9 @@ pub struct ExecOpts {
     /// `--env NAME=VALUE`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::types::FilesOp>,
     /// On a worker: send the job through the leader's links rather than
     /// dialing the target (a big fan-out: the leader already holds a link to
     /// every worker). A target with a session open here uses it anyway.

@@ -464,6 +464,11 @@ pub fn exec_digest(spec: &crate::types::ExecSpec) -> [u8; 32] {
     let action = opt(spec.action.map(|a| a.as_str()));
     let run_as = opt(spec.run_as.as_deref());
     let n_env = (spec.env.len() as u64).to_be_bytes();
+    // A `d cp` job: what it writes where (its JSON, fields in a fixed order).
+    let files = match &spec.files {
+        None => vec![0],
+        Some(f) => [&[1u8][..], &serde_json::to_vec(f).unwrap_or_default()].concat(),
+    };
     let mut fields: Vec<&[u8]> = vec![
         b"d exec v1",
         spec.directory.as_bytes(),
@@ -474,6 +479,7 @@ pub fn exec_digest(spec: &crate::types::ExecSpec) -> [u8; 32] {
         &action,
         if spec.stdin { b"1" } else { b"0" },
         &run_as,
+        &files,
         &n_env,
     ];
     for (k, v) in &spec.env {

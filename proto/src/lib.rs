@@ -34,6 +34,8 @@ pub mod types;
 /// - 5: a job's standard input (input frames, `input_end`, `input_credit`),
 ///   jobs run as another user (`run_as`) and with variables set (`env`)
 ///   ([`PROTOCOL_STREAMS`]).
+/// - 7: `d cp` jobs (`files` in the job: the target runs its file helper,
+///   [`PROTOCOL_FILES`]).
 /// - 8: the leader tells its workers of each enrollment (their kept
 ///   registry), and relayed jobs carry the requester's signed claim
 ///   ([`PROTOCOL_SIGNED_JOBS`]).
@@ -43,6 +45,9 @@ pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
 /// sends none of them on an older session.
 pub const PROTOCOL_STREAMS: u32 = 5;
+/// The protocol that brought `d cp` ([`types::FilesOp`]): a daemon sends no
+/// file job on an older session, and says which peer is too old.
+pub const PROTOCOL_FILES: u32 = 7;
 /// The protocol that brought `Query::PeerEnrolled` (workers keep the
 /// registry) and signed job claims: never sent on an older session.
 pub const PROTOCOL_SIGNED_JOBS: u32 = 8;
@@ -182,6 +187,7 @@ mod tests {
         assert_eq!(negotiate(2, 4), Some(4));
         assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(2, 5), Some(5));
+        assert_eq!(negotiate(2, 7), Some(7));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);
     }

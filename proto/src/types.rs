@@ -322,11 +322,67 @@ pub struct ExecSpec {
     /// relay and checked by the target against the requester's enrolled key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<crate::keys::JobClaim>,
+    /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]): the target runs its
+    /// own file helper for it, never `shell_cmd` (which only names the job in
+    /// logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesOp>,
     /// The requester's own routing choice, never sent: go through the
     /// leader's links even where a direct session could be dialed (a big
     /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
     #[serde(skip)]
     pub via_leader: bool,
+}
+
+/// What a `d cp` job does on its target. The archive stream is tar (GNU
+/// long names, PAX), each regular file followed by a PAX global header
+/// holding `d.sha256=HEX` of its bytes (or `d.error=TEXT` when the sender
+/// could not read it whole); see the `d-files` crate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FilesOp {
+    /// Read an archive from standard input into `dest` (push).
+    Receive {
+        dest: String,
+        /// Several sources: `dest` must be a directory.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        many: bool,
+        #[serde(default)]
+        opts: CopyOpts,
+    },
+    /// Write an archive of `sources` to standard output (pull).
+    Send {
+        sources: Vec<String>,
+        #[serde(default)]
+        opts: CopyOpts,
+    },
+}
+
+/// `d cp`'s flags that either end applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOpts {
+    /// `-r`: directories and what they hold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive: bool,
+    /// `-p`: keep mode and modification time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve: bool,
+    /// `--mkdir`: create missing parent directories of the destination.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mkdir: bool,
+    /// `-L`: copy what symlinks point to, not the links.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow: bool,
+    /// `--update`: leave a destination file alone when its size and
+    /// modification time match the source's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub update: bool,
+    /// `-c` (with `--update`): compare SHA-256 of the contents instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checksum: bool,
+    /// `--owner USER[:GROUP]`: written files are given to this owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl ExecSpec {
@@ -345,6 +401,7 @@ impl ExecSpec {
             env: Vec::new(),
             window: None,
             claim: None,
+            files: None,
             via_leader: false,
         }
     }

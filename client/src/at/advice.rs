@@ -96,6 +96,8 @@ pub(super) fn names_its_peer(spec: &str, cmd: &str, user: &[String]) -> ErrorBod
         "names its peers itself (--peer)"
     } else if cmd == "rsh" {
         "names its peer itself (d rsh PEER CMD...)"
+    } else if cmd == "cp" {
+        "names its peers in its paths (d cp FILE PEER:PATH, d cp FILE @TARGET:PATH)"
     } else {
         "names its peer by address"
     };

@@ -83,7 +83,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         | "jobs" | "rotateKey" => Kind::Local,
         "invite" | "revoke" => Kind::Registry,
         "deletePeer" => Kind::Registry,
-        "execOnPeer" | "execOnPeerByIp" | "rsh" => Kind::Exec,
+        "execOnPeer" | "execOnPeerByIp" | "rsh" | "cp" => Kind::Exec,
         _ => return None,
     })
 }

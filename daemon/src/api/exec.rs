@@ -108,9 +108,28 @@ fn exec_spec(
         stdin: opts.stdin,
         run_as: opts.user,
         env: opts.env,
+        // What the audit log shows for a `d cp` job: composed here, never the
+        // client's text (the target runs its file helper, not a shell).
+        files: opts.files.clone(),
         via_leader: opts.via_leader,
-        ..ExecSpec::new(directory, shell_cmd)
+        ..ExecSpec::new(
+            directory,
+            match &opts.files {
+                Some(op) => files_label(op),
+                None => shell_cmd,
+            },
+        )
     }
+}
+
+/// `(d cp: receive into /srv/app)`, `(d cp: send /etc/hosts)`.
+fn files_label(op: &d_proto::types::FilesOp) -> String {
+    use d_proto::types::FilesOp;
+    let text = match op {
+        FilesOp::Receive { dest, .. } => format!("(d cp: receive into {dest})"),
+        FilesOp::Send { sources, .. } => format!("(d cp: send {})", sources.join(" ")),
+    };
+    d_proto::clip(&text, 1000)
 }
 
 /// An operations job: the target composes the commands from its own config.

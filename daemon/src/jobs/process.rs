@@ -91,9 +91,23 @@ pub(super) async fn run(
     // which timeout, cancel and shutdown signal as a whole. Started without
     // forking the daemon (see `spawn`).
     let started = Instant::now();
+    // A `d cp` job runs this daemon's own file helper (no shell), as the
+    // job's user: `/proc/self/exe` is this binary even if a deploy replaced
+    // the file since.
+    let (shell, args): (PathBuf, Vec<OsString>) = match &spec.files {
+        Some(op) => (
+            PathBuf::from("/proc/self/exe"),
+            vec![
+                d_files::HELPER_ARG.into(),
+                me.into(),
+                serde_json::to_string(op).unwrap_or_default().into(),
+            ],
+        ),
+        None => (shell, vec!["-c".into(), spec.shell_cmd.clone().into()]),
+    };
     let command = spawn::Command {
         shell: &shell,
-        cmd: &spec.shell_cmd,
+        args: &args,
         dir,
         env: &env,
         stdin: opts.stdin.is_some(),

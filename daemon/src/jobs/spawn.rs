@@ -134,11 +134,12 @@ fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// What a job's shell runs: `shell -c cmd` in `dir` with exactly `env`,
-/// stdin from a pipe (`stdin`) or /dev/null.
+/// What a job runs: `shell ARGS...` (`-c CMD` for a shell, the file
+/// helper's words for `d cp`) in `dir` with exactly `env`, stdin from a pipe
+/// (`stdin`) or /dev/null.
 pub struct Command<'a> {
     pub shell: &'a Path,
-    pub cmd: &'a str,
+    pub args: &'a [OsString],
     pub dir: &'a Path,
     pub env: &'a [(OsString, OsString)],
     pub stdin: bool,
@@ -148,13 +149,12 @@ pub struct Command<'a> {
 /// new process group whose id is the shell's pid, and no controlling
 /// terminal).
 pub fn spawn_shell(c: &Command) -> io::Result<Child> {
-    let (cmd, dir, env) = (c.cmd, c.dir, c.env);
+    let (dir, env) = (c.dir, c.env);
     let sh = c_string("shell path", c.shell.as_os_str().as_bytes())?;
-    let argv_owned = [
-        sh.clone(),
-        c_string("shell option", b"-c")?,
-        c_string("command", cmd.as_bytes())?,
-    ];
+    let mut argv_owned = vec![sh.clone()];
+    for a in c.args {
+        argv_owned.push(c_string("command", a.as_bytes())?);
+    }
     let dir_c = c_string("directory", dir.as_os_str().as_bytes())?;
     let devnull = c_string("path", b"/dev/null")?;
     let env_owned = env
@@ -271,8 +271,7 @@ pub fn spawn_shell(c: &Command) -> io::Result<Child> {
 /// `setsid`, then (as root) sets the user's groups, then its gid and uid.
 pub fn spawn_shell_as(c: &Command, user: &RunAs) -> io::Result<Child> {
     let mut cmd = tokio::process::Command::new(c.shell);
-    cmd.arg("-c")
-        .arg(c.cmd)
+    cmd.args(c.args)
         .current_dir(c.dir)
         .env_clear()
         .envs(c.env.iter().map(|(k, v)| (k, v)))

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod identity;
+pub mod old_peer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

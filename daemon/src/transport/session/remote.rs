@@ -74,6 +74,23 @@ impl Session {
             // An older daemon checks no claims.
             spec.claim = None;
         }
+        // An older daemon would drop `files` and run the label as a command.
+        if spec.files.is_some() && self.terms.protocol < d_proto::PROTOCOL_FILES {
+            return Err(ErrorBody::new(
+                d_proto::types::ErrorKind::Refused,
+                format!(
+                    "{} runs an older d-daemon ({}, protocol {}) that cannot take d cp (protocol {} needed)",
+                    self.peer.id,
+                    self.peer.version,
+                    self.terms.protocol,
+                    d_proto::PROTOCOL_FILES
+                ),
+            )
+            .hint(format!(
+                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or copy through a command (`d @{0} 'cat > FILE' < FILE`)",
+                self.peer.id
+            )));
+        }
         let needs = spec.needs_streams();
         if !needs.is_empty() && !self.terms.streams() {
             return Err(ErrorBody::new(

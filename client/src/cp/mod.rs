@@ -1,0 +1,376 @@
+//! `d cp`: files to, from and between peers (README "Files").
+//!
+//! Each peer's side is a file job (`execOnPeer` with a
+//! [`FilesOp`], protocol 7): the peer's daemon runs its file helper
+//! (`d-daemon __d-files`), which reads or writes the `d_files` stream over
+//! the job's standard input or output, under the same credit flow control
+//! as any job's, so every process holds a bounded amount of it.
+//!
+//! - push (`FILE... PEER:PATH`, `@TARGET:PATH`): one stream made here
+//!   ([`d_files::send`]) goes to every peer at once ([`Input`]: at the pace
+//!   of the slowest).
+//! - pull (`PEER:PATH... DEST`): the peer's stream is written here
+//!   ([`d_files::receive`]); from several peers into `DEST/PEER/...`.
+//! - peer to peer (`PEER:PATH PEER2:PATH`): the first peer's stream is fed
+//!   to the second's job through this client (not yet directly).
+
+mod job;
+mod progress;
+mod report;
+mod spot;
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use d_proto::types::{CopyOpts, ErrorBody, FilesOp};
+
+use crate::cli::CpArgs;
+use crate::fanout::{self, Outcome};
+use crate::input::Input;
+use crate::stdio::{self, Stream};
+use job::{Feed, JobEnd};
+use progress::{Counting, Progress};
+use report::PeerResult;
+use spot::Spot;
+
+/// Run `d cp`; `Ok` is the status to exit with.
+pub fn main(socket: &Path, args: &CpArgs, json: bool, verbose: bool) -> Result<i32, ErrorBody> {
+    let spots = args
+        .paths
+        .iter()
+        .map(|a| spot::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(crate::targets::usage_error)?;
+    let Some((dest, sources)) = spots.split_last() else {
+        return Err(usage("d cp needs a source and a destination"));
+    };
+    let ctx = Ctx {
+        socket,
+        opts: args.copy_opts(),
+        user: args.user.clone(),
+        parallel: args.parallel as usize,
+        json,
+        verbose,
+        quiet: args.quiet || json,
+    };
+    let remote_sources: Vec<(&str, &str)> = sources
+        .iter()
+        .filter_map(|s| match s {
+            Spot::Remote { target, path } => Some((target.as_str(), path.as_str())),
+            Spot::Local(_) => None,
+        })
+        .collect();
+    if !remote_sources.is_empty() && remote_sources.len() != sources.len() {
+        return Err(usage(
+            "d cp takes sources from one place: all local, or all on one peer",
+        ));
+    }
+    if remote_sources
+        .iter()
+        .any(|(t, _)| *t != remote_sources[0].0)
+    {
+        return Err(usage("d cp takes remote sources from one target at a time")
+            .hint("run one d cp per source peer"));
+    }
+    match (remote_sources.first(), dest) {
+        (None, Spot::Local(_)) => Err(usage("no peer named: d cp copies between machines")
+            .hint("write PEER:PATH or @TARGET:PATH for the remote side (use cp for local copies)")),
+        (None, Spot::Remote { target, path }) => {
+            let local: Vec<PathBuf> = sources
+                .iter()
+                .filter_map(|s| match s {
+                    Spot::Local(p) => Some(p.clone()),
+                    Spot::Remote { .. } => None,
+                })
+                .collect();
+            push(&ctx, local, target, path)
+        }
+        (Some((target, _)), Spot::Local(dest)) => {
+            let paths = remote_sources.iter().map(|(_, p)| p.to_string()).collect();
+            pull(&ctx, target, paths, dest)
+        }
+        (Some((from, _)), Spot::Remote { target, path }) => {
+            if fanout::is_many(from) {
+                return Err(usage(
+                    "peer to peer copies take their sources from one peer",
+                ));
+            }
+            let paths = remote_sources.iter().map(|(_, p)| p.to_string()).collect();
+            relay(&ctx, from, paths, target, path)
+        }
+    }
+}
+
+fn usage(msg: &str) -> ErrorBody {
+    crate::targets::usage_error(ErrorBody::invalid(msg))
+}
+
+/// What every part of a copy needs.
+pub struct Ctx<'a> {
+    socket: &'a Path,
+    opts: CopyOpts,
+    user: Option<String>,
+    parallel: usize,
+    json: bool,
+    verbose: bool,
+    quiet: bool,
+}
+
+/// The peers of `target` and those of them the registry shows offline.
+fn peers_of(ctx: &Ctx, target: &str) -> Result<(Vec<String>, Vec<bool>), ErrorBody> {
+    if !fanout::is_many(target) {
+        return Ok((vec![target.to_string()], vec![false]));
+    }
+    let (peers, offline) = fanout::targets_online(ctx.socket, ctx.verbose, target)?;
+    let off = peers.iter().map(|p| offline.contains(p)).collect();
+    Ok((peers, off))
+}
+
+/// `d cp: here: MSG`, unless `--json` (then only in the document).
+fn here(msg: &str) {
+    stdio::with(Stream::Err, |w| {
+        writeln!(w, "d cp: here: {}", crate::render::clean(msg))
+    });
+}
+
+fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i32, ErrorBody> {
+    let op = FilesOp::Receive {
+        dest: path.to_string(),
+        many: sources.len() > 1,
+        opts: ctx.opts.clone(),
+    };
+    let opts = ctx.opts.clone();
+    let started = Instant::now();
+    let bar = Progress::new(ctx.quiet, || {
+        Some(progress::total_size(&sources, opts.follow))
+    });
+    let counted = bar.clone();
+    let (ends, made) = to_peers(ctx, target, op, move |w| {
+        let mut failed = Vec::new();
+        let w = Counting {
+            inner: w,
+            progress: counted,
+        };
+        let sent = d_files::send(&sources, &opts, w, &mut |m| {
+            here(&m);
+            failed.push(m);
+        });
+        (sent.map(|s| s.failed).unwrap_or(0), failed)
+    })?;
+    bar.finish();
+    Ok(report::finish(ctx, target, &ends, made.1, started))
+}
+
+/// Feed the stream `make` writes to the file jobs `op` starts on the peers
+/// of `target`, all at once. `make` runs on a thread of its own.
+fn to_peers<T: Send>(
+    ctx: &Ctx,
+    target: &str,
+    op: FilesOp,
+    make: impl FnOnce(UnixStream) -> T + Send,
+) -> Result<(Vec<(String, PeerResult)>, T), ErrorBody> {
+    let (peers, offline) = peers_of(ctx, target)?;
+    let (r, w) = UnixStream::pair().map_err(|e| {
+        ErrorBody::new(
+            d_proto::types::ErrorKind::Other,
+            format!("cannot make a pipe here: {e}"),
+        )
+    })?;
+    let input = Input::new(peers.len());
+    let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
+    std::thread::scope(|s| {
+        let maker = s.spawn(move || make(w));
+        let pump = {
+            let input = input.clone();
+            s.spawn(move || input.pump(r))
+        };
+        let ends = fanout::map(&items, items.len(), |(peer, off)| {
+            let mut feed = Feed {
+                input: &input,
+                index: None,
+            };
+            if *off {
+                feed.finish();
+                return (peer.clone(), PeerResult::offline());
+            }
+            let end = job::run(
+                ctx.socket,
+                peer,
+                op.clone(),
+                ctx.user.clone(),
+                ctx.verbose,
+                Some(&mut feed),
+                None,
+            );
+            feed.finish();
+            (peer.clone(), PeerResult::of_receive(end))
+        });
+        let _ = pump.join();
+        let made = maker.join().map_err(|_| {
+            ErrorBody::new(
+                d_proto::types::ErrorKind::Other,
+                "the sending thread failed",
+            )
+        })?;
+        Ok((ends, made))
+    })
+}
+
+fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32, ErrorBody> {
+    let started = Instant::now();
+    let many_sources = paths.len() > 1;
+    let op = FilesOp::Send {
+        sources: paths,
+        opts: ctx.opts.clone(),
+    };
+    let (peers, offline) = peers_of(ctx, target)?;
+    let many_peers = fanout::is_many(target);
+    if many_peers {
+        // DEST/PEER/...: never one peer's file over another's.
+        match std::fs::metadata(dest) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(ErrorBody::invalid(format!(
+                    "{}: not a directory (pulling from several peers writes DIR/PEER/...)",
+                    d_files::shown(dest)
+                )))
+            }
+            Err(_) if ctx.opts.mkdir => std::fs::create_dir_all(dest).map_err(|e| {
+                ErrorBody::invalid(format!("{}: {}", d_files::shown(dest), d_files::why(&e)))
+            })?,
+            Err(e) => {
+                return Err(ErrorBody::invalid(format!(
+                    "{}: {} (--mkdir creates it)",
+                    d_files::shown(dest),
+                    d_files::why(&e)
+                )))
+            }
+        }
+    }
+    let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
+    let bar = Progress::new(ctx.quiet, || None);
+    let ends = fanout::map(&items, ctx.parallel, |(peer, off)| {
+        if *off {
+            return (peer.clone(), PeerResult::offline());
+        }
+        let (to, many) = if many_peers {
+            let d = dest.join(peer);
+            if let Err(e) = std::fs::create_dir(&d) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    let msg = format!("{}: {}", d_files::shown(&d), d_files::why(&e));
+                    here(&msg);
+                    return (peer.clone(), PeerResult::local_failure(msg));
+                }
+            }
+            (d, true)
+        } else {
+            (dest.to_path_buf(), many_sources)
+        };
+        (
+            peer.clone(),
+            pull_one(ctx, peer, op.clone(), &to, many, &bar),
+        )
+    });
+    bar.finish();
+    Ok(report::finish(ctx, target, &ends, Vec::new(), started))
+}
+
+/// One peer's stream written under `dest` here.
+fn pull_one(
+    ctx: &Ctx,
+    peer: &str,
+    op: FilesOp,
+    dest: &Path,
+    many: bool,
+    bar: &Progress,
+) -> PeerResult {
+    let (r, w) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return PeerResult::local_failure(format!("cannot make a pipe here: {e}")),
+    };
+    let opts = ctx.opts.clone();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(move || {
+            let mut msgs = Vec::new();
+            let got = d_files::receive(r, dest, many, &opts, &mut |m| {
+                here(&m);
+                msgs.push(m);
+            });
+            (got, msgs)
+        });
+        let mut sink = Counting {
+            inner: &w,
+            progress: bar.clone(),
+        };
+        let end: JobEnd = job::run(
+            ctx.socket,
+            peer,
+            op,
+            ctx.user.clone(),
+            ctx.verbose,
+            None,
+            Some(&mut sink),
+        );
+        let _ = w.shutdown(std::net::Shutdown::Write);
+        drop(w);
+        let (got, msgs) = receiver.join().unwrap_or_else(|_| {
+            (
+                Err(std::io::Error::other("the receiving thread failed")),
+                Vec::new(),
+            )
+        });
+        PeerResult::of_pull(end, got, msgs)
+    })
+}
+
+fn relay(
+    ctx: &Ctx,
+    from: &str,
+    paths: Vec<String>,
+    target: &str,
+    path: &str,
+) -> Result<i32, ErrorBody> {
+    let started = Instant::now();
+    let op = FilesOp::Receive {
+        dest: path.to_string(),
+        many: paths.len() > 1,
+        opts: ctx.opts.clone(),
+    };
+    let send = FilesOp::Send {
+        sources: paths,
+        opts: ctx.opts.clone(),
+    };
+    let bar = Progress::new(ctx.quiet, || None);
+    let (ends, source) = to_peers(ctx, target, op, |w| {
+        let mut sink = Counting {
+            inner: &w,
+            progress: bar.clone(),
+        };
+        let end = job::run(
+            ctx.socket,
+            from,
+            send,
+            ctx.user.clone(),
+            ctx.verbose,
+            None,
+            Some(&mut sink),
+        );
+        let _ = w.shutdown(std::net::Shutdown::Write);
+        end
+    })?;
+    bar.finish();
+    let mut extra = Vec::new();
+    match &source.outcome {
+        Outcome::Exit(e) if e.status() == 0 => {}
+        Outcome::Exit(e) => extra.push(format!(
+            "{from} (the source) ended with status {}",
+            e.status()
+        )),
+        other => extra.push(format!("{from} (the source): {}", other.describe())),
+    }
+    for m in &extra {
+        here(m);
+    }
+    Ok(report::finish(ctx, target, &ends, extra, started))
+}

@@ -1,0 +1,105 @@
+//! `d-daemon __d-files HOST JSON`: what a target runs for a `d cp` job, as
+//! scp runs `scp -t`. The daemon starts it like a job's shell (its own
+//! session, the job's user, stdin/stdout over the job's streams), with the
+//! [`d_proto::types::FilesOp`] as JSON and its own peer id for messages.
+//!
+//! Receive: the stream on stdin is written under the destination; every
+//! failure goes to stderr as `d cp: on HOST: PATH: reason`; the last line
+//! on stdout is [`crate::summary_line`]. Send: the stream goes to stdout,
+//! failures to stderr. Exit status: 0 all done, 1 some entries failed, 2 the
+//! destination or stream could not be used at all. SIGTERM, SIGINT or
+//! SIGHUP (the job cancelled) remove the temporary file being written.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use d_proto::types::FilesOp;
+
+use crate::{receive, send, summary_line, tmp, HELPER_ARG};
+
+/// Run the helper if `args` (the process's, program name first) ask for it;
+/// `Some(exit status)` then, `None` when they do not.
+pub fn from_args(args: &[OsString]) -> Option<i32> {
+    if args.get(1).map(|a| a.as_os_str()) != Some(HELPER_ARG.as_ref()) {
+        return None;
+    }
+    let host = args
+        .get(2)
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "this peer".into());
+    let op = match args
+        .get(3)
+        .map(|j| serde_json::from_str::<FilesOp>(&j.to_string_lossy()))
+    {
+        Some(Ok(op)) => op,
+        Some(Err(e)) => {
+            eprintln!("d cp: on {host}: the file job is not understood: {e}");
+            return Some(2);
+        }
+        None => {
+            eprintln!("d cp: on {host}: usage: d-daemon {HELPER_ARG} HOST JSON");
+            return Some(2);
+        }
+    };
+    stop_cleanly();
+    Some(run(&host, &op))
+}
+
+fn run(host: &str, op: &FilesOp) -> i32 {
+    let stderr = io::stderr();
+    let mut report = |msg: String| {
+        let _ = writeln!(stderr.lock(), "d cp: on {host}: {msg}");
+    };
+    match op {
+        FilesOp::Receive { dest, many, opts } => {
+            let got = receive(
+                io::stdin().lock(),
+                &PathBuf::from(dest),
+                *many,
+                opts,
+                &mut report,
+            );
+            match got {
+                Ok(r) => {
+                    let mut out = io::stdout().lock();
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        summary_line(r.files, r.bytes, r.skipped, r.failed)
+                    );
+                    let _ = out.flush();
+                    i32::from(r.failed > 0)
+                }
+                Err(e) => {
+                    report(e.to_string());
+                    2
+                }
+            }
+        }
+        FilesOp::Send { sources, opts } => {
+            let sources: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
+            match send(&sources, opts, io::stdout().lock(), &mut report) {
+                Ok(s) => i32::from(s.failed > 0),
+                Err(e) => {
+                    report(format!("sending: {e}"));
+                    2
+                }
+            }
+        }
+    }
+}
+
+/// At SIGTERM/SIGINT/SIGHUP: remove the temporary file being written, then
+/// exit 128+N.
+fn stop_cleanly() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tmp::discard_all();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
+}

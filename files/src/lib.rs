@@ -1,0 +1,69 @@
+//! d-files: the file stream of `d cp`, shared by the client and the daemon's
+//! file helper.
+//!
+//! - [`send`]: sources (files, trees with `-r`, symlinks as links unless
+//!   `-L`) as a tar stream, each regular file followed by a PAX global header
+//!   holding `d.sha256=HEX` of the bytes read (or `d.error=TEXT` when the
+//!   file changed or failed while being read).
+//! - [`receive`]: such a stream written under a destination with safe
+//!   writes: a temporary file beside each destination, fsynced, checked
+//!   against the sender's SHA-256, renamed into place, the directory
+//!   fsynced; a reader never sees half a file and an interrupted copy
+//!   leaves the old file (and no temporary file).
+//! - [`helper`]: `d-daemon __d-files HOST JSON`, what a target runs for a
+//!   `d cp` job (as scp runs `scp -t`): no shell, the job's own user.
+//!
+//! Both ends run with bounded memory: one chunk ([`CHUNK`]) at a time.
+
+pub mod helper;
+mod local;
+pub mod receive;
+pub mod send;
+mod tmp;
+
+pub use receive::{receive, Received};
+pub use send::{send, Sent};
+
+/// Bytes read or written at a time (the input frames' size).
+pub const CHUNK: usize = d_proto::INPUT_CHUNK;
+
+/// The PAX key of a file's SHA-256 (lowercase hex) in its trailer.
+pub const KEY_SHA256: &str = "d.sha256";
+/// The PAX key of the sender's reason for not vouching for a file.
+pub const KEY_ERROR: &str = "d.error";
+
+/// The word the helper is started with: `d-daemon __d-files HOST JSON`.
+pub const HELPER_ARG: &str = "__d-files";
+
+/// The last line a helper prints on stdout after receiving: what it did.
+pub fn summary_line(files: u64, bytes: u64, skipped: u64, failed: u64) -> String {
+    serde_json::json!({"files": files, "bytes": bytes, "skipped": skipped, "failed": failed})
+        .to_string()
+}
+
+/// `error` of an I/O operation, worded for people: `No such file or
+/// directory`, `disk full`, ...
+pub fn why(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => "disk full (No space left on device)".into(),
+        Some(libc::EDQUOT) => "disk quota exceeded".into(),
+        Some(n) => std::io::Error::from_raw_os_error(n)
+            .to_string()
+            .split(" (os error")
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// A path for a message: its bytes, with anything not UTF-8 escaped.
+pub fn shown(p: &std::path::Path) -> String {
+    let s = p.to_string_lossy();
+    let s = s.escape_debug().to_string();
+    if s.contains(' ') || s.is_empty() {
+        format!("\"{s}\"")
+    } else {
+        s
+    }
+}
