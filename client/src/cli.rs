@@ -389,6 +389,11 @@ pub struct JobFlags {
     /// Set a variable for the job (repeatable; the audit log records the name, never the value).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_pair, value_hint = ValueHint::Other)]
     pub env: Vec<(String, String)>,
+    /// Run on a terminal of the target (as `ssh -t`): for htop, vim, sudo's prompt, a shell.
+    /// Our terminal goes raw; keys (Ctrl-C too) go to the program; `~.` disconnects.
+    /// Needs stdin to be a terminal; -tt forces one. One peer only; no time limit by default.
+    #[arg(short = 't', action = clap::ArgAction::Count)]
+    pub tty: u8,
 }
 
 impl JobFlags {
@@ -398,6 +403,7 @@ impl JobFlags {
             stdin: false,
             user: self.user.clone(),
             env: self.env.clone(),
+            tty: None,
         }
     }
 }

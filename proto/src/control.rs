@@ -166,6 +166,11 @@ pub struct ExecOpts {
     /// `--env NAME=VALUE`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// Run on a pseudo-terminal of this type and size (`-t`; protocol
+    /// [`crate::PROTOCOL_TERMINALS`]). Implies `stdin`: the client sends its
+    /// keystrokes as input and [`ClientMsg::Resize`] when its window changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<crate::types::Tty>,
 }
 
 /// What a client sends during a job that takes its input (after the request;
@@ -178,6 +183,10 @@ pub enum ClientMsg {
     Data { data: B64 },
     /// Standard input has ended.
     End,
+    /// The client's terminal changed size (jobs with `tty`): rows and
+    /// columns, in characters. Only the latest one counts: a daemon passes
+    /// sizes on no faster than [`crate::RESIZE_EVERY_MS`].
+    Resize { rows: u16, cols: u16 },
 }
 
 /// Input frames stand for [`ClientMsg::Data`].

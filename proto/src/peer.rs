@@ -253,6 +253,15 @@ pub enum PeerMsg {
         job: u64,
         bytes: u32,
     },
+    /// The terminal of a job started with `tty` changed size (starter →
+    /// receiver; protocol [`crate::PROTOCOL_TERMINALS`]): rows and columns.
+    /// Only the latest counts; none is sent faster than
+    /// [`crate::RESIZE_EVERY_MS`].
+    Resize {
+        job: u64,
+        rows: u16,
+        cols: u16,
+    },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
 }

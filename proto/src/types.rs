@@ -293,6 +293,46 @@ pub struct ExecSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// Run on a pseudo-terminal (`d -t`, protocol
+    /// [`crate::PROTOCOL_TERMINALS`]): stdin, stdout and stderr are the
+    /// terminal, output comes as one stream (stdout), input carries the
+    /// keystrokes (so `stdin` is set too). With an empty `shell_cmd`, the
+    /// user's login shell runs interactively (as `ssh host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
+}
+
+/// The terminal a job runs on: its type and first window size, as the
+/// client's terminal has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tty {
+    /// `TERM` for the job (the client's; empty: `dumb`).
+    #[serde(default)]
+    pub term: String,
+    /// The window size: rows and columns, in characters.
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl Tty {
+    /// Longest `TERM` accepted (terminfo names are short; this is lavish).
+    pub const MAX_TERM: usize = 64;
+
+    /// The `TERM` a job gets: the client's if it is a plain name
+    /// (letters, digits, `-`, `_`, `.`, `+`), else `dumb`.
+    pub fn term_or_default(&self) -> &str {
+        let ok = !self.term.is_empty()
+            && self.term.len() <= Self::MAX_TERM
+            && self
+                .term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+        if ok {
+            &self.term
+        } else {
+            "dumb"
+        }
+    }
 }
 
 impl ExecSpec {
@@ -309,6 +349,17 @@ impl ExecSpec {
             stdin: false,
             run_as: None,
             env: Vec::new(),
+            tty: None,
+        }
+    }
+
+    /// What of this job a daemon before protocol
+    /// [`crate::PROTOCOL_TERMINALS`] cannot do (a terminal); empty if nothing.
+    pub fn needs_terminals(&self) -> Vec<&'static str> {
+        if self.tty.is_some() {
+            vec!["a terminal (-t)"]
+        } else {
+            Vec::new()
         }
     }
 

@@ -104,9 +104,11 @@ fn exec_spec(
         timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
         requester: daemon.me(),
         user,
-        stdin: opts.stdin,
+        // A terminal's keystrokes are the job's input.
+        stdin: opts.stdin || opts.tty.is_some(),
         run_as: opts.user,
         env: opts.env,
+        tty: opts.tty,
         ..ExecSpec::new(directory, shell_cmd)
     }
 }
@@ -444,6 +446,11 @@ async fn from_client<R: AsyncRead + Unpin>(
                     if let Err(overrun) = q.push(&data.0) {
                         return format!("the client sent {overrun}");
                     }
+                }
+            }
+            Read::Msg(ClientMsg::Resize { rows, cols }) => {
+                if let Some(q) = &input {
+                    q.resize(rows, cols);
                 }
             }
             Read::Msg(ClientMsg::End) => {

@@ -17,9 +17,11 @@
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
 //! process, its group and its end; [`spawn`] starting it in a session of its
-//! own without forking the daemon; [`pump`] its pipes.
+//! own without forking the daemon; [`pty`] jobs on a terminal (`d -t`);
+//! [`pump`] its pipes.
 
 mod process;
+mod pty;
 mod pump;
 mod spawn;
 
