@@ -87,7 +87,8 @@ pub fn run(
             );
             let i = input.clone();
             std::thread::spawn(move || i.pump(keys));
-            crate::terminal::watch_resizes(input.clone(), 0);
+            let i = input.clone();
+            crate::terminal::watch_resizes(move |line| i.send_line(0, line));
         } else {
             input::start(&input);
         }

@@ -13,12 +13,10 @@
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use d_proto::types::{ErrorBody, Tty};
 use rustix::termios::{self, OptionalActions, Termios};
-
-use crate::input::Input;
 
 /// How `-t` was given: `-t` once asks for a terminal when stdin is one,
 /// twice (`-tt`) asks for one anyway. `Err`: refused, saying why.
@@ -177,10 +175,11 @@ impl<R: Read> Read for Escapes<R> {
     }
 }
 
-/// Send job `i` of `input` our window size on every SIGWINCH, from a thread
-/// of its own (it ends with the process). Signals that arrive while one is
-/// handled are merged, and only the size at the time of reading is sent.
-pub fn watch_resizes(input: Arc<Input>, i: usize) {
+/// Give `send` a line with our window size (a [`d_proto::control::ClientMsg`])
+/// on every SIGWINCH, from a thread of its own that ends with the process or
+/// once `send` returns `false`. Signals that arrive while one is handled are
+/// merged, and only the size at the time of reading is sent.
+pub fn watch_resizes(send: impl Fn(&[u8]) -> bool + Send + 'static) {
     let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH])
     else {
         return;
@@ -188,8 +187,11 @@ pub fn watch_resizes(input: Arc<Input>, i: usize) {
     std::thread::spawn(move || {
         for _ in signals.forever() {
             let (rows, cols) = size();
-            let line = format!("{{\"input\":\"resize\",\"rows\":{rows},\"cols\":{cols}}}\n");
-            if !input.send_line(i, line.as_bytes()) {
+            let msg = d_proto::control::ClientMsg::Resize { rows, cols };
+            let Ok(line) = d_proto::frame::encode(&msg) else {
+                return;
+            };
+            if !send(&line) {
                 return;
             }
         }
@@ -199,6 +201,7 @@ pub fn watch_resizes(input: Arc<Input>, i: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn run(chunks: &[&[u8]]) -> (Vec<u8>, bool) {
         let mut e = Escapes::new(io::empty(), Box::new(|| {}));
