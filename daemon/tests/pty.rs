@@ -417,3 +417,68 @@ fn a_signal_restores_the_terminal_and_ends_the_job() {
     assert!(t.cooked());
     wait_gone(&format!("sleep {marker}"));
 }
+
+#[test]
+fn a_resize_storm_from_a_hand_written_client_stays_bounded() {
+    use base64::Engine as _;
+    use std::io::BufRead;
+    use std::os::unix::net::UnixStream;
+    let m = Mesh::start();
+    let mut s = UnixStream::connect(m.laptop.socket()).unwrap();
+    let req = serde_json::json!({"command":"execOnPeer","peer":"desktop","directory":"",
+        "shellCmd":"stty size; read l; stty size", "timeout": 60, "stdin": true,
+        "tty": {"term": "xterm", "rows": 24, "cols": 80}});
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let before = [rss_kib(m.laptop.pid()), rss_kib(m.desktop.pid())];
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        // 200,000 sizes (about 9 MB of lines), as fast as the socket takes them.
+        let mut batch = String::new();
+        for i in 0..200_000u32 {
+            let (rows, cols) = (1 + i % 200, 1 + i % 300);
+            batch.push_str(&format!(
+                "{{\"input\":\"resize\",\"rows\":{rows},\"cols\":{cols}}}\n"
+            ));
+            if batch.len() > 64 * 1024 {
+                w.write_all(batch.as_bytes()).unwrap();
+                batch.clear();
+            }
+        }
+        batch.push_str("{\"input\":\"resize\",\"rows\":77,\"cols\":177}\n");
+        w.write_all(batch.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        w.write_all(&d_proto::frame::encode_input(0, b"\r"))
+            .unwrap();
+    });
+    let mut out = Vec::new();
+    let mut status = None;
+    for line in std::io::BufReader::new(s).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        match v["event"].as_str() {
+            Some("stdout") => out.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v["data"].as_str().unwrap())
+                    .unwrap(),
+            ),
+            Some("exit") => {
+                status = v["exit"]["code"].as_i64();
+                break;
+            }
+            Some("error") => panic!("{v}"),
+            _ => {}
+        }
+    }
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status, Some(0), "{text}");
+    // The first size, then the last of the storm.
+    assert!(
+        text.contains("24 80") && text.contains("77 177"),
+        "{text:?}"
+    );
+    for (d, before) in [&m.laptop, &m.desktop].into_iter().zip(before) {
+        let grown = rss_kib(d.pid()).saturating_sub(before);
+        assert!(grown < 64 * 1024, "{} grew by {grown} KiB", d.name);
+        assert!(d.d(&["ping"]).status.success());
+    }
+}
