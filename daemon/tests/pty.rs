@@ -206,6 +206,14 @@ fn a_terminal_job_has_a_tty_term_size_and_its_status() {
         t.wait_for("/dev/pts/");
         t.wait_for("TERM=xterm-256color");
     }
+    // Both audit logs say it ran on a terminal (rows are written just after
+    // the end reaches the client).
+    for d in [&m.laptop, &m.desktop] {
+        wait_for(Duration::from_secs(10), "the audit row", || {
+            let log = d.json(&["execLog", "--limit", "1"]);
+            log[0]["tty"] == true && log[0]["command"].as_str().unwrap_or("").starts_with("tty;")
+        });
+    }
     // Without -t there is no terminal, even when d has one.
     let mut t = Term::start(&m.laptop.socket(), &["@desktop", "tty; true"], 24, 80);
     assert_eq!(t.status(), Some(0));

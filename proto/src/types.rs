@@ -242,6 +242,9 @@ pub struct ExecRecord {
     /// The names of the variables `--env` set (never their values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_names: Vec<String>,
+    /// It ran on a terminal (`-t`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 /// Which output stream a chunk belongs to.

@@ -91,6 +91,9 @@ const MIGRATIONS: &[&str] = &[
     // (space-separated; never the values).
     "ALTER TABLE exec_log ADD COLUMN run_as TEXT;
      ALTER TABLE exec_log ADD COLUMN env_names TEXT;",
+    // 7 → 8 (branch pty; renumbered at merge as needed): the job ran on a
+    // terminal (`d -t`), 0 or 1.
+    "ALTER TABLE exec_log ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;",
 ];
 
 impl Store {
