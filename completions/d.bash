@@ -401,7 +401,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-n -u -v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
+            opts="-n -u -t -v -h --peer --directory --shellCmd --timeout --parallel --gather --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -493,7 +493,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeerByIp)
-            opts="-n -u -v -h --timeout --no-stdin --user --env --socket --json --verbose --help"
+            opts="-n -u -t -v -h --timeout --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -164,6 +164,7 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With sever
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l strict -d 'With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -s t -d 'Run on a terminal of the target (as `ssh -t`): for htop, vim, sudo\'s prompt, a shell. Our terminal goes raw; keys (Ctrl-C too) go to the program; `~.` disconnects. Needs stdin to be a terminal; -tt forces one. One peer only; no time limit by default'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -172,6 +173,7 @@ complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s u -l user -d 'Run
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l env -d 'Set a variable for the job (repeatable; the audit log records the name, never the value)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'
+complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s t -d 'Run on a terminal of the target (as `ssh -t`): for htop, vim, sudo\'s prompt, a shell. Our terminal goes raw; keys (Ctrl-C too) go to the program; `~.` disconnects. Needs stdin to be a terminal; -tt forces one. One peer only; no time limit by default'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand execOnPeerByIp" -s h -l help -d 'Print help'
