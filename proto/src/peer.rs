@@ -307,6 +307,15 @@ mod tests {
         };
         let j = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), out);
+        let r = PeerMsg::Resize {
+            job: 3,
+            rows: 50,
+            cols: 132,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"type":"resize","job":3,"rows":50,"cols":132}"#
+        );
         // `more` only where a leader says it; older workers skip it.
         let page = |more| PeerMsg::Answer {
             id: 9,

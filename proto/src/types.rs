@@ -566,6 +566,32 @@ mod tests {
     }
 
     #[test]
+    fn term_is_a_plain_name_or_dumb() {
+        let t = |term: &str| Tty {
+            term: term.into(),
+            rows: 24,
+            cols: 80,
+        };
+        assert_eq!(t("xterm-256color").term_or_default(), "xterm-256color");
+        assert_eq!(t("screen.xterm+x_y").term_or_default(), "screen.xterm+x_y");
+        for bad in ["", "a b", "x\ny", "../../etc", &"x".repeat(65)] {
+            assert_eq!(t(bad).term_or_default(), "dumb", "{bad:?}");
+        }
+        // Absent from older specs; left out when unused.
+        let spec = ExecSpec::new("/", "ls");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("tty"));
+        assert!(spec.needs_terminals().is_empty());
+        let spec = ExecSpec {
+            tty: Some(t("vt100")),
+            ..spec
+        };
+        let j = serde_json::to_string(&spec).unwrap();
+        assert!(j.contains(r#""tty":{"term":"vt100","rows":24,"cols":80}"#), "{j}");
+        assert_eq!(serde_json::from_str::<ExecSpec>(&j).unwrap(), spec);
+        assert_eq!(spec.needs_terminals(), ["a terminal (-t)"]);
+    }
+
+    #[test]
     fn b64_roundtrip_binary() {
         let b = B64((0..=255u8).collect());
         let j = serde_json::to_string(&b).unwrap();
