@@ -153,6 +153,7 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l directory -d 'Working
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l shellCmd -d 'Command, run with the target user\'s login shell and `-c` (as ssh does)' -r -f -a "(__fish_complete_command)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l timeout -d 'Seconds before the command\'s process group is ended (0 = no limit; default 30)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l parallel -d 'With several peers: run at most N at once' -r -f
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l outdir -d 'With several peers: write each peer\'s stdout to DIR/PEER.out and stderr to DIR/PEER.err (pssh\'s --outdir) instead of the terminal' -r -f -a "(__fish_complete_directories)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
@@ -161,6 +162,7 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -s u -l user -d 'Run as 
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l env -d 'Set a variable for the job (repeatable; the audit log records the name, never the value)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l diff -d 'With several peers: at the end, print each stdout that differs from the most common one as a unified diff (clush --diff); stderr stays live'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l strict -d 'With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'

@@ -186,6 +186,21 @@ run_retry() {
   note "attempt $tries; $((ms / 1000)).$(printf '%03d' $((ms % 1000))) s from the first attempt to the end of this one"
 }
 
+# join_by_invitation PEER [JOIN ARGS...]: `d invite --id PEER` on vps (shown
+# with its output), then `d join TOKEN` on PEER with the token it printed.
+join_by_invitation() {
+  local peer=$1 started status=0 out token
+  shift
+  prompt vps invite --id "$peer"
+  started=$(now_us)
+  out=$(mesh_d vps invite --id "$peer") || status=$?
+  printf '%s\n' "$out"
+  report "$status" "$started" 0
+  token=$(printf '%s\n' "$out" | grep -o 'd1\.[A-Za-z0-9_=-]*' | head -n 1)
+  [ -n "$token" ] || mesh_die "d invite on vps printed no token"
+  run "$peer" join "$token" "$@"
+}
+
 # ---- the demo --------------------------------------------------------------
 
 section "Build (release)"
@@ -251,18 +266,11 @@ run vps setPeerConfig --role leader --id vps
 leader=$(mesh_listen vps)
 [ -n "$leader" ] || mesh_die "cannot read the leader's listen address"
 note "the leader listens on $leader"
-if [ "$wireguard" = 0 ]; then
-  mesh_key_args
-  if [ ${#MESH_KEY_ARGS[@]} -gt 0 ]; then
-    note "workers join with the leader's mesh key (between machines: scp it over)"
-  fi
-  run desktop setPeerConfig --role worker --id desktop --leader "$leader" "${MESH_KEY_ARGS[@]}"
-  run laptop setPeerConfig --role worker --id laptop --leader "$leader" "${MESH_KEY_ARGS[@]}"
-else
-  note "workers register under their hostname, with the leader's mesh key (between machines: scp it over)"
-  run desktop registerWorker --leader "${IP[vps]}" --meshKey "$MESH_DIR/vps/state/mesh.key"
-  run laptop registerWorker --leader "${IP[vps]}" --meshKey "$MESH_DIR/vps/state/mesh.key"
-fi
+note "a new machine joins with a one-time token from the leader: no key file to copy, no ssh"
+note "the token names the id it may enroll (\`d invite --id\`); without one, \`d join\` takes the hostname"
+for name in desktop laptop; do
+  join_by_invitation "$name"
+done
 mesh_wait_linked
 fi
 

@@ -124,9 +124,13 @@ mesh_linked() {
   mesh_d "$1" --json getPeerStatus | grep -q '"link":[[:space:]]*"connected"'
 }
 
-# The extra setPeerConfig arguments a worker needs to join: the leader's mesh key
-# (created when vps becomes leader), if this build of d authenticates peers.
-# On real machines the key is copied over (scp); here the workers read it in place.
+# Whether this build of d joins by invitation (`d invite` / `d join`); a
+# benchmark may point D at an older build, which joins with the shared key.
+mesh_has_invite() { "$D" invite --help >/dev/null 2>&1; }
+
+# The extra setPeerConfig arguments a worker of an OLDER build needs to join:
+# the leader's mesh key (created when vps becomes leader), if that build
+# authenticates peers at all. Builds with `d join` never need it.
 mesh_key_args() {
   MESH_KEY_ARGS=()
   if "$D" setPeerConfig --help 2>/dev/null | grep -q -- '--meshKey'; then
@@ -134,16 +138,33 @@ mesh_key_args() {
   fi
 }
 
-# Configure the reference roles quietly (demo.sh does the same steps on screen).
+# mesh_invite ID: on vps (the leader), make a one-time join token that can
+# enroll only ID, and print it. What a user copies from `d invite`'s output.
+mesh_invite() {
+  local token
+  token=$(mesh_d vps --json invite --id "$1" |
+    sed -n 's/.*"token":[[:space:]]*"\([^"]*\)".*/\1/p' | head -n 1)
+  [ -n "$token" ] || mesh_die "d invite --id $1 on vps printed no token"
+  printf '%s\n' "$token"
+}
+
+# Configure the reference roles quietly (demo.sh does the same steps on screen):
+# vps leads; desktop and laptop join it by invitation (or, with an older build,
+# with the leader's mesh key).
 mesh_configure() {
   mesh_d vps setPeerConfig --role leader --id vps >/dev/null
   local leader name
   leader=$(mesh_listen vps)
   [ -n "$leader" ] || mesh_die "cannot read the leader's listen address"
-  mesh_key_args
   for name in desktop laptop; do
-    mesh_d "$name" setPeerConfig --role worker --id "$name" --leader "$leader" \
-      "${MESH_KEY_ARGS[@]}" >/dev/null
+    if mesh_has_invite; then
+      mesh_d "$name" join "$(mesh_invite "$name")" --id "$name" >/dev/null ||
+        mesh_die "$name could not join the leader"
+    else
+      mesh_key_args
+      mesh_d "$name" setPeerConfig --role worker --id "$name" --leader "$leader" \
+        "${MESH_KEY_ARGS[@]}" >/dev/null
+    fi
   done
   mesh_wait_linked
 }
@@ -303,18 +324,19 @@ mesh_machines_up() {
   done
 }
 
-# mesh_machines_join: vps becomes the leader; desktop and laptop join it.
-# The one place that says how a machine joins (today: the leader's mesh key,
-# carried over as one would with scp; with invitations: `d invite` on the
-# leader, `d join TOKEN` on the new machine). Prints each step as it goes.
+# mesh_machines_join: vps becomes the leader; desktop and laptop join it by
+# invitation: `d invite` on the leader prints a one-time token, `d join TOKEN`
+# on the new machine (its id: its hostname). No key file is copied, no ssh.
+# The one place that says how a machine joins. Prints each step as it goes.
 mesh_machines_join() {
-  local name
+  local name token
   printf '[vps]$ d setPeerConfig --role leader --id vps\n'
   mesh_d vps setPeerConfig --role leader --id vps || return 1
   for name in desktop laptop; do
-    printf '[%s]$ ssh vps cat /var/lib/d/mesh.key | d registerWorker --leader %s --meshKey -\n' \
-      "$name" "${IP[vps]}"
-    mesh_machine vps cat /var/lib/d/mesh.key |
-      mesh_d "$name" registerWorker --leader "${IP[vps]}" --meshKey - || return 1
+    printf '[vps]$ d invite --id %s\n' "$name"
+    token=$(mesh_invite "$name") || return 1
+    printf 'd join %s\n' "$token"
+    printf '[%s]$ d join %s\n' "$name" "${token:0:24}..."
+    mesh_d "$name" join "$token" || return 1
   done
 }

@@ -13,7 +13,7 @@ use d_proto::control::{ExecOpts, Request};
 mod fleet;
 // xtask, which builds only the man pages, leaves `Amount` unused.
 #[allow(unused_imports)]
-pub use fleet::{Amount, JobsAction, RolloutArgs};
+pub use fleet::{Amount, JobsAction, OutputArgs, RolloutArgs};
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
@@ -258,6 +258,8 @@ pub enum Command {
         /// With several peers: print each distinct output once at the end, under the peers that printed it.
         #[arg(long)]
         gather: bool,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         rollout: RolloutArgs,
         /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).

@@ -1,5 +1,6 @@
 //! The fleet's command-line pieces: rollout control flags (`--batch`,
-//! `--batch-wait`, `--max-errors`, `--fail-fast`, `--canary`) and the `d jobs`
+//! `--batch-wait`, `--max-errors`, `--fail-fast`, `--canary`), where a
+//! fan-out's output goes (`--outdir`, `--diff`) and the `d jobs`
 //! subcommands. Part of `cli` (clap derive; `///` comments are `--help`).
 
 use clap::Subcommand;
@@ -22,6 +23,17 @@ pub enum JobsAction {
         #[command(flatten)]
         rollout: RolloutArgs,
     },
+}
+
+/// Where a fan-out's output goes besides the live `peer: line`s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// With several peers: write each peer's stdout to DIR/PEER.out and stderr to DIR/PEER.err (pssh's --outdir) instead of the terminal.
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, conflicts_with_all = ["gather", "diff"])]
+    pub outdir: Option<std::path::PathBuf>,
+    /// With several peers: at the end, print each stdout that differs from the most common one as a unified diff (clush --diff); stderr stays live.
+    #[arg(long, conflicts_with = "gather")]
+    pub diff: bool,
 }
 
 /// Rollout control of a fan-out (`fanout::rollout`).

@@ -10,13 +10,14 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use d_proto::control::Request;
-use d_proto::jobs::{JobDetail, JobOp, JobPeer, JobSummary};
+use d_proto::jobs::{JobDetail, JobOp, JobPeer, JobSummary, KeptOutput};
 use d_proto::types::{ErrorBody, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::conn;
 use crate::render;
+use crate::stdio::Stream;
 
 fn ask<T: DeserializeOwned>(socket: &Path, verbose: bool, op: JobOp) -> Result<T, ErrorBody> {
     let v = conn::request(socket, verbose, &Request::Jobs { op })?;
@@ -29,13 +30,20 @@ fn ask<T: DeserializeOwned>(socket: &Path, verbose: bool, op: JobOp) -> Result<T
     })
 }
 
-#[derive(Deserialize)]
-struct Id {
-    id: i64,
+/// A fan-out the daemon keeps: its id, and the head and tail size of each
+/// peer's output streams it wants ([`output`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Recorded {
+    pub id: i64,
+    /// Older daemons keep no output.
+    #[serde(default)]
+    pub keep: u64,
 }
 
-/// Record a fan-out starting; its id, said on stderr when a person watches
-/// (stderr a terminal) or with `--verbose`. `None` if the daemon did not keep it.
+/// Record a fan-out starting; its id is said on stderr (`d: job 12: ...`)
+/// when a person watches (stderr a terminal) or with `--verbose`, as `salt
+/// -v` says its jid: a script reading the summary lines sees only them.
+/// `None` if the daemon did not keep it (`--verbose` says why).
 pub fn start(
     socket: &Path,
     verbose: bool,
@@ -43,19 +51,24 @@ pub fn start(
     directory: &str,
     command: &str,
     peers: &[String],
-) -> Option<i64> {
+) -> Option<Recorded> {
     let op = JobOp::Start {
         target: target.to_string(),
         directory: directory.to_string(),
         command: command.to_string(),
         peers: peers.to_vec(),
     };
-    match ask::<Id>(socket, verbose, op) {
-        Ok(Id { id }) => {
+    match ask::<Recorded>(socket, verbose, op) {
+        Ok(r) => {
             if verbose || std::io::stderr().is_terminal() {
-                errln!("d: job {id}: {} peer(s) (`d jobs show {id}`)", peers.len());
+                errln!(
+                    "d: job {}: {} peer(s) (`d jobs show {}`)",
+                    r.id,
+                    peers.len(),
+                    r.id
+                );
             }
-            Some(id)
+            Some(r)
         }
         Err(e) => {
             if verbose {
@@ -66,9 +79,36 @@ pub fn start(
     }
 }
 
+/// Keep what peer `seq` (`peer`) of job `id` wrote, as soon as it ended.
+pub fn output(
+    socket: &Path,
+    verbose: bool,
+    id: i64,
+    seq: usize,
+    peer: &str,
+    stdout: KeptOutput,
+    stderr: KeptOutput,
+) {
+    let op = JobOp::Output {
+        id,
+        seq: u32::try_from(seq).unwrap_or(u32::MAX),
+        peer: peer.to_string(),
+        stdout,
+        stderr,
+    };
+    if let Err(e) = ask::<serde::de::IgnoredAny>(socket, verbose, op) {
+        if verbose {
+            errln!(
+                "[d] job {id}: {peer}'s output not kept: {}",
+                render::clean(&e.error)
+            );
+        }
+    }
+}
+
 /// Record how each peer ended.
 pub fn finish(socket: &Path, verbose: bool, id: i64, peers: Vec<JobPeer>) {
-    if let Err(e) = ask::<Id>(socket, verbose, JobOp::Finish { id, peers }) {
+    if let Err(e) = ask::<serde::de::IgnoredAny>(socket, verbose, JobOp::Finish { id, peers }) {
         if verbose {
             errln!(
                 "[d] job {id}: end not recorded: {}",
@@ -177,6 +217,16 @@ pub fn show(socket: &Path, verbose: bool, id: i64, json: bool) -> Result<i32, Er
             ));
         }
         render::out(&out);
+        // Then what each peer wrote, as the live fan-out printed it.
+        for p in &d.results {
+            let peer = render::clean(&p.peer);
+            if let Some(k) = &p.stdout {
+                crate::fanout::print_kept(&peer, Stream::Out, k);
+            }
+            if let Some(k) = &p.stderr {
+                crate::fanout::print_kept(&peer, Stream::Err, k);
+            }
+        }
     }
     Ok(if all_ok { 0 } else { 1 })
 }

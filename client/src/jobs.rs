@@ -47,6 +47,8 @@ pub fn main(cli: &Cli, action: Option<&JobsAction>, limit: u32) -> Result<i32, E
                 parallel: DEFAULT_PARALLEL as usize,
                 rollout: rollout.into(),
                 gather: false,
+                diff: false,
+                outdir: None,
                 json: cli.json,
                 verbose: cli.verbose,
                 // A rerun names its peers: each is run (offline ones fail).

@@ -265,6 +265,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
+            output,
             rollout,
             strict,
             job,
@@ -280,6 +281,8 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
                 gather: *gather,
+                diff: output.diff,
+                outdir: output.outdir.clone(),
                 strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,
@@ -391,11 +394,12 @@ fn show(
             &decode::<Vec<d_proto::types::InviteInfo>>(result, req)?,
             now,
         ),
+        // The invitation is two lines (what to do, then the command to copy);
+        // each line is cleaned on its own so the break survives.
         Command::Invite { .. } | Command::Revoke { .. } => {
-            format!(
-                "{}\n",
-                render::clean(&decode::<MessageReply>(result, req)?.message)
-            )
+            let message = decode::<MessageReply>(result, req)?.message;
+            let lines: Vec<_> = message.split('\n').map(render::clean).collect();
+            format!("{}\n", lines.join("\n"))
         }
         Command::Join { .. } => {
             let reply = decode::<ConfigReply>(result, req)?;

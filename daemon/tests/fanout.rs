@@ -391,3 +391,64 @@ fn a_dead_peer_does_not_stall_the_others() {
     );
     assert!(took < Duration::from_secs(40), "{took:?}");
 }
+
+/// `--outdir DIR`: each peer's stdout and stderr land in DIR/PEER.out and
+/// DIR/PEER.err and only the summary is printed; an output file that cannot
+/// be written fails that peer (never `ok` for a lost output). `--diff`: the
+/// outputs that differ from the most common one, as unified diffs.
+#[test]
+fn outdir_and_diff() {
+    let m = Mesh::start();
+    let cmd = format!(
+        "echo a; if [ $PPID = {} ]; then echo B; else echo b; fi; echo c; echo e >&2",
+        m.desktop.pid()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("runs/1");
+    let o = m
+        .laptop
+        .d(&["@all", "--outdir", path_str(&dir), "--", &cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(stderr(&o), "desktop  ok\nlaptop   ok\nvps      ok\n");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(read("vps.out"), "a\nb\nc\n");
+    assert_eq!(read("desktop.out"), "a\nB\nc\n");
+    assert_eq!(read("laptop.err"), "e\n");
+
+    // A file that cannot be written (here: full) fails that peer.
+    std::fs::remove_file(dir.join("vps.out")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", dir.join("vps.out")).unwrap();
+    let o = m
+        .laptop
+        .d(&["@all", "--outdir", path_str(&dir), "--", &cmd]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("vps.out here: No space left on device"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("desktop  ok\n"), "{}", stderr(&o));
+    // Not a directory: refused before anything runs.
+    let o = m.laptop.d(&["@all", "--outdir", "/dev/null/x", "true"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Cannot create the directory"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = m.laptop.d(&["@all", "--diff", "--", &cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "--- laptop,vps (2)\n+++ desktop (1)\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"
+    );
+    assert!(stderr(&o).contains("vps: e\n"), "{}", stderr(&o));
+    // The same everywhere: nothing but the summary.
+    let o = m.laptop.d(&["@all", "--diff", "echo same"]);
+    assert_eq!((stdout(&o).as_str(), o.status.code()), ("", Some(0)));
+    // --diff and --gather ask for two ways of printing: a usage error.
+    let o = m.laptop.d(&["@all", "--diff", "--gather", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -79,6 +79,7 @@ fn history_failed_and_rerun() {
     let listen = m.laptop.listen();
     m.laptop.stop();
     m.laptop.restart_on(&listen);
+    m.laptop.wait_linked();
     let jobs = m.laptop.json(&["jobs"]);
     assert_eq!(jobs.as_array().unwrap().len(), 2);
     assert_eq!(jobs[0]["id"], 2, "newest first");
@@ -101,4 +102,78 @@ fn history_failed_and_rerun() {
     let o = m.laptop.d(&["@vps", "jobs"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("is a local command"), "{}", stderr(&o));
+}
+
+/// `d jobs show` reprints each peer's output: the head and the tail kept
+/// (config `job_output_keep`), the bytes between them counted, stderr on
+/// stderr; the history's byte bound (`job_history_max_bytes`) drops the
+/// oldest jobs' outputs first, never their rows.
+#[test]
+fn history_keeps_output_head_and_tail() {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        cfg.path(),
+        "job_output_keep = 1024\njob_history_max_bytes = 6000\n",
+    )
+    .unwrap();
+    let m = Mesh::start_with(&["--config", path_str(cfg.path())]);
+    let seq: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    let cmd = "seq 1 20000; echo oops >&2";
+
+    let o = m.vps.d(&["@desktop,laptop", cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The live output is whole, as before.
+    assert_eq!(stdout(&o).lines().count(), 40000);
+
+    let j = m.vps.json(&["jobs", "show", "1"]);
+    for (i, peer) in ["desktop", "laptop"].iter().enumerate() {
+        let r = &j["results"][i];
+        assert_eq!(r["peer"], *peer);
+        assert_eq!(r["stdout"]["bytes"], seq.len() as u64, "{r}");
+        let b64 = |v: &serde_json::Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap()
+        };
+        assert_eq!(b64(&r["stdout"]["head"]), seq.as_bytes()[..1024]);
+        assert_eq!(
+            b64(&r["stdout"]["tail"]),
+            seq.as_bytes()[seq.len() - 1024..]
+        );
+        assert_eq!(b64(&r["stderr"]["head"]), b"oops\n");
+        assert_eq!(r["stderr"]["bytes"], 5);
+    }
+    let o = m.vps.d(&["jobs", "show", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let omitted = seq.len() - 2048;
+    assert!(out.contains("desktop: 1\ndesktop: 2\n"), "{out}");
+    assert!(
+        out.contains(&format!("laptop: [... {omitted} bytes not kept ...]\n")),
+        "{out}"
+    );
+    assert!(out.contains("laptop: 20000\n"), "{out}");
+    assert!(
+        stderr(&o).contains("desktop: oops\nlaptop: oops\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Job 1 kept 2 × (1024 + 1024 + 5) bytes; job 2 as much again passes
+    // the 6000-byte bound: job 1's outputs go, its rows stay.
+    let o = m.vps.d(&["@desktop,laptop", cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = m.vps.d(&["jobs", "show", "1"]);
+    let out = stdout(&o);
+    assert!(out.contains("desktop  ok"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "desktop: [... {} bytes, not kept: the history's byte bound dropped them ...]",
+            seq.len()
+        )),
+        "{out}"
+    );
+    let o = m.vps.d(&["jobs", "show", "2"]);
+    assert!(stdout(&o).contains("desktop: 20000\n"), "{}", stdout(&o));
 }

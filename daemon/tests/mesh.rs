@@ -245,7 +245,7 @@ fn spec_error_messages() {
         "{}",
         stderr(&o)
     );
-    assert!(stderr(&o).contains("registerWorker"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("d invite"), "{}", stderr(&o));
     let o = m.laptop.d(&["getPeerInfo", "--peer", "nosuch"]);
     assert_eq!(o.status.code(), Some(1));
     // JSON errors.

@@ -4,10 +4,20 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::B64;
+
 /// Longest target expression or command kept, in bytes (longer ones are cut).
 pub const MAX_TEXT: usize = 4096;
 /// Most peers one job records (the client's expression bound).
 pub const MAX_PEERS: usize = 10_000;
+/// Bytes of each peer's stdout, and of its stderr, kept from the start (the
+/// head) and again from the end (the tail) unless the requester's daemon is
+/// configured otherwise (`job_output_keep`): a peer's record holds at most
+/// 4 × this many bytes of output.
+pub const OUTPUT_KEEP: u64 = 64 * 1024;
+/// The largest `job_output_keep`: one peer's [`JobOp::Output`] (4 × this,
+/// base64) must fit in one control frame ([`crate::MAX_FRAME`]).
+pub const OUTPUT_KEEP_MAX: u64 = 128 * 1024;
 
 /// What the client asks of the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,13 +29,24 @@ pub const MAX_PEERS: usize = 10_000;
 )]
 pub enum JobOp {
     /// A fan-out starts: its expression, command and peers in order. Answer:
-    /// `{"id": N}`.
+    /// `{"id": N, "keep": BYTES}`: the head and tail size of each output the
+    /// client should send with [`JobOp::Output`] (0: none; absent from older
+    /// daemons, which keep no output).
     Start {
         target: String,
         /// The working directory on the peers (empty: each peer's default).
         directory: String,
         command: String,
         peers: Vec<String>,
+    },
+    /// One peer's output, as soon as its job ended (`seq`: its place in the
+    /// order given to `start`). Answer: `{"id": N}`.
+    Output {
+        id: i64,
+        seq: u32,
+        peer: String,
+        stdout: KeptOutput,
+        stderr: KeptOutput,
     },
     /// It ended: one result per peer, in the order given to `start`.
     Finish { id: i64, peers: Vec<JobPeer> },
@@ -49,6 +70,31 @@ pub struct JobPeer {
     pub duration_ms: Option<u64>,
     /// The summary word (`exit 3`, `timed out`, `skipped (...)`).
     pub word: Option<String>,
+    /// Its output as kept (`d jobs show`); `None` when none was recorded
+    /// (never started, or recorded by an older client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<KeptOutput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<KeptOutput>,
+}
+
+/// One output stream of one peer as the history keeps it: its first bytes,
+/// its last bytes, and how many it wrote in all (those between the head
+/// and the tail were not kept). Head and tail both empty while `bytes > 0`:
+/// dropped by the history's byte bound (`job_history_max_bytes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptOutput {
+    pub head: B64,
+    pub tail: B64,
+    pub bytes: u64,
+}
+
+impl KeptOutput {
+    /// Bytes written but not kept (between the head and the tail).
+    pub fn omitted(&self) -> u64 {
+        self.bytes
+            .saturating_sub(self.head.0.len() as u64 + self.tail.0.len() as u64)
+    }
 }
 
 /// One line of `d jobs`.

@@ -465,7 +465,7 @@ impl ErrorBody {
     pub fn peer_not_found(peer: &str) -> Self {
         let peer = crate::clip(peer, 80);
         Self::new(ErrorKind::PeerNotFound, format!("Peer not found: {peer}")).hint(
-            "the peer must register with the leader: run `d registerWorker` on it, then check `d listPeers`",
+            "is the id right (`d listPeers`)? a new machine joins with `d invite` on the leader, then `d join TOKEN` on it",
         )
     }
     pub fn not_connected_to_leader(leader: &str) -> Self {
@@ -586,7 +586,10 @@ mod tests {
             ..spec
         };
         let j = serde_json::to_string(&spec).unwrap();
-        assert!(j.contains(r#""tty":{"term":"vt100","rows":24,"cols":80}"#), "{j}");
+        assert!(
+            j.contains(r#""tty":{"term":"vt100","rows":24,"cols":80}"#),
+            "{j}"
+        );
         assert_eq!(serde_json::from_str::<ExecSpec>(&j).unwrap(), spec);
         assert_eq!(spec.needs_terminals(), ["a terminal (-t)"]);
     }

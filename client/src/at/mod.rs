@@ -7,7 +7,7 @@
 //!
 //! - `-x EXPR` (with any command): the target becomes `(TARGET)!(EXPR)`;
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
-//!   `--parallel N`, `--gather`, `-n`/`--no-stdin`, `-u`/`--user USER`,
+//!   `--parallel N`, `--gather`, `--diff`, `--outdir DIR`, `-n`/`--no-stdin`, `-u`/`--user USER`,
 //!   `--env NAME=VALUE`, `-t`/`-tt` (a terminal), the rollout control (`--batch`, `--batch-wait`,
 //!   `--max-errors`, `--fail-fast`, `--canary`) and the global options
 //!   again, then `--`
@@ -133,6 +133,8 @@ struct ShellOpts {
     gather: bool,
     /// Rollout control, passed on to `execOnPeer` as `--NAME=VALUE` (clap checks them).
     rollout: Vec<String>,
+    /// `--diff`, `--outdir DIR`, passed on the same way.
+    output: Vec<String>,
     strict: bool,
     /// `-n`, `-u USER`, `--env NAME=VALUE`, passed on as given.
     job: Vec<String>,
@@ -184,6 +186,7 @@ fn plan_after(
                 | "--user"
                 | "-u"
                 | "--env"
+                | "--outdir"
         );
         let has_inline = inline.is_some();
         let value = if takes_value {
@@ -255,6 +258,14 @@ fn plan_after(
                 opts.gather = true;
                 opts.given.push(name.to_string());
             }
+            ("--diff", None) if !has_inline => {
+                opts.output.push(name.to_string());
+                opts.given.push(name.to_string());
+            }
+            ("--outdir", Some(v)) => {
+                opts.output.push(format!("--outdir={v}"));
+                opts.given.push(format!("--outdir {}", quote(&v)));
+            }
             ("--strict", None) if !has_inline => {
                 opts.strict = true;
                 opts.given.push(name.to_string());
@@ -282,7 +293,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --strict, -n, -t, -tt, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --diff, --outdir DIR, --strict, -n, -t, -tt, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -380,6 +391,7 @@ fn shell(spec: &str, words: &[String], globals: &[String], opts: ShellOpts) -> P
     if opts.gather {
         v.push("--gather".into());
     }
+    v.extend(opts.output);
     v.extend(opts.rollout);
     if opts.strict {
         v.push("--strict".into());

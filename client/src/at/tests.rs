@@ -77,6 +77,19 @@ fn shell_words() {
             "--gather"
         ])
     );
+    // Where the output goes: --diff and --outdir DIR are passed on.
+    assert_eq!(
+        p(&["@all", "--diff", "--outdir", "/tmp/o", "cat", "/etc/hosts"]),
+        argv(&[
+            "d",
+            "execOnPeer",
+            "--peer=all",
+            "--directory=",
+            "--shellCmd=cat /etc/hosts",
+            "--diff",
+            "--outdir=/tmp/o"
+        ])
+    );
     // Global options right after @PEER too.
     assert_eq!(
         p(&["@all", "-v", "--json", "true"]),

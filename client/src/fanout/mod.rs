@@ -16,15 +16,25 @@
 //! A peer still silent at its deadline has its connection closed (its daemon
 //! cancels the job) and is reported `timed out (no answer)`; the others carry on.
 //!
+//! `--diff` prints, at the end, each output that differs from the most
+//! common one as a unified diff ([`diff`], clush --diff), stderr live;
+//! `--outdir DIR` writes each peer's streams to `DIR/PEER.out` and
+//! `DIR/PEER.err` instead of the terminal ([`outdir`], pssh).
+//!
 //! [`outcome`] words how each peer ended, [`lines`] cuts live output into
-//! prefixed lines, [`gather`] groups identical outputs.
+//! prefixed lines, [`gather`] groups identical outputs, [`keep`] holds the
+//! head and tail the job history keeps.
 
+mod diff;
 mod gather;
+mod keep;
 mod lines;
 mod outcome;
+mod outdir;
 pub mod rollout;
 
 pub use gather::print_groups;
+pub use keep::print as print_kept;
 pub use outcome::{combined_status, describe_error, summary, Outcome};
 
 use std::path::Path;
@@ -40,6 +50,7 @@ use crate::conn::{self, Conn};
 use crate::input::Input;
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
+use keep::Keep;
 use lines::Lines;
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
@@ -106,12 +117,31 @@ pub fn deadline(timeout: Option<u64>) -> Option<Duration> {
     }
 }
 
+/// Memory for the history's copies of the outputs of the peers running at
+/// once ([`Keep`]), bytes: each gets a quarter of this divided by their
+/// number, or the daemon's `job_output_keep` if smaller.
+pub const KEEP_BUDGET: usize = 64 << 20;
+
 /// One peer's run.
 struct PeerRun {
     outcome: Outcome,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     duration: Duration,
+    /// The head and tail of stdout and stderr, for the job history.
+    kept: Option<(Keep, Keep)>,
+}
+
+impl PeerRun {
+    fn not_run(outcome: Outcome) -> PeerRun {
+        PeerRun {
+            outcome,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            duration: Duration::ZERO,
+            kept: None,
+        }
+    }
 }
 
 /// The `--json` object of one peer.
@@ -139,6 +169,10 @@ pub struct Options {
     pub parallel: usize,
     pub rollout: rollout::Rollout,
     pub gather: bool,
+    /// Print how outputs differ from the most common one ([`diff`]).
+    pub diff: bool,
+    /// Write each peer's output to files in this directory ([`outdir`]).
+    pub outdir: Option<std::path::PathBuf>,
     /// With `all`: run offline peers too, and count their failures.
     pub strict: bool,
     pub json: bool,
@@ -194,7 +228,10 @@ pub fn exec_on(
         ));
     }
     let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
-    let live = !opts.gather && !opts.json;
+    let how = How::of(opts);
+    if let Some(dir) = &opts.outdir {
+        outdir::prepare(dir)?;
+    }
     let limit = deadline(timeout);
     let input = opts.job.stdin.then(|| Input::new(peers.len()));
     if let Some(input) = &input {
@@ -207,22 +244,22 @@ pub fn exec_on(
     } else {
         opts.parallel
     };
+    let keep = job.map(|j| {
+        let share = KEEP_BUDGET / (4 * parallel.clamp(1, peers.len().max(1)));
+        usize::try_from(j.keep).unwrap_or(usize::MAX).min(share)
+    });
+    let indexed: Vec<(usize, &String)> = peers.iter().enumerate().collect();
     let (runs, halt) = rollout::run(
-        peers,
+        &indexed,
         parallel,
         &opts.rollout,
-        |peer| {
+        |&(seq, peer)| {
             let mut feed = input.as_deref().map(Feed::new);
             if offline.contains(peer) {
                 if let Some(f) = feed {
                     f.finish();
                 }
-                return PeerRun {
-                    outcome: Outcome::Offline,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    duration: Duration::ZERO,
-                };
+                return PeerRun::not_run(Outcome::Offline);
             }
             let req = Request::ExecOnPeer {
                 peer: peer.clone(),
@@ -232,9 +269,30 @@ pub fn exec_on(
                 raw_output: false,
                 opts: opts.job.clone(),
             };
-            let run = run_one(socket, peer, &req, limit, live, opts.verbose, feed.as_mut());
+            let mut run = run_one(
+                socket,
+                peer,
+                &req,
+                limit,
+                &how,
+                opts.verbose,
+                feed.as_mut(),
+                keep,
+            );
             if let Some(f) = feed {
                 f.finish();
+            }
+            // Sent as soon as this peer ended, so only running peers hold theirs.
+            if let (Some(job), Some((out, err))) = (job, run.kept.take()) {
+                crate::history::output(
+                    socket,
+                    opts.verbose,
+                    job.id,
+                    seq,
+                    peer,
+                    out.into_kept(),
+                    err.into_kept(),
+                );
             }
             run
         },
@@ -250,11 +308,10 @@ pub fn exec_on(
     let runs: Vec<PeerRun> = runs
         .into_iter()
         .map(|r| {
-            r.unwrap_or_else(|| PeerRun {
-                outcome: Outcome::Skipped(skipped.clone().unwrap_or_else(|| "skipped".into())),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                duration: Duration::ZERO,
+            r.unwrap_or_else(|| {
+                PeerRun::not_run(Outcome::Skipped(
+                    skipped.clone().unwrap_or_else(|| "skipped".into()),
+                ))
             })
         })
         .collect();
@@ -270,6 +327,15 @@ pub fn exec_on(
                 .map(|(p, r)| (p.as_str(), &r.stdout[..], &r.stderr[..]))
                 .collect();
             print_groups(&outputs);
+        }
+        if opts.diff {
+            let outputs: Vec<(&str, &[u8])> = peers
+                .iter()
+                .zip(&runs)
+                .filter(|(_, r)| matches!(r.outcome, Outcome::Exit(_)))
+                .map(|(p, r)| (p.as_str(), &r.stdout[..]))
+                .collect();
+            stdio::out(diff::render(&outputs).as_bytes());
         }
         let rows: Vec<(&str, String)> = peers
             .iter()
@@ -296,7 +362,7 @@ pub fn exec_on(
             }
         }
     }
-    if let Some(id) = job {
+    if let Some(job) = job {
         let results = peers
             .iter()
             .zip(&runs)
@@ -306,9 +372,11 @@ pub fn exec_on(
                 exit_code: Some(r.outcome.status()),
                 duration_ms: Some(millis(r.duration)),
                 word: Some(r.outcome.describe()),
+                stdout: None,
+                stderr: None,
             })
             .collect();
-        crate::history::finish(socket, opts.verbose, id, results);
+        crate::history::finish(socket, opts.verbose, job.id, results);
     }
     let status = combined_status(runs.iter().map(|r| r.outcome.status()));
     Ok(stop::status().unwrap_or(status))
@@ -391,22 +459,60 @@ impl<'a> Feed<'a> {
     }
 }
 
-/// One peer's job on its own connection; with `live`, its lines are written
-/// as they complete, else its output is kept for the end.
+/// Where a peer's output goes: each stream printed live (prefixed lines),
+/// kept whole for the end (`--gather`, `--json`, `--diff`), or neither;
+/// and, with `--outdir`, into that peer's files.
+struct How<'a> {
+    live_out: bool,
+    live_err: bool,
+    keep_out: bool,
+    keep_err: bool,
+    outdir: Option<&'a Path>,
+}
+
+impl<'a> How<'a> {
+    fn of(opts: &'a Options) -> How<'a> {
+        let keep_out = opts.gather || opts.json || opts.diff;
+        let keep_err = opts.gather || opts.json;
+        let files = opts.outdir.is_some();
+        How {
+            live_out: !keep_out && !files,
+            live_err: !keep_err && !files,
+            keep_out,
+            keep_err,
+            outdir: opts.outdir.as_deref(),
+        }
+    }
+}
+
+/// One peer's job on its own connection, its output sent where `how` says.
+/// With `keep`, the head and tail of each stream are kept for the job
+/// history too.
+// One argument per part of the run, as the callers have them.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     socket: &Path,
     peer: &str,
     req: &Request,
     limit: Option<Duration>,
-    live: bool,
+    how: &How,
     verbose: bool,
     mut feed: Option<&mut Feed>,
+    keep: Option<usize>,
 ) -> PeerRun {
     let started = Instant::now();
     let mut out = Lines::new(peer);
     let mut err = Lines::new(peer);
     let mut kept = (Vec::new(), Vec::new());
+    let mut history = keep.map(|cap| (Keep::new(cap), Keep::new(cap)));
+    let mut files = None;
     let outcome = (|| -> Outcome {
+        if let Some(dir) = how.outdir {
+            match outdir::OutFiles::create(dir, peer) {
+                Ok(f) => files = Some(f),
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
         let mut conn = match Conn::connect(socket, verbose) {
             Ok(c) => c,
             Err(e) => return Outcome::Failed(e),
@@ -457,14 +563,34 @@ fn run_one(
                         );
                     }
                 }
-                Event::Stdout { data } if live => {
-                    stdio::with(Stream::Out, |w| out.push(&data.0, w));
+                Event::Stdout { data } => {
+                    if let Some((h, _)) = history.as_mut() {
+                        h.push(&data.0);
+                    }
+                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Out, &data.0)) {
+                        return Outcome::Failed(e);
+                    }
+                    if how.live_out {
+                        stdio::with(Stream::Out, |w| out.push(&data.0, w));
+                    }
+                    if how.keep_out {
+                        kept.0.extend_from_slice(&data.0);
+                    }
                 }
-                Event::Stderr { data } if live => {
-                    stdio::with(Stream::Err, |w| err.push(&data.0, w));
+                Event::Stderr { data } => {
+                    if let Some((_, h)) = history.as_mut() {
+                        h.push(&data.0);
+                    }
+                    if let Some(Err(e)) = files.as_mut().map(|f| f.write(Stream::Err, &data.0)) {
+                        return Outcome::Failed(e);
+                    }
+                    if how.live_err {
+                        stdio::with(Stream::Err, |w| err.push(&data.0, w));
+                    }
+                    if how.keep_err {
+                        kept.1.extend_from_slice(&data.0);
+                    }
                 }
-                Event::Stdout { data } => kept.0.extend_from_slice(&data.0),
-                Event::Stderr { data } => kept.1.extend_from_slice(&data.0),
                 Event::Exit { exit, .. } => {
                     if verbose {
                         errln!("[d] {peer}: ended after {} ms", exit.duration_ms);
@@ -489,16 +615,24 @@ fn run_one(
             }
         }
     })();
-    if live {
-        // The partial last lines, also when the run was stopped.
+    // The partial last lines, also when the run was stopped.
+    if how.live_out {
         stdio::with(Stream::Out, |w| out.finish(w));
+    }
+    if how.live_err {
         stdio::with(Stream::Err, |w| err.finish(w));
     }
+    // The output is said written only once it is on the disk.
+    let outcome = match (files.map(outdir::OutFiles::finish), outcome) {
+        (Some(Err(e)), Outcome::Exit(_)) => Outcome::Failed(e),
+        (_, outcome) => outcome,
+    };
     PeerRun {
         outcome,
         stdout: kept.0,
         stderr: kept.1,
         duration: started.elapsed(),
+        kept: history,
     }
 }
 
@@ -533,10 +667,8 @@ mod tests {
     #[test]
     fn json_report_fields() {
         let r = PeerRun {
-            outcome: Outcome::Failed(ErrorBody::peer_not_found("nosuch")),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
             duration: Duration::from_millis(7),
+            ..PeerRun::not_run(Outcome::Failed(ErrorBody::peer_not_found("nosuch")))
         };
         assert_eq!(
             serde_json::to_string(&report("nosuch", &r)).unwrap(),

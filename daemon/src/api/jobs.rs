@@ -50,6 +50,34 @@ pub async fn answer(
                 })
                 .await
                 .map_err(db)?;
+            to_raw(&json!({ "id": id, "keep": daemon.mesh.config.job_output.keep }))
+        }
+        JobOp::Output {
+            id,
+            seq,
+            peer,
+            stdout,
+            stderr,
+        } => {
+            let limits = daemon.mesh.config.job_output;
+            let too_long = |k: &d_proto::jobs::KeptOutput| {
+                k.head.0.len() as u64 > limits.keep || k.tail.0.len() as u64 > limits.keep
+            };
+            if too_long(&stdout) || too_long(&stderr) {
+                return Err(ErrorBody::invalid(format!(
+                    "Job {id}: {peer}'s output head or tail is longer than this daemon keeps ({} bytes, config job_output_keep)",
+                    limits.keep
+                )));
+            }
+            let found = store
+                .call(move |st| st.job_output(id, seq, &peer, &stdout, &stderr, limits.max_bytes))
+                .await
+                .map_err(db)?;
+            if !found {
+                return Err(ErrorBody::invalid(format!(
+                    "No job {id} with that peer in the history (kept: the newest 500)"
+                )));
+            }
             to_raw(&json!({ "id": id }))
         }
         JobOp::Finish { id, peers } => {

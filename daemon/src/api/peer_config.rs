@@ -88,8 +88,7 @@ pub async fn set(
     daemon.mesh.apply_identity(new).await?;
     let message = match role {
         Role::Leader => format!(
-            "Configured as leader '{id}'; workers join with the mesh key {}",
-            daemon.mesh.me.key_path().display()
+            "Configured as leader '{id}'; add a machine with `d invite` here, then `d join TOKEN` there"
         ),
         Role::Worker => {
             let leader = leader.unwrap_or_default();

@@ -94,6 +94,13 @@ pub struct FileConfig {
     /// Leader: registry rows of peers not seen for this many days are
     /// removed (default 30; 0 = never).
     pub peer_retire_days: Option<u64>,
+    /// Fan-out history: bytes of each peer's stdout and stderr kept from the
+    /// start and from the end (default 65536 = `d_proto::jobs::OUTPUT_KEEP`;
+    /// at most 131072; 0 = keep no output).
+    pub job_output_keep: Option<u64>,
+    /// Fan-out history: bytes of output kept over all jobs (default 256 MiB);
+    /// past it the oldest jobs' outputs are dropped.
+    pub job_history_max_bytes: Option<u64>,
 }
 
 /// Where the peer port should listen.
@@ -120,6 +127,8 @@ pub struct Config {
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
     pub exec_log: Retention,
+    /// What the fan-out history keeps of outputs (`d jobs show`).
+    pub job_output: JobOutput,
     /// Labels from the config file (checked at start).
     pub labels: Vec<String>,
     /// Leader: retire registry rows not seen for this many days (0 = never).
@@ -138,6 +147,15 @@ pub struct Retention {
     pub max_age_days: u64,
     /// Bytes of row text kept (see `FileConfig::exec_log_max_bytes`), so a
     /// burst of 1 MB commands cannot fill the disk.
+    pub max_bytes: u64,
+}
+
+/// How much of fan-out output the job history keeps (store/jobs.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct JobOutput {
+    /// Head and tail size per stream and peer, bytes (0 = none).
+    pub keep: u64,
+    /// All jobs' kept output, bytes.
     pub max_bytes: u64,
 }
 
@@ -227,6 +245,13 @@ impl Config {
                 timeout_secs: file.deploy_timeout.unwrap_or(3600),
             },
             peer_retire_days: file.peer_retire_days.unwrap_or(30),
+            job_output: JobOutput {
+                keep: file
+                    .job_output_keep
+                    .unwrap_or(d_proto::jobs::OUTPUT_KEEP)
+                    .min(d_proto::jobs::OUTPUT_KEEP_MAX),
+                max_bytes: file.job_history_max_bytes.unwrap_or(256 << 20),
+            },
             exec_log: Retention {
                 max_rows: file.exec_log_max_rows.unwrap_or(100_000).max(1),
                 max_age_days: file.exec_log_max_days.unwrap_or(90).max(1),

@@ -2,8 +2,12 @@
 //! this daemon's users ran, one `job_peers` row per peer of it. Bounded in
 //! rows: the newest [`MAX_JOBS`] jobs, and at most [`MAX_PEER_ROWS`] peer
 //! rows in all (the oldest jobs go first; the newest is always kept whole).
+//! Each peer's output is kept as a head and a tail ([`KeptOutput`]), bounded
+//! in bytes over all jobs (config `job_history_max_bytes`): past it, the
+//! oldest jobs' outputs are dropped (their rows stay).
 
-use d_proto::jobs::{JobDetail, JobPeer, JobSummary, MAX_PEERS, MAX_TEXT};
+use d_proto::jobs::{JobDetail, JobPeer, JobSummary, KeptOutput, MAX_PEERS, MAX_TEXT};
+use d_proto::types::B64;
 use rusqlite::{params, OptionalExtension};
 
 use super::{RegistryError, Store};
@@ -116,6 +120,91 @@ impl Store {
         Ok(true)
     }
 
+    /// Keep peer `seq` (`peer`) of job `id`'s output, then drop the oldest
+    /// jobs' outputs while all kept outputs pass `max_bytes`. `Ok(false)`: no
+    /// such job or peer. When this job alone would pass the bound, this
+    /// peer's output is not kept (only its byte counts are).
+    pub fn job_output(
+        &mut self,
+        id: i64,
+        seq: u32,
+        peer: &str,
+        stdout: &KeptOutput,
+        stderr: &KeptOutput,
+        max_bytes: u64,
+    ) -> Result<bool, RegistryError> {
+        let size = |k: &KeptOutput| (k.head.0.len() + k.tail.0.len()) as i64;
+        let tx = self.conn.savepoint()?;
+        let old: Option<i64> = tx
+            .query_row(
+                "SELECT COALESCE(length(out_head), 0) + COALESCE(length(out_tail), 0)
+                      + COALESCE(length(err_head), 0) + COALESCE(length(err_tail), 0)
+                 FROM job_peers WHERE job = ?1 AND seq = ?2 AND peer = ?3",
+                params![id, seq, peer],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(old) = old else { return Ok(false) };
+        let job_total: Option<i64> = tx
+            .query_row("SELECT output_bytes FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(job_total) = job_total else {
+            return Ok(false);
+        };
+        let add = size(stdout) + size(stderr);
+        let fits = (job_total - old + add) as u64 <= max_bytes;
+        let blob = |b: &B64| fits.then(|| b.0.clone());
+        tx.execute(
+            "UPDATE job_peers SET out_head = ?4, out_tail = ?5, out_bytes = ?6,
+                                  err_head = ?7, err_tail = ?8, err_bytes = ?9
+             WHERE job = ?1 AND seq = ?2 AND peer = ?3",
+            params![
+                id,
+                seq,
+                peer,
+                blob(&stdout.head),
+                blob(&stdout.tail),
+                stdout.bytes.min(i64::MAX as u64) as i64,
+                blob(&stderr.head),
+                blob(&stderr.tail),
+                stderr.bytes.min(i64::MAX as u64) as i64,
+            ],
+        )?;
+        let kept = if fits { add } else { 0 };
+        tx.execute(
+            "UPDATE jobs SET output_bytes = output_bytes - ?2 + ?3 WHERE id = ?1",
+            params![id, old, kept],
+        )?;
+        // The oldest other jobs' outputs go first.
+        loop {
+            let total: i64 =
+                tx.query_row("SELECT COALESCE(SUM(output_bytes), 0) FROM jobs", [], |r| {
+                    r.get(0)
+                })?;
+            if total as u64 <= max_bytes {
+                break;
+            }
+            let oldest: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM jobs WHERE output_bytes > 0 AND id != ?1 ORDER BY id LIMIT 1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(oldest) = oldest else { break };
+            tx.execute(
+                "UPDATE job_peers SET out_head = NULL, out_tail = NULL, err_head = NULL, err_tail = NULL
+                 WHERE job = ?1",
+                [oldest],
+            )?;
+            tx.execute("UPDATE jobs SET output_bytes = 0 WHERE id = ?1", [oldest])?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// The newest jobs first.
     pub fn jobs(&self, limit: u32) -> Result<Vec<JobSummary>, RegistryError> {
         let mut stmt = self.conn.prepare_cached(
@@ -145,15 +234,29 @@ impl Store {
 
     fn job_peers(&self, id: i64) -> Result<Vec<JobPeer>, RegistryError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT peer, status, exit_code, duration_ms, word FROM job_peers WHERE job = ?1 ORDER BY seq",
+            "SELECT peer, status, exit_code, duration_ms, word,
+                    out_head, out_tail, out_bytes, err_head, err_tail, err_bytes
+             FROM job_peers WHERE job = ?1 ORDER BY seq",
         )?;
         let rows = stmt.query_map([id], |r| {
+            let kept = |at: usize| -> rusqlite::Result<Option<KeptOutput>> {
+                let Some(b) = r.get::<_, Option<i64>>(at + 2)? else {
+                    return Ok(None);
+                };
+                Ok(Some(KeptOutput {
+                    head: B64(r.get::<_, Option<Vec<u8>>>(at)?.unwrap_or_default()),
+                    tail: B64(r.get::<_, Option<Vec<u8>>>(at + 1)?.unwrap_or_default()),
+                    bytes: b.max(0) as u64,
+                }))
+            };
             Ok(JobPeer {
                 peer: r.get(0)?,
                 status: r.get(1)?,
                 exit_code: r.get(2)?,
                 duration_ms: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
                 word: r.get(4)?,
+                stdout: kept(5)?,
+                stderr: kept(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -214,6 +317,8 @@ mod tests {
             exit_code: Some(if status == "ok" { 0 } else { 3 }),
             duration_ms: Some(5),
             word: None,
+            stdout: None,
+            stderr: None,
         }
     }
 

@@ -91,7 +91,16 @@ const MIGRATIONS: &[&str] = &[
     // (space-separated; never the values).
     "ALTER TABLE exec_log ADD COLUMN run_as TEXT;
      ALTER TABLE exec_log ADD COLUMN env_names TEXT;",
-    // 7 → 8 (branch pty; renumbered at merge as needed): the job ran on a
+    // 7 → 8: each fan-out peer's output, head and tail (jobs.rs); the
+    // job's total of kept bytes, for the history's byte bound.
+    "ALTER TABLE job_peers ADD COLUMN out_head BLOB;
+     ALTER TABLE job_peers ADD COLUMN out_tail BLOB;
+     ALTER TABLE job_peers ADD COLUMN out_bytes INTEGER;
+     ALTER TABLE job_peers ADD COLUMN err_head BLOB;
+     ALTER TABLE job_peers ADD COLUMN err_tail BLOB;
+     ALTER TABLE job_peers ADD COLUMN err_bytes INTEGER;
+     ALTER TABLE jobs ADD COLUMN output_bytes INTEGER NOT NULL DEFAULT 0;",
+    // 8 → 9 (branch pty; renumbered at merge as needed): the job ran on a
     // terminal (`d -t`), 0 or 1.
     "ALTER TABLE exec_log ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;",
 ];

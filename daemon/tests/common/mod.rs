@@ -219,6 +219,16 @@ impl TestDaemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
+
+    /// Wait until this worker's link to its leader is up (after a restart:
+    /// until then it cannot resolve peers).
+    pub fn wait_linked(&self) {
+        wait_for(Duration::from_secs(15), "the link to the leader", || {
+            let o = self.d(&["--json", "getPeerStatus"]);
+            serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .is_ok_and(|v| v["link"] == "connected")
+        });
+    }
 }
 
 impl Drop for TestDaemon {
