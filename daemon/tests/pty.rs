@@ -490,3 +490,32 @@ fn a_resize_storm_from_a_hand_written_client_stays_bounded() {
         assert!(d.d(&["ping"]).status.success());
     }
 }
+
+#[test]
+fn as_another_user_the_terminal_is_theirs() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    // Jobs in /bin/sh (config `shell`): nobody's login shell is nologin.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "shell = \"/bin/sh\"\n").unwrap();
+    let lead = TestDaemon::start_with("lead", "127.0.0.1", &["--config", path_str(&cfg)]);
+    lead.json(&["setPeerConfig", "--role", "leader", "--id", "lead"]);
+    let mut t = Term::start(
+        &lead.socket(),
+        &[
+            "@lead",
+            "-u",
+            "nobody",
+            "-t",
+            "id -un; stat -c 'owner=%U' $(tty)",
+        ],
+        24,
+        80,
+    );
+    assert_eq!(t.status(), Some(0), "{:?}", t.screen());
+    t.wait_for("nobody");
+    // As sshd makes it: the user's, so programs that check it (ssh, sudo) work.
+    t.wait_for("owner=nobody");
+}

@@ -83,6 +83,12 @@ pub fn spawn(
     cols: u16,
 ) -> io::Result<(Child, Master)> {
     let (master, slave) = open(rows, cols)?;
+    if let Some(u) = user.filter(|_| rustix::process::geteuid().is_root()) {
+        // The terminal is the user's, as sshd makes it (owner rw, group w).
+        let uid = rustix::process::Uid::from_raw(u.uid);
+        rustix::fs::fchown(&slave, Some(uid), None)?;
+        rustix::fs::fchmod(&slave, Mode::from_raw_mode(0o620))?;
+    }
     let mut cmd = tokio::process::Command::new(c.shell);
     if c.cmd.is_empty() {
         // A login shell: argv[0] is the shell's name with a leading dash.
