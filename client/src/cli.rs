@@ -298,7 +298,8 @@ pub enum Command {
     /// (255: an error of d). -l USER or USER@ runs it as USER (--user); -n gives it
     /// /dev/null; -o SendEnv=NAME passes NAME from here (--env); -G prints the
     /// destination. Ports, keys, ciphers, config files, -T, -v, -q, -4/-6 do not apply and
-    /// are ignored; -t, -N, -f and forwarding (-L -R -D -W -w) are refused. No time limit.
+    /// are ignored; -t/-tt, and no COMMAND (the login shell), run on a terminal as with
+    /// `d -t`; -N, -f and forwarding (-L -R -D -W -w) are refused. No time limit.
     #[command(verbatim_doc_comment)]
     Rsh {
         /// ssh's arguments: [OPTIONS] [USER@]PEER COMMAND...

@@ -227,7 +227,14 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                     render::out(&r.config_text());
                     return Ok(0);
                 }
-                exec::run(&cli.socket, &r.request(), None, false, cli.verbose)
+                let mut req = r.request();
+                if terminal::wanted(r.tty, r.command.is_empty())? {
+                    if let Request::ExecOnPeer { opts, .. } = &mut req {
+                        opts.tty = Some(terminal::request());
+                        opts.stdin = true;
+                    }
+                }
+                exec::run(&cli.socket, &req, None, false, cli.verbose)
             }
             Command::RemotePull { peer } => {
                 ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)

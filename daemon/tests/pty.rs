@@ -519,3 +519,22 @@ fn as_another_user_the_terminal_is_theirs() {
     // As sshd makes it: the user's, so programs that check it (ssh, sudo) work.
     t.wait_for("owner=nobody");
 }
+
+#[test]
+fn d_rsh_takes_ssh_s_t_and_no_command() {
+    let m = Mesh::start();
+    let mut t = Term::start(
+        &m.laptop.socket(),
+        &["rsh", "-t", "desktop", "tty;", "exit", "4"],
+        24,
+        80,
+    );
+    assert_eq!(t.status(), Some(4), "{:?}", t.screen());
+    t.wait_for("/dev/pts/");
+    // No command: the login shell, as `ssh desktop`.
+    let mut t = Term::start(&m.laptop.socket(), &["rsh", "desktop"], 24, 80);
+    t.type_keys(b"echo \"shell=$0\"\r");
+    t.wait_for("shell=-");
+    t.type_keys(b"exit 6\r");
+    assert_eq!(t.status(), Some(6), "{:?}", t.screen());
+}
