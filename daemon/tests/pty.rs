@@ -538,3 +538,23 @@ fn d_rsh_takes_ssh_s_t_and_no_command() {
     t.type_keys(b"exit 6\r");
     assert_eq!(t.status(), Some(6), "{:?}", t.screen());
 }
+
+#[test]
+fn a_lost_local_daemon_restores_the_terminal_and_the_job_ends() {
+    let mut m = Mesh::start();
+    let marker = format!("36{}", tag());
+    let mut t = Term::start(
+        &m.laptop.socket(),
+        &["@desktop", "-t", &format!("echo ready; sleep {marker}")],
+        24,
+        80,
+    );
+    t.wait_for("ready");
+    assert!(!t.cooked());
+    // The client's own daemon dies: the link is lost.
+    m.laptop.kill9();
+    assert_eq!(t.status(), Some(255), "{:?}", t.screen());
+    assert!(t.cooked(), "the terminal is restored");
+    // The target notices its requester's session closed and ends the job.
+    wait_gone(&format!("sleep {marker}"));
+}
