@@ -150,7 +150,9 @@ fn size(rows: u16, cols: u16) -> Winsize {
     }
 }
 
-/// Pids of the processes whose command line holds `marker`.
+/// Pids of the processes whose command line holds `marker`. Commands
+/// write their marker number as `$((N))`, so only the process the remote
+/// shell started matches, never that shell or the `d` that asked for it.
 fn running(marker: &str) -> Vec<u32> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -164,7 +166,12 @@ fn running(marker: &str) -> Vec<u32> {
         let zombie = stat
             .rsplit_once(')')
             .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
-        if !zombie && String::from_utf8_lossy(&cmdline).contains(marker) {
+        // Arguments are NUL-separated: read them as one line of words.
+        let line: Vec<u8> = cmdline
+            .iter()
+            .map(|&b| if b == 0 { b' ' } else { b })
+            .collect();
+        if !zombie && String::from_utf8_lossy(&line).contains(marker) {
             v.push(pid);
         }
     }
@@ -277,7 +284,7 @@ fn ctrl_c_reaches_the_remote_program() {
         &[
             "@desktop",
             "-t",
-            &format!("echo ready; exec sleep {marker}"),
+            &format!("echo ready; exec sleep $(({marker}))"),
         ],
         24,
         80,
@@ -301,7 +308,7 @@ fn tilde_dot_disconnects_and_the_remote_job_ends() {
         &[
             "@desktop",
             "-t",
-            &format!("echo ready; sleep {marker}; echo after"),
+            &format!("echo ready; sleep $(({marker})); echo after"),
         ],
         24,
         80,
@@ -333,7 +340,7 @@ fn a_killed_or_stopped_client_leaves_nothing_running() {
         &[
             "@desktop",
             "-t",
-            &format!("echo ready; sleep {marker} & sleep {marker}"),
+            &format!("echo ready; sleep $(({marker})) & sleep $(({marker}))"),
         ],
         24,
         80,
@@ -349,7 +356,7 @@ fn a_killed_or_stopped_client_leaves_nothing_running() {
     let marker = format!("34{}", tag());
     let t = Term::start(
         &m.laptop.socket(),
-        &["@desktop", "-t", &format!("exec yes {marker}")],
+        &["@desktop", "-t", &format!("exec yes $(({marker}))")],
         24,
         80,
     );
@@ -413,7 +420,11 @@ fn a_signal_restores_the_terminal_and_ends_the_job() {
     let marker = format!("35{}", tag());
     let mut t = Term::start(
         &m.laptop.socket(),
-        &["@desktop", "-t", &format!("echo ready; sleep {marker}")],
+        &[
+            "@desktop",
+            "-t",
+            &format!("echo ready; sleep $(({marker}))"),
+        ],
         24,
         80,
     );
@@ -545,7 +556,11 @@ fn a_lost_local_daemon_restores_the_terminal_and_the_job_ends() {
     let marker = format!("36{}", tag());
     let mut t = Term::start(
         &m.laptop.socket(),
-        &["@desktop", "-t", &format!("echo ready; sleep {marker}")],
+        &[
+            "@desktop",
+            "-t",
+            &format!("echo ready; sleep $(({marker}))"),
+        ],
         24,
         80,
     );
@@ -556,5 +571,28 @@ fn a_lost_local_daemon_restores_the_terminal_and_the_job_ends() {
     assert_eq!(t.status(), Some(255), "{:?}", t.screen());
     assert!(t.cooked(), "the terminal is restored");
     // The target notices its requester's session closed and ends the job.
+    wait_gone(&format!("sleep {marker}"));
+}
+
+#[test]
+fn what_ignores_the_hangup_runs_on_and_the_job_still_ends() {
+    let m = Mesh::start();
+    let marker = format!("37{}", tag());
+    // A background process that ignores SIGHUP and keeps the terminal open.
+    let o = run_d_in(
+        &m.laptop.socket(),
+        &[
+            "@desktop",
+            "-tt",
+            &format!("trap '' HUP; sleep $(({marker})) & echo started; exit 2"),
+        ],
+        Vec::new(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stdout(&o).contains("started"), "{}", stdout(&o));
+    // It runs on (as with ssh), until ended here, by its pid.
+    let left = running(&format!("sleep {marker}"));
+    assert_eq!(left.len(), 1);
+    signal(left[0], libc::SIGKILL);
     wait_gone(&format!("sleep {marker}"));
 }

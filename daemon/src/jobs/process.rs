@@ -189,8 +189,9 @@ pub(super) async fn run(
                 }
             }
             _ = sleep_until_opt(stray_at), if stray_at.is_some() => {
-                // A stray of the session still holds the terminal open.
-                job.signal(Signal::SIGKILL);
+                // What ignored the hangup (`nohup cmd &`) still holds the
+                // terminal: stop reading it; closing it hangs the terminal
+                // up for good, and such a process runs on, as with ssh.
                 readers.abort_all();
             }
             // The shell is gone but its group was signalled: look again soon,
