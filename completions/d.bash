@@ -401,7 +401,7 @@ _d() {
             return 0
             ;;
         d__subcmd__execOnPeer)
-            opts="-n -u -t -v -h --peer --directory --shellCmd --timeout --parallel --gather --outdir --diff --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
+            opts="-n -u -t -v -h --peer --directory --shellCmd --timeout --parallel --gather --outdir --diff --via-leader --direct --batch --batch-wait --max-errors --fail-fast --canary --strict --no-stdin --user --env --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1435,7 +1435,7 @@ _d() {
             return 0
             ;;
         d__subcmd__remoteBd)
-            opts="-v -h --peer --socket --json --verbose --help"
+            opts="-v -h --peer --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1446,6 +1446,22 @@ _d() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-errors)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)
@@ -1471,7 +1487,7 @@ _d() {
             return 0
             ;;
         d__subcmd__remoteDeployDaemon)
-            opts="-v -h --peer --socket --json --verbose --help"
+            opts="-v -h --peer --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1482,6 +1498,22 @@ _d() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-errors)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)
@@ -1507,7 +1539,7 @@ _d() {
             return 0
             ;;
         d__subcmd__remotePull)
-            opts="-v -h --peer --socket --json --verbose --help"
+            opts="-v -h --peer --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1518,6 +1550,22 @@ _d() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
                     fi
+                    return 0
+                    ;;
+                --batch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-errors)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --canary)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --socket)

@@ -122,18 +122,33 @@ complete -c d -n "__fish_d_using_subcommand dbSanityCheck" -l socket -d 'Control
 complete -c d -n "__fish_d_using_subcommand dbSanityCheck" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand dbSanityCheck" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand dbSanityCheck" -s h -l help -d 'Print help'
-complete -c d -n "__fish_d_using_subcommand remotePull" -l peer -d 'Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last)' -r -f
+complete -c d -n "__fish_d_using_subcommand remotePull" -l peer -d 'Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure)' -r -f
+complete -c d -n "__fish_d_using_subcommand remotePull" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
+complete -c d -n "__fish_d_using_subcommand remotePull" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
+complete -c d -n "__fish_d_using_subcommand remotePull" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
+complete -c d -n "__fish_d_using_subcommand remotePull" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand remotePull" -l socket -d 'Control socket of the local daemon' -r -F
+complete -c d -n "__fish_d_using_subcommand remotePull" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand remotePull" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand remotePull" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand remotePull" -s h -l help -d 'Print help'
-complete -c d -n "__fish_d_using_subcommand remoteBd" -l peer -d 'Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last)' -r -f
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l peer -d 'Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure)' -r -f
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l socket -d 'Control socket of the local daemon' -r -F
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand remoteBd" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand remoteBd" -s h -l help -d 'Print help'
-complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l peer -d 'Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last; stops at the first failure)' -r -f
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l peer -d 'Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure)' -r -f
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l socket -d 'Control socket of the local daemon' -r -F
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -s h -l help -d 'Print help'
@@ -163,6 +178,8 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l env -d 'Set a variabl
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l gather -d 'With several peers: print each distinct output once at the end, under the peers that printed it'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l diff -d 'With several peers: at the end, print each stdout that differs from the most common one as a unified diff (clush --diff); stderr stays live'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l via-leader -d 'From a worker: send every job through the leader\'s links instead of dialing each peer (the default above 32 peers)'
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l direct -d 'From a worker: dial each peer directly, however many (no leader hop for the output)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l strict -d 'With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run)'
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s n -l no-stdin -d 'Give the job /dev/null as stdin (as `ssh -n`); without it, d\'s stdin goes to the job when it is a pipe or a file (to every peer of a fan-out, at the pace of the slowest)'

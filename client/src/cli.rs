@@ -13,7 +13,7 @@ use d_proto::control::{ExecOpts, Request};
 mod fleet;
 // xtask, which builds only the man pages, leaves `Amount` unused.
 #[allow(unused_imports)]
-pub use fleet::{Amount, JobsAction, OutputArgs, RolloutArgs};
+pub use fleet::{Amount, FanoutArgs, JobsAction, RolloutArgs};
 
 /// Run commands on the machines of a WireGuard mesh, through the local d-daemon.
 #[derive(Debug, Parser)]
@@ -184,23 +184,29 @@ pub enum Command {
 
     /// `git pull --ff-only` in the peer's repo_dir (config; default /opt/d), as the checkout's owner.
     RemotePull {
-        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Build the daemon on the peer (config build_cmd in repo_dir), as the checkout's owner.
     RemoteBd {
-        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Pull, build, check, install and restart the daemon on the peer; report old → new version.
     RemoteDeployDaemon {
-        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; one at a time, this machine last; stops at the first failure).
+        /// Target: a peer id or an expression (a,b, all, web[01-20], web*, @label; by default one at a time, this machine last, stopping at the first failure).
         #[arg(long, value_name = "ID", value_parser = peer_list, value_hint = ValueHint::Other)]
         peer: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
     },
 
     /// Run the troubleshooting checklist (✓/✗ per check, with the fix), optionally for one peer.
@@ -259,7 +265,7 @@ pub enum Command {
         #[arg(long)]
         gather: bool,
         #[command(flatten)]
-        output: OutputArgs,
+        fanout: FanoutArgs,
         #[command(flatten)]
         rollout: RolloutArgs,
         /// With `all`: count peers the registry shows offline as failures (by default they are reported `offline` and not run).
@@ -403,10 +409,9 @@ impl JobFlags {
     /// The request's options (stdin is decided when the job starts).
     pub fn opts(&self) -> ExecOpts {
         ExecOpts {
-            stdin: false,
             user: self.user.clone(),
             env: self.env.clone(),
-            tty: None,
+            ..ExecOpts::default()
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The fleet's command-line pieces: rollout control flags (`--batch`,
 //! `--batch-wait`, `--max-errors`, `--fail-fast`, `--canary`), where a
-//! fan-out's output goes (`--outdir`, `--diff`) and the `d jobs`
+//! fan-out's output goes (`--outdir`, `--diff`) and which way it takes
+//! (`--via-leader`, `--direct`) and the `d jobs`
 //! subcommands. Part of `cli` (clap derive; `///` comments are `--help`).
 
 use clap::Subcommand;
@@ -25,15 +26,22 @@ pub enum JobsAction {
     },
 }
 
-/// Where a fan-out's output goes besides the live `peer: line`s.
+/// Where a fan-out's output goes besides the live `peer: line`s, and which
+/// way its jobs take.
 #[derive(Debug, Clone, clap::Args)]
-pub struct OutputArgs {
+pub struct FanoutArgs {
     /// With several peers: write each peer's stdout to DIR/PEER.out and stderr to DIR/PEER.err (pssh's --outdir) instead of the terminal.
     #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, conflicts_with_all = ["gather", "diff"])]
     pub outdir: Option<std::path::PathBuf>,
     /// With several peers: at the end, print each stdout that differs from the most common one as a unified diff (clush --diff); stderr stays live.
     #[arg(long, conflicts_with = "gather")]
     pub diff: bool,
+    /// From a worker: send every job through the leader's links instead of dialing each peer (the default above 32 peers).
+    #[arg(long = "via-leader", conflicts_with = "direct")]
+    pub via_leader: bool,
+    /// From a worker: dial each peer directly, however many (no leader hop for the output).
+    #[arg(long)]
+    pub direct: bool,
 }
 
 /// Rollout control of a fan-out (`fanout::rollout`).

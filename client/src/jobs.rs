@@ -6,7 +6,7 @@ use d_proto::jobs::{JobDetail, JobOp};
 use d_proto::types::{ErrorBody, ErrorKind};
 
 use crate::cli::{Cli, JobsAction, DEFAULT_PARALLEL};
-use crate::{conn, fanout, history};
+use crate::{conn, fanout, history, ops};
 
 pub fn main(cli: &Cli, action: Option<&JobsAction>, limit: u32) -> Result<i32, ErrorBody> {
     match action {
@@ -43,12 +43,31 @@ pub fn main(cli: &Cli, action: Option<&JobsAction>, limit: u32) -> Result<i32, E
                 ))
                 .hint(format!("`d jobs rerun {id}` runs it on all of them again")));
             }
+            // A fan-out of remotePull / remoteBd / remoteDeployDaemon is run
+            // again as one (its command is the operation's name in brackets).
+            let op = match (d.job.directory.as_str(), d.job.command.as_str()) {
+                ("(repo_dir)", "(remotePull)") => Some(ops::Op::Pull),
+                ("(repo_dir)", "(remoteBd)") => Some(ops::Op::Build),
+                ("(repo_dir)", "(remoteDeployDaemon)") => Some(ops::Op::Deploy),
+                _ => None,
+            };
+            if let Some(op) = op {
+                return ops::run(
+                    &cli.socket,
+                    op,
+                    &peers.join(","),
+                    rollout,
+                    cli.json,
+                    cli.verbose,
+                );
+            }
             let opts = fanout::Options {
                 parallel: DEFAULT_PARALLEL as usize,
                 rollout: rollout.into(),
                 gather: false,
                 diff: false,
                 outdir: None,
+                route: fanout::Way::Auto,
                 json: cli.json,
                 verbose: cli.verbose,
                 // A rerun names its peers: each is run (offline ones fail).

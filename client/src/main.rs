@@ -236,15 +236,30 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 }
                 exec::run(&cli.socket, &req, None, false, cli.verbose)
             }
-            Command::RemotePull { peer } => {
-                ops::run(&cli.socket, ops::Op::Pull, peer, cli.json, cli.verbose)
-            }
-            Command::RemoteBd { peer } => {
-                ops::run(&cli.socket, ops::Op::Build, peer, cli.json, cli.verbose)
-            }
-            Command::RemoteDeployDaemon { peer } => {
-                ops::run(&cli.socket, ops::Op::Deploy, peer, cli.json, cli.verbose)
-            }
+            Command::RemotePull { peer, rollout } => ops::run(
+                &cli.socket,
+                ops::Op::Pull,
+                peer,
+                rollout,
+                cli.json,
+                cli.verbose,
+            ),
+            Command::RemoteBd { peer, rollout } => ops::run(
+                &cli.socket,
+                ops::Op::Build,
+                peer,
+                rollout,
+                cli.json,
+                cli.verbose,
+            ),
+            Command::RemoteDeployDaemon { peer, rollout } => ops::run(
+                &cli.socket,
+                ops::Op::Deploy,
+                peer,
+                rollout,
+                cli.json,
+                cli.verbose,
+            ),
             _ => Ok(0),
         };
     };
@@ -272,7 +287,7 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             timeout,
             parallel,
             gather,
-            output,
+            fanout: how,
             rollout,
             strict,
             job,
@@ -288,8 +303,9 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
                 gather: *gather,
-                diff: output.diff,
-                outdir: output.outdir.clone(),
+                diff: how.diff,
+                outdir: how.outdir.clone(),
+                route: fanout::Way::of(how.via_leader, how.direct),
                 strict: *strict,
                 json: cli.json,
                 verbose: cli.verbose,

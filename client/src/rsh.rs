@@ -161,7 +161,7 @@ impl Rsh {
                 stdin: crate::input::wanted(self.no_stdin),
                 user: self.user.clone(),
                 env,
-                tty: None,
+                ..ExecOpts::default()
             },
         }
     }

@@ -302,8 +302,12 @@ fn at_peer_d_commands() {
     assert_eq!(v["id"], "laptop");
     let o = m.vps.d(&["@desktop", "--directory", "/tmp", "true"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
-    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    // The audit row is committed just after the job's end reached the client.
+    let mut v = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        v = m.laptop.json(&["@desktop", "execLog", "--limit", "1"]);
+        v.as_array().map(Vec::len) == Some(1)
+    });
     assert_eq!(v[0]["requester"], "vps");
 
     // Several peers: identical answers once.
@@ -451,4 +455,32 @@ fn outdir_and_diff() {
     // --diff and --gather ask for two ways of printing: a usage error.
     let o = m.laptop.d(&["@all", "--diff", "--gather", "true"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `--via-leader` (the default above 32 peers) sends a worker's fan-out
+/// through the leader's links: no dial to each peer, the same output and
+/// statuses, and each target's audit log still names the real requester.
+/// `--direct` dials.
+#[test]
+fn fanout_through_the_leader() {
+    let m = Mesh::start();
+    let o = m
+        .laptop
+        .d(&["-v", "@desktop,vps", "--via-leader", "echo hi; exit 3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(sorted_lines(&stdout(&o)), ["desktop: hi", "vps: hi"]);
+    let err = stderr(&o);
+    assert!(err.contains("relay via vps"), "{err}");
+    assert!(err.contains("desktop  exit 3\nvps      exit 3\n"), "{err}");
+    let mut log = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "desktop's audit row", || {
+        log = m.desktop.json(&["execLog", "--limit", "1"]);
+        log[0]["requester"] == "laptop"
+    });
+    // The leader itself is reached over the link, never relayed through itself.
+    assert!(!err.contains("vps: running at via"), "{err}");
+
+    let o = m.laptop.d(&["-v", "@desktop,vps", "--direct", "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("relay via"), "{}", stderr(&o));
 }

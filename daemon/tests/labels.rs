@@ -59,6 +59,11 @@ fn labels_are_kept_by_the_leader_and_select_targets() {
     let table = stdout(&m.vps.d(&["listPeers"]));
     assert!(table.lines().next().unwrap().ends_with("LABELS"), "{table}");
     assert!(table.contains("web,prod"), "{table}");
+    let info = stdout(&m.laptop.d(&["getPeerInfo", "--peer", "desktop"]));
+    assert!(
+        info.contains("labels:") && info.contains("web,prod"),
+        "{info}"
+    );
 
     // Targets.
     assert_eq!(targets(&m.laptop, "@web"), ["desktop", "laptop"]);

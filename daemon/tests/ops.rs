@@ -304,3 +304,57 @@ fn pull_runs_as_the_checkout_owner() {
         "the pulled file belongs to the checkout's owner, not root"
     );
 }
+
+/// A deploy to several peers is a fan-out under rollout control: by default
+/// one at a time, this machine last, stopping at the first failure.
+/// (Each test deploys a peer once: the test build script installs a wrapper
+/// of the real binary, which a second deploy would replace.)
+#[test]
+fn deploy_to_several_peers_one_at_a_time() {
+    let ops = Ops::start();
+    ops.publish("v2", "ok");
+    let o = ops
+        .laptop
+        .d(&["remoteDeployDaemon", "--peer", "laptop,desktop"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let (out, err) = (stdout(&o), stderr(&o));
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s:?} in {out}"));
+    assert!(at("desktop: ") < at("laptop: "), "this machine last: {out}");
+    assert!(out.contains("+v2\n"), "{out}");
+    assert!(err.contains("desktop  ok\nlaptop   ok\n"), "{err}");
+    ops.wait_version("laptop", |v| v.ends_with("+v2"));
+    assert!(ops.version("desktop").ends_with("+v2"));
+}
+
+/// A failing canary leaves the other peers untouched; `d jobs rerun
+/// --failed` with more than one at a time deploys them, this machine still
+/// last and alone.
+#[test]
+fn deploy_canary_then_rerun_the_failed() {
+    let ops = Ops::start();
+    ops.publish("v3", "fail");
+    let o = ops.laptop.d(&[
+        "remoteDeployDaemon",
+        "--peer",
+        "desktop,laptop",
+        "--canary",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("desktop  exit 3"), "{err}");
+    assert!(err.contains("laptop   skipped ("), "{err}");
+    assert_eq!(ops.builds(), 1, "only the canary built");
+    ops.publish("v4", "ok");
+    let o = ops
+        .laptop
+        .d(&["jobs", "rerun", "1", "--failed", "--batch", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("== laptop (this machine, last) =="),
+        "{}",
+        stderr(&o)
+    );
+    ops.wait_version("laptop", |v| v.ends_with("+v4"));
+    ops.wait_version("desktop", |v| v.ends_with("+v4"));
+}

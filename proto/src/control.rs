@@ -171,6 +171,11 @@ pub struct ExecOpts {
     /// keystrokes as input and [`ClientMsg::Resize`] when its window changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<crate::types::Tty>,
+    /// On a worker: send the job through the leader's links rather than
+    /// dialing the target (a big fan-out: the leader already holds a link to
+    /// every worker). A target with a session open here uses it anyway.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_leader: bool,
 }
 
 /// What a client sends during a job that takes its input (after the request;

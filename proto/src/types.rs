@@ -296,6 +296,11 @@ pub struct ExecSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<(String, String)>,
+    /// The requester's own routing choice, never sent: go through the
+    /// leader's links even where a direct session could be dialed (a big
+    /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
+    #[serde(skip)]
+    pub via_leader: bool,
     /// Run on a pseudo-terminal (`d -t`, protocol
     /// [`crate::PROTOCOL_TERMINALS`]): stdin, stdout and stderr are the
     /// terminal, output comes as one stream (stdout), input carries the
@@ -352,6 +357,7 @@ impl ExecSpec {
             stdin: false,
             run_as: None,
             env: Vec::new(),
+            via_leader: false,
             tty: None,
         }
     }

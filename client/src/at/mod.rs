@@ -7,7 +7,8 @@
 //!
 //! - `-x EXPR` (with any command): the target becomes `(TARGET)!(EXPR)`;
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
-//!   `--parallel N`, `--gather`, `--diff`, `--outdir DIR`, `-n`/`--no-stdin`, `-u`/`--user USER`,
+//!   `--parallel N`, `--gather`, `--diff`, `--outdir DIR`, `--via-leader`,
+//!   `--direct`, `-n`/`--no-stdin`, `-u`/`--user USER`,
 //!   `--env NAME=VALUE`, `-t`/`-tt` (a terminal), the rollout control (`--batch`, `--batch-wait`,
 //!   `--max-errors`, `--fail-fast`, `--canary`) and the global options
 //!   again, then `--`
@@ -258,6 +259,10 @@ fn plan_after(
                 opts.gather = true;
                 opts.given.push(name.to_string());
             }
+            ("--via-leader" | "--direct", None) if !has_inline => {
+                opts.output.push(name.to_string());
+                opts.given.push(name.to_string());
+            }
             ("--diff", None) if !has_inline => {
                 opts.output.push(name.to_string());
                 opts.given.push(name.to_string());
@@ -293,7 +298,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --diff, --outdir DIR, --strict, -n, -t, -tt, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --diff, --outdir DIR, --via-leader, --direct, --strict, -n, -t, -tt, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }

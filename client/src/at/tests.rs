@@ -390,7 +390,7 @@ fn clap_reads_the_lines_made_for_it() {
     let c = parse(p(&["@all", "remoteDeployDaemon", "--verbose"]));
     assert!(c.verbose);
     assert!(
-        matches!(c.command, crate::cli::Command::RemoteDeployDaemon { ref peer } if peer == "all")
+        matches!(c.command, crate::cli::Command::RemoteDeployDaemon { ref peer, .. } if peer == "all")
     );
 }
 

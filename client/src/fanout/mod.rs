@@ -164,6 +164,41 @@ struct PeerReport<'a> {
     stderr_base64: Option<B64>,
 }
 
+/// Peers above which a fan-out from a worker goes through the leader's
+/// links ([`Way::Auto`]): a few peers are dialed directly (their output then
+/// skips the leader), many are not (each dial is a handshake and a session
+/// the requester would hold, where the leader holds a link to each already).
+pub const VIA_LEADER_ABOVE: usize = 32;
+
+/// Which way a fan-out's jobs take from a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Through the leader above [`VIA_LEADER_ABOVE`] peers, else direct.
+    Auto,
+    /// `--via-leader`.
+    ViaLeader,
+    /// `--direct`.
+    Direct,
+}
+
+impl Way {
+    pub fn of(via_leader: bool, direct: bool) -> Way {
+        match (via_leader, direct) {
+            (true, _) => Way::ViaLeader,
+            (_, true) => Way::Direct,
+            _ => Way::Auto,
+        }
+    }
+
+    fn via_leader(self, peers: usize) -> bool {
+        match self {
+            Way::Auto => peers > VIA_LEADER_ABOVE,
+            Way::ViaLeader => true,
+            Way::Direct => false,
+        }
+    }
+}
+
 /// The fan-out's options.
 pub struct Options {
     pub parallel: usize,
@@ -173,6 +208,8 @@ pub struct Options {
     pub diff: bool,
     /// Write each peer's output to files in this directory ([`outdir`]).
     pub outdir: Option<std::path::PathBuf>,
+    /// Which way the jobs take from a worker ([`Way`]).
+    pub route: Way,
     /// With `all`: run offline peers too, and count their failures.
     pub strict: bool,
     pub json: bool,
@@ -219,6 +256,57 @@ pub fn exec_on(
     timeout: Option<u64>,
     opts: &Options,
 ) -> Result<i32, ErrorBody> {
+    let request = |peer: &str, via_leader: bool| Request::ExecOnPeer {
+        peer: peer.to_string(),
+        directory: directory.to_string(),
+        shell_cmd: shell_cmd.to_string(),
+        timeout,
+        raw_output: false,
+        opts: ExecOpts {
+            via_leader,
+            ..opts.job.clone()
+        },
+    };
+    let work = Work {
+        directory,
+        command: shell_cmd,
+        timeout,
+        request: &request,
+        after: None,
+    };
+    run(socket, target, peers, offline, &work, opts)
+}
+
+/// Builds the request for one peer (and whether it goes through the leader).
+pub type MakeRequest<'a> = dyn Fn(&str, bool) -> Request + Sync + 'a;
+/// Turns a peer's outcome into its final one, on that peer's thread.
+pub type AfterPeer<'a> = dyn Fn(&str, Outcome) -> Outcome + Sync + 'a;
+
+/// What a fan-out runs on each peer: the request for that peer (and whether
+/// it goes through the leader), and what the history records of it.
+pub struct Work<'a> {
+    /// Recorded in the job history.
+    pub directory: &'a str,
+    pub command: &'a str,
+    /// The jobs' timeout, for each peer's deadline ([`deadline`]).
+    pub timeout: Option<u64>,
+    pub request: &'a MakeRequest<'a>,
+    /// Run on each peer's thread once its job ended: may turn the outcome
+    /// into another (a deploy that did not come back is a failure).
+    pub after: Option<&'a AfterPeer<'a>>,
+}
+
+/// Run `work` on `peers` as [`exec_on`] does (rollout, history, output,
+/// summary); `Ok` is the status to exit with.
+pub fn run(
+    socket: &Path,
+    target: &str,
+    peers: &[String],
+    offline: &std::collections::HashSet<String>,
+    work: &Work,
+    opts: &Options,
+) -> Result<i32, ErrorBody> {
+    let (directory, shell_cmd, timeout) = (work.directory, work.command, work.timeout);
     if opts.job.stdin && opts.rollout != rollout::Rollout::default() {
         return Err(crate::targets::usage_error(
             ErrorBody::invalid(
@@ -248,6 +336,7 @@ pub fn exec_on(
         let share = KEEP_BUDGET / (4 * parallel.clamp(1, peers.len().max(1)));
         usize::try_from(j.keep).unwrap_or(usize::MAX).min(share)
     });
+    let via_leader = opts.route.via_leader(peers.len());
     let indexed: Vec<(usize, &String)> = peers.iter().enumerate().collect();
     let (runs, halt) = rollout::run(
         &indexed,
@@ -261,14 +350,7 @@ pub fn exec_on(
                 }
                 return PeerRun::not_run(Outcome::Offline);
             }
-            let req = Request::ExecOnPeer {
-                peer: peer.clone(),
-                directory: directory.to_string(),
-                shell_cmd: shell_cmd.to_string(),
-                timeout,
-                raw_output: false,
-                opts: opts.job.clone(),
-            };
+            let req = (work.request)(peer, via_leader);
             let mut run = run_one(
                 socket,
                 peer,
@@ -281,6 +363,9 @@ pub fn exec_on(
             );
             if let Some(f) = feed {
                 f.finish();
+            }
+            if let Some(after) = work.after {
+                run.outcome = after(peer, run.outcome);
             }
             // Sent as soon as this peer ended, so only running peers hold theirs.
             if let (Some(job), Some((out, err))) = (job, run.kept.take()) {

@@ -163,6 +163,14 @@ pub fn peer_info(p: &PeerInfo, now: u64) -> String {
         ("version", p.version.clone()),
         ("hostname", p.hostname.clone()),
         (
+            "labels",
+            if p.labels.is_empty() {
+                "(none)".to_string()
+            } else {
+                p.labels.join(",")
+            },
+        ),
+        (
             "key",
             p.public_key
                 .map(|k| k.fingerprint())
@@ -181,7 +189,7 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
     let link = match s.link {
         LinkState::NotApplicable => "n/a (this daemon is the leader)".to_string(),
         LinkState::Unconfigured => {
-            "unconfigured (run `d registerWorker` or `d setPeerConfig`)".to_string()
+            "unconfigured (on a new machine: `d invite` on the leader, then `d join TOKEN` here)".to_string()
         }
         LinkState::NoMeshKey => {
             "not joined (run `d invite` on the leader, then `d join TOKEN` here)".to_string()

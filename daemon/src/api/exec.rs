@@ -109,6 +109,7 @@ fn exec_spec(
         run_as: opts.user,
         env: opts.env,
         tty: opts.tty,
+        via_leader: opts.via_leader,
         ..ExecSpec::new(directory, shell_cmd)
     }
 }
@@ -284,7 +285,7 @@ where
     F: std::future::Future<Output = String>,
 {
     let route = tokio::select! {
-        r = route::route(&daemon.mesh, peer) => r,
+        r = route::route_job(&daemon.mesh, peer, spec.via_leader) => r,
         why = inbound.as_mut() => return Some(why),
     };
     let started = match route {

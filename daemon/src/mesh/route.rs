@@ -176,6 +176,29 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
     }
 }
 
+/// [`route`] for a job: with `via_leader` (a big fan-out from a worker), a
+/// target without an open session here goes through the leader's link
+/// (which it already holds to every worker) instead of being resolved and
+/// dialed: one link carries every job, and no handshakes are spent.
+pub async fn route_job(mesh: &Arc<Mesh>, peer: &str, via_leader: bool) -> Result<Route, ErrorBody> {
+    let id = mesh.me.get();
+    if !via_leader || id.role != Some(Role::Worker) || id.id.as_deref() == Some(peer) {
+        return route(mesh, peer).await;
+    }
+    d_proto::validate_peer_id(peer).map_err(ErrorBody::invalid)?;
+    if let Some(s) = mesh.sessions.get(peer) {
+        let path = if s.peer.purpose == Purpose::Link {
+            "link"
+        } else {
+            "direct"
+        };
+        return Ok(Route::Remote(s, path));
+    }
+    let ls = mesh.leader_session()?;
+    let leader = ls.peer.id.clone();
+    Ok(Route::Relay(ls, leader))
+}
+
 /// A dial failure that another path might get around (no route, no answer),
 /// as opposed to a daemon that is not running (refused).
 fn unreachable(e: &ErrorBody) -> bool {
