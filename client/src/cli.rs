@@ -311,7 +311,8 @@ pub enum Command {
     /// (255: an error of d). -l USER or USER@ runs it as USER (--user); -n gives it
     /// /dev/null; -o SendEnv=NAME passes NAME from here (--env); -G prints the
     /// destination. Ports, keys, ciphers, config files, -T, -v, -q, -4/-6 do not apply and
-    /// are ignored; -t, -N, -f and forwarding (-L -R -D -W -w) are refused. No time limit.
+    /// are ignored; -t/-tt, and no COMMAND (the login shell), run on a terminal as with
+    /// `d -t`; -N, -f and forwarding (-L -R -D -W -w) are refused. No time limit.
     #[command(verbatim_doc_comment)]
     Rsh {
         /// ssh's arguments: [OPTIONS] [USER@]PEER COMMAND...
@@ -420,6 +421,11 @@ pub struct JobFlags {
     /// Set a variable for the job (repeatable; the audit log records the name, never the value).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_pair, value_hint = ValueHint::Other)]
     pub env: Vec<(String, String)>,
+    /// Run on a terminal of the target (as `ssh -t`): for htop, vim, sudo's prompt, a shell.
+    /// Our terminal goes raw; keys (Ctrl-C too) go to the program; `~.` disconnects.
+    /// Needs stdin to be a terminal; -tt forces one. One peer only; no time limit by default.
+    #[arg(short = 't', action = clap::ArgAction::Count)]
+    pub tty: u8,
 }
 
 impl JobFlags {

@@ -76,11 +76,28 @@ pub fn run(
     // No read timeout: a job may be silent for hours; the daemon notices a dead peer.
     conn.set_reply_timeout(None)?;
     conn.send_exec(req)?;
+    // On a terminal: ours raw until this returns (whichever way), our keys
+    // and window sizes to the job.
+    let raw = on_terminal(req).then(crate::terminal::Raw::enter);
     // Our stdin, if the job takes it, from a thread of its own.
     let input = if takes_stdin(req) {
         let input = Input::new(1);
         input.attach(conn.input_stream()?);
-        input::start(&input);
+        if raw.is_some() {
+            let link = conn.input_stream()?;
+            let keys = crate::terminal::Escapes::new(
+                std::io::stdin(),
+                Box::new(move || {
+                    let _ = link.shutdown(std::net::Shutdown::Both);
+                }),
+            );
+            let i = input.clone();
+            std::thread::spawn(move || i.pump(keys));
+            let i = input.clone();
+            crate::terminal::watch_resizes(move |line| i.send_line(0, line));
+        } else {
+            input::start(&input);
+        }
         Some(input)
     } else {
         None
@@ -101,7 +118,15 @@ pub fn run(
         _ => String::new(),
     };
     loop {
-        let event = match conn.next_event() {
+        let next = conn.next_event();
+        if raw.is_some() && crate::terminal::escaped() {
+            // `~.`: as ssh, the connection closed and said so (the daemon
+            // ends the job when its client goes).
+            drop(raw);
+            errln!("Connection to {target} closed.");
+            return Ok(255);
+        }
+        let event = match next {
             Ok(Some(event)) => event,
             Ok(None) if as_json && has_output(&collected) => {
                 let e = conn::lost_connection(conn.path(), true);
@@ -226,6 +251,14 @@ fn failed_report(
     STATUS
 }
 
+/// Whether the request runs the job on a terminal (`-t`).
+pub fn on_terminal(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::ExecOnPeer { opts, .. } | Request::ExecOnPeerByIp { opts, .. } if opts.tty.is_some()
+    )
+}
+
 /// Whether the request sends the job our stdin.
 pub fn takes_stdin(req: &Request) -> bool {
     matches!(
@@ -241,6 +274,7 @@ pub fn older_daemon(e: ErrorBody) -> ErrorBody {
         ("stdin", "standard input"),
         ("user", "--user"),
         ("env", "--env"),
+        ("tty", "-t (a terminal)"),
     ]
     .into_iter()
     .find(|(field, _)| e.error.contains(&format!("unknown field `{field}`")));

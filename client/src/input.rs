@@ -61,6 +61,9 @@ struct State {
 pub struct Input {
     state: Mutex<State>,
     changed: Condvar,
+    /// Held while a frame is written, so that a line sent from another
+    /// thread ([`Input::send_line`]: a window size) never splits one.
+    writing: Mutex<()>,
 }
 
 impl Input {
@@ -73,6 +76,7 @@ impl Input {
                 waiting: jobs,
             }),
             changed: Condvar::new(),
+            writing: Mutex::new(()),
         })
     }
 
@@ -168,11 +172,31 @@ impl Input {
             .map(|(i, k)| (i, k.stream.clone()))
             .collect();
         for (i, stream) in open {
-            if send_all(&stream, end).is_err() {
+            if self.write(&stream, end).is_err() {
                 self.done(i);
             }
         }
         total
+    }
+
+    /// Write one whole frame to `stream`, alone.
+    fn write(&self, stream: &UnixStream, frame: &[u8]) -> std::io::Result<()> {
+        let _alone = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        send_all(stream, frame)
+    }
+
+    /// Send job `i` one line beside its input (a window size); `false` once
+    /// the job ended or its connection broke.
+    pub fn send_line(&self, i: usize, line: &[u8]) -> bool {
+        let stream = match self.lock().sinks.get(i) {
+            Some(k) if !k.done => k.stream.clone(),
+            _ => return false,
+        };
+        if self.write(&stream, line).is_err() {
+            self.done(i);
+            return false;
+        }
+        true
     }
 
     /// Send `data` to job `i`, piece by piece as its credit comes.
@@ -194,7 +218,7 @@ impl Input {
                 }
             };
             let frame = d_proto::frame::encode_input(0, &data[..take]);
-            if send_all(&stream, &frame).is_err() {
+            if self.write(&stream, &frame).is_err() {
                 self.done(i);
                 return;
             }

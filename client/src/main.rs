@@ -32,6 +32,7 @@ mod render;
 mod rsh;
 mod stop;
 mod targets;
+mod terminal;
 
 /// The syntax of target expressions, used by `cli` (also built into xtask).
 use targets::parse as target_syntax;
@@ -229,7 +230,14 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                     render::out(&r.config_text());
                     return Ok(0);
                 }
-                exec::run(&cli.socket, &r.request(), None, false, cli.verbose)
+                let mut req = r.request();
+                if terminal::wanted(r.tty, r.command.is_empty())? {
+                    if let Request::ExecOnPeer { opts, .. } = &mut req {
+                        opts.tty = Some(terminal::request());
+                        opts.stdin = true;
+                    }
+                }
+                exec::run(&cli.socket, &req, None, false, cli.verbose)
             }
             Command::RemotePull { peer, rollout } => ops::run(
                 &cli.socket,
@@ -287,6 +295,13 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             strict,
             job,
         } if fanout::is_many(peer) => {
+            if job.tty > 0 {
+                return Err(ErrorBody::invalid(format!(
+                    "-t runs a job on one terminal, and {} names several peers",
+                    render::clean(peer)
+                ))
+                .hint("pick one peer for -t; a fan-out runs without terminals"));
+            }
             let opts = fanout::Options {
                 parallel: *parallel as usize,
                 rollout: rollout.into(),
@@ -305,10 +320,33 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
             return fanout::exec(&cli.socket, peer, directory, shell_cmd, *timeout, &opts);
         }
         Command::ExecOnPeer { timeout, job, .. } | Command::ExecOnPeerByIp { timeout, job, .. } => {
-            if let d_proto::control::Request::ExecOnPeer { opts, .. }
-            | d_proto::control::Request::ExecOnPeerByIp { opts, .. } = &mut req
+            if let d_proto::control::Request::ExecOnPeer {
+                opts,
+                shell_cmd,
+                timeout: sent,
+                ..
+            }
+            | d_proto::control::Request::ExecOnPeerByIp {
+                opts,
+                shell_cmd,
+                timeout: sent,
+                ..
+            } = &mut req
             {
-                opts.stdin = input::wanted(job.no_stdin);
+                if job.tty > 0 && cli.json {
+                    return Err(ErrorBody::invalid("-t and --json do not go together").hint(
+                        "a terminal's output is for a person: leave out -t to collect it as JSON",
+                    ));
+                }
+                if terminal::wanted(job.tty, shell_cmd.is_empty())? {
+                    // Keystrokes are the input; a session has no time limit
+                    // unless one is asked for (as ssh).
+                    opts.tty = Some(terminal::request());
+                    opts.stdin = true;
+                    sent.get_or_insert(0);
+                } else {
+                    opts.stdin = input::wanted(job.no_stdin);
+                }
             }
             return exec::run(&cli.socket, &req, *timeout, cli.json, cli.verbose);
         }

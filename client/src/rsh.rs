@@ -9,8 +9,9 @@
 //! our environment (`--env`: how git asks for protocol v2), `-G` prints
 //! the destination (git runs `ssh -G` to learn that it may pass `-p` and
 //! `-o`). What does not apply to d is ignored (ports, keys, ciphers, config
-//! files, verbosity, `-T`); what d cannot do is refused, saying so
-//! (terminals `-t`, forwarding `-L -R -D -W -w -f -N`, no command).
+//! files, verbosity, `-T`); `-t`/`-tt` and no command run on a terminal
+//! as with ssh (`d -t`); what d cannot do is refused, saying so
+//! (forwarding `-L -R -D -W -w -f -N`).
 //! The command words are joined with spaces, as ssh joins them, for the
 //! user's login shell on the target; stdin and stdout are the job's, byte
 //! for byte, and `d rsh` exits with the command's status (255 for errors of
@@ -26,7 +27,6 @@ const IGNORED_VALUES: &str = "BbcEeFIiJmOPpQS";
 /// ssh options d cannot honour, and why.
 fn refused(flag: char) -> Option<&'static str> {
     Some(match flag {
-        't' => "terminals (-t) are not supported by d rsh yet",
         'L' | 'R' | 'D' | 'W' | 'w' => "d does not forward ports or tunnels",
         'f' => "d rsh does not go to the background (-f)",
         'N' => "d rsh runs a command; -N (no command) does not apply",
@@ -47,6 +47,8 @@ pub struct Rsh {
     pub send_env: Vec<String>,
     /// `-G`: print the destination, run nothing.
     pub print_config: bool,
+    /// `-t` given this many times (a terminal: `-t` if stdin is one, `-tt` anyway).
+    pub tty: u8,
 }
 
 fn usage(msg: impl Into<String>) -> ErrorBody {
@@ -62,6 +64,7 @@ pub fn parse(args: &[String]) -> Result<Rsh, ErrorBody> {
         no_stdin: false,
         send_env: Vec::new(),
         print_config: false,
+        tty: 0,
     };
     let mut i = 0;
     while let Some(a) = args.get(i) {
@@ -93,6 +96,7 @@ pub fn parse(args: &[String]) -> Result<Rsh, ErrorBody> {
             }
             match c {
                 'n' => r.no_stdin = true,
+                't' => r.tty = r.tty.saturating_add(1),
                 'G' => r.print_config = true,
                 c if IGNORED_FLAGS.contains(c) => {}
                 c => match refused(c) {
@@ -116,10 +120,9 @@ pub fn parse(args: &[String]) -> Result<Rsh, ErrorBody> {
         return Err(usage("d rsh: empty user name"));
     }
     r.command = args[i + 1..].join(" ");
-    if r.command.is_empty() && !r.print_config {
-        return Err(usage(
-            "d rsh needs a command (an interactive shell needs a terminal, not supported by d rsh yet)",
-        ));
+    if r.command.is_empty() {
+        // No command: the login shell, on a terminal (as `ssh host`).
+        r.tty = r.tty.max(1);
     }
     Ok(r)
 }
@@ -235,11 +238,18 @@ mod tests {
     }
 
     #[test]
+    fn terminals_as_ssh() {
+        assert_eq!(p(&["-t", "desktop", "top"]).unwrap().tty, 1);
+        assert_eq!(p(&["-tt", "desktop", "top"]).unwrap().tty, 2);
+        assert_eq!(p(&["desktop", "top"]).unwrap().tty, 0);
+        let r = p(&["desktop"]).unwrap();
+        assert_eq!((r.tty, r.command.as_str()), (1, ""));
+    }
+
+    #[test]
     fn what_d_cannot_do_is_refused() {
         for (args, want) in [
-            (&["-t", "desktop", "top"][..], "terminals"),
             (&["-L", "80:localhost:80", "desktop", "x"][..], "forward"),
-            (&["desktop"][..], "needs a command"),
             (&[][..], "needs a peer"),
             (&["-Z", "desktop", "x"][..], "unknown option -Z"),
             (&["-p"][..], "-p needs a value"),

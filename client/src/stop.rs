@@ -48,7 +48,9 @@ pub fn catch_signals() {
     std::thread::spawn(move || {
         for sig in signals.forever() {
             if SIGNALLED.swap(true, Ordering::SeqCst) {
-                // The second interrupt: leave now, as asked.
+                // The second interrupt: leave now, as asked (our terminal
+                // back as it was, if `-t` had it raw).
+                crate::terminal::restore();
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
             }
             cancel(Reason::Signal(sig));

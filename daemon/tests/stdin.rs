@@ -250,6 +250,7 @@ fn an_older_peer_is_refused_stdin_user_and_env_clearly() {
         (vec!["@oldie", "cat"], "standard input"),
         (vec!["@oldie", "-n", "-u", "nobody", "id"], "--user"),
         (vec!["@oldie", "-n", "--env", "A=1", "true"], "--env"),
+        (vec!["@oldie", "-tt", "tty"], "a terminal (-t)"),
     ] {
         let o = run_d_in(&d.socket(), &args, b"data".to_vec());
         let err = stderr(&o);

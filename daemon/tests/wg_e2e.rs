@@ -428,6 +428,16 @@ fn relay_through_the_leader_when_spokes_cannot_meet() {
         o.stdout.len(),
         data.len()
     );
+    // A terminal job through the relay (-tt: the test has no terminal):
+    // the target's pty, one output stream, the status.
+    let o = run_d_in(
+        &laptop.socket(),
+        &["@desktop", "-tt", "tty; echo err >&2; exit 3"],
+        Vec::new(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stdout(&o).contains("/dev/pts/"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("err"), "{}", stdout(&o));
     // Timeout and cancel travel through the relay too.
     let o = laptop.d(&[
         "execOnPeer",

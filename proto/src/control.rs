@@ -172,6 +172,11 @@ pub struct ExecOpts {
     /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<crate::types::FilesOp>,
+    /// Run on a pseudo-terminal of this type and size (`-t`; protocol
+    /// [`crate::PROTOCOL_TERMINALS`]). Implies `stdin`: the client sends its
+    /// keystrokes as input and [`ClientMsg::Resize`] when its window changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<crate::types::Tty>,
     /// On a worker: send the job through the leader's links rather than
     /// dialing the target (a big fan-out: the leader already holds a link to
     /// every worker). A target with a session open here uses it anyway.
@@ -189,6 +194,10 @@ pub enum ClientMsg {
     Data { data: B64 },
     /// Standard input has ended.
     End,
+    /// The client's terminal changed size (jobs with `tty`): rows and
+    /// columns, in characters. Only the latest one counts: a daemon passes
+    /// sizes on no faster than [`crate::RESIZE_EVERY_MS`].
+    Resize { rows: u16, cols: u16 },
 }
 
 /// Input frames stand for [`ClientMsg::Data`].

@@ -480,6 +480,8 @@ pub fn exec_digest(spec: &crate::types::ExecSpec) -> [u8; 32] {
         if spec.stdin { b"1" } else { b"0" },
         &run_as,
         &files,
+        // On a terminal or not (its size and TERM change nothing that runs).
+        if spec.tty.is_some() { b"t" } else { b"-" },
         &n_env,
     ];
     for (k, v) in &spec.env {

@@ -34,6 +34,8 @@ pub mod types;
 /// - 5: a job's standard input (input frames, `input_end`, `input_credit`),
 ///   jobs run as another user (`run_as`) and with variables set (`env`)
 ///   ([`PROTOCOL_STREAMS`]).
+/// - 6: jobs on a pseudo-terminal (`tty` in the exec, `resize` frames)
+///   ([`PROTOCOL_TERMINALS`]).
 /// - 7: `d cp` jobs (`files` in the job: the target runs its file helper,
 ///   [`PROTOCOL_FILES`]).
 /// - 8: the leader tells its workers of each enrollment (their kept
@@ -45,6 +47,9 @@ pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
 /// sends none of them on an older session.
 pub const PROTOCOL_STREAMS: u32 = 5;
+/// The protocol that brought terminals (`d -t`): [`types::ExecSpec::tty`]
+/// and [`peer::PeerMsg::Resize`] go only to sessions that negotiated it.
+pub const PROTOCOL_TERMINALS: u32 = 6;
 /// The protocol that brought `d cp` ([`types::FilesOp`]): a daemon sends no
 /// file job on an older session, and says which peer is too old.
 pub const PROTOCOL_FILES: u32 = 7;
@@ -111,6 +116,11 @@ pub const JOB_WINDOW: u32 = 1024 * 1024;
 pub const INPUT_WINDOW: u32 = 1024 * 1024;
 /// Most bytes of standard input per input frame.
 pub const INPUT_CHUNK: usize = 256 * 1024;
+/// Least time between two window sizes a daemon passes on for one terminal
+/// job, in ms: a resize storm (a window dragged, a hostile client) costs the
+/// next hop at most 50 frames a second, the latest size always last. 20 ms
+/// is below what a person sees while dragging a window at 60 Hz.
+pub const RESIZE_EVERY_MS: u64 = 20;
 
 /// `s` cut to `max` characters for an error message, saying how long it was:
 /// an answer must never echo a megabyte of hostile input back.

@@ -268,6 +268,15 @@ pub enum PeerMsg {
         job: u64,
         bytes: u32,
     },
+    /// The terminal of a job started with `tty` changed size (starter →
+    /// receiver; protocol [`crate::PROTOCOL_TERMINALS`]): rows and columns.
+    /// Only the latest counts; none is sent faster than
+    /// [`crate::RESIZE_EVERY_MS`].
+    Resize {
+        job: u64,
+        rows: u16,
+        cols: u16,
+    },
     /// The previous frame could not be understood; the session carries on.
     Error(ErrorBody),
 }
@@ -313,6 +322,15 @@ mod tests {
         };
         let j = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), out);
+        let r = PeerMsg::Resize {
+            job: 3,
+            rows: 50,
+            cols: 132,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"type":"resize","job":3,"rows":50,"cols":132}"#
+        );
         // `more` only where a leader says it; older workers skip it.
         let page = |more| PeerMsg::Answer {
             id: 9,

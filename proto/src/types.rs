@@ -260,6 +260,9 @@ pub struct ExecRecord {
     /// The names of the variables `--env` set (never their values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_names: Vec<String>,
+    /// It ran on a terminal (`-t`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 /// Which output stream a chunk belongs to.
@@ -332,6 +335,46 @@ pub struct ExecSpec {
     /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
     #[serde(skip)]
     pub via_leader: bool,
+    /// Run on a pseudo-terminal (`d -t`, protocol
+    /// [`crate::PROTOCOL_TERMINALS`]): stdin, stdout and stderr are the
+    /// terminal, output comes as one stream (stdout), input carries the
+    /// keystrokes (so `stdin` is set too). With an empty `shell_cmd`, the
+    /// user's login shell runs interactively (as `ssh host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
+}
+
+/// The terminal a job runs on: its type and first window size, as the
+/// client's terminal has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tty {
+    /// `TERM` for the job (the client's; empty: `dumb`).
+    #[serde(default)]
+    pub term: String,
+    /// The window size: rows and columns, in characters.
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl Tty {
+    /// Longest `TERM` accepted (terminfo names are short; this is lavish).
+    pub const MAX_TERM: usize = 64;
+
+    /// The `TERM` a job gets: the client's if it is a plain name
+    /// (letters, digits, `-`, `_`, `.`, `+`), else `dumb`.
+    pub fn term_or_default(&self) -> &str {
+        let ok = !self.term.is_empty()
+            && self.term.len() <= Self::MAX_TERM
+            && self
+                .term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b));
+        if ok {
+            &self.term
+        } else {
+            "dumb"
+        }
+    }
 }
 
 /// What a `d cp` job does on its target. The archive stream is tar (GNU
@@ -403,6 +446,17 @@ impl ExecSpec {
             claim: None,
             files: None,
             via_leader: false,
+            tty: None,
+        }
+    }
+
+    /// What of this job a daemon before protocol
+    /// [`crate::PROTOCOL_TERMINALS`] cannot do (a terminal); empty if nothing.
+    pub fn needs_terminals(&self) -> Vec<&'static str> {
+        if self.tty.is_some() {
+            vec!["a terminal (-t)"]
+        } else {
+            Vec::new()
         }
     }
 
@@ -603,6 +657,35 @@ mod tests {
         assert_eq!(e(Some(42), None, false).status(), 42);
         assert_eq!(e(None, Some(9), false).status(), 137);
         assert_eq!(e(None, Some(15), true).status(), 124);
+    }
+
+    #[test]
+    fn term_is_a_plain_name_or_dumb() {
+        let t = |term: &str| Tty {
+            term: term.into(),
+            rows: 24,
+            cols: 80,
+        };
+        assert_eq!(t("xterm-256color").term_or_default(), "xterm-256color");
+        assert_eq!(t("screen.xterm+x_y").term_or_default(), "screen.xterm+x_y");
+        for bad in ["", "a b", "x\ny", "../../etc", &"x".repeat(65)] {
+            assert_eq!(t(bad).term_or_default(), "dumb", "{bad:?}");
+        }
+        // Absent from older specs; left out when unused.
+        let spec = ExecSpec::new("/", "ls");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("tty"));
+        assert!(spec.needs_terminals().is_empty());
+        let spec = ExecSpec {
+            tty: Some(t("vt100")),
+            ..spec
+        };
+        let j = serde_json::to_string(&spec).unwrap();
+        assert!(
+            j.contains(r#""tty":{"term":"vt100","rows":24,"cols":80}"#),
+            "{j}"
+        );
+        assert_eq!(serde_json::from_str::<ExecSpec>(&j).unwrap(), spec);
+        assert_eq!(spec.needs_terminals(), ["a terminal (-t)"]);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - options for a shell command: `--directory DIR`, `--timeout SECS`,
 //!   `--parallel N`, `--gather`, `--diff`, `--outdir DIR`, `--via-leader`,
 //!   `--direct`, `-n`/`--no-stdin`, `-u`/`--user USER`,
-//!   `--env NAME=VALUE`, the rollout control (`--batch`, `--batch-wait`,
+//!   `--env NAME=VALUE`, `-t`/`-tt` (a terminal), the rollout control (`--batch`, `--batch-wait`,
 //!   `--max-errors`, `--fail-fast`, `--canary`) and the global options
 //!   again, then `--`
 //!   to read the rest as a shell command whatever its first word;
@@ -19,6 +19,8 @@
 //!   `doctor` run here with `--peer TARGET`; the local commands
 //!   (`setPeerConfig`, `registerWorker`, `completions`, `mcp`, `deletePeer`,
 //!   `execOnPeer`, `execOnPeerByIp`, `rsh`) are refused with the line that does it;
+//! - nothing (one peer): the user's login shell there, on a terminal, as
+//!   `ssh vps` (`execOnPeer -t` with an empty command);
 //! - otherwise words of a shell command, run on the target in its default
 //!   directory: joined with single spaces, as ssh joins them, so the remote
 //!   shell reads them again (`d @vps echo '$HOME'` prints vps's home).
@@ -273,6 +275,10 @@ fn plan_after(
                 opts.strict = true;
                 opts.given.push(name.to_string());
             }
+            ("-t" | "-tt", None) if !has_inline => {
+                opts.job.push(name.to_string());
+                opts.given.push(name.to_string());
+            }
             ("-n" | "--no-stdin", None) if !has_inline => {
                 opts.job.push("--no-stdin".into());
                 opts.given.push(name.to_string());
@@ -292,7 +298,7 @@ fn plan_after(
                 return Err(usage(
                     format!("Unknown option {a:?} after {at}"),
                     format!(
-                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --diff, --outdir DIR, --via-leader, --direct, --strict, -n, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
+                        "options after {at}: -x EXPR, --directory DIR, --timeout SECS, --parallel N, --gather, --diff, --outdir DIR, --via-leader, --direct, --strict, -n, -t, -tt, -u USER, --env NAME=VALUE, --batch N|N%, --batch-wait SECS, --max-errors N|N%, --fail-fast, --canary N, then `--` before a command that starts with '-'"
                     ),
                 ))
             }
@@ -303,10 +309,17 @@ fn plan_after(
     let words = &rest[i..];
     let spec = target.as_str();
     let Some(first) = words.first() else {
-        return Err(usage(
-            format!("Nothing to run on {spec} after {at}"),
-            format!("give a d command or a shell command: d {at} getPeerStatus, d {at} uptime"),
-        ));
+        if fanout::is_many(spec) {
+            return Err(usage(
+                format!("Nothing to run on {spec} after {at}"),
+                format!("give a d command or a shell command: d {at} getPeerStatus, d {at} uptime"),
+            ));
+        }
+        // `d @vps` alone: the user's login shell there, on a terminal (as `ssh vps`).
+        if !opts.job.iter().any(|o| o.starts_with("-t")) {
+            opts.job.push("-t".into());
+        }
+        return Ok(shell(spec, &[], globals, opts));
     };
     let kind = if forced { None } else { kind(first) };
     let Some(kind) = kind else {

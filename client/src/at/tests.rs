@@ -187,17 +187,33 @@ fn d_commands() {
 }
 
 #[test]
+fn a_peer_alone_is_its_login_shell_on_a_terminal() {
+    for (line, tty) in [(&["@vps"][..], "-t"), (&["@vps", "-tt"], "-tt")] {
+        let Plan::Argv(argv) = p(line) else {
+            panic!("{line:?}")
+        };
+        assert!(argv.contains(&"--shellCmd=".to_string()), "{argv:?}");
+        assert_eq!(argv.iter().filter(|a| a.starts_with("-t")).count(), 1);
+        assert!(argv.contains(&tty.to_string()), "{argv:?}");
+    }
+    let Plan::Argv(argv) = p(&["@vps", "-t", "htop"]) else {
+        panic!()
+    };
+    assert!(argv.contains(&"-t".to_string()) && argv.contains(&"--shellCmd=htop".to_string()));
+}
+
+#[test]
 fn malformed_lines_are_usage_errors() {
     for bad in [
         &["@"][..],
         &["@a;b", "ls"],
         &["@a,", "ls"],
-        &["@vps"],
+        &["@a,b"],
         &["@vps", "--directory"],
         &["@vps", "--timeout", "soon", "ls"],
         &["@vps", "--parallel", "0", "ls"],
         &["@vps", "-la"],
-        &["@vps", "--"],
+        &["@all", "--"],
         &["@web[5-1]", "ls"],
         &["@vps", "-x", "a b", "ls"],
     ] {

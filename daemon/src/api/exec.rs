@@ -105,12 +105,14 @@ fn exec_spec(
         timeout_secs: timeout.unwrap_or(daemon.config.exec_timeout_secs),
         requester: daemon.me(),
         user,
-        stdin: opts.stdin,
+        // A terminal's keystrokes are the job's input.
+        stdin: opts.stdin || opts.tty.is_some(),
         run_as: opts.user,
         env: opts.env,
         // What the audit log shows for a `d cp` job: composed here, never the
         // client's text (the target runs its file helper, not a shell).
         files: opts.files.clone(),
+        tty: opts.tty,
         via_leader: opts.via_leader,
         ..ExecSpec::new(
             directory,
@@ -485,6 +487,11 @@ async fn from_client<R: AsyncRead + Unpin>(
                     if let Err(overrun) = q.push(&data.0) {
                         return format!("the client sent {overrun}");
                     }
+                }
+            }
+            Read::Msg(ClientMsg::Resize { rows, cols }) => {
+                if let Some(q) = &input {
+                    q.resize(rows, cols);
                 }
             }
             Read::Msg(ClientMsg::End) => {

@@ -130,6 +130,7 @@ pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> Exe
         output_bytes: 0,
         run_as: spec.run_as.clone(),
         env_names: spec.env.iter().map(|(k, _)| k.clone()).collect(),
+        tty: spec.tty.is_some(),
     }
 }
 

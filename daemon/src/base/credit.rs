@@ -58,6 +58,10 @@ pub struct CreditQueue {
     readable: Notify,
     /// Credit became due, or the queue closed.
     creditable: Notify,
+    /// A terminal job's window size (rows, columns), beside its input: only
+    /// the latest is kept, so a storm of sizes costs no memory. `None`
+    /// until one came after the start.
+    size: tokio::sync::watch::Sender<Option<(u16, u16)>>,
 }
 
 impl CreditQueue {
@@ -68,7 +72,19 @@ impl CreditQueue {
             state: Mutex::default(),
             readable: Notify::new(),
             creditable: Notify::new(),
+            size: tokio::sync::watch::Sender::new(None),
         })
+    }
+
+    /// The terminal of the stream's job is now `rows` × `cols` (replaces any
+    /// size not yet passed on).
+    pub fn resize(&self, rows: u16, cols: u16) {
+        self.size.send_replace(Some((rows, cols)));
+    }
+
+    /// The window sizes as they come ([`CreditQueue::resize`]).
+    pub fn sizes(&self) -> tokio::sync::watch::Receiver<Option<(u16, u16)>> {
+        self.size.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

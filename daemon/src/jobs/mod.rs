@@ -17,11 +17,13 @@
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
 //! process, its group and its end; [`spawn`] starting it in a session of its
-//! own without forking the daemon; [`pump`] its pipes; [`ledger`] running
-//! jobs written down, for the start after a daemon was killed.
+//! own without forking the daemon; [`pty`] jobs on a terminal (`d -t`);
+//! [`pump`] its pipes; [`ledger`] running jobs written down, for the start
+//! after a daemon was killed.
 
 pub mod ledger;
 mod process;
+mod pty;
 mod pump;
 mod spawn;
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
-use super::{pump, spawn, JobEvent, Options, KILL_GRACE};
+use super::{pty, pump, spawn, JobEvent, Options, KILL_GRACE};
 use crate::base::budget::{Allowance, OutputBudget};
 use std::sync::Arc;
 
@@ -81,6 +81,10 @@ pub(super) async fn run(
     }
     env.retain(|(k, _)| k != "SHELL");
     env.push(("SHELL".into(), shell.clone().into_os_string()));
+    if let Some(t) = &spec.tty {
+        env.retain(|(k, _)| k != "TERM");
+        env.push(("TERM".into(), t.term_or_default().into()));
+    }
     // --env last: it wins over every default (a later one over an earlier).
     for (k, v) in &spec.env {
         env.retain(|(n, _)| n.as_os_str() != k.as_str());
@@ -103,6 +107,8 @@ pub(super) async fn run(
                 serde_json::to_string(op).unwrap_or_default().into(),
             ],
         ),
+        // No command on a terminal: the login shell (`d @peer` alone).
+        None if spec.tty.is_some() && spec.shell_cmd.is_empty() => (shell, Vec::new()),
         None => (shell, vec!["-c".into(), spec.shell_cmd.clone().into()]),
     };
     let command = spawn::Command {
@@ -112,9 +118,15 @@ pub(super) async fn run(
         env: &env,
         stdin: opts.stdin.is_some(),
     };
-    let spawned = match &opts.run_as {
-        None => spawn::spawn_shell(&command),
-        Some(u) => spawn::spawn_shell_as(&command, u),
+    let tty = spec.tty.as_ref();
+    let mut master = None;
+    let spawned = match (tty, &opts.run_as) {
+        (Some(t), u) => pty::spawn(&command, u.as_ref(), t.rows, t.cols).map(|(c, m)| {
+            master = Some(m);
+            c
+        }),
+        (None, None) => spawn::spawn_shell(&command),
+        (None, Some(u)) => spawn::spawn_shell_as(&command, u),
     };
     let mut child = spawned.map_err(|e| {
         ErrorBody::new(
@@ -122,9 +134,16 @@ pub(super) async fn run(
             format!("Cannot start {} on {me}: {e}", shell.display()),
         )
     })?;
-    let pgid = Some(Pid::from_raw(child.id() as i32));
     // Written down until its group has ended, for a daemon killed meanwhile.
     let noted = ledger.and_then(|l| l.add(child.id() as i32, spec));
+    // A terminal job's processes may leave its group (an interactive shell
+    // gives each pipeline its own): its whole session is ended instead.
+    let job = Scope {
+        id: Some(Pid::from_raw(child.id() as i32)),
+        session: tty.is_some(),
+    };
+    // The terminal's new sizes, as the requester sends them.
+    let mut sizes = master.as_ref().and(opts.stdin.as_ref()).map(|q| q.sizes());
     // Fed as the queue fills; stopped once the job has ended (input it never
     // read is dropped then).
     let feeder = match (child.stdin.take(), &opts.stdin) {
@@ -163,13 +182,24 @@ pub(super) async fn run(
     // When the group got SIGTERM; SIGKILL follows KILL_GRACE later.
     let mut termed_at: Option<tokio::time::Instant> = None;
     let mut kill_sent = false;
+    // A terminal job whose shell exited: when its session was hung up (as
+    // the kernel does when a terminal's controlling process exits), after
+    // which output still held open by a stray is no longer waited for.
+    let mut hung_up_at: Option<tokio::time::Instant> = None;
     loop {
         if status.is_some() && readers.is_empty() {
             // A stray that ignored SIGTERM (and holds no pipe) still gets SIGKILL.
-            if termed_at.is_none() || kill_sent || !group_alive(pgid) {
+            if termed_at.is_none() || kill_sent || !job.alive() {
                 break;
             }
         }
+        if job.session && status.is_some() && hung_up_at.is_none() {
+            hung_up_at = Some(tokio::time::Instant::now());
+            job.signal(Signal::SIGHUP);
+        }
+        let stray_at = hung_up_at
+            .filter(|_| !readers.is_empty())
+            .map(|t| t + KILL_GRACE);
         let kill_at = termed_at.filter(|_| !kill_sent).map(|t| t + KILL_GRACE);
         // Once killed, stop waiting for pipes a stray process might still hold.
         let give_up_at = termed_at.map(|t| t + KILL_GRACE * 2);
@@ -181,11 +211,25 @@ pub(super) async fn run(
             _ = sleep_until_opt(deadline), if termed_at.is_none() && deadline.is_some() => {
                 timed_out = true;
                 termed_at = Some(tokio::time::Instant::now());
-                signal_group(pgid, Signal::SIGTERM);
+                job.end(Signal::SIGTERM);
             }
             _ = cancel.cancelled(), if termed_at.is_none() => {
                 termed_at = Some(tokio::time::Instant::now());
-                signal_group(pgid, Signal::SIGTERM);
+                job.end(Signal::SIGTERM);
+            }
+            Some(Ok(())) = changed(sizes.as_mut()), if sizes.is_some() => {
+                let size = sizes.as_mut().and_then(|s| *s.borrow_and_update());
+                if let (Some((rows, cols)), Some(m)) = (size, &master) {
+                    if let Err(e) = m.resize(rows, cols) {
+                        tracing::debug!("terminal resize to {rows}x{cols}: {e}");
+                    }
+                }
+            }
+            _ = sleep_until_opt(stray_at), if stray_at.is_some() => {
+                // What ignored the hangup (`nohup cmd &`) still holds the
+                // terminal: stop reading it; closing it hangs the terminal
+                // up for good, and such a process runs on, as with ssh.
+                readers.abort_all();
             }
             // The shell is gone but its group was signalled: look again soon,
             // so a group that died of SIGTERM does not wait out the grace.
@@ -193,7 +237,7 @@ pub(super) async fn run(
                 if status.is_some() && readers.is_empty() && termed_at.is_some() && !kill_sent => {}
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
                 kill_sent = true;
-                signal_group(pgid, Signal::SIGKILL);
+                job.signal(Signal::SIGKILL);
             }
             _ = sleep_until_opt(give_up_at), if give_up_at.is_some() && kill_sent => {
                 readers.abort_all();
@@ -262,42 +306,95 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// Signal the job's process group. The group id is the shell's pid; while any
-/// member lives the kernel does not reuse it.
-fn signal_group(pgid: Option<Pid>, sig: Signal) {
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, sig);
+/// The processes of a job: its process group, whose id is the shell's pid
+/// (while any member lives the kernel does not reuse it), or for a terminal
+/// job its whole session (same id: the shell called `setsid`).
+struct Scope {
+    id: Option<Pid>,
+    session: bool,
+}
+
+impl Scope {
+    /// Signal every process of the job.
+    fn signal(&self, sig: Signal) {
+        let Some(id) = self.id else { return };
+        let _ = killpg(id, sig);
+        if self.session {
+            for (pid, _) in self.members().unwrap_or_default() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+        }
+    }
+
+    /// End the job with `sig`. A terminal job is hung up first (SIGHUP, what
+    /// closing a terminal does, and what interactive shells obey while they
+    /// ignore SIGTERM), then sent `sig`.
+    fn end(&self, sig: Signal) {
+        if self.session {
+            self.signal(Signal::SIGHUP);
+            self.signal(Signal::SIGCONT);
+        }
+        self.signal(sig);
+    }
+
+    /// Whether any process of the job still runs. Zombies do not count: an
+    /// orphan that died waits for init to reap it, sometimes for seconds,
+    /// and `killpg(pgid, 0)` would still see it.
+    fn alive(&self) -> bool {
+        let Some(id) = self.id else { return false };
+        if !self.session && killpg(id, None).is_err() {
+            return false;
+        }
+        match self.members() {
+            Some(m) => m.iter().any(|(_, state)| state != "Z"),
+            // No /proc to look in: the group answered, so assume it runs.
+            None => true,
+        }
+    }
+
+    /// (pid, state) of each process in /proc of this group or session;
+    /// `None` without /proc.
+    fn members(&self) -> Option<Vec<(i32, String)>> {
+        let id = self.id?;
+        let dir = std::fs::read_dir("/proc").ok()?;
+        let members = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                // pid (comm) state ppid pgrp session ...; comm may hold
+                // spaces and parens.
+                let (_, rest) = stat.rsplit_once(')')?;
+                let mut f = rest.split_whitespace();
+                let state = f.next()?.to_string();
+                let pgrp = f.nth(1)?.parse::<i32>().ok()?;
+                let session = f.next()?.parse::<i32>().ok()?;
+                let mine = if self.session { session } else { pgrp };
+                (mine == id.as_raw()).then_some((pid, state))
+            })
+            .collect();
+        Some(members)
     }
 }
 
-/// Whether any process of the group still runs. Zombies do not count: an
-/// orphan that died waits for init to reap it, sometimes for seconds, and
-/// `killpg(pgid, 0)` would still see it.
+/// Whether any process of the group `pgid` still runs (zombies do not
+/// count), for the ledger of a daemon that was killed.
 pub(super) fn group_alive(pgid: Option<Pid>) -> bool {
-    let Some(pgid) = pgid else { return false };
-    if killpg(pgid, None).is_err() {
-        return false;
+    Scope {
+        id: pgid,
+        session: false,
     }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    dir.filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .any(|stat| {
-            // pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let mut f = rest.split_whitespace();
-            let state = f.next();
-            let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
-            pgrp == Some(pgid.as_raw()) && state != Some("Z")
-        })
+    .alive()
+}
+
+/// The next change of a watch, if there is one to watch.
+async fn changed<T>(
+    w: Option<&mut tokio::sync::watch::Receiver<T>>,
+) -> Option<Result<(), tokio::sync::watch::error::RecvError>> {
+    match w {
+        Some(w) => Some(w.changed().await),
+        None => std::future::pending().await,
+    }
 }
 
 fn default_env() -> Vec<(&'static str, String)> {

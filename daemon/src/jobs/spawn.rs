@@ -52,6 +52,25 @@ enum Waiter {
 }
 
 impl Child {
+    /// A child tokio started (forked), with its descriptors.
+    pub(super) fn from_tokio(
+        child: tokio::process::Child,
+        stdin: Option<Input>,
+        stdout: Option<Output>,
+        stderr: Option<Output>,
+    ) -> io::Result<Child> {
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("the shell ended before its pid was read"))?;
+        Ok(Child {
+            pid: pid as i32,
+            waiter: Waiter::Tokio(child),
+            stdin,
+            stdout,
+            stderr,
+        })
+    }
+
     /// The shell's pid, which is also its session and process group id.
     pub fn id(&self) -> u32 {
         self.pid as u32

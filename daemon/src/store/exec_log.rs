@@ -11,8 +11,8 @@ impl Store {
         let exit = r.exit.as_ref();
         self.conn.execute(
             "INSERT INTO exec_log (started_ms, side, requester, user, target, directory, command,
-                exit_code, signal, timed_out, error, duration_ms, output_bytes, run_as, env_names)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                exit_code, signal, timed_out, error, duration_ms, output_bytes, run_as, env_names, tty)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 r.started_ms as i64,
                 r.side,
@@ -28,7 +28,8 @@ impl Store {
                 r.duration_ms as i64,
                 r.output_bytes as i64,
                 r.run_as,
-                (!r.env_names.is_empty()).then(|| r.env_names.join(" "))
+                (!r.env_names.is_empty()).then(|| r.env_names.join(" ")),
+                r.tty
             ],
         )?;
         let id = self.conn.last_insert_rowid();
@@ -77,7 +78,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, started_ms, side, requester, user, target, directory, command,
                     exit_code, signal, timed_out, error, duration_ms, output_bytes,
-                    run_as, env_names
+                    run_as, env_names, tty
              FROM exec_log WHERE ?1 IS NULL OR requester = ?1 OR target = ?1
              ORDER BY id DESC LIMIT ?2",
         )?;
@@ -110,6 +111,7 @@ impl Store {
                     .get::<_, Option<String>>(15)?
                     .map(|n| n.split(' ').map(str::to_string).collect())
                     .unwrap_or_default(),
+                tty: r.get(16)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -147,6 +149,7 @@ mod tests {
             error: None,
             run_as: None,
             env_names: Vec::new(),
+            tty: false,
             duration_ms: 5,
             output_bytes: i,
         };
@@ -177,6 +180,11 @@ mod tests {
         assert_eq!(back.run_as.as_deref(), Some("app"));
         assert_eq!(back.env_names, ["A", "B_2"]);
         assert!(s.exec_log(None, 1000).unwrap()[1].env_names.is_empty());
+        // A job on a terminal says so.
+        assert!(!back.tty);
+        r.tty = true;
+        s.log_exec(&r, keep).unwrap();
+        assert!(s.exec_log(Some("laptop"), 1).unwrap()[0].tty);
     }
 
     #[test]
@@ -205,6 +213,7 @@ mod tests {
                 output_bytes: 0,
                 run_as: None,
                 env_names: Vec::new(),
+                tty: false,
             };
             s.log_exec(&rec, keep).unwrap();
         }

@@ -121,6 +121,8 @@ const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER NOT NULL,
         PRIMARY KEY (id, public_key)
     );",
+    // 9 → 10: the job ran on a terminal (`d -t`), 0 or 1.
+    "ALTER TABLE exec_log ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;",
 ];
 
 impl Store {

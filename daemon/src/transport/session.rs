@@ -445,6 +445,7 @@ impl Session {
                     q.end();
                 }
             }
+            PeerMsg::Resize { job, rows, cols } => self.resize(job, rows, cols),
             PeerMsg::InputCredit { job, bytes } => {
                 if let Some(c) = self
                     .lock_jobs_out()

@@ -25,8 +25,29 @@ impl InputSink {
     /// closed, the job ended or the session closed (then `q` is closed too:
     /// later input is dropped).
     pub async fn forward(self, q: Arc<CreditQueue>) {
+        // A terminal job's window sizes go on beside its input, the latest
+        // one at most every RESIZE_EVERY_MS.
+        let mut sizes = q.sizes();
+        let every = std::time::Duration::from_millis(d_proto::RESIZE_EVERY_MS);
+        let mut next_resize = tokio::time::Instant::now();
         loop {
-            let Some(chunk) = q.next().await else {
+            let next = tokio::select! {
+                c = q.next() => c,
+                Ok(()) = sizes.changed() => {
+                    tokio::time::sleep_until(next_resize).await;
+                    next_resize = tokio::time::Instant::now() + every;
+                    let size = *sizes.borrow_and_update();
+                    if let Some((rows, cols)) = size {
+                        let m = PeerMsg::Resize { job: self.job, rows, cols };
+                        if self.session.send(m).await.is_err() {
+                            q.close();
+                            return;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(chunk) = next else {
                 if q.ended() {
                     let _ = self.session.send(PeerMsg::InputEnd { job: self.job }).await;
                 }
@@ -67,6 +88,14 @@ impl Session {
             cancel.cancel();
             q.close();
             self.complain(format!("job {job}: {overrun}"));
+        }
+    }
+
+    /// A new window size for a terminal job this side serves (sizes for a
+    /// job without a terminal, or one that ended, are dropped).
+    pub(super) fn resize(&self, job: u64, rows: u16, cols: u16) {
+        if let Some(q) = lock(&self.jobs_in).get(&job).and_then(|j| j.input.clone()) {
+            q.resize(rows, cols);
         }
     }
 

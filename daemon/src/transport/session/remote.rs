@@ -67,7 +67,7 @@ impl Drop for RemoteJob {
 impl Session {
     /// Start a job on the other side; its events arrive on the returned job.
     /// A job that needs what the other side's protocol lacks (standard
-    /// input, `--user`, `--env`) is refused here, saying so, never sent
+    /// input, `--user`, `--env`, a terminal) is refused here, saying so, never sent
     /// without it.
     pub async fn start_job(self: &Arc<Self>, mut spec: ExecSpec) -> Result<RemoteJob, ErrorBody> {
         if self.terms.protocol < d_proto::PROTOCOL_SIGNED_JOBS {
@@ -91,8 +91,14 @@ impl Session {
                 self.peer.id
             )));
         }
-        let needs = spec.needs_streams();
-        if !needs.is_empty() && !self.terms.streams() {
+        let mut needs = spec.needs_streams();
+        if self.terms.streams() {
+            needs.clear();
+        }
+        if self.terms.protocol < d_proto::PROTOCOL_TERMINALS {
+            needs.extend(spec.needs_terminals());
+        }
+        if !needs.is_empty() {
             return Err(ErrorBody::new(
                 d_proto::types::ErrorKind::Refused,
                 format!(
@@ -104,7 +110,7 @@ impl Session {
                 ),
             )
             .hint(format!(
-                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or run without it (`-n` gives the job /dev/null as stdin)",
+                "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or run without it (`-n` gives the job /dev/null as stdin; without `-t` it runs with no terminal)",
                 self.peer.id
             )));
         }
