@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Standard input throughput over real WireGuard (issue 15): SIZE bytes piped
+# from laptop into a job on vps that discards them, across the wireguard-go
+# tunnel between their network namespaces (scripts/mesh.sh, root only).
+#
+#   d      `head -c SIZE /dev/zero | d @vps 'cat > /dev/null'` asked of
+#          laptop's daemon (client → laptop's daemon → the tunnel → vps's
+#          daemon → the job's pipe, credit at every hop)
+#   ssh    the same into `ssh vps 'cat > /dev/null'`: a throwaway sshd in
+#          vps's namespace on its WireGuard address, ssh run in laptop's
+#   tcp    the floor: the same bytes over one plain TCP connection through
+#          the same tunnel into a reader that discards them
+#
+# Numbers only, never assertions. Environment: BENCH_STDIN_MB (default 256),
+# BENCH_RUNS (3; the median is printed), BENCH_NO_BUILD=1 (use
+# target/release as it is). Only the namespaces and processes made here
+# are touched (addresses in 198.18.0.0/15).
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "stdin-wg.sh: needs root (network namespaces)" >&2; exit 1; }
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib-mesh.sh
+. "$HERE/../lib-mesh.sh"
+MB=${BENCH_STDIN_MB:-256}
+RUNS=${BENCH_RUNS:-3}
+SIZE=$((MB * 1024 * 1024))
+[ -n "${BENCH_NO_BUILD:-}" ] || mesh_build
+trap mesh_cleanup EXIT
+
+mesh_wg_up d-bench-stdin-wg $$
+mesh_wg_start
+mesh_configure
+in_ns() { local name=$1; shift; ip netns exec "${NS[$name]}" "$@"; }
+
+secs() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo "$(( (t1 - t0) / 1000000 ))"; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+rate() { awk -v b="$SIZE" -v ms="$1" 'BEGIN { printf "%.0f", b / 1048576 / (ms / 1000) }'; }
+measure() { # label, then the command
+  local label=$1; shift
+  local ms
+  ms=$(for _ in $(seq "$RUNS"); do secs "$@"; done | median)
+  printf '%-5s %6s MB/s  (%d MiB in %d ms, median of %d)\n' "$label" "$(rate "$ms")" "$MB" "$ms" "$RUNS"
+}
+
+d_one() { head -c "$SIZE" /dev/zero | mesh_d laptop @vps 'cat > /dev/null'; }
+tcp_floor() {
+  rm -f "$MESH_DIR/port"
+  in_ns vps python3 - "$MESH_DIR/port" "${IP[vps]}" <<'PY' &
+import os, socket, sys
+s = socket.socket(); s.bind((sys.argv[2], 0)); s.listen(1)
+with open(sys.argv[1] + ".tmp", "w") as f: f.write(str(s.getsockname()[1]))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+c, _ = s.accept(); b = bytearray(1 << 20)
+while c.recv_into(b): pass
+PY
+  local rp=$!
+  for _ in $(seq 200); do [ -s "$MESH_DIR/port" ] && break; sleep 0.05; done
+  # shellcheck disable=SC2016 # expanded by that bash
+  in_ns laptop bash -c 'head -c "$1" /dev/zero >"/dev/tcp/$2/$3"' _ "$SIZE" "${IP[vps]}" "$(cat "$MESH_DIR/port")"
+  wait "$rp"
+}
+
+echo "stdin throughput over WireGuard (wireguard-go, laptop -> vps), $MB MiB, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg)"
+d_one # warm: the session exists before the runs
+measure d d_one
+measure tcp tcp_floor
+
+if [ -x /usr/sbin/sshd ]; then
+  s=$MESH_DIR/ssh; mkdir -p "$s/home"; chmod 700 "$s"
+  ssh-keygen -q -t ed25519 -N '' -f "$s/host" -C d-bench-host
+  ssh-keygen -q -t ed25519 -N '' -f "$s/id" -C d-bench-client
+  cp "$s/id.pub" "$s/authorized_keys"
+  [ -d /run/sshd ] || { mkdir -p /run/sshd; chmod 755 /run/sshd; }
+  cat >"$s/conf" <<CONF
+ListenAddress ${IP[vps]}
+Port 2222
+HostKey $s/host
+PidFile $s/pid
+UsePAM no
+PermitRootLogin prohibit-password
+StrictModes no
+AuthorizedKeysFile $s/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+SetEnv HOME=$s/home
+LogLevel ERROR
+CONF
+  in_ns vps /usr/sbin/sshd -D -e -f "$s/conf" </dev/null 2>>"$s/log" &
+  MESH_PIDS+=("$!")
+  SSH=(ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i "$s/id" -p 2222 "root@${IP[vps]}")
+  for _ in $(seq 50); do in_ns laptop "${SSH[@]}" true 2>/dev/null && break; sleep 0.1; done
+  ssh_one() { head -c "$SIZE" /dev/zero | in_ns laptop "${SSH[@]}" 'cat > /dev/null'; }
+  measure ssh ssh_one
+else
+  echo "ssh   skipped (no /usr/sbin/sshd)"
+fi
