@@ -164,7 +164,7 @@ complete -c d -n "__fish_d_using_subcommand doctor" -l json -d 'Print one machin
 complete -c d -n "__fish_d_using_subcommand doctor" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c d -n "__fish_d_using_subcommand execLog" -l peer -d 'Only jobs this peer asked for or ran' -r -f
-complete -c d -n "__fish_d_using_subcommand execLog" -l limit -d 'At most this many rows' -r -f
+complete -c d -n "__fish_d_using_subcommand execLog" -l limit -d 'At most this many rows (1 to 10000, what the daemon serves)' -r -f
 complete -c d -n "__fish_d_using_subcommand execLog" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execLog" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execLog" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'

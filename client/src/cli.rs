@@ -231,8 +231,9 @@ pub enum Command {
         /// Only jobs this peer asked for or ran.
         #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: Option<String>,
-        /// At most this many rows.
-        #[arg(long, value_name = "N", default_value_t = 50, value_hint = ValueHint::Other)]
+        /// At most this many rows (1 to 10000, what the daemon serves).
+        #[arg(long, value_name = "N", default_value_t = 50, value_hint = ValueHint::Other,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
 
