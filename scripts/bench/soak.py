@@ -251,12 +251,13 @@ def audit(run, names, mk):
             continue
         rows = collections.Counter()
         errs = {}
+        err_rows = collections.Counter()
         req_rows = 0
         for ln in txt.splitlines():
             f = ln.split("\t")
             if len(f) < 10:
                 continue
-            side, error, command = f[2], f[8], "\t".join(f[9:])
+            side, code, sig, error, command = f[2], f[5], f[6], f[8], "\t".join(f[9:])
             mt = re.search(r"/ran/(J\d+)\.", command)
             if not mt:
                 continue
@@ -266,6 +267,11 @@ def audit(run, names, mk):
             rows[mt.group(1)] += 1
             if error:
                 errs[mt.group(1)] = norm(error)
+                err_rows[norm(error)] += 1
+            elif sig:
+                errs[mt.group(1)] = "ended by signal %s" % sig
+            else:
+                errs[mt.group(1)] = "exit %s" % code
         ran = {job for (job, host) in mk if host == h}
         res[h] = {
             "rows": sum(rows.values()), "jobs_with_row": len(rows), "markers": len(ran),
@@ -273,7 +279,7 @@ def audit(run, names, mk):
             "marker_no_row": sorted(ran - set(rows)),
             "row_no_marker": sorted(set(rows) - ran),
             "dup_rows": sorted(k for k, v in rows.items() if v > 1),
-            "row_errors": collections.Counter(errs.values()),
+            "row_errors": err_rows,
             "errs": errs,
         }
     return res

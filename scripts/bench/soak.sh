@@ -34,7 +34,9 @@
 #   SOAK_WORKERS=3      workers besides the leader
 #   SOAK_FAULT_EVERY=60 seconds between faults;  SOAK_FAULTS="leader worker tunnel stop"
 #   SOAK_DOWN=5 SOAK_CUT=20 SOAK_STOP=10   fault durations (s)
-#   SOAK_OUT=target/bench/soak-faults  where the counts and raw data are kept
+#   SOAK_OUT=target/bench/soak-faults  where the counts (summary.txt, counts.json),
+#                       the samples, the faults, the daemons' logs and the plot
+#                       of RSS and fds (soak-faults.svg, scripts/bench/soak_plot.py) go
 #   SOAK_NO_BUILD=1     use target/release as it is;  SOAK_KEEP=1 keep the run dir
 # Needs root; installs wireguard-go, wireguard-tools, iproute2, sqlite3 with
 # apt-get when missing. Only this run's namespaces (198.18.0.0/15) and processes
@@ -394,5 +396,7 @@ kill -TERM "${BG[0]}" 2>/dev/null || true
 mkdir -p "$OUT"
 python3 "$HERE/soak.py" --run "$RUN" --out "$OUT" | tee "$OUT/summary.txt"
 cp "$RUN/meta" "$RUN/samples.tsv" "$RUN/faults.tsv" "$RUN/events.log" "$OUT/" 2>/dev/null || true
+python3 "$HERE/soak_plot.py" "$RUN/samples.tsv" "$RUN/faults.tsv" "$OUT/soak-faults.svg" ||
+  echo "soak.sh: no plot (soak_plot.py failed)" >&2
 for n in "${NAMES[@]}"; do cp "$RUN/$n/log" "$OUT/$n.log" 2>/dev/null || true; done
 echo "soak.sh: counts in $OUT/summary.txt" >&2
