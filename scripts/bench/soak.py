@@ -150,6 +150,9 @@ def fanout_units(j, names):
 
 
 def classify(run, names, live=False):
+    # Jobs first: a job's .rc is written after its end marker, so markers read
+    # second are never older than the statuses (while the run goes on).
+    js = jobs(run, live)
     mk = markers(run)
     c = collections.Counter()
     reasons = collections.Counter()
@@ -157,7 +160,6 @@ def classify(run, names, live=False):
     bad = []
     per_min = collections.defaultdict(collections.Counter)
     seen_units = set()
-    js = jobs(run, live)
     t0 = min((j["t"] for j in js), default=0)
     for j in js:
         minute = int((j["t"] - t0) // 60)
