@@ -243,7 +243,7 @@ def classify(run, names, live=False):
     return js, mk, c, reasons, failed_ran, bad, per_min
 
 
-def audit(run, names, mk):
+def audit(run, names, mk, asked_by):
     """Per host: jobs with a marker there vs rows on that host's side."""
     res = {}
     for h in names:
@@ -254,6 +254,7 @@ def audit(run, names, mk):
         rows = collections.Counter()
         errs = {}
         err_rows = collections.Counter()
+        wrong_req = []
         req_rows = 0
         for ln in txt.splitlines():
             f = ln.split("\t")
@@ -267,6 +268,8 @@ def audit(run, names, mk):
                 req_rows += 1
                 continue
             rows[mt.group(1)] += 1
+            if asked_by.get(mt.group(1)) not in (None, f[3]):
+                wrong_req.append("%s (row: %s, asked by %s)" % (mt.group(1), f[3], asked_by[mt.group(1)]))
             if error:
                 errs[mt.group(1)] = norm(error)
                 err_rows[norm(error)] += 1
@@ -282,6 +285,7 @@ def audit(run, names, mk):
             "row_no_marker": sorted(set(rows) - ran),
             "dup_rows": sorted(k for k, v in rows.items() if v > 1),
             "row_errors": err_rows,
+            "wrong_requester": wrong_req,
             "errs": errs,
         }
     return res
@@ -348,16 +352,17 @@ def main():
         for b in bad[:20]:
             o.append("  %s\n" % (b,))
 
-    au = audit(a.run, names, mk)
+    au = audit(a.run, names, mk, {j["job"]: j["from"] for j in js})
     o.append("\naudit rows (target side, each host's d.db after a clean stop) vs markers (jobs that started there):\n")
-    o.append("  %-5s %7s %7s %9s %12s %12s %8s\n" % ("host", "markers", "rows", "req-rows", "marker-norow", "row-nomarker", "dup-rows"))
+    o.append("  %-5s %7s %7s %9s %12s %12s %8s %9s\n" % ("host", "markers", "rows", "req-rows", "marker-norow", "row-nomarker", "dup-rows", "other-req"))
     for h in names:
         r = au[h]
         if r is None:
             o.append("  %-5s (no audit.tsv)\n" % h)
             continue
-        o.append("  %-5s %7d %7d %9d %12d %12d %8d\n" % (h, r["markers"], r["rows"], r["requester_rows"],
-                                                       len(r["marker_no_row"]), len(r["row_no_marker"]), len(r["dup_rows"])))
+        o.append("  %-5s %7d %7d %9d %12d %12d %8d %9d\n" % (h, r["markers"], r["rows"], r["requester_rows"],
+                                                            len(r["marker_no_row"]), len(r["row_no_marker"]),
+                                                            len(r["dup_rows"]), len(r["wrong_requester"])))
     for h in names:
         r = au[h]
         if not r:
@@ -366,6 +371,8 @@ def main():
             o.append("  %s rows with an error column:\n%s" % (h, fmt_reasons(r["row_errors"], "      ")))
         for job in r["marker_no_row"][:10]:
             o.append("  %s: marker without a row: %s %s\n" % (h, job, mk.get((job, h))))
+        for w in r["wrong_requester"][:10]:
+            o.append("  %s: row naming another requester than the one that asked: %s\n" % (h, w))
         for job in r["row_no_marker"][:10]:
             o.append("  %s: row without a marker: %s (%s)\n" % (h, job, r["errs"].get(job, "no error")))
 
