@@ -16,9 +16,11 @@
 //! Both ends run with bounded memory: one chunk ([`CHUNK`]) at a time.
 
 pub mod helper;
+mod home;
 mod local;
 pub mod receive;
 pub mod send;
+mod special;
 mod tmp;
 
 pub use receive::{receive, Received};

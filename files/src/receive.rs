@@ -20,7 +20,7 @@ use tar::{Archive, EntryType, PaxExtensions};
 
 use crate::local::{parse_owner, sha256_of, umask};
 use crate::send::hex;
-use crate::{shown, tmp, why, KEY_ERROR, KEY_SHA256};
+use crate::{shown, special, tmp, why, KEY_ERROR, KEY_SHA256};
 
 /// What [`receive`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub fn receive(
     let umask = umask();
     let mut r = Received::default();
     let mut pending: Option<Pending> = None;
+    // Bytes written into a device or FIFO, waiting for their trailer.
+    let mut into: Option<special::Into> = None;
     let mut top: Option<PathBuf> = None;
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
     // Directories whose new entries are fsynced once, at the end (before
@@ -80,6 +82,18 @@ pub fn receive(
             if kind == EntryType::XGlobalHeader {
                 let mut data = Vec::new();
                 (&mut e).take(64 * 1024).read_to_end(&mut data)?;
+                if let Some(w) = into.take() {
+                    match special::finish(w, &data) {
+                        Ok(n) => {
+                            r.files += 1;
+                            r.bytes += n;
+                        }
+                        Err(msg) => {
+                            report(msg);
+                            r.failed += 1;
+                        }
+                    }
+                }
                 if let Some(p) = pending.take() {
                     match finish(p, &data, opts, owner, &mut r, &mut dirty) {
                         Ok(()) => {}
@@ -90,6 +104,10 @@ pub fn receive(
                     }
                 }
                 continue;
+            }
+            if let Some(w) = into.take() {
+                report(special::unfinished(&w));
+                r.failed += 1;
             }
             if let Some(p) = pending.take() {
                 tmp::discard(&p.tmp);
@@ -128,6 +146,19 @@ pub fn receive(
                     Some(to) => make_link(&target, existing.as_ref(), &to).map(|()| r.files += 1),
                     None => Err(format!("{}: a symlink without a target", shown(&target))),
                 },
+                // A device or FIFO is written into, never replaced.
+                EntryType::Regular | EntryType::Continuous
+                    if existing.as_ref().is_some_and(special::is_special) =>
+                {
+                    match special::write_into(&mut e, &target, existing.as_ref()) {
+                        Ok(w) => {
+                            into = Some(w);
+                            Ok(())
+                        }
+                        Err(special::Error::Stream(e)) => return Err(e),
+                        Err(special::Error::Local(msg)) => Err(msg),
+                    }
+                }
                 EntryType::Regular | EntryType::Continuous => {
                     let size = e.size();
                     match start_file(&target, existing.as_ref(), size, mtime, opts) {
@@ -365,6 +396,12 @@ fn make_dir(
 }
 
 fn make_link(target: &Path, existing: Option<&fs::Metadata>, to: &Path) -> Result<(), String> {
+    if existing.is_some_and(special::is_special) {
+        return Err(format!(
+            "{}: is a device, FIFO or socket, a symlink comes: not replaced",
+            shown(target)
+        ));
+    }
     if existing.is_some_and(|m| m.is_dir()) {
         return Err(format!(
             "{}: is a directory, a symlink comes: not replaced",
