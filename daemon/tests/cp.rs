@@ -666,3 +666,249 @@ fn a_destination_symlink_is_replaced_not_followed() {
         b"keep"
     );
 }
+
+fn mknod(path: &Path, kind: libc_mode, major: u32, minor: u32) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; mknod has no other preconditions.
+    unsafe { libc_mknod(c.as_ptr(), kind | 0o666, libc_makedev(major, minor)) == 0 }
+}
+
+#[allow(non_camel_case_types)]
+type libc_mode = u32;
+
+extern "C" {
+    #[link_name = "mknod"]
+    fn libc_mknod(path: *const std::ffi::c_char, mode: libc_mode, dev: u64) -> i32;
+    #[link_name = "gnu_dev_makedev"]
+    fn libc_makedev(major: u32, minor: u32) -> u64;
+}
+
+const S_IFCHR: u32 = 0o020000;
+const S_IFIFO: u32 = 0o010000;
+
+/// A destination that is a device or FIFO is written into (as cp and scp
+/// do), never replaced by a file; a socket is refused and left; a device
+/// that refuses the bytes (/dev/full) fails the file and says why.
+#[test]
+fn a_device_or_fifo_destination_is_written_into_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let data = noise(300_000, 31);
+    let f = here.path().join("f");
+    std::fs::write(&f, &data).unwrap();
+    // A FIFO (no root needed): its reader gets the bytes, push and pull.
+    let fifo = there.path().join("p");
+    assert!(mknod(&fifo, S_IFIFO, 0, 0));
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&fifo))]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(reader.join().unwrap() == data);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let local_fifo = here.path().join("q");
+    assert!(mknod(&local_fifo, S_IFIFO, 0, 0));
+    let reader = {
+        let p = local_fifo.clone();
+        std::thread::spawn(move || std::fs::read(p).unwrap())
+    };
+    let o = cp(&m.laptop, &[&format!("desktop:{}", s(&f)), s(&local_fifo)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(reader.join().unwrap() == data);
+    assert!(std::fs::symlink_metadata(&local_fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // A socket: refused, left as it is.
+    let sock = there.path().join("s");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&sock))]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a socket"), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&sock)
+        .unwrap()
+        .file_type()
+        .is_socket());
+    // Devices (mknod needs root): null takes everything, full refuses.
+    if nix_is_root() {
+        let null = there.path().join("n");
+        let full = there.path().join("full");
+        assert!(mknod(&null, S_IFCHR, 1, 3) && mknod(&full, S_IFCHR, 1, 7));
+        let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&null))]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let o = cp(&m.laptop, &[&format!("desktop:{}", s(&f)), s(&null)]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&full))]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("disk full"), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(&full)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    assert!(temp_files(there.path()).is_empty() && temp_files(here.path()).is_empty());
+}
+
+/// `PEER:~/f` is under the home of the user the job runs as (scp's remote
+/// shell expands it); `~USER/` under USER's; an unknown user is refused.
+#[test]
+fn a_remote_tilde_is_the_users_home() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let name = format!("d-cp-tilde-test.{}", std::process::id());
+    let f = here.path().join("f");
+    std::fs::write(&f, b"home").unwrap();
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let o = cp(&m.laptop, &[s(&f), &format!("desktop:~/{name}")]);
+    let landed = std::fs::read(home.join(&name));
+    let _ = std::fs::remove_file(home.join(&name));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(landed.unwrap(), b"home");
+    assert!(!Path::new("~").exists());
+    let o = cp(&m.laptop, &[s(&f), "desktop:~no-such-user-d/x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no user"), "{}", stderr(&o));
+}
+
+/// A copy killed with SIGKILL (no chance to clean up), here or on the
+/// peer, leaves its temporary file only until the next copy into that
+/// directory.
+#[test]
+fn a_sigkilled_copy_leaves_no_temp_after_the_next_copy() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let src = there.path().join("big");
+    std::fs::write(&src, noise(150 * 1024 * 1024, 3)).unwrap();
+    std::fs::write(here.path().join("small"), b"x").unwrap();
+    // A pull: the client writes the temporary file here.
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "cp",
+            &format!("desktop:{}", s(&src)),
+            s(&here.path().join("kdst")),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "a temporary file here", || {
+        !temp_files(here.path()).is_empty()
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!temp_files(here.path()).is_empty());
+    let o = cp(
+        &m.laptop,
+        &[
+            &format!("desktop:{}", s(&there.path().join("big"))),
+            s(&here.path().join("kdst")),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        temp_files(here.path()).is_empty(),
+        "{:?}",
+        temp_files(here.path())
+    );
+    // A push: the peer's helper (named in its temporary file) is killed.
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "cp",
+            s(&here.path().join("kdst")),
+            &format!("desktop:{}/dst", s(there.path())),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tmp = Vec::new();
+    wait_for(Duration::from_secs(60), "a temporary file there", || {
+        tmp = temp_files(there.path());
+        !tmp.is_empty()
+    });
+    let name = tmp[0].file_name().unwrap().to_string_lossy().into_owned();
+    let pid: u32 = name.rsplit('.').nth(1).unwrap().parse().unwrap();
+    signal(pid, 9);
+    let _ = child.wait();
+    let o = cp(
+        &m.laptop,
+        &[
+            s(&here.path().join("small")),
+            &format!("desktop:{}/", s(there.path())),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        temp_files(there.path()).is_empty(),
+        "{:?}",
+        temp_files(there.path())
+    );
+}
+
+/// One rule on both sides: a destination that cannot be used at all
+/// (missing directory, not a directory) exits 2, here and there.
+#[test]
+fn an_unusable_destination_exits_2_on_either_side() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let f = here.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    std::fs::write(there.path().join("g"), b"y").unwrap();
+    let rf = format!("desktop:{}", s(&there.path().join("g")));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![rf.clone(), s(&here.path().join("no/dir/x")).into()],
+            "no such directory",
+        ),
+        (
+            vec![rf.clone(), rf.clone(), s(&f).into()],
+            "not a directory",
+        ),
+        (vec![rf.clone(), format!("{}/", s(&f))], "not a directory"),
+        (
+            vec![
+                format!("@desktop,vps:{}", s(&there.path().join("g"))),
+                s(&f).into(),
+            ],
+            "not a directory",
+        ),
+        (
+            vec![s(&f).into(), format!("desktop:{}/no/x", s(there.path()))],
+            "no such directory",
+        ),
+        (vec![s(&f).into(), format!("{rf}/")], "not a directory"),
+        (vec![s(&f).into(), format!("{rf}/x")], "not a directory"),
+        (
+            vec![s(&f).into(), s(&f).into(), rf.clone()],
+            "not a directory",
+        ),
+    ];
+    for (args, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = cp(&m.laptop, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).to_lowercase().contains(says),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}

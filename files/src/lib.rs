@@ -23,7 +23,7 @@ pub mod send;
 mod special;
 mod tmp;
 
-pub use receive::{receive, Received};
+pub use receive::{is_unusable, receive, Received};
 pub use send::{send, Sent};
 
 /// Bytes read or written at a time (the input frames' size).

@@ -63,7 +63,7 @@ pub fn receive(
         Some(o) => Some(parse_owner(o)?),
         None => None,
     };
-    let (root, rename_top) = place(dest, many, opts.mkdir)?;
+    let (root, rename_top) = place(dest, many, opts.mkdir).map_err(unusable)?;
     let umask = umask();
     let mut r = Received::default();
     let mut pending: Option<Pending> = None;
@@ -230,6 +230,29 @@ pub fn receive(
             format!("the file stream broke: {e}"),
         )),
     }
+}
+
+/// The destination as a whole cannot be used (missing, not a directory,
+/// not writable): d's exit status 2, on either side.
+#[derive(Debug)]
+struct Unusable(String);
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unusable {}
+
+fn unusable(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), Unusable(e.to_string()))
+}
+
+/// Whether [`receive`] failed because its destination cannot be used at
+/// all (rather than the stream breaking).
+pub fn is_unusable(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Unusable>())
 }
 
 /// Where entries go: `(root, rename_top)`; with `rename_top` the stream's

@@ -231,16 +231,15 @@ fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32,
         match std::fs::metadata(dest) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                return Err(ErrorBody::invalid(format!(
+                return Err(usage(&format!(
                     "{}: not a directory (pulling from several peers writes DIR/PEER/...)",
                     d_files::shown(dest)
                 )))
             }
-            Err(_) if ctx.opts.mkdir => std::fs::create_dir_all(dest).map_err(|e| {
-                ErrorBody::invalid(format!("{}: {}", d_files::shown(dest), d_files::why(&e)))
-            })?,
+            Err(_) if ctx.opts.mkdir => std::fs::create_dir_all(dest)
+                .map_err(|e| usage(&format!("{}: {}", d_files::shown(dest), d_files::why(&e))))?,
             Err(e) => {
-                return Err(ErrorBody::invalid(format!(
+                return Err(usage(&format!(
                     "{}: {} (--mkdir creates it)",
                     d_files::shown(dest),
                     d_files::why(&e)

@@ -82,6 +82,7 @@ impl PeerResult {
     ) -> PeerResult {
         let mut messages = end.messages;
         messages.append(&mut here);
+        let unusable = got.as_ref().err().is_some_and(d_files::is_unusable);
         let (counts, local_err) = match got {
             Ok(r) => (
                 Summary {
@@ -98,7 +99,7 @@ impl PeerResult {
         if let Some(e) = local_err {
             // The local end's reason is the first cause (the peer's job
             // then only lost its reader).
-            exit_code = exit_code.max(1);
+            exit_code = if unusable { 2 } else { exit_code.max(1) };
             error = Some(e);
         }
         PeerResult {
