@@ -764,3 +764,53 @@ fn a_destination_symlink_is_replaced_not_followed() {
         b"keep"
     );
 }
+
+/// A source file that changes while it is read is not copied: the sender's
+/// trailer says so (its size or modification time moved under it), the
+/// receiver leaves the old file and no temporary one, and the other files
+/// of the copy still go, byte for byte; the status says some file failed.
+#[test]
+fn a_source_changing_while_read_fails_alone() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let src = here.path().join("t");
+    std::fs::create_dir(&src).unwrap();
+    let (a, c) = (noise(300_000, 21), noise(5000, 22));
+    std::fs::write(src.join("a"), &a).unwrap();
+    std::fs::write(src.join("busy"), noise(32 * 1024 * 1024, 23)).unwrap();
+    std::fs::write(src.join("c"), &c).unwrap();
+    std::fs::create_dir(there.path().join("t")).unwrap();
+    std::fs::write(there.path().join("t").join("busy"), b"old").unwrap();
+    // A writer keeps changing `busy` for as long as the copy runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), src.join("busy"));
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                let _ = f.write_all_at(&n.to_le_bytes(), u64::from(n % 4096) * 4096);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let o = cp(
+        &m.laptop,
+        &["-r", s(&src), &format!("desktop:{}/", s(there.path()))],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("d cp: here:") && err.contains("busy"), "{err}");
+    assert!(err.contains("changed while being read"), "{err}");
+    assert!(err.contains("d cp: on desktop:"), "{err}");
+    let t = there.path().join("t");
+    assert!(std::fs::read(t.join("a")).unwrap() == a);
+    assert!(std::fs::read(t.join("c")).unwrap() == c);
+    assert_eq!(std::fs::read(t.join("busy")).unwrap(), b"old");
+    assert!(temp_files(there.path()).is_empty());
+}

@@ -6,15 +6,17 @@
 //!   holding `d.sha256=HEX` of the bytes read (or `d.error=TEXT` when the
 //!   file changed or failed while being read).
 //! - [`receive`]: such a stream written under a destination with safe
-//!   writes: a temporary file beside each destination, fsynced, checked
-//!   against the sender's SHA-256, renamed into place, the directory
-//!   fsynced; a reader never sees half a file and an interrupted copy
-//!   leaves the old file (and no temporary file).
+//!   writes: a temporary file beside each destination, checked against
+//!   the sender's SHA-256, made durable a batch at a time (one `syncfs`
+//!   for up to 1,024 files), renamed into place, the directories' entries
+//!   made durable before success is said; a reader never sees half a file
+//!   and an interrupted copy leaves the old file (and no temporary file).
 //! - [`helper`]: `d-daemon __d-files HOST JSON`, what a target runs for a
 //!   `d cp` job (as scp runs `scp -t`): no shell, the job's own user.
 //!
 //! Both ends run with bounded memory: one chunk ([`CHUNK`]) at a time.
 
+mod batch;
 pub mod helper;
 mod local;
 pub mod receive;
