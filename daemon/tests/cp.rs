@@ -284,22 +284,120 @@ fn push_to_many_and_pull_from_many_into_per_peer_dirs() {
     );
 }
 
+/// The bytes of job output the daemon of `d` recorded for its latest
+/// `d cp` job (its audit row, side `requester`, written once the job
+/// ended), newer than audit row `after`: `(bytes, row id)`.
+fn carried(d: &TestDaemon, after: u64) -> (u64, u64) {
+    let mut row = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "the copy's audit row", || {
+        row = d.json(&["execLog", "--limit", "1"])[0].clone();
+        row["id"].as_u64().unwrap_or(0) > after
+            && row["command"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("(d cp"))
+    });
+    (
+        row["output_bytes"].as_u64().unwrap_or(u64::MAX),
+        row["id"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Peer to peer flows desktop -> laptop over their own session: the
+/// client's daemon (vps) carries none of the 64 MiB (it counts every byte
+/// of a job's output it passes to its client: a few hundred here, the
+/// whole file for a pull of it), laptop's audit names the real
+/// requester (vps, by its signed claim passed on by desktop), and the
+/// summary is laptop's.
 #[test]
-fn peer_to_peer() {
+fn peer_to_peer_goes_direct() {
     let m = Mesh::start();
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let data = noise(3 * 1024 * 1024, 11);
+    let size = 64 * 1024 * 1024;
+    let data = noise(size, 11);
     std::fs::write(a.path().join("x"), &data).unwrap();
     let o = cp(
         &m.vps,
         &[
+            "--json",
             &format!("desktop:{}", s(&a.path().join("x"))),
             &format!("laptop:{}", s(&b.path().join("y"))),
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (through_vps, row) = carried(&m.vps, 0);
     assert!(std::fs::read(b.path().join("y")).unwrap() == data);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["files"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["bytes"].as_u64(), Some(size as u64), "{v}");
+    assert!(
+        through_vps < 64 * 1024,
+        "the client's daemon passed on {through_vps} bytes for a 64 MiB peer-to-peer copy"
+    );
+    // The same counters see a pull of the file through vps.
+    let here = tempfile::tempdir().unwrap();
+    let o = cp(
+        &m.vps,
+        &[
+            &format!("desktop:{}", s(&a.path().join("x"))),
+            s(here.path()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (pulled, _) = carried(&m.vps, row);
+    assert!(
+        pulled > size as u64,
+        "a pull moved only {pulled} bytes through vps"
+    );
+    // Each end's audit: laptop's names vps (proven by its claim), desktop's too.
+    let mut log = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "laptop's audit row", || {
+        log = m.laptop.json(&["execLog", "--limit", "5"]);
+        log.as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["requester"] == "vps"
+                    && r["command"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("(d cp: receive into"))
+            })
+        })
+    });
+    let log = m.desktop.json(&["execLog", "--limit", "5"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["requester"] == "vps"
+                && r["command"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("to laptop:"))),
+        "{log}"
+    );
+    // A source that fails is said by name; a destination that cannot be
+    // used too, and nothing is left behind.
+    let o = cp(
+        &m.vps,
+        &[
+            &format!("desktop:{}", s(&a.path().join("nope"))),
+            &format!("laptop:{}", s(&b.path().join("z"))),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("d cp: on desktop:"), "{}", stderr(&o));
+    let o = cp(
+        &m.vps,
+        &[
+            &format!("desktop:{}", s(&a.path().join("x"))),
+            &format!("laptop:{}/no/such/dir/", s(b.path())),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("d cp: on laptop:"), "{}", stderr(&o));
+    assert!(temp_files(b.path()).is_empty());
 }
 
 #[test]
@@ -911,4 +1009,54 @@ fn an_unusable_destination_exits_2_on_either_side() {
             stderr(&o)
         );
     }
+}
+
+/// A source file that changes while it is read is not copied: the sender's
+/// trailer says so (its size or modification time moved under it), the
+/// receiver leaves the old file and no temporary one, and the other files
+/// of the copy still go, byte for byte; the status says some file failed.
+#[test]
+fn a_source_changing_while_read_fails_alone() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let src = here.path().join("t");
+    std::fs::create_dir(&src).unwrap();
+    let (a, c) = (noise(300_000, 21), noise(5000, 22));
+    std::fs::write(src.join("a"), &a).unwrap();
+    std::fs::write(src.join("busy"), noise(32 * 1024 * 1024, 23)).unwrap();
+    std::fs::write(src.join("c"), &c).unwrap();
+    std::fs::create_dir(there.path().join("t")).unwrap();
+    std::fs::write(there.path().join("t").join("busy"), b"old").unwrap();
+    // A writer keeps changing `busy` for as long as the copy runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), src.join("busy"));
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                let _ = f.write_all_at(&n.to_le_bytes(), u64::from(n % 4096) * 4096);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let o = cp(
+        &m.laptop,
+        &["-r", s(&src), &format!("desktop:{}/", s(there.path()))],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("d cp: here:") && err.contains("busy"), "{err}");
+    assert!(err.contains("changed while being read"), "{err}");
+    assert!(err.contains("d cp: on desktop:"), "{err}");
+    let t = there.path().join("t");
+    assert!(std::fs::read(t.join("a")).unwrap() == a);
+    assert!(std::fs::read(t.join("c")).unwrap() == c);
+    assert_eq!(std::fs::read(t.join("busy")).unwrap(), b"old");
+    assert!(temp_files(there.path()).is_empty());
 }

@@ -97,6 +97,12 @@ fn run(host: &str, op: &FilesOp) -> i32 {
                 }
             }
         }
+        // The daemon itself runs a peer-to-peer copy (a sending helper and
+        // the receiving job on the other peer); never a helper's work.
+        FilesOp::SendTo(_) => {
+            report("a peer-to-peer copy is run by the daemon, not the file helper".into());
+            2
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The receiving end: a [`crate::send`] stream written under a destination,
-//! each file by a temporary file beside it, fsynced, checked against the
-//! sender's SHA-256, then renamed into place and its directory fsynced.
+//! each file by a temporary file beside it, checked against the sender's
+//! SHA-256, then made durable and renamed into place a batch at a time
+//! ([`crate::batch`]), and the directories' new entries made durable before
+//! the end.
 //!
 //! Where things go (scp's rules): an existing directory `DEST` receives
 //! each source under its own name; otherwise the one source becomes `DEST`
@@ -18,9 +20,10 @@ use d_proto::types::CopyOpts;
 use sha2::{Digest, Sha256};
 use tar::{Archive, EntryType, PaxExtensions};
 
+use crate::batch::Batch;
 use crate::local::{parse_owner, sha256_of, umask};
 use crate::send::hex;
-use crate::{shown, special, tmp, why, KEY_ERROR, KEY_SHA256};
+use crate::{shown, special, tmp, unusable, why, KEY_ERROR, KEY_SHA256};
 
 /// What [`receive`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +74,8 @@ pub fn receive(
     let mut into: Option<special::Into> = None;
     let mut top: Option<PathBuf> = None;
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
-    // Directories whose new entries are fsynced once, at the end (before
-    // the summary says the files are there), not after every file.
-    let mut dirty: std::collections::HashSet<PathBuf> = Default::default();
+    // Verified files wait here to be made durable and renamed together.
+    let mut batch = Batch::default();
     let mut archive = Archive::new(io::BufReader::with_capacity(crate::CHUNK, input));
     let result = (|| -> io::Result<()> {
         for entry in archive.entries()? {
@@ -95,13 +97,16 @@ pub fn receive(
                     }
                 }
                 if let Some(p) = pending.take() {
-                    match finish(p, &data, opts, owner, &mut r, &mut dirty) {
+                    match finish(p, &data, opts, owner, &mut r, &mut batch) {
                         Ok(()) => {}
                         Err(msg) => {
                             report(msg);
                             r.failed += 1;
                         }
                     }
+                }
+                if batch.full() {
+                    flush(&mut batch, &mut r, report);
                 }
                 continue;
             }
@@ -130,6 +135,10 @@ pub fn receive(
                 report(msg);
                 r.failed += 1;
                 continue;
+            }
+            if batch.holds(&target) {
+                // The earlier file of this name goes in place first.
+                flush(&mut batch, &mut r, report);
             }
             let h = e.header();
             let mode = h.mode().unwrap_or(0o644) & 0o7777;
@@ -198,6 +207,10 @@ pub fn receive(
         }
         Ok(())
     })();
+    if let Some(w) = into.take() {
+        report(special::unfinished(&w));
+        r.failed += 1;
+    }
     if let Some(p) = pending.take() {
         tmp::discard(&p.tmp);
         report(format!(
@@ -206,16 +219,9 @@ pub fn receive(
         ));
         r.failed += 1;
     }
-    for d in &dirty {
-        if let Err(e) = File::open(d).and_then(|f| f.sync_all()) {
-            report(format!(
-                "{}: its new entries may not be on disk: {}",
-                shown(d),
-                why(&e)
-            ));
-            r.failed += 1;
-        }
-    }
+    // Verified files go in place even when the stream broke after them.
+    flush(&mut batch, &mut r, report);
+    r.failed += batch.end(report);
     // Directories' times last: writing into them changed them.
     for (d, mode, mtime) in dirs.iter().rev() {
         let _ = fs::set_permissions(d, fs::Permissions::from_mode(*mode));
@@ -230,29 +236,6 @@ pub fn receive(
             format!("the file stream broke: {e}"),
         )),
     }
-}
-
-/// The destination as a whole cannot be used (missing, not a directory,
-/// not writable): d's exit status 2, on either side.
-#[derive(Debug)]
-struct Unusable(String);
-
-impl std::fmt::Display for Unusable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unusable {}
-
-fn unusable(e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), Unusable(e.to_string()))
-}
-
-/// Whether [`receive`] failed because its destination cannot be used at
-/// all (rather than the stream breaking).
-pub fn is_unusable(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<Unusable>())
 }
 
 /// Where entries go: `(root, rename_top)`; with `rename_top` the stream's
@@ -522,11 +505,7 @@ fn write_tmp(
             }
         }
     }
-    if let Some(f) = &file {
-        if write_err.is_none() {
-            write_err = f.sync_all().err();
-        }
-    }
+    // Made durable with its batch ([`crate::batch`]), not one by one.
     if let Some(e) = write_err {
         drop(file);
         tmp::discard(&t);
@@ -558,7 +537,7 @@ fn finish(
     opts: &CopyOpts,
     owner: Option<(Option<u32>, Option<u32>)>,
     r: &mut Received,
-    dirty: &mut std::collections::HashSet<PathBuf>,
+    batch: &mut Batch,
 ) -> Result<(), String> {
     let mut sum = None;
     let mut error = None;
@@ -612,26 +591,25 @@ fn finish(
             file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(p.mtime))?;
         }
         drop(file);
-        fs::rename(&p.tmp, &p.target)?;
-        tmp::untrack(&p.tmp);
-        if let Some(dir) = p.target.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if !dirty.contains(dir) {
-                dirty.insert(dir.to_path_buf());
-            }
-        }
         Ok(())
     })();
     match placed {
         Ok(()) => {
-            r.files += 1;
-            r.bytes += p.size;
+            batch.add(p.tmp.clone(), p.target.clone(), p.size);
             Ok(())
         }
         Err(e) => fail(local(e)),
     }
+}
+
+/// Put the batch's files in place, counting them.
+fn flush(batch: &mut Batch, r: &mut Received, report: &mut dyn FnMut(String)) {
+    let mut failed = 0;
+    let placed = batch.flush(&mut |m| {
+        failed += 1;
+        report(m);
+    });
+    r.files += placed.files;
+    r.bytes += placed.bytes;
+    r.failed += failed;
 }
