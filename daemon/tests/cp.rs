@@ -1011,6 +1011,54 @@ fn an_unusable_destination_exits_2_on_either_side() {
     }
 }
 
+/// The last line counts --update's skips; an error is said once, with one
+/// prefix naming the peer; `@web:` (the peer id) that is not found hints at
+/// the label form; a kernel file whose size says 0 is read to its end.
+#[test]
+fn messages_say_skips_once_and_kernel_files_copy() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let f = here.path().join("f");
+    std::fs::write(&f, b"same").unwrap();
+    let dest = format!("desktop:{}/", s(there.path()));
+    let o = cp(&m.laptop, &["-p", s(&f), &dest]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cp(&m.laptop, &["-p", "--update", s(&f), &dest]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 files (0 B), 1 skipped (unchanged)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cp(
+        &m.laptop,
+        &[s(&f), &format!("desktop:{}/no/x", s(there.path()))],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("no such directory").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("d cp: on desktop: "), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("d cp: desktop: d cp:"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cp(&m.laptop, &[s(&f), "@web:/tmp/x"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(stderr(&o).contains("@@web:PATH"), "{}", stderr(&o));
+    let v = here.path().join("version");
+    let o = cp(&m.laptop, &["desktop:/proc/version", s(&v)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = std::fs::read(&v).unwrap();
+    assert!(!got.is_empty());
+    assert_eq!(got, std::fs::read("/proc/version").unwrap());
+}
+
 /// A source file that changes while it is read is not copied: the sender's
 /// trailer says so (its size or modification time moved under it), the
 /// receiver leaves the old file and no temporary one, and the other files
