@@ -998,6 +998,10 @@ fn an_unusable_destination_exits_2_on_either_side() {
             vec![s(&f).into(), s(&f).into(), rf.clone()],
             "not a directory",
         ),
+        (
+            vec!["-r".into(), s(here.path()).into(), rf.clone()],
+            "exists and is not a directory",
+        ),
     ];
     for (args, says) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -144,6 +144,20 @@ pub fn receive(
             let mode = h.mode().unwrap_or(0o644) & 0o7777;
             let mtime = h.mtime().unwrap_or(0);
             let existing = fs::symlink_metadata(&target).ok();
+            if rename_top
+                && target == root
+                && kind == EntryType::Directory
+                && existing.as_ref().is_some_and(|m| !m.is_dir())
+            {
+                // `-r DIR PEER:FILE`: the destination itself cannot be used.
+                return Err(unusable(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!(
+                        "{}: exists and is not a directory (a directory comes)",
+                        shown(&target)
+                    ),
+                )));
+            }
             let outcome = match kind {
                 EntryType::Directory => make_dir(&target, existing.as_ref(), mode, umask, opts)
                     .map(|()| {
@@ -231,6 +245,7 @@ pub fn receive(
     }
     match result {
         Ok(()) => Ok(r),
+        Err(e) if crate::is_unusable(&e) => Err(e),
         Err(e) => Err(io::Error::new(
             e.kind(),
             format!("the file stream broke: {e}"),
