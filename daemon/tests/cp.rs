@@ -377,6 +377,17 @@ fn peer_to_peer_goes_direct() {
                     .is_some_and(|c| c.contains("to laptop:"))),
         "{log}"
     );
+    // Into the leader, asked of a worker: the leader checks the claim
+    // against its own registry.
+    let o = cp(
+        &m.laptop,
+        &[
+            &format!("desktop:{}", s(&a.path().join("x"))),
+            &format!("vps:{}", s(&b.path().join("v"))),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read(b.path().join("v")).unwrap() == data);
     // A source that fails is said by name; a destination that cannot be
     // used too, and nothing is left behind.
     let o = cp(
