@@ -123,6 +123,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 9 → 10: the job ran on a terminal (`d -t`), 0 or 1.
     "ALTER TABLE exec_log ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;",
+    // 10 → 11: what a fan-out ran with besides its command (`--user`,
+    // `--timeout`, the names of `--env`, stdin), JSON of
+    // d_proto::jobs::JobOptions, NULL for the defaults; `d jobs rerun`.
+    "ALTER TABLE jobs ADD COLUMN options TEXT;",
 ];
 
 impl Store {
