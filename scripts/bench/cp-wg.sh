@@ -144,8 +144,8 @@ if [[ " $PARTS " == *" rsh "* ]]; then
   }
   rs_d # warm
   for _ in $(seq "$RUNS"); do
-    round "rsync d" rs_d
-    round "rsync ssh" rs_ssh
+    round "rsync tree d" rs_d
+    round "rsync tree ssh" rs_ssh
     round "clone d" clone_d
     round "clone ssh" clone_ssh
     commit
@@ -154,7 +154,7 @@ if [[ " $PARTS " == *" rsh "* ]]; then
   done
   diff -r "$TREE" "$W/rdst" >/dev/null && echo "  (rsync over d rsh: tree identical)"
   echo "rsync of this repository's tree ($TN files, $((TB / 1024)) KiB), laptop -> vps ($RUNS rounds):"
-  report 0 "rsync d" "rsync ssh"
+  report 0 "rsync tree d" "rsync tree ssh"
   echo "git over d rsh vs ssh, a bare clone of this repository ($((RB / 1024)) KiB), vps -> laptop:"
   report 0 "clone d" "clone ssh" "fetch d" "fetch ssh"
 fi
