@@ -73,6 +73,7 @@ CONF
   MESH_PIDS+=("$!")
 done
 SSHO="ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i $s/id -p 2222"
+# shellcheck disable=SC2086 # SSHO is a command line, split on purpose
 for _ in $(seq 50); do in_ns laptop $SSHO "root@${IP[vps]}" true 2>/dev/null && break; sleep 0.1; done
 DRSH="$D --socket ${SOCK[laptop]} rsh"
 
