@@ -73,6 +73,7 @@ CONF
   MESH_PIDS+=("$!")
 done
 SSHO="ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i $s/id -p 2222"
+# shellcheck disable=SC2086 # SSHO is a command line, split on purpose
 for _ in $(seq 50); do in_ns laptop $SSHO "root@${IP[vps]}" true 2>/dev/null && break; sleep 0.1; done
 DRSH="$D --socket ${SOCK[laptop]} rsh"
 
@@ -144,8 +145,8 @@ if [[ " $PARTS " == *" rsh "* ]]; then
   }
   rs_d # warm
   for _ in $(seq "$RUNS"); do
-    round "rsync d" rs_d
-    round "rsync ssh" rs_ssh
+    round "rsync tree d" rs_d
+    round "rsync tree ssh" rs_ssh
     round "clone d" clone_d
     round "clone ssh" clone_ssh
     commit
@@ -154,7 +155,7 @@ if [[ " $PARTS " == *" rsh "* ]]; then
   done
   diff -r "$TREE" "$W/rdst" >/dev/null && echo "  (rsync over d rsh: tree identical)"
   echo "rsync of this repository's tree ($TN files, $((TB / 1024)) KiB), laptop -> vps ($RUNS rounds):"
-  report 0 "rsync d" "rsync ssh"
+  report 0 "rsync tree d" "rsync tree ssh"
   echo "git over d rsh vs ssh, a bare clone of this repository ($((RB / 1024)) KiB), vps -> laptop:"
   report 0 "clone d" "clone ssh" "fetch d" "fetch ssh"
 fi
