@@ -332,7 +332,7 @@ pub enum Command {
     /// Copy files to, from and between peers (scp's forms; protocol 7 on both daemons)
     ///
     ///   d cp [-r] [-p] FILE... PEER:PATH      push to one peer
-    ///   d cp [-r] [-p] FILE... @TARGET:PATH   push to several at once (@all, @a,b, @web)
+    ///   d cp [-r] [-p] FILE... @TARGET:PATH   push to several at once (@all, @a,b, @@web = label web)
     ///   d cp [-r] PEER:PATH... DEST           pull from one peer
     ///   d cp [-r] @TARGET:PATH... DIR         pull from several into DIR/PEER/...
     ///   d cp [-r] PEER:PATH PEER2:PATH        peer to peer (through this client)
@@ -341,7 +341,10 @@ pub enum Command {
     /// Each file is written to a temporary file beside its destination, fsynced, checked
     /// against the sender's SHA-256 and renamed into place: a reader never sees half a file
     /// and an interrupted copy leaves the old one. Symlinks are copied as links unless -L.
-    /// d exits 0 if everything was copied, 1 if some file was not, 255 on errors of d.
+    /// A remote ~ or ~/ is the home of the user the job runs as. A destination that is a
+    /// device or FIFO is written into, not replaced.
+    /// d exits 0 if everything was copied, 1 if some file was not, 2 if the destination
+    /// cannot be used (or a usage error), 255 on errors of d (unknown peer, unreachable).
     #[command(verbatim_doc_comment)]
     Cp(CpArgs),
 

@@ -9,7 +9,7 @@ use d_proto::types::CopyOpts;
 /// `d cp [OPTIONS] SRC... DEST`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CpArgs {
-    /// Sources, then the destination: local paths, PEER:PATH (scp's form) or @TARGET:PATH (several peers).
+    /// Sources, then the destination: local paths, PEER:PATH (scp's form) or @TARGET:PATH (several peers; a label is @@LABEL:PATH).
     #[arg(value_name = "PATH", num_args = 2.., required = true, value_hint = ValueHint::AnyPath)]
     pub paths: Vec<OsString>,
     /// Copy directories and what they hold.

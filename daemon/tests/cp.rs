@@ -284,22 +284,131 @@ fn push_to_many_and_pull_from_many_into_per_peer_dirs() {
     );
 }
 
+/// The bytes of job output the daemon of `d` recorded for its latest
+/// `d cp` job (its audit row, side `requester`, written once the job
+/// ended), newer than audit row `after`: `(bytes, row id)`.
+fn carried(d: &TestDaemon, after: u64) -> (u64, u64) {
+    let mut row = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "the copy's audit row", || {
+        row = d.json(&["execLog", "--limit", "1"])[0].clone();
+        row["id"].as_u64().unwrap_or(0) > after
+            && row["command"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("(d cp"))
+    });
+    (
+        row["output_bytes"].as_u64().unwrap_or(u64::MAX),
+        row["id"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Peer to peer flows desktop -> laptop over their own session: the
+/// client's daemon (vps) carries none of the 64 MiB (it counts every byte
+/// of a job's output it passes to its client: a few hundred here, the
+/// whole file for a pull of it), laptop's audit names the real
+/// requester (vps, by its signed claim passed on by desktop), and the
+/// summary is laptop's.
 #[test]
-fn peer_to_peer() {
+fn peer_to_peer_goes_direct() {
     let m = Mesh::start();
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let data = noise(3 * 1024 * 1024, 11);
+    let size = 64 * 1024 * 1024;
+    let data = noise(size, 11);
     std::fs::write(a.path().join("x"), &data).unwrap();
     let o = cp(
         &m.vps,
         &[
+            "--json",
             &format!("desktop:{}", s(&a.path().join("x"))),
             &format!("laptop:{}", s(&b.path().join("y"))),
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (through_vps, row) = carried(&m.vps, 0);
     assert!(std::fs::read(b.path().join("y")).unwrap() == data);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["files"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["bytes"].as_u64(), Some(size as u64), "{v}");
+    assert!(
+        through_vps < 64 * 1024,
+        "the client's daemon passed on {through_vps} bytes for a 64 MiB peer-to-peer copy"
+    );
+    // The same counters see a pull of the file through vps.
+    let here = tempfile::tempdir().unwrap();
+    let o = cp(
+        &m.vps,
+        &[
+            &format!("desktop:{}", s(&a.path().join("x"))),
+            s(here.path()),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (pulled, _) = carried(&m.vps, row);
+    assert!(
+        pulled > size as u64,
+        "a pull moved only {pulled} bytes through vps"
+    );
+    // Each end's audit: laptop's names vps (proven by its claim), desktop's too.
+    let mut log = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "laptop's audit row", || {
+        log = m.laptop.json(&["execLog", "--limit", "5"]);
+        log.as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["requester"] == "vps"
+                    && r["command"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("(d cp: receive into"))
+            })
+        })
+    });
+    let log = m.desktop.json(&["execLog", "--limit", "5"]);
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["requester"] == "vps"
+                && r["command"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("to laptop:"))),
+        "{log}"
+    );
+    // Into the leader, asked of a worker: the leader checks the claim
+    // against its own registry.
+    let o = cp(
+        &m.laptop,
+        &[
+            &format!("desktop:{}", s(&a.path().join("x"))),
+            &format!("vps:{}", s(&b.path().join("v"))),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read(b.path().join("v")).unwrap() == data);
+    // A source that fails is said by name; a destination that cannot be
+    // used too, and nothing is left behind.
+    let o = cp(
+        &m.vps,
+        &[
+            &format!("desktop:{}", s(&a.path().join("nope"))),
+            &format!("laptop:{}", s(&b.path().join("z"))),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("d cp: on desktop:"), "{}", stderr(&o));
+    let o = cp(
+        &m.vps,
+        &[
+            &format!("desktop:{}", s(&a.path().join("x"))),
+            &format!("laptop:{}/no/such/dir/", s(b.path())),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("d cp: on laptop:"), "{}", stderr(&o));
+    assert!(temp_files(b.path()).is_empty());
 }
 
 #[test]
@@ -665,4 +774,352 @@ fn a_destination_symlink_is_replaced_not_followed() {
         std::fs::read(outside.path().join("target")).unwrap(),
         b"keep"
     );
+}
+
+fn mknod(path: &Path, kind: libc_mode, major: u32, minor: u32) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string; mknod has no other preconditions.
+    unsafe { libc_mknod(c.as_ptr(), kind | 0o666, libc_makedev(major, minor)) == 0 }
+}
+
+#[allow(non_camel_case_types)]
+type libc_mode = u32;
+
+extern "C" {
+    #[link_name = "mknod"]
+    fn libc_mknod(path: *const std::ffi::c_char, mode: libc_mode, dev: u64) -> i32;
+    #[link_name = "gnu_dev_makedev"]
+    fn libc_makedev(major: u32, minor: u32) -> u64;
+}
+
+const S_IFCHR: u32 = 0o020000;
+const S_IFIFO: u32 = 0o010000;
+
+/// A destination that is a device or FIFO is written into (as cp and scp
+/// do), never replaced by a file; a socket is refused and left; a device
+/// that refuses the bytes (/dev/full) fails the file and says why.
+#[test]
+fn a_device_or_fifo_destination_is_written_into_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let data = noise(300_000, 31);
+    let f = here.path().join("f");
+    std::fs::write(&f, &data).unwrap();
+    // A FIFO (no root needed): its reader gets the bytes, push and pull.
+    let fifo = there.path().join("p");
+    assert!(mknod(&fifo, S_IFIFO, 0, 0));
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&fifo))]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(reader.join().unwrap() == data);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let local_fifo = here.path().join("q");
+    assert!(mknod(&local_fifo, S_IFIFO, 0, 0));
+    let reader = {
+        let p = local_fifo.clone();
+        std::thread::spawn(move || std::fs::read(p).unwrap())
+    };
+    let o = cp(&m.laptop, &[&format!("desktop:{}", s(&f)), s(&local_fifo)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(reader.join().unwrap() == data);
+    assert!(std::fs::symlink_metadata(&local_fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // A socket: refused, left as it is.
+    let sock = there.path().join("s");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&sock))]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a socket"), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&sock)
+        .unwrap()
+        .file_type()
+        .is_socket());
+    // Devices (mknod needs root): null takes everything, full refuses.
+    if nix_is_root() {
+        let null = there.path().join("n");
+        let full = there.path().join("full");
+        assert!(mknod(&null, S_IFCHR, 1, 3) && mknod(&full, S_IFCHR, 1, 7));
+        let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&null))]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let o = cp(&m.laptop, &[&format!("desktop:{}", s(&f)), s(&null)]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&full))]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains("disk full"), "{}", stderr(&o));
+        assert!(std::fs::symlink_metadata(&full)
+            .unwrap()
+            .file_type()
+            .is_char_device());
+    }
+    assert!(temp_files(there.path()).is_empty() && temp_files(here.path()).is_empty());
+}
+
+/// `PEER:~/f` is under the home of the user the job runs as (scp's remote
+/// shell expands it); `~USER/` under USER's; an unknown user is refused.
+#[test]
+fn a_remote_tilde_is_the_users_home() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let name = format!("d-cp-tilde-test.{}", std::process::id());
+    let f = here.path().join("f");
+    std::fs::write(&f, b"home").unwrap();
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let o = cp(&m.laptop, &[s(&f), &format!("desktop:~/{name}")]);
+    let landed = std::fs::read(home.join(&name));
+    let _ = std::fs::remove_file(home.join(&name));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(landed.unwrap(), b"home");
+    assert!(!Path::new("~").exists());
+    let o = cp(&m.laptop, &[s(&f), "desktop:~no-such-user-d/x"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no user"), "{}", stderr(&o));
+}
+
+/// A copy killed with SIGKILL (no chance to clean up), here or on the
+/// peer, leaves its temporary file only until the next copy into that
+/// directory.
+#[test]
+fn a_sigkilled_copy_leaves_no_temp_after_the_next_copy() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let src = there.path().join("big");
+    std::fs::write(&src, noise(150 * 1024 * 1024, 3)).unwrap();
+    std::fs::write(here.path().join("small"), b"x").unwrap();
+    // A pull: the client writes the temporary file here.
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "cp",
+            &format!("desktop:{}", s(&src)),
+            s(&here.path().join("kdst")),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "a temporary file here", || {
+        !temp_files(here.path()).is_empty()
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!temp_files(here.path()).is_empty());
+    let o = cp(
+        &m.laptop,
+        &[
+            &format!("desktop:{}", s(&there.path().join("big"))),
+            s(&here.path().join("kdst")),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        temp_files(here.path()).is_empty(),
+        "{:?}",
+        temp_files(here.path())
+    );
+    // A push: the peer's helper (named in its temporary file) is killed.
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "cp",
+            s(&here.path().join("kdst")),
+            &format!("desktop:{}/dst", s(there.path())),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tmp = Vec::new();
+    wait_for(Duration::from_secs(60), "a temporary file there", || {
+        tmp = temp_files(there.path());
+        !tmp.is_empty()
+    });
+    let name = tmp[0].file_name().unwrap().to_string_lossy().into_owned();
+    let pid: u32 = name.rsplit('.').nth(1).unwrap().parse().unwrap();
+    signal(pid, 9);
+    let _ = child.wait();
+    let o = cp(
+        &m.laptop,
+        &[
+            s(&here.path().join("small")),
+            &format!("desktop:{}/", s(there.path())),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        temp_files(there.path()).is_empty(),
+        "{:?}",
+        temp_files(there.path())
+    );
+}
+
+/// One rule on both sides: a destination that cannot be used at all
+/// (missing directory, not a directory) exits 2, here and there.
+#[test]
+fn an_unusable_destination_exits_2_on_either_side() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let f = here.path().join("f");
+    std::fs::write(&f, b"x").unwrap();
+    std::fs::write(there.path().join("g"), b"y").unwrap();
+    let rf = format!("desktop:{}", s(&there.path().join("g")));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![rf.clone(), s(&here.path().join("no/dir/x")).into()],
+            "no such directory",
+        ),
+        (
+            vec![rf.clone(), rf.clone(), s(&f).into()],
+            "not a directory",
+        ),
+        (vec![rf.clone(), format!("{}/", s(&f))], "not a directory"),
+        (
+            vec![
+                format!("@desktop,vps:{}", s(&there.path().join("g"))),
+                s(&f).into(),
+            ],
+            "not a directory",
+        ),
+        (
+            vec![s(&f).into(), format!("desktop:{}/no/x", s(there.path()))],
+            "no such directory",
+        ),
+        (vec![s(&f).into(), format!("{rf}/")], "not a directory"),
+        (vec![s(&f).into(), format!("{rf}/x")], "not a directory"),
+        (
+            vec![s(&f).into(), s(&f).into(), rf.clone()],
+            "not a directory",
+        ),
+        (
+            vec!["-r".into(), s(here.path()).into(), rf.clone()],
+            "exists and is not a directory",
+        ),
+    ];
+    for (args, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = cp(&m.laptop, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).to_lowercase().contains(says),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+/// The last line counts --update's skips; an error is said once, with one
+/// prefix naming the peer; `@web:` (the peer id) that is not found hints at
+/// the label form; a kernel file whose size says 0 is read to its end.
+#[test]
+fn messages_say_skips_once_and_kernel_files_copy() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let f = here.path().join("f");
+    std::fs::write(&f, b"same").unwrap();
+    let dest = format!("desktop:{}/", s(there.path()));
+    let o = cp(&m.laptop, &["-p", s(&f), &dest]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cp(&m.laptop, &["-p", "--update", s(&f), &dest]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 files (0 B), 1 skipped (unchanged)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cp(
+        &m.laptop,
+        &[s(&f), &format!("desktop:{}/no/x", s(there.path()))],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("no such directory").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("d cp: on desktop: "), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("d cp: desktop: d cp:"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cp(&m.laptop, &[s(&f), "@web:/tmp/x"]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(stderr(&o).contains("@@web:PATH"), "{}", stderr(&o));
+    let v = here.path().join("version");
+    let o = cp(&m.laptop, &["desktop:/proc/version", s(&v)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let got = std::fs::read(&v).unwrap();
+    assert!(!got.is_empty());
+    assert_eq!(got, std::fs::read("/proc/version").unwrap());
+}
+
+/// A source file that changes while it is read is not copied: the sender's
+/// trailer says so (its size or modification time moved under it), the
+/// receiver leaves the old file and no temporary one, and the other files
+/// of the copy still go, byte for byte; the status says some file failed.
+#[test]
+fn a_source_changing_while_read_fails_alone() {
+    let m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let src = here.path().join("t");
+    std::fs::create_dir(&src).unwrap();
+    let (a, c) = (noise(300_000, 21), noise(5000, 22));
+    std::fs::write(src.join("a"), &a).unwrap();
+    std::fs::write(src.join("busy"), noise(32 * 1024 * 1024, 23)).unwrap();
+    std::fs::write(src.join("c"), &c).unwrap();
+    std::fs::create_dir(there.path().join("t")).unwrap();
+    std::fs::write(there.path().join("t").join("busy"), b"old").unwrap();
+    // A writer keeps changing `busy` for as long as the copy runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), src.join("busy"));
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                let _ = f.write_all_at(&n.to_le_bytes(), u64::from(n % 4096) * 4096);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let o = cp(
+        &m.laptop,
+        &["-r", s(&src), &format!("desktop:{}/", s(there.path()))],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("d cp: here:") && err.contains("busy"), "{err}");
+    assert!(err.contains("changed while being read"), "{err}");
+    assert!(err.contains("d cp: on desktop:"), "{err}");
+    let t = there.path().join("t");
+    assert!(std::fs::read(t.join("a")).unwrap() == a);
+    assert!(std::fs::read(t.join("c")).unwrap() == c);
+    assert_eq!(std::fs::read(t.join("busy")).unwrap(), b"old");
+    assert!(temp_files(there.path()).is_empty());
 }

@@ -3,6 +3,9 @@
 //! session, the job's user, stdin/stdout over the job's streams), with the
 //! [`d_proto::types::FilesOp`] as JSON and its own peer id for messages.
 //!
+//! Remote paths starting `~` or `~/` are under the home of the user the
+//! job runs as, `~USER/` under USER's (as scp's remote shell would).
+//!
 //! Receive: the stream on stdin is written under the destination; every
 //! failure goes to stderr as `d cp: on HOST: PATH: reason`; the last line
 //! on stdout is [`crate::summary_line`]. Send: the stream goes to stdout,
@@ -16,7 +19,7 @@ use std::path::PathBuf;
 
 use d_proto::types::FilesOp;
 
-use crate::{receive, send, summary_line, tmp, HELPER_ARG};
+use crate::{home, receive, send, summary_line, tmp, HELPER_ARG};
 
 /// Run the helper if `args` (the process's, program name first) ask for it;
 /// `Some(exit status)` then, `None` when they do not.
@@ -53,13 +56,14 @@ fn run(host: &str, op: &FilesOp) -> i32 {
     };
     match op {
         FilesOp::Receive { dest, many, opts } => {
-            let got = receive(
-                io::stdin().lock(),
-                &PathBuf::from(dest),
-                *many,
-                opts,
-                &mut report,
-            );
+            let dest = match home::expand(dest) {
+                Ok(d) => d,
+                Err(e) => {
+                    report(e);
+                    return 2;
+                }
+            };
+            let got = receive(io::stdin().lock(), &dest, *many, opts, &mut report);
             match got {
                 Ok(r) => {
                     let mut out = io::stdout().lock();
@@ -78,7 +82,13 @@ fn run(host: &str, op: &FilesOp) -> i32 {
             }
         }
         FilesOp::Send { sources, opts } => {
-            let sources: Vec<PathBuf> = sources.iter().map(PathBuf::from).collect();
+            let sources: Vec<PathBuf> = match sources.iter().map(|s| home::expand(s)).collect() {
+                Ok(s) => s,
+                Err(e) => {
+                    report(e);
+                    return 2;
+                }
+            };
             match send(&sources, opts, io::stdout().lock(), &mut report) {
                 Ok(s) => i32::from(s.failed > 0),
                 Err(e) => {
@@ -86,6 +96,12 @@ fn run(host: &str, op: &FilesOp) -> i32 {
                     2
                 }
             }
+        }
+        // The daemon itself runs a peer-to-peer copy (a sending helper and
+        // the receiving job on the other peer); never a helper's work.
+        FilesOp::SendTo(_) => {
+            report("a peer-to-peer copy is run by the daemon, not the file helper".into());
+            2
         }
     }
 }

@@ -6,19 +6,23 @@
 //!   holding `d.sha256=HEX` of the bytes read (or `d.error=TEXT` when the
 //!   file changed or failed while being read).
 //! - [`receive`]: such a stream written under a destination with safe
-//!   writes: a temporary file beside each destination, fsynced, checked
-//!   against the sender's SHA-256, renamed into place, the directory
-//!   fsynced; a reader never sees half a file and an interrupted copy
-//!   leaves the old file (and no temporary file).
+//!   writes: a temporary file beside each destination, checked against
+//!   the sender's SHA-256, made durable a batch at a time (one `syncfs`
+//!   for up to 1,024 files), renamed into place, the directories' entries
+//!   made durable before success is said; a reader never sees half a file
+//!   and an interrupted copy leaves the old file (and no temporary file).
 //! - [`helper`]: `d-daemon __d-files HOST JSON`, what a target runs for a
 //!   `d cp` job (as scp runs `scp -t`): no shell, the job's own user.
 //!
 //! Both ends run with bounded memory: one chunk ([`CHUNK`]) at a time.
 
+mod batch;
 pub mod helper;
+mod home;
 mod local;
 pub mod receive;
 pub mod send;
+mod special;
 mod tmp;
 
 pub use receive::{receive, Received};
@@ -66,4 +70,27 @@ pub fn shown(p: &std::path::Path) -> String {
     } else {
         s
     }
+}
+
+/// The destination as a whole cannot be used (missing, not a directory,
+/// not writable): d's exit status 2, on either side.
+#[derive(Debug)]
+struct Unusable(String);
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unusable {}
+
+pub(crate) fn unusable(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), Unusable(e.to_string()))
+}
+
+/// Whether [`receive()`] failed because its destination cannot be used at
+/// all (rather than the stream breaking).
+pub fn is_unusable(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Unusable>())
 }

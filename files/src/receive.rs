@@ -1,6 +1,8 @@
 //! The receiving end: a [`crate::send`] stream written under a destination,
-//! each file by a temporary file beside it, fsynced, checked against the
-//! sender's SHA-256, then renamed into place and its directory fsynced.
+//! each file by a temporary file beside it, checked against the sender's
+//! SHA-256, then made durable and renamed into place a batch at a time
+//! ([`crate::batch`]), and the directories' new entries made durable before
+//! the end.
 //!
 //! Where things go (scp's rules): an existing directory `DEST` receives
 //! each source under its own name; otherwise the one source becomes `DEST`
@@ -18,9 +20,10 @@ use d_proto::types::CopyOpts;
 use sha2::{Digest, Sha256};
 use tar::{Archive, EntryType, PaxExtensions};
 
+use crate::batch::Batch;
 use crate::local::{parse_owner, sha256_of, umask};
 use crate::send::hex;
-use crate::{shown, tmp, why, KEY_ERROR, KEY_SHA256};
+use crate::{shown, special, tmp, unusable, why, KEY_ERROR, KEY_SHA256};
 
 /// What [`receive`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +66,16 @@ pub fn receive(
         Some(o) => Some(parse_owner(o)?),
         None => None,
     };
-    let (root, rename_top) = place(dest, many, opts.mkdir)?;
+    let (root, rename_top) = place(dest, many, opts.mkdir).map_err(unusable)?;
     let umask = umask();
     let mut r = Received::default();
     let mut pending: Option<Pending> = None;
+    // Bytes written into a device or FIFO, waiting for their trailer.
+    let mut into: Option<special::Into> = None;
     let mut top: Option<PathBuf> = None;
     let mut dirs: Vec<(PathBuf, u32, u64)> = Vec::new();
-    // Directories whose new entries are fsynced once, at the end (before
-    // the summary says the files are there), not after every file.
-    let mut dirty: std::collections::HashSet<PathBuf> = Default::default();
+    // Verified files wait here to be made durable and renamed together.
+    let mut batch = Batch::default();
     let mut archive = Archive::new(io::BufReader::with_capacity(crate::CHUNK, input));
     let result = (|| -> io::Result<()> {
         for entry in archive.entries()? {
@@ -80,8 +84,20 @@ pub fn receive(
             if kind == EntryType::XGlobalHeader {
                 let mut data = Vec::new();
                 (&mut e).take(64 * 1024).read_to_end(&mut data)?;
+                if let Some(w) = into.take() {
+                    match special::finish(w, &data) {
+                        Ok(n) => {
+                            r.files += 1;
+                            r.bytes += n;
+                        }
+                        Err(msg) => {
+                            report(msg);
+                            r.failed += 1;
+                        }
+                    }
+                }
                 if let Some(p) = pending.take() {
-                    match finish(p, &data, opts, owner, &mut r, &mut dirty) {
+                    match finish(p, &data, opts, owner, &mut r, &mut batch) {
                         Ok(()) => {}
                         Err(msg) => {
                             report(msg);
@@ -89,7 +105,14 @@ pub fn receive(
                         }
                     }
                 }
+                if batch.full() {
+                    flush(&mut batch, &mut r, report);
+                }
                 continue;
+            }
+            if let Some(w) = into.take() {
+                report(special::unfinished(&w));
+                r.failed += 1;
             }
             if let Some(p) = pending.take() {
                 tmp::discard(&p.tmp);
@@ -113,10 +136,28 @@ pub fn receive(
                 r.failed += 1;
                 continue;
             }
+            if batch.holds(&target) {
+                // The earlier file of this name goes in place first.
+                flush(&mut batch, &mut r, report);
+            }
             let h = e.header();
             let mode = h.mode().unwrap_or(0o644) & 0o7777;
             let mtime = h.mtime().unwrap_or(0);
             let existing = fs::symlink_metadata(&target).ok();
+            if rename_top
+                && target == root
+                && kind == EntryType::Directory
+                && existing.as_ref().is_some_and(|m| !m.is_dir())
+            {
+                // `-r DIR PEER:FILE`: the destination itself cannot be used.
+                return Err(unusable(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!(
+                        "{}: exists and is not a directory (a directory comes)",
+                        shown(&target)
+                    ),
+                )));
+            }
             let outcome = match kind {
                 EntryType::Directory => make_dir(&target, existing.as_ref(), mode, umask, opts)
                     .map(|()| {
@@ -128,6 +169,19 @@ pub fn receive(
                     Some(to) => make_link(&target, existing.as_ref(), &to).map(|()| r.files += 1),
                     None => Err(format!("{}: a symlink without a target", shown(&target))),
                 },
+                // A device or FIFO is written into, never replaced.
+                EntryType::Regular | EntryType::Continuous
+                    if existing.as_ref().is_some_and(special::is_special) =>
+                {
+                    match special::write_into(&mut e, &target, existing.as_ref()) {
+                        Ok(w) => {
+                            into = Some(w);
+                            Ok(())
+                        }
+                        Err(special::Error::Stream(e)) => return Err(e),
+                        Err(special::Error::Local(msg)) => Err(msg),
+                    }
+                }
                 EntryType::Regular | EntryType::Continuous => {
                     let size = e.size();
                     match start_file(&target, existing.as_ref(), size, mtime, opts) {
@@ -167,6 +221,10 @@ pub fn receive(
         }
         Ok(())
     })();
+    if let Some(w) = into.take() {
+        report(special::unfinished(&w));
+        r.failed += 1;
+    }
     if let Some(p) = pending.take() {
         tmp::discard(&p.tmp);
         report(format!(
@@ -175,16 +233,9 @@ pub fn receive(
         ));
         r.failed += 1;
     }
-    for d in &dirty {
-        if let Err(e) = File::open(d).and_then(|f| f.sync_all()) {
-            report(format!(
-                "{}: its new entries may not be on disk: {}",
-                shown(d),
-                why(&e)
-            ));
-            r.failed += 1;
-        }
-    }
+    // Verified files go in place even when the stream broke after them.
+    flush(&mut batch, &mut r, report);
+    r.failed += batch.end(report);
     // Directories' times last: writing into them changed them.
     for (d, mode, mtime) in dirs.iter().rev() {
         let _ = fs::set_permissions(d, fs::Permissions::from_mode(*mode));
@@ -194,6 +245,7 @@ pub fn receive(
     }
     match result {
         Ok(()) => Ok(r),
+        Err(e) if crate::is_unusable(&e) => Err(e),
         Err(e) => Err(io::Error::new(
             e.kind(),
             format!("the file stream broke: {e}"),
@@ -365,6 +417,12 @@ fn make_dir(
 }
 
 fn make_link(target: &Path, existing: Option<&fs::Metadata>, to: &Path) -> Result<(), String> {
+    if existing.is_some_and(special::is_special) {
+        return Err(format!(
+            "{}: is a device, FIFO or socket, a symlink comes: not replaced",
+            shown(target)
+        ));
+    }
     if existing.is_some_and(|m| m.is_dir()) {
         return Err(format!(
             "{}: is a directory, a symlink comes: not replaced",
@@ -462,11 +520,7 @@ fn write_tmp(
             }
         }
     }
-    if let Some(f) = &file {
-        if write_err.is_none() {
-            write_err = f.sync_all().err();
-        }
-    }
+    // Made durable with its batch ([`crate::batch`]), not one by one.
     if let Some(e) = write_err {
         drop(file);
         tmp::discard(&t);
@@ -498,7 +552,7 @@ fn finish(
     opts: &CopyOpts,
     owner: Option<(Option<u32>, Option<u32>)>,
     r: &mut Received,
-    dirty: &mut std::collections::HashSet<PathBuf>,
+    batch: &mut Batch,
 ) -> Result<(), String> {
     let mut sum = None;
     let mut error = None;
@@ -552,26 +606,25 @@ fn finish(
             file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(p.mtime))?;
         }
         drop(file);
-        fs::rename(&p.tmp, &p.target)?;
-        tmp::untrack(&p.tmp);
-        if let Some(dir) = p.target.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            if !dirty.contains(dir) {
-                dirty.insert(dir.to_path_buf());
-            }
-        }
         Ok(())
     })();
     match placed {
         Ok(()) => {
-            r.files += 1;
-            r.bytes += p.size;
+            batch.add(p.tmp.clone(), p.target.clone(), p.size);
             Ok(())
         }
         Err(e) => fail(local(e)),
     }
+}
+
+/// Put the batch's files in place, counting them.
+fn flush(batch: &mut Batch, r: &mut Received, report: &mut dyn FnMut(String)) {
+    let mut failed = 0;
+    let placed = batch.flush(&mut |m| {
+        failed += 1;
+        report(m);
+    });
+    r.files += placed.files;
+    r.bytes += placed.bytes;
+    r.failed += failed;
 }

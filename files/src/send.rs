@@ -170,6 +170,24 @@ fn send_file<W: Write>(
     };
     let size = meta.len();
     let mut h = header(meta, EntryType::Regular);
+    if size == 0 {
+        // Size 0 but maybe not empty (/proc, /sys): read to the end, as cp.
+        let mut data = Vec::new();
+        if let Err(e) = (&file).take(SMALL_MAX + 1).read_to_end(&mut data) {
+            return Ok(Err(format!("{}: {}", shown(path), why(&e))));
+        }
+        if data.len() as u64 > SMALL_MAX {
+            return Ok(Err(format!(
+                "{}: its size says 0 bytes but it reads more than {SMALL_MAX} (a /proc or /sys file?): not copied",
+                shown(path)
+            )));
+        }
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, &data[..])?;
+        let sum = hex(&Sha256::digest(&data));
+        trailer(b, &pax_record(KEY_SHA256, sum.as_bytes()))?;
+        return Ok(Ok(data.len() as u64));
+    }
     h.set_size(size);
     let mut r = Hashing {
         file,
@@ -199,14 +217,22 @@ fn send_file<W: Write>(
         Ok(_) => pax_record(KEY_SHA256, hex(&r.hash.finalize()).as_bytes()),
         Err(e) => pax_record(KEY_ERROR, e.as_bytes()),
     };
+    trailer(b, &record)?;
+    Ok(verdict)
+}
+
+/// Most bytes read from a file whose size says 0 (kernel files are small).
+const SMALL_MAX: u64 = 1024 * 1024;
+
+/// A file's trailer: a PAX global header holding `record`.
+fn trailer<W: Write>(b: &mut Builder<W>, record: &[u8]) -> io::Result<()> {
     let mut t = Header::new_ustar();
     t.set_entry_type(EntryType::XGlobalHeader);
     t.set_path("d-cp-trailer")?;
     t.set_mode(0o644);
     t.set_size(record.len() as u64);
     t.set_cksum();
-    b.append(&t, &record[..])?;
-    Ok(verdict)
+    b.append(&t, record)
 }
 
 fn open(path: &Path, follow: bool) -> io::Result<File> {

@@ -42,7 +42,10 @@ pub mod types;
 /// - 8: the leader tells its workers of each enrollment (their kept
 ///   registry), and relayed jobs carry the requester's signed claim
 ///   ([`PROTOCOL_SIGNED_JOBS`]).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// - 10: peer-to-peer copies (`d cp A:/x B:/y` flows A -> B over their own
+///   session: [`types::FilesOp::SendTo`]); a target checks a signed claim
+///   passed on by any peer, not only its leader ([`PROTOCOL_PEER_COPY`]).
+pub const PROTOCOL_VERSION: u32 = 10;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
@@ -57,6 +60,15 @@ pub const PROTOCOL_FILES: u32 = 7;
 /// The protocol that brought `Query::PeerEnrolled` (workers keep the
 /// registry) and signed job claims: never sent on an older session.
 pub const PROTOCOL_SIGNED_JOBS: u32 = 8;
+/// The protocol that brought direct peer-to-peer copies
+/// ([`types::FilesOp::SendTo`]): sent only on a session that negotiated it;
+/// a target of this protocol checks the requester's signed claim a source
+/// peer passes on, and a leader of it relays such a claim unchanged.
+pub const PROTOCOL_PEER_COPY: u32 = 10;
+/// The words that start the refusal of a direct peer-to-peer copy by (or
+/// through) a daemon older than [`PROTOCOL_PEER_COPY`]: a client seeing
+/// them copies through itself instead.
+pub const PEER_COPY_REFUSAL: &str = "cannot copy peer to peer directly";
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -196,7 +208,7 @@ mod tests {
         assert_eq!(negotiate(2, 0), Some(2)); // an older daemon: protocol 2 only
         assert_eq!(negotiate(2, 3), Some(3));
         assert_eq!(negotiate(2, 4), Some(4));
-        assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(2, 99), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(2, 5), Some(5));
         assert_eq!(negotiate(2, 7), Some(7));
         assert_eq!(negotiate(1, 0), None);

@@ -399,6 +399,30 @@ pub enum FilesOp {
         #[serde(default)]
         opts: CopyOpts,
     },
+    /// Protocol [`crate::PROTOCOL_PEER_COPY`]: send to another peer
+    /// directly ([`SendTo`]).
+    SendTo(Box<SendTo>),
+}
+
+/// A peer-to-peer copy's sending side (`d cp A:/x B:/y` asks this of A):
+/// send `sources` to peer `to` directly, over this peer's own session with
+/// it (or its leader's relay), where a [`FilesOp::Receive`] into `dest`
+/// runs. Standard output carries `to`'s summary line, standard error both
+/// ends' messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendTo {
+    pub sources: Vec<String>,
+    pub to: String,
+    pub dest: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub many: bool,
+    #[serde(default)]
+    pub opts: CopyOpts,
+    /// The requester's signed claim over the receive job on `to` (signed
+    /// by the requester's daemon; the sending peer passes it on and cannot
+    /// change what `to` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<crate::keys::JobClaim>,
 }
 
 /// `d cp`'s flags that either end applies.

@@ -11,8 +11,11 @@
 //!   of the slowest).
 //! - pull (`PEER:PATH... DEST`): the peer's stream is written here
 //!   ([`d_files::receive`]); from several peers into `DEST/PEER/...`.
-//! - peer to peer (`PEER:PATH PEER2:PATH`): the first peer's stream is fed
-//!   to the second's job through this client (not yet directly).
+//! - peer to peer (`PEER:PATH PEER2:PATH`, protocol 10): the first peer
+//!   sends to each destination peer directly ([`FilesOp::SendTo`]: over
+//!   their own session, never through this client); a daemon on the way
+//!   too old for it makes that destination's copy go through this client
+//!   (the first peer's stream fed to the second's job here), with a note.
 
 mod job;
 mod progress;
@@ -97,7 +100,7 @@ pub fn main(socket: &Path, args: &CpArgs, json: bool, verbose: bool) -> Result<i
                 ));
             }
             let paths = remote_sources.iter().map(|(_, p)| p.to_string()).collect();
-            relay(&ctx, from, paths, target, path)
+            direct(&ctx, from, paths, target, path)
         }
     }
 }
@@ -231,16 +234,15 @@ fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32,
         match std::fs::metadata(dest) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                return Err(ErrorBody::invalid(format!(
+                return Err(usage(&format!(
                     "{}: not a directory (pulling from several peers writes DIR/PEER/...)",
                     d_files::shown(dest)
                 )))
             }
-            Err(_) if ctx.opts.mkdir => std::fs::create_dir_all(dest).map_err(|e| {
-                ErrorBody::invalid(format!("{}: {}", d_files::shown(dest), d_files::why(&e)))
-            })?,
+            Err(_) if ctx.opts.mkdir => std::fs::create_dir_all(dest)
+                .map_err(|e| usage(&format!("{}: {}", d_files::shown(dest), d_files::why(&e))))?,
             Err(e) => {
-                return Err(ErrorBody::invalid(format!(
+                return Err(usage(&format!(
                     "{}: {} (--mkdir creates it)",
                     d_files::shown(dest),
                     d_files::why(&e)
@@ -324,7 +326,8 @@ fn pull_one(
     })
 }
 
-fn relay(
+/// Peer to peer: `from` sends to each peer of `target` itself.
+fn direct(
     ctx: &Ctx,
     from: &str,
     paths: Vec<String>,
@@ -332,6 +335,75 @@ fn relay(
     path: &str,
 ) -> Result<i32, ErrorBody> {
     let started = Instant::now();
+    let (peers, offline) = peers_of(ctx, target)?;
+    let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
+    let many = paths.len() > 1;
+    let extra = std::sync::Mutex::new(Vec::new());
+    let ends = fanout::map(&items, ctx.parallel, |(peer, off)| {
+        if *off {
+            return (peer.clone(), PeerResult::offline());
+        }
+        let op = FilesOp::SendTo(Box::new(d_proto::types::SendTo {
+            sources: paths.clone(),
+            to: peer.clone(),
+            dest: path.to_string(),
+            many,
+            opts: ctx.opts.clone(),
+            claim: None,
+        }));
+        let end = job::run(
+            ctx.socket,
+            from,
+            op,
+            ctx.user.clone(),
+            ctx.verbose,
+            None,
+            None,
+        );
+        match &end.outcome {
+            Outcome::Failed(e) if too_old_for_direct(e) => {
+                let note = format!(
+                    "note: {}: copying to {peer} through this machine",
+                    e.error.trim_end_matches('.')
+                );
+                if !ctx.json {
+                    here(&note);
+                }
+                let (r, mut more) = match relay(ctx, from, paths.clone(), peer, path) {
+                    Ok((mut ends, more)) => (ends.pop().map(|(_, r)| r), more),
+                    Err(e) => (Some(PeerResult::local_failure(e.error)), Vec::new()),
+                };
+                let mut x = extra.lock().unwrap_or_else(|e| e.into_inner());
+                x.push(note);
+                x.append(&mut more);
+                let r = r.unwrap_or_else(|| PeerResult::local_failure("nothing copied".into()));
+                (peer.clone(), r)
+            }
+            _ => (peer.clone(), PeerResult::of_receive(end)),
+        }
+    });
+    let extra = extra.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(report::finish(ctx, target, &ends, extra, started))
+}
+
+/// A daemon on the way (this machine's, the source peer, its leader) is
+/// older than protocol 10: the copy goes through this client instead.
+fn too_old_for_direct(e: &ErrorBody) -> bool {
+    e.error.contains(d_proto::PEER_COPY_REFUSAL)
+        || (e.error.contains("unknown variant") && e.error.contains("send_to"))
+}
+
+/// Through this client: the stream of `from` fed to the receive jobs on
+/// the peers of `target` (for daemons older than protocol 10). The ends,
+/// and messages about the source.
+#[allow(clippy::type_complexity)]
+fn relay(
+    ctx: &Ctx,
+    from: &str,
+    paths: Vec<String>,
+    target: &str,
+    path: &str,
+) -> Result<(Vec<(String, PeerResult)>, Vec<String>), ErrorBody> {
     let op = FilesOp::Receive {
         dest: path.to_string(),
         many: paths.len() > 1,
@@ -372,5 +444,5 @@ fn relay(
     for m in &extra {
         here(m);
     }
-    Ok(report::finish(ctx, target, &ends, extra, started))
+    Ok((ends, extra))
 }

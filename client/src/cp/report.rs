@@ -82,6 +82,7 @@ impl PeerResult {
     ) -> PeerResult {
         let mut messages = end.messages;
         messages.append(&mut here);
+        let unusable = got.as_ref().err().is_some_and(d_files::is_unusable);
         let (counts, local_err) = match got {
             Ok(r) => (
                 Summary {
@@ -98,7 +99,7 @@ impl PeerResult {
         if let Some(e) = local_err {
             // The local end's reason is the first cause (the peer's job
             // then only lost its reader).
-            exit_code = exit_code.max(1);
+            exit_code = if unusable { 2 } else { exit_code.max(1) };
             error = Some(e);
         }
         PeerResult {
@@ -195,30 +196,59 @@ pub fn finish(
             render::out(&render::json(&v));
         }
     } else if many {
+        // One prefix naming the peer: not `w2: failed: d cp: on w2: ...`.
         let rows: Vec<(&str, String)> = ends
             .iter()
-            .map(|(p, r)| (p.as_str(), r.describe()))
+            .map(|(p, r)| {
+                (
+                    p.as_str(),
+                    r.describe().replace(&format!("d cp: on {p}: "), ""),
+                )
+            })
             .collect();
         stdio::err(fanout::summary(&rows).as_bytes());
     } else if let Some((peer, r)) = ends.first() {
         if r.exit_code != 0 {
             let err = r.error.clone().unwrap_or_else(|| "failed".into());
-            stdio::with(Stream::Err, |w| {
-                writeln!(w, "d cp: {peer}: {}", render::clean(&err))
-            });
+            // A message already printed as it came is not said twice.
+            let line = if r.messages.contains(&err) {
+                None
+            } else if let Some(rest) = err.strip_prefix("here: ") {
+                Some(format!("d cp: here: {rest}"))
+            } else {
+                Some(format!("d cp: {peer}: {err}"))
+            };
+            if let Some(line) = line {
+                stdio::with(Stream::Err, |w| writeln!(w, "{}", render::clean(&line)));
+            }
             if let Some(h) = &r.hint {
                 stdio::with(Stream::Err, |w| writeln!(w, "hint: {}", render::clean(h)));
+            }
+            if err.contains("Peer not found") {
+                // `@web:` is the peer id web; a label is `@@web:`.
+                stdio::with(Stream::Err, |w| {
+                    writeln!(
+                        w,
+                        "hint: for the peers labelled {peer}, write @@{peer}:PATH (or @label:{peer}:PATH)"
+                    )
+                });
             }
         }
     }
     if !ctx.quiet {
         let bytes: u64 = ends.iter().map(|(_, r)| r.counts.bytes).sum();
         let files: u64 = ends.iter().map(|(_, r)| r.counts.files).sum();
+        let skipped: u64 = ends.iter().map(|(_, r)| r.counts.skipped).sum();
+        let skipped = if skipped > 0 {
+            format!(", {skipped} skipped (unchanged)")
+        } else {
+            String::new()
+        };
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         stdio::with(Stream::Err, |w| {
             writeln!(
                 w,
-                "d cp: {files} file{} ({}) in {secs:.1} s, {}/s",
+                "d cp: {files} file{} ({}){skipped} in {secs:.1} s, {}/s",
                 if files == 1 { "" } else { "s" },
                 render::bytes(bytes),
                 render::bytes((bytes as f64 / secs) as u64)

@@ -78,7 +78,15 @@ pub async fn serve<R, W>(
             return;
         }
     };
-    match peer.and_then(|p| check_spec(&spec).map(|()| p)) {
+    let mut spec = spec;
+    let checked = peer
+        .and_then(|p| check_spec(&spec).map(|()| p))
+        .and_then(|p| {
+            // A peer-to-peer copy: signed here, for the receiving peer.
+            super::peer_copy::sign(daemon, &mut spec)?;
+            Ok(p)
+        });
+    match checked {
         Ok(peer) => {
             let client = Client {
                 reader,
@@ -124,12 +132,19 @@ fn exec_spec(
     }
 }
 
-/// `(d cp: receive into /srv/app)`, `(d cp: send /etc/hosts)`.
-fn files_label(op: &d_proto::types::FilesOp) -> String {
+/// `(d cp: receive into /srv/app)`, `(d cp: send /etc/hosts)`,
+/// `(d cp: send /x to laptop:/y)`.
+pub(super) fn files_label(op: &d_proto::types::FilesOp) -> String {
     use d_proto::types::FilesOp;
     let text = match op {
         FilesOp::Receive { dest, .. } => format!("(d cp: receive into {dest})"),
         FilesOp::Send { sources, .. } => format!("(d cp: send {})", sources.join(" ")),
+        FilesOp::SendTo(st) => format!(
+            "(d cp: send {} to {}:{})",
+            st.sources.join(" "),
+            st.to,
+            st.dest
+        ),
     };
     d_proto::clip(&text, 1000)
 }
@@ -183,7 +198,7 @@ fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
 const MAX_USER: usize = 256;
 
 /// The source of a job's events, local or remote.
-enum Source {
+pub(super) enum Source {
     Local(
         mpsc::Receiver<JobEvent>,
         tokio_util::sync::CancellationToken,
@@ -192,18 +207,18 @@ enum Source {
 }
 
 impl Source {
-    async fn next(&mut self) -> Option<JobEvent> {
+    pub(super) async fn next(&mut self) -> Option<JobEvent> {
         match self {
             Source::Local(rx, _) => rx.recv().await,
             Source::Remote(j) => j.events.recv().await,
         }
     }
-    async fn consumed(&self, n: usize) {
+    pub(super) async fn consumed(&self, n: usize) {
         if let Source::Remote(j) = self {
             j.credit(n).await;
         }
     }
-    async fn cancel(&self) {
+    pub(super) async fn cancel(&self) {
         match self {
             Source::Local(_, c) => c.cancel(),
             Source::Remote(j) => j.cancel().await,

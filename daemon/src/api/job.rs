@@ -28,6 +28,9 @@ pub fn start(
     if spec.relay_to.is_some() {
         return route::relay(&daemon.mesh, spec, cancel, input);
     }
+    if matches!(spec.files, Some(d_proto::types::FilesOp::SendTo(_))) {
+        return super::peer_copy::start(daemon, spec, cancel, input);
+    }
     let Some(action) = spec.action else {
         let run_as = match run_as::check_env(&spec.env)
             .and_then(|()| run_as::resolve(&spec, &daemon.me()))
@@ -164,7 +167,13 @@ pub fn serve_for_peer(
         .is_some_and(|l| std::ptr::eq(&l.peer, from))
         || (from.key.is_some() && from.key == pinned);
     let relayed = !spec.requester.is_empty() && spec.requester != from.id;
-    if relayed && !from_leader {
+    // Protocol 10: a job carrying its requester's signed claim is checked
+    // whoever passed it on (the source peer of a peer-to-peer copy passes
+    // on the receive job's claim); a relay (a `relay_to` job) passes it on
+    // unchanged, naming the claimed requester, for its target to check.
+    let claimed = relayed && spec.claim.is_some();
+    let pass_on = claimed && spec.relay_to.is_some();
+    if relayed && !from_leader && !claimed {
         tracing::warn!(
             "{} sent a job naming {:?} as its requester: recorded as {}",
             from.id,
@@ -182,9 +191,11 @@ pub fn serve_for_peer(
             from.id
         );
     }
-    let check = (relayed && from_leader && spec.claim.is_some()).then(|| spec.requester.clone());
+    let check = (claimed && !pass_on).then(|| spec.requester.clone());
     let mut spec = spec;
-    spec.requester = from.id.clone();
+    if !pass_on {
+        spec.requester = from.id.clone();
+    }
     let relay = from.id.clone();
     let mut rec = record("target", &spec, &from.id, &daemon.me());
     let proven = Arc::new(std::sync::Mutex::new(from.id.clone()));

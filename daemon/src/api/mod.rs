@@ -43,6 +43,7 @@ pub mod jobs;
 pub mod orphans;
 pub mod peer;
 pub mod peer_config;
+pub mod peer_copy;
 pub mod run_as;
 pub mod status;
 

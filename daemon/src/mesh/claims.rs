@@ -7,13 +7,13 @@
 //! nonce once ([`Seen`]).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use d_proto::keys::{exec_digest, JobClaim, PublicKey};
 use d_proto::peer::{Answer, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role};
 
-use super::{kept, Mesh};
+use super::{kept, registry, Mesh};
 use crate::base::clock::unix_now_ms;
 
 /// How far a claim's time may be from the target's clock (either way).
@@ -71,7 +71,12 @@ fn refused(relay: &str, why: String) -> ErrorBody {
 
 /// Check the claim of a job relayed by `relay` for `spec.requester`:
 /// `Ok` once it is proven that requester asked exactly this job of `me`.
-pub async fn verify(mesh: &Mesh, relay: &str, spec: &ExecSpec, me: &str) -> Result<(), ErrorBody> {
+pub async fn verify(
+    mesh: &Arc<Mesh>,
+    relay: &str,
+    spec: &ExecSpec,
+    me: &str,
+) -> Result<(), ErrorBody> {
     let Some(claim) = &spec.claim else {
         return Err(refused(relay, "the job carries no signed claim".into()));
     };
@@ -120,9 +125,18 @@ pub async fn verify(mesh: &Mesh, relay: &str, spec: &ExecSpec, me: &str) -> Resu
         .map_err(|why| refused(relay, format!("{who}'s claim is {why}")))
 }
 
-/// `id`'s enrolled key: the leader's answer while it is reachable, else the
-/// kept registry's.
-async fn requester_key(mesh: &Mesh, id: &str) -> Result<PublicKey, ErrorBody> {
+/// `id`'s enrolled key: on the leader its own registry's (the target of a
+/// peer-to-peer copy may be the leader); else the leader's answer while it
+/// is reachable, else the kept registry's.
+async fn requester_key(mesh: &Arc<Mesh>, id: &str) -> Result<PublicKey, ErrorBody> {
+    if mesh.me.get().role == Some(Role::Leader) {
+        let key = match registry::answer(mesh, Query::ResolvePeer { peer: id.into() }).await {
+            Answer::Peer { peer } => peer.public_key,
+            Answer::Error(e) => return Err(e),
+            _ => None,
+        };
+        return key.ok_or_else(|| no_key(id));
+    }
     let key = match mesh.leader_session() {
         Ok(link) => match link.query(Query::ResolvePeer { peer: id.into() }).await? {
             Answer::Peer { peer } => peer.public_key,
@@ -131,12 +145,14 @@ async fn requester_key(mesh: &Mesh, id: &str) -> Result<PublicKey, ErrorBody> {
         },
         Err(why) => kept::key_of(mesh, id, None, &why).await?,
     };
-    key.ok_or_else(|| {
-        ErrorBody::new(
-            ErrorKind::AuthFailed,
-            format!("{id} has no enrolled key: its signed claim cannot be checked"),
-        )
-    })
+    key.ok_or_else(|| no_key(id))
+}
+
+fn no_key(id: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorKind::AuthFailed,
+        format!("{id} has no enrolled key: its signed claim cannot be checked"),
+    )
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub mod port;
 pub mod session;
 
 pub use handshake::Expect;
-pub use session::{InputSink, PeerDesc, RemoteJob, Reply, Session, Terms};
+pub use session::{peer_copy_refused, InputSink, PeerDesc, RemoteJob, Reply, Session, Terms};
 
 /// What the dialer of an accepted connection proved in its handshake.
 #[derive(Debug)]

@@ -34,7 +34,7 @@ mod remote;
 mod served;
 
 pub use input::InputSink;
-pub use remote::RemoteJob;
+pub use remote::{peer_copy_refused, RemoteJob};
 
 /// How long a query to the other side may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -64,6 +64,23 @@ impl Drop for RemoteJob {
     }
 }
 
+/// `peer` (at `protocol`) is too old for a direct peer-to-peer copy, to
+/// run one or to pass it on: the refusal starts with
+/// [`d_proto::PEER_COPY_REFUSAL`], so the client copies through itself.
+pub fn peer_copy_refused(peer: &str, version: &str, protocol: u32) -> ErrorBody {
+    ErrorBody::new(
+        d_proto::types::ErrorKind::Refused,
+        format!(
+            "{}: {peer} runs an older d-daemon ({version}, protocol {protocol}; protocol {} needed)",
+            d_proto::PEER_COPY_REFUSAL,
+            d_proto::PROTOCOL_PEER_COPY
+        ),
+    )
+    .hint(format!(
+        "upgrade d-daemon on {peer} (`d remoteDeployDaemon --peer {peer}`); d cp then copies through this machine"
+    ))
+}
+
 impl Session {
     /// Start a job on the other side; its events arrive on the returned job.
     /// A job that needs what the other side's protocol lacks (standard
@@ -90,6 +107,16 @@ impl Session {
                 "upgrade d-daemon on {0} (`d remoteDeployDaemon --peer {0}`), or copy through a command (`d @{0} 'cat > FILE' < FILE`)",
                 self.peer.id
             )));
+        }
+        // A direct peer-to-peer copy needs the peer to run it (protocol 10).
+        if matches!(spec.files, Some(d_proto::types::FilesOp::SendTo(_)))
+            && self.terms.protocol < d_proto::PROTOCOL_PEER_COPY
+        {
+            return Err(peer_copy_refused(
+                &self.peer.id,
+                &self.peer.version,
+                self.terms.protocol,
+            ));
         }
         let mut needs = spec.needs_streams();
         if self.terms.streams() {
