@@ -422,7 +422,7 @@ where
                 held = chunk.held;
                 let data = chunk.data;
                 let out = if raw {
-                    ToClient::Raw(d_proto::frame::encode_output(0, stream, &data))
+                    ToClient::Raw(d_proto::frame::output_head(0, stream, data.len()), data)
                 } else {
                     ToClient::Event(match stream {
                         d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
@@ -469,8 +469,8 @@ where
         let write = async {
             match out {
                 ToClient::Event(e) => writer.send(&e).await,
-                ToClient::Raw(frame) => {
-                    writer.feed_line(frame).await?;
+                ToClient::Raw(head, data) => {
+                    writer.feed_parts(&head, &data).await?;
                     writer.flush().await
                 }
             }
@@ -540,5 +540,6 @@ async fn from_client<R: AsyncRead + Unpin>(
 /// raw output) an output chunk as a binary frame.
 enum ToClient {
     Event(Event),
-    Raw(Vec<u8>),
+    /// An output frame's header, and the bytes it carries.
+    Raw([u8; 15], Vec<u8>),
 }
