@@ -18,10 +18,17 @@
 # build, the per-step breakdown: D_TIMING=1 runs (see client/src/timing.rs),
 # the median of each step, and the wall time of the whole process.
 #
+# With STREAM_MB > 0, then streams (target 4): STREAM_MB MiB of job output
+# desktop -> laptop through each build's d (as shipped), alternating, against
+# plain TCP over the same tunnel (loadgen tput), with the CPU seconds of the
+# client and both daemons (scripts/bench/stream.py).
+#
 # Environment: BEFORE_BIN (a dir with d and d-daemon; none: this build only),
-# ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200, BENCH_NO_BUILD=1.
-# Results: target/bench/latency-wg/{alt.json,timing.json,rtt.json}. Numbers
-# only, never assertions. Root only (namespaces); addresses in 198.18.0.0/15.
+# ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200, STREAM_MB=0 STREAM_RUNS=3,
+# BENCH_NO_BUILD=1.
+# Results: target/bench/latency-wg/{alt.json,timing-*.json,rtt.json,stream.json,
+# tput.json}. Numbers only, never assertions. Root only (namespaces);
+# addresses in 198.18.0.0/15.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "latency-wg.sh: needs root (network namespaces)" >&2; exit 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +38,8 @@ ROUNDS=${ROUNDS:-6}
 RUNS=${RUNS:-20}
 WARMUP=${WARMUP:-5}
 TIMING_RUNS=${TIMING_RUNS:-200}
+STREAM_MB=${STREAM_MB:-0}
+STREAM_RUNS=${STREAM_RUNS:-3}
 BEFORE_BIN=${BEFORE_BIN:-}
 OUT=$MESH_ROOT/target/bench/latency-wg
 mkdir -p "$OUT"
@@ -51,7 +60,7 @@ printf 'shell = "/bin/sh"\n' >"$MESH_DIR/sh.toml"
 
 # start_set SET BINDIR PORT [CONFIG]: three daemons of one build, configured
 # (vps leads; the others join), laptop's session to desktop warm.
-declare -A SETSOCK=()
+declare -A SETSOCK=() SETPID=()
 start_set() {
   local set=$1 bin=$2 port=$3 conf=${4:-} name
   D=$bin/d
@@ -59,10 +68,12 @@ start_set() {
   for name in "${MESH_PEERS[@]}"; do
     mkdir -p "$MESH_DIR/$set/$name"
     SOCK[$name]=$MESH_DIR/$set/$name/d.sock
-    in_ns "$name" "$DAEMON" --socket "${SOCK[$name]}" --state-dir "$MESH_DIR/$set/$name/state" \
+    # `ip netns exec` execs the daemon, so $! is the daemon's own PID.
+    ip netns exec "${NS[$name]}" "$DAEMON" --socket "${SOCK[$name]}" --state-dir "$MESH_DIR/$set/$name/state" \
       --listen "${IP[$name]}:$port" --wg-interface "${WGIF[$name]}" ${conf:+--config "$conf"} \
       </dev/null >"$MESH_DIR/$set/$name/log" 2>&1 &
     MESH_PIDS+=("$!")
+    SETPID[$set/$name]=$!
   done
   for name in "${MESH_PEERS[@]}"; do
     mesh_wait "$set/$name daemon to answer ping" 20 mesh_d "$name" ping
@@ -122,3 +133,24 @@ for name, c in alt.items():
     m = c["median"] * 1e3
     print(f"  {name:<36} {m:7.2f} ms (p10 {c['p10'] * 1e3:6.2f}, p90 {c['p90'] * 1e3:6.2f})  {m / floor:4.2f}x floor")
 PY
+
+[ "$STREAM_MB" -gt 0 ] || exit 0
+bytes=$((STREAM_MB * 1024 * 1024))
+in_ns desktop "$LOADGEN" tput-server --listen "${IP[desktop]}:7398" &
+MESH_PIDS+=("$!")
+mesh_wait "the throughput server" 10 in_ns laptop "$LOADGEN" tput --to "${IP[desktop]}:7398" --bytes 1000
+echo
+echo "== streams: $STREAM_MB MiB of output, desktop -> laptop, load $(cut -d' ' -f1-3 /proc/loadavg) =="
+in_ns laptop "$LOADGEN" tput --to "${IP[desktop]}:7398" --bytes "$bytes" >"$OUT/tput.json"
+echo "plain TCP over WireGuard: $(cat "$OUT/tput.json")"
+stream_cmd() { q "$1/d" --socket "${SETSOCK[$2]}" execOnPeer --peer desktop --directory / --timeout 0 --shellCmd "head -c $bytes /dev/zero"; }
+scmds=(-n "d (now)" "$(stream_cmd "$MESH_DIR/bin/now" now)")
+watch=(--watch "requester daemon (now)=${SETPID[now/laptop]}" --watch "target daemon (now)=${SETPID[now/desktop]}")
+if [ -n "$BEFORE_BIN" ]; then
+  scmds+=(-n "d (before)" "$(stream_cmd "$MESH_DIR/bin/before" before)")
+  watch+=(--watch "requester daemon (before)=${SETPID[before/laptop]}" --watch "target daemon (before)=${SETPID[before/desktop]}")
+fi
+python3 "$HERE/stream.py" --out "$OUT/stream.json" --bytes "$bytes" --runs "$STREAM_RUNS" "${watch[@]}" "${scmds[@]}"
+in_ns laptop "$LOADGEN" tput --to "${IP[desktop]}:7398" --bytes "$bytes" >"$OUT/tput2.json"
+echo "plain TCP over WireGuard, after: $(cat "$OUT/tput2.json")"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
