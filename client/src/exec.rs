@@ -78,10 +78,27 @@ pub fn run(
     as_json: bool,
     verbose: bool,
 ) -> Result<i32, ErrorBody> {
+    // D_TIMING=1: where the time went, asked of the daemons too.
+    let timed = crate::timing::enabled();
+    let mut marks = crate::timing::Marks::default();
+    let timed_req;
+    let req = if timed {
+        let mut r = req.clone();
+        if let Request::ExecOnPeer { opts, .. } | Request::ExecOnPeerByIp { opts, .. } = &mut r {
+            opts.timing = true;
+        }
+        timed_req = r;
+        &timed_req
+    } else {
+        req
+    };
+    marks.connect = crate::timing::now_ns();
     let mut conn = Conn::connect(socket, verbose)?;
+    marks.connected = crate::timing::now_ns();
     // No read timeout: a job may be silent for hours; the daemon notices a dead peer.
     conn.set_reply_timeout(None)?;
     conn.send_exec(req)?;
+    marks.started = crate::timing::now_ns();
     // On a terminal: ours raw until this returns (whichever way), our keys
     // and window sizes to the job.
     let raw = on_terminal(req).then(crate::terminal::Raw::enter);
@@ -147,6 +164,7 @@ pub fn run(
                     signal: None,
                     timed_out: false,
                     duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    spans: None,
                 };
                 finish(&mut collected);
                 let mut doc = JsonDoc::new();
@@ -193,6 +211,10 @@ pub fn run(
                 }
             }
             Event::Exit { peer, exit } => {
+                if timed {
+                    marks.exit = crate::timing::now_ns();
+                    crate::timing::report(&peer, &marks, exit.spans.as_ref());
+                }
                 if verbose {
                     errln!(
                         "[d] {peer}: {} after {} ms",
@@ -267,6 +289,7 @@ fn failed_report(
         signal: None,
         timed_out: false,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        spans: None,
     };
     finish(collected);
     let mut doc = JsonDoc::new();
@@ -374,6 +397,7 @@ mod tests {
             signal: None,
             timed_out: false,
             duration_ms: 5,
+            spans: None,
         };
         let doc_of = |out: &[u8], err: &[u8]| -> String {
             let store = Store::new();

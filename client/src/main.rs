@@ -33,6 +33,7 @@ mod rsh;
 mod stop;
 mod targets;
 mod terminal;
+mod timing;
 
 /// The syntax of target expressions, used by `cli` (also built into xtask).
 use targets::parse as target_syntax;
@@ -75,6 +76,7 @@ struct MessageReply {
 }
 
 fn main() -> ExitCode {
+    timing::main_started();
     // Rust ignores SIGPIPE by default, which turns `d listPeers | head` into a
     // write error; the default disposition ends `d` quietly like other tools.
     // SAFETY: called first, before any thread exists; SIG_DFL is a valid handler.

@@ -307,3 +307,69 @@ fn json_exec_report() {
     assert_eq!(v["exit_code"], 3);
     assert_eq!(v["peer"], "desktop");
 }
+
+/// `D_TIMING=1`: the client prints the steps of the job, the daemons' own
+/// (requester and target, over the session or for a local job) included,
+/// each a non-negative time; output and status are unchanged. Durations are
+/// printed, never asserted (scripts/bench/latency-wg.sh measures them).
+#[test]
+fn d_timing_reports_every_step_of_the_job() {
+    let m = Mesh::start();
+    let steps = |o: &std::process::Output| -> Vec<(String, f64)> {
+        stderr(o)
+            .lines()
+            .filter(|l| l.starts_with("  "))
+            .filter_map(|l| {
+                let (name, ms) = l.trim().rsplit_once(' ')?;
+                Some((name.trim().to_string(), ms.parse().ok()?))
+            })
+            .collect()
+    };
+    for (to, remote) in [("desktop", true), ("laptop", false)] {
+        let o = Command::new(client_bin())
+            .args(["--socket", path_str(&m.laptop.socket())])
+            .args(["execOnPeer", "--peer", to, "--directory", "/tmp"])
+            .args(["--shellCmd", "echo hi"])
+            .env("D_TIMING", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "hi\n");
+        assert!(
+            stderr(&o).starts_with(&format!("d: timing of the job on {to} ")),
+            "{}",
+            stderr(&o)
+        );
+        let got = steps(&o);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        let mut want = vec![
+            "client: connect to the control socket",
+            "client -> requester: request read",
+            "requester: routing (a session in hand)",
+            "target: posix_spawn",
+            "target: ledger entry written",
+            "target: the command runs (to its exit)",
+            "requester: exit passed on",
+            "total: main -> exit read",
+        ];
+        if remote {
+            want.extend([
+                "requester -> target: start read",
+                "target -> requester: exit read",
+            ]);
+        }
+        for w in want {
+            assert!(names.contains(&w), "{to}: no step {w:?} in {names:?}");
+        }
+        // Without D_TIMING_T0 the step before main is not known.
+        assert!(!names.iter().any(|n| n.contains("exec -> main")));
+        for (n, ms) in &got {
+            assert!(*ms >= 0.0, "{to}: {n} took {ms} ms");
+        }
+    }
+    // Without it: nothing on stderr.
+    let o = exec(&m.laptop, "desktop", "true");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stderr(&o), "");
+}

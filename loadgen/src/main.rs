@@ -568,6 +568,7 @@ fn answer(m: PeerMsg, stats: &Stats) -> Option<PeerMsg> {
                     signal: None,
                     timed_out: false,
                     duration_ms: 0,
+                    spans: None,
                 },
             })
         }

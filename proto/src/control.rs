@@ -182,6 +182,10 @@ pub struct ExecOpts {
     /// every worker). A target with a session open here uses it anyway.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub via_leader: bool,
+    /// Report where the job's time went (`D_TIMING=1`): the exit carries
+    /// [`crate::types::JobSpans`]. Daemons before it refuse the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timing: bool,
 }
 
 /// What a client sends during a job that takes its input (after the request;

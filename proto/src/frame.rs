@@ -81,6 +81,21 @@ impl FrameDecoder {
         self.max = max;
     }
 
+    /// Bytes `buf` must hold for the next frame to be whole, when that is
+    /// known: a binary frame whose header is in (within the limit). A reader
+    /// reserves that much at once, so a large output frame is read straight
+    /// into one buffer instead of one grown (and copied) step by step.
+    pub fn wanted(&self, buf: &[u8]) -> Option<usize> {
+        if !self.binary || self.discarding || self.skip > 0 || self.scanned > 0 {
+            return None;
+        }
+        if buf.first() != Some(&BINARY_MARK) || buf.len() < BINARY_HEADER {
+            return None;
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        (len <= self.max).then_some(BINARY_HEADER + len)
+    }
+
     /// Take the next frame out of `buf`, or `None` if more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Frame> {
         loop {
@@ -241,18 +256,28 @@ const OUTPUT_HEADER: usize = 10;
 /// then the payload: kind `1`, stream (`1` stdout, `2` stderr), job id (u64 BE;
 /// `0` on the control socket, where a connection has one job), the bytes.
 pub fn encode_output(job: u64, stream: Stream, data: &[u8]) -> Vec<u8> {
-    let len = (OUTPUT_HEADER + data.len()) as u32;
-    let mut v = Vec::with_capacity(BINARY_HEADER + len as usize);
-    v.push(BINARY_MARK);
-    v.extend_from_slice(&len.to_be_bytes());
-    v.push(OUTPUT_KIND);
-    v.push(match stream {
-        Stream::Stdout => 1,
-        Stream::Stderr => 2,
-    });
-    v.extend_from_slice(&job.to_be_bytes());
+    let head = output_head(job, stream, data.len());
+    let mut v = Vec::with_capacity(head.len() + data.len());
+    v.extend_from_slice(&head);
     v.extend_from_slice(data);
     v
+}
+
+/// The first bytes of [`encode_output`]'s frame for `len` bytes of output:
+/// a writer that sends these, then the bytes themselves, sends the same
+/// frame without copying the bytes into it.
+pub fn output_head(job: u64, stream: Stream, len: usize) -> [u8; BINARY_HEADER + OUTPUT_HEADER] {
+    let total = (OUTPUT_HEADER + len) as u32;
+    let mut h = [0u8; BINARY_HEADER + OUTPUT_HEADER];
+    h[0] = BINARY_MARK;
+    h[1..5].copy_from_slice(&total.to_be_bytes());
+    h[5] = OUTPUT_KIND;
+    h[6] = match stream {
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    };
+    h[7..15].copy_from_slice(&job.to_be_bytes());
+    h
 }
 
 /// Kind byte of an input frame's payload.
@@ -395,6 +420,20 @@ mod tests {
         let mut d = FrameDecoder::new(3);
         let mut b = BytesMut::from(&b"abc\n"[..]);
         assert_eq!(d.decode(&mut b), Some(Frame::Line("abc".into())));
+    }
+
+    #[test]
+    fn wanted_is_the_whole_binary_frame_once_its_header_is_in() {
+        let frame = encode_output(7, Stream::Stdout, &[9u8; 1000]);
+        assert_eq!(&output_head(7, Stream::Stdout, 1000)[..], &frame[..15]);
+        let dec = FrameDecoder::new(1 << 20).with_binary();
+        assert_eq!(dec.wanted(&frame[..4]), None);
+        assert_eq!(dec.wanted(&frame[..5]), Some(frame.len()));
+        assert_eq!(dec.wanted(&frame[..100]), Some(frame.len()));
+        assert_eq!(dec.wanted(b"{\"type\":\"heartbeat\"}\n"), None);
+        // Not accepting binary frames, or one over the limit: not known.
+        assert_eq!(FrameDecoder::new(1 << 20).wanted(&frame), None);
+        assert_eq!(FrameDecoder::new(100).with_binary().wanted(&frame), None);
     }
 
     #[test]

@@ -205,7 +205,7 @@ pub struct Check {
 }
 
 /// How a job ended on its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     /// Exit code, if the shell exited.
     pub code: Option<i32>,
@@ -216,6 +216,44 @@ pub struct ExitInfo {
     pub timed_out: bool,
     #[serde(default)]
     pub duration_ms: u64,
+    /// Where the job's time went, for a job that asked ([`ExecSpec::timing`],
+    /// `D_TIMING=1`); never stored. Absent from every other exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spans: Option<JobSpans>,
+}
+
+/// When each step of one job happened (`D_TIMING=1`), on each daemon's
+/// `CLOCK_MONOTONIC`, in nanoseconds (0: not reached, or not recorded by
+/// that daemon). Differences within one daemon hold anywhere; between the
+/// requester and the target only when both run on one machine (network
+/// namespaces share the clock), as in the benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobSpans {
+    /// Requester: the client's request was read and parsed.
+    pub req_request: u64,
+    /// Requester: the way to the target was found (a session in hand).
+    pub req_routed: u64,
+    /// Requester: the job's start was handed to the session (sent).
+    pub req_asked: u64,
+    /// Requester: the target's exit arrived.
+    pub req_exit_in: u64,
+    /// Requester: the exit is being written to the client.
+    pub req_exit_out: u64,
+    /// Target: the job's start was read from the session.
+    pub tgt_start_in: u64,
+    /// Target: about to start the shell (directory checked, environment built).
+    pub tgt_spawn: u64,
+    /// Target: the shell was started (`posix_spawn` returned).
+    pub tgt_spawned: u64,
+    /// Target: the job was written down in the ledger.
+    pub tgt_noted: u64,
+    /// Target: the shell's exit status was collected.
+    pub tgt_exited: u64,
+    /// Target: its pipes closed too; the job is over.
+    pub tgt_closed: u64,
+    /// Target: the exit is being sent to the requester.
+    pub tgt_exit_out: u64,
 }
 
 impl ExitInfo {
@@ -342,6 +380,10 @@ pub struct ExecSpec {
     /// user's login shell runs interactively (as `ssh host`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<Tty>,
+    /// Report where the job's time went ([`ExitInfo::spans`], `D_TIMING=1`).
+    /// Older daemons ignore it (their exits carry no spans).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timing: bool,
 }
 
 /// The terminal a job runs on: its type and first window size, as the
@@ -471,6 +513,7 @@ impl ExecSpec {
             files: None,
             via_leader: false,
             tty: None,
+            timing: false,
         }
     }
 
@@ -676,6 +719,7 @@ mod tests {
             signal,
             timed_out,
             duration_ms: 0,
+            spans: None,
         };
         assert_eq!(e(Some(0), None, false).status(), 0);
         assert_eq!(e(Some(42), None, false).status(), 42);

@@ -158,6 +158,7 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
                         signal,
                         timed_out,
                         duration_ms,
+                        spans: None,
                     },
                 }
             ),

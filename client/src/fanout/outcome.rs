@@ -112,6 +112,7 @@ mod tests {
                 signal,
                 timed_out,
                 duration_ms: 1,
+                spans: None,
             })
         };
         let cases = [

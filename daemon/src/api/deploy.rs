@@ -55,6 +55,7 @@ fn ok() -> ExitInfo {
         signal: None,
         timed_out: false,
         duration_ms: 0,
+        spans: None,
     }
 }
 

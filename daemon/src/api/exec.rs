@@ -16,12 +16,13 @@
 use std::sync::Arc;
 
 use d_proto::control::{ClientMsg, Event, ExecOpts, Request};
-use d_proto::types::{Action, ErrorBody, ErrorKind, ExecRecord, ExecSpec, B64};
+use d_proto::types::{Action, ErrorBody, ErrorKind, ExecRecord, ExecSpec, ExitInfo, JobSpans, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::{job, run_as, Daemon};
 use crate::base::budget::Held;
+use crate::base::clock::mono_ns;
 use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
 use crate::mesh::route::{self, Route};
@@ -122,6 +123,7 @@ fn exec_spec(
         files: opts.files.clone(),
         tty: opts.tty,
         via_leader: opts.via_leader,
+        timing: opts.timing,
         ..ExecSpec::new(
             directory,
             match &opts.files {
@@ -319,10 +321,18 @@ where
     W: AsyncWrite + Unpin,
     F: std::future::Future<Output = String>,
 {
+    // Where the time goes, for a job that asked (`D_TIMING=1`).
+    let mut spans = spec.timing.then(|| JobSpans {
+        req_request: mono_ns(),
+        ..JobSpans::default()
+    });
     let route = tokio::select! {
         r = route::route_job(&daemon.mesh, peer, spec.via_leader) => r,
         why = inbound.as_mut() => return Some(why),
     };
+    if let Some(s) = &mut spans {
+        s.req_routed = mono_ns();
+    }
     let started = match route {
         Err(e) => Err(e),
         Ok(Route::Local) => {
@@ -370,6 +380,9 @@ where
             })
         }
     };
+    if let Some(s) = &mut spans {
+        s.req_asked = mono_ns();
+    }
     let (mut source, addr, path) = match started {
         Ok(x) => x,
         Err(e) => {
@@ -424,7 +437,7 @@ where
                 held = chunk.held;
                 let data = chunk.data;
                 let out = if raw {
-                    ToClient::Raw(d_proto::frame::encode_output(0, stream, &data))
+                    ToClient::Raw(d_proto::frame::output_head(0, stream, data.len()), data)
                 } else {
                     ToClient::Event(match stream {
                         d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
@@ -433,8 +446,21 @@ where
                 };
                 (out, n)
             }
-            Some(JobEvent::Exit(exit)) => {
-                rec.exit = Some(exit);
+            Some(JobEvent::Exit(mut exit)) => {
+                rec.exit = Some(ExitInfo {
+                    spans: None,
+                    ..exit
+                });
+                if let Some(mine) = spans {
+                    let theirs = exit.spans.unwrap_or_default();
+                    exit.spans = Some(JobSpans {
+                        req_request: mine.req_request,
+                        req_routed: mine.req_routed,
+                        req_asked: mine.req_asked,
+                        req_exit_in: mono_ns(),
+                        ..theirs
+                    });
+                }
                 let peer = peer.to_string();
                 (ToClient::Event(Event::Exit { peer, exit }), 0)
             }
@@ -449,11 +475,17 @@ where
             }
         };
         let last = matches!(&out, ToClient::Event(e) if e.is_final());
+        let mut out = out;
+        if let ToClient::Event(Event::Exit { exit, .. }) = &mut out {
+            if let Some(s) = &mut exit.spans {
+                s.req_exit_out = mono_ns();
+            }
+        }
         let write = async {
             match out {
                 ToClient::Event(e) => writer.send(&e).await,
-                ToClient::Raw(frame) => {
-                    writer.feed_line(frame).await?;
+                ToClient::Raw(head, data) => {
+                    writer.feed_parts(&head, &data).await?;
                     writer.flush().await
                 }
             }
@@ -523,5 +555,6 @@ async fn from_client<R: AsyncRead + Unpin>(
 /// raw output) an output chunk as a binary frame.
 enum ToClient {
     Event(Event),
-    Raw(Vec<u8>),
+    /// An output frame's header, and the bytes it carries.
+    Raw([u8; 15], Vec<u8>),
 }

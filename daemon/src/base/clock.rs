@@ -181,3 +181,18 @@ pub async fn watch_jumps(every: Duration, stop: tokio_util::sync::CancellationTo
         last = now;
     }
 }
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of
+/// [`d_proto::types::JobSpans`] (one clock for every process of a machine,
+/// network namespaces included). 0 if it cannot be read.
+pub fn mono_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, Stream};
+use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, JobSpans, Stream};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::ledger::Ledger;
 use super::{pty, pump, spawn, JobEvent, Options, KILL_GRACE};
 use crate::base::budget::{Allowance, OutputBudget};
+use crate::base::clock::mono_ns;
 use std::sync::Arc;
 
 pub(super) async fn run(
@@ -123,6 +124,11 @@ pub(super) async fn run(
     };
     let tty = spec.tty.as_ref();
     let mut master = None;
+    // Where the time goes, for a job that asked (`D_TIMING=1`).
+    let mut spans = spec.timing.then(|| JobSpans {
+        tgt_spawn: mono_ns(),
+        ..JobSpans::default()
+    });
     let spawned = match (tty, &opts.run_as) {
         (Some(t), u) => pty::spawn(&command, u.as_ref(), t.rows, t.cols).map(|(c, m)| {
             master = Some(m);
@@ -137,8 +143,14 @@ pub(super) async fn run(
             format!("Cannot start {} on {me}: {e}", shell.display()),
         )
     })?;
+    if let Some(s) = &mut spans {
+        s.tgt_spawned = mono_ns();
+    }
     // Written down until its group has ended, for a daemon killed meanwhile.
     let noted = ledger.and_then(|l| l.add(child.id() as i32, spec));
+    if let Some(s) = &mut spans {
+        s.tgt_noted = mono_ns();
+    }
     // A terminal job's processes may leave its group (an interactive shell
     // gives each pipeline its own): its whole session is ended instead.
     let job = Scope {
@@ -209,6 +221,9 @@ pub(super) async fn run(
         tokio::select! {
             s = child.wait(), if status.is_none() => {
                 status = Some(s);
+                if let Some(s) = &mut spans {
+                    s.tgt_exited = mono_ns();
+                }
             }
             Some(_) = readers.join_next(), if !readers.is_empty() => {}
             _ = sleep_until_opt(deadline), if termed_at.is_none() && deadline.is_some() => {
@@ -269,6 +284,10 @@ pub(super) async fn run(
         signal: status.signal(),
         timed_out,
         duration_ms: started.elapsed().as_millis() as u64,
+        spans: spans.map(|s| JobSpans {
+            tgt_closed: mono_ns(),
+            ..s
+        }),
     })
 }
 

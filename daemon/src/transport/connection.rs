@@ -107,9 +107,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             if self.eof {
                 return self.decoder.decode_eof(&mut self.buf);
             }
-            if self.buf.capacity() - self.buf.len() < READ_MIN {
-                // Reuses the front of the buffer when its bytes were consumed.
-                self.buf.reserve(READ_START.max(self.buf.len()));
+            match self.decoder.wanted(&self.buf) {
+                // A large binary frame (output, input) whose length is known:
+                // room for all of it at once, read in as few calls as the
+                // socket allows, never copied to a grown buffer.
+                Some(want) if want > self.buf.capacity() => {
+                    self.buf.reserve(want - self.buf.len());
+                }
+                _ if self.buf.capacity() - self.buf.len() < READ_MIN => {
+                    // Reuses the front of the buffer when its bytes were consumed.
+                    self.buf.reserve(READ_START.max(self.buf.len()));
+                }
+                _ => {}
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) => self.eof = true,
@@ -183,6 +192,23 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             return self.io.write_all(&line).await;
         }
         self.buf.extend_from_slice(&line);
+        if self.buf.len() >= WRITE_GATHER {
+            self.write_buf().await?;
+        }
+        Ok(())
+    }
+
+    /// Queue one frame given in two parts (a header, then its bytes), as
+    /// [`Writer::feed_line`] would their concatenation, without making it:
+    /// a large frame's bytes go to the socket from where they are.
+    pub async fn feed_parts(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+        if head.len() + body.len() >= WRITE_GATHER {
+            self.buf.extend_from_slice(head);
+            self.write_buf().await?;
+            return self.io.write_all(body).await;
+        }
+        self.buf.extend_from_slice(head);
+        self.buf.extend_from_slice(body);
         if self.buf.len() >= WRITE_GATHER {
             self.write_buf().await?;
         }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use d_proto::peer::PeerMsg;
-use d_proto::types::{ErrorBody, ExecSpec};
+use d_proto::types::{ErrorBody, ExecSpec, ExitInfo};
 use tokio::sync::Semaphore;
 
 use super::{lock, InJob, Session};
@@ -23,6 +23,7 @@ const MIN_WINDOW: u32 = 4096;
 impl Session {
     /// Serve a job the other side asked for.
     pub(super) fn serve_job(self: &Arc<Self>, id: u64, spec: ExecSpec) {
+        let start_in = spec.timing.then(crate::base::clock::mono_ns);
         let cancel = self.closed.child_token();
         let window = spec.window.map_or(d_proto::JOB_WINDOW, |w| {
             w.clamp(MIN_WINDOW, d_proto::JOB_WINDOW)
@@ -108,9 +109,16 @@ impl Session {
                         }
                         continue;
                     }
-                    JobEvent::Exit(exit) => {
+                    JobEvent::Exit(mut exit) => {
                         finished = true;
-                        rec.exit = Some(exit);
+                        rec.exit = Some(ExitInfo {
+                            spans: None,
+                            ..exit
+                        });
+                        if let (Some(s), Some(t)) = (&mut exit.spans, start_in) {
+                            s.tgt_start_in = t;
+                            s.tgt_exit_out = crate::base::clock::mono_ns();
+                        }
                         PeerMsg::Exit { job: id, exit }
                     }
                     JobEvent::Failed(error) => {
