@@ -41,7 +41,9 @@ pub mod types;
 /// - 8: the leader tells its workers of each enrollment (their kept
 ///   registry), and relayed jobs carry the requester's signed claim
 ///   ([`PROTOCOL_SIGNED_JOBS`]).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// - 11: a leader rotates its own key and tells its workers over their links
+///   (`Query::LeaderKeyRotated`, [`PROTOCOL_LEADER_ROTATE`]).
+pub const PROTOCOL_VERSION: u32 = 11;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
@@ -56,6 +58,10 @@ pub const PROTOCOL_FILES: u32 = 7;
 /// The protocol that brought `Query::PeerEnrolled` (workers keep the
 /// registry) and signed job claims: never sent on an older session.
 pub const PROTOCOL_SIGNED_JOBS: u32 = 8;
+/// The protocol that brought `Query::LeaderKeyRotated` (a leader's own key
+/// rotation told over the link): never sent on an older session (those
+/// workers follow the signed chain in the challenge at their next link).
+pub const PROTOCOL_LEADER_ROTATE: u32 = 11;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
@@ -195,7 +201,7 @@ mod tests {
         assert_eq!(negotiate(2, 0), Some(2)); // an older daemon: protocol 2 only
         assert_eq!(negotiate(2, 3), Some(3));
         assert_eq!(negotiate(2, 4), Some(4));
-        assert_eq!(negotiate(2, 9), Some(PROTOCOL_VERSION));
+        assert_eq!(negotiate(2, 99), Some(PROTOCOL_VERSION));
         assert_eq!(negotiate(2, 5), Some(5));
         assert_eq!(negotiate(2, 7), Some(7));
         assert_eq!(negotiate(1, 0), None);
