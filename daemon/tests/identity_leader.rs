@@ -287,3 +287,31 @@ fn a_forged_leader_rotation_is_refused() {
     vps.restart_on(&addr);
     desktop.wait_linked();
 }
+
+/// `d invite --count N`: a fleet's tokens at once, one a line, each
+/// joining one machine once.
+#[test]
+fn invite_count_mints_one_token_per_machine() {
+    let vps = leader("127.0.11.31");
+    let desktop = TestDaemon::start("desktop", "127.0.11.32");
+    let laptop = TestDaemon::start("laptop", "127.0.11.33");
+    let o = vps.d(&["invite", "--count", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("d1.")), "{lines:?}");
+    let v = vps.json(&["invite", "--count", "2"]);
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 2, "{v}");
+    let list = vps.json(&["invite", "--list"]);
+    assert_eq!(list.as_array().unwrap().len(), 5, "{list}");
+    join(&desktop, &lines[0], "desktop");
+    join(&laptop, &lines[1], "laptop");
+    let err = join_refused(&laptop, &lines[0], "laptop2");
+    assert!(err.contains("used") || err.contains("spent"), "{err}");
+    // Not with --id (every id joins once), and within 1..=10000.
+    assert!(!vps.d(&["invite", "--count", "2", "--id", "x"]).status.success());
+    assert!(!vps.d(&["invite", "--count", "0"]).status.success());
+    assert!(!vps.d(&["invite", "--count", "10001"]).status.success());
+    let o = run_on(&desktop, "laptop", "echo fleet");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
