@@ -309,7 +309,10 @@ fn invite_count_mints_one_token_per_machine() {
     let err = join_refused(&laptop, &lines[0], "laptop2");
     assert!(err.contains("used") || err.contains("spent"), "{err}");
     // Not with --id (every id joins once), and within 1..=10000.
-    assert!(!vps.d(&["invite", "--count", "2", "--id", "x"]).status.success());
+    assert!(!vps
+        .d(&["invite", "--count", "2", "--id", "x"])
+        .status
+        .success());
     assert!(!vps.d(&["invite", "--count", "0"]).status.success());
     assert!(!vps.d(&["invite", "--count", "10001"]).status.success());
     let o = run_on(&desktop, "laptop", "echo fleet");

@@ -28,7 +28,7 @@ use super::{Endpoint, Handler, InviteClaim, Proof};
 use crate::base::identity::{not_configured, Me};
 
 /// The longest chain of a leader's key rotations a dialer follows (a leader
-/// keeps its last [`crate::mesh::leader_rotate::KEPT_ROTATIONS`]).
+/// keeps its last 16, `mesh::leader_rotate::KEPT_ROTATIONS`).
 const MAX_KEY_CHAIN: usize = 32;
 
 /// Read one handshake message, or say why not.
