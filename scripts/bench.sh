@@ -513,8 +513,8 @@ stop_leader() { # SIGNAL
 }
 
 GPID=
-start_loadgen() { # N OUTFILE
-  "$LOADGEN" workers --leader "127.0.0.1:$LPORT" --key "$SC/lstate/mesh.key" --workers "$1" \
+start_loadgen() { # N OUTFILE (workers enrolled by enroll_fleet: each its own key)
+  "$LOADGEN" workers --leader "127.0.0.1:$LPORT" --fleet "$SC/fleet" --workers "$1" \
     --addrs "$1" --addr-base 127.1.0.0 --threads 1 --report-ms 1000 >"$2" 2>"$2.err" &
   GPID=$!
   PIDS+=("$GPID")
@@ -588,8 +588,18 @@ scale_part() {
     -n "worker -> leader" "$(q "$D" --socket "$SC/w.sock" execOnPeer --peer lead --directory / --shellCmd true)" \
     -n "leader itself (local job)" "$(q "$D" --socket "$SC/l.sock" execOnPeer --peer lead --directory / --shellCmd true)"
 
-  # listPeers as the registry grows (each step: a loadgen of k workers, all online).
+  # The simulated fleet joins as a real one does: a token per machine
+  # (`d invite --count`), each worker its own key (`loadgen enroll`).
   local k t0 t1
+  t0=$(now_ms)
+  "$D" --socket "$SC/l.sock" invite --count "$SCALE_N" --ttl 2h >"$SC/tokens"
+  t1=$(now_ms)
+  "$LOADGEN" enroll --tokens "$SC/tokens" --fleet "$SC/fleet" --workers "$SCALE_N" --addrs "$SCALE_N" \
+    --addr-base 127.1.0.0 >"$SC/enroll.json" || die "loadgen enroll failed: $(cat "$SC/enroll.json")"
+  kv "$RES/scale.json" "invite_count_ms=$((t1 - t0))" "enroll_ms=$(($(now_ms) - t1))"
+  note "$SCALE_N workers enrolled by token in $(($(now_ms) - t1)) ms"
+
+  # listPeers as the registry grows (each step: a loadgen of k workers, all online).
   for k in $SCALE_SWEEP; do
     [ "$k" -lt "$SCALE_N" ] || continue
     note "listPeers with $k simulated workers online"

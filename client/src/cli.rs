@@ -133,6 +133,10 @@ pub enum Command {
         #[arg(long, value_name = "IP[:PORT]", value_delimiter = ',', value_hint = ValueHint::Other,
               conflicts_with_all = ["list", "revoke"])]
         leader: Vec<String>,
+        /// Mint this many tokens at once, printed one a line (a fleet: one per machine; not with --id).
+        #[arg(long, value_name = "N", default_value_t = 1, conflicts_with_all = ["id", "list", "revoke"],
+              value_parser = clap::value_parser!(u32).range(1..=10_000), value_hint = ValueHint::Other)]
+        count: u32,
         /// List the join tokens the leader keeps: id, state (open/spent/revoked/expired), expiry.
         #[arg(long, conflicts_with = "revoke")]
         list: bool,
@@ -148,8 +152,18 @@ pub enum Command {
         peer: String,
     },
 
-    /// On a worker: replace this machine's identity key; the leader enrolls the new one, the old one is refused after
+    /// Replace this machine's identity key (a worker's: the leader enrolls it; the leader's: its workers follow the signed rotation)
     RotateKey,
+
+    /// On the leader: retire the shared mesh key; from then on only enrolled keys get in
+    ///
+    /// Refused while any registered peer has no enrolled key (they are
+    /// listed: join them by invitation, or `d deletePeer` them, first).
+    /// Every session closes once and comes back proving keys; workers drop
+    /// their copy of the mesh key at their next link. A hello proven only by
+    /// the mesh key is refused from then on, with how to join by invitation.
+    #[command(verbatim_doc_comment)]
+    RetireMeshKey,
 
     /// Enroll this machine with the leader named in TOKEN (from `d invite` there)
     ///

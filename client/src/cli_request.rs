@@ -59,15 +59,18 @@ impl Command {
                 ttl,
                 replace,
                 leader,
+                count,
                 ..
             } => Request::Invite {
                 id: id.clone(),
                 ttl: Some(*ttl),
                 replace: *replace,
                 leaders: leader.clone(),
+                count: (*count != 1).then_some(*count),
             },
             Command::Revoke { peer } => Request::Revoke { peer: peer.clone() },
             Command::RotateKey => Request::RotateKey {},
+            Command::RetireMeshKey => Request::RetireMeshKey {},
             Command::Join { token, id } => Request::Join {
                 token: token.clone(),
                 id: id.clone(),

@@ -459,7 +459,10 @@ fn show(
         ),
         // The invitation is two lines (what to do, then the command to copy);
         // each line is cleaned on its own so the break survives.
-        Command::Invite { .. } | Command::Revoke { .. } | Command::RotateKey => {
+        Command::Invite { .. }
+        | Command::Revoke { .. }
+        | Command::RotateKey
+        | Command::RetireMeshKey => {
             let message = decode::<MessageReply>(result, req)?.message;
             let lines: Vec<_> = message.split('\n').map(render::clean).collect();
             format!("{}\n", lines.join("\n"))

@@ -671,6 +671,7 @@ fn a_worker_follows_a_pace_at_once() {
         version: "0.0.0 (fake)".into(),
         role: Role::Leader,
         heartbeat_ms: 4000,
+        mesh_key_retired: false,
     }));
     // Heartbeats from the worker, each answered as a leader does; anything
     // else it says is not this test's business.

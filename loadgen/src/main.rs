@@ -2,53 +2,68 @@
 //!
 //! Every simulated worker speaks the real peer protocol to a real leader: it
 //! dials from its own loopback source address, says `Hello` (purpose `link`,
-//! role `worker`, a unique peer id), checks the leader's `Challenge` proof,
-//! proves the mesh key in `Auth`, waits for `Welcome`, then sends heartbeats
-//! at the interval the welcome asks for and watches the leader's. After losing
-//! the link it reconnects with the daemon's own backoff (exponential 0.1–2 s,
-//! uniform jitter in [ceiling/2, ceiling], reset after 10 s up). It answers a
-//! job with an immediate exit 0 and a ping with a pong, so jobs can be routed
-//! to it through the leader.
+//! role `worker`, a unique peer id, its own public key), checks the leader's
+//! `Challenge` (signed by the leader key it pinned), signs the handshake in
+//! `Auth`, waits for `Welcome`, then sends heartbeats at the interval the
+//! welcome asks for and watches the leader's. After losing the link it
+//! reconnects with the daemon's own backoff (exponential 0.1–2 s, uniform
+//! jitter in [ceiling/2, ceiling], reset after 10 s up). It answers a job
+//! with an immediate exit 0 and a ping with a pong, so jobs can be routed to
+//! it through the leader.
+//!
+//! How a simulated fleet joins (the path a real fleet takes, see `fleet.rs`):
+//! the leader mints one token per machine, `d invite --count N > tokens`;
+//! `loadgen enroll` joins each worker once with its own token and key (as
+//! `d join TOKEN` does on a machine) and writes the fleet file (the seed the
+//! workers' keys derive from, and the pinned leader key); `loadgen workers
+//! --fleet FILE` runs the links. `--key MESH_KEY_FILE` instead of `--fleet`
+//! speaks the old shared-key handshake (no identity keys): the anchor.
 //!
 //! ```text
-//! loadgen workers --leader IP:PORT --key MESH_KEY_FILE [--workers 10000] [--addrs 40]
-//!                 [--addr-base 127.1.0.0] [--prefix sim-] [--threads 1] [--ramp-ms 0]
-//!                 [--report-ms 1000] [--duration SECS]
+//! loadgen enroll  --tokens FILE --fleet FILE [--leader IP:PORT] [--workers N] [--addrs 40]
+//!                 [--addr-base 127.1.0.0] [--prefix sim-] [--parallel 64]
+//! loadgen workers --leader IP:PORT (--fleet FILE | --key MESH_KEY_FILE) [--workers 10000]
+//!                 [--addrs 40] [--addr-base 127.1.0.0] [--prefix sim-] [--threads 1]
+//!                 [--ramp-ms 0] [--report-ms 1000] [--duration SECS]
 //! loadgen rtt-server --listen IP:PORT          TCP echo (1 byte), for the floor
 //! loadgen rtt --to IP:PORT [--count 2000]      TCP round trips: JSON with median_us
 //! loadgen tput-server --listen IP:PORT         sends each client the bytes it asks for
 //! loadgen tput --to IP:PORT --bytes N          TCP throughput server → here: JSON with mb_per_s
 //! ```
 //!
+//! `enroll` prints one JSON line (`enrolled`, `failed`, `ms`) and exits 1 if
+//! any worker was not enrolled (the first refusals on stderr).
 //! `workers` prints one JSON object per line on stdout: a report every
 //! `--report-ms` (`connected`, running totals and per-interval deltas of
 //! `attempts`, `ok`, `failed`, `lost`), and events with a Unix time in ms:
 //! `{"event":"all_connected",...}` the moment the N-th link is up, and
 //! `{"event":"first_lost",...}` when the count first drops below N after that.
 
-use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream as StdTcpStream};
+mod enroll;
+mod fleet;
+mod net;
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use d_proto::auth::{self, Side, Transcript};
-use d_proto::peer::{Answer, Hello, PeerMsg, Purpose, Query};
-use d_proto::types::{ErrorBody, ErrorKind, ExitInfo, Role, B64};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpSocket;
+use d_proto::auth;
+use d_proto::peer::{Answer, PeerMsg, Query};
+use d_proto::types::{ErrorBody, ErrorKind, ExitInfo};
+use tokio::io::AsyncWriteExt;
+
+use fleet::{encode, read_line, Creds, Link, Proof};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A link up this long resets the backoff (as `daemon/src/mesh/link.rs`).
 const HEALTHY: Duration = Duration::from_secs(10);
-/// A leader line longer than this ends the link (the daemon's own limit).
-const MAX_LINE: usize = d_proto::MAX_FRAME;
 
-fn usage() -> ! {
+pub(crate) fn usage() -> ! {
     eprintln!(
-        "usage:\n  loadgen workers --leader IP:PORT --key FILE [--workers N] [--addrs K] \
+        "usage:\n  loadgen enroll --tokens FILE --fleet FILE [--leader IP:PORT] [--workers N] [--addrs K] \
+         [--addr-base IP] [--prefix P] [--parallel P]\n  \
+         loadgen workers --leader IP:PORT (--fleet FILE | --key MESH_KEY_FILE) [--workers N] [--addrs K] \
          [--addr-base IP] [--prefix P] [--threads T] [--ramp-ms MS] [--report-ms MS] [--duration SECS]\n  \
          loadgen rtt-server --listen IP:PORT\n  loadgen rtt --to IP:PORT [--count N]\n  \
          loadgen tput-server --listen IP:PORT\n  loadgen tput --to IP:PORT --bytes N"
@@ -56,7 +71,7 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -64,7 +79,7 @@ fn unix_ms() -> u64 {
 }
 
 /// `--flag value` pairs after the subcommand.
-struct Flags(Vec<(String, String)>);
+pub(crate) struct Flags(Vec<(String, String)>);
 
 impl Flags {
     fn parse(args: &[String]) -> Flags {
@@ -83,20 +98,20 @@ impl Flags {
         }
         Flags(v)
     }
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-    fn need(&self, name: &str) -> &str {
+    pub(crate) fn need(&self, name: &str) -> &str {
         self.get(name).unwrap_or_else(|| {
             eprintln!("loadgen: --{name} is required");
             usage()
         })
     }
-    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+    pub(crate) fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
         match self.get(name) {
             None => default,
             Some(s) => s.parse().unwrap_or_else(|_| {
@@ -105,7 +120,7 @@ impl Flags {
             }),
         }
     }
-    fn check(&self, known: &[&str]) {
+    pub(crate) fn check(&self, known: &[&str]) {
         for (k, _) in &self.0 {
             if !known.contains(&k.as_str()) {
                 eprintln!("loadgen: unknown flag --{k}");
@@ -121,21 +136,22 @@ fn main() {
     let flags = Flags::parse(&args[1..]);
     match cmd.as_str() {
         "workers" => workers_main(&flags),
+        "enroll" => enroll::main(&flags),
         "rtt-server" => {
             flags.check(&["listen"]);
-            rtt_server(flags.need("listen"))
+            net::rtt_server(flags.need("listen"))
         }
         "rtt" => {
             flags.check(&["to", "count"]);
-            rtt_client(flags.need("to"), flags.num("count", 2000usize))
+            net::rtt_client(flags.need("to"), flags.num("count", 2000usize))
         }
         "tput-server" => {
             flags.check(&["listen"]);
-            tput_server(flags.need("listen"))
+            net::tput_server(flags.need("listen"))
         }
         "tput" => {
             flags.check(&["to", "bytes"]);
-            tput_client(flags.need("to"), flags.num("bytes", 1u64 << 30))
+            net::tput_client(flags.need("to"), flags.num("bytes", 1u64 << 30))
         }
         _ => usage(),
     }
@@ -145,7 +161,7 @@ fn main() {
 
 struct Cfg {
     leader: SocketAddr,
-    key: auth::Key,
+    proof: Proof,
     workers: u64,
     addrs: u32,
     addr_base: u32,
@@ -176,7 +192,7 @@ fn event(name: &str, stats: &Stats) {
 }
 
 /// Raise the open-file limit to hold `need` descriptors (root may raise the hard limit too).
-fn raise_nofile(need: u64) {
+pub(crate) fn raise_nofile(need: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -212,6 +228,7 @@ fn workers_main(flags: &Flags) {
     flags.check(&[
         "leader",
         "key",
+        "fleet",
         "workers",
         "addrs",
         "addr-base",
@@ -225,14 +242,36 @@ fn workers_main(flags: &Flags) {
         eprintln!("loadgen: --leader: {e}");
         usage()
     });
-    let key_path = flags.need("key");
-    let key = std::fs::read_to_string(key_path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| auth::key_from_text(&t))
-        .unwrap_or_else(|e| {
-            eprintln!("loadgen: cannot read the mesh key {key_path}: {e}");
-            std::process::exit(1)
-        });
+    let proof = match (flags.get("fleet"), flags.get("key")) {
+        (Some(path), None) => {
+            let fleet = fleet::Fleet::read(path).unwrap_or_else(|e| {
+                eprintln!("loadgen: cannot read the fleet file: {e}");
+                std::process::exit(1)
+            });
+            let Some(leader_key) = fleet.leader_key else {
+                eprintln!("loadgen: {path} names no leader key: run `loadgen enroll` first");
+                std::process::exit(1)
+            };
+            Proof::Keys {
+                seed: fleet.seed,
+                leader_key: std::sync::Mutex::new(leader_key),
+            }
+        }
+        (None, Some(key_path)) => {
+            let key = std::fs::read_to_string(key_path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| auth::key_from_text(&t))
+                .unwrap_or_else(|e| {
+                    eprintln!("loadgen: cannot read the mesh key {key_path}: {e}");
+                    std::process::exit(1)
+                });
+            Proof::MeshKey(key)
+        }
+        _ => {
+            eprintln!("loadgen: workers needs --fleet FILE (per-peer keys) or --key MESH_KEY_FILE (the old shared key)");
+            usage()
+        }
+    };
     let base: Ipv4Addr = flags
         .get("addr-base")
         .unwrap_or("127.1.0.0")
@@ -243,7 +282,7 @@ fn workers_main(flags: &Flags) {
         });
     let cfg = Cfg {
         leader,
-        key,
+        proof,
         workers: flags.num("workers", 10_000u64).max(1),
         addrs: flags.num("addrs", 40u32).max(1),
         addr_base: u32::from(base),
@@ -359,13 +398,24 @@ impl Backoff {
     }
 }
 
-fn source_addr(cfg: &Cfg, i: u64) -> Ipv4Addr {
-    Ipv4Addr::from(cfg.addr_base + 1 + (i % cfg.addrs as u64) as u32)
+/// The source address of worker `i` of `addrs` from `base` (base + 1 + i mod addrs).
+pub(crate) fn source_addr(base: u32, addrs: u32, i: u64) -> Ipv4Addr {
+    Ipv4Addr::from(base + 1 + (i % addrs as u64) as u32)
 }
 
 async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64) {
     let id = format!("{}{i:05}", cfg.prefix);
-    let src = source_addr(&cfg, i);
+    let src = source_addr(cfg.addr_base, cfg.addrs, i);
+    let key = match &cfg.proof {
+        Proof::Keys { seed, .. } => Some(fleet::worker_key(seed, &id)),
+        Proof::MeshKey(_) => None,
+    };
+    let creds = Creds {
+        id: &id,
+        hostname: &cfg.hostname,
+        key: key.as_ref(),
+        invite: None,
+    };
     let seed = unix_ms() ^ (i.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = Rng::new(seed);
     let mut backoff = Backoff { attempt: 0 };
@@ -375,7 +425,12 @@ async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64) {
     }
     loop {
         stats.attempts.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect(&cfg, src, &id)).await {
+        match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            fleet::connect(cfg.leader, src, &cfg.proof, &creds),
+        )
+        .await
+        {
             Ok(Ok(link)) => {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
                 let n = stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
@@ -400,117 +455,6 @@ async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64) {
         }
         tokio::time::sleep(backoff.next(&mut rng)).await;
     }
-}
-
-struct Link {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    heartbeat: Duration,
-    line: Vec<u8>,
-}
-
-fn encode(m: &PeerMsg) -> Vec<u8> {
-    d_proto::frame::encode(m).expect("small message")
-}
-
-/// Read one line (cancel-safe: partial bytes stay in `line`); `Ok(false)` at EOF.
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>) -> bool {
-    loop {
-        match reader.read_until(b'\n', line).await {
-            Ok(0) => return false,
-            Ok(_) if line.ends_with(b"\n") => return true,
-            Ok(_) if line.len() > MAX_LINE => return false,
-            Ok(_) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-async fn read_msg(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>) -> Option<PeerMsg> {
-    line.clear();
-    if !read_line(reader, line).await {
-        return None;
-    }
-    serde_json::from_slice(line).ok()
-}
-
-/// Dial and authenticate: Hello → Challenge (checked) → Auth → Welcome.
-async fn connect(cfg: &Cfg, src: Ipv4Addr, id: &str) -> Result<Link, String> {
-    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    sock.bind(SocketAddr::new(src.into(), 0))
-        .map_err(|e| format!("bind {src}: {e}"))?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(cfg.leader))
-        .await
-        .map_err(|_| "connect timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (r, mut writer) = stream.into_split();
-    let mut reader = BufReader::with_capacity(2048, r);
-    let mut line = Vec::with_capacity(512);
-    let nonce = auth::random_bytes()?;
-    let hello = Hello {
-        protocol: d_proto::PROTOCOL_MIN,
-        protocol_max: d_proto::PROTOCOL_VERSION,
-        peer_id: id.to_string(),
-        version: d_proto::version_string(),
-        hostname: cfg.hostname.clone(),
-        listen_port: d_proto::DEFAULT_PORT,
-        role: Role::Worker,
-        purpose: Purpose::Link,
-        nonce: B64(nonce.to_vec()),
-        // Simulated workers speak the shared-key protocol (no identity key
-        // each): the leader admits them as not-enrolled legacy peers.
-        public_key: None,
-        labels: Vec::new(),
-    };
-    writer
-        .write_all(&encode(&PeerMsg::Hello(hello)))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (their_id, their_nonce, proof) = match read_msg(&mut reader, &mut line).await {
-        Some(PeerMsg::Challenge {
-            peer_id,
-            nonce,
-            proof,
-            ..
-        }) => (peer_id, nonce, proof),
-        Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
-        Some(_) => return Err("unexpected answer to hello".into()),
-        None => return Err("closed before the challenge".into()),
-    };
-    let t = Transcript {
-        dialer_nonce: &nonce,
-        acceptor_nonce: &their_nonce.0,
-        dialer_id: id,
-        acceptor_id: &their_id,
-        purpose: Purpose::Link.as_str(),
-    };
-    if !auth::verify(&cfg.key, Side::Acceptor, &t, &proof.0) {
-        return Err("the leader did not prove the mesh key".into());
-    }
-    let mine = PeerMsg::Auth {
-        proof: B64(auth::prove(&cfg.key, Side::Dialer, &t)),
-        signature: None,
-        invite: None,
-        mesh_proof: None,
-    };
-    writer
-        .write_all(&encode(&mine))
-        .await
-        .map_err(|e| e.to_string())?;
-    let heartbeat = match read_msg(&mut reader, &mut line).await {
-        Some(PeerMsg::Welcome(w)) => Duration::from_millis(w.heartbeat_ms.max(10)),
-        Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
-        Some(_) => return Err("unexpected answer to auth".into()),
-        None => return Err("closed before the welcome".into()),
-    };
-    line.clear();
-    Ok(Link {
-        reader,
-        writer,
-        heartbeat,
-        line,
-    })
 }
 
 /// Hold the link: heartbeats out, the leader's in (silent for 3 intervals =
@@ -587,114 +531,4 @@ fn answer(m: PeerMsg, stats: &Stats) -> Option<PeerMsg> {
         }),
         _ => None,
     }
-}
-
-// ------------------------------------------------------------------ rtt
-
-fn rtt_server(listen: &str) {
-    let l = TcpListener::bind(listen).unwrap_or_else(|e| {
-        eprintln!("loadgen: cannot listen on {listen}: {e}");
-        std::process::exit(1)
-    });
-    for s in l.incoming().flatten() {
-        std::thread::spawn(move || {
-            let mut s = s;
-            let _ = s.set_nodelay(true);
-            let mut b = [0u8; 1];
-            while s.read_exact(&mut b).is_ok() {
-                if s.write_all(&b).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-fn rtt_client(to: &str, count: usize) {
-    let mut s = StdTcpStream::connect(to).unwrap_or_else(|e| {
-        eprintln!("loadgen: cannot connect to {to}: {e}");
-        std::process::exit(1)
-    });
-    let _ = s.set_nodelay(true);
-    let mut b = [7u8; 1];
-    let mut times = Vec::with_capacity(count);
-    for i in 0..count + count / 10 {
-        let t = Instant::now();
-        if s.write_all(&b).is_err() || s.read_exact(&mut b).is_err() {
-            eprintln!("loadgen: the echo server went away");
-            std::process::exit(1)
-        }
-        if i >= count / 10 {
-            times.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{}",
-        serde_json::json!({
-            "count": times.len(),
-            "median_us": q(0.5), "p10_us": q(0.1), "p90_us": q(0.9), "min_us": times[0],
-        })
-    );
-}
-
-// ------------------------------------------------------------------ throughput
-
-fn tput_server(listen: &str) {
-    let l = TcpListener::bind(listen).unwrap_or_else(|e| {
-        eprintln!("loadgen: cannot listen on {listen}: {e}");
-        std::process::exit(1)
-    });
-    for s in l.incoming().flatten() {
-        std::thread::spawn(move || {
-            let mut s = s;
-            let mut n = [0u8; 8];
-            if s.read_exact(&mut n).is_err() {
-                return;
-            }
-            let mut left = u64::from_be_bytes(n);
-            let chunk = vec![0u8; 256 * 1024];
-            while left > 0 {
-                let k = left.min(chunk.len() as u64) as usize;
-                if s.write_all(&chunk[..k]).is_err() {
-                    return;
-                }
-                left -= k as u64;
-            }
-        });
-    }
-}
-
-fn tput_client(to: &str, bytes: u64) {
-    let mut s = StdTcpStream::connect(to).unwrap_or_else(|e| {
-        eprintln!("loadgen: cannot connect to {to}: {e}");
-        std::process::exit(1)
-    });
-    let t = Instant::now();
-    if s.write_all(&bytes.to_be_bytes()).is_err() {
-        eprintln!("loadgen: the server went away");
-        std::process::exit(1)
-    }
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0u64;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got += n as u64,
-            Err(e) => {
-                eprintln!("loadgen: read: {e}");
-                std::process::exit(1)
-            }
-        }
-    }
-    let secs = t.elapsed().as_secs_f64();
-    if got != bytes {
-        eprintln!("loadgen: got {got} of {bytes} bytes");
-        std::process::exit(1)
-    }
-    println!(
-        "{}",
-        serde_json::json!({"bytes": got, "seconds": secs, "mb_per_s": got as f64 / secs / 1e6})
-    );
 }

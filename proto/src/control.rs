@@ -127,6 +127,10 @@ pub enum Request {
         /// leader's peer-port address.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         leaders: Vec<String>,
+        /// How many tokens to mint at once (default 1; a fleet's, one per
+        /// machine); more than one answers `tokens: [{token, token_id}]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u32>,
     },
     /// On a leader: the invitations it keeps (`d invite --list`).
     ListInvites {},
@@ -139,9 +143,15 @@ pub enum Request {
     Revoke {
         peer: String,
     },
-    /// On a worker: replace this daemon's identity key; the leader enrolls
-    /// the new one over the link the old one proves (`d rotateKey`).
+    /// Replace this daemon's identity key (`d rotateKey`). On a worker the
+    /// leader enrolls the new one over the link the old one proves; on the
+    /// leader the old key signs the new one and the workers are told
+    /// (protocol 11) or follow the signed chain at their next link.
     RotateKey {},
+    /// On a leader: stop accepting the shared mesh key as a way in (refused
+    /// while a registered peer has no enrolled key); its workers follow at
+    /// their next link (`d retireMeshKey`).
+    RetireMeshKey {},
     /// Enroll this daemon with the leader a token names (`d join`).
     Join {
         token: String,
@@ -250,6 +260,7 @@ impl Request {
             Request::Join { .. } => "join",
             Request::Revoke { .. } => "revoke",
             Request::RotateKey {} => "rotateKey",
+            Request::RetireMeshKey {} => "retireMeshKey",
             Request::Jobs { .. } => "jobs",
         }
     }

@@ -45,7 +45,9 @@ pub mod types;
 /// - 10: peer-to-peer copies (`d cp A:/x B:/y` flows A -> B over their own
 ///   session: [`types::FilesOp::SendTo`]); a target checks a signed claim
 ///   passed on by any peer, not only its leader ([`PROTOCOL_PEER_COPY`]).
-pub const PROTOCOL_VERSION: u32 = 10;
+/// - 11: a leader rotates its own key and tells its workers over their links
+///   (`Query::LeaderKeyRotated`, [`PROTOCOL_LEADER_ROTATE`]).
+pub const PROTOCOL_VERSION: u32 = 11;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
@@ -69,6 +71,10 @@ pub const PROTOCOL_PEER_COPY: u32 = 10;
 /// through) a daemon older than [`PROTOCOL_PEER_COPY`]: a client seeing
 /// them copies through itself instead.
 pub const PEER_COPY_REFUSAL: &str = "cannot copy peer to peer directly";
+/// The protocol that brought `Query::LeaderKeyRotated` (a leader's own key
+/// rotation told over the link): never sent on an older session (those
+/// workers follow the signed chain in the challenge at their next link).
+pub const PROTOCOL_LEADER_ROTATE: u32 = 11;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 

@@ -81,6 +81,10 @@ pub struct Welcome {
     /// How often the accepting side wants heartbeats, in milliseconds (a
     /// leader spreads them out as its links grow in number).
     pub heartbeat_ms: u64,
+    /// A leader's: the shared mesh key is retired on it (`d retireMeshKey`):
+    /// its workers drop their copy and stop accepting it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh_key_retired: bool,
 }
 
 /// Questions a worker asks its leader.
@@ -132,6 +136,13 @@ pub enum Query {
     RotateKey {
         rotation: crate::keys::Rotation,
         proof: crate::types::B64,
+    },
+    /// Protocol 11 ([`crate::PROTOCOL_LEADER_ROTATE`]), leader → worker over
+    /// its link: the leader's key is now `rotation.new`, signed by the old
+    /// one. A worker replaces the leader key it pinned only when it pinned
+    /// `rotation.old` and the signature holds. Answered `Result`.
+    LeaderKeyRotated {
+        rotation: crate::keys::Rotation,
     },
 }
 

@@ -166,6 +166,11 @@ pub struct PeerStatus {
     /// Worker: the peers in that kept copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_registry_peers: Option<u64>,
+    /// The shared mesh key on this daemon: `active` (it lets a member in
+    /// that has no enrolled key), `retired` (`d retireMeshKey`: only
+    /// enrolled keys), `none` (never had one). Absent from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_key: Option<String>,
 }
 
 /// A WireGuard interface and its peers.

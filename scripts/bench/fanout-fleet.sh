@@ -65,7 +65,12 @@ wait_for "the worker" 20 "$D" --socket "$W/w.sock" ping
 "$D" --socket "$W/w.sock" setPeerConfig --role worker --id realw --leader "127.0.0.1:$PORT" \
   --meshKey "$W/lstate/mesh.key" >/dev/null
 wait_for "the worker's link" 20 linked
-"$BIN/loadgen" workers --leader "127.0.0.1:$PORT" --key "$W/lstate/mesh.key" --workers "$N" \
+# The simulated fleet joins as a real one does: a token per machine, each
+# worker its own key.
+"$D" --socket "$W/l.sock" invite --count "$N" >"$W/tokens"
+"$BIN/loadgen" enroll --tokens "$W/tokens" --fleet "$W/fleet" --workers "$N" --addrs "$N" \
+  --addr-base 127.1.0.0 >"$W/enroll.json" || { echo "fanout-fleet.sh: enroll failed" >&2; exit 1; }
+"$BIN/loadgen" workers --leader "127.0.0.1:$PORT" --fleet "$W/fleet" --workers "$N" \
   --addrs "$N" --addr-base 127.1.0.0 --threads 1 --report-ms 1000 >"$W/lg.out" 2>"$W/lg.err" &
 PIDS+=("$!")
 wait_for "$N simulated workers" 300 all_connected

@@ -83,7 +83,7 @@ pub fn kind(word: &str) -> Option<Kind> {
         "doctor" => Kind::Doctor,
         "setPeerConfig" | "registerWorker" | "completions" | "mcp" | "join" | "targets"
         | "jobs" | "rotateKey" => Kind::Local,
-        "invite" | "revoke" => Kind::Registry,
+        "invite" | "revoke" | "retireMeshKey" => Kind::Registry,
         "deletePeer" => Kind::Registry,
         "execOnPeer" | "execOnPeerByIp" | "rsh" | "cp" => Kind::Exec,
         _ => return None,

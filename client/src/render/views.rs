@@ -213,6 +213,9 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
     if let Some(f) = &s.fingerprint {
         pairs.push(("key", f.clone()));
     }
+    if let Some(m) = &s.mesh_key {
+        pairs.push(("mesh key", m.clone()));
+    }
     if let Some(e) = &s.link_error {
         pairs.push(("link error", e.clone()));
     }
@@ -447,6 +450,7 @@ mod tests {
             fingerprint: None,
             kept_registry_at: None,
             kept_registry_peers: None,
+            mesh_key: None,
         };
         let t = peer_status(&s, 100);
         assert!(t.starts_with("id:           desk\n"), "{t}");

@@ -148,11 +148,29 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             ttl,
             replace,
             leaders,
-        } => invite::invite(daemon, id, ttl, replace, leaders).await,
+            count,
+        } => invite::invite(daemon, id, ttl, replace, leaders, count).await,
         Request::ListInvites {} => invite::list(daemon).await,
         Request::RevokeInvite { token } => invite::revoke(daemon, token).await,
         Request::Join { token, id } => invite::join(daemon, token, id).await,
         Request::Revoke { peer } => invite::revoke_peer(daemon, peer).await,
+        Request::RotateKey {} if daemon.mesh.me.role() == Some(d_proto::types::Role::Leader) => {
+            let r = crate::mesh::leader_rotate::rotate_leader(&daemon.mesh).await?;
+            to_raw(&json!({
+                "old_fingerprint": r.old.fingerprint(),
+                "fingerprint": r.new.fingerprint(),
+                "public_key": r.new,
+                "workers_told": r.told,
+                "workers_later": r.later,
+                "message": format!(
+                    "Rotated the leader's key: {} replaces {}; {} linked worker(s) took the signed statement, {} other(s) follow the signed chain at their next link; every session reconnects once",
+                    r.new.fingerprint(),
+                    r.old.fingerprint(),
+                    r.told,
+                    r.later
+                ),
+            }))
+        }
         Request::RotateKey {} => {
             let (old, new) = crate::mesh::rotate::rotate_here(&daemon.mesh).await?;
             to_raw(&json!({
@@ -165,6 +183,9 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
                     old.fingerprint()
                 ),
             }))
+        }
+        Request::RetireMeshKey {} => {
+            to_raw(&crate::mesh::retire::retire_at_leader(&daemon.mesh).await?)
         }
         Request::GetPeerInfo { peer } => {
             match ask::query(&daemon.mesh, Query::GetPeerInfo { peer }).await? {

@@ -112,6 +112,14 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
         )),
         _ => checks.push(pass("identity", format!("key {fp}"))),
     }
+    checks.push(pass(
+        "mesh key",
+        match crate::mesh::retire::state(&daemon.mesh) {
+            "retired" => "retired: only enrolled keys get in (members join by invitation)".to_string(),
+            "active" => "active: a member without an enrolled key may still get in with it (`d retireMeshKey` on the leader once all have keys)".to_string(),
+            _ => "none: only enrolled keys get in".to_string(),
+        },
+    ));
     match (&st.listen, &st.listen_error) {
         (Some(a), _) => checks.push(pass("peer port", format!("listening on {a}"))),
         (None, e) => checks.push(fail(

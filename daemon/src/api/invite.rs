@@ -17,7 +17,7 @@ use super::{status, to_raw, Daemon, Reply};
 use crate::base::clock::unix_now;
 use crate::base::config::parse_addr;
 use crate::base::identity::{Identity, LeaderTrust};
-use crate::store::invites::InviteRow;
+use crate::store::invites::{InviteRow, MAX_OPEN_INVITES};
 
 /// How long `d join` waits for the leader's welcome.
 const JOIN_WAIT: Duration = Duration::from_secs(10);
@@ -42,8 +42,20 @@ pub async fn invite(
     ttl: Option<u64>,
     replace: bool,
     leaders: Vec<String>,
+    count: Option<u32>,
 ) -> Result<Reply, ErrorBody> {
     let leader_id = leader_only(daemon, "`d invite`")?;
+    let count = count.unwrap_or(1);
+    if count == 0 || u64::from(count) > MAX_OPEN_INVITES {
+        return Err(ErrorBody::invalid(format!(
+            "--count must be 1 to {MAX_OPEN_INVITES}"
+        )));
+    }
+    if count > 1 && id.is_some() {
+        return Err(ErrorBody::invalid(
+            "--count mints tokens for different machines: it cannot go with --id (each id joins once)",
+        ));
+    }
     if let Some(id) = &id {
         d_proto::validate_peer_id(id).map_err(|e| ErrorBody::invalid(e).hint("--id NAME"))?;
         if *id == leader_id {
@@ -84,38 +96,62 @@ pub async fn invite(
         let b = d_proto::auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
         Ok(b[..n].to_vec())
     };
-    let token_id: String = rnd(8)?.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = rnd(32)?;
     let now = unix_now();
-    let row = InviteRow {
-        token_id: token_id.clone(),
-        secret_hash: Invite::secret_hash(&secret),
-        id: id.clone(),
-        replace,
-        created: now,
-        expires: now + ttl,
-        spent_at: None,
-        spent_by: None,
-        revoked: false,
-    };
+    let mut rows = Vec::with_capacity(count as usize);
+    let mut tokens = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let token_id: String = rnd(8)?.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = rnd(32)?;
+        rows.push(InviteRow {
+            token_id: token_id.clone(),
+            secret_hash: Invite::secret_hash(&secret),
+            id: id.clone(),
+            replace,
+            created: now,
+            expires: now + ttl,
+            spent_at: None,
+            spent_by: None,
+            revoked: false,
+        });
+        let token = Invite {
+            leaders: leaders.clone(),
+            leader_id: leader_id.clone(),
+            leader_key: daemon.mesh.me.public_key(),
+            token_id: token_id.clone(),
+            secret: B64(secret),
+            id: id.clone(),
+            expires: now + ttl,
+        }
+        .encode();
+        tokens.push((token_id, token));
+    }
+    // All in one transaction and one fsync: a fleet's tokens at once.
     daemon
         .mesh
         .store
-        .call_durable(move |st| st.add_invite(&row))
+        .call_durable(move |st| st.add_invites(&rows))
         .await
         .map_err(db)?
         .map_err(ErrorBody::invalid)?;
-    let token = Invite {
-        leaders: leaders.clone(),
-        leader_id,
-        leader_key: daemon.mesh.me.public_key(),
-        token_id: token_id.clone(),
-        secret: B64(secret),
-        id: id.clone(),
-        expires: now + ttl,
-    }
-    .encode();
     let mins = ttl.div_ceil(60);
+    if count > 1 {
+        // One token a line: for a provisioning script to hand one to each machine.
+        let message: Vec<&str> = tokens.iter().map(|(_, t)| t.as_str()).collect();
+        let message = message.join("\n");
+        let list: Vec<_> = tokens
+            .iter()
+            .map(|(token_id, token)| json!({"token": token, "token_id": token_id}))
+            .collect();
+        return to_raw(&json!({
+            "tokens": list,
+            "expires": now + ttl,
+            "leaders": leaders,
+            "message": message,
+        }));
+    }
+    let Some((token_id, token)) = tokens.pop() else {
+        return Err(ErrorBody::new(ErrorKind::Other, "no token minted"));
+    };
     let message = format!(
         "On the new machine run (valid {mins} min, once):\n  d join {token}{}",
         match &id {

@@ -90,7 +90,7 @@ impl Daemon {
             })?;
         crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader, leader_key, join_token, labels, clock) = store
+        let (role, id, leader, leader_key, join_token, labels, clock, retired, chain) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
@@ -100,6 +100,8 @@ impl Daemon {
                     st.get_setting("join_token")?,
                     st.get_setting("labels")?,
                     st.get_setting("clock_mark")?,
+                    st.get_setting(crate::mesh::retire::SETTING)?,
+                    st.get_setting(crate::mesh::leader_rotate::CHAIN_SETTING)?,
                 ))
             })
             .await?;
@@ -151,6 +153,18 @@ impl Daemon {
         ));
         me.set_leader_trust(trust);
         me.set_labels(labels);
+        if let Some(chain) = chain {
+            match serde_json::from_str(&chain) {
+                Ok(c) => me.set_key_chain(c),
+                Err(e) => tracing::warn!("the leader's key chain in the state database is damaged ({e}): workers that pinned an older leader key must join again"),
+            }
+        }
+        if retired.is_some() {
+            // A key file put back by hand is not a way in again.
+            if let Err(e) = me.retire_key() {
+                tracing::warn!("the mesh key is retired, but {e}");
+            }
+        }
         let config = Arc::new(config);
         let audit = audit::Audit::new(store.clone(), config.exec_log);
         let ledger = Arc::new(crate::jobs::ledger::Ledger::new(

@@ -44,6 +44,10 @@ impl Handler for Daemon {
                     crate::mesh::rotate::rotate_at_leader(&self.mesh, &from, rotation, &proof.0)
                         .await
                 }
+                Query::LeaderKeyRotated { rotation } => {
+                    crate::mesh::leader_rotate::leader_key_rotated(&self.mesh, &from, &rotation)
+                        .await
+                }
                 Query::PeerEnrolled { peer } => {
                     registry::peer_enrolled(&self.mesh, &from, peer).await
                 }

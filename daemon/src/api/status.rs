@@ -61,6 +61,7 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
         fingerprint: Some(mesh.me.public_key().fingerprint()),
         kept_registry_at: None,
         kept_registry_peers: None,
+        mesh_key: Some(crate::mesh::retire::state(mesh).into()),
     }
 }
 

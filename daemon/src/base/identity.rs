@@ -29,6 +29,9 @@ pub struct Me {
     state_dir: PathBuf,
     identity: RwLock<Identity>,
     mesh_key: RwLock<Option<Key>>,
+    /// The mesh key was retired (`d retireMeshKey` on the leader, learned
+    /// by workers at their link): none is kept or accepted again.
+    mesh_key_retired: std::sync::atomic::AtomicBool,
     /// This daemon's identity key ([`super::idkey`]).
     keypair: RwLock<KeyPair>,
     /// Worker: the leader's key it pinned (from a join token, or from its
@@ -37,6 +40,10 @@ pub struct Me {
     leader_trust: RwLock<LeaderTrust>,
     /// Labels told to the leader in every hello (checked when set).
     labels: RwLock<Vec<String>>,
+    /// A leader's rotations of its own key, oldest first (settings
+    /// `key_chain`): shown in every challenge, so a worker that pinned an
+    /// older key follows the signed chain to the current one.
+    key_chain: RwLock<Vec<d_proto::keys::Rotation>>,
 }
 
 /// What a worker knows of its leader's identity (settings `leader_key`,
@@ -61,9 +68,11 @@ impl Me {
             state_dir,
             identity: RwLock::new(identity),
             mesh_key: RwLock::new(key),
+            mesh_key_retired: Default::default(),
             keypair: RwLock::new(keypair),
             leader_trust: RwLock::default(),
             labels: RwLock::new(Vec::new()),
+            key_chain: RwLock::default(),
         }
     }
 
@@ -108,6 +117,19 @@ impl Me {
         *self.keypair.write().unwrap_or_else(|e| e.into_inner()) = new;
     }
 
+    /// This leader's key rotations, oldest first.
+    pub fn key_chain(&self) -> Vec<d_proto::keys::Rotation> {
+        self.key_chain
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the key chain (the caller saves it).
+    pub fn set_key_chain(&self, chain: Vec<d_proto::keys::Rotation>) {
+        *self.key_chain.write().unwrap_or_else(|e| e.into_inner()) = chain;
+    }
+
     /// This daemon's public identity key.
     pub fn public_key(&self) -> PublicKey {
         self.keypair
@@ -144,8 +166,35 @@ impl Me {
         *self.mesh_key.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the mesh key is retired here.
+    pub fn mesh_key_retired(&self) -> bool {
+        self.mesh_key_retired
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Retire the mesh key: forget it and delete its file (saving that it
+    /// is retired is the caller's). Errors: the file cannot be removed.
+    pub fn retire_key(&self) -> Result<(), String> {
+        self.mesh_key_retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        *self.mesh_key.write().unwrap_or_else(|e| e.into_inner()) = None;
+        let path = self.key_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+        }
+    }
+
     /// Write the key file and use the key from now on; returns whether it changed.
+    /// Refused once the mesh key is retired.
     pub fn set_key(&self, key: Key) -> Result<bool, ErrorBody> {
+        if self.mesh_key_retired() {
+            return Err(ErrorBody::invalid(
+                "the shared mesh key is retired in this mesh: members join by invitation",
+            )
+            .hint("`d invite` on the leader, then `d join TOKEN` on the new machine"));
+        }
         meshkey::store(&self.state_dir, &key).map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
         let changed = self.key() != Some(key);
         *self.mesh_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key);

@@ -99,6 +99,8 @@ pub async fn admit(
         version: d_proto::version_string(),
         role: my_role,
         heartbeat_ms: mesh.config.heartbeat.as_millis() as u64,
+        // Workers learn it from their leader (and drop their copy).
+        mesh_key_retired: my_role == Role::Leader && mesh.me.mesh_key_retired(),
     };
     if hello.purpose == Purpose::Direct {
         return Ok(welcome);

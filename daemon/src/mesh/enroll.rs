@@ -43,14 +43,20 @@ pub async fn check_at_leader(
     let key = proof.key;
     let token = proof.invite.as_ref().map(|i| i.token_id.clone());
     let (id2, token2) = (id.clone(), token.clone());
+    // On the read thread: a storm of reconnecting links must not queue
+    // behind (and commit with) the writes. Enrolling re-checks all of it in
+    // its own transaction.
     let (enrolled, owner, invite, revoked) = mesh
         .store
-        .call(move |st| {
+        .read(move |st| {
+            let enrolled = st.enrolled_key(&id2)?;
             Ok((
-                st.enrolled_key(&id2)?,
+                enrolled,
+                // Who else has this key matters only for an id without one
+                // (renaming): not looked up for every reconnecting member.
                 match key {
-                    Some(k) => st.key_owner(&k)?,
-                    None => None,
+                    Some(k) if enrolled.is_none() => st.key_owner(&k)?,
+                    _ => None,
                 },
                 match token2 {
                     Some(t) => st.get_invite(&t)?,
@@ -135,8 +141,16 @@ pub async fn check_at_leader(
         }
         return Ok(());
     }
+    let retired = if mesh.me.mesh_key_retired() {
+        " (the shared mesh key is retired: only invitations enroll)"
+    } else {
+        ""
+    };
     Err(refused(
-        format!("{id} is not enrolled with this leader (key {})", key.fingerprint()),
+        format!(
+            "{id} is not enrolled with this leader (key {}){retired}",
+            key.fingerprint()
+        ),
         format!("it needs an invitation: `d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
     ))
 }

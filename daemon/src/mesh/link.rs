@@ -145,6 +145,20 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
                         tracing::info!("joined the mesh of leader {}", session.peer.id);
                     }
                 }
+                // The leader rotated its key while this worker was away:
+                // the handshake followed its signed chain from the pinned key.
+                if let (Some(old), Some(new), None) = (trust.key, session.peer.key, &trust.join) {
+                    if old != new {
+                        if let Err(e) =
+                            super::leader_rotate::replace_pinned_leader_key(&mesh, &old, &new).await
+                        {
+                            tracing::error!("{}", e.error);
+                        }
+                    }
+                }
+                if session.terms.mesh_key_retired {
+                    super::retire::learned(&mesh).await;
+                }
                 tracing::info!("link to leader {} at {addr} is up", session.peer.id);
                 mesh.link
                     .set(LinkState::Connected, None, Some(session.clone()));

@@ -12,7 +12,9 @@
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
 //! - [`registry`]: the leader's answers to registry questions; [`ask`]:
 //!   asking them from anywhere (paged over the link on a worker).
-//! - [`rotate`]: `d rotateKey`, on the worker and on the leader.
+//! - [`rotate`]: `d rotateKey` on a worker; [`leader_rotate`]: on the
+//!   leader (a signed chain its workers follow); [`retire`]:
+//!   `d retireMeshKey`.
 //! - [`route`]: the way to a peer, and the leader's relay; [`claims`]:
 //!   the requester's signature on a relayed job.
 
@@ -34,9 +36,11 @@ pub mod ask;
 pub mod claims;
 pub mod enroll;
 pub mod kept;
+pub mod leader_rotate;
 pub mod link;
 pub mod liveness;
 pub mod registry;
+pub mod retire;
 pub mod rotate;
 pub mod route;
 pub mod sessions;
@@ -157,7 +161,7 @@ impl Mesh {
 
     /// A leader without a mesh key makes one.
     pub fn ensure_leader_key(&self) -> Result<(), ErrorBody> {
-        if self.me.key().is_some() {
+        if self.me.key().is_some() || self.me.mesh_key_retired() {
             return Ok(());
         }
         let key = d_proto::auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;

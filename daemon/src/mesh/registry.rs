@@ -161,7 +161,8 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
         Query::Control { .. }
         | Query::PeerRemoved { .. }
         | Query::PeerEnrolled { .. }
-        | Query::RotateKey { .. } => Err(ErrorBody::invalid("answered above (api::peer)")),
+        | Query::RotateKey { .. }
+        | Query::LeaderKeyRotated { .. } => Err(ErrorBody::invalid("answered above (api::peer)")),
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match mesh

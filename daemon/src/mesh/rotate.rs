@@ -22,9 +22,8 @@ use crate::transport::Session;
 pub async fn rotate_here(mesh: &Arc<Mesh>) -> Result<(PublicKey, PublicKey), ErrorBody> {
     if mesh.me.role() == Some(Role::Leader) {
         return Err(ErrorBody::invalid(
-            "rotateKey runs on a worker: a leader's key is pinned by every worker",
-        )
-        .hint("to replace the leader's key, make a new leader and have workers `d join` it"));
+            "a leader rotates its key with `leader_rotate::rotate_leader`",
+        ));
     }
     let link = mesh.leader_session()?;
     if link.terms.protocol < d_proto::PROTOCOL_SIGNED_JOBS {

@@ -307,32 +307,47 @@ impl Store {
 
     /// File a new invitation; old spent, revoked and expired ones are pruned.
     /// Refused beyond [`MAX_OPEN_INVITES`] unspent ones.
-    pub fn add_invite(&self, inv: &InviteRow) -> Result<Result<(), String>, RegistryError> {
+    pub fn add_invite(&mut self, inv: &InviteRow) -> Result<Result<(), String>, RegistryError> {
+        self.add_invites(std::slice::from_ref(inv))
+    }
+
+    /// File several invitations at once (`d invite --count`): all or none.
+    /// Pruned and counted once, not per row.
+    pub fn add_invites(&mut self, invs: &[InviteRow]) -> Result<Result<(), String>, RegistryError> {
+        let Some(first) = invs.first() else {
+            return Ok(Ok(()));
+        };
         self.conn.execute(
             "DELETE FROM invites WHERE (spent_at IS NOT NULL OR revoked != 0 OR expires <= ?1) AND ?1 - created > ?2",
-            params![inv.created as i64, INVITE_KEEP_SECS as i64],
+            params![first.created as i64, INVITE_KEEP_SECS as i64],
         )?;
         let open: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM invites WHERE spent_at IS NULL AND revoked = 0 AND expires > ?1",
-            [inv.created as i64],
+            [first.created as i64],
             |r| r.get(0),
         )?;
-        if open as u64 >= MAX_OPEN_INVITES {
+        if open as u64 + invs.len() as u64 > MAX_OPEN_INVITES {
             return Ok(Err(format!(
-                "{open} invitations are open already: revoke some (`d invite --list`, `d invite --revoke TOKEN_ID`) or let them expire"
+                "{open} invitations are open already and at most {MAX_OPEN_INVITES} may be: revoke some (`d invite --list`, `d invite --revoke TOKEN_ID`) or let them expire"
             )));
         }
-        self.conn.execute(
-            &format!("INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, 0)"),
-            params![
-                inv.token_id,
-                inv.secret_hash.to_vec(),
-                inv.id,
-                inv.replace as i64,
-                inv.created as i64,
-                inv.expires as i64
-            ],
-        )?;
+        let sp = self.conn.savepoint()?;
+        {
+            let mut st = sp.prepare_cached(&format!(
+                "INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, 0)"
+            ))?;
+            for inv in invs {
+                st.execute(params![
+                    inv.token_id,
+                    inv.secret_hash.to_vec(),
+                    inv.id,
+                    inv.replace as i64,
+                    inv.created as i64,
+                    inv.expires as i64
+                ])?;
+            }
+        }
+        sp.commit()?;
         Ok(Ok(()))
     }
 

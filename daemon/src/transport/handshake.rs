@@ -27,6 +27,10 @@ use super::session::{asked_interval, PeerDesc, Terms};
 use super::{Endpoint, Handler, InviteClaim, Proof};
 use crate::base::identity::{not_configured, Me};
 
+/// The longest chain of a leader's key rotations a dialer follows (a leader
+/// keeps its last 16, `mesh::leader_rotate::KEPT_ROTATIONS`).
+const MAX_KEY_CHAIN: usize = 32;
+
 /// Read one handshake message, or say why not.
 async fn read_step<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
@@ -141,7 +145,9 @@ where
                     .unwrap_or_default()),
                 public_key: Some(my_key),
                 signature: Some(B64(keys::sign_handshake(&kp, Side::Acceptor, &t).to_vec())),
-                key_chain: Vec::new(),
+                // A leader's rotations of its own key: a worker that pinned
+                // an older one follows the signed chain (empty elsewhere).
+                key_chain: ep.me.key_chain(),
             };
             send(writer, &challenge).await?;
             let (signature, invite, mesh_proof) = match read_step(reader, "authentication").await? {
@@ -194,6 +200,19 @@ where
         }
         None => {
             // Protocol 3 and older: only the shared mesh key.
+            if ep.me.mesh_key_retired() {
+                return Err(ErrorBody::new(
+                    ErrorKind::AuthFailed,
+                    format!(
+                        "{} proved only the shared mesh key, and the mesh key is retired on {my_id}: only enrolled keys get in",
+                        hello.peer_id
+                    ),
+                )
+                .hint(format!(
+                    "join by invitation: upgrade d on {}, `d invite --id {}` on the leader, then `d join TOKEN` on {}",
+                    hello.peer_id, hello.peer_id, hello.peer_id
+                )));
+            }
             let key = mesh_key.ok_or_else(|| {
                 ErrorBody::new(
                     ErrorKind::AuthFailed,
@@ -362,15 +381,15 @@ where
         }
         r => r,
     };
-    let (their_id, their_nonce, their_proof, their_key, their_sig) = match step(first)? {
+    let (their_id, their_nonce, their_proof, their_key, their_sig, chain) = match step(first)? {
         PeerMsg::Challenge {
             peer_id,
             nonce,
             proof,
             public_key,
             signature,
-            ..
-        } => (peer_id, nonce, proof, public_key, signature),
+            key_chain,
+        } => (peer_id, nonce, proof, public_key, signature, key_chain),
         other => {
             return Err(fail(format!(
                 "unexpected answer to hello: {}",
@@ -409,6 +428,22 @@ where
                 )).hint("something other than a d-daemon answers there, or it is damaged"));
             }
             match expect.key {
+                // The leader rotated its key since this worker pinned it:
+                // only a chain of rotations each signed by the key before
+                // it, starting at the pinned one, is followed (the caller
+                // pins the new key once welcomed).
+                Some(want)
+                    if want != their_key
+                        && expect.id.is_none()
+                        && chain.len() <= MAX_KEY_CHAIN
+                        && keys::follows(&their_id, &want, &their_key, &chain) =>
+                {
+                    tracing::info!(
+                        "leader {their_id} rotated its key: {} follows the pinned {} through its signed chain",
+                        their_key.fingerprint(),
+                        want.fingerprint()
+                    );
+                }
                 Some(want) if want != their_key => {
                     return Err(wrong_key(name, addr, &want, &their_key));
                 }
@@ -522,6 +557,7 @@ where
         protocol: welcome.protocol,
         heartbeat: asked_interval(welcome.heartbeat_ms),
         dialer: true,
+        mesh_key_retired: welcome.mesh_key_retired,
     };
     Ok((desc, terms))
 }
@@ -547,6 +583,7 @@ pub fn accepted_terms(welcome: &Welcome) -> Terms {
         protocol: welcome.protocol,
         heartbeat: Duration::from_millis(welcome.heartbeat_ms),
         dialer: false,
+        mesh_key_retired: false,
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Terms {
     pub heartbeat: Duration,
     /// This side dialed: it sends the heartbeats.
     pub dialer: bool,
+    /// The acceptor (a leader) said the shared mesh key is retired.
+    pub mesh_key_retired: bool,
 }
 
 impl Terms {
