@@ -128,11 +128,12 @@ pub enum Command {
         /// With --id: the token may replace the key that id is enrolled under (a reinstalled machine).
         #[arg(long, requires = "id")]
         replace: bool,
-        /// Address the new machine reaches the leader at (repeat or comma-separate for several;
+        /// Alone: the token makes the new machine another LEADER of this mesh (several leaders).
+        /// With addresses: where the new machine reaches this leader (comma-separate for several;
         /// default: the leader's peer-port address).
-        #[arg(long, value_name = "IP[:PORT]", value_delimiter = ',', value_hint = ValueHint::Other,
-              conflicts_with_all = ["list", "revoke"])]
-        leader: Vec<String>,
+        #[arg(long, value_name = "IP[:PORT]", value_delimiter = ',', num_args = 0..,
+              value_hint = ValueHint::Other, conflicts_with_all = ["list", "revoke"])]
+        leader: Option<Vec<String>>,
         /// List the join tokens the leader keeps: id, state (open/spent/revoked/expired), expiry.
         #[arg(long, conflicts_with = "revoke")]
         list: bool,

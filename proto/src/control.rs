@@ -127,6 +127,9 @@ pub enum Request {
         /// leader's peer-port address.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         leaders: Vec<String>,
+        /// The token makes a new leader of this mesh (`d invite --leader`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        as_leader: bool,
     },
     /// On a leader: the invitations it keeps (`d invite --list`).
     ListInvites {},

@@ -76,6 +76,25 @@ pub struct Invite {
     pub id: Option<String>,
     /// Unix seconds after which the leader refuses it.
     pub expires: u64,
+    /// The mesh's other leaders (several leaders, protocol 9): a worker
+    /// links to each, pinning the key given here. Absent from single-leader
+    /// tokens (old tokens parse as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<OtherLeader>,
+    /// The token makes the joining daemon a leader of the same mesh
+    /// (`d invite --leader`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_leader: bool,
+}
+
+/// Another leader named in a token: its id, address and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherLeader {
+    pub id: String,
+    /// `IP:PORT`.
+    pub addr: String,
+    pub key: PublicKey,
 }
 
 impl Invite {
@@ -123,6 +142,9 @@ impl Invite {
         crate::validate_peer_id(&self.leader_id)?;
         if let Some(id) = &self.id {
             crate::validate_peer_id(id)?;
+        }
+        for o in &self.others {
+            crate::validate_peer_id(&o.id)?;
         }
         Ok(())
     }
@@ -189,6 +211,8 @@ mod tests {
             secret: B64(vec![7; 32]),
             id: Some("laptop".into()),
             expires: 1_900_000_000,
+            others: Vec::new(),
+            as_leader: false,
         }
     }
 

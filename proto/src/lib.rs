@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod kept;
 pub mod keys;
 pub mod peer;
+pub mod replica;
 pub mod text;
 pub mod types;
 
@@ -41,7 +42,10 @@ pub mod types;
 /// - 8: the leader tells its workers of each enrollment (their kept
 ///   registry), and relayed jobs carry the requester's signed claim
 ///   ([`PROTOCOL_SIGNED_JOBS`]).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// - 9: several leaders: leaders replicate enrollments and tombstones to
+///   each other ([`replica`], `LeaderPush`/`LeaderPull`/`LeaderCheck`)
+///   ([`PROTOCOL_LEADERS`]).
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
@@ -56,6 +60,9 @@ pub const PROTOCOL_FILES: u32 = 7;
 /// The protocol that brought `Query::PeerEnrolled` (workers keep the
 /// registry) and signed job claims: never sent on an older session.
 pub const PROTOCOL_SIGNED_JOBS: u32 = 8;
+/// The protocol that brought several leaders: replication queries go only
+/// to leaders on sessions that negotiated it.
+pub const PROTOCOL_LEADERS: u32 = 9;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 

@@ -133,6 +133,21 @@ pub enum Query {
         rotation: crate::keys::Rotation,
         proof: crate::types::B64,
     },
+    /// Protocol 9 ([`crate::PROTOCOL_LEADERS`]), leader → leader: these
+    /// changes were just made (or merged); merge them. Answered `Result`.
+    LeaderPush {
+        records: Vec<crate::replica::Record>,
+    },
+    /// Protocol 9, leader → leader: the records the answering leader stored
+    /// after its own sequence number `after` (at most `limit`). Answered
+    /// `Result` holding a [`crate::replica::Pulled`].
+    LeaderPull { after: u64, limit: u32 },
+    /// Protocol 9, leader → leader, before enrolling `id` under `key`:
+    /// refused (`Error`) if the answering leader holds `id` under another key.
+    LeaderCheck {
+        id: String,
+        key: crate::keys::PublicKey,
+    },
 }
 
 /// The leader's answers.
