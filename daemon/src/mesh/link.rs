@@ -205,10 +205,13 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
             // The other leader dials this one (one session per pair).
             return;
         }
-        let mut pinned = trust.key_for(&addr_text, first);
-        if pinned.is_none() {
-            pinned = super::leaders::known_key(&mesh, &addr_text).await;
-        }
+        // The key a linked leader's registry names for that address wins
+        // over the one pinned (a leader that rejoined with a new key is
+        // enrolled so by another leader); else the pinned one.
+        let pinned = match super::leaders::known_key(&mesh, &addr_text).await {
+            Some(k) if !joins => Some(k),
+            _ => trust.key_for(&addr_text, first),
+        };
         if mesh.me.key().is_none() && pinned.is_none() && trust.join.is_none() {
             // Retrying cannot help: say what to do and wait for a token.
             let msg = "this daemon has not joined a mesh: run `d invite` on the leader, then `d join TOKEN` here".to_string();
@@ -242,7 +245,10 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
         match attempt {
             Ok(session) => {
                 let pin_first = first && trust.key.is_none();
-                let pin_addr = !trust.keys.iter().any(|(a, _)| *a == addr_text);
+                let pin_addr = !trust
+                    .keys
+                    .iter()
+                    .any(|(a, k)| *a == addr_text && Some(*k) == session.peer.key);
                 if joins || pin_first || pin_addr {
                     // Joined (the enrollment is committed on the leader), or
                     // the first link of a mesh moving from the shared key:

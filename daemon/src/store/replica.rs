@@ -9,7 +9,7 @@
 use d_proto::keys::PublicKey;
 use d_proto::replica::Record;
 use d_proto::types::Role;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{RegistryError, Store};
@@ -108,7 +108,7 @@ fn put(tx: &rusqlite::Connection, rec: &Record) -> Result<u64, RegistryError> {
 
 /// Make the registry say what `rec` says; returns whether the key `id` had
 /// is gone. `me`: this leader's id (its own row is its own).
-fn apply(tx: &Transaction<'_>, rec: &Record, me: &str, now: u64) -> Result<bool, RegistryError> {
+fn apply(tx: &rusqlite::Connection, rec: &Record, me: &str, now: u64) -> Result<bool, RegistryError> {
     let prior: Option<Option<String>> = tx
         .query_row("SELECT public_key FROM peers WHERE id = ?1", [&rec.id], |r| {
             r.get(0)
@@ -182,7 +182,7 @@ impl Store {
         reason: Option<&str>,
     ) -> Result<Option<Record>, RegistryError> {
         let version = self.replica_next_version(now_ms)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let prev = get(&tx, id)?;
         let row: Option<(Option<String>, String, String, u16, String)> = tx
             .query_row(
@@ -255,7 +255,7 @@ impl Store {
         me: &str,
         now: u64,
     ) -> Result<Merged, RegistryError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let local = get(&tx, &rec.id)?;
         let out = match &local {
             None => {
