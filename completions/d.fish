@@ -88,7 +88,7 @@ complete -c d -n "__fish_d_using_subcommand listPeers" -s v -l verbose -d 'Say o
 complete -c d -n "__fish_d_using_subcommand listPeers" -s h -l help -d 'Print help'
 complete -c d -n "__fish_d_using_subcommand invite" -l id -d 'The only peer id the token may enroll (default: any, chosen by `d join --id`)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l ttl -d 'How long the token is valid: a number and s, m, h or d (1s to 30d)' -r -f
-complete -c d -n "__fish_d_using_subcommand invite" -l leader -d 'Address the new machine reaches the leader at (repeat or comma-separate for several; default: the leader\'s peer-port address)' -r -f
+complete -c d -n "__fish_d_using_subcommand invite" -l leader -d 'Alone: the token makes the new machine another LEADER of this mesh (several leaders). With addresses: where the new machine reaches this leader (comma-separate for several; default: the leader\'s peer-port address)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l revoke -d 'Revoke an unspent token (the token itself, or its 16-hex-digit id from --list)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand invite" -l replace -d 'With --id: the token may replace the key that id is enrolled under (a reinstalled machine)'

@@ -30,7 +30,10 @@ fn join_leader(by: &TestDaemon, id: &str, ip: &str) -> TestDaemon {
     let t = invite(by, &["--leader"]);
     let v = d.json(&["join", &t, "--id", id]);
     assert!(
-        v["message"].as_str().unwrap_or("").contains("Joined as leader"),
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Joined as leader"),
         "{v}"
     );
     d
@@ -52,7 +55,10 @@ fn wait_linked_to(d: &TestDaemon, n: usize) {
 }
 
 fn peers(d: &TestDaemon) -> Vec<Value> {
-    d.json(&["listPeers"]).as_array().cloned().unwrap_or_default()
+    d.json(&["listPeers"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn key_on(d: &TestDaemon, id: &str) -> Option<String> {
@@ -97,7 +103,8 @@ fn everything_works_from(w: &TestDaemon, other: &str, live: &[&str]) {
         "{}",
         stderr(&human)
     );
-    let o = w.d(&["@".to_string() + other, "--via-leader".into(), "true".into()].iter().map(String::as_str).collect::<Vec<_>>().as_slice());
+    let at = format!("@{other}");
+    let o = w.d(&[at.as_str(), "--via-leader", "true"]);
     assert!(
         o.status.success(),
         "relayed {} -> {other}: {}{}",
@@ -131,7 +138,9 @@ fn three_leaders_four_workers_lose_two_leaders() {
     // Enrolled on A, known to B and C (with the same key).
     let k = key_on(&la, "w4").expect("w4 enrolled on la");
     for l in [&lb, &lc] {
-        wait_for(WAIT, "w4 replicated", || key_on(l, "w4").as_deref() == Some(k.as_str()));
+        wait_for(WAIT, "w4 replicated", || {
+            key_on(l, "w4").as_deref() == Some(k.as_str())
+        });
     }
 
     // Revoked on B: refused by A within seconds (polled).
@@ -147,7 +156,11 @@ fn three_leaders_four_workers_lose_two_leaders() {
     drop(x);
 
     for w in &workers {
-        everything_works_from(w, &format!("w{}", 1 + (w.name[1..].parse::<usize>().unwrap() % 4)), &["la", "lb", "lc"]);
+        everything_works_from(
+            w,
+            &format!("w{}", 1 + (w.name[1..].parse::<usize>().unwrap() % 4)),
+            &["la", "lb", "lc"],
+        );
     }
     // One leader gone: nothing else changes.
     la.kill9();
@@ -193,7 +206,10 @@ fn a_leader_restarted_empty_rejoins_and_catches_up() {
     lb.restart_on(&addr);
     let t = invite(&la, &["--leader", "--id", "lb", "--replace"]);
     let v = lb.json(&["join", &t, "--id", "lb"]);
-    assert!(v["message"].as_str().unwrap().contains("Joined as leader"), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("Joined as leader"),
+        "{v}"
+    );
     // It catches up: the whole durable registry, keys included.
     for id in ["w1", "w2", "la"] {
         let want = key_on(&la, id).unwrap();
@@ -205,7 +221,10 @@ fn a_leader_restarted_empty_rejoins_and_catches_up() {
     let t0 = std::time::Instant::now();
     wait_linked_to(&w1, 2);
     wait_linked_to(&w2, 2);
-    println!("workers relinked to the restarted leader in {:?}", t0.elapsed());
+    println!(
+        "workers relinked to the restarted leader in {:?}",
+        t0.elapsed()
+    );
     let o = run_on(&w1, "w2", "echo ok");
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -263,7 +282,10 @@ fn leaders_kept_apart_meet_without_lost_or_duplicate_enrollments() {
             a.iter().all(|l| l["state"] == "down")
                 && a.iter().any(|l| {
                     l["error"].as_str().is_some_and(|e| {
-                        e.contains("dup") && e.contains(&k1) && e.contains(&k2) && e.contains("another id")
+                        e.contains("dup")
+                            && e.contains(&k1)
+                            && e.contains(&k2)
+                            && e.contains("another id")
                     })
                 })
         })

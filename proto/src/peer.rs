@@ -141,7 +141,10 @@ pub enum Query {
     /// Protocol 9, leader → leader: the records the answering leader stored
     /// after its own sequence number `after` (at most `limit`). Answered
     /// `Result` holding a [`crate::replica::Pulled`].
-    LeaderPull { after: u64, limit: u32 },
+    LeaderPull {
+        after: u64,
+        limit: u32,
+    },
     /// Protocol 9, leader → leader, before enrolling `id` under `key`:
     /// refused (`Error`) if the answering leader holds `id` under another key.
     LeaderCheck {
@@ -151,6 +154,8 @@ pub enum Query {
 }
 
 /// The leader's answers.
+// One answer lives for one query; a registry row inline is simpler than a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {

@@ -108,7 +108,8 @@ mod tests {
         assert!(r(2, "a").newer_than(&r(1, "z")));
         assert!(r(1, "b").newer_than(&r(1, "a")));
         assert!(!r(1, "a").newer_than(&r(1, "a")));
-        let back: Record = serde_json::from_str(&serde_json::to_string(&r(5, "x")).unwrap()).unwrap();
+        let back: Record =
+            serde_json::from_str(&serde_json::to_string(&r(5, "x")).unwrap()).unwrap();
         assert_eq!(back, r(5, "x"));
     }
 }

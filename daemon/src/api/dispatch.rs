@@ -175,7 +175,15 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         }
         Request::DeletePeer { peer } => {
             match ask::query(&daemon.mesh, Query::DeletePeer { peer }).await? {
-                Answer::Deleted { peer } => to_raw(&json!({ "deleted": peer })),
+                Answer::Deleted { peer } => {
+                    // Several leaders: an enrolled id's tombstone goes to the others.
+                    crate::mesh::replicate::publish(
+                        &daemon.mesh,
+                        vec![(peer.clone(), Some("deleted".into()))],
+                    )
+                    .await;
+                    to_raw(&json!({ "deleted": peer }))
+                }
                 other => Err(unexpected(other)),
             }
         }

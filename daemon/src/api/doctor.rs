@@ -205,7 +205,7 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
                         crate::mesh::replicate::fingerprint(&c.loser_key),
                         c.loser_origin
                     ),
-                    format!("the refused machine joins again under another id: `d invite` here, `d join TOKEN --id NAME` there"),
+                    "the refused machine joins again under another id: `d invite` here, `d join TOKEN --id NAME` there",
                 ));
             }
         }

@@ -418,14 +418,20 @@ async fn join_as_leader(
     loop {
         let e = mesh.link.entries().into_iter().find(|e| e.addr == first);
         let joined = mesh.me.leader_trust().join.is_none();
-        if joined && e.as_ref().is_some_and(|e| e.info.state == LinkState::Connected) {
+        if joined
+            && e.as_ref()
+                .is_some_and(|e| e.info.state == LinkState::Connected)
+        {
             let message = format!(
                 "Joined as leader '{id}' of the mesh of leader {minted_by} at {first}; it replicates the registry from the other leaders from now on (this leader's key {})",
                 mesh.me.public_key().fingerprint()
             );
             return to_raw(&json!({ "message": message, "status": status::local(daemon) }));
         }
-        if let Some(e) = e.as_ref().filter(|e| e.info.state == LinkState::JoinRefused) {
+        if let Some(e) = e
+            .as_ref()
+            .filter(|e| e.info.state == LinkState::JoinRefused)
+        {
             return Err(ErrorBody::new(
                 ErrorKind::AuthFailed,
                 format!(
@@ -435,7 +441,9 @@ async fn join_as_leader(
             ));
         }
         if tokio::time::Instant::now() >= deadline {
-            let why = e.and_then(|e| e.info.error).unwrap_or_else(|| "no answer yet".into());
+            let why = e
+                .and_then(|e| e.info.error)
+                .unwrap_or_else(|| "no answer yet".into());
             return Err(ErrorBody::new(
                 ErrorKind::ConnectFailed,
                 format!("not joined yet: the leader at {first} that minted the token did not welcome this daemon within {JOIN_WAIT:?} ({why})"),
@@ -465,7 +473,8 @@ pub async fn revoke_peer(daemon: &Arc<Daemon>, peer: String) -> Result<Reply, Er
         .await
         .map_err(db)?;
     crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
-    crate::mesh::replicate::publish(&daemon.mesh, vec![(peer.clone(), Some("revoked".into()))]).await;
+    crate::mesh::replicate::publish(&daemon.mesh, vec![(peer.clone(), Some("revoked".into()))])
+        .await;
     let message = if existed {
         format!("Revoked {peer}: its key is removed and its sessions closed; it needs a new invitation (`d invite --id {peer}`) to come back")
     } else {

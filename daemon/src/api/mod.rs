@@ -95,7 +95,10 @@ impl Daemon {
                     st.get_setting("role")?,
                     st.get_setting("id")?,
                     st.get_setting("leader")?,
-                    (st.get_setting("leader_key")?, st.get_setting("leader_keys")?),
+                    (
+                        st.get_setting("leader_key")?,
+                        st.get_setting("leader_keys")?,
+                    ),
                     st.get_setting("join_token")?,
                     st.get_setting("labels")?,
                     st.get_setting("clock_mark")?,

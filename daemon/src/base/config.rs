@@ -306,7 +306,9 @@ pub fn parse_leaders(s: &str, default_port: u16) -> Result<String, String> {
         }
     }
     if out.is_empty() {
-        return Err(format!("{s:?} names no leader address: use IP[:PORT][,IP[:PORT]...]"));
+        return Err(format!(
+            "{s:?} names no leader address: use IP[:PORT][,IP[:PORT]...]"
+        ));
     }
     Ok(out.join(","))
 }

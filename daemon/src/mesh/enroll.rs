@@ -130,7 +130,11 @@ pub async fn check_at_leader(
                 },
             ));
         }
-        let role = if inv.as_leader { Role::Leader } else { Role::Worker };
+        let role = if inv.as_leader {
+            Role::Leader
+        } else {
+            Role::Worker
+        };
         return enroll(mesh, hello, from, key, Some(claim.token_id.clone()), role).await;
     }
     match enrolled {

@@ -12,9 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use d_proto::keys::PublicKey;
 use d_proto::replica::LeaderState;
-use d_proto::types::{LinkState, Role};
+use d_proto::types::Role;
 use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
@@ -22,45 +21,6 @@ use crate::transport::Session;
 
 /// How often a leader looks for leaders it does not link to yet.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-/// Whether this leader dials the leader at `addr` (its id unknown yet, or
-/// greater than this leader's own).
-pub fn dials(mesh: &Mesh, addr: &str) -> bool {
-    let me = mesh.me.get().id.unwrap_or_default();
-    let their = mesh
-        .link
-        .entries()
-        .into_iter()
-        .find(|e| e.addr == addr)
-        .and_then(|e| e.id);
-    their.is_none_or(|t| me < t)
-}
-
-/// The key the replicated registry (a leader) or the kept copy (a worker)
-/// names for the leader at `addr`, if any.
-pub async fn known_key(mesh: &Mesh, addr: &str) -> Option<PublicKey> {
-    let addr = addr.to_string();
-    let leader = mesh.me.role() == Some(Role::Leader);
-    mesh.store
-        .read(move |st| {
-            if leader {
-                let rows = st.replica_leaders()?;
-                Ok(rows
-                    .into_iter()
-                    .find(|r| format!("{}:{}", r.addr, r.port) == addr)
-                    .and_then(|r| r.key))
-            } else {
-                let rows = st.kept_peers()?;
-                Ok(rows
-                    .into_iter()
-                    .find(|r| r.role == Role::Leader && format!("{}:{}", r.addr, r.port) == addr)
-                    .and_then(|r| r.public_key))
-            }
-        })
-        .await
-        .ok()
-        .flatten()
-}
 
 /// Leader: link to the other leaders, now and whenever one is learned of.
 pub async fn keep_links(mesh: Arc<Mesh>, stop: CancellationToken) {
@@ -131,8 +91,7 @@ pub fn states(mesh: &Mesh) -> Vec<LeaderState> {
         .into_iter()
         .map(|e| {
             let open = e.info.session.as_ref().is_some_and(|s| !s.is_closed())
-                || e
-                    .id
+                || e.id
                     .as_ref()
                     .is_some_and(|id| others.iter().any(|s| s.peer.id == *id));
             LeaderState {
@@ -144,9 +103,4 @@ pub fn states(mesh: &Mesh) -> Vec<LeaderState> {
             }
         })
         .collect()
-}
-
-/// Whether any leader link is up (a worker), for status lines.
-pub fn any_linked(mesh: &Mesh) -> bool {
-    mesh.link.info().state == LinkState::Connected
 }

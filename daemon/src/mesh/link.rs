@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use d_proto::keys::PublicKey;
 use d_proto::peer::Purpose;
 use d_proto::types::{ErrorKind, LinkState, Role};
 use tokio_util::sync::CancellationToken;
@@ -97,7 +98,11 @@ impl Link {
         {
             return up.info.clone();
         }
-        match e.iter().find(|x| x.info.state == LinkState::JoinRefused).or(e.first()) {
+        match e
+            .iter()
+            .find(|x| x.info.state == LinkState::JoinRefused)
+            .or(e.first())
+        {
             Some(x) => x.info.clone(),
             None => lock(&self.global).clone(),
         }
@@ -201,14 +206,14 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
         let trust = mesh.me.leader_trust();
         let joins = trust.joins_at(&addr_text);
         let leader_role = mesh.me.role() == Some(Role::Leader);
-        if leader_role && !joins && !super::leaders::dials(&mesh, &addr_text) {
+        if leader_role && !joins && !dials(&mesh, &addr_text) {
             // The other leader dials this one (one session per pair).
             return;
         }
         // The key a linked leader's registry names for that address wins
         // over the one pinned (a leader that rejoined with a new key is
         // enrolled so by another leader); else the pinned one.
-        let pinned = match super::leaders::known_key(&mesh, &addr_text).await {
+        let pinned = match known_key(&mesh, &addr_text).await {
             Some(k) if !joins => Some(k),
             _ => trust.key_for(&addr_text, first),
         };
@@ -296,7 +301,11 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                 }
                 let why = session.reason().error;
                 tracing::warn!("link to leader {} at {addr} lost: {why}", session.peer.id);
-                set(LinkState::Connecting, Some(format!("link lost: {why}")), None);
+                set(
+                    LinkState::Connecting,
+                    Some(format!("link lost: {why}")),
+                    None,
+                );
                 if up.elapsed() >= HEALTHY {
                     backoff.reset();
                 }
@@ -321,4 +330,43 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// Whether this leader dials the leader at `addr` (its id unknown yet, or
+/// greater than this leader's own).
+pub fn dials(mesh: &Mesh, addr: &str) -> bool {
+    let me = mesh.me.get().id.unwrap_or_default();
+    let their = mesh
+        .link
+        .entries()
+        .into_iter()
+        .find(|e| e.addr == addr)
+        .and_then(|e| e.id);
+    their.is_none_or(|t| me < t)
+}
+
+/// The key the replicated registry (a leader) or the kept copy (a worker)
+/// names for the leader at `addr`, if any.
+pub async fn known_key(mesh: &Mesh, addr: &str) -> Option<PublicKey> {
+    let addr = addr.to_string();
+    let leader = mesh.me.role() == Some(Role::Leader);
+    mesh.store
+        .read(move |st| {
+            if leader {
+                let rows = st.replica_leaders()?;
+                Ok(rows
+                    .into_iter()
+                    .find(|r| format!("{}:{}", r.addr, r.port) == addr)
+                    .and_then(|r| r.key))
+            } else {
+                let rows = st.kept_peers()?;
+                Ok(rows
+                    .into_iter()
+                    .find(|r| r.role == Role::Leader && format!("{}:{}", r.addr, r.port) == addr)
+                    .and_then(|r| r.public_key))
+            }
+        })
+        .await
+        .ok()
+        .flatten()
 }

@@ -241,10 +241,6 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
                         "deleted from the leader's registry"
                     };
                     announce_removed(mesh, &peer, why);
-                    if keyed {
-                        super::replicate::publish(mesh, vec![(peer.clone(), Some("deleted".into()))])
-                            .await;
-                    }
                     Ok(Answer::Deleted { peer })
                 }
                 None => Err(ErrorBody::peer_not_found(&peer)),
@@ -319,8 +315,7 @@ pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
 /// On a worker: the leader says `peer` was removed: close its sessions,
 /// and hold its key revoked in the kept registry.
 pub async fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
-    let from_leader =
-        mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
+    let from_leader = mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
     if !from_leader {
         return Answer::Error(ErrorBody::invalid(
             "only this worker's leader may say a peer was removed",
@@ -359,8 +354,7 @@ pub fn announce_enrolled(mesh: &Arc<Mesh>, row: &PeerInfo) {
 
 /// On a worker: the leader says `peer` was enrolled: keep its row.
 pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> Answer {
-    let from_leader =
-        mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
+    let from_leader = mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
     if !from_leader {
         return Answer::Error(ErrorBody::invalid(
             "only this worker's leader may say a peer was enrolled",

@@ -206,7 +206,12 @@ pub async fn answer(mesh: &Arc<Mesh>, from: &Session, q: Query) -> Answer {
                     let more = records.len() > limit as usize;
                     records.truncate(limit as usize);
                     let next = records.last().map_or(after, |r| r.seq);
-                    serde_json::to_value(Pulled { records, next, more }).unwrap_or_default()
+                    serde_json::to_value(Pulled {
+                        records,
+                        next,
+                        more,
+                    })
+                    .unwrap_or_default()
                 })
         }
         Query::LeaderCheck { id, key } => {

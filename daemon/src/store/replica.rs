@@ -108,11 +108,18 @@ fn put(tx: &rusqlite::Connection, rec: &Record) -> Result<u64, RegistryError> {
 
 /// Make the registry say what `rec` says; returns whether the key `id` had
 /// is gone. `me`: this leader's id (its own row is its own).
-fn apply(tx: &rusqlite::Connection, rec: &Record, me: &str, now: u64) -> Result<bool, RegistryError> {
+fn apply(
+    tx: &rusqlite::Connection,
+    rec: &Record,
+    me: &str,
+    now: u64,
+) -> Result<bool, RegistryError> {
     let prior: Option<Option<String>> = tx
-        .query_row("SELECT public_key FROM peers WHERE id = ?1", [&rec.id], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT public_key FROM peers WHERE id = ?1",
+            [&rec.id],
+            |r| r.get(0),
+        )
         .optional()?;
     let prior_key = prior.clone().flatten();
     if rec.id == me {
@@ -162,11 +169,11 @@ impl Store {
     /// The hybrid logical clock's next version: `now_ms`, or one more than
     /// the highest version held, whichever is higher.
     pub fn replica_next_version(&self, now_ms: u64) -> Result<u64, RegistryError> {
-        let max: i64 = self
-            .conn
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM replica", [], |r| {
-                r.get(0)
-            })?;
+        let max: i64 =
+            self.conn
+                .query_row("SELECT COALESCE(MAX(version), 0) FROM replica", [], |r| {
+                    r.get(0)
+                })?;
         Ok(now_ms.max(max as u64 + 1))
     }
 
@@ -268,7 +275,8 @@ impl Store {
                         |r| r.get(0),
                     )
                     .optional()?;
-                if rec.key.is_some() && revoked_at.is_some_and(|t| (t as u64) * 1000 > rec.version) {
+                if rec.key.is_some() && revoked_at.is_some_and(|t| (t as u64) * 1000 > rec.version)
+                {
                     Merged::Kept
                 } else {
                     put(&tx, rec)?;
@@ -281,13 +289,19 @@ impl Store {
             Some(l) => {
                 let conflict = match (l.key, rec.key) {
                     (Some(a), Some(b)) if a != b => {
-                        !(rec.newer_than(l) && rec.replaces == Some(a))
-                            && !(l.newer_than(rec) && l.replaces == Some(b))
+                        // A rotation or `--replace` names the key it replaced.
+                        let replaced = (rec.newer_than(l) && rec.replaces == Some(a))
+                            || (l.newer_than(rec) && l.replaces == Some(b));
+                        !replaced
                     }
                     _ => false,
                 };
                 if conflict {
-                    let (winner, loser) = if rec.newer_than(l) { (l, rec) } else { (rec, l) };
+                    let (winner, loser) = if rec.newer_than(l) {
+                        (l, rec)
+                    } else {
+                        (rec, l)
+                    };
                     let c = Conflict {
                         id: rec.id.clone(),
                         winner_key: winner.key.map(|k| k.to_base64()).unwrap_or_default(),
@@ -364,7 +378,11 @@ impl Store {
     }
 
     /// The conflict `key` lost for `id`, if it lost one.
-    pub fn replica_lost(&self, id: &str, key: &PublicKey) -> Result<Option<Conflict>, RegistryError> {
+    pub fn replica_lost(
+        &self,
+        id: &str,
+        key: &PublicKey,
+    ) -> Result<Option<Conflict>, RegistryError> {
         Ok(self
             .replica_conflicts()?
             .into_iter()
