@@ -293,3 +293,71 @@ fn leaders_kept_apart_meet_without_lost_or_duplicate_enrollments() {
     // m1 keeps working with both.
     wait_linked_to(&m1, 2);
 }
+
+/// Numbers, printed, never asserted (`cargo test -p d-daemon --test leaders
+/// -- --ignored --nocapture leader_numbers`): `d getPeerInfo` from a worker
+/// (a resolution asked of a leader) with both leaders up, in the seconds
+/// after the first configured leader is killed, and once it is known down;
+/// then how long until every worker is linked again to that leader restarted.
+#[test]
+#[ignore]
+fn leader_numbers() {
+    let n = 8;
+    let mut la = first_leader("la", "127.0.17.61");
+    let lb = join_leader(&la, "lb", "127.0.17.62");
+    wait_linked_to(&lb, 1);
+    let workers: Vec<TestDaemon> = (1..=n)
+        .map(|i| {
+            let w = TestDaemon::start(&format!("w{i}"), &format!("127.0.17.{}", 70 + i));
+            join(&w, &invite(&la, &[]), &format!("w{i}"));
+            w
+        })
+        .collect();
+    for w in &workers {
+        wait_linked_to(w, 2);
+    }
+    let resolve = |w: &TestDaemon| {
+        let t = std::time::Instant::now();
+        let o = w.d(&["getPeerInfo", "--peer", "w2"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let stats = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        format!(
+            "median {:.1} ms, p10 {:.1}, p90 {:.1}, max {:.1} (n={})",
+            p(0.5),
+            p(0.1),
+            p(0.9),
+            p(1.0),
+            v.len()
+        )
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load: {}", load.trim());
+    let up: Vec<f64> = (0..20).map(|_| resolve(&workers[0])).collect();
+    println!("resolution, both leaders up: {}", stats(up));
+    let addr = la.listen();
+    la.kill9();
+    let t = std::time::Instant::now();
+    let mut after = Vec::new();
+    while t.elapsed() < Duration::from_secs(3) {
+        after.push(resolve(&workers[0]));
+    }
+    println!(
+        "resolution, first 3 s after kill -9 of the first leader: {}",
+        stats(after)
+    );
+    let down: Vec<f64> = (0..20).map(|_| resolve(&workers[0])).collect();
+    println!("resolution, first leader known down: {}", stats(down));
+    la.restart_on(&addr);
+    let t = std::time::Instant::now();
+    for w in &workers {
+        wait_linked_to(w, 2);
+    }
+    println!(
+        "every one of {n} workers linked to the restarted leader after {:.2} s (backoff 0.1-2 s)",
+        t.elapsed().as_secs_f64()
+    );
+}

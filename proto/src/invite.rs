@@ -247,3 +247,36 @@ mod tests {
         assert!(token_id_of("nope").is_err());
     }
 }
+
+#[cfg(test)]
+mod leaders_tests {
+    use super::*;
+    use crate::keys::KeyPair;
+
+    #[test]
+    fn single_leader_tokens_still_parse_and_new_ones_carry_every_leader() {
+        let k = KeyPair::generate().unwrap().public();
+        // A token as single-leader builds made it (no `others`, no `as_leader`).
+        let old = serde_json::json!({
+            "leaders": ["198.19.0.1:3600"], "leader_id": "vps", "leader_key": k,
+            "token_id": "0123456789abcdef", "secret": B64(vec![1; 32]), "expires": 1_900_000_000u64,
+        });
+        let tok = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(old.to_string()));
+        let inv = Invite::decode(&tok).unwrap();
+        assert!(inv.others.is_empty() && !inv.as_leader);
+        let mut new = inv.clone();
+        new.others = vec![OtherLeader {
+            id: "lb".into(),
+            addr: "198.19.0.2:3600".into(),
+            key: KeyPair::generate().unwrap().public(),
+        }];
+        new.as_leader = true;
+        assert_eq!(Invite::decode(&new.encode()).unwrap(), new);
+        // Single-leader tokens are encoded as before.
+        let json = serde_json::to_string(&inv).unwrap();
+        assert!(
+            !json.contains("others") && !json.contains("as_leader"),
+            "{json}"
+        );
+    }
+}

@@ -139,11 +139,20 @@ async fn merge(mesh: &Arc<Mesh>, from: &str, records: Vec<Record>) -> Result<usi
                 r.origin
             ),
         };
-        if key_gone || r.key.is_none() {
-            registry::announce_removed(mesh, &r.id, &why);
-        }
-        if let Some(row) = row.filter(|_| r.key.is_some()) {
-            registry::announce_enrolled(mesh, &row);
+        match (r.key, key_gone) {
+            (None, _) => registry::announce_removed(mesh, &r.id, &why),
+            // Another key now: sessions proven with the old one end, and
+            // workers are told in order (old key gone, then the new row).
+            (Some(_), true) => {
+                mesh.sessions
+                    .close_peer(&r.id, &format!("{} was {why}", r.id));
+                registry::announce_rotated(mesh, &r.id, row);
+            }
+            (Some(_), false) => {
+                if let Some(row) = row {
+                    registry::announce_enrolled(mesh, &row);
+                }
+            }
         }
         tracing::info!(
             "replicated from leader {from}: {} {}",

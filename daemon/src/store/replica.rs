@@ -398,3 +398,167 @@ impl Store {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use d_proto::keys::KeyPair;
+
+    fn key() -> PublicKey {
+        KeyPair::generate().unwrap().public()
+    }
+
+    fn rec(id: &str, version: u64, origin: &str, key: Option<PublicKey>) -> Record {
+        Record {
+            id: id.into(),
+            version,
+            origin: origin.into(),
+            key,
+            replaces: None,
+            role: Role::Worker,
+            addr: "198.18.0.9".into(),
+            port: 3600,
+            hostname: "h".into(),
+            reason: None,
+            seq: 0,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(&dir.path().join("d.db")).unwrap();
+        (dir, st)
+    }
+
+    #[test]
+    fn higher_version_wins_and_tombstones_remove() {
+        let (_d, mut st) = store();
+        let k = key();
+        let m = st
+            .replica_merge(&rec("w1", 10, "la", Some(k)), "lb", 1)
+            .unwrap();
+        assert_eq!(m, Merged::Applied { key_gone: false });
+        assert_eq!(st.enrolled_key("w1").unwrap(), Some(k));
+        // The same record again, or an older one: nothing changes.
+        assert_eq!(
+            st.replica_merge(&rec("w1", 10, "la", Some(k)), "lb", 1)
+                .unwrap(),
+            Merged::Kept
+        );
+        assert_eq!(
+            st.replica_merge(&rec("w1", 5, "lc", None), "lb", 1)
+                .unwrap(),
+            Merged::Kept
+        );
+        // A later revocation removes the key, and holds the id revoked.
+        let m = st
+            .replica_merge(&rec("w1", 20, "lc", None), "lb", 2)
+            .unwrap();
+        assert_eq!(m, Merged::Applied { key_gone: true });
+        assert_eq!(st.enrolled_key("w1").unwrap(), None);
+        assert!(st.is_revoked("w1").unwrap());
+        // A later enrollment (a new invitation) brings it back.
+        let k2 = key();
+        st.replica_merge(&rec("w1", 30, "la", Some(k2)), "lb", 3)
+            .unwrap();
+        assert_eq!(st.enrolled_key("w1").unwrap(), Some(k2));
+        assert!(!st.is_revoked("w1").unwrap());
+        // Pulled in sequence order, after any point.
+        let all = st.replica_since(0, 100).unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(st.replica_since(all[0].seq, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn two_enrollments_of_one_id_the_earlier_wins_on_both_sides() {
+        let k1 = key();
+        let k2 = key();
+        let early = rec("dup", 100, "la", Some(k1));
+        let late = rec("dup", 200, "lb", Some(k2));
+        // la holds the early one and hears of the late one; lb the other way.
+        let (_a, mut a) = store();
+        a.replica_merge(&early, "x", 1).unwrap();
+        let m = a.replica_merge(&late, "x", 2).unwrap();
+        assert!(matches!(m, Merged::Conflict { applied: None, .. }), "{m:?}");
+        let (_b, mut b) = store();
+        b.replica_merge(&late, "x", 1).unwrap();
+        let m = b.replica_merge(&early, "x", 2).unwrap();
+        assert!(
+            matches!(
+                m,
+                Merged::Conflict {
+                    applied: Some(true),
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
+        for st in [&a, &b] {
+            assert_eq!(st.enrolled_key("dup").unwrap(), Some(k1));
+            let lost = st.replica_lost("dup", &k2).unwrap().expect("a conflict");
+            assert_eq!(
+                (lost.winner_origin.as_str(), lost.loser_origin.as_str()),
+                ("la", "lb")
+            );
+            assert!(st.replica_lost("dup", &k1).unwrap().is_none());
+        }
+        // A rotation names the key it replaces: no conflict, the later wins.
+        let k3 = key();
+        let mut rot = rec("dup", 300, "lb", Some(k3));
+        rot.replaces = Some(k1);
+        assert_eq!(
+            a.replica_merge(&rot, "x", 3).unwrap(),
+            Merged::Applied { key_gone: true }
+        );
+        assert_eq!(a.enrolled_key("dup").unwrap(), Some(k3));
+    }
+
+    #[test]
+    fn publish_records_local_changes_once() {
+        let (_d, mut st) = store();
+        let k = key();
+        let mut row = d_proto::types::PeerInfo {
+            id: "w1".into(),
+            addr: "198.18.0.5".into(),
+            port: 3600,
+            role: Role::Worker,
+            online: false,
+            last_seen: None,
+            version: "v".into(),
+            hostname: "h".into(),
+            first_seen: None,
+            wg_public_key: None,
+            handshake_age_secs: None,
+            public_key: Some(k),
+            stale: None,
+            answered_by: None,
+            labels: Vec::new(),
+        };
+        st.upsert_peer(&row, 1).unwrap();
+        let r = st.replica_publish("w1", "la", 1000, None).unwrap().unwrap();
+        assert_eq!((r.key, r.version, r.origin.as_str()), (Some(k), 1000, "la"));
+        // Nothing new: no record. The clock never goes back.
+        assert!(st
+            .replica_publish("w1", "la", 2000, None)
+            .unwrap()
+            .is_none());
+        assert_eq!(st.replica_next_version(5).unwrap(), 1001);
+        // A new key names the one it replaced.
+        let k2 = key();
+        row.public_key = Some(k2);
+        st.upsert_peer(&row, 2).unwrap();
+        let r = st.replica_publish("w1", "la", 3000, None).unwrap().unwrap();
+        assert_eq!((r.key, r.replaces), (Some(k2), Some(k)));
+        st.revoke_peer("w1", 4).unwrap();
+        let r = st
+            .replica_publish("w1", "la", 4000, Some("revoked"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.key, r.reason.as_deref()), (None, Some("revoked")));
+        // An id never enrolled nor revoked says nothing.
+        assert!(st
+            .replica_publish("nobody", "la", 5000, None)
+            .unwrap()
+            .is_none());
+    }
+}
