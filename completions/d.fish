@@ -69,14 +69,14 @@ complete -c d -n "__fish_d_using_subcommand getPeerStatus" -s h -l help -d 'Prin
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l role -d '`leader` or `worker`' -r -f -a "leader\t''
 worker\t''"
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l id -d 'Peer id of this machine (A-Z a-z 0-9 . _ -)' -r -f
-complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l leader -d 'Address of the leader (port defaults to 3600)' -r -f
+complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l leader -d 'Address of the leader (port defaults to 3600); several leaders: comma-separated, asked in that order' -r -f
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l meshKey -d 'The mesh key file copied from the leader (`-` reads standard input)' -r -F
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l labels -d 'This peer\'s labels, comma-separated, replacing its old ones (`\'\'` clears them); told to the leader, targets `@NAME`' -r -f
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -s h -l help -d 'Print help'
-complete -c d -n "__fish_d_using_subcommand registerWorker" -l leader -d 'Address of the leader (default 10.0.0.1, port 3600)' -r -f
+complete -c d -n "__fish_d_using_subcommand registerWorker" -l leader -d 'Address of the leader (default 10.0.0.1, port 3600); several leaders: comma-separated' -r -f
 complete -c d -n "__fish_d_using_subcommand registerWorker" -l meshKey -d 'The mesh key file copied from the leader (`-` reads standard input)' -r -F
 complete -c d -n "__fish_d_using_subcommand registerWorker" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand registerWorker" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'

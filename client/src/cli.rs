@@ -85,8 +85,8 @@ pub enum Command {
         /// Peer id of this machine (A-Z a-z 0-9 . _ -).
         #[arg(long, value_name = "ID", value_hint = ValueHint::Other)]
         id: Option<String>,
-        /// Address of the leader (port defaults to 3600).
-        #[arg(long, value_name = "IP[:PORT]", value_hint = ValueHint::Other)]
+        /// Address of the leader (port defaults to 3600); several leaders: comma-separated, asked in that order.
+        #[arg(long, value_name = "IP[:PORT][,...]", value_hint = ValueHint::Other)]
         leader: Option<String>,
         /// The mesh key file copied from the leader (`-` reads standard input).
         #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
@@ -98,8 +98,8 @@ pub enum Command {
 
     /// Become a worker named after the hostname and register with the leader.
     RegisterWorker {
-        /// Address of the leader (default 10.0.0.1, port 3600).
-        #[arg(long, value_name = "IP[:PORT]", value_hint = ValueHint::Other)]
+        /// Address of the leader (default 10.0.0.1, port 3600); several leaders: comma-separated.
+        #[arg(long, value_name = "IP[:PORT][,...]", value_hint = ValueHint::Other)]
         leader: Option<String>,
         /// The mesh key file copied from the leader (`-` reads standard input).
         #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]

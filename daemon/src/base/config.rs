@@ -32,7 +32,8 @@ pub struct Args {
     /// WireGuard interface whose address the daemon listens on (default wg0).
     #[arg(long = "wg-interface")]
     pub wg_interface: Option<String>,
-    /// Leader address `registerWorker` uses when not given one (default 10.0.0.1).
+    /// Leader address(es) `registerWorker` uses when not given one (default 10.0.0.1;
+    /// several leaders: comma-separated, asked in that order).
     #[arg(long)]
     pub leader: Option<String>,
     /// Default exec timeout in seconds, 0 = none (default 30).
