@@ -361,3 +361,20 @@ fn leader_numbers() {
         t.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn a_worker_of_one_leader_is_given_the_second() {
+    let la = first_leader("la", "127.0.17.91");
+    let w = TestDaemon::start("w1", "127.0.17.92");
+    join(&w, &invite(&la, &[]), "w1");
+    let lb = join_leader(&la, "lb", "127.0.17.93");
+    // One leader: status as before (no list of leaders).
+    assert!(w.json(&["getPeerStatus"])["leaders"].is_null());
+    let list = format!("{},{}", la.listen(), lb.listen());
+    w.json(&["setPeerConfig", "--leader", &list]);
+    // lb's key comes from la's registry (the worker's kept copy).
+    wait_linked_to(&w, 2);
+    let v = w.json(&["getPeerStatus"]);
+    assert_eq!(v["leader"], list.as_str(), "{v}");
+    assert_eq!(v["link"], "connected", "{v}");
+}

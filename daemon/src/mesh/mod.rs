@@ -234,8 +234,33 @@ impl Mesh {
             })?;
         let role = new.role;
         let old = self.me.get();
+        // Several leaders: a worker given a new list that still names some
+        // of its leaders keeps their pinned keys (and its kept registry,
+        // where the keys of the leaders it adds are).
+        let (old_list, new_list) = (old.leaders(), new.leaders());
+        let overlap = role == Some(Role::Worker)
+            && old.role == Some(Role::Worker)
+            && new_list.iter().any(|a| old_list.contains(a));
         match trust {
             Some(t) => self.save_leader_trust(t).await?,
+            None if old.leader != new.leader && overlap => {
+                let cur = self.me.leader_trust();
+                let mut keys = cur.keys.clone();
+                if let (Some(k), Some(a)) = (cur.key, old_list.first()) {
+                    if !keys.iter().any(|(x, _)| x == a) {
+                        keys.push((a.clone(), k));
+                    }
+                }
+                keys.retain(|(a, _)| new_list.contains(a));
+                let first = new_list.first();
+                let key = keys.iter().find(|(a, _)| Some(a) == first).map(|(_, k)| *k);
+                self.save_leader_trust(LeaderTrust {
+                    key,
+                    keys,
+                    join: cur.join,
+                })
+                .await?;
+            }
             None if old.leader != new.leader || role != Some(Role::Worker) => {
                 // Another leader (or none): the pinned key was that leader's,
                 // and so was the kept registry.
