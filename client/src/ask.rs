@@ -153,10 +153,20 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
             }
         }
     }
-    let outputs: Vec<(&str, &[u8], &[u8])> = peers
+    let store = crate::output::Store::new();
+    let none = crate::output::Spool::new(&store);
+    let shown: Vec<crate::output::Spool> = shown
+        .iter()
+        .map(|o| {
+            let mut s = crate::output::Spool::new(&store);
+            s.push(o);
+            s
+        })
+        .collect();
+    let outputs: Vec<(&str, &crate::output::Spool, &crate::output::Spool)> = peers
         .iter()
         .zip(&shown)
-        .map(|(p, o)| (p.as_str(), &o[..], &b""[..]))
+        .map(|(p, o)| (p.as_str(), o, &none))
         .collect();
     fanout::print_groups(&outputs);
     crate::stdio::err(fanout::summary(&rows).as_bytes());

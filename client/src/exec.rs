@@ -8,15 +8,17 @@ use std::path::Path;
 
 use d_proto::control::{Event, Request};
 use d_proto::kept::StaleRegistry;
-use d_proto::types::{ErrorBody, ErrorKind, ExitInfo, B64};
+use d_proto::types::{ErrorBody, ErrorKind, ExitInfo};
 use serde::Serialize;
 
 use crate::conn::{self, Conn};
 use crate::input::{self, Input};
+use crate::output::{JsonDoc, Spool, Store};
 use crate::stdio::{self, Stream};
 use crate::{render, stop};
 
-/// The `--json` document of a finished job.
+/// The `--json` document of a finished job; `stdout`, `stderr` (and their
+/// base64) are markers [`print_report`] replaces with the kept output.
 #[derive(Debug, Serialize)]
 struct JobReport<'a> {
     peer: &'a str,
@@ -30,9 +32,9 @@ struct JobReport<'a> {
     stderr: String,
     /// The exact bytes, when `stdout` is not UTF-8 (then `stdout` is lossy).
     #[serde(skip_serializing_if = "Option::is_none")]
-    stdout_base64: Option<B64>,
+    stdout_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stderr_base64: Option<B64>,
+    stderr_base64: Option<String>,
     /// Why there is no exit status (`Interrupted (SIGINT)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -43,21 +45,25 @@ struct JobReport<'a> {
 }
 
 impl<'a> JobReport<'a> {
-    /// The report of a job that ended with `exit`, its output `collected`.
-    fn new(peer: &'a str, exit: &ExitInfo, collected: &(Vec<u8>, Vec<u8>)) -> JobReport<'a> {
-        let (stdout, stdout_base64) = render::json_text(&collected.0);
-        let (stderr, stderr_base64) = render::json_text(&collected.1);
+    /// The report of a job that ended with `exit`, its output `collected`
+    /// (entered in `doc`).
+    fn new(
+        peer: &'a str,
+        exit: &ExitInfo,
+        collected: &'a Collected,
+        doc: &mut JsonDoc<'a>,
+    ) -> JobReport<'a> {
         JobReport {
+            stdout: doc.text(&collected.0),
+            stdout_base64: doc.base64(&collected.0),
+            stderr: doc.text(&collected.1),
+            stderr_base64: doc.base64(&collected.1),
             peer,
             exit_code: exit.status(),
             code: exit.code,
             signal: exit.signal,
             timed_out: exit.timed_out,
             duration_ms: exit.duration_ms,
-            stdout,
-            stderr,
-            stdout_base64,
-            stderr_base64,
             error: None,
             stale: None,
         }
@@ -104,7 +110,8 @@ pub fn run(
     };
 
     // With --json the output is collected for the final document.
-    let mut collected: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+    let store = Store::new();
+    let mut collected: Collected = (Spool::new(&store), Spool::new(&store));
     let started = std::time::Instant::now();
     // Said by `started` when the registry came from the worker's kept copy.
     let mut kept: Option<StaleRegistry> = None;
@@ -130,7 +137,7 @@ pub fn run(
             Ok(Some(event)) => event,
             Ok(None) if as_json && has_output(&collected) => {
                 let e = conn::lost_connection(conn.path(), true);
-                return Ok(failed_report(&target, started, &collected, &e));
+                return Ok(failed_report(&target, started, &mut collected, &e));
             }
             Ok(None) => return Err(conn::lost_connection(conn.path(), true)),
             Err(e) if stop::is_stop(&e) && as_json => {
@@ -141,10 +148,12 @@ pub fn run(
                     timed_out: false,
                     duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 };
-                let mut report = JobReport::new(&target, &exit, &collected);
+                finish(&mut collected);
+                let mut doc = JsonDoc::new();
+                let mut report = JobReport::new(&target, &exit, &collected, &mut doc);
                 report.exit_code = stop::status().unwrap_or(255);
                 report.error = Some(format!("{}: the job was cancelled", e.error));
-                render::out(&render::json(&report));
+                print_report(&doc, &report);
                 return Err(e);
             }
             Err(e) => return Err(e),
@@ -171,14 +180,14 @@ pub fn run(
             }
             Event::Stdout { data } => {
                 if as_json {
-                    collected.0.extend_from_slice(&data.0);
+                    collected.0.push(&data.0);
                 } else {
                     write_chunk(Stream::Out, &data.0)?;
                 }
             }
             Event::Stderr { data } => {
                 if as_json {
-                    collected.1.extend_from_slice(&data.0);
+                    collected.1.push(&data.0);
                 } else {
                     write_chunk(Stream::Err, &data.0)?;
                 }
@@ -195,9 +204,11 @@ pub fn run(
                     errln!("{}", timed_out_message(&peer, timeout));
                 }
                 if as_json {
-                    let mut report = JobReport::new(&peer, &exit, &collected);
+                    finish(&mut collected);
+                    let mut doc = JsonDoc::new();
+                    let mut report = JobReport::new(&peer, &exit, &collected, &mut doc);
                     report.stale = kept.take();
-                    render::out(&render::json(&report));
+                    print_report(&doc, &report);
                 }
                 return Ok(exit.status());
             }
@@ -210,7 +221,7 @@ pub fn run(
             // document still holds the output that came before (without
             // output, the error's own document, as for any command).
             Event::Error(e) if as_json && has_output(&collected) => {
-                return Ok(failed_report(&target, started, &collected, &e));
+                return Ok(failed_report(&target, started, &mut collected, &e));
             }
             Event::Error(e) => return Err(older_daemon(e)),
             Event::Result { .. } => {
@@ -224,8 +235,22 @@ pub fn run(
     }
 }
 
-fn has_output(collected: &(Vec<u8>, Vec<u8>)) -> bool {
+/// A job's stdout and stderr kept for `--json`: on disk past 16 MiB
+/// ([`crate::output::Spool`]), so a big output costs the client no memory.
+type Collected = (Spool, Spool);
+
+fn has_output(collected: &Collected) -> bool {
     !collected.0.is_empty() || !collected.1.is_empty()
+}
+
+fn finish(collected: &mut Collected) {
+    collected.0.finish();
+    collected.1.finish();
+}
+
+/// Print the `--json` document, its outputs streamed from their spools.
+fn print_report(doc: &JsonDoc, report: &JobReport) {
+    stdio::with(Stream::Out, |w| doc.write(&render::json(report), w));
 }
 
 /// The `--json` document of a job that ended without a status (`error`
@@ -233,7 +258,7 @@ fn has_output(collected: &(Vec<u8>, Vec<u8>)) -> bool {
 fn failed_report(
     target: &str,
     started: std::time::Instant,
-    collected: &(Vec<u8>, Vec<u8>),
+    collected: &mut Collected,
     error: &ErrorBody,
 ) -> i32 {
     const STATUS: i32 = 255;
@@ -243,10 +268,12 @@ fn failed_report(
         timed_out: false,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
-    let mut report = JobReport::new(target, &exit, collected);
+    finish(collected);
+    let mut doc = JsonDoc::new();
+    let mut report = JobReport::new(target, &exit, collected, &mut doc);
     report.exit_code = STATUS;
     report.error = Some(error.error.clone());
-    render::out(&render::json(&report));
+    print_report(&doc, &report);
     crate::stdio::err(render::error_text(error).as_bytes());
     STATUS
 }
@@ -348,14 +375,24 @@ mod tests {
             timed_out: false,
             duration_ms: 5,
         };
-        let text = (b"hi\n".to_vec(), Vec::new());
+        let doc_of = |out: &[u8], err: &[u8]| -> String {
+            let store = Store::new();
+            let mut c: Collected = (Spool::new(&store), Spool::new(&store));
+            c.0.push(out);
+            c.1.push(err);
+            let mut doc = JsonDoc::new();
+            let r = JobReport::new("x", &exit, &c, &mut doc);
+            let mut v = Vec::new();
+            doc.write(&serde_json::to_string(&r).unwrap(), &mut v)
+                .unwrap();
+            String::from_utf8(v).unwrap()
+        };
         assert_eq!(
-            serde_json::to_string(&JobReport::new("x", &exit, &text)).unwrap(),
+            doc_of(b"hi\n", b""),
             r#"{"peer":"x","exit_code":3,"code":3,"signal":null,"timed_out":false,"duration_ms":5,"stdout":"hi\n","stderr":""}"#
         );
         // Not UTF-8: the text is lossy, the bytes exact beside it.
-        let binary = (b"a\xffb\n".to_vec(), b"\xfe".to_vec());
-        let v = serde_json::to_value(JobReport::new("x", &exit, &binary)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&doc_of(b"a\xffb\n", b"\xfe")).unwrap();
         assert_eq!(v["stdout"], "a\u{fffd}b\n");
         assert_eq!(v["stdout_base64"], "Yf9iCg==");
         assert_eq!(v["stderr_base64"], "/g==");

@@ -484,3 +484,134 @@ fn fanout_through_the_leader() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("relay via"), "{}", stderr(&o));
 }
+
+/// Run `d ARGS` on `from`, reading its stdout while sampling its peak RSS
+/// (`VmHWM`, KiB) until it exits; (output, peak KiB).
+fn d_with_peak_rss(from: &TestDaemon, args: &[&str]) -> (std::process::Output, u64) {
+    use std::io::Read;
+    let mut child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(from.socket())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run d");
+    let pid = child.id();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    // Read slowly enough that d is still writing while it is measured.
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) | Err(_) => return v,
+                Ok(n) => v.extend_from_slice(&buf[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kb) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let status = child.wait().unwrap();
+    let o = std::process::Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    };
+    (o, peak)
+}
+
+/// `--json` and `--gather` keep every peer's whole output for the end; the
+/// client's memory stays bounded however much they print (it spills to a
+/// temporary file past 16 MiB): 2 × 64 MiB of output, client peak RSS far
+/// below it, every byte in the document.
+#[test]
+fn kept_output_does_not_grow_the_client() {
+    const MIB: u64 = 1 << 20;
+    let m = Mesh::start();
+    let size = 64 * MIB;
+    let cmd = format!("yes 0123456789abcdef | head -c {size}");
+    let expect_line = "0123456789abcdef";
+
+    let (o, peak) = d_with_peak_rss(
+        &m.vps,
+        &[
+            "--json",
+            "execOnPeer",
+            "--peer",
+            "desktop,laptop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &cmd,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON document");
+    for p in v.as_array().unwrap() {
+        let text = p["stdout"].as_str().unwrap();
+        assert_eq!(text.len() as u64, size, "{}", p["peer"]);
+        // (`head -c` cuts the last line.)
+        assert!(text.lines().all(|l| expect_line.starts_with(l)));
+        assert!(p.get("stdout_base64").is_none());
+    }
+    eprintln!("client peak RSS {peak} KiB (--json, 2 x 64 MiB)");
+    assert!(
+        peak < 80 * 1024,
+        "client peak RSS {peak} KiB for 128 MiB of output (--json)"
+    );
+
+    let (o, peak) = d_with_peak_rss(&m.vps, &["@desktop,laptop", "--gather", &cmd]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let header = "----------------\ndesktop,laptop\n----------------\n";
+    assert!(o.stdout.starts_with(header.as_bytes()));
+    // (The last line gets its newline.)
+    assert_eq!(o.stdout.len() as u64, header.len() as u64 + size + 1);
+    assert!(
+        peak < 80 * 1024,
+        "client peak RSS {peak} KiB for 128 MiB of output (--gather)"
+    );
+
+    // One job's --json, output not UTF-8: the exact bytes in base64 too.
+    let (o, peak) = d_with_peak_rss(
+        &m.vps,
+        &[
+            "--json",
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            &format!("head -c {} /dev/zero | tr '\\0' '\\377'", 32 * MIB),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("a JSON document");
+    let b64 = v["stdout_base64"].as_str().unwrap();
+    assert_eq!(b64.len() as u64, (32 * MIB).div_ceil(3) * 4);
+    assert!(b64.starts_with("////"));
+    assert!(
+        peak < 80 * 1024,
+        "client peak RSS {peak} KiB for 32 MiB of output (single --json)"
+    );
+}

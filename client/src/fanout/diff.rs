@@ -6,49 +6,104 @@
 
 use similar::TextDiff;
 
-/// Distinct stdout outputs with the peers that printed them, the most
-/// common first (ties: the one seen first).
-pub fn groups<'a>(outputs: &[(&'a str, &'a [u8])]) -> Vec<(Vec<&'a str>, &'a [u8])> {
-    let mut groups: Vec<(Vec<&str>, &[u8])> = Vec::new();
+use super::peer::PeerRun;
+use super::Outcome;
+use crate::output::{Key, Spool};
+use crate::stdio;
+
+/// `new`'s output as a unified diff against the reference's, under the
+/// `--- PEERS (N)` / `+++ PEERS (M)` header.
+fn unified(old: (&[&str], &[u8]), new: (&[&str], &[u8])) -> String {
+    let name = |peers: &[&str]| format!("{} ({})", peers.join(","), peers.len());
+    let (a, b) = (
+        String::from_utf8_lossy(old.1),
+        String::from_utf8_lossy(new.1),
+    );
+    TextDiff::from_lines(a.as_ref(), b.as_ref())
+        .unified_diff()
+        .context_radius(3)
+        .missing_newline_hint(true)
+        .header(&name(old.0), &name(new.0))
+        .to_string()
+}
+
+/// Largest stdout `--diff` shows as text (16 MiB): a bigger one is said to
+/// differ, with its size, instead of being read into memory.
+pub const MAX_TEXT: u64 = 16 << 20;
+
+/// `--diff` for a finished fan-out: the stdout of the peers that exited.
+pub(super) fn print(peers: &[String], runs: &[PeerRun]) {
+    let outputs: Vec<(&str, &Spool)> = peers
+        .iter()
+        .zip(runs)
+        .filter_map(|(p, r)| match (&r.outcome, &r.stdout) {
+            (Outcome::Exit(_), Some(out)) => Some((p.as_str(), out)),
+            _ => None,
+        })
+        .collect();
+    each_diff(&outputs, &mut |text| stdio::out(text.as_bytes()));
+}
+
+/// The outputs grouped by length and SHA-256 (nothing read back), the most
+/// common first (ties: the one seen first); then `f` gets each other group's
+/// diff against it, one group in memory at a time, until it returns false.
+fn each_diff(outputs: &[(&str, &Spool)], f: &mut dyn FnMut(String) -> bool) {
+    let mut groups: Vec<(Vec<&str>, &Spool, Key)> = Vec::new();
     for &(peer, out) in outputs {
-        match groups.iter_mut().find(|g| g.1 == out) {
+        let key = out.key();
+        match groups.iter_mut().find(|g| g.2 == key) {
             Some(g) => g.0.push(peer),
-            None => groups.push((vec![peer], out)),
+            None => groups.push((vec![peer], out, key)),
         }
     }
     // Stable: equal counts keep the order first seen.
     groups.sort_by_key(|g| std::cmp::Reverse(g.0.len()));
-    groups
-}
-
-/// The diffs of every output against the most common one (text: outputs
-/// that are not UTF-8 are compared after a lossy conversion).
-pub fn render(outputs: &[(&str, &[u8])]) -> String {
-    let groups = groups(outputs);
-    let Some((reference, rest)) = groups.split_first() else {
-        return String::new();
+    let Some(((ref_peers, ref_out, _), rest)) = groups.split_first() else {
+        return;
     };
-    let name = |peers: &[&str]| format!("{} ({})", peers.join(","), peers.len());
-    let old = String::from_utf8_lossy(reference.1);
-    let mut text = String::new();
-    for (peers, out) in rest {
-        let new = String::from_utf8_lossy(out);
-        let diff = TextDiff::from_lines(old.as_ref(), new.as_ref());
-        text.push_str(
-            &diff
-                .unified_diff()
-                .context_radius(3)
-                .missing_newline_hint(true)
-                .header(&name(&reference.0), &name(peers))
-                .to_string(),
-        );
+    let reference = ref_out.to_vec(MAX_TEXT);
+    for (peers, out, _) in rest {
+        let text = match (&reference, out.to_vec(MAX_TEXT)) {
+            (Some(a), Some(b)) => unified((ref_peers, a), (peers, &b)),
+            _ => format!(
+                "--- {} +++ {}: outputs differ ({} and {} bytes; --diff shows at most {} MiB as text, --outdir keeps them whole)\n",
+                ref_peers.join(","),
+                peers.join(","),
+                ref_out.len(),
+                out.len(),
+                MAX_TEXT >> 20
+            ),
+        };
+        if !f(text) {
+            return;
+        }
     }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::Store;
+
+    /// The diffs of `raw` as `--diff` prints them.
+    fn render(raw: &[(&str, &[u8])]) -> String {
+        let store = Store::new();
+        let spools: Vec<(&str, Spool)> = raw
+            .iter()
+            .map(|&(p, o)| {
+                let mut s = Spool::new(&store);
+                s.push(o);
+                (p, s)
+            })
+            .collect();
+        let outputs: Vec<(&str, &Spool)> = spools.iter().map(|(p, s)| (*p, s)).collect();
+        let mut text = String::new();
+        each_diff(&outputs, &mut |t| {
+            text.push_str(&t);
+            true
+        });
+        text
+    }
 
     #[test]
     fn the_most_common_output_is_the_reference() {
@@ -58,9 +113,6 @@ mod tests {
             ("laptop", b"a\nb\nc\n"),
             ("web1", b"a\nb\nc\n"),
         ];
-        let g = groups(&outputs);
-        assert_eq!(g[0].0, ["vps", "laptop", "web1"]);
-        assert_eq!(g[1].0, ["desktop"]);
         assert_eq!(
             render(&outputs),
             "--- vps,laptop,web1 (3)\n+++ desktop (1)\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n"

@@ -45,6 +45,7 @@ use d_proto::control::{ExecOpts, Request};
 use d_proto::types::ErrorBody;
 
 use crate::input::Input;
+use crate::output::Spool;
 use crate::stdio::{self};
 use crate::{render, stop};
 use peer::{run_one, Feed, How, PeerRun};
@@ -357,25 +358,33 @@ pub fn run(
         .collect();
 
     if opts.json {
-        let reports: Vec<PeerReport> = peers.iter().zip(&runs).map(|(p, r)| report(p, r)).collect();
-        render::out(&render::json(&reports));
+        let mut doc = crate::output::JsonDoc::new();
+        let reports: Vec<PeerReport> = peers
+            .iter()
+            .zip(&runs)
+            .map(|(p, r)| report(p, r, &mut doc))
+            .collect();
+        stdio::with(stdio::Stream::Out, |w| {
+            doc.write(&render::json(&reports), w)
+        });
     } else {
         if opts.gather {
-            let outputs: Vec<(&str, &[u8], &[u8])> = peers
+            let none = crate::output::Spool::new(&crate::output::Store::new());
+            let outputs: Vec<(&str, &Spool, &Spool)> = peers
                 .iter()
                 .zip(&runs)
-                .map(|(p, r)| (p.as_str(), &r.stdout[..], &r.stderr[..]))
+                .map(|(p, r)| {
+                    (
+                        p.as_str(),
+                        r.stdout.as_ref().unwrap_or(&none),
+                        r.stderr.as_ref().unwrap_or(&none),
+                    )
+                })
                 .collect();
             print_groups(&outputs);
         }
         if opts.diff {
-            let outputs: Vec<(&str, &[u8])> = peers
-                .iter()
-                .zip(&runs)
-                .filter(|(_, r)| matches!(r.outcome, Outcome::Exit(_)))
-                .map(|(p, r)| (p.as_str(), &r.stdout[..]))
-                .collect();
-            stdio::out(diff::render(&outputs).as_bytes());
+            diff::print(peers, &runs);
         }
         let rows: Vec<(&str, String)> = peers
             .iter()

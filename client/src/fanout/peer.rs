@@ -11,15 +11,16 @@ use d_proto::types::{ErrorBody, ErrorKind};
 use super::{outdir, Options, Outcome};
 use crate::conn::{self, Conn};
 use crate::input::Input;
-use crate::output::{Keep, Lines};
+use crate::output::{Keep, Lines, Spool, Store};
 use crate::render;
 use crate::stdio::{self, Stream};
 
 /// One peer's run.
 pub(super) struct PeerRun {
     pub outcome: Outcome,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    /// The whole stdout and stderr, when the options keep them ([`How`]).
+    pub stdout: Option<Spool>,
+    pub stderr: Option<Spool>,
     pub duration: Duration,
     /// The head and tail of stdout and stderr, for the job history.
     pub kept: Option<(Keep, Keep)>,
@@ -29,8 +30,8 @@ impl PeerRun {
     pub fn not_run(outcome: Outcome) -> PeerRun {
         PeerRun {
             outcome,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
+            stdout: None,
+            stderr: None,
             duration: Duration::ZERO,
             kept: None,
         }
@@ -69,13 +70,15 @@ impl<'a> Feed<'a> {
 }
 
 /// Where a peer's output goes: each stream printed live (prefixed lines),
-/// kept whole for the end (`--gather`, `--json`, `--diff`), or neither;
+/// kept whole for the end (`--gather`, `--json`, `--diff`, in [`Spool`]s
+/// sharing one [`Store`]: memory bounded for the whole fan-out), or neither;
 /// and, with `--outdir`, into that peer's files.
 pub(super) struct How<'a> {
     live_out: bool,
     live_err: bool,
     keep_out: bool,
     keep_err: bool,
+    store: std::sync::Arc<Store>,
     outdir: Option<&'a Path>,
 }
 
@@ -89,6 +92,7 @@ impl<'a> How<'a> {
             live_err: !keep_err && !files,
             keep_out,
             keep_err,
+            store: Store::new(),
             outdir: opts.outdir.as_deref(),
         }
     }
@@ -112,7 +116,10 @@ pub(super) fn run_one(
     let started = Instant::now();
     let mut out = Lines::new(peer);
     let mut err = Lines::new(peer);
-    let mut kept = (Vec::new(), Vec::new());
+    let mut kept = (
+        how.keep_out.then(|| Spool::new(&how.store)),
+        how.keep_err.then(|| Spool::new(&how.store)),
+    );
     let mut history = keep.map(|cap| (Keep::new(cap), Keep::new(cap)));
     let mut files = None;
     let outcome = (|| -> Outcome {
@@ -182,8 +189,8 @@ pub(super) fn run_one(
                     if how.live_out {
                         stdio::with(Stream::Out, |w| out.push(&data.0, w));
                     }
-                    if how.keep_out {
-                        kept.0.extend_from_slice(&data.0);
+                    if let Some(s) = kept.0.as_mut() {
+                        s.push(&data.0);
                     }
                 }
                 Event::Stderr { data } => {
@@ -196,8 +203,8 @@ pub(super) fn run_one(
                     if how.live_err {
                         stdio::with(Stream::Err, |w| err.push(&data.0, w));
                     }
-                    if how.keep_err {
-                        kept.1.extend_from_slice(&data.0);
+                    if let Some(s) = kept.1.as_mut() {
+                        s.push(&data.0);
                     }
                 }
                 Event::Exit { exit, .. } => {
@@ -230,6 +237,9 @@ pub(super) fn run_one(
     }
     if how.live_err {
         stdio::with(Stream::Err, |w| err.finish(w));
+    }
+    for s in [kept.0.as_mut(), kept.1.as_mut()].into_iter().flatten() {
+        s.finish();
     }
     // The output is said written only once it is on the disk.
     let outcome = match (files.map(outdir::OutFiles::finish), outcome) {

@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
-use d_proto::types::B64;
 use serde::Serialize;
 
 use super::peer::PeerRun;
 use super::Outcome;
-use crate::{render, stop};
+use crate::output::JsonDoc;
+use crate::stop;
 
-/// The `--json` object of one peer.
+/// The `--json` object of one peer; `stdout` and `stderr` (and their
+/// base64) are markers a [`JsonDoc`] replaces with the peer's spools.
 #[derive(Debug, Serialize)]
 pub(super) struct PeerReport<'a> {
     peer: &'a str,
@@ -24,12 +25,13 @@ pub(super) struct PeerReport<'a> {
     error: Option<String>,
     /// The exact bytes, when `stdout` is not UTF-8 (then `stdout` is lossy).
     #[serde(skip_serializing_if = "Option::is_none")]
-    stdout_base64: Option<B64>,
+    stdout_base64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    stderr_base64: Option<B64>,
+    stderr_base64: Option<String>,
 }
 
-pub(super) fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
+/// The object of `peer`, its outputs entered in `doc`.
+pub(super) fn report<'a>(peer: &'a str, r: &'a PeerRun, doc: &mut JsonDoc<'a>) -> PeerReport<'a> {
     let (code, signal, timed_out, duration_ms) = match &r.outcome {
         Outcome::Exit(e) => (e.code, e.signal, e.timed_out, e.duration_ms),
         Outcome::Failed(_) => (None, None, false, millis(r.duration)),
@@ -37,8 +39,12 @@ pub(super) fn report<'a>(peer: &'a str, r: &PeerRun) -> PeerReport<'a> {
         Outcome::Skipped(_) => (None, None, false, 0),
         Outcome::Offline => (None, None, false, 0),
     };
-    let (stdout, stdout_base64) = render::json_text(&r.stdout);
-    let (stderr, stderr_base64) = render::json_text(&r.stderr);
+    let mut text = |s: &'a Option<crate::output::Spool>| match s {
+        Some(s) => (doc.text(s), doc.base64(s)),
+        None => (String::new(), None),
+    };
+    let (stdout, stdout_base64) = text(&r.stdout);
+    let (stderr, stderr_base64) = text(&r.stderr);
     PeerReport {
         peer,
         exit_code: r.outcome.status(),
@@ -87,7 +93,7 @@ mod tests {
             ..PeerRun::not_run(Outcome::Failed(ErrorBody::peer_not_found("nosuch")))
         };
         assert_eq!(
-            serde_json::to_string(&report("nosuch", &r)).unwrap(),
+            serde_json::to_string(&report("nosuch", &r, &mut JsonDoc::new())).unwrap(),
             r#"{"peer":"nosuch","exit_code":255,"code":null,"signal":null,"timed_out":false,"duration_ms":7,"stdout":"","stderr":"","error":"Peer not found: nosuch"}"#
         );
     }

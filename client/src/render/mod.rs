@@ -10,7 +10,7 @@ pub use views::*;
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use d_proto::types::{ErrorBody, B64};
+use d_proto::types::ErrorBody;
 use serde::Serialize;
 
 /// Unix seconds now (0 if the clock is before 1970).
@@ -182,18 +182,6 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
         .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode output: {e}\"}}"));
     s.push('\n');
     s
-}
-
-/// Captured output as `--json` carries it: the text (lossy where the bytes
-/// are not UTF-8) and then, only then, the exact bytes (`B64`, base64).
-pub fn json_text(bytes: &[u8]) -> (String, Option<B64>) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => (s.to_string(), None),
-        Err(_) => (
-            String::from_utf8_lossy(bytes).into_owned(),
-            Some(B64(bytes.to_vec())),
-        ),
-    }
 }
 
 /// Write to stdout and flush, checked ([`crate::stdio`]): a failure is
