@@ -235,6 +235,16 @@ fn leaders_kept_apart_meet_without_lost_or_duplicate_enrollments() {
     let mut lb = join_leader(&la, "lb", "127.0.17.52");
     wait_linked_to(&la, 1);
     let (a_addr, b_addr) = (la.listen(), lb.listen());
+    // A leader that hangs (SIGSTOP): the other enrolls meanwhile; once it
+    // runs again it catches up by itself.
+    signal(lb.pid(), libc::SIGSTOP);
+    let xs = TestDaemon::start("xs", "127.0.17.57");
+    join(&xs, &invite(&la, &[]), "xs");
+    signal(lb.pid(), libc::SIGCONT);
+    wait_for(WAIT, "xs replicated to lb after SIGCONT", || {
+        key_on(&lb, "xs").is_some()
+    });
+    drop(xs);
     // Tokens minted before the two are apart (each leader spends its own).
     let ta = invite(&la, &["--id", "dup"]);
     let tb = invite(&lb, &["--id", "dup"]);
