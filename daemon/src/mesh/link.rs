@@ -217,6 +217,20 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
             Some(k) if !joins => Some(k),
             _ => trust.key_for(&addr_text, first),
         };
+        if mesh.me.key().is_none() && pinned.is_none() && trust.join.is_none() && !first {
+            // Another leader whose key no linked leader has told yet: the
+            // registry may name it soon (several leaders).
+            set(
+                LinkState::Connecting,
+                Some(format!("no key known for the leader at {addr_text} yet (the other leaders' registry names it once it is enrolled)")),
+                None,
+            );
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            continue;
+        }
         if mesh.me.key().is_none() && pinned.is_none() && trust.join.is_none() {
             // Retrying cannot help: say what to do and wait for a token.
             let msg = "this daemon has not joined a mesh: run `d invite` on the leader, then `d join TOKEN` here".to_string();
