@@ -1271,12 +1271,16 @@ _d() {
             return 0
             ;;
         d__subcmd__jobs__subcmd__rerun)
-            opts="-v -h --failed --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
+            opts="-v -h --failed --env --batch --batch-wait --max-errors --fail-fast --canary --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --env)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --batch)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -132,7 +132,7 @@ complete -c d -n "__fish_d_using_subcommand remotePull" -l peer -d 'Target: a pe
 complete -c d -n "__fish_d_using_subcommand remotePull" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
 complete -c d -n "__fish_d_using_subcommand remotePull" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
 complete -c d -n "__fish_d_using_subcommand remotePull" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
-complete -c d -n "__fish_d_using_subcommand remotePull" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
+complete -c d -n "__fish_d_using_subcommand remotePull" -l canary -d 'Run the first N peers first (N at least 1); the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand remotePull" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand remotePull" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand remotePull" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
@@ -142,7 +142,7 @@ complete -c d -n "__fish_d_using_subcommand remoteBd" -l peer -d 'Target: a peer
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
-complete -c d -n "__fish_d_using_subcommand remoteBd" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
+complete -c d -n "__fish_d_using_subcommand remoteBd" -l canary -d 'Run the first N peers first (N at least 1); the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand remoteBd" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
@@ -152,7 +152,7 @@ complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l peer -d 'Targ
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
-complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
+complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l canary -d 'Run the first N peers first (N at least 1); the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
 complete -c d -n "__fish_d_using_subcommand remoteDeployDaemon" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
@@ -164,7 +164,7 @@ complete -c d -n "__fish_d_using_subcommand doctor" -l json -d 'Print one machin
 complete -c d -n "__fish_d_using_subcommand doctor" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c d -n "__fish_d_using_subcommand execLog" -l peer -d 'Only jobs this peer asked for or ran' -r -f
-complete -c d -n "__fish_d_using_subcommand execLog" -l limit -d 'At most this many rows' -r -f
+complete -c d -n "__fish_d_using_subcommand execLog" -l limit -d 'At most this many rows (1 to 10000, what the daemon serves)' -r -f
 complete -c d -n "__fish_d_using_subcommand execLog" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand execLog" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand execLog" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
@@ -178,7 +178,7 @@ complete -c d -n "__fish_d_using_subcommand execOnPeer" -l outdir -d 'With sever
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
-complete -c d -n "__fish_d_using_subcommand execOnPeer" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
+complete -c d -n "__fish_d_using_subcommand execOnPeer" -l canary -d 'Run the first N peers first (N at least 1); the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -s u -l user -d 'Run as this user of the target: its uid, groups, HOME, USER, LOGNAME, SHELL, its login shell, its home as the default directory (the target\'s daemon must run as root)' -r -f -a "(__fish_complete_users)"
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l env -d 'Set a variable for the job (repeatable; the audit log records the name, never the value)' -r -f
 complete -c d -n "__fish_d_using_subcommand execOnPeer" -l socket -d 'Control socket of the local daemon' -r -F
@@ -226,16 +226,17 @@ complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand
 complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand_from show rerun help" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand_from show rerun help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand_from show rerun help" -f -a "show" -d 'One job: its target, command and how each peer ended (exit 1 if any did not succeed)'
-complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand_from show rerun help" -f -a "rerun" -d 'Run a job\'s command again on its peers (`--failed`: only on those that did not succeed)'
+complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand_from show rerun help" -f -a "rerun" -d 'Run a job\'s command again on its peers (`--failed`: only on those that did not succeed), with its --user and --timeout; a job that had --env needs the values again'
 complete -c d -n "__fish_d_using_subcommand jobs; and not __fish_seen_subcommand_from show rerun help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from show" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from show" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from show" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l env -d 'The values of the job\'s --env variables (the history keeps only their names)' -r
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l batch -d 'With several peers: at most N (or N% of them) at once; the next starts as one finishes' -r
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l batch-wait -d 'With --batch: seconds to wait after a peer finishes before its slot starts the next' -r
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l max-errors -d 'Stop starting peers once more than N (or N% of them) have failed; running ones finish' -r
-complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l canary -d 'Run the first N peers first; the others start only if all N succeeded' -r
+complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l canary -d 'Run the first N peers first (N at least 1); the others start only if all N succeeded' -r
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l failed -d 'Only the peers that did not succeed in that job'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -l fail-fast -d 'Stop starting peers at the first failure (= --max-errors 0)'
@@ -243,7 +244,7 @@ complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_fro
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from rerun" -s h -l help -d 'Print help'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from help" -f -a "show" -d 'One job: its target, command and how each peer ended (exit 1 if any did not succeed)'
-complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from help" -f -a "rerun" -d 'Run a job\'s command again on its peers (`--failed`: only on those that did not succeed)'
+complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from help" -f -a "rerun" -d 'Run a job\'s command again on its peers (`--failed`: only on those that did not succeed), with its --user and --timeout; a job that had --env needs the values again'
 complete -c d -n "__fish_d_using_subcommand jobs; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c d -n "__fish_d_using_subcommand targets" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand targets" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
@@ -286,7 +287,7 @@ complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke rotateKey join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh cp jobs targets completions mcp help" -f -a "mcp" -d 'Serve d to an AI assistant: a Model Context Protocol server on stdio'
 complete -c d -n "__fish_d_using_subcommand help; and not __fish_seen_subcommand_from ping getPeerStatus setPeerConfig registerWorker listPeers invite revoke rotateKey join getPeerInfo deletePeer getPeerIdByIp dbSanityCheck remotePull remoteBd remoteDeployDaemon doctor execLog execOnPeer execOnPeerByIp rsh cp jobs targets completions mcp help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c d -n "__fish_d_using_subcommand help; and __fish_seen_subcommand_from jobs" -f -a "show" -d 'One job: its target, command and how each peer ended (exit 1 if any did not succeed)'
-complete -c d -n "__fish_d_using_subcommand help; and __fish_seen_subcommand_from jobs" -f -a "rerun" -d 'Run a job\'s command again on its peers (`--failed`: only on those that did not succeed)'
+complete -c d -n "__fish_d_using_subcommand help; and __fish_seen_subcommand_from jobs" -f -a "rerun" -d 'Run a job\'s command again on its peers (`--failed`: only on those that did not succeed), with its --user and --timeout; a job that had --env needs the values again'
 
 # ---- Peer ids (hand-written part) ----
 # `--peer <TAB>` and `d @<TAB>` complete peer ids from `d __complete-peers`,

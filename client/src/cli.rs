@@ -232,8 +232,9 @@ pub enum Command {
         /// Only jobs this peer asked for or ran.
         #[arg(long, value_name = "ID", value_parser = peer_id, value_hint = ValueHint::Other)]
         peer: Option<String>,
-        /// At most this many rows.
-        #[arg(long, value_name = "N", default_value_t = 50, value_hint = ValueHint::Other)]
+        /// At most this many rows (1 to 10000, what the daemon serves).
+        #[arg(long, value_name = "N", default_value_t = 50, value_hint = ValueHint::Other,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
 
@@ -420,7 +421,7 @@ pub struct JobFlags {
     pub no_stdin: bool,
     /// Run as this user of the target: its uid, groups, HOME, USER, LOGNAME, SHELL, its
     /// login shell, its home as the default directory (the target's daemon must run as root).
-    #[arg(short = 'u', long, value_name = "USER", value_hint = ValueHint::Username)]
+    #[arg(short = 'u', long, value_name = "USER", value_hint = ValueHint::Username, value_parser = user_name)]
     pub user: Option<String>,
     /// Set a variable for the job (repeatable; the audit log records the name, never the value).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = env_pair, value_hint = ValueHint::Other)]
@@ -443,12 +444,27 @@ impl JobFlags {
     }
 }
 
-/// `NAME=VALUE` of `--env`.
+/// `NAME=VALUE` of `--env`, checked as the target checks it
+/// ([`d_proto::env::check_var`]): a bad one is a usage error here.
 pub fn env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some((k, v)) if !k.is_empty() => {
+            d_proto::env::check_var(k, v).map_err(|e| match e.hint {
+                Some(h) => format!("{} ({h})", e.error),
+                None => e.error,
+            })?;
+            Ok((k.to_string(), v.to_string()))
+        }
         _ => Err(format!("expected NAME=VALUE, got {s:?}")),
     }
+}
+
+/// `--user NAME`: not empty.
+pub fn user_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("give a user name of the target (empty given)".into());
+    }
+    Ok(s.to_string())
 }
 
 /// `--parallel` of `execOnPeer` and `d @a,b`: peers run at once.

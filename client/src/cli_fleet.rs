@@ -14,13 +14,17 @@ pub enum JobsAction {
         #[arg(value_name = "ID")]
         id: i64,
     },
-    /// Run a job's command again on its peers (`--failed`: only on those that did not succeed).
+    /// Run a job's command again on its peers (`--failed`: only on those that did not succeed),
+    /// with its --user and --timeout; a job that had --env needs the values again.
     Rerun {
         #[arg(value_name = "ID")]
         id: i64,
         /// Only the peers that did not succeed in that job.
         #[arg(long)]
         failed: bool,
+        /// The values of the job's --env variables (the history keeps only their names).
+        #[arg(long = "env", value_name = "NAME=VALUE", value_parser = crate::cli::env_pair)]
+        env: Vec<(String, String)>,
         #[command(flatten)]
         rollout: RolloutArgs,
     },
@@ -59,9 +63,9 @@ pub struct RolloutArgs {
     /// Stop starting peers at the first failure (= --max-errors 0).
     #[arg(long = "fail-fast", conflicts_with = "max_errors")]
     pub fail_fast: bool,
-    /// Run the first N peers first; the others start only if all N succeeded.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub canary: usize,
+    /// Run the first N peers first (N at least 1); the others start only if all N succeeded.
+    #[arg(long, value_name = "N", value_parser = canary_count)]
+    pub canary: Option<usize>,
 }
 
 /// `N` or `N%` of the peers of the run.
@@ -111,6 +115,16 @@ impl Amount {
                 }
             }
         }
+    }
+}
+
+/// `--canary N`: N ≥ 1 (`--canary 0` would be no canary at all: say so
+/// rather than run without one).
+fn canary_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0: a canary run needs at least 1 peer (leave --canary out for none)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?}: give a number of peers, e.g. 1")),
     }
 }
 

@@ -94,8 +94,9 @@ pub struct Conn {
     pending: Option<Option<Event>>,
     /// Where reads land before joining `buf` (allocated at the first read).
     scratch: Vec<u8>,
-    /// A stop ([`crate::stop`]) shuts the stream down: the daemon cancels.
-    _stop: stop::Registration,
+    /// A stop ([`crate::stop`]) shuts the stream down: the daemon cancels
+    /// (`None`: a connection for what is owed after a stop, [`record`]).
+    _stop: Option<stop::Registration>,
 }
 
 impl Conn {
@@ -125,7 +126,7 @@ impl Conn {
             timed_out: false,
             pending: None,
             scratch: Vec::new(),
-            _stop: registration,
+            _stop: Some(registration),
         })
     }
 
@@ -355,9 +356,37 @@ pub fn request(path: &Path, verbose: bool, req: &Request) -> Result<Value, Error
 
 /// [`request`], the result left unparsed until its shape is known.
 pub fn request_answer(path: &Path, verbose: bool, req: &Request) -> Result<Answer, ErrorBody> {
-    let started = Instant::now();
-    let mut conn = Conn::connect(path, verbose)?;
+    let conn = Conn::connect(path, verbose)?;
     conn.set_reply_timeout(Some(REPLY_TIMEOUT))?;
+    answer_on(conn, verbose, req)
+}
+
+/// [`request`] on a connection a stop does not refuse or shut, for what a
+/// run owes once it was interrupted (recording how its job ended in the
+/// history); the answer is waited for at most [`RECORD_TIMEOUT`]. A second
+/// interrupt still ends `d` at once.
+pub fn record(path: &Path, verbose: bool, req: &Request) -> Result<Value, ErrorBody> {
+    let stream = UnixStream::connect(path).map_err(|e| unreachable_error(path, &e))?;
+    let conn = Conn {
+        stream,
+        path: path.to_path_buf(),
+        buf: BytesMut::with_capacity(8 * 1024),
+        decoder: FrameDecoder::new(d_proto::MAX_ANSWER).with_binary(),
+        verbose,
+        timed_out: false,
+        pending: None,
+        scratch: Vec::new(),
+        _stop: None,
+    };
+    conn.set_reply_timeout(Some(RECORD_TIMEOUT))?;
+    answer_on(conn, verbose, req)?.value()
+}
+
+/// How long [`record`] waits for the daemon's answer (5 s).
+pub const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn answer_on(mut conn: Conn, verbose: bool, req: &Request) -> Result<Answer, ErrorBody> {
+    let started = Instant::now();
     conn.send(req)?;
     let answered = || {
         if verbose {

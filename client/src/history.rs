@@ -4,13 +4,16 @@
 //! target word `failed` reads the caller's last finished one.
 //!
 //! Recording is best effort: a daemon that cannot keep it (an older one, a
-//! full disk) does not stop the fan-out; `--verbose` says why.
+//! full disk) does not stop the fan-out, but d says so on stderr (an older
+//! daemon without a history only with `--verbose`), since `d jobs` and
+//! `@failed` will not show the run. How the peers ended is recorded also
+//! when the run was interrupted ([`conn::record`]).
 
 use std::io::IsTerminal;
 use std::path::Path;
 
 use d_proto::control::Request;
-use d_proto::jobs::{JobDetail, JobOp, JobPeer, JobSummary, KeptOutput};
+use d_proto::jobs::{JobDetail, JobOp, JobOptions, JobPeer, JobSummary, KeptOutput};
 use d_proto::types::{ErrorBody, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -21,6 +24,25 @@ use crate::stdio::Stream;
 
 fn ask<T: DeserializeOwned>(socket: &Path, verbose: bool, op: JobOp) -> Result<T, ErrorBody> {
     let v = conn::request(socket, verbose, &Request::Jobs { op })?;
+    parse(v)
+}
+
+/// [`ask`] even after the run was interrupted ([`conn::record`]).
+fn ask_anyway<T: DeserializeOwned>(
+    socket: &Path,
+    verbose: bool,
+    op: JobOp,
+) -> Result<T, ErrorBody> {
+    parse(conn::record(socket, verbose, &Request::Jobs { op })?)
+}
+
+/// Whether a failure to record is worth saying without `--verbose`: not
+/// when the daemon predates the job history.
+fn worth_saying(e: &ErrorBody, verbose: bool) -> bool {
+    verbose || (e.kind != ErrorKind::InvalidRequest && !crate::stop::is_stop(e))
+}
+
+fn parse<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ErrorBody> {
     serde_json::from_value(v).map_err(|e| {
         ErrorBody::new(
             ErrorKind::Other,
@@ -51,12 +73,14 @@ pub fn start(
     directory: &str,
     command: &str,
     peers: &[String],
+    options: JobOptions,
 ) -> Option<Recorded> {
     let op = JobOp::Start {
         target: target.to_string(),
         directory: directory.to_string(),
         command: command.to_string(),
         peers: peers.to_vec(),
+        options,
     };
     match ask::<Recorded>(socket, verbose, op) {
         Ok(r) => {
@@ -71,8 +95,11 @@ pub fn start(
             Some(r)
         }
         Err(e) => {
-            if verbose {
-                errln!("[d] job not recorded: {}", render::clean(&e.error));
+            if worth_saying(&e, verbose) {
+                errln!(
+                    "d: warning: this fan-out is not in the job history: {} (`d jobs` and @failed will not show it)",
+                    render::clean(&e.error)
+                );
             }
             None
         }
@@ -96,22 +123,23 @@ pub fn output(
         stdout,
         stderr,
     };
-    if let Err(e) = ask::<serde::de::IgnoredAny>(socket, verbose, op) {
-        if verbose {
+    if let Err(e) = ask_anyway::<serde::de::IgnoredAny>(socket, verbose, op) {
+        if worth_saying(&e, verbose) {
             errln!(
-                "[d] job {id}: {peer}'s output not kept: {}",
+                "d: warning: job {id}: {peer}'s output not kept in the history: {}",
                 render::clean(&e.error)
             );
         }
     }
 }
 
-/// Record how each peer ended.
+/// Record how each peer ended (also after an interrupt).
 pub fn finish(socket: &Path, verbose: bool, id: i64, peers: Vec<JobPeer>) {
-    if let Err(e) = ask::<serde::de::IgnoredAny>(socket, verbose, JobOp::Finish { id, peers }) {
-        if verbose {
+    let op = JobOp::Finish { id, peers };
+    if let Err(e) = ask_anyway::<serde::de::IgnoredAny>(socket, verbose, op) {
+        if worth_saying(&e, verbose) {
             errln!(
-                "[d] job {id}: end not recorded: {}",
+                "d: warning: job {id}: how its peers ended is not in the history: {} (`d jobs show {id}` says unfinished; @failed means the job before)",
                 render::clean(&e.error)
             );
         }
@@ -199,6 +227,12 @@ pub fn show(socket: &Path, verbose: bool, id: i64, json: bool) -> Result<i32, Er
             }),
             render::clean(&j.command),
         );
+        if !j.options.is_default() {
+            out.push_str(&format!(
+                "options:   {}\n",
+                render::clean(&j.options.describe())
+            ));
+        }
         if j.finished_ms.is_none() {
             out.push_str("(its end was not recorded: still running, or d was stopped)\n");
         }

@@ -21,14 +21,18 @@ use crate::conn::send_all;
 /// Bytes read from stdin at a time (one input frame at most).
 const CHUNK: usize = d_proto::INPUT_CHUNK;
 
-/// Whether `d` forwards its stdin: a pipe, a regular file or a socket, and
-/// not `-n`. A terminal or a character device (`/dev/null`, as cron and
-/// systemd give) is not forwarded: the job reads `/dev/null`, and a job
-/// started from cron stays one an older daemon can run.
+/// Whether `d` forwards its stdin: anything but a terminal and `/dev/null`,
+/// and not with `-n`. A pipe, a file, a socket, a disk (`< /dev/sda`) or
+/// another device (`< /dev/urandom`) goes to the job byte for byte, as ssh
+/// sends it; a directory too (reading it fails, and d says so). A terminal
+/// is not (that is `-t`), nor `/dev/null` (as cron and systemd give: the
+/// job reads its own /dev/null, and a job started from cron stays one an
+/// older daemon can run), nor a closed stdin.
 pub fn wanted(no_stdin: bool) -> bool {
+    use std::io::IsTerminal;
     use std::os::fd::AsFd;
-    use std::os::unix::fs::FileTypeExt;
-    if no_stdin {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if no_stdin || std::io::stdin().is_terminal() {
         return false;
     }
     // A duplicate of fd 0, to ask its type (closed stdin: nothing to send).
@@ -38,8 +42,9 @@ pub fn wanted(no_stdin: bool) -> bool {
     let Ok(meta) = std::fs::File::from(fd).metadata() else {
         return false;
     };
-    let t = meta.file_type();
-    t.is_fifo() || t.is_file() || t.is_socket()
+    // /dev/null is character device 1:3 on Linux (devices.txt).
+    let dev_null = meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3);
+    !dev_null
 }
 
 struct Sink {

@@ -87,9 +87,11 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == complete::HOOK) {
         return complete::hook(&args[2..]);
     }
+    let json = wants_json(args.iter().skip(1).filter_map(|a| a.to_str()));
     let cli = match route_at(&args[1..]) {
-        None => cli::parse().unwrap_or_else(|e| clap_exit(&e)),
-        Some(Err(argv)) => cli::parse_from(&argv).unwrap_or_else(|e| clap_exit(&e)),
+        None => cli::parse().unwrap_or_else(|e| clap_exit(&e, json)),
+        Some(Err(argv)) => cli::parse_from(&argv)
+            .unwrap_or_else(|e| clap_exit(&e, wants_json(argv.iter().map(String::as_str)))),
         Some(Ok((status, exec))) => return exit(status, exec),
     };
     let exec = cli.command.is_exec();
@@ -114,10 +116,30 @@ fn main() -> ExitCode {
     exit(status, exec)
 }
 
+/// Whether `--json` is among the words before a `--` (for a usage error's
+/// document, before the words are parsed).
+fn wants_json<'a>(words: impl Iterator<Item = &'a str>) -> bool {
+    words.take_while(|w| *w != "--").any(|w| w == "--json")
+}
+
 /// Print clap's message (help, version, a usage error) and exit with its
-/// status, or 1 if it could not be written.
-fn clap_exit(e: &clap::Error) -> ! {
+/// status, or 1 if it could not be written. A usage error under `--json`
+/// also gives its JSON document on stdout, as every error does.
+fn clap_exit(e: &clap::Error, json: bool) -> ! {
     print_clap_error(e);
+    if json && e.use_stderr() {
+        // The message's first paragraph, on one line.
+        let text = e.render().to_string();
+        let first: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let message = first.join(" ");
+        let body = ErrorBody::invalid(message.trim_start_matches("error: ").to_string())
+            .hint("see `d --help` or `d COMMAND --help`");
+        render::error(&body, true);
+    }
     let code = match stdio::failure() {
         Some(f) if !f.is_broken_pipe() => {
             render::error(&f.error_body(false), false);

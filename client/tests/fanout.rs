@@ -32,8 +32,15 @@ fn fake_daemon(path: PathBuf, closed: Arc<AtomicBool>) {
                     return;
                 }
                 let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                assert_eq!(req["command"], "execOnPeer", "{line}");
                 let mut conn = conn;
+                if req["command"] == "jobs" {
+                    // As a daemon without the job history answers.
+                    let refusal = json!({"event": "error", "kind": "invalid_request",
+                                         "error": "Invalid request: unknown command `jobs`"});
+                    let _ = conn.write_all(format!("{refusal}\n").as_bytes());
+                    return;
+                }
+                assert_eq!(req["command"], "execOnPeer", "{line}");
                 if req["peer"] == "quick" {
                     for ev in [
                         json!({"event": "started", "peer": "quick", "addr": "198.18.0.2:3600", "path": "direct"}),

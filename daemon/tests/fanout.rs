@@ -419,6 +419,7 @@ fn outdir_and_diff() {
     assert_eq!(read("vps.out"), "a\nb\nc\n");
     assert_eq!(read("desktop.out"), "a\nB\nc\n");
     assert_eq!(read("laptop.err"), "e\n");
+    assert_eq!(read("desktop.status"), "0\nok\n");
 
     // A file that cannot be written (here: full) fails that peer.
     std::fs::remove_file(dir.join("vps.out")).unwrap();
@@ -433,6 +434,11 @@ fn outdir_and_diff() {
         stderr(&o)
     );
     assert!(stderr(&o).contains("desktop  ok\n"), "{}", stderr(&o));
+    assert!(
+        read("vps.status").starts_with("255\n"),
+        "{}",
+        read("vps.status")
+    );
     // Not a directory: refused before anything runs.
     let o = m.laptop.d(&["@all", "--outdir", "/dev/null/x", "true"]);
     assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
@@ -561,6 +567,8 @@ fn kept_output_does_not_grow_the_client() {
             "desktop,laptop",
             "--directory",
             "/tmp",
+            "--timeout",
+            "600",
             "--shellCmd",
             &cmd,
         ],
@@ -580,7 +588,10 @@ fn kept_output_does_not_grow_the_client() {
         "client peak RSS {peak} KiB for 128 MiB of output (--json)"
     );
 
-    let (o, peak) = d_with_peak_rss(&m.vps, &["@desktop,laptop", "--gather", &cmd]);
+    let (o, peak) = d_with_peak_rss(
+        &m.vps,
+        &["@desktop,laptop", "--timeout", "600", "--gather", &cmd],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let header = "----------------\ndesktop,laptop\n----------------\n";
     assert!(o.stdout.starts_with(header.as_bytes()));
@@ -601,6 +612,8 @@ fn kept_output_does_not_grow_the_client() {
             "desktop",
             "--directory",
             "/tmp",
+            "--timeout",
+            "600",
             "--shellCmd",
             &format!("head -c {} /dev/zero | tr '\\0' '\\377'", 32 * MIB),
         ],
@@ -613,5 +626,45 @@ fn kept_output_does_not_grow_the_client() {
     assert!(
         peak < 80 * 1024,
         "client peak RSS {peak} KiB for 32 MiB of output (single --json)"
+    );
+}
+
+/// Numbers past what a clock can hold are a wait without end, never a
+/// panic: --timeout u64::MAX runs as no limit; --batch-wait u64::MAX waits
+/// until interrupted, and the interrupt is reported as for any fan-out.
+#[test]
+fn huge_waits_do_not_panic() {
+    let m = Mesh::start();
+    let max = u64::MAX.to_string();
+    let o = m
+        .laptop
+        .d(&["@vps,desktop", "-n", "--timeout", &max, "true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let child = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args([
+            "@vps,desktop",
+            "-n",
+            "--batch",
+            "1",
+            "--batch-wait",
+            &max,
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    signal(child.id(), libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), None, "ended by SIGINT: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipped (interrupted)"),
+        "{}",
+        stderr(&o)
     );
 }

@@ -202,3 +202,55 @@ fn relayed_jobs_name_their_signer_and_altered_claims_are_refused() {
         "{rows:?}"
     );
 }
+
+/// Found by the soak with faults (scripts/bench/soak.sh): a worker frozen
+/// for a few seconds (SIGSTOP) lost its link; the leader, relaying a job
+/// another worker had signed, dialed it; the thawed worker served the job
+/// on that session before its link was back, and recorded it as the
+/// leader's ("vps sent a job naming \"laptop\" as its requester: recorded
+/// as vps"). A session proving the leader's pinned key is the leader's, link
+/// or not: the claim is checked and the row names laptop, as over the link.
+#[test]
+fn a_job_relayed_over_a_session_the_leader_dialed_names_its_signer() {
+    let vps = leader("127.0.9.41");
+    let desktop = TestDaemon::start("desktop", "127.0.9.42");
+    let laptop = TestDaemon::start("laptop", "127.0.9.43");
+    join(&desktop, &invite(&vps, &[]), "desktop");
+    join(&laptop, &invite(&vps, &[]), "laptop");
+    // Linked, and its kept registry has laptop's key (to check the claim).
+    wait_for(Duration::from_secs(15), "desktop's kept registry", || {
+        let st = desktop.json(&["getPeerStatus"]);
+        st["link"] == "connected" && st["kept_registry_peers"].as_u64() >= Some(3)
+    });
+    let online = |id: &str| {
+        vps.json(&["listPeers"])
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["id"] == id && p["online"] == true))
+    };
+    // Frozen until the leader has closed its link (the dead-peer deadline).
+    signal(desktop.pid(), libc::SIGSTOP);
+    wait_for(
+        Duration::from_secs(30),
+        "vps to see desktop offline",
+        || !online("desktop"),
+    );
+    let lk = key_of(&laptop);
+    let (mut s, mut r) = session(&vps, &lk, "laptop");
+    let mut spec = spec_of("laptop", "exit 5");
+    spec.claim = Some(sign(&lk, "laptop", "desktop", now_ms(), &spec));
+    // The leader dials desktop for it (no link to use); thawed while that
+    // dial waits for its handshake.
+    let asked = std::thread::spawn(move || relayed(&mut s, &mut r, 1, spec));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(desktop.pid(), libc::SIGCONT);
+    assert_eq!(asked.join().unwrap(), Ok(Some(5)));
+    wait_for(Duration::from_secs(10), "the audit row", || {
+        audit(&desktop).iter().any(|(_, c)| c == "exit 5")
+    });
+    let rows = audit(&desktop);
+    assert!(
+        rows.contains(&("laptop".into(), "exit 5".into())),
+        "the relayed job is not recorded as its signer's: {rows:?}\n{}",
+        desktop.log()
+    );
+}

@@ -177,3 +177,120 @@ fn history_keeps_output_head_and_tail() {
     let o = m.vps.d(&["jobs", "show", "2"]);
     assert!(stdout(&o).contains("desktop: 20000\n"), "{}", stdout(&o));
 }
+
+/// A rerun runs the job as it ran: its --timeout and --user again, its
+/// --env names with values given anew (the history keeps no values); an
+/// interrupted fan-out is recorded with how its peers ended; --env may not
+/// pose as another requester.
+#[test]
+fn rerun_keeps_the_options_and_interrupts_are_recorded() {
+    let m = Mesh::start();
+
+    // --timeout: the rerun times out as the job did.
+    let o = m
+        .laptop
+        .d(&["@vps,desktop", "-n", "--timeout", "1", "sleep 5"]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    let id = m.laptop.json(&["jobs"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let show = m.laptop.d(&["jobs", "show", &id]);
+    assert!(
+        stdout(&show).contains("options:   --timeout 1"),
+        "{}",
+        stdout(&show)
+    );
+    let o = m.laptop.d(&["jobs", "rerun", &id]);
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+
+    // --env and --user: names recorded, values asked for again.
+    let o = m.laptop.d(&[
+        "@vps,desktop",
+        "-n",
+        "-u",
+        "root",
+        "--env",
+        "X=first",
+        "echo $X $(id -un)",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = m.laptop.json(&["jobs"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let j = &m.laptop.json(&["jobs"])[0];
+    assert_eq!(j["options"]["user"], "root");
+    assert_eq!(j["options"]["env_names"], serde_json::json!(["X"]));
+    assert!(!j.to_string().contains("first"), "no value kept: {j}");
+    let o = m.laptop.d(&["jobs", "rerun", &id]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("d jobs rerun {id} --env X=...")),
+        "{}",
+        stderr(&o)
+    );
+    let o = m.laptop.d(&["jobs", "rerun", &id, "--env", "X=again"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("vps: again root"), "{}", stdout(&o));
+
+    // A job read stdin: its rerun is refused (the input is gone).
+    let o = run_d_in(
+        &m.laptop.socket(),
+        &["@vps,desktop", "cat"],
+        b"input\n".to_vec(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let id = m.laptop.json(&["jobs"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let o = m.laptop.d(&["jobs", "rerun", &id]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("standard input"), "{}", stderr(&o));
+
+    // D_JOB_REQUESTER is the daemon's to set: refused before anything runs.
+    let o = m.laptop.d(&[
+        "@vps",
+        "-n",
+        "--env",
+        "D_JOB_REQUESTER=vps",
+        "echo $D_JOB_REQUESTER",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("D_JOB_REQUESTER"), "{}", stderr(&o));
+    let o = m.laptop.d(&["@vps", "-n", "echo $D_JOB_REQUESTER"]);
+    assert_eq!(stdout(&o), "laptop\n", "{}", stderr(&o));
+
+    // Interrupted: recorded as ended, its peers interrupted.
+    let child = std::process::Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args(["@vps,desktop", "-n", "sleep 30"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        std::time::Duration::from_secs(20),
+        "the job to start",
+        || m.laptop.json(&["jobs"])[0]["command"] == "sleep 30",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    signal(child.id(), libc::SIGINT);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), None, "ended by the signal: {}", stderr(&o));
+    let j = &m.laptop.json(&["jobs"])[0];
+    assert_eq!(j["command"], "sleep 30");
+    assert!(j["finished_ms"].is_u64(), "recorded as ended: {j}");
+    assert_eq!(j["failed"], 2, "{j}");
+    let id = j["id"].as_i64().unwrap().to_string();
+    // (Exit 1: a peer did not succeed.)
+    let show: serde_json::Value =
+        serde_json::from_slice(&m.laptop.d(&["--json", "jobs", "show", &id]).stdout).unwrap();
+    for p in show["results"].as_array().unwrap() {
+        assert_eq!(p["word"], "interrupted", "{p}");
+    }
+}

@@ -79,7 +79,7 @@ fn binary_stdin_echoes_byte_for_byte_and_eof_arrives() {
 }
 
 #[test]
-fn no_stdin_gives_dev_null_and_a_terminal_or_device_is_not_read() {
+fn no_stdin_gives_dev_null_and_other_devices_are_read() {
     let m = Mesh::start();
     for flag in ["-n", "--no-stdin"] {
         let o = run_d_in(
@@ -107,6 +107,29 @@ fn no_stdin_gives_dev_null_and_a_terminal_or_device_is_not_read() {
     // /dev/null as stdin (cron, systemd): no input sent, the job reads /dev/null.
     let o = m.laptop.d(&["@desktop", "wc -c"]);
     assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
+    // Any other device is read, as ssh reads it (`< /dev/sda`, `< /dev/urandom`).
+    let o = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args(["@desktop", "head -c 100000 | wc -c"])
+        .stdin(std::fs::File::open("/dev/urandom").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), "100000", "{}", stderr(&o));
+    // A directory cannot be read: said, and the job gets the end.
+    let o = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args(["@desktop", "wc -c"])
+        .stdin(std::fs::File::open("/tmp").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reading standard input"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

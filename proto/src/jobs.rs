@@ -38,6 +38,10 @@ pub enum JobOp {
         directory: String,
         command: String,
         peers: Vec<String>,
+        /// What else the job runs with (absent: the defaults; older daemons
+        /// refuse a start that has it, so it is sent only when set).
+        #[serde(default, skip_serializing_if = "JobOptions::is_default")]
+        options: JobOptions,
     },
     /// One peer's output, as soon as its job ended (`seq`: its place in the
     /// order given to `start`). Answer: `{"id": N}`.
@@ -57,6 +61,49 @@ pub enum JobOp {
     /// The caller's last finished job and its peers that did not succeed.
     /// Answer: `{"id": N, "peers": [..]}`, or `null` when there is none.
     Failed {},
+}
+
+/// What a job ran with besides its directory and command, so that `d jobs
+/// rerun` runs it the same way and `d jobs show` says so. Never the values
+/// of `--env` (as the audit log): a rerun must be given them again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// `--user NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `--timeout SECS` as given (absent: the target's default; 0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// The names `--env` set, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_names: Vec<String>,
+    /// The job read the client's standard input (which is not kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+}
+
+impl JobOptions {
+    pub fn is_default(&self) -> bool {
+        *self == JobOptions::default()
+    }
+
+    /// `as app, --timeout 5, --env A B, stdin` (empty for the defaults).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(u) = &self.user {
+            parts.push(format!("--user {u}"));
+        }
+        if let Some(t) = self.timeout {
+            parts.push(format!("--timeout {t}"));
+        }
+        if !self.env_names.is_empty() {
+            parts.push(format!("--env {}", self.env_names.join(" ")));
+        }
+        if self.stdin {
+            parts.push("standard input".into());
+        }
+        parts.join(", ")
+    }
 }
 
 /// How one peer of a job ended.
@@ -114,6 +161,9 @@ pub struct JobSummary {
     pub ok: u32,
     pub failed: u32,
     pub skipped: u32,
+    /// What else it ran with ([`JobOptions`]).
+    #[serde(default, skip_serializing_if = "JobOptions::is_default")]
+    pub options: JobOptions,
 }
 
 /// `d jobs show ID`.

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod control;
+pub mod env;
 pub mod frame;
 pub mod invite;
 pub mod jobs;

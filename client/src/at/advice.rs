@@ -76,19 +76,19 @@ pub(super) fn local_only(spec: &str, cmd: &str, user: &[String]) -> ErrorBody {
 
 pub(super) fn registry_only(spec: &str, cmd: &str, user: &[String]) -> ErrorBody {
     let mut line = d_line(cmd, user);
-    if !user
-        .iter()
-        .any(|w| w == "--peer" || w.starts_with("--peer="))
+    // deletePeer and revoke name their peer with --peer; invite does not.
+    if cmd != "invite"
+        && !user
+            .iter()
+            .any(|w| w == "--peer" || w.starts_with("--peer="))
     {
         line.push_str(" --peer ID");
     }
     ErrorBody::new(
         ErrorKind::InvalidRequest,
-        format!("'{cmd}' needs no @{spec}: it changes the leader's registry, which every daemon asks the leader for"),
+        format!("'{cmd}' takes no @{spec}: it changes the leader's registry, and the leader takes it only from its own control socket"),
     )
-    .hint(format!(
-        "run it without @, here or on any peer (a worker passes it to the leader):\n  {line}"
-    ))
+    .hint(format!("run it on the leader, without @:\n  {line}"))
 }
 
 pub(super) fn names_its_peer(spec: &str, cmd: &str, user: &[String]) -> ErrorBody {
@@ -112,11 +112,23 @@ pub(super) fn names_its_peer(spec: &str, cmd: &str, user: &[String]) -> ErrorBod
             &[&["--peer".to_string(), spec.to_string()], user].concat(),
         );
     }
-    ErrorBody::new(
+    let refusal = ErrorBody::new(
         ErrorKind::InvalidRequest,
         format!("'{cmd}' {how}, so it takes no @{spec}"),
-    )
-    .hint(format!(
+    );
+    if cmd == "cp" || cmd == "rsh" {
+        // Most likely the system's cp (or an rsh) on the target, not d's.
+        own = match cmd {
+            "cp" => format!("d cp SRC... {spec}:DEST (@{spec}:DEST for several peers)"),
+            _ => format!("d rsh {spec} CMD..."),
+        };
+        return refusal.hint(format!(
+            "for the program `{cmd}` on {}: {}\nor d's own {cmd}, without @:\n  {own}",
+            target_words(spec),
+            d_line(&format!("@{spec} -- {cmd}"), user),
+        ));
+    }
+    refusal.hint(format!(
         "for a shell command on {}: d @{spec} CMD... (in its default directory; d @{spec} --directory DIR CMD... elsewhere)\nor without @:\n  {own}",
         target_words(spec)
     ))

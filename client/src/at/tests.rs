@@ -281,11 +281,23 @@ fn registry_and_exec_commands_are_refused_with_their_own_line() {
         panic!()
     };
     assert!(
-        e.error.starts_with("'deletePeer' needs no @vps"),
+        e.error.starts_with("'deletePeer' takes no @vps"),
         "{}",
         e.error
     );
-    assert!(e.hint.unwrap().ends_with("\n  d deletePeer --peer laptop"));
+    assert!(e
+        .hint
+        .unwrap()
+        .ends_with("run it on the leader, without @:\n  d deletePeer --peer laptop"));
+    let Plan::Refuse(e) = p(&["@vps", "invite", "--id", "x"]) else {
+        panic!()
+    };
+    assert!(e.hint.unwrap().ends_with("\n  d invite --id x"));
+    // `d @PEER cp ...`: the program cp there, most likely.
+    let Plan::Usage(e) = p(&["@vps", "cp", "-a", "a", "b"]) else {
+        panic!()
+    };
+    assert!(e.hint.unwrap().contains("d @vps -- cp -a a b"));
     let Plan::Usage(e) = p(&[
         "@vps",
         "execOnPeer",

@@ -111,7 +111,7 @@ pub fn map<T: Sync, R: Send>(items: &[T], parallel: usize, f: impl Fn(&T) -> R +
 pub fn deadline(timeout: Option<u64>) -> Option<Duration> {
     match timeout.unwrap_or(d_proto::DEFAULT_EXEC_TIMEOUT_SECS) {
         0 => None,
-        secs => Some(Duration::from_secs(secs) + MARGIN),
+        secs => Some(Duration::from_secs(secs).saturating_add(MARGIN)),
     }
 }
 
@@ -271,7 +271,28 @@ pub fn run(
             .hint("give the job /dev/null with -n, or put the input in a file on each peer (`d cp`)"),
         ));
     }
-    let job = crate::history::start(socket, opts.verbose, target, directory, shell_cmd, peers);
+    if opts.rollout.canary >= peers.len() && peers.len() > 1 {
+        errln!(
+            "d: warning: --canary {} covers all {} peers: there is no second phase to hold back",
+            opts.rollout.canary,
+            peers.len()
+        );
+    }
+    let options = d_proto::jobs::JobOptions {
+        user: opts.job.user.clone(),
+        timeout,
+        env_names: opts.job.env.iter().map(|(n, _)| n.clone()).collect(),
+        stdin: opts.job.stdin,
+    };
+    let job = crate::history::start(
+        socket,
+        opts.verbose,
+        target,
+        directory,
+        shell_cmd,
+        peers,
+        options,
+    );
     let how = How::of(opts);
     if let Some(dir) = &opts.outdir {
         outdir::prepare(dir)?;
@@ -357,6 +378,15 @@ pub fn run(
         })
         .collect();
 
+    let mut runs = runs;
+    if let Some(dir) = &opts.outdir {
+        for (p, r) in peers.iter().zip(runs.iter_mut()) {
+            let written = outdir::write_status(dir, p, r.outcome.status(), &r.outcome.describe());
+            if let (Err(e), false) = (written, matches!(r.outcome, Outcome::Failed(_))) {
+                r.outcome = Outcome::Failed(e);
+            }
+        }
+    }
     if opts.json {
         let mut doc = crate::output::JsonDoc::new();
         let reports: Vec<PeerReport> = peers
@@ -440,6 +470,7 @@ mod tests {
         assert_eq!(deadline(None), Some(Duration::from_secs(40)));
         assert_eq!(deadline(Some(5)), Some(Duration::from_secs(15)));
         assert_eq!(deadline(Some(0)), None);
+        assert_eq!(deadline(Some(u64::MAX)), Some(Duration::MAX));
         assert!(is_many("all") && is_many("a,b") && !is_many("vps"));
     }
 

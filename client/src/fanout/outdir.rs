@@ -1,8 +1,11 @@
 //! `--outdir DIR` (pssh's `--outdir`/`--errdir` in one): each peer's stdout
 //! in `DIR/PEER.out` and its stderr in `DIR/PEER.err`, written as they
-//! arrive (memory stays bounded; an interrupted run leaves what came). The
-//! files are truncated at the peer's start. A file that cannot be written
-//! fails that peer with the path and the reason, and ends its job.
+//! arrive (memory stays bounded; an interrupted run leaves what came), and
+//! once the run is over how it ended in `DIR/PEER.status`: the status it
+//! adds to d's exit status, then its summary word (`3\nexit 3\n`; every
+//! peer of the run has one, skipped and offline ones too). The files are
+//! truncated at the peer's start. A file that cannot be written fails that
+//! peer with the path and the reason, and ends its job.
 
 use std::fs::File;
 use std::io::Write;
@@ -64,6 +67,24 @@ impl OutFiles {
     }
 }
 
+/// Write `DIR/PEER.status` (`STATUS\nWORD\n`) whole: a temporary file
+/// beside it, synced, renamed over it.
+pub fn write_status(dir: &Path, peer: &str, status: i32, word: &str) -> Result<(), ErrorBody> {
+    d_proto::validate_peer_id(peer).map_err(ErrorBody::invalid)?;
+    let path = dir.join(format!("{peer}.status"));
+    let tmp = dir.join(format!(".{peer}.status.{}", std::process::id()));
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("{status}\n{word}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    r.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        failed(&path, "write", e)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +100,11 @@ mod tests {
         f.finish().unwrap();
         assert_eq!(std::fs::read(sub.join("vps.out")).unwrap(), b"hello\n");
         assert_eq!(std::fs::read(sub.join("vps.err")).unwrap(), b"oops\n");
+        write_status(&sub, "vps", 3, "exit 3").unwrap();
+        assert_eq!(
+            std::fs::read(sub.join("vps.status")).unwrap(),
+            b"3\nexit 3\n"
+        );
         assert!(OutFiles::create(&sub, "../x").is_err());
         assert!(OutFiles::create(&sub, ".hidden").is_err());
     }

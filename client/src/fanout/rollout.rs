@@ -34,7 +34,7 @@ impl From<&RolloutArgs> for Rollout {
             } else {
                 a.max_errors
             },
-            canary: a.canary,
+            canary: a.canary.unwrap_or(0),
         }
     }
 }
@@ -55,9 +55,8 @@ impl Halt {
     pub fn reason(&self) -> String {
         match self {
             Halt::Canary => "a canary failed (--canary)".into(),
-            Halt::MaxErrors(n) => {
-                format!("more than {n} failed (--max-errors {n}, --fail-fast is 0)")
-            }
+            Halt::MaxErrors(0) => "a peer failed (--fail-fast, or --max-errors 0)".into(),
+            Halt::MaxErrors(n) => format!("more than {n} failed (--max-errors {n})"),
             Halt::Stopped => "interrupted".into(),
         }
     }
@@ -152,9 +151,12 @@ pub fn run<T: Sync, R: Send>(
 
 /// Sleep `d`, waking early when the run is stopped.
 fn pause(d: Duration) {
-    let end = Instant::now() + d;
+    // A wait past what an Instant can hold is a wait until stopped.
+    let end = Instant::now().checked_add(d);
     while !stop::stopped() {
-        let left = end.saturating_duration_since(Instant::now());
+        let left = end.map_or(Duration::MAX, |e| {
+            e.saturating_duration_since(Instant::now())
+        });
         if left.is_zero() {
             break;
         }

@@ -151,14 +151,18 @@ pub fn serve_for_peer(
     // requester, and (protocol 8) only with that requester's signed claim
     // ([`claims::verify`]): a relay cannot alter or invent it. "From the
     // leader" is the session itself being this worker's current link
-    // (`from` is that session's own `peer`), never a session that merely
-    // carries the leader's id (a key-less id proved by the shared mesh key
-    // could).
+    // (`from` is that session's own `peer`), or one whose peer proved the
+    // leader's pinned key: the leader dials a worker whose link is down (a
+    // thawed or reconnecting worker) to relay over that session. Never a
+    // session that merely carries the leader's id (a key-less id proved by
+    // the shared mesh key could).
+    let pinned = daemon.mesh.me.leader_trust().key;
     let from_leader = daemon
         .mesh
         .link
         .session()
-        .is_some_and(|l| std::ptr::eq(&l.peer, from));
+        .is_some_and(|l| std::ptr::eq(&l.peer, from))
+        || (from.key.is_some() && from.key == pinned);
     let relayed = !spec.requester.is_empty() && spec.requester != from.id;
     if relayed && !from_leader {
         tracing::warn!(

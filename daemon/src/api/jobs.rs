@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{to_raw, Daemon, Reply};
 use crate::base::clock::unix_now_ms;
+use crate::store::jobs::NewJob;
 use crate::store::RegistryError;
 
 fn db(e: RegistryError) -> ErrorBody {
@@ -30,6 +31,7 @@ pub async fn answer(
             directory,
             command,
             peers,
+            options,
         } => {
             if peers.is_empty() || peers.len() > MAX_PEERS {
                 return Err(ErrorBody::invalid(format!(
@@ -42,10 +44,13 @@ pub async fn answer(
                     st.job_start(
                         unix_now_ms(),
                         user.as_deref(),
-                        &target,
-                        &directory,
-                        &command,
-                        &peers,
+                        &NewJob {
+                            target: &target,
+                            directory: &directory,
+                            command: &command,
+                            peers: &peers,
+                            options: &options,
+                        },
                     )
                 })
                 .await

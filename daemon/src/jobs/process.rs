@@ -69,7 +69,6 @@ pub(super) async fn run(
             env.push((k.into(), v.into()));
         }
     }
-    env.push(("D_JOB_REQUESTER".into(), spec.requester.clone().into()));
     let shell = shell_for(opts);
     if let Some(u) = &opts.run_as {
         env.retain(|(k, _)| !["HOME", "USER", "LOGNAME"].iter().any(|n| k == n));
@@ -85,11 +84,15 @@ pub(super) async fn run(
         env.retain(|(k, _)| k != "TERM");
         env.push(("TERM".into(), t.term_or_default().into()));
     }
-    // --env last: it wins over every default (a later one over an earlier).
+    // --env last: it wins over every default (a later one over an earlier)
+    // but not over who asked: D_JOB_REQUESTER is set after it (and --env
+    // may not name it, d_proto::env::RESERVED).
     for (k, v) in &spec.env {
         env.retain(|(n, _)| n.as_os_str() != k.as_str());
         env.push((k.into(), v.into()));
     }
+    env.retain(|(n, _)| n != "D_JOB_REQUESTER");
+    env.push(("D_JOB_REQUESTER".into(), spec.requester.clone().into()));
     // Its own session (so no controlling terminal: a daemon started from a
     // terminal does not hand it to its jobs) and so its own process group,
     // which timeout, cancel and shutdown signal as a whole. Started without

@@ -6,7 +6,7 @@
 //! in bytes over all jobs (config `job_history_max_bytes`): past it, the
 //! oldest jobs' outputs are dropped (their rows stay).
 
-use d_proto::jobs::{JobDetail, JobPeer, JobSummary, KeptOutput, MAX_PEERS, MAX_TEXT};
+use d_proto::jobs::{JobDetail, JobOptions, JobPeer, JobSummary, KeptOutput, MAX_PEERS, MAX_TEXT};
 use d_proto::types::B64;
 use rusqlite::{params, OptionalExtension};
 
@@ -21,6 +21,15 @@ fn clip(s: &str) -> String {
     d_proto::clip(s, MAX_TEXT)
 }
 
+/// A fan-out as the client describes it at its start (`JobOp::Start`).
+pub struct NewJob<'a> {
+    pub target: &'a str,
+    pub directory: &'a str,
+    pub command: &'a str,
+    pub peers: &'a [String],
+    pub options: &'a JobOptions,
+}
+
 impl Store {
     /// Record a fan-out that starts now; its peers are `unknown` until
     /// [`Store::job_finish`]. Prunes the oldest jobs past the bounds.
@@ -28,23 +37,32 @@ impl Store {
         &mut self,
         now_ms: u64,
         user: Option<&str>,
-        target: &str,
-        directory: &str,
-        command: &str,
-        peers: &[String],
+        job: &NewJob,
     ) -> Result<i64, RegistryError> {
+        let NewJob {
+            target,
+            directory,
+            command,
+            peers,
+            options,
+        } = job;
         let peers = &peers[..peers.len().min(MAX_PEERS)];
+        // JSON, NULL for the defaults (and for jobs of older clients); the
+        // encoding cannot fail (strings, numbers and a flag).
+        let options =
+            (!options.is_default()).then(|| serde_json::to_string(options).unwrap_or_default());
         let tx = self.conn.savepoint()?;
         tx.execute(
-            "INSERT INTO jobs (started_ms, user, target, directory, command, n_peers)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO jobs (started_ms, user, target, directory, command, n_peers, options)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 now_ms as i64,
                 user,
                 clip(target),
                 clip(directory),
                 clip(command),
-                peers.len() as i64
+                peers.len() as i64,
+                options
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -210,7 +228,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT j.id, j.started_ms, j.finished_ms, j.user, j.target, j.directory, j.command, j.n_peers,
                     COALESCE(SUM(p.status = 'ok'), 0), COALESCE(SUM(p.status = 'failed'), 0),
-                    COALESCE(SUM(p.status = 'skipped'), 0)
+                    COALESCE(SUM(p.status = 'skipped'), 0), j.options
              FROM jobs j LEFT JOIN job_peers p ON p.job = j.id
              GROUP BY j.id ORDER BY j.id DESC LIMIT ?1",
         )?;
@@ -227,6 +245,11 @@ impl Store {
                 ok: r.get(8)?,
                 failed: r.get(9)?,
                 skipped: r.get(10)?,
+                // Unreadable options (a row written by hand) read as none.
+                options: r
+                    .get::<_, Option<String>>(11)?
+                    .and_then(|o| serde_json::from_str(&o).ok())
+                    .unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -310,6 +333,23 @@ impl Store {
 mod tests {
     use super::*;
 
+    static NO_OPTIONS: JobOptions = JobOptions {
+        user: None,
+        timeout: None,
+        env_names: Vec::new(),
+        stdin: false,
+    };
+
+    fn job<'a>(target: &'a str, directory: &'a str, peers: &'a [String]) -> NewJob<'a> {
+        NewJob {
+            target,
+            directory,
+            command: "true",
+            peers,
+            options: &NO_OPTIONS,
+        }
+    }
+
     fn res(peer: &str, status: &str) -> JobPeer {
         JobPeer {
             peer: peer.into(),
@@ -328,7 +368,7 @@ mod tests {
         let mut s = Store::open(&dir.path().join("d.db")).unwrap();
         let peers: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let id = s
-            .job_start(1, Some("alice"), "a,b,c", "/tmp", "true", &peers)
+            .job_start(1, Some("alice"), &job("a,b,c", "/tmp", &peers))
             .unwrap();
         // Unfinished: not the last job for @failed.
         assert_eq!(s.job_failed(Some("alice")).unwrap(), None);
@@ -354,14 +394,14 @@ mod tests {
 
         // Bounded: jobs, and peer rows over all jobs.
         for i in 0..(MAX_JOBS + 20) {
-            s.job_start(10 + i as u64, None, "x", "", "true", &peers)
+            s.job_start(10 + i as u64, None, &job("x", "", &peers))
                 .unwrap();
         }
         assert_eq!(s.jobs(10_000).unwrap().len() as i64, MAX_JOBS);
         let big: Vec<String> = (0..MAX_PEERS).map(|i| format!("p{i}")).collect();
         let mut last = 0;
         for _ in 0..12 {
-            last = s.job_start(99, None, "p*", "", "true", &big).unwrap();
+            last = s.job_start(99, None, &job("p*", "", &big)).unwrap();
         }
         let rows: i64 = s
             .conn

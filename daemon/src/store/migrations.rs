@@ -123,7 +123,11 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 9 → 10: the job ran on a terminal (`d -t`), 0 or 1.
     "ALTER TABLE exec_log ADD COLUMN tty INTEGER NOT NULL DEFAULT 0;",
-    // 10 → 11: several leaders (issue 17): each enrolled id's versioned
+    // 10 → 11: what a fan-out ran with besides its command (`--user`,
+    // `--timeout`, the names of `--env`, stdin), JSON of
+    // d_proto::jobs::JobOptions, NULL for the defaults; `d jobs rerun`.
+    "ALTER TABLE jobs ADD COLUMN options TEXT;",
+    // 11 → 12: several leaders (issue 17): each enrolled id's versioned
     // record as leaders replicate it (a NULL key is a tombstone), its local
     // sequence number (what other leaders pull after), the enrollment
     // conflicts found when a partition healed, and invitations that make a
