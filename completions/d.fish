@@ -70,14 +70,14 @@ complete -c d -n "__fish_d_using_subcommand getPeerStatus" -s h -l help -d 'Prin
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l role -d '`leader` or `worker`' -r -f -a "leader\t''
 worker\t''"
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l id -d 'Peer id of this machine (A-Z a-z 0-9 . _ -)' -r -f
-complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l leader -d 'Address of the leader (port defaults to 3600)' -r -f
+complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l leader -d 'Address of the leader (port defaults to 3600); several leaders: comma-separated, asked in that order' -r -f
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l meshKey -d 'The mesh key file copied from the leader (`-` reads standard input)' -r -F
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l labels -d 'This peer\'s labels, comma-separated, replacing its old ones (`\'\'` clears them); told to the leader, targets `@NAME`' -r -f
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -s h -l help -d 'Print help'
-complete -c d -n "__fish_d_using_subcommand registerWorker" -l leader -d 'Address of the leader (default 10.0.0.1, port 3600)' -r -f
+complete -c d -n "__fish_d_using_subcommand registerWorker" -l leader -d 'Address of the leader (default 10.0.0.1, port 3600); several leaders: comma-separated' -r -f
 complete -c d -n "__fish_d_using_subcommand registerWorker" -l meshKey -d 'The mesh key file copied from the leader (`-` reads standard input)' -r -F
 complete -c d -n "__fish_d_using_subcommand registerWorker" -l socket -d 'Control socket of the local daemon' -r -F
 complete -c d -n "__fish_d_using_subcommand registerWorker" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
@@ -89,7 +89,7 @@ complete -c d -n "__fish_d_using_subcommand listPeers" -s v -l verbose -d 'Say o
 complete -c d -n "__fish_d_using_subcommand listPeers" -s h -l help -d 'Print help'
 complete -c d -n "__fish_d_using_subcommand invite" -l id -d 'The only peer id the token may enroll (default: any, chosen by `d join --id`)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l ttl -d 'How long the token is valid: a number and s, m, h or d (1s to 30d)' -r -f
-complete -c d -n "__fish_d_using_subcommand invite" -l leader -d 'Address the new machine reaches the leader at (repeat or comma-separate for several; default: the leader\'s peer-port address)' -r -f
+complete -c d -n "__fish_d_using_subcommand invite" -l leader -d 'Alone: the token makes the new machine another LEADER of this mesh (several leaders). With addresses: where the new machine reaches this leader (comma-separate for several; default: the leader\'s peer-port address)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l count -d 'Mint this many tokens at once, printed one a line (a fleet: one per machine; not with --id)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l revoke -d 'Revoke an unspent token (the token itself, or its 16-hex-digit id from --list)' -r -f
 complete -c d -n "__fish_d_using_subcommand invite" -l socket -d 'Control socket of the local daemon' -r -F

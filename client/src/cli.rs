@@ -85,8 +85,8 @@ pub enum Command {
         /// Peer id of this machine (A-Z a-z 0-9 . _ -).
         #[arg(long, value_name = "ID", value_hint = ValueHint::Other)]
         id: Option<String>,
-        /// Address of the leader (port defaults to 3600).
-        #[arg(long, value_name = "IP[:PORT]", value_hint = ValueHint::Other)]
+        /// Address of the leader (port defaults to 3600); several leaders: comma-separated, asked in that order.
+        #[arg(long, value_name = "IP[:PORT][,...]", value_hint = ValueHint::Other)]
         leader: Option<String>,
         /// The mesh key file copied from the leader (`-` reads standard input).
         #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
@@ -98,8 +98,8 @@ pub enum Command {
 
     /// Become a worker named after the hostname and register with the leader.
     RegisterWorker {
-        /// Address of the leader (default 10.0.0.1, port 3600).
-        #[arg(long, value_name = "IP[:PORT]", value_hint = ValueHint::Other)]
+        /// Address of the leader (default 10.0.0.1, port 3600); several leaders: comma-separated.
+        #[arg(long, value_name = "IP[:PORT][,...]", value_hint = ValueHint::Other)]
         leader: Option<String>,
         /// The mesh key file copied from the leader (`-` reads standard input).
         #[arg(long = "meshKey", value_name = "FILE", value_hint = ValueHint::FilePath)]
@@ -128,11 +128,12 @@ pub enum Command {
         /// With --id: the token may replace the key that id is enrolled under (a reinstalled machine).
         #[arg(long, requires = "id")]
         replace: bool,
-        /// Address the new machine reaches the leader at (repeat or comma-separate for several;
+        /// Alone: the token makes the new machine another LEADER of this mesh (several leaders).
+        /// With addresses: where the new machine reaches this leader (comma-separate for several;
         /// default: the leader's peer-port address).
-        #[arg(long, value_name = "IP[:PORT]", value_delimiter = ',', value_hint = ValueHint::Other,
-              conflicts_with_all = ["list", "revoke"])]
-        leader: Vec<String>,
+        #[arg(long, value_name = "IP[:PORT]", value_delimiter = ',', num_args = 0..,
+              value_hint = ValueHint::Other, conflicts_with_all = ["list", "revoke"])]
+        leader: Option<Vec<String>>,
         /// Mint this many tokens at once, printed one a line (a fleet: one per machine; not with --id).
         #[arg(long, value_name = "N", default_value_t = 1, conflicts_with_all = ["id", "list", "revoke"],
               value_parser = clap::value_parser!(u32).range(1..=10_000), value_hint = ValueHint::Other)]

@@ -65,7 +65,10 @@ impl Command {
                 id: id.clone(),
                 ttl: Some(*ttl),
                 replace: *replace,
-                leaders: leader.clone(),
+                // `--leader` alone: a token for a new leader; with
+                // addresses: the addresses a worker's token names.
+                leaders: leader.clone().unwrap_or_default(),
+                as_leader: leader.as_ref().is_some_and(|l| l.is_empty()),
                 count: (*count != 1).then_some(*count),
             },
             Command::Revoke { peer } => Request::Revoke { peer: peer.clone() },

@@ -425,6 +425,10 @@ fn list_peers(answer: conn::Answer, req: &Request) -> Result<i32, ErrorBody> {
     // The ids feed shell completion when the daemon cannot answer it.
     complete::save_ids_of(peers.iter().map(|p| p.id.as_str()));
     warn_stale(peers.iter().find_map(|p| p.stale.as_deref()));
+    if let Some(by) = peers.first().and_then(|p| p.answered_by.as_deref()) {
+        // Several leaders: whose registry this is.
+        errln!("d: registry of leader {}", render::clean(by));
+    }
     render::out(&render::peers_table(&peers, render::now_secs()));
     Ok(0)
 }

@@ -131,6 +131,9 @@ pub enum Request {
         /// machine); more than one answers `tokens: [{token, token_id}]`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         count: Option<u32>,
+        /// The token makes a new leader of this mesh (`d invite --leader`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        as_leader: bool,
     },
     /// On a leader: the invitations it keeps (`d invite --list`).
     ListInvites {},

@@ -76,6 +76,25 @@ pub struct Invite {
     pub id: Option<String>,
     /// Unix seconds after which the leader refuses it.
     pub expires: u64,
+    /// The mesh's other leaders (several leaders, protocol 9): a worker
+    /// links to each, pinning the key given here. Absent from single-leader
+    /// tokens (old tokens parse as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<OtherLeader>,
+    /// The token makes the joining daemon a leader of the same mesh
+    /// (`d invite --leader`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_leader: bool,
+}
+
+/// Another leader named in a token: its id, address and key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtherLeader {
+    pub id: String,
+    /// `IP:PORT`.
+    pub addr: String,
+    pub key: PublicKey,
 }
 
 impl Invite {
@@ -123,6 +142,9 @@ impl Invite {
         crate::validate_peer_id(&self.leader_id)?;
         if let Some(id) = &self.id {
             crate::validate_peer_id(id)?;
+        }
+        for o in &self.others {
+            crate::validate_peer_id(&o.id)?;
         }
         Ok(())
     }
@@ -189,6 +211,8 @@ mod tests {
             secret: B64(vec![7; 32]),
             id: Some("laptop".into()),
             expires: 1_900_000_000,
+            others: Vec::new(),
+            as_leader: false,
         }
     }
 
@@ -221,5 +245,38 @@ mod tests {
         assert_eq!(token_id_of(&inv.encode()).unwrap(), inv.token_id);
         assert_eq!(token_id_of("0123456789ABCDEF").unwrap(), "0123456789abcdef");
         assert!(token_id_of("nope").is_err());
+    }
+}
+
+#[cfg(test)]
+mod leaders_tests {
+    use super::*;
+    use crate::keys::KeyPair;
+
+    #[test]
+    fn single_leader_tokens_still_parse_and_new_ones_carry_every_leader() {
+        let k = KeyPair::generate().unwrap().public();
+        // A token as single-leader builds made it (no `others`, no `as_leader`).
+        let old = serde_json::json!({
+            "leaders": ["198.19.0.1:3600"], "leader_id": "vps", "leader_key": k,
+            "token_id": "0123456789abcdef", "secret": B64(vec![1; 32]), "expires": 1_900_000_000u64,
+        });
+        let tok = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(old.to_string()));
+        let inv = Invite::decode(&tok).unwrap();
+        assert!(inv.others.is_empty() && !inv.as_leader);
+        let mut new = inv.clone();
+        new.others = vec![OtherLeader {
+            id: "lb".into(),
+            addr: "198.19.0.2:3600".into(),
+            key: KeyPair::generate().unwrap().public(),
+        }];
+        new.as_leader = true;
+        assert_eq!(Invite::decode(&new.encode()).unwrap(), new);
+        // Single-leader tokens are encoded as before.
+        let json = serde_json::to_string(&inv).unwrap();
+        assert!(
+            !json.contains("others") && !json.contains("as_leader"),
+            "{json}"
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod kept;
 pub mod keys;
 pub mod peer;
+pub mod replica;
 pub mod text;
 pub mod types;
 
@@ -42,6 +43,9 @@ pub mod types;
 /// - 8: the leader tells its workers of each enrollment (their kept
 ///   registry), and relayed jobs carry the requester's signed claim
 ///   ([`PROTOCOL_SIGNED_JOBS`]).
+/// - 9: several leaders: leaders replicate enrollments and tombstones to
+///   each other ([`replica`], `LeaderPush`/`LeaderPull`/`LeaderCheck`)
+///   ([`PROTOCOL_LEADERS`]).
 /// - 10: peer-to-peer copies (`d cp A:/x B:/y` flows A -> B over their own
 ///   session: [`types::FilesOp::SendTo`]); a target checks a signed claim
 ///   passed on by any peer, not only its leader ([`PROTOCOL_PEER_COPY`]).
@@ -62,6 +66,9 @@ pub const PROTOCOL_FILES: u32 = 7;
 /// The protocol that brought `Query::PeerEnrolled` (workers keep the
 /// registry) and signed job claims: never sent on an older session.
 pub const PROTOCOL_SIGNED_JOBS: u32 = 8;
+/// The protocol that brought several leaders: replication queries go only
+/// to leaders on sessions that negotiated it.
+pub const PROTOCOL_LEADERS: u32 = 9;
 /// The protocol that brought direct peer-to-peer copies
 /// ([`types::FilesOp::SendTo`]): sent only on a session that negotiated it;
 /// a target of this protocol checks the requester's signed claim a source

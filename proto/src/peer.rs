@@ -144,9 +144,29 @@ pub enum Query {
     LeaderKeyRotated {
         rotation: crate::keys::Rotation,
     },
+    /// Protocol 9 ([`crate::PROTOCOL_LEADERS`]), leader → leader: these
+    /// changes were just made (or merged); merge them. Answered `Result`.
+    LeaderPush {
+        records: Vec<crate::replica::Record>,
+    },
+    /// Protocol 9, leader → leader: the records the answering leader stored
+    /// after its own sequence number `after` (at most `limit`). Answered
+    /// `Result` holding a [`crate::replica::Pulled`].
+    LeaderPull {
+        after: u64,
+        limit: u32,
+    },
+    /// Protocol 9, leader → leader, before enrolling `id` under `key`:
+    /// refused (`Error`) if the answering leader holds `id` under another key.
+    LeaderCheck {
+        id: String,
+        key: crate::keys::PublicKey,
+    },
 }
 
 /// The leader's answers.
+// One answer lives for one query; a registry row inline is simpler than a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {

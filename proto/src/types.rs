@@ -63,6 +63,10 @@ pub struct PeerInfo {
     /// leader unreachable): how old that copy is, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<Box<crate::kept::StaleRegistry>>,
+    /// Several leaders: the id of the leader whose registry this answer is
+    /// (set on the first row of a worker's `listPeers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// One of a leader's join invitations (`d invite --list`; never its secret).
@@ -105,7 +109,12 @@ pub enum LinkState {
 pub struct PeerStatus {
     pub id: Option<String>,
     pub role: Option<Role>,
+    /// The leader addresses, comma-separated (several leaders).
     pub leader: Option<String>,
+    /// Several leaders: each leader this daemon links to (a leader: the
+    /// other leaders), `linked` or `down`, and why it is down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaders: Vec<crate::replica::LeaderState>,
     pub link: LinkState,
     /// Unix seconds the link has been in its current state.
     pub link_since: Option<u64>,

@@ -228,6 +228,7 @@ fn arb_peer_info() -> impl Strategy<Value = PeerInfo> {
                 handshake_age_secs,
                 public_key: None,
                 stale: None,
+                answered_by: None,
                 labels: Vec::new(),
             },
         )

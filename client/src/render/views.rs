@@ -219,6 +219,18 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
     if let Some(e) = &s.link_error {
         pairs.push(("link error", e.clone()));
     }
+    // Several leaders: each one, linked or down (and why).
+    for l in &s.leaders {
+        let name = match &l.id {
+            Some(id) => format!("{id} at {}", l.addr),
+            None => l.addr.clone(),
+        };
+        let mut v = format!("{name}: {}", l.state);
+        if let Some(e) = &l.error {
+            v.push_str(&format!(" ({e})"));
+        }
+        pairs.push(("leader link", v));
+    }
     let listen = match (&s.listen, &s.listen_error) {
         (Some(a), _) => a.clone(),
         (None, Some(e)) => format!("not bound: {e}"),
@@ -370,6 +382,7 @@ mod tests {
             handshake_age_secs: None,
             public_key: None,
             stale: None,
+            answered_by: None,
             labels: Vec::new(),
         }
     }
@@ -424,6 +437,7 @@ mod tests {
             id: Some("desk".into()),
             role: Some(Role::Worker),
             leader: Some("198.19.0.1:3600".into()),
+            leaders: Vec::new(),
             link: LinkState::Connecting,
             link_since: Some(90),
             link_error: Some("connection refused".into()),

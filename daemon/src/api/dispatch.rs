@@ -149,7 +149,8 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             replace,
             leaders,
             count,
-        } => invite::invite(daemon, id, ttl, replace, leaders, count).await,
+            as_leader,
+        } => invite::invite(daemon, id, ttl, replace, leaders, count, as_leader).await,
         Request::ListInvites {} => invite::list(daemon).await,
         Request::RevokeInvite { token } => invite::revoke(daemon, token).await,
         Request::Join { token, id } => invite::join(daemon, token, id).await,
@@ -195,7 +196,15 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         }
         Request::DeletePeer { peer } => {
             match ask::query(&daemon.mesh, Query::DeletePeer { peer }).await? {
-                Answer::Deleted { peer } => to_raw(&json!({ "deleted": peer })),
+                Answer::Deleted { peer } => {
+                    // Several leaders: an enrolled id's tombstone goes to the others.
+                    crate::mesh::replicate::publish(
+                        &daemon.mesh,
+                        vec![(peer.clone(), Some("deleted".into()))],
+                    )
+                    .await;
+                    to_raw(&json!({ "deleted": peer }))
+                }
                 other => Err(unexpected(other)),
             }
         }

@@ -177,8 +177,45 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
                 format!("is the leader daemon running at {leader}? WireGuard up? leader address right (`d setPeerConfig --leader IP[:PORT]`)?"),
             )),
         }
-        if let (Ok(d), Ok(a)) = (&dev, parse_addr(&leader, d_proto::DEFAULT_PORT)) {
+        let first = id.leaders().into_iter().next().unwrap_or_default();
+        if let (Ok(d), Ok(a)) = (&dev, parse_addr(&first, d_proto::DEFAULT_PORT)) {
             checks.push(handshake(d, "the leader", a.ip()));
+        }
+    }
+    // Several leaders: each one, linked or down.
+    if st.leaders.len() > 1 || id.role == Some(Role::Leader) {
+        for l in &st.leaders {
+            let name = match &l.id {
+                Some(i) => format!("leader {i} at {}", l.addr),
+                None => format!("leader at {}", l.addr),
+            };
+            if l.state == "linked" {
+                checks.push(pass("leader", format!("{name}: linked")));
+            } else {
+                checks.push(fail(
+                    "leader",
+                    format!("{name}: down ({})", l.error.clone().unwrap_or_default()),
+                    "the other leaders answer meanwhile; is d-daemon running there? (`d doctor` on it)",
+                ));
+            }
+        }
+    }
+    if id.role == Some(Role::Leader) {
+        if let Ok(conflicts) = daemon.mesh.store.read(|s| s.replica_conflicts()).await {
+            for c in conflicts {
+                checks.push(fail(
+                    "enrollment conflict",
+                    format!(
+                        "{} was enrolled under two keys while leaders were apart: {} (leader {}) keeps it, {} (leader {}) is refused",
+                        c.id,
+                        crate::mesh::replicate::fingerprint(&c.winner_key),
+                        c.winner_origin,
+                        crate::mesh::replicate::fingerprint(&c.loser_key),
+                        c.loser_origin
+                    ),
+                    "the refused machine joins again under another id: `d invite` here, `d join TOKEN --id NAME` there",
+                ));
+            }
         }
     }
 

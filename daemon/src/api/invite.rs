@@ -43,6 +43,7 @@ pub async fn invite(
     replace: bool,
     leaders: Vec<String>,
     count: Option<u32>,
+    as_leader: bool,
 ) -> Result<Reply, ErrorBody> {
     let leader_id = leader_only(daemon, "`d invite`")?;
     let count = count.unwrap_or(1);
@@ -97,6 +98,29 @@ pub async fn invite(
         Ok(b[..n].to_vec())
     };
     let now = unix_now();
+    // Every other leader of the mesh, with its key: a worker links to each.
+    let others: Vec<invite::OtherLeader> = daemon
+        .mesh
+        .store
+        .read(|st| st.replica_leaders())
+        .await
+        .map_err(db)?
+        .into_iter()
+        .filter(|r| r.id != leader_id && r.port != 0 && !r.addr.is_empty())
+        .filter_map(|r| {
+            Some(invite::OtherLeader {
+                addr: format!("{}:{}", r.addr, r.port),
+                key: r.key?,
+                id: r.id,
+            })
+        })
+        .collect();
+    let mut leaders = leaders;
+    for o in &others {
+        if !leaders.contains(&o.addr) {
+            leaders.push(o.addr.clone());
+        }
+    }
     let mut rows = Vec::with_capacity(count as usize);
     let mut tokens = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -112,6 +136,7 @@ pub async fn invite(
             spent_at: None,
             spent_by: None,
             revoked: false,
+            as_leader,
         });
         let token = Invite {
             leaders: leaders.clone(),
@@ -121,6 +146,8 @@ pub async fn invite(
             secret: B64(secret),
             id: id.clone(),
             expires: now + ttl,
+            others: others.clone(),
+            as_leader,
         }
         .encode();
         tokens.push((token_id, token));
@@ -146,14 +173,20 @@ pub async fn invite(
             "tokens": list,
             "expires": now + ttl,
             "leaders": leaders,
+            "as_leader": as_leader,
             "message": message,
         }));
     }
     let Some((token_id, token)) = tokens.pop() else {
         return Err(ErrorBody::new(ErrorKind::Other, "no token minted"));
     };
+    let what = if as_leader {
+        " (it becomes a leader of this mesh)"
+    } else {
+        ""
+    };
     let message = format!(
-        "On the new machine run (valid {mins} min, once):\n  d join {token}{}",
+        "On the new machine run (valid {mins} min, once{what}):\n  d join {token}{}",
         match &id {
             Some(_) => String::new(),
             None => " [--id NAME]".into(),
@@ -165,6 +198,7 @@ pub async fn invite(
         "id": id,
         "expires": now + ttl,
         "leaders": leaders,
+        "as_leader": as_leader,
         "message": message,
     }))
 }
@@ -246,6 +280,9 @@ pub async fn join(
         ErrorBody::invalid(e).hint("copy the whole line `d invite` printed on the leader")
     })?;
     let mesh = &daemon.mesh;
+    if inv.as_leader {
+        return join_as_leader(daemon, inv, id).await;
+    }
     if mesh.me.role() == Some(Role::Leader) {
         return Err(
             ErrorBody::invalid("this daemon is a leader: it cannot join another mesh").hint(
@@ -279,6 +316,10 @@ pub async fn join(
     let leader = parse_addr(&inv.leaders[0], d_proto::DEFAULT_PORT)
         .map_err(|e| ErrorBody::invalid(format!("the token's leader address: {e}")))?
         .to_string();
+    // Several leaders: the minting one first (the token is spent there),
+    // then the others, all linked to.
+    let all = crate::base::config::parse_leaders(&inv.leaders.join(","), d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::invalid(format!("the token's leader addresses: {e}")))?;
     let leader_key = inv.leader_key;
     let leader_id = inv.leader_id.clone();
     // A member that was working stays as it was if the leader refuses.
@@ -288,10 +329,11 @@ pub async fn join(
         Identity {
             role: Some(Role::Worker),
             id: Some(id.clone()),
-            leader: Some(leader.clone()),
+            leader: Some(all),
         },
         Some(LeaderTrust {
             key: None,
+            keys: Vec::new(),
             join: Some(inv),
         }),
     )
@@ -334,7 +376,116 @@ pub async fn join(
                 ErrorKind::ConnectFailed,
                 format!("not joined yet: the leader at {leader} did not welcome this machine within {JOIN_WAIT:?} ({why})"),
             )
-            .hint("the daemon keeps trying with the token; check the address and the WireGuard tunnel (`d doctor`), then `d getPeerStatus`"));
+            .hint("the daemon keeps trying with the token; check the address and the WireGuard tunnel (`d doctor`), then `d getPeerStatus`. A token is spent only at the leader that minted it: if that leader is down, ask another leader for a token (`d invite` there)"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `d join TOKEN` with a token from `d invite --leader`: this daemon
+/// becomes a leader of the token's mesh. It links to the minting leader
+/// with the token (enrolled there as a leader), then receives the whole
+/// durable registry and the other leaders from it ([`crate::mesh::replicate`]).
+async fn join_as_leader(
+    daemon: &Arc<Daemon>,
+    inv: Invite,
+    id: Option<String>,
+) -> Result<Reply, ErrorBody> {
+    let mesh = &daemon.mesh;
+    let me = mesh.me.get();
+    if me.role == Some(Role::Leader) {
+        let n = mesh
+            .store
+            .read(|st| st.list_peers())
+            .await
+            .map_err(db)?
+            .len();
+        if n > 1 {
+            return Err(ErrorBody::invalid(format!(
+                "this daemon is already the leader of a mesh of {n} peers: it cannot join another"
+            ))
+            .hint("join from a daemon with an empty state directory"));
+        }
+    }
+    let id = id
+        .or_else(|| inv.id.clone())
+        .or(me.id)
+        .unwrap_or_else(|| mesh.me.hostname.clone());
+    d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
+    if inv.id.as_ref().is_some_and(|w| *w != id) {
+        return Err(ErrorBody::invalid(format!(
+            "this token is for the id {}, not {id}",
+            inv.id.clone().unwrap_or_default()
+        )));
+    }
+    if id == inv.leader_id {
+        return Err(ErrorBody::invalid(format!(
+            "{id} is the id of the leader that minted the token: every leader needs its own id"
+        ))
+        .hint("pass --id NAME"));
+    }
+    let now = unix_now();
+    if now >= inv.expires {
+        return Err(ErrorBody::invalid(format!(
+            "this join token expired {} s ago",
+            now - inv.expires
+        ))
+        .hint("ask a leader for a new one: `d invite --leader`"));
+    }
+    let first = parse_addr(&inv.leaders[0], d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::invalid(format!("the token's leader address: {e}")))?
+        .to_string();
+    let minted_by = inv.leader_id.clone();
+    let all = crate::base::config::parse_leaders(&inv.leaders.join(","), d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::invalid(format!("the token's leader addresses: {e}")))?;
+    mesh.apply_identity_with(
+        Identity {
+            role: Some(Role::Leader),
+            id: Some(id.clone()),
+            leader: Some(all),
+        },
+        Some(LeaderTrust {
+            key: None,
+            keys: Vec::new(),
+            join: Some(inv),
+        }),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    loop {
+        let e = mesh.link.entries().into_iter().find(|e| e.addr == first);
+        let joined = mesh.me.leader_trust().join.is_none();
+        if joined
+            && e.as_ref()
+                .is_some_and(|e| e.info.state == LinkState::Connected)
+        {
+            let message = format!(
+                "Joined as leader '{id}' of the mesh of leader {minted_by} at {first}; it replicates the registry from the other leaders from now on (this leader's key {})",
+                mesh.me.public_key().fingerprint()
+            );
+            return to_raw(&json!({ "message": message, "status": status::local(daemon) }));
+        }
+        if let Some(e) = e
+            .as_ref()
+            .filter(|e| e.info.state == LinkState::JoinRefused)
+        {
+            return Err(ErrorBody::new(
+                ErrorKind::AuthFailed,
+                format!(
+                    "the leader at {first} refused to enroll this daemon as a leader: {}",
+                    e.info.error.clone().unwrap_or_default()
+                ),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = e
+                .and_then(|e| e.info.error)
+                .unwrap_or_else(|| "no answer yet".into());
+            return Err(ErrorBody::new(
+                ErrorKind::ConnectFailed,
+                format!("not joined yet: the leader at {first} that minted the token did not welcome this daemon within {JOIN_WAIT:?} ({why})"),
+            )
+            .hint("a token is spent only at the leader that minted it: if that leader is down, ask another leader for a token (`d invite --leader` there)"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -359,6 +510,8 @@ pub async fn revoke_peer(daemon: &Arc<Daemon>, peer: String) -> Result<Reply, Er
         .await
         .map_err(db)?;
     crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
+    crate::mesh::replicate::publish(&daemon.mesh, vec![(peer.clone(), Some("revoked".into()))])
+        .await;
     let message = if existed {
         format!("Revoked {peer}: its key is removed and its sessions closed; it needs a new invitation (`d invite --id {peer}`) to come back")
     } else {

@@ -159,13 +159,17 @@ pub fn serve_for_peer(
     // thawed or reconnecting worker) to relay over that session. Never a
     // session that merely carries the leader's id (a key-less id proved by
     // the shared mesh key could).
-    let pinned = daemon.mesh.me.leader_trust().key;
+    // (Several leaders: any of them, over its link or proving its pin.)
+    let trust = daemon.mesh.me.leader_trust();
     let from_leader = daemon
         .mesh
         .link
-        .session()
-        .is_some_and(|l| std::ptr::eq(&l.peer, from))
-        || (from.key.is_some() && from.key == pinned);
+        .sessions()
+        .iter()
+        .any(|l| std::ptr::eq(&l.peer, from))
+        || from
+            .key
+            .is_some_and(|k| trust.key == Some(k) || trust.keys.iter().any(|(_, p)| *p == k));
     let relayed = !spec.requester.is_empty() && spec.requester != from.id;
     // Protocol 10: a job carrying its requester's signed claim is checked
     // whoever passed it on (the source peer of a peer-to-peer copy passes

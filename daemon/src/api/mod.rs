@@ -90,13 +90,26 @@ impl Daemon {
             })?;
         crate::base::clock::init(&config.state_dir);
         let store = Registry::start(&config.state_dir.join("d.db"))?;
-        let (role, id, leader, leader_key, join_token, labels, clock, retired, chain) = store
+        let (
+            role,
+            id,
+            leader,
+            (leader_key, leader_keys),
+            join_token,
+            labels,
+            clock,
+            retired,
+            chain,
+        ) = store
             .call(|st| {
                 Ok((
                     st.get_setting("role")?,
                     st.get_setting("id")?,
                     st.get_setting("leader")?,
-                    st.get_setting("leader_key")?,
+                    (
+                        st.get_setting("leader_key")?,
+                        st.get_setting("leader_keys")?,
+                    ),
                     st.get_setting("join_token")?,
                     st.get_setting("labels")?,
                     st.get_setting("clock_mark")?,
@@ -116,6 +129,9 @@ impl Daemon {
                 })?),
                 None => None,
             },
+            keys: leader_keys
+                .map(|t| LeaderTrust::keys_from_text(&t))
+                .unwrap_or_default(),
             join: join_token.and_then(|t| Invite::decode(&t).ok()),
         };
         // `setPeerConfig --labels` (comma-joined in settings) wins over the file.

@@ -28,6 +28,7 @@ impl Handler for Daemon {
 
     fn opened(&self, s: &Arc<Session>) {
         self.mesh.sessions.insert(s.clone());
+        crate::mesh::replicate::opened(&self.mesh, s);
     }
 
     fn closed<'a>(&'a self, s: &'a Arc<Session>) -> BoxFuture<'a, ()> {
@@ -50,6 +51,11 @@ impl Handler for Daemon {
                 }
                 Query::PeerEnrolled { peer } => {
                     registry::peer_enrolled(&self.mesh, &from, peer).await
+                }
+                q @ (Query::LeaderPush { .. }
+                | Query::LeaderPull { .. }
+                | Query::LeaderCheck { .. }) => {
+                    crate::mesh::replicate::answer(&self.mesh, &from, q).await
                 }
                 // Registry changes are the leader's local socket's alone.
                 Query::DeletePeer { peer } => {

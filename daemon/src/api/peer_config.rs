@@ -7,7 +7,7 @@ use d_proto::types::{ErrorBody, Role};
 use serde_json::json;
 
 use super::{status, to_raw, Daemon, Reply};
-use crate::base::config::parse_addr;
+use crate::base::config::parse_leaders;
 use crate::base::identity::Identity;
 
 pub async fn set(
@@ -50,9 +50,8 @@ pub async fn set(
     d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
     let leader = match leader {
         Some(l) => Some(
-            parse_addr(&l, d_proto::DEFAULT_PORT)
-                .map_err(|e| ErrorBody::invalid(format!("Invalid leader address: {e}")))?
-                .to_string(),
+            parse_leaders(&l, d_proto::DEFAULT_PORT)
+                .map_err(|e| ErrorBody::invalid(format!("Invalid leader address: {e}")))?,
         ),
         None => cur.leader,
     };

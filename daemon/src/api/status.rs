@@ -17,7 +17,13 @@ use crate::mesh::liveness::link_heartbeat;
 pub fn local(daemon: &Daemon) -> PeerStatus {
     let mesh = &daemon.mesh;
     let id = mesh.me.get();
-    let link = mesh.link.info();
+    let mut link = mesh.link.info();
+    if id.role == Some(Role::Leader) {
+        // A leader's links to other leaders are in `leaders`.
+        link.state = d_proto::types::LinkState::NotApplicable;
+        link.error = None;
+    }
+    let leaders = crate::mesh::leaders::states(mesh);
     let (listen, listen_error) = mesh.endpoint.listen();
     let config = &daemon.config;
     let storage = mesh.store.health().failure();
@@ -26,6 +32,11 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
         id: id.id,
         role: id.role,
         leader: id.leader,
+        leaders: if leaders.len() > 1 || id.role == Some(Role::Leader) {
+            leaders
+        } else {
+            Vec::new()
+        },
         link: link.state,
         link_since: Some(link.since),
         link_error: link.error,

@@ -32,7 +32,8 @@ pub struct Args {
     /// WireGuard interface whose address the daemon listens on (default wg0).
     #[arg(long = "wg-interface")]
     pub wg_interface: Option<String>,
-    /// Leader address `registerWorker` uses when not given one (default 10.0.0.1).
+    /// Leader address(es) `registerWorker` uses when not given one (default 10.0.0.1;
+    /// several leaders: comma-separated, asked in that order).
     #[arg(long)]
     pub leader: Option<String>,
     /// Default exec timeout in seconds, 0 = none (default 30).
@@ -198,9 +199,8 @@ impl Config {
             .leader
             .or(file.leader)
             .unwrap_or_else(|| d_proto::DEFAULT_LEADER.to_string());
-        let default_leader = parse_addr(&leader, d_proto::DEFAULT_PORT)
-            .map_err(|e| anyhow::anyhow!("--leader: {e}"))?
-            .to_string();
+        let default_leader = parse_leaders(&leader, d_proto::DEFAULT_PORT)
+            .map_err(|e| anyhow::anyhow!("--leader: {e}"))?;
         let heartbeat_ms = args
             .heartbeat_ms
             .or(file.heartbeat_ms)
@@ -296,9 +296,37 @@ pub fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     ))
 }
 
+/// A list of leader addresses, `IP[:PORT],IP[:PORT]` (several leaders),
+/// each checked by [`parse_addr`]; the same list, `IP:PORT` each, comma-joined.
+pub fn parse_leaders(s: &str, default_port: u16) -> Result<String, String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let a = parse_addr(part, default_port)?.to_string();
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{s:?} names no leader address: use IP[:PORT][,IP[:PORT]...]"
+        ));
+    }
+    Ok(out.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leader_lists() {
+        assert_eq!(
+            parse_leaders("10.0.0.1, 10.0.0.2:4000,10.0.0.1", 3600).unwrap(),
+            "10.0.0.1:3600,10.0.0.2:4000"
+        );
+        assert!(parse_leaders(",", 3600).is_err());
+        assert!(parse_leaders("a,b", 3600).is_err());
+    }
 
     #[test]
     fn addresses() {

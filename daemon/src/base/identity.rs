@@ -17,8 +17,24 @@ use super::meshkey;
 pub struct Identity {
     pub role: Option<Role>,
     pub id: Option<String>,
-    /// The leader's peer address, `IP:PORT` (workers).
+    /// The leaders' peer addresses, `IP:PORT`, comma-separated, in the
+    /// order they are asked (workers; a leader: the other leaders it was
+    /// told of by its join token).
     pub leader: Option<String>,
+}
+
+impl Identity {
+    /// The leader addresses, in configured order.
+    pub fn leaders(&self) -> Vec<String> {
+        self.leader
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// This daemon's identity and mesh key, read by every layer, changed only
@@ -46,12 +62,66 @@ pub struct Me {
     key_chain: RwLock<Vec<d_proto::keys::Rotation>>,
 }
 
-/// What a worker knows of its leader's identity (settings `leader_key`,
-/// `join_token`).
+/// What a worker knows of its leaders' identities (settings `leader_key`,
+/// `leader_keys`, `join_token`).
 #[derive(Debug, Clone, Default)]
 pub struct LeaderTrust {
+    /// The first leader's key (a single-leader mesh: the only one).
     pub key: Option<PublicKey>,
+    /// Several leaders: the key pinned for each leader address (`IP:PORT`).
+    pub keys: Vec<(String, PublicKey)>,
     pub join: Option<d_proto::invite::Invite>,
+}
+
+impl LeaderTrust {
+    /// The key the leader at `addr` must prove; `first`: it is the first
+    /// configured leader (whose key `key` holds).
+    pub fn key_for(&self, addr: &str, first: bool) -> Option<PublicKey> {
+        if let Some((_, k)) = self.keys.iter().find(|(a, _)| a == addr) {
+            return Some(*k);
+        }
+        if let Some(j) = &self.join {
+            if j.leaders.first().map(String::as_str) == Some(addr) {
+                return Some(j.leader_key);
+            }
+            if let Some(o) = j.others.iter().find(|o| o.addr == addr) {
+                return Some(o.key);
+            }
+        }
+        if first {
+            return self.key;
+        }
+        None
+    }
+
+    /// Whether the pending join token is to be presented at `addr` (the
+    /// leader that minted it, the first of its addresses).
+    pub fn joins_at(&self, addr: &str) -> bool {
+        self.join
+            .as_ref()
+            .is_some_and(|j| j.leaders.first().map(String::as_str) == Some(addr))
+    }
+
+    /// `leader_keys` as saved: `IP:PORT=KEY` comma-separated.
+    pub fn keys_text(&self) -> Option<String> {
+        (!self.keys.is_empty()).then(|| {
+            self.keys
+                .iter()
+                .map(|(a, k)| format!("{a}={}", k.to_base64()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    /// Read `leader_keys` (entries that do not parse are left out).
+    pub fn keys_from_text(s: &str) -> Vec<(String, PublicKey)> {
+        s.split(',')
+            .filter_map(|e| {
+                let (a, k) = e.split_once('=')?;
+                Some((a.to_string(), PublicKey::from_base64(k).ok()?))
+            })
+            .collect()
+    }
 }
 
 impl Me {

@@ -132,11 +132,23 @@ pub async fn admit(
             ));
         }
     }
+    // Another leader's link (several leaders) is a leader's row, if the
+    // replicated registry enrolled it as one (a hello's word is not enough).
+    let row_role = match (hello.role, proof.key) {
+        (Role::Leader, Some(key)) => {
+            let id = hello.peer_id.clone();
+            match mesh.store.read(move |st| st.replica_get(&id)).await {
+                Ok(Some(r)) if r.role == Role::Leader && r.key == Some(key) => Role::Leader,
+                _ => Role::Worker,
+            }
+        }
+        _ => Role::Worker,
+    };
     let row = PeerInfo {
         id: hello.peer_id.clone(),
         addr: from.ip().to_string(),
         port: hello.listen_port,
-        role: Role::Worker,
+        role: row_role,
         online: true,
         last_seen: None,
         version: hello.version.clone(),
@@ -146,6 +158,7 @@ pub async fn admit(
         handshake_age_secs: None,
         public_key: None,
         stale: None,
+        answered_by: None,
         // A worker's own labels; an older or odd one's invalid ones are left out.
         labels: if d_proto::validate_labels(&hello.labels).is_ok() {
             hello.labels.clone()

@@ -33,7 +33,7 @@ pub async fn query(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
         Some(Role::Leader) => Ok(answer(mesh, q).await),
         // The whole registry would not fit in one frame at fleet scale: page it.
         Some(Role::Worker) if q == Query::ListPeers => {
-            let json = paged_registry(mesh).await?;
+            let (json, _) = paged_registry(mesh).await?;
             let peers: Vec<d_proto::types::PeerInfo> =
                 serde_json::from_str(&json).map_err(|e| {
                     ErrorBody::new(
@@ -44,7 +44,23 @@ pub async fn query(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             kept::received(mesh, peers.clone());
             Ok(Answer::Peers { peers, more: None })
         }
-        Some(Role::Worker) => mesh.leader_session()?.query(q).await,
+        Some(Role::Worker) => {
+            // The first linked leader; the next when it fails (several leaders).
+            let mut first_err = None;
+            for link in mesh.leader_sessions() {
+                match link.query(q.clone()).await {
+                    Ok(a) => return Ok(a),
+                    Err(e) => {
+                        tracing::debug!("leader {} did not answer: {}", link.peer.id, e.error);
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            Err(first_err.unwrap_or_else(|| match mesh.leader_session() {
+                Err(e) => e,
+                Ok(_) => ErrorBody::new(ErrorKind::Other, "no leader answered"),
+            }))
+        }
         None => Err(not_configured()),
     }
 }
@@ -59,12 +75,12 @@ pub async fn list_peers_json(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
             return serde_json::to_string(&rows)
                 .map_err(|e| ErrorBody::new(ErrorKind::Other, e.to_string()));
         }
-        let json = paged_registry(mesh).await?;
+        let (json, by) = paged_registry(mesh).await?;
         // The whole registry, received: it is the copy to keep.
         if let Ok(rows) = serde_json::from_str(&json) {
             kept::received(mesh, rows);
         }
-        return Ok(json);
+        return Ok(answered_by(json, &by));
     }
     match query(mesh, Query::ListPeers).await? {
         Answer::Peers { peers, .. } => serde_json::to_string(&peers)
@@ -73,9 +89,41 @@ pub async fn list_peers_json(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
     }
 }
 
-/// A worker: the leader's registry, paged over the link, as JSON text.
-async fn paged_registry(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
-    paged_registry_of(mesh.leader_session()?).await
+/// A worker: the registry of the first linked leader that answers (the
+/// next when one fails), paged over its link, as JSON text, and that
+/// leader's id.
+async fn paged_registry(mesh: &Arc<Mesh>) -> Result<(String, String), ErrorBody> {
+    let links = mesh.leader_sessions();
+    if links.is_empty() {
+        return Err(mesh
+            .leader_session()
+            .err()
+            .unwrap_or_else(|| ErrorBody::new(ErrorKind::Other, "no leader link")));
+    }
+    let mut first_err = None;
+    for link in links {
+        let id = link.peer.id.clone();
+        match paged_registry_of(link).await {
+            Ok(json) => return Ok((json, id)),
+            Err(e) => {
+                tracing::debug!("leader {id} did not list the registry: {}", e.error);
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| ErrorBody::new(ErrorKind::Other, "no leader answered")))
+}
+
+/// `json` (an array of registry rows) with `"answered_by": LEADER` in its
+/// first row: which leader answered (several leaders).
+fn answered_by(json: String, leader: &str) -> String {
+    let Some(rest) = json.strip_prefix("[{") else {
+        return json;
+    };
+    let Ok(name) = serde_json::to_string(leader) else {
+        return json;
+    };
+    format!("[{{\"answered_by\":{name},{rest}")
 }
 
 /// The leader's registry, paged over `link`, as JSON text.
@@ -249,6 +297,7 @@ mod tests {
             handshake_age_secs: None,
             public_key: None,
             stale: None,
+            answered_by: None,
             labels: Vec::new(),
         }
     }

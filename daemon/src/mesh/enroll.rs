@@ -120,11 +120,32 @@ pub async fn check_at_leader(
                 return Err(taken(&id, &cur, &key));
             }
         }
-        return enroll(mesh, hello, from, key, Some(claim.token_id.clone())).await;
+        // A leader's token makes a leader, a worker's a worker.
+        if inv.as_leader != (hello.role == Role::Leader) {
+            return Err(refused(
+                format!(
+                    "join token {} makes a {}, and {id} joins as a {}",
+                    claim.token_id,
+                    if inv.as_leader { "leader" } else { "worker" },
+                    hello.role.as_str()
+                ),
+                if inv.as_leader {
+                    "a new leader joins with `d join TOKEN` on a daemon with an empty state directory"
+                } else {
+                    "a new leader needs a token from `d invite --leader`"
+                },
+            ));
+        }
+        let role = if inv.as_leader {
+            Role::Leader
+        } else {
+            Role::Worker
+        };
+        return enroll(mesh, hello, from, key, Some(claim.token_id.clone()), role).await;
     }
     match enrolled {
         Some(k) if k == key => return Ok(()),
-        Some(k) => return Err(taken(&id, &k, &key)),
+        Some(k) => return Err(taken_here(mesh, &id, &k, &key).await),
         None => {}
     }
     if revoked {
@@ -133,11 +154,11 @@ pub async fn check_at_leader(
     let link = hello.purpose == Purpose::Link;
     if owner.is_some() && link {
         // The same machine under a new id: renaming is not impersonation.
-        return enroll(mesh, hello, from, key, None).await;
+        return enroll(mesh, hello, from, key, None, Role::Worker).await;
     }
     if proof.mesh_key && mesh.me.key().is_some() {
         if link {
-            return enroll(mesh, hello, from, key, None).await;
+            return enroll(mesh, hello, from, key, None, Role::Worker).await;
         }
         return Ok(());
     }
@@ -162,12 +183,15 @@ async fn enroll(
     from: SocketAddr,
     key: PublicKey,
     token: Option<String>,
+    role: Role,
 ) -> Result<(), ErrorBody> {
+    // Several leaders: one that holds this id under another key refuses.
+    super::replicate::check_others(mesh, &hello.peer_id, key).await?;
     let row = PeerInfo {
         id: hello.peer_id.clone(),
         addr: from.ip().to_string(),
         port: hello.listen_port,
-        role: Role::Worker,
+        role,
         online: false,
         last_seen: None,
         version: hello.version.clone(),
@@ -177,6 +201,7 @@ async fn enroll(
         handshake_age_secs: None,
         public_key: Some(key),
         stale: None,
+        answered_by: None,
         labels: Vec::new(),
     };
     let now = unix_now();
@@ -202,6 +227,12 @@ async fn enroll(
             )
         })?;
     tracing::info!("enrolled {id} with key {} ({how})", key.fingerprint());
+    // The other leaders learn it now (pushed), before this admission's welcome.
+    let mut changed: Vec<(String, Option<String>)> = vec![(id.clone(), None)];
+    for old in &done.renamed_from {
+        changed.push((old.clone(), Some(format!("renamed to {id}"))));
+    }
+    super::replicate::publish(mesh, changed).await;
     // Workers keep the registry: each learns of a member joined by token
     // (or renamed, or given a new key) now. Not of the one-time enrollments
     // of a mesh moving from the shared key: thousands of those at once
@@ -261,6 +292,25 @@ pub async fn check_at_worker(
             format!("{id} is not enrolled with the leader (key {})", key.fingerprint()),
             format!("it needs an invitation: `d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
         )),
+    }
+}
+
+/// [`taken`], said as an enrollment conflict when `offered` lost one
+/// between leaders (it was enrolled on another leader during a partition).
+async fn taken_here(mesh: &Mesh, id: &str, enrolled: &PublicKey, offered: &PublicKey) -> ErrorBody {
+    let (id2, k) = (id.to_string(), *offered);
+    match mesh.store.read(move |st| st.replica_lost(&id2, &k)).await {
+        Ok(Some(c)) => refused(
+            format!(
+                "{id} lost an enrollment conflict between leaders: key {} (enrolled on leader {}) was enrolled first and keeps {id}; this daemon's key {} (enrolled on leader {} while the leaders could not reach each other) is refused",
+                enrolled.fingerprint(),
+                c.winner_origin,
+                offered.fingerprint(),
+                c.loser_origin
+            ),
+            format!("join again under another id: `d invite` on a leader, then `d join TOKEN --id NAME` on this machine (not {id})"),
+        ),
+        _ => taken(id, enrolled, offered),
     }
 }
 

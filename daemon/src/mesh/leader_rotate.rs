@@ -161,11 +161,8 @@ async fn tell_workers(mesh: &Arc<Mesh>, rotation: &Rotation) -> (usize, usize) {
 
 /// On a worker: its leader says it rotated its key.
 pub async fn leader_key_rotated(mesh: &Mesh, from: &Session, rotation: &Rotation) -> Answer {
-    let from_leader = mesh
-        .link
-        .session()
-        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), from as *const Session));
-    if !from_leader {
+    // Any of its leaders, over that leader's own link (several leaders).
+    if !mesh.link.is_leader_link(from) {
         return Answer::Error(ErrorBody::new(
             ErrorKind::AuthFailed,
             "only this worker's leader, over its link, may say its key changed",
@@ -201,15 +198,22 @@ pub async fn replace_pinned_leader_key(
     old: &PublicKey,
     new: &PublicKey,
 ) -> Result<bool, ErrorBody> {
-    let trust = mesh.me.leader_trust();
-    if trust.key != Some(*old) {
+    let mut trust: LeaderTrust = mesh.me.leader_trust();
+    // The first leader's pin, and the pin of each leader address (several
+    // leaders) that held the old key.
+    let mut changed = false;
+    if trust.key == Some(*old) {
+        trust.key = Some(*new);
+        changed = true;
+    }
+    for (_, k) in trust.keys.iter_mut().filter(|(_, k)| k == old) {
+        *k = *new;
+        changed = true;
+    }
+    if !changed {
         return Ok(false);
     }
-    mesh.save_leader_trust(LeaderTrust {
-        key: Some(*new),
-        join: trust.join,
-    })
-    .await?;
+    mesh.save_leader_trust(trust).await?;
     tracing::info!(
         "the leader's key is now {} (rotated from the pinned {})",
         new.fingerprint(),

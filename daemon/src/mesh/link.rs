@@ -1,26 +1,28 @@
-//! The worker's persistent link to its leader: dial, hello (purpose `Link`),
-//! hold the session, and on any loss reconnect with [`Backoff`]. The backoff
-//! resets once a link has stayed up for [`HEALTHY`]. [`Link`] holds its state
-//! as `getPeerStatus` reports it.
+//! The worker's persistent links to its leaders (one per configured leader
+//! address; several leaders): dial, hello (purpose `Link`), hold the
+//! session, and on any loss reconnect with [`Backoff`], each on its own.
+//! The backoff resets once a link has stayed up for [`HEALTHY`]. [`Link`]
+//! holds their states as `getPeerStatus` reports them; what goes "to the
+//! leader" uses the first open link in configured order ([`Link::session`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use d_proto::keys::PublicKey;
 use d_proto::peer::Purpose;
-use d_proto::types::{ErrorKind, LinkState};
+use d_proto::types::{ErrorKind, LinkState, Role};
 use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
 use crate::base::backoff::Backoff;
 use crate::base::clock::unix_now;
 use crate::base::config::parse_addr;
-use crate::base::identity::LeaderTrust;
 use crate::transport::{port, Expect, Session};
 
 /// A link up this long counts as healthy: the next loss starts backoff afresh.
 const HEALTHY: Duration = Duration::from_secs(10);
 
-/// The worker link as `getPeerStatus` reports it.
+/// One link as `getPeerStatus` reports it.
 #[derive(Clone)]
 pub struct LinkInfo {
     pub state: LinkState,
@@ -30,10 +32,44 @@ pub struct LinkInfo {
     pub session: Option<Arc<Session>>,
 }
 
-/// The link's state and the task that keeps it.
+impl LinkInfo {
+    fn new(state: LinkState) -> LinkInfo {
+        LinkInfo {
+            state,
+            since: unix_now(),
+            error: None,
+            session: None,
+        }
+    }
+
+    fn set(&mut self, state: LinkState, error: Option<String>, session: Option<Arc<Session>>) {
+        if self.state != state {
+            self.since = unix_now();
+        }
+        self.state = state;
+        self.error = error;
+        self.session = session;
+    }
+}
+
+/// The link to one leader address (several leaders: one each).
+#[derive(Clone)]
+pub struct Entry {
+    /// `IP:PORT` as configured (or replicated, between leaders).
+    pub addr: String,
+    /// The leader's id, once a session or a record told it.
+    pub id: Option<String>,
+    pub info: LinkInfo,
+}
+
+/// The links' states (one per leader address, in configured order) and
+/// the task that keeps them.
 pub struct Link {
-    info: Mutex<LinkInfo>,
-    /// Cancels the current link task (replaced on every identity change).
+    /// The state when there is no leader to link to (unconfigured, a
+    /// single leader, no mesh key).
+    global: Mutex<LinkInfo>,
+    entries: Mutex<Vec<Entry>>,
+    /// Cancels the current link tasks (replaced on every identity change).
     task: Mutex<Option<CancellationToken>>,
 }
 
@@ -44,35 +80,111 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Default for Link {
     fn default() -> Link {
         Link {
-            info: Mutex::new(LinkInfo {
-                state: LinkState::Unconfigured,
-                since: unix_now(),
-                error: None,
-                session: None,
-            }),
+            global: Mutex::new(LinkInfo::new(LinkState::Unconfigured)),
+            entries: Mutex::default(),
             task: Mutex::default(),
         }
     }
 }
 
 impl Link {
+    /// The link as one: the first connected leader's (configured order),
+    /// else the first leader's state and error.
     pub fn info(&self) -> LinkInfo {
-        lock(&self.info).clone()
-    }
-
-    /// The link session, if it is up.
-    pub fn session(&self) -> Option<Arc<Session>> {
-        lock(&self.info).session.clone().filter(|s| !s.is_closed())
-    }
-
-    pub fn set(&self, state: LinkState, error: Option<String>, session: Option<Arc<Session>>) {
-        let mut l = lock(&self.info);
-        if l.state != state {
-            l.since = unix_now();
+        let e = lock(&self.entries);
+        if let Some(up) = e
+            .iter()
+            .find(|x| x.info.session.as_ref().is_some_and(|s| !s.is_closed()))
+        {
+            return up.info.clone();
         }
-        l.state = state;
-        l.error = error;
-        l.session = session;
+        match e
+            .iter()
+            .find(|x| x.info.state == LinkState::JoinRefused)
+            .or(e.first())
+        {
+            Some(x) => x.info.clone(),
+            None => lock(&self.global).clone(),
+        }
+    }
+
+    /// Every leader link, in configured order.
+    pub fn entries(&self) -> Vec<Entry> {
+        lock(&self.entries).clone()
+    }
+
+    /// The first open leader link (configured order), if any is up.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.sessions().into_iter().next()
+    }
+
+    /// Every open leader link, in configured order (the first is asked
+    /// first; the next when it fails).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        lock(&self.entries)
+            .iter()
+            .filter_map(|x| x.info.session.clone())
+            .filter(|s| !s.is_closed())
+            .collect()
+    }
+
+    /// Whether `s` is one of the leader links.
+    pub fn is_leader_link(&self, s: &Session) -> bool {
+        lock(&self.entries).iter().any(|x| {
+            x.info
+                .session
+                .as_ref()
+                .is_some_and(|l| std::ptr::eq(Arc::as_ptr(l), s as *const Session))
+        })
+    }
+
+    /// The state with no leader link (every entry dropped).
+    pub fn set(&self, state: LinkState, error: Option<String>, session: Option<Arc<Session>>) {
+        lock(&self.entries).clear();
+        lock(&self.global).set(state, error, session);
+    }
+
+    /// Links to `addrs` from now on, each `Connecting`.
+    pub fn reset(&self, addrs: &[String]) {
+        *lock(&self.entries) = addrs
+            .iter()
+            .map(|a| Entry {
+                addr: a.clone(),
+                id: None,
+                info: LinkInfo::new(LinkState::Connecting),
+            })
+            .collect();
+    }
+
+    /// Add a link to `addr` (a leader learned of); `false` if it is there.
+    pub fn add(&self, addr: &str, id: Option<String>) -> bool {
+        let mut e = lock(&self.entries);
+        if e.iter().any(|x| x.addr == addr) {
+            return false;
+        }
+        e.push(Entry {
+            addr: addr.to_string(),
+            id,
+            info: LinkInfo::new(LinkState::Connecting),
+        });
+        true
+    }
+
+    /// The link to `addr` changed.
+    pub fn set_at(
+        &self,
+        addr: &str,
+        state: LinkState,
+        error: Option<String>,
+        session: Option<Arc<Session>>,
+    ) {
+        let mut e = lock(&self.entries);
+        if let Some(x) = e.iter_mut().find(|x| x.addr == addr) {
+            if let Some(s) = &session {
+                x.id = Some(s.peer.id.clone());
+            }
+            x.info.set(state, error, session);
+        }
     }
 
     /// Make `token` the current task's, cancelling the one before.
@@ -83,44 +195,65 @@ impl Link {
     }
 }
 
-pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
+/// Keep the link to the leader at `addr` (`first`: the first configured,
+/// whose key `LeaderTrust::key` pins) while `stop` is not cancelled. A
+/// leader runs it too, towards the other leaders it dials
+/// ([`super::leaders`]).
+pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let set = |state, error, session| mesh.link.set_at(&addr_text, state, error, session);
     loop {
         let trust = mesh.me.leader_trust();
-        if mesh.me.key().is_none() && trust.key.is_none() && trust.join.is_none() {
+        let joins = trust.joins_at(&addr_text);
+        let leader_role = mesh.me.role() == Some(Role::Leader);
+        if leader_role && !joins && !dials(&mesh, &addr_text) {
+            // The other leader dials this one (one session per pair).
+            return;
+        }
+        // The key a linked leader's registry names for that address wins
+        // over the one pinned (a leader that rejoined with a new key is
+        // enrolled so by another leader); else the pinned one.
+        let pinned = match known_key(&mesh, &addr_text).await {
+            Some(k) if !joins => Some(k),
+            _ => trust.key_for(&addr_text, first),
+        };
+        if mesh.me.key().is_none() && pinned.is_none() && trust.join.is_none() && !first {
+            // Another leader whose key no linked leader has told yet: the
+            // registry may name it soon (several leaders).
+            set(
+                LinkState::Connecting,
+                Some(format!("no key known for the leader at {addr_text} yet (the other leaders' registry names it once it is enrolled)")),
+                None,
+            );
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            continue;
+        }
+        if mesh.me.key().is_none() && pinned.is_none() && trust.join.is_none() {
             // Retrying cannot help: say what to do and wait for a token.
             let msg = "this daemon has not joined a mesh: run `d invite` on the leader, then `d join TOKEN` here".to_string();
             tracing::warn!("{msg}");
-            mesh.link.set(LinkState::NoMeshKey, Some(msg), None);
+            set(LinkState::NoMeshKey, Some(msg), None);
             return;
         }
         // The leader must prove the key pinned (or the token's); a pending
-        // token is presented until the leader welcomes it.
+        // token is presented to the leader that minted it until it welcomes it.
         let expect = Expect {
             id: None,
-            key: trust
-                .key
-                .or_else(|| trust.join.as_ref().map(|j| j.leader_key)),
-            invite: trust.join.as_ref().map(|j| {
+            key: pinned,
+            invite: trust.join.as_ref().filter(|_| joins).map(|j| {
                 (
                     j.token_id.clone(),
                     d_proto::invite::Invite::secret_hash(&j.secret.0),
                 )
             }),
         };
-        let id = mesh.me.get();
-        let Some(leader) = id.leader.clone() else {
-            mesh.link.set(
-                LinkState::Connecting,
-                Some("no leader address set".into()),
-                None,
-            );
-            return;
-        };
-        let addr = match parse_addr(&leader, d_proto::DEFAULT_PORT) {
+        let addr = match parse_addr(&addr_text, d_proto::DEFAULT_PORT) {
             Ok(a) => a,
             Err(e) => {
-                mesh.link.set(LinkState::Connecting, Some(e), None);
+                set(LinkState::Connecting, Some(e), None);
                 return;
             }
         };
@@ -130,24 +263,44 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
         };
         match attempt {
             Ok(session) => {
-                if trust.join.is_some() || trust.key.is_none() {
+                let pin_first = first && trust.key.is_none();
+                let pin_addr = !trust
+                    .keys
+                    .iter()
+                    .any(|(a, k)| *a == addr_text && Some(*k) == session.peer.key);
+                if joins || pin_first || pin_addr {
                     // Joined (the enrollment is committed on the leader), or
                     // the first link of a mesh moving from the shared key:
-                    // pin the leader's key from now on.
-                    let pinned = LeaderTrust {
-                        key: session.peer.key.or(trust.key),
-                        join: None,
-                    };
+                    // pin the leader's key from now on. A leader token's
+                    // other leaders are pinned with it.
+                    let mut pinned = mesh.me.leader_trust();
+                    if let Some(k) = session.peer.key {
+                        if first {
+                            pinned.key = Some(k);
+                        }
+                        pinned.keys.retain(|(a, _)| *a != addr_text);
+                        pinned.keys.push((addr_text.clone(), k));
+                    }
+                    if joins {
+                        if let Some(j) = pinned.join.take() {
+                            for o in j.others {
+                                if !pinned.keys.iter().any(|(a, _)| *a == o.addr) {
+                                    pinned.keys.push((o.addr, o.key));
+                                }
+                            }
+                        }
+                    }
                     if let Err(e) = mesh.save_leader_trust(pinned).await {
                         tracing::error!("{}", e.error);
                     }
-                    if trust.join.is_some() {
+                    if joins {
                         tracing::info!("joined the mesh of leader {}", session.peer.id);
                     }
                 }
                 // The leader rotated its key while this worker was away:
-                // the handshake followed its signed chain from the pinned key.
-                if let (Some(old), Some(new), None) = (trust.key, session.peer.key, &trust.join) {
+                // the handshake followed its signed chain from the key
+                // expected at this address (each leader its own).
+                if let (Some(old), Some(new), None) = (pinned, session.peer.key, &trust.join) {
                     if old != new {
                         if let Err(e) =
                             super::leader_rotate::replace_pinned_leader_key(&mesh, &old, &new).await
@@ -160,12 +313,13 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
                     super::retire::learned(&mesh).await;
                 }
                 tracing::info!("link to leader {} at {addr} is up", session.peer.id);
-                mesh.link
-                    .set(LinkState::Connected, None, Some(session.clone()));
-                // A copy of the registry, for when the leader is unreachable.
-                mesh.tasks
-                    .tracker
-                    .spawn(super::kept::keep_fresh(mesh.clone(), session.clone()));
+                set(LinkState::Connected, None, Some(session.clone()));
+                if !leader_role {
+                    // A copy of the registry, for when no leader is reachable.
+                    mesh.tasks
+                        .tracker
+                        .spawn(super::kept::keep_fresh(mesh.clone(), session.clone()));
+                }
                 let up = Instant::now();
                 tokio::select! {
                     _ = stop.cancelled() => {
@@ -175,8 +329,8 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
                     _ = session.closed() => {}
                 }
                 let why = session.reason().error;
-                tracing::warn!("link to leader lost: {why}");
-                mesh.link.set(
+                tracing::warn!("link to leader {} at {addr} lost: {why}", session.peer.id);
+                set(
                     LinkState::Connecting,
                     Some(format!("link lost: {why}")),
                     None,
@@ -190,14 +344,14 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
                     Some(h) => format!("{} ({h})", e.error),
                     None => e.error.clone(),
                 };
-                if trust.join.is_some() && e.kind == ErrorKind::AuthFailed {
+                if joins && e.kind == ErrorKind::AuthFailed {
                     // A refused token stays refused: stop, and say why.
                     tracing::warn!("the leader refused to enroll this daemon: {msg}");
-                    mesh.link.set(LinkState::JoinRefused, Some(msg), None);
+                    set(LinkState::JoinRefused, Some(msg), None);
                     return;
                 }
                 tracing::debug!("cannot reach leader at {addr}: {msg}");
-                mesh.link.set(LinkState::Connecting, Some(msg), None);
+                set(LinkState::Connecting, Some(msg), None);
             }
         }
         tokio::select! {
@@ -205,4 +359,43 @@ pub async fn link_loop(mesh: Arc<Mesh>, stop: CancellationToken) {
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// Whether this leader dials the leader at `addr` (its id unknown yet, or
+/// greater than this leader's own).
+pub fn dials(mesh: &Mesh, addr: &str) -> bool {
+    let me = mesh.me.get().id.unwrap_or_default();
+    let their = mesh
+        .link
+        .entries()
+        .into_iter()
+        .find(|e| e.addr == addr)
+        .and_then(|e| e.id);
+    their.is_none_or(|t| me < t)
+}
+
+/// The key the replicated registry (a leader) or the kept copy (a worker)
+/// names for the leader at `addr`, if any.
+pub async fn known_key(mesh: &Mesh, addr: &str) -> Option<PublicKey> {
+    let addr = addr.to_string();
+    let leader = mesh.me.role() == Some(Role::Leader);
+    mesh.store
+        .read(move |st| {
+            if leader {
+                let rows = st.replica_leaders()?;
+                Ok(rows
+                    .into_iter()
+                    .find(|r| format!("{}:{}", r.addr, r.port) == addr)
+                    .and_then(|r| r.key))
+            } else {
+                let rows = st.kept_peers()?;
+                Ok(rows
+                    .into_iter()
+                    .find(|r| r.role == Role::Leader && format!("{}:{}", r.addr, r.port) == addr)
+                    .and_then(|r| r.public_key))
+            }
+        })
+        .await
+        .ok()
+        .flatten()
 }

@@ -55,6 +55,7 @@ pub async fn ensure_self_row(mesh: &Arc<Mesh>) {
         handshake_age_secs: None,
         public_key: Some(mesh.me.public_key()),
         stale: None,
+        answered_by: None,
         labels: mesh.me.labels(),
     };
     let now = unix_now();

@@ -6,7 +6,9 @@
 //! - [`sessions`]: the table of open sessions (its only owner).
 //! - [`admit`]: who may open a session with the leader; links register.
 //! - [`enroll`]: whether a proven key may be the id it claims; enrollment.
-//! - [`link`]: a worker's link to its leader, with backoff.
+//! - [`link`]: a worker's links to its leaders, each with its backoff.
+//! - [`leaders`]: several leaders: which to link to, and their states;
+//!   [`replicate`]: the durable registry replicated between leaders.
 //! - [`kept`]: a worker's kept copy of the registry, used while the
 //!   leader is unreachable.
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
@@ -37,9 +39,11 @@ pub mod claims;
 pub mod enroll;
 pub mod kept;
 pub mod leader_rotate;
+pub mod leaders;
 pub mod link;
 pub mod liveness;
 pub mod registry;
+pub mod replicate;
 pub mod retire;
 pub mod rotate;
 pub mod route;
@@ -135,7 +139,16 @@ impl Mesh {
         t.spawn(liveness::close_idle_duplicates(self.clone()));
     }
 
-    /// The link to the leader, if it is up.
+    /// The open leader links, first configured first (a worker; empty
+    /// when none is up).
+    pub fn leader_sessions(&self) -> Vec<Arc<Session>> {
+        if self.me.role() != Some(Role::Worker) {
+            return Vec::new();
+        }
+        self.link.sessions()
+    }
+
+    /// The first open link to a leader (configured order), if any is up.
     pub fn leader_session(&self) -> Result<Arc<Session>, ErrorBody> {
         let id = self.me.get();
         match id.role {
@@ -173,10 +186,12 @@ impl Mesh {
     /// Save and use what this worker knows of its leader's identity.
     pub async fn save_leader_trust(&self, t: LeaderTrust) -> Result<(), ErrorBody> {
         let key = t.key.map(|k| k.to_base64());
+        let keys = t.keys_text();
         let join = t.join.as_ref().map(|j| j.encode());
         self.store
             .call_durable(move |st| {
                 st.set_setting("leader_key", key.as_deref())?;
+                st.set_setting("leader_keys", keys.as_deref())?;
                 st.set_setting("join_token", join.as_deref())
             })
             .await
@@ -223,8 +238,33 @@ impl Mesh {
             })?;
         let role = new.role;
         let old = self.me.get();
+        // Several leaders: a worker given a new list that still names some
+        // of its leaders keeps their pinned keys (and its kept registry,
+        // where the keys of the leaders it adds are).
+        let (old_list, new_list) = (old.leaders(), new.leaders());
+        let overlap = role == Some(Role::Worker)
+            && old.role == Some(Role::Worker)
+            && new_list.iter().any(|a| old_list.contains(a));
         match trust {
             Some(t) => self.save_leader_trust(t).await?,
+            None if old.leader != new.leader && overlap => {
+                let cur = self.me.leader_trust();
+                let mut keys = cur.keys.clone();
+                if let (Some(k), Some(a)) = (cur.key, old_list.first()) {
+                    if !keys.iter().any(|(x, _)| x == a) {
+                        keys.push((a.clone(), k));
+                    }
+                }
+                keys.retain(|(a, _)| new_list.contains(a));
+                let first = new_list.first();
+                let key = keys.iter().find(|(a, _)| Some(a) == first).map(|(_, k)| *k);
+                self.save_leader_trust(LeaderTrust {
+                    key,
+                    keys,
+                    join: cur.join,
+                })
+                .await?;
+            }
             None if old.leader != new.leader || role != Some(Role::Worker) => {
                 // Another leader (or none): the pinned key was that leader's,
                 // and so was the kept registry.
@@ -249,18 +289,39 @@ impl Mesh {
         Ok(())
     }
 
-    /// (Re)start the worker link task for the current identity.
+    /// (Re)start the link tasks for the current identity: a worker's to
+    /// each of its leaders, a leader's to the other leaders.
     pub fn restart_link(self: &Arc<Self>) {
         let token = self.tasks.shutdown.child_token();
         self.link.replace_task(token.clone());
         match self.me.role() {
             Some(Role::Worker) => {
+                let addrs = self.me.get().leaders();
+                if addrs.is_empty() {
+                    self.link.set(
+                        LinkState::Connecting,
+                        Some("no leader address set".into()),
+                        None,
+                    );
+                    return;
+                }
                 self.link.set(LinkState::Connecting, None, None);
-                self.tasks
-                    .tracker
-                    .spawn(link::link_loop(self.clone(), token));
+                self.link.reset(&addrs);
+                for (i, a) in addrs.into_iter().enumerate() {
+                    self.tasks.tracker.spawn(link::link_loop(
+                        self.clone(),
+                        a,
+                        i == 0,
+                        token.child_token(),
+                    ));
+                }
             }
-            Some(Role::Leader) => self.link.set(LinkState::NotApplicable, None, None),
+            Some(Role::Leader) => {
+                self.link.set(LinkState::NotApplicable, None, None);
+                let t = &self.tasks.tracker;
+                t.spawn(leaders::keep_links(self.clone(), token.child_token()));
+                t.spawn(replicate::keep_own(self.clone(), token));
+            }
             None => self.link.set(LinkState::Unconfigured, None, None),
         }
     }

@@ -162,7 +162,10 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
         | Query::PeerRemoved { .. }
         | Query::PeerEnrolled { .. }
         | Query::RotateKey { .. }
-        | Query::LeaderKeyRotated { .. } => Err(ErrorBody::invalid("answered above (api::peer)")),
+        | Query::LeaderKeyRotated { .. }
+        | Query::LeaderPush { .. }
+        | Query::LeaderPull { .. }
+        | Query::LeaderCheck { .. } => Err(ErrorBody::invalid("answered above (api::peer)")),
         Query::ResolvePeer { peer } | Query::GetPeerInfo { peer } => {
             let p2 = peer.clone();
             match mesh
@@ -313,10 +316,7 @@ pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
 /// On a worker: the leader says `peer` was removed: close its sessions,
 /// and hold its key revoked in the kept registry.
 pub async fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
-    let from_leader = mesh
-        .link
-        .session()
-        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), from as *const Session));
+    let from_leader = mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
     if !from_leader {
         return Answer::Error(ErrorBody::invalid(
             "only this worker's leader may say a peer was removed",
@@ -355,10 +355,7 @@ pub fn announce_enrolled(mesh: &Arc<Mesh>, row: &PeerInfo) {
 
 /// On a worker: the leader says `peer` was enrolled: keep its row.
 pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> Answer {
-    let from_leader = mesh
-        .link
-        .session()
-        .is_some_and(|l| std::ptr::eq(Arc::as_ptr(&l), from as *const Session));
+    let from_leader = mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
     if !from_leader {
         return Answer::Error(ErrorBody::invalid(
             "only this worker's leader may say a peer was enrolled",

@@ -169,5 +169,6 @@ async fn check_and_commit(
         .await
         .map_err(ErrorBody::from)?;
     registry::announce_rotated(mesh, &id, row);
+    super::replicate::publish(mesh, vec![(id, None)]).await;
     Ok(())
 }

@@ -96,7 +96,9 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
         Some(Role::Worker) => match mesh.leader_session() {
             // The leader unreachable: the way (and the key) from the kept copy.
             Err(why) => kept::resolve(mesh, peer, &why).await?,
-            Ok(link) => match link.query(Query::ResolvePeer { peer: peer.into() }).await? {
+            // The first linked leader, the next if it fails (several leaders).
+            Ok(_) => match super::ask::query(mesh, Query::ResolvePeer { peer: peer.into() }).await?
+            {
                 Answer::Peer { peer } => {
                     kept::learned(mesh, &peer);
                     peer

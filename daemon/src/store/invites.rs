@@ -25,6 +25,9 @@ pub struct InviteRow {
     pub spent_at: Option<u64>,
     pub spent_by: Option<String>,
     pub revoked: bool,
+    /// It makes a new leader of the mesh (`d invite --leader`).
+    #[serde(default)]
+    pub as_leader: bool,
 }
 
 impl InviteRow {
@@ -64,7 +67,7 @@ pub struct Enrolled {
 pub const MAX_OPEN_INVITES: u64 = 10_000;
 
 const INVITE_COLUMNS: &str =
-    "token_id, secret_hash, id, replace_key, created, expires, spent_at, spent_by, revoked";
+    "token_id, secret_hash, id, replace_key, created, expires, spent_at, spent_by, revoked, as_leader";
 
 fn row_to_invite(r: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
     let hash: Vec<u8> = r.get(1)?;
@@ -78,6 +81,7 @@ fn row_to_invite(r: &rusqlite::Row<'_>) -> rusqlite::Result<InviteRow> {
         spent_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
         spent_by: r.get(7)?,
         revoked: r.get::<_, i64>(8)? != 0,
+        as_leader: r.get::<_, i64>(9)? != 0,
     })
 }
 
@@ -334,7 +338,7 @@ impl Store {
         let sp = self.conn.savepoint()?;
         {
             let mut st = sp.prepare_cached(&format!(
-                "INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, 0)"
+                "INSERT INTO invites ({INVITE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, 0, ?7)"
             ))?;
             for inv in invs {
                 st.execute(params![
@@ -343,7 +347,8 @@ impl Store {
                     inv.id,
                     inv.replace as i64,
                     inv.created as i64,
-                    inv.expires as i64
+                    inv.expires as i64,
+                    inv.as_leader as i64
                 ])?;
             }
         }
@@ -401,6 +406,7 @@ mod tests {
             handshake_age_secs: None,
             public_key: Some(key),
             stale: None,
+            answered_by: None,
             labels: Vec::new(),
         }
     }
@@ -416,6 +422,7 @@ mod tests {
             spent_at: None,
             spent_by: None,
             revoked: false,
+            as_leader: false,
         }
     }
 

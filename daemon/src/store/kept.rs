@@ -166,6 +166,7 @@ fn row_to_kept(r: &rusqlite::Row<'_>) -> rusqlite::Result<(PeerInfo, u64)> {
             .map(str::to_string)
             .collect(),
         stale: None,
+        answered_by: None,
     };
     Ok((p, received.max(0) as u64))
 }
@@ -191,6 +192,7 @@ mod tests {
             public_key: key,
             labels: vec!["web".into(), "prod".into()],
             stale: None,
+            answered_by: None,
         }
     }
 

@@ -127,6 +127,35 @@ const MIGRATIONS: &[&str] = &[
     // `--timeout`, the names of `--env`, stdin), JSON of
     // d_proto::jobs::JobOptions, NULL for the defaults; `d jobs rerun`.
     "ALTER TABLE jobs ADD COLUMN options TEXT;",
+    // 11 → 12: several leaders (issue 17): each enrolled id's versioned
+    // record as leaders replicate it (a NULL key is a tombstone), its local
+    // sequence number (what other leaders pull after), the enrollment
+    // conflicts found when a partition healed, and invitations that make a
+    // new leader.
+    "CREATE TABLE replica (
+        id        TEXT PRIMARY KEY,
+        version   INTEGER NOT NULL,
+        origin    TEXT NOT NULL,
+        key       TEXT,
+        replaces  TEXT,
+        role      TEXT NOT NULL,
+        addr      TEXT NOT NULL DEFAULT '',
+        port      INTEGER NOT NULL DEFAULT 0,
+        hostname  TEXT NOT NULL DEFAULT '',
+        reason    TEXT,
+        seq       INTEGER NOT NULL
+    );
+    CREATE INDEX replica_seq ON replica(seq);
+    CREATE TABLE replica_conflicts (
+        id            TEXT NOT NULL,
+        winner_key    TEXT NOT NULL,
+        winner_origin TEXT NOT NULL,
+        loser_key     TEXT NOT NULL,
+        loser_origin  TEXT NOT NULL,
+        at            INTEGER NOT NULL,
+        PRIMARY KEY (id, loser_key)
+    );
+    ALTER TABLE invites ADD COLUMN as_leader INTEGER NOT NULL DEFAULT 0;",
 ];
 
 impl Store {

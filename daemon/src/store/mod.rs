@@ -32,6 +32,7 @@ pub mod kept;
 pub mod lock;
 pub mod migrations;
 pub mod peers;
+pub mod replica;
 pub mod settings;
 
 #[derive(Debug, thiserror::Error)]

@@ -151,6 +151,7 @@ fn row_to_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerInfo> {
             .get::<_, Option<String>>(9)?
             .and_then(|k| PublicKey::from_base64(&k).ok()),
         stale: None,
+        answered_by: None,
         labels: r
             .get::<_, String>(10)?
             .split(',')
@@ -180,6 +181,7 @@ mod tests {
             handshake_age_secs: None,
             public_key: None,
             stale: None,
+            answered_by: None,
             labels: Vec::new(),
         }
     }
