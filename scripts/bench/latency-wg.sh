@@ -130,6 +130,11 @@ for set in now now-sh; do
   python3 "$HERE/timing.py" --runs "$TIMING_RUNS" --out "$OUT/timing-$set.json" -- \
     "$MESH_DIR/bin/now/d" --socket "${SETSOCK[$set]}" execOnPeer --peer desktop --directory / --shellCmd true
 done
+if [ -n "$STATIC_D" ]; then
+  echo "== D_TIMING breakdown (now-sh, static client): $TIMING_RUNS runs, medians (p10, p90) in ms =="
+  python3 "$HERE/timing.py" --runs "$TIMING_RUNS" --out "$OUT/timing-now-sh-static.json" -- \
+    "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now-sh]}" execOnPeer --peer desktop --directory / --shellCmd true
+fi
 
 python3 - "$OUT/alt.json" "$OUT/rtt.json" <<'PY'
 import json, sys
