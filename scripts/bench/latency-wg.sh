@@ -25,8 +25,8 @@
 #
 # Environment: BEFORE_BIN (a dir with d and d-daemon; none: this build only),
 # NOW_BIN (a dir with this build's d, d-daemon and loadgen; default target/release),
-# STATIC_D (a statically linked build of this d client, see
-# scripts/build-static-client.sh: its `d ping` and exec rows are added, against
+# STATIC_D (a statically linked build of this d client, a measurement only:
+# scripts/bench/static-client.sh; its `d ping` and exec rows are added, against
 # this build's daemons), ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200,
 # STREAM_MB=0 STREAM_RUNS=3, BENCH_NO_BUILD=1.
 # Results: target/bench/latency-wg/{alt.json,timing-*.json,rtt.json,stream.json,
