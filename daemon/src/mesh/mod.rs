@@ -311,14 +311,10 @@ impl Mesh {
                     return;
                 }
                 self.link.set(LinkState::Connecting, None, None);
-                self.link.reset(&addrs);
-                for (i, a) in addrs.into_iter().enumerate() {
-                    self.tasks.tracker.spawn(link::link_loop(
-                        self.clone(),
-                        a,
-                        i == 0,
-                        token.child_token(),
-                    ));
+                for (i, (a, stop)) in self.link.reset(&addrs, &token).into_iter().enumerate() {
+                    self.tasks
+                        .tracker
+                        .spawn(link::link_loop(self.clone(), a, i == 0, stop));
                 }
             }
             Some(Role::Leader) => {
