@@ -88,10 +88,11 @@ fn mesh(base: u8, n: usize) -> (Vec<TestDaemon>, Vec<TestDaemon>) {
     (vec![la, lb, lc], workers)
 }
 
-/// A relayed job from `w` to `to` (`--via-leader`) succeeds, and says the
-/// leader it went through, which is not `not`.
+/// From `w`: a job relayed to `to` through a leader (`--via-leader` is a
+/// fan-out's option: `@to,to` is a fan-out of one peer), a resolution, and
+/// `listPeers` answered by a leader other than `not`.
 fn relayed(w: &TestDaemon, to: &str, not: &str) {
-    let at = format!("@{to}");
+    let at = format!("@{to},{to}");
     let o = w.d(&[at.as_str(), "--via-leader", "echo relayed-ok"]);
     assert!(
         o.status.success() && stdout(&o).contains("relayed-ok"),

@@ -44,22 +44,9 @@ pub async fn query(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             kept::received(mesh, peers.clone());
             Ok(Answer::Peers { peers, more: None })
         }
-        Some(Role::Worker) => {
-            // The first lively leader; the next too when it is slow or
-            // fails (several leaders: [`super::pick`]).
-            let links = pick::ordered(mesh);
-            if links.is_empty() {
-                return Err(mesh.leader_session().err().unwrap_or_else(|| {
-                    ErrorBody::new(ErrorKind::Other, "no leader link")
-                }));
-            }
-            pick::hedged(links, pick::HEDGE, |link| {
-                let q = q.clone();
-                async move { link.query(q).await }
-            })
-            .await
-            .map(|(a, _)| a)
-        }
+        // The first lively leader; the next too when it is slow or fails
+        // (several leaders: [`pick`]).
+        Some(Role::Worker) => pick::ask(mesh, q).await,
         None => Err(not_configured()),
     }
 }

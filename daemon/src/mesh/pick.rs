@@ -117,6 +117,26 @@ where
     }
 }
 
+/// A registry question asked of the linked leaders, [`hedged`] over
+/// [`ordered`]: a leader's answer (an `Answer::Error` too) wins; an error
+/// only when none answered. No link open: the worker's "not connected to
+/// leader" error.
+pub async fn ask(mesh: &Mesh, q: Query) -> Result<Answer, ErrorBody> {
+    let links = ordered(mesh);
+    if links.is_empty() {
+        return Err(mesh
+            .leader_session()
+            .err()
+            .unwrap_or_else(|| ErrorBody::new(ErrorKind::Other, "no leader link")));
+    }
+    hedged(links, HEDGE, |link| {
+        let q = q.clone();
+        async move { link.query(q).await }
+    })
+    .await
+    .map(|(a, _)| a)
+}
+
 /// The leader link to relay a job through: the one picked within
 /// [`PICK_FOR`] if still open and lively, the only one if there is one,
 /// else the first of [`ordered`] to answer a ping (hedged). No link open:
