@@ -17,8 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    daemon_bin, kill_child, run_d, run_d_json, stderr, stdout, stop_child, wait_answering,
-    wait_for,
+    daemon_bin, kill_child, run_d, run_d_json, stderr, stdout, stop_child, wait_answering, wait_for,
 };
 use serde_json::Value;
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
@@ -109,7 +108,10 @@ impl Drop for NsDaemon {
 fn token(by: &NsDaemon, args: &[&str]) -> String {
     let mut all = vec!["invite"];
     all.extend_from_slice(args);
-    by.json(&all)["token"].as_str().expect("a token").to_string()
+    by.json(&all)["token"]
+        .as_str()
+        .expect("a token")
+        .to_string()
 }
 
 /// `d join TOKEN --id ID` on `d`. A loaded machine may take longer than
@@ -167,9 +169,21 @@ fn pair_cut(mesh: &NetMesh, a: usize, b: usize, cut: bool) {
         };
         let o = mesh.exec(
             x,
-            &["wg", "set", mesh.wg_iface(x), "peer", mesh.wg_pubkey(y), "allowed-ips", &ips],
+            &[
+                "wg",
+                "set",
+                mesh.wg_iface(x),
+                "peer",
+                mesh.wg_pubkey(y),
+                "allowed-ips",
+                &ips,
+            ],
         );
-        assert!(o.status.success(), "wg set allowed-ips {ips:?} on {x}: {}", stderr(&o));
+        assert!(
+            o.status.success(),
+            "wg set allowed-ips {ips:?} on {x}: {}",
+            stderr(&o)
+        );
     }
 }
 
@@ -193,7 +207,13 @@ fn works_from(w: &NsDaemon, other: &str, live: &[&str]) {
         stderr(&o)
     );
     let o = w.d(&["@all", "true"]);
-    assert!(o.status.success(), "@all from {}: {}{}", w.name, stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "@all from {}: {}{}",
+        w.name,
+        stdout(&o),
+        stderr(&o)
+    );
     let o = w.d(&["--json", "listPeers"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
@@ -246,7 +266,9 @@ fn three_leaders_over_wireguard_lose_one_and_heal_a_partition() {
     let (ta, tb) = (token(&la, &["--id", "dup"]), token(&lb, &["--id", "dup"]));
     let (ta2, tb2) = (token(&la, &[]), token(&lb, &[]));
     pair_cut(&mesh, 1, 2, true);
-    wait_for(WAIT, "la and lb apart", || linked(&la) == 0 && linked(&lb) == 0);
+    wait_for(WAIT, "la and lb apart", || {
+        linked(&la) == 0 && linked(&lb) == 0
+    });
     let m1 = NsDaemon::start(&mesh, 6, "m1", &[]);
     join(&m1, &ta, "dup");
     let xa = NsDaemon::start(&mesh, 6, "xa", &["--listen", "198.19.0.6:3601"]);
@@ -269,13 +291,20 @@ fn three_leaders_over_wireguard_lose_one_and_heal_a_partition() {
     }
     for l in [&la, &lb, &lc] {
         for id in ["w1", "w2", "xa", "xb", "dup"] {
-            wait_for(WAIT, &format!("{id} on {}", l.name), || rows(l, id).len() == 1);
+            wait_for(WAIT, &format!("{id} on {}", l.name), || {
+                rows(l, id).len() == 1
+            });
         }
         wait_for(WAIT, &format!("dup settled on {}", l.name), || {
             rows(l, "dup")[0]["public_key"] == k1.as_str()
         });
         for (id, d) in [("xa", &xa), ("xb", &xb), ("w1", &workers[0])] {
-            assert_eq!(rows(l, id)[0]["public_key"], key_of(d).as_str(), "{id} on {}", l.name);
+            assert_eq!(
+                rows(l, id)[0]["public_key"],
+                key_of(d).as_str(),
+                "{id} on {}",
+                l.name
+            );
         }
     }
     // The loser is refused by every leader; the rest work over the tunnel.

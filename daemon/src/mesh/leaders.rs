@@ -66,7 +66,11 @@ pub async fn keep_links(mesh: Arc<Mesh>, stop: CancellationToken) {
             .await
             .unwrap_or_default();
         for id in &removed {
-            if !mesh.link.drop_id(id, &format!("leader {id} was removed from the mesh")).is_empty() {
+            if !mesh
+                .link
+                .drop_id(id, &format!("leader {id} was removed from the mesh"))
+                .is_empty()
+            {
                 tracing::info!("leader {id} was removed from the mesh: no longer linked to it");
             }
         }
@@ -79,12 +83,9 @@ pub async fn keep_links(mesh: Arc<Mesh>, stop: CancellationToken) {
             }
             if let Some(token) = mesh.link.add(&addr, id, &stop) {
                 tracing::info!("another leader of this mesh is at {addr}");
-                mesh.tasks.tracker.spawn(super::link::link_loop(
-                    mesh.clone(),
-                    addr,
-                    false,
-                    token,
-                ));
+                mesh.tasks
+                    .tracker
+                    .spawn(super::link::link_loop(mesh.clone(), addr, false, token));
             }
         }
         tokio::select! {

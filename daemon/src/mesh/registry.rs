@@ -325,7 +325,12 @@ pub async fn peer_removed(mesh: &Arc<Mesh>, from: &Arc<Session>, peer: &str) -> 
         ));
     }
     super::kept::forget(mesh, peer).await;
-    if mesh.link.entries().iter().any(|e| e.id.as_deref() == Some(peer)) {
+    if mesh
+        .link
+        .entries()
+        .iter()
+        .any(|e| e.id.as_deref() == Some(peer))
+    {
         // One of this worker's leaders. A rotated key is told the same way
         // (its new row follows): only a leader the registry no longer
         // holds is dropped, with no link to it from now on.
