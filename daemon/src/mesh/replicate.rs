@@ -72,7 +72,10 @@ pub async fn publish_and_wait(
     if records.is_empty() {
         return (0, 0);
     }
-    let asks = leaders::sessions(mesh).into_iter().map(|s| {
+    let asks = leaders::sessions(mesh)
+        .into_iter()
+        .filter(|s| s.terms.protocol >= d_proto::PROTOCOL_LEADER_CHECK)
+        .map(|s| {
         let q = Query::LeaderPush {
             records: records.clone(),
         };
