@@ -31,21 +31,28 @@ use crate::base::identity::{not_configured, Me};
 /// keeps its last 16, `mesh::leader_rotate::KEPT_ROTATIONS`).
 const MAX_KEY_CHAIN: usize = 32;
 
-/// Read one handshake message, or say why not.
+/// Read one handshake message within [`HANDSHAKE_TIMEOUT`], or say why not.
 async fn read_step<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
     what: &str,
 ) -> Result<PeerMsg, ErrorBody> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read::<PeerMsg>()).await {
+    read_step_within(reader, what, HANDSHAKE_TIMEOUT).await
+}
+
+/// Read one handshake message within `wait`, or say why not.
+async fn read_step_within<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    what: &str,
+    wait: Duration,
+) -> Result<PeerMsg, ErrorBody> {
+    match tokio::time::timeout(wait, reader.read::<PeerMsg>()).await {
         Ok(Read::Msg(m)) => Ok(m),
         Ok(Read::Bad(e)) => Err(ErrorBody::invalid(format!("bad {what}: {e}"))),
         Ok(Read::Eof) => Err(ErrorBody::new(
             ErrorKind::PeerLost,
             format!("connection closed before the {what}"),
         )),
-        Err(_) => Err(ErrorBody::invalid(format!(
-            "no {what} within {HANDSHAKE_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(ErrorBody::invalid(format!("no {what} within {wait:?}"))),
     }
 }
 
@@ -108,6 +115,20 @@ where
         ErrorBody::new(ErrorKind::Refused, "this daemon is not configured yet")
             .hint("run `d setPeerConfig --role ... --id ...` on it")
     })?;
+    // Our turn (a storm of reconnecting links is served in arrival order),
+    // held until the admission is decided; a dialer that gave up meanwhile
+    // costs nothing more.
+    let _turn = ep.admission.enter().await;
+    if reader.closed_now() {
+        return Err(ErrorBody::new(
+            ErrorKind::PeerLost,
+            format!(
+                "{} at {} gave up while its handshake waited its turn",
+                hello.peer_id,
+                addr.ip()
+            ),
+        ));
+    }
     let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
     let mesh_key = ep.me.key();
     let legacy = auth::Transcript {
@@ -369,7 +390,13 @@ where
     // real daemon never refuses an identity there, so one that says
     // "authentication failed" (a forged answer to a `d join`, say) is not
     // taken as final (the link tries again).
-    let first = match read_step(reader, "challenge").await {
+    // A link waits its turn at a busy leader (d_proto::redial): a dial
+    // given up and made again would only join the back of the queue.
+    let challenge_wait = match purpose {
+        Purpose::Link => d_proto::redial::CHALLENGE_WAIT,
+        _ => HANDSHAKE_TIMEOUT,
+    };
+    let first = match read_step_within(reader, "challenge", challenge_wait).await {
         Ok(PeerMsg::Refused(e)) if e.kind == ErrorKind::AuthFailed => {
             return Err(ErrorBody::new(
                 ErrorKind::Refused,
