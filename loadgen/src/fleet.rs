@@ -35,8 +35,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// The leader's welcome (and, for `--key`, nothing else) within this, as the daemon.
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A leader line longer than this ends the link (the daemon's own limit).
 const MAX_LINE: usize = d_proto::MAX_FRAME;
 const FLEET_HEADER: &str = "d-loadgen-fleet-v1";
@@ -229,7 +228,7 @@ pub async fn connect(
         .await
         .map_err(|e| e.to_string())?;
     // A busy leader queues handshakes: wait the turn (d_proto::redial).
-    let challenge = match read_msg(&mut reader, &mut line, d_proto::redial::CHALLENGE_WAIT).await? {
+    let challenge = match read_msg(&mut reader, &mut line, d_proto::redial::ANSWER_WAIT).await? {
         Some(m @ PeerMsg::Challenge { .. }) => m,
         Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
         Some(_) => return Err("unexpected answer to hello".into()),
@@ -315,7 +314,7 @@ pub async fn connect(
         .write_all(&encode(&mine))
         .await
         .map_err(|e| e.to_string())?;
-    let heartbeat = match read_msg(&mut reader, &mut line, STEP_TIMEOUT).await? {
+    let heartbeat = match read_msg(&mut reader, &mut line, d_proto::redial::ANSWER_WAIT).await? {
         Some(PeerMsg::Welcome(w)) => Duration::from_millis(w.heartbeat_ms.max(10)),
         Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
         Some(_) => return Err("unexpected answer to auth".into()),

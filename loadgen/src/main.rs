@@ -8,7 +8,7 @@
 //! welcome asks for and watches the leader's. After losing the link it
 //! re-dials by the rule every worker follows (`d_proto::redial`: delays
 //! drawn from [0, min(2 s, 0.1 s * 2^n)], reset after 10 s up; a dial the
-//! leader accepted waits up to 60 s for its challenge). It answers a job
+//! leader accepted waits up to 60 s for each answer). It answers a job
 //! with an immediate exit 0 and a ping with a pong, so jobs can be routed to
 //! it through the leader.
 //!

@@ -23,14 +23,15 @@
 //! leader listens again, at worst `CAP` (2 s). A refused dial to a leader
 //! that is down costs both sides a SYN and a reset, so the cap is kept low.
 //!
-//! **Waits** ([`CHALLENGE_WAIT`]): the leader admits only a bounded number of
+//! **Waits** ([`ANSWER_WAIT`]): the leader admits only a bounded number of
 //! handshakes at once and queues the rest in arrival order (its
 //! `transport::limits::Admission`); a dial whose TCP connection was accepted
 //! is in that queue. Giving up after a few seconds and dialing again would
 //! put the worker at the back of the queue and waste the leader's work on
-//! the abandoned attempt, so a link's dialer waits for the leader's first
-//! answer (the challenge) up to [`CHALLENGE_WAIT`]; every later step of the
-//! handshake still has the ordinary few-second limit.
+//! the abandoned attempt, so a link's dialer waits for each of the leader's
+//! answers (the challenge, the welcome) up to [`ANSWER_WAIT`]. The connect
+//! itself keeps its few-second limit (a leader that is down or unreachable
+//! is retried on the schedule).
 
 use std::time::Duration;
 
@@ -41,12 +42,12 @@ pub const BASE: Duration = Duration::from_millis(100);
 pub const CAP: Duration = Duration::from_secs(2);
 /// A link up this long was healthy: its loss starts the schedule from 0.
 pub const HEALTHY: Duration = Duration::from_secs(10);
-/// How long a link's dialer waits for the leader's challenge once its TCP
-/// connection is up: the leader may have queued the handshake behind
+/// How long a link's dialer waits for each of the leader's answers once its
+/// TCP connection is up: the leader may have queued the handshake behind
 /// thousands of others (10,000 reconnecting links at ~0.3 ms of leader CPU
 /// each, on a leader starved to a tenth of a core, is ~30 s). A direct
 /// session for a job keeps the ordinary handshake timeout.
-pub const CHALLENGE_WAIT: Duration = Duration::from_secs(60);
+pub const ANSWER_WAIT: Duration = Duration::from_secs(60);
 
 /// Where a dialer is in the schedule.
 #[derive(Debug, Clone, Default)]

@@ -22,7 +22,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Read, Reader, Writer};
-use super::limits::HANDSHAKE_TIMEOUT;
+use super::limits::{AUTH_WAIT_HELD, HANDSHAKE_TIMEOUT};
 use super::session::{asked_interval, PeerDesc, Terms};
 use super::{Endpoint, Handler, InviteClaim, Proof};
 use crate::base::identity::{not_configured, Me};
@@ -118,7 +118,7 @@ where
     // Our turn (a storm of reconnecting links is served in arrival order),
     // held until the admission is decided; a dialer that gave up meanwhile
     // costs nothing more.
-    let _turn = ep.admission.enter().await;
+    let mut turn = ep.admission.enter().await;
     if reader.closed_now() {
         return Err(ErrorBody::new(
             ErrorKind::PeerLost,
@@ -171,7 +171,7 @@ where
                 key_chain: ep.me.key_chain(),
             };
             send(writer, &challenge).await?;
-            let (signature, invite, mesh_proof) = match read_step(reader, "authentication").await? {
+            let (signature, invite, mesh_proof) = match read_auth(ep, reader, &mut turn).await? {
                 PeerMsg::Auth {
                     signature,
                     invite,
@@ -256,7 +256,7 @@ where
                 key_chain: Vec::new(),
             };
             send(writer, &challenge).await?;
-            let proof = match read_step(reader, "authentication").await? {
+            let proof = match read_auth(ep, reader, &mut turn).await? {
                 PeerMsg::Auth { proof, .. } => proof,
                 _ => return Err(ErrorBody::invalid("expected the authentication proof")),
             };
@@ -276,6 +276,30 @@ where
     };
     let welcome = handler.admit(&hello, addr, &proof).await?;
     Ok((hello, welcome, proof.key))
+}
+
+/// Read the dialer's authentication (within [`HANDSHAKE_TIMEOUT`] in all).
+/// A dialer that takes longer than [`AUTH_WAIT_HELD`] gives its turn
+/// (`turn`, an [`Admission`](super::limits::Admission) permit) to the next
+/// handshake meanwhile and takes a new one once its answer is in, so silent
+/// dialers cannot hold every turn.
+async fn read_auth<'e, R: AsyncRead + Unpin>(
+    ep: &'e Endpoint,
+    reader: &mut Reader<R>,
+    turn: &mut Option<tokio::sync::SemaphorePermit<'e>>,
+) -> Result<PeerMsg, ErrorBody> {
+    let started = tokio::time::Instant::now();
+    // Cancel-safe: bytes of a half-read line stay in the reader.
+    if let Ok(r) = tokio::time::timeout(AUTH_WAIT_HELD, read_step(reader, "authentication")).await {
+        return r;
+    }
+    *turn = None;
+    let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+    let r = read_step_within(reader, "authentication", left).await;
+    if r.is_ok() {
+        *turn = ep.admission.enter().await;
+    }
+    r
 }
 
 async fn send<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, m: &PeerMsg) -> Result<(), ErrorBody> {
@@ -392,11 +416,11 @@ where
     // taken as final (the link tries again).
     // A link waits its turn at a busy leader (d_proto::redial): a dial
     // given up and made again would only join the back of the queue.
-    let challenge_wait = match purpose {
-        Purpose::Link => d_proto::redial::CHALLENGE_WAIT,
+    let answer_wait = match purpose {
+        Purpose::Link => d_proto::redial::ANSWER_WAIT,
         _ => HANDSHAKE_TIMEOUT,
     };
-    let first = match read_step_within(reader, "challenge", challenge_wait).await {
+    let first = match read_step_within(reader, "challenge", answer_wait).await {
         Ok(PeerMsg::Refused(e)) if e.kind == ErrorKind::AuthFailed => {
             return Err(ErrorBody::new(
                 ErrorKind::Refused,
@@ -538,7 +562,7 @@ where
         .send(&auth_msg)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let welcome: Welcome = match step(read_step(reader, "welcome").await)? {
+    let welcome: Welcome = match step(read_step_within(reader, "welcome", answer_wait).await)? {
         PeerMsg::Welcome(w) => w,
         other => {
             return Err(fail(format!(

@@ -117,16 +117,23 @@ impl Drop for PendingSlot {
 /// its dialer's timeout, was dialed again and its work was lost. With at
 /// most [`Admission::permits`] at once, each admitted handshake finishes in
 /// a few of its own CPU times and the others wait their turn (their
-/// dialers wait for the challenge up to `d_proto::redial::CHALLENGE_WAIT`).
+/// dialers wait for its answers up to `d_proto::redial::ANSWER_WAIT`).
 ///
 /// A permit is held from the hello (read first, under its own timeout, so a
 /// silent connection holds none) until the session is welcomed or refused.
-/// Waiting for the dialer's authentication holds it too: the bound is
-/// sized so those round trips do not idle the daemon.
+/// Waiting for the dialer's authentication holds it for [`AUTH_WAIT_HELD`]
+/// at most: a slower dialer waits without it and queues again once its
+/// answer is in, so connections that never authenticate cannot hold every
+/// turn (a slowloris of hellos).
 pub struct Admission {
     sem: tokio::sync::Semaphore,
     permits: usize,
 }
+
+/// How long a handshake keeps its turn while the dialer signs its answer
+/// (a daemon takes ≈ 1 ms plus the round trip; a simulated fleet of
+/// thousands in one process, much longer during a storm).
+pub const AUTH_WAIT_HELD: Duration = Duration::from_secs(1);
 
 /// Permits per CPU core: enough that a dialer's round trip (its own signing,
 /// ≈ 1 ms on a loaded machine, more for a simulated fleet in one process)
