@@ -24,7 +24,7 @@ fn burst() -> usize {
     std::env::var("D_TEST_BURST")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400)
+        .unwrap_or(300)
 }
 
 /// loadgen of the same build (built here if `cargo test` has not).
@@ -81,6 +81,8 @@ fn a_burst_of_links_all_get_in_on_their_first_try_and_the_control_socket_answers
             &n_s,
             "--addr-base",
             "127.111.0.0",
+            "--parallel",
+            "16",
         ])
         .output()
         .expect("run loadgen enroll");
