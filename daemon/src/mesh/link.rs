@@ -26,6 +26,13 @@ pub struct LinkInfo {
     pub state: LinkState,
     pub since: u64,
     pub error: Option<String>,
+    /// The leader answered the last attempt with a refusal (an id it will
+    /// not take, a key it does not know): retrying as is will not help.
+    /// Connection failures and timeouts leave it false.
+    pub refused: bool,
+    /// When the last open link to this leader was lost (unix seconds;
+    /// `None` until one was lost since this daemon started).
+    pub lost_at: Option<u64>,
     /// The open link session, when connected.
     pub session: Option<Arc<Session>>,
 }
@@ -36,6 +43,8 @@ impl LinkInfo {
             state,
             since: unix_now(),
             error: None,
+            refused: false,
+            lost_at: None,
             session: None,
         }
     }
@@ -46,6 +55,7 @@ impl LinkInfo {
         }
         self.state = state;
         self.error = error;
+        self.refused = false;
         self.session = session;
     }
 }
@@ -58,6 +68,8 @@ pub struct Entry {
     /// The leader's id, once a session or a record told it.
     pub id: Option<String>,
     pub info: LinkInfo,
+    /// Stops this link's task (the leader was revoked or deleted).
+    stop: CancellationToken,
 }
 
 /// The links' states (one per leader address, in configured order) and
@@ -67,6 +79,9 @@ pub struct Link {
     /// single leader, no mesh key).
     global: Mutex<LinkInfo>,
     entries: Mutex<Vec<Entry>>,
+    /// Addresses of leaders revoked or deleted since the links were last
+    /// (re)started: not linked to again ([`Link::drop_id`]).
+    dropped: Mutex<std::collections::HashSet<String>>,
     /// Cancels the current link tasks (replaced on every identity change).
     task: Mutex<Option<CancellationToken>>,
 }
@@ -80,6 +95,7 @@ impl Default for Link {
         Link {
             global: Mutex::new(LinkInfo::new(LinkState::Unconfigured)),
             entries: Mutex::default(),
+            dropped: Mutex::default(),
             task: Mutex::default(),
         }
     }
@@ -139,33 +155,85 @@ impl Link {
     /// The state with no leader link (every entry dropped).
     pub fn set(&self, state: LinkState, error: Option<String>, session: Option<Arc<Session>>) {
         lock(&self.entries).clear();
+        lock(&self.dropped).clear();
         lock(&self.global).set(state, error, session);
     }
 
-    /// Links to `addrs` from now on, each `Connecting`.
-    pub fn reset(&self, addrs: &[String]) {
-        *lock(&self.entries) = addrs
+    /// Links to `addrs` from now on, each `Connecting`; returns each with
+    /// the token that stops its task (a child of `parent`).
+    pub fn reset(
+        &self,
+        addrs: &[String],
+        parent: &CancellationToken,
+    ) -> Vec<(String, CancellationToken)> {
+        lock(&self.dropped).clear();
+        let entries: Vec<Entry> = addrs
             .iter()
             .map(|a| Entry {
                 addr: a.clone(),
                 id: None,
                 info: LinkInfo::new(LinkState::Connecting),
+                stop: parent.child_token(),
             })
             .collect();
+        let out = entries
+            .iter()
+            .map(|e| (e.addr.clone(), e.stop.clone()))
+            .collect();
+        *lock(&self.entries) = entries;
+        out
     }
 
-    /// Add a link to `addr` (a leader learned of); `false` if it is there.
-    pub fn add(&self, addr: &str, id: Option<String>) -> bool {
+    /// Add a link to `addr` (a leader learned of): the token that stops
+    /// its task, or `None` if it is there already or was dropped.
+    pub fn add(
+        &self,
+        addr: &str,
+        id: Option<String>,
+        parent: &CancellationToken,
+    ) -> Option<CancellationToken> {
+        if lock(&self.dropped).contains(addr) {
+            return None;
+        }
         let mut e = lock(&self.entries);
         if e.iter().any(|x| x.addr == addr) {
-            return false;
+            return None;
         }
+        let stop = parent.child_token();
         e.push(Entry {
             addr: addr.to_string(),
             id,
             info: LinkInfo::new(LinkState::Connecting),
+            stop: stop.clone(),
         });
-        true
+        Some(stop)
+    }
+
+    /// The leader `id` was revoked or deleted: drop every link to it (its
+    /// task stopped, its session closed with `why`), and link to its
+    /// addresses no more until the links are restarted. Returns the
+    /// addresses dropped.
+    pub fn drop_id(&self, id: &str, why: &str) -> Vec<String> {
+        let gone: Vec<Entry> = {
+            let mut e = lock(&self.entries);
+            let (gone, kept) = std::mem::take(&mut *e)
+                .into_iter()
+                .partition(|x| x.id.as_deref() == Some(id));
+            *e = kept;
+            gone
+        };
+        let mut dropped = lock(&self.dropped);
+        for x in &gone {
+            x.stop.cancel();
+            if let Some(s) = &x.info.session {
+                s.close(d_proto::types::ErrorBody::new(
+                    ErrorKind::Refused,
+                    why.to_string(),
+                ));
+            }
+            dropped.insert(x.addr.clone());
+        }
+        gone.into_iter().map(|x| x.addr).collect()
     }
 
     /// The link to `addr` changed.
@@ -182,6 +250,29 @@ impl Link {
                 x.id = Some(s.peer.id.clone());
             }
             x.info.set(state, error, session);
+        }
+    }
+
+    /// When the link to the leader `id` was last lost, if it was.
+    pub fn lost_at(&self, id: &str) -> Option<u64> {
+        lock(&self.entries)
+            .iter()
+            .filter(|x| x.id.as_deref() == Some(id))
+            .filter_map(|x| x.info.lost_at)
+            .max()
+    }
+
+    /// Note that the open link to the leader at `addr` was lost just now.
+    fn mark_lost(&self, addr: &str) {
+        if let Some(x) = lock(&self.entries).iter_mut().find(|x| x.addr == addr) {
+            x.info.lost_at = Some(unix_now());
+        }
+    }
+
+    /// Say that the leader at `addr` refused the last attempt.
+    fn mark_refused(&self, addr: &str) {
+        if let Some(x) = lock(&self.entries).iter_mut().find(|x| x.addr == addr) {
+            x.info.refused = true;
         }
     }
 
@@ -334,6 +425,7 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                     Some(format!("link lost: {why}")),
                     None,
                 );
+                mesh.link.mark_lost(&addr_text);
                 backoff.link_lost_after(up.elapsed());
             }
             Err(e) => {
@@ -349,6 +441,9 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                 }
                 tracing::debug!("cannot reach leader at {addr}: {msg}");
                 set(LinkState::Connecting, Some(msg), None);
+                if matches!(e.kind, ErrorKind::Refused | ErrorKind::AuthFailed) {
+                    mesh.link.mark_refused(&addr_text);
+                }
             }
         }
         tokio::select! {

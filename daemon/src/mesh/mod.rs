@@ -8,7 +8,8 @@
 //! - [`enroll`]: whether a proven key may be the id it claims; enrollment.
 //! - [`link`]: a worker's links to its leaders, each with its backoff.
 //! - [`leaders`]: several leaders: which to link to, and their states;
-//!   [`replicate`]: the durable registry replicated between leaders.
+//!   [`replicate`]: the durable registry replicated between leaders;
+//!   [`pick`]: which linked leader a worker asks or relays through first.
 //! - [`kept`]: a worker's kept copy of the registry, used while the
 //!   leader is unreachable.
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
@@ -42,6 +43,7 @@ pub mod leader_rotate;
 pub mod leaders;
 pub mod link;
 pub mod liveness;
+pub mod pick;
 pub mod registry;
 pub mod replicate;
 pub mod retire;
@@ -62,6 +64,8 @@ pub struct Mesh {
     pub routes: route::Routes,
     /// The nonces of signed job claims accepted lately.
     pub claims: claims::Seen,
+    /// The leader a worker picked lately to relay through ([`pick`]).
+    pub picked: pick::Picked,
     /// The WireGuard interface as last read for admissions.
     pub wg_device: wg::DeviceCache,
     /// The WireGuard handshakes the registry answers show, read at most once a second.
@@ -69,6 +73,10 @@ pub struct Mesh {
     /// Peers in the registry (the leader's), as last counted: links are
     /// given heartbeat intervals by it ([`liveness::link_heartbeat`]).
     registered: AtomicUsize,
+    /// Registry rows of admitted peers the leader could not save (a full
+    /// disk), newest per id, until [`liveness::save_unsaved`] writes them
+    /// (at most one per registered peer).
+    pub unsaved: std::sync::Mutex<std::collections::HashMap<String, d_proto::types::PeerInfo>>,
 }
 
 impl Mesh {
@@ -98,9 +106,11 @@ impl Mesh {
             link: Default::default(),
             routes: Default::default(),
             claims: Default::default(),
+            picked: Default::default(),
             wg_device: Default::default(),
             wg_index: Default::default(),
             registered: AtomicUsize::new(0),
+            unsaved: Default::default(),
         }
     }
 
@@ -135,6 +145,7 @@ impl Mesh {
         self.restart_link();
         let t = &self.tasks.tracker;
         t.spawn(liveness::flush_liveness(self.clone()));
+        t.spawn(liveness::save_unsaved(self.clone()));
         t.spawn(liveness::pace_links(self.clone()));
         t.spawn(liveness::close_idle_duplicates(self.clone()));
     }
@@ -306,14 +317,10 @@ impl Mesh {
                     return;
                 }
                 self.link.set(LinkState::Connecting, None, None);
-                self.link.reset(&addrs);
-                for (i, a) in addrs.into_iter().enumerate() {
-                    self.tasks.tracker.spawn(link::link_loop(
-                        self.clone(),
-                        a,
-                        i == 0,
-                        token.child_token(),
-                    ));
+                for (i, (a, stop)) in self.link.reset(&addrs, &token).into_iter().enumerate() {
+                    self.tasks
+                        .tracker
+                        .spawn(link::link_loop(self.clone(), a, i == 0, stop));
                 }
             }
             Some(Role::Leader) => {
