@@ -6,7 +6,6 @@ use anyhow::Context;
 use clap::Parser;
 use d_daemon::base::config::{Args, Config, Listen};
 use sd_notify::NotifyState;
-use tokio::net::TcpListener;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -75,7 +74,7 @@ async fn serve() -> anyhow::Result<()> {
     raise_fd_limit();
 
     let peer = match &config.listen {
-        Listen::Addr(a) => Some(TcpListener::bind(a).await.with_context(|| {
+        Listen::Addr(a) => Some(d_daemon::transport::port::listen(*a).with_context(|| {
             format!("cannot listen on {a} (is another daemon there? use --listen)")
         })?),
         Listen::Interface(..) => None,

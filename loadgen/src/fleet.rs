@@ -35,6 +35,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A leader line longer than this ends the link (the daemon's own limit).
 const MAX_LINE: usize = d_proto::MAX_FRAME;
 const FLEET_HEADER: &str = "d-loadgen-fleet-v1";
@@ -169,12 +170,38 @@ pub async fn read_line(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>
     }
 }
 
-async fn read_msg(reader: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>) -> Option<PeerMsg> {
+/// One message within `wait`; `Err` on a timeout, `Ok(None)` if the leader closed.
+async fn read_msg(
+    reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
+    wait: Duration,
+) -> Result<Option<PeerMsg>, String> {
     line.clear();
-    if !read_line(reader, line).await {
-        return None;
+    match tokio::time::timeout(wait, read_line(reader, line)).await {
+        Err(_) => Err(format!("no answer within {wait:?}")),
+        Ok(false) => Ok(None),
+        Ok(true) => Ok(serde_json::from_slice(line).ok()),
     }
-    serde_json::from_slice(line).ok()
+}
+
+/// Choose the local port at connect(), not at bind() (IP_BIND_ADDRESS_NO_PORT):
+/// a bind to port 0 searches the port range for a port no bound socket of
+/// that address holds, under the kernel's bind-hash locks, for each of the
+/// 10,000 re-dials that follow a leader restart; at connect() the port
+/// only has to be unused for this source address and destination.
+fn no_port_at_bind(sock: &TcpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Dial the leader and authenticate: Hello → Challenge (checked) → Auth →
@@ -186,6 +213,7 @@ pub async fn connect(
     c: &Creds<'_>,
 ) -> Result<Link, String> {
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    no_port_at_bind(&sock);
     sock.bind(SocketAddr::new(src.into(), 0))
         .map_err(|e| format!("bind {src}: {e}"))?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(leader))
@@ -215,7 +243,8 @@ pub async fn connect(
         .write_all(&encode(&PeerMsg::Hello(hello)))
         .await
         .map_err(|e| e.to_string())?;
-    let challenge = match read_msg(&mut reader, &mut line).await {
+    // A busy leader queues handshakes: wait the turn (d_proto::redial).
+    let challenge = match read_msg(&mut reader, &mut line, d_proto::redial::ANSWER_WAIT).await? {
         Some(m @ PeerMsg::Challenge { .. }) => m,
         Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
         Some(_) => return Err("unexpected answer to hello".into()),
@@ -301,7 +330,7 @@ pub async fn connect(
         .write_all(&encode(&mine))
         .await
         .map_err(|e| e.to_string())?;
-    let heartbeat = match read_msg(&mut reader, &mut line).await {
+    let heartbeat = match read_msg(&mut reader, &mut line, d_proto::redial::ANSWER_WAIT).await? {
         Some(PeerMsg::Welcome(w)) => Duration::from_millis(w.heartbeat_ms.max(10)),
         Some(PeerMsg::Refused(e)) => return Err(format!("refused: {}", e.error)),
         Some(_) => return Err("unexpected answer to auth".into()),

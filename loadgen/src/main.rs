@@ -6,8 +6,9 @@
 //! `Challenge` (signed by the leader key it pinned), signs the handshake in
 //! `Auth`, waits for `Welcome`, then sends heartbeats at the interval the
 //! welcome asks for and watches the leader's. After losing the link it
-//! reconnects with the daemon's own backoff (exponential 0.1–2 s, uniform
-//! jitter in [ceiling/2, ceiling], reset after 10 s up). It answers a job
+//! re-dials by the rule every worker follows (`d_proto::redial`: delays
+//! drawn from [0, min(2 s, 0.1 s * 2^n)], reset after 10 s up; a dial the
+//! leader accepted waits up to 60 s for each answer). It answers a job
 //! with an immediate exit 0 and a ping with a pong, so jobs can be routed to
 //! it through the leader.
 //!
@@ -61,10 +62,6 @@ use d_proto::types::{ErrorBody, ErrorKind, ExitInfo};
 use tokio::io::AsyncWriteExt;
 
 use fleet::{encode, read_line, Creds, Link, Proof};
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A link up this long resets the backoff (as `daemon/src/mesh/link.rs`).
-const HEALTHY: Duration = Duration::from_secs(10);
 
 pub(crate) fn usage() -> ! {
     eprintln!(
@@ -427,23 +424,6 @@ impl Rng {
     }
 }
 
-/// The daemon's backoff (`daemon/src/base/backoff.rs`): uniform in [ceiling/2, ceiling].
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(2);
-    fn next(&mut self, rng: &mut Rng) -> Duration {
-        let factor = 1u32 << self.attempt.min(16);
-        let ceiling = Self::BASE.saturating_mul(factor).min(Self::CAP);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(rng.unit())
-    }
-}
-
 /// The source address of worker `i` of `addrs` from `base` (base + 1 + i mod addrs).
 pub(crate) fn source_addr(base: u32, addrs: u32, i: u64) -> Ipv4Addr {
     Ipv4Addr::from(base + 1 + (i % addrs as u64) as u32)
@@ -470,20 +450,16 @@ async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64, l: usize) {
         ^ (i.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (l as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     let mut rng = Rng::new(seed);
-    let mut backoff = Backoff { attempt: 0 };
+    let mut schedule = d_proto::redial::Schedule::new();
     if cfg.ramp_ms > 0 {
         let d = Duration::from_millis(cfg.ramp_ms).mul_f64(rng.unit());
         tokio::time::sleep(d).await;
     }
     loop {
         stats.attempts.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            fleet::connect(*leader, src, proof, &creds),
-        )
-        .await
-        {
-            Ok(Ok(link)) => {
+        // Each step has its own limit (fleet::connect), as in the daemon.
+        match fleet::connect(*leader, src, proof, &creds).await {
+            Ok(link) => {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
                 let n = stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == all {
@@ -508,15 +484,13 @@ async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64, l: usize) {
                     event(&format!("first_lost_{l}"), &stats);
                 }
                 stats.lost.fetch_add(1, Ordering::Relaxed);
-                if up.elapsed() >= HEALTHY {
-                    backoff.attempt = 0;
-                }
+                schedule.link_lost_after(up.elapsed());
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(_) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        tokio::time::sleep(backoff.next(&mut rng)).await;
+        tokio::time::sleep(schedule.next_delay(rng.unit())).await;
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`control`]: the client-to-local-daemon protocol on the UNIX socket.
 //! - [`types`]: data carried by both (peer records, status, exit status, errors).
 //! - [`text`]: text from other machines made safe to show, and its limits.
+//! - [`redial`]: how a worker re-dials its leader (delays and waits), one rule for every dialer.
 
 pub mod auth;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod jobs;
 pub mod kept;
 pub mod keys;
 pub mod peer;
+pub mod redial;
 pub mod replica;
 pub mod text;
 pub mod types;

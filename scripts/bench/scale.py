@@ -3,6 +3,10 @@
 
     scale.py event FILE EVENT AFTER_MS   print the t_ms of the first EVENT at or after AFTER_MS
     scale.py recovery FILE KILL_MS RESTART_MS   JSON summary of the reconnection after a restart
+    scale.py timeline FILE RESTART_MS BACK_MS STEP_MS
+                                      the storm after a restart, one line per STEP_MS: links up,
+                                      handshakes completed and failed in that step (from loadgen's
+                                      reports, which come every --report-ms)
 """
 import json
 import sys
@@ -44,6 +48,22 @@ def recovery(path, kill_ms, restart_ms, workers=None):
     }
 
 
+def timeline(path, restart_ms, back_ms, step_ms):
+    """Links up and handshakes per step from the restart until all are back (+ one step)."""
+    reports = [d for d in lines(path) if "event" not in d and restart_ms - step_ms <= d["t_ms"] <= back_ms + step_ms]
+    rows, cur = [], None
+    for r in reports:
+        b = (r["t_ms"] - restart_ms) // step_ms
+        if cur is None or cur["step"] != b:
+            cur = {"step": b, "t_s": b * step_ms / 1000.0, "connected": 0, "ok": 0, "failed": 0, "attempts": 0}
+            rows.append(cur)
+        cur["connected"] = r["connected"]
+        cur["ok"] += r["d_ok"]
+        cur["failed"] += r["d_failed"]
+        cur["attempts"] += r["d_attempts"]
+    return rows
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "event":
@@ -57,6 +77,11 @@ def main():
             pass
     elif cmd == "recovery":
         print(json.dumps(recovery(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])), indent=1))
+    elif cmd == "timeline":
+        rows = timeline(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        print(f"{'t (s)':>6} {'linked':>7} {'ok':>6} {'failed':>6} {'tries':>6}")
+        for r in rows:
+            print(f"{r['t_s']:>6.2f} {r['connected']:>7} {r['ok']:>6} {r['failed']:>6} {r['attempts']:>6}")
     else:
         sys.exit(__doc__)
 

@@ -1,43 +1,39 @@
-//! Reconnect delays: exponential with jitter, capped, and reset once a link
-//! has stayed up for a while. Jitter spreads thousands of workers that lost
-//! their leader at the same instant, so its restart is not met by a storm.
+//! Re-dial delays for the worker's links: the schedule every dialer of a
+//! leader follows ([`d_proto::redial`]: full jitter in
+//! `[0, min(2 s, 0.1 s * 2^n)]`, reset after a link stayed up 10 s), drawn
+//! with this process's randomness. Jitter over the whole interval spreads
+//! thousands of workers that lost their leader at the same instant, so its
+//! restart is not met by waves of dials.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+use d_proto::redial::Schedule;
+
+#[derive(Debug, Clone, Default)]
 pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
+    schedule: Schedule,
 }
 
 impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
+    pub fn new() -> Self {
+        Backoff::default()
     }
 
     /// The ceiling for the current attempt (before jitter).
     pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(16)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.cap)
+        self.schedule.ceiling()
     }
 
-    /// Delay before the next attempt: uniform in [ceiling/2, ceiling].
+    /// Delay before the next attempt: uniform in [0, ceiling].
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(random_unit())
+        self.schedule.next_delay(random_unit())
     }
 
-    pub fn reset(&mut self) {
-        self.attempt = 0;
+    /// A link that was up for `up` was lost: start afresh if it was healthy.
+    pub fn link_lost_after(&mut self, up: Duration) {
+        self.schedule.link_lost_after(up);
     }
 }
 
@@ -59,31 +55,36 @@ mod tests {
 
     #[test]
     fn grows_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut b = Backoff::new();
         let mut last_ceiling = Duration::ZERO;
         for _ in 0..10 {
             let c = b.ceiling();
             let d = b.next_delay();
-            assert!(d >= c / 2 && d <= c, "{d:?} outside [{:?}, {c:?}]", c / 2);
+            assert!(d <= c, "{d:?} above {c:?}");
             assert!(c >= last_ceiling);
             last_ceiling = c;
         }
-        assert_eq!(last_ceiling, Duration::from_secs(2));
-        b.reset();
-        assert_eq!(b.ceiling(), Duration::from_millis(100));
+        assert_eq!(last_ceiling, d_proto::redial::CAP);
+        b.link_lost_after(d_proto::redial::HEALTHY);
+        assert_eq!(b.ceiling(), d_proto::redial::BASE);
     }
 
     #[test]
     fn jitter_spreads() {
         let mut seen = std::collections::HashSet::new();
+        let mut below_half = 0;
         for _ in 0..50 {
-            let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
-            seen.insert(b.next_delay().as_micros());
+            let mut b = Backoff::new();
+            let d = b.next_delay();
+            seen.insert(d.as_micros());
+            below_half += usize::from(d < d_proto::redial::BASE / 2);
         }
         assert!(
             seen.len() > 25,
             "jitter too weak: {} distinct of 50",
             seen.len()
         );
+        // Full jitter: the lower half of the interval is used too.
+        assert!(below_half > 5, "{below_half} of 50 in the lower half");
     }
 }

@@ -172,6 +172,21 @@ pub async fn admit(
                 .collect()
         },
     };
+    // A worker coming back as it was (a leader restart brings back the
+    // whole fleet) changes nothing durable: its row is not written again,
+    // so a reconnect storm waits on no commit. Its `last_seen` is the
+    // liveness flush's (every 30 s while linked, and when the link closes),
+    // as for any linked peer.
+    let id = row.id.clone();
+    let stored = mesh.store.read(move |st| st.get_peer(&id)).await;
+    if matches!(&stored, Ok(Some(old)) if same_row(old, &row)) {
+        // An older row still waiting to be saved is not this one any more.
+        mesh.unsaved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&row.id);
+        return Ok(welcome);
+    }
     let now = unix_now();
     let id = row.id.clone();
     let kept = row.clone();
@@ -208,4 +223,17 @@ pub async fn admit(
         tracing::warn!("admitted {id}, already registered, without updating its registry row yet (retried every few seconds): {e}");
     }
     Ok(welcome)
+}
+
+/// Whether the registry row `old` already says all that a link's hello
+/// would write (`new`), apart from when it was last seen.
+fn same_row(old: &PeerInfo, new: &PeerInfo) -> bool {
+    old.id == new.id
+        && old.addr == new.addr
+        && old.port == new.port
+        && old.role == new.role
+        && old.version == new.version
+        && old.hostname == new.hostname
+        && old.wg_public_key == new.wg_public_key
+        && old.labels == new.labels
 }

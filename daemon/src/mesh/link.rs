@@ -1,12 +1,13 @@
 //! The worker's persistent links to its leaders (one per configured leader
 //! address; several leaders): dial, hello (purpose `Link`), hold the
-//! session, and on any loss reconnect with [`Backoff`], each on its own.
-//! The backoff resets once a link has stayed up for [`HEALTHY`]. [`Link`]
+//! session, and on any loss reconnect with [`Backoff`], each on its own
+//! (the rule of [`d_proto::redial`], which loadgen's simulated workers
+//! follow too; it starts afresh once a link has stayed up 10 s). [`Link`]
 //! holds their states as `getPeerStatus` reports them; what goes "to the
 //! leader" uses the first open link in configured order ([`Link::session`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use d_proto::keys::PublicKey;
 use d_proto::peer::Purpose;
@@ -18,9 +19,6 @@ use crate::base::backoff::Backoff;
 use crate::base::clock::unix_now;
 use crate::base::config::parse_addr;
 use crate::transport::{port, Expect, Session};
-
-/// A link up this long counts as healthy: the next loss starts backoff afresh.
-const HEALTHY: Duration = Duration::from_secs(10);
 
 /// One link as `getPeerStatus` reports it.
 #[derive(Clone)]
@@ -291,7 +289,8 @@ impl Link {
 /// leader runs it too, towards the other leaders it dials
 /// ([`super::leaders`]).
 pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    // The rule every dialer of a leader follows (d_proto::redial).
+    let mut backoff = Backoff::new();
     let set = |state, error, session| mesh.link.set_at(&addr_text, state, error, session);
     loop {
         let trust = mesh.me.leader_trust();
@@ -427,9 +426,7 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                     None,
                 );
                 mesh.link.mark_lost(&addr_text);
-                if up.elapsed() >= HEALTHY {
-                    backoff.reset();
-                }
+                backoff.link_lost_after(up.elapsed());
             }
             Err(e) => {
                 let msg = match &e.hint {

@@ -128,6 +128,31 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// Whether the other side has closed the stream, checked without
+    /// waiting (a queued handshake whose dialer gave up is not worked on).
+    /// Bytes that arrived meanwhile stay buffered for the next read.
+    pub fn closed_now(&mut self) -> bool {
+        use futures::FutureExt as _;
+        if self.eof {
+            return true;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_MIN {
+            self.buf.reserve(READ_START);
+        }
+        match self.io.read_buf(&mut self.buf).now_or_never() {
+            Some(Ok(0)) => {
+                self.eof = true;
+                true
+            }
+            Some(Ok(_)) => {
+                self.last_read = tokio::time::Instant::now();
+                false
+            }
+            Some(Err(_)) => true,
+            None => false,
+        }
+    }
+
     /// Next message.
     pub async fn read<T: Message>(&mut self) -> Read<T> {
         match self.frame().await {

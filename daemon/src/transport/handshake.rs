@@ -22,7 +22,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{Read, Reader, Writer};
-use super::limits::HANDSHAKE_TIMEOUT;
+use super::limits::{AUTH_WAIT_HELD, HANDSHAKE_TIMEOUT};
 use super::session::{asked_interval, PeerDesc, Terms};
 use super::{Endpoint, Handler, InviteClaim, Proof};
 use crate::base::identity::{not_configured, Me};
@@ -31,21 +31,28 @@ use crate::base::identity::{not_configured, Me};
 /// keeps its last 16, `mesh::leader_rotate::KEPT_ROTATIONS`).
 const MAX_KEY_CHAIN: usize = 32;
 
-/// Read one handshake message, or say why not.
+/// Read one handshake message within [`HANDSHAKE_TIMEOUT`], or say why not.
 async fn read_step<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
     what: &str,
 ) -> Result<PeerMsg, ErrorBody> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read::<PeerMsg>()).await {
+    read_step_within(reader, what, HANDSHAKE_TIMEOUT).await
+}
+
+/// Read one handshake message within `wait`, or say why not.
+async fn read_step_within<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    what: &str,
+    wait: Duration,
+) -> Result<PeerMsg, ErrorBody> {
+    match tokio::time::timeout(wait, reader.read::<PeerMsg>()).await {
         Ok(Read::Msg(m)) => Ok(m),
         Ok(Read::Bad(e)) => Err(ErrorBody::invalid(format!("bad {what}: {e}"))),
         Ok(Read::Eof) => Err(ErrorBody::new(
             ErrorKind::PeerLost,
             format!("connection closed before the {what}"),
         )),
-        Err(_) => Err(ErrorBody::invalid(format!(
-            "no {what} within {HANDSHAKE_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(ErrorBody::invalid(format!("no {what} within {wait:?}"))),
     }
 }
 
@@ -108,6 +115,20 @@ where
         ErrorBody::new(ErrorKind::Refused, "this daemon is not configured yet")
             .hint("run `d setPeerConfig --role ... --id ...` on it")
     })?;
+    // Our turn (a storm of reconnecting links is served in arrival order),
+    // held until the admission is decided; a dialer that gave up meanwhile
+    // costs nothing more.
+    let mut turn = ep.admission.enter().await;
+    if reader.closed_now() {
+        return Err(ErrorBody::new(
+            ErrorKind::PeerLost,
+            format!(
+                "{} at {} gave up while its handshake waited its turn",
+                hello.peer_id,
+                addr.ip()
+            ),
+        ));
+    }
     let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
     let mesh_key = ep.me.key();
     let legacy = auth::Transcript {
@@ -150,7 +171,7 @@ where
                 key_chain: ep.me.key_chain(),
             };
             send(writer, &challenge).await?;
-            let (signature, invite, mesh_proof) = match read_step(reader, "authentication").await? {
+            let (signature, invite, mesh_proof) = match read_auth(ep, reader, &mut turn).await? {
                 PeerMsg::Auth {
                     signature,
                     invite,
@@ -235,7 +256,7 @@ where
                 key_chain: Vec::new(),
             };
             send(writer, &challenge).await?;
-            let proof = match read_step(reader, "authentication").await? {
+            let proof = match read_auth(ep, reader, &mut turn).await? {
                 PeerMsg::Auth { proof, .. } => proof,
                 _ => return Err(ErrorBody::invalid("expected the authentication proof")),
             };
@@ -255,6 +276,30 @@ where
     };
     let welcome = handler.admit(&hello, addr, &proof).await?;
     Ok((hello, welcome, proof.key))
+}
+
+/// Read the dialer's authentication (within [`HANDSHAKE_TIMEOUT`] in all).
+/// A dialer that takes longer than [`AUTH_WAIT_HELD`] gives its turn
+/// (`turn`, an [`Admission`](super::limits::Admission) permit) to the next
+/// handshake meanwhile and takes a new one once its answer is in, so silent
+/// dialers cannot hold every turn.
+async fn read_auth<'e, R: AsyncRead + Unpin>(
+    ep: &'e Endpoint,
+    reader: &mut Reader<R>,
+    turn: &mut Option<tokio::sync::SemaphorePermit<'e>>,
+) -> Result<PeerMsg, ErrorBody> {
+    let started = tokio::time::Instant::now();
+    // Cancel-safe: bytes of a half-read line stay in the reader.
+    if let Ok(r) = tokio::time::timeout(AUTH_WAIT_HELD, read_step(reader, "authentication")).await {
+        return r;
+    }
+    *turn = None;
+    let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+    let r = read_step_within(reader, "authentication", left).await;
+    if r.is_ok() {
+        *turn = ep.admission.enter().await;
+    }
+    r
 }
 
 async fn send<W: AsyncWrite + Unpin>(writer: &mut Writer<W>, m: &PeerMsg) -> Result<(), ErrorBody> {
@@ -369,7 +414,13 @@ where
     // real daemon never refuses an identity there, so one that says
     // "authentication failed" (a forged answer to a `d join`, say) is not
     // taken as final (the link tries again).
-    let first = match read_step(reader, "challenge").await {
+    // A link waits its turn at a busy leader (d_proto::redial): a dial
+    // given up and made again would only join the back of the queue.
+    let answer_wait = match purpose {
+        Purpose::Link => d_proto::redial::ANSWER_WAIT,
+        _ => HANDSHAKE_TIMEOUT,
+    };
+    let first = match read_step_within(reader, "challenge", answer_wait).await {
         Ok(PeerMsg::Refused(e)) if e.kind == ErrorKind::AuthFailed => {
             return Err(ErrorBody::new(
                 ErrorKind::Refused,
@@ -511,7 +562,7 @@ where
         .send(&auth_msg)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let welcome: Welcome = match step(read_step(reader, "welcome").await)? {
+    let welcome: Welcome = match step(read_step_within(reader, "welcome", answer_wait).await)? {
         PeerMsg::Welcome(w) => w,
         other => {
             return Err(fail(format!(

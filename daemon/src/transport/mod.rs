@@ -151,6 +151,8 @@ pub struct Endpoint {
     handler: Weak<dyn Handler>,
     /// Which refused handshakes were logged lately (once a minute each).
     pub refusals: limits::RefusalLog,
+    /// Accepted handshakes worked on at once; the others wait their turn.
+    pub admission: limits::Admission,
     /// The daemon's budget of buffered output, which every session's jobs
     /// draw on (both ways).
     pub output: Arc<crate::base::budget::OutputBudget>,
@@ -173,6 +175,7 @@ impl Endpoint {
             listen: Mutex::default(),
             handler,
             refusals: Default::default(),
+            admission: Default::default(),
             output,
         }
     }

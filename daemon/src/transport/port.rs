@@ -2,7 +2,8 @@
 //! A connection that says nothing useful within
 //! [`HANDSHAKE_TIMEOUT`](super::limits::HANDSHAKE_TIMEOUT) is dropped, and
 //! handshakes in progress are bounded ([`Pending`]), so idle sockets cannot
-//! pile up.
+//! pile up; at most [`Admission::permits`](super::limits::Admission) are
+//! worked on at once, the others wait their turn.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::connection::{Reader, Writer};
 use super::handshake::{self, Credentials, Expect};
-use super::limits::{Pending, PendingSlot, CONNECT_TIMEOUT};
+use super::limits::{Pending, PendingSlot, CONNECT_TIMEOUT, LISTEN_BACKLOG};
 use super::session::{PeerDesc, Session};
 use super::Endpoint;
 use crate::base::wg;
@@ -26,6 +27,12 @@ pub async fn serve(ep: Arc<Endpoint>, listener: TcpListener) {
     }
     let pending = Arc::new(Pending::default());
     loop {
+        // Full: leave new connections in the kernel's listen queue until a
+        // handshake finishes (closing them would have their dialers retry).
+        tokio::select! {
+            _ = ep.tasks.shutdown.cancelled() => return,
+            _ = pending.room() => {}
+        }
         let accepted = tokio::select! {
             _ = ep.tasks.shutdown.cancelled() => return,
             r = listener.accept() => r,
@@ -52,6 +59,19 @@ pub async fn serve(ep: Arc<Endpoint>, listener: TcpListener) {
     }
 }
 
+/// Listen on `addr` with the peer port's backlog ([`LISTEN_BACKLOG`]).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As tokio's own bind: a restarted daemon rebinds at once.
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
+}
+
 /// Wait for the WireGuard interface `iface` to have an IPv4 address, then
 /// bind `port` there and return the listener; `None` at shutdown. Until
 /// then [`Endpoint::listen`] says why there is no peer port.
@@ -59,7 +79,7 @@ pub async fn bind_when_ready(ep: &Endpoint, iface: &str, port: u16) -> Option<Tc
     let mut said = false;
     loop {
         let why = match interface_ipv4(iface) {
-            Some(ip) => match TcpListener::bind((ip, port)).await {
+            Some(ip) => match listen(SocketAddr::new(ip.into(), port)) {
                 Ok(l) => {
                     ep.set_listen(l.local_addr().ok(), None);
                     return Some(l);
