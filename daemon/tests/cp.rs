@@ -272,7 +272,7 @@ fn peer_to_peer_goes_direct() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let (through_vps, row) = carried(&m.vps, 0);
+    let (through_vps, row) = carried(&m.vps.socket(), 0);
     assert!(std::fs::read(b.path().join("y")).unwrap() == data);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
@@ -295,7 +295,7 @@ fn peer_to_peer_goes_direct() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let (pulled, _) = carried(&m.vps, row);
+    let (pulled, _) = carried(&m.vps.socket(), row);
     assert!(
         pulled > size as u64,
         "a pull moved only {pulled} bytes through vps"

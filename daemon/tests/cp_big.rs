@@ -45,10 +45,7 @@ fn a_1_gib_random_file_pushed_and_pulled_keeps_its_sha256() {
     // The source goes before the pull: three copies of 1 GiB are not needed.
     std::fs::remove_file(&src).unwrap();
     let pulled = back.path().join("pulled");
-    let o = cp(
-        &m.desktop,
-        &[&format!("vps:{}", s(&pushed)), s(&pulled)],
-    );
+    let o = cp(&m.desktop, &[&format!("vps:{}", s(&pushed)), s(&pulled)]);
     assert_eq!(o.status.code(), Some(0), "pull: {}", stderr(&o));
     assert!(stderr(&o).contains("1 file (1.0 GiB)"), "{}", stderr(&o));
     assert_eq!(sha256(&pulled), want, "pulled");
@@ -102,7 +99,11 @@ fn a_tree_of_100000_small_files_is_pushed_whole() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
-        (v["files"].as_u64(), v["bytes"].as_u64(), v["failed"].as_u64()),
+        (
+            v["files"].as_u64(),
+            v["bytes"].as_u64(),
+            v["failed"].as_u64()
+        ),
         (Some(n as u64), Some(bytes), Some(0)),
         "{v}"
     );
@@ -113,8 +114,14 @@ fn a_tree_of_100000_small_files_is_pushed_whole() {
         assert!(data == small(i), "{}: other bytes", p.display());
     }
     for d in 0..DIRS {
-        let k = std::fs::read_dir(got.join(format!("d{d:03}"))).unwrap().count();
+        let k = std::fs::read_dir(got.join(format!("d{d:03}")))
+            .unwrap()
+            .count();
         assert_eq!(k, PER_DIR, "d{d:03} holds {k} entries");
     }
-    assert!(temp_files(there.path()).is_empty(), "{:?}", temp_files(there.path()));
+    assert!(
+        temp_files(there.path()).is_empty(),
+        "{:?}",
+        temp_files(there.path())
+    );
 }

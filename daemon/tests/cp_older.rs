@@ -61,7 +61,10 @@ fn an_older_source_makes_the_client_carry_the_bytes_and_say_so() {
     let data = noise(size, 41);
     std::fs::write(a.path().join("x"), &data).unwrap();
     let src = format!("desktop:{}", s(&a.path().join("x")));
-    let o = cp(&m.vps, &[&src, &format!("laptop:{}", s(&b.path().join("y")))]);
+    let o = cp(
+        &m.vps,
+        &[&src, &format!("laptop:{}", s(&b.path().join("y")))],
+    );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(std::fs::read(b.path().join("y")).unwrap() == data);
@@ -78,12 +81,20 @@ fn an_older_source_makes_the_client_carry_the_bytes_and_say_so() {
     // --json says it too, in `notes` (not `here`: nothing failed here).
     let o = cp(
         &m.vps,
-        &["--json", &src, &format!("laptop:{}", s(&b.path().join("z")))],
+        &[
+            "--json",
+            &src,
+            &format!("laptop:{}", s(&b.path().join("z"))),
+        ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
-        (v["status"].as_str(), v["files"].as_u64(), v["bytes"].as_u64()),
+        (
+            v["status"].as_str(),
+            v["files"].as_u64(),
+            v["bytes"].as_u64()
+        ),
         (Some("ok"), Some(1), Some(size as u64)),
         "{v}"
     );
@@ -111,7 +122,10 @@ fn an_older_destination_makes_the_client_carry_the_bytes() {
     let data = noise(size, 42);
     std::fs::write(a.path().join("x"), &data).unwrap();
     let src = format!("desktop:{}", s(&a.path().join("x")));
-    let o = cp(&m.vps, &[&src, &format!("laptop:{}", s(&b.path().join("y")))]);
+    let o = cp(
+        &m.vps,
+        &[&src, &format!("laptop:{}", s(&b.path().join("y")))],
+    );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(std::fs::read(b.path().join("y")).unwrap() == data);
@@ -119,8 +133,7 @@ fn an_older_destination_makes_the_client_carry_the_bytes() {
         err.contains(&format!(
             "d cp: here: note: {}: laptop runs an older d-daemon",
             d_proto::PEER_COPY_REFUSAL
-        ))
-            && err.contains("copying to laptop through this machine"),
+        )) && err.contains("copying to laptop through this machine"),
         "{err}"
     );
     assert_carried_by_client(&m, "laptop", size);

@@ -162,7 +162,14 @@ fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i3
         (sent.map(|s| s.failed).unwrap_or(0), failed)
     })?;
     bar.finish();
-    Ok(report::finish(ctx, target, &ends, made.1, Vec::new(), started))
+    Ok(report::finish(
+        ctx,
+        target,
+        &ends,
+        made.1,
+        Vec::new(),
+        started,
+    ))
 }
 
 /// Feed the stream `make` writes to the file jobs `op` starts on the peers

@@ -83,21 +83,25 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The bytes of job output the daemon of `d` recorded for its latest
-/// `d cp` job (its audit row, side `requester`, written once the job
-/// ended), newer than audit row `after`: `(bytes, row id)`.
-pub fn carried(d: &TestDaemon, after: u64) -> (u64, u64) {
+/// The bytes of job output the daemon at `socket` recorded for its latest
+/// `d cp` job run for its client (its audit row, side `requester`, written
+/// once the job ended), newer than audit row `after`: `(bytes, row id)`.
+pub fn carried(socket: &Path, after: u64) -> (u64, u64) {
     let mut row = serde_json::Value::Null;
     wait_for(Duration::from_secs(10), "the copy's audit row", || {
-        row = d.json(&["execLog", "--limit", "1"])[0].clone();
-        row["id"].as_u64().unwrap_or(0) > after
-            && row["command"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("(d cp"))
+        let rows = super::run_d_json(socket, &["execLog", "--limit", "5"]);
+        let found = rows.as_array().into_iter().flatten().find(|r| {
+            r["side"] == "requester"
+                && r["id"].as_u64().unwrap_or(0) > after
+                && r["command"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("(d cp"))
+        });
+        row = found.cloned().unwrap_or_default();
+        found.is_some()
     });
     (
         row["output_bytes"].as_u64().unwrap_or(u64::MAX),
         row["id"].as_u64().unwrap_or(0),
     )
 }
-
