@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::files::{carried, cp, noise, temp_files};
+use common::files::{carried, cp, helper, noise, stream_of, temp_files};
 use common::*;
 
 fn s(p: &Path) -> &str {
@@ -441,38 +441,6 @@ fn nix_is_root() -> bool {
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
-}
-
-/// Run the file helper directly with `stream` on stdin.
-fn helper(dir: &Path, op: &str, stream: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut c = Command::new(daemon_bin())
-        .args(["__d-files", "testhost", op])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut i = c.stdin.take().unwrap();
-    i.write_all(stream).unwrap();
-    drop(i);
-    c.wait_with_output().unwrap()
-}
-
-/// A stream of one file as the sending helper makes it.
-fn stream_of(dir: &Path, name: &str) -> Vec<u8> {
-    let o = Command::new(daemon_bin())
-        .args([
-            "__d-files",
-            "src",
-            &format!(r#"{{"op":"send","sources":["{name}"]}}"#),
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    o.stdout
 }
 
 #[test]

@@ -5,11 +5,11 @@
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use std::time::Duration;
 
-use super::{wait_for, TestDaemon};
+use super::{daemon_bin, stderr, wait_for, TestDaemon};
 
 /// xorshift64 state from `seed` (never 0).
 fn state(seed: u32) -> u64 {
@@ -104,4 +104,38 @@ pub fn carried(socket: &Path, after: u64) -> (u64, u64) {
         row["output_bytes"].as_u64().unwrap_or(u64::MAX),
         row["id"].as_u64().unwrap_or(0),
     )
+}
+
+/// Run the file helper (`d-daemon __d-files testhost OP`) in `dir` with
+/// `stream` on its stdin.
+pub fn helper(dir: &Path, op: &str, stream: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut c = Command::new(daemon_bin())
+        .args(["__d-files", "testhost", op])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut i = c.stdin.take().unwrap();
+    // A helper that stops at a broken stream closes its end early (EPIPE).
+    let _ = i.write_all(stream);
+    drop(i);
+    c.wait_with_output().unwrap()
+}
+
+/// A stream of one file as the sending helper makes it.
+pub fn stream_of(dir: &Path, name: &str) -> Vec<u8> {
+    let o = Command::new(daemon_bin())
+        .args([
+            "__d-files",
+            "src",
+            &format!(r#"{{"op":"send","sources":["{name}"]}}"#),
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    o.stdout
 }
