@@ -260,13 +260,36 @@ fn a_full_leader_admits_reconnecting_workers() {
     let linked = |w: &TestDaemon| status(w)["link"] == "connected";
     wait_for(LONG, "desk linked", || linked(&desk));
 
-    let _fill = fs.fill();
+    let fill = fs.fill();
     let listen = desk.listen();
     desk.stop();
     desk.restart_on(&listen);
     wait_for(LONG, "desk linked again to the full leader", || {
         linked(&desk)
     });
+    // A label change made while the leader cannot save it is not lost: it
+    // is written once space returns, without waiting for a relink.
+    let o = desk.d(&["setPeerConfig", "--labels", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(LONG, "desk linked after its label change", || linked(&desk));
+    let labels_of_desk = || {
+        vps.json(&["listPeers"])
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["id"] == "desk").cloned())
+            .map(|p| p["labels"].clone())
+    };
+    assert_ne!(
+        labels_of_desk(),
+        Some(serde_json::json!(["web"])),
+        "saved on a full disk?"
+    );
+    let sessions_before = status(&desk)["link_since"].clone();
+    std::fs::remove_file(&fill).expect("free the tmpfs");
+    wait_for(LONG, "desk's label saved once space returned", || {
+        labels_of_desk() == Some(serde_json::json!(["web"]))
+    });
+    assert_eq!(status(&desk)["link_since"], sessions_before, "relinked");
+    let _fill = fs.fill();
 
     let new = TestDaemon::start("newbie", "127.0.0.4");
     let out = join(&new);

@@ -249,9 +249,12 @@ fn an_enrolled_member_cannot_be_another_id() {
         }
     }
     // Mallory's own daemon renamed to desktop is refused by the leader too.
-    let r = mallory.json(&["setPeerConfig", "--id", "desktop"]);
-    let msg = r["message"].as_str().unwrap();
-    assert!(msg.contains("not connected"), "{msg}");
+    // The setting is saved, but the leader's refusal is no success: exit 1.
+    let o = mallory.d(&["setPeerConfig", "--id", "desktop"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("refused the link"), "{err}");
+    assert!(err.contains("desktop is enrolled under key"), "{err}");
     let st = mallory.json(&["getPeerStatus"]);
     let err = st["link_error"].as_str().unwrap_or_default();
     assert!(err.contains("desktop is enrolled under key"), "{st}");

@@ -120,6 +120,21 @@ fn relayed_jobs_name_their_signer_and_altered_claims_are_refused() {
     wait_for(Duration::from_secs(10), "the audit row", || {
         audit(&desktop).contains(&("laptop".into(), "exit 3".into()))
     });
+    // The leader only passed it on: a `relay` row naming both ends, no
+    // `target` row (it did not run there).
+    wait_for(Duration::from_secs(10), "the leader's relay row", || {
+        vps.json(&["execLog", "--limit", "100"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["side"] == "relay"
+                    && r["requester"] == "laptop"
+                    && r["target"] == "desktop"
+                    && r["command"] == "exit 3"
+            })
+    });
+    assert!(!audit(&vps).iter().any(|(_, c)| c == "exit 3"));
 
     // The same claim again: replayed, refused.
     let e = relayed(&mut s, &mut r, 2, honest.clone()).unwrap_err();

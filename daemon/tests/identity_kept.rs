@@ -120,6 +120,8 @@ fn workers_work_from_the_kept_registry_while_the_leader_is_down() {
     );
     let v = rows(&list).iter().find(|p| p["id"] == "vps").unwrap();
     assert_eq!(v["online"], false);
+    // Seen when laptop's link to it was lost, not "never".
+    assert!(v["last_seen"].is_u64(), "{v}");
     let o = laptop.d(&["listPeers"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("desktop"));

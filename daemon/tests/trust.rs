@@ -22,7 +22,8 @@ fn leader_key_is_private_and_a_wrong_key_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, "ab".repeat(32)).unwrap();
-    let r = w.json(&[
+    // Saved, but refused by the leader: exit 1 and say why.
+    let o = w.d(&[
         "setPeerConfig",
         "--role",
         "worker",
@@ -33,9 +34,10 @@ fn leader_key_is_private_and_a_wrong_key_is_refused_clearly() {
         "--meshKey",
         path_str(&wrong),
     ]);
-    let msg = r["message"].as_str().unwrap();
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let msg = stderr(&o);
     assert!(
-        msg.contains("not connected") && msg.contains("authentication failed"),
+        msg.contains("refused the link") && msg.contains("authentication failed"),
         "{msg}"
     );
     let st = w.json(&["getPeerStatus"]);

@@ -163,7 +163,8 @@ fn leader_rejects_a_link_from_outside_wireguard() {
     let rogue_listen = format!("{}:0", mesh.underlay_ip(2));
     let rogue = NsDaemon::start(&mesh, 2, "rogue", &["--listen", &rogue_listen]);
     let leader_underlay = format!("{}:3600", mesh.underlay_ip(1));
-    let r = rogue.json(&[
+    // Saved, but refused by the leader: exit 1 and say why.
+    let o = rogue.d(&[
         "setPeerConfig",
         "--role",
         "worker",
@@ -174,9 +175,14 @@ fn leader_rejects_a_link_from_outside_wireguard() {
         "--meshKey",
         key,
     ]);
-    let msg = r["message"].as_str().unwrap();
     assert!(
-        msg.contains("not connected") && msg.contains("allowed IPs"),
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        msg.contains("refused the link") && msg.contains("allowed IPs"),
         "{msg}"
     );
     assert!(!online(&vps).contains(&"rogue".to_string()));

@@ -290,7 +290,8 @@ pub struct ExecRecord {
     /// Unix milliseconds when the job started.
     pub started_ms: u64,
     /// `target` (run here for another peer), `requester` (asked from here,
-    /// run elsewhere) or `local` (asked and run here).
+    /// run elsewhere), `local` (asked and run here) or `relay` (a leader
+    /// passed it from `requester` on to `target`; it did not run here).
     pub side: String,
     /// The peer that asked.
     pub requester: String,

@@ -293,33 +293,7 @@ pub async fn join(
     let id = id
         .or_else(|| inv.id.clone())
         .unwrap_or_else(|| mesh.me.hostname.clone());
-    d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
-    if let Some(want) = &inv.id {
-        if *want != id {
-            return Err(
-                ErrorBody::invalid(format!("this token is for the id {want}, not {id}")).hint(
-                    format!(
-                    "run `d join TOKEN --id {want}`, or ask the leader for a token without --id"
-                ),
-                ),
-            );
-        }
-    }
-    let now = unix_now();
-    if now >= inv.expires {
-        return Err(ErrorBody::invalid(format!(
-            "this join token expired {} s ago",
-            now - inv.expires
-        ))
-        .hint("ask the leader for a new one: `d invite`"));
-    }
-    let leader = parse_addr(&inv.leaders[0], d_proto::DEFAULT_PORT)
-        .map_err(|e| ErrorBody::invalid(format!("the token's leader address: {e}")))?
-        .to_string();
-    // Several leaders: the minting one first (the token is spent there),
-    // then the others, all linked to.
-    let all = crate::base::config::parse_leaders(&inv.leaders.join(","), d_proto::DEFAULT_PORT)
-        .map_err(|e| ErrorBody::invalid(format!("the token's leader addresses: {e}")))?;
+    let (leader, all) = check_token(&inv, &id, "the leader for a new one: `d invite`")?;
     let leader_key = inv.leader_key;
     let leader_id = inv.leader_id.clone();
     // A member that was working stays as it was if the leader refuses.
@@ -338,23 +312,19 @@ pub async fn join(
         }),
     )
     .await?;
-    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-    loop {
-        let link = mesh.link.info();
-        let joined = mesh.me.leader_trust().join.is_none();
-        if link.state == LinkState::Connected && joined {
+    match wait_for_welcome(mesh, &leader).await {
+        Welcomed::Yes => {
             let message = format!(
                 "Joined: this machine is '{id}', enrolled with leader {leader_id} at {leader} (leader key {}; this machine's key {})",
                 leader_key.fingerprint(),
                 mesh.me.public_key().fingerprint()
             );
-            return to_raw(&json!({ "message": message, "status": status::local(daemon) }));
+            to_raw(&json!({ "message": message, "status": status::local(daemon) }))
         }
-        if link.state == LinkState::JoinRefused {
-            let why = link.error.unwrap_or_default();
+        Welcomed::Refused(why) => {
             let mut kept = String::new();
             if was_member {
-                let (old, trust) = before.clone();
+                let (old, trust) = before;
                 let name = format!(
                     "{} of leader {}",
                     old.id.as_deref().unwrap_or("?"),
@@ -365,20 +335,16 @@ pub async fn join(
                     Err(e) => kept = format!(" (and it could not go back to {name}: {})", e.error),
                 }
             }
-            return Err(ErrorBody::new(
+            Err(ErrorBody::new(
                 ErrorKind::AuthFailed,
                 format!("the leader at {leader} refused to enroll this machine: {why}{kept}"),
-            ));
+            ))
         }
-        if tokio::time::Instant::now() >= deadline {
-            let why = link.error.unwrap_or_else(|| "no answer yet".into());
-            return Err(ErrorBody::new(
-                ErrorKind::ConnectFailed,
-                format!("not joined yet: the leader at {leader} did not welcome this machine within {JOIN_WAIT:?} ({why})"),
-            )
-            .hint("the daemon keeps trying with the token; check the address and the WireGuard tunnel (`d doctor`), then `d getPeerStatus`. A token is spent only at the leader that minted it: if that leader is down, ask another leader for a token (`d invite` there)"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Welcomed::NotYet(why) => Err(ErrorBody::new(
+            ErrorKind::ConnectFailed,
+            format!("not joined yet: the leader at {leader} did not welcome this machine within {JOIN_WAIT:?} ({why})"),
+        )
+        .hint("the daemon keeps trying with the token; check the address and the WireGuard tunnel (`d doctor`), then `d getPeerStatus`. A token is spent only at the leader that minted it: if that leader is down, ask another leader for a token (`d invite` there)")),
     }
 }
 
@@ -411,33 +377,14 @@ async fn join_as_leader(
         .or_else(|| inv.id.clone())
         .or(me.id)
         .unwrap_or_else(|| mesh.me.hostname.clone());
-    d_proto::validate_peer_id(&id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
-    if inv.id.as_ref().is_some_and(|w| *w != id) {
-        return Err(ErrorBody::invalid(format!(
-            "this token is for the id {}, not {id}",
-            inv.id.clone().unwrap_or_default()
-        )));
-    }
     if id == inv.leader_id {
         return Err(ErrorBody::invalid(format!(
             "{id} is the id of the leader that minted the token: every leader needs its own id"
         ))
         .hint("pass --id NAME"));
     }
-    let now = unix_now();
-    if now >= inv.expires {
-        return Err(ErrorBody::invalid(format!(
-            "this join token expired {} s ago",
-            now - inv.expires
-        ))
-        .hint("ask a leader for a new one: `d invite --leader`"));
-    }
-    let first = parse_addr(&inv.leaders[0], d_proto::DEFAULT_PORT)
-        .map_err(|e| ErrorBody::invalid(format!("the token's leader address: {e}")))?
-        .to_string();
+    let (first, all) = check_token(&inv, &id, "a leader for a new one: `d invite --leader`")?;
     let minted_by = inv.leader_id.clone();
-    let all = crate::base::config::parse_leaders(&inv.leaders.join(","), d_proto::DEFAULT_PORT)
-        .map_err(|e| ErrorBody::invalid(format!("the token's leader addresses: {e}")))?;
     mesh.apply_identity_with(
         Identity {
             role: Some(Role::Leader),
@@ -451,6 +398,70 @@ async fn join_as_leader(
         }),
     )
     .await?;
+    match wait_for_welcome(mesh, &first).await {
+        Welcomed::Yes => {
+            let message = format!(
+                "Joined as leader '{id}' of the mesh of leader {minted_by} at {first}; it replicates the registry from the other leaders from now on (this leader's key {})",
+                mesh.me.public_key().fingerprint()
+            );
+            to_raw(&json!({ "message": message, "status": status::local(daemon) }))
+        }
+        Welcomed::Refused(why) => Err(ErrorBody::new(
+            ErrorKind::AuthFailed,
+            format!("the leader at {first} refused to enroll this daemon as a leader: {why}"),
+        )),
+        Welcomed::NotYet(why) => Err(ErrorBody::new(
+            ErrorKind::ConnectFailed,
+            format!("not joined yet: the leader at {first} that minted the token did not welcome this daemon within {JOIN_WAIT:?} ({why})"),
+        )
+        .hint("a token is spent only at the leader that minted it: if that leader is down, ask another leader for a token (`d invite --leader` there)")),
+    }
+}
+
+/// The checks a join token must pass before anything changes: `id` valid
+/// and the one the token names (if it names one), not expired. Returns the
+/// minting leader's address (`IP:PORT`, where the token is spent) and every
+/// leader address (comma-separated, minting one first). `again`: whom to
+/// ask for a new token.
+fn check_token(inv: &Invite, id: &str, again: &str) -> Result<(String, String), ErrorBody> {
+    d_proto::validate_peer_id(id).map_err(|e| ErrorBody::invalid(e).hint("pass --id NAME"))?;
+    if let Some(want) = inv.id.as_ref().filter(|w| *w != id) {
+        return Err(
+            ErrorBody::invalid(format!("this token is for the id {want}, not {id}")).hint(format!(
+                "run `d join TOKEN --id {want}`, or ask for a token without --id"
+            )),
+        );
+    }
+    let now = unix_now();
+    if now >= inv.expires {
+        return Err(ErrorBody::invalid(format!(
+            "this join token expired {} s ago",
+            now - inv.expires
+        ))
+        .hint(format!("ask {again}")));
+    }
+    let first = parse_addr(&inv.leaders[0], d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::invalid(format!("the token's leader address: {e}")))?
+        .to_string();
+    // Several leaders: the minting one first (the token is spent there),
+    // then the others, all linked to.
+    let all = crate::base::config::parse_leaders(&inv.leaders.join(","), d_proto::DEFAULT_PORT)
+        .map_err(|e| ErrorBody::invalid(format!("the token's leader addresses: {e}")))?;
+    Ok((first, all))
+}
+
+/// How a join ended, seen from the link to the minting leader.
+enum Welcomed {
+    /// Linked, and the token accepted (the enrollment committed there).
+    Yes,
+    /// The leader refused the token: its reason.
+    Refused(String),
+    /// No answer within [`JOIN_WAIT`]: the link's last error.
+    NotYet(String),
+}
+
+/// Wait up to [`JOIN_WAIT`] for the leader at `first` to welcome the join.
+async fn wait_for_welcome(mesh: &crate::mesh::Mesh, first: &str) -> Welcomed {
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     loop {
         let e = mesh.link.entries().into_iter().find(|e| e.addr == first);
@@ -459,33 +470,19 @@ async fn join_as_leader(
             && e.as_ref()
                 .is_some_and(|e| e.info.state == LinkState::Connected)
         {
-            let message = format!(
-                "Joined as leader '{id}' of the mesh of leader {minted_by} at {first}; it replicates the registry from the other leaders from now on (this leader's key {})",
-                mesh.me.public_key().fingerprint()
-            );
-            return to_raw(&json!({ "message": message, "status": status::local(daemon) }));
+            return Welcomed::Yes;
         }
         if let Some(e) = e
             .as_ref()
             .filter(|e| e.info.state == LinkState::JoinRefused)
         {
-            return Err(ErrorBody::new(
-                ErrorKind::AuthFailed,
-                format!(
-                    "the leader at {first} refused to enroll this daemon as a leader: {}",
-                    e.info.error.clone().unwrap_or_default()
-                ),
-            ));
+            return Welcomed::Refused(e.info.error.clone().unwrap_or_default());
         }
         if tokio::time::Instant::now() >= deadline {
-            let why = e
-                .and_then(|e| e.info.error)
-                .unwrap_or_else(|| "no answer yet".into());
-            return Err(ErrorBody::new(
-                ErrorKind::ConnectFailed,
-                format!("not joined yet: the leader at {first} that minted the token did not welcome this daemon within {JOIN_WAIT:?} ({why})"),
-            )
-            .hint("a token is spent only at the leader that minted it: if that leader is down, ask another leader for a token (`d invite --leader` there)"));
+            return Welcomed::NotYet(
+                e.and_then(|e| e.info.error)
+                    .unwrap_or_else(|| "no answer yet".into()),
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -201,7 +201,12 @@ pub fn serve_for_peer(
         spec.requester = from.id.clone();
     }
     let relay = from.id.clone();
-    let mut rec = record("target", &spec, &from.id, &daemon.me());
+    // A job only passed on (relayed) is audited as such, naming where it
+    // went: it did not run here (its target audits it as `target`).
+    let mut rec = match &spec.relay_to {
+        Some(to) => record("relay", &spec, &from.id, to),
+        None => record("target", &spec, &from.id, &daemon.me()),
+    };
     let proven = Arc::new(std::sync::Mutex::new(from.id.clone()));
     // A job ended by this daemon's shutdown says so, even when its end
     // reaches the requester before the session's own shutdown notice.

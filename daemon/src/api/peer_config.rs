@@ -104,6 +104,15 @@ pub async fn set(
                         d_proto::DEFAULT_STATE_DIR
                     );
                 }
+                if link.refused {
+                    // Saved, but the leader said no: not a success.
+                    let why = link.error.unwrap_or_default();
+                    return Err(ErrorBody::new(
+                        d_proto::types::ErrorKind::Refused,
+                        format!("Configured as worker '{id}', but leader {leader} refused the link: {why}"),
+                    )
+                    .hint("the setting is saved and the daemon keeps trying; fix what the leader says (e.g. another --id, or `d join TOKEN` with a new invitation)"));
+                }
                 if tokio::time::Instant::now() >= deadline {
                     let why = link.error.unwrap_or_else(|| "no answer yet".into());
                     break format!("Configured as worker '{id}', leader {leader}: not connected yet ({why}); the daemon keeps trying");

@@ -175,7 +175,16 @@ pub async fn admit(
     };
     let now = unix_now();
     let id = row.id.clone();
+    let kept = row.clone();
     let saved = mesh.store.call(move |st| st.upsert_peer(&row, now)).await;
+    {
+        let mut unsaved = mesh.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        match &saved {
+            Ok(()) => drop(unsaved.remove(&id)),
+            // Retried until it is written (see below: only for known ids).
+            Err(_) => drop(unsaved.insert(id.clone(), kept)),
+        }
+    }
     if let Err(e) = saved {
         // A worker the registry already lists comes back even when the
         // leader cannot save (a full disk): its row is only a little stale.
@@ -186,6 +195,10 @@ pub async fn admit(
             Ok(Some(_))
         );
         if !known {
+            mesh.unsaved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             let mut body = ErrorBody::from(e);
             body.error = format!(
                 "link refused: the leader cannot register {id}: {}",
@@ -193,7 +206,7 @@ pub async fn admit(
             );
             return Err(body);
         }
-        tracing::warn!("admitted {id}, already registered, without updating its registry row: {e}");
+        tracing::warn!("admitted {id}, already registered, without updating its registry row yet (retried every few seconds): {e}");
     }
     Ok(welcome)
 }

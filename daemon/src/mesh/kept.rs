@@ -185,6 +185,14 @@ pub async fn list(mesh: &Mesh, why: &ErrorBody) -> Result<Vec<PeerInfo>, ErrorBo
 
 fn mark(mesh: &Mesh, r: &mut PeerInfo, notice: &StaleRegistry) {
     if r.role == Role::Leader {
+        // Last seen: when this worker's link to it was lost, or, if the
+        // copy said it was online, when the copy was received.
+        let mut seen = r.last_seen;
+        if r.online {
+            seen = seen.max(Some(notice.received_at));
+        }
+        seen = seen.max(mesh.link.lost_at(&r.id));
+        r.last_seen = seen;
         r.online = false;
     }
     if mesh.me.get().id.as_deref() == Some(r.id.as_str()) {

@@ -28,6 +28,13 @@ pub struct LinkInfo {
     pub state: LinkState,
     pub since: u64,
     pub error: Option<String>,
+    /// The leader answered the last attempt with a refusal (an id it will
+    /// not take, a key it does not know): retrying as is will not help.
+    /// Connection failures and timeouts leave it false.
+    pub refused: bool,
+    /// When the last open link to this leader was lost (unix seconds;
+    /// `None` until one was lost since this daemon started).
+    pub lost_at: Option<u64>,
     /// The open link session, when connected.
     pub session: Option<Arc<Session>>,
 }
@@ -38,6 +45,8 @@ impl LinkInfo {
             state,
             since: unix_now(),
             error: None,
+            refused: false,
+            lost_at: None,
             session: None,
         }
     }
@@ -48,6 +57,7 @@ impl LinkInfo {
         }
         self.state = state;
         self.error = error;
+        self.refused = false;
         self.session = session;
     }
 }
@@ -184,6 +194,29 @@ impl Link {
                 x.id = Some(s.peer.id.clone());
             }
             x.info.set(state, error, session);
+        }
+    }
+
+    /// When the link to the leader `id` was last lost, if it was.
+    pub fn lost_at(&self, id: &str) -> Option<u64> {
+        lock(&self.entries)
+            .iter()
+            .filter(|x| x.id.as_deref() == Some(id))
+            .filter_map(|x| x.info.lost_at)
+            .max()
+    }
+
+    /// Note that the open link to the leader at `addr` was lost just now.
+    fn mark_lost(&self, addr: &str) {
+        if let Some(x) = lock(&self.entries).iter_mut().find(|x| x.addr == addr) {
+            x.info.lost_at = Some(unix_now());
+        }
+    }
+
+    /// Say that the leader at `addr` refused the last attempt.
+    fn mark_refused(&self, addr: &str) {
+        if let Some(x) = lock(&self.entries).iter_mut().find(|x| x.addr == addr) {
+            x.info.refused = true;
         }
     }
 
@@ -335,6 +368,7 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                     Some(format!("link lost: {why}")),
                     None,
                 );
+                mesh.link.mark_lost(&addr_text);
                 if up.elapsed() >= HEALTHY {
                     backoff.reset();
                 }
@@ -352,6 +386,9 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                 }
                 tracing::debug!("cannot reach leader at {addr}: {msg}");
                 set(LinkState::Connecting, Some(msg), None);
+                if matches!(e.kind, ErrorKind::Refused | ErrorKind::AuthFailed) {
+                    mesh.link.mark_refused(&addr_text);
+                }
             }
         }
         tokio::select! {

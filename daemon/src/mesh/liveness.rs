@@ -155,6 +155,52 @@ pub async fn flush_liveness(mesh: Arc<Mesh>) {
     }
 }
 
+/// How often rows the leader could not save are tried again.
+const RETRY_UNSAVED_EVERY: Duration = Duration::from_secs(3);
+
+/// Write the registry rows admissions could not save (a worker's new
+/// labels, address or version while the leader's disk was full), once the
+/// store takes them again: a change is never lost until the next relink.
+pub async fn save_unsaved(mesh: Arc<Mesh>) {
+    let mut tick = ticker(RETRY_UNSAVED_EVERY);
+    while next_tick_as_leader(&mesh, &mut tick).await {
+        let rows: Vec<PeerInfo> = {
+            let map = mesh.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+            map.values().cloned().collect()
+        };
+        for row in rows {
+            // Only while its link is up (a peer deleted or gone meanwhile is
+            // not written back; its next admission saves it).
+            if !mesh.sessions.link_online(&row.id) {
+                let mut map = mesh.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+                if map.get(&row.id) == Some(&row) {
+                    map.remove(&row.id);
+                }
+                continue;
+            }
+            let now = unix_now();
+            let r2 = row.clone();
+            match mesh.store.call(move |st| st.upsert_peer(&r2, now)).await {
+                Ok(()) => {
+                    let mut map = mesh.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+                    // Unless a newer admission replaced it meanwhile.
+                    if map.get(&row.id) == Some(&row) {
+                        map.remove(&row.id);
+                    }
+                    tracing::info!(
+                        "saved {}'s registry row (unsaved since its link came up)",
+                        row.id
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!("cannot save {}'s registry row yet: {e}", row.id);
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Leader: remove the registry rows of peers not seen for
 /// `peer_retire_days` (an id a worker no longer uses would stay forever and
 /// fail every `@all`). Age counts on the jump-proof clock

@@ -69,6 +69,10 @@ pub struct Mesh {
     /// Peers in the registry (the leader's), as last counted: links are
     /// given heartbeat intervals by it ([`liveness::link_heartbeat`]).
     registered: AtomicUsize,
+    /// Registry rows of admitted peers the leader could not save (a full
+    /// disk), newest per id, until [`liveness::save_unsaved`] writes them
+    /// (at most one per registered peer).
+    pub unsaved: std::sync::Mutex<std::collections::HashMap<String, d_proto::types::PeerInfo>>,
 }
 
 impl Mesh {
@@ -101,6 +105,7 @@ impl Mesh {
             wg_device: Default::default(),
             wg_index: Default::default(),
             registered: AtomicUsize::new(0),
+            unsaved: Default::default(),
         }
     }
 
@@ -135,6 +140,7 @@ impl Mesh {
         self.restart_link();
         let t = &self.tasks.tracker;
         t.spawn(liveness::flush_liveness(self.clone()));
+        t.spawn(liveness::save_unsaved(self.clone()));
         t.spawn(liveness::pace_links(self.clone()));
         t.spawn(liveness::close_idle_duplicates(self.clone()));
     }
