@@ -56,7 +56,7 @@ fn a_1_gib_random_file_pushed_and_pulled_keeps_its_sha256() {
 /// bytes whose length and value depend on `i` (0 to 1,199 bytes).
 fn small(i: usize) -> Vec<u8> {
     let mut v = format!("file {i}\n").into_bytes();
-    v.extend(std::iter::repeat((i % 251) as u8).take((i * 7919) % 1190));
+    v.extend(std::iter::repeat_n((i % 251) as u8, (i * 7919) % 1190));
     v
 }
 

@@ -27,7 +27,7 @@ pub async fn admit(
     from: SocketAddr,
     proof: &Proof,
 ) -> Result<Welcome, ErrorBody> {
-    let ours = crate::transport::handshake::ours();
+    let ours = crate::transport::protocol::ours();
     let Some(protocol) = d_proto::negotiate_upto(ours, hello.protocol, hello.protocol_max) else {
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     };

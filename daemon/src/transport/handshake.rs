@@ -49,37 +49,8 @@ async fn read_step<R: AsyncRead + Unpin>(
     }
 }
 
-/// The newest protocol this daemon speaks: [`d_proto::PROTOCOL_VERSION`]
-/// unless capped with [`cap_protocol`].
-static PROTOCOL_CAP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-/// Speak at most protocol `max` from now on (`d-daemon --protocol-max`), as
-/// an older daemon would: hellos offer it, sessions negotiate below it, and
-/// status shows it. Set once at start; `Err` when `max` is outside
-/// [`d_proto::PROTOCOL_MIN`]..=[`d_proto::PROTOCOL_VERSION`] or already set.
-pub fn cap_protocol(max: u32) -> Result<(), String> {
-    if !(d_proto::PROTOCOL_MIN..=d_proto::PROTOCOL_VERSION).contains(&max) {
-        return Err(format!(
-            "--protocol-max {max}: this build speaks protocols {} to {}",
-            d_proto::PROTOCOL_MIN,
-            d_proto::PROTOCOL_VERSION
-        ));
-    }
-    PROTOCOL_CAP
-        .set(max)
-        .map_err(|_| "the protocol is capped once, at start".to_string())
-}
-
-/// The newest peer protocol this daemon speaks (see [`cap_protocol`]).
-pub fn ours() -> u32 {
-    PROTOCOL_CAP
-        .get()
-        .copied()
-        .unwrap_or(d_proto::PROTOCOL_VERSION)
-}
-
 pub fn protocol_mismatch(peer: &str, theirs: u32) -> ErrorBody {
-    let ours = ours();
+    let ours = super::protocol::ours();
     let (old, new) = if theirs < ours {
         (peer.to_string(), "this machine".to_string())
     } else {
@@ -112,7 +83,9 @@ where
                 .hint("the dialing side speaks first: {\"type\":\"hello\",...}"))
         }
     };
-    if d_proto::negotiate_upto(ours(), hello.protocol, hello.protocol_max).is_none() {
+    if d_proto::negotiate_upto(super::protocol::ours(), hello.protocol, hello.protocol_max)
+        .is_none()
+    {
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     }
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
@@ -370,7 +343,7 @@ where
     let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
     let hello = Hello {
         protocol: d_proto::PROTOCOL_MIN,
-        protocol_max: ours(),
+        protocol_max: super::protocol::ours(),
         peer_id: me,
         version: d_proto::version_string(),
         hostname: ep.me.hostname.clone(),
@@ -549,7 +522,7 @@ where
             )))
         }
     };
-    if !(d_proto::PROTOCOL_MIN..=ours()).contains(&welcome.protocol) {
+    if !(d_proto::PROTOCOL_MIN..=super::protocol::ours()).contains(&welcome.protocol) {
         return Err(protocol_mismatch(&welcome.peer_id, welcome.protocol));
     }
     d_proto::validate_peer_id(&welcome.peer_id)
