@@ -65,6 +65,12 @@ max=0
 for n in $FANOUT; do [ "$n" -gt "$max" ] && max=$n; done
 NH=$((max + 1))
 declare -A NSH=() WGIF=() OIP=()
+# Mounted before anything starts in the namespaces: `ip netns exec` gives
+# each process a mount namespace of its own, which does not see later mounts.
+DST=$WORK/dst
+mkdir -p "$DST"
+mount -t tmpfs -o size=$(((max + 2) * MB * 2))m d-bench-cp-fanout "$DST"
+MOUNTED=$DST
 MESH_STATE=$WORK/mesh.state
 MESH_QUIET=1 bash "$MESH_SH" up --hosts "$NH" --topology hub --state "$MESH_STATE" --owner-pid $$ >/dev/null ||
   die "scripts/mesh.sh up failed"
@@ -124,10 +130,6 @@ IN1=(ip netns exec "${NSH[1]}")
 export PDSH_SSH_ARGS="-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i $s/id -l root -x -a %h"
 wait_for "sshd on all targets" 90 "${IN1[@]}" pdsh -R ssh -f 64 -w "${OIP[2]%.*}.[2-$NH]" true
 
-DST=$WORK/dst
-mkdir -p "$DST"
-mount -t tmpfs -o size=$(((max + 2) * MB * 2))m d-bench-cp-fanout "$DST"
-MOUNTED=$DST
 SRC=$WORK/src.bin
 head -c "$SIZE" /dev/urandom >"$SRC"
 SUM=$(sha256sum <"$SRC" | cut -d' ' -f1)
