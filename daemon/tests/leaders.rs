@@ -103,7 +103,8 @@ fn everything_works_from(w: &TestDaemon, other: &str, live: &[&str]) {
         "{}",
         stderr(&human)
     );
-    let at = format!("@{other}");
+    // `--via-leader` is a fan-out's option: `@other,other` is a fan-out of one.
+    let at = format!("@{other},{other}");
     let o = w.d(&[at.as_str(), "--via-leader", "true"]);
     assert!(
         o.status.success(),

@@ -51,10 +51,14 @@ pub enum Proof {
     },
 }
 
-/// The fleet file: the seed and the pinned leader key.
+/// The fleet file: the seed and the pinned leader key (and, several
+/// leaders, the keys of the others by address: `leader_key_at IP:PORT KEY`
+/// lines, which `scripts/bench/leaders.sh` adds from each leader's
+/// `d getPeerStatus`).
 pub struct Fleet {
     pub seed: [u8; 32],
     pub leader_key: Option<PublicKey>,
+    pub others: Vec<(String, PublicKey)>,
 }
 
 impl Fleet {
@@ -66,16 +70,24 @@ impl Fleet {
         }
         let mut seed = None;
         let mut leader_key = None;
+        let mut others = Vec::new();
         for l in lines {
             match l.split_once(' ') {
                 Some(("seed", hex)) => seed = Some(auth::key_from_text(hex)?),
                 Some(("leader_key", k)) => leader_key = Some(PublicKey::from_base64(k)?),
+                Some(("leader_key_at", rest)) => {
+                    let Some((addr, k)) = rest.split_once(' ') else {
+                        return Err(format!("{path}: leader_key_at needs IP:PORT KEY: {l:?}"));
+                    };
+                    others.push((addr.trim().to_string(), PublicKey::from_base64(k.trim())?));
+                }
                 _ => return Err(format!("{path}: unknown line {l:?}")),
             }
         }
         Ok(Fleet {
             seed: seed.ok_or_else(|| format!("{path}: no seed"))?,
             leader_key,
+            others,
         })
     }
 
@@ -84,6 +96,7 @@ impl Fleet {
         Ok(Fleet {
             seed: auth::random_bytes()?,
             leader_key: None,
+            others: Vec::new(),
         })
     }
 
@@ -94,6 +107,9 @@ impl Fleet {
         let mut text = format!("{FLEET_HEADER}\nseed {}", auth::key_to_text(&self.seed));
         if let Some(k) = &self.leader_key {
             text.push_str(&format!("leader_key {}\n", k.to_base64()));
+        }
+        for (a, k) in &self.others {
+            text.push_str(&format!("leader_key_at {a} {}\n", k.to_base64()));
         }
         let tmp = format!("{path}.tmp");
         let mut f = std::fs::OpenOptions::new()

@@ -22,7 +22,7 @@
 //! ```text
 //! loadgen enroll  --tokens FILE --fleet FILE [--leader IP:PORT] [--workers N] [--addrs 40]
 //!                 [--addr-base 127.1.0.0] [--prefix sim-] [--parallel 64]
-//! loadgen workers --leader IP:PORT (--fleet FILE | --key MESH_KEY_FILE) [--workers 10000]
+//! loadgen workers --leader IP:PORT[,IP:PORT...] (--fleet FILE | --key MESH_KEY_FILE) [--workers 10000]
 //!                 [--addrs 40] [--addr-base 127.1.0.0] [--prefix sim-] [--threads 1]
 //!                 [--ramp-ms 0] [--report-ms 1000] [--duration SECS]
 //! loadgen rtt-server --listen IP:PORT          TCP echo (1 byte), for the floor
@@ -38,6 +38,13 @@
 //! `attempts`, `ok`, `failed`, `lost`), and events with a Unix time in ms:
 //! `{"event":"all_connected",...}` the moment the N-th link is up, and
 //! `{"event":"first_lost",...}` when the count first drops below N after that.
+//!
+//! Several leaders (`--leader a,b`): every simulated worker keeps one link
+//! to each, as a worker configured with `--leader a,b` does; `connected`
+//! counts links (N per leader), `all_connected` is every link of every
+//! worker, and `all_connected_K` / `first_lost_K` the same for leader K
+//! (0-based, in the order given). The fleet file names the first leader's
+//! key (`leader_key`) and the others' by address (`leader_key_at`).
 
 mod enroll;
 mod fleet;
@@ -63,7 +70,7 @@ pub(crate) fn usage() -> ! {
     eprintln!(
         "usage:\n  loadgen enroll --tokens FILE --fleet FILE [--leader IP:PORT] [--workers N] [--addrs K] \
          [--addr-base IP] [--prefix P] [--parallel P]\n  \
-         loadgen workers --leader IP:PORT (--fleet FILE | --key MESH_KEY_FILE) [--workers N] [--addrs K] \
+         loadgen workers --leader IP:PORT[,IP:PORT...] (--fleet FILE | --key MESH_KEY_FILE) [--workers N] [--addrs K] \
          [--addr-base IP] [--prefix P] [--threads T] [--ramp-ms MS] [--report-ms MS] [--duration SECS]\n  \
          loadgen rtt-server --listen IP:PORT\n  loadgen rtt --to IP:PORT [--count N]\n  \
          loadgen tput-server --listen IP:PORT\n  loadgen tput --to IP:PORT --bytes N"
@@ -160,8 +167,8 @@ fn main() {
 // ------------------------------------------------------------------ workers
 
 struct Cfg {
-    leader: SocketAddr,
-    proof: Proof,
+    /// Every leader, and how the workers prove themselves to each (its pinned key).
+    leaders: Vec<(SocketAddr, Proof)>,
     workers: u64,
     addrs: u32,
     addr_base: u32,
@@ -180,6 +187,8 @@ struct Stats {
     jobs: AtomicU64,
     /// Set once all N were connected; `first_lost` is reported once per such time.
     full: std::sync::atomic::AtomicBool,
+    /// Per leader (several leaders): links up, and whether all N were.
+    per_leader: Vec<(AtomicU64, std::sync::atomic::AtomicBool)>,
 }
 
 fn event(name: &str, stats: &Stats) {
@@ -238,18 +247,40 @@ fn workers_main(flags: &Flags) {
         "report-ms",
         "duration",
     ]);
-    let leader: SocketAddr = flags.need("leader").parse().unwrap_or_else(|e| {
-        eprintln!("loadgen: --leader: {e}");
+    let addrs: Vec<(String, SocketAddr)> = flags
+        .need("leader")
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| match a.parse() {
+            Ok(sa) => (a.to_string(), sa),
+            Err(e) => {
+                eprintln!("loadgen: --leader {a}: {e}");
+                usage()
+            }
+        })
+        .collect();
+    if addrs.is_empty() {
+        eprintln!("loadgen: --leader names no address");
         usage()
-    });
-    let proof = match (flags.get("fleet"), flags.get("key")) {
+    }
+    let proof_for = |i: usize, text: &str| match (flags.get("fleet"), flags.get("key")) {
         (Some(path), None) => {
             let fleet = fleet::Fleet::read(path).unwrap_or_else(|e| {
                 eprintln!("loadgen: cannot read the fleet file: {e}");
                 std::process::exit(1)
             });
-            let Some(leader_key) = fleet.leader_key else {
-                eprintln!("loadgen: {path} names no leader key: run `loadgen enroll` first");
+            let key = if i == 0 {
+                fleet.leader_key
+            } else {
+                fleet
+                    .others
+                    .iter()
+                    .find(|(a, _)| a == text)
+                    .map(|(_, k)| *k)
+            };
+            let Some(leader_key) = key else {
+                eprintln!("loadgen: {path} names no key for the leader at {text}: run `loadgen enroll` first (the first leader), add `leader_key_at {text} KEY` (the others)");
                 std::process::exit(1)
             };
             Proof::Keys {
@@ -272,6 +303,11 @@ fn workers_main(flags: &Flags) {
             usage()
         }
     };
+    let leaders: Vec<(SocketAddr, Proof)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (text, sa))| (*sa, proof_for(i, text)))
+        .collect();
     let base: Ipv4Addr = flags
         .get("addr-base")
         .unwrap_or("127.1.0.0")
@@ -281,8 +317,7 @@ fn workers_main(flags: &Flags) {
             usage()
         });
     let cfg = Cfg {
-        leader,
-        proof,
+        leaders,
         workers: flags.num("workers", 10_000u64).max(1),
         addrs: flags.num("addrs", 40u32).max(1),
         addr_base: u32::from(base),
@@ -293,7 +328,7 @@ fn workers_main(flags: &Flags) {
     let threads = flags.num("threads", 1usize).max(1);
     let report = Duration::from_millis(flags.num("report-ms", 1000u64).max(10));
     let duration = flags.num("duration", 0u64);
-    raise_nofile(cfg.workers + 256);
+    raise_nofile(cfg.workers * cfg.leaders.len() as u64 + 256);
 
     let rt = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -308,7 +343,10 @@ fn workers_main(flags: &Flags) {
     .expect("tokio runtime");
     rt.block_on(async move {
         let cfg = Arc::new(cfg);
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats {
+            per_leader: cfg.leaders.iter().map(|_| Default::default()).collect(),
+            ..Stats::default()
+        });
         println!(
             "{}",
             serde_json::json!({
@@ -316,11 +354,13 @@ fn workers_main(flags: &Flags) {
                 "t_ms": unix_ms(),
                 "workers": cfg.workers,
                 "addrs": cfg.addrs,
-                "leader": cfg.leader.to_string(),
+                "leader": cfg.leaders.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>().join(","),
             })
         );
         for i in 0..cfg.workers {
-            tokio::spawn(worker(cfg.clone(), stats.clone(), i));
+            for l in 0..cfg.leaders.len() {
+                tokio::spawn(worker(cfg.clone(), stats.clone(), i, l));
+            }
         }
         let reporter = tokio::spawn(reporter(stats.clone(), report));
         if duration > 0 {
@@ -351,10 +391,16 @@ async fn reporter(stats: Arc<Stats>, every: Duration) {
         ];
         let dt = last_t.elapsed().as_millis() as u64;
         last_t = Instant::now();
+        let per_leader: Vec<u64> = stats
+            .per_leader
+            .iter()
+            .map(|(c, _)| c.load(Ordering::Relaxed))
+            .collect();
         let line = serde_json::json!({
             "t_ms": unix_ms(),
             "interval_ms": dt,
             "connected": stats.connected.load(Ordering::Relaxed),
+            "per_leader": per_leader,
             "attempts": now[0], "ok": now[1], "failed": now[2], "lost": now[3], "jobs": now[4],
             "d_attempts": now[0] - last[0],
             "d_ok": now[1] - last[1],
@@ -403,10 +449,14 @@ pub(crate) fn source_addr(base: u32, addrs: u32, i: u64) -> Ipv4Addr {
     Ipv4Addr::from(base + 1 + (i % addrs as u64) as u32)
 }
 
-async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64) {
+/// Worker `i`'s link to leader `l` (one task per link).
+async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64, l: usize) {
     let id = format!("{}{i:05}", cfg.prefix);
     let src = source_addr(cfg.addr_base, cfg.addrs, i);
-    let key = match &cfg.proof {
+    let (leader, proof) = &cfg.leaders[l];
+    let all = cfg.workers * cfg.leaders.len() as u64;
+    let (mine, mine_full) = &stats.per_leader[l];
+    let key = match proof {
         Proof::Keys { seed, .. } => Some(fleet::worker_key(seed, &id)),
         Proof::MeshKey(_) => None,
     };
@@ -416,7 +466,9 @@ async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64) {
         key: key.as_ref(),
         invite: None,
     };
-    let seed = unix_ms() ^ (i.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let seed = unix_ms()
+        ^ (i.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (l as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     let mut rng = Rng::new(seed);
     let mut backoff = Backoff { attempt: 0 };
     if cfg.ramp_ms > 0 {
@@ -427,22 +479,33 @@ async fn worker(cfg: Arc<Cfg>, stats: Arc<Stats>, i: u64) {
         stats.attempts.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            fleet::connect(cfg.leader, src, &cfg.proof, &creds),
+            fleet::connect(*leader, src, proof, &creds),
         )
         .await
         {
             Ok(Ok(link)) => {
                 stats.ok.fetch_add(1, Ordering::Relaxed);
                 let n = stats.connected.fetch_add(1, Ordering::Relaxed) + 1;
-                if n == cfg.workers {
+                if n == all {
                     stats.full.store(true, Ordering::Relaxed);
                     event("all_connected", &stats);
+                }
+                let several = cfg.leaders.len() > 1;
+                if several && mine.fetch_add(1, Ordering::Relaxed) + 1 == cfg.workers {
+                    mine_full.store(true, Ordering::Relaxed);
+                    event(&format!("all_connected_{l}"), &stats);
                 }
                 let up = Instant::now();
                 run_link(link, &stats).await;
                 let before = stats.connected.fetch_sub(1, Ordering::Relaxed);
-                if before == cfg.workers && stats.full.swap(false, Ordering::Relaxed) {
+                if before == all && stats.full.swap(false, Ordering::Relaxed) {
                     event("first_lost", &stats);
+                }
+                if several
+                    && mine.fetch_sub(1, Ordering::Relaxed) == cfg.workers
+                    && mine_full.swap(false, Ordering::Relaxed)
+                {
+                    event(&format!("first_lost_{l}"), &stats);
                 }
                 stats.lost.fetch_add(1, Ordering::Relaxed);
                 if up.elapsed() >= HEALTHY {

@@ -32,12 +32,15 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../lib-mesh.sh
 . "$HERE/../lib-mesh.sh"
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 MB=${BENCH_CP_MB:-1024}
 RUNS=${BENCH_RUNS:-5}
 PARTS=${BENCH_CP_PARTS:-file rsh}
 SIZE=$((MB * 1024 * 1024))
 [ -n "${BENCH_NO_BUILD:-}" ] || mesh_build
 [ -x /usr/sbin/sshd ] || { echo "cp-wg.sh: needs /usr/sbin/sshd (openssh-server)" >&2; exit 1; }
+command -v rsync >/dev/null || { echo "cp-wg.sh: needs rsync (apt-get install rsync)" >&2; exit 1; }
 trap mesh_cleanup EXIT
 
 mesh_wg_up d-bench-cp-wg $$
@@ -47,28 +50,10 @@ in_ns() { local name=$1; shift; ip netns exec "${NS[$name]}" "$@"; }
 
 W=$MESH_DIR/work
 mkdir -p "$W"
-s=$MESH_DIR/ssh; mkdir -p "$s/home"; chmod 700 "$s"
-ssh-keygen -q -t ed25519 -N '' -f "$s/host" -C d-bench-host
-ssh-keygen -q -t ed25519 -N '' -f "$s/id" -C d-bench-client
-cp "$s/id.pub" "$s/authorized_keys"
-[ -d /run/sshd ] || { mkdir -p /run/sshd; chmod 755 /run/sshd; }
+s=$MESH_DIR/ssh
+bench_ssh_keys "$s"
 for host in vps desktop; do
-  cat >"$s/conf.$host" <<CONF
-ListenAddress ${IP[$host]}
-Port 2222
-HostKey $s/host
-PidFile $s/pid.$host
-UsePAM no
-PermitRootLogin prohibit-password
-StrictModes no
-AuthorizedKeysFile $s/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
-SetEnv HOME=$s/home
-LogLevel ERROR
-Subsystem sftp internal-sftp
-CONF
+  bench_sshd_conf "$s" "${IP[$host]}" 2222 "$host"
   in_ns "$host" /usr/sbin/sshd -D -e -f "$s/conf.$host" </dev/null 2>>"$s/log" &
   MESH_PIDS+=("$!")
 done
@@ -77,7 +62,8 @@ SSHO="ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/nu
 for _ in $(seq 50); do in_ns laptop $SSHO "root@${IP[vps]}" true 2>/dev/null && break; sleep 0.1; done
 DRSH="$D --socket ${SOCK[laptop]} rsh"
 
-ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>"$W/err" || { echo "failed: $*: $(tail -n 3 "$W/err")" >&2; }; t1=$(date +%s%N); echo "$(( (t1 - t0) / 1000000 ))"; }
+# A failed run is said and not timed (n= counts the runs that worked).
+ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>"$W/err" || { echo "failed: $*: $(tail -n 3 "$W/err")" >&2; return 0; }; t1=$(date +%s%N); echo "$(( (t1 - t0) / 1000000 ))"; }
 declare -A R
 stats() { # bytes (0: times only)
   tr ' ' '\n' | grep . | sort -n | awk -v b="$1" '

@@ -21,35 +21,10 @@
 # Only loopback is used; only processes started here are signalled (by PID).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 KEYS=${BENCH_KEYS:-300}
-BIN=$ROOT/target/release
-[ -n "${BENCH_NO_BUILD:-}" ] || cargo build -q --release -p d-daemon -p d-client --manifest-path "$ROOT/Cargo.toml"
-
-WORK=$(mktemp -d /tmp/d-bench-pty.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-start_daemon() { # name ip
-  mkdir -p "$WORK/$1"
-  "$BIN/d-daemon" --socket "$WORK/$1/d.sock" --state-dir "$WORK/$1/state" \
-    --listen "$2:0" --wg-interface dtnone0 >"$WORK/$1/log" 2>&1 &
-  PIDS+=("$!")
-  for _ in $(seq 100); do [ -S "$WORK/$1/d.sock" ] && "$BIN/d" --socket "$WORK/$1/d.sock" ping >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "d-daemon $1 did not start" >&2; exit 1
-}
-start_daemon lead 127.0.0.1
-start_daemon work 127.0.0.2
-D() { "$BIN/d" --socket "$WORK/$1/d.sock" "${@:2}"; }
-D lead setPeerConfig --role leader --id lead >/dev/null
-LEADER=$(D lead --json getPeerStatus | python3 -c 'import json,sys; print(json.load(sys.stdin)["listen"])')
-D work setPeerConfig --role worker --id work --leader "$LEADER" --meshKey "$WORK/lead/state/mesh.key" >/dev/null
-for _ in $(seq 100); do D lead --json listPeers | grep -q '"id":"work".*"online":true' && break; sleep 0.1; done
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+bench_pair pty
 
 cat >"$WORK/echo.py" <<'PY'
 # Usage: echo.py LABEL KEYS ARGV...: run ARGV on a new pty, wait for READY,
@@ -103,28 +78,11 @@ python3 "$WORK/echo.py" d "$KEYS" "$BIN/d" --socket "$WORK/work/d.sock" @lead -t
 python3 "$WORK/echo.py" "d here" "$KEYS" "$BIN/d" --socket "$WORK/work/d.sock" @work -t 'echo READY; exec cat'
 
 if [ "$(id -u)" = 0 ] && [ -x /usr/sbin/sshd ]; then
-  s=$WORK/ssh; mkdir -p "$s/home"; chmod 700 "$s"
-  ssh-keygen -q -t ed25519 -N '' -f "$s/host" -C d-bench-host
-  ssh-keygen -q -t ed25519 -N '' -f "$s/id" -C d-bench-client
-  cp "$s/id.pub" "$s/authorized_keys"
-  [ -d /run/sshd ] || { mkdir -p /run/sshd; chmod 755 /run/sshd; }
+  s=$WORK/ssh
+  bench_ssh_keys "$s"
   PORT=$((30000 + RANDOM % 20000))
-  cat >"$s/conf" <<CONF
-ListenAddress 127.0.0.1
-Port $PORT
-HostKey $s/host
-PidFile $s/pid
-UsePAM no
-PermitRootLogin prohibit-password
-StrictModes no
-AuthorizedKeysFile $s/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
-SetEnv HOME=$s/home
-LogLevel ERROR
-CONF
-  /usr/sbin/sshd -D -e -f "$s/conf" </dev/null 2>>"$s/log" &
+  bench_sshd_conf "$s" 127.0.0.1 "$PORT" lo
+  /usr/sbin/sshd -D -e -f "$s/conf.lo" </dev/null 2>>"$s/log" &
   PIDS+=("$!")
   SSH=(ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i "$s/id" -p "$PORT" root@127.0.0.1)
   for _ in $(seq 50); do "${SSH[@]}" true 2>/dev/null && break; sleep 0.1; done

@@ -20,6 +20,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../lib-mesh.sh
 . "$HERE/../lib-mesh.sh"
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 MB=${BENCH_STDIN_MB:-256}
 RUNS=${BENCH_RUNS:-3}
 SIZE=$((MB * 1024 * 1024))
@@ -65,27 +67,10 @@ measure d d_one
 measure tcp tcp_floor
 
 if [ -x /usr/sbin/sshd ]; then
-  s=$MESH_DIR/ssh; mkdir -p "$s/home"; chmod 700 "$s"
-  ssh-keygen -q -t ed25519 -N '' -f "$s/host" -C d-bench-host
-  ssh-keygen -q -t ed25519 -N '' -f "$s/id" -C d-bench-client
-  cp "$s/id.pub" "$s/authorized_keys"
-  [ -d /run/sshd ] || { mkdir -p /run/sshd; chmod 755 /run/sshd; }
-  cat >"$s/conf" <<CONF
-ListenAddress ${IP[vps]}
-Port 2222
-HostKey $s/host
-PidFile $s/pid
-UsePAM no
-PermitRootLogin prohibit-password
-StrictModes no
-AuthorizedKeysFile $s/authorized_keys
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
-SetEnv HOME=$s/home
-LogLevel ERROR
-CONF
-  in_ns vps /usr/sbin/sshd -D -e -f "$s/conf" </dev/null 2>>"$s/log" &
+  s=$MESH_DIR/ssh
+  bench_ssh_keys "$s"
+  bench_sshd_conf "$s" "${IP[vps]}" 2222 vps
+  in_ns vps /usr/sbin/sshd -D -e -f "$s/conf.vps" </dev/null 2>>"$s/log" &
   MESH_PIDS+=("$!")
   SSH=(ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i "$s/id" -p 2222 "root@${IP[vps]}")
   for _ in $(seq 50); do in_ns laptop "${SSH[@]}" true 2>/dev/null && break; sleep 0.1; done

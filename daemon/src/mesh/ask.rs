@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use super::registry::{answer, unexpected};
 #[cfg(test)]
 use super::registry::{json_len_bound, rows_that_fit, PAGE_BYTES};
-use super::{kept, Mesh};
+use super::{kept, pick, Mesh};
 use crate::base::identity::not_configured;
 use crate::transport::{session, Session};
 #[cfg(test)]
@@ -44,23 +44,9 @@ pub async fn query(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
             kept::received(mesh, peers.clone());
             Ok(Answer::Peers { peers, more: None })
         }
-        Some(Role::Worker) => {
-            // The first linked leader; the next when it fails (several leaders).
-            let mut first_err = None;
-            for link in mesh.leader_sessions() {
-                match link.query(q.clone()).await {
-                    Ok(a) => return Ok(a),
-                    Err(e) => {
-                        tracing::debug!("leader {} did not answer: {}", link.peer.id, e.error);
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-            Err(first_err.unwrap_or_else(|| match mesh.leader_session() {
-                Err(e) => e,
-                Ok(_) => ErrorBody::new(ErrorKind::Other, "no leader answered"),
-            }))
-        }
+        // The first lively leader; the next too when it is slow or fails
+        // (several leaders: [`pick`]).
+        Some(Role::Worker) => pick::ask(mesh, q).await,
         None => Err(not_configured()),
     }
 }
@@ -89,16 +75,24 @@ pub async fn list_peers_json(mesh: &Arc<Mesh>) -> Result<String, ErrorBody> {
     }
 }
 
-/// A worker: the registry of the first linked leader that answers (the
-/// next when one fails), paged over its link, as JSON text, and that
+/// A worker: the registry of the linked leader that answers a ping first
+/// (the next when one fails), paged over its link, as JSON text, and that
 /// leader's id.
 async fn paged_registry(mesh: &Arc<Mesh>) -> Result<(String, String), ErrorBody> {
-    let links = mesh.leader_sessions();
+    let mut links = pick::ordered(mesh);
     if links.is_empty() {
         return Err(mesh
             .leader_session()
             .err()
             .unwrap_or_else(|| ErrorBody::new(ErrorKind::Other, "no leader link")));
+    }
+    // The leader a ping finds answering first lists (a hung one is not
+    // waited for); the others after it if it fails.
+    if links.len() > 1 {
+        if let Ok(s) = pick::relay_leader(mesh).await {
+            links.retain(|l| !Arc::ptr_eq(l, &s));
+            links.insert(0, s);
+        }
     }
     let mut first_err = None;
     for link in links {

@@ -137,8 +137,10 @@ async fn requester_key(mesh: &Arc<Mesh>, id: &str) -> Result<PublicKey, ErrorBod
         };
         return key.ok_or_else(|| no_key(id));
     }
+    // Any linked leader that answers (several leaders: a hung first one
+    // is not waited for).
     let key = match mesh.leader_session() {
-        Ok(link) => match link.query(Query::ResolvePeer { peer: id.into() }).await? {
+        Ok(_) => match super::pick::ask(mesh, Query::ResolvePeer { peer: id.into() }).await? {
             Answer::Peer { peer } => peer.public_key,
             Answer::Error(e) => return Err(e),
             _ => None,

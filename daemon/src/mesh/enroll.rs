@@ -264,8 +264,14 @@ pub async fn check_at_worker(
         // The leader unreachable: the key its kept registry names (never
         // one the leader said was removed).
         Err(why) => super::kept::key_of(mesh, id, proof.key, &why).await?,
-        Ok(link) if *id == link.peer.id => link.peer.key,
-        Ok(link) => match link.query(Query::ResolvePeer { peer: id.clone() }).await? {
+        // One of its leaders dials it: the key its link proved.
+        Ok(_) if mesh.leader_sessions().iter().any(|l| l.peer.id == *id) => mesh
+            .leader_sessions()
+            .into_iter()
+            .find(|l| l.peer.id == *id)
+            .and_then(|l| l.peer.key),
+        // Any linked leader that answers (several leaders).
+        Ok(_) => match super::pick::ask(mesh, Query::ResolvePeer { peer: id.clone() }).await? {
             Answer::Peer { peer } => {
                 super::kept::learned(mesh, &peer);
                 peer.public_key

@@ -102,8 +102,16 @@ pub async fn rotate_leader(mesh: &Arc<Mesh>) -> Result<Rotated, ErrorBody> {
         new.public().fingerprint(),
         old.public().fingerprint()
     );
-    // The registry's row of the leader carries its key.
+    // The registry's row of the leader carries its key; the other leaders
+    // (several leaders) merge the new record before the sessions it would
+    // travel on close: each then expects the new key from this leader, in
+    // its registry and its link.
     super::liveness::ensure_self_row(mesh).await;
+    let (leaders, leaders_later) =
+        super::replicate::publish_and_wait(mesh, vec![(id.clone(), None)], TELL_WAIT).await;
+    if leaders_later > 0 {
+        tracing::warn!("{leaders_later} other leader(s) did not take this leader's new key yet ({leaders} did): they pull it at their next link");
+    }
     let (told, later) = tell_workers(mesh, &rotation).await;
     mesh.sessions.close_all("the leader's key was rotated");
     Ok(Rotated {

@@ -48,18 +48,44 @@ pub async fn keep_links(mesh: Arc<Mesh>, stop: CancellationToken) {
                 }
             }
         }
+        // Leaders revoked or deleted (here or on another leader, then
+        // replicated): their links go, and none is made to them again.
+        let mut ids: Vec<String> = targets.iter().filter_map(|(_, i)| i.clone()).collect();
+        ids.extend(mesh.link.entries().into_iter().filter_map(|e| e.id));
+        let removed = mesh
+            .store
+            .read(move |st| {
+                let mut out = Vec::new();
+                for id in ids {
+                    if matches!(st.replica_get(&id)?, Some(r) if r.key.is_none()) {
+                        out.push(id);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap_or_default();
+        for id in &removed {
+            if !mesh
+                .link
+                .drop_id(id, &format!("leader {id} was removed from the mesh"))
+                .is_empty()
+            {
+                tracing::info!("leader {id} was removed from the mesh: no longer linked to it");
+            }
+        }
         for (addr, id) in targets {
             if Some(&addr) == mine.as_ref() || id.as_deref() == Some(my_id.as_str()) {
                 continue;
             }
-            if mesh.link.add(&addr, id) {
+            if id.as_ref().is_some_and(|i| removed.contains(i)) {
+                continue;
+            }
+            if let Some(token) = mesh.link.add(&addr, id, &stop) {
                 tracing::info!("another leader of this mesh is at {addr}");
-                mesh.tasks.tracker.spawn(super::link::link_loop(
-                    mesh.clone(),
-                    addr,
-                    false,
-                    stop.child_token(),
-                ));
+                mesh.tasks
+                    .tracker
+                    .spawn(super::link::link_loop(mesh.clone(), addr, false, token));
             }
         }
         tokio::select! {
@@ -103,4 +129,56 @@ pub fn states(mesh: &Mesh) -> Vec<LeaderState> {
             }
         })
         .collect()
+}
+
+/// The leader `id` was revoked or deleted (here, or told by a leader):
+/// every link to it goes at once, and a worker forgets its address and
+/// pinned key (saved), so that neither a restart nor a reconnect brings the
+/// link back. Nothing happens when `id` is none of this daemon's leaders.
+pub async fn leader_removed(mesh: &Mesh, id: &str) {
+    let why = format!("leader {id} was removed from the mesh");
+    let addrs = mesh.link.drop_id(id, &why);
+    if addrs.is_empty() {
+        return;
+    }
+    tracing::info!("{why}: no longer linked to it at {}", addrs.join(", "));
+    let me = mesh.me.get();
+    if me.role != Some(Role::Worker) {
+        return;
+    }
+    let list: Vec<String> = me
+        .leaders()
+        .into_iter()
+        .filter(|a| !addrs.contains(a))
+        .collect();
+    if list.is_empty() || list.len() == me.leaders().len() {
+        return;
+    }
+    let text = list.join(",");
+    let saved = text.clone();
+    if let Err(e) = mesh
+        .store
+        .call_durable(move |st| st.set_setting("leader", Some(&saved)))
+        .await
+    {
+        tracing::error!("cannot save the leader list without the removed leader {id}: {e}");
+        return;
+    }
+    let mut trust = mesh.me.leader_trust();
+    trust.keys.retain(|(a, _)| !addrs.contains(a));
+    if me.leaders().first().is_some_and(|a| addrs.contains(a)) {
+        // The first leader (whose key `key` pins) was the one removed.
+        trust.key = trust
+            .keys
+            .iter()
+            .find(|(a, _)| Some(a) == list.first())
+            .map(|(_, k)| *k);
+    }
+    if let Err(e) = mesh.save_leader_trust(trust).await {
+        tracing::error!("{}", e.error);
+    }
+    mesh.me.set(crate::base::identity::Identity {
+        leader: Some(text),
+        ..me
+    });
 }

@@ -70,6 +70,8 @@ pub struct Entry {
     /// The leader's id, once a session or a record told it.
     pub id: Option<String>,
     pub info: LinkInfo,
+    /// Stops this link's task (the leader was revoked or deleted).
+    stop: CancellationToken,
 }
 
 /// The links' states (one per leader address, in configured order) and
@@ -79,6 +81,9 @@ pub struct Link {
     /// single leader, no mesh key).
     global: Mutex<LinkInfo>,
     entries: Mutex<Vec<Entry>>,
+    /// Addresses of leaders revoked or deleted since the links were last
+    /// (re)started: not linked to again ([`Link::drop_id`]).
+    dropped: Mutex<std::collections::HashSet<String>>,
     /// Cancels the current link tasks (replaced on every identity change).
     task: Mutex<Option<CancellationToken>>,
 }
@@ -92,6 +97,7 @@ impl Default for Link {
         Link {
             global: Mutex::new(LinkInfo::new(LinkState::Unconfigured)),
             entries: Mutex::default(),
+            dropped: Mutex::default(),
             task: Mutex::default(),
         }
     }
@@ -151,33 +157,85 @@ impl Link {
     /// The state with no leader link (every entry dropped).
     pub fn set(&self, state: LinkState, error: Option<String>, session: Option<Arc<Session>>) {
         lock(&self.entries).clear();
+        lock(&self.dropped).clear();
         lock(&self.global).set(state, error, session);
     }
 
-    /// Links to `addrs` from now on, each `Connecting`.
-    pub fn reset(&self, addrs: &[String]) {
-        *lock(&self.entries) = addrs
+    /// Links to `addrs` from now on, each `Connecting`; returns each with
+    /// the token that stops its task (a child of `parent`).
+    pub fn reset(
+        &self,
+        addrs: &[String],
+        parent: &CancellationToken,
+    ) -> Vec<(String, CancellationToken)> {
+        lock(&self.dropped).clear();
+        let entries: Vec<Entry> = addrs
             .iter()
             .map(|a| Entry {
                 addr: a.clone(),
                 id: None,
                 info: LinkInfo::new(LinkState::Connecting),
+                stop: parent.child_token(),
             })
             .collect();
+        let out = entries
+            .iter()
+            .map(|e| (e.addr.clone(), e.stop.clone()))
+            .collect();
+        *lock(&self.entries) = entries;
+        out
     }
 
-    /// Add a link to `addr` (a leader learned of); `false` if it is there.
-    pub fn add(&self, addr: &str, id: Option<String>) -> bool {
+    /// Add a link to `addr` (a leader learned of): the token that stops
+    /// its task, or `None` if it is there already or was dropped.
+    pub fn add(
+        &self,
+        addr: &str,
+        id: Option<String>,
+        parent: &CancellationToken,
+    ) -> Option<CancellationToken> {
+        if lock(&self.dropped).contains(addr) {
+            return None;
+        }
         let mut e = lock(&self.entries);
         if e.iter().any(|x| x.addr == addr) {
-            return false;
+            return None;
         }
+        let stop = parent.child_token();
         e.push(Entry {
             addr: addr.to_string(),
             id,
             info: LinkInfo::new(LinkState::Connecting),
+            stop: stop.clone(),
         });
-        true
+        Some(stop)
+    }
+
+    /// The leader `id` was revoked or deleted: drop every link to it (its
+    /// task stopped, its session closed with `why`), and link to its
+    /// addresses no more until the links are restarted. Returns the
+    /// addresses dropped.
+    pub fn drop_id(&self, id: &str, why: &str) -> Vec<String> {
+        let gone: Vec<Entry> = {
+            let mut e = lock(&self.entries);
+            let (gone, kept) = std::mem::take(&mut *e)
+                .into_iter()
+                .partition(|x| x.id.as_deref() == Some(id));
+            *e = kept;
+            gone
+        };
+        let mut dropped = lock(&self.dropped);
+        for x in &gone {
+            x.stop.cancel();
+            if let Some(s) = &x.info.session {
+                s.close(d_proto::types::ErrorBody::new(
+                    ErrorKind::Refused,
+                    why.to_string(),
+                ));
+            }
+            dropped.insert(x.addr.clone());
+        }
+        gone.into_iter().map(|x| x.addr).collect()
     }
 
     /// The link to `addr` changed.

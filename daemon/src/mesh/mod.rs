@@ -8,7 +8,8 @@
 //! - [`enroll`]: whether a proven key may be the id it claims; enrollment.
 //! - [`link`]: a worker's links to its leaders, each with its backoff.
 //! - [`leaders`]: several leaders: which to link to, and their states;
-//!   [`replicate`]: the durable registry replicated between leaders.
+//!   [`replicate`]: the durable registry replicated between leaders;
+//!   [`pick`]: which linked leader a worker asks or relays through first.
 //! - [`kept`]: a worker's kept copy of the registry, used while the
 //!   leader is unreachable.
 //! - [`liveness`]: online state, `last_seen` in batches, link pacing.
@@ -42,6 +43,7 @@ pub mod leader_rotate;
 pub mod leaders;
 pub mod link;
 pub mod liveness;
+pub mod pick;
 pub mod registry;
 pub mod replicate;
 pub mod retire;
@@ -62,6 +64,8 @@ pub struct Mesh {
     pub routes: route::Routes,
     /// The nonces of signed job claims accepted lately.
     pub claims: claims::Seen,
+    /// The leader a worker picked lately to relay through ([`pick`]).
+    pub picked: pick::Picked,
     /// The WireGuard interface as last read for admissions.
     pub wg_device: wg::DeviceCache,
     /// The WireGuard handshakes the registry answers show, read at most once a second.
@@ -102,6 +106,7 @@ impl Mesh {
             link: Default::default(),
             routes: Default::default(),
             claims: Default::default(),
+            picked: Default::default(),
             wg_device: Default::default(),
             wg_index: Default::default(),
             registered: AtomicUsize::new(0),
@@ -312,14 +317,10 @@ impl Mesh {
                     return;
                 }
                 self.link.set(LinkState::Connecting, None, None);
-                self.link.reset(&addrs);
-                for (i, a) in addrs.into_iter().enumerate() {
-                    self.tasks.tracker.spawn(link::link_loop(
-                        self.clone(),
-                        a,
-                        i == 0,
-                        token.child_token(),
-                    ));
+                for (i, (a, stop)) in self.link.reset(&addrs, &token).into_iter().enumerate() {
+                    self.tasks
+                        .tracker
+                        .spawn(link::link_loop(self.clone(), a, i == 0, stop));
                 }
             }
             Some(Role::Leader) => {

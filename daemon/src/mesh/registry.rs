@@ -294,6 +294,8 @@ pub fn refuse_remote_change(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
 /// sessions here, and tell every worker (protocol 4 links) to close theirs.
 pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
     mesh.sessions.close_peer(peer, &format!("{peer} was {why}"));
+    // A leader removed: the links to it go too (several leaders).
+    mesh.link.drop_id(peer, &format!("leader {peer} was {why}"));
     for link in mesh.sessions.links() {
         if link.terms.protocol < d_proto::PROTOCOL_KEYS {
             continue;
@@ -315,7 +317,7 @@ pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
 
 /// On a worker: the leader says `peer` was removed: close its sessions,
 /// and hold its key revoked in the kept registry.
-pub async fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
+pub async fn peer_removed(mesh: &Arc<Mesh>, from: &Arc<Session>, peer: &str) -> Answer {
     let from_leader = mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
     if !from_leader {
         return Answer::Error(ErrorBody::invalid(
@@ -323,6 +325,25 @@ pub async fn peer_removed(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
         ));
     }
     super::kept::forget(mesh, peer).await;
+    if mesh
+        .link
+        .entries()
+        .iter()
+        .any(|e| e.id.as_deref() == Some(peer))
+    {
+        // One of this worker's leaders. A rotated key is told the same way
+        // (its new row follows): only a leader the registry no longer
+        // holds is dropped, with no link to it from now on.
+        let (mesh, from, peer) = (mesh.clone(), from.clone(), peer.to_string());
+        mesh.tasks.tracker.clone().spawn(async move {
+            let q = Query::ResolvePeer { peer: peer.clone() };
+            if let Ok(Answer::Error(e)) = from.query(q).await {
+                if e.kind == ErrorKind::PeerNotFound {
+                    super::leaders::leader_removed(&mesh, &peer).await;
+                }
+            }
+        });
+    }
     mesh.sessions
         .close_peer(peer, &format!("{peer} was removed by the leader"));
     tracing::info!("{peer} was removed by the leader: its sessions are closed");

@@ -53,11 +53,62 @@ fn db(e: crate::store::RegistryError) -> ErrorBody {
 /// and push it to the linked leaders. Errors are logged (the next pull of
 /// the other leaders cannot bring what was not recorded: said loudly).
 pub async fn publish(mesh: &Arc<Mesh>, ids: Vec<(String, Option<String>)>) {
+    let records = record(mesh, ids).await;
+    if !records.is_empty() {
+        push(mesh, records);
+    }
+}
+
+/// [`publish`], waiting (at most `wait`) until every linked leader merged
+/// the change: for a change that closes the sessions it would travel on
+/// (a leader's own key rotation). Returns (leaders that merged it, leaders
+/// that did not answer in time or failed: they pull it at their next link).
+pub async fn publish_and_wait(
+    mesh: &Arc<Mesh>,
+    ids: Vec<(String, Option<String>)>,
+    wait: Duration,
+) -> (usize, usize) {
+    let records = record(mesh, ids).await;
+    if records.is_empty() {
+        return (0, 0);
+    }
+    let asks = leaders::sessions(mesh)
+        .into_iter()
+        .filter(|s| s.terms.protocol >= d_proto::PROTOCOL_LEADER_CHECK)
+        .map(|s| {
+            let q = Query::LeaderPush {
+                records: records.clone(),
+            };
+            async move {
+                match tokio::time::timeout(wait, s.query(q)).await {
+                    Ok(Ok(Answer::Result { .. })) => true,
+                    Ok(Ok(other)) => {
+                        tracing::info!("leader {} did not merge a change: {other:?}", s.peer.id);
+                        false
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!("leader {} was not pushed a change: {}", s.peer.id, e.error);
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
+        });
+    let done = futures::future::join_all(asks).await;
+    let ok = done.iter().filter(|x| **x).count();
+    (ok, done.len() - ok)
+}
+
+/// Record this leader's change of each of `ids` as a new version (those
+/// that say something new); errors logged.
+async fn record(mesh: &Arc<Mesh>, ids: Vec<(String, Option<String>)>) -> Vec<Record> {
     let me = mesh.me.get();
     if me.role != Some(Role::Leader) {
-        return;
+        return Vec::new();
     }
-    let Some(origin) = me.id else { return };
+    let Some(origin) = me.id else {
+        return Vec::new();
+    };
     let made = mesh
         .store
         .call_durable(move |st| {
@@ -71,11 +122,13 @@ pub async fn publish(mesh: &Arc<Mesh>, ids: Vec<(String, Option<String>)>) {
         })
         .await;
     match made {
-        Ok(records) if !records.is_empty() => push(mesh, records),
-        Ok(_) => {}
-        Err(e) => tracing::error!(
-            "cannot record a registry change for the other leaders: {e} (they will not learn it)"
-        ),
+        Ok(records) => records,
+        Err(e) => {
+            tracing::error!(
+                "cannot record a registry change for the other leaders: {e} (they will not learn it)"
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -144,8 +197,12 @@ async fn merge(mesh: &Arc<Mesh>, from: &str, records: Vec<Record>) -> Result<usi
             // Another key now: sessions proven with the old one end, and
             // workers are told in order (old key gone, then the new row).
             (Some(_), true) => {
-                mesh.sessions
-                    .close_peer(&r.id, &format!("{} was {why}", r.id));
+                // A leader's own rotation, pushed by it: it closes its
+                // sessions itself once the other leaders answered.
+                if r.id != from {
+                    mesh.sessions
+                        .close_peer(&r.id, &format!("{} was {why}", r.id));
+                }
                 registry::announce_rotated(mesh, &r.id, row);
             }
             (Some(_), false) => {

@@ -96,7 +96,7 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
         Some(Role::Worker) => match mesh.leader_session() {
             // The leader unreachable: the way (and the key) from the kept copy.
             Err(why) => kept::resolve(mesh, peer, &why).await?,
-            // The first linked leader, the next if it fails (several leaders).
+            // A linked leader that answers (several leaders: [`super::pick`]).
             Ok(_) => match super::ask::query(mesh, Query::ResolvePeer { peer: peer.into() }).await?
             {
                 Answer::Peer { peer } => {
@@ -138,18 +138,18 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
     }
     let addr = parse_addr(&shown, d_proto::DEFAULT_PORT)
         .map_err(|e| ErrorBody::connect_failed(peer, &shown, &e))?;
-    // A worker may go through the leader when the target is online there
-    // but out of its own reach.
-    let relay = || -> Option<Route> {
+    // A worker may go through a leader when the target is online there
+    // but out of its own reach (several leaders: one that answers).
+    let relay = || async {
         if id.role != Some(Role::Worker) || !info.online {
             return None;
         }
-        let ls = mesh.leader_session().ok()?;
+        let ls = super::pick::relay_leader(mesh).await.ok()?;
         let leader = ls.peer.id.clone();
         (leader != peer).then_some(Route::Relay(ls, leader))
     };
     if mesh.routes.relayed_within(peer, RELAY_MEMORY) {
-        if let Some(r) = relay() {
+        if let Some(r) = relay().await {
             return Ok(r);
         }
     }
@@ -171,7 +171,7 @@ pub async fn route(mesh: &Arc<Mesh>, peer: &str) -> Result<Route, ErrorBody> {
             Ok(Route::Remote(s, "direct"))
         }
         // Refused means its daemon is down: the leader could not do better.
-        Err(e) if unreachable(&e) => match relay() {
+        Err(e) if unreachable(&e) => match relay().await {
             Some(r) => {
                 tracing::info!(
                     "{peer} is out of direct reach ({}): going through the leader",
@@ -204,7 +204,7 @@ pub async fn route_job(mesh: &Arc<Mesh>, peer: &str, via_leader: bool) -> Result
         };
         return Ok(Route::Remote(s, path));
     }
-    let ls = mesh.leader_session()?;
+    let ls = super::pick::relay_leader(mesh).await?;
     let leader = ls.peer.id.clone();
     Ok(Route::Relay(ls, leader))
 }

@@ -156,6 +156,8 @@ pub struct Session {
     /// work: a query, a job, anything but heartbeats ([`Session::idle_for`]).
     opened: std::time::Instant,
     last_work_ms: AtomicU64,
+    /// When (ms after `opened`) a frame last arrived ([`Session::silent_for`]).
+    last_heard_ms: AtomicU64,
     /// This side's end: its tasks and WireGuard interface.
     ep: Arc<Endpoint>,
     /// What queries and jobs from the other side mean.
@@ -201,6 +203,7 @@ impl Session {
             reason: Mutex::default(),
             opened: std::time::Instant::now(),
             last_work_ms: AtomicU64::new(0),
+            last_heard_ms: AtomicU64::new(0),
             ep: ep.clone(),
             handler,
         });
@@ -215,6 +218,21 @@ impl Session {
     fn worked(&self) {
         let ms = self.opened.elapsed().as_millis() as u64;
         self.last_work_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Note that a frame arrived (the reader, for every frame).
+    pub(crate) fn heard(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long nothing (not even a heartbeat) has come from the other
+    /// side. A dialer hears its heartbeats answered every
+    /// [`Session::heartbeat`]; much longer means the peer is hung or cut
+    /// off, well before [`Session::dead_after`] closes the session.
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
     }
 
     /// How long the session has carried nothing: zero while a query or a

@@ -44,6 +44,7 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
             }
             r = reader.read_frame() => {
                 last = Instant::now();
+                s.heard();
                 match r {
                     Read::Eof => s.close(ErrorBody::peer_lost(&s.peer.id)),
                     Read::Bad(e) => s.bad_frame(e).await,
