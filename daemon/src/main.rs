@@ -36,6 +36,9 @@ async fn serve() -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     d_daemon::base::signals::install(stop.clone());
     let config = Config::from_args(args)?;
+    if let Some(max) = config.protocol_max {
+        d_daemon::transport::protocol::cap_protocol(max).map_err(anyhow::Error::msg)?;
+    }
     // Private from the start: it holds the identity key and the registry
     // (a directory that exists already keeps its mode).
     {

@@ -13,46 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::files::{carried, cp, helper, noise, stream_of, temp_files};
 use common::*;
-
-/// Bytes that are not text, not all alike (xorshift).
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 11) as u8
-        })
-        .collect()
-}
-
-fn cp(from: &TestDaemon, args: &[&str]) -> std::process::Output {
-    let mut all = vec!["cp"];
-    all.extend_from_slice(args);
-    from.d(&all)
-}
 
 fn s(p: &Path) -> &str {
     path_str(p)
-}
-
-/// Files left beside a destination by an unfinished write.
-fn temp_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push(p);
-            } else if e.file_name().as_bytes().windows(6).any(|w| w == b".d-cp.") {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -284,24 +249,6 @@ fn push_to_many_and_pull_from_many_into_per_peer_dirs() {
     );
 }
 
-/// The bytes of job output the daemon of `d` recorded for its latest
-/// `d cp` job (its audit row, side `requester`, written once the job
-/// ended), newer than audit row `after`: `(bytes, row id)`.
-fn carried(d: &TestDaemon, after: u64) -> (u64, u64) {
-    let mut row = serde_json::Value::Null;
-    wait_for(Duration::from_secs(10), "the copy's audit row", || {
-        row = d.json(&["execLog", "--limit", "1"])[0].clone();
-        row["id"].as_u64().unwrap_or(0) > after
-            && row["command"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("(d cp"))
-    });
-    (
-        row["output_bytes"].as_u64().unwrap_or(u64::MAX),
-        row["id"].as_u64().unwrap_or(0),
-    )
-}
-
 /// Peer to peer flows desktop -> laptop over their own session: the
 /// client's daemon (vps) carries none of the 64 MiB (it counts every byte
 /// of a job's output it passes to its client: a few hundred here, the
@@ -325,7 +272,7 @@ fn peer_to_peer_goes_direct() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let (through_vps, row) = carried(&m.vps, 0);
+    let (through_vps, row) = carried(&m.vps.socket(), 0);
     assert!(std::fs::read(b.path().join("y")).unwrap() == data);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
@@ -348,7 +295,7 @@ fn peer_to_peer_goes_direct() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let (pulled, _) = carried(&m.vps, row);
+    let (pulled, _) = carried(&m.vps.socket(), row);
     assert!(
         pulled > size as u64,
         "a pull moved only {pulled} bytes through vps"
@@ -494,38 +441,6 @@ fn nix_is_root() -> bool {
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
-}
-
-/// Run the file helper directly with `stream` on stdin.
-fn helper(dir: &Path, op: &str, stream: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut c = Command::new(daemon_bin())
-        .args(["__d-files", "testhost", op])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut i = c.stdin.take().unwrap();
-    i.write_all(stream).unwrap();
-    drop(i);
-    c.wait_with_output().unwrap()
-}
-
-/// A stream of one file as the sending helper makes it.
-fn stream_of(dir: &Path, name: &str) -> Vec<u8> {
-    let o = Command::new(daemon_bin())
-        .args([
-            "__d-files",
-            "src",
-            &format!(r#"{{"op":"send","sources":["{name}"]}}"#),
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    o.stdout
 }
 
 #[test]

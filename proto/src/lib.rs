@@ -97,9 +97,14 @@ pub const PROTOCOL_MIN: u32 = 2;
 /// The protocol a session runs, given the other side's oldest and newest:
 /// the newest both speak, or `None` when the ranges do not meet.
 pub fn negotiate(theirs_min: u32, theirs_max: u32) -> Option<u32> {
+    negotiate_upto(PROTOCOL_VERSION, theirs_min, theirs_max)
+}
+
+/// [`negotiate`] for a side that speaks protocols `PROTOCOL_MIN..=ours`
+/// (`ours` below [`PROTOCOL_VERSION`]: a daemon acting as an older one).
+pub fn negotiate_upto(ours: u32, theirs_min: u32, theirs_max: u32) -> Option<u32> {
     let theirs_max = theirs_max.max(theirs_min);
-    (theirs_min <= PROTOCOL_VERSION && theirs_max >= PROTOCOL_MIN)
-        .then(|| theirs_max.min(PROTOCOL_VERSION))
+    (theirs_min <= ours && theirs_max >= PROTOCOL_MIN).then(|| theirs_max.min(ours))
 }
 /// The crate version all three crates share.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -235,6 +240,10 @@ mod tests {
         assert_eq!(negotiate(2, 7), Some(7));
         assert_eq!(negotiate(1, 0), None);
         assert_eq!(negotiate(99, 99), None);
+        // A daemon acting as a protocol-9 one.
+        assert_eq!(negotiate_upto(9, 2, PROTOCOL_VERSION), Some(9));
+        assert_eq!(negotiate_upto(9, 2, 7), Some(7));
+        assert_eq!(negotiate_upto(9, 10, 11), None);
     }
 
     #[test]

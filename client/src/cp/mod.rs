@@ -162,7 +162,14 @@ fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i3
         (sent.map(|s| s.failed).unwrap_or(0), failed)
     })?;
     bar.finish();
-    Ok(report::finish(ctx, target, &ends, made.1, started))
+    Ok(report::finish(
+        ctx,
+        target,
+        &ends,
+        made.1,
+        Vec::new(),
+        started,
+    ))
 }
 
 /// Feed the stream `make` writes to the file jobs `op` starts on the peers
@@ -275,7 +282,14 @@ fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32,
         )
     });
     bar.finish();
-    Ok(report::finish(ctx, target, &ends, Vec::new(), started))
+    Ok(report::finish(
+        ctx,
+        target,
+        &ends,
+        Vec::new(),
+        Vec::new(),
+        started,
+    ))
 }
 
 /// One peer's stream written under `dest` here.
@@ -338,6 +352,9 @@ fn direct(
     let (peers, offline) = peers_of(ctx, target)?;
     let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
     let many = paths.len() > 1;
+    // Copies carried through this client (said, not failed), and what
+    // failed of the source while it fed them.
+    let notes = std::sync::Mutex::new(Vec::new());
     let extra = std::sync::Mutex::new(Vec::new());
     let ends = fanout::map(&items, ctx.parallel, |(peer, off)| {
         if *off {
@@ -373,9 +390,11 @@ fn direct(
                     Ok((mut ends, more)) => (ends.pop().map(|(_, r)| r), more),
                     Err(e) => (Some(PeerResult::local_failure(e.error)), Vec::new()),
                 };
-                let mut x = extra.lock().unwrap_or_else(|e| e.into_inner());
-                x.push(note);
-                x.append(&mut more);
+                notes.lock().unwrap_or_else(|e| e.into_inner()).push(note);
+                extra
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(&mut more);
                 let r = r.unwrap_or_else(|| PeerResult::local_failure("nothing copied".into()));
                 (peer.clone(), r)
             }
@@ -383,7 +402,8 @@ fn direct(
         }
     });
     let extra = extra.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(report::finish(ctx, target, &ends, extra, started))
+    let notes = notes.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(report::finish(ctx, target, &ends, extra, notes, started))
 }
 
 /// A daemon on the way (this machine's, the source peer, its leader) is

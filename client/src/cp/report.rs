@@ -167,11 +167,16 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Print the outcome (summary lines, or `--json`) and give d's status.
+/// `here`: what failed on this machine (each makes the status at least 1);
+/// `notes`: what was done differently but not failed (a copy carried
+/// through this client), already said on stderr; under `--json` in
+/// `notes`.
 pub fn finish(
     ctx: &Ctx,
     target: &str,
     ends: &[(String, PeerResult)],
     here: Vec<String>,
+    notes: Vec<String>,
     started: Instant,
 ) -> i32 {
     let many = fanout::is_many(target);
@@ -185,13 +190,18 @@ pub fn finish(
         }
         let rows: Vec<Row> = ends.iter().map(|(p, r)| Row { peer: p, r }).collect();
         if many || rows.len() != 1 {
-            render::out(&render::json(
-                &serde_json::json!({"peers": rows, "here": here}),
-            ));
+            let mut v = serde_json::json!({"peers": rows, "here": here});
+            if !notes.is_empty() {
+                v["notes"] = serde_json::json!(notes);
+            }
+            render::out(&render::json(&v));
         } else {
             let mut v = serde_json::to_value(&rows[0]).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert("here".into(), serde_json::json!(here));
+                if !notes.is_empty() {
+                    o.insert("notes".into(), serde_json::json!(notes));
+                }
             }
             render::out(&render::json(&v));
         }

@@ -44,7 +44,7 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
         listen_error,
         uptime_secs: daemon.started.elapsed().as_secs(),
         version: d_proto::version_string(),
-        protocol: d_proto::PROTOCOL_VERSION,
+        protocol: crate::transport::protocol::ours(),
         hostname: mesh.me.hostname.clone(),
         socket: config.socket.display().to_string(),
         state_dir: config.state_dir.display().to_string(),

@@ -49,6 +49,10 @@ pub struct Args {
     /// (default 1000); past that many links their interval grows.
     #[arg(long = "link-beats-per-sec", hide = true)]
     pub link_beats_per_sec: Option<u64>,
+    /// Speak at most this peer protocol (2 to the newest), as an older
+    /// d-daemon would: for compatibility tests of a mixed mesh.
+    #[arg(long = "protocol-max", hide = true)]
+    pub protocol_max: Option<u32>,
 }
 
 fn version_long() -> &'static str {
@@ -128,6 +132,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Leader: the heartbeat budget of all links (`mesh::liveness::link_heartbeat`).
     pub link_beats_per_sec: u64,
+    /// `--protocol-max`: the newest peer protocol spoken (`None`: this build's).
+    pub protocol_max: Option<u32>,
     /// Group that may use the control socket; `None` = root (and the daemon's user) only.
     pub socket_group: Option<String>,
     pub exec_log: Retention,
@@ -222,6 +228,7 @@ impl Config {
                 .or(file.link_beats_per_sec)
                 .unwrap_or(1000)
                 .max(1),
+            protocol_max: args.protocol_max,
             socket_group: match args.socket_group.or(file.socket_group) {
                 Some(g) if g.is_empty() => None,
                 Some(g) => Some(g),

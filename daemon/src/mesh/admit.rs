@@ -27,7 +27,8 @@ pub async fn admit(
     from: SocketAddr,
     proof: &Proof,
 ) -> Result<Welcome, ErrorBody> {
-    let Some(protocol) = d_proto::negotiate(hello.protocol, hello.protocol_max) else {
+    let ours = crate::transport::protocol::ours();
+    let Some(protocol) = d_proto::negotiate_upto(ours, hello.protocol, hello.protocol_max) else {
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     };
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;

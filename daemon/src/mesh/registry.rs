@@ -121,7 +121,7 @@ pub(super) fn rows_that_fit(rows: &[PeerInfo], budget: usize) -> usize {
 async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
     let pong = || Answer::Pong {
         version: d_proto::version_string(),
-        protocol: d_proto::PROTOCOL_VERSION,
+        protocol: crate::transport::protocol::ours(),
     };
     // Any peer answers a ping; the rest needs the registry.
     if q == Query::Ping {

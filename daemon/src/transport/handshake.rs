@@ -57,7 +57,7 @@ async fn read_step_within<R: AsyncRead + Unpin>(
 }
 
 pub fn protocol_mismatch(peer: &str, theirs: u32) -> ErrorBody {
-    let ours = d_proto::PROTOCOL_VERSION;
+    let ours = super::protocol::ours();
     let (old, new) = if theirs < ours {
         (peer.to_string(), "this machine".to_string())
     } else {
@@ -90,7 +90,9 @@ where
                 .hint("the dialing side speaks first: {\"type\":\"hello\",...}"))
         }
     };
-    if d_proto::negotiate(hello.protocol, hello.protocol_max).is_none() {
+    if d_proto::negotiate_upto(super::protocol::ours(), hello.protocol, hello.protocol_max)
+        .is_none()
+    {
         return Err(protocol_mismatch(&hello.peer_id, hello.protocol));
     }
     d_proto::validate_peer_id(&hello.peer_id).map_err(ErrorBody::invalid)?;
@@ -386,7 +388,7 @@ where
     let nonce = auth::random_bytes().map_err(|e| ErrorBody::new(ErrorKind::Other, e))?;
     let hello = Hello {
         protocol: d_proto::PROTOCOL_MIN,
-        protocol_max: d_proto::PROTOCOL_VERSION,
+        protocol_max: super::protocol::ours(),
         peer_id: me,
         version: d_proto::version_string(),
         hostname: ep.me.hostname.clone(),
@@ -571,7 +573,7 @@ where
             )))
         }
     };
-    if !(d_proto::PROTOCOL_MIN..=d_proto::PROTOCOL_VERSION).contains(&welcome.protocol) {
+    if !(d_proto::PROTOCOL_MIN..=super::protocol::ours()).contains(&welcome.protocol) {
         return Err(protocol_mismatch(&welcome.peer_id, welcome.protocol));
     }
     d_proto::validate_peer_id(&welcome.peer_id)

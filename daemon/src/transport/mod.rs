@@ -7,6 +7,7 @@
 //!   side).
 //! - [`handshake`]: hello → challenge → auth → welcome, both sides.
 //! - [`port`]: accepting (with [`limits`] on handshakes in progress) and dialing.
+//! - [`protocol`]: the newest peer protocol spoken (`--protocol-max`).
 //!
 //! What a query or a job means, who may open a session and which sessions
 //! are kept is decided above, by the [`Handler`] the layer above gives to the
@@ -33,6 +34,7 @@ pub mod connection;
 pub mod handshake;
 pub mod limits;
 pub mod port;
+pub mod protocol;
 pub mod session;
 
 pub use handshake::Expect;

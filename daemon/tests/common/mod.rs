@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod files;
 pub mod identity;
 pub mod old_peer;
 
@@ -354,9 +355,15 @@ impl Mesh {
 
     /// [`Mesh::start`] with extra arguments for the leader's daemon.
     pub fn start_with(leader_args: &[&str]) -> Mesh {
+        Mesh::start_each(leader_args, &[], &[])
+    }
+
+    /// [`Mesh::start`] with extra arguments for each daemon: vps's,
+    /// desktop's, laptop's.
+    pub fn start_each(leader_args: &[&str], desktop_args: &[&str], laptop_args: &[&str]) -> Mesh {
         let vps = TestDaemon::start_with("vps", "127.0.0.1", leader_args);
-        let desktop = TestDaemon::start("desktop", "127.0.0.2");
-        let laptop = TestDaemon::start("laptop", "127.0.0.4");
+        let desktop = TestDaemon::start_with("desktop", "127.0.0.2", desktop_args);
+        let laptop = TestDaemon::start_with("laptop", "127.0.0.4", laptop_args);
         vps.json(&["setPeerConfig", "--role", "leader", "--id", "vps"]);
         let leader = vps.listen();
         let key = vps.mesh_key_path();

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Push of one file to many peers (issue 16, issue 20 target 5): `d cp FILE
+# @h2,...,hN:DIR/` vs `pdcp -R ssh` (pdsh's copy: it runs pdcp on each
+# target over ssh), side by side in one run over real WireGuard:
+# network-namespace hosts joined by wireguard-go (scripts/mesh.sh, hub
+# topology: h1 is the leader and the sender, with a tunnel to every
+# target), one d-daemon and one throwaway sshd per target. Every round
+# runs each command once, in turn, so load moves them alike; medians with
+# p10/p90 over the rounds, the load before and after. Numbers only, never
+# assertions (a copy that fails or differs is said).
+#
+# The hosts share this machine's filesystem, so every target writes the
+# same destination path: DIR is a private tmpfs (no disk in either
+# number: d's fsync and rename cost no I/O there, pdcp writes in place).
+# d checks each file's sha256 on both ends; pdcp checks nothing.
+#
+# Environment: FANOUT ("10 50": the peer counts), BENCH_CP_MB (100),
+# BENCH_RUNS (3 rounds), BENCH_NO_BUILD=1 (use target/release as it is).
+# Root only. Only the namespaces and processes made here are touched
+# (addresses in 198.18.0.0/15), processes are signalled by PID.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "cp-fanout.sh: needs root (network namespaces)" >&2; exit 1; }
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+FANOUT=${FANOUT:-10 50}
+MB=${BENCH_CP_MB:-100}
+RUNS=${BENCH_RUNS:-3}
+SIZE=$((MB * 1000 * 1000))
+D=$ROOT/target/release/d
+DAEMON=$ROOT/target/release/d-daemon
+MESH_SH=$ROOT/scripts/mesh.sh
+for t in pdsh pdcp ssh ssh-keygen /usr/sbin/sshd wireguard-go; do
+  command -v "$t" >/dev/null || {
+    echo "cp-fanout.sh: needs $t (apt-get install --no-install-recommends pdsh openssh-server openssh-client wireguard-go wireguard-tools)" >&2
+    exit 1
+  }
+done
+[ -n "${BENCH_NO_BUILD:-}" ] || (cd "$ROOT" && cargo build --release --workspace --bins --locked)
+
+WORK=$(mktemp -d /tmp/d-bench-cp-fanout.XXXXXX)
+PIDS=()
+MESH_STATE=
+MOUNTED=
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -z "$MESH_STATE" ] || MESH_QUIET=1 bash "$MESH_SH" down --state "$MESH_STATE" >/dev/null 2>&1 || true
+  [ -z "$MOUNTED" ] || umount "$MOUNTED" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+die() { echo "cp-fanout.sh: $*" >&2; exit 1; }
+wait_for() { # WHAT SECS CMD...
+  local what=$1 secs=$2 t
+  shift 2
+  t=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $t ] || die "timed out after ${secs}s waiting for $what"
+    sleep 0.1
+  done
+}
+
+max=0
+for n in $FANOUT; do [ "$n" -gt "$max" ] && max=$n; done
+NH=$((max + 1))
+declare -A NSH=() WGIF=() OIP=()
+# Mounted before anything starts in the namespaces: `ip netns exec` gives
+# each process a mount namespace of its own, which does not see later mounts.
+DST=$WORK/dst
+mkdir -p "$DST"
+mount -t tmpfs -o size=$(((max + 2) * MB * 2))m d-bench-cp-fanout "$DST"
+MOUNTED=$DST
+MESH_STATE=$WORK/mesh.state
+MESH_QUIET=1 bash "$MESH_SH" up --hosts "$NH" --topology hub --state "$MESH_STATE" --owner-pid $$ >/dev/null ||
+  die "scripts/mesh.sh up failed"
+for ((i = 1; i <= NH; i++)); do
+  NSH[$i]=$(sed -n "s/^NS_$i=//p" "$MESH_STATE" | tail -n 1)
+  WGIF[$i]=$(sed -n "s/^WG_IFACE_$i=//p" "$MESH_STATE" | tail -n 1)
+  OIP[$i]=$(sed -n "s/^OVERLAY_IP_$i=//p" "$MESH_STATE" | tail -n 1)
+  [ -n "${NSH[$i]}" ] && [ -n "${OIP[$i]}" ] || die "host $i incomplete in $MESH_STATE"
+done
+dh() { local i=$1; shift; "$D" --socket "$WORK/h$i/d.sock" "$@"; }
+for ((i = 1; i <= NH; i++)); do
+  mkdir -p "$WORK/h$i"
+  ip netns exec "${NSH[$i]}" "$DAEMON" --socket "$WORK/h$i/d.sock" --state-dir "$WORK/h$i/state" \
+    --wg-interface "${WGIF[$i]}" </dev/null >"$WORK/h$i/log" 2>&1 &
+  PIDS+=("$!")
+done
+for ((i = 1; i <= NH; i++)); do wait_for "daemon h$i" 20 dh "$i" ping; done
+dh 1 setPeerConfig --role leader --id h1 >/dev/null
+wait_for "the leader to listen on ${OIP[1]}" 20 sh -c "'$D' --socket '$WORK/h1/d.sock' --json getPeerStatus | grep -q '\"${OIP[1]}:'"
+for ((i = 2; i <= NH; i++)); do
+  dh "$i" setPeerConfig --role worker --id "h$i" --leader "${OIP[1]}:3600" \
+    --meshKey "$WORK/h1/state/mesh.key" >/dev/null
+done
+online() { [ "$(dh 1 --json listPeers | grep -o '"online": *true' | wc -l)" -ge "$NH" ]; }
+wait_for "all $NH peers online" 90 online
+
+s=$WORK/ssh
+mkdir -p "$s/home"
+chmod 700 "$s"
+ssh-keygen -q -t ed25519 -N '' -f "$s/host" -C d-bench-host
+ssh-keygen -q -t ed25519 -N '' -f "$s/id" -C d-bench-client
+cp "$s/id.pub" "$s/authorized_keys"
+[ -d /run/sshd ] || { mkdir -p /run/sshd; chmod 755 /run/sshd; }
+for ((i = 2; i <= NH; i++)); do
+  cat >"$s/sshd.$i.conf" <<EOF
+ListenAddress ${OIP[$i]}
+Port 22
+HostKey $s/host
+PidFile $s/sshd.$i.pid
+UsePAM no
+PermitRootLogin prohibit-password
+StrictModes no
+AuthorizedKeysFile $s/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+PrintMotd no
+MaxStartups 256
+MaxSessions 256
+SetEnv HOME=$s/home
+LogLevel ERROR
+EOF
+  ip netns exec "${NSH[$i]}" /usr/sbin/sshd -D -e -f "$s/sshd.$i.conf" </dev/null 2>>"$s/sshd.log" &
+  PIDS+=("$!")
+done
+IN1=(ip netns exec "${NSH[1]}")
+export PDSH_SSH_ARGS="-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i $s/id -l root -x -a %h"
+wait_for "sshd on all targets" 90 "${IN1[@]}" pdsh -R ssh -f 64 -w "${OIP[2]%.*}.[2-$NH]" true
+
+SRC=$WORK/src.bin
+head -c "$SIZE" /dev/urandom >"$SRC"
+SUM=$(sha256sum <"$SRC" | cut -d' ' -f1)
+
+ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>"$WORK/err" || echo "  (failed: $*: $(tail -n 3 "$WORK/err" | tr '\n' ' '))" >&2; t1=$(date +%s%N); echo "$(((t1 - t0) / 1000000))"; }
+declare -A R
+stats() { # bytes moved per run
+  tr ' ' '\n' | grep . | sort -n | awk -v b="$1" '
+    {a[NR]=$1}
+    END {
+      i10=int(NR*0.1+0.999); if(i10<1)i10=1; i90=int(NR*0.9+0.999)
+      printf "%7.2f s median (p10 %.2f, p90 %.2f; %.1f MB/s of copies, n=%d)", a[int((NR+1)/2)]/1000, a[i10]/1000, a[i90]/1000, b/1e6/(a[int((NR+1)/2)]/1000), NR
+    }'
+}
+check() { # what: the destination holds the file, whole
+  [ "$(sha256sum <"$DST/src.bin" | cut -d' ' -f1)" = "$SUM" ] || echo "  ($1: DIFFERENT bytes)" >&2
+}
+
+echo "push of one $MB MB file to N peers over WireGuard (wireguard-go, hub h1 sends), $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for n in $FANOUT; do
+  peers=h2
+  for ((i = 3; i <= n + 1; i++)); do peers+=",h$i"; done
+  hosts="${OIP[2]%.*}.[2-$((n + 1))]"
+  d_push() { rm -f "$DST/src.bin"; "$D" --socket "$WORK/h1/d.sock" cp -q "$SRC" "@$peers:$DST/"; }
+  pdcp_push() { rm -f "$DST/src.bin"; "${IN1[@]}" pdcp -R ssh -f 64 -w "$hosts" "$SRC" "$DST/"; }
+  d_push # warm: every session from h1 up
+  R=()
+  for _ in $(seq "$RUNS"); do
+    R[d]="${R[d]:-} $(ms d_push)"; check "d cp"
+    R[pdcp]="${R[pdcp]:-} $(ms pdcp_push)"; check pdcp
+  done
+  echo "$n peers ($RUNS rounds, $((n * MB)) MB written per run), load now $(cut -d' ' -f1-3 /proc/loadavg):"
+  for t in d pdcp; do
+    printf '  %-6s %s\n' "$t" "$(echo "${R[$t]}" | stats $((n * SIZE)))"
+  done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
