@@ -21,6 +21,7 @@
 //! [`pump`] its pipes; [`ledger`] running jobs written down, for the start
 //! after a daemon was killed.
 
+mod cgroup;
 pub mod ledger;
 mod process;
 mod pty;
