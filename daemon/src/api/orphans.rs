@@ -1,6 +1,7 @@
 //! Jobs a previous run of this daemon left behind when it was killed outright
 //! (SIGKILL, OOM, crash; see [`crate::jobs::ledger`]): at start their
-//! process groups are ended and each gets its audit row, saying so.
+//! process groups are ended and each gets its audit row, saying so; what
+//! still ran in their cgroups is killed ([`crate::jobs::cgroup`]).
 
 use std::sync::Arc;
 
@@ -10,6 +11,11 @@ use crate::jobs::ledger;
 /// Take the entries now (before any job of this run is written down), then
 /// end their groups and record them in the background.
 pub fn sweep(daemon: &Arc<Daemon>) {
+    // Jobs' cgroups: made now, and those of a previous run that is gone
+    // killed and removed (what a daemon killed outright left in them).
+    daemon.tasks().tracker.spawn_blocking(|| {
+        crate::jobs::cgroup::parent();
+    });
     let found = daemon.ledger.take_all();
     if found.is_empty() {
         return;

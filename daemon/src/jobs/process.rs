@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ledger::Ledger;
 use super::cgroup::JobCgroup;
+use super::ledger::Ledger;
 use super::{pty, pump, spawn, JobEvent, Options, KILL_GRACE};
 use crate::base::budget::{Allowance, OutputBudget};
 use crate::base::clock::mono_ns;
