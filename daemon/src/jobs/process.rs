@@ -241,8 +241,10 @@ pub(super) async fn run(
                 }
                 termed_at = Some(tokio::time::Instant::now());
                 job.end(Signal::SIGTERM);
-            } else if kill_sent || !job.alive() {
-                // A stray that ignored SIGTERM (and holds no pipe) still gets SIGKILL.
+            } else if !job.alive() {
+                // Gone, not merely signalled: a stray that ignored SIGTERM
+                // (and holds no pipe) gets SIGKILL, and the job ends once it
+                // has died of it (or at `give_up_at`, stuck in the kernel).
                 break;
             }
         }
@@ -288,7 +290,7 @@ pub(super) async fn run(
             // The shell is gone but its group was signalled: look again soon,
             // so a group that died of SIGTERM does not wait out the grace.
             _ = tokio::time::sleep(Duration::from_millis(25)),
-                if status.is_some() && readers.is_empty() && termed_at.is_some() && !kill_sent => {}
+                if status.is_some() && readers.is_empty() && termed_at.is_some() => {}
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
                 kill_sent = true;
                 job.kill();
