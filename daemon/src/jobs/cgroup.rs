@@ -116,8 +116,10 @@ fn cgroup2_mount() -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::other("no cgroup v2 hierarchy is mounted"))
 }
 
-/// The job cgroups of daemons that are gone (killed before they could
-/// remove them): what still runs there is killed, then they are removed.
+/// The job cgroups of daemons that are gone, when empty: removed. What
+/// still runs in one is not this daemon's to end (another state dir's job
+/// ledger names it, [`super::ledger`]; under systemd the unit's stop killed
+/// it).
 fn remove_stale(base: &Path) {
     let Ok(dir) = std::fs::read_dir(base) else {
         return;
@@ -140,16 +142,16 @@ fn remove_stale(base: &Path) {
             .filter_map(|j| j.ok())
         {
             if job.path().join("cgroup.procs").exists() {
-                let _ = std::fs::write(job.path().join("cgroup.kill"), "1");
-                remove_when_empty(&job.path());
+                let _ = std::fs::remove_dir(job.path());
             }
         }
         let _ = std::fs::remove_dir(e.path());
     }
 }
 
-/// `rmdir` a cgroup, waiting briefly for killed processes to leave it.
-fn remove_when_empty(dir: &Path) -> bool {
+/// `rmdir` a cgroup, waiting briefly (up to 1 s) for killed processes to
+/// leave it.
+pub(super) fn remove_when_empty(dir: &Path) -> bool {
     for _ in 0..100 {
         match std::fs::remove_dir(dir) {
             Ok(()) => return true,
@@ -171,7 +173,35 @@ pub struct JobCgroup {
     procs: OwnedFd,
 }
 
+/// The processes in the cgroup at `dir` (none if it is gone).
+pub(super) fn pids_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Send `sig` to every process in the cgroup at `dir`.
+pub(super) fn signal_in(dir: &Path, sig: Signal) {
+    for pid in pids_in(dir) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// SIGKILL everything in the cgroup at `dir` (`cgroup.kill`; else each).
+pub(super) fn kill_in(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        signal_in(dir, Signal::SIGKILL);
+    }
+}
+
 impl JobCgroup {
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Move the calling process into this cgroup. Async-signal-safe (one
     /// `write`), for a forked child before `exec`.
     pub fn enter_raw(fd: i32) -> io::Result<()> {
@@ -187,27 +217,18 @@ impl JobCgroup {
     /// The processes in it now (exited ones are not listed; a zombie that
     /// was not reaped yet is gone from it already).
     pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        pids_in(&self.dir)
     }
 
     /// Send `sig` to every process in it.
     pub fn signal(&self, sig: Signal) {
-        for pid in self.pids() {
-            let _ = kill(Pid::from_raw(pid), sig);
-        }
+        signal_in(&self.dir, sig)
     }
 
     /// SIGKILL every process in it, including any being forked meanwhile
     /// (`cgroup.kill`).
     pub fn kill_all(&self) {
-        if let Err(e) = std::fs::write(self.dir.join("cgroup.kill"), "1") {
-            tracing::debug!("cgroup.kill in {}: {e}", self.dir.display());
-            self.signal(Signal::SIGKILL);
-        }
+        kill_in(&self.dir)
     }
 
     /// The raw `cgroup.procs` descriptor number.

@@ -135,6 +135,7 @@ pub(super) async fn run(
             None
         }
     });
+    let job_cgroup_dir = cgroup.as_ref().map(|c| c.dir().to_path_buf());
     let command = spawn::Command {
         shell: &shell,
         args: &args,
@@ -168,7 +169,7 @@ pub(super) async fn run(
         s.tgt_spawned = mono_ns();
     }
     // Written down until its group has ended, for a daemon killed meanwhile.
-    let noted = ledger.and_then(|l| l.add(child.id() as i32, spec));
+    let noted = ledger.and_then(|l| l.add(child.id() as i32, spec, job_cgroup_dir.as_deref()));
     if let Some(s) = &mut spans {
         s.tgt_noted = mono_ns();
     }
