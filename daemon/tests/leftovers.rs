@@ -161,11 +161,17 @@ fn stray_that_ignores_sigterm_is_killed() {
 #[test]
 fn output_written_after_the_shell_exited_arrives() {
     let m = Mesh::start();
-    // The background writer ends by itself, once the shell has exited (it
-    // waits for the shell's pid to vanish): its output arrives, no notice.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("fifo");
+    // The background writer ends by itself as soon as the shell has exited
+    // (it reads the end of a fifo whose only writer is the shell): its output
+    // arrives within the grace, and there is nothing to end or name.
     let o = run(
         &m,
-        "sh -c 'while kill -0 $1 2>/dev/null; do sleep 0.02; done; echo late' sh $$ & echo started",
+        &format!(
+            "mkfifo {f}; (read _ < {f}; echo late) & exec 3> {f}; echo started",
+            f = path_str(&f)
+        ),
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "started\nlate\n", "{}", stderr(&o));

@@ -264,7 +264,9 @@ pub(super) async fn run(
                 }
             }
             Some(_) = readers.join_next(), if !readers.is_empty() => {}
-            _ = sleep_until_opt(deadline), if termed_at.is_none() && deadline.is_some() => {
+            // Only while the shell runs: once it has exited (in time), what
+            // it left is the stray rule's, and the status is the shell's.
+            _ = sleep_until_opt(deadline), if termed_at.is_none() && status.is_none() && deadline.is_some() => {
                 timed_out = true;
                 termed_at = Some(tokio::time::Instant::now());
                 job.end(Signal::SIGTERM);
