@@ -886,7 +886,7 @@ fn a_remote_tilde_is_the_users_home() {
     assert!(!Path::new("~").exists());
     let o = cp(&m.laptop, &[s(&f), "desktop:~no-such-user-d/x"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no user"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no such user"), "{}", stderr(&o));
 }
 
 /// A copy killed with SIGKILL (no chance to clean up), here or on the

@@ -26,7 +26,7 @@ pub fn expand(path: &str) -> Result<PathBuf, String> {
     } else {
         match nix::unistd::User::from_name(user) {
             Ok(Some(u)) => u.dir,
-            _ => return Err(format!("{path}: no user {user:?} here (for ~{user})")),
+            _ => return Err(format!("{path}: no such user {user:?} (for ~{user})")),
         }
     };
     // `~/` keeps its slash: a destination ending in `/` wants a directory.
@@ -62,6 +62,6 @@ mod tests {
             Some(&b'/')
         );
         assert_eq!(expand("~root/x").unwrap(), PathBuf::from("/root/x"));
-        assert!(expand("~no-such-user-d/x").unwrap_err().contains("no user"));
+        assert!(expand("~no-such-user-d/x").unwrap_err().contains("no such user"));
     }
 }

@@ -23,7 +23,7 @@ pub fn parse_owner(spec: &str) -> io::Result<(Option<u32>, Option<u32>)> {
     } else {
         match nix::unistd::User::from_name(u) {
             Ok(Some(x)) => Some(x.uid.as_raw()),
-            _ => return Err(bad(format!("--owner: no user {u:?} here"))),
+            _ => return Err(bad(format!("--owner: no such user {u:?}"))),
         }
     };
     let gid = match g {

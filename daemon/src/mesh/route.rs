@@ -299,6 +299,13 @@ async fn relay_run(
 
 /// Resolve an address to a peer id through the registry.
 pub async fn peer_by_ip(mesh: &Arc<Mesh>, ip: &str) -> Result<String, ErrorBody> {
+    if ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(ErrorBody::invalid(format!(
+            "{} is not an IP address",
+            d_proto::clip(ip, 80)
+        ))
+        .hint("give the peer's mesh address, e.g. `d getPeerIdByIp 10.0.0.2`; `d listPeers` shows them"));
+    }
     match ask::query(mesh, Query::PeerIdByIp { ip: ip.into() }).await? {
         Answer::PeerId { peer } => Ok(peer),
         Answer::Error(e) => Err(e),
