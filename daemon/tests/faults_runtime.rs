@@ -348,8 +348,12 @@ fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
         .success());
     let listen = d.listen();
     let (job_pid, bg_pid) = (d.dir.path().join("job.pid"), d.dir.path().join("bg.pid"));
+    // Out of the job's process group and session: found through its cgroup
+    // (where the daemon can make one: root and cgroup v2).
+    let esc_pid = d.dir.path().join("esc.pid");
     let cmd = format!(
-        "sleep 300 & echo $! > {}; echo $$ > {}; exec sleep 301",
+        "setsid sleep 302 >/dev/null 2>&1 & echo $! > {}; sleep 300 & echo $! > {}; echo $$ > {}; exec sleep 301",
+        esc_pid.display(),
         bg_pid.display(),
         job_pid.display()
     );
@@ -374,10 +378,14 @@ fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
     };
-    wait_for(LONG, "the job and its background process", || {
-        read_pid(&job_pid).is_some() && read_pid(&bg_pid).is_some()
+    wait_for(LONG, "the job and its background processes", || {
+        read_pid(&job_pid).is_some() && read_pid(&bg_pid).is_some() && read_pid(&esc_pid).is_some()
     });
     let (job, bg) = (read_pid(&job_pid).unwrap(), read_pid(&bg_pid).unwrap());
+    let esc = read_pid(&esc_pid).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let cgroups = unsafe { libc::geteuid() } == 0
+        && std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.contains(" - cgroup2 "));
     d.kill9();
     let _ = client.wait();
     std::thread::sleep(Duration::from_millis(300));
@@ -389,6 +397,14 @@ fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
     wait_for(LONG, "the orphaned group to be ended", || {
         !alive(job) && !alive(bg)
     });
+    if cgroups {
+        wait_for(LONG, "the process that left the group to be ended", || {
+            !alive(esc)
+        });
+    } else {
+        // Not the job's to find without a cgroup: ended here, by its pid.
+        signal(esc, libc::SIGKILL);
+    }
     wait_for(LONG, "the orphan logged", || {
         d.log().contains("was not ended by it")
     });

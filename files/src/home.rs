@@ -62,6 +62,8 @@ mod tests {
             Some(&b'/')
         );
         assert_eq!(expand("~root/x").unwrap(), PathBuf::from("/root/x"));
-        assert!(expand("~no-such-user-d/x").unwrap_err().contains("no such user"));
+        assert!(expand("~no-such-user-d/x")
+            .unwrap_err()
+            .contains("no such user"));
     }
 }

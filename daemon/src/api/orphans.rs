@@ -1,6 +1,7 @@
 //! Jobs a previous run of this daemon left behind when it was killed outright
 //! (SIGKILL, OOM, crash; see [`crate::jobs::ledger`]): at start their
-//! process groups are ended and each gets its audit row, saying so.
+//! process groups and cgroups ([`crate::jobs::cgroup`]) are ended and each
+//! gets its audit row, saying so.
 
 use std::sync::Arc;
 
@@ -10,6 +11,11 @@ use crate::jobs::ledger;
 /// Take the entries now (before any job of this run is written down), then
 /// end their groups and record them in the background.
 pub fn sweep(daemon: &Arc<Daemon>) {
+    // Jobs' cgroups: made now (the empty ones of daemons that are gone
+    // removed); what a killed run left in its own is ended below.
+    daemon.tasks().tracker.spawn_blocking(|| {
+        crate::jobs::cgroup::parent();
+    });
     let found = daemon.ledger.take_all();
     if found.is_empty() {
         return;

@@ -1,7 +1,8 @@
 //! Jobs written down while they run (`<state-dir>/jobs/PGID.json`), so that
 //! a daemon killed outright (SIGKILL, the OOM killer, a crash), which could
 //! not end its jobs, finds them at its next start: their process groups are
-//! ended then (SIGTERM, [`KILL_GRACE`], SIGKILL) and the caller records each
+//! ended then (SIGTERM, [`KILL_GRACE`], SIGKILL; with what runs in their
+//! cgroups) and the caller records each
 //! in the audit log.
 //!
 //! Why not `PR_SET_PDEATHSIG`: jobs start through `posix_spawn` ([`spawn`]),
@@ -52,6 +53,10 @@ pub struct Entry {
     /// Unix milliseconds when it started.
     pub started_ms: u64,
     pub spec: ExecSpec,
+    /// Its cgroup's directory ([`super::cgroup`]), if it had one: what runs
+    /// there is ended too, also what left the process group.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A job found at start from a daemon that did not end it.
@@ -78,7 +83,7 @@ impl Ledger {
 
     /// Write a job down. Best effort: a job runs even if the state dir
     /// takes no more (disk full); it is then only not found after a crash.
-    pub(super) fn add(&self, pgid: i32, spec: &ExecSpec) -> Option<PathBuf> {
+    pub(super) fn add(&self, pgid: i32, spec: &ExecSpec, cgroup: Option<&Path>) -> Option<PathBuf> {
         let entry = Entry {
             pgid,
             start_ticks: start_ticks(pgid)?,
@@ -87,6 +92,7 @@ impl Ledger {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             spec: spec.clone(),
+            cgroup: cgroup.map(Path::to_path_buf),
         };
         let path = self.path(pgid);
         let write = || -> std::io::Result<()> {
@@ -156,22 +162,40 @@ pub fn end_orphans(found: Vec<Entry>) -> Vec<Orphan> {
         .map(|entry| {
             let ours = boot.as_deref() == Some(entry.boot_id.as_str())
                 && start_ticks(entry.pgid).is_none_or(|t| t == entry.start_ticks);
-            let running = ours && super::process::group_alive(Some(Pid::from_raw(entry.pgid)));
+            let cgroup = entry.cgroup.as_deref().filter(|_| ours);
+            let running = ours
+                && (super::process::group_alive(Some(Pid::from_raw(entry.pgid)))
+                    || cgroup.is_some_and(|c| !super::cgroup::pids_in(c).is_empty()));
             if running {
                 let _ = killpg(Pid::from_raw(entry.pgid), Signal::SIGTERM);
+                if let Some(c) = cgroup {
+                    super::cgroup::signal_in(c, Signal::SIGTERM);
+                }
             }
             Orphan { entry, running }
         })
         .collect();
     let until = Instant::now() + KILL_GRACE;
-    let alive =
-        |o: &Orphan| o.running && super::process::group_alive(Some(Pid::from_raw(o.entry.pgid)));
+    let alive = |o: &Orphan| {
+        o.running
+            && (super::process::group_alive(Some(Pid::from_raw(o.entry.pgid)))
+                || o.entry
+                    .cgroup
+                    .as_deref()
+                    .is_some_and(|c| !super::cgroup::pids_in(c).is_empty()))
+    };
     while Instant::now() < until && out.iter().any(alive) {
         std::thread::sleep(Duration::from_millis(50));
     }
     for o in out.iter_mut() {
         if alive(o) {
             let _ = killpg(Pid::from_raw(o.entry.pgid), Signal::SIGKILL);
+            if let Some(c) = &o.entry.cgroup {
+                super::cgroup::kill_in(c);
+            }
+        }
+        if let Some(c) = o.entry.cgroup.as_deref().filter(|_| o.running) {
+            super::cgroup::remove_when_empty(c);
         }
     }
     out

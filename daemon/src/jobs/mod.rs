@@ -4,9 +4,11 @@
 //! stderr read as separate streams in chunks as they come. This layer knows processes only: what a job is for
 //! (an exec, a deploy's step) is the caller's business.
 //!
-//! The job ends when the shell has exited and both pipes are closed (as with
-//! ssh: a background process that keeps the pipes open keeps the job alive).
-//! Timeout, cancel and daemon shutdown end the whole process group: SIGTERM,
+//! The job ends with its shell: what the shell left running gets
+//! [`process::STRAY_GRACE`] while it holds the output (none otherwise), then
+//! is ended; the exit status is the shell's. Timeout, cancel and daemon
+//! shutdown end the job at once. Ending: the job's cgroup ([`cgroup`], every
+//! process it started, wherever their group) and process group get SIGTERM,
 //! [`KILL_GRACE`], then SIGKILL, so no orphan survives.
 //!
 //! Environment: the daemon's own, plus `HOME` (of the daemon's user), a
@@ -16,11 +18,12 @@
 //! ([`Options::env_remove`]); then [`ExecSpec::env`] (`--env`), in order.
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
-//! process, its group and its end; [`spawn`] starting it in a session of its
+//! process, its group and its end; [`cgroup`] a job's cgroup; [`spawn`] starting it in a session of its
 //! own without forking the daemon; [`pty`] jobs on a terminal (`d -t`);
 //! [`pump`] its pipes; [`ledger`] running jobs written down, for the start
 //! after a daemon was killed.
 
+pub mod cgroup;
 pub mod ledger;
 mod process;
 mod pty;

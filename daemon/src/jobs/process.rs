@@ -1,6 +1,11 @@
-//! One job's process: `SHELL -c` in its own group, its stdin fed, waited for
-//! with its pipes, ended by timeout or cancel (SIGTERM, [`KILL_GRACE`],
-//! SIGKILL).
+//! One job's process: `SHELL -c` in its own group and cgroup, its stdin
+//! fed, waited for with its pipes, ended by timeout or cancel (SIGTERM,
+//! [`KILL_GRACE`], SIGKILL).
+//!
+//! A job ends with its shell: once the shell has exited, what it left
+//! running is given [`STRAY_GRACE`] to finish writing to the job's output
+//! (none if it holds no output), then ended like a timed-out job, and named
+//! on stderr. The exit status is the shell's.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -12,11 +17,17 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cgroup::JobCgroup;
 use super::ledger::Ledger;
 use super::{pty, pump, spawn, JobEvent, Options, KILL_GRACE};
 use crate::base::budget::{Allowance, OutputBudget};
 use crate::base::clock::mono_ns;
 use std::sync::Arc;
+
+/// How long what a job's shell left running may still hold the job's output
+/// open after the shell exited, before it is ended (a choice: long enough
+/// for `(sleep 1; echo done) &` to be seen, short against the 30 s timeout).
+pub const STRAY_GRACE: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(
     spec: &ExecSpec,
@@ -115,12 +126,23 @@ pub(super) async fn run(
         None if spec.tty.is_some() && spec.shell_cmd.is_empty() => (shell, Vec::new()),
         None => (shell, vec!["-c".into(), spec.shell_cmd.clone().into()]),
     };
+    // Its own cgroup where the daemon can make one: what the job starts is
+    // found there, also what left its process group.
+    let cgroup = super::cgroup::parent().and_then(|p| match p.job() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("job runs without a cgroup of its own: {e}");
+            None
+        }
+    });
+    let job_cgroup_dir = cgroup.as_ref().map(|c| c.dir().to_path_buf());
     let command = spawn::Command {
         shell: &shell,
         args: &args,
         dir,
         env: &env,
         stdin: opts.stdin.is_some(),
+        cgroup: cgroup.as_ref().map(JobCgroup::procs_raw),
     };
     let tty = spec.tty.as_ref();
     let mut master = None;
@@ -147,7 +169,7 @@ pub(super) async fn run(
         s.tgt_spawned = mono_ns();
     }
     // Written down until its group has ended, for a daemon killed meanwhile.
-    let noted = ledger.and_then(|l| l.add(child.id() as i32, spec));
+    let noted = ledger.and_then(|l| l.add(child.id() as i32, spec, job_cgroup_dir.as_deref()));
     if let Some(s) = &mut spans {
         s.tgt_noted = mono_ns();
     }
@@ -156,6 +178,7 @@ pub(super) async fn run(
     let job = Scope {
         id: Some(Pid::from_raw(child.id() as i32)),
         session: tty.is_some(),
+        cgroup,
     };
     // The terminal's new sizes, as the requester sends them.
     let mut sizes = master.as_ref().and(opts.stdin.as_ref()).map(|q| q.sizes());
@@ -197,24 +220,39 @@ pub(super) async fn run(
     // When the group got SIGTERM; SIGKILL follows KILL_GRACE later.
     let mut termed_at: Option<tokio::time::Instant> = None;
     let mut kill_sent = false;
-    // A terminal job whose shell exited: when its session was hung up (as
-    // the kernel does when a terminal's controlling process exits), after
-    // which output still held open by a stray is no longer waited for.
-    let mut hung_up_at: Option<tokio::time::Instant> = None;
+    // When the shell exited (a terminal job's session is hung up then, as
+    // the kernel does when a terminal's controlling process exits).
+    let mut exited_at: Option<tokio::time::Instant> = None;
+    // What the shell left running and the daemon ended: (pid, name).
+    let mut strays: Vec<(i32, String)> = Vec::new();
     loop {
+        if status.is_some() && exited_at.is_none() {
+            exited_at = Some(tokio::time::Instant::now());
+            if job.session {
+                job.signal(Signal::SIGHUP);
+            }
+        }
         if status.is_some() && readers.is_empty() {
-            // A stray that ignored SIGTERM (and holds no pipe) still gets SIGKILL.
-            if termed_at.is_none() || kill_sent || !job.alive() {
+            if termed_at.is_none() {
+                // The shell exited and the output is closed: whatever still
+                // runs (its output elsewhere) is ended now.
+                strays = job.running();
+                if strays.is_empty() {
+                    break;
+                }
+                termed_at = Some(tokio::time::Instant::now());
+                job.end(Signal::SIGTERM);
+            } else if !job.alive() {
+                // Gone, not merely signalled: a stray that ignored SIGTERM
+                // (and holds no pipe) gets SIGKILL, and the job ends once it
+                // has died of it (or at `give_up_at`, stuck in the kernel).
                 break;
             }
         }
-        if job.session && status.is_some() && hung_up_at.is_none() {
-            hung_up_at = Some(tokio::time::Instant::now());
-            job.signal(Signal::SIGHUP);
-        }
-        let stray_at = hung_up_at
-            .filter(|_| !readers.is_empty())
-            .map(|t| t + KILL_GRACE);
+        // The shell exited but something still holds its output open.
+        let stray_at = exited_at
+            .filter(|_| termed_at.is_none() && !readers.is_empty())
+            .map(|t| t + STRAY_GRACE);
         let kill_at = termed_at.filter(|_| !kill_sent).map(|t| t + KILL_GRACE);
         // Once killed, stop waiting for pipes a stray process might still hold.
         let give_up_at = termed_at.map(|t| t + KILL_GRACE * 2);
@@ -226,7 +264,9 @@ pub(super) async fn run(
                 }
             }
             Some(_) = readers.join_next(), if !readers.is_empty() => {}
-            _ = sleep_until_opt(deadline), if termed_at.is_none() && deadline.is_some() => {
+            // Only while the shell runs: once it has exited (in time), what
+            // it left is the stray rule's, and the status is the shell's.
+            _ = sleep_until_opt(deadline), if termed_at.is_none() && status.is_none() && deadline.is_some() => {
                 timed_out = true;
                 termed_at = Some(tokio::time::Instant::now());
                 job.end(Signal::SIGTERM);
@@ -244,18 +284,19 @@ pub(super) async fn run(
                 }
             }
             _ = sleep_until_opt(stray_at), if stray_at.is_some() => {
-                // What ignored the hangup (`nohup cmd &`) still holds the
-                // terminal: stop reading it; closing it hangs the terminal
-                // up for good, and such a process runs on, as with ssh.
-                readers.abort_all();
+                // Still holding the output (`cmd &`, `nohup cmd &`) a grace
+                // after the shell exited: ended, as on a timeout.
+                strays = job.running();
+                termed_at = Some(tokio::time::Instant::now());
+                job.end(Signal::SIGTERM);
             }
             // The shell is gone but its group was signalled: look again soon,
             // so a group that died of SIGTERM does not wait out the grace.
             _ = tokio::time::sleep(Duration::from_millis(25)),
-                if status.is_some() && readers.is_empty() && termed_at.is_some() && !kill_sent => {}
+                if status.is_some() && readers.is_empty() && termed_at.is_some() => {}
             _ = sleep_until_opt(kill_at), if kill_at.is_some() => {
                 kill_sent = true;
-                job.signal(Signal::SIGKILL);
+                job.kill();
             }
             _ = sleep_until_opt(give_up_at), if give_up_at.is_some() && kill_sent => {
                 readers.abort_all();
@@ -265,6 +306,14 @@ pub(super) async fn run(
                 break;
             }
         }
+    }
+    if !strays.is_empty() && !timed_out && !cancel.is_cancelled() {
+        let _ = tx
+            .send(JobEvent::Output(
+                Stream::Stderr,
+                crate::base::budget::Chunk::untracked(stray_notice(me, &strays).into_bytes()),
+            ))
+            .await;
     }
     drop(feeder);
     if let Some(p) = noted {
@@ -289,6 +338,26 @@ pub(super) async fn run(
             ..s
         }),
     })
+}
+
+/// What stderr says of processes ended because their job's shell had
+/// exited: which (at most 20 named), and how to start one that must outlive
+/// its job.
+fn stray_notice(me: &str, strays: &[(i32, String)]) -> String {
+    let mut named: Vec<String> = strays
+        .iter()
+        .take(20)
+        .map(|(pid, name)| format!("{pid} ({name})"))
+        .collect();
+    if strays.len() > 20 {
+        named.push(format!("and {} more", strays.len() - 20));
+    }
+    format!(
+        "d: on {me}, the command's shell exited and left {} process(es) running; ended (SIGTERM, then SIGKILL after {} s): {}. A job ends with its shell, background processes included; to start something that must outlive it, use `systemd-run --unit=NAME CMD` (README: How jobs run).\n",
+        strays.len(),
+        KILL_GRACE.as_secs(),
+        named.join(", ")
+    )
 }
 
 /// A task that ends with its owner.
@@ -328,17 +397,22 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// The processes of a job: its process group, whose id is the shell's pid
-/// (while any member lives the kernel does not reuse it), or for a terminal
-/// job its whole session (same id: the shell called `setsid`).
+/// The processes of a job: its cgroup when it has one (every process it
+/// started, wherever their group), and its process group, whose id is the
+/// shell's pid (while any member lives the kernel does not reuse it), or for
+/// a terminal job its whole session (same id: the shell called `setsid`).
 struct Scope {
     id: Option<Pid>,
     session: bool,
+    cgroup: Option<JobCgroup>,
 }
 
 impl Scope {
     /// Signal every process of the job.
     fn signal(&self, sig: Signal) {
+        if let Some(c) = &self.cgroup {
+            c.signal(sig);
+        }
         let Some(id) = self.id else { return };
         let _ = killpg(id, sig);
         if self.session {
@@ -346,6 +420,38 @@ impl Scope {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
             }
         }
+    }
+
+    /// SIGKILL every process of the job (in its cgroup: also those being
+    /// forked meanwhile).
+    fn kill(&self) {
+        if let Some(c) = &self.cgroup {
+            c.kill_all();
+        }
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// (pid, name) of every process of the job still running.
+    fn running(&self) -> Vec<(i32, String)> {
+        let pids: Vec<i32> = match &self.cgroup {
+            Some(c) => c.pids(),
+            None => self
+                .members()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, state)| state != "Z")
+                .map(|(pid, _)| pid)
+                .collect(),
+        };
+        pids.into_iter()
+            .filter(|pid| !is_zombie(*pid))
+            .map(|pid| {
+                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                (pid, name)
+            })
+            .collect()
     }
 
     /// End the job with `sig`. A terminal job is hung up first (SIGHUP, what
@@ -363,6 +469,11 @@ impl Scope {
     /// orphan that died waits for init to reap it, sometimes for seconds,
     /// and `killpg(pgid, 0)` would still see it.
     fn alive(&self) -> bool {
+        if let Some(c) = &self.cgroup {
+            if c.pids().into_iter().any(|p| !is_zombie(p)) {
+                return true;
+            }
+        }
         let Some(id) = self.id else { return false };
         if !self.session && killpg(id, None).is_err() {
             return false;
@@ -405,8 +516,20 @@ pub(super) fn group_alive(pgid: Option<Pid>) -> bool {
     Scope {
         id: pgid,
         session: false,
+        cgroup: None,
     }
     .alive()
+}
+
+/// Whether `pid` has exited and waits to be reaped (gone: also true).
+fn is_zombie(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
 }
 
 /// The next change of a watch, if there is one to watch.

@@ -120,11 +120,15 @@ pub fn spawn(
         )
     });
     let root = nix::unistd::geteuid().is_root();
+    let cgroup = c.cgroup;
     // SAFETY: between fork and exec only async-signal-safe system calls
-    // (setsid, ioctl, setgroups, setgid, setuid) on memory prepared before
+    // (write, setsid, ioctl, setgroups, setgid, setuid) on memory prepared before
     // the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = cgroup {
+                super::cgroup::JobCgroup::enter_raw(fd)?;
+            }
             nix::unistd::setsid().map_err(io::Error::from)?;
             // fd 0 is the slave (std set the descriptors up before this).
             rustix::process::ioctl_tiocsctty(BorrowedFd::borrow_raw(0))?;

@@ -162,18 +162,44 @@ pub struct Command<'a> {
     pub dir: &'a Path,
     pub env: &'a [(OsString, OsString)],
     pub stdin: bool,
+    /// The job cgroup's `cgroup.procs` descriptor ([`super::cgroup`]): the
+    /// shell enters it before running anything. `None`: no cgroup.
+    pub cgroup: Option<i32>,
 }
+
+/// The `posix_spawn` path's way into a cgroup: `/bin/sh -c TRAMPOLINE d-job
+/// SHELL ARGS...` writes `0` to fd 3 (the cgroup's `cgroup.procs`), closes
+/// it and `exec`s the shell, same pid, before the command can fork.
+const TRAMPOLINE: &str = "echo 0 >&3 2>/dev/null || { echo \"d: the job could not enter its cgroup\" >&2; exit 125; }; exec 3>&-; exec \"$@\"";
 
 /// Start `c` with stdout and stderr into pipes, in a new session (hence a
 /// new process group whose id is the shell's pid, and no controlling
 /// terminal).
 pub fn spawn_shell(c: &Command) -> io::Result<Child> {
     let (dir, env) = (c.dir, c.env);
-    let sh = c_string("shell path", c.shell.as_os_str().as_bytes())?;
-    let mut argv_owned = vec![sh.clone()];
+    let mut argv_owned = Vec::new();
+    if c.cgroup.is_some() {
+        argv_owned.extend([
+            c_string("shell path", b"/bin/sh")?,
+            c_string("command", b"-c")?,
+            c_string("command", TRAMPOLINE.as_bytes())?,
+            c_string("command", b"d-job")?,
+        ]);
+    }
+    // Run by the trampoline, /proc/self/exe would be /bin/sh: the daemon's
+    // own binary is /proc/PID/exe (still this binary if a deploy replaced
+    // the file).
+    let own = format!("/proc/{}/exe", std::process::id());
+    let target = if c.cgroup.is_some() && c.shell == Path::new("/proc/self/exe") {
+        Path::new(&own)
+    } else {
+        c.shell
+    };
+    argv_owned.push(c_string("shell path", target.as_os_str().as_bytes())?);
     for a in c.args {
         argv_owned.push(c_string("command", a.as_bytes())?);
     }
+    let sh = argv_owned[0].clone();
     let dir_c = c_string("directory", dir.as_os_str().as_bytes())?;
     let devnull = c_string("path", b"/dev/null")?;
     let env_owned = env
@@ -239,6 +265,9 @@ pub fn spawn_shell(c: &Command) -> io::Result<Child> {
         if rc == 0 {
             rc = libc::posix_spawn_file_actions_adddup2(&mut fa, err_w.as_raw_fd(), 2);
         }
+        if let (0, Some(fd)) = (rc, c.cgroup) {
+            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, fd, 3);
+        }
         if rc == 0 {
             rc = libc::posix_spawn_file_actions_addchdir_np(&mut fa, dir_c.as_ptr());
         }
@@ -287,7 +316,8 @@ pub fn spawn_shell(c: &Command) -> io::Result<Child> {
 }
 
 /// [`spawn_shell`] as another user: forked by tokio; the child calls
-/// `setsid`, then (as root) sets the user's groups, then its gid and uid.
+/// `setsid` (after entering the job's cgroup), then (as root) sets the
+/// user's groups, then its gid and uid.
 pub fn spawn_shell_as(c: &Command, user: &RunAs) -> io::Result<Child> {
     let mut cmd = tokio::process::Command::new(c.shell);
     cmd.args(c.args)
@@ -311,10 +341,15 @@ pub fn spawn_shell_as(c: &Command, user: &RunAs) -> io::Result<Child> {
         nix::unistd::Uid::from_raw(user.uid),
         nix::unistd::Gid::from_raw(user.gid),
     );
+    let cgroup = c.cgroup;
     // SAFETY: between fork and exec only async-signal-safe system calls
-    // (setsid, setgroups, setgid, setuid) on memory prepared before the fork.
+    // (write, setsid, setgroups, setgid, setuid) on memory prepared before
+    // the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = cgroup {
+                super::cgroup::JobCgroup::enter_raw(fd)?;
+            }
             nix::unistd::setsid().map_err(io::Error::from)?;
             if root {
                 // Empty: no supplementary groups (as std does when root changes uid).
