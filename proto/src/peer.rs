@@ -159,6 +159,10 @@ pub enum Query {
     /// Protocol 9, leader → leader, before enrolling `id` under `key`:
     /// refused (`Error`) if the answering leader holds `id` under another key.
     LeaderCheck {
+        /// On the wire `peer`: the frame's own `id` (the query's number)
+        /// is flattened beside it, and two `id`s made every check a bad
+        /// frame (the asker then waited its 3 s out and enrolled anyway).
+        #[serde(rename = "peer")]
         id: String,
         key: crate::keys::PublicKey,
     },
@@ -378,5 +382,22 @@ mod tests {
             serde_json::to_string(&page(Some(true))).unwrap(),
             r#"{"type":"answer","id":9,"answer":"peers","peers":[],"more":true}"#
         );
+    }
+
+    /// Every query whose own fields could collide with the frame's `id`
+    /// reads back as sent (`LeaderCheck` did not: two `id`s).
+    #[test]
+    fn leader_check_round_trips() {
+        let key = crate::keys::KeyPair::generate().unwrap().public();
+        let m = PeerMsg::Query {
+            id: 4,
+            query: Query::LeaderCheck {
+                id: "w1".into(),
+                key,
+            },
+        };
+        let j = serde_json::to_string(&m).unwrap();
+        assert!(j.contains(r#""peer":"w1""#), "{j}");
+        assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), m);
     }
 }

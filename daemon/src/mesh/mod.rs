@@ -322,6 +322,9 @@ impl Mesh {
     pub fn restart_link(self: &Arc<Self>) {
         let token = self.tasks.shutdown.child_token();
         self.link.replace_task(token.clone());
+        if self.me.role() != Some(Role::Leader) {
+            self.standing.open_gate();
+        }
         match self.me.role() {
             Some(Role::Worker) => {
                 let addrs = self.me.get().leaders();

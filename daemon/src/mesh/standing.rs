@@ -58,7 +58,9 @@ impl Default for Standing {
     fn default() -> Self {
         Standing {
             started: Instant::now(),
-            open: watch::Sender::new(true),
+            // Closed until the links start ([`super::Mesh::restart_link`]):
+            // the peer port may serve a moment before.
+            open: watch::Sender::new(false),
             pulled: Mutex::default(),
             note: Mutex::default(),
             revoked: Mutex::default(),
@@ -84,6 +86,11 @@ impl Standing {
     /// Hold admissions back until [`catch_up`] opens the gate again.
     pub fn close_gate(&self) {
         self.open.send_replace(false);
+    }
+
+    /// Admit without waiting (a worker, an unconfigured daemon).
+    pub fn open_gate(&self) {
+        self.open.send_replace(true);
     }
 
     /// Forget the revoked mark (a new identity was set).
@@ -178,10 +185,12 @@ pub fn pulled(mesh: &Mesh, id: &str) {
     lock(&mesh.standing.pulled).insert(id.to_string());
 }
 
-/// Wait (at most [`CATCH_UP_WAIT`]) until the catch-up gate is open.
+/// Wait until the catch-up gate is open: [`catch_up`] opens it within
+/// [`CATCH_UP_WAIT`] of its start; twice that here only in case it never
+/// ran (a role changed meanwhile).
 pub async fn wait(mesh: &Mesh) {
     let mut rx = mesh.standing.open.subscribe();
-    let _ = tokio::time::timeout(CATCH_UP_WAIT, rx.wait_for(|open| *open)).await;
+    let _ = tokio::time::timeout(2 * CATCH_UP_WAIT, rx.wait_for(|open| *open)).await;
 }
 
 /// A worker within [`CATCH_UP_WAIT`] of its start with no leader link up
