@@ -245,13 +245,19 @@ impl Mesh {
         trust: Option<LeaderTrust>,
     ) -> Result<(), ErrorBody> {
         let stored = new.clone();
+        // Another id or role, or a join: a revocation of the old leader is
+        // history (a labels change keeps it).
+        let before = self.me.get();
+        let fresh = trust.is_some() || before.id != new.id || before.role != new.role;
         self.store
             .call(move |st| {
                 st.set_setting("role", stored.role.map(|r| r.as_str()))?;
                 st.set_setting("id", stored.id.as_deref())?;
                 st.set_setting("leader", stored.leader.as_deref())?;
-                // A new identity: a revocation of the old one is history.
-                st.set_setting(standing::REVOKED_SETTING, None)
+                if fresh {
+                    st.set_setting(standing::REVOKED_SETTING, None)?;
+                }
+                Ok(())
             })
             .await
             .map_err(|e| {
@@ -263,7 +269,9 @@ impl Mesh {
                 );
                 body
             })?;
-        self.standing.clear_revoked();
+        if fresh {
+            self.standing.clear_revoked();
+        }
         let role = new.role;
         let old = self.me.get();
         // Several leaders: a worker given a new list that still names some

@@ -20,7 +20,7 @@
 //!   mesh: it closes every session, links to no one, admits no one, mints
 //!   no token ([`revoked`]). Saved (setting `revoked_by`): a restart does
 //!   not undo it; a new `d join` with a token (an empty state directory)
-//!   or `d setPeerConfig --role ...` does.
+//!   or `d setPeerConfig` with another id or role does.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
