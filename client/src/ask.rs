@@ -10,7 +10,7 @@
 //! Interrupted, the peers that had not answered are `interrupted`.
 
 use d_proto::control::Request;
-use d_proto::types::ErrorBody;
+use d_proto::types::{ErrorBody, ErrorKind};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -44,6 +44,9 @@ fn parse_ask(peers: &str, argv: &[String]) -> Result<Cli, i32> {
         e.exit_code()
     })
 }
+
+/// The error of a peer skipped because the registry shows it offline.
+const SKIPPED_OFFLINE: &str = "offline in the registry: skipped (name it by id to ask it anyway)";
 
 /// One peer's answer to an asked command.
 #[derive(Serialize)]
@@ -103,10 +106,17 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
         render::out(&text);
         return Ok(if ok { 0 } else { 1 });
     }
-    let peers = fanout::targets(&cli.socket, cli.verbose, spec)?;
+    // As a shell fan-out: peers brought in by the registry (`all`, a
+    // label, a glob) that it shows offline are skipped, not failed; ids
+    // and ranges are always asked.
+    let (peers, offline) = fanout::targets_online(&cli.socket, cli.verbose, spec)?;
     let answers = fanout::map(&peers, crate::cli::DEFAULT_PARALLEL as usize, |p| {
+        if offline.contains(p) {
+            return Err(ErrorBody::new(ErrorKind::ConnectFailed, SKIPPED_OFFLINE));
+        }
         conn::request(&cli.socket, cli.verbose, &request_for(p))
     });
+    let skipped = |a: &Result<Value, ErrorBody>| matches!(a, Err(e) if e.error == SKIPPED_OFFLINE);
     if cli.json {
         let doc: Vec<Answer> = peers
             .iter()
@@ -124,7 +134,9 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
                 },
             })
             .collect();
-        let ok = doc.iter().all(|a| a.error.is_none());
+        let ok = doc
+            .iter()
+            .all(|a| a.error.as_ref().is_none_or(|e| e.error == SKIPPED_OFFLINE));
         render::out(&render::json(&doc));
         return Ok(crate::stop::status().unwrap_or(if ok { 0 } else { 1 }));
     }
@@ -134,6 +146,11 @@ fn ask(cli: &Cli, spec: &str, doctor: bool) -> Result<i32, ErrorBody> {
     let mut hints = String::new();
     let mut status = 0;
     for (peer, a) in peers.iter().zip(answers) {
+        if skipped(&a) {
+            shown.push(Vec::new());
+            rows.push((peer.as_str(), "offline (skipped)".into()));
+            continue;
+        }
         match a.and_then(|v| crate::show(&cli.command, v, &inner, cli.verbose)) {
             Ok((text, ok)) => {
                 shown.push(text.into_bytes());

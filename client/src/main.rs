@@ -362,7 +362,15 @@ fn run(cli: &Cli) -> Result<i32, ErrorBody> {
                         "a terminal's output is for a person: leave out -t to collect it as JSON",
                     ));
                 }
-                if terminal::wanted(job.tty, shell_cmd.is_empty())? {
+                let mut tty = job.tty;
+                if shell_cmd.is_empty() && tty < 2 && !terminal::stdin_is_terminal() {
+                    // `d @peer < script` (`d @peer` alone asks for -t), as
+                    // `ssh peer < script`: no terminal, the user's shell reads
+                    // the commands from our standard input.
+                    *shell_cmd = terminal::SHELL_READING_STDIN.into();
+                    tty = 0;
+                }
+                if terminal::wanted(tty, shell_cmd.is_empty())? {
                     // Keystrokes are the input; a session has no time limit
                     // unless one is asked for (as ssh).
                     opts.tty = Some(terminal::request());

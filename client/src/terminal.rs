@@ -18,6 +18,17 @@ use std::sync::Mutex;
 use d_proto::types::{ErrorBody, Tty};
 use rustix::termios::{self, OptionalActions, Termios};
 
+/// The command of `d @peer` alone when our stdin is no terminal (a pipe, a
+/// file, a here-document): the job's shell (`$SHELL`, which the daemon sets
+/// to the shell it runs jobs with) reading the commands from its standard
+/// input, as sshd runs the shell for `ssh peer < script`.
+pub const SHELL_READING_STDIN: &str = "exec \"${SHELL:-/bin/sh}\"";
+
+/// Whether our standard input is a terminal.
+pub fn stdin_is_terminal() -> bool {
+    termios::isatty(io::stdin())
+}
+
 /// How `-t` was given: `-t` once asks for a terminal when stdin is one,
 /// twice (`-tt`) asks for one anyway. `Err`: refused, saying why.
 pub fn wanted(count: u8, no_command: bool) -> Result<bool, ErrorBody> {

@@ -324,6 +324,26 @@ fn at_peer_d_commands() {
     assert_eq!(v[0]["result"]["id"], "vps");
     assert_eq!(v[1]["peer"], "nosuch");
     assert_eq!(v[1]["error"], "Peer not found: nosuch");
+
+    // As a shell fan-out: `@all` skips the peers the registry shows
+    // offline (exit 0, said in the summary); named by id, they are asked.
+    let Mesh {
+        vps,
+        mut desktop,
+        laptop: _laptop,
+    } = m;
+    desktop.kill9();
+    wait_for(Duration::from_secs(15), "desktop offline", || {
+        vps.json(&["listPeers"]).as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["id"] == "desktop" && p["online"] == false)
+        })
+    });
+    let o = vps.d(&["@all", "ping"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("offline (skipped)"), "{}", stderr(&o));
+    let o = vps.d(&["@desktop,vps", "ping"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
 
 #[test]

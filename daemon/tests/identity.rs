@@ -72,6 +72,11 @@ fn invite_and_join_end_to_end() {
         registry_key(&vps, "desktop").map(|k| fp_of(&k)),
         Some(fingerprint(&desktop))
     );
+    // The same machine running the same `d join` again: already joined,
+    // exit 0, nothing changed.
+    let r = join(&desktop, &t1, "desktop");
+    let msg = r["message"].as_str().unwrap();
+    assert!(msg.contains("Already joined"), "{msg}");
     // The token is spent: a second machine cannot use it.
     let err = join_refused(&laptop, &t1, "desktop");
     assert!(err.contains("already used"), "{err}");

@@ -78,6 +78,25 @@ fn binary_stdin_echoes_byte_for_byte_and_eof_arrives() {
     assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
 }
 
+/// `d @peer < script` (a pipe or a file, no terminal), as `ssh peer <
+/// script`: the shell there reads the commands; its exit status is d's.
+#[test]
+fn a_peer_alone_with_a_script_on_stdin_runs_it() {
+    let m = Mesh::start();
+    let script = b"cd /tmp\necho \"ran in $(pwd) as $(id -un)\"\nfalse\nexit 7\n".to_vec();
+    let o = run_d_in(&m.laptop.socket(), &["@desktop"], script);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ran in /tmp as "), "{}", stdout(&o));
+    assert!(!stderr(&o).contains("terminal"), "{}", stderr(&o));
+    // An explicit -tt still asks for a terminal (no script reading then).
+    let o = run_d_in(
+        &m.laptop.socket(),
+        &["@desktop", "-tt"],
+        b"exit 5\n".to_vec(),
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+}
+
 #[test]
 fn no_stdin_gives_dev_null_and_other_devices_are_read() {
     let m = Mesh::start();

@@ -61,13 +61,7 @@ pub fn is_many(spec: &str) -> bool {
     crate::targets::is_many(spec)
 }
 
-/// The peers the target expression `spec` names, in order, without
-/// duplicates (`targets::resolve`).
-pub fn targets(socket: &Path, verbose: bool, spec: &str) -> Result<Vec<String>, ErrorBody> {
-    Ok(targets_online(socket, verbose, spec)?.0)
-}
-
-/// [`targets`], and the ones brought in by the registry (`all`, a label, a
+/// The peers `spec` names, and the ones brought in by the registry (`all`, a label, a
 /// glob) that it shows offline (`targets::Selected::offline`).
 pub fn targets_online(
     socket: &Path,

@@ -298,6 +298,23 @@ pub async fn join(
     let id = id
         .or_else(|| inv.id.clone())
         .unwrap_or_else(|| mesh.me.hostname.clone());
+    // Joined already (a join that finished in the background after `d
+    // join` gave up waiting, then run again): nothing to do, say so.
+    let (cur, trust) = (mesh.me.get(), mesh.me.leader_trust());
+    let pinned =
+        trust.key == Some(inv.leader_key) || trust.keys.iter().any(|(_, k)| *k == inv.leader_key);
+    if cur.role == Some(Role::Worker)
+        && cur.id.as_deref() == Some(id.as_str())
+        && trust.join.is_none()
+        && pinned
+    {
+        let message = format!(
+            "Already joined: this machine is '{id}', a member of the mesh of leader {} (key {}); nothing changed",
+            inv.leader_id,
+            inv.leader_key.fingerprint()
+        );
+        return to_raw(&json!({ "message": message, "status": status::local(daemon) }));
+    }
     let (leader, all) = check_token(&inv, &id, "the leader for a new one: `d invite`")?;
     let leader_key = inv.leader_key;
     let leader_id = inv.leader_id.clone();
