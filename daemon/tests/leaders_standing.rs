@@ -119,7 +119,10 @@ fn a_restarted_leader_or_worker_refuses_what_changed_while_it_was_down() {
 
     // lb back: its first admissions already refuse both.
     lb.restart_on(&lb_addr);
-    refused_with(claim(&lb_addr, &evil_key, "evil", Purpose::Direct), "revoked");
+    refused_with(
+        claim(&lb_addr, &evil_key, "evil", Purpose::Direct),
+        "revoked",
+    );
     refused_with(
         claim(&lb_addr, &w1_old, "w1", Purpose::Direct),
         "is enrolled under key",
@@ -135,7 +138,10 @@ fn a_restarted_leader_or_worker_refuses_what_changed_while_it_was_down() {
 
     // w2 back: it asks a leader, not its kept copy (which still has evil).
     workers[1].restart_on(&w2_addr);
-    refused_with(claim(&w2_addr, &evil_key, "evil", Purpose::Direct), "not enrolled");
+    refused_with(
+        claim(&w2_addr, &evil_key, "evil", Purpose::Direct),
+        "not enrolled",
+    );
 
     // No other leader up: lb serves from its own state, and says so.
     let mut la = la;
