@@ -11,7 +11,8 @@
 //!   back too (it asks a leader, not its kept copy).
 //! - A leader revoked on another leader stops acting as one: it admits no
 //!   one, mints no token, status and doctor say who revoked it, and a
-//!   restart does not undo it. `d revoke` of an unknown id exits 1.
+//!   restart does not undo it; so does a deleted one of two leaders. `d
+//!   revoke` of an unknown id exits 1.
 
 mod common;
 
@@ -227,4 +228,21 @@ fn a_revoked_leader_stops_acting_as_one() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_deleted_leader_of_two_stops_too() {
+    // Two leaders only: no third one can tell lb later; la pushes the
+    // tombstone to lb itself before their session closes.
+    let (la, lb, _) = two_leaders(80, &[]);
+    let o = la.d(&["deletePeer", "--peer", "lb"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(WAIT, "lb knows it was deleted", || {
+        status(&lb)["revoked"].as_str().is_some()
+    });
+    let st = status(&lb);
+    assert_eq!(st["revoked"], "deleted on leader la", "{st}");
+    let o = lb.d(&["invite", "--leader"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    wait_for(WAIT, "lb linked to nothing", || linked(&lb) == 0);
 }

@@ -299,7 +299,9 @@ pub async fn join(
         .or_else(|| inv.id.clone())
         .unwrap_or_else(|| mesh.me.hostname.clone());
     // Joined already (a join that finished in the background after `d
-    // join` gave up waiting, then run again): nothing to do, say so.
+    // join` gave up waiting, then run again): nothing to do, say so. Only
+    // while a leader takes its link: a revoked or deleted member joins
+    // again with its new token.
     let (cur, trust) = (mesh.me.get(), mesh.me.leader_trust());
     let pinned =
         trust.key == Some(inv.leader_key) || trust.keys.iter().any(|(_, k)| *k == inv.leader_key);
@@ -307,6 +309,7 @@ pub async fn join(
         && cur.id.as_deref() == Some(id.as_str())
         && trust.join.is_none()
         && pinned
+        && mesh.leader_session().is_ok()
     {
         let message = format!(
             "Already joined: this machine is '{id}', a member of the mesh of leader {} (key {}); nothing changed",
