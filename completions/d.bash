@@ -1833,7 +1833,7 @@ _d() {
             return 0
             ;;
         d__subcmd__setPeerConfig)
-            opts="-v -h --role --id --leader --meshKey --labels --socket --json --verbose --help"
+            opts="-v -h --role --id --leader --meshKey --labels --force --socket --json --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -74,6 +74,7 @@ complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l leader -d 'Address
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l meshKey -d 'The mesh key file copied from the leader (`-` reads standard input)' -r -F
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l labels -d 'This peer\'s labels, comma-separated, replacing its old ones (`\'\'` clears them); told to the leader, targets `@NAME`' -r -f
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l socket -d 'Control socket of the local daemon' -r -F
+complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l force -d 'With --role leader on a worker enrolled in a mesh: leave that mesh and lead a new one of its own (a second leader of the same mesh joins by `d invite --leader` instead)'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -s v -l verbose -d 'Say on stderr what is sent, where a job runs, and how long it took'
 complete -c d -n "__fish_d_using_subcommand setPeerConfig" -s h -l help -d 'Print help'

@@ -94,6 +94,10 @@ pub enum Command {
         /// This peer's labels, comma-separated, replacing its old ones (`''` clears them); told to the leader, targets `@NAME`.
         #[arg(long, value_name = "A,B", value_parser = fleet::labels, value_hint = ValueHint::Other)]
         labels: Option<String>,
+        /// With --role leader on a worker enrolled in a mesh: leave that mesh and lead a new one of
+        /// its own (a second leader of the same mesh joins by `d invite --leader` instead).
+        #[arg(long)]
+        force: bool,
     },
 
     /// Become a worker named after the hostname and register with the leader.

@@ -34,6 +34,7 @@ impl Command {
                 id,
                 leader,
                 labels,
+                force,
                 ..
             } => Request::SetPeerConfig {
                 role: role.clone(),
@@ -41,6 +42,7 @@ impl Command {
                 leader: leader.clone(),
                 mesh_key: None,
                 labels: labels.as_deref().map(fleet::split_labels),
+                force: *force,
             },
             Command::RegisterWorker { leader, .. } => Request::RegisterWorker {
                 leader: leader.clone(),
@@ -243,6 +245,7 @@ mod tests {
                 leader: None,
                 mesh_key: None,
                 labels: None,
+                force: false,
             })
         );
         let c = try_parse(&["d", "setPeerConfig", "--labels", "web, prod"]).unwrap();

@@ -451,3 +451,27 @@ fn revoke_closes_sessions_everywhere_within_seconds() {
     let o = run_on(&laptop, "desktop", "echo back");
     assert_eq!(stdout(&o), "back\n", "{}", stderr(&o));
 }
+
+/// A worker enrolled by invitation is not turned into the leader of a new
+/// mesh of one by `setPeerConfig --role leader` alone (the old mesh would
+/// list it offline): refused with the way to add a leader; `--force` does it.
+#[test]
+fn an_enrolled_worker_becomes_a_leader_only_when_forced() {
+    let vps = leader("127.0.0.35");
+    let w = TestDaemon::start("w", "127.0.0.36");
+    join(&w, &invite(&vps, &[]), "w");
+    let o = w.d(&["setPeerConfig", "--role", "leader"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("d invite --leader"), "{err}");
+    assert_eq!(w.json(&["getPeerStatus"])["role"], "worker");
+    let r = w.json(&["setPeerConfig", "--role", "leader", "--force"]);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("Configured as leader"),
+        "{r}"
+    );
+    assert_eq!(w.json(&["getPeerStatus"])["role"], "leader");
+}

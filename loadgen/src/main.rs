@@ -70,7 +70,7 @@ pub(crate) fn usage() -> ! {
     eprintln!(
         "usage:\n  loadgen enroll --tokens FILE --fleet FILE [--leader IP:PORT] [--workers N] [--addrs K] \
          [--addr-base IP] [--prefix P] [--parallel P]\n  \
-         loadgen workers --leader IP:PORT (--fleet FILE | --key MESH_KEY_FILE) [--workers N] [--addrs K] \
+         loadgen workers --leader IP:PORT[,IP:PORT...] (--fleet FILE | --key MESH_KEY_FILE) [--workers N] [--addrs K] \
          [--addr-base IP] [--prefix P] [--threads T] [--ramp-ms MS] [--report-ms MS] [--duration SECS]\n  \
          loadgen rtt-server --listen IP:PORT\n  loadgen rtt --to IP:PORT [--count N]\n  \
          loadgen tput-server --listen IP:PORT\n  loadgen tput --to IP:PORT --bytes N"

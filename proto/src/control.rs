@@ -42,6 +42,10 @@ pub enum Request {
         /// read the other fields.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         labels: Option<Vec<String>>,
+        /// Make a worker enrolled in a mesh a leader of its own, new mesh
+        /// (refused without it: `d invite --leader` adds a leader to a mesh).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     RegisterWorker {
         leader: Option<String>,

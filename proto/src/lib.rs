@@ -51,7 +51,10 @@ pub mod types;
 ///   passed on by any peer, not only its leader ([`PROTOCOL_PEER_COPY`]).
 /// - 11: a leader rotates its own key and tells its workers over their links
 ///   (`Query::LeaderKeyRotated`, [`PROTOCOL_LEADER_ROTATE`]).
-pub const PROTOCOL_VERSION: u32 = 11;
+/// - 12: `LeaderCheck` names the id it asks about `peer` (protocol 9 named
+///   it `id`, which collided with the query's own `id`: no leader could
+///   read it) ([`PROTOCOL_LEADER_CHECK`]).
+pub const PROTOCOL_VERSION: u32 = 12;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
@@ -82,6 +85,10 @@ pub const PEER_COPY_REFUSAL: &str = "cannot copy peer to peer directly";
 /// rotation told over the link): never sent on an older session (those
 /// workers follow the signed chain in the challenge at their next link).
 pub const PROTOCOL_LEADER_ROTATE: u32 = 11;
+/// The protocol whose leaders can read `Query::LeaderCheck`: asked only
+/// on sessions that negotiated it (an older leader could not answer, and
+/// the enrollment waited for nothing).
+pub const PROTOCOL_LEADER_CHECK: u32 = 12;
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 

@@ -156,12 +156,11 @@ pub enum Query {
         after: u64,
         limit: u32,
     },
-    /// Protocol 9, leader → leader, before enrolling `id` under `key`:
-    /// refused (`Error`) if the answering leader holds `id` under another key.
+    /// Protocol 12 ([`crate::PROTOCOL_LEADER_CHECK`]), leader → leader,
+    /// before enrolling `id` under `key`: refused (`Error`) if the
+    /// answering leader holds `id` under another key. On the wire `id` is
+    /// `peer` (the query's own `id` is its number).
     LeaderCheck {
-        /// On the wire `peer`: the frame's own `id` (the query's number)
-        /// is flattened beside it, and two `id`s made every check a bad
-        /// frame (the asker then waited its 3 s out and enrolled anyway).
         #[serde(rename = "peer")]
         id: String,
         key: crate::keys::PublicKey,
@@ -337,6 +336,26 @@ impl crate::frame::Message for PeerMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_leader_query_reads_back() {
+        // A variant's field named like the message's own `id` made the
+        // frame unreadable (protocol 9's LeaderCheck): each reads back.
+        let key = crate::keys::KeyPair::generate().unwrap().public();
+        for query in [
+            Query::LeaderCheck {
+                id: "dup".into(),
+                key,
+            },
+            Query::LeaderPull { after: 3, limit: 5 },
+            Query::LeaderPush { records: vec![] },
+        ] {
+            let m = PeerMsg::Query { id: 9, query };
+            let text = serde_json::to_string(&m).unwrap();
+            let back: PeerMsg = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, m, "{text}");
+        }
+    }
 
     #[test]
     fn wire_shape_is_stable() {

@@ -24,8 +24,11 @@
 # client and both daemons (scripts/bench/stream.py).
 #
 # Environment: BEFORE_BIN (a dir with d and d-daemon; none: this build only),
-# ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200, STREAM_MB=0 STREAM_RUNS=3,
-# BENCH_NO_BUILD=1.
+# NOW_BIN (a dir with this build's d, d-daemon and loadgen; default target/release),
+# STATIC_D (a statically linked build of this d client, a measurement only:
+# scripts/bench/static-client.sh; its `d ping` and exec rows are added, against
+# this build's daemons), ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200,
+# STREAM_MB=0 STREAM_RUNS=3, BENCH_NO_BUILD=1.
 # Results: target/bench/latency-wg/{alt.json,timing-*.json,rtt.json,stream.json,
 # tput.json}. Numbers only, never assertions. Root only (namespaces);
 # addresses in 198.18.0.0/15.
@@ -41,9 +44,12 @@ TIMING_RUNS=${TIMING_RUNS:-200}
 STREAM_MB=${STREAM_MB:-0}
 STREAM_RUNS=${STREAM_RUNS:-3}
 BEFORE_BIN=${BEFORE_BIN:-}
+NOW_BIN=${NOW_BIN:-}
+STATIC_D=${STATIC_D:-}
 OUT=$MESH_ROOT/target/bench/latency-wg
 mkdir -p "$OUT"
-[ -n "${BENCH_NO_BUILD:-}" ] || mesh_build
+[ -n "${BENCH_NO_BUILD:-}" ] || [ -n "$NOW_BIN" ] || mesh_build
+[ -z "$NOW_BIN" ] || MESH_BIN=$NOW_BIN
 trap mesh_cleanup EXIT
 
 mesh_wg_up d-bench-lat $$
@@ -56,6 +62,7 @@ if [ -n "$BEFORE_BIN" ]; then
   mkdir -p "$MESH_DIR/bin/before"
   cp "$BEFORE_BIN/d" "$BEFORE_BIN/d-daemon" "$MESH_DIR/bin/before/"
 fi
+[ -z "$STATIC_D" ] || cp "$STATIC_D" "$MESH_DIR/bin/now/d-static"
 printf 'shell = "/bin/sh"\n' >"$MESH_DIR/sh.toml"
 
 # start_set SET BINDIR PORT [CONFIG]: three daemons of one build, configured
@@ -105,6 +112,10 @@ cmds=(-n "sh -c true" "$(q sh -c true)" -n "bash -c true" "$(q bash -c true)"
   -n "d ping (now)" "$(q "$MESH_DIR/bin/now/d" --socket "${SETSOCK[now]}" ping)"
   -n "d execOnPeer (now, login shell)" "$(exec_cmd "$MESH_DIR/bin/now" now)"
   -n "d execOnPeer (now, shell=/bin/sh)" "$(exec_cmd "$MESH_DIR/bin/now" now-sh)")
+if [ -n "$STATIC_D" ]; then
+  cmds+=(-n "d ping (now, static client)" "$(q "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now]}" ping)"
+    -n "d execOnPeer (now, shell=/bin/sh, static client)" "$(q "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now-sh]}" execOnPeer --peer desktop --directory / --shellCmd true)")
+fi
 if [ -n "$BEFORE_BIN" ]; then
   cmds+=(-n "d ping (before)" "$(q "$MESH_DIR/bin/before/d" --socket "${SETSOCK[before]}" ping)"
     -n "d execOnPeer (before)" "$(exec_cmd "$MESH_DIR/bin/before" before)")
@@ -119,6 +130,11 @@ for set in now now-sh; do
   python3 "$HERE/timing.py" --runs "$TIMING_RUNS" --out "$OUT/timing-$set.json" -- \
     "$MESH_DIR/bin/now/d" --socket "${SETSOCK[$set]}" execOnPeer --peer desktop --directory / --shellCmd true
 done
+if [ -n "$STATIC_D" ]; then
+  echo "== D_TIMING breakdown (now-sh, static client): $TIMING_RUNS runs, medians (p10, p90) in ms =="
+  python3 "$HERE/timing.py" --runs "$TIMING_RUNS" --out "$OUT/timing-now-sh-static.json" -- \
+    "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now-sh]}" execOnPeer --peer desktop --directory / --shellCmd true
+fi
 
 python3 - "$OUT/alt.json" "$OUT/rtt.json" <<'PY'
 import json, sys

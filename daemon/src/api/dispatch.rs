@@ -127,7 +127,8 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
             leader,
             mesh_key,
             labels,
-        } => peer_config::set(daemon, role, id, leader, mesh_key, labels).await,
+            force,
+        } => peer_config::set(daemon, role, id, leader, mesh_key, labels, force).await,
         Request::RegisterWorker { leader, mesh_key } => {
             let leader = leader
                 .or_else(|| daemon.mesh.me.get().leader)
@@ -139,6 +140,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
                 Some(leader),
                 mesh_key,
                 None,
+                false,
             )
             .await
         }

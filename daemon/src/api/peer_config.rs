@@ -17,6 +17,7 @@ pub async fn set(
     leader: Option<String>,
     mesh_key: Option<String>,
     labels: Option<Vec<String>>,
+    force: bool,
 ) -> Result<Reply, ErrorBody> {
     let cur = daemon.mesh.me.get();
     if let Some(l) = &labels {
@@ -37,6 +38,21 @@ pub async fn set(
         Some(r) => Some(Role::parse(&r)?),
         None => cur.role,
     };
+    // A worker enrolled in a mesh (it joined by invitation) made a leader
+    // would lead a new mesh of one, the old mesh listing it offline: said,
+    // and done only when asked for (review finding).
+    let trust = daemon.mesh.me.leader_trust();
+    if role == Some(Role::Leader)
+        && cur.role == Some(Role::Worker)
+        && (trust.key.is_some() || !trust.keys.is_empty())
+        && !force
+    {
+        return Err(ErrorBody::invalid(format!(
+            "this daemon is a worker enrolled with leader {}: made a leader, it would leave that mesh and lead a new one of its own",
+            cur.leader.as_deref().unwrap_or("?")
+        ))
+        .hint("to add a second leader to this mesh: `d invite --leader` on a leader, then `d join TOKEN` here; to start a separate mesh anyway: add --force"));
+    }
     let Some(role) = role else {
         return Err(
             ErrorBody::invalid("No role set yet: pass --role leader or --role worker").hint(

@@ -72,25 +72,28 @@ pub async fn publish_and_wait(
     if records.is_empty() {
         return (0, 0);
     }
-    let asks = leaders::sessions(mesh).into_iter().map(|s| {
-        let q = Query::LeaderPush {
-            records: records.clone(),
-        };
-        async move {
-            match tokio::time::timeout(wait, s.query(q)).await {
-                Ok(Ok(Answer::Result { .. })) => true,
-                Ok(Ok(other)) => {
-                    tracing::info!("leader {} did not merge a change: {other:?}", s.peer.id);
-                    false
+    let asks = leaders::sessions(mesh)
+        .into_iter()
+        .filter(|s| s.terms.protocol >= d_proto::PROTOCOL_LEADER_CHECK)
+        .map(|s| {
+            let q = Query::LeaderPush {
+                records: records.clone(),
+            };
+            async move {
+                match tokio::time::timeout(wait, s.query(q)).await {
+                    Ok(Ok(Answer::Result { .. })) => true,
+                    Ok(Ok(other)) => {
+                        tracing::info!("leader {} did not merge a change: {other:?}", s.peer.id);
+                        false
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!("leader {} was not pushed a change: {}", s.peer.id, e.error);
+                        false
+                    }
+                    Err(_) => false,
                 }
-                Ok(Err(e)) => {
-                    tracing::info!("leader {} was not pushed a change: {}", s.peer.id, e.error);
-                    false
-                }
-                Err(_) => false,
             }
-        }
-    });
+        });
     let done = futures::future::join_all(asks).await;
     let ok = done.iter().filter(|x| **x).count();
     (ok, done.len() - ok)

@@ -9,11 +9,15 @@ impl Store {
     /// Append one audit record; every 64th insert also applies `keep`.
     pub fn log_exec(&self, r: &ExecRecord, keep: Retention) -> Result<i64, RegistryError> {
         let exit = r.exit.as_ref();
-        self.conn.execute(
+        // Cached: every job writes one row (two on the requester's and the
+        // target's side of a remote job), so the statement is parsed once
+        // per connection, not once per job (issue 20: CPU per job).
+        self.conn.prepare_cached(
             "INSERT INTO exec_log (started_ms, side, requester, user, target, directory, command,
                 exit_code, signal, timed_out, error, duration_ms, output_bytes, run_as, env_names, tty)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            params![
+        )?
+        .execute(params![
                 r.started_ms as i64,
                 r.side,
                 r.requester,
