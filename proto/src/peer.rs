@@ -402,4 +402,21 @@ mod tests {
             r#"{"type":"answer","id":9,"answer":"peers","peers":[],"more":true}"#
         );
     }
+
+    /// Every query whose own fields could collide with the frame's `id`
+    /// reads back as sent (`LeaderCheck` did not: two `id`s).
+    #[test]
+    fn leader_check_round_trips() {
+        let key = crate::keys::KeyPair::generate().unwrap().public();
+        let m = PeerMsg::Query {
+            id: 4,
+            query: Query::LeaderCheck {
+                id: "w1".into(),
+                key,
+            },
+        };
+        let j = serde_json::to_string(&m).unwrap();
+        assert!(j.contains(r#""peer":"w1""#), "{j}");
+        assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), m);
+    }
 }

@@ -180,6 +180,15 @@ pub struct PeerStatus {
     /// enrolled keys), `none` (never had one). Absent from older daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_key: Option<String>,
+    /// Several leaders, a leader: how its catch-up from the other leaders
+    /// ended at start (`caught up from lb at start`, or `serving from its
+    /// own state: ...`). Absent otherwise and from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<String>,
+    /// A leader revoked or deleted by another leader: who and what (`revoked
+    /// on leader lb`); it acts as a leader no more. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
 }
 
 /// A WireGuard interface and its peers.

@@ -216,6 +216,12 @@ pub fn peer_status(s: &PeerStatus, now: u64) -> String {
     if let Some(m) = &s.mesh_key {
         pairs.push(("mesh key", m.clone()));
     }
+    if let Some(r) = &s.revoked {
+        pairs.push(("REVOKED", format!("{r}: no longer a leader of this mesh")));
+    }
+    if let Some(c) = &s.catch_up {
+        pairs.push(("catch-up", c.clone()));
+    }
     if let Some(e) = &s.link_error {
         pairs.push(("link error", e.clone()));
     }
@@ -465,6 +471,8 @@ mod tests {
             kept_registry_at: None,
             kept_registry_peers: None,
             mesh_key: None,
+            catch_up: None,
+            revoked: None,
         };
         let t = peer_status(&s, 100);
         assert!(t.starts_with("id:           desk\n"), "{t}");

@@ -215,6 +215,20 @@ pub async fn run(daemon: &Arc<Daemon>, peer: Option<&str>) -> Vec<Check> {
             }
         }
     }
+    if let Some(r) = &st.revoked {
+        checks.push(fail(
+            "standing",
+            format!("this daemon was {r}: it is no longer a leader of this mesh (it admits no one, mints no token)"),
+            "use another leader; to bring this machine back: `d invite --leader` on a leader, then `d join TOKEN` here with an empty state directory",
+        ));
+    }
+    if let Some(c) = st.catch_up.as_ref().filter(|c| c.starts_with("serving")) {
+        checks.push(fail(
+            "catch-up",
+            format!("at start, {c}"),
+            "is d-daemon running on those leaders? (`d doctor` there); what they changed arrives once they link",
+        ));
+    }
     if id.role == Some(Role::Leader) {
         if let Ok(conflicts) = daemon.mesh.store.read(|s| s.replica_conflicts()).await {
             for c in conflicts {

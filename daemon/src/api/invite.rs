@@ -29,6 +29,11 @@ fn db(e: crate::store::RegistryError) -> ErrorBody {
 fn leader_only(daemon: &Daemon, what: &str) -> Result<String, ErrorBody> {
     let me = daemon.mesh.me.get();
     match (me.role, me.id) {
+        (Some(Role::Leader), Some(_)) if daemon.mesh.standing.revoked().is_some() => {
+            Err(crate::mesh::standing::refused(&daemon.mesh).unwrap_or_else(|| {
+                ErrorBody::invalid(format!("{what}: this leader was revoked"))
+            }))
+        }
         (Some(Role::Leader), Some(id)) => Ok(id),
         _ => Err(ErrorBody::invalid(format!("{what} runs on the leader; this daemon is not it"))
             .hint("run it on the leader, e.g. `d @LEADER` is not enough: log in there, or use the leader's own d")),
@@ -294,7 +299,9 @@ pub async fn join(
         .or_else(|| inv.id.clone())
         .unwrap_or_else(|| mesh.me.hostname.clone());
     // Joined already (a join that finished in the background after `d
-    // join` gave up waiting, then run again): nothing to do, say so.
+    // join` gave up waiting, then run again): nothing to do, say so. Only
+    // while a leader takes its link: a revoked or deleted member joins
+    // again with its new token.
     let (cur, trust) = (mesh.me.get(), mesh.me.leader_trust());
     let pinned =
         trust.key == Some(inv.leader_key) || trust.keys.iter().any(|(_, k)| *k == inv.leader_key);
@@ -302,6 +309,7 @@ pub async fn join(
         && cur.id.as_deref() == Some(id.as_str())
         && trust.join.is_none()
         && pinned
+        && mesh.leader_session().is_ok()
     {
         let message = format!(
             "Already joined: this machine is '{id}', a member of the mesh of leader {} (key {}); nothing changed",
@@ -517,19 +525,43 @@ pub async fn revoke_peer(daemon: &Arc<Daemon>, peer: String) -> Result<Reply, Er
     }
     let now = unix_now();
     let p2 = peer.clone();
+    // Whether it is another leader: it is pushed its own tombstone before
+    // its sessions close, so that it stops acting as one at once.
+    let p3 = peer.clone();
+    let was_leader = matches!(
+        daemon.mesh.store.read(move |st| st.replica_get(&p3)).await,
+        Ok(Some(r)) if r.role == Role::Leader && r.key.is_some()
+    );
     let existed = daemon
         .mesh
         .store
         .call_durable(move |st| st.revoke_peer(&p2, now))
         .await
         .map_err(db)?;
-    crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
-    crate::mesh::replicate::publish(&daemon.mesh, vec![(peer.clone(), Some("revoked".into()))])
+    let change = vec![(peer.clone(), Some("revoked".into()))];
+    let mut told = String::new();
+    if was_leader {
+        let (ok, _) = crate::mesh::replicate::publish_and_wait(
+            &daemon.mesh,
+            change.clone(),
+            Duration::from_secs(3),
+        )
         .await;
-    let message = if existed {
-        format!("Revoked {peer}: its key is removed and its sessions closed; it needs a new invitation (`d invite --id {peer}`) to come back")
-    } else {
-        format!("{peer} was not enrolled; it is marked revoked all the same (only an invitation can enroll it)")
-    };
+        told = format!(" (the {ok} linked leader(s) merged it; {peer} stops acting as a leader once it learns it)");
+    }
+    crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
+    if !was_leader {
+        crate::mesh::replicate::publish(&daemon.mesh, change).await;
+    }
+    if !existed {
+        // A tombstone is kept all the same (the shared mesh key cannot
+        // enroll the id), but nothing was revoked: a typo must not pass.
+        return Err(ErrorBody::new(
+            ErrorKind::PeerNotFound,
+            format!("{peer} is not enrolled on leader {me}: nothing to revoke (the id is marked revoked all the same: only an invitation can enroll it)"),
+        )
+        .hint("check the id with `d listPeers`"));
+    }
+    let message = format!("Revoked {peer}: its key is removed and its sessions closed{told}; it needs a new invitation (`d invite --id {peer}`) to come back");
     to_raw(&json!({ "revoked": peer, "existed": existed, "message": message }))
 }

@@ -73,6 +73,8 @@ pub fn local(daemon: &Daemon) -> PeerStatus {
         kept_registry_at: None,
         kept_registry_peers: None,
         mesh_key: Some(crate::mesh::retire::state(mesh).into()),
+        catch_up: mesh.standing.note(),
+        revoked: mesh.standing.revoked(),
     }
 }
 

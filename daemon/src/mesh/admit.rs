@@ -89,6 +89,16 @@ pub async fn admit(
         },
         Err(_) => None,
     };
+    // A revoked leader admits no one; a (re)starting one admits only the
+    // other leaders' links until it caught up with them (`standing`).
+    if my_role == Role::Leader {
+        if let Some(e) = super::standing::refused(mesh) {
+            return Err(e);
+        }
+        if !known_leader(mesh, hello, proof).await {
+            super::standing::wait(mesh).await;
+        }
+    }
     // Who it is: the key it proved against the key enrolled for its id.
     match my_role {
         Role::Leader => enroll::check_at_leader(mesh, hello, from, proof).await?,
@@ -237,4 +247,17 @@ fn same_row(old: &PeerInfo, new: &PeerInfo) -> bool {
         && old.hostname == new.hostname
         && old.wg_public_key == new.wg_public_key
         && old.labels == new.labels
+}
+
+/// Whether the dialer is another leader of this mesh by the replicated
+/// registry (its id a leader's, enrolled under the key it proved).
+async fn known_leader(mesh: &Mesh, hello: &Hello, proof: &Proof) -> bool {
+    let (Role::Leader, Some(key)) = (hello.role, proof.key) else {
+        return false;
+    };
+    let id = hello.peer_id.clone();
+    matches!(
+        mesh.store.read(move |st| st.replica_get(&id)).await,
+        Ok(Some(r)) if r.role == Role::Leader && r.key == Some(key)
+    )
 }

@@ -24,6 +24,15 @@ use super::{registry, Mesh};
 use crate::base::clock::unix_now;
 use crate::transport::Proof;
 
+/// What a leader's refusal of a revoked id says (after the id): a leader
+/// whose link is refused so learns it was revoked ([`says_revoked`]).
+const REVOKED_HERE: &str = " was revoked on this leader";
+
+/// Whether `e`, a leader's refusal of `id`'s link, says `id` was revoked there.
+pub fn says_revoked(e: &ErrorBody, id: &str) -> bool {
+    e.kind == ErrorKind::AuthFailed && e.error.starts_with(&format!("{id}{REVOKED_HERE}:"))
+}
+
 fn refused(msg: String, hint: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorKind::AuthFailed, msg).hint(hint)
 }
@@ -69,7 +78,7 @@ pub async fn check_at_leader(
         .map_err(db)?;
     let revoked_err = || {
         refused(
-            format!("{id} was revoked on this leader: it needs a new invitation"),
+            format!("{id}{REVOKED_HERE}: it needs a new invitation"),
             format!("`d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
         )
     };
@@ -260,6 +269,9 @@ pub async fn check_at_worker(
     proof: &Proof,
 ) -> Result<(), ErrorBody> {
     let id = &hello.peer_id;
+    // Just started: a leader's word rather than a kept copy that may
+    // predate a revocation or a rotation.
+    super::standing::wait_for_leader(mesh).await;
     let enrolled = match mesh.leader_session() {
         // The leader unreachable: the key its kept registry names (never
         // one the leader said was removed).

@@ -439,6 +439,20 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                     set(LinkState::JoinRefused, Some(msg), None);
                     return;
                 }
+                let my_id = mesh.me.get().id.unwrap_or_default();
+                if leader_role && super::enroll::says_revoked(&e, &my_id) {
+                    // Another leader removed this one from the mesh.
+                    let by = mesh
+                        .link
+                        .entries()
+                        .into_iter()
+                        .find(|x| x.addr == addr_text)
+                        .and_then(|x| x.id)
+                        .unwrap_or_else(|| addr_text.clone());
+                    set(LinkState::Connecting, Some(msg), None);
+                    super::standing::revoked(&mesh, &by, "revoked").await;
+                    return;
+                }
                 tracing::debug!("cannot reach leader at {addr}: {msg}");
                 set(LinkState::Connecting, Some(msg), None);
                 if matches!(e.kind, ErrorKind::Refused | ErrorKind::AuthFailed) {

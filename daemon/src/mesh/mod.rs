@@ -18,6 +18,8 @@
 //! - [`rotate`]: `d rotateKey` on a worker; [`leader_rotate`]: on the
 //!   leader (a signed chain its workers follow); [`retire`]:
 //!   `d retireMeshKey`.
+//! - [`standing`]: a (re)starting leader catching up before it admits
+//!   sessions, and a leader revoked by the others.
 //! - [`route`]: the way to a peer, and the leader's relay; [`claims`]:
 //!   the requester's signature on a relayed job.
 
@@ -50,6 +52,7 @@ pub mod retire;
 pub mod rotate;
 pub mod route;
 pub mod sessions;
+pub mod standing;
 
 /// The mesh state of one daemon; each part behind its own small API.
 pub struct Mesh {
@@ -77,6 +80,8 @@ pub struct Mesh {
     /// disk), newest per id, until [`liveness::save_unsaved`] writes them
     /// (at most one per registered peer).
     pub unsaved: std::sync::Mutex<std::collections::HashMap<String, d_proto::types::PeerInfo>>,
+    /// Caught up with the other leaders yet; revoked by them ([`standing`]).
+    pub standing: standing::Standing,
 }
 
 impl Mesh {
@@ -111,6 +116,7 @@ impl Mesh {
             wg_index: Default::default(),
             registered: AtomicUsize::new(0),
             unsaved: Default::default(),
+            standing: Default::default(),
         }
     }
 
@@ -123,6 +129,14 @@ impl Mesh {
     /// once it has one), set up the leader or the worker link, and start the
     /// leader's periodic tasks.
     pub async fn start(self: &Arc<Self>, bound: Option<TcpListener>) {
+        match self
+            .store
+            .read(|st| st.get_setting(standing::REVOKED_SETTING))
+            .await
+        {
+            Ok(saved) => self.standing.load_revoked(saved),
+            Err(e) => tracing::error!("cannot read whether this leader was revoked: {e}"),
+        }
         match bound {
             Some(l) => {
                 self.endpoint.set_listen(l.local_addr().ok(), None);
@@ -231,11 +245,19 @@ impl Mesh {
         trust: Option<LeaderTrust>,
     ) -> Result<(), ErrorBody> {
         let stored = new.clone();
+        // Another id or role, or a join: a revocation of the old leader is
+        // history (a labels change keeps it).
+        let before = self.me.get();
+        let fresh = trust.is_some() || before.id != new.id || before.role != new.role;
         self.store
             .call(move |st| {
                 st.set_setting("role", stored.role.map(|r| r.as_str()))?;
                 st.set_setting("id", stored.id.as_deref())?;
-                st.set_setting("leader", stored.leader.as_deref())
+                st.set_setting("leader", stored.leader.as_deref())?;
+                if fresh {
+                    st.set_setting(standing::REVOKED_SETTING, None)?;
+                }
+                Ok(())
             })
             .await
             .map_err(|e| {
@@ -247,6 +269,9 @@ impl Mesh {
                 );
                 body
             })?;
+        if fresh {
+            self.standing.clear_revoked();
+        }
         let role = new.role;
         let old = self.me.get();
         // Several leaders: a worker given a new list that still names some
@@ -305,6 +330,9 @@ impl Mesh {
     pub fn restart_link(self: &Arc<Self>) {
         let token = self.tasks.shutdown.child_token();
         self.link.replace_task(token.clone());
+        if self.me.role() != Some(Role::Leader) {
+            self.standing.open_gate();
+        }
         match self.me.role() {
             Some(Role::Worker) => {
                 let addrs = self.me.get().leaders();
@@ -325,7 +353,15 @@ impl Mesh {
             }
             Some(Role::Leader) => {
                 self.link.set(LinkState::NotApplicable, None, None);
+                if self.standing.revoked().is_some() {
+                    // Revoked by the other leaders: it links to no one.
+                    token.cancel();
+                    return;
+                }
+                // Admissions wait until the other leaders were pulled from.
+                self.standing.close_gate();
                 let t = &self.tasks.tracker;
+                t.spawn(standing::catch_up(self.clone()));
                 t.spawn(leaders::keep_links(self.clone(), token.child_token()));
                 t.spawn(replicate::keep_own(self.clone(), token));
             }

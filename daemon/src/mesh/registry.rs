@@ -241,6 +241,20 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
                     } else {
                         "deleted from the leader's registry"
                     };
+                    // Another leader, linked: pushed its own tombstone
+                    // before its session closes, so that it stops acting
+                    // as a leader at once (`standing`).
+                    if super::leaders::sessions(mesh)
+                        .iter()
+                        .any(|s| s.peer.id == peer)
+                    {
+                        super::replicate::publish_and_wait(
+                            mesh,
+                            vec![(peer.clone(), Some("deleted".into()))],
+                            std::time::Duration::from_secs(3),
+                        )
+                        .await;
+                    }
                     announce_removed(mesh, &peer, why);
                     Ok(Answer::Deleted { peer })
                 }

@@ -103,7 +103,8 @@ pub async fn publish_and_wait(
 /// that say something new); errors logged.
 async fn record(mesh: &Arc<Mesh>, ids: Vec<(String, Option<String>)>) -> Vec<Record> {
     let me = mesh.me.get();
-    if me.role != Some(Role::Leader) {
+    // A revoked leader's own record would bring it back: it records nothing.
+    if me.role != Some(Role::Leader) || mesh.standing.revoked().is_some() {
         return Vec::new();
     }
     let Some(origin) = me.id else {
@@ -151,6 +152,24 @@ async fn merge(mesh: &Arc<Mesh>, from: &str, records: Vec<Record>) -> Result<usi
     let me = mesh.me.get().id.unwrap_or_default();
     let now = unix_now();
     let n = records.len();
+    // This leader's own id removed on another leader: it stops being one.
+    if let Some(r) = records.iter().find(|r| r.id == me && r.key.is_none()) {
+        let why = r.reason.clone().unwrap_or_else(|| "revoked".into());
+        let origin = r.origin.clone();
+        let mine = mesh
+            .store
+            .read({
+                let me = me.clone();
+                move |st| st.replica_get(&me)
+            })
+            .await
+            .map_err(db)?;
+        // Unless this leader's own record is newer (it rejoined since).
+        if mine.is_none_or(|m| (m.version, &m.origin) < (r.version, &r.origin)) {
+            super::standing::revoked(mesh, &origin, &why).await;
+            return Ok(n);
+        }
+    }
     let merged = mesh
         .store
         .call_durable(move |st| {
@@ -235,11 +254,16 @@ async fn from_leader(mesh: &Mesh, from: &Session) -> bool {
     if mesh.me.role() != Some(Role::Leader) || from.peer.role != Role::Leader {
         return false;
     }
+    let id = from.peer.id.clone();
+    let rec = mesh.store.read(move |st| st.replica_get(&id)).await;
+    if matches!(&rec, Ok(Some(r)) if r.key.is_none()) {
+        // Revoked or deleted (here or replicated): even over a link this
+        // leader dialed before it learned it.
+        return false;
+    }
     if mesh.link.is_leader_link(from) {
         return true;
     }
-    let id = from.peer.id.clone();
-    let rec = mesh.store.read(move |st| st.replica_get(&id)).await;
     matches!(rec, Ok(Some(r)) if r.role == Role::Leader && r.key.is_some() && r.key == from.peer.key)
 }
 
@@ -309,6 +333,7 @@ pub async fn answer(mesh: &Arc<Mesh>, from: &Session, q: Query) -> Answer {
 /// all of it at first, then what is new every [`PULL_EVERY`].
 pub async fn follow(mesh: Arc<Mesh>, s: Arc<Session>) {
     let mut cursor = 0u64;
+    let mut caught_up = false;
     loop {
         loop {
             let q = Query::LeaderPull {
@@ -331,6 +356,12 @@ pub async fn follow(mesh: Arc<Mesh>, s: Arc<Session>) {
                     }
                     cursor = cursor.max(next);
                     if !more {
+                        if !caught_up {
+                            // Everything it had is merged: a (re)starting
+                            // leader may admit sessions as far as it goes.
+                            caught_up = true;
+                            super::standing::pulled(&mesh, &s.peer.id);
+                        }
                         break;
                     }
                 }
