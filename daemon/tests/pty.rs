@@ -389,10 +389,11 @@ fn at_peer_alone_opens_a_login_shell() {
     t.wait_for("/dev/pts/");
     t.type_keys(b"exit 5\r");
     assert_eq!(t.status(), Some(5), "{:?}", t.screen());
-    // Without a terminal: refused, saying what to do.
-    let o = run_d_in(&m.laptop.socket(), &["@desktop"], b"echo hi\n".to_vec());
-    assert_ne!(o.status.code(), Some(0));
-    assert!(stderr(&o).contains("-tt"), "{}", stderr(&o));
+    // Without a terminal: as `ssh desktop < script`, the shell there reads
+    // the commands from stdin (no terminal, nothing said about one).
+    let o = run_d_in(&m.laptop.socket(), &["@desktop"], b"echo hi; tty\n".to_vec());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hi\nnot a tty\n", "{}", stderr(&o));
     // -t without a terminal: as ssh, no terminal (said), the command runs.
     let o = run_d_in(&m.laptop.socket(), &["@desktop", "-t", "tty"], Vec::new());
     assert!(
