@@ -379,6 +379,21 @@ fn errors_name_the_side_and_the_path() {
         "{}",
         stderr(&o)
     );
+    // --json says the same as the exit status: a source missing here
+    // fails the run even though desktop took everything it was sent.
+    for target in ["desktop", "@desktop,laptop"] {
+        let o = m.laptop.d(&[
+            "--json",
+            "cp",
+            s(&here.path().join("missing")),
+            &format!("{target}:{}", s(there.path())),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["status"], "failed", "{v}");
+        assert_eq!(v["exit_code"], 1, "{v}");
+        assert!(v["here"][0].as_str().unwrap().contains("missing"), "{v}");
+    }
     let o = cp(
         &m.laptop,
         &[&format!("desktop:{}/nope", s(there.path())), s(here.path())],
@@ -389,6 +404,15 @@ fn errors_name_the_side_and_the_path() {
         "{}",
         stderr(&o)
     );
+    let o = m.laptop.d(&[
+        "--json",
+        "cp",
+        &format!("desktop:{}/nope", s(there.path())),
+        s(here.path()),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["failed"].as_u64() >= Some(1), "{v}");
     // A missing parent, then --mkdir.
     let deep = there.path().join("a/b/c.txt");
     let o = cp(&m.laptop, &[s(&f), &format!("desktop:{}", s(&deep))]);

@@ -391,7 +391,11 @@ fn at_peer_alone_opens_a_login_shell() {
     assert_eq!(t.status(), Some(5), "{:?}", t.screen());
     // Without a terminal: as `ssh desktop < script`, the shell there reads
     // the commands from stdin (no terminal, nothing said about one).
-    let o = run_d_in(&m.laptop.socket(), &["@desktop"], b"echo hi; tty\n".to_vec());
+    let o = run_d_in(
+        &m.laptop.socket(),
+        &["@desktop"],
+        b"echo hi; tty\n".to_vec(),
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(stdout(&o), "hi\nnot a tty\n", "{}", stderr(&o));
     // -t without a terminal: as ssh, no terminal (said), the command runs.

@@ -66,7 +66,7 @@ impl PeerResult {
         PeerResult {
             status: if exit_code == 0 { "ok" } else { "failed" },
             exit_code,
-            counts,
+            counts: failed_at_least_one(counts, exit_code, end.messages.len()),
             duration_ms: millis(end.duration),
             error,
             messages: end.messages,
@@ -105,7 +105,7 @@ impl PeerResult {
         PeerResult {
             status: if exit_code == 0 { "ok" } else { "failed" },
             exit_code,
-            counts,
+            counts: failed_at_least_one(counts, exit_code, messages.len()),
             duration_ms: millis(end.duration),
             error,
             messages,
@@ -162,6 +162,17 @@ fn judge(
     }
 }
 
+/// `counts` of a peer whose copy ended with `exit_code`: a failed copy
+/// that counted no failed entry (a source missing, the stream cut before
+/// any entry) counts its messages, one at least, never `failed: 0` beside
+/// `status: failed`.
+fn failed_at_least_one(mut counts: Summary, exit_code: i32, messages: usize) -> Summary {
+    if exit_code != 0 && counts.failed == 0 {
+        counts.failed = (messages as u64).max(1);
+    }
+    counts
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -181,6 +192,12 @@ pub fn finish(
 ) -> i32 {
     let many = fanout::is_many(target);
     let local_failed = !here.is_empty();
+    let status =
+        fanout::combined_status(ends.iter().map(|(_, r)| r.exit_code)).max(i32::from(local_failed));
+    let status = crate::stop::status().unwrap_or(status);
+    // What the whole run says (`--json`): never `ok` when d exits non-zero
+    // (a source missing here fails the run though every peer is fine).
+    let word = if status == 0 { "ok" } else { "failed" };
     if ctx.json {
         #[derive(Serialize)]
         struct Row<'a> {
@@ -190,7 +207,12 @@ pub fn finish(
         }
         let rows: Vec<Row> = ends.iter().map(|(p, r)| Row { peer: p, r }).collect();
         if many || rows.len() != 1 {
-            let mut v = serde_json::json!({"peers": rows, "here": here});
+            let mut v = serde_json::json!({
+                "status": word,
+                "exit_code": status,
+                "peers": rows,
+                "here": here
+            });
             if !notes.is_empty() {
                 v["notes"] = serde_json::json!(notes);
             }
@@ -198,6 +220,9 @@ pub fn finish(
         } else {
             let mut v = serde_json::to_value(&rows[0]).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
+                // One peer: its row is the document; the run's word wins.
+                o.insert("status".into(), serde_json::json!(word));
+                o.insert("exit_code".into(), serde_json::json!(status));
                 o.insert("here".into(), serde_json::json!(here));
                 if !notes.is_empty() {
                     o.insert("notes".into(), serde_json::json!(notes));
@@ -265,6 +290,5 @@ pub fn finish(
             )
         });
     }
-    let status = fanout::combined_status(ends.iter().map(|(_, r)| r.exit_code));
-    crate::stop::status().unwrap_or(status.max(i32::from(local_failed)))
+    status
 }
