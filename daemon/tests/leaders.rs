@@ -17,28 +17,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A leader `id`, the first of its mesh.
-fn first_leader(id: &str, ip: &str) -> TestDaemon {
-    let d = TestDaemon::start(id, ip);
-    d.json(&["setPeerConfig", "--role", "leader", "--id", id]);
-    d
-}
-
-/// A new leader `id` joined by a `d invite --leader` token of `by`.
-fn join_leader(by: &TestDaemon, id: &str, ip: &str) -> TestDaemon {
-    let d = TestDaemon::start(id, ip);
-    let t = invite(by, &["--leader"]);
-    let v = d.json(&["join", &t, "--id", id]);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("Joined as leader"),
-        "{v}"
-    );
-    d
-}
-
 /// How many leaders `d` shows linked in `getPeerStatus`.
 fn linked(d: &TestDaemon) -> usize {
     let v = d.json(&["getPeerStatus"]);

@@ -15,26 +15,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn first_leader(id: &str, ip: &str) -> TestDaemon {
-    let d = TestDaemon::start(id, ip);
-    d.json(&["setPeerConfig", "--role", "leader", "--id", id]);
-    d
-}
-
-fn join_leader(by: &TestDaemon, id: &str, ip: &str) -> TestDaemon {
-    let d = TestDaemon::start(id, ip);
-    let t = invite(by, &["--leader"]);
-    let v = d.json(&["join", &t, "--id", id]);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("Joined as leader"),
-        "{v}"
-    );
-    d
-}
-
 fn leader_states(d: &TestDaemon) -> Vec<Value> {
     d.json(&["getPeerStatus"])["leaders"]
         .as_array()

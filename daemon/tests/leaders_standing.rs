@@ -29,26 +29,6 @@ fn ip(i: u8) -> String {
     format!("127.0.19.{i}")
 }
 
-fn first_leader(id: &str, ip: &str) -> TestDaemon {
-    let d = TestDaemon::start(id, ip);
-    d.json(&["setPeerConfig", "--role", "leader", "--id", id]);
-    d
-}
-
-fn join_leader(by: &TestDaemon, id: &str, ip: &str) -> TestDaemon {
-    let d = TestDaemon::start(id, ip);
-    let t = invite(by, &["--leader"]);
-    let v = d.json(&["join", &t, "--id", id]);
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("Joined as leader"),
-        "{v}"
-    );
-    d
-}
-
 fn linked(d: &TestDaemon) -> usize {
     d.json(&["getPeerStatus"])["leaders"]
         .as_array()

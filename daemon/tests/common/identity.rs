@@ -171,3 +171,25 @@ pub fn read_msg(r: &mut impl BufRead) -> Option<PeerMsg> {
         _ => None,
     }
 }
+
+/// A leader `id` on `ip`, the first of its mesh.
+pub fn first_leader(id: &str, ip: &str) -> TestDaemon {
+    let d = TestDaemon::start(id, ip);
+    d.json(&["setPeerConfig", "--role", "leader", "--id", id]);
+    d
+}
+
+/// A new leader `id` on `ip`, joined by a `d invite --leader` token of `by`.
+pub fn join_leader(by: &TestDaemon, id: &str, ip: &str) -> TestDaemon {
+    let d = TestDaemon::start(id, ip);
+    let t = invite(by, &["--leader"]);
+    let v = d.json(&["join", &t, "--id", id]);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Joined as leader"),
+        "{v}"
+    );
+    d
+}
