@@ -10,100 +10,17 @@
 //! As root these must run (under CI a missing prerequisite fails the test).
 
 mod common;
+mod wg_daemons;
 mod wg_mesh;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{
-    daemon_bin, kill_child, run_d, run_d_json, stderr, stdout, stop_child, wait_answering, wait_for,
-};
+use common::{stderr, stdout, wait_for};
 use serde_json::Value;
+use wg_daemons::NsDaemon;
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A d-daemon inside a namespace host (as in `wg_e2e.rs`), restartable.
-struct NsDaemon {
-    name: String,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    host: usize,
-    extra: Vec<String>,
-}
-
-impl NsDaemon {
-    fn start(mesh: &NetMesh, host: usize, name: &str, extra: &[&str]) -> NsDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("d-wgl-{name}-"))
-            .tempdir()
-            .unwrap();
-        let mut d = NsDaemon {
-            name: name.into(),
-            dir,
-            child: None,
-            host,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        d.spawn(mesh);
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("d.sock")
-    }
-
-    fn spawn(&mut self, mesh: &NetMesh) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
-        let mut cmd = Command::new(daemon_bin());
-        cmd.arg("--socket")
-            .arg(self.socket())
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args(["--wg-interface", mesh.wg_iface(self.host)])
-            .args(["--heartbeat-ms", "500"])
-            .args(&self.extra)
-            .env("D_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(
-            mesh.spawn(self.host, &mut cmd)
-                .expect("start d-daemon in its namespace"),
-        );
-        wait_answering(&self.socket());
-    }
-
-    fn d(&self, args: &[&str]) -> Output {
-        run_d(&self.socket(), args)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        run_d_json(&self.socket(), args)
-    }
-
-    fn kill9(&mut self) {
-        kill_child(&mut self.child);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for NsDaemon {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-        if std::thread::panicking() {
-            eprintln!("---- log of {} ----\n{}", self.name, self.log());
-        }
-    }
-}
 
 fn token(by: &NsDaemon, args: &[&str]) -> String {
     let mut all = vec!["invite"];
