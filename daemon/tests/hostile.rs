@@ -1033,7 +1033,7 @@ fn ctl_cases() -> Vec<CtlCase> {
         "getPeerIdByIp with shell text",
         "vps",
         s(r#"{"command":"getPeerIdByIp","ip":"$(reboot)"}"#),
-        &["No peer with address"],
+        &["is not an IP address"],
         true,
     );
     add(
@@ -1179,7 +1179,7 @@ fn ctl_cases() -> Vec<CtlCase> {
             &json!({"command":"execOnPeerByIp","ip":format!("127.0.0.2;touch {}", f.display()),
             "directory":"/tmp","shellCmd":"true"}),
         ),
-        want: vec!["No peer with address"],
+        want: vec!["is not an IP address"],
         same_conn: false,
         canary: Some(f),
     });
