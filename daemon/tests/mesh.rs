@@ -109,7 +109,15 @@ fn delete_peer_and_db_sanity_check() {
     assert!(stderr(&o).contains("Peer not found: laptop"));
     // A worker that was a leader before keeps stale rows until dbSanityCheck.
     let d = &m.desktop;
-    d.json(&["setPeerConfig", "--role", "leader", "--id", "desktop"]);
+    // (A worker of a mesh made a leader of its own: asked for by --force.)
+    d.json(&[
+        "setPeerConfig",
+        "--role",
+        "leader",
+        "--id",
+        "desktop",
+        "--force",
+    ]);
     d.json(&[
         "setPeerConfig",
         "--role",

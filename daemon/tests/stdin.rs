@@ -243,6 +243,11 @@ fn a_client_past_its_window_is_cut_off_and_the_job_ended() {
         "shellCmd": format!("echo $$ > '{}'; sleep 30", pidfile.display()),
         "timeout": 60, "stdin": true});
     s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    // Once the job runs (a job cancelled before its shell started never
+    // writes its pid: nothing to look for then).
+    wait_for(Duration::from_secs(10), "the job to start", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n'))
+    });
     // Twice the window at once, never waiting for credit.
     let chunk = vec![7u8; 256 * 1024];
     for _ in 0..8 {

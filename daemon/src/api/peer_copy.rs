@@ -258,11 +258,22 @@ async fn run(
     };
     q.close();
     if src_open {
-        // The receiving end is done (it failed early): stop reading here.
-        send_cancel.cancel();
+        // The receiving end is done first. Failed: stop the source here.
+        // Succeeded (it read the archive's end marker before the source's
+        // exit came: a source that could not read a file still writes the
+        // end): the source's own status still counts, so wait for it.
+        let receiver_ok = matches!(&received, Ok(e) if e.status() == 0);
+        if !receiver_ok {
+            send_cancel.cancel();
+        }
         while let Some(ev) = src.recv().await {
-            if let JobEvent::Output(Stream::Stderr, chunk) = ev {
-                let _ = tx.send(JobEvent::Output(Stream::Stderr, chunk)).await;
+            match ev {
+                JobEvent::Output(Stream::Stderr, chunk) => {
+                    let _ = tx.send(JobEvent::Output(Stream::Stderr, chunk)).await;
+                }
+                JobEvent::Exit(e) if receiver_ok => sent = Ok(Some(e)),
+                JobEvent::Failed(e) if receiver_ok => sent = Err(e),
+                _ => {}
             }
         }
     }
