@@ -180,7 +180,9 @@ fn a_man_in_the_middle_cannot_relay_the_leaders_mesh_key_proof() {
         // Does w go on (authenticate to the attacker, pinning its key)?
         read_msg(&mut cr)
     });
-    w.json(&[
+    // setPeerConfig saves the setting and waits briefly for the link: when
+    // the refusal arrives in that wait it exits 1 and names it.
+    let out = w.d(&[
         "setPeerConfig",
         "--role",
         "worker",
@@ -191,6 +193,15 @@ fn a_man_in_the_middle_cannot_relay_the_leaders_mesh_key_proof() {
         "--meshKey",
         path_str(&vps.mesh_key_path()),
     ]);
+    if !out.status.success() {
+        assert!(
+            stdout(&out).contains("did not prove the mesh key")
+                || stderr(&out).contains("did not prove the mesh key"),
+            "{} {}",
+            stdout(&out),
+            stderr(&out)
+        );
+    }
     let next = relay.join().unwrap();
     assert!(
         !matches!(next, Some(PeerMsg::Auth { .. })),
