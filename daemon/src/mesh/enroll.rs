@@ -246,18 +246,24 @@ async fn enroll(
     // (or renamed, or given a new key) now. Not of the one-time enrollments
     // of a mesh moving from the shared key: thousands of those at once
     // would cost the leader N² messages; the workers' pulls bring them.
-    if by_token || !done.renamed_from.is_empty() || done.replaced {
-        registry::announce_enrolled(mesh, &told);
-    }
-    // The key's old id is gone (tombstoned) and an id's replaced key is no
-    // longer its: their sessions end now, here and on every worker.
-    for old in &done.renamed_from {
-        registry::announce_removed(mesh, old, &format!("renamed to {id}"));
-    }
+    // An id given a new key: each worker is told in order, the old key gone,
+    // then the new row (told apart, a worker could take the new row first
+    // and then drop it, holding the new key revoked: seen as a worker that
+    // never linked again to a leader re-enrolled with `--replace`).
     if done.replaced {
-        registry::announce_removed(mesh, &id, "enrolled under a new key");
+        let why = format!("{id} was enrolled under a new key");
+        mesh.sessions.close_peer(&id, &why);
+        mesh.link.drop_id(&id, &format!("leader {why}"));
+        registry::announce_rotated(mesh, &id, Some(told));
         // That removal was this admission's own doing: it goes on.
         mesh.sessions.admitting(from, &id);
+    } else if by_token || !done.renamed_from.is_empty() {
+        registry::announce_enrolled(mesh, &told);
+    }
+    // The key's old id is gone (tombstoned): its sessions end now, here and
+    // on every worker.
+    for old in &done.renamed_from {
+        registry::announce_removed(mesh, old, &format!("renamed to {id}"));
     }
     Ok(())
 }

@@ -276,11 +276,12 @@ pub fn learned(mesh: &Mesh, row: &PeerInfo) {
     });
 }
 
-/// The leader told of `row` (enrolled): keep it, committed before this returns.
+/// The leader told of `row` (enrolled): keep it, its key no longer held
+/// revoked, committed before this returns.
 pub async fn learned_now(mesh: &Mesh, mut row: PeerInfo) {
     row.stale = None;
     let now = unix_now();
-    if let Err(e) = mesh.store.call(move |st| st.upsert_kept(&row, now)).await {
+    if let Err(e) = mesh.store.call(move |st| st.enrolled_kept(&row, now)).await {
         tracing::debug!("cannot keep a registry row: {e}");
     }
 }

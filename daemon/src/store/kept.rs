@@ -38,6 +38,21 @@ impl Store {
         self.insert_kept(p, now)
     }
 
+    /// Keep the row of a peer a leader just enrolled (told in order over
+    /// its link, after any removal of the id's old key): its key is no
+    /// longer held revoked, as when the whole registry is received. Only
+    /// for that ordered word: a looked-up row may predate a removal.
+    pub fn enrolled_kept(&self, p: &PeerInfo, now: u64) -> Result<(), RegistryError> {
+        self.insert_kept(p, now)?;
+        if let Some(k) = p.public_key {
+            self.conn.execute(
+                "DELETE FROM kept_revoked WHERE id = ?1 AND public_key = ?2",
+                params![p.id, k.to_base64()],
+            )?;
+        }
+        Ok(())
+    }
+
     fn insert_kept(&self, p: &PeerInfo, now: u64) -> Result<(), RegistryError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "INSERT OR REPLACE INTO kept_peers ({KEPT_COLUMNS})
@@ -243,5 +258,58 @@ mod tests {
             .unwrap());
         reg.call(|s| s.clear_kept()).await.unwrap();
         assert_eq!(reg.call(|s| s.kept_summary()).await.unwrap(), (None, 0));
+    }
+
+    /// Two leaders each tell a worker of a key replaced (old key removed,
+    /// then the new row: in order per leader), interleaved: whatever comes
+    /// last, the new key is kept and not held revoked; a looked-up row does
+    /// not lift a revocation.
+    #[tokio::test]
+    async fn a_replaced_key_told_by_two_leaders_ends_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::start(&dir.path().join("d.db")).unwrap();
+        let old = d_proto::keys::KeyPair::generate().unwrap().public();
+        let new = d_proto::keys::KeyPair::generate().unwrap().public();
+        let r = vec![row("lb", Some(old))];
+        reg.call(move |s| s.replace_kept(&r, 100)).await.unwrap();
+        let told = row("lb", Some(new));
+        // la: removed, enrolled; lb's own word: removed (drops and revokes
+        // the new key), enrolled (lifts it).
+        for (i, step) in ["removed", "enrolled", "removed", "enrolled"]
+            .iter()
+            .enumerate()
+        {
+            let t = told.clone();
+            let now = 110 + i as u64;
+            match *step {
+                "removed" => {
+                    reg.call(move |s| s.remove_kept("lb", now).map(|_| ()))
+                        .await
+                        .unwrap();
+                }
+                _ => reg.call(move |s| s.enrolled_kept(&t, now)).await.unwrap(),
+            }
+        }
+        let (kept, _) = reg.call(|s| s.kept_peer("lb")).await.unwrap().unwrap();
+        assert_eq!(kept.public_key, Some(new));
+        assert!(!reg
+            .call(move |s| s.kept_is_revoked("lb", &new))
+            .await
+            .unwrap());
+        assert!(reg
+            .call(move |s| s.kept_is_revoked("lb", &old))
+            .await
+            .unwrap());
+        // A lookup answered before a removal and kept after it: the row is
+        // back, its key still held revoked.
+        reg.call(|s| s.remove_kept("lb", 120).map(|_| ()))
+            .await
+            .unwrap();
+        let t = told.clone();
+        reg.call(move |s| s.upsert_kept(&t, 121)).await.unwrap();
+        assert!(reg
+            .call(move |s| s.kept_is_revoked("lb", &new))
+            .await
+            .unwrap());
     }
 }
