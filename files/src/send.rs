@@ -21,6 +21,9 @@ pub struct Sent {
     pub bytes: u64,
     /// Sources or entries not sent (each reported).
     pub failed: u64,
+    /// Regular files left out because every receiving end holds them
+    /// unchanged (`--update`, [`crate::have`]).
+    pub unchanged: u64,
 }
 
 /// Write `sources` (paths as given: relative ones from the current
@@ -34,10 +37,24 @@ pub fn send(
     out: impl Write,
     report: &mut dyn FnMut(String),
 ) -> io::Result<Sent> {
+    send_held(sources, opts, out, report, &mut [])
+}
+
+/// [`send`], leaving out each regular file that every list in `held`
+/// (one per receiving end, [`crate::have`]) holds unchanged; with any
+/// left out, a global header [`crate::have::KEY_UNCHANGED`]`=N` goes
+/// before the archive's end. `held` empty: everything goes.
+pub fn send_held(
+    sources: &[PathBuf],
+    opts: &CopyOpts,
+    out: impl Write,
+    report: &mut dyn FnMut(String),
+    held: &mut [crate::have::Held],
+) -> io::Result<Sent> {
     let mut b = Builder::new(io::BufWriter::with_capacity(crate::CHUNK, out));
     b.follow_symlinks(false);
     let mut sent = Sent::default();
-    for src in sources {
+    for (idx, src) in sources.iter().enumerate() {
         let mut fail = |msg: String| {
             report(msg);
             sent.failed += 1;
@@ -104,6 +121,11 @@ pub fn send(
                     }
                 }
             } else if ft.is_file() {
+                let rel: PathBuf = name.components().skip(1).collect();
+                if crate::have::all_hold(held, idx, &rel, &path, &meta, opts.checksum) {
+                    sent.unchanged += 1;
+                    continue;
+                }
                 match send_file(&mut b, &path, &name, &meta, opts.follow)? {
                     Ok(n) => {
                         sent.files += 1;
@@ -122,6 +144,10 @@ pub fn send(
                 sent.failed += 1;
             }
         }
+    }
+    if sent.unchanged > 0 {
+        let n = sent.unchanged.to_string();
+        trailer(&mut b, &pax_record(crate::have::KEY_UNCHANGED, n.as_bytes()))?;
     }
     b.into_inner()?.flush()?;
     Ok(sent)

@@ -91,6 +91,14 @@ pub const PROTOCOL_LEADER_ROTATE: u32 = 11;
 /// on sessions that negotiated it (an older leader could not answer, and
 /// the enrollment waited for nothing).
 pub const PROTOCOL_LEADER_CHECK: u32 = 12;
+/// The protocol that brought `--update`'s comparison before sending
+/// ([`types::FilesOp::Have`], `have` in `Send`/`SendTo`): never sent on an
+/// older session; refused with [`UPDATE_REFUSAL`] instead, and the client
+/// then sends the bytes and lets the receiver skip the writes.
+pub const PROTOCOL_UPDATE: u32 = 13;
+/// The words that start the refusal of a job needing [`PROTOCOL_UPDATE`]
+/// by (or through) an older daemon.
+pub const UPDATE_REFUSAL: &str = "cannot compare files before sending them";
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 
