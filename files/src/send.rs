@@ -163,7 +163,7 @@ fn stat(p: &Path, follow: bool) -> io::Result<Metadata> {
 
 /// The name a source has in the stream: its last component (`.` and `..`
 /// resolved first); `None` for `/`.
-fn top_name(src: &Path) -> Option<PathBuf> {
+pub fn top_name(src: &Path) -> Option<PathBuf> {
     match src.file_name() {
         Some(n) if !src.ends_with("..") => Some(PathBuf::from(n)),
         _ => fs::canonicalize(src).ok()?.file_name().map(PathBuf::from),
