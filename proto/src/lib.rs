@@ -56,7 +56,10 @@ pub mod types;
 /// - 12: `LeaderCheck` names the id it asks about `peer` (protocol 9 named
 ///   it `id`, which collided with the query's own `id`: no leader could
 ///   read it) ([`PROTOCOL_LEADER_CHECK`]).
-pub const PROTOCOL_VERSION: u32 = 12;
+/// - 13: `d cp --update` compares before the bytes move: the receiving
+///   end lists what it holds ([`types::FilesOp::Have`]) and the sender
+///   leaves unchanged files out ([`PROTOCOL_UPDATE`]).
+pub const PROTOCOL_VERSION: u32 = 13;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon

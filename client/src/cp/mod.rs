@@ -480,7 +480,7 @@ fn direct(
             )
         };
         let end = if ctx.opts.update {
-            let (end, said) = direct_update(ctx, from, op.clone(), peer);
+            let (end, said) = update::direct(ctx, from, op.clone(), peer);
             let mut end = end;
             if let Outcome::Failed(e) = &end.outcome {
                 if update::too_old(e) {
@@ -524,72 +524,6 @@ fn direct(
     let extra = extra.into_inner().unwrap_or_else(|e| e.into_inner());
     let notes = notes.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(report::finish(ctx, target, &ends, extra, notes, started))
-}
-
-/// `--update` peer to peer: `to`'s list of what it holds (a `Have` job
-/// there) fed here to `from`'s `SendTo` job (`have`). The job's end and
-/// the notes to say (a peer too old for the list: every file sent).
-fn direct_update(
-    ctx: &Ctx,
-    from: &str,
-    mut op: d_proto::types::SendTo,
-    to: &str,
-) -> (JobEnd, Vec<String>) {
-    let tops = update::tops_remote(&op.sources);
-    let (dest, many) = (op.dest.clone(), op.many);
-    op.have = true;
-    let (r, w) = match UnixStream::pair() {
-        Ok(p) => p,
-        Err(e) => {
-            let end = JobEnd {
-                outcome: Outcome::Failed(ErrorBody::new(
-                    d_proto::types::ErrorKind::Other,
-                    format!("cannot make a pipe here: {e}"),
-                )),
-                summary: None,
-                duration: std::time::Duration::ZERO,
-                messages: Vec::new(),
-            };
-            return (end, Vec::new());
-        }
-    };
-    let stop_list = r.try_clone().ok();
-    let input = Input::new(1);
-    std::thread::scope(|s| {
-        let lister = s.spawn(|| update::list_on(ctx, to, &dest, many, tops, w));
-        let pump = {
-            let input = input.clone();
-            s.spawn(move || input.pump(r))
-        };
-        let mut feed = Feed {
-            input: &input,
-            index: None,
-        };
-        let end = job::run(
-            ctx.socket,
-            from,
-            FilesOp::SendTo(Box::new(op)),
-            ctx.user.clone(),
-            ctx.verbose,
-            Some(&mut feed),
-            None,
-        );
-        feed.finish();
-        if let Some(r) = stop_list {
-            let _ = r.shutdown(std::net::Shutdown::Both);
-        }
-        let _ = pump.join();
-        let mut notes = Vec::new();
-        if let Outcome::Failed(e) = &end.outcome {
-            if update::too_old(e) {
-                notes.push(update::note(to, e));
-            }
-        }
-        if let Ok(l) = lister.join() {
-            notes.extend(update::older_note(to, &l));
-        }
-        (end, notes)
-    })
 }
 
 /// A daemon on the way (this machine's, the source peer, its leader) is

@@ -21,10 +21,11 @@ use std::path::{Path, PathBuf};
 use d_files::have::{self, Held};
 use d_proto::types::{ErrorBody, FilesOp};
 
-use super::job::{self, JobEnd};
+use super::job::{self, Feed, JobEnd};
 use super::Ctx;
 use crate::conn::send_all;
 use crate::fanout::Outcome;
+use crate::input::Input;
 
 /// The top-level names local `sources` have in the stream (as the sender
 /// names them; `None` when not UTF-8: nothing compared for that source).
@@ -120,4 +121,70 @@ pub fn note(peer: &str, e: &ErrorBody) -> String {
         "note: {}: --update sent every file to {peer} (it compares there and leaves unchanged files unwritten)",
         e.error.trim_end_matches('.')
     )
+}
+
+/// `--update` peer to peer: `to`'s list of what it holds (a `Have` job
+/// there) fed here to `from`'s `SendTo` job (`have`). The job's end and
+/// the notes to say (a peer too old for the list: every file sent).
+pub fn direct(
+    ctx: &Ctx,
+    from: &str,
+    mut op: d_proto::types::SendTo,
+    to: &str,
+) -> (JobEnd, Vec<String>) {
+    let tops = tops_remote(&op.sources);
+    let (dest, many) = (op.dest.clone(), op.many);
+    op.have = true;
+    let (r, w) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            let end = JobEnd {
+                outcome: Outcome::Failed(ErrorBody::new(
+                    d_proto::types::ErrorKind::Other,
+                    format!("cannot make a pipe here: {e}"),
+                )),
+                summary: None,
+                duration: std::time::Duration::ZERO,
+                messages: Vec::new(),
+            };
+            return (end, Vec::new());
+        }
+    };
+    let stop_list = r.try_clone().ok();
+    let input = Input::new(1);
+    std::thread::scope(|s| {
+        let lister = s.spawn(|| list_on(ctx, to, &dest, many, tops, w));
+        let pump = {
+            let input = input.clone();
+            s.spawn(move || input.pump(r))
+        };
+        let mut feed = Feed {
+            input: &input,
+            index: None,
+        };
+        let end = job::run(
+            ctx.socket,
+            from,
+            FilesOp::SendTo(Box::new(op)),
+            ctx.user.clone(),
+            ctx.verbose,
+            Some(&mut feed),
+            None,
+        );
+        feed.finish();
+        if let Some(r) = stop_list {
+            let _ = r.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = pump.join();
+        let mut notes = Vec::new();
+        if let Outcome::Failed(e) = &end.outcome {
+            if too_old(e) {
+                notes.push(note(to, e));
+            }
+        }
+        if let Ok(l) = lister.join() {
+            notes.extend(older_note(to, &l));
+        }
+        (end, notes)
+    })
 }
