@@ -64,13 +64,14 @@ fn counts(v: &serde_json::Value) -> (u64, u64, u64) {
     )
 }
 
-/// Change `t/d1/file 1` (size), `t/d2/file 2` (mtime only): their bytes.
-fn change_two(dir: &Path) -> u64 {
+/// Change `t/d1/file 1` (to `5000 + round` bytes) and `t/d2/file 2`
+/// (its mtime only, `round` hours back): their bytes.
+fn change_two(dir: &Path, round: u64) -> u64 {
     let a = dir.join("t/d1/file 1");
-    std::fs::write(&a, noise(5000, 99)).unwrap();
+    std::fs::write(&a, noise(5000 + round as usize, 99)).unwrap();
     let b = dir.join("t/d2/file 2");
-    set_mtime(&b, SystemTime::now() - Duration::from_secs(3600));
-    5000 + std::fs::metadata(&b).unwrap().len()
+    set_mtime(&b, SystemTime::now() - Duration::from_secs(3600 * round));
+    5000 + round + std::fs::metadata(&b).unwrap().len()
 }
 
 /// Rewrite `t/d0/file 3` with other bytes of the same size and keep its
@@ -105,7 +106,7 @@ fn push_and_fan_out_move_only_changed_files() {
     assert_eq!(counts(&v), (FILES, 0, total), "{v}");
     let v = json_ok(&m.laptop, &["-r", "-p", "--update", s(&src), &dest]);
     assert_eq!(counts(&v), (0, FILES, 0), "nothing changed: {v}");
-    let changed = change_two(here.path());
+    let changed = change_two(here.path(), 1);
     let v = json_ok(&m.laptop, &["-r", "-p", "--update", s(&src), &dest]);
     assert_eq!(counts(&v), (2, FILES - 2, changed), "{v}");
     same_tree(here.path(), there.path());
@@ -138,7 +139,7 @@ fn push_and_fan_out_move_only_changed_files() {
         // nothing changed for either.
         assert_eq!(counts(row), (0, FILES, 0), "{v}");
     }
-    let changed = change_two(here.path());
+    let changed = change_two(here.path(), 2);
     let v = json_ok(&m.vps, &["-r", "-p", "--update", s(&src), &to]);
     let rows = v["peers"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{v}");
@@ -162,7 +163,7 @@ fn pull_and_fan_in_move_only_changed_files() {
     assert_eq!(counts(&v), (FILES, 0, total), "{v}");
     let v = json_ok(&m.laptop, &["-r", "-p", "--update", &src, s(here.path())]);
     assert_eq!(counts(&v), (0, FILES, 0), "nothing changed: {v}");
-    let changed = change_two(there.path());
+    let changed = change_two(there.path(), 1);
     let v = json_ok(&m.laptop, &["-r", "-p", "--update", &src, s(here.path())]);
     assert_eq!(counts(&v), (2, FILES - 2, changed), "{v}");
     same_tree(there.path(), here.path());
@@ -191,7 +192,7 @@ fn pull_and_fan_in_move_only_changed_files() {
     let v = json_ok(&m.vps, &["-r", "-p", "--update", &from, s(into.path())]);
     for row in v["peers"].as_array().unwrap() {
         let want = if row["peer"] == "laptop" {
-            (1, FILES - 1, 5000)
+            (1, FILES - 1, 5001)
         } else {
             (0, FILES, 0)
         };
@@ -213,7 +214,7 @@ fn peer_to_peer_moves_only_changed_files() {
     let v = json_ok(&m.vps, &["-r", "-p", "--update", &src, &dest]);
     assert_eq!(counts(&v), (0, FILES, 0), "nothing changed: {v}");
     assert!(v.get("notes").is_none(), "no fallback: {v}");
-    let changed = change_two(a.path());
+    let changed = change_two(a.path(), 1);
     let v = json_ok(&m.vps, &["-r", "-p", "--update", &src, &dest]);
     assert_eq!(counts(&v), (2, FILES - 2, changed), "{v}");
     let unseen = change_unseen(b.path());
@@ -267,9 +268,9 @@ fn an_older_peer_gets_every_file_and_a_note() {
     let back = tempfile::tempdir().unwrap();
     let from = format!("desktop:{}", s(&src));
     json_ok(&m.laptop, &["-r", "-p", &from, s(back.path())]);
-    let changed = change_two(a.path());
+    let changed = change_two(a.path(), 1);
     let v = json_ok(&m.laptop, &["-r", "-p", "--update", &from, s(back.path())]);
-    let total = total - 2 * 1024 + 5000;
+    let total = total - 2 * 1024 + 5000 + 1;
     assert_eq!(counts(&v), (2, FILES - 2, total), "{v}");
     assert!(changed > 0);
     note(&v);
@@ -283,7 +284,16 @@ fn an_older_peer_gets_every_file_and_a_note() {
     note(&v);
     same_tree(a.path(), p2p.path());
     // And into desktop from laptop: desktop's list cannot be asked.
-    let v = json_ok(&m.vps, &["-r", "-p", "--update", &format!("laptop:{}", s(&p2p.path().join("t"))), &dest]);
+    let v = json_ok(
+        &m.vps,
+        &[
+            "-r",
+            "-p",
+            "--update",
+            &format!("laptop:{}", s(&p2p.path().join("t"))),
+            &dest,
+        ],
+    );
     assert_eq!(counts(&v), (2, FILES - 2, total), "{v}");
     note(&v);
     same_tree(a.path(), b.path());

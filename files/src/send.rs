@@ -147,7 +147,10 @@ pub fn send_held(
     }
     if sent.unchanged > 0 {
         let n = sent.unchanged.to_string();
-        trailer(&mut b, &pax_record(crate::have::KEY_UNCHANGED, n.as_bytes()))?;
+        trailer(
+            &mut b,
+            &pax_record(crate::have::KEY_UNCHANGED, n.as_bytes()),
+        )?;
     }
     b.into_inner()?.flush()?;
     Ok(sent)

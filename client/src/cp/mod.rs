@@ -194,7 +194,11 @@ fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i3
         bar.finish();
         let notes: Vec<String> = listers
             .into_iter()
-            .filter_map(|(peer, l)| l.join().ok().and_then(|end| update::older_note(&peer, &end)))
+            .filter_map(|(peer, l)| {
+                l.join()
+                    .ok()
+                    .and_then(|end| update::older_note(&peer, &end))
+            })
             .collect();
         if !ctx.json {
             for n in &notes {
