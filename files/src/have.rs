@@ -3,7 +3,7 @@
 //! that list alongside its own walk ([`Held`]) and leaves out of the
 //! stream each file every receiving end holds unchanged (same size and
 //! modification time in seconds, or same SHA-256 with `-c`: the rule the
-//! receiver applies before writing, [`crate::receive`]).
+//! receiver applies before writing).
 //!
 //! One record per regular file: `IDX SIZE MTIME SUM REL\0`, where IDX is
 //! the index of the source it would come from (0-based, in the order the

@@ -10,6 +10,7 @@ use d_proto::types::CopyOpts;
 use sha2::{Digest, Sha256};
 use tar::{Builder, EntryType, Header};
 
+use crate::local::hex;
 use crate::{shown, why, KEY_ERROR, KEY_SHA256};
 
 /// What [`send`] sent.
@@ -286,10 +287,6 @@ pub(crate) fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     v.extend_from_slice(value);
     v.push(b'\n');
     v
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file's first `left` bytes, hashed as read; if it ends early or a
