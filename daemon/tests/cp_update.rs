@@ -298,3 +298,45 @@ fn an_older_peer_gets_every_file_and_a_note() {
     note(&v);
     same_tree(a.path(), b.path());
 }
+
+/// The sending helper given a list (`have`) that matches one file, then
+/// turns to garbage: that file is left out (and counted as unchanged by
+/// the receiver), everything after the garbage is sent; a record without
+/// an end sends everything. The list can only spare bytes.
+#[test]
+fn a_broken_list_only_spares_bytes() {
+    use common::files::helper;
+    use std::os::unix::fs::MetadataExt;
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir(src.path().join("t")).unwrap();
+    std::fs::write(src.path().join("t/a"), b"abc").unwrap();
+    std::fs::write(src.path().join("t/b"), b"hello").unwrap();
+    let mtime = std::fs::metadata(src.path().join("t/a")).unwrap().mtime();
+    let op = r#"{"op":"send","sources":["t"],"opts":{"recursive":true},"have":true}"#;
+    let receive = |stream: &[u8]| {
+        let dest = tempfile::tempdir().unwrap();
+        let op = format!(
+            r#"{{"op":"receive","dest":"{}","opts":{{"recursive":true}}}}"#,
+            s(dest.path())
+        );
+        let o = helper(dest.path(), &op, stream);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        (dest, v)
+    };
+    let list = format!("0 3 {mtime} - a\0zz\x000 5 1 - b\0");
+    let sent = helper(src.path(), op, list.as_bytes());
+    assert_eq!(sent.status.code(), Some(0), "{}", stderr(&sent));
+    let (dest, v) = receive(&sent.stdout);
+    assert_eq!(counts(&v), (1, 1, 5), "a left out, b sent: {v}");
+    assert!(!dest.path().join("t/a").exists());
+    assert_eq!(std::fs::read(dest.path().join("t/b")).unwrap(), b"hello");
+
+    let mut endless = b"0 3 1 - ".to_vec();
+    endless.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    let sent = helper(src.path(), op, &endless);
+    assert_eq!(sent.status.code(), Some(0), "{}", stderr(&sent));
+    let (_dest, v) = receive(&sent.stdout);
+    assert_eq!(counts(&v), (2, 0, 8), "everything sent: {v}");
+}

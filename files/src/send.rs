@@ -122,8 +122,11 @@ pub fn send_held(
                     }
                 }
             } else if ft.is_file() {
-                let rel: PathBuf = name.components().skip(1).collect();
-                if crate::have::all_hold(held, idx, &rel, &path, &meta, opts.checksum) {
+                let held_here = !held.is_empty() && {
+                    let rel: PathBuf = name.components().skip(1).collect();
+                    crate::have::all_hold(held, idx, &rel, &path, &meta, opts.checksum)
+                };
+                if held_here {
                     sent.unchanged += 1;
                     continue;
                 }
