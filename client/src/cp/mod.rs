@@ -216,7 +216,7 @@ fn to_peers<T: Send>(
     ctx: &Ctx,
     items: Vec<(String, bool)>,
     op: FilesOp,
-    make: impl FnOnce(UnixStream) -> T + Send,
+    make: impl FnOnce(update::Quiet) -> T + Send,
 ) -> Result<(Vec<(String, PeerResult)>, T), ErrorBody> {
     let (r, w) = UnixStream::pair().map_err(|e| {
         ErrorBody::new(
@@ -224,6 +224,9 @@ fn to_peers<T: Send>(
             format!("cannot make a pipe here: {e}"),
         )
     })?;
+    // Once every peer's job has ended the pump stops reading: the maker's
+    // writes then fail (and it stops) rather than end d through SIGPIPE.
+    let w = update::Quiet(w);
     let input = Input::new(items.len());
     std::thread::scope(|s| {
         let maker = s.spawn(move || make(w));
@@ -380,6 +383,9 @@ fn pull_one(
         Ok(p) => p,
         Err(e) => return Ok(PeerResult::local_failure(e.error)),
     };
+    // The receiver may stop reading first (a failed write here): then
+    // what comes fails to pass on, it does not end d through SIGPIPE.
+    let w = update::Quiet(w);
     let (held_r, held_w) = match tops.map(|_| pipe("list")).transpose() {
         Ok(p) => p.unzip(),
         Err(e) => return Ok(PeerResult::local_failure(e.error)),
@@ -428,7 +434,7 @@ fn pull_one(
             // The list is no longer read: its writer ends.
             let _ = r.shutdown(std::net::Shutdown::Both);
         }
-        let _ = w.shutdown(std::net::Shutdown::Write);
+        let _ = w.0.shutdown(std::net::Shutdown::Write);
         drop(w);
         let (got, msgs) = receiver.join().unwrap_or_else(|_| {
             (
@@ -575,7 +581,7 @@ fn relay(
             None,
             Some(&mut sink),
         );
-        let _ = w.shutdown(std::net::Shutdown::Write);
+        let _ = w.0.shutdown(std::net::Shutdown::Write);
         end
     })?;
     bar.finish();

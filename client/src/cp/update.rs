@@ -60,6 +60,15 @@ impl Write for Quiet {
     }
 }
 
+impl Write for &Quiet {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send_all(&self.0, buf).map(|()| buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Drop for Quiet {
     fn drop(&mut self) {
         let _ = self.0.shutdown(std::net::Shutdown::Write);
