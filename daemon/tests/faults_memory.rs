@@ -241,3 +241,37 @@ fn a_query_flood_is_refused_beyond_the_limit_and_others_are_served() {
     assert_eq!(stdout(&out), "still served\n");
     assert!(m.vps.d(&["listPeers"]).status.success());
 }
+
+/// A job that writes its output and exits while its reader does not read
+/// (a slow consumer): every byte still arrives, however long after the
+/// shell's exit the reader starts, and the status is the shell's. (The
+/// stray rule once took output held back by a slow reader for a stray
+/// holding the pipe: about 6 s after the shell's exit the rest of the pipe
+/// was dropped and d exited with the shell's status as if all had come.)
+/// Budgets at their 64 KiB floor, so that of the ~530 KB the job writes
+/// some is still in its pipe (256 KiB) when its shell has exited.
+#[test]
+fn output_held_back_past_the_shells_exit_is_not_dropped() {
+    const LINES: u32 = 90_000;
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "output_buffer_max = 65536\n").unwrap();
+    let (vps, _desk) = two_hosts(cfg.path(), "slowvps", "slowdesk");
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("written");
+    let cmd = format!("seq 1 {LINES}; touch {}; exit 3", path_str(&done));
+    let client = stalled_client(&vps, "slowdesk", &cmd);
+    wait_for(LONG, "the shell to have written everything", || {
+        done.exists()
+    });
+    // Well past the stray grace (2 s) and the kill grace after it (2 s, 4 s).
+    std::thread::sleep(Duration::from_secs(10));
+    let out = client.wait_with_output().expect("wait for d");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        out.stdout == seq(LINES),
+        "output differs: {} bytes, want {}",
+        out.stdout.len(),
+        seq(LINES).len()
+    );
+    assert!(!stderr(&out).contains("left"), "{}", stderr(&out));
+}

@@ -28,6 +28,11 @@ use std::sync::Arc;
 /// open after the shell exited, before it is ended (a choice: long enough
 /// for `(sleep 1; echo done) &` to be seen, short against the 30 s timeout).
 pub const STRAY_GRACE: Duration = Duration::from_secs(2);
+/// How long output left in a job's pipes after everything of the job ended
+/// may stay without a byte moving before it is dropped and the job fails.
+/// Long enough for any reader that reads at all (a terminal scrolled back,
+/// a pager); not a bound on slow readers, only on stuck ones.
+pub const DRAIN_STALL: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(
     spec: &ExecSpec,
@@ -191,6 +196,9 @@ pub(super) async fn run(
 
     // The job's own share of output memory, beside the daemon's budget.
     let own = Arc::new(Allowance::new());
+    // Pumps waiting on an empty, open pipe ([`pump::pump`]).
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
         readers.spawn(pump::pump(
@@ -199,6 +207,8 @@ pub(super) async fn run(
             tx.clone(),
             output.clone(),
             own.clone(),
+            waiting.clone(),
+            moved.clone(),
         ));
     }
     if let Some(err) = child.stderr.take() {
@@ -208,6 +218,8 @@ pub(super) async fn run(
             tx.clone(),
             output.clone(),
             own.clone(),
+            waiting.clone(),
+            moved.clone(),
         ));
     }
 
@@ -225,9 +237,22 @@ pub(super) async fn run(
     let mut exited_at: Option<tokio::time::Instant> = None;
     // What the shell left running and the daemon ended: (pid, name).
     let mut strays: Vec<(i32, String)> = Vec::new();
+    // The stray rule's and the give-up's clock: from the shell's exit, and
+    // again from each look that found nothing of the job running and its
+    // output still being passed on (a slow reader), so that no byte the
+    // job wrote is dropped for a slow reader and no job ended for one.
+    let mut held_since: Option<tokio::time::Instant> = None;
+    // Every pump left is waiting on an empty, open pipe.
+    let held_open = |n: usize| waiting.load(std::sync::atomic::Ordering::Relaxed) >= n;
+    // Output still to pass on after everything of the job has ended: as
+    // long as it moves; stuck for DRAIN_STALL, the rest is dropped and the
+    // job fails saying so (never a status as if all of it had come).
+    let mut drain: Option<(u64, tokio::time::Instant)> = None;
+    let mut stalled = false;
     loop {
         if status.is_some() && exited_at.is_none() {
             exited_at = Some(tokio::time::Instant::now());
+            held_since = exited_at;
             if job.session {
                 job.signal(Signal::SIGHUP);
             }
@@ -235,8 +260,18 @@ pub(super) async fn run(
         if status.is_some() && readers.is_empty() {
             if termed_at.is_none() {
                 // The shell exited and the output is closed: whatever still
-                // runs (its output elsewhere) is ended now.
+                // runs (its output elsewhere) is ended now. A process that
+                // has just closed the output may still be exiting (the
+                // kernel closes its files before it becomes a zombie): up
+                // to 100 ms for it first.
                 strays = job.running();
+                for _ in 0..10 {
+                    if strays.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    strays = job.running();
+                }
                 if strays.is_empty() {
                     break;
                 }
@@ -250,12 +285,15 @@ pub(super) async fn run(
             }
         }
         // The shell exited but something still holds its output open.
-        let stray_at = exited_at
+        let stray_at = held_since
             .filter(|_| termed_at.is_none() && !readers.is_empty())
             .map(|t| t + STRAY_GRACE);
         let kill_at = termed_at.filter(|_| !kill_sent).map(|t| t + KILL_GRACE);
-        // Once killed, stop waiting for pipes a stray process might still hold.
-        let give_up_at = termed_at.map(|t| t + KILL_GRACE * 2);
+        // Once killed, stop waiting for pipes a stray process might still
+        // hold (empty ones: see `held_since`).
+        let give_up_at = termed_at
+            .map(|t| t + KILL_GRACE * 2)
+            .max(held_since.map(|t| t + KILL_GRACE));
         tokio::select! {
             s = child.wait(), if status.is_none() => {
                 status = Some(s);
@@ -284,9 +322,24 @@ pub(super) async fn run(
                 }
             }
             _ = sleep_until_opt(stray_at), if stray_at.is_some() => {
-                // Still holding the output (`cmd &`, `nohup cmd &`) a grace
-                // after the shell exited: ended, as on a timeout.
-                strays = job.running();
+                let running = job.running();
+                if running.is_empty() && !held_open(readers.len()) {
+                    // Nothing of the job runs and its output is still being
+                    // passed on (a slow reader): look again a grace later.
+                    let now = tokio::time::Instant::now();
+                    if still_moving(&mut drain, &moved, now) {
+                        held_since = Some(now);
+                        continue;
+                    }
+                    stalled = true;
+                    readers.abort_all();
+                    break;
+                }
+                // Still running and holding the output (`cmd &`, `nohup cmd
+                // &`), or an open pipe held by what the job cannot see (no
+                // cgroup), a grace after the shell exited: ended, as on a
+                // timeout.
+                strays = running;
                 termed_at = Some(tokio::time::Instant::now());
                 job.end(Signal::SIGTERM);
             }
@@ -299,6 +352,16 @@ pub(super) async fn run(
                 job.kill();
             }
             _ = sleep_until_opt(give_up_at), if give_up_at.is_some() && kill_sent => {
+                if !job.alive() && !held_open(readers.len()) {
+                    // All of it has ended and what it wrote is still being
+                    // passed on: the pipes end once read.
+                    let now = tokio::time::Instant::now();
+                    if still_moving(&mut drain, &moved, now) {
+                        held_since = Some(now);
+                        continue;
+                    }
+                    stalled = true;
+                }
                 readers.abort_all();
                 if status.is_none() {
                     status = Some(child.wait().await);
@@ -319,6 +382,16 @@ pub(super) async fn run(
     if let Some(p) = noted {
         Ledger::remove(&p);
     }
+    if stalled {
+        return Err(ErrorBody::new(
+            ErrorKind::Other,
+            format!(
+                "on {me}, the command exited but the rest of its output could not be passed on for {} s (its reader, or the daemon's output budget, stalled): the rest was dropped",
+                DRAIN_STALL.as_secs()
+            ),
+        )
+        .hint("run it again; if it recurs, say so with the daemons' logs (`journalctl -u d-daemon`)"));
+    }
     let status = status
         .unwrap_or_else(|| Err(std::io::Error::other("no status")))
         .map_err(|e| {
@@ -338,6 +411,24 @@ pub(super) async fn run(
             ..s
         }),
     })
+}
+
+/// Whether a job's output moved (bytes read from its pipes, `moved`) within
+/// [`DRAIN_STALL`] of `now`; `drain` keeps the last count and when it was
+/// first seen (the first look only records it).
+fn still_moving(
+    drain: &mut Option<(u64, tokio::time::Instant)>,
+    moved: &std::sync::atomic::AtomicU64,
+    now: tokio::time::Instant,
+) -> bool {
+    let m = moved.load(std::sync::atomic::Ordering::Relaxed);
+    match drain {
+        Some((last, at)) if *last == m => now.duration_since(*at) < DRAIN_STALL,
+        _ => {
+            *drain = Some((m, now));
+            true
+        }
+    }
 }
 
 /// What stderr says of processes ended because their job's shell had

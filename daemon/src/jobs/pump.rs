@@ -2,6 +2,7 @@
 //! comes.
 
 use d_proto::types::Stream;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,16 +29,27 @@ pub(super) fn grow_pipe(pipe: &impl std::os::fd::AsFd) {
 /// waiting while both are spent, so the job blocks on its write — and
 /// whatever the pipe has now is read into it; what the read left unused is
 /// given back.
+///
+/// `waiting` counts the pumps of the job waiting on an empty pipe that is
+/// still open (someone holds its writing end): a pump not counted holds
+/// output not yet passed on (its reader is slow), which is never a reason
+/// to end the job or drop what the pipe holds. `moved` counts the bytes
+/// read from the pipes (the job's output making progress).
 pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut r: R,
     stream: Stream,
     tx: mpsc::Sender<JobEvent>,
     budget: Arc<OutputBudget>,
     own: Arc<Allowance>,
+    waiting: Arc<AtomicUsize>,
+    moved: Arc<AtomicU64>,
 ) {
     loop {
         let mut first = [0u8; 1];
-        match r.read(&mut first).await {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        let got = r.read(&mut first).await;
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -65,6 +77,7 @@ pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
         }
         let keep = buf.capacity().min(held.len());
         drop(held.split(held.len() - keep));
+        moved.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let chunk = Chunk { data: buf, held };
         if tx.send(JobEvent::Output(stream, chunk)).await.is_err() || eof {
             return;
