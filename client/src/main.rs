@@ -27,6 +27,7 @@ mod input;
 mod jobs;
 mod mcp;
 mod ops;
+mod pow;
 mod output;
 mod render;
 mod rsh;
