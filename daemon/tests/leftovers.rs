@@ -208,8 +208,16 @@ fn the_shell_starts_in_its_cgroup_with_signals_at_their_defaults() {
             .trim();
         u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{name} {hex:?}: {out}"))
     };
-    assert_eq!(mask("SigBlk:"), 0, "signals blocked in the job's shell: {out}");
+    assert_eq!(
+        mask("SigBlk:"),
+        0,
+        "signals blocked in the job's shell: {out}"
+    );
     let sigpipe = 1u64 << (libc::SIGPIPE - 1);
-    assert_eq!(mask("SigIgn:") & sigpipe, 0, "SIGPIPE ignored in the job's shell: {out}");
+    assert_eq!(
+        mask("SigIgn:") & sigpipe,
+        0,
+        "SIGPIPE ignored in the job's shell: {out}"
+    );
     assert_eq!(out.lines().last(), Some("/dev/null"), "{out}");
 }

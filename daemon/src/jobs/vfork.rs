@@ -130,10 +130,16 @@ pub fn spawn(plan: &Plan) -> io::Result<libc::pid_t> {
     Err(match step {
         STEP_CGROUP => io::Error::new(e.kind(), format!("the job could not enter its cgroup: {e}")),
         STEP_SETSID => io::Error::new(e.kind(), format!("setsid failed: {e}")),
-        STEP_FDS => io::Error::new(e.kind(), format!("cannot set up the job's stdin/stdout/stderr: {e}")),
+        STEP_FDS => io::Error::new(
+            e.kind(),
+            format!("cannot set up the job's stdin/stdout/stderr: {e}"),
+        ),
         STEP_DIR => io::Error::new(
             e.kind(),
-            format!("cannot enter the directory {}: {e}", plan.dir.to_string_lossy()),
+            format!(
+                "cannot enter the directory {}: {e}",
+                plan.dir.to_string_lossy()
+            ),
         ),
         _ => e,
     })
@@ -173,11 +179,7 @@ fn run_child(plan: &Plan, failure: &Failure) -> ! {
             Some(fd) => fd,
             None => libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC),
         };
-        if stdin < 0
-            || !onto(stdin, 0)
-            || !onto(plan.stdout, 1)
-            || !onto(plan.stderr, 2)
-        {
+        if stdin < 0 || !onto(stdin, 0) || !onto(plan.stdout, 1) || !onto(plan.stderr, 2) {
             fail(failure, STEP_FDS);
         }
         if libc::chdir(plan.dir.as_ptr()) != 0 {
@@ -216,4 +218,83 @@ unsafe fn fail(failure: &Failure, step: i32) -> ! {
     failure.errno.store(errno, Ordering::Release);
     failure.step.store(step, Ordering::Release);
     libc::_exit(127)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    /// Run `argv` in `dir` with stdout into a pipe: (pid or error, stdout).
+    fn run(argv: &[&str], dir: &str) -> (io::Result<libc::pid_t>, String) {
+        let owned: Vec<CString> = argv.iter().map(|a| CString::new(*a).unwrap()).collect();
+        let mut ptrs: Vec<*mut libc::c_char> =
+            owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
+        ptrs.push(std::ptr::null_mut());
+        let env = [CString::new("PATH=/usr/bin:/bin").unwrap()];
+        let envp = [env[0].as_ptr().cast_mut(), std::ptr::null_mut()];
+        let dir = CString::new(dir).unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let pid = spawn(&Plan {
+            path: &owned[0],
+            argv: &ptrs,
+            envp: &envp,
+            stdin: None,
+            stdout: w.as_raw_fd(),
+            stderr: w.as_raw_fd(),
+            cgroup: None,
+            dir: &dir,
+        });
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        (pid, out)
+    }
+
+    fn reap(pid: libc::pid_t) -> i32 {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child into a local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    #[test]
+    fn runs_in_its_own_session_in_dir_with_exactly_env() {
+        let (pid, out) = run(
+            &[
+                "/bin/sh",
+                "-c",
+                "echo $$ $(cut -d' ' -f6 /proc/$$/stat) $PWD $HOME; echo \"$(cat)\"",
+            ],
+            "/tmp",
+        );
+        let pid = pid.unwrap();
+        assert_eq!(libc::WEXITSTATUS(reap(pid)), 0);
+        // Its pid is its session id (setsid); HOME unset; stdin /dev/null.
+        assert_eq!(out, format!("{pid} {pid} /tmp\n\n"), "{out}");
+    }
+
+    #[test]
+    fn a_missing_program_is_enoent_and_leaves_no_zombie() {
+        let (r, _) = run(&["/nonexistent/d-test-shell", "-c", "true"], "/");
+        let e = r.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+        // The children this thread started (other tests run on other
+        // threads): the failed one was reaped, so none.
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let children = std::fs::read_to_string(format!("/proc/self/task/{tid}/children"));
+        if let Ok(c) = children {
+            assert_eq!(c.trim(), "", "a failed child was left unreaped");
+        }
+    }
+
+    #[test]
+    fn a_missing_directory_is_named() {
+        let (r, _) = run(&["/bin/sh", "-c", "true"], "/nonexistent/d-test-dir");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/d-test-dir"), "{e}");
+    }
 }
