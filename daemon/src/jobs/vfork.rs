@@ -75,8 +75,10 @@ pub fn spawn(plan: &Plan) -> io::Result<libc::pid_t> {
     // Every signal blocked in the parent thread across the clone (restored
     // below): the child starts with them blocked and resets the handlers
     // before it lets any in.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a sigset_t is plain data (an array of words); all zeros is a
+    // valid (empty) set, filled or written below.
+    let (mut all, mut old): (libc::sigset_t, libc::sigset_t) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
     // SAFETY: plain signal-mask calls on local sets.
     unsafe {
         libc::sigfillset(&mut all);
