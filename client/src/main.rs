@@ -28,6 +28,7 @@ mod jobs;
 mod mcp;
 mod ops;
 mod output;
+mod pow;
 mod render;
 mod rsh;
 mod stop;

@@ -138,3 +138,49 @@ fn output_written_after_the_shell_exited_arrives() {
     assert_eq!(stdout(&o), "started\nlate\n", "{}", stderr(&o));
     assert!(!stderr(&o).contains("left"), "{}", stderr(&o));
 }
+
+/// The job's shell is in its own cgroup from its first instruction (it is
+/// started straight into it, daemon/src/jobs/vfork.rs), its commands get no
+/// signal blocked and SIGPIPE at its default (the daemon ignores it), and
+/// its stdin is /dev/null.
+#[test]
+fn the_shell_starts_in_its_cgroup_with_signals_at_their_defaults() {
+    if !cgroups_here() {
+        return;
+    }
+    let m = Mesh::start();
+    let o = run(
+        &m,
+        // grep's own mask and dispositions: what the shell was given (a
+        // shell blocks SIGCHLD in itself while it waits for one).
+        "cat /proc/$$/cgroup; grep -E '^Sig(Blk|Ign):' /proc/self/status; readlink /proc/$$/fd/0",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let cgroup = out.lines().find(|l| l.starts_with("0::")).unwrap_or("");
+    let desktop_pid = m.desktop.pid();
+    assert!(
+        cgroup.contains(&format!("/d-jobs.{desktop_pid}/job.")),
+        "the shell is not in a job cgroup of desktop's daemon (pid {desktop_pid}): {out}"
+    );
+    let mask = |name: &str| {
+        let hex = out
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} line: {out}"))
+            .trim();
+        u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("{name} {hex:?}: {out}"))
+    };
+    assert_eq!(
+        mask("SigBlk:"),
+        0,
+        "signals blocked in the job's shell: {out}"
+    );
+    let sigpipe = 1u64 << (libc::SIGPIPE - 1);
+    assert_eq!(
+        mask("SigIgn:") & sigpipe,
+        0,
+        "SIGPIPE ignored in the job's shell: {out}"
+    );
+    assert_eq!(out.lines().last(), Some("/dev/null"), "{out}");
+}

@@ -27,7 +27,9 @@
 # NOW_BIN (a dir with this build's d, d-daemon and loadgen; default target/release),
 # STATIC_D (a statically linked build of this d client, a measurement only:
 # scripts/bench/static-client.sh; its `d ping` and exec rows are added, against
-# this build's daemons), ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200,
+# this build's daemons), ALT_D and ALT_NAME (another build of the client, e.g.
+# one linked differently, measured the same way against this build's daemons:
+# rows "(now, ALT_NAME client)"), ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200,
 # STREAM_MB=0 STREAM_RUNS=3, BENCH_NO_BUILD=1.
 # Results: target/bench/latency-wg/{alt.json,timing-*.json,rtt.json,stream.json,
 # tput.json}. Numbers only, never assertions. Root only (namespaces);
@@ -46,6 +48,8 @@ STREAM_RUNS=${STREAM_RUNS:-3}
 BEFORE_BIN=${BEFORE_BIN:-}
 NOW_BIN=${NOW_BIN:-}
 STATIC_D=${STATIC_D:-}
+ALT_D=${ALT_D:-}
+ALT_NAME=${ALT_NAME:-alt}
 OUT=$MESH_ROOT/target/bench/latency-wg
 mkdir -p "$OUT"
 [ -n "${BENCH_NO_BUILD:-}" ] || [ -n "$NOW_BIN" ] || mesh_build
@@ -63,6 +67,7 @@ if [ -n "$BEFORE_BIN" ]; then
   cp "$BEFORE_BIN/d" "$BEFORE_BIN/d-daemon" "$MESH_DIR/bin/before/"
 fi
 [ -z "$STATIC_D" ] || cp "$STATIC_D" "$MESH_DIR/bin/now/d-static"
+[ -z "$ALT_D" ] || cp "$ALT_D" "$MESH_DIR/bin/now/d-alt"
 printf 'shell = "/bin/sh"\n' >"$MESH_DIR/sh.toml"
 
 # start_set SET BINDIR PORT [CONFIG]: three daemons of one build, configured
@@ -115,6 +120,10 @@ cmds=(-n "sh -c true" "$(q sh -c true)" -n "bash -c true" "$(q bash -c true)"
 if [ -n "$STATIC_D" ]; then
   cmds+=(-n "d ping (now, static client)" "$(q "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now]}" ping)"
     -n "d execOnPeer (now, shell=/bin/sh, static client)" "$(q "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now-sh]}" execOnPeer --peer desktop --directory / --shellCmd true)")
+fi
+if [ -n "$ALT_D" ]; then
+  cmds+=(-n "d ping (now, $ALT_NAME client)" "$(q "$MESH_DIR/bin/now/d-alt" --socket "${SETSOCK[now]}" ping)"
+    -n "d execOnPeer (now, login shell, $ALT_NAME client)" "$(q "$MESH_DIR/bin/now/d-alt" --socket "${SETSOCK[now]}" execOnPeer --peer desktop --directory / --shellCmd true)")
 fi
 if [ -n "$BEFORE_BIN" ]; then
   cmds+=(-n "d ping (before)" "$(q "$MESH_DIR/bin/before/d" --socket "${SETSOCK[before]}" ping)"

@@ -11,11 +11,10 @@
 //! jobs are ended by process group only ([`parent`] says why once, at the
 //! first job), and a process that left the group can outlive its job.
 //!
-//! A job's shell enters its cgroup before it runs anything: the spawner
-//! writes `0` into the cgroup's `cgroup.procs` from the child before `exec`
-//! (forked jobs), or through a `/bin/sh` trampoline that does so and then
-//! `exec`s the shell (the `posix_spawn` path, which cannot run code in the
-//! child; glibc 2.36 of Debian 12 has no `posix_spawnattr_setcgroup_np`).
+//! A job's shell enters its cgroup before it runs anything: the child writes
+//! `0` into the cgroup's `cgroup.procs` before `exec`, forked (jobs run as
+//! another user, terminals) or cloned without a copy of the daemon's memory
+//! (every other job, `super::vfork`).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};

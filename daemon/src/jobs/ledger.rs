@@ -5,9 +5,8 @@
 //! cgroups) and the caller records each
 //! in the audit log.
 //!
-//! Why not `PR_SET_PDEATHSIG`: jobs start through `posix_spawn` ([`spawn`]),
-//! which has no hook to call `prctl` in the child, and the signal fires when
-//! the *thread* that started the child ends (a runtime worker thread may end
+//! Why not `PR_SET_PDEATHSIG` (which the child could set before `exec`,
+//! [`spawn`]): the signal fires when the *thread* that started the child ends (a runtime worker thread may end
 //! at any time), not the daemon. Under systemd the unit's cgroup is killed
 //! as soon as the daemon dies (`KillMode=mixed`); this ledger still says
 //! which jobs died with it.

@@ -29,6 +29,7 @@ mod process;
 mod pty;
 mod pump;
 mod spawn;
+mod vfork;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! then sends SIGWINCH to the job).
 //!
 //! These jobs are forked (`pre_exec` needs it), like jobs run as another
-//! user; every other job keeps the `posix_spawn` path ([`super::spawn`]).
+//! user; every other job is cloned without a copy of the daemon's memory ([`super::spawn`]).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -1,15 +1,16 @@
 //! Starting a job's shell in a session of its own (setsid: its own process
-//! group, no controlling terminal), without forking the daemon.
+//! group, no controlling terminal) and in its cgroup, without forking the
+//! daemon.
 //!
 //! std's `Command` starts a child with `posix_spawn` (a vfork: no copy of the
 //! daemon's memory) unless asked for something `posix_spawn` cannot do; any
 //! `pre_exec` (the usual way to call `setsid`) makes it `fork` the whole
 //! daemon, about 15 ms per job on a leader holding 10,000 links
-//! (bench/RESULTS.md). std has no stable `setsid` yet, so [`spawn_shell`]
-//! calls glibc's `posix_spawn` itself with `POSIX_SPAWN_SETSID`, and waits
-//! for the child through a pidfd. A job run as another user needs setuid,
-//! which `posix_spawn` cannot do: that one forks anyway ([`spawn_shell_as`]),
-//! and calls `setsid` there.
+//! (bench/RESULTS.md). [`spawn_shell`] clones the way `posix_spawn` does, and
+//! also enters the job's cgroup before `exec` ([`super::vfork`]; glibc 2.36
+//! has no `posix_spawnattr_setcgroup_np`), and waits for the child through a
+//! pidfd. A job run as another user needs setuid, which that path does not
+//! do: that one forks ([`spawn_shell_as`]), and calls `setsid` there.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -167,41 +168,16 @@ pub struct Command<'a> {
     pub cgroup: Option<i32>,
 }
 
-/// The `posix_spawn` path's way into a cgroup: `/bin/sh -c TRAMPOLINE d-job
-/// SHELL ARGS...` writes `0` to fd 3 (the cgroup's `cgroup.procs`), closes
-/// it and `exec`s the shell, same pid, before the command can fork.
-const TRAMPOLINE: &str = "echo 0 >&3 2>/dev/null || { echo \"d: the job could not enter its cgroup\" >&2; exit 125; }; exec 3>&-; exec \"$@\"";
-
 /// Start `c` with stdout and stderr into pipes, in a new session (hence a
 /// new process group whose id is the shell's pid, and no controlling
-/// terminal).
+/// terminal), in its cgroup from the start ([`super::vfork`]).
 pub fn spawn_shell(c: &Command) -> io::Result<Child> {
     let (dir, env) = (c.dir, c.env);
-    let mut argv_owned = Vec::new();
-    if c.cgroup.is_some() {
-        argv_owned.extend([
-            c_string("shell path", b"/bin/sh")?,
-            c_string("command", b"-c")?,
-            c_string("command", TRAMPOLINE.as_bytes())?,
-            c_string("command", b"d-job")?,
-        ]);
-    }
-    // Run by the trampoline, /proc/self/exe would be /bin/sh: the daemon's
-    // own binary is /proc/PID/exe (still this binary if a deploy replaced
-    // the file).
-    let own = format!("/proc/{}/exe", std::process::id());
-    let target = if c.cgroup.is_some() && c.shell == Path::new("/proc/self/exe") {
-        Path::new(&own)
-    } else {
-        c.shell
-    };
-    argv_owned.push(c_string("shell path", target.as_os_str().as_bytes())?);
+    let mut argv_owned = vec![c_string("shell path", c.shell.as_os_str().as_bytes())?];
     for a in c.args {
         argv_owned.push(c_string("command", a.as_bytes())?);
     }
-    let sh = argv_owned[0].clone();
     let dir_c = c_string("directory", dir.as_os_str().as_bytes())?;
-    let devnull = c_string("path", b"/dev/null")?;
     let env_owned = env
         .iter()
         .map(|(k, v)| {
@@ -220,74 +196,16 @@ pub fn spawn_shell(c: &Command) -> io::Result<Child> {
     let (out_r, out_w) = output_pipe()?;
     let (err_r, err_w) = output_pipe()?;
     let input = if c.stdin { Some(output_pipe()?) } else { None };
-
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: every pointer passed lives until the call returns (the
-    // CStrings and vectors above); the attribute and file-action objects are
-    // initialised before use and destroyed after; the descriptors are open.
-    let rc = unsafe {
-        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
-        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        libc::posix_spawnattr_init(&mut attr);
-        libc::posix_spawn_file_actions_init(&mut fa);
-        // The daemon ignores SIGPIPE (Rust does at start) and may block
-        // signals: the job gets both back at their defaults, as std gives.
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        let mut dfl: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut dfl);
-        libc::sigaddset(&mut dfl, libc::SIGPIPE);
-        let flags = libc::c_int::from(libc::POSIX_SPAWN_SETSID)
-            | libc::POSIX_SPAWN_SETSIGMASK
-            | libc::POSIX_SPAWN_SETSIGDEF;
-        let mut rc = libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short);
-        if rc == 0 {
-            rc = libc::posix_spawnattr_setsigmask(&mut attr, &none);
-        }
-        if rc == 0 {
-            rc = libc::posix_spawnattr_setsigdefault(&mut attr, &dfl);
-        }
-        if rc == 0 {
-            rc = match &input {
-                Some((r, _)) => libc::posix_spawn_file_actions_adddup2(&mut fa, r.as_raw_fd(), 0),
-                None => libc::posix_spawn_file_actions_addopen(
-                    &mut fa,
-                    0,
-                    devnull.as_ptr(),
-                    libc::O_RDONLY,
-                    0,
-                ),
-            };
-        }
-        if rc == 0 {
-            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, out_w.as_raw_fd(), 1);
-        }
-        if rc == 0 {
-            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, err_w.as_raw_fd(), 2);
-        }
-        if let (0, Some(fd)) = (rc, c.cgroup) {
-            rc = libc::posix_spawn_file_actions_adddup2(&mut fa, fd, 3);
-        }
-        if rc == 0 {
-            rc = libc::posix_spawn_file_actions_addchdir_np(&mut fa, dir_c.as_ptr());
-        }
-        if rc == 0 {
-            rc = libc::posix_spawn(
-                &mut pid,
-                sh.as_ptr(),
-                &fa,
-                &attr,
-                argv.as_ptr(),
-                envp.as_ptr(),
-            );
-        }
-        libc::posix_spawn_file_actions_destroy(&mut fa);
-        libc::posix_spawnattr_destroy(&mut attr);
-        rc
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
+    let pid = super::vfork::spawn(&super::vfork::Plan {
+        path: &argv_owned[0],
+        argv: &argv,
+        envp: &envp,
+        stdin: input.as_ref().map(|(r, _)| r.as_raw_fd()),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        cgroup: c.cgroup,
+        dir: &dir_c,
+    })?;
     drop((out_w, err_w));
     grow_pipe(&out_r);
     let stdin: Option<Input> = match input {
