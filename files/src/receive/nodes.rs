@@ -31,10 +31,19 @@ pub(super) fn make_dir(
             } else {
                 (mode & 0o777 & !umask) | 0o700
             };
-            fs::DirBuilder::new()
-                .mode(m)
-                .create(target)
-                .map_err(|e| format!("{}: {}", shown(target), why(&e)))
+            match fs::DirBuilder::new().mode(m).create(target) {
+                Ok(()) => Ok(()),
+                // Made meanwhile by another writer (two copies into one
+                // tree): a directory is what was asked for. Not a symlink
+                // to one (symlink_metadata).
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(format!("{}: {}", shown(target), why(&e))),
+            }
         }
     }
 }
