@@ -376,17 +376,16 @@ pub fn run(
             if let Some(after) = work.after {
                 run.outcome = after(peer, run.outcome);
             }
-            // Sent as soon as this peer ended, so only running peers hold theirs.
+            // Sent as soon as this peer ended, so only running peers hold
+            // theirs; a peer that wrote nothing is said so in the finish
+            // (one request and one database write for the run, not per peer).
             if let (Some(job), Some((out, err))) = (job, run.kept.take()) {
-                crate::history::output(
-                    socket,
-                    opts.verbose,
-                    job.id,
-                    seq,
-                    peer,
-                    out.into_kept(),
-                    err.into_kept(),
-                );
+                let (out, err) = (out.into_kept(), err.into_kept());
+                if out.bytes == 0 && err.bytes == 0 {
+                    run.silent = true;
+                } else {
+                    crate::history::output(socket, opts.verbose, job.id, seq, peer, out, err);
+                }
             }
             run
         },
@@ -485,8 +484,8 @@ pub fn run(
                 exit_code: Some(r.outcome.status()),
                 duration_ms: Some(millis(r.duration)),
                 word: Some(r.outcome.describe()),
-                stdout: None,
-                stderr: None,
+                stdout: r.silent.then(Default::default),
+                stderr: r.silent.then(Default::default),
             })
             .collect();
         crate::history::finish(socket, opts.verbose, job.id, results);

@@ -26,6 +26,8 @@ pub(super) struct PeerRun {
     pub duration: Duration,
     /// The head and tail of stdout and stderr, for the job history.
     pub kept: Option<(Keep, Keep)>,
+    /// It wrote nothing: the history learns that with the fan-out's finish.
+    pub silent: bool,
 }
 
 impl PeerRun {
@@ -36,6 +38,7 @@ impl PeerRun {
             stderr: None,
             duration: Duration::ZERO,
             kept: None,
+            silent: false,
         }
     }
 }
@@ -340,5 +343,6 @@ pub(super) fn run_one(
         stderr: kept.1,
         duration: started.elapsed(),
         kept: history,
+        silent: false,
     }
 }
