@@ -243,8 +243,8 @@ pub enum ClientMsg {
     /// a job started twice, or not in the request, is ignored.
     Start { job: u32 },
     /// [`Request::ExecOnPeers`]: cancel job `job` (its peer did not answer
-    /// in time); it then ends with an error event, as when its client
-    /// goes away.
+    /// in time); nothing more is sent for it (its audit row says
+    /// `cancelled`), as when a job's own client goes away.
     Cancel { job: u32 },
 }
 
