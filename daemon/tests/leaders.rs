@@ -57,23 +57,7 @@ fn everything_works_from(w: &TestDaemon, other: &str, live: &[&str]) {
         stdout(&o),
         stderr(&o)
     );
-    let o = w.d(&["@all", "true"]);
-    assert!(
-        o.status.success(),
-        "@all from {}: {}{}",
-        w.name,
-        stdout(&o),
-        stderr(&o)
-    );
-    let o = w.d(&["--json", "listPeers"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
-    let by = rows[0]["answered_by"].as_str().unwrap_or("").to_string();
-    assert!(
-        live.contains(&by.as_str()),
-        "listPeers on {} answered by {by:?}, not one of {live:?}",
-        w.name
-    );
+    let (by, rows) = fanout_and_listing_work(&w.name, |a| w.d(a), live);
     assert!(rows.iter().all(|r| r.get("stale").is_none()), "{rows:?}");
     let human = w.d(&["listPeers"]);
     assert!(

@@ -59,103 +59,64 @@ fn ended(o: &std::process::Output, code: i32, pid: u32) {
     assert!(!alive(pid), "pid {pid} of the job survived it");
 }
 
-#[test]
-fn setsid_child_holding_stdout_is_ended_with_the_shell_status() {
+/// Run the job `script(pidfile)` (it writes the stray's pid into pidfile
+/// and prints "started") on a fresh mesh: it answers with `code` and the
+/// stray named and gone ([`ended`]).
+fn stray_is_ended(code: i32, script: impl Fn(&str) -> String) {
     if !cgroups_here() {
         return;
     }
     let m = Mesh::start();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pid");
+    let o = run(&m, &script(path_str(&p)));
+    ended(&o, code, pid_in(&p));
+}
+
+#[test]
+fn setsid_child_holding_stdout_is_ended_with_the_shell_status() {
     // The reviewer's repro: the shell exits 0 at once; the child left the
     // job's session and holds its stdout.
-    let o = run(
-        &m,
-        &format!(
-            "setsid sleep 306 & echo $! > {}; echo started; exit 0",
-            path_str(&p)
-        ),
-    );
-    ended(&o, 0, pid_in(&p));
+    stray_is_ended(0, |p| {
+        format!("setsid sleep 306 & echo $! > {p}; echo started; exit 0")
+    });
 }
 
 #[test]
 fn double_forked_daemon_is_ended() {
-    if !cgroups_here() {
-        return;
-    }
-    let m = Mesh::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pid");
     // Daemonized: forked from a subshell that exits (so re-parented away from
     // the job), its own session, no descriptor of the job's left open.
-    let o = run(
-        &m,
-        &format!(
+    stray_is_ended(5, |p| {
+        format!(
             "( setsid sh -c 'echo $$ > {p}; exec sleep 307' </dev/null >/dev/null 2>&1 & ); \
-             while [ ! -s {p} ]; do sleep 0.05; done; echo started; exit 5",
-            p = path_str(&p)
-        ),
-    );
-    ended(&o, 5, pid_in(&p));
+             while [ ! -s {p} ]; do sleep 0.05; done; echo started; exit 5"
+        )
+    });
 }
 
 #[test]
 fn background_holding_stdout_does_not_wait_for_the_timeout() {
-    if !cgroups_here() {
-        return;
-    }
-    let m = Mesh::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pid");
     // Exit 3, not 124: the job ends a grace after the shell, not at its
     // 120 s timeout.
-    let o = run(
-        &m,
-        &format!(
-            "sleep 308 & echo $! > {}; echo started; exit 3",
-            path_str(&p)
-        ),
-    );
-    ended(&o, 3, pid_in(&p));
+    stray_is_ended(3, |p| {
+        format!("sleep 308 & echo $! > {p}; echo started; exit 3")
+    });
 }
 
 #[test]
 fn background_with_output_redirected_is_ended_with_the_shell() {
-    if !cgroups_here() {
-        return;
-    }
-    let m = Mesh::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pid");
-    let o = run(
-        &m,
-        &format!(
-            "sleep 309 >/dev/null 2>&1 & echo $! > {}; echo started",
-            path_str(&p)
-        ),
-    );
-    ended(&o, 0, pid_in(&p));
+    stray_is_ended(0, |p| {
+        format!("sleep 309 >/dev/null 2>&1 & echo $! > {p}; echo started")
+    });
 }
 
 #[test]
 fn stray_that_ignores_sigterm_is_killed() {
-    if !cgroups_here() {
-        return;
-    }
-    let m = Mesh::start();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pid");
     // SIGTERM ignored (inherited by sleep) and out of the session: only the
     // cgroup's SIGKILL reaches it.
-    let o = run(
-        &m,
-        &format!(
-            "trap '' TERM; setsid sleep 310 >/dev/null 2>&1 & echo $! > {}; echo started",
-            path_str(&p)
-        ),
-    );
-    ended(&o, 0, pid_in(&p));
+    stray_is_ended(0, |p| {
+        format!("trap '' TERM; setsid sleep 310 >/dev/null 2>&1 & echo $! > {p}; echo started")
+    });
 }
 
 #[test]

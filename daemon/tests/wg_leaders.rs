@@ -15,6 +15,7 @@ mod wg_mesh;
 
 use std::time::Duration;
 
+use common::identity::fanout_and_listing_work;
 use common::{stderr, stdout, wait_for};
 use serde_json::Value;
 use wg_daemons::NsDaemon;
@@ -123,19 +124,7 @@ fn works_from(w: &NsDaemon, other: &str, live: &[&str]) {
         stdout(&o),
         stderr(&o)
     );
-    let o = w.d(&["@all", "true"]);
-    assert!(
-        o.status.success(),
-        "@all from {}: {}{}",
-        w.name,
-        stdout(&o),
-        stderr(&o)
-    );
-    let o = w.d(&["--json", "listPeers"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
-    let by = v[0]["answered_by"].as_str().unwrap_or("").to_string();
-    assert!(live.contains(&by.as_str()), "listPeers answered by {by:?}");
+    fanout_and_listing_work(&w.name, |a| w.d(a), live);
 }
 
 #[test]

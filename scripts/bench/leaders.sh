@@ -34,23 +34,10 @@ D=$BIN/d
 for b in d d-daemon loadgen; do
   [ -x "$BIN/$b" ] || { echo "leaders.sh: no $BIN/$b" >&2; exit 1; }
 done
-W=$(mktemp -d /tmp/d-leaders.XXXXXX)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/bench/lib.sh"
+bench_procs leaders
 OUT=${OUT:-$W/rounds.jsonl}
-PIDS=()
-cleanup() {
-  set +e
-  if [ ${#PIDS[@]} -gt 0 ]; then
-    kill -TERM "${PIDS[@]}" 2>/dev/null
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  fi
-  [ -n "${KEEP:-}" ] || rm -rf "$W"
-}
-trap cleanup EXIT
-say() { echo "leaders.sh: $*" >&2; }
-die() { say "$*"; exit 1; }
-now_ms() { date +%s%3N; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }
 event_after() { python3 "$ROOT/scripts/bench/scale.py" event "$1" "$2" "$3"; }
 wait_event() { # FILE EVENT AFTER_MS SECS
   local t=$((SECONDS + $4)) got

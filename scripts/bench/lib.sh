@@ -125,3 +125,28 @@ bench_ns_hosts() {
     sleep 0.2
   done
 }
+
+# bench_procs NAME: for scripts that start their own daemons and loadgen
+# (leaders.sh, reconnect.sh): W=/tmp/d-NAME.XXXXXX (kept with KEEP=1),
+# PIDS (each signalled by PID and waited for at exit), and the measures
+# both take: say/die (messages prefixed NAME.sh), now_ms, ticks PID
+# (utime+stime in clock ticks, /proc/PID/stat fields 14-15), rss_kib PID.
+bench_procs() {
+  BENCH_NAME=$1
+  W=$(mktemp -d "/tmp/d-$1.XXXXXX")
+  PIDS=()
+  trap bench_procs_cleanup EXIT
+}
+bench_procs_cleanup() {
+  set +e
+  if [ ${#PIDS[@]} -gt 0 ]; then
+    kill -TERM "${PIDS[@]}" 2>/dev/null
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+  fi
+  [ -n "${KEEP:-}" ] || rm -rf "$W"
+}
+say() { echo "${BENCH_NAME:-bench}.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+now_ms() { date +%s%3N; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }

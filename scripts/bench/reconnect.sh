@@ -40,23 +40,10 @@ D=$BIN/d
 for b in d d-daemon loadgen; do
   [ -x "$BIN/$b" ] || { echo "reconnect.sh: no $BIN/$b" >&2; exit 1; }
 done
-W=$(mktemp -d /tmp/d-reconnect.XXXXXX)
+# shellcheck source=lib.sh
+. "$ROOT/scripts/bench/lib.sh"
+bench_procs reconnect
 OUT=${OUT:-$W/rounds.jsonl}
-PIDS=()
-cleanup() {
-  set +e
-  if [ ${#PIDS[@]} -gt 0 ]; then
-    kill -TERM "${PIDS[@]}" 2>/dev/null
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-  fi
-  [ -n "${KEEP:-}" ] || rm -rf "$W"
-}
-trap cleanup EXIT
-say() { echo "reconnect.sh: $*" >&2; }
-die() { say "$*"; exit 1; }
-now_ms() { date +%s%3N; }
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p' "/proc/$1/status"; }
 tcp_counters() { # ListenOverflows ListenDrops TCPSynRetrans TCPReqQFullDrop (absolute, this netns)
   nstat -asz 2>/dev/null | awk '$1=="TcpExtListenOverflows"{a=$2} $1=="TcpExtListenDrops"{b=$2}
     $1=="TcpExtTCPSynRetrans"{c=$2} $1=="TcpExtTCPReqQFullDrop"{d=$2} END{print a+0, b+0, c+0, d+0}'

@@ -7,8 +7,6 @@
 //! that cannot be read or parsed is an error: making a new key silently
 //! would lose this daemon's enrollment with its leader.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use d_proto::keys::KeyPair;
@@ -77,27 +75,10 @@ fn check_mode(p: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Write `key` to `p` atomically with mode 0600.
+/// Write `key` to `p` atomically with mode 0600 ([`super::private_file`]).
 pub fn store(p: &Path, key: &KeyPair) -> Result<(), String> {
-    let dir = p.parent().unwrap_or(Path::new("."));
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(key.to_text().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, p)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write the identity key {}: {e}", p.display())
-    })
+    super::private_file::write(p, key.to_text().as_bytes())
+        .map_err(|e| format!("cannot write the identity key {}: {e}", p.display()))
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! leader; a worker is given a copy with `d setPeerConfig --meshKey FILE`.
 //! Holding it is what makes a daemon a member of the mesh.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use d_proto::auth::{self, Key};
@@ -25,27 +23,12 @@ pub fn load(state_dir: &Path) -> Result<Option<Key>, String> {
     }
 }
 
-/// Write the key with mode 0600: temp file, fsync, rename, fsync the folder,
-/// so a crash leaves the old key or the new one, never half of one.
+/// Write the key with mode 0600 ([`super::private_file`]), so a crash
+/// leaves the old key or the new one, never half of one.
 pub fn store(state_dir: &Path, key: &Key) -> Result<(), String> {
     let p = path(state_dir);
-    let tmp = state_dir.join(format!(".mesh.key.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(auth::key_to_text(key).as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &p)?;
-        std::fs::File::open(state_dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", p.display())
-    })
+    super::private_file::write(&p, auth::key_to_text(key).as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The bottom layer: pieces every other layer may use, importing none of
 //! them. Configuration ([`config`]), this daemon's identity, its key and the mesh key
-//! ([`identity`], [`idkey`], [`meshkey`]), the WireGuard interface ([`wg`]), the tasks
+//! ([`identity`], [`idkey`], [`meshkey`], written by [`private_file`]), the WireGuard interface ([`wg`]), the tasks
 //! and shutdown signal everything runs under ([`tasks`]), time ([`clock`])
 //! reconnect delays ([`backoff`]), the budget of buffered output ([`budget`]) and the signals the daemon handles or
 //! ignores ([`signals`]).
@@ -13,6 +13,7 @@ pub mod credit;
 pub mod identity;
 pub mod idkey;
 pub mod meshkey;
+pub mod private_file;
 pub mod signals;
 pub mod tasks;
 pub mod wg;

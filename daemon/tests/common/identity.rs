@@ -172,6 +172,32 @@ pub fn read_msg(r: &mut impl BufRead) -> Option<PeerMsg> {
     }
 }
 
+/// From the worker `name` (`d` runs its client): `@all true` succeeds and
+/// `listPeers --json` is answered by a live leader, one of `live`, not by
+/// the kept copy; returns that leader's id and the rows.
+pub fn fanout_and_listing_work(
+    name: &str,
+    d: impl Fn(&[&str]) -> std::process::Output,
+    live: &[&str],
+) -> (String, Vec<Value>) {
+    let o = d(&["@all", "true"]);
+    assert!(
+        o.status.success(),
+        "@all from {name}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = d(&["--json", "listPeers"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let by = rows[0]["answered_by"].as_str().unwrap_or("").to_string();
+    assert!(
+        live.contains(&by.as_str()),
+        "listPeers on {name} answered by {by:?}, not one of {live:?}"
+    );
+    (by, rows)
+}
+
 /// A leader `id` on `ip`, the first of its mesh.
 pub fn first_leader(id: &str, ip: &str) -> TestDaemon {
     let d = TestDaemon::start(id, ip);
