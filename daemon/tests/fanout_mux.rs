@@ -33,9 +33,16 @@ fn a_fan_out_takes_one_connection_and_keeps_its_history() {
     let mut lines: Vec<&str> = out.lines().collect();
     lines.sort();
     assert_eq!(lines, ["desktop: hi", "laptop: hi", "vps: hi"], "{err}");
-    assert!(err.contains("desktop  exit 1\nlaptop   exit 1\nvps      exit 1\n"), "{err}");
+    assert!(
+        err.contains("desktop  exit 1\nlaptop   exit 1\nvps      exit 1\n"),
+        "{err}"
+    );
     // One request for the three jobs, none of its own per peer.
-    assert_eq!(err.matches(r#""command":"execOnPeers""#).count(), 1, "{err}");
+    assert_eq!(
+        err.matches(r#""command":"execOnPeers""#).count(),
+        1,
+        "{err}"
+    );
     assert!(!err.contains(r#""command":"execOnPeer","#), "{err}");
 
     // The history: what each wrote; a peer that wrote nothing is kept as
@@ -44,7 +51,11 @@ fn a_fan_out_takes_one_connection_and_keeps_its_history() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let jobs = m.vps.json(&["jobs"]);
     let id_of = |target: &str| {
-        let j = jobs.as_array().unwrap().iter().find(|j| j["target"] == target);
+        let j = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["target"] == target);
         j.unwrap_or_else(|| panic!("{jobs}"))["id"].to_string()
     };
     let show = m.vps.json(&["jobs", "show", &id_of("desktop,laptop")]);
@@ -55,7 +66,9 @@ fn a_fan_out_takes_one_connection_and_keeps_its_history() {
         assert_eq!(r["stderr"]["bytes"], 0, "{show}");
     }
     // (`jobs show` of a job whose peers failed exits 1.)
-    let o = m.vps.d(&["--json", "jobs", "show", &id_of("desktop,laptop,vps")]);
+    let o = m
+        .vps
+        .d(&["--json", "jobs", "show", &id_of("desktop,laptop,vps")]);
     let show: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(show["results"][0]["stdout"]["bytes"], 3, "{show}");
 }
@@ -139,7 +152,8 @@ fn jobs_start_when_told_and_are_cancelled_alone() {
         "{seen:?}"
     );
     assert!(
-        seen.iter().any(|(_, e)| matches!(e, Event::Stdout { data } if data.0 == b"out1\n")),
+        seen.iter()
+            .any(|(_, e)| matches!(e, Event::Stdout { data } if data.0 == b"out1\n")),
         "{seen:?}"
     );
     // A start for no job, or again for job 2, is ignored.
@@ -170,16 +184,22 @@ fn jobs_start_when_told_and_are_cancelled_alone() {
     );
     assert!(matches!(c.next(), Some(Event::Result { .. })));
     c.say(serde_json::json!({"input": "start", "job": 1}));
-    assert!(matches!(c.next(), Some(Event::Peer { job: 1, of }) if matches!(*of, Event::Started { .. })));
+    assert!(
+        matches!(c.next(), Some(Event::Peer { job: 1, of }) if matches!(*of, Event::Started { .. }))
+    );
     let t = Instant::now();
     c.say(serde_json::json!({"input": "cancel", "job": 1}));
     let mut log = serde_json::Value::Null;
-    wait_for(Duration::from_secs(20), "desktop's job to be cancelled", || {
-        log = m.laptop.json(&["execLog", "--limit", "1"]);
-        log[0]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cancelled: the client gave up on it"))
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "desktop's job to be cancelled",
+        || {
+            log = m.laptop.json(&["execLog", "--limit", "1"]);
+            log[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cancelled: the client gave up on it"))
+        },
+    );
     assert!(t.elapsed() < Duration::from_secs(50), "{:?}", t.elapsed());
     assert_eq!(log[0]["target"], "desktop", "{log}");
     // Job 2 never started: the daemon holds the connection for it; once
@@ -190,7 +210,9 @@ fn jobs_start_when_told_and_are_cancelled_alone() {
         after.push(ev);
     }
     assert!(
-        after.iter().all(|e| matches!(e, Event::Peer { job: 2, .. })),
+        after
+            .iter()
+            .all(|e| matches!(e, Event::Peer { job: 2, .. })),
         "{after:?}"
     );
     assert!(

@@ -340,7 +340,10 @@ pub enum Event {
     /// [`Request::ExecOnPeers`]: event `of` of job `job` (1 = the first
     /// peer). Output comes as binary frames instead, their job id the job
     /// number ([`crate::frame::encode_output`]).
-    Peer { job: u32, of: Box<Event> },
+    Peer {
+        job: u32,
+        of: Box<Event>,
+    },
 }
 
 impl Event {

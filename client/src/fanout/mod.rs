@@ -361,15 +361,7 @@ pub fn run(
                     Via::Own { socket, req: &req }
                 }
             };
-            let mut run = run_one(
-                via,
-                peer,
-                limit,
-                &how,
-                opts.verbose,
-                feed.as_mut(),
-                keep,
-            );
+            let mut run = run_one(via, peer, limit, &how, opts.verbose, feed.as_mut(), keep);
             if let Some(f) = feed {
                 f.finish();
             }

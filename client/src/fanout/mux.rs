@@ -205,7 +205,8 @@ mod tests {
                 .read_line(&mut line)
                 .unwrap();
             let no = Event::Error(ErrorBody::invalid("Directory too long"));
-            (&s).write_all(&d_proto::frame::encode(&no).unwrap()).unwrap();
+            (&s).write_all(&d_proto::frame::encode(&no).unwrap())
+                .unwrap();
         });
         let req = Request::ExecOnPeers {
             peers: vec!["a".into()],

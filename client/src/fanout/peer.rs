@@ -113,7 +113,7 @@ pub(super) enum Via<'a> {
 
 /// Where a running job's events are read from ([`Via`]).
 enum Source<'a> {
-    Own(Conn),
+    Own(Box<Conn>),
     Shared {
         mux: &'a Mux,
         job: usize,
@@ -232,7 +232,7 @@ pub(super) fn run_one(
                         return Outcome::Failed(e);
                     }
                 }
-                Source::Own(conn)
+                Source::Own(Box::new(conn))
             }
             Via::Shared { mux, job } => {
                 let Some(events) = mux.take(job) else {

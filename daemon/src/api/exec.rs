@@ -298,7 +298,11 @@ pub(super) async fn run_job<S, F>(
 /// chunk of output; an error means the client is gone.
 pub(super) trait Sink {
     async fn event(&mut self, ev: &Event) -> std::io::Result<()>;
-    async fn output(&mut self, stream: d_proto::types::Stream, data: Vec<u8>) -> std::io::Result<()>;
+    async fn output(
+        &mut self,
+        stream: d_proto::types::Stream,
+        data: Vec<u8>,
+    ) -> std::io::Result<()>;
 }
 
 /// A job's own control connection; output as binary frames when the
@@ -313,7 +317,11 @@ impl<W: AsyncWrite + Unpin> Sink for Direct<'_, W> {
         self.writer.send(ev).await
     }
 
-    async fn output(&mut self, stream: d_proto::types::Stream, data: Vec<u8>) -> std::io::Result<()> {
+    async fn output(
+        &mut self,
+        stream: d_proto::types::Stream,
+        data: Vec<u8>,
+    ) -> std::io::Result<()> {
         if self.raw {
             let head = d_proto::frame::output_head(0, stream, data.len());
             self.writer.feed_parts(&head, &data).await?;

@@ -177,8 +177,13 @@ fn checked(
 }
 
 /// Job `job`'s cancel slot (1-based), `None` if the request has no such job.
-fn slot(cancels: &mut [Option<CancellationToken>], job: u32) -> Option<&mut Option<CancellationToken>> {
-    (job as usize).checked_sub(1).and_then(|i| cancels.get_mut(i))
+fn slot(
+    cancels: &mut [Option<CancellationToken>],
+    job: u32,
+) -> Option<&mut Option<CancellationToken>> {
+    (job as usize)
+        .checked_sub(1)
+        .and_then(|i| cancels.get_mut(i))
 }
 
 /// One job's share of the connection: its events tagged with its number.
@@ -199,8 +204,12 @@ impl Sink for Tagged {
     }
 
     async fn output(&mut self, stream: Stream, data: Vec<u8>) -> std::io::Result<()> {
-        self.send(d_proto::frame::encode_output(u64::from(self.job), stream, &data))
-            .await
+        self.send(d_proto::frame::encode_output(
+            u64::from(self.job),
+            stream,
+            &data,
+        ))
+        .await
     }
 }
 
@@ -223,7 +232,9 @@ mod tests {
         let mut sink = Tagged { job: 7, tx };
         let ev = Event::Credit { bytes: 3 };
         sink.event(&ev).await.unwrap();
-        sink.output(Stream::Stderr, b"oops\n".to_vec()).await.unwrap();
+        sink.output(Stream::Stderr, b"oops\n".to_vec())
+            .await
+            .unwrap();
         let line = rx.recv().await.unwrap();
         assert_eq!(
             d_proto::frame::parse::<Event>(line.strip_suffix(b"\n").unwrap()).unwrap(),

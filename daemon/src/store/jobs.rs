@@ -428,7 +428,10 @@ mod tests {
     fn a_finish_says_which_peers_wrote_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("d.db")).unwrap();
-        let peers: Vec<String> = ["quiet", "loud", "old"].iter().map(|s| s.to_string()).collect();
+        let peers: Vec<String> = ["quiet", "loud", "old"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let id = s.job_start(1, None, &job("@all", "/", &peers)).unwrap();
         let said = KeptOutput {
             head: B64(b"hi\n".to_vec()),
@@ -450,7 +453,9 @@ mod tests {
             stderr: empty(),
             ..res("loud", "ok")
         };
-        assert!(s.job_finish(id, 2, &[quiet, loud, res("old", "ok")]).unwrap());
+        assert!(s
+            .job_finish(id, 2, &[quiet, loud, res("old", "ok")])
+            .unwrap());
         let d = s.job(id).unwrap().unwrap();
         assert_eq!(d.results[0].stdout, empty());
         assert_eq!(d.results[0].stderr, empty());
