@@ -100,22 +100,31 @@ done
 [ "$PDSH" = 1 ] && args+=(-n pdsh "$(q pdsh -R ssh -f 64 -w "${OIP[2]%.*}.[2-$NH]" true)")
 
 if [ "$PROFILE" = 1 ]; then
-  dpid=${PIDS[0]} # h1's daemon (`ip netns exec` execs it): the requester
-  cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  # CPU (ms, utime+stime from /proc) per fan-out, by who spent it: the
+  # client (rusage of the child), the requester daemon h1, the target
+  # daemons with their jobs' shells, every wireguard-go together. Five fan-outs each.
+  tck=$(getconf CLK_TCK)
+  cpu() { local p t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+  # With the children waited for (fields 16-17): the jobs' shells.
+  cpuc() { local p t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+  targets=("${PIDS[@]:1:$N}") # bench_ns_hosts started h1..hNH first, in order
+  mapfile -t wgs < <(sed -n 's/^WG_PID_[0-9]*=//p' "$MESH_STATE")
   for c in $CLIENTS; do
     name=${c%%=*} bin=${c#*=}
     echo "-- $name: strace -c -f of one fan-out (syscalls of the client, every thread)" >&2
     strace -c -f -o "$WORK/strace.$name" "$bin" --socket "$SOCK" execOnPeer --peer "$peers" \
       --directory / --shellCmd true 2>/dev/null || true
     head -n 14 "$WORK/strace.$name" >&2
-    if [ -n "$dpid" ]; then
-      c0=$(cpu "$dpid")
-      for _ in 1 2 3 4 5; do
-        "$bin" --socket "$SOCK" execOnPeer --peer "$peers" --directory / --shellCmd true 2>/dev/null || true
-      done
-      c1=$(cpu "$dpid")
-      echo "   requester daemon CPU per fan-out: $(((c1 - c0) * 1000 / $(getconf CLK_TCK) / 5)) ms" >&2
-    fi
+    r0=$(cpu "${PIDS[0]}") t0=$(cpuc "${targets[@]}") w0=$(cpu "${wgs[@]}")
+    client=$(python3 -c '
+import resource, subprocess, sys
+for _ in range(5):
+    subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(round((r.ru_utime + r.ru_stime) * 1000 / 5))' "$bin" --socket "$SOCK" execOnPeer --peer "$peers" --directory / --shellCmd true)
+    r1=$(cpu "${PIDS[0]}") t1=$(cpuc "${targets[@]}") w1=$(cpu "${wgs[@]}")
+    ms() { echo $((($2 - $1) * 1000 / tck / 5)); }
+    echo "   CPU per fan-out (ms): client $client, requester daemon $(ms "$r0" "$r1"), target daemons and their jobs $(ms "$t0" "$t1"), wireguard-go $(ms "$w0" "$w1")" >&2
   done
 fi
 
