@@ -115,16 +115,16 @@ if [ "$PROFILE" = 1 ]; then
     strace -c -f -o "$WORK/strace.$name" "$bin" --socket "$SOCK" execOnPeer --peer "$peers" \
       --directory / --shellCmd true 2>/dev/null || true
     head -n 14 "$WORK/strace.$name" >&2
-    r0=$(cpu "${PIDS[0]}") t0=$(cpuc "${targets[@]}") w0=$(cpu "${wgs[@]}")
+    r0=$(cpu "${PIDS[0]}") t0=$(cpuc "${targets[@]}") s0=$(cpu "${targets[@]}") w0=$(cpu "${wgs[@]}")
     client=$(python3 -c '
 import resource, subprocess, sys
 for _ in range(5):
     subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(round((r.ru_utime + r.ru_stime) * 1000 / 5))' "$bin" --socket "$SOCK" execOnPeer --peer "$peers" --directory / --shellCmd true)
-    r1=$(cpu "${PIDS[0]}") t1=$(cpuc "${targets[@]}") w1=$(cpu "${wgs[@]}")
+    r1=$(cpu "${PIDS[0]}") t1=$(cpuc "${targets[@]}") s1=$(cpu "${targets[@]}") w1=$(cpu "${wgs[@]}")
     ms() { echo $((($2 - $1) * 1000 / tck / 5)); }
-    echo "   CPU per fan-out (ms): client $client, requester daemon $(ms "$r0" "$r1"), target daemons and their jobs $(ms "$t0" "$t1"), wireguard-go $(ms "$w0" "$w1")" >&2
+    echo "   CPU per fan-out (ms): client $client, requester daemon $(ms "$r0" "$r1"), target daemons and their jobs $(ms "$t0" "$t1") (the daemons alone $(ms "$s0" "$s1")), wireguard-go $(ms "$w0" "$w1")" >&2
   done
 fi
 
