@@ -116,6 +116,7 @@ if [ "$PROFILE" = 1 ]; then
       --directory / --shellCmd true 2>/dev/null || true
     head -n 14 "$WORK/strace.$name" >&2
     r0=$(cpu "${PIDS[0]}") t0=$(cpuc "${targets[@]}") s0=$(cpu "${targets[@]}") w0=$(cpu "${wgs[@]}")
+    ns0=$(date +%s%N)
     client=$(python3 -c '
 import resource, subprocess, sys
 for _ in range(5):
@@ -123,8 +124,15 @@ for _ in range(5):
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(round((r.ru_utime + r.ru_stime) * 1000 / 5))' "$bin" --socket "$SOCK" execOnPeer --peer "$peers" --directory / --shellCmd true)
     r1=$(cpu "${PIDS[0]}") t1=$(cpuc "${targets[@]}") s1=$(cpu "${targets[@]}") w1=$(cpu "${wgs[@]}")
+    ns1=$(date +%s%N)
     ms() { echo $((($2 - $1) * 1000 / tck / 5)); }
     echo "   CPU per fan-out (ms): client $client, requester daemon $(ms "$r0" "$r1"), target daemons and their jobs $(ms "$t0" "$t1") (the daemons alone $(ms "$s0" "$s1")), wireguard-go $(ms "$w0" "$w1")" >&2
+    # The same span of time idle: what the mesh costs without any job
+    # (heartbeats, keepalives), to subtract from the above.
+    ir0=$(cpu "${PIDS[0]}") it0=$(cpuc "${targets[@]}") iw0=$(cpu "${wgs[@]}")
+    sleep "$(awk -v a="$ns0" -v b="$ns1" 'BEGIN {print (b - a) / 1e9}')"
+    ir1=$(cpu "${PIDS[0]}") it1=$(cpuc "${targets[@]}") iw1=$(cpu "${wgs[@]}")
+    echo "   idle, the same time (ms per fan-out's share): requester daemon $(ms "$ir0" "$ir1"), target daemons $(ms "$it0" "$it1"), wireguard-go $(ms "$iw0" "$iw1")" >&2
   done
 fi
 
