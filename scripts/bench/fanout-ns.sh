@@ -16,7 +16,9 @@
 # peers), ROUNDS (3), RUNS (5 per command per round), PDSH (1: time
 # `pdsh -R ssh -f 64` too; 0: not), PROFILE (1: before the rounds, each
 # client once under `strace -c -f` and the requester daemon's CPU per run),
-# OUT (the JSON results; default $WORK/fanout.json, printed). Root only.
+# PERF (1: perf record -a over five fan-outs of the first client, the top
+# commands and symbols), OUT (the JSON results; default $WORK/fanout.json,
+# printed). Root only.
 # Only the namespaces and processes made here are touched (addresses in
 # 198.18.0.0/15), processes are signalled by PID.
 set -euo pipefail
@@ -134,6 +136,19 @@ print(round((r.ru_utime + r.ru_stime) * 1000 / 5))' "$bin" --socket "$SOCK" exec
     ir1=$(cpu "${PIDS[0]}") it1=$(cpuc "${targets[@]}") iw1=$(cpu "${wgs[@]}")
     echo "   idle, the same time (ms per fan-out's share): requester daemon $(ms "$ir0" "$ir1"), target daemons $(ms "$it0" "$it1"), wireguard-go $(ms "$iw0" "$iw1")" >&2
   done
+fi
+
+if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null; then
+  # The whole machine while the first client runs five fan-outs: where
+  # every process's CPU goes (perf record -a), by command, library, symbol.
+  bin=${CLIENTS%% *}
+  bin=${bin#*=}
+  perf record -q -a -g -o "$WORK/perf.data" -- sh -c 'for i in 1 2 3 4 5; do "$@" >/dev/null 2>&1; done' sh \
+    "$bin" --socket "$SOCK" execOnPeer --peer "$peers" --directory / --shellCmd true >/dev/null 2>&1 || true
+  echo "-- perf, whole machine, five fan-outs: by command" >&2
+  perf report -i "$WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep '%' | head -n 15 >&2
+  echo "-- by command, library and symbol" >&2
+  perf report -i "$WORK/perf.data" --no-children --sort comm,dso,sym --stdio -g none 2>/dev/null | grep '%' | head -n 40 >&2
 fi
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
