@@ -146,9 +146,9 @@ if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null; then
   perf record -q -a -g -o "$WORK/perf.data" -- sh -c 'for i in 1 2 3 4 5; do "$@" >/dev/null 2>&1; done' sh \
     "$bin" --socket "$SOCK" execOnPeer --peer "$peers" --directory / --shellCmd true >/dev/null 2>&1 || true
   echo "-- perf, whole machine, five fan-outs: by command" >&2
-  perf report -i "$WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep '%' | head -n 15 >&2
+  perf report -i "$WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep "%" | head -n 15 >&2 || true
   echo "-- by command, library and symbol" >&2
-  perf report -i "$WORK/perf.data" --no-children --sort comm,dso,sym --stdio -g none 2>/dev/null | grep '%' | head -n 40 >&2
+  perf report -i "$WORK/perf.data" --no-children --sort comm,dso,sym --stdio -g none 2>/dev/null | grep "%" | head -n 40 >&2 || true
 fi
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
