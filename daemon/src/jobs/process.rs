@@ -564,3 +564,34 @@ fn default_env() -> Vec<(&'static str, String)> {
         ("LANG", "C.UTF-8".into()),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_group_is_found_while_it_lives_and_none_once_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let scope = Scope {
+            id: Some(Pid::from_raw(pid)),
+            session: false,
+            cgroup: None,
+        };
+        let members = scope.members().unwrap();
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0].0, pid);
+        assert!(scope.alive());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: the kernel says the group is gone; no scan needed.
+        assert_eq!(scope.members(), Some(Vec::new()));
+        assert!(!scope.alive());
+        assert!(scope.running().is_empty());
+    }
+}
