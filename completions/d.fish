@@ -221,7 +221,7 @@ complete -c d -n "__fish_d_using_subcommand cp" -s r -l recursive -d 'Copy direc
 complete -c d -n "__fish_d_using_subcommand cp" -s p -l preserve -d 'Keep mode and modification time'
 complete -c d -n "__fish_d_using_subcommand cp" -s L -l dereference -d 'Copy what symlinks point to (default: the links themselves)'
 complete -c d -n "__fish_d_using_subcommand cp" -l mkdir -d 'Create missing parent directories of the destination'
-complete -c d -n "__fish_d_using_subcommand cp" -l update -d 'Leave destination files whose size and modification time match the source\'s'
+complete -c d -n "__fish_d_using_subcommand cp" -l update -d 'Leave destination files whose size and modification time match the source\'s (compared before sending: unchanged files are not sent)'
 complete -c d -n "__fish_d_using_subcommand cp" -s c -l checksum -d 'With --update: compare contents (SHA-256) instead of modification times'
 complete -c d -n "__fish_d_using_subcommand cp" -s q -l quiet -d 'No progress bar (there is none either when stderr is not a terminal, or with --json)'
 complete -c d -n "__fish_d_using_subcommand cp" -l json -d 'Print one machine-readable JSON document on stdout (errors too)'

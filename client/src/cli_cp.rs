@@ -24,7 +24,7 @@ pub struct CpArgs {
     /// Create missing parent directories of the destination.
     #[arg(long)]
     pub mkdir: bool,
-    /// Leave destination files whose size and modification time match the source's.
+    /// Leave destination files whose size and modification time match the source's (compared before sending: unchanged files are not sent).
     #[arg(long)]
     pub update: bool,
     /// With --update: compare contents (SHA-256) instead of modification times.

@@ -965,6 +965,40 @@ fn an_unusable_destination_exits_2_on_either_side() {
     }
 }
 
+/// The receiving daemon killed (SIGKILL) in the middle of a 256 MiB push:
+/// the pump stops reading the stream once that peer's job has ended, and
+/// the side still writing it is told by a failed write: d reports the lost
+/// peer with an exit status; it is not ended by SIGPIPE (the client keeps
+/// SIGPIPE's default action, for `d listPeers | head`).
+#[test]
+fn a_receiver_lost_mid_push_does_not_end_d_by_sigpipe() {
+    let mut m = Mesh::start();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    std::fs::write(here.path().join("big"), noise(256 * 1024 * 1024, 3)).unwrap();
+    let dest = format!("desktop:{}/", s(there.path()));
+    let client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(m.laptop.socket())
+        .args(["cp", s(&here.path().join("big")), &dest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "the copy to start writing", || {
+        !temp_files(there.path()).is_empty()
+    });
+    m.desktop.kill9();
+    let o = client.wait_with_output().unwrap();
+    assert!(
+        o.status.code().is_some_and(|c| c != 0),
+        "d ended by {:?}: {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("desktop"), "{}", stderr(&o));
+}
+
 /// The last line counts --update's skips; an error is said once, with one
 /// prefix naming the peer; `@web:` (the peer id) that is not found hints at
 /// the label form; a kernel file whose size says 0 is read to its end.

@@ -70,7 +70,9 @@ fn small_path(root: &Path, i: usize) -> std::path::PathBuf {
 
 /// 100,000 small files in 100 directories, pushed with `-r` in one copy:
 /// each arrives with its own bytes, the summary counts every one, and no
-/// temporary file is left (they are made durable a batch at a time).
+/// temporary file is left (they are made durable a batch at a time). Pushed
+/// again with `--update`, not a file byte moves (protocol 13: the list of
+/// what desktop holds is read beside the walk, one record at a time).
 #[test]
 fn a_tree_of_100000_small_files_is_pushed_whole() {
     let m = Mesh::start();
@@ -92,6 +94,7 @@ fn a_tree_of_100000_small_files_is_pushed_whole() {
         &[
             "--json",
             "-r",
+            "-p",
             s(&root),
             &format!("desktop:{}/", s(there.path())),
         ],
@@ -123,5 +126,27 @@ fn a_tree_of_100000_small_files_is_pushed_whole() {
         temp_files(there.path()).is_empty(),
         "{:?}",
         temp_files(there.path())
+    );
+    let o = cp(
+        &m.laptop,
+        &[
+            "--json",
+            "-r",
+            "-p",
+            "--update",
+            s(&root),
+            &format!("desktop:{}/", s(there.path())),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            v["files"].as_u64(),
+            v["skipped"].as_u64(),
+            v["moved"].as_u64()
+        ),
+        (Some(0), Some(n as u64), Some(0)),
+        "{v}"
     );
 }

@@ -6,6 +6,9 @@
 //! Remote paths starting `~` or `~/` are under the home of the user the
 //! job runs as, `~USER/` under USER's (as scp's remote shell would).
 //!
+//! Have (`--update`, protocol 13): what a receive would find, listed on
+//! stdout ([`crate::have`]). Send with `have`: stdin carries that list.
+//!
 //! Receive: the stream on stdin is written under the destination; every
 //! failure goes to stderr as `d cp: on HOST: PATH: reason`; the last line
 //! on stdout is [`crate::summary_line`]. Send: the stream goes to stdout,
@@ -19,7 +22,7 @@ use std::path::PathBuf;
 
 use d_proto::types::FilesOp;
 
-use crate::{home, receive, send, summary_line, tmp, HELPER_ARG};
+use crate::{have, home, receive, send_held, summary_line, tmp, HELPER_ARG};
 
 /// Run the helper if `args` (the process's, program name first) ask for it;
 /// `Some(exit status)` then, `None` when they do not.
@@ -67,11 +70,7 @@ fn run(host: &str, op: &FilesOp) -> i32 {
             match got {
                 Ok(r) => {
                     let mut out = io::stdout().lock();
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        summary_line(r.files, r.bytes, r.skipped, r.failed)
-                    );
+                    let _ = writeln!(out, "{}", summary_line(&r));
                     let _ = out.flush();
                     i32::from(r.failed > 0)
                 }
@@ -81,7 +80,32 @@ fn run(host: &str, op: &FilesOp) -> i32 {
                 }
             }
         }
-        FilesOp::Send { sources, opts } => {
+        FilesOp::Have {
+            dest,
+            many,
+            tops,
+            opts,
+        } => {
+            let dest = match home::expand(dest) {
+                Ok(d) => d,
+                Err(e) => {
+                    report(e);
+                    return 2;
+                }
+            };
+            match have::list(&dest, *many, tops, opts, io::stdout().lock()) {
+                Ok(_) => 0,
+                Err(e) => {
+                    report(format!("listing what is held: {e}"));
+                    2
+                }
+            }
+        }
+        FilesOp::Send {
+            sources,
+            opts,
+            have,
+        } => {
             let sources: Vec<PathBuf> = match sources.iter().map(|s| home::expand(s)).collect() {
                 Ok(s) => s,
                 Err(e) => {
@@ -89,7 +113,13 @@ fn run(host: &str, op: &FilesOp) -> i32 {
                     return 2;
                 }
             };
-            match send(&sources, opts, io::stdout().lock(), &mut report) {
+            // With `have`, standard input lists what the receiver holds.
+            let mut held: Vec<have::Held> = if *have {
+                vec![have::Held::new(Box::new(io::BufReader::new(io::stdin())))]
+            } else {
+                Vec::new()
+            };
+            match send_held(&sources, opts, io::stdout().lock(), &mut report, &mut held) {
                 Ok(s) => i32::from(s.failed > 0),
                 Err(e) => {
                     report(format!("sending: {e}"));

@@ -11,12 +11,15 @@
 //!   for up to 1,024 files), renamed into place, the directories' entries
 //!   made durable before success is said; a reader never sees half a file
 //!   and an interrupted copy leaves the old file (and no temporary file).
+//! - [`have`]: `--update` before the bytes move: what a receiving end
+//!   holds, read by the sender to leave unchanged files out.
 //! - [`helper`]: `d-daemon __d-files HOST JSON`, what a target runs for a
 //!   `d cp` job (as scp runs `scp -t`): no shell, the job's own user.
 //!
 //! Both ends run with bounded memory: one chunk ([`CHUNK`]) at a time.
 
 mod batch;
+pub mod have;
 pub mod helper;
 mod home;
 mod local;
@@ -26,7 +29,7 @@ mod special;
 mod tmp;
 
 pub use receive::{receive, Received};
-pub use send::{send, Sent};
+pub use send::{send, send_held, Sent};
 
 /// Bytes read or written at a time (the input frames' size).
 pub const CHUNK: usize = d_proto::INPUT_CHUNK;
@@ -39,10 +42,17 @@ pub const KEY_ERROR: &str = "d.error";
 /// The word the helper is started with: `d-daemon __d-files HOST JSON`.
 pub const HELPER_ARG: &str = "__d-files";
 
-/// The last line a helper prints on stdout after receiving: what it did.
-pub fn summary_line(files: u64, bytes: u64, skipped: u64, failed: u64) -> String {
-    serde_json::json!({"files": files, "bytes": bytes, "skipped": skipped, "failed": failed})
-        .to_string()
+/// The last line a helper prints on stdout after receiving: what it did
+/// ([`Received`]'s counts; `moved`: bytes of file contents that came).
+pub fn summary_line(r: &Received) -> String {
+    serde_json::json!({
+        "files": r.files,
+        "bytes": r.bytes,
+        "skipped": r.skipped,
+        "failed": r.failed,
+        "moved": r.moved,
+    })
+    .to_string()
 }
 
 /// `error` of an I/O operation, worded for people: `No such file or

@@ -7,8 +7,6 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::send::hex;
-
 /// `USER[:GROUP]`, names or numbers.
 pub fn parse_owner(spec: &str) -> io::Result<(Option<u32>, Option<u32>)> {
     let bad = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
@@ -63,4 +61,9 @@ pub fn umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

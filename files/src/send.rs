@@ -10,6 +10,7 @@ use d_proto::types::CopyOpts;
 use sha2::{Digest, Sha256};
 use tar::{Builder, EntryType, Header};
 
+use crate::local::hex;
 use crate::{shown, why, KEY_ERROR, KEY_SHA256};
 
 /// What [`send`] sent.
@@ -21,6 +22,9 @@ pub struct Sent {
     pub bytes: u64,
     /// Sources or entries not sent (each reported).
     pub failed: u64,
+    /// Regular files left out because every receiving end holds them
+    /// unchanged (`--update`, [`crate::have`]).
+    pub unchanged: u64,
 }
 
 /// Write `sources` (paths as given: relative ones from the current
@@ -34,10 +38,24 @@ pub fn send(
     out: impl Write,
     report: &mut dyn FnMut(String),
 ) -> io::Result<Sent> {
+    send_held(sources, opts, out, report, &mut [])
+}
+
+/// [`send`], leaving out each regular file that every list in `held`
+/// (one per receiving end, [`crate::have`]) holds unchanged; with any
+/// left out, a global header [`crate::have::KEY_UNCHANGED`]`=N` goes
+/// before the archive's end. `held` empty: everything goes.
+pub fn send_held(
+    sources: &[PathBuf],
+    opts: &CopyOpts,
+    out: impl Write,
+    report: &mut dyn FnMut(String),
+    held: &mut [crate::have::Held],
+) -> io::Result<Sent> {
     let mut b = Builder::new(io::BufWriter::with_capacity(crate::CHUNK, out));
     b.follow_symlinks(false);
     let mut sent = Sent::default();
-    for src in sources {
+    for (idx, src) in sources.iter().enumerate() {
         let mut fail = |msg: String| {
             report(msg);
             sent.failed += 1;
@@ -104,6 +122,14 @@ pub fn send(
                     }
                 }
             } else if ft.is_file() {
+                let held_here = !held.is_empty() && {
+                    let rel: PathBuf = name.components().skip(1).collect();
+                    crate::have::all_hold(held, idx, &rel, &path, &meta, opts.checksum)
+                };
+                if held_here {
+                    sent.unchanged += 1;
+                    continue;
+                }
                 match send_file(&mut b, &path, &name, &meta, opts.follow)? {
                     Ok(n) => {
                         sent.files += 1;
@@ -123,6 +149,13 @@ pub fn send(
             }
         }
     }
+    if sent.unchanged > 0 {
+        let n = sent.unchanged.to_string();
+        trailer(
+            &mut b,
+            &pax_record(crate::have::KEY_UNCHANGED, n.as_bytes()),
+        )?;
+    }
     b.into_inner()?.flush()?;
     Ok(sent)
 }
@@ -137,7 +170,7 @@ fn stat(p: &Path, follow: bool) -> io::Result<Metadata> {
 
 /// The name a source has in the stream: its last component (`.` and `..`
 /// resolved first); `None` for `/`.
-fn top_name(src: &Path) -> Option<PathBuf> {
+pub fn top_name(src: &Path) -> Option<PathBuf> {
     match src.file_name() {
         Some(n) if !src.ends_with("..") => Some(PathBuf::from(n)),
         _ => fs::canonicalize(src).ok()?.file_name().map(PathBuf::from),
@@ -257,10 +290,6 @@ pub(crate) fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     v.extend_from_slice(value);
     v.push(b'\n');
     v
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The file's first `left` bytes, hashed as read; if it ends early or a

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tar::PaxExtensions;
 
-use crate::send::hex;
+use crate::local::hex;
 use crate::{shown, why, KEY_ERROR, KEY_SHA256};
 
 /// A device, FIFO or socket (what a rename must never replace).

@@ -56,7 +56,10 @@ pub mod types;
 /// - 12: `LeaderCheck` names the id it asks about `peer` (protocol 9 named
 ///   it `id`, which collided with the query's own `id`: no leader could
 ///   read it) ([`PROTOCOL_LEADER_CHECK`]).
-pub const PROTOCOL_VERSION: u32 = 12;
+/// - 13: `d cp --update` compares before the bytes move: the receiving
+///   end lists what it holds ([`types::FilesOp::Have`]) and the sender
+///   leaves unchanged files out ([`PROTOCOL_UPDATE`]).
+pub const PROTOCOL_VERSION: u32 = 13;
 /// The first protocol with per-peer identity keys.
 pub const PROTOCOL_KEYS: u32 = 4;
 /// The protocol that brought standard input, `--user` and `--env`: a daemon
@@ -91,6 +94,14 @@ pub const PROTOCOL_LEADER_ROTATE: u32 = 11;
 /// on sessions that negotiated it (an older leader could not answer, and
 /// the enrollment waited for nothing).
 pub const PROTOCOL_LEADER_CHECK: u32 = 12;
+/// The protocol that brought `--update`'s comparison before sending
+/// ([`types::FilesOp::Have`], `have` in `Send`/`SendTo`): never sent on an
+/// older session; refused with [`UPDATE_REFUSAL`] instead, and the client
+/// then sends the bytes and lets the receiver skip the writes.
+pub const PROTOCOL_UPDATE: u32 = 13;
+/// The words that start the refusal of a job needing [`PROTOCOL_UPDATE`]
+/// by (or through) an older daemon.
+pub const UPDATE_REFUSAL: &str = "cannot compare files before sending them";
 /// The oldest peer protocol this build still speaks.
 pub const PROTOCOL_MIN: u32 = 2;
 

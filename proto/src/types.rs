@@ -464,10 +464,43 @@ pub enum FilesOp {
         sources: Vec<String>,
         #[serde(default)]
         opts: CopyOpts,
+        /// Protocol [`crate::PROTOCOL_UPDATE`] (`--update`): standard input
+        /// carries what the receiving end holds ([`FilesOp::Have`]'s
+        /// records); files it holds unchanged are left out of the archive.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        have: bool,
     },
     /// Protocol [`crate::PROTOCOL_PEER_COPY`]: send to another peer
     /// directly ([`SendTo`]).
     SendTo(Box<SendTo>),
+    /// Protocol [`crate::PROTOCOL_UPDATE`] (`--update`): write to standard
+    /// output what a [`FilesOp::Receive`] into `dest` would find already
+    /// there for each source's top-level name in `tops` (`None`: unknown
+    /// to the asker, nothing listed): one record per regular file, in the
+    /// order a sender walks them (the `d-files` crate's `have` module).
+    /// Reads nothing, writes nothing to disk.
+    Have {
+        dest: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        many: bool,
+        tops: Vec<Option<String>>,
+        #[serde(default)]
+        opts: CopyOpts,
+    },
+}
+
+impl FilesOp {
+    /// Whether the operation needs a peer of protocol
+    /// [`crate::PROTOCOL_UPDATE`] (an older one would not compare before
+    /// sending, or not know the operation).
+    pub fn needs_update_protocol(&self) -> bool {
+        match self {
+            FilesOp::Have { .. } => true,
+            FilesOp::Send { have, .. } => *have,
+            FilesOp::SendTo(st) => st.have,
+            FilesOp::Receive { .. } => false,
+        }
+    }
 }
 
 /// A peer-to-peer copy's sending side (`d cp A:/x B:/y` asks this of A):
@@ -489,6 +522,12 @@ pub struct SendTo {
     /// change what `to` runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<crate::keys::JobClaim>,
+    /// Protocol [`crate::PROTOCOL_UPDATE`] (`--update`): the job's standard
+    /// input carries what `to` holds ([`FilesOp::Have`]'s records, fed by
+    /// the requester); the sending helper leaves out what `to` holds
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub have: bool,
 }
 
 /// `d cp`'s flags that either end applies.

@@ -23,6 +23,10 @@ pub struct Summary {
     pub bytes: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Bytes of file contents that reached the receiver (written or not;
+    /// 0 from helpers older than protocol 13, which did not count them).
+    #[serde(default)]
+    pub moved: u64,
 }
 
 /// How a peer's job ended.

@@ -21,7 +21,9 @@ mod job;
 mod progress;
 mod report;
 mod spot;
+mod update;
 
+use std::io::BufRead;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -138,57 +140,94 @@ fn here(msg: &str) {
 }
 
 fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i32, ErrorBody> {
+    let many = sources.len() > 1;
     let op = FilesOp::Receive {
         dest: path.to_string(),
-        many: sources.len() > 1,
+        many,
         opts: ctx.opts.clone(),
     };
     let opts = ctx.opts.clone();
     let started = Instant::now();
+    let (peers, offline) = peers_of(ctx, target)?;
+    let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
     let bar = Progress::new(ctx.quiet, || {
         Some(progress::total_size(&sources, opts.follow))
     });
     let counted = bar.clone();
-    let (ends, made) = to_peers(ctx, target, op, move |w| {
-        let mut failed = Vec::new();
-        let w = Counting {
-            inner: w,
-            progress: counted,
-        };
-        let sent = d_files::send(&sources, &opts, w, &mut |m| {
-            here(&m);
-            failed.push(m);
-        });
-        (sent.map(|s| s.failed).unwrap_or(0), failed)
-    })?;
-    bar.finish();
-    Ok(report::finish(
-        ctx,
-        target,
-        &ends,
-        made.1,
-        Vec::new(),
-        started,
-    ))
+    let tops = update::tops_local(&sources);
+    std::thread::scope(|s| {
+        // --update: what each online peer holds, read beside the walk.
+        let mut held = Vec::new();
+        let mut listers = Vec::new();
+        if ctx.opts.update {
+            for (peer, _) in items.iter().filter(|(_, off)| !off) {
+                let (h, w) = update::pipe().map_err(|e| {
+                    ErrorBody::new(
+                        d_proto::types::ErrorKind::Other,
+                        format!("cannot make a pipe here: {e}"),
+                    )
+                })?;
+                held.push(h);
+                let tops = tops.clone();
+                let lister = s.spawn(move || update::list_on(ctx, peer, path, many, tops, w));
+                listers.push((peer.clone(), lister));
+            }
+        }
+        let (ends, made) = to_peers(ctx, items.clone(), op, move |w| {
+            let mut failed = Vec::new();
+            let w = Counting {
+                inner: w,
+                progress: counted,
+            };
+            let sent = d_files::send_held(
+                &sources,
+                &opts,
+                w,
+                &mut |m| {
+                    here(&m);
+                    failed.push(m);
+                },
+                &mut held,
+            );
+            (sent.map(|s| s.failed).unwrap_or(0), failed)
+        })?;
+        bar.finish();
+        let notes: Vec<String> = listers
+            .into_iter()
+            .filter_map(|(peer, l)| {
+                l.join()
+                    .ok()
+                    .and_then(|end| update::older_note(&peer, &end))
+            })
+            .collect();
+        if !ctx.json {
+            for n in &notes {
+                here(n);
+            }
+        }
+        Ok(report::finish(ctx, target, &ends, made.1, notes, started))
+    })
 }
 
-/// Feed the stream `make` writes to the file jobs `op` starts on the peers
-/// of `target`, all at once. `make` runs on a thread of its own.
+/// Feed the stream `make` writes to the file jobs `op` starts on `items`
+/// (peers, and whether each is offline), all at once. `make` runs on a
+/// thread of its own.
 fn to_peers<T: Send>(
     ctx: &Ctx,
-    target: &str,
+    items: Vec<(String, bool)>,
     op: FilesOp,
-    make: impl FnOnce(UnixStream) -> T + Send,
+    make: impl FnOnce(update::Quiet) -> T + Send,
 ) -> Result<(Vec<(String, PeerResult)>, T), ErrorBody> {
-    let (peers, offline) = peers_of(ctx, target)?;
     let (r, w) = UnixStream::pair().map_err(|e| {
         ErrorBody::new(
             d_proto::types::ErrorKind::Other,
             format!("cannot make a pipe here: {e}"),
         )
     })?;
-    let input = Input::new(peers.len());
-    let items: Vec<(String, bool)> = peers.into_iter().zip(offline).collect();
+    // Once every peer's job has ended the pump stops reading: the maker's
+    // writes then fail (and it stops) rather than end d through SIGPIPE.
+    let w = update::Quiet(w);
+    let input = Input::new(items.len());
     std::thread::scope(|s| {
         let maker = s.spawn(move || make(w));
         let pump = {
@@ -230,10 +269,13 @@ fn to_peers<T: Send>(
 fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32, ErrorBody> {
     let started = Instant::now();
     let many_sources = paths.len() > 1;
+    let tops = update::tops_remote(&paths);
     let op = FilesOp::Send {
         sources: paths,
         opts: ctx.opts.clone(),
+        have: false,
     };
+    let notes = std::sync::Mutex::new(Vec::new());
     let (peers, offline) = peers_of(ctx, target)?;
     let many_peers = fanout::is_many(target);
     if many_peers {
@@ -276,23 +318,50 @@ fn pull(ctx: &Ctx, target: &str, paths: Vec<String>, dest: &Path) -> Result<i32,
         } else {
             (dest.to_path_buf(), many_sources)
         };
-        (
-            peer.clone(),
-            pull_one(ctx, peer, op.clone(), &to, many, &bar),
-        )
+        let plain = || pull_one(ctx, peer, op.clone(), &to, many, &bar, None);
+        let r = if ctx.opts.update {
+            let with = match op.clone() {
+                FilesOp::Send { sources, opts, .. } => FilesOp::Send {
+                    sources,
+                    opts,
+                    have: true,
+                },
+                other => other,
+            };
+            match pull_one(ctx, peer, with, &to, many, &bar, Some(&tops)) {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    let note = update::note(peer, &e);
+                    if !ctx.json {
+                        here(&note);
+                    }
+                    notes.lock().unwrap_or_else(|e| e.into_inner()).push(note);
+                    plain()
+                }
+            }
+        } else {
+            plain()
+        };
+        let r = r.unwrap_or_else(|e| PeerResult::local_failure(e.error));
+        (peer.clone(), r)
     });
     bar.finish();
+    let notes = notes.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(report::finish(
         ctx,
         target,
         &ends,
         Vec::new(),
-        Vec::new(),
+        notes,
         started,
     ))
 }
 
-/// One peer's stream written under `dest` here.
+/// One peer's stream written under `dest` here. With `tops` (`--update`,
+/// `op` a `Send` with `have`), what is held here goes to the peer first
+/// ([`update`]); `Err`: the peer (or a daemon on the way) is too old for
+/// that, nothing was written (try again without).
+#[allow(clippy::too_many_arguments)]
 fn pull_one(
     ctx: &Ctx,
     peer: &str,
@@ -300,21 +369,53 @@ fn pull_one(
     dest: &Path,
     many: bool,
     bar: &Progress,
-) -> PeerResult {
-    let (r, w) = match UnixStream::pair() {
+    tops: Option<&[Option<String>]>,
+) -> Result<PeerResult, ErrorBody> {
+    let pipe = |what: &str| {
+        UnixStream::pair().map_err(|e| {
+            ErrorBody::new(
+                d_proto::types::ErrorKind::Other,
+                format!("cannot make a pipe here ({what}): {e}"),
+            )
+        })
+    };
+    let (r, w) = match pipe("stream") {
         Ok(p) => p,
-        Err(e) => return PeerResult::local_failure(format!("cannot make a pipe here: {e}")),
+        Err(e) => return Ok(PeerResult::local_failure(e.error)),
+    };
+    // The receiver may stop reading first (a failed write here): then
+    // what comes fails to pass on, it does not end d through SIGPIPE.
+    let w = update::Quiet(w);
+    let (held_r, held_w) = match tops.map(|_| pipe("list")).transpose() {
+        Ok(p) => p.unzip(),
+        Err(e) => return Ok(PeerResult::local_failure(e.error)),
     };
     let opts = ctx.opts.clone();
+    let input = Input::new(1);
     std::thread::scope(|s| {
         let receiver = s.spawn(move || {
             let mut msgs = Vec::new();
+            let mut r = std::io::BufReader::with_capacity(d_files::CHUNK, r);
+            // Refused before a byte came: nothing to receive (said once, later).
+            if tops.is_some() && r.fill_buf().map_or(true, |b| b.is_empty()) {
+                return (Ok(d_files::Received::default()), msgs);
+            }
             let got = d_files::receive(r, dest, many, &opts, &mut |m| {
                 here(&m);
                 msgs.push(m);
             });
             (got, msgs)
         });
+        let stop_list = held_r.as_ref().and_then(|r| r.try_clone().ok());
+        if let (Some(tops), Some(w), Some(r)) = (tops, held_w, held_r) {
+            s.spawn(move || update::list_here(dest, many, tops, ctx, w));
+            let input = input.clone();
+            s.spawn(move || input.pump(r));
+        }
+        let mut feed = Feed {
+            input: &input,
+            index: None,
+        };
         let mut sink = Counting {
             inner: &w,
             progress: bar.clone(),
@@ -325,10 +426,15 @@ fn pull_one(
             op,
             ctx.user.clone(),
             ctx.verbose,
-            None,
+            tops.is_some().then_some(&mut feed),
             Some(&mut sink),
         );
-        let _ = w.shutdown(std::net::Shutdown::Write);
+        feed.finish();
+        if let Some(r) = stop_list {
+            // The list is no longer read: its writer ends.
+            let _ = r.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = w.0.shutdown(std::net::Shutdown::Write);
         drop(w);
         let (got, msgs) = receiver.join().unwrap_or_else(|_| {
             (
@@ -336,7 +442,10 @@ fn pull_one(
                 Vec::new(),
             )
         });
-        PeerResult::of_pull(end, got, msgs)
+        match &end.outcome {
+            Outcome::Failed(e) if tops.is_some() && update::too_old(e) => Err(e.clone()),
+            _ => Ok(PeerResult::of_pull(end, got, msgs)),
+        }
     })
 }
 
@@ -360,23 +469,44 @@ fn direct(
         if *off {
             return (peer.clone(), PeerResult::offline());
         }
-        let op = FilesOp::SendTo(Box::new(d_proto::types::SendTo {
+        let op = d_proto::types::SendTo {
             sources: paths.clone(),
             to: peer.clone(),
             dest: path.to_string(),
             many,
             opts: ctx.opts.clone(),
             claim: None,
-        }));
-        let end = job::run(
-            ctx.socket,
-            from,
-            op,
-            ctx.user.clone(),
-            ctx.verbose,
-            None,
-            None,
-        );
+            have: false,
+        };
+        let plain = |op: d_proto::types::SendTo| {
+            job::run(
+                ctx.socket,
+                from,
+                FilesOp::SendTo(Box::new(op)),
+                ctx.user.clone(),
+                ctx.verbose,
+                None,
+                None,
+            )
+        };
+        let end = if ctx.opts.update {
+            let (end, said) = update::direct(ctx, from, op.clone(), peer);
+            let mut end = end;
+            if let Outcome::Failed(e) = &end.outcome {
+                if update::too_old(e) {
+                    end = plain(op);
+                }
+            }
+            for note in said {
+                if !ctx.json {
+                    here(&note);
+                }
+                notes.lock().unwrap_or_else(|e| e.into_inner()).push(note);
+            }
+            end
+        } else {
+            plain(op)
+        };
         match &end.outcome {
             Outcome::Failed(e) if too_old_for_direct(e) => {
                 let note = format!(
@@ -432,9 +562,12 @@ fn relay(
     let send = FilesOp::Send {
         sources: paths,
         opts: ctx.opts.clone(),
+        have: false,
     };
     let bar = Progress::new(ctx.quiet, || None);
-    let (ends, source) = to_peers(ctx, target, op, |w| {
+    let (peers, offline) = peers_of(ctx, target)?;
+    let items = peers.into_iter().zip(offline).collect();
+    let (ends, source) = to_peers(ctx, items, op, |w| {
         let mut sink = Counting {
             inner: &w,
             progress: bar.clone(),
@@ -448,7 +581,7 @@ fn relay(
             None,
             Some(&mut sink),
         );
-        let _ = w.shutdown(std::net::Shutdown::Write);
+        let _ = w.0.shutdown(std::net::Shutdown::Write);
         end
     })?;
     bar.finish();

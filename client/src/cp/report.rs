@@ -20,8 +20,9 @@ pub struct PeerResult {
     pub status: &'static str,
     /// What this peer adds to d's exit status.
     pub exit_code: i32,
-    /// Files written (or links made), bytes of them, files left by --update,
-    /// entries not copied.
+    /// Files written (or links made), bytes of them, files left by --update
+    /// (not sent, or not written), entries not copied, bytes of file
+    /// contents that reached the receiver (`moved`).
     #[serde(flatten)]
     pub counts: Summary,
     pub duration_ms: u64,
@@ -90,6 +91,7 @@ impl PeerResult {
                     bytes: r.bytes,
                     skipped: r.skipped,
                     failed: r.failed,
+                    moved: r.moved,
                 },
                 None,
             ),
@@ -274,6 +276,7 @@ pub fn finish(
         let bytes: u64 = ends.iter().map(|(_, r)| r.counts.bytes).sum();
         let files: u64 = ends.iter().map(|(_, r)| r.counts.files).sum();
         let skipped: u64 = ends.iter().map(|(_, r)| r.counts.skipped).sum();
+        let moved: u64 = ends.iter().map(|(_, r)| r.counts.moved).sum();
         let skipped = if skipped > 0 {
             format!(", {skipped} skipped (unchanged)")
         } else {
@@ -283,9 +286,10 @@ pub fn finish(
         stdio::with(Stream::Err, |w| {
             writeln!(
                 w,
-                "d cp: {files} file{} ({}){skipped} in {secs:.1} s, {}/s",
+                "d cp: {files} file{} ({}){skipped}, {} transferred in {secs:.1} s, {}/s",
                 if files == 1 { "" } else { "s" },
                 render::bytes(bytes),
+                render::bytes(moved),
                 render::bytes((bytes as f64 / secs) as u64)
             )
         });

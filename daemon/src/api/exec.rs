@@ -147,6 +147,7 @@ pub(super) fn files_label(op: &d_proto::types::FilesOp) -> String {
             st.to,
             st.dest
         ),
+        FilesOp::Have { dest, .. } => format!("(d cp --update: list {dest})"),
     };
     d_proto::clip(&text, 1000)
 }

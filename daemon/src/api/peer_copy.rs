@@ -89,23 +89,34 @@ pub fn sign(daemon: &Daemon, spec: &mut ExecSpec) -> Result<(), ErrorBody> {
 }
 
 /// On the sending peer: run the [`FilesOp::SendTo`] job `spec` (see the
-/// module's header). It reads no input of its own.
+/// module's header). Its input is the sending helper's (what `to` holds,
+/// [`SendTo::have`], protocol 13); without `have` it reads none.
 pub fn start(
     daemon: &Arc<Daemon>,
     spec: ExecSpec,
     cancel: CancellationToken,
     input: Option<Arc<CreditQueue>>,
 ) -> mpsc::Receiver<JobEvent> {
-    if let Some(q) = input {
-        q.close();
-    }
+    let have = matches!(&spec.files, Some(FilesOp::SendTo(st)) if st.have);
+    let input = match input {
+        Some(q) if !have => {
+            q.close();
+            None
+        }
+        other => other,
+    };
     let (tx, rx) = mpsc::channel(4);
     let d = daemon.clone();
     daemon.tasks().tracker.spawn(async move {
-        let last = match run(&d, spec, &tx, cancel).await {
+        // However it ends, nothing more is read of the input.
+        let kept = input.clone();
+        let last = match run(&d, spec, &tx, cancel, input).await {
             Ok(ev) => ev,
             Err(e) => JobEvent::Failed(e),
         };
+        if let Some(q) = kept {
+            q.close();
+        }
         let _ = tx.send(last).await;
     });
     rx
@@ -116,6 +127,7 @@ async fn run(
     spec: ExecSpec,
     tx: &mpsc::Sender<JobEvent>,
     cancel: CancellationToken,
+    input: Option<Arc<CreditQueue>>,
 ) -> Result<JobEvent, ErrorBody> {
     let me = daemon.me();
     let Some(FilesOp::SendTo(st)) = spec.files.clone() else {
@@ -125,8 +137,10 @@ async fn run(
         sources,
         opts,
         claim,
+        have,
         ..
     } = *st;
+
     let Some((to, mut recv)) = spec
         .files
         .as_ref()
@@ -195,14 +209,18 @@ async fn run(
         });
     }
     let send_spec = ExecSpec {
-        files: Some(FilesOp::Send { sources, opts }),
-        stdin: false,
+        files: Some(FilesOp::Send {
+            sources,
+            opts,
+            have: have && input.is_some(),
+        }),
+        stdin: have && input.is_some(),
         claim: None,
         relay_to: None,
         ..spec
     };
     let send_cancel = cancel.child_token();
-    let mut src = job::start(daemon, send_spec, send_cancel.clone(), None);
+    let mut src = job::start(daemon, send_spec, send_cancel.clone(), input);
     let mut src_open = true;
     let mut sent: Result<Option<d_proto::types::ExitInfo>, ErrorBody> = Ok(None);
     let received = loop {

@@ -15,8 +15,8 @@ use tar::PaxExtensions;
 
 use super::Received;
 use crate::batch::Batch;
+use crate::local::hex;
 use crate::local::sha256_of;
-use crate::send::hex;
 use crate::{shown, tmp, why, KEY_ERROR, KEY_SHA256};
 
 /// A file written to its temporary name, waiting for its trailer.

@@ -42,8 +42,11 @@ pub struct Received {
     pub files: u64,
     /// Bytes of the files written.
     pub bytes: u64,
-    /// Files left alone by `--update`.
+    /// Files left alone by `--update`: here, or left out by the sender
+    /// (its [`crate::have::KEY_UNCHANGED`] count).
     pub skipped: u64,
+    /// Bytes of file contents that came in the stream (written or not).
+    pub moved: u64,
     /// Entries not written (each reported).
     pub failed: u64,
 }
@@ -81,6 +84,7 @@ pub fn receive(
             if kind == EntryType::XGlobalHeader {
                 let mut data = Vec::new();
                 (&mut e).take(64 * 1024).read_to_end(&mut data)?;
+                r.skipped = r.skipped.saturating_add(unchanged_count(&data));
                 if let Some(w) = into.take() {
                     match special::finish(w, &data) {
                         Ok(n) => {
@@ -136,6 +140,9 @@ pub fn receive(
             if batch.holds(&target) {
                 // The earlier file of this name goes in place first.
                 flush(&mut batch, &mut r, report);
+            }
+            if matches!(kind, EntryType::Regular | EntryType::Continuous) {
+                r.moved = r.moved.saturating_add(e.size());
             }
             let h = e.header();
             let mode = h.mode().unwrap_or(0o644) & 0o7777;
@@ -248,4 +255,14 @@ pub fn receive(
             format!("the file stream broke: {e}"),
         )),
     }
+}
+
+/// The sender's count of files left out as unchanged, if `trailer` is
+/// that global header (else 0).
+fn unchanged_count(trailer: &[u8]) -> u64 {
+    tar::PaxExtensions::new(trailer)
+        .flatten()
+        .filter(|e| e.key() == Ok(crate::have::KEY_UNCHANGED))
+        .filter_map(|e| e.value().ok()?.parse::<u64>().ok())
+        .fold(0, u64::saturating_add)
 }

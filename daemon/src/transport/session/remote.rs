@@ -81,6 +81,23 @@ pub fn peer_copy_refused(peer: &str, version: &str, protocol: u32) -> ErrorBody 
     ))
 }
 
+/// The refusal of a job needing [`d_proto::PROTOCOL_UPDATE`] by an older
+/// `peer`: the client then sends the bytes and the receiver skips the
+/// writes (as before protocol 13).
+pub fn update_refused(peer: &str, version: &str, protocol: u32) -> ErrorBody {
+    ErrorBody::new(
+        d_proto::types::ErrorKind::Refused,
+        format!(
+            "{}: {peer} runs an older d-daemon ({version}, protocol {protocol}; protocol {} needed)",
+            d_proto::UPDATE_REFUSAL,
+            d_proto::PROTOCOL_UPDATE
+        ),
+    )
+    .hint(format!(
+        "upgrade d-daemon on {peer} (`d remoteDeployDaemon --peer {peer}`); until then --update sends every file and {peer} leaves the unchanged ones unwritten"
+    ))
+}
+
 impl Session {
     /// Start a job on the other side; its events arrive on the returned job.
     /// A job that needs what the other side's protocol lacks (standard
@@ -113,6 +130,20 @@ impl Session {
             && self.terms.protocol < d_proto::PROTOCOL_PEER_COPY
         {
             return Err(peer_copy_refused(
+                &self.peer.id,
+                &self.peer.version,
+                self.terms.protocol,
+            ));
+        }
+        // --update's comparison before sending (protocol 13): an older
+        // daemon would not know the listing, or send every byte unasked.
+        if spec
+            .files
+            .as_ref()
+            .is_some_and(|f| f.needs_update_protocol())
+            && self.terms.protocol < d_proto::PROTOCOL_UPDATE
+        {
+            return Err(update_refused(
                 &self.peer.id,
                 &self.peer.version,
                 self.terms.protocol,
