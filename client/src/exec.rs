@@ -246,7 +246,7 @@ pub fn run(
                 return Ok(failed_report(&target, started, &mut collected, &e));
             }
             Event::Error(e) => return Err(older_daemon(e)),
-            Event::Result { .. } => {
+            Event::Result { .. } | Event::Peer { .. } => {
                 return Err(ErrorBody::new(
                     ErrorKind::Other,
                     format!("Unexpected result event in reply to {}", req.name()),

@@ -196,6 +196,7 @@ fn many(
     };
     let name = request(op, "").name().to_string();
     let work = fanout::Work {
+        many: None,
         directory: "(repo_dir)",
         command: &format!("({name})"),
         // The target's own deploy_timeout bounds the job: no deadline here.

@@ -118,6 +118,26 @@ pub enum Request {
         #[serde(flatten)]
         opts: ExecOpts,
     },
+    /// A fan-out on this one connection: the same job for each of `peers`,
+    /// job `i + 1` being `peers[i]`'s. The daemon answers
+    /// `{"event":"result","result":{"jobs":N}}` once it took the request
+    /// (an older daemon answers `bad request: unknown variant` instead: the
+    /// client then makes one `execOnPeer` connection per peer), and starts
+    /// job `j` when the client sends [`ClientMsg::Start`] (so the client
+    /// keeps its own pace: `--parallel`, batches, canaries); each job's
+    /// events come as [`Event::Peer`] (its output as binary frames carrying
+    /// the job number), and [`ClientMsg::Cancel`] cancels one job. Closing
+    /// the connection cancels every job still running. No standard input:
+    /// a fan-out that reads it takes one connection per peer.
+    ExecOnPeers {
+        peers: Vec<String>,
+        directory: String,
+        shell_cmd: String,
+        /// Seconds, for every job; absent = the daemon's default, 0 = no limit.
+        timeout: Option<u64>,
+        #[serde(flatten)]
+        opts: ExecOpts,
+    },
     /// On a leader: mint a one-time join token (`d invite`).
     Invite {
         /// The only peer id the token may enroll.
@@ -219,6 +239,13 @@ pub enum ClientMsg {
     /// columns, in characters. Only the latest one counts: a daemon passes
     /// sizes on no faster than [`crate::RESIZE_EVERY_MS`].
     Resize { rows: u16, cols: u16 },
+    /// [`Request::ExecOnPeers`]: start job `job` (1 = the first peer);
+    /// a job started twice, or not in the request, is ignored.
+    Start { job: u32 },
+    /// [`Request::ExecOnPeers`]: cancel job `job` (its peer did not answer
+    /// in time); nothing more is sent for it (its audit row says
+    /// `cancelled`), as when a job's own client goes away.
+    Cancel { job: u32 },
 }
 
 /// Input frames stand for [`ClientMsg::Data`].
@@ -261,6 +288,7 @@ impl Request {
             Request::RemoteDeployDaemon { .. } => "remoteDeployDaemon",
             Request::ExecOnPeer { .. } => "execOnPeer",
             Request::ExecOnPeerByIp { .. } => "execOnPeerByIp",
+            Request::ExecOnPeers { .. } => "execOnPeers",
             Request::Invite { .. } => "invite",
             Request::ListInvites {} => "listInvites",
             Request::RevokeInvite { .. } => "revokeInvite",
@@ -309,6 +337,13 @@ pub enum Event {
     Credit {
         bytes: u32,
     },
+    /// [`Request::ExecOnPeers`]: event `of` of job `job` (1 = the first
+    /// peer). Output comes as binary frames instead, their job id the job
+    /// number ([`crate::frame::encode_output`]).
+    Peer {
+        job: u32,
+        of: Box<Event>,
+    },
 }
 
 impl Event {
@@ -326,10 +361,19 @@ impl crate::frame::Message for Request {}
 /// Output frames stand for [`Event::Stdout`] / [`Event::Stderr`] (when the
 /// request asked for raw output).
 impl crate::frame::Message for Event {
-    fn from_output(_job: u64, stream: crate::types::Stream, data: Vec<u8>) -> Option<Self> {
-        Some(match stream {
+    fn from_output(job: u64, stream: crate::types::Stream, data: Vec<u8>) -> Option<Self> {
+        let ev = match stream {
             crate::types::Stream::Stdout => Event::Stdout { data: B64(data) },
             crate::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+        };
+        // Job 0: the connection's only job; others: one of an `execOnPeers`.
+        Some(match u32::try_from(job) {
+            Ok(0) => ev,
+            Ok(job) => Event::Peer {
+                job,
+                of: Box::new(ev),
+            },
+            Err(_) => return None,
         })
     }
 }

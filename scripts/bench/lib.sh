@@ -76,6 +76,56 @@ Subsystem sftp internal-sftp
 CONF
 }
 
+# bench_ns_hosts NH DAEMON: NH network-namespace hosts joined by wireguard-go
+# (scripts/mesh.sh, hub topology: h1 holds a tunnel to every other host),
+# one DAEMON each (socket, state and log under $WORK/hI), h1 the leader and
+# every other host its worker, waited for until all are online at h1.
+# Needs WORK, PIDS, D (the client used to set them up) and a `die` function;
+# sets MESH_STATE (for `scripts/mesh.sh down`: the caller's cleanup) and the
+# arrays NSH (namespace), WGIF (WireGuard interface), OIP (overlay address).
+bench_ns_hosts() {
+  local nh=$1 daemon=$2 i t root
+  root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  MESH_STATE=$WORK/mesh.state
+  MESH_QUIET=1 bash "$root/scripts/mesh.sh" up --hosts "$nh" --topology hub --state "$MESH_STATE" \
+    --owner-pid $$ >/dev/null || die "scripts/mesh.sh up failed"
+  NSH=() WGIF=() OIP=()
+  for ((i = 1; i <= nh; i++)); do
+    NSH[$i]=$(sed -n "s/^NS_$i=//p" "$MESH_STATE" | tail -n 1)
+    WGIF[$i]=$(sed -n "s/^WG_IFACE_$i=//p" "$MESH_STATE" | tail -n 1)
+    OIP[$i]=$(sed -n "s/^OVERLAY_IP_$i=//p" "$MESH_STATE" | tail -n 1)
+    [ -n "${NSH[$i]}" ] && [ -n "${OIP[$i]}" ] || die "host $i incomplete in $MESH_STATE"
+  done
+  for ((i = 1; i <= nh; i++)); do
+    mkdir -p "$WORK/h$i"
+    ip netns exec "${NSH[$i]}" "$daemon" --socket "$WORK/h$i/d.sock" --state-dir "$WORK/h$i/state" \
+      --wg-interface "${WGIF[$i]}" </dev/null >"$WORK/h$i/log" 2>&1 &
+    PIDS+=("$!")
+  done
+  for ((i = 1; i <= nh; i++)); do
+    t=$((SECONDS + 30))
+    until "$D" --socket "$WORK/h$i/d.sock" ping >/dev/null 2>&1; do
+      [ $SECONDS -lt $t ] || die "daemon h$i did not answer in 30 s ($WORK/h$i/log)"
+      sleep 0.1
+    done
+  done
+  "$D" --socket "$WORK/h1/d.sock" setPeerConfig --role leader --id h1 >/dev/null
+  t=$((SECONDS + 30))
+  until "$D" --socket "$WORK/h1/d.sock" --json getPeerStatus 2>/dev/null | grep -q "\"${OIP[1]}:"; do
+    [ $SECONDS -lt $t ] || die "the leader did not listen on ${OIP[1]} in 30 s"
+    sleep 0.1
+  done
+  for ((i = 2; i <= nh; i++)); do
+    "$D" --socket "$WORK/h$i/d.sock" setPeerConfig --role worker --id "h$i" --leader "${OIP[1]}:3600" \
+      --meshKey "$WORK/h1/state/mesh.key" >/dev/null
+  done
+  t=$((SECONDS + 120))
+  until [ "$("$D" --socket "$WORK/h1/d.sock" --json listPeers | grep -o '"online": *true' | wc -l)" -ge "$nh" ]; do
+    [ $SECONDS -lt $t ] || die "not all $nh peers online at h1 in 120 s"
+    sleep 0.2
+  done
+}
+
 # bench_procs NAME: for scripts that start their own daemons and loadgen
 # (leaders.sh, reconnect.sh): W=/tmp/d-NAME.XXXXXX (kept with KEEP=1),
 # PIDS (each signalled by PID and waited for at exit), and the measures

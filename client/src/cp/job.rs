@@ -153,7 +153,7 @@ pub fn run(
                 }
                 Event::Exit { exit, .. } => return Outcome::Exit(exit),
                 Event::Error(e) => return Outcome::Failed(older_daemon(e)),
-                Event::Result { .. } => {
+                Event::Result { .. } | Event::Peer { .. } => {
                     return Outcome::Failed(
                         ErrorBody::new(
                             ErrorKind::Other,

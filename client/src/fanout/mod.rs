@@ -1,9 +1,12 @@
 //! Fan-out: one shell command on several peers at once (`execOnPeer --peer
 //! a,b,c`, `--peer all`, `d @all CMD`, `d @a,b CMD`).
 //!
-//! One thread per running peer (at most `--parallel` at a time), each with its
-//! own connection to the local daemon making a plain `execOnPeer` request, so
-//! the daemon routes, streams and cancels every job exactly as for one peer.
+//! One thread per running peer (at most `--parallel` at a time). The jobs
+//! share one connection to the local daemon ([`mux`], `execOnPeers`): each
+//! thread starts its peer's job, reads its events and cancels it alone, and
+//! the daemon routes, streams and audits every job exactly as for one peer.
+//! A daemon that predates it, or a fan-out reading stdin, takes one
+//! connection per peer, each a plain `execOnPeer` request.
 //!
 //! Output, pdsh style: every line as `peer: line`, stdout lines on stdout and
 //! stderr lines on stderr, a line written whole under the stream's lock so
@@ -27,6 +30,7 @@
 
 mod diff;
 mod gather;
+mod mux;
 mod outcome;
 mod outdir;
 mod peer;
@@ -48,7 +52,7 @@ use crate::input::Input;
 use crate::output::Spool;
 use crate::stdio::{self};
 use crate::{render, stop};
-use peer::{run_one, Feed, How, PeerRun};
+use peer::{run_one, Feed, How, PeerRun, Via};
 use report::{millis, report, PeerReport};
 
 /// Time a peer gets beyond its job's timeout before it counts as not answering:
@@ -217,11 +221,22 @@ pub fn exec_on(
             ..opts.job.clone()
         },
     };
+    let many = |peers: &[String], via_leader: bool| Request::ExecOnPeers {
+        peers: peers.to_vec(),
+        directory: directory.to_string(),
+        shell_cmd: shell_cmd.to_string(),
+        timeout,
+        opts: ExecOpts {
+            via_leader,
+            ..opts.job.clone()
+        },
+    };
     let work = Work {
         directory,
         command: shell_cmd,
         timeout,
         request: &request,
+        many: Some(&many),
         after: None,
     };
     run(socket, target, peers, offline, &work, opts)
@@ -229,6 +244,9 @@ pub fn exec_on(
 
 /// Builds the request for one peer (and whether it goes through the leader).
 pub type MakeRequest<'a> = dyn Fn(&str, bool) -> Request + Sync + 'a;
+/// Builds the one request for all the peers (`execOnPeers`; and whether
+/// its jobs go through the leader).
+pub type MakeMany<'a> = dyn Fn(&[String], bool) -> Request + Sync + 'a;
 /// Turns a peer's outcome into its final one, on that peer's thread.
 pub type AfterPeer<'a> = dyn Fn(&str, Outcome) -> Outcome + Sync + 'a;
 
@@ -241,6 +259,10 @@ pub struct Work<'a> {
     /// The jobs' timeout, for each peer's deadline ([`deadline`]).
     pub timeout: Option<u64>,
     pub request: &'a MakeRequest<'a>,
+    /// The same jobs as one `execOnPeers` request, when they can be: the
+    /// fan-out then takes one connection to the daemon, not one per peer
+    /// (a daemon that predates it gets `request`s).
+    pub many: Option<&'a MakeMany<'a>>,
     /// Run on each peer's thread once its job ended: may turn the outcome
     /// into another (a deploy that did not come back is a failure).
     pub after: Option<&'a AfterPeer<'a>>,
@@ -308,6 +330,15 @@ pub fn run(
         usize::try_from(j.keep).unwrap_or(usize::MAX).min(share)
     });
     let via_leader = opts.route.via_leader(peers.len());
+    // One connection for every peer's job, when the jobs take no input and
+    // more than one peer runs; `Err`: every peer fails with it.
+    let running = peers.iter().filter(|p| !offline.contains(*p)).count();
+    let mux = match work.many {
+        Some(many) if input.is_none() && running > 1 => {
+            mux::open(socket, opts.verbose, &many(peers, via_leader), peers.len()).transpose()
+        }
+        _ => None,
+    };
     let indexed: Vec<(usize, &String)> = peers.iter().enumerate().collect();
     let (runs, halt) = rollout::run(
         &indexed,
@@ -321,39 +352,39 @@ pub fn run(
                 }
                 return PeerRun::not_run(Outcome::Offline);
             }
-            let req = (work.request)(peer, via_leader);
-            let mut run = run_one(
-                socket,
-                peer,
-                &req,
-                limit,
-                &how,
-                opts.verbose,
-                feed.as_mut(),
-                keep,
-            );
+            let req;
+            let via = match &mux {
+                Some(Ok(mux)) => Via::Shared { mux, job: seq + 1 },
+                Some(Err(e)) => return PeerRun::not_run(Outcome::Failed(e.clone())),
+                None => {
+                    req = (work.request)(peer, via_leader);
+                    Via::Own { socket, req: &req }
+                }
+            };
+            let mut run = run_one(via, peer, limit, &how, opts.verbose, feed.as_mut(), keep);
             if let Some(f) = feed {
                 f.finish();
             }
             if let Some(after) = work.after {
                 run.outcome = after(peer, run.outcome);
             }
-            // Sent as soon as this peer ended, so only running peers hold theirs.
+            // Sent as soon as this peer ended, so only running peers hold
+            // theirs; a peer that wrote nothing is said so in the finish
+            // (one request and one database write for the run, not per peer).
             if let (Some(job), Some((out, err))) = (job, run.kept.take()) {
-                crate::history::output(
-                    socket,
-                    opts.verbose,
-                    job.id,
-                    seq,
-                    peer,
-                    out.into_kept(),
-                    err.into_kept(),
-                );
+                let (out, err) = (out.into_kept(), err.into_kept());
+                if out.bytes == 0 && err.bytes == 0 {
+                    run.silent = true;
+                } else {
+                    crate::history::output(socket, opts.verbose, job.id, seq, peer, out, err);
+                }
             }
             run
         },
         |r| r.outcome.status() != 0,
     );
+    // The daemon cancels what still runs (nothing, unless interrupted).
+    drop(mux);
     if let Some(input) = &input {
         // Peers never started (interrupted) are not waited for.
         for _ in runs.iter().filter(|r| r.is_none()) {
@@ -445,8 +476,8 @@ pub fn run(
                 exit_code: Some(r.outcome.status()),
                 duration_ms: Some(millis(r.duration)),
                 word: Some(r.outcome.describe()),
-                stdout: None,
-                stderr: None,
+                stdout: r.silent.then(Default::default),
+                stderr: r.silent.then(Default::default),
             })
             .collect();
         crate::history::finish(socket, opts.verbose, job.id, results);

@@ -1,13 +1,15 @@
 //! One peer of a fan-out: its job on its own connection to the local
-//! daemon ([`run_one`]), its output sent where the options say ([`How`]),
+//! daemon or on the fan-out's shared one ([`run_one`], [`Via`]), its output sent where the options say ([`How`]),
 //! its share of the fan-out's stdin ([`Feed`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use d_proto::control::{Event, Request};
 use d_proto::types::{ErrorBody, ErrorKind};
 
+use super::mux::{Got, Mux};
 use super::{outdir, Options, Outcome};
 use crate::conn::{self, Conn};
 use crate::input::Input;
@@ -24,6 +26,8 @@ pub(super) struct PeerRun {
     pub duration: Duration,
     /// The head and tail of stdout and stderr, for the job history.
     pub kept: Option<(Keep, Keep)>,
+    /// It wrote nothing: the history learns that with the fan-out's finish.
+    pub silent: bool,
 }
 
 impl PeerRun {
@@ -34,6 +38,7 @@ impl PeerRun {
             stderr: None,
             duration: Duration::ZERO,
             kept: None,
+            silent: false,
         }
     }
 }
@@ -98,15 +103,80 @@ impl<'a> How<'a> {
     }
 }
 
-/// One peer's job on its own connection, its output sent where `how` says.
-/// With `keep`, the head and tail of each stream are kept for the job
-/// history too.
+/// Where a peer's job runs from: its own connection to the daemon at
+/// `socket` with its own request, or job `job` of the fan-out's shared
+/// connection ([`super::mux`]).
+pub(super) enum Via<'a> {
+    Own { socket: &'a Path, req: &'a Request },
+    Shared { mux: &'a Mux, job: usize },
+}
+
+/// Where a running job's events are read from ([`Via`]).
+enum Source<'a> {
+    Own(Box<Conn>),
+    Shared {
+        mux: &'a Mux,
+        job: usize,
+        events: Receiver<Got>,
+    },
+}
+
+/// What a wait for the next event gave.
+enum Next {
+    Event(Event),
+    /// The daemon closed the connection before the job's final event.
+    Closed(PathBuf),
+    /// Nothing came before the peer's deadline.
+    TimedOut,
+    Failed(ErrorBody),
+}
+
+impl Source<'_> {
+    /// The next event, waiting at most `left` (`None`: for ever).
+    fn next(&mut self, left: Option<Duration>) -> Next {
+        match self {
+            Source::Own(conn) => {
+                if conn.set_reply_timeout(left).is_err() {
+                    return Next::TimedOut;
+                }
+                match conn.next_event() {
+                    Ok(Some(ev)) => Next::Event(ev),
+                    Ok(None) => Next::Closed(conn.path().to_path_buf()),
+                    // Dropping the connection on return cancels the job.
+                    Err(_) if conn.timed_out() => Next::TimedOut,
+                    Err(e) => Next::Failed(e),
+                }
+            }
+            Source::Shared { mux, job, events } => {
+                let got = match left {
+                    Some(left) => match events.recv_timeout(left) {
+                        Ok(got) => got,
+                        Err(RecvTimeoutError::Timeout) => {
+                            mux.cancel(*job);
+                            return Next::TimedOut;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => Ok(None),
+                    },
+                    None => events.recv().unwrap_or(Ok(None)),
+                };
+                match got {
+                    Ok(Some(ev)) => Next::Event(ev),
+                    Ok(None) => Next::Closed(mux.path().to_path_buf()),
+                    Err(e) => Next::Failed(e),
+                }
+            }
+        }
+    }
+}
+
+/// One peer's job (on its own connection or the fan-out's shared one, as
+/// `via` says), its output sent where `how` says. With `keep`, the head and
+/// tail of each stream are kept for the job history too.
 // One argument per part of the run, as the callers have them.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn run_one(
-    socket: &Path,
+    via: Via,
     peer: &str,
-    req: &Request,
     limit: Option<Duration>,
     how: &How,
     verbose: bool,
@@ -129,45 +199,66 @@ pub(super) fn run_one(
                 Err(e) => return Outcome::Failed(e),
             }
         }
-        let mut conn = match Conn::connect(socket, verbose) {
-            Ok(c) => c,
-            Err(e) => return Outcome::Failed(e),
-        };
-        let wait = |conn: &Conn| -> Result<(), ()> {
-            let left = match limit {
-                Some(l) => Some(
+        let no_answer = || Outcome::NoAnswer(limit.unwrap_or_default());
+        // How long the job may still take: `Err` once its deadline passed.
+        let left = || -> Result<Option<Duration>, ()> {
+            match limit {
+                Some(l) => Ok(Some(
                     l.checked_sub(started.elapsed())
                         .filter(|d| !d.is_zero())
                         .ok_or(())?,
-                ),
-                None => None,
-            };
-            conn.set_reply_timeout(left).map_err(|_| ())
+                )),
+                None => Ok(None),
+            }
         };
-        if wait(&conn).is_err() {
-            return Outcome::NoAnswer(limit.unwrap_or_default());
-        }
-        if let Err(e) = conn.send_exec(req) {
-            if conn.timed_out() {
-                return Outcome::NoAnswer(limit.unwrap_or_default());
+        let mut source = match via {
+            Via::Own { socket, req } => {
+                let mut conn = match Conn::connect(socket, verbose) {
+                    Ok(c) => c,
+                    Err(e) => return Outcome::Failed(e),
+                };
+                let Ok(l) = left() else { return no_answer() };
+                if conn.set_reply_timeout(l).is_err() {
+                    return no_answer();
+                }
+                if let Err(e) = conn.send_exec(req) {
+                    if conn.timed_out() {
+                        return no_answer();
+                    }
+                    return Outcome::Failed(e);
+                }
+                if let Some(f) = feed.as_deref_mut() {
+                    if let Err(e) = f.attach(&conn) {
+                        return Outcome::Failed(e);
+                    }
+                }
+                Source::Own(Box::new(conn))
             }
-            return Outcome::Failed(e);
-        }
-        if let Some(f) = feed.as_deref_mut() {
-            if let Err(e) = f.attach(&conn) {
-                return Outcome::Failed(e);
+            Via::Shared { mux, job } => {
+                let Some(events) = mux.take(job) else {
+                    return Outcome::Failed(ErrorBody::new(
+                        ErrorKind::Other,
+                        format!("{peer}: job {job} is not in the fan-out's request"),
+                    ));
+                };
+                if let Err(e) = mux.start(job) {
+                    return Outcome::Failed(e);
+                }
+                Source::Shared { mux, job, events }
             }
-        }
+        };
         loop {
-            if wait(&conn).is_err() {
-                return Outcome::NoAnswer(limit.unwrap_or_default());
-            }
-            let event = match conn.next_event() {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return Outcome::Failed(conn::lost_connection(conn.path(), true)),
-                // Dropping the connection on return cancels the job.
-                Err(_) if conn.timed_out() => return Outcome::NoAnswer(limit.unwrap_or_default()),
-                Err(e) => return Outcome::Failed(e),
+            let Ok(l) = left() else {
+                if let Source::Shared { mux, job, .. } = &source {
+                    mux.cancel(*job);
+                }
+                return no_answer();
+            };
+            let event = match source.next(l) {
+                Next::Event(ev) => ev,
+                Next::Closed(path) => return Outcome::Failed(conn::lost_connection(&path, true)),
+                Next::TimedOut => return no_answer(),
+                Next::Failed(e) => return Outcome::Failed(e),
             };
             match event {
                 Event::Started { addr, path, .. } => {
@@ -219,11 +310,11 @@ pub(super) fn run_one(
                     }
                 }
                 Event::Error(e) => return Outcome::Failed(crate::exec::older_daemon(e)),
-                Event::Result { .. } => {
+                Event::Result { .. } | Event::Peer { .. } => {
                     return Outcome::Failed(
                         ErrorBody::new(
                             ErrorKind::Other,
-                            format!("Unexpected result event in reply to {}", req.name()),
+                            format!("Unexpected event in reply to the job on {peer}"),
                         )
                         .hint(conn::VERSION_HINT),
                     )
@@ -252,5 +343,6 @@ pub(super) fn run_one(
         stderr: kept.1,
         duration: started.elapsed(),
         kept: history,
+        silent: false,
     }
 }

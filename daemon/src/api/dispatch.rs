@@ -17,7 +17,7 @@ use d_proto::types::{ErrorBody, ErrorKind, Role};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{doctor, exec, invite, jobs, peer_config, status, to_raw, Daemon, Reply};
+use super::{doctor, exec, fanout, invite, jobs, peer_config, status, to_raw, Daemon, Reply};
 use crate::mesh::ask;
 use crate::mesh::registry::unexpected;
 use crate::mesh::route::{self, Route};
@@ -54,6 +54,10 @@ where
         | Request::RemoteBd { .. }
         | Request::RemoteDeployDaemon { .. } => {
             exec::serve(daemon, req, user, reader, writer).await;
+            false
+        }
+        Request::ExecOnPeers { .. } => {
+            fanout::serve(daemon, req, user, reader, writer).await;
             false
         }
         Request::Jobs { op } => {
@@ -258,7 +262,8 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         | Request::ExecOnPeerByIp { .. }
         | Request::RemotePull { .. }
         | Request::RemoteBd { .. }
-        | Request::RemoteDeployDaemon { .. } => Err(ErrorBody::invalid(
+        | Request::RemoteDeployDaemon { .. }
+        | Request::ExecOnPeers { .. } => Err(ErrorBody::invalid(
             "exec requests are streamed, not answered",
         )),
         // Per local user: answered in `serve`, where the user is known.

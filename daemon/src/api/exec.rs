@@ -102,7 +102,7 @@ pub async fn serve<R, W>(
     }
 }
 
-fn exec_spec(
+pub(super) fn exec_spec(
     daemon: &Daemon,
     directory: String,
     shell_cmd: String,
@@ -172,7 +172,7 @@ const MAX_DIRECTORY: usize = 4096;
 /// Longest command: far beyond any shell line, well inside one frame.
 const MAX_COMMAND: usize = 256 * 1024;
 
-fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
+pub(super) fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
     if spec.directory.len() > MAX_DIRECTORY {
         return Err(ErrorBody::invalid(format!(
             "Directory too long: {} bytes, the limit is {MAX_DIRECTORY}",
@@ -235,36 +235,8 @@ impl Source {
 async fn run_for_client<R, W>(
     daemon: &Arc<Daemon>,
     peer: &str,
-    mut spec: ExecSpec,
-    client: Client<'_, R, W>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    spec.requester = daemon.me();
-    let me = daemon.me();
-    let side = if peer == me { "local" } else { "requester" };
-    let mut rec = job::record(side, &spec, &me, peer);
-    let started = std::time::Instant::now();
-    stream_to_client(daemon, peer, spec, client, &mut rec).await;
-    rec.duration_ms = started.elapsed().as_millis() as u64;
-    daemon.audit(rec);
-}
-
-/// The control connection a job streams to.
-pub struct Client<'a, R, W> {
-    pub reader: &'a mut Reader<R>,
-    pub writer: &'a mut Writer<W>,
-    /// Output as binary frames (the request's `rawOutput`), else base64 events.
-    pub raw: bool,
-}
-
-async fn stream_to_client<R, W>(
-    daemon: &Arc<Daemon>,
-    peer: &str,
     spec: ExecSpec,
     client: Client<'_, R, W>,
-    rec: &mut ExecRecord,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -285,41 +257,107 @@ async fn stream_to_client<R, W>(
         reader.accept_binary();
     }
     let inbound = from_client(reader, input.clone());
-    tokio::pin!(inbound);
-    let gone = stream_events(
-        daemon,
-        peer,
-        spec,
-        writer,
-        raw,
-        input.clone(),
-        &mut inbound,
-        rec,
-    )
-    .await;
+    let mut sink = Direct { writer, raw };
+    run_job(daemon, peer, spec, &mut sink, input.clone(), inbound).await;
     if let Some(q) = input {
         q.close();
     }
+}
+
+/// Run a job whose events go to `sink`, and record it in the audit log.
+/// Returns when a final event was written or `inbound` resolved (the client
+/// went away, saying why: the job is then cancelled). `input`: the job's
+/// standard input, when it takes any.
+pub(super) async fn run_job<S, F>(
+    daemon: &Arc<Daemon>,
+    peer: &str,
+    mut spec: ExecSpec,
+    sink: &mut S,
+    input: Option<Arc<CreditQueue>>,
+    inbound: F,
+) where
+    S: Sink,
+    F: std::future::Future<Output = String>,
+{
+    spec.requester = daemon.me();
+    let me = daemon.me();
+    let side = if peer == me { "local" } else { "requester" };
+    let mut rec = job::record(side, &spec, &me, peer);
+    let started = std::time::Instant::now();
+    tokio::pin!(inbound);
+    let gone = stream_events(daemon, peer, spec, sink, input, &mut inbound, &mut rec).await;
     if let Some(why) = gone {
         rec.error = Some(format!("cancelled: {why}"));
     }
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    daemon.audit(rec);
+}
+
+/// Where a job's events go: its client's own control connection
+/// ([`Direct`]), or its share of an `execOnPeers` connection
+/// ([`super::fanout`]). Each call writes (and flushes) one event or one
+/// chunk of output; an error means the client is gone.
+pub(super) trait Sink {
+    async fn event(&mut self, ev: &Event) -> std::io::Result<()>;
+    async fn output(
+        &mut self,
+        stream: d_proto::types::Stream,
+        data: Vec<u8>,
+    ) -> std::io::Result<()>;
+}
+
+/// A job's own control connection; output as binary frames when the
+/// request asked for `rawOutput`, else as base64 events.
+struct Direct<'a, W> {
+    writer: &'a mut Writer<W>,
+    raw: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Sink for Direct<'_, W> {
+    async fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        self.writer.send(ev).await
+    }
+
+    async fn output(
+        &mut self,
+        stream: d_proto::types::Stream,
+        data: Vec<u8>,
+    ) -> std::io::Result<()> {
+        if self.raw {
+            let head = d_proto::frame::output_head(0, stream, data.len());
+            self.writer.feed_parts(&head, &data).await?;
+            return self.writer.flush().await;
+        }
+        self.writer
+            .send(&match stream {
+                d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
+                d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+            })
+            .await
+    }
+}
+
+/// The control connection a job streams to.
+pub struct Client<'a, R, W> {
+    pub reader: &'a mut Reader<R>,
+    pub writer: &'a mut Writer<W>,
+    /// Output as binary frames (the request's `rawOutput`), else base64 events.
+    pub raw: bool,
 }
 
 /// Stream the job's events to the client; `Some(why)` if it ended because
 /// the client went away (then the job was cancelled).
-#[allow(clippy::too_many_arguments)]
-async fn stream_events<W, F>(
+async fn stream_events<S, F>(
     daemon: &Arc<Daemon>,
     peer: &str,
     spec: ExecSpec,
-    writer: &mut Writer<W>,
-    raw: bool,
+    writer: &mut S,
     input: Option<Arc<CreditQueue>>,
     inbound: &mut std::pin::Pin<&mut F>,
     rec: &mut ExecRecord,
 ) -> Option<String>
 where
-    W: AsyncWrite + Unpin,
+    S: Sink,
     F: std::future::Future<Output = String>,
 {
     // Where the time goes, for a job that asked (`D_TIMING=1`).
@@ -360,7 +398,7 @@ where
                     Ok(c) => Some(c),
                     Err(e) => {
                         rec.error = Some(e.error.clone());
-                        let _ = writer.send(&Event::Error(e)).await;
+                        let _ = writer.event(&Event::Error(e)).await;
                         return None;
                     }
                 }
@@ -388,7 +426,7 @@ where
         Ok(x) => x,
         Err(e) => {
             rec.error = Some(e.error.clone());
-            let _ = writer.send(&Event::Error(e)).await;
+            let _ = writer.event(&Event::Error(e)).await;
             return None;
         }
     };
@@ -404,7 +442,7 @@ where
         path,
         stale: crate::mesh::kept::notice(&daemon.mesh).await,
     };
-    if writer.send(&started).await.is_err() {
+    if writer.event(&started).await.is_err() {
         source.cancel().await;
         return Some("the client went away".into());
     }
@@ -418,7 +456,7 @@ where
             }
             n = due(input.as_deref()) => {
                 let credit = Event::Credit { bytes: n as u32 };
-                if writer.send(&credit).await.is_err() {
+                if writer.event(&credit).await.is_err() {
                     source.cancel().await;
                     return Some("the client went away".into());
                 }
@@ -436,16 +474,7 @@ where
                 let n = chunk.len();
                 rec.output_bytes += n as u64;
                 held = chunk.held;
-                let data = chunk.data;
-                let out = if raw {
-                    ToClient::Raw(d_proto::frame::output_head(0, stream, data.len()), data)
-                } else {
-                    ToClient::Event(match stream {
-                        d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
-                        d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
-                    })
-                };
-                (out, n)
+                (ToClient::Output(stream, chunk.data), n)
             }
             Some(JobEvent::Exit(mut exit)) => {
                 rec.exit = Some(ExitInfo {
@@ -484,11 +513,8 @@ where
         }
         let write = async {
             match out {
-                ToClient::Event(e) => writer.send(&e).await,
-                ToClient::Raw(head, data) => {
-                    writer.feed_parts(&head, &data).await?;
-                    writer.flush().await
-                }
+                ToClient::Event(e) => writer.event(&e).await,
+                ToClient::Output(stream, data) => writer.output(stream, data).await,
             }
         };
         let written = tokio::select! {
@@ -547,15 +573,15 @@ async fn from_client<R: AsyncRead + Unpin>(
                     q.end();
                 }
             }
+            // Only for the jobs of an `execOnPeers` connection (api/fanout.rs).
+            Read::Msg(ClientMsg::Start { .. } | ClientMsg::Cancel { .. }) => {}
             Read::Bad(_) => {}
         }
     }
 }
 
-/// What goes to the control client next: an event, or (when it asked for
-/// raw output) an output chunk as a binary frame.
+/// What goes to the control client next: an event, or a chunk of output.
 enum ToClient {
     Event(Event),
-    /// An output frame's header, and the bytes it carries.
-    Raw([u8; 15], Vec<u8>),
+    Output(d_proto::types::Stream, Vec<u8>),
 }

@@ -5,6 +5,7 @@
 //! - [`Daemon`] (here): the parts of a running daemon put together.
 //! - [`dispatch`]: every request: answered, or streamed as a job ([`exec`]).
 //! - [`exec`]: a job for a control client, streamed back as it runs.
+//! - [`fanout`]: `execOnPeers`, many jobs on one control connection.
 //! - [`job`]: starting a job here (shell command, operations action, relay),
 //!   and audit records.
 //! - [`run_as`]: `--user` (who may run as whom: one place) and `--env` checks.
@@ -37,6 +38,7 @@ pub mod deploy;
 pub mod dispatch;
 pub mod doctor;
 pub mod exec;
+pub mod fanout;
 pub mod invite;
 pub mod job;
 pub mod jobs;

@@ -98,7 +98,11 @@ impl Store {
         Ok(id)
     }
 
-    /// Record how each peer ended (by position); `false` if no such job.
+    /// Record how each peer of job `id` ended (by position); `false` if no
+    /// such job. A peer whose `stdout` and
+    /// `stderr` are given empty wrote nothing (its client sent no output
+    /// for it): kept as 0 bytes, as if sent; other kept output is sent
+    /// apart (`job_output`) and never changed here.
     pub fn job_finish(
         &mut self,
         id: i64,
@@ -115,7 +119,8 @@ impl Store {
         }
         {
             let mut up = tx.prepare_cached(
-                "UPDATE job_peers SET status = ?3, exit_code = ?4, duration_ms = ?5, word = ?6
+                "UPDATE job_peers SET status = ?3, exit_code = ?4, duration_ms = ?5, word = ?6,
+                        out_bytes = COALESCE(out_bytes, ?8), err_bytes = COALESCE(err_bytes, ?9)
                  WHERE job = ?1 AND seq = ?2 AND peer = ?7",
             )?;
             for (i, r) in results.iter().take(MAX_PEERS).enumerate() {
@@ -131,6 +136,8 @@ impl Store {
                     r.duration_ms.map(|d| d.min(i64::MAX as u64) as i64),
                     r.word.as_deref().map(|w| d_proto::clip(w, 200)),
                     r.peer,
+                    silent(&r.stdout),
+                    silent(&r.stderr),
                 ])?;
             }
         }
@@ -329,6 +336,12 @@ impl Store {
     }
 }
 
+/// 0 for a stream said empty in a finish (`Some` with no bytes), else NULL
+/// (leave what `job_output` kept).
+fn silent(k: &Option<KeptOutput>) -> Option<i64> {
+    k.as_ref().filter(|k| k.bytes == 0).map(|_| 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +422,45 @@ mod tests {
             .unwrap();
         assert!(rows <= MAX_PEER_ROWS, "{rows}");
         assert_eq!(s.job(last).unwrap().unwrap().results.len(), MAX_PEERS);
+    }
+
+    #[test]
+    fn a_finish_says_which_peers_wrote_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        let peers: Vec<String> = ["quiet", "loud", "old"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let id = s.job_start(1, None, &job("@all", "/", &peers)).unwrap();
+        let said = KeptOutput {
+            head: B64(b"hi\n".to_vec()),
+            tail: B64(Vec::new()),
+            bytes: 3,
+        };
+        assert!(s
+            .job_output(id, 1, "loud", &said, &KeptOutput::default(), 1 << 20)
+            .unwrap());
+        let empty = || Some(KeptOutput::default());
+        let quiet = JobPeer {
+            stdout: empty(),
+            stderr: empty(),
+            ..res("quiet", "ok")
+        };
+        // A finish never overwrites output sent on its own.
+        let loud = JobPeer {
+            stdout: empty(),
+            stderr: empty(),
+            ..res("loud", "ok")
+        };
+        assert!(s
+            .job_finish(id, 2, &[quiet, loud, res("old", "ok")])
+            .unwrap());
+        let d = s.job(id).unwrap().unwrap();
+        assert_eq!(d.results[0].stdout, empty());
+        assert_eq!(d.results[0].stderr, empty());
+        assert_eq!(d.results[1].stdout, Some(said));
+        // An older client's finish (no output in it): nothing known.
+        assert_eq!(d.results[2].stdout, None);
     }
 }

@@ -1,0 +1,268 @@
+//! `execOnPeers`: a fan-out on one control connection (issue 20 target 3:
+//! one connection and request per peer cost the client a connect, a thread's
+//! socket set-up and a parse each, and this daemon a connection task each).
+//!
+//! The request names the peers; job `j` (1-based) is `peers[j - 1]`'s. The
+//! daemon answers `{"jobs": N}` at once, then starts job `j` when the client
+//! sends `{"input":"start","job":j}` and cancels it on
+//! `{"input":"cancel","job":j}`; the client keeps the pace (`--parallel`,
+//! batches, canaries, its per-peer deadlines). Each job runs exactly as an
+//! `execOnPeer` job ([`exec::run_job`]: routed, streamed, audited); its
+//! events go out as `{"event":"peer","job":j,"of":EVENT}` and its output as
+//! binary frames whose job id is `j`. All go through one bounded queue to
+//! the one writer, so a slow client slows every job's output, as on its own
+//! connection. The connection closes once every job of the request was
+//! started and has ended; a client that goes away cancels every job still
+//! running.
+
+use std::sync::Arc;
+
+use d_proto::control::{ClientMsg, Event, Request};
+use d_proto::jobs::MAX_PEERS;
+use d_proto::types::{ErrorBody, Stream};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::exec::{self, Sink};
+use super::Daemon;
+use crate::transport::connection::{Read, Reader, Writer};
+
+/// Encoded events and output frames waiting for the writer, all jobs
+/// together: enough that jobs ending at once do not wait on each other,
+/// small enough to bound the memory a stalled client holds (output chunks
+/// are at most [`d_proto::MAX_FRAME`]).
+const QUEUE: usize = 64;
+
+/// Serve an `execOnPeers` request of local `user` on its connection (the
+/// caller closes it afterwards). Any other request is an error here.
+pub async fn serve<R, W>(
+    daemon: &Arc<Daemon>,
+    req: Request,
+    user: Option<String>,
+    reader: &mut Reader<R>,
+    writer: &mut Writer<W>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (peers, spec) = match checked(daemon, req, user) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = writer.send(&Event::Error(e)).await;
+            return;
+        }
+    };
+    let took = json!({ "jobs": peers.len() }).to_string();
+    if writer
+        .send_line(&d_proto::control::result_line(&took))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let gone = CancellationToken::new();
+    let mut cancels: Vec<Option<CancellationToken>> = vec![None; peers.len()];
+    let mut started = 0usize;
+    let mut running = JoinSet::new();
+    loop {
+        if started == peers.len() && running.is_empty() {
+            // Every job ended: what they sent is queued; write it, then close.
+            while let Ok(chunk) = rx.try_recv() {
+                if writer.feed_line(chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.flush().await;
+            return;
+        }
+        tokio::select! {
+            msg = reader.read::<ClientMsg>() => match msg {
+                Read::Eof => break,
+                Read::Msg(ClientMsg::Start { job }) => {
+                    let Some(slot) = slot(&mut cancels, job) else { continue };
+                    if slot.is_some() {
+                        continue;
+                    }
+                    let cancel = gone.child_token();
+                    *slot = Some(cancel.clone());
+                    started += 1;
+                    let mut sink = Tagged { job, tx: tx.clone() };
+                    let (daemon, spec, gone) = (daemon.clone(), spec.clone(), gone.clone());
+                    let peer = peers[job as usize - 1].clone();
+                    running.spawn(async move {
+                        let inbound = async move {
+                            cancel.cancelled().await;
+                            if gone.is_cancelled() {
+                                "the client went away".to_string()
+                            } else {
+                                "the client gave up on it (no answer in time)".to_string()
+                            }
+                        };
+                        exec::run_job(&daemon, &peer, spec, &mut sink, None, inbound).await;
+                    });
+                }
+                Read::Msg(ClientMsg::Cancel { job }) => {
+                    if let Some(Some(c)) = slot(&mut cancels, job) {
+                        c.cancel();
+                    }
+                }
+                // Input and anything else: no job here takes any.
+                Read::Msg(_) | Read::Bad(_) => {}
+            },
+            Some(chunk) = rx.recv() => {
+                if writer.feed_line(chunk).await.is_err() {
+                    break;
+                }
+                while let Ok(chunk) = rx.try_recv() {
+                    if writer.feed_line(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                if writer.flush().await.is_err() {
+                    break;
+                }
+            }
+            Some(_) = running.join_next() => {}
+            _ = daemon.shutdown().cancelled(), if started < peers.len() => {
+                // Jobs running end with the shutdown's own word; none starts.
+                started = peers.len();
+            }
+        }
+    }
+    // The client went away: every job still running is cancelled (each is
+    // audited as cancelled), and nothing more is written.
+    gone.cancel();
+    drop(rx);
+    while running.join_next().await.is_some() {}
+}
+
+/// The request's peers and the job each runs, or why it is refused.
+fn checked(
+    daemon: &Arc<Daemon>,
+    req: Request,
+    user: Option<String>,
+) -> Result<(Vec<String>, d_proto::types::ExecSpec), ErrorBody> {
+    let Request::ExecOnPeers {
+        peers,
+        directory,
+        shell_cmd,
+        timeout,
+        opts,
+    } = req
+    else {
+        return Err(ErrorBody::invalid(format!(
+            "{} is not a fan-out",
+            req.name()
+        )));
+    };
+    if peers.is_empty() || peers.len() > MAX_PEERS {
+        return Err(ErrorBody::invalid(format!(
+            "execOnPeers names 1 to {MAX_PEERS} peers, not {}",
+            peers.len()
+        )));
+    }
+    if opts.stdin || opts.tty.is_some() || opts.files.is_some() {
+        return Err(ErrorBody::invalid(
+            "execOnPeers runs shell commands without input: no stdin, tty or files",
+        )
+        .hint("send one execOnPeer request per peer for those"));
+    }
+    let spec = exec::exec_spec(daemon, directory, shell_cmd, timeout, user, opts);
+    exec::check_spec(&spec)?;
+    Ok((peers, spec))
+}
+
+/// Job `job`'s cancel slot (1-based), `None` if the request has no such job.
+fn slot(
+    cancels: &mut [Option<CancellationToken>],
+    job: u32,
+) -> Option<&mut Option<CancellationToken>> {
+    (job as usize)
+        .checked_sub(1)
+        .and_then(|i| cancels.get_mut(i))
+}
+
+/// One job's share of the connection: its events tagged with its number.
+struct Tagged {
+    job: u32,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl Sink for Tagged {
+    async fn event(&mut self, ev: &Event) -> std::io::Result<()> {
+        let inner = d_proto::frame::encode_with_max(ev, d_proto::MAX_ANSWER)
+            .map_err(std::io::Error::other)?;
+        let inner = inner.strip_suffix(b"\n").unwrap_or(&inner);
+        let mut line = format!(r#"{{"event":"peer","job":{},"of":"#, self.job).into_bytes();
+        line.extend_from_slice(inner);
+        line.extend_from_slice(b"}\n");
+        self.send(line).await
+    }
+
+    async fn output(&mut self, stream: Stream, data: Vec<u8>) -> std::io::Result<()> {
+        self.send(d_proto::frame::encode_output(
+            u64::from(self.job),
+            stream,
+            &data,
+        ))
+        .await
+    }
+}
+
+impl Tagged {
+    async fn send(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+        self.tx
+            .send(bytes)
+            .await
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tagged_events_read_back_as_peer_events() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut sink = Tagged { job: 7, tx };
+        let ev = Event::Credit { bytes: 3 };
+        sink.event(&ev).await.unwrap();
+        sink.output(Stream::Stderr, b"oops\n".to_vec())
+            .await
+            .unwrap();
+        let line = rx.recv().await.unwrap();
+        assert_eq!(
+            d_proto::frame::parse::<Event>(line.strip_suffix(b"\n").unwrap()).unwrap(),
+            Event::Peer {
+                job: 7,
+                of: Box::new(ev)
+            }
+        );
+        let frame = rx.recv().await.unwrap();
+        let mut dec = d_proto::frame::FrameDecoder::new(d_proto::MAX_FRAME).with_binary();
+        let mut buf = bytes::BytesMut::from(&frame[..]);
+        let f = dec.decode(&mut buf).unwrap();
+        assert_eq!(
+            d_proto::frame::parse_frame::<Event>(f).unwrap(),
+            Event::Peer {
+                job: 7,
+                of: Box::new(Event::Stderr {
+                    data: d_proto::types::B64(b"oops\n".to_vec())
+                })
+            }
+        );
+    }
+
+    #[test]
+    fn slots_are_one_based() {
+        let mut c = vec![None, None];
+        assert!(slot(&mut c, 0).is_none());
+        assert!(slot(&mut c, 1).is_some() && slot(&mut c, 2).is_some());
+        assert!(slot(&mut c, 3).is_none() && slot(&mut c, u32::MAX).is_none());
+    }
+}
