@@ -163,7 +163,9 @@ fn exec_on_peer<'a>(words: &[&'a str], mut i: usize, g: &mut Globals<'a>) -> Opt
             "--directory" => directory = Some(once_value(directory, value.to_string())?),
             "--shellCmd" => shell_cmd = Some(once_value(shell_cmd, value.to_string())?),
             "--timeout" => {
-                if timeout.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit())
+                if timeout.is_some()
+                    || value.is_empty()
+                    || !value.bytes().all(|b| b.is_ascii_digit())
                 {
                     return None;
                 }

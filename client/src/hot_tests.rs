@@ -39,7 +39,11 @@ fn both(argv: &[OsString]) -> Took {
     let hot = parse_with(argv, env.as_deref());
     match (hot, clap_parse(argv)) {
         (Some(h), Ok(c)) => {
-            assert_eq!(format!("{h:?}"), format!("{c:?}"), "read differently: {argv:?}");
+            assert_eq!(
+                format!("{h:?}"),
+                format!("{c:?}"),
+                "read differently: {argv:?}"
+            );
             Took::Hot
         }
         (Some(_), Err(e)) => panic!("the hot reader accepted {argv:?}, clap refuses it: {e}"),
@@ -57,12 +61,63 @@ fn agree(argv: &[OsString]) -> bool {
 fn the_job_lines_are_hot_and_read_as_clap_reads_them() {
     let lines: &[&[&str]] = &[
         // scripts/bench/latency-wg.sh
-        &["--socket", "/run/x.sock", "execOnPeer", "--peer", "desktop", "--directory", "/", "--shellCmd", "true"],
+        &[
+            "--socket",
+            "/run/x.sock",
+            "execOnPeer",
+            "--peer",
+            "desktop",
+            "--directory",
+            "/",
+            "--shellCmd",
+            "true",
+        ],
         // what `d @vps uptime` becomes (at.rs `shell`)
-        &["execOnPeer", "--peer=vps", "--directory=", "--shellCmd=uptime"],
-        &["--json", "-v", "execOnPeer", "--peer=vps", "--directory=/tmp", "--shellCmd=echo -n hi", "--timeout=5", "-n", "-u", "bob", "--env", "A=1", "--env=B=x=y"],
-        &["--socket", "/s", "--json", "execOnPeer", "--peer=a,b", "--directory=-odd", "--shellCmd=-c", "--user=root", "--no-stdin"],
-        &["execOnPeer", "--shellCmd", "true", "--verbose", "--directory", "", "--peer", "web[01-03]", "--socket=/s", "--timeout", "0"],
+        &[
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=",
+            "--shellCmd=uptime",
+        ],
+        &[
+            "--json",
+            "-v",
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=/tmp",
+            "--shellCmd=echo -n hi",
+            "--timeout=5",
+            "-n",
+            "-u",
+            "bob",
+            "--env",
+            "A=1",
+            "--env=B=x=y",
+        ],
+        &[
+            "--socket",
+            "/s",
+            "--json",
+            "execOnPeer",
+            "--peer=a,b",
+            "--directory=-odd",
+            "--shellCmd=-c",
+            "--user=root",
+            "--no-stdin",
+        ],
+        &[
+            "execOnPeer",
+            "--shellCmd",
+            "true",
+            "--verbose",
+            "--directory",
+            "",
+            "--peer",
+            "web[01-03]",
+            "--socket=/s",
+            "--timeout",
+            "0",
+        ],
         &["ping"],
         &["--json", "ping", "--socket", "/s", "-v"],
     ];
@@ -81,19 +136,68 @@ fn anything_else_is_left_to_clap() {
         &["help", "execOnPeer"],
         &["listPeers"],
         &["execOnPeer", "--peer", "vps", "--directory", "/"],
-        &["execOnPeer", "--peer", "vps", "--peer", "vps", "--directory", "/", "--shellCmd", "true"],
-        &["execOnPeer", "--peer=vps", "--directory=/", "--shellCmd=true", "--gather"],
-        &["execOnPeer", "--peer=vps", "--directory=/", "--shellCmd=true", "-t"],
-        &["execOnPeer", "--peer=vps", "--directory=/", "--shellCmd", "-x"],
-        &["execOnPeer", "--peer=vps", "--directory=/", "--shellCmd=true", "--timeout=+5"],
-        &["execOnPeer", "--peer=vps", "--directory=/", "--shellCmd=true", "--", "x"],
-        &["execOnPeer", "--peer=bad peer", "--directory=/", "--shellCmd=true"],
+        &[
+            "execOnPeer",
+            "--peer",
+            "vps",
+            "--peer",
+            "vps",
+            "--directory",
+            "/",
+            "--shellCmd",
+            "true",
+        ],
+        &[
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=/",
+            "--shellCmd=true",
+            "--gather",
+        ],
+        &[
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=/",
+            "--shellCmd=true",
+            "-t",
+        ],
+        &[
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=/",
+            "--shellCmd",
+            "-x",
+        ],
+        &[
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=/",
+            "--shellCmd=true",
+            "--timeout=+5",
+        ],
+        &[
+            "execOnPeer",
+            "--peer=vps",
+            "--directory=/",
+            "--shellCmd=true",
+            "--",
+            "x",
+        ],
+        &[
+            "execOnPeer",
+            "--peer=bad peer",
+            "--directory=/",
+            "--shellCmd=true",
+        ],
         &["--socket=", "ping"],
         &["--json", "--json", "ping"],
         &["ping", "extra"],
     ];
     for l in lines {
-        assert!(parse_with(&os(l), None).is_none(), "read by the hot reader: {l:?}");
+        assert!(
+            parse_with(&os(l), None).is_none(),
+            "read by the hot reader: {l:?}"
+        );
     }
     let bad = vec![OsString::from("d"), OsString::from("ping"), {
         use std::os::unix::ffi::OsStringExt;
@@ -117,17 +221,91 @@ fn d_socket_is_read_when_socket_is_not_given() {
 /// Words the generated lines are made of: every option both readers know,
 /// in every form, good and bad values, other commands and flags.
 const WORDS: &[&str] = &[
-    "--json", "--verbose", "-v", "--socket", "/tmp/s", "--socket=/tmp/s", "--socket=", "-vv",
-    "--json=1", "execOnPeer", "ping", "execonpeer", "help", "listPeers", "execOnPeerByIp", "--peer",
-    "--peer=vps", "--peer=a,b", "--peer=", "--peer=web[01-03]", "--peer=bad peer", "--peer=-x",
-    "--peer=all", "--peer=@web", "--peer=a&b", "--peer=(a", "vps", "all", "--directory",
-    "--directory=", "--directory=/tmp", "--directory=-x", "/", "", "--shellCmd", "--shellCmd=true",
-    "--shellCmd=", "--shellCmd=-c", "true", "echo hi", "-x", "--timeout", "--timeout=5",
-    "--timeout=", "5", "007", "+5", "-1", "18446744073709551615", "18446744073709551616", "x",
-    "--user", "-u", "bob", "-ubob", "-u=bob", "--user=", "--user=bob", "--env", "--env=A=1",
-    "--env=", "A=1", "=1", "A", "LD_PRELOAD=/x", "A=", "-n", "--no-stdin", "-nv", "-t", "-tt",
-    "--gather", "--parallel=2", "--strict", "--diff", "--", "--help", "-h", "--version", "-V",
-    "--peer=vps,", "--directory=/", "--shellCmd=echo $HOME", "--env=PATH=/bin", "--socket=-s",
+    "--json",
+    "--verbose",
+    "-v",
+    "--socket",
+    "/tmp/s",
+    "--socket=/tmp/s",
+    "--socket=",
+    "-vv",
+    "--json=1",
+    "execOnPeer",
+    "ping",
+    "execonpeer",
+    "help",
+    "listPeers",
+    "execOnPeerByIp",
+    "--peer",
+    "--peer=vps",
+    "--peer=a,b",
+    "--peer=",
+    "--peer=web[01-03]",
+    "--peer=bad peer",
+    "--peer=-x",
+    "--peer=all",
+    "--peer=@web",
+    "--peer=a&b",
+    "--peer=(a",
+    "vps",
+    "all",
+    "--directory",
+    "--directory=",
+    "--directory=/tmp",
+    "--directory=-x",
+    "/",
+    "",
+    "--shellCmd",
+    "--shellCmd=true",
+    "--shellCmd=",
+    "--shellCmd=-c",
+    "true",
+    "echo hi",
+    "-x",
+    "--timeout",
+    "--timeout=5",
+    "--timeout=",
+    "5",
+    "007",
+    "+5",
+    "-1",
+    "18446744073709551615",
+    "18446744073709551616",
+    "x",
+    "--user",
+    "-u",
+    "bob",
+    "-ubob",
+    "-u=bob",
+    "--user=",
+    "--user=bob",
+    "--env",
+    "--env=A=1",
+    "--env=",
+    "A=1",
+    "=1",
+    "A",
+    "LD_PRELOAD=/x",
+    "A=",
+    "-n",
+    "--no-stdin",
+    "-nv",
+    "-t",
+    "-tt",
+    "--gather",
+    "--parallel=2",
+    "--strict",
+    "--diff",
+    "--",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+    "--peer=vps,",
+    "--directory=/",
+    "--shellCmd=echo $HOME",
+    "--env=PATH=/bin",
+    "--socket=-s",
 ];
 
 /// A small deterministic generator (xorshift64), so that a failure repeats.
@@ -149,7 +327,11 @@ impl Rng {
 /// replaced, inserted or removed.
 fn near_valid(r: &mut Rng) -> Vec<String> {
     let mut opts: Vec<Vec<String>> = Vec::new();
-    for (name, value) in [("--peer", "vps"), ("--directory", "/"), ("--shellCmd", "true")] {
+    for (name, value) in [
+        ("--peer", "vps"),
+        ("--directory", "/"),
+        ("--shellCmd", "true"),
+    ] {
         let value = match (name, r.below(4)) {
             ("--directory", 0) => "",
             ("--peer", 0) => "a,b",
@@ -175,7 +357,10 @@ fn near_valid(r: &mut Rng) -> Vec<String> {
     let mut globals = Vec::new();
     for (k, forms) in extras.iter().enumerate() {
         if r.below(3) == 0 {
-            let form: Vec<String> = forms[r.below(forms.len())].iter().map(|s| s.to_string()).collect();
+            let form: Vec<String> = forms[r.below(forms.len())]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
             // The global options go before the command word now and then.
             if k < 3 && r.below(2) == 0 {
                 globals.extend(form);

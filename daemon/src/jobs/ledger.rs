@@ -248,11 +248,16 @@ mod tests {
 
     #[test]
     fn start_ticks_reads_field_22_also_behind_an_odd_comm() {
-        assert_eq!(start_ticks(std::process::id() as i32), Some(field_22(std::process::id())));
+        assert_eq!(
+            start_ticks(std::process::id() as i32),
+            Some(field_22(std::process::id()))
+        );
         // A program whose name (the comm) has spaces, parentheses and a byte
         // that is not UTF-8.
         let dir = tempfile::tempdir().unwrap();
-        let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"a) 1 2 (b\xff"));
+        let odd = dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"a) 1 2 (b\xff"));
         std::fs::copy("/bin/sleep", &odd).unwrap();
         let mut child = std::process::Command::new(&odd).arg("30").spawn().unwrap();
         // Until it has exec'd (its comm is the odd name).
