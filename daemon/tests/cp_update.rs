@@ -9,41 +9,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
 
-use common::files::{cp, noise, temp_files};
+use common::files::{cp, temp_files};
+use common::tree::*;
 use common::*;
 
 fn s(p: &Path) -> &str {
     path_str(p)
-}
-
-/// Files in the tree [`tree`] makes, and their bytes.
-const FILES: u64 = 12;
-
-/// `dir/t`: 12 files of 1..12 KiB in three directories, one name with a
-/// space; times set a minute back (so a rewrite is told apart by mtime).
-fn tree(dir: &Path) -> u64 {
-    let mut total = 0;
-    for i in 0..FILES {
-        let sub = dir.join("t").join(format!("d{}", i % 3));
-        std::fs::create_dir_all(&sub).unwrap();
-        let f = sub.join(format!("file {i}"));
-        let data = noise(1024 * (i as usize + 1), i as u32);
-        total += data.len() as u64;
-        std::fs::write(&f, &data).unwrap();
-        set_mtime(&f, SystemTime::now() - Duration::from_secs(60));
-    }
-    total
-}
-
-fn set_mtime(f: &Path, t: SystemTime) {
-    std::fs::File::options()
-        .write(true)
-        .open(f)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 /// The `--json` document of a copy that must exit 0.
@@ -53,45 +25,6 @@ fn json_ok(d: &TestDaemon, args: &[&str]) -> serde_json::Value {
     let o = cp(d, &all);
     assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// `(files written, skipped as unchanged, file bytes moved)` of a row.
-fn counts(v: &serde_json::Value) -> (u64, u64, u64) {
-    (
-        v["files"].as_u64().unwrap(),
-        v["skipped"].as_u64().unwrap(),
-        v["moved"].as_u64().unwrap(),
-    )
-}
-
-/// Change `t/d1/file 1` (to `5000 + round` bytes) and `t/d2/file 2`
-/// (its mtime only, `round` hours back): their bytes.
-fn change_two(dir: &Path, round: u64) -> u64 {
-    let a = dir.join("t/d1/file 1");
-    std::fs::write(&a, noise(5000 + round as usize, 99)).unwrap();
-    let b = dir.join("t/d2/file 2");
-    set_mtime(&b, SystemTime::now() - Duration::from_secs(3600 * round));
-    5000 + round + std::fs::metadata(&b).unwrap().len()
-}
-
-/// Rewrite `t/d0/file 3` with other bytes of the same size and keep its
-/// mtime: only `-c` sees it. Its size.
-fn change_unseen(dir: &Path) -> u64 {
-    let f = dir.join("t/d0/file 3");
-    let m = std::fs::metadata(&f).unwrap();
-    std::fs::write(&f, noise(m.len() as usize, 1234)).unwrap();
-    set_mtime(&f, m.modified().unwrap());
-    m.len()
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    for i in 0..FILES {
-        let rel = format!("t/d{}/file {i}", i % 3);
-        assert!(
-            std::fs::read(a.join(&rel)).unwrap() == std::fs::read(b.join(&rel)).unwrap(),
-            "{rel} differs"
-        );
-    }
 }
 
 #[test]
