@@ -9,6 +9,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::files::{cp, temp_files};
 use common::tree::*;
@@ -272,4 +273,113 @@ fn a_broken_list_only_spares_bytes() {
     assert_eq!(sent.status.code(), Some(0), "{}", stderr(&sent));
     let (_dest, v) = receive(&sent.stdout);
     assert_eq!(counts(&v), (2, 0, 8), "everything sent: {v}");
+}
+
+/// Wait until `d`'s audit log holds `n` rows whose command contains
+/// `what` (a row is committed just after its job's end reaches the
+/// client); then it must hold exactly `n`.
+fn logged(d: &TestDaemon, what: &str, n: usize) {
+    let count = || {
+        let log = d.json(&["execLog", "--limit", "50"]);
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["command"].as_str().is_some_and(|c| c.contains(what)))
+            .count()
+    };
+    wait_for(Duration::from_secs(10), &format!("{n} x {what}"), || {
+        count() >= n
+    });
+    assert_eq!(count(), n, "{what}");
+}
+
+/// `-c` compares checksums only of files whose sizes match (rsync's
+/// rule): the receiving end's list, given the sender's records, leaves a
+/// big file of another size unread (its record has no sum), while one of
+/// the same size is hashed; `d cp --update -c` gives the list those
+/// records in every direction (push: made here; pull and peer to peer: a
+/// listing job on the sending peer) and still moves exactly what differs.
+#[test]
+fn checksum_reads_only_files_of_the_same_size() {
+    use common::files::helper;
+    const BIG: usize = 8 << 20;
+    // The list itself: the sender has `big` at 1,000 bytes, `same` at 5.
+    let dest = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dest.path().join("t")).unwrap();
+    std::fs::write(dest.path().join("t/big"), vec![1u8; BIG]).unwrap();
+    std::fs::write(dest.path().join("t/same"), b"54321").unwrap();
+    let theirs = b"0 1000 1 - big\x000 5 1 - same\x00";
+    let op = |sizes: bool| {
+        format!(
+            r#"{{"op":"have","dest":"{}","tops":["t"],"opts":{{"recursive":true,"update":true,"checksum":true}},"sizes":{sizes}}}"#,
+            s(dest.path())
+        )
+    };
+    let sums = |sizes: bool| -> Vec<(String, String)> {
+        let o = helper(dest.path(), &op(sizes), theirs);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        o.stdout
+            .split(|&b| b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let r = String::from_utf8_lossy(r);
+                let f: Vec<&str> = r.splitn(5, ' ').collect();
+                (f[4].to_string(), f[3].to_string())
+            })
+            .collect()
+    };
+    let got = sums(true);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], ("big".into(), "-".into()), "big is not read");
+    assert_eq!(got[1].1.len(), 64, "same is hashed: {got:?}");
+    let got = sums(false);
+    assert!(got.iter().all(|(_, sum)| sum.len() == 64), "{got:?}");
+
+    // Through d cp: the tree, then the receiving side's copy of one file
+    // made big (another size, same mtime).
+    let m = Mesh::start();
+    let grow = |dir: &Path| {
+        let f = dir.join("t/d1/file 4");
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::fs::write(&f, vec![2u8; BIG]).unwrap();
+        set_mtime(&f, mtime);
+    };
+    let size4 = 5 * 1024;
+    // Push laptop -> desktop.
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    tree(here.path());
+    let src = here.path().join("t");
+    let dest = format!("desktop:{}/", s(there.path()));
+    json_ok(&m.laptop, &["-r", "-p", s(&src), &dest]);
+    grow(there.path());
+    let v = json_ok(&m.laptop, &["-r", "-p", "--update", "-c", s(&src), &dest]);
+    assert_eq!(counts(&v), (1, FILES - 1, size4), "push: {v}");
+    same_tree(here.path(), there.path());
+    let hinted = "hashing the sizes the sender has";
+    logged(&m.desktop, hinted, 1);
+    // Pull desktop -> laptop: desktop lists its sources for laptop's list.
+    let back = tempfile::tempdir().unwrap();
+    let from = format!("desktop:{}", s(&there.path().join("t")));
+    json_ok(&m.laptop, &["-r", "-p", &from, s(back.path())]);
+    grow(back.path());
+    let v = json_ok(
+        &m.laptop,
+        &["-r", "-p", "--update", "-c", &from, s(back.path())],
+    );
+    assert_eq!(counts(&v), (1, FILES - 1, size4), "pull: {v}");
+    same_tree(here.path(), back.path());
+    let listed = format!("(d cp --update: list {})", s(there.path()));
+    logged(&m.desktop, &listed, 1);
+    // Peer to peer desktop -> vps, asked of laptop: vps's list is given
+    // desktop's sizes.
+    let p2p = tempfile::tempdir().unwrap();
+    let to = format!("vps:{}/", s(p2p.path()));
+    json_ok(&m.laptop, &["-r", "-p", &from, &to]);
+    grow(p2p.path());
+    let v = json_ok(&m.laptop, &["-r", "-p", "--update", "-c", &from, &to]);
+    assert_eq!(counts(&v), (1, FILES - 1, size4), "peer to peer: {v}");
+    same_tree(here.path(), p2p.path());
+    logged(&m.vps, hinted, 1);
+    logged(&m.desktop, &listed, 2);
 }
