@@ -24,6 +24,12 @@
 //!
 //! The list only spares bytes: a record missing, late, garbled or cut
 //! makes the file go (and the receiver still compares before writing).
+//!
+//! With `-c` a SHA-256 is computed only where sizes match (rsync's rule):
+//! the lister is given the sender's own records ([`list_sources`], sums
+//! `-`, the same format and order) and leaves unread a file the sender has
+//! at another size; the sender ([`all_hold`]) hashes its file only when
+//! every end's size matches.
 
 use std::fs;
 use std::io::{self, BufRead, Read, Write};

@@ -30,7 +30,9 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "cp-fanout.sh: needs root (network namespaces)" >&2; exit 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-FANOUT=${FANOUT:-10 50}
+COUNTS=${FANOUT:-10 50}
+# pdsh reads FANOUT itself (its -f): "10 50" would stop it.
+unset FANOUT
 MB=${BENCH_CP_MB:-100}
 RUNS_OF=(${BENCH_RUNS:-3})
 SIZE=$((MB * 1000 * 1000))
@@ -68,7 +70,7 @@ wait_for() { # WHAT SECS CMD...
 }
 
 max=0
-for n in $FANOUT; do [ "$n" -gt "$max" ] && max=$n; done
+for n in $COUNTS; do [ "$n" -gt "$max" ] && max=$n; done
 NH=$((max + 1))
 declare -A NSH=() WGIF=() OIP=() DPID=() SPID=()
 # DST: the mount point of every target's own tmpfs (an empty directory
@@ -176,7 +178,7 @@ check_and_clear() {
 echo "push of one $MB MB file to N peers over WireGuard (wireguard-go, hub h1 sends), $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "disk before: $(df -h --output=avail /tmp | tail -n 1 | tr -d ' ') free in /tmp; memory available: $(awk '/MemAvailable/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 k=0
-for n in $FANOUT; do
+for n in $COUNTS; do
   RUNS=${RUNS_OF[$k]:-${RUNS_OF[0]}}
   k=$((k + 1))
   peers=h2
@@ -184,7 +186,7 @@ for n in $FANOUT; do
   hosts="${OIP[2]%.*}.[2-$((n + 1))]"
   d_push() { "$D" --socket "$WORK/h1/d.sock" cp -q "$SRC" "@$peers:$DST/"; }
   pdcp_push() { "${IN1[@]}" pdcp -R ssh -f 64 -w "$hosts" "$SRC" "$DST/"; }
-  d_push # warm: every session from h1 up
+  d_push >/dev/null 2>&1 # warm: every session from h1 up
   check_and_clear d "$n"
   R=()
   for _ in $(seq "$RUNS"); do
