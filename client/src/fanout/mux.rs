@@ -156,9 +156,13 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::os::unix::net::UnixListener;
 
-    /// A daemon of before execOnPeers, answering as those do: the request
-    /// refused with serde's words, the connection kept open.
-    fn old_daemon(dir: &Path) -> (PathBuf, std::thread::JoinHandle<String>) {
+    /// A daemon that refuses the first request with `refusal` and returns
+    /// the line it read; with serde's words for an unknown variant it
+    /// answers as daemons of before execOnPeers do (the connection kept open).
+    fn refusing_daemon(
+        dir: &Path,
+        refusal: &'static str,
+    ) -> (PathBuf, std::thread::JoinHandle<String>) {
         let path = dir.join("d.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let t = std::thread::spawn(move || {
@@ -167,9 +171,7 @@ mod tests {
             BufReader::new(s.try_clone().unwrap())
                 .read_line(&mut line)
                 .unwrap();
-            let refusal = Event::Error(ErrorBody::invalid(
-                "bad request: unknown variant `execOnPeers`, expected one of `ping`, `getPeerStatus`",
-            ));
+            let refusal = Event::Error(ErrorBody::invalid(refusal));
             (&s).write_all(&d_proto::frame::encode(&refusal).unwrap())
                 .unwrap();
             line
@@ -180,7 +182,10 @@ mod tests {
     #[test]
     fn an_older_daemon_means_one_connection_per_peer() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, daemon) = old_daemon(dir.path());
+        let (path, daemon) = refusing_daemon(
+            dir.path(),
+            "bad request: unknown variant `execOnPeers`, expected one of `ping`, `getPeerStatus`",
+        );
         let req = Request::ExecOnPeers {
             peers: vec!["a".into(), "b".into()],
             directory: "/".into(),
@@ -196,18 +201,7 @@ mod tests {
     #[test]
     fn another_refusal_is_the_error() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let t = std::thread::spawn(move || {
-            let (s, _) = listener.accept().unwrap();
-            let mut line = String::new();
-            BufReader::new(s.try_clone().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let no = Event::Error(ErrorBody::invalid("Directory too long"));
-            (&s).write_all(&d_proto::frame::encode(&no).unwrap())
-                .unwrap();
-        });
+        let (path, t) = refusing_daemon(dir.path(), "Directory too long");
         let req = Request::ExecOnPeers {
             peers: vec!["a".into()],
             directory: "/".into(),

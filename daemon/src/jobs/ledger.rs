@@ -163,7 +163,7 @@ pub fn end_orphans(found: Vec<Entry>) -> Vec<Orphan> {
                 && start_ticks(entry.pgid).is_none_or(|t| t == entry.start_ticks);
             let cgroup = entry.cgroup.as_deref().filter(|_| ours);
             let running = ours
-                && (super::process::group_alive(Some(Pid::from_raw(entry.pgid)))
+                && (super::scope::group_alive(Some(Pid::from_raw(entry.pgid)))
                     || cgroup.is_some_and(|c| !super::cgroup::pids_in(c).is_empty()));
             if running {
                 let _ = killpg(Pid::from_raw(entry.pgid), Signal::SIGTERM);
@@ -177,7 +177,7 @@ pub fn end_orphans(found: Vec<Entry>) -> Vec<Orphan> {
     let until = Instant::now() + KILL_GRACE;
     let alive = |o: &Orphan| {
         o.running
-            && (super::process::group_alive(Some(Pid::from_raw(o.entry.pgid)))
+            && (super::scope::group_alive(Some(Pid::from_raw(o.entry.pgid)))
                 || o.entry
                     .cgroup
                     .as_deref()

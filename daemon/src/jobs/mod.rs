@@ -5,7 +5,7 @@
 //! (an exec, a deploy's step) is the caller's business.
 //!
 //! The job ends with its shell: what the shell left running gets
-//! [`process::STRAY_GRACE`] while it holds the output (none otherwise), then
+//! [`after_exit::STRAY_GRACE`] while it holds the output (none otherwise), then
 //! is ended; the exit status is the shell's. Timeout, cancel and daemon
 //! shutdown end the job at once. Ending: the job's cgroup ([`cgroup`], every
 //! process it started, wherever their group) and process group get SIGTERM,
@@ -18,16 +18,20 @@
 //! ([`Options::env_remove`]); then [`ExecSpec::env`] (`--env`), in order.
 //!
 //! Files: this one the job's events and how to start one; [`process`] the
-//! process, its group and its end; [`cgroup`] a job's cgroup; [`spawn`] starting it in a session of its
+//! process and its end; [`scope`] its processes (group, session, cgroup);
+//! [`after_exit`] the rules once its shell exited; [`env`] its environment; [`cgroup`] a job's cgroup; [`spawn`] starting it in a session of its
 //! own without forking the daemon; [`pty`] jobs on a terminal (`d -t`);
 //! [`pump`] its pipes; [`ledger`] running jobs written down, for the start
 //! after a daemon was killed.
 
+mod after_exit;
 pub mod cgroup;
+mod env;
 pub mod ledger;
 mod process;
 mod pty;
 mod pump;
+mod scope;
 mod spawn;
 mod vfork;
 

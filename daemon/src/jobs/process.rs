@@ -12,27 +12,19 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, ExitInfo, JobSpans, Stream};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::after_exit::{stray_notice, Drain, Open, DRAIN_STALL, STRAY_GRACE};
 use super::cgroup::JobCgroup;
 use super::ledger::Ledger;
+use super::scope::Scope;
 use super::{pty, pump, spawn, JobEvent, Options, KILL_GRACE};
 use crate::base::budget::{Allowance, OutputBudget};
 use crate::base::clock::mono_ns;
 use std::sync::Arc;
-
-/// How long what a job's shell left running may still hold the job's output
-/// open after the shell exited, before it is ended (a choice: long enough
-/// for `(sleep 1; echo done) &` to be seen, short against the 30 s timeout).
-pub const STRAY_GRACE: Duration = Duration::from_secs(2);
-/// How long output left in a job's pipes after everything of the job ended
-/// may stay without a byte moving before it is dropped and the job fails.
-/// Long enough for any reader that reads at all (a terminal scrolled back,
-/// a pager); not a bound on slow readers, only on stuck ones.
-pub const DRAIN_STALL: Duration = Duration::from_secs(60);
 
 pub(super) async fn run(
     spec: &ExecSpec,
@@ -63,53 +55,7 @@ pub(super) async fn run(
         }
     }
 
-    // The job's environment, in full: the daemon's own, less what is the
-    // daemon's alone and what the caller names, plus the defaults it lacks
-    // and the requester.
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(k, _)| {
-            ![
-                // systemd's channels are the daemon's, not its jobs'.
-                "NOTIFY_SOCKET",
-                "WATCHDOG_PID",
-                "WATCHDOG_USEC",
-                "JOURNAL_STREAM",
-                "D_JOB_REQUESTER",
-            ]
-            .iter()
-            .chain(opts.env_remove.iter())
-            .any(|n| k == n)
-        })
-        .collect();
-    for (k, v) in default_env() {
-        if std::env::var_os(k).is_none() {
-            env.push((k.into(), v.into()));
-        }
-    }
-    let shell = shell_for(opts);
-    if let Some(u) = &opts.run_as {
-        env.retain(|(k, _)| !["HOME", "USER", "LOGNAME"].iter().any(|n| k == n));
-        env.extend([
-            ("HOME".into(), u.home.clone().into()),
-            ("USER".into(), u.name.clone().into()),
-            ("LOGNAME".into(), u.name.clone().into()),
-        ]);
-    }
-    env.retain(|(k, _)| k != "SHELL");
-    env.push(("SHELL".into(), shell.clone().into_os_string()));
-    if let Some(t) = &spec.tty {
-        env.retain(|(k, _)| k != "TERM");
-        env.push(("TERM".into(), t.term_or_default().into()));
-    }
-    // --env last: it wins over every default (a later one over an earlier)
-    // but not over who asked: D_JOB_REQUESTER is set after it (and --env
-    // may not name it, d_proto::env::RESERVED).
-    for (k, v) in &spec.env {
-        env.retain(|(n, _)| n.as_os_str() != k.as_str());
-        env.push((k.into(), v.into()));
-    }
-    env.retain(|(n, _)| n != "D_JOB_REQUESTER");
-    env.push(("D_JOB_REQUESTER".into(), spec.requester.clone().into()));
+    let (env, shell) = super::env::job_env(spec, opts);
     // Its own session (so no controlling terminal: a daemon started from a
     // terminal does not hand it to its jobs) and so its own process group,
     // which timeout, cancel and shutdown signal as a whole. Started without
@@ -196,9 +142,10 @@ pub(super) async fn run(
 
     // The job's own share of output memory, beside the daemon's budget.
     let own = Arc::new(Allowance::new());
-    // Pumps waiting on an empty, open pipe ([`pump::pump`]).
-    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Output still to pass on after everything of the job has ended: as
+    // long as it moves; stuck for DRAIN_STALL, the rest is dropped and the
+    // job fails saying so (never a status as if all of it had come).
+    let mut drain = Drain::new();
     let mut readers = tokio::task::JoinSet::new();
     if let Some(out) = child.stdout.take() {
         readers.spawn(pump::pump(
@@ -207,8 +154,8 @@ pub(super) async fn run(
             tx.clone(),
             output.clone(),
             own.clone(),
-            waiting.clone(),
-            moved.clone(),
+            drain.waiting.clone(),
+            drain.moved.clone(),
         ));
     }
     if let Some(err) = child.stderr.take() {
@@ -218,8 +165,8 @@ pub(super) async fn run(
             tx.clone(),
             output.clone(),
             own.clone(),
-            waiting.clone(),
-            moved.clone(),
+            drain.waiting.clone(),
+            drain.moved.clone(),
         ));
     }
 
@@ -242,12 +189,6 @@ pub(super) async fn run(
     // output still being passed on (a slow reader), so that no byte the
     // job wrote is dropped for a slow reader and no job ended for one.
     let mut held_since: Option<tokio::time::Instant> = None;
-    // Every pump left is waiting on an empty, open pipe.
-    let held_open = |n: usize| waiting.load(std::sync::atomic::Ordering::Relaxed) >= n;
-    // Output still to pass on after everything of the job has ended: as
-    // long as it moves; stuck for DRAIN_STALL, the rest is dropped and the
-    // job fails saying so (never a status as if all of it had come).
-    let mut drain: Option<(u64, tokio::time::Instant)> = None;
     let mut stalled = false;
     loop {
         if status.is_some() && exited_at.is_none() {
@@ -323,17 +264,20 @@ pub(super) async fn run(
             }
             _ = sleep_until_opt(stray_at), if stray_at.is_some() => {
                 let running = job.running();
-                if running.is_empty() && !held_open(readers.len()) {
+                let now = tokio::time::Instant::now();
+                match drain.why_open(running.is_empty(), readers.len(), now) {
                     // Nothing of the job runs and its output is still being
                     // passed on (a slow reader): look again a grace later.
-                    let now = tokio::time::Instant::now();
-                    if still_moving(&mut drain, &moved, now) {
+                    Open::Moving => {
                         held_since = Some(now);
                         continue;
                     }
-                    stalled = true;
-                    readers.abort_all();
-                    break;
+                    Open::Stuck => {
+                        stalled = true;
+                        readers.abort_all();
+                        break;
+                    }
+                    Open::Held => {}
                 }
                 // Still running and holding the output (`cmd &`, `nohup cmd
                 // &`), or an open pipe held by what the job cannot see (no
@@ -352,15 +296,16 @@ pub(super) async fn run(
                 job.kill();
             }
             _ = sleep_until_opt(give_up_at), if give_up_at.is_some() && kill_sent => {
-                if !job.alive() && !held_open(readers.len()) {
-                    // All of it has ended and what it wrote is still being
-                    // passed on: the pipes end once read.
-                    let now = tokio::time::Instant::now();
-                    if still_moving(&mut drain, &moved, now) {
+                // All of it has ended and what it wrote is still being
+                // passed on: the pipes end once read.
+                let now = tokio::time::Instant::now();
+                match drain.why_open(!job.alive(), readers.len(), now) {
+                    Open::Moving => {
                         held_since = Some(now);
                         continue;
                     }
-                    stalled = true;
+                    Open::Stuck => stalled = true,
+                    Open::Held => {}
                 }
                 readers.abort_all();
                 if status.is_none() {
@@ -413,71 +358,12 @@ pub(super) async fn run(
     })
 }
 
-/// Whether a job's output moved (bytes read from its pipes, `moved`) within
-/// [`DRAIN_STALL`] of `now`; `drain` keeps the last count and when it was
-/// first seen (the first look only records it).
-fn still_moving(
-    drain: &mut Option<(u64, tokio::time::Instant)>,
-    moved: &std::sync::atomic::AtomicU64,
-    now: tokio::time::Instant,
-) -> bool {
-    let m = moved.load(std::sync::atomic::Ordering::Relaxed);
-    match drain {
-        Some((last, at)) if *last == m => now.duration_since(*at) < DRAIN_STALL,
-        _ => {
-            *drain = Some((m, now));
-            true
-        }
-    }
-}
-
-/// What stderr says of processes ended because their job's shell had
-/// exited: which (at most 20 named), and how to start one that must outlive
-/// its job.
-fn stray_notice(me: &str, strays: &[(i32, String)]) -> String {
-    let mut named: Vec<String> = strays
-        .iter()
-        .take(20)
-        .map(|(pid, name)| format!("{pid} ({name})"))
-        .collect();
-    if strays.len() > 20 {
-        named.push(format!("and {} more", strays.len() - 20));
-    }
-    format!(
-        "d: on {me}, the command's shell exited and left {} process(es) running; ended (SIGTERM, then SIGKILL after {} s): {}. A job ends with its shell, background processes included; to start something that must outlive it, use `systemd-run --unit=NAME CMD` (README: How jobs run).\n",
-        strays.len(),
-        KILL_GRACE.as_secs(),
-        named.join(", ")
-    )
-}
-
 /// A task that ends with its owner.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The shell a job's command runs in: the caller's choice (config `shell`),
-/// else the login shell of the user it runs as, else `/bin/sh` (as sshd).
-fn shell_for(opts: &Options) -> PathBuf {
-    if let Some(s) = &opts.shell {
-        return s.clone();
-    }
-    let login = match &opts.run_as {
-        Some(u) => u.shell.clone(),
-        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.shell.display().to_string())
-            .unwrap_or_default(),
-    };
-    if login.is_empty() {
-        PathBuf::from("/bin/sh")
-    } else {
-        PathBuf::from(login)
     }
 }
 
@@ -488,155 +374,6 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
-/// The processes of a job: its cgroup when it has one (every process it
-/// started, wherever their group), and its process group, whose id is the
-/// shell's pid (while any member lives the kernel does not reuse it), or for
-/// a terminal job its whole session (same id: the shell called `setsid`).
-struct Scope {
-    id: Option<Pid>,
-    session: bool,
-    cgroup: Option<JobCgroup>,
-}
-
-impl Scope {
-    /// Signal every process of the job.
-    fn signal(&self, sig: Signal) {
-        if let Some(c) = &self.cgroup {
-            c.signal(sig);
-        }
-        let Some(id) = self.id else { return };
-        let _ = killpg(id, sig);
-        if self.session {
-            for (pid, _) in self.members().unwrap_or_default() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-            }
-        }
-    }
-
-    /// SIGKILL every process of the job (in its cgroup: also those being
-    /// forked meanwhile).
-    fn kill(&self) {
-        if let Some(c) = &self.cgroup {
-            c.kill_all();
-        }
-        self.signal(Signal::SIGKILL);
-    }
-
-    /// (pid, name) of every process of the job still running.
-    fn running(&self) -> Vec<(i32, String)> {
-        let pids: Vec<i32> = match &self.cgroup {
-            Some(c) => c.pids(),
-            // Without a cgroup, a plain job's processes are the ones in its
-            // group: none left (`killpg` finds none, the usual end of a job)
-            // needs no walk through every process in /proc (1.7 ms per job
-            // here with ~150 processes: bench/RESULTS.md, issue 11).
-            None if !self.session && self.group_is_empty() => Vec::new(),
-            None => self
-                .members()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(_, state)| state != "Z")
-                .map(|(pid, _)| pid)
-                .collect(),
-        };
-        pids.into_iter()
-            .filter(|pid| !is_zombie(*pid))
-            .map(|pid| {
-                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .map(|s| s.trim_end().to_string())
-                    .unwrap_or_else(|_| "?".into());
-                (pid, name)
-            })
-            .collect()
-    }
-
-    /// End the job with `sig`. A terminal job is hung up first (SIGHUP, what
-    /// closing a terminal does, and what interactive shells obey while they
-    /// ignore SIGTERM), then sent `sig`.
-    fn end(&self, sig: Signal) {
-        if self.session {
-            self.signal(Signal::SIGHUP);
-            self.signal(Signal::SIGCONT);
-        }
-        self.signal(sig);
-    }
-
-    /// Whether any process of the job still runs. Zombies do not count: an
-    /// orphan that died waits for init to reap it, sometimes for seconds,
-    /// and `killpg(pgid, 0)` would still see it.
-    fn alive(&self) -> bool {
-        if let Some(c) = &self.cgroup {
-            if c.pids().into_iter().any(|p| !is_zombie(p)) {
-                return true;
-            }
-        }
-        if self.id.is_none() || (!self.session && self.group_is_empty()) {
-            return false;
-        }
-        match self.members() {
-            Some(m) => m.iter().any(|(_, state)| state != "Z"),
-            // No /proc to look in: the group answered, so assume it runs.
-            None => true,
-        }
-    }
-
-    /// Whether no process (zombies included) is left in the job's process
-    /// group: `killpg(pgid, 0)` says ESRCH. Any other answer (EPERM: a
-    /// member that is not ours to signal) counts as not empty.
-    fn group_is_empty(&self) -> bool {
-        match self.id {
-            Some(id) => killpg(id, None) == Err(nix::errno::Errno::ESRCH),
-            None => true,
-        }
-    }
-
-    /// (pid, state) of each process in /proc of this group or session;
-    /// `None` without /proc.
-    fn members(&self) -> Option<Vec<(i32, String)>> {
-        let id = self.id?;
-        let dir = std::fs::read_dir("/proc").ok()?;
-        let members = dir
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-                // pid (comm) state ppid pgrp session ...; comm may hold
-                // spaces and parens.
-                let (_, rest) = stat.rsplit_once(')')?;
-                let mut f = rest.split_whitespace();
-                let state = f.next()?.to_string();
-                let pgrp = f.nth(1)?.parse::<i32>().ok()?;
-                let session = f.next()?.parse::<i32>().ok()?;
-                let mine = if self.session { session } else { pgrp };
-                (mine == id.as_raw()).then_some((pid, state))
-            })
-            .collect();
-        Some(members)
-    }
-}
-
-/// Whether any process of the group `pgid` still runs (zombies do not
-/// count), for the ledger of a daemon that was killed.
-pub(super) fn group_alive(pgid: Option<Pid>) -> bool {
-    Scope {
-        id: pgid,
-        session: false,
-        cgroup: None,
-    }
-    .alive()
-}
-
-/// Whether `pid` has exited and waits to be reaped (gone: also true).
-fn is_zombie(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state == "Z" || state == "X"),
-        Err(_) => true,
-    }
-}
-
 /// The next change of a watch, if there is one to watch.
 async fn changed<T>(
     w: Option<&mut tokio::sync::watch::Receiver<T>>,
@@ -644,59 +381,5 @@ async fn changed<T>(
     match w {
         Some(w) => Some(w.changed().await),
         None => std::future::pending().await,
-    }
-}
-
-fn default_env() -> Vec<(&'static str, String)> {
-    let home = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.dir.display().to_string())
-        .unwrap_or_else(|| "/".into());
-    vec![
-        ("HOME", home),
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("LANG", "C.UTF-8".into()),
-    ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::process::CommandExt;
-
-    /// Without a cgroup: a process the shell left in its group is found
-    /// (through /proc), and once it is gone the job's group is empty and
-    /// nothing is listed (the short cut through `killpg`).
-    #[test]
-    fn without_a_cgroup_what_is_left_in_the_group_is_found() {
-        let out = std::process::Command::new("/bin/sh")
-            .args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
-            .process_group(0)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let shell = out.id() as i32;
-        let out = out.wait_with_output().unwrap();
-        let stray: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        let job = Scope {
-            id: Some(Pid::from_raw(shell)),
-            session: false,
-            cgroup: None,
-        };
-        let found: Vec<i32> = job.running().into_iter().map(|(p, _)| p).collect();
-        assert_eq!(found, vec![stray]);
-        assert!(job.alive());
-        job.end(Signal::SIGKILL);
-        // Reaped by init (or left a zombie, which does not count).
-        let mut tries = 0;
-        while job.alive() || !job.running().is_empty() {
-            tries += 1;
-            assert!(tries < 1000, "the killed stray {stray} still counts");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }

@@ -102,9 +102,15 @@ impl Session {
                                 p.forget();
                             }
                             let k = 1 + more;
-                            let held = chunk.held.split(k);
+                            // Counted as sent before the frame is queued: the
+                            // requester's credit for it may arrive (on another
+                            // thread) before this task runs again, and must find
+                            // the bytes to give back, or they stay held for the
+                            // job's life (its allowance leaked a piece at a time
+                            // until the job could read no more: issue 12's
+                            // starvation under load).
+                            lock(&sent).merge(chunk.held.split(k));
                             let _ = s.send_output(id, stream, &chunk.data[off..off + k]).await;
-                            lock(&sent).merge(held);
                             off += k;
                         }
                         continue;
