@@ -9,41 +9,14 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::files::{cp, noise, temp_files};
+use common::files::{cp, temp_files};
+use common::tree::*;
 use common::*;
 
 fn s(p: &Path) -> &str {
     path_str(p)
-}
-
-/// Files in the tree [`tree`] makes, and their bytes.
-const FILES: u64 = 12;
-
-/// `dir/t`: 12 files of 1..12 KiB in three directories, one name with a
-/// space; times set a minute back (so a rewrite is told apart by mtime).
-fn tree(dir: &Path) -> u64 {
-    let mut total = 0;
-    for i in 0..FILES {
-        let sub = dir.join("t").join(format!("d{}", i % 3));
-        std::fs::create_dir_all(&sub).unwrap();
-        let f = sub.join(format!("file {i}"));
-        let data = noise(1024 * (i as usize + 1), i as u32);
-        total += data.len() as u64;
-        std::fs::write(&f, &data).unwrap();
-        set_mtime(&f, SystemTime::now() - Duration::from_secs(60));
-    }
-    total
-}
-
-fn set_mtime(f: &Path, t: SystemTime) {
-    std::fs::File::options()
-        .write(true)
-        .open(f)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 /// The `--json` document of a copy that must exit 0.
@@ -53,45 +26,6 @@ fn json_ok(d: &TestDaemon, args: &[&str]) -> serde_json::Value {
     let o = cp(d, &all);
     assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// `(files written, skipped as unchanged, file bytes moved)` of a row.
-fn counts(v: &serde_json::Value) -> (u64, u64, u64) {
-    (
-        v["files"].as_u64().unwrap(),
-        v["skipped"].as_u64().unwrap(),
-        v["moved"].as_u64().unwrap(),
-    )
-}
-
-/// Change `t/d1/file 1` (to `5000 + round` bytes) and `t/d2/file 2`
-/// (its mtime only, `round` hours back): their bytes.
-fn change_two(dir: &Path, round: u64) -> u64 {
-    let a = dir.join("t/d1/file 1");
-    std::fs::write(&a, noise(5000 + round as usize, 99)).unwrap();
-    let b = dir.join("t/d2/file 2");
-    set_mtime(&b, SystemTime::now() - Duration::from_secs(3600 * round));
-    5000 + round + std::fs::metadata(&b).unwrap().len()
-}
-
-/// Rewrite `t/d0/file 3` with other bytes of the same size and keep its
-/// mtime: only `-c` sees it. Its size.
-fn change_unseen(dir: &Path) -> u64 {
-    let f = dir.join("t/d0/file 3");
-    let m = std::fs::metadata(&f).unwrap();
-    std::fs::write(&f, noise(m.len() as usize, 1234)).unwrap();
-    set_mtime(&f, m.modified().unwrap());
-    m.len()
-}
-
-fn same_tree(a: &Path, b: &Path) {
-    for i in 0..FILES {
-        let rel = format!("t/d{}/file {i}", i % 3);
-        assert!(
-            std::fs::read(a.join(&rel)).unwrap() == std::fs::read(b.join(&rel)).unwrap(),
-            "{rel} differs"
-        );
-    }
 }
 
 #[test]
@@ -339,4 +273,113 @@ fn a_broken_list_only_spares_bytes() {
     assert_eq!(sent.status.code(), Some(0), "{}", stderr(&sent));
     let (_dest, v) = receive(&sent.stdout);
     assert_eq!(counts(&v), (2, 0, 8), "everything sent: {v}");
+}
+
+/// Wait until `d`'s audit log holds `n` rows whose command contains
+/// `what` (a row is committed just after its job's end reaches the
+/// client); then it must hold exactly `n`.
+fn logged(d: &TestDaemon, what: &str, n: usize) {
+    let count = || {
+        let log = d.json(&["execLog", "--limit", "50"]);
+        log.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["command"].as_str().is_some_and(|c| c.contains(what)))
+            .count()
+    };
+    wait_for(Duration::from_secs(10), &format!("{n} x {what}"), || {
+        count() >= n
+    });
+    assert_eq!(count(), n, "{what}");
+}
+
+/// `-c` compares checksums only of files whose sizes match (rsync's
+/// rule): the receiving end's list, given the sender's records, leaves a
+/// big file of another size unread (its record has no sum), while one of
+/// the same size is hashed; `d cp --update -c` gives the list those
+/// records in every direction (push: made here; pull and peer to peer: a
+/// listing job on the sending peer) and still moves exactly what differs.
+#[test]
+fn checksum_reads_only_files_of_the_same_size() {
+    use common::files::helper;
+    const BIG: usize = 8 << 20;
+    // The list itself: the sender has `big` at 1,000 bytes, `same` at 5.
+    let dest = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dest.path().join("t")).unwrap();
+    std::fs::write(dest.path().join("t/big"), vec![1u8; BIG]).unwrap();
+    std::fs::write(dest.path().join("t/same"), b"54321").unwrap();
+    let theirs = b"0 1000 1 - big\x000 5 1 - same\x00";
+    let op = |sizes: bool| {
+        format!(
+            r#"{{"op":"have","dest":"{}","tops":["t"],"opts":{{"recursive":true,"update":true,"checksum":true}},"sizes":{sizes}}}"#,
+            s(dest.path())
+        )
+    };
+    let sums = |sizes: bool| -> Vec<(String, String)> {
+        let o = helper(dest.path(), &op(sizes), theirs);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        o.stdout
+            .split(|&b| b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let r = String::from_utf8_lossy(r);
+                let f: Vec<&str> = r.splitn(5, ' ').collect();
+                (f[4].to_string(), f[3].to_string())
+            })
+            .collect()
+    };
+    let got = sums(true);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], ("big".into(), "-".into()), "big is not read");
+    assert_eq!(got[1].1.len(), 64, "same is hashed: {got:?}");
+    let got = sums(false);
+    assert!(got.iter().all(|(_, sum)| sum.len() == 64), "{got:?}");
+
+    // Through d cp: the tree, then the receiving side's copy of one file
+    // made big (another size, same mtime).
+    let m = Mesh::start();
+    let grow = |dir: &Path| {
+        let f = dir.join("t/d1/file 4");
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::fs::write(&f, vec![2u8; BIG]).unwrap();
+        set_mtime(&f, mtime);
+    };
+    let size4 = 5 * 1024;
+    // Push laptop -> desktop.
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    tree(here.path());
+    let src = here.path().join("t");
+    let dest = format!("desktop:{}/", s(there.path()));
+    json_ok(&m.laptop, &["-r", "-p", s(&src), &dest]);
+    grow(there.path());
+    let v = json_ok(&m.laptop, &["-r", "-p", "--update", "-c", s(&src), &dest]);
+    assert_eq!(counts(&v), (1, FILES - 1, size4), "push: {v}");
+    same_tree(here.path(), there.path());
+    let hinted = "hashing the sizes the sender has";
+    logged(&m.desktop, hinted, 1);
+    // Pull desktop -> laptop: desktop lists its sources for laptop's list.
+    let back = tempfile::tempdir().unwrap();
+    let from = format!("desktop:{}", s(&there.path().join("t")));
+    json_ok(&m.laptop, &["-r", "-p", &from, s(back.path())]);
+    grow(back.path());
+    let v = json_ok(
+        &m.laptop,
+        &["-r", "-p", "--update", "-c", &from, s(back.path())],
+    );
+    assert_eq!(counts(&v), (1, FILES - 1, size4), "pull: {v}");
+    same_tree(here.path(), back.path());
+    let listed = format!("(d cp --update: list {})", s(there.path()));
+    logged(&m.desktop, &listed, 1);
+    // Peer to peer desktop -> vps, asked of laptop: vps's list is given
+    // desktop's sizes.
+    let p2p = tempfile::tempdir().unwrap();
+    let to = format!("vps:{}/", s(p2p.path()));
+    json_ok(&m.laptop, &["-r", "-p", &from, &to]);
+    grow(p2p.path());
+    let v = json_ok(&m.laptop, &["-r", "-p", "--update", "-c", &from, &to]);
+    assert_eq!(counts(&v), (1, FILES - 1, size4), "peer to peer: {v}");
+    same_tree(here.path(), p2p.path());
+    logged(&m.vps, hinted, 1);
+    logged(&m.desktop, &listed, 2);
 }

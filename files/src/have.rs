@@ -24,6 +24,12 @@
 //!
 //! The list only spares bytes: a record missing, late, garbled or cut
 //! makes the file go (and the receiver still compares before writing).
+//!
+//! With `-c` a SHA-256 is computed only where sizes match (rsync's rule):
+//! the lister is given the sender's own records ([`list_sources`], sums
+//! `-`, the same format and order) and leaves unread a file the sender has
+//! at another size; the sender ([`all_hold`]) hashes its file only when
+//! every end's size matches.
 
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
@@ -43,27 +49,46 @@ pub const MAX_RECORD: u64 = 64 * 1024;
 /// a global header of its own before the archive's end.
 pub const KEY_UNCHANGED: &str = "d.unchanged";
 
+/// What [`list`] wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    /// Records written (regular files held).
+    pub records: u64,
+    /// Bytes read to compute SHA-256s (`-c`): the sizes of the files
+    /// hashed.
+    pub hashed: u64,
+}
+
 /// Write to `out` the records of what a receive into `dest` (`many`: as
 /// for several sources) would find for each source's top-level name in
 /// `tops` (`None`: not known, nothing listed). Nothing is created or
-/// changed. Returns the number of records. `Err`: `out` failed (the
-/// sender is gone); unreadable entries are left out (their files go).
+/// changed.
+///
+/// With `-c` (`opts.checksum`) a file's SHA-256 is computed only when it
+/// can be equal to the sender's: `sender`, the sender's own records (as
+/// [`list_sources`] writes them, read in step), naming the file with
+/// another size leaves it unread (sum `-`; a file of another size differs
+/// whatever its contents, as rsync's checksum rule has it). A file the
+/// sender's list does not name (or without `sender`) is hashed.
+/// `Err`: `out` failed (the sender is gone); unreadable entries are left
+/// out (their files go).
 pub fn list(
     dest: &Path,
     many: bool,
     tops: &[Option<String>],
     opts: &CopyOpts,
+    mut sender: Option<&mut Held>,
     out: impl Write,
-) -> io::Result<u64> {
+) -> io::Result<Listed> {
     let mut out = io::BufWriter::with_capacity(crate::CHUNK, out);
     let wants_dir = many || dest.as_os_str().as_bytes().ends_with(b"/");
     // Where a receive would put each source (see `receive::place`).
     let rename_top = match fs::metadata(dest) {
         Ok(m) if m.is_dir() => false,
         Ok(_) if !wants_dir && tops.len() == 1 => true,
-        _ => return Ok(0),
+        _ => return Ok(Listed::default()),
     };
-    let mut n = 0;
+    let mut listed = Listed::default();
     for (idx, top) in tops.iter().enumerate() {
         let target = if rename_top {
             dest.to_path_buf()
@@ -73,43 +98,106 @@ pub fn list(
                 None => continue,
             }
         };
-        let Ok(meta) = fs::symlink_metadata(&target) else {
-            continue;
-        };
-        let mut stack = vec![(target, PathBuf::new(), meta)];
-        while let Some((path, rel, meta)) = stack.pop() {
-            if meta.is_file() {
-                let sum = if opts.checksum {
-                    match sha256_of(&path) {
-                        Ok(s) => s,
-                        Err(_) => continue,
+        walk_files(&target, false, opts.recursive, &mut |path, rel, meta| {
+            let mut other_size = || {
+                sender
+                    .as_deref_mut()
+                    .and_then(|h| h.find(idx, rel))
+                    .is_some_and(|r| r.size != meta.len())
+            };
+            let sum = if opts.checksum && !other_size() {
+                match sha256_of(path) {
+                    Ok(s) => {
+                        listed.hashed += meta.len();
+                        s
                     }
-                } else {
-                    "-".into()
-                };
-                write!(out, "{idx} {} {} {sum} ", meta.len(), meta.mtime())?;
-                out.write_all(rel.as_os_str().as_bytes())?;
-                out.write_all(b"\0")?;
-                n += 1;
-            } else if meta.is_dir() && opts.recursive {
-                let Ok(mut children) = fs::read_dir(&path).and_then(|d| {
-                    d.map(|e| e.map(|e| e.file_name()))
-                        .collect::<io::Result<Vec<_>>>()
-                }) else {
-                    continue;
-                };
-                children.sort();
-                for c in children.into_iter().rev() {
-                    let p = path.join(&c);
-                    if let Ok(m) = fs::symlink_metadata(&p) {
-                        stack.push((p, rel.join(&c), m));
-                    }
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                "-".into()
+            };
+            record(&mut out, idx, meta, &sum, rel)?;
+            listed.records += 1;
+            Ok(())
+        })?;
+    }
+    out.flush()?;
+    Ok(listed)
+}
+
+/// Write to `out` the records of the regular files a sender of `sources`
+/// (paths on this machine) sends, in its walk's order (`-L`: through
+/// symlinks, as it reads them), sums `-`: what a receiving end's [`list`]
+/// needs to hash only files of the same size. Returns the number of
+/// records; `Err`: `out` failed. A source that cannot be read is left out.
+pub fn list_sources(sources: &[PathBuf], opts: &CopyOpts, out: impl Write) -> io::Result<u64> {
+    let mut out = io::BufWriter::with_capacity(crate::CHUNK, out);
+    let mut n = 0;
+    for (idx, src) in sources.iter().enumerate() {
+        walk_files(src, opts.follow, opts.recursive, &mut |_, rel, meta| {
+            record(&mut out, idx, meta, "-", rel)?;
+            n += 1;
+            Ok(())
+        })?;
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+fn record(
+    out: &mut impl Write,
+    idx: usize,
+    meta: &fs::Metadata,
+    sum: &str,
+    rel: &Path,
+) -> io::Result<()> {
+    write!(out, "{idx} {} {} {sum} ", meta.len(), meta.mtime())?;
+    out.write_all(rel.as_os_str().as_bytes())?;
+    out.write_all(b"\0")
+}
+
+/// Call `each(path, rel, meta)` for every regular file at or under `top`
+/// (`rel`: its path under `top`, empty for `top` itself), depth first,
+/// names sorted: the sender's walk. `follow`: through symlinks (`-L`),
+/// else a symlink is no file. Directories are entered with `recursive`
+/// only. Unreadable entries are left out; `Err` only from `each`.
+fn walk_files(
+    top: &Path,
+    follow: bool,
+    recursive: bool,
+    each: &mut dyn FnMut(&Path, &Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let stat = |p: &Path| {
+        if follow {
+            fs::metadata(p)
+        } else {
+            fs::symlink_metadata(p)
+        }
+    };
+    let Ok(meta) = stat(top) else {
+        return Ok(());
+    };
+    let mut stack = vec![(top.to_path_buf(), PathBuf::new(), meta)];
+    while let Some((path, rel, meta)) = stack.pop() {
+        if meta.is_file() {
+            each(&path, &rel, &meta)?;
+        } else if meta.is_dir() && recursive {
+            let Ok(mut children) = fs::read_dir(&path).and_then(|d| {
+                d.map(|e| e.map(|e| e.file_name()))
+                    .collect::<io::Result<Vec<_>>>()
+            }) else {
+                continue;
+            };
+            children.sort();
+            for c in children.into_iter().rev() {
+                let p = path.join(&c);
+                if let Ok(m) = stat(&p) {
+                    stack.push((p, rel.join(&c), m));
                 }
             }
         }
     }
-    out.flush()?;
-    Ok(n)
+    Ok(())
 }
 
 /// `name` if it is one plain path component.
@@ -299,17 +387,94 @@ mod tests {
             ..CopyOpts::default()
         };
         let mut out = Vec::new();
-        let n = list(d.path(), false, &[Some("t".into())], &opts, &mut out).unwrap();
-        assert_eq!(n, 2, "regular files only");
+        let n = list(d.path(), false, &[Some("t".into())], &opts, None, &mut out).unwrap();
+        assert_eq!(n.records, 2, "regular files only");
         let mut h = held(out);
         assert_eq!(h.find(0, Path::new("a")).unwrap().size, 1);
         assert!(h.find(0, Path::new("link")).is_none());
         assert_eq!(h.find(0, Path::new("sub/x")).unwrap().size, 2);
         let mut none = Vec::new();
         let missing = d.path().join("nothing");
-        assert_eq!(list(&missing, true, &[None], &opts, &mut none).unwrap(), 0);
+        let n = list(&missing, true, &[None], &opts, None, &mut none).unwrap();
+        assert_eq!(n.records, 0);
         assert_eq!(top_guess("/srv/app/"), Some("app".into()));
         assert_eq!(top_guess("~"), None);
         assert_eq!(top_guess(".."), None);
+    }
+
+    /// `-c` reads only the files whose size the sender's list matches:
+    /// a big file of another size is left unread (sum `-`), one of the
+    /// same size and one the sender does not name are hashed.
+    #[test]
+    fn checksums_only_where_the_sizes_match() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        for (dir, big) in [(src.path(), 1000), (dst.path(), 4 << 20)] {
+            fs::create_dir_all(dir.join("t")).unwrap();
+            fs::write(dir.join("t/big"), vec![7u8; big]).unwrap();
+            fs::write(dir.join("t/same"), b"12345").unwrap();
+        }
+        fs::write(dst.path().join("t/extra"), b"abc").unwrap();
+        let opts = CopyOpts {
+            recursive: true,
+            checksum: true,
+            ..CopyOpts::default()
+        };
+        let mut theirs = Vec::new();
+        let n = list_sources(&[src.path().join("t")], &opts, &mut theirs).unwrap();
+        assert_eq!(n, 2);
+        let mut sender = held(theirs);
+        let tops = [Some("t".to_string())];
+        let mut out = Vec::new();
+        let got = list(dst.path(), false, &tops, &opts, Some(&mut sender), &mut out).unwrap();
+        assert_eq!(
+            got,
+            Listed {
+                records: 3,
+                hashed: 5 + 3
+            },
+            "big not read"
+        );
+        let mut mine = held(out);
+        assert_eq!(mine.find(0, Path::new("big")).unwrap().sum, None);
+        assert!(mine.find(0, Path::new("extra")).unwrap().sum.is_some());
+        let same = mine.find(0, Path::new("same")).unwrap();
+        assert_eq!(
+            same.sum.as_deref(),
+            sha256_of(&dst.path().join("t/same")).ok().as_deref()
+        );
+        // Without the sender's list, or with a broken one, all is hashed.
+        for sender in [None, Some(held(b"0 x".to_vec()))] {
+            let mut sender = sender;
+            let got = list(dst.path(), false, &tops, &opts, sender.as_mut(), io::sink()).unwrap();
+            assert_eq!(got.hashed, (4 << 20) + 5 + 3);
+        }
+    }
+
+    /// The sender's list follows its walk: `-L` lists a symlinked file as
+    /// a file, without it a symlink is no file.
+    #[test]
+    fn sources_listed_as_the_sender_walks_them() {
+        let d = tempfile::tempdir().unwrap();
+        let top = d.path().join("t");
+        fs::create_dir_all(top.join("sub")).unwrap();
+        fs::write(top.join("sub/x"), b"xx").unwrap();
+        fs::write(d.path().join("one"), b"1").unwrap();
+        std::os::unix::fs::symlink("sub/x", top.join("link")).unwrap();
+        let mut opts = CopyOpts {
+            recursive: true,
+            ..CopyOpts::default()
+        };
+        let srcs = [top.clone(), d.path().join("one")];
+        let mut out = Vec::new();
+        assert_eq!(list_sources(&srcs, &opts, &mut out).unwrap(), 2);
+        let mut h = held(out);
+        assert!(h.find(0, Path::new("link")).is_none());
+        assert_eq!(h.find(0, Path::new("sub/x")).unwrap().size, 2);
+        assert_eq!(h.find(1, Path::new("")).unwrap().size, 1);
+        opts.follow = true;
+        let mut out = Vec::new();
+        assert_eq!(list_sources(&srcs, &opts, &mut out).unwrap(), 3);
+        assert_eq!(held(out).find(0, Path::new("link")).unwrap().size, 2);
     }
 }

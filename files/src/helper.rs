@@ -7,7 +7,8 @@
 //! job runs as, `~USER/` under USER's (as scp's remote shell would).
 //!
 //! Have (`--update`, protocol 13): what a receive would find, listed on
-//! stdout ([`crate::have`]). Send with `have`: stdin carries that list.
+//! stdout ([`crate::have`]); with `sizes` (`-c`), stdin carries the
+//! sender's files, so only those of the same size are hashed. Send with `have`: stdin carries that list.
 //!
 //! Receive: the stream on stdin is written under the destination; every
 //! failure goes to stderr as `d cp: on HOST: PATH: reason`; the last line
@@ -85,6 +86,7 @@ fn run(host: &str, op: &FilesOp) -> i32 {
             many,
             tops,
             opts,
+            sizes,
         } => {
             let dest = match home::expand(dest) {
                 Ok(d) => d,
@@ -93,7 +95,17 @@ fn run(host: &str, op: &FilesOp) -> i32 {
                     return 2;
                 }
             };
-            match have::list(&dest, *many, tops, opts, io::stdout().lock()) {
+            // With `sizes`, standard input lists the sender's files.
+            let mut sender =
+                sizes.then(|| have::Held::new(Box::new(io::BufReader::new(io::stdin()))));
+            match have::list(
+                &dest,
+                *many,
+                tops,
+                opts,
+                sender.as_mut(),
+                io::stdout().lock(),
+            ) {
                 Ok(_) => 0,
                 Err(e) => {
                     report(format!("listing what is held: {e}"));

@@ -478,7 +478,7 @@ pub enum FilesOp {
     /// there for each source's top-level name in `tops` (`None`: unknown
     /// to the asker, nothing listed): one record per regular file, in the
     /// order a sender walks them (the `d-files` crate's `have` module).
-    /// Reads nothing, writes nothing to disk.
+    /// Writes nothing to disk.
     Have {
         dest: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -486,6 +486,14 @@ pub enum FilesOp {
         tops: Vec<Option<String>>,
         #[serde(default)]
         opts: CopyOpts,
+        /// With `-c`: standard input carries the sender's own records
+        /// (sums `-`, the `d-files` crate's `have::list_sources`), and a
+        /// file that one names with another size is not read for its
+        /// SHA-256 (it differs whatever its contents). Without it (or from
+        /// a protocol-13 daemon before this field, which ignores it and
+        /// its input) every held file is hashed: slower, never wrong.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sizes: bool,
     },
 }
 

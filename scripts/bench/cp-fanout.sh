@@ -9,27 +9,37 @@
 # p10/p90 over the rounds, the load before and after. Numbers only, never
 # assertions (a copy that fails or differs is said).
 #
-# The hosts share this machine's filesystem, so every target writes the
-# same destination path: DIR is a private tmpfs (no disk in either
-# number: d's fsync and rename cost no I/O there, pdcp writes in place).
-# d checks each file's sha256 on both ends; pdcp checks nothing.
+# Every target writes into a tmpfs of its own at DIR (each d-daemon and
+# each sshd starts in a mount namespace of its own with a private tmpfs
+# there), so each holds its own copy as separate machines would, and no
+# disk is in either number (d's fsync and rename cost no I/O there, pdcp
+# writes in place). After each run every target's copy is checked (size on
+# all, sha256 on the first and last) and removed, outside the timing, so at
+# most one run's copies (N x MB) are held in memory at once; everything
+# made goes with the namespaces and WORK at the end. d checks each file's
+# sha256 on both ends; pdcp checks nothing.
 #
 # Environment: FANOUT ("10 50": the peer counts), BENCH_CP_MB (100),
-# BENCH_RUNS (3 rounds), BENCH_NO_BUILD=1 (use target/release as it is).
+# BENCH_RUNS (rounds: one number for every count, or one per count in
+# FANOUT's order, e.g. "7 3"; default 3), BENCH_NO_BUILD=1 (use
+# target/release as it is). Run it under the test lock (flock
+# /work/test.lock): it makes namespaces and loads the machine.
 # Root only. Only the namespaces and processes made here are touched
 # (addresses in 198.18.0.0/15), processes are signalled by PID.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "cp-fanout.sh: needs root (network namespaces)" >&2; exit 1; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-FANOUT=${FANOUT:-10 50}
+COUNTS=${FANOUT:-10 50}
+# pdsh reads FANOUT itself (its -f): "10 50" would stop it.
+unset FANOUT
 MB=${BENCH_CP_MB:-100}
-RUNS=${BENCH_RUNS:-3}
+RUNS_OF=(${BENCH_RUNS:-3})
 SIZE=$((MB * 1000 * 1000))
 D=$ROOT/target/release/d
 DAEMON=$ROOT/target/release/d-daemon
 MESH_SH=$ROOT/scripts/mesh.sh
-for t in pdsh pdcp ssh ssh-keygen /usr/sbin/sshd wireguard-go; do
+for t in pdsh pdcp ssh ssh-keygen /usr/sbin/sshd wireguard-go unshare nsenter; do
   command -v "$t" >/dev/null || {
     echo "cp-fanout.sh: needs $t (apt-get install --no-install-recommends pdsh openssh-server openssh-client wireguard-go wireguard-tools)" >&2
     exit 1
@@ -40,13 +50,11 @@ done
 WORK=$(mktemp -d /tmp/d-bench-cp-fanout.XXXXXX)
 PIDS=()
 MESH_STATE=
-MOUNTED=
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   [ -z "$MESH_STATE" ] || MESH_QUIET=1 bash "$MESH_SH" down --state "$MESH_STATE" >/dev/null 2>&1 || true
-  [ -z "$MOUNTED" ] || umount "$MOUNTED" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -62,15 +70,18 @@ wait_for() { # WHAT SECS CMD...
 }
 
 max=0
-for n in $FANOUT; do [ "$n" -gt "$max" ] && max=$n; done
+for n in $COUNTS; do [ "$n" -gt "$max" ] && max=$n; done
 NH=$((max + 1))
-declare -A NSH=() WGIF=() OIP=()
-# Mounted before anything starts in the namespaces: `ip netns exec` gives
-# each process a mount namespace of its own, which does not see later mounts.
+declare -A NSH=() WGIF=() OIP=() DPID=() SPID=()
+# DST: the mount point of every target's own tmpfs (an empty directory
+# seen from here). "${PRIVATE[@]}" CMD... runs CMD in a mount namespace of
+# its own with a tmpfs at DST (room for a copy and its temporary file),
+# exec after exec (CMD keeps the PID); what it starts (file helpers, ssh
+# sessions) inherits it.
 DST=$WORK/dst
 mkdir -p "$DST"
-mount -t tmpfs -o size=$(((max + 2) * MB * 2))m d-bench-cp-fanout "$DST"
-MOUNTED=$DST
+PRIVATE=(unshare -m --propagation private sh -c 'mount -t tmpfs -o size="$1" d-bench-cp-fanout "$2" && shift 2 && exec "$@"'
+  sh "$((MB * 3))m" "$DST")
 MESH_STATE=$WORK/mesh.state
 MESH_QUIET=1 bash "$MESH_SH" up --hosts "$NH" --topology hub --state "$MESH_STATE" --owner-pid $$ >/dev/null ||
   die "scripts/mesh.sh up failed"
@@ -83,9 +94,10 @@ done
 dh() { local i=$1; shift; "$D" --socket "$WORK/h$i/d.sock" "$@"; }
 for ((i = 1; i <= NH; i++)); do
   mkdir -p "$WORK/h$i"
-  ip netns exec "${NSH[$i]}" "$DAEMON" --socket "$WORK/h$i/d.sock" --state-dir "$WORK/h$i/state" \
+  ip netns exec "${NSH[$i]}" "${PRIVATE[@]}" "$DAEMON" --socket "$WORK/h$i/d.sock" --state-dir "$WORK/h$i/state" \
     --wg-interface "${WGIF[$i]}" </dev/null >"$WORK/h$i/log" 2>&1 &
   PIDS+=("$!")
+  DPID[$i]=$!
 done
 for ((i = 1; i <= NH; i++)); do wait_for "daemon h$i" 20 dh "$i" ping; done
 dh 1 setPeerConfig --role leader --id h1 >/dev/null
@@ -123,8 +135,9 @@ MaxSessions 256
 SetEnv HOME=$s/home
 LogLevel ERROR
 EOF
-  ip netns exec "${NSH[$i]}" /usr/sbin/sshd -D -e -f "$s/sshd.$i.conf" </dev/null 2>>"$s/sshd.log" &
+  ip netns exec "${NSH[$i]}" "${PRIVATE[@]}" /usr/sbin/sshd -D -e -f "$s/sshd.$i.conf" </dev/null 2>>"$s/sshd.log" &
   PIDS+=("$!")
+  SPID[$i]=$!
 done
 IN1=(ip netns exec "${NSH[1]}")
 export PDSH_SSH_ARGS="-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i $s/id -l root -x -a %h"
@@ -144,26 +157,46 @@ stats() { # bytes moved per run
       printf "%7.2f s median (p10 %.2f, p90 %.2f; %.1f MB/s of copies, n=%d)", a[int((NR+1)/2)]/1000, a[i10]/1000, a[i90]/1000, b/1e6/(a[int((NR+1)/2)]/1000), NR
     }'
 }
-check() { # what: the destination holds the file, whole
-  [ "$(sha256sum <"$DST/src.bin" | cut -d' ' -f1)" = "$SUM" ] || echo "  ($1: DIFFERENT bytes)" >&2
+# check_and_clear TOOL N: every target's copy (written by TOOL's process
+# tree: d-daemon or sshd) is whole (size on all, sha256 on the first and
+# last), then removed.
+check_and_clear() {
+  local t=$1 n=$2 i pid size bad=0
+  for ((i = 2; i <= n + 1; i++)); do
+    if [ "$t" = d ]; then pid=${DPID[$i]}; else pid=${SPID[$i]}; fi
+    size=$(nsenter -t "$pid" -m stat -c %s "$DST/src.bin" 2>/dev/null || echo missing)
+    if [ "$size" != "$SIZE" ]; then
+      bad=$((bad + 1))
+    elif [ "$i" = 2 ] || [ "$i" = $((n + 1)) ]; then
+      [ "$(nsenter -t "$pid" -m sha256sum "$DST/src.bin" | cut -d' ' -f1)" = "$SUM" ] || bad=$((bad + 1))
+    fi
+    nsenter -t "$pid" -m rm -f "$DST/src.bin"
+  done
+  [ "$bad" = 0 ] || echo "  ($t: $bad of $n targets without the whole file)" >&2
 }
 
 echo "push of one $MB MB file to N peers over WireGuard (wireguard-go, hub h1 sends), $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-for n in $FANOUT; do
+echo "disk before: $(df -h --output=avail /tmp | tail -n 1 | tr -d ' ') free in /tmp; memory available: $(awk '/MemAvailable/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+k=0
+for n in $COUNTS; do
+  RUNS=${RUNS_OF[$k]:-${RUNS_OF[0]}}
+  k=$((k + 1))
   peers=h2
   for ((i = 3; i <= n + 1; i++)); do peers+=",h$i"; done
   hosts="${OIP[2]%.*}.[2-$((n + 1))]"
-  d_push() { rm -f "$DST/src.bin"; "$D" --socket "$WORK/h1/d.sock" cp -q "$SRC" "@$peers:$DST/"; }
-  pdcp_push() { rm -f "$DST/src.bin"; "${IN1[@]}" pdcp -R ssh -f 64 -w "$hosts" "$SRC" "$DST/"; }
-  d_push # warm: every session from h1 up
+  d_push() { "$D" --socket "$WORK/h1/d.sock" cp -q "$SRC" "@$peers:$DST/"; }
+  pdcp_push() { "${IN1[@]}" pdcp -R ssh -f 64 -w "$hosts" "$SRC" "$DST/"; }
+  # Warm: every session from h1 up (a failure is said, not fatal).
+  d_push >/dev/null 2>"$WORK/err" || echo "  (warm-up d cp to $n peers failed: $(tail -n 5 "$WORK/err" | tr '\n' ' '))" >&2
+  check_and_clear d "$n"
   R=()
   for _ in $(seq "$RUNS"); do
-    R[d]="${R[d]:-} $(ms d_push)"; check "d cp"
-    R[pdcp]="${R[pdcp]:-} $(ms pdcp_push)"; check pdcp
+    R[d]="${R[d]:-} $(ms d_push)"; check_and_clear d "$n"
+    R[pdcp]="${R[pdcp]:-} $(ms pdcp_push)"; check_and_clear pdcp "$n"
   done
   echo "$n peers ($RUNS rounds, $((n * MB)) MB written per run), load now $(cut -d' ' -f1-3 /proc/loadavg):"
   for t in d pdcp; do
     printf '  %-6s %s\n' "$t" "$(echo "${R[$t]}" | stats $((n * SIZE)))"
   done
 done
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); disk after: $(df -h --output=avail /tmp | tail -n 1 | tr -d ' ') free in /tmp"

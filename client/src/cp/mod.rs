@@ -169,7 +169,10 @@ fn push(ctx: &Ctx, sources: Vec<PathBuf>, target: &str, path: &str) -> Result<i3
                 })?;
                 held.push(h);
                 let tops = tops.clone();
-                let lister = s.spawn(move || update::list_on(ctx, peer, path, many, tops, w));
+                let sender = update::local_sender(ctx, sources.clone());
+                let lister = s.spawn(move || {
+                    update::list_on(ctx, peer, path, many, tops, sender, update::Quiet(w))
+                });
                 listers.push((peer.clone(), lister));
             }
         }
@@ -408,7 +411,11 @@ fn pull_one(
         });
         let stop_list = held_r.as_ref().and_then(|r| r.try_clone().ok());
         if let (Some(tops), Some(w), Some(r)) = (tops, held_w, held_r) {
-            s.spawn(move || update::list_here(dest, many, tops, ctx, w));
+            let sender = match &op {
+                FilesOp::Send { sources, .. } => update::remote_sender(ctx, peer, sources),
+                _ => None,
+            };
+            s.spawn(move || update::list_here(dest, many, tops, ctx, sender, w));
             let input = input.clone();
             s.spawn(move || input.pump(r));
         }

@@ -75,37 +75,179 @@ impl Drop for Quiet {
     }
 }
 
+/// What writes a sender's own records ([`have::list_sources`]) into the
+/// pipe it is given, for a lister to hash only files of the same size.
+pub type Sender<'a> = Box<dyn FnOnce(Quiet) + Send + 'a>;
+
 /// Run a `Have` job on `peer` for a receive into `dest`, its list written
-/// to `out` (ended when the job ends). The job's end.
+/// to `out` (ended when the job ends). With `-c` and `sender`, the
+/// sender's records go to the job (`sizes`): it hashes only files whose
+/// size matches. The job's end.
 pub fn list_on(
     ctx: &Ctx,
     peer: &str,
     dest: &str,
     many: bool,
     tops: Vec<Option<String>>,
-    out: UnixStream,
+    sender: Option<Sender<'_>>,
+    out: Quiet,
 ) -> JobEnd {
+    let sender = sender.filter(|_| ctx.opts.checksum);
     let op = FilesOp::Have {
         dest: dest.to_string(),
         many,
         tops,
         opts: ctx.opts.clone(),
+        sizes: sender.is_some(),
     };
-    let mut sink = Quiet(out);
-    job::run(
-        ctx.socket,
-        peer,
-        op,
-        ctx.user.clone(),
-        ctx.verbose,
-        None,
-        Some(&mut sink),
-    )
+    let mut sink = out;
+    match sender {
+        Some(sender) => run_fed(ctx, peer, op, sender, Some(&mut sink)),
+        None => job::run(
+            ctx.socket,
+            peer,
+            op,
+            ctx.user.clone(),
+            ctx.verbose,
+            None,
+            Some(&mut sink),
+        ),
+    }
 }
 
-/// List what this machine holds under `dest` into `out` (a pull's list).
-pub fn list_here(dest: &Path, many: bool, tops: &[Option<String>], ctx: &Ctx, out: UnixStream) {
-    let _ = have::list(dest, many, tops, &ctx.opts, Quiet(out));
+/// With `-c`, the sender's records of the local `sources` (a push).
+pub fn local_sender(ctx: &Ctx, sources: Vec<PathBuf>) -> Option<Sender<'static>> {
+    let opts = ctx.opts.clone();
+    ctx.opts.checksum.then(|| -> Sender<'static> {
+        Box::new(move |w| {
+            let _ = have::list_sources(&sources, &opts, w);
+        })
+    })
+}
+
+/// With `-c`, the sender's records of `paths` on `peer` (a pull, or peer
+/// to peer): a `Have` job there on the directory the sources are in,
+/// listing them without reading them. `None` when they are not all in one
+/// directory named in the text (then every held file is hashed).
+pub fn remote_sender<'a>(ctx: &'a Ctx, peer: &'a str, paths: &[String]) -> Option<Sender<'a>> {
+    if !ctx.opts.checksum {
+        return None;
+    }
+    let dir = |p: &String| Path::new(p).parent().map(Path::to_path_buf);
+    let parent = dir(paths.first()?)?;
+    if parent.as_os_str().is_empty() || paths.iter().any(|p| dir(p).as_ref() != Some(&parent)) {
+        return None;
+    }
+    let dest = parent.to_str()?.to_string();
+    let tops = tops_remote(paths);
+    let opts = d_proto::types::CopyOpts {
+        checksum: false,
+        ..ctx.opts.clone()
+    };
+    Some(Box::new(move |w: Quiet| {
+        let op = FilesOp::Have {
+            dest,
+            many: true,
+            tops,
+            opts,
+            sizes: false,
+        };
+        let mut sink = w;
+        job::run(
+            ctx.socket,
+            peer,
+            op,
+            ctx.user.clone(),
+            ctx.verbose,
+            None,
+            Some(&mut sink),
+        );
+    }))
+}
+
+/// List what this machine holds under `dest` into `out` (a pull's list);
+/// with `-c`, `sender` gives the sending peer's records (see [`list_on`]).
+pub fn list_here(
+    dest: &Path,
+    many: bool,
+    tops: &[Option<String>],
+    ctx: &Ctx,
+    sender: Option<Sender<'_>>,
+    out: UnixStream,
+) {
+    let Some(sender) = sender.filter(|_| ctx.opts.checksum) else {
+        let _ = have::list(dest, many, tops, &ctx.opts, None, Quiet(out));
+        return;
+    };
+    let Ok((mut theirs, w)) = pipe() else {
+        let _ = have::list(dest, many, tops, &ctx.opts, None, Quiet(out));
+        return;
+    };
+    let stop = w.try_clone().ok();
+    std::thread::scope(|s| {
+        s.spawn(move || sender(Quiet(w)));
+        let _ = have::list(dest, many, tops, &ctx.opts, Some(&mut theirs), Quiet(out));
+        // No more is read: the sender's records stop.
+        drop(theirs);
+        if let Some(w) = stop {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+    });
+}
+
+/// A failed job's end: `msg`, here.
+fn failed_here(msg: String) -> JobEnd {
+    JobEnd {
+        outcome: Outcome::Failed(ErrorBody::new(d_proto::types::ErrorKind::Other, msg)),
+        summary: None,
+        duration: std::time::Duration::ZERO,
+        messages: Vec::new(),
+    }
+}
+
+/// Run `op` on `peer` with what `produce` writes as its standard input
+/// (until `produce` returns, or the job ends: then its writes fail) and
+/// its output to `sink`. The job's end.
+fn run_fed(
+    ctx: &Ctx,
+    peer: &str,
+    op: FilesOp,
+    produce: impl FnOnce(Quiet) + Send,
+    sink: Option<&mut dyn Write>,
+) -> JobEnd {
+    let (r, w) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return failed_here(format!("cannot make a pipe here: {e}")),
+    };
+    let stop = r.try_clone().ok();
+    let input = Input::new(1);
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || produce(Quiet(w)));
+        let pump = {
+            let input = input.clone();
+            s.spawn(move || input.pump(r))
+        };
+        let mut feed = Feed {
+            input: &input,
+            index: None,
+        };
+        let end = job::run(
+            ctx.socket,
+            peer,
+            op,
+            ctx.user.clone(),
+            ctx.verbose,
+            Some(&mut feed),
+            sink,
+        );
+        feed.finish();
+        if let Some(r) = stop {
+            let _ = r.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = pump.join();
+        let _ = producer.join();
+        end
+    })
 }
 
 /// Whether `e` refuses a job for being older than protocol 13 (a daemon
@@ -133,8 +275,9 @@ pub fn note(peer: &str, e: &ErrorBody) -> String {
 }
 
 /// `--update` peer to peer: `to`'s list of what it holds (a `Have` job
-/// there) fed here to `from`'s `SendTo` job (`have`). The job's end and
-/// the notes to say (a peer too old for the list: every file sent).
+/// there; with `-c`, given `from`'s records of its sources) fed here to
+/// `from`'s `SendTo` job (`have`). The job's end and the notes to say (a
+/// peer too old for the list: every file sent).
 pub fn direct(
     ctx: &Ctx,
     from: &str,
@@ -142,58 +285,28 @@ pub fn direct(
     to: &str,
 ) -> (JobEnd, Vec<String>) {
     let tops = tops_remote(&op.sources);
+    let sender = remote_sender(ctx, from, &op.sources);
     let (dest, many) = (op.dest.clone(), op.many);
     op.have = true;
-    let (r, w) = match UnixStream::pair() {
-        Ok(p) => p,
-        Err(e) => {
-            let end = JobEnd {
-                outcome: Outcome::Failed(ErrorBody::new(
-                    d_proto::types::ErrorKind::Other,
-                    format!("cannot make a pipe here: {e}"),
-                )),
-                summary: None,
-                duration: std::time::Duration::ZERO,
-                messages: Vec::new(),
-            };
-            return (end, Vec::new());
+    let lister = std::sync::Mutex::new(None);
+    let end = run_fed(
+        ctx,
+        from,
+        FilesOp::SendTo(Box::new(op)),
+        |w| {
+            let end = list_on(ctx, to, &dest, many, tops, sender, w);
+            *lister.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+        },
+        None,
+    );
+    let mut notes = Vec::new();
+    if let Outcome::Failed(e) = &end.outcome {
+        if too_old(e) {
+            notes.push(note(to, e));
         }
-    };
-    let stop_list = r.try_clone().ok();
-    let input = Input::new(1);
-    std::thread::scope(|s| {
-        let lister = s.spawn(|| list_on(ctx, to, &dest, many, tops, w));
-        let pump = {
-            let input = input.clone();
-            s.spawn(move || input.pump(r))
-        };
-        let mut feed = Feed {
-            input: &input,
-            index: None,
-        };
-        let end = job::run(
-            ctx.socket,
-            from,
-            FilesOp::SendTo(Box::new(op)),
-            ctx.user.clone(),
-            ctx.verbose,
-            Some(&mut feed),
-            None,
-        );
-        feed.finish();
-        if let Some(r) = stop_list {
-            let _ = r.shutdown(std::net::Shutdown::Both);
-        }
-        let _ = pump.join();
-        let mut notes = Vec::new();
-        if let Outcome::Failed(e) = &end.outcome {
-            if too_old(e) {
-                notes.push(note(to, e));
-            }
-        }
-        if let Ok(l) = lister.join() {
-            notes.extend(older_note(to, &l));
-        }
-        (end, notes)
-    })
+    }
+    if let Some(l) = lister.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        notes.extend(older_note(to, &l));
+    }
+    (end, notes)
 }

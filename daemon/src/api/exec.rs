@@ -135,7 +135,7 @@ pub(super) fn exec_spec(
 }
 
 /// `(d cp: receive into /srv/app)`, `(d cp: send /etc/hosts)`,
-/// `(d cp: send /x to laptop:/y)`.
+/// `(d cp: send /x to laptop:/y)`, `(d cp --update: list /srv)`.
 pub(super) fn files_label(op: &d_proto::types::FilesOp) -> String {
     use d_proto::types::FilesOp;
     let text = match op {
@@ -147,6 +147,9 @@ pub(super) fn files_label(op: &d_proto::types::FilesOp) -> String {
             st.to,
             st.dest
         ),
+        FilesOp::Have {
+            dest, sizes: true, ..
+        } => format!("(d cp --update: list {dest}, hashing the sizes the sender has)"),
         FilesOp::Have { dest, .. } => format!("(d cp --update: list {dest})"),
     };
     d_proto::clip(&text, 1000)

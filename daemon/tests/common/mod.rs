@@ -6,6 +6,7 @@ pub mod faults;
 pub mod files;
 pub mod identity;
 pub mod old_peer;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
