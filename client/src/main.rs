@@ -23,6 +23,7 @@ mod cp;
 mod exec;
 mod fanout;
 mod history;
+mod hot;
 mod input;
 mod jobs;
 mod mcp;
@@ -92,9 +93,13 @@ fn main() -> ExitCode {
     }
     let json = wants_json(args.iter().skip(1).filter_map(|a| a.to_str()));
     let cli = match route_at(&args[1..]) {
-        None => cli::parse().unwrap_or_else(|e| clap_exit(&e, json)),
-        Some(Err(argv)) => cli::parse_from(&argv)
-            .unwrap_or_else(|e| clap_exit(&e, wants_json(argv.iter().map(String::as_str)))),
+        // The job lines without clap's whole tree ([`hot`]); clap reads the rest.
+        None => hot::parse(&args)
+            .unwrap_or_else(|| cli::parse().unwrap_or_else(|e| clap_exit(&e, json))),
+        Some(Err(argv)) => hot::parse(&argv).unwrap_or_else(|| {
+            cli::parse_from(&argv)
+                .unwrap_or_else(|e| clap_exit(&e, wants_json(argv.iter().map(String::as_str))))
+        }),
         Some(Ok((status, exec))) => return exit(status, exec),
     };
     let exec = cli.command.is_exec();

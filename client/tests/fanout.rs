@@ -40,6 +40,14 @@ fn fake_daemon(path: PathBuf, closed: Arc<AtomicBool>) {
                     let _ = conn.write_all(format!("{refusal}\n").as_bytes());
                     return;
                 }
+                if req["command"] == "execOnPeers" {
+                    // As a daemon before the one-connection fan-out answers
+                    // (client/src/fanout/mux.rs): the client then asks per peer.
+                    let refusal = json!({"event": "error", "kind": "invalid_request",
+                                         "error": "bad request: unknown variant `execOnPeers`, expected one of `ping`"});
+                    let _ = conn.write_all(format!("{refusal}\n").as_bytes());
+                    return;
+                }
                 assert_eq!(req["command"], "execOnPeer", "{line}");
                 if req["peer"] == "quick" {
                     for ev in [

@@ -8,6 +8,7 @@
 # same client (NOW's d) for both.
 #
 #   spawn    the clone up to the shell's exec (span `posix_spawn`)
+#   ledger   the job written down (daemon/src/jobs/ledger.rs), while the shell starts
 #   command  the shell's run to its exit
 #   closed   its exit to the pipes closed and the job's processes checked
 #   total    the client's main to the exit read
@@ -37,7 +38,7 @@ python3 - "$NOW_BIN/d" "$dir" "$N" <<'PY'
 import collections, os, subprocess, sys, time
 d, dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 env = dict(os.environ, D_TIMING="1")
-keys = {"posix_spawn": "spawn", "the command runs": "command", "pipes closed": "closed", "total: main": "total"}
+keys = {"posix_spawn": "spawn", "ledger entry": "ledger", "the command runs": "command", "pipes closed": "closed", "total: main": "total"}
 res = collections.defaultdict(lambda: collections.defaultdict(list))
 print("load before:", open("/proc/loadavg").read().split()[:3])
 for i in range(n):
@@ -53,7 +54,7 @@ for i in range(n):
             for k, short in keys.items():
                 if k in line:
                     res[name][short].append(float(line.split()[-1]))
-for short in ("spawn", "command", "closed", "total", "wall"):
+for short in ("spawn", "ledger", "command", "closed", "total", "wall"):
     for name in ("now", "before"):
         v = sorted(res[name][short]); k = len(v)
         print(f"{short:8} {name:7} median {v[k//2]:7.3f}  p10 {v[k//10]:7.3f}  p90 {v[k*9//10]:7.3f}  ms  (n={k})")
