@@ -275,3 +275,66 @@ fn output_held_back_past_the_shells_exit_is_not_dropped() {
     );
     assert!(!stderr(&out).contains("left"), "{}", stderr(&out));
 }
+
+/// `VmRSS` or `VmHWM` (KiB) of process `pid`.
+fn kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("read the daemon's status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a size in /proc/PID/status")
+}
+
+/// A fan-out on one control connection (`execOnPeers`) whose client stops
+/// reading: output queued for the connection's writer still holds the
+/// requester's output budget, so with a 1 MiB cap its memory grows by about
+/// the cap, not by the writer's queue (64 frames of up to 256 KiB outside
+/// the budget: it grew by 15-18 MiB, before). Once the client is gone its
+/// jobs end and the budget comes back at once on both daemons (before, the
+/// target's job waited for credit the cancelled requester never sent, until
+/// the 60 s drain stall: 1 run in 7 failed so).
+#[test]
+fn a_stalled_fan_out_connection_holds_no_more_than_the_cap() {
+    const CAP: u64 = 1 << 20;
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), format!("output_buffer_max = {CAP}\n")).unwrap();
+    let (vps, desk) = two_hosts(cfg.path(), "fovps", "fodesk");
+    // Settle the daemon's own memory (first jobs, registry) before measuring.
+    let warm = vps.d(&["@fovps,fodesk", "--", "head -c 300000 /dev/zero"]);
+    assert!(warm.status.success(), "{}", stderr(&warm));
+    let pid = vps.pid();
+    let before = kib(pid, "VmRSS:");
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+    let mut client = Command::new(client_bin())
+        .arg("--socket")
+        .arg(vps.socket())
+        .args(["@fovps,fodesk", "--", "head -c 200000000 /dev/zero"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start d");
+    wait_for(LONG, "both jobs running", || {
+        status(&vps)["running_jobs"] == 1 && status(&desk)["running_jobs"] == 1
+    });
+    // Long enough for every queue and buffer there is to fill.
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let (r, _) = buffered(&vps);
+        assert!(r <= CAP, "over the cap: {r}");
+    }
+    let peak = kib(pid, "VmHWM:");
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 8 * 1024,
+        "the requester grew by {grew} KiB with a 1 MiB output cap (RSS {before} KiB before, peak {peak} KiB)"
+    );
+    client.kill().expect("end the stalled client");
+    let _ = client.wait();
+    wait_for(LONG, "the budget given back", || {
+        buffered(&desk).0 == 0 && buffered(&vps).0 == 0 && status(&desk)["running_jobs"] == 0
+    });
+    let again = vps.d(&["@fovps,fodesk", "--", "echo ok"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}

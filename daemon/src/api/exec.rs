@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::{job, run_as, Daemon};
-use crate::base::budget::Held;
+use crate::base::budget::Chunk;
 use crate::base::clock::mono_ns;
 use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
@@ -296,14 +296,13 @@ pub(super) async fn run_job<S, F>(
 /// Where a job's events go: its client's own control connection
 /// ([`Direct`]), or its share of an `execOnPeers` connection
 /// ([`super::fanout`]). Each call writes (and flushes) one event or one
-/// chunk of output; an error means the client is gone.
+/// chunk of output; an error means the client is gone. A chunk's budget
+/// ([`crate::base::budget`]) is held until its bytes are written to the
+/// client, wherever they wait meanwhile.
 pub(super) trait Sink {
     async fn event(&mut self, ev: &Event) -> std::io::Result<()>;
-    async fn output(
-        &mut self,
-        stream: d_proto::types::Stream,
-        data: Vec<u8>,
-    ) -> std::io::Result<()>;
+    async fn output(&mut self, stream: d_proto::types::Stream, chunk: Chunk)
+        -> std::io::Result<()>;
 }
 
 /// A job's own control connection; output as binary frames when the
@@ -321,8 +320,10 @@ impl<W: AsyncWrite + Unpin> Sink for Direct<'_, W> {
     async fn output(
         &mut self,
         stream: d_proto::types::Stream,
-        data: Vec<u8>,
+        chunk: Chunk,
     ) -> std::io::Result<()> {
+        // The budget comes back once written (dropped at the end).
+        let Chunk { data, held: _held } = chunk;
         if self.raw {
             let head = d_proto::frame::output_head(0, stream, data.len());
             self.writer.feed_parts(&head, &data).await?;
@@ -468,13 +469,11 @@ where
             job::said_at_shutdown(daemon, e, &who, peer)
         });
         // The output's budget is held until it was written to the client.
-        let mut held = Held::none();
         let (out, n) = match ev {
             Some(JobEvent::Output(stream, chunk)) => {
                 let n = chunk.len();
                 rec.output_bytes += n as u64;
-                held = chunk.held;
-                (ToClient::Output(stream, chunk.data), n)
+                (ToClient::Output(stream, chunk), n)
             }
             Some(JobEvent::Exit(mut exit)) => {
                 rec.exit = Some(ExitInfo {
@@ -514,14 +513,13 @@ where
         let write = async {
             match out {
                 ToClient::Event(e) => writer.event(&e).await,
-                ToClient::Output(stream, data) => writer.output(stream, data).await,
+                ToClient::Output(stream, chunk) => writer.output(stream, chunk).await,
             }
         };
         let written = tokio::select! {
             r = write => r.map_err(|_| "the client went away".to_string()),
             why = inbound.as_mut() => Err(why),
         };
-        drop(held);
         if last {
             return None;
         }
@@ -583,5 +581,5 @@ async fn from_client<R: AsyncRead + Unpin>(
 /// What goes to the control client next: an event, or a chunk of output.
 enum ToClient {
     Event(Event),
-    Output(d_proto::types::Stream, Vec<u8>),
+    Output(d_proto::types::Stream, Chunk),
 }

@@ -28,13 +28,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::exec::{self, Sink};
 use super::Daemon;
+use crate::base::budget::{Chunk, Held};
 use crate::transport::connection::{Read, Reader, Writer};
 
 /// Encoded events and output frames waiting for the writer, all jobs
-/// together: enough that jobs ending at once do not wait on each other,
-/// small enough to bound the memory a stalled client holds (output chunks
-/// are at most [`d_proto::MAX_FRAME`]).
+/// together: enough that jobs ending at once do not wait on each other.
+/// Output waiting here still holds its part of the daemon's output budget
+/// (given back once written), so a stalled client holds no more than the
+/// budget allows, however many fan-outs it runs.
 const QUEUE: usize = 64;
+
+/// A frame for the writer, and the output budget its bytes hold.
+type Queued = (Vec<u8>, Held);
 
 /// Serve an `execOnPeers` request of local `user` on its connection (the
 /// caller closes it afterwards). Any other request is an error here.
@@ -63,7 +68,7 @@ pub async fn serve<R, W>(
     {
         return;
     }
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Queued>(QUEUE);
     let gone = CancellationToken::new();
     let mut cancels: Vec<Option<CancellationToken>> = vec![None; peers.len()];
     let mut started = 0usize;
@@ -71,8 +76,8 @@ pub async fn serve<R, W>(
     loop {
         if started == peers.len() && running.is_empty() {
             // Every job ended: what they sent is queued; write it, then close.
-            while let Ok(chunk) = rx.try_recv() {
-                if writer.feed_line(chunk).await.is_err() {
+            while let Ok((frame, _held)) = rx.try_recv() {
+                if writer.feed_line(frame).await.is_err() {
                     return;
                 }
             }
@@ -84,7 +89,9 @@ pub async fn serve<R, W>(
                 Read::Eof => break,
                 Read::Msg(ClientMsg::Start { job }) => {
                     let Some(slot) = slot(&mut cancels, job) else { continue };
-                    if slot.is_some() {
+                    // Started already, or the daemon is stopping: none starts
+                    // (the client hears the end of the connection for it).
+                    if slot.is_some() || daemon.shutdown().is_cancelled() {
                         continue;
                     }
                     let cancel = gone.child_token();
@@ -113,18 +120,20 @@ pub async fn serve<R, W>(
                 // Input and anything else: no job here takes any.
                 Read::Msg(_) | Read::Bad(_) => {}
             },
-            Some(chunk) = rx.recv() => {
-                if writer.feed_line(chunk).await.is_err() {
+            Some(first) = rx.recv() => {
+                // What is queued now, in one write; its budget back after.
+                let mut written = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    written.push(more);
+                }
+                let mut ok = true;
+                for (frame, _) in &mut written {
+                    ok = ok && writer.feed_line(std::mem::take(frame)).await.is_ok();
+                }
+                if !ok || writer.flush().await.is_err() {
                     break;
                 }
-                while let Ok(chunk) = rx.try_recv() {
-                    if writer.feed_line(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    break;
-                }
+                drop(written);
             }
             Some(_) = running.join_next() => {}
             _ = daemon.shutdown().cancelled(), if started < peers.len() => {
@@ -189,7 +198,7 @@ fn slot(
 /// One job's share of the connection: its events tagged with its number.
 struct Tagged {
     job: u32,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Queued>,
 }
 
 impl Sink for Tagged {
@@ -200,23 +209,19 @@ impl Sink for Tagged {
         let mut line = format!(r#"{{"event":"peer","job":{},"of":"#, self.job).into_bytes();
         line.extend_from_slice(inner);
         line.extend_from_slice(b"}\n");
-        self.send(line).await
+        self.send(line, Held::none()).await
     }
 
-    async fn output(&mut self, stream: Stream, data: Vec<u8>) -> std::io::Result<()> {
-        self.send(d_proto::frame::encode_output(
-            u64::from(self.job),
-            stream,
-            &data,
-        ))
-        .await
+    async fn output(&mut self, stream: Stream, chunk: Chunk) -> std::io::Result<()> {
+        let frame = d_proto::frame::encode_output(u64::from(self.job), stream, &chunk.data);
+        self.send(frame, chunk.held).await
     }
 }
 
 impl Tagged {
-    async fn send(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+    async fn send(&self, frame: Vec<u8>, held: Held) -> std::io::Result<()> {
         self.tx
-            .send(bytes)
+            .send((frame, held))
             .await
             .map_err(|_| std::io::Error::other("the client went away"))
     }
@@ -232,10 +237,10 @@ mod tests {
         let mut sink = Tagged { job: 7, tx };
         let ev = Event::Credit { bytes: 3 };
         sink.event(&ev).await.unwrap();
-        sink.output(Stream::Stderr, b"oops\n".to_vec())
+        sink.output(Stream::Stderr, Chunk::untracked(b"oops\n".to_vec()))
             .await
             .unwrap();
-        let line = rx.recv().await.unwrap();
+        let (line, _) = rx.recv().await.unwrap();
         assert_eq!(
             d_proto::frame::parse::<Event>(line.strip_suffix(b"\n").unwrap()).unwrap(),
             Event::Peer {
@@ -243,7 +248,7 @@ mod tests {
                 of: Box::new(ev)
             }
         );
-        let frame = rx.recv().await.unwrap();
+        let (frame, _) = rx.recv().await.unwrap();
         let mut dec = d_proto::frame::FrameDecoder::new(d_proto::MAX_FRAME).with_binary();
         let mut buf = bytes::BytesMut::from(&frame[..]);
         let f = dec.decode(&mut buf).unwrap();

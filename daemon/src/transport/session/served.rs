@@ -73,7 +73,7 @@ impl Session {
         let Served { mut events, done } =
             self.handler
                 .clone()
-                .exec(&self.peer, id, spec, cancel, input.clone());
+                .exec(&self.peer, id, spec, cancel.clone(), input.clone());
         let s = self.clone();
         self.ep.tasks.tracker.spawn(async move {
             let started = std::time::Instant::now();
@@ -88,13 +88,16 @@ impl Session {
                         // a little at a time, and must never wait for a
                         // piece larger than it can grant); the budget they
                         // hold stays held until the requester credits them
-                        // back. A closed session has cancelled the job, so
-                        // just drain to the end.
+                        // back. A cancelled job (the requester gave up on it,
+                        // or the session closed) gets no more credit: what it
+                        // still writes is dropped, its budget given back, so
+                        // it ends at once instead of waiting for credit that
+                        // never comes.
                         let mut off = 0;
                         while off < chunk.len() {
                             tokio::select! {
                                 p = credits.acquire() => { if let Ok(p) = p { p.forget() } }
-                                _ = s.closed() => break,
+                                _ = cancel.cancelled() => break,
                             }
                             // Only this task takes credit: what is there stays.
                             let more = (chunk.len() - off - 1).min(credits.available_permits());
