@@ -6,7 +6,8 @@ latency), OUT_DIR/fanout.png (fan-out time vs peer count), OUT_DIR/stream.png
 (RSS of every d process while 1 GiB streams) and OUT_DIR/scale.png (10,000
 workers reconnecting after the leader's kill -9). Sections whose data are
 missing (a partial run) are left out. The analysis under "What limits it" is
-scripts/bench/analysis.md, appended as it is.
+scripts/bench/analysis.md, appended as it is; after it every bench/rounds/*.md
+(the hand-written sections of later rounds, one file per round) in name order.
 """
 import glob
 import json
@@ -500,6 +501,15 @@ tail = []
 if os.path.exists(analysis):
     with open(analysis) as f:
         tail = ["", f.read().rstrip(), ""]
+# Hand-written sections of later rounds (one file per round, bench/rounds/NN-name.md, in name
+# order) follow the analysis unchanged, so that a run of bench.sh keeps them.
+rounds_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "bench", "rounds")
+if os.path.isdir(rounds_dir):
+    for name in sorted(os.listdir(rounds_dir)):
+        if name.endswith(".md"):
+            with open(os.path.join(rounds_dir, name)) as f:
+                tail += [f.read().rstrip(), ""]
 with open(os.path.join(OUT, "RESULTS.md"), "w") as f:
     f.write("\n".join(head + md + tail).rstrip() + "\n")
 print(f"report.py: wrote {os.path.join(OUT, 'RESULTS.md')}", file=sys.stderr)
