@@ -54,23 +54,26 @@ pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
             Ok(_) => {}
         }
         let mut held = budget.take(d_proto::OUTPUT_CHUNK, &own).await;
-        // Zeroed by the allocator (calloc): pages the read leaves untouched
-        // are never resident.
-        let mut buf = vec![0u8; held.len().clamp(1, d_proto::OUTPUT_CHUNK)];
-        buf[0] = first[0];
-        let mut len = 1;
+        // Read into the buffer's spare capacity, never zeroed first (a
+        // zeroed 256 KiB chunk cost the target daemon ~6 % of its CPU in a
+        // stream: bench/rounds/13-bench2.md); pages the reads leave
+        // untouched are never resident.
+        let cap = held.len().clamp(1, d_proto::OUTPUT_CHUNK);
+        let mut buf: Vec<u8> = Vec::with_capacity(cap);
+        buf.push(first[0]);
         // The rest of what is there now, without waiting for more.
         let mut eof = false;
-        while len < buf.len() {
-            match read_ready(&mut r, &mut buf[len..]).await {
+        while buf.len() < cap {
+            match read_ready(&mut r, &mut buf, cap).await {
                 Some(0) => {
                     eof = true;
                     break;
                 }
-                Some(n) => len += n,
+                Some(_) => {}
                 None => break,
             }
         }
+        let len = buf.len();
         buf.truncate(len);
         if len < buf.capacity() / 2 {
             buf.shrink_to_fit();
@@ -85,13 +88,20 @@ pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
-/// One read of what the pipe holds now into `buf`: `None` if it holds
-/// nothing (or failed; the next read says which), `Some(0)` at its end.
-async fn read_ready<R: tokio::io::AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Option<usize> {
+/// One read of what the pipe holds now, appended to `buf` up to `cap`
+/// bytes in all: `None` if it holds nothing (or failed; the next read says
+/// which), `Some(0)` at its end, else how many bytes were read.
+async fn read_ready<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> Option<usize> {
+    use bytes::BufMut;
+    let room = cap.saturating_sub(buf.len());
     std::future::poll_fn(|cx| {
-        let mut rb = tokio::io::ReadBuf::new(buf);
-        let n = match std::pin::Pin::new(&mut *r).poll_read(cx, &mut rb) {
-            std::task::Poll::Ready(Ok(())) => Some(rb.filled().len()),
+        let mut limited = (&mut *buf).limit(room);
+        let n = match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *r), cx, &mut limited) {
+            std::task::Poll::Ready(Ok(n)) => Some(n),
             std::task::Poll::Pending | std::task::Poll::Ready(Err(_)) => None,
         };
         std::task::Poll::Ready(n)
