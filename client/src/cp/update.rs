@@ -103,15 +103,7 @@ pub fn list_on(
     let mut sink = out;
     match sender {
         Some(sender) => run_fed(ctx, peer, op, sender, Some(&mut sink)),
-        None => job::run(
-            ctx.socket,
-            peer,
-            op,
-            ctx.user.clone(),
-            ctx.verbose,
-            None,
-            Some(&mut sink),
-        ),
+        None => run_job(ctx, peer, op, None, Some(&mut sink)),
     }
 }
 
@@ -153,15 +145,7 @@ pub fn remote_sender<'a>(ctx: &'a Ctx, peer: &'a str, paths: &[String]) -> Optio
             sizes: false,
         };
         let mut sink = w;
-        job::run(
-            ctx.socket,
-            peer,
-            op,
-            ctx.user.clone(),
-            ctx.verbose,
-            None,
-            Some(&mut sink),
-        );
+        run_job(ctx, peer, op, None, Some(&mut sink));
     }))
 }
 
@@ -205,6 +189,26 @@ fn failed_here(msg: String) -> JobEnd {
     }
 }
 
+/// One file job on `peer` as this copy's user, with `ctx`'s socket and
+/// verbosity ([`job::run`]).
+fn run_job(
+    ctx: &Ctx,
+    peer: &str,
+    op: FilesOp,
+    feed: Option<&mut Feed>,
+    sink: Option<&mut dyn Write>,
+) -> JobEnd {
+    job::run(
+        ctx.socket,
+        peer,
+        op,
+        ctx.user.clone(),
+        ctx.verbose,
+        feed,
+        sink,
+    )
+}
+
 /// Run `op` on `peer` with what `produce` writes as its standard input
 /// (until `produce` returns, or the job ends: then its writes fail) and
 /// its output to `sink`. The job's end.
@@ -231,15 +235,7 @@ fn run_fed(
             input: &input,
             index: None,
         };
-        let end = job::run(
-            ctx.socket,
-            peer,
-            op,
-            ctx.user.clone(),
-            ctx.verbose,
-            Some(&mut feed),
-            sink,
-        );
+        let end = run_job(ctx, peer, op, Some(&mut feed), sink);
         feed.finish();
         if let Some(r) = stop {
             let _ = r.shutdown(std::net::Shutdown::Both);
