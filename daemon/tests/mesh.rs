@@ -352,6 +352,13 @@ fn spec_error_messages() {
     );
 }
 
+/// A peer whose daemon hangs (SIGSTOP) mid-job: its host still acknowledges
+/// our heartbeats, which from here looks the same as output stuck behind a
+/// congested path, so the session is given the reference's 30 s
+/// (`ACKED_SILENCE_LIMIT`, session/io.rs) before the job fails with the
+/// reference's message. (A host that acknowledges nothing is given up at the
+/// heartbeat deadline: wg_e2e.rs's cut tunnel; a lossy path is ridden out:
+/// wg_lossy.rs.)
 #[test]
 fn a_peer_that_stops_answering_times_out() {
     let m = Mesh::start();
@@ -365,7 +372,7 @@ fn a_peer_that_stops_answering_times_out() {
             "--directory",
             "/tmp",
             "--shellCmd",
-            "echo started; sleep 20",
+            "echo started; sleep 60",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -375,17 +382,19 @@ fn a_peer_that_stops_answering_times_out() {
     let start = Instant::now();
     signal(m.desktop.pid(), libc::SIGSTOP);
     let o = client.wait_with_output().unwrap();
+    let took = start.elapsed();
     signal(m.desktop.pid(), libc::SIGCONT);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(took < Duration::from_secs(50), "took {took:?}");
     assert_eq!(o.status.code(), Some(255));
     assert!(
         stderr(&o).contains("Timeout waiting for response from desktop"),
         "{}",
         stderr(&o)
+    );
+    let log = m.laptop.log();
+    assert!(
+        log.contains("its host still acknowledges") && log.contains("before calling it dead"),
+        "{log}"
     );
 }
 

@@ -79,6 +79,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.last_read
     }
 
+    /// The stream read from (to ask the kernel about its socket).
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
     /// The largest frame accepted from now on: small before the other side
     /// is authenticated ([`crate::transport::limits::PREAUTH_FRAME`]).
     pub fn limit(&mut self, max: usize) {

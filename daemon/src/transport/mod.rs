@@ -8,6 +8,8 @@
 //! - [`handshake`]: hello → challenge → auth → welcome, both sides.
 //! - [`port`]: accepting (with [`limits`] on handshakes in progress) and dialing.
 //! - [`protocol`]: the newest peer protocol spoken (`--protocol-max`).
+//! - [`tcp_state`]: the kernel's view of a link's socket (`TCP_INFO`), which
+//!   the dead-peer deadline asks before closing.
 //!
 //! What a query or a job means, who may open a session and which sessions
 //! are kept is decided above, by the [`Handler`] the layer above gives to the
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod port;
 pub mod protocol;
 pub mod session;
+pub mod tcp_state;
 
 pub use handshake::Expect;
 pub use session::{peer_copy_refused, InputSink, PeerDesc, RemoteJob, Reply, Session, Terms};

@@ -235,12 +235,15 @@ impl Session {
         self.opened.elapsed().saturating_sub(last)
     }
 
+    /// A job (either way) rides the session now.
+    pub fn carries_jobs(&self) -> bool {
+        !lock(&self.jobs_out).is_empty() || !lock(&self.jobs_in).is_empty()
+    }
+
     /// How long the session has carried nothing: zero while a query or a
     /// job (either way) is in flight.
     pub fn idle_for(&self) -> Duration {
-        let busy = !lock(&self.queries).is_empty()
-            || !lock(&self.jobs_out).is_empty()
-            || !lock(&self.jobs_in).is_empty();
+        let busy = !lock(&self.queries).is_empty() || self.carries_jobs();
         if busy {
             return Duration::ZERO;
         }

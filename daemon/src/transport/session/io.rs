@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::{Session, HEARTBEAT_LINE};
 use crate::base::wg;
 use crate::transport::connection::{Read, Reader, Writer};
+use crate::transport::tcp_state::{self, TcpState};
 
 pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>) {
     // One timer per session, moved on only when it fires: resetting a timer
@@ -23,20 +24,61 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
     let mut last = Instant::now();
     let deadline = tokio::time::sleep(s.dead_after());
     tokio::pin!(deadline);
+    // A silence being looked at: what the kernel and WireGuard said when it
+    // began (the reader keeps reading meanwhile).
+    let mut probe: Option<Probe> = None;
+    // Waiting for a peer whose host still acknowledges (said once per silence).
+    let mut waiting = false;
     loop {
         tokio::select! {
             _ = s.closed() => break,
             _ = &mut deadline => {
                 let dead_after = s.dead_after();
                 // Bytes of a frame still arriving count as life too.
-                let due = last.max(reader.last_read()) + dead_after;
-                if Instant::now() < due {
-                    deadline.as_mut().reset(due);
+                let read_ago = last.max(reader.last_read()).elapsed();
+                let tcp = tcp_state::read(reader.get_ref().as_ref());
+                let silent = silence(read_ago, tcp);
+                if silent < dead_after {
+                    (probe, waiting) = (None, false);
+                    deadline.as_mut().reset(Instant::now() + (dead_after - silent));
                     continue;
                 }
-                tracing::warn!("no heartbeat for {dead_after:?}: closing");
+                let wait = s.ep.heartbeat.max(Duration::from_millis(300));
+                let wg_now = wg::snapshot(&s.ep.wg_interface, s.peer.remote.ip()).await;
+                let Some(p) = probe.take() else {
+                    // Silent past the deadline: look for a moment before
+                    // judging, while a heartbeat goes out (a live host
+                    // acknowledges it, whatever its daemon does).
+                    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
+                    probe = Some(Probe { wg: wg_now });
+                    deadline.as_mut().reset(Instant::now() + wait);
+                    continue;
+                };
+                if judge(silent, dead_after, tcp, s.carries_jobs()) == Verdict::Wait {
+                    if !waiting {
+                        waiting = true;
+                        tracing::warn!(
+                            "nothing from {} for {} while jobs ride the session, but its host \
+                             still acknowledges ({}): its output may be stuck behind losses; \
+                             waiting up to {} before calling it dead",
+                            s.peer.id,
+                            wg::age(silent),
+                            kernel_view(tcp),
+                            wg::age(ACKED_SILENCE_LIMIT)
+                        );
+                    }
+                    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
+                    probe = Some(Probe { wg: wg_now });
+                    deadline.as_mut().reset(Instant::now() + wait);
+                    continue;
+                }
+                tracing::warn!(
+                    "no heartbeat for {} (deadline {dead_after:?}; {}): closing",
+                    wg::age(silent),
+                    kernel_view(tcp)
+                );
                 let mut e = ErrorBody::peer_timeout(&s.peer.id);
-                if let Some(why) = probe_tunnel(&s, dead_after).await {
+                if let Some(why) = explain_tunnel(&s.peer.id, silent, p.wg, wg_now) {
                     e.hint = Some(format!("{why}\n{}", e.hint.unwrap_or_default()));
                 }
                 s.close(e);
@@ -69,32 +111,107 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
     tracing::info!("session closed: {}", s.reason().error);
 }
 
-/// A silent peer: watch its WireGuard counters for a moment while our
-/// heartbeats still go out. Nothing coming back means the tunnel is down;
-/// traffic without frames means the peer's daemon is stuck.
-async fn probe_tunnel(s: &Session, silent: Duration) -> Option<String> {
-    let iface = &s.ep.wg_interface;
-    let ip = s.peer.remote.ip();
-    let before = wg::snapshot(iface, ip).await?;
-    // Send something, so that a live tunnel carries at least its TCP ACK back.
-    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
-    let wait = s.ep.heartbeat.max(Duration::from_millis(300));
-    tokio::time::sleep(wait).await;
-    let after = wg::snapshot(iface, ip).await?;
+/// What WireGuard said when a silence was first looked at.
+struct Probe {
+    wg: Option<wg::Snapshot>,
+}
+
+/// The longest a session carrying jobs stays open while the peer's host
+/// acknowledges our heartbeats but its daemon sends nothing. From the
+/// receiving side, a daemon whose output is stuck behind losses (TCP
+/// resends only the lost segment, its timer doubling from 200 ms: 0.2 +
+/// 0.4 + 0.8 + 1.6 + 3.2 s is 6.2 s of nothing after five losses, while
+/// small acknowledgements still pass) looks exactly like a hung daemon: the
+/// kernel's counters show the same. Losing a long copy to seconds of
+/// congestion is worse than waiting to report a hung daemon, so such a
+/// session gets 30 s: the reference daemon's own timeout ("Timeout waiting
+/// for response ... (30 second timeout)"); ssh's default is to wait forever.
+/// A host that stops acknowledging (down, path cut) is still given up at the
+/// heartbeat deadline, and so is any silent session without jobs.
+pub const ACKED_SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long the peer has been silent: since this daemon's reader last got a
+/// byte, or since the kernel last got data (bytes the reader has not read
+/// yet mean this daemon was slow, not the peer silent).
+fn silence(read_ago: Duration, tcp: Option<TcpState>) -> Duration {
+    match tcp {
+        Some(t) => read_ago.min(t.last_data_recv),
+        None => read_ago,
+    }
+}
+
+/// A silence past the deadline, looked at for a moment.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Jobs ride the session and the peer's host acknowledged our heartbeat:
+    /// wait (see [`ACKED_SILENCE_LIMIT`]).
+    Wait,
+    /// The peer is gone: its host acknowledges nothing (down, path cut), or
+    /// it is silent without jobs riding the session, or past
+    /// [`ACKED_SILENCE_LIMIT`].
+    Dead,
+}
+
+/// Judge a silence of `silent` from the kernel's view of the socket now
+/// (after a heartbeat went out at the look's start). Without that view, the
+/// heartbeat deadline alone decides.
+fn judge(silent: Duration, dead_after: Duration, now: Option<TcpState>, jobs: bool) -> Verdict {
+    let Some(now) = now else {
+        return Verdict::Dead;
+    };
+    // Ours unacknowledged for the whole deadline: nothing reaches that host,
+    // or nothing comes back from it.
+    let unanswered = now.unacked > 0 && now.last_ack_recv >= dead_after;
+    if jobs && !unanswered && silent < ACKED_SILENCE_LIMIT {
+        Verdict::Wait
+    } else {
+        Verdict::Dead
+    }
+}
+
+/// The kernel's view in a log line: `kernel: last data 3.1s ago, last ack
+/// 0.2s ago, 0 unacked, not retransmitting`.
+fn kernel_view(tcp: Option<TcpState>) -> String {
+    match tcp {
+        None => "no TCP_INFO".into(),
+        Some(t) => format!(
+            "kernel: last data {:.1}s ago, last ack {:.1}s ago, {} unacked, {}, {} data segments in, {} out of order",
+            t.last_data_recv.as_secs_f64(),
+            t.last_ack_recv.as_secs_f64(),
+            t.unacked,
+            if t.recovering() {
+                format!("retransmitting (backoff {})", t.backoff)
+            } else {
+                "not retransmitting".into()
+            },
+            t.data_segs_in,
+            t.rcv_ooopack
+        ),
+    }
+}
+
+/// Why a peer is silent, as far as its WireGuard counters over the probe
+/// tell: nothing came back means the tunnel is down; traffic without frames
+/// means the peer's daemon is stuck. `None` without WireGuard.
+fn explain_tunnel(
+    peer: &str,
+    silent: Duration,
+    before: Option<wg::Snapshot>,
+    after: Option<wg::Snapshot>,
+) -> Option<String> {
+    let (before, after) = (before?, after?);
     let hs = after
         .handshake_age
         .map(|a| format!("last handshake {} ago", wg::age(a)))
         .unwrap_or_else(|| "never a handshake".into());
     Some(if after.rx_bytes == before.rx_bytes {
         format!(
-            "nothing came back from {} through WireGuard for {} ({hs}) — the tunnel is down",
-            s.peer.id,
-            wg::age(silent + wait)
+            "nothing came back from {peer} through WireGuard for {} ({hs}) — the tunnel is down",
+            wg::age(silent)
         )
     } else {
         format!(
-            "WireGuard still carries traffic from {} ({hs}) — the tunnel is up; its d-daemon stopped answering",
-            s.peer.id
+            "WireGuard still carries traffic from {peer} ({hs}) — the tunnel is up; its d-daemon stopped answering"
         )
     })
 }
@@ -189,4 +306,57 @@ fn shutdown_notice(s: &Session) -> Option<Vec<u8>> {
     )
     .hint("run it again once that daemon is back (`d listPeers` shows it online)");
     d_proto::frame::encode(&PeerMsg::Error(e)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEAD: Duration = Duration::from_secs(3);
+    const SILENT: Duration = Duration::from_secs(4);
+
+    /// The kernel's view: last ack `ack_ago` ms ago, `unacked` of ours.
+    fn tcp(ack_ago: u64, unacked: u32) -> Option<TcpState> {
+        Some(TcpState {
+            last_data_recv: SILENT,
+            last_ack_recv: Duration::from_millis(ack_ago),
+            unacked,
+            retransmits: u8::from(unacked > 0),
+            backoff: 0,
+            data_segs_in: 10,
+            rcv_ooopack: 0,
+        })
+    }
+
+    #[test]
+    fn bytes_the_kernel_holds_shorten_the_silence() {
+        // The reader was starved 5 s; the kernel got data 0.5 s ago.
+        let mut t = tcp(500, 0).unwrap();
+        t.last_data_recv = Duration::from_millis(500);
+        let five = Duration::from_secs(5);
+        assert_eq!(silence(five, Some(t)), Duration::from_millis(500));
+        assert_eq!(silence(five, None), five);
+    }
+
+    #[test]
+    fn a_silent_peer_whose_host_acknowledges_is_waited_for_while_jobs_ride() {
+        // Acknowledged at once (a stuck daemon, or output stuck behind losses).
+        assert_eq!(judge(SILENT, DEAD, tcp(200, 0), true), Verdict::Wait);
+        // Ours resent, but an acknowledgement came within the deadline.
+        assert_eq!(judge(SILENT, DEAD, tcp(2900, 1), true), Verdict::Wait);
+        // Not without jobs: an idle link is given up (and redialed).
+        assert_eq!(judge(SILENT, DEAD, tcp(200, 0), false), Verdict::Dead);
+        // Not past the limit.
+        let v = judge(ACKED_SILENCE_LIMIT, DEAD, tcp(200, 0), true);
+        assert_eq!(v, Verdict::Dead);
+        // Not without the kernel's view.
+        assert_eq!(judge(SILENT, DEAD, None, true), Verdict::Dead);
+    }
+
+    #[test]
+    fn a_host_that_acknowledges_nothing_is_dead_at_the_deadline() {
+        // Down or cut off: our heartbeat unacknowledged for the deadline.
+        assert_eq!(judge(SILENT, DEAD, tcp(3000, 1), true), Verdict::Dead);
+        assert_eq!(judge(SILENT, DEAD, tcp(9000, 2), true), Verdict::Dead);
+    }
 }
