@@ -382,4 +382,32 @@ fn checksum_reads_only_files_of_the_same_size() {
     same_tree(here.path(), p2p.path());
     logged(&m.vps, hinted, 1);
     logged(&m.desktop, &listed, 2);
+
+    // Pull of sources in two directories: one list job per directory, the
+    // sources' indexes kept apart (one 5-byte file each, laptop holding
+    // `one` at another size with the same mtime, `two` unchanged).
+    let (a, b) = (there.path().join("a"), there.path().join("b"));
+    for (dir, name) in [(&a, "one"), (&b, "two")] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join(name), name.repeat(2) + "!").unwrap();
+    }
+    let into = tempfile::tempdir().unwrap();
+    let froms = [
+        format!("desktop:{}", s(&a.join("one"))),
+        format!("desktop:{}", s(&b.join("two"))),
+    ];
+    json_ok(&m.laptop, &["-p", &froms[0], &froms[1], s(into.path())]);
+    let one = into.path().join("one");
+    let mtime = std::fs::metadata(&one).unwrap().modified().unwrap();
+    std::fs::write(&one, vec![3u8; BIG]).unwrap();
+    set_mtime(&one, mtime);
+    let v = json_ok(
+        &m.laptop,
+        &["-p", "--update", "-c", &froms[0], &froms[1], s(into.path())],
+    );
+    assert_eq!(counts(&v), (1, 1, 7), "pull from two directories: {v}");
+    assert_eq!(std::fs::read(&one).unwrap(), b"oneone!");
+    for dir in [&a, &b] {
+        logged(&m.desktop, &format!("(d cp --update: list {})", s(dir)), 1);
+    }
 }

@@ -221,6 +221,71 @@ pub fn top_guess(src: &str) -> Option<String> {
         .map(|n| n.to_string_lossy().into_owned())
 }
 
+/// A writer of records ([`list`]'s format) that adds `offset` to each
+/// record's source index on the way to `out`: the lists of several `Have`
+/// runs, each over some of the sources, joined into the list of all of
+/// them. Streams (holds at most one index's digits). A record whose index
+/// is not a number is passed on as it is (the reader then ignores it).
+pub struct Reindex<W> {
+    out: W,
+    offset: usize,
+    /// Digits of the current record's index, while it is being read.
+    digits: Vec<u8>,
+    /// Inside a record's rest (after its index), until its NUL.
+    in_rest: bool,
+}
+
+impl<W: Write> Reindex<W> {
+    pub fn new(out: W, offset: usize) -> Self {
+        Reindex {
+            out,
+            offset,
+            digits: Vec::new(),
+            in_rest: false,
+        }
+    }
+}
+
+impl<W: Write> Write for Reindex<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if self.in_rest {
+                let end = rest
+                    .iter()
+                    .position(|&b| b == 0)
+                    .map_or(rest.len(), |i| i + 1);
+                self.out.write_all(&rest[..end])?;
+                self.in_rest = rest[end - 1] != 0;
+                rest = &rest[end..];
+                continue;
+            }
+            let b = rest[0];
+            if b.is_ascii_digit() && self.digits.len() < 20 {
+                self.digits.push(b);
+                rest = &rest[1..];
+                continue;
+            }
+            // The index ends here (at its space, or at anything else).
+            let shifted = std::str::from_utf8(&self.digits)
+                .ok()
+                .and_then(|d| d.parse::<usize>().ok())
+                .and_then(|i| i.checked_add(self.offset));
+            match shifted {
+                Some(i) => write!(self.out, "{i}")?,
+                None => self.out.write_all(&self.digits)?,
+            }
+            self.digits.clear();
+            self.in_rest = true;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// One receiving end's record of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -405,6 +470,22 @@ mod tests {
     /// `-c` reads only the files whose size the sender's list matches:
     /// a big file of another size is left unread (sum `-`), one of the
     /// same size and one the sender does not name are hashed.
+    #[test]
+    fn reindex_shifts_each_record_s_source_index_across_writes() {
+        let list = b"0 5 1 - a\x001 7 2 - sub/b c\x000 1 1 - 12 34\x00";
+        let mut out = Vec::new();
+        let mut w = Reindex::new(&mut out, 10);
+        // Cut everywhere: inside an index, at its space, inside a name.
+        for piece in [&list[..1], &list[1..13], &list[13..14], &list[14..]] {
+            w.write_all(piece).unwrap();
+        }
+        assert_eq!(out, b"10 5 1 - a\x0011 7 2 - sub/b c\x0010 1 1 - 12 34\x00");
+        // Read back as a list: the sources are 10 and 11.
+        let mut held = Held::new(Box::new(io::Cursor::new(out)));
+        assert!(held.find(10, Path::new("a")).is_some());
+        assert!(held.find(11, Path::new("sub/b c")).is_some());
+    }
+
     #[test]
     fn checksums_only_where_the_sizes_match() {
         let src = tempfile::tempdir().unwrap();

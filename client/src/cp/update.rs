@@ -118,35 +118,65 @@ pub fn local_sender(ctx: &Ctx, sources: Vec<PathBuf>) -> Option<Sender<'static>>
 }
 
 /// With `-c`, the sender's records of `paths` on `peer` (a pull, or peer
-/// to peer): a `Have` job there on the directory the sources are in,
-/// listing them without reading them. `None` when they are not all in one
-/// directory named in the text (then every held file is hashed).
+/// to peer): `Have` jobs there on the directories the sources are in (one
+/// per run of consecutive sources in the same directory; a bare name's is
+/// `.`, the job's directory, where the send resolves it too), listing them
+/// without reading them, their source indexes shifted to the whole list's.
+/// A source whose name cannot be told from the text (`~`, `..`) is listed
+/// by nobody, so nothing of it is hashed either way.
 pub fn remote_sender<'a>(ctx: &'a Ctx, peer: &'a str, paths: &[String]) -> Option<Sender<'a>> {
-    if !ctx.opts.checksum {
+    if !ctx.opts.checksum || paths.is_empty() {
         return None;
     }
-    let dir = |p: &String| Path::new(p).parent().map(Path::to_path_buf);
-    let parent = dir(paths.first()?)?;
-    if parent.as_os_str().is_empty() || paths.iter().any(|p| dir(p).as_ref() != Some(&parent)) {
-        return None;
-    }
-    let dest = parent.to_str()?.to_string();
+    let runs = dir_runs(paths);
     let tops = tops_remote(paths);
     let opts = d_proto::types::CopyOpts {
         checksum: false,
         ..ctx.opts.clone()
     };
     Some(Box::new(move |w: Quiet| {
-        let op = FilesOp::Have {
-            dest,
-            many: true,
-            tops,
-            opts,
-            sizes: false,
-        };
-        let mut sink = w;
-        run_job(ctx, peer, op, None, Some(&mut sink));
+        for (dir, range) in runs {
+            let op = FilesOp::Have {
+                dest: dir,
+                many: true,
+                tops: tops[range.clone()].to_vec(),
+                opts: opts.clone(),
+                sizes: false,
+            };
+            let mut sink = have::Reindex::new(&w, range.start);
+            let end = run_job(ctx, peer, op, None, Some(&mut sink));
+            if !matches!(&end.outcome, Outcome::Exit(e) if e.code == Some(0)) {
+                // The list only spares hashing: the rest is hashed.
+                return;
+            }
+        }
     }))
+}
+
+/// `paths` (remote sources, in order) as runs of consecutive ones in the
+/// same directory: the directory's text (`.` for a bare name) and the
+/// sources' indexes.
+fn dir_runs(paths: &[String]) -> Vec<(String, std::ops::Range<usize>)> {
+    let dir = |p: &String| {
+        let d = Path::new(p)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        if d.as_os_str().is_empty() {
+            ".".to_string()
+        } else {
+            d.to_string_lossy().into_owned()
+        }
+    };
+    let mut runs: Vec<(String, std::ops::Range<usize>)> = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let d = dir(p);
+        match runs.last_mut() {
+            Some((last, r)) if *last == d => r.end = i + 1,
+            _ => runs.push((d, i..i + 1)),
+        }
+    }
+    runs
 }
 
 /// List what this machine holds under `dest` into `out` (a pull's list);
@@ -305,4 +335,29 @@ pub fn direct(
         notes.extend(older_note(to, &l));
     }
     (end, notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_listed_per_run_of_one_directory() {
+        let paths: Vec<String> = ["/a/x", "/a/y", "name", "/b/z", "/a/w", "../up", "~"]
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let runs = dir_runs(&paths);
+        assert_eq!(
+            runs,
+            vec![
+                ("/a".to_string(), 0..2),
+                (".".to_string(), 2..3),
+                ("/b".to_string(), 3..4),
+                ("/a".to_string(), 4..5),
+                ("..".to_string(), 5..6),
+                (".".to_string(), 6..7),
+            ]
+        );
+    }
 }
