@@ -23,6 +23,9 @@
 # plain TCP over the same tunnel (loadgen tput), with the CPU seconds of the
 # client and both daemons (scripts/bench/stream.py).
 #
+# Then the CPU each daemon spends per exec (requester, target), each build
+# (CPU_ROUNDS=6 x CPU_RUNS=50).
+#
 # Environment: BEFORE_BIN (a dir with d and d-daemon; none: this build only),
 # NOW_BIN (a dir with this build's d, d-daemon and loadgen; default target/release),
 # STATIC_D (a statically linked build of this d client, a measurement only:
@@ -158,6 +161,35 @@ for name, c in alt.items():
     m = c["median"] * 1e3
     print(f"  {name:<36} {m:7.2f} ms (p10 {c['p10'] * 1e3:6.2f}, p90 {c['p90'] * 1e3:6.2f})  {m / floor:4.2f}x floor")
 PY
+
+# Which daemon carries the time: CPU per exec of the requester's (laptop)
+# and the target's (desktop) daemon, summed over all their threads
+# (/proc/PID/task/*/schedstat, ns on CPU), CPU_ROUNDS rounds of CPU_RUNS
+# execs, the sets alternating; the median over rounds, in ms per exec.
+cpu_ns() { local pid=$1 t sum=0; for t in /proc/"$pid"/task/*/schedstat; do read -r ns _ <"$t" && sum=$((sum + ns)); done; echo "$sum"; }
+CPU_ROUNDS=${CPU_ROUNDS:-6}
+CPU_RUNS=${CPU_RUNS:-50}
+cpu_sets=(now-sh)
+[ -z "$BEFORE_BIN" ] || cpu_sets+=(before)
+declare -A CPU_REQ=() CPU_TGT=()
+for _ in $(seq "$CPU_ROUNDS"); do
+  for set in "${cpu_sets[@]}"; do
+    bin=$MESH_DIR/bin/now
+    [ "$set" != before ] || bin=$MESH_DIR/bin/before
+    r0=$(cpu_ns "${SETPID[$set/laptop]}") t0=$(cpu_ns "${SETPID[$set/desktop]}")
+    for _ in $(seq "$CPU_RUNS"); do
+      in_ns laptop "$bin/d" --socket "${SETSOCK[$set]}" execOnPeer --peer desktop --directory / --shellCmd true >/dev/null
+    done
+    r1=$(cpu_ns "${SETPID[$set/laptop]}") t1=$(cpu_ns "${SETPID[$set/desktop]}")
+    CPU_REQ[$set]+=" $(( (r1 - r0) / CPU_RUNS ))" CPU_TGT[$set]+=" $(( (t1 - t0) / CPU_RUNS ))"
+  done
+done
+med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int((NR+1)/2)]/1e6}'; }
+echo
+echo "== daemon CPU per exec (ms, median of $CPU_ROUNDS rounds x $CPU_RUNS; the shell's own CPU is the target's child's, not counted) =="
+for set in "${cpu_sets[@]}"; do
+  printf '  %-8s requester daemon %s ms, target daemon %s ms\n' "$set" "$(echo "${CPU_REQ[$set]}" | med)" "$(echo "${CPU_TGT[$set]}" | med)"
+done
 
 [ "$STREAM_MB" -gt 0 ] || exit 0
 bytes=$((STREAM_MB * 1024 * 1024))
