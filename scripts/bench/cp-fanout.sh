@@ -22,7 +22,7 @@
 # Environment: FANOUT ("10 50": the peer counts), BENCH_CP_MB (100),
 # BENCH_RUNS (rounds: one number for every count, or one per count in
 # FANOUT's order, e.g. "7 3"; default 3), BENCH_NO_BUILD=1 (use
-# target/release as it is). Run it under the test lock (flock
+# target/release as it is), KEEP_LOGS=DIR (copy the daemons' logs there). Run it under the test lock (flock
 # /work/test.lock): it makes namespaces and loads the machine.
 # Root only. Only the namespaces and processes made here are touched
 # (addresses in 198.18.0.0/15), processes are signalled by PID.
@@ -55,6 +55,11 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   [ -z "$MESH_STATE" ] || MESH_QUIET=1 bash "$MESH_SH" down --state "$MESH_STATE" >/dev/null 2>&1 || true
+  # The daemons' logs, kept when asked (why a link closed, or was waited for).
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    mkdir -p "$KEEP_LOGS"
+    for p in "$WORK"/h*/log; do [ -f "$p" ] && cp "$p" "$KEEP_LOGS/$(basename "$(dirname "$p")").log"; done
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
