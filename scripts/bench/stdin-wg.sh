@@ -11,6 +11,10 @@
 #   tcp    the floor: the same bytes over one plain TCP connection through
 #          the same tunnel into a reader that discards them
 #
+# The three alternate round by round; the CPU seconds per GiB of both
+# daemons and both wireguard-go processes are printed for each (on 2 CPUs
+# they share, what d's daemons burn is taken from the tunnel's encryption).
+#
 # Numbers only, never assertions. Environment: BENCH_STDIN_MB (default 256),
 # BENCH_RUNS (3; the median is printed), BENCH_NO_BUILD=1 (use
 # target/release as it is). Only the namespaces and processes made here
@@ -33,16 +37,17 @@ mesh_wg_start
 mesh_configure
 in_ns() { local name=$1; shift; ip netns exec "${NS[$name]}" "$@"; }
 
+# CPU seconds (user + system, all threads) of a process so far.
+cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 secs() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo "$(( (t1 - t0) / 1000000 ))"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 rate() { awk -v b="$SIZE" -v ms="$1" 'BEGIN { printf "%.0f", b / 1048576 / (ms / 1000) }'; }
-measure() { # label, then the command
-  local label=$1; shift
+declare -A MS=()
+report() { # label
   local ms
-  ms=$(for _ in $(seq "$RUNS"); do secs "$@"; done | median)
-  printf '%-5s %6s MB/s  (%d MiB in %d ms, median of %d)\n' "$label" "$(rate "$ms")" "$MB" "$ms" "$RUNS"
+  ms=$(echo "${MS[$1]}" | tr ' ' '\n' | grep . | median)
+  printf '%-5s %6s MB/s  (%d MiB in %d ms, median of %d)\n' "$1" "$(rate "$ms")" "$MB" "$ms" "$RUNS"
 }
-
 d_one() { head -c "$SIZE" /dev/zero | mesh_d laptop @vps 'cat > /dev/null'; }
 tcp_floor() {
   rm -f "$MESH_DIR/port"
@@ -61,11 +66,10 @@ PY
   wait "$rp"
 }
 
-echo "stdin throughput over WireGuard (wireguard-go, laptop -> vps), $MB MiB, $(nproc) CPUs, load $(cut -d' ' -f1 /proc/loadavg)"
+echo "stdin throughput over WireGuard (wireguard-go, laptop -> vps), $MB MiB, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 d_one # warm: the session exists before the runs
-measure d d_one
-measure tcp tcp_floor
 
+labels=(d tcp)
 if [ -x /usr/sbin/sshd ]; then
   s=$MESH_DIR/ssh
   bench_ssh_keys "$s"
@@ -75,7 +79,32 @@ if [ -x /usr/sbin/sshd ]; then
   SSH=(ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i "$s/id" -p 2222 "root@${IP[vps]}")
   for _ in $(seq 50); do in_ns laptop "${SSH[@]}" true 2>/dev/null && break; sleep 0.1; done
   ssh_one() { head -c "$SIZE" /dev/zero | in_ns laptop "${SSH[@]}" 'cat > /dev/null'; }
-  measure ssh ssh_one
+  labels+=(ssh)
 else
   echo "ssh   skipped (no /usr/sbin/sshd)"
 fi
+
+# Where the CPU goes: both daemons and both wireguard-go processes, summed
+# over each kind's runs (the short-lived clients are not counted).
+WGP=("$(mesh_wg_get WG_PID_3)" "$(mesh_wg_get WG_PID_1)")
+cpu_all() { echo "$(cpu_s "${PID[laptop]}") $(cpu_s "${PID[vps]}") $(cpu_s "${WGP[0]}") $(cpu_s "${WGP[1]}")"; }
+declare -A CPU0=() CPU=()
+fn_of() { case $1 in d) echo d_one ;; tcp) echo tcp_floor ;; ssh) echo ssh_one ;; esac; }
+# Rounds alternate the three, so load moves them alike.
+for _ in $(seq "$RUNS"); do
+  for l in "${labels[@]}"; do
+    before=$(cpu_all)
+    MS[$l]+=" $(secs "$(fn_of "$l")")"
+    after=$(cpu_all)
+    CPU[$l]=$(awk -v a="$before" -v b="$after" -v acc="${CPU[$l]:-0 0 0 0}" 'BEGIN {
+      split(a, x); split(b, y); split(acc, z)
+      for (i = 1; i <= 4; i++) printf "%.2f ", z[i] + y[i] - x[i] }')
+  done
+done
+for l in "${labels[@]}"; do report "$l"; done
+gib=$(awk -v b="$SIZE" -v r="$RUNS" 'BEGIN { print b * r / 1073741824 }')
+echo "CPU seconds per GiB moved (laptop daemon, vps daemon, laptop's wireguard-go, vps's wireguard-go):"
+for l in "${labels[@]}"; do
+  echo "${CPU[$l]}" | awk -v g="$gib" -v l="$l" '{ printf "  %-5s %5.2f %5.2f %5.2f %5.2f\n", l, $1 / g, $2 / g, $3 / g, $4 / g }'
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
