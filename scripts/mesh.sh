@@ -67,7 +67,7 @@ usage() {
 
 missing_tools() {
   local t missing=()
-  for t in ip wg wireguard-go ping pgrep sysctl nft; do
+  for t in ip wg wireguard-go ping pgrep sysctl; do
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
   done
   echo "${missing[*]}"
@@ -83,7 +83,7 @@ ensure_deps() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq --no-install-recommends \
-      wireguard-go wireguard-tools iproute2 iputils-ping procps nftables >&2
+      wireguard-go wireguard-tools iproute2 iputils-ping procps >&2
     missing=$(missing_tools)
     [ -z "$missing" ] || die "still missing after apt-get: $missing"
   fi

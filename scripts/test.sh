@@ -27,6 +27,8 @@ fi
 # So do the machine tests (systemd-nspawn, package systemd-container).
 if [ "$(id -u)" = 0 ]; then
   bash scripts/mesh.sh deps
+  # Packet loss on a namespace host's underlay (daemon/tests/wg_lossy.rs).
+  command -v nft >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nftables; }
   bash scripts/machines.sh deps --wireguard
 else
   echo "note: not root, so the WireGuard namespace and systemd machine tests will be skipped" >&2

@@ -235,7 +235,16 @@ pub struct Reindex<W> {
     in_rest: bool,
 }
 
+/// The most digits a source index has (`usize::MAX` has 20).
+const MAX_INDEX_DIGITS: usize = 20;
+
 impl<W: Write> Reindex<W> {
+    /// Whether all written so far ended at a record's end (a list cut
+    /// inside a record must not be followed by another run's records).
+    pub fn between_records(&self) -> bool {
+        !self.in_rest && self.digits.is_empty()
+    }
+
     pub fn new(out: W, offset: usize) -> Self {
         Reindex {
             out,
@@ -261,9 +270,17 @@ impl<W: Write> Write for Reindex<W> {
                 continue;
             }
             let b = rest[0];
-            if b.is_ascii_digit() && self.digits.len() < 20 {
+            if b.is_ascii_digit() && self.digits.len() < MAX_INDEX_DIGITS {
                 self.digits.push(b);
                 rest = &rest[1..];
+                continue;
+            }
+            if b.is_ascii_digit() {
+                // No index is this long: the record goes on unchanged (its
+                // reader stops there; what follows is hashed, not lost).
+                self.out.write_all(&self.digits)?;
+                self.digits.clear();
+                self.in_rest = true;
                 continue;
             }
             // The index ends here (at its space, or at anything else).
@@ -467,9 +484,6 @@ mod tests {
         assert_eq!(top_guess(".."), None);
     }
 
-    /// `-c` reads only the files whose size the sender's list matches:
-    /// a big file of another size is left unread (sum `-`), one of the
-    /// same size and one the sender does not name are hashed.
     #[test]
     fn reindex_shifts_each_record_s_source_index_across_writes() {
         let list = b"0 5 1 - a\x001 7 2 - sub/b c\x000 1 1 - 12 34\x00";
@@ -479,13 +493,24 @@ mod tests {
         for piece in [&list[..1], &list[1..13], &list[13..14], &list[14..]] {
             w.write_all(piece).unwrap();
         }
+        assert!(w.between_records());
         assert_eq!(out, b"10 5 1 - a\x0011 7 2 - sub/b c\x0010 1 1 - 12 34\x00");
         // Read back as a list: the sources are 10 and 11.
         let mut held = Held::new(Box::new(io::Cursor::new(out)));
         assert!(held.find(10, Path::new("a")).is_some());
         assert!(held.find(11, Path::new("sub/b c")).is_some());
+        // An index longer than any passes unchanged; a cut record is seen.
+        let long = b"123456789012345678901234 5 1 - a\x009 1";
+        let mut out = Vec::new();
+        let mut w = Reindex::new(&mut out, 1);
+        w.write_all(long).unwrap();
+        assert!(!w.between_records());
+        assert_eq!(out, b"123456789012345678901234 5 1 - a\x0010 1");
     }
 
+    /// `-c` reads only the files whose size the sender's list matches:
+    /// a big file of another size is left unread (sum `-`), one of the
+    /// same size and one the sender does not name are hashed.
     #[test]
     fn checksums_only_where_the_sizes_match() {
         let src = tempfile::tempdir().unwrap();

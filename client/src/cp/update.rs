@@ -129,6 +129,9 @@ pub fn remote_sender<'a>(ctx: &'a Ctx, peer: &'a str, paths: &[String]) -> Optio
         return None;
     }
     let runs = dir_runs(paths);
+    if runs.len() > MAX_LIST_RUNS {
+        return None;
+    }
     let tops = tops_remote(paths);
     let opts = d_proto::types::CopyOpts {
         checksum: false,
@@ -145,13 +148,19 @@ pub fn remote_sender<'a>(ctx: &'a Ctx, peer: &'a str, paths: &[String]) -> Optio
             };
             let mut sink = have::Reindex::new(&w, range.start);
             let end = run_job(ctx, peer, op, None, Some(&mut sink));
-            if !matches!(&end.outcome, Outcome::Exit(e) if e.code == Some(0)) {
+            let whole = sink.between_records();
+            if !whole || !matches!(&end.outcome, Outcome::Exit(e) if e.code == Some(0)) {
                 // The list only spares hashing: the rest is hashed.
                 return;
             }
         }
     }))
 }
+
+/// At most this many `Have` jobs list a copy's remote sources (one per run
+/// of sources in one directory, one after another); sources spread over
+/// more directories are all hashed, as before protocol 13's lists.
+const MAX_LIST_RUNS: usize = 16;
 
 /// `paths` (remote sources, in order) as runs of consecutive ones in the
 /// same directory: the directory's text (`.` for a bare name) and the

@@ -8,8 +8,9 @@
 //! - the kernel may hold data the reader has not read yet (this daemon was
 //!   short of CPU, not the peer silent): `last_data_recv`;
 //! - a host that acknowledges our heartbeats is up and reachable, whatever
-//!   its daemon does; one that acknowledges nothing for the whole deadline is
-//!   down or cut off: `unacked`, `last_ack_recv`.
+//!   its daemon does; one that acknowledges none of our bytes for the whole
+//!   deadline while some are outstanding is down or cut off: `bytes_acked`,
+//!   `unacked`, `probes`.
 //!
 //! The rest (retransmissions, segments in, out of order) goes into the log
 //! line that says why a session was closed or kept.
@@ -21,12 +22,20 @@ use std::time::Duration;
 /// (milliseconds since the event, as `tcp_info` gives them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpState {
-    /// Since the last segment carrying data arrived (in order or not).
+    /// Since data last arrived in order (the kernel's `lrcvtime`; out of
+    /// order and duplicate segments do not move it).
     pub last_data_recv: Duration,
-    /// Since the last acknowledgement of our data arrived.
+    /// Since the last acceptable segment carrying an ACK arrived (any, also
+    /// a duplicate: not proof that our bytes arrived; see `bytes_acked`).
     pub last_ack_recv: Duration,
+    /// Bytes of ours the peer has acknowledged since the connection began:
+    /// growing, it proves our bytes reach its host.
+    pub bytes_acked: u64,
     /// Our segments sent and not yet acknowledged.
     pub unacked: u32,
+    /// Zero-window probes sent and unanswered (the peer's window is shut:
+    /// our bytes wait unsent, so `unacked` may be 0).
+    pub probes: u8,
     /// Consecutive retransmission timeouts of the oldest unacknowledged
     /// segment (0: no timeout pending).
     pub retransmits: u8,
@@ -74,7 +83,9 @@ pub fn read(sock: &impl AsRawFd) -> Option<TcpState> {
     Some(TcpState {
         last_data_recv: ms(info.tcpi_last_data_recv),
         last_ack_recv: ms(info.tcpi_last_ack_recv),
+        bytes_acked: info.tcpi_bytes_acked,
         unacked: info.tcpi_unacked,
+        probes: info.tcpi_probes,
         retransmits: info.tcpi_retransmits,
         backoff: info.tcpi_backoff,
         data_segs_in: info.tcpi_data_segs_in,

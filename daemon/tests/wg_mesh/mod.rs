@@ -63,8 +63,6 @@ const TOOLS: &[&str] = &[
     "pgrep",
     "sysctl",
     "bash",
-    // Packet loss on a host's underlay (wg_lossy.rs).
-    "nft",
 ];
 
 fn on_path(tool: &str) -> bool {

@@ -24,9 +24,11 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
     let mut last = Instant::now();
     let deadline = tokio::time::sleep(s.dead_after());
     tokio::pin!(deadline);
-    // A silence being looked at: what the kernel and WireGuard said when it
-    // began (the reader keeps reading meanwhile).
+    // A silence being looked at: what WireGuard said when it began, and
+    // whether its look is done (the reader keeps reading meanwhile).
     let mut probe: Option<Probe> = None;
+    // When the peer last acknowledged bytes of ours (as seen at a deadline).
+    let mut acked = Acked::default();
     // Waiting for a peer whose host still acknowledges (said once per silence).
     let mut waiting = false;
     loop {
@@ -37,6 +39,7 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
                 // Bytes of a frame still arriving count as life too.
                 let read_ago = last.max(reader.last_read()).elapsed();
                 let tcp = tcp_state::read(reader.get_ref().as_ref());
+                acked.see(tcp);
                 let silent = silence(read_ago, tcp);
                 if silent < dead_after {
                     (probe, waiting) = (None, false);
@@ -44,18 +47,17 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
                     continue;
                 }
                 let wait = s.ep.heartbeat.max(Duration::from_millis(300));
-                let wg_now = wg::snapshot(&s.ep.wg_interface, s.peer.remote.ip()).await;
-                let Some(p) = probe.take() else {
+                let first_look = probe.is_none();
+                if first_look {
                     // Silent past the deadline: look for a moment before
                     // judging, while a heartbeat goes out (a live host
                     // acknowledges it, whatever its daemon does).
-                    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
-                    probe = Some(Probe { wg: wg_now });
-                    deadline.as_mut().reset(Instant::now() + wait);
-                    continue;
-                };
-                if judge(silent, dead_after, tcp, s.carries_jobs()) == Verdict::Wait {
-                    if !waiting {
+                    let wg = wg::snapshot(&s.ep.wg_interface, s.peer.remote.ip()).await;
+                    probe = Some(Probe { wg });
+                }
+                let jobs = s.carries_jobs();
+                if first_look || judge(silent, dead_after, tcp, acked.ago(), jobs) == Verdict::Wait {
+                    if !first_look && !waiting {
                         waiting = true;
                         tracing::warn!(
                             "nothing from {} for {} while jobs ride the session, but its host \
@@ -68,7 +70,6 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
                         );
                     }
                     let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
-                    probe = Some(Probe { wg: wg_now });
                     deadline.as_mut().reset(Instant::now() + wait);
                     continue;
                 }
@@ -78,7 +79,9 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
                     kernel_view(tcp)
                 );
                 let mut e = ErrorBody::peer_timeout(&s.peer.id);
-                if let Some(why) = explain_tunnel(&s.peer.id, silent, p.wg, wg_now) {
+                let before = probe.take().and_then(|p| p.wg);
+                let wg_now = wg::snapshot(&s.ep.wg_interface, s.peer.remote.ip()).await;
+                if let Some(why) = explain_tunnel(&s.peer.id, silent, before, wg_now) {
                     e.hint = Some(format!("{why}\n{}", e.hint.unwrap_or_default()));
                 }
                 s.close(e);
@@ -114,6 +117,33 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
 /// What WireGuard said when a silence was first looked at.
 struct Probe {
     wg: Option<wg::Snapshot>,
+}
+
+/// When the peer's host last acknowledged bytes of ours, as far as the
+/// deadline's looks saw: `tcpi_bytes_acked` grew between two looks, no later
+/// than the last ACK segment arrived (`tcpi_last_ack_recv`).
+#[derive(Default)]
+struct Acked {
+    bytes: u64,
+    at: Option<Instant>,
+}
+
+impl Acked {
+    fn see(&mut self, tcp: Option<TcpState>) {
+        if let Some(t) = tcp {
+            if self.at.is_none() || t.bytes_acked != self.bytes {
+                // It grew no later than the last ACK arrived.
+                let now = Instant::now();
+                let at = now.checked_sub(t.last_ack_recv).unwrap_or(now);
+                (self.bytes, self.at) = (t.bytes_acked, Some(at));
+            }
+        }
+    }
+
+    /// Since the acknowledged count last grew (at most since the first look).
+    fn ago(&self) -> Duration {
+        self.at.map_or(Duration::MAX, |at| at.elapsed())
+    }
 }
 
 /// The longest a session carrying jobs stays open while the peer's host
@@ -153,15 +183,25 @@ enum Verdict {
 }
 
 /// Judge a silence of `silent` from the kernel's view of the socket now
-/// (after a heartbeat went out at the look's start). Without that view, the
+/// (a heartbeat went out at the look's start) and how long ago the peer
+/// last acknowledged bytes of ours (`acked_ago`). Without that view, the
 /// heartbeat deadline alone decides.
-fn judge(silent: Duration, dead_after: Duration, now: Option<TcpState>, jobs: bool) -> Verdict {
+fn judge(
+    silent: Duration,
+    dead_after: Duration,
+    now: Option<TcpState>,
+    acked_ago: Duration,
+    jobs: bool,
+) -> Verdict {
     let Some(now) = now else {
         return Verdict::Dead;
     };
-    // Ours unacknowledged for the whole deadline: nothing reaches that host,
-    // or nothing comes back from it.
-    let unanswered = now.unacked > 0 && now.last_ack_recv >= dead_after;
+    // Bytes of ours outstanding (sent, or held back by a shut window) and
+    // none acknowledged for the whole deadline: nothing reaches that host,
+    // or nothing comes back from it. (A duplicate ACK, say the peer's
+    // retransmission, acknowledges nothing new.)
+    let outstanding = now.unacked > 0 || now.probes > 0;
+    let unanswered = outstanding && acked_ago >= dead_after;
     if jobs && !unanswered && silent < ACKED_SILENCE_LIMIT {
         Verdict::Wait
     } else {
@@ -175,10 +215,11 @@ fn kernel_view(tcp: Option<TcpState>) -> String {
     match tcp {
         None => "no TCP_INFO".into(),
         Some(t) => format!(
-            "kernel: last data {:.1}s ago, last ack {:.1}s ago, {} unacked, {}, {} data segments in, {} out of order",
+            "kernel: last data {:.1}s ago, last ACK {:.1}s ago, {} unacked, {} window probes, {}, {} data segments in, {} out of order",
             t.last_data_recv.as_secs_f64(),
             t.last_ack_recv.as_secs_f64(),
             t.unacked,
+            t.probes,
             if t.recovering() {
                 format!("retransmitting (backoff {})", t.backoff)
             } else {
@@ -315,12 +356,14 @@ mod tests {
     const DEAD: Duration = Duration::from_secs(3);
     const SILENT: Duration = Duration::from_secs(4);
 
-    /// The kernel's view: last ack `ack_ago` ms ago, `unacked` of ours.
-    fn tcp(ack_ago: u64, unacked: u32) -> Option<TcpState> {
+    /// The kernel's view: `unacked` segments and `probes` outstanding.
+    fn tcp(unacked: u32, probes: u8) -> Option<TcpState> {
         Some(TcpState {
             last_data_recv: SILENT,
-            last_ack_recv: Duration::from_millis(ack_ago),
+            last_ack_recv: Duration::from_millis(100),
+            bytes_acked: 1000,
             unacked,
+            probes,
             retransmits: u8::from(unacked > 0),
             backoff: 0,
             data_segs_in: 10,
@@ -328,35 +371,73 @@ mod tests {
         })
     }
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn bytes_the_kernel_holds_shorten_the_silence() {
         // The reader was starved 5 s; the kernel got data 0.5 s ago.
-        let mut t = tcp(500, 0).unwrap();
-        t.last_data_recv = Duration::from_millis(500);
+        let mut t = tcp(0, 0).unwrap();
+        t.last_data_recv = ms(500);
         let five = Duration::from_secs(5);
-        assert_eq!(silence(five, Some(t)), Duration::from_millis(500));
+        assert_eq!(silence(five, Some(t)), ms(500));
         assert_eq!(silence(five, None), five);
     }
 
     #[test]
     fn a_silent_peer_whose_host_acknowledges_is_waited_for_while_jobs_ride() {
-        // Acknowledged at once (a stuck daemon, or output stuck behind losses).
-        assert_eq!(judge(SILENT, DEAD, tcp(200, 0), true), Verdict::Wait);
-        // Ours resent, but an acknowledgement came within the deadline.
-        assert_eq!(judge(SILENT, DEAD, tcp(2900, 1), true), Verdict::Wait);
+        // Everything acknowledged (a stuck daemon, or output stuck behind losses).
+        assert_eq!(judge(SILENT, DEAD, tcp(0, 0), ms(200), true), Verdict::Wait);
+        // Ours resent, but bytes were acknowledged within the deadline.
+        assert_eq!(
+            judge(SILENT, DEAD, tcp(1, 0), ms(2900), true),
+            Verdict::Wait
+        );
         // Not without jobs: an idle link is given up (and redialed).
-        assert_eq!(judge(SILENT, DEAD, tcp(200, 0), false), Verdict::Dead);
+        assert_eq!(
+            judge(SILENT, DEAD, tcp(0, 0), ms(200), false),
+            Verdict::Dead
+        );
         // Not past the limit.
-        let v = judge(ACKED_SILENCE_LIMIT, DEAD, tcp(200, 0), true);
+        let v = judge(ACKED_SILENCE_LIMIT, DEAD, tcp(0, 0), ms(200), true);
         assert_eq!(v, Verdict::Dead);
         // Not without the kernel's view.
-        assert_eq!(judge(SILENT, DEAD, None, true), Verdict::Dead);
+        assert_eq!(judge(SILENT, DEAD, None, ms(200), true), Verdict::Dead);
     }
 
     #[test]
     fn a_host_that_acknowledges_nothing_is_dead_at_the_deadline() {
         // Down or cut off: our heartbeat unacknowledged for the deadline.
-        assert_eq!(judge(SILENT, DEAD, tcp(3000, 1), true), Verdict::Dead);
-        assert_eq!(judge(SILENT, DEAD, tcp(9000, 2), true), Verdict::Dead);
+        assert_eq!(
+            judge(SILENT, DEAD, tcp(1, 0), ms(3000), true),
+            Verdict::Dead
+        );
+        assert_eq!(
+            judge(SILENT, DEAD, tcp(2, 0), Duration::MAX, true),
+            Verdict::Dead
+        );
+        // Its window shut (our bytes unsent, zero-window probes unanswered).
+        assert_eq!(
+            judge(SILENT, DEAD, tcp(0, 2), ms(3500), true),
+            Verdict::Dead
+        );
+    }
+
+    #[test]
+    fn only_bytes_newly_acknowledged_count_as_answered() {
+        let mut a = Acked::default();
+        assert_eq!(a.ago(), Duration::MAX);
+        a.see(tcp(1, 0));
+        let first = a.at;
+        assert!(a.ago() >= ms(100) && a.ago() < Duration::from_secs(1));
+        // The same count seen again (a duplicate ACK moves nothing).
+        std::thread::sleep(ms(5));
+        a.see(tcp(1, 0));
+        assert_eq!(a.at, first);
+        let mut more = tcp(1, 0).unwrap();
+        more.bytes_acked += 20;
+        a.see(Some(more));
+        assert!(a.at > first);
     }
 }
