@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{client_bin, run_d_in, stderr, stdout, wait_for};
-use wg_daemons::{online, reference, wait_all_online, NsDaemon};
+use wg_daemons::{online, reference, spokes_apart, wait_all_online, NsDaemon};
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
 
 #[test]
@@ -222,15 +222,8 @@ fn relay_through_the_leader_when_spokes_cannot_meet() {
     if !ready_or_skip("relay_through_the_leader_when_spokes_cannot_meet") {
         return;
     }
-    let mesh = NetMesh::up(3, Topology::Hub).expect("mesh up");
     // The hub stops forwarding between spokes: laptop has no path to desktop.
-    let o = mesh.exec(1, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let (_vps, desktop, laptop) = reference(&mesh, &[]);
-    assert!(
-        !mesh.ping(3, mesh.overlay_ip(2), Duration::from_secs(1)),
-        "spokes must not meet"
-    );
+    let (_mesh, _vps, desktop, laptop) = spokes_apart();
 
     let o = laptop.d(&[
         "--verbose",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{
     daemon_bin, kill_child, run_d, run_d_json, stop_child, wait_answering, wait_for,
 };
-use crate::wg_mesh::NetMesh;
+use crate::wg_mesh::{NetMesh, Topology};
 
 /// A d-daemon inside a namespace host, with its own hostname (UTS namespace).
 pub struct NsDaemon {
@@ -140,4 +140,21 @@ pub fn reference(mesh: &NetMesh, leader_extra: &[&str]) -> (NsDaemon, NsDaemon, 
     }
     wait_all_online(&vps, &["vps", "desktop", "laptop"], Duration::from_secs(10));
     (vps, desktop, laptop)
+}
+
+/// The reference mesh over hub-and-spoke WireGuard whose hub (vps, host 1,
+/// the leader) does not forward: desktop and laptop cannot reach each other
+/// (checked), so everything between them goes through the leader's relay.
+/// Bind the result in this order (`let (mesh, vps, desktop, laptop)`): the
+/// daemons stop before the mesh is torn down.
+pub fn spokes_apart() -> (NetMesh, NsDaemon, NsDaemon, NsDaemon) {
+    let mesh = NetMesh::up(3, Topology::Hub).expect("mesh up");
+    let o = mesh.exec(1, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (vps, desktop, laptop) = reference(&mesh, &[]);
+    assert!(
+        !mesh.ping(3, mesh.overlay_ip(2), Duration::from_secs(1)),
+        "spokes must not meet"
+    );
+    (mesh, vps, desktop, laptop)
 }
