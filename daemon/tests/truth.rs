@@ -138,7 +138,19 @@ struct Running {
 }
 
 fn start_d(socket: &Path, args: &[&str]) -> Running {
-    let mut child = Command::new(client_bin())
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(client_bin());
+    // d keeps a signal ignored that it was started with ignored (as nohup
+    // asks); the tests send SIGHUP, so it starts at its default here even
+    // when the test run itself was started under nohup.
+    // SAFETY: signal() is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .arg("--socket")
         .arg(socket)
         .args(args)
