@@ -9,8 +9,11 @@
 #             and the mean size of reads and writes (bytes / calls)
 #   perf      `perf record -g` on each daemon: the top symbols (self time)
 #
-# Numbers only, never assertions. Environment: MB (default 512), PERF=1 to
-# add the perf run (needs perf), BENCH_NO_BUILD=1 (use target/release).
+# Numbers only, never assertions. Environment: MB (default 512), RUNS (plain
+# runs, default 3), PERF=1 to add the perf run (needs perf), NO_STRACE=1 to
+# skip the strace run, BENCH_NO_BUILD=1 (use target/release), BIN=DIR to take
+# `d` and `d-daemon` from DIR instead (another build, for a side-by-side run:
+# call the script once per build, alternating).
 # Results in target/bench/stream-profile/. Hold the test lock:
 # `flock /work/test.lock bash scripts/bench/stream-profile.sh`.
 set -euo pipefail
@@ -19,8 +22,9 @@ ROOT=$(cd "$HERE/../.." && pwd)
 MB=${MB:-512}
 BYTES=$((MB * 1024 * 1024))
 [ -n "${BENCH_NO_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p d-daemon -p d-client >&2)
-D=$ROOT/target/release/d
-DAEMON=$ROOT/target/release/d-daemon
+BIN=${BIN:-$ROOT/target/release}
+D=$BIN/d
+DAEMON=$BIN/d-daemon
 OUT=$ROOT/target/bench/stream-profile
 mkdir -p "$OUT"
 W=$(mktemp -d /tmp/d-stream-profile.XXXXXX)
@@ -57,8 +61,8 @@ cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, clock ticks
 TCK=$(getconf CLK_TCK)
 stream() { "$D" --socket "$W/a.sock" execOnPeer --peer lb --directory / --timeout 0 --shellCmd "head -c $BYTES /dev/zero"; }
 
-echo "== plain: $MB MiB, load $(cut -d' ' -f1-3 /proc/loadavg) =="
-for run in 1 2 3; do
+echo "== plain: $MB MiB, $BIN, load $(cut -d' ' -f1-3 /proc/loadavg) =="
+for run in $(seq "${RUNS:-3}"); do
   a0=$(cpu "$LA") b0=$(cpu "$LB") t0=$(date +%s%N)
   c=$( { /usr/bin/time -f '%U %S' bash -c "$(declare -f stream); D=$D W=$W BYTES=$BYTES stream >/dev/null"; } 2>&1 | tail -n 1)
   t1=$(date +%s%N) a1=$(cpu "$LA") b1=$(cpu "$LB")
@@ -68,6 +72,7 @@ for run in 1 2 3; do
         '"$run"', mb / (ms / 1000), ms, a / tck / g, b / tck / g, (cc[1] + cc[2]) / g }'
 done
 
+[ -z "${NO_STRACE:-}" ] || exit 0
 echo "== strace -c -f: each daemon and the client (one run, slowed by tracing) =="
 strace -c -f -o "$OUT/strace-requester.txt" -p "$LA" &
 S1=$!

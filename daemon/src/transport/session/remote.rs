@@ -30,11 +30,18 @@ pub struct RemoteJob {
 }
 
 /// Bytes consumed and not yet credited back to the target.
-#[derive(Default)]
 struct Owed {
     bytes: AtomicUsize,
     more: Notify,
+    /// The credit window the target was given (bytes).
+    window: usize,
 }
+
+/// How long consumed bytes may wait to be credited back in one batch
+/// ([`Session::credit_due`]) when neither rule that sends it at once holds:
+/// a target short of *its own* output budget sends less than its credit
+/// allows, and must still get what it sent back.
+const CREDIT_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl RemoteJob {
     /// The output was consumed (written out, passed on): the target may
@@ -42,8 +49,17 @@ impl RemoteJob {
     /// them (a task of the job's own waits for it, so its other events
     /// still come meanwhile).
     pub async fn credit(&self, bytes: usize) {
-        if bytes > 0 {
-            self.owed.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if bytes == 0 {
+            return;
+        }
+        let before = self.owed.bytes.fetch_add(bytes, Ordering::Relaxed);
+        // The credit task wakes for the first bytes owed (to start its
+        // batch's clock) and when the batch is due; not for every frame.
+        if before == 0
+            || self
+                .session
+                .credit_due(self.id, before + bytes, self.owed.window)
+        {
             self.owed.more.notify_one();
         }
     }
@@ -191,7 +207,11 @@ impl Session {
                 input: credits.clone(),
             },
         );
-        let owed = Arc::new(Owed::default());
+        let owed = Arc::new(Owed {
+            bytes: AtomicUsize::new(0),
+            more: Notify::new(),
+            window: spec.window.unwrap_or(d_proto::JOB_WINDOW) as usize,
+        });
         let done = self.closed.child_token();
         self.ep.tasks.tracker.spawn(grant_loop(
             self.clone(),
@@ -226,6 +246,27 @@ impl Session {
         }
         let _ = self.send(PeerMsg::Credit { job, bytes }).await;
     }
+
+    /// Whether `owed` consumed bytes of `job` (whose credit window is
+    /// `window` bytes) should be credited back now rather than batched with
+    /// more: once they are half the window, or once the target has less than
+    /// half the window left to send on. SSH does the same with its window
+    /// adjustments (OpenSSH's channel_check_window: when half is consumed).
+    /// One Credit frame per frame of output cost the target a read and a
+    /// wake-up per frame, and this side a write (bench/RESULTS.md,
+    /// stream-profile.sh: 100,000 of each per GiB on loopback).
+    fn credit_due(&self, job: u64, owed: usize, window: usize) -> bool {
+        let left = self.lock_jobs_out().get(&job).map(|j| j.reserve.len());
+        batch_full(owed, window, left)
+    }
+}
+
+/// [`Session::credit_due`]'s rule: `owed` bytes (consumed, not yet credited)
+/// of a job with a `window`-byte credit window, whose target may still send
+/// `left` bytes on the credit it holds (`None`: the job has ended).
+fn batch_full(owed: usize, window: usize, left: Option<usize>) -> bool {
+    let half = window / 2;
+    owed >= half || left.is_none_or(|l| l < half)
 }
 
 /// A remote job's credit: what its consumer used is granted back to the
@@ -237,6 +278,8 @@ async fn grant_loop(
     owed: Arc<Owed>,
     done: CancellationToken,
 ) {
+    // When the bytes owed now were first owed (the batch's clock).
+    let mut since: Option<tokio::time::Instant> = None;
     loop {
         let n = owed.bytes.load(Ordering::Relaxed);
         if n == 0 {
@@ -245,11 +288,46 @@ async fn grant_loop(
                 _ = done.cancelled() => return,
             }
         }
+        let deadline =
+            *since.get_or_insert_with(|| tokio::time::Instant::now() + CREDIT_BATCH_WAIT);
+        if tokio::time::Instant::now() < deadline && !s.credit_due(job, n, owed.window) {
+            tokio::select! {
+                _ = owed.more.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = done.cancelled() => return,
+            }
+            continue;
+        }
+        since = None;
         let held = tokio::select! {
             h = s.ep.output.take(n, &own) => h,
             _ = done.cancelled() => return,
         };
         owed.bytes.fetch_sub(held.len(), Ordering::Relaxed);
         s.grant(job, held).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_full;
+
+    #[test]
+    fn credit_goes_back_at_half_the_window_or_when_the_target_runs_low() {
+        let w = 1 << 20;
+        // A frame's worth consumed while the target still has most of its
+        // window: batched.
+        assert!(!batch_full(10 << 10, w, Some(w - (10 << 10))));
+        // Half the window consumed: sent.
+        assert!(batch_full(w / 2, w, Some(w / 2)));
+        // The target has less than half left to send on: sent, however
+        // little is owed.
+        assert!(batch_full(1, w, Some(w / 2 - 1)));
+        // The job has ended: nothing to wait for.
+        assert!(batch_full(1, w, None));
+        // The smallest window (a job on its own allowance) batches at 32 KiB.
+        let small = 64 << 10;
+        assert!(!batch_full(16 << 10, small, Some(48 << 10)));
+        assert!(batch_full(32 << 10, small, Some(48 << 10)));
     }
 }
