@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build the Debian package d_VERSION_amd64.deb: d, d-daemon (in /usr/sbin),
+# Build the Debian package d_VERSION_amd64.deb: d (statically linked where the
+# musl target can be had: scripts/static-client.sh), d-daemon (in /usr/sbin),
 # d-mcp, the systemd unit (ExecStart=/usr/sbin/d-daemon), man pages, bash, zsh
 # and fish completions, the README and the assistant skill file; maintainer
 # scripts that create the group `d`, enable and start d-daemon (and restart it
@@ -52,6 +53,19 @@ sed 's|^ExecStart=.*|ExecStart=/usr/sbin/d-daemon|' systemd/d-daemon.service >"$
 grep -qx 'ExecStart=/usr/sbin/d-daemon' "$staging/units/d-daemon.service" ||
   die "systemd/d-daemon.service has no ExecStart= line to rewrite"
 "$target/release/xtask" man "$staging/man" >/dev/null
+# The client as one static binary where the musl target can be had
+# (scripts/static-client.sh says why), else as cargo built it.
+mkdir -p "$staging/bin"
+if [ "$build" = 1 ]; then
+  client=$(bash "$ROOT/scripts/static-client.sh") || client=
+else
+  client=$(bash "$ROOT/scripts/static-client.sh" --no-build 2>/dev/null) || client=
+  # Not one older than the release build it would ship beside.
+  [ -z "$client" ] || [ ! "$target/release/d" -nt "$client" ] || client=
+fi
+[ -n "$client" ] || client=$target/release/d
+echo "deb.sh: the client: $client" >&2
+cp "$client" "$staging/bin/d"
 
 args=(deb -p d-client --no-build --locked)
 [ -z "$out" ] || args+=(--output "$out")

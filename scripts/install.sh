@@ -184,6 +184,17 @@ build() {
   command -v cargo >/dev/null ||
     die "cargo not found: install Rust (https://rustup.rs), or build first and use --no-build"
   (cd "$ROOT" && cargo build "${profile_args[@]}" --locked -p d-daemon -p d-client -p d-mcp -p xtask)
+  # The client also as one static binary, installed when it could be built
+  # (scripts/static-client.sh says why; without it the dynamic one is).
+  bash "$ROOT/scripts/static-client.sh" --profile "$PROFILE" >/dev/null || true
+}
+
+# The client to install: the static one of this profile when built and not
+# older than the dynamic one in $1 (a --no-build of a newer tree), else $1/d.
+client_bin() {
+  local s
+  s=$(bash "$ROOT/scripts/static-client.sh" --profile "$PROFILE" --no-build 2>/dev/null) || s=
+  if [ -n "$s" ] && [ ! "$1/d" -nt "$s" ]; then echo "$s"; else echo "$1/d"; fi
 }
 
 install_all() {
@@ -206,7 +217,7 @@ install_all() {
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 
-  put "$bin/d" "$PREFIX/bin/d" 0755
+  put "$(client_bin "$bin")" "$PREFIX/bin/d" 0755
   put "$bin/d-daemon" "$PREFIX/sbin/d-daemon" 0755
   if [ -x "$bin/d-mcp" ]; then
     put "$bin/d-mcp" "$PREFIX/bin/d-mcp" 0755

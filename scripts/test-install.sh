@@ -47,6 +47,15 @@ DESTDIR=$DEST bash scripts/install.sh --profile "$PROFILE" --no-build
 tree "$DEST" >"$tmp/tree2"
 if diff -u "$tmp/tree1" "$tmp/tree2"; then ok "idempotent"; else fail "second install changed the tree"; fi
 
+echo "== the client: the static one where it could be built (scripts/static-client.sh)"
+if static=$(bash scripts/static-client.sh --profile "$PROFILE" --no-build 2>/dev/null); then
+  if cmp -s "$static" "$DEST$P/bin/d"; then ok "d is the static client"; else fail "d is not $static"; fi
+  # Its own start, outside this tree's libraries: it needs none.
+  if "$DEST$P/bin/d" --version >/dev/null; then ok "the static client runs"; else fail "the static client does not run"; fi
+else
+  ok "no static client here (no musl target): d is the dynamic one"
+fi
+
 echo "== files and modes"
 expect_file $P/bin/d 755
 expect_file $P/bin/d-mcp 755

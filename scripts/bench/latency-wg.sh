@@ -55,6 +55,12 @@ ALT_D=${ALT_D:-}
 ALT_NAME=${ALT_NAME:-alt}
 OUT=$MESH_ROOT/target/bench/latency-wg
 mkdir -p "$OUT"
+# What it runs besides d (a fresh machine has neither; bench.sh installs the same).
+command -v hyperfine >/dev/null || {
+  echo "latency-wg.sh: installing hyperfine" >&2
+  apt-get install -y -qq --no-install-recommends hyperfine >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends hyperfine >/dev/null; }
+}
 [ -n "${BENCH_NO_BUILD:-}" ] || [ -n "$NOW_BIN" ] || mesh_build
 [ -z "$NOW_BIN" ] || MESH_BIN=$NOW_BIN
 trap mesh_cleanup EXIT

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A MEASUREMENT, not a build to install: the `d` client linked statically
+# A MEASUREMENT, not a build to install (the shipped static client is
+# scripts/static-client.sh's, for musl): the `d` client linked statically
 # (glibc static-pie) into target/static/release/d (its own target dir, so the
 # ordinary dynamic build in target/release is left alone), for
 # scripts/bench/latency-wg.sh's STATIC_D rows.
