@@ -12,6 +12,8 @@
 pub mod auth;
 pub mod control;
 pub mod env;
+pub mod error;
+pub mod exec;
 pub mod frame;
 pub mod invite;
 pub mod jobs;
