@@ -116,7 +116,20 @@ fn an_interrupted_ask_fan_out_reports_the_answers_it_has() {
             args.push("--json");
         }
         args.extend(["@quick,slow", "ping"]);
-        let mut child = Command::new(d_bin())
+        let mut child = Command::new(d_bin());
+        // d keeps a signal it started with ignored (nohup, a background
+        // job): this test sends SIGINT and SIGTERM, so they start at their
+        // defaults whatever this test run was started under.
+        // SAFETY: signal() is async-signal-safe; nothing else runs in the
+        // child between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut child, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = child
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -542,7 +542,7 @@ fn a_killed_client_leaves_the_old_file_and_no_temp() {
     let src = here.path().join("big");
     std::fs::write(&src, noise(150 * 1024 * 1024, 2)).unwrap();
     std::fs::write(there.path().join("big"), b"old contents").unwrap();
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args([
@@ -840,7 +840,7 @@ fn a_sigkilled_copy_leaves_no_temp_after_the_next_copy() {
     std::fs::write(&src, noise(150 * 1024 * 1024, 3)).unwrap();
     std::fs::write(here.path().join("small"), b"x").unwrap();
     // A pull: the client writes the temporary file here.
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args([
@@ -873,7 +873,7 @@ fn a_sigkilled_copy_leaves_no_temp_after_the_next_copy() {
         temp_files(here.path())
     );
     // A push: the peer's helper (named in its temporary file) is killed.
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args([
@@ -977,7 +977,7 @@ fn a_receiver_lost_mid_push_does_not_end_d_by_sigpipe() {
     let there = tempfile::tempdir().unwrap();
     std::fs::write(here.path().join("big"), noise(256 * 1024 * 1024, 3)).unwrap();
     let dest = format!("desktop:{}/", s(there.path()));
-    let client = Command::new(client_bin())
+    let client = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args(["cp", s(&here.path().join("big")), &dest])

@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -95,7 +95,7 @@ fn fifty_concurrent_jobs_do_not_mix() {
                     "for n in 1 2 3 4 5 6 7 8 9 10; do echo job{i}-$n; done; exit {}",
                     i % 7
                 );
-                let o = Command::new(client_bin())
+                let o = client()
                     .arg("--socket")
                     .arg(sock)
                     .args([
@@ -171,7 +171,7 @@ fn interrupted_client_leaves_no_remote_process() {
     );
     for target in ["desktop", "laptop"] {
         let _ = std::fs::remove_file(&pids);
-        let mut client = Command::new(client_bin())
+        let mut client = client()
             .arg("--socket")
             .arg(m.laptop.socket())
             .args([
@@ -213,7 +213,7 @@ fn interrupted_client_leaves_no_remote_process() {
 #[test]
 fn output_is_streamed_live() {
     let m = Mesh::start();
-    let mut client = Command::new(client_bin())
+    let mut client = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args([
@@ -326,7 +326,7 @@ fn d_timing_reports_every_step_of_the_job() {
             .collect()
     };
     for (to, remote) in [("desktop", true), ("laptop", false)] {
-        let o = Command::new(client_bin())
+        let o = client()
             .args(["--socket", path_str(&m.laptop.socket())])
             .args(["execOnPeer", "--peer", to, "--directory", "/tmp"])
             .args(["--shellCmd", "echo hi"])

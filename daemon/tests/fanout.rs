@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -370,7 +370,7 @@ fn a_dead_peer_does_not_stall_the_others() {
     // once; it is given up at its deadline (1 s + 10 s) at the latest.
     let hung = m.desktop.pid();
     signal(hung, libc::SIGSTOP);
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(m.vps.socket())
         .args([
@@ -515,7 +515,7 @@ fn fanout_through_the_leader() {
 /// (`VmHWM`, KiB) until it exits; (output, peak KiB).
 fn d_with_peak_rss(from: &TestDaemon, args: &[&str]) -> (std::process::Output, u64) {
     use std::io::Read;
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(from.socket())
         .args(args)
@@ -660,7 +660,7 @@ fn huge_waits_do_not_panic() {
         .laptop
         .d(&["@vps,desktop", "-n", "--timeout", &max, "true"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let child = Command::new(client_bin())
+    let child = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args([

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::faults::*;
@@ -39,7 +39,7 @@ fn two_hosts(cfg: &Path, leader: &str, worker: &str) -> (TestDaemon, TestDaemon)
 /// `d execOnPeer` from `from` to `peer`, its stdout a pipe the test reads
 /// only when it wants to (until then the reader stalls).
 fn stalled_client(from: &TestDaemon, peer: &str, cmd: &str) -> Child {
-    Command::new(client_bin())
+    client()
         .arg("--socket")
         .arg(from.socket())
         .args([
@@ -306,7 +306,7 @@ fn a_stalled_fan_out_connection_holds_no_more_than_the_cap() {
     let pid = vps.pid();
     let before = kib(pid, "VmRSS:");
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
-    let mut client = Command::new(client_bin())
+    let mut client = client()
         .arg("--socket")
         .arg(vps.socket())
         .args(["@fovps,fodesk", "--", "head -c 200000000 /dev/zero"])

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::faults::*;
@@ -20,7 +19,7 @@ fn signals_are_handled_and_shutdown_records_the_job() {
         .success());
     let pidfile = d.dir.path().join("job.pid");
     let cmd = format!("echo $$ > {}; exec sleep 300", pidfile.display());
-    let client = Command::new(client_bin())
+    let client = client()
         .arg("--socket")
         .arg(d.socket())
         .args([
@@ -103,7 +102,7 @@ fn start_job(from: &TestDaemon, peer: &str, pidfile: &Path) -> std::process::Chi
         "echo before; echo $$ > {}; exec sleep 300",
         pidfile.display()
     );
-    Command::new(client_bin())
+    client()
         .arg("--socket")
         .arg(from.socket())
         .args([
@@ -368,7 +367,7 @@ fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
         bg_pid.display(),
         job_pid.display()
     );
-    let mut client = Command::new(client_bin())
+    let mut client = client()
         .arg("--socket")
         .arg(d.socket())
         .args([

@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -196,7 +196,7 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> R<TcpStream> {
 
 /// Run `d` against a daemon, killed if it takes longer than [`D_TIMEOUT`].
 fn d_run(d: &TestDaemon, args: &[&str]) -> R<Output> {
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(d.socket())
         .args(args)

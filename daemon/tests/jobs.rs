@@ -264,7 +264,7 @@ fn rerun_keeps_the_options_and_interrupts_are_recorded() {
     assert_eq!(stdout(&o), "laptop\n", "{}", stderr(&o));
 
     // Interrupted: recorded as ended, its peers interrupted.
-    let child = std::process::Command::new(client_bin())
+    let child = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args(["@vps,desktop", "-n", "sleep 30"])

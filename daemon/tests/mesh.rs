@@ -207,7 +207,7 @@ fn worker_killed_mid_job_is_reported_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pid");
     let cmd = format!("echo $$ > {}; echo started; sleep 30", path_str(&pidfile));
-    let client = Command::new(client_bin())
+    let client = client()
         .arg("--socket")
         .arg(laptop.socket())
         .args([
@@ -280,7 +280,7 @@ fn spec_error_messages() {
         stderr(&o)
     );
     // Cannot reach the local daemon.
-    let o = Command::new(client_bin())
+    let o = client()
         .args(["--socket", "/tmp/d-test-no-such.sock", "listPeers"])
         .output()
         .unwrap();
@@ -290,7 +290,7 @@ fn spec_error_messages() {
         "{}",
         stderr(&o)
     );
-    let o = Command::new(client_bin())
+    let o = client()
         .args([
             "--socket",
             "/tmp/d-test-no-such.sock",
@@ -362,7 +362,7 @@ fn spec_error_messages() {
 #[test]
 fn a_peer_that_stops_answering_times_out() {
     let m = Mesh::start();
-    let client = Command::new(client_bin())
+    let client = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args([
@@ -463,10 +463,7 @@ fn versions_name_the_commit() {
         .unwrap();
     let v = stdout(&o);
     assert!(v.contains(d_proto::VERSION) && v.contains('('), "{v}");
-    let o = Command::new(client_bin())
-        .arg("--version")
-        .output()
-        .unwrap();
+    let o = client().arg("--version").output().unwrap();
     assert!(stdout(&o).contains(d_proto::GIT_COMMIT), "{}", stdout(&o));
 }
 
@@ -512,7 +509,7 @@ fn doctor_checks_the_path_to_a_peer() {
         stdout(&o)
     );
     // The local daemon down is a check too.
-    let o = Command::new(client_bin())
+    let o = client()
         .args(["--socket", "/tmp/d-test-none.sock", "doctor"])
         .output()
         .unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ impl Term {
         )
         .unwrap();
         rustix::termios::tcsetwinsize(&master, size(rows, cols)).unwrap();
-        let mut cmd = Command::new(client_bin());
+        let mut cmd = client();
         cmd.arg("--socket")
             .arg(socket)
             .args(args)

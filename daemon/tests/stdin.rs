@@ -127,7 +127,7 @@ fn no_stdin_gives_dev_null_and_other_devices_are_read() {
     let o = m.laptop.d(&["@desktop", "wc -c"]);
     assert_eq!(stdout(&o).trim(), "0", "{}", stderr(&o));
     // Any other device is read, as ssh reads it (`< /dev/sda`, `< /dev/urandom`).
-    let o = Command::new(client_bin())
+    let o = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args(["@desktop", "head -c 100000 | wc -c"])
@@ -136,7 +136,7 @@ fn no_stdin_gives_dev_null_and_other_devices_are_read() {
         .unwrap();
     assert_eq!(stdout(&o).trim(), "100000", "{}", stderr(&o));
     // A directory cannot be read: said, and the job gets the end.
-    let o = Command::new(client_bin())
+    let o = client()
         .arg("--socket")
         .arg(m.laptop.socket())
         .args(["@desktop", "wc -c"])

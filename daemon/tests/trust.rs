@@ -55,7 +55,7 @@ fn leader_key_is_private_and_a_wrong_key_is_refused_clearly() {
 
     // The right key, from standard input.
     let key = std::fs::read(vps.mesh_key_path()).unwrap();
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(w.socket())
         .args(["setPeerConfig", "--meshKey", "-"])

@@ -22,7 +22,7 @@ fn leader() -> TestDaemon {
 /// `d --socket S ARGS` with stdout (or stderr) on /dev/full.
 fn d_full(socket: &Path, args: &[&str], stderr_full: bool) -> Output {
     let full = || Stdio::from(File::options().write(true).open("/dev/full").unwrap());
-    let mut c = Command::new(client_bin());
+    let mut c = client();
     c.arg("--socket")
         .arg(socket)
         .args(args)
@@ -88,7 +88,7 @@ fn output_that_cannot_be_written_is_an_error_in_every_mode() {
     let o = d_full(&s, &["@vps,vps", "echo to stderr >&2"], true);
     assert_eq!(o.status.code(), Some(255), "{}", stdout(&o));
     // A closed pipe stays quiet: SIGPIPE, no message.
-    let mut c = Command::new(client_bin())
+    let mut c = client()
         .arg("--socket")
         .arg(&s)
         .args(["@vps,vps", "seq 1 1000000"])
@@ -138,19 +138,7 @@ struct Running {
 }
 
 fn start_d(socket: &Path, args: &[&str]) -> Running {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(client_bin());
-    // d keeps a signal ignored that it was started with ignored (as nohup
-    // asks); the tests send SIGHUP, so it starts at its default here even
-    // when the test run itself was started under nohup.
-    // SAFETY: signal() is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGHUP, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    let mut child = cmd
+    let mut child = client()
         .arg("--socket")
         .arg(socket)
         .args(args)

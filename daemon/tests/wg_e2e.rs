@@ -7,10 +7,10 @@ mod common;
 mod wg_daemons;
 mod wg_mesh;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{client_bin, run_d_in, stderr, stdout, wait_for};
+use common::{client, run_d_in, stderr, stdout, wait_for};
 use wg_daemons::{online, reference, spokes_apart, wait_all_online, NsDaemon};
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
 
@@ -65,7 +65,7 @@ fn reference_mesh_over_wireguard() {
     assert_eq!(o.status.code(), Some(42), "{}", stderr(&o));
     assert_eq!(stdout(&o), "desktop\n");
     assert_eq!(stderr(&o), "err\n");
-    let mut c = Command::new(client_bin())
+    let mut c = client()
         .arg("--socket")
         .arg(laptop.socket())
         .args([

@@ -18,7 +18,7 @@ mod wg_mesh;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client_bin, stderr};
+use common::{client, stderr};
 use wg_daemons::reference;
 use wg_mesh::{ready_or_skip, NetMesh, Topology};
 
@@ -56,7 +56,7 @@ fn a_job_rides_out_a_lossy_path() {
         "i=0; while [ $i -lt {lines} ]; do i=$((i+1)); \
          head -c 3000 /dev/zero | tr '\\0' x; echo \" $i\"; sleep 0.25; done"
     );
-    let client = Command::new(client_bin())
+    let client = client()
         .arg("--socket")
         .arg(laptop.socket())
         .args(["execOnPeer", "--peer", "desktop", "--directory", "/tmp"])

@@ -17,6 +17,26 @@ pub fn daemon_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_d-daemon"))
 }
 
+/// A command running the `d` client, with the signals the tests send it
+/// (SIGINT, SIGTERM, SIGHUP, SIGQUIT) at their defaults: d keeps a signal it
+/// was started with ignored (as `nohup` or a shell's background job ask), so
+/// a test run started that way would otherwise test something else.
+pub fn client() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(client_bin());
+    // SAFETY: signal() is async-signal-safe; nothing else runs in the child
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// The `d` client binary of the same build (built here if `cargo test` has not).
 pub fn client_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -245,7 +265,7 @@ impl Drop for TestDaemon {
 
 /// Run `d --socket SOCKET ARGS`.
 pub fn run_d(socket: &Path, args: &[&str]) -> Output {
-    Command::new(client_bin())
+    client()
         .arg("--socket")
         .arg(socket)
         .args(args)
@@ -258,7 +278,7 @@ pub fn run_d(socket: &Path, args: &[&str]) -> Output {
 /// a thread (so a job that does not read never blocks the test).
 pub fn run_d_in(socket: &Path, args: &[&str], input: Vec<u8>) -> Output {
     use std::io::Write;
-    let mut child = Command::new(client_bin())
+    let mut child = client()
         .arg("--socket")
         .arg(socket)
         .args(args)
