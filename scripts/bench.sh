@@ -174,6 +174,20 @@ build() {
   # A private copy: other builds may replace target/release while this runs.
   mkdir -p "$WORK/bin"
   cp "$ROOT/target/release/d" "$ROOT/target/release/d-daemon" "$ROOT/target/release/loadgen" "$WORK/bin/"
+  # The client as shipped: one static binary where it can be built
+  # (scripts/static-client.sh; deb.sh and install.sh ship that one).
+  local s=
+  if [ -z "${BENCH_NO_BUILD:-}" ]; then
+    s=$(bash "$ROOT/scripts/static-client.sh") || s=
+  else
+    s=$(bash "$ROOT/scripts/static-client.sh" --no-build 2>/dev/null) || s=
+    [ -z "$s" ] || [ ! "$ROOT/target/release/d" -nt "$s" ] || s=
+  fi
+  CLIENT_LINK="dynamic (the musl target could not be had)"
+  if [ -n "$s" ]; then
+    cp "$s" "$WORK/bin/d"
+    CLIENT_LINK="static (musl), as shipped"
+  fi
   D=$WORK/bin/d
   DAEMON=$WORK/bin/d-daemon
   LOADGEN=$WORK/bin/loadgen
@@ -188,7 +202,7 @@ machine() {
     "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)" "nproc=$(nproc)" "cpu=$model" "kernel=$(uname -r)" \
     "memory=$mem" "os=$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)" \
     "commit=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- 2>/dev/null || echo +dirty)" \
-    "d_version=$DVERSION" "ssh=$(ssh -V 2>&1)" "pdsh=$(pdsh -V 2>&1 | head -n 1)" \
+    "d_version=$DVERSION" "client=$CLIENT_LINK" "ssh=$(ssh -V 2>&1)" "pdsh=$(pdsh -V 2>&1 | head -n 1)" \
     "hyperfine=$(hyperfine --version)" "wireguard_go=$(wireguard-go --version 2>&1 | head -n 1)" \
     "quick=${QUICK:-0}"
 }

@@ -480,7 +480,7 @@ head = ["# d benchmarks: results\n",
         f"| CPU | {machine.get('cpu', '?')}, {machine.get('nproc', '?')} CPUs (nproc) |",
         f"| memory | {machine.get('memory', '?')} |",
         f"| kernel / OS | {machine.get('kernel', '?')} / {machine.get('os', '?')} |",
-        f"| d | {machine.get('d_version', '?')}, tree {machine.get('commit', '?')} |",
+        f"| d | {machine.get('d_version', '?')}, tree {machine.get('commit', '?')}; client {machine.get('client', 'as cargo built it')} |",
         f"| tools | {machine.get('ssh', '?')}; {machine.get('pdsh', '?')}; {machine.get('hyperfine', '?')}; "
         f"wireguard-go {machine.get('wireguard_go', '?')} |",
         f"| run | {'BENCH_QUICK (small version)' if str(machine.get('quick')) not in ('0', '', 'None') else 'full'}, "
