@@ -267,7 +267,13 @@ fn a_client_past_its_window_is_cut_off_and_the_job_ended() {
             .and_then(|p| p.trim().parse::<u32>().ok())
             .is_some_and(|pid| !alive(pid))
     });
-    let log = d.json(&["execLog", "--limit", "1"]);
+    // The job's audit record is written after its group is ended (the
+    // store's writer thread), so it may land a moment after the pid dies.
+    let mut log = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), "the job's audit record", || {
+        log = d.json(&["execLog", "--limit", "1"]);
+        !log[0].is_null()
+    });
     let err = log[0]["error"].as_str().unwrap_or_default().to_string();
     assert!(err.contains("credit window"), "{log}");
     assert_eq!(stdout(&d.d(&["ping"])).trim(), "pong");

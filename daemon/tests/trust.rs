@@ -191,3 +191,57 @@ fn audit_log_on_requester_and_target() {
     assert!(stdout(&o).starts_with("TIME (UTC)"), "{}", stdout(&o));
     assert!(stdout(&o).contains("exit 7"), "{}", stdout(&o));
 }
+
+/// `d execLog` right after a job's client has its exit shows that job:
+/// the record is queued as the job task ends, and `execLog` writes what is
+/// queued before it reads. Other clients keep the store's writer busy
+/// meanwhile (without them the race is too narrow to see).
+#[test]
+fn exec_log_shows_a_job_as_soon_as_its_client_has_the_exit() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = TestDaemon::start("solo", "127.0.0.1");
+    d.json(&["setPeerConfig", "--role", "leader", "--id", "solo"]);
+    let exec = |cmd: &str| {
+        d.d(&[
+            "execOnPeer",
+            "--peer",
+            "solo",
+            "--directory",
+            "/tmp",
+            "--shellCmd",
+            cmd,
+        ])
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    exec("true");
+                }
+            });
+        }
+        let mut failed = None;
+        for i in 0..40 {
+            let cmd = format!("echo round {i}");
+            let o = exec(&cmd);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let rows = d.json(&["execLog", "--limit", "20"]);
+            let seen = rows
+                .as_array()
+                .is_some_and(|a| a.iter().any(|r| r["command"] == cmd.as_str()));
+            if !seen {
+                let cmds: Vec<_> = rows
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r["command"].to_string())
+                    .collect();
+                failed = Some(format!("round {i}: not in {cmds:?}"));
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(failed.is_none(), "{}", failed.unwrap_or_default());
+    });
+}

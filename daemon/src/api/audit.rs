@@ -69,12 +69,18 @@ impl Audit {
         }
     }
 
+    /// Whether the last write was refused (the outage not yet over).
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, ExecRecord)>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queue `rec` and try to write everything queued.
-    pub async fn record(&self, rec: ExecRecord) {
+    /// Queue `rec` without writing it: a later [`Audit::flush`] (the one the
+    /// caller starts, or the one `execLog` runs before it reads) writes it.
+    pub fn enqueue(&self, rec: ExecRecord) {
         {
             let mut q = self.lock();
             if q.len() >= PENDING_MAX {
@@ -86,7 +92,6 @@ impl Audit {
             }
             q.push_back((self.next_seq.fetch_add(1, Ordering::Relaxed), rec));
         }
-        self.flush().await;
     }
 
     /// Write what is queued, in one call; on failure keep it all.

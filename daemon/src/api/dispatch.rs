@@ -220,6 +220,8 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         Request::DbSanityCheck {} => db_sanity_check(daemon).await,
         Request::ExecLog { peer, limit } => {
             let limit = limit.unwrap_or(50).clamp(1, 10_000);
+            // Every job that has ended is in the answer (read your writes).
+            daemon.audit_flush().await;
             let rows = daemon
                 .mesh
                 .store

@@ -239,13 +239,27 @@ impl Daemon {
         }
     }
 
-    /// Append to the audit log without waiting: a record the database
-    /// refuses is kept and written later ([`audit`]).
+    /// Append to the audit log without waiting: the record is queued at
+    /// once (so an `execLog` that follows sees it, [`Daemon::audit_flush`])
+    /// and written in the background; a record the database refuses is kept
+    /// and written later ([`audit`]).
     pub fn audit(&self, rec: ExecRecord) {
+        self.audit.enqueue(rec);
         let audit = self.audit.clone();
         self.tasks()
             .tracker
-            .spawn(async move { audit.record(rec).await });
+            .spawn(async move { audit.flush().await });
+    }
+
+    /// Write the records queued so far, for a reader that must see every
+    /// job already ended (`execLog`). Not tried while the database refuses
+    /// records (a held write lock would make the reader wait out the busy
+    /// timeout): the reader then sees the rows written before, and
+    /// `getPeerStatus` counts the ones waiting.
+    pub async fn audit_flush(&self) {
+        if !self.audit.failing() {
+            self.audit.flush().await;
+        }
     }
 
     /// Shut down (ending jobs and sessions) and re-execute the installed binary.
