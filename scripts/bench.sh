@@ -176,18 +176,14 @@ build() {
   cp "$ROOT/target/release/d" "$ROOT/target/release/d-daemon" "$ROOT/target/release/loadgen" "$WORK/bin/"
   # The client as shipped: one static binary where it can be built
   # (scripts/static-client.sh; deb.sh and install.sh ship that one).
-  local s=
-  if [ -z "${BENCH_NO_BUILD:-}" ]; then
-    s=$(bash "$ROOT/scripts/static-client.sh") || s=
-  else
-    s=$(bash "$ROOT/scripts/static-client.sh" --no-build 2>/dev/null) || s=
-    [ -z "$s" ] || [ ! "$ROOT/target/release/d" -nt "$s" ] || s=
-  fi
-  CLIENT_LINK="dynamic (the musl target could not be had)"
-  if [ -n "$s" ]; then
-    cp "$s" "$WORK/bin/d"
-    CLIENT_LINK="static (musl), as shipped"
-  fi
+  local pick=(--pick) s
+  [ -z "${BENCH_NO_BUILD:-}" ] || pick+=(--no-build)
+  s=$(bash "$ROOT/scripts/static-client.sh" "${pick[@]}")
+  cp "$s" "$WORK/bin/d"
+  case $s in
+    *-unknown-linux-musl/*) CLIENT_LINK="static (musl), as shipped" ;;
+    *) CLIENT_LINK="dynamic (the musl target could not be had)" ;;
+  esac
   D=$WORK/bin/d
   DAEMON=$WORK/bin/d-daemon
   LOADGEN=$WORK/bin/loadgen

@@ -56,14 +56,9 @@ grep -qx 'ExecStart=/usr/sbin/d-daemon' "$staging/units/d-daemon.service" ||
 # The client as one static binary where the musl target can be had
 # (scripts/static-client.sh says why), else as cargo built it.
 mkdir -p "$staging/bin"
-if [ "$build" = 1 ]; then
-  client=$(bash "$ROOT/scripts/static-client.sh") || client=
-else
-  client=$(bash "$ROOT/scripts/static-client.sh" --no-build 2>/dev/null) || client=
-  # Not one older than the release build it would ship beside.
-  [ -z "$client" ] || [ ! "$target/release/d" -nt "$client" ] || client=
-fi
-[ -n "$client" ] || client=$target/release/d
+pick=(--pick)
+[ "$build" = 1 ] || pick+=(--no-build)
+client=$(bash "$ROOT/scripts/static-client.sh" "${pick[@]}") || die "no client binary to package"
 echo "deb.sh: the client: $client" >&2
 cp "$client" "$staging/bin/d"
 

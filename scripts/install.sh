@@ -189,13 +189,6 @@ build() {
   bash "$ROOT/scripts/static-client.sh" --profile "$PROFILE" >/dev/null || true
 }
 
-# The client to install: the static one of this profile when built and not
-# older than the dynamic one in $1 (a --no-build of a newer tree), else $1/d.
-client_bin() {
-  local s
-  s=$(bash "$ROOT/scripts/static-client.sh" --profile "$PROFILE" --no-build 2>/dev/null) || s=
-  if [ -n "$s" ] && [ ! "$1/d" -nt "$s" ]; then echo "$s"; else echo "$1/d"; fi
-}
 
 install_all() {
   local target=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -217,7 +210,8 @@ install_all() {
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 
-  put "$(client_bin "$bin")" "$PREFIX/bin/d" 0755
+  # The static client when built and not older than $bin/d, else $bin/d.
+  put "$(bash "$ROOT/scripts/static-client.sh" --pick --profile "$PROFILE" --no-build)" "$PREFIX/bin/d" 0755
   put "$bin/d-daemon" "$PREFIX/sbin/d-daemon" 0755
   if [ -x "$bin/d-mcp" ]; then
     put "$bin/d-mcp" "$PREFIX/bin/d-mcp" 0755

@@ -17,20 +17,26 @@
 # looks names up only for `d cp --owner` on a pull; the daemon, which runs
 # jobs as users, stays dynamically linked with the system's NSS.
 #
-# Usage: scripts/static-client.sh [--profile P] [--no-build]
+# Usage: scripts/static-client.sh [--profile P] [--no-build] [--pick]
 #   --profile P  cargo profile (default release; dev builds into debug/)
 #   --no-build   print the path of the one already built, build nothing
-# Adds the musl target with rustup when it is missing. Exits 1, saying why on
-# stderr, when it cannot be had (no rustup, offline): callers then ship the
-# dynamically linked client cargo built as usual.
+#   --pick       print the client to ship: the static one when it was built
+#                now (or, with --no-build, is there and not older than the
+#                dynamic one of the same profile: a --no-build of a newer
+#                tree), else the dynamic one cargo built as usual; exits 1
+#                only when neither exists. deb.sh, install.sh and bench.sh
+#                ship what this prints.
+# Adds the musl target with rustup when it is missing. Without --pick, exits
+# 1, saying why on stderr, when it cannot be had (no rustup, offline).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-profile=release build=1
+profile=release build=1 pick=0
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) profile=${2:?--profile needs a name}; shift 2 ;;
     --no-build) build=0; shift ;;
+    --pick) pick=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "static-client.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -43,6 +49,22 @@ case "$target" in /*) ;; *) target=$ROOT/$target ;; esac
 outdir=$profile
 [ "$profile" = dev ] && outdir=debug
 bin=$target/$triple/$outdir/d
+dynamic=$target/$outdir/d
+
+if [ "$pick" = 1 ]; then
+  args=(--profile "$profile")
+  [ "$build" = 1 ] || args+=(--no-build)
+  if s=$(bash "$0" "${args[@]}" 2>/dev/null) && { [ "$build" = 1 ] || [ ! "$dynamic" -nt "$s" ]; }; then
+    echo "$s"
+  elif [ -x "$dynamic" ]; then
+    [ "$build" = 0 ] || note "shipping the dynamically linked $dynamic"
+    echo "$dynamic"
+  else
+    note "neither a static nor a dynamic client is built under $target (build first)"
+    exit 1
+  fi
+  exit 0
+fi
 
 if [ "$build" = 1 ]; then
   command -v cargo >/dev/null || { note "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
