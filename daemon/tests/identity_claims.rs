@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::identity::*;
 use common::*;
-use d_proto::keys::{exec_digest, JobClaim, KeyPair};
+use d_proto::exec::exec_digest;
+use d_proto::keys::{JobClaim, KeyPair};
 use d_proto::peer::{PeerMsg, Purpose};
 use d_proto::types::ExecSpec;
 

@@ -17,7 +17,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{ErrorBody, ExitInfo, B64};
+use crate::b64::B64;
+use crate::error::ErrorBody;
+use crate::exec::ExitInfo;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -208,19 +210,19 @@ pub struct ExecOpts {
     pub env: Vec<(String, String)>,
     /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<crate::types::FilesOp>,
+    pub files: Option<crate::exec::FilesOp>,
     /// Run on a pseudo-terminal of this type and size (`-t`; protocol
     /// [`crate::PROTOCOL_TERMINALS`]). Implies `stdin`: the client sends its
     /// keystrokes as input and [`ClientMsg::Resize`] when its window changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tty: Option<crate::types::Tty>,
+    pub tty: Option<crate::exec::Tty>,
     /// On a worker: send the job through the leader's links rather than
     /// dialing the target (a big fan-out: the leader already holds a link to
     /// every worker). A target with a session open here uses it anyway.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub via_leader: bool,
     /// Report where the job's time went (`D_TIMING=1`): the exit carries
-    /// [`crate::types::JobSpans`]. Daemons before it refuse the field.
+    /// [`crate::exec::JobSpans`]. Daemons before it refuse the field.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timing: bool,
 }
@@ -361,10 +363,10 @@ impl crate::frame::Message for Request {}
 /// Output frames stand for [`Event::Stdout`] / [`Event::Stderr`] (when the
 /// request asked for raw output).
 impl crate::frame::Message for Event {
-    fn from_output(job: u64, stream: crate::types::Stream, data: Vec<u8>) -> Option<Self> {
+    fn from_output(job: u64, stream: crate::exec::Stream, data: Vec<u8>) -> Option<Self> {
         let ev = match stream {
-            crate::types::Stream::Stdout => Event::Stdout { data: B64(data) },
-            crate::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+            crate::exec::Stream::Stdout => Event::Stdout { data: B64(data) },
+            crate::exec::Stream::Stderr => Event::Stderr { data: B64(data) },
         };
         // Job 0: the connection's only job; others: one of an `execOnPeers`.
         Some(match u32::try_from(job) {

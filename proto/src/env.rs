@@ -2,7 +2,7 @@
 //! client (a usage error before anything is sent), the requester's daemon
 //! (to fail early) and the target (a peer may send anything).
 
-use crate::types::ErrorBody;
+use crate::error::ErrorBody;
 
 /// Most `--env` variables per job.
 pub const MAX_ENV: usize = 256;

@@ -1,6 +1,5 @@
 //! Errors carried by both protocols: a coarse [`ErrorKind`] for programs and
-//! an [`ErrorBody`] with the message and a hint for people. Re-exported by
-//! [`crate::types`].
+//! an [`ErrorBody`] with the message and a hint for people.
 
 use serde::{Deserialize, Serialize};
 

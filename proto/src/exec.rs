@@ -1,9 +1,11 @@
 //! What a job is on the wire: its spec ([`ExecSpec`]: command, user,
 //! environment, terminal, file operation, window), its output streams, and
-//! how it ended ([`ExitInfo`], [`ExecRecord`]). Re-exported by
-//! [`crate::types`], where every caller names them.
+//! how it ended ([`ExitInfo`], [`ExecRecord`]), and the digest a job's
+//! signed claim covers ([`exec_digest`]).
 
 use serde::{Deserialize, Serialize};
+
+use crate::keys::{job_digest, JobClaim};
 
 /// How a job ended on its target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,10 +163,10 @@ pub struct ExecSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<u32>,
     /// Protocol 8, a job relayed through the leader: the requester's signed
-    /// claim over this job ([`crate::keys::exec_digest`]), passed on by the
+    /// claim over this job ([`exec_digest`]), passed on by the
     /// relay and checked by the target against the requester's enrolled key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claim: Option<crate::keys::JobClaim>,
+    pub claim: Option<JobClaim>,
     /// A `d cp` job (protocol [`crate::PROTOCOL_FILES`]): the target runs its
     /// own file helper for it, never `shell_cmd` (which only names the job in
     /// logs).
@@ -172,7 +174,7 @@ pub struct ExecSpec {
     pub files: Option<FilesOp>,
     /// The requester's own routing choice, never sent: go through the
     /// leader's links even where a direct session could be dialed (a big
-    /// fan-out from a worker, [`crate::control::ExecOpts::via_leader`]).
+    /// fan-out from a worker, `ExecOpts::via_leader` of the control protocol).
     #[serde(skip)]
     pub via_leader: bool,
     /// Run on a pseudo-terminal (`d -t`, protocol
@@ -307,7 +309,7 @@ pub struct SendTo {
     /// by the requester's daemon; the sending peer passes it on and cannot
     /// change what `to` runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claim: Option<crate::keys::JobClaim>,
+    pub claim: Option<JobClaim>,
     /// Protocol [`crate::PROTOCOL_UPDATE`] (`--update`): the job's standard
     /// input carries what `to` holds ([`FilesOp::Have`]'s records, fed by
     /// the requester); the sending helper leaves out what `to` holds
@@ -413,5 +415,169 @@ impl Action {
             Action::Build => "build",
             Action::Deploy => "deploy",
         }
+    }
+}
+
+/// The digest a [`JobClaim`] signs: every field of `spec` that changes
+/// what runs, where, as whom or with what (directory, command, timeout,
+/// requester, local user, action, stdin, run-as user, each variable's name
+/// and value). Not `relay_to` (the relay takes it off; the claim names the
+/// target) nor the claim itself.
+pub fn exec_digest(spec: &ExecSpec) -> [u8; 32] {
+    fn opt(v: Option<&str>) -> Vec<u8> {
+        match v {
+            None => vec![0],
+            Some(s) => [&[1u8][..], s.as_bytes()].concat(),
+        }
+    }
+    let timeout = spec.timeout_secs.to_be_bytes();
+    let user = opt(spec.user.as_deref());
+    let action = opt(spec.action.map(|a| a.as_str()));
+    let run_as = opt(spec.run_as.as_deref());
+    let n_env = (spec.env.len() as u64).to_be_bytes();
+    // A `d cp` job: what it writes where (its JSON, fields in a fixed order).
+    let files = match &spec.files {
+        None => vec![0],
+        Some(f) => [&[1u8][..], &serde_json::to_vec(f).unwrap_or_default()].concat(),
+    };
+    let mut fields: Vec<&[u8]> = vec![
+        b"d exec v1",
+        spec.directory.as_bytes(),
+        spec.shell_cmd.as_bytes(),
+        &timeout,
+        spec.requester.as_bytes(),
+        &user,
+        &action,
+        if spec.stdin { b"1" } else { b"0" },
+        &run_as,
+        &files,
+        // On a terminal or not (its size and TERM change nothing that runs).
+        if spec.tty.is_some() { b"t" } else { b"-" },
+        &n_env,
+    ];
+    for (k, v) in &spec.env {
+        fields.push(k.as_bytes());
+        fields.push(v.as_bytes());
+    }
+    job_digest(&fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_mapping() {
+        let e = |code, signal, timed_out| ExitInfo {
+            code,
+            signal,
+            timed_out,
+            duration_ms: 0,
+            spans: None,
+        };
+        assert_eq!(e(Some(0), None, false).status(), 0);
+        assert_eq!(e(Some(42), None, false).status(), 42);
+        assert_eq!(e(None, Some(9), false).status(), 137);
+        assert_eq!(e(None, Some(15), true).status(), 124);
+    }
+
+    #[test]
+    fn term_is_a_plain_name_or_dumb() {
+        let t = |term: &str| Tty {
+            term: term.into(),
+            rows: 24,
+            cols: 80,
+        };
+        assert_eq!(t("xterm-256color").term_or_default(), "xterm-256color");
+        assert_eq!(t("screen.xterm+x_y").term_or_default(), "screen.xterm+x_y");
+        for bad in ["", "a b", "x\ny", "../../etc", &"x".repeat(65)] {
+            assert_eq!(t(bad).term_or_default(), "dumb", "{bad:?}");
+        }
+        // Absent from older specs; left out when unused.
+        let spec = ExecSpec::new("/", "ls");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("tty"));
+        assert!(spec.needs_terminals().is_empty());
+        let spec = ExecSpec {
+            tty: Some(t("vt100")),
+            ..spec
+        };
+        let j = serde_json::to_string(&spec).unwrap();
+        assert!(
+            j.contains(r#""tty":{"term":"vt100","rows":24,"cols":80}"#),
+            "{j}"
+        );
+        assert_eq!(serde_json::from_str::<ExecSpec>(&j).unwrap(), spec);
+        assert_eq!(spec.needs_terminals(), ["a terminal (-t)"]);
+    }
+
+    #[test]
+    fn exec_digest_covers_every_field_that_changes_the_job() {
+        let base = ExecSpec {
+            timeout_secs: 30,
+            requester: "laptop".into(),
+            user: Some("ann".into()),
+            env: vec![("A".into(), "1".into())],
+            ..ExecSpec::new("/tmp", "echo hi")
+        };
+        let d0 = exec_digest(&base);
+        let changed: Vec<ExecSpec> = vec![
+            ExecSpec {
+                directory: "/".into(),
+                ..base.clone()
+            },
+            ExecSpec {
+                shell_cmd: "rm -rf /".into(),
+                ..base.clone()
+            },
+            ExecSpec {
+                timeout_secs: 0,
+                ..base.clone()
+            },
+            ExecSpec {
+                requester: "desktop".into(),
+                ..base.clone()
+            },
+            ExecSpec {
+                user: None,
+                ..base.clone()
+            },
+            ExecSpec {
+                action: Some(Action::Deploy),
+                ..base.clone()
+            },
+            ExecSpec {
+                stdin: true,
+                ..base.clone()
+            },
+            ExecSpec {
+                run_as: Some("root".into()),
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![("A".into(), "2".into())],
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![("B".into(), "1".into())],
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![],
+                ..base.clone()
+            },
+            ExecSpec {
+                env: vec![("A".into(), "1".into()), ("A".into(), "1".into())],
+                ..base.clone()
+            },
+        ];
+        for (i, c) in changed.iter().enumerate() {
+            assert_ne!(exec_digest(c), d0, "change {i} not covered");
+        }
+        // relay_to is the relay's to take off.
+        let relayed = ExecSpec {
+            relay_to: Some("desktop".into()),
+            ..base.clone()
+        };
+        assert_eq!(exec_digest(&relayed), d0);
     }
 }

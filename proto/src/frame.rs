@@ -17,7 +17,7 @@
 use bytes::{Buf, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::types::Stream;
+use crate::exec::Stream;
 
 /// First byte of a binary frame.
 pub const BINARY_MARK: u8 = 0;

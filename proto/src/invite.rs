@@ -14,8 +14,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::b64::B64;
 use crate::keys::PublicKey;
-use crate::types::B64;
 
 /// What every token starts with (the version of its format).
 pub const PREFIX: &str = "d1.";

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::B64;
+use crate::b64::B64;
 
 /// Longest target expression or command kept, in bytes (longer ones are cut).
 pub const MAX_TEXT: usize = 4096;

@@ -28,6 +28,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::b64::B64;
+
 /// Length of a public key, a secret seed, and of handshake nonces.
 pub const KEY_LEN: usize = 32;
 /// Length of a signature.
@@ -313,7 +315,7 @@ pub struct Rotation {
     pub old: PublicKey,
     pub new: PublicKey,
     /// By the OLD key, over [`rotation_bytes`].
-    pub signature: crate::types::B64,
+    pub signature: B64,
 }
 
 fn rotation_bytes(id: &str, old: &PublicKey, new: &PublicKey) -> Vec<u8> {
@@ -327,7 +329,7 @@ impl Rotation {
         Rotation {
             old: oldp,
             new: *new,
-            signature: crate::types::B64(old.sign(&rotation_bytes(id, &oldp, new)).to_vec()),
+            signature: B64(old.sign(&rotation_bytes(id, &oldp, new)).to_vec()),
         }
     }
 
@@ -379,9 +381,9 @@ pub struct JobClaim {
     /// Milliseconds since the Unix epoch on the requester's clock; the
     /// target accepts a bounded skew and remembers nonces that long.
     pub ts_ms: u64,
-    pub nonce: crate::types::B64,
+    pub nonce: B64,
     /// By the requester's key, over the fields above and the job's digest.
-    pub signature: crate::types::B64,
+    pub signature: B64,
 }
 
 fn claim_bytes(
@@ -417,8 +419,8 @@ impl JobClaim {
             requester: requester.into(),
             target: target.into(),
             ts_ms,
-            nonce: crate::types::B64(nonce.to_vec()),
-            signature: crate::types::B64(sig.to_vec()),
+            nonce: B64(nonce.to_vec()),
+            signature: B64(sig.to_vec()),
         })
     }
 
@@ -440,132 +442,16 @@ impl JobClaim {
 }
 
 /// SHA-256 over a job's fields, each length-prefixed, in a fixed order.
-/// A field added to [`crate::types::ExecSpec`] that changes what runs must
-/// be added to the caller's list, at the end (requester and target must
-/// agree, so an old and a new daemon differ only in jobs using the field).
+/// A field added to a job spec that changes what runs must be added to the
+/// caller's list (`exec::exec_digest`), at the end (requester and target
+/// must agree, so an old and a new daemon differ only in jobs using it).
 pub fn job_digest(fields: &[&[u8]]) -> [u8; 32] {
     Sha256::digest(encode_parts(fields)).into()
-}
-
-/// The digest a [`JobClaim`] signs: every field of `spec` that changes
-/// what runs, where, as whom or with what (directory, command, timeout,
-/// requester, local user, action, stdin, run-as user, each variable's name
-/// and value). Not `relay_to` (the relay takes it off; the claim names the
-/// target) nor the claim itself.
-pub fn exec_digest(spec: &crate::types::ExecSpec) -> [u8; 32] {
-    fn opt(v: Option<&str>) -> Vec<u8> {
-        match v {
-            None => vec![0],
-            Some(s) => [&[1u8][..], s.as_bytes()].concat(),
-        }
-    }
-    let timeout = spec.timeout_secs.to_be_bytes();
-    let user = opt(spec.user.as_deref());
-    let action = opt(spec.action.map(|a| a.as_str()));
-    let run_as = opt(spec.run_as.as_deref());
-    let n_env = (spec.env.len() as u64).to_be_bytes();
-    // A `d cp` job: what it writes where (its JSON, fields in a fixed order).
-    let files = match &spec.files {
-        None => vec![0],
-        Some(f) => [&[1u8][..], &serde_json::to_vec(f).unwrap_or_default()].concat(),
-    };
-    let mut fields: Vec<&[u8]> = vec![
-        b"d exec v1",
-        spec.directory.as_bytes(),
-        spec.shell_cmd.as_bytes(),
-        &timeout,
-        spec.requester.as_bytes(),
-        &user,
-        &action,
-        if spec.stdin { b"1" } else { b"0" },
-        &run_as,
-        &files,
-        // On a terminal or not (its size and TERM change nothing that runs).
-        if spec.tty.is_some() { b"t" } else { b"-" },
-        &n_env,
-    ];
-    for (k, v) in &spec.env {
-        fields.push(k.as_bytes());
-        fields.push(v.as_bytes());
-    }
-    job_digest(&fields)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exec_digest_covers_every_field_that_changes_the_job() {
-        use crate::types::{Action, ExecSpec};
-        let base = ExecSpec {
-            timeout_secs: 30,
-            requester: "laptop".into(),
-            user: Some("ann".into()),
-            env: vec![("A".into(), "1".into())],
-            ..ExecSpec::new("/tmp", "echo hi")
-        };
-        let d0 = exec_digest(&base);
-        let changed: Vec<ExecSpec> = vec![
-            ExecSpec {
-                directory: "/".into(),
-                ..base.clone()
-            },
-            ExecSpec {
-                shell_cmd: "rm -rf /".into(),
-                ..base.clone()
-            },
-            ExecSpec {
-                timeout_secs: 0,
-                ..base.clone()
-            },
-            ExecSpec {
-                requester: "desktop".into(),
-                ..base.clone()
-            },
-            ExecSpec {
-                user: None,
-                ..base.clone()
-            },
-            ExecSpec {
-                action: Some(Action::Deploy),
-                ..base.clone()
-            },
-            ExecSpec {
-                stdin: true,
-                ..base.clone()
-            },
-            ExecSpec {
-                run_as: Some("root".into()),
-                ..base.clone()
-            },
-            ExecSpec {
-                env: vec![("A".into(), "2".into())],
-                ..base.clone()
-            },
-            ExecSpec {
-                env: vec![("B".into(), "1".into())],
-                ..base.clone()
-            },
-            ExecSpec {
-                env: vec![],
-                ..base.clone()
-            },
-            ExecSpec {
-                env: vec![("A".into(), "1".into()), ("A".into(), "1".into())],
-                ..base.clone()
-            },
-        ];
-        for (i, c) in changed.iter().enumerate() {
-            assert_ne!(exec_digest(c), d0, "change {i} not covered");
-        }
-        // relay_to is the relay's to take off.
-        let relayed = ExecSpec {
-            relay_to: Some("desktop".into()),
-            ..base.clone()
-        };
-        assert_eq!(exec_digest(&relayed), d0);
-    }
 
     fn pair() -> KeyPair {
         KeyPair::generate().unwrap()

@@ -10,6 +10,7 @@
 //! - [`redial`]: how a worker re-dials its leader (delays and waits), one rule for every dialer.
 
 pub mod auth;
+pub mod b64;
 pub mod control;
 pub mod env;
 pub mod error;
@@ -21,7 +22,9 @@ pub mod kept;
 pub mod keys;
 pub mod peer;
 pub mod redial;
+pub mod registry;
 pub mod replica;
+pub mod status;
 pub mod text;
 pub mod types;
 

@@ -13,8 +13,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::b64::B64;
+use crate::error::ErrorBody;
+use crate::exec::{ExecSpec, ExitInfo, Stream};
 use crate::keys::{PublicKey, Rotation};
-use crate::types::{ErrorBody, ExecSpec, ExitInfo, PeerInfo, Role, Stream, B64};
+use crate::registry::{PeerInfo, Role};
 
 /// Why a connection was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +138,7 @@ pub enum Query {
     /// new one ([`crate::keys::sign_new_key`]). Answered `Result`.
     RotateKey {
         rotation: crate::keys::Rotation,
-        proof: crate::types::B64,
+        proof: B64,
     },
     /// Protocol 11 ([`crate::PROTOCOL_LEADER_ROTATE`]), leader → worker over
     /// its link: the leader's key is now `rotation.new`, signed by the old

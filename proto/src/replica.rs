@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::keys::PublicKey;
-use crate::types::Role;
+use crate::registry::Role;
 
 /// One enrolled id's durable state as leaders replicate it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +44,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The sending leader's local sequence number of this record (only in
-    /// answers to [`crate::peer::Query::LeaderPull`]).
+    /// answers to `Query::LeaderPull` (the peer protocol)).
     #[serde(default)]
     pub seq: u64,
 }
@@ -56,7 +56,7 @@ impl Record {
     }
 }
 
-/// The answer to [`crate::peer::Query::LeaderPull`] (in `Answer::Result`).
+/// The answer to `Query::LeaderPull` (the peer protocol) (in `Answer::Result`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pulled {
     pub records: Vec<Record>,

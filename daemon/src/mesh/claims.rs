@@ -1,6 +1,6 @@
 //! Signed job claims (protocol 8, issue 11): a job relayed through the
 //! leader carries its requester's signature over the job
-//! ([`d_proto::keys::exec_digest`]) and the target, so the target's audit
+//! ([`d_proto::exec::exec_digest`]) and the target, so the target's audit
 //! log names the peer that really asked. The relay passes the claim on and
 //! cannot forge, alter or replay it: the target checks it against the
 //! requester's enrolled key, within [`MAX_SKEW_MS`] of its clock, each
@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use d_proto::keys::{exec_digest, JobClaim, PublicKey};
+use d_proto::exec::exec_digest;
+use d_proto::keys::{JobClaim, PublicKey};
 use d_proto::peer::{Answer, Query};
 use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, Role};
 
