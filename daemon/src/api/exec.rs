@@ -18,16 +18,15 @@ use std::sync::Arc;
 use d_proto::control::{ClientMsg, Event, ExecOpts, Request};
 use d_proto::types::{Action, ErrorBody, ErrorKind, ExecRecord, ExecSpec, ExitInfo, JobSpans, B64};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 
-use super::{job, run_as, Daemon};
+use super::job::{self, Source};
+use super::{run_as, Daemon};
 use crate::base::budget::Chunk;
 use crate::base::clock::mono_ns;
 use crate::base::credit::CreditQueue;
 use crate::jobs::JobEvent;
 use crate::mesh::route::{self, Route};
 use crate::transport::connection::{Read, Reader, Writer};
-use crate::transport::RemoteJob;
 
 /// Serve an exec request (`execOnPeer`, `execOnPeerByIp`, `remotePull`,
 /// `remoteBd`, `remoteDeployDaemon`) of a local `user` on its connection:
@@ -127,32 +126,11 @@ pub(super) fn exec_spec(
         ..ExecSpec::new(
             directory,
             match &opts.files {
-                Some(op) => files_label(op),
+                Some(op) => job::files_label(op),
                 None => shell_cmd,
             },
         )
     }
-}
-
-/// `(d cp: receive into /srv/app)`, `(d cp: send /etc/hosts)`,
-/// `(d cp: send /x to laptop:/y)`, `(d cp --update: list /srv)`.
-pub(super) fn files_label(op: &d_proto::types::FilesOp) -> String {
-    use d_proto::types::FilesOp;
-    let text = match op {
-        FilesOp::Receive { dest, .. } => format!("(d cp: receive into {dest})"),
-        FilesOp::Send { sources, .. } => format!("(d cp: send {})", sources.join(" ")),
-        FilesOp::SendTo(st) => format!(
-            "(d cp: send {} to {}:{})",
-            st.sources.join(" "),
-            st.to,
-            st.dest
-        ),
-        FilesOp::Have {
-            dest, sizes: true, ..
-        } => format!("(d cp --update: list {dest}, hashing the sizes the sender has)"),
-        FilesOp::Have { dest, .. } => format!("(d cp --update: list {dest})"),
-    };
-    d_proto::clip(&text, 1000)
 }
 
 /// An operations job: the target composes the commands from its own config.
@@ -202,35 +180,6 @@ pub(super) fn check_spec(spec: &ExecSpec) -> Result<(), ErrorBody> {
 
 /// Longest `--user` name (Linux allows 32; this leaves room for others).
 const MAX_USER: usize = 256;
-
-/// The source of a job's events, local or remote.
-pub(super) enum Source {
-    Local(
-        mpsc::Receiver<JobEvent>,
-        tokio_util::sync::CancellationToken,
-    ),
-    Remote(RemoteJob),
-}
-
-impl Source {
-    pub(super) async fn next(&mut self) -> Option<JobEvent> {
-        match self {
-            Source::Local(rx, _) => rx.recv().await,
-            Source::Remote(j) => j.events.recv().await,
-        }
-    }
-    pub(super) async fn consumed(&self, n: usize) {
-        if let Source::Remote(j) = self {
-            j.credit(n).await;
-        }
-    }
-    pub(super) async fn cancel(&self) {
-        match self {
-            Source::Local(_, c) => c.cancel(),
-            Source::Remote(j) => j.cancel().await,
-        }
-    }
-}
 
 /// Run a job for a control client and stream it back, and record it in the
 /// audit log. Returns when a final event was written or the client went away
@@ -380,7 +329,7 @@ where
         Err(e) => Err(e),
         Ok(Route::Local) => {
             let cancel = daemon.shutdown().child_token();
-            let rx = job::start(daemon, spec, cancel.clone(), input.clone());
+            let rx = super::peer_copy::start_any(daemon, spec, cancel.clone(), input.clone());
             let addr = daemon
                 .mesh
                 .endpoint

@@ -13,11 +13,12 @@ use super::{run_as, Daemon};
 use crate::base::clock::unix_now_ms;
 use crate::base::credit::CreditQueue;
 use crate::jobs::{self, JobEvent};
-use crate::mesh::{claims, route};
-use crate::transport::{PeerDesc, Served};
+use crate::mesh::route;
+use crate::transport::RemoteJob;
 
 /// Start a job: a shell command, an operations action, or (on the leader) a
-/// job relayed to another peer. `input` is its standard input (specs with
+/// job relayed to another peer; a copy to another peer is
+/// [`super::peer_copy::start_any`]'s. `input` is its standard input (specs with
 /// `stdin`), closed once the job no longer needs it.
 pub fn start(
     daemon: &Arc<Daemon>,
@@ -27,9 +28,6 @@ pub fn start(
 ) -> mpsc::Receiver<JobEvent> {
     if spec.relay_to.is_some() {
         return route::relay(&daemon.mesh, spec, cancel, input);
-    }
-    if matches!(spec.files, Some(d_proto::types::FilesOp::SendTo(_))) {
-        return super::peer_copy::start(daemon, spec, cancel, input);
     }
     let Some(action) = spec.action else {
         let run_as = match run_as::check_env(&spec.env)
@@ -110,7 +108,7 @@ pub fn said_at_shutdown(daemon: &Daemon, ev: JobEvent, who: &str, peer: &str) ->
 }
 
 /// A job that failed before it started.
-fn failed(e: d_proto::types::ErrorBody) -> mpsc::Receiver<JobEvent> {
+pub(super) fn failed(e: d_proto::types::ErrorBody) -> mpsc::Receiver<JobEvent> {
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(JobEvent::Failed(e));
     rx
@@ -137,123 +135,52 @@ pub fn record(side: &str, spec: &ExecSpec, requester: &str, target: &str) -> Exe
     }
 }
 
-/// A job another peer asked of this one (over `from`): started, and
-/// recorded in the audit log once it has ended.
-pub fn serve_for_peer(
-    daemon: &Arc<Daemon>,
-    from: &PeerDesc,
-    job: u64,
-    spec: ExecSpec,
-    cancel: CancellationToken,
-    input: Option<Arc<CreditQueue>>,
-) -> Served {
-    tracing::info!(job, cmd = %spec.shell_cmd, dir = %spec.directory, "exec for {}", from.id);
-    // The session's peer proved its id (its key, or the mesh key for a peer
-    // with none): it is the requester. Only the leader relays jobs for
-    // others, so only a job from this worker's leader may name another
-    // requester, and (protocol 8) only with that requester's signed claim
-    // ([`claims::verify`]): a relay cannot alter or invent it. "From the
-    // leader" is the session itself being this worker's current link
-    // (`from` is that session's own `peer`), or one whose peer proved the
-    // leader's pinned key: the leader dials a worker whose link is down (a
-    // thawed or reconnecting worker) to relay over that session. Never a
-    // session that merely carries the leader's id (a key-less id proved by
-    // the shared mesh key could).
-    // (Several leaders: any of them, over its link or proving its pin.)
-    let trust = daemon.mesh.me.leader_trust();
-    let from_leader = daemon
-        .mesh
-        .link
-        .sessions()
-        .iter()
-        .any(|l| std::ptr::eq(&l.peer, from))
-        || from
-            .key
-            .is_some_and(|k| trust.key == Some(k) || trust.keys.iter().any(|(_, p)| *p == k));
-    let relayed = !spec.requester.is_empty() && spec.requester != from.id;
-    // Protocol 10: a job carrying its requester's signed claim is checked
-    // whoever passed it on (the source peer of a peer-to-peer copy passes
-    // on the receive job's claim); a relay (a `relay_to` job) passes it on
-    // unchanged, naming the claimed requester, for its target to check.
-    let claimed = relayed && spec.claim.is_some();
-    let pass_on = claimed && spec.relay_to.is_some();
-    if relayed && !from_leader && !claimed {
-        tracing::warn!(
-            "{} sent a job naming {:?} as its requester: recorded as {}",
-            from.id,
-            d_proto::clip(&spec.requester, 80),
-            from.id
-        );
-    }
-    // A relayed job is the relay's until its claim is checked; one without
-    // a claim (an older requester or relay) stays the relay's.
-    if relayed && from_leader && spec.claim.is_none() {
-        tracing::info!(
-            "{} relayed a job for {:?} without a signed claim: recorded as {}'s",
-            from.id,
-            d_proto::clip(&spec.requester, 80),
-            from.id
-        );
-    }
-    let check = (claimed && !pass_on).then(|| spec.requester.clone());
-    let mut spec = spec;
-    if !pass_on {
-        spec.requester = from.id.clone();
-    }
-    let relay = from.id.clone();
-    // A job only passed on (relayed) is audited as such, naming where it
-    // went: it did not run here (its target audits it as `target`).
-    let mut rec = match &spec.relay_to {
-        Some(to) => record("relay", &spec, &from.id, to),
-        None => record("target", &spec, &from.id, &daemon.me()),
+/// `(d cp: receive into /srv/app)`, `(d cp: send /etc/hosts)`,
+/// `(d cp: send /x to laptop:/y)`, `(d cp --update: list /srv)`.
+pub(super) fn files_label(op: &d_proto::types::FilesOp) -> String {
+    use d_proto::types::FilesOp;
+    let text = match op {
+        FilesOp::Receive { dest, .. } => format!("(d cp: receive into {dest})"),
+        FilesOp::Send { sources, .. } => format!("(d cp: send {})", sources.join(" ")),
+        FilesOp::SendTo(st) => format!(
+            "(d cp: send {} to {}:{})",
+            st.sources.join(" "),
+            st.to,
+            st.dest
+        ),
+        FilesOp::Have {
+            dest, sizes: true, ..
+        } => format!("(d cp --update: list {dest}, hashing the sizes the sender has)"),
+        FilesOp::Have { dest, .. } => format!("(d cp --update: list {dest})"),
     };
-    let proven = Arc::new(std::sync::Mutex::new(from.id.clone()));
-    // A job ended by this daemon's shutdown says so, even when its end
-    // reaches the requester before the session's own shutdown notice.
-    let (tx, events) = mpsc::channel(4);
-    let d = daemon.clone();
-    let who_asked = proven.clone();
-    daemon.tasks().tracker.spawn(async move {
-        let mut inner = match check {
-            None => start(&d, spec, cancel, input),
-            Some(claimed) => {
-                spec.requester = claimed.clone();
-                match claims::verify(&d.mesh, &relay, &spec, &d.me()).await {
-                    Ok(()) => {
-                        tracing::info!(
-                            "the job relayed by {relay} is proven {claimed}'s (signed claim)"
-                        );
-                        *who_asked.lock().unwrap_or_else(|e| e.into_inner()) = claimed;
-                        start(&d, spec, cancel, input)
-                    }
-                    Err(e) => {
-                        tracing::warn!("{}", e.error);
-                        if let Some(q) = input {
-                            q.close();
-                        }
-                        failed(e)
-                    }
-                }
-            }
-        };
-        let who = format!("the daemon on {} (the peer)", d.me());
-        let me = d.me();
-        while let Some(ev) = inner.recv().await {
-            if tx.send(said_at_shutdown(&d, ev, &who, &me)).await.is_err() {
-                break;
-            }
+    d_proto::clip(&text, 1000)
+}
+
+/// The source of a job's events, local or remote.
+pub(super) enum Source {
+    Local(
+        mpsc::Receiver<JobEvent>,
+        tokio_util::sync::CancellationToken,
+    ),
+    Remote(RemoteJob),
+}
+
+impl Source {
+    pub(super) async fn next(&mut self) -> Option<JobEvent> {
+        match self {
+            Source::Local(rx, _) => rx.recv().await,
+            Source::Remote(j) => j.events.recv().await,
         }
-    });
-    let d = daemon.clone();
-    Served {
-        events,
-        done: Box::new(move |o| {
-            rec.requester = proven.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            rec.output_bytes = o.output_bytes;
-            rec.exit = o.exit;
-            rec.error = o.error;
-            rec.duration_ms = o.duration.as_millis() as u64;
-            d.audit(rec);
-        }),
+    }
+    pub(super) async fn consumed(&self, n: usize) {
+        if let Source::Remote(j) = self {
+            j.credit(n).await;
+        }
+    }
+    pub(super) async fn cancel(&self) {
+        match self {
+            Source::Local(_, c) => c.cancel(),
+            Source::Remote(j) => j.cancel().await,
+        }
     }
 }

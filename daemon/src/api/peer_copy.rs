@@ -20,8 +20,8 @@ use d_proto::types::{ErrorBody, ErrorKind, ExecSpec, FilesOp, SendTo, Stream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::exec::{files_label, Source};
-use super::{job, Daemon};
+use super::job::{self, files_label, Source};
+use super::Daemon;
 use crate::base::credit::{CreditQueue, Credits};
 use crate::jobs::JobEvent;
 use crate::mesh::route::{self, Route};
@@ -86,6 +86,21 @@ pub fn sign(daemon: &Daemon, spec: &mut ExecSpec) -> Result<(), ErrorBody> {
         st.claim = Some(signed);
     }
     Ok(())
+}
+
+/// Start a job of any kind: a copy to another peer ([`start`]: its two
+/// halves are plain jobs) or anything [`job::start`] runs.
+pub fn start_any(
+    daemon: &Arc<Daemon>,
+    spec: ExecSpec,
+    cancel: CancellationToken,
+    input: Option<Arc<CreditQueue>>,
+) -> mpsc::Receiver<JobEvent> {
+    if matches!(spec.files, Some(FilesOp::SendTo(_))) {
+        start(daemon, spec, cancel, input)
+    } else {
+        job::start(daemon, spec, cancel, input)
+    }
 }
 
 /// On the sending peer: run the [`FilesOp::SendTo`] job `spec` (see the
