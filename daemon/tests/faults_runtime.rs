@@ -282,6 +282,11 @@ fn ids_not_seen_for_peer_retire_days_are_retired() {
         let up = vps.state_dir().join(".test-uptime-offset");
         std::fs::write(&up, (days * 86_400).to_string()).unwrap();
         vps.restart_on(&leader);
+        // Retired as the mesh starts, which may finish just after the
+        // control socket answers.
+        if !kept {
+            wait_for(LONG, "oldid retired", || !listed(&vps, "oldid"));
+        }
         assert_eq!(listed(&vps, "oldid"), kept, "{days} days later");
         assert!(listed(&vps, "vps"), "the leader itself stays");
     }
@@ -396,6 +401,13 @@ fn jobs_left_by_a_killed_daemon_are_ended_and_recorded_at_next_start() {
     // SAFETY: geteuid has no preconditions.
     let cgroups = unsafe { libc::geteuid() } == 0
         && std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.contains(" - cgroup2 "));
+    // The entry is written just after the shell starts (its pid names it):
+    // a daemon killed in between leaves the job unrecorded (the window the
+    // ledger's docs name), so kill only once it is written.
+    let jobs_dir = d.state_dir().join("jobs");
+    wait_for(LONG, "the job's ledger entry", || {
+        std::fs::read_dir(&jobs_dir).is_ok_and(|r| r.count() > 0)
+    });
     d.kill9();
     let _ = client.wait();
     std::thread::sleep(Duration::from_millis(300));

@@ -11,6 +11,11 @@
 //! as soon as the daemon dies (`KillMode=mixed`); this ledger still says
 //! which jobs died with it.
 //!
+//! The entry is written as soon as the shell has started (its pid is the
+//! entry's name): a daemon killed in that moment (about 0.1 ms, the
+//! `ledger` step of `D_TIMING`) leaves that one job unrecorded. Under
+//! systemd its cgroup still ends it with the daemon.
+//!
 //! A group is only signalled if it is the one written down: same boot
 //! (`/proc/sys/kernel/random/boot_id`), and its leader is gone or has the
 //! start time written down (so a reused pid is never hit; the kernel reuses
