@@ -27,7 +27,9 @@
 //!                 [--addrs 40] [--addr-base 127.1.0.0] [--prefix sim-] [--threads 1]
 //!                 [--ramp-ms 0] [--report-ms 1000] [--duration SECS]
 //! loadgen rtt-server --listen IP:PORT          TCP echo (1 byte), for the floor
-//! loadgen rtt --to IP:PORT [--count 2000]      TCP round trips: JSON with median_us
+//! loadgen rtt --to IP:PORT [--count 2000] [--gap-ms 0]
+//!                                               TCP round trips: JSON with median_us;
+//!                                               --gap-ms: idle this long between them
 //! loadgen tput-server --listen IP:PORT         sends each client the bytes it asks for
 //! loadgen tput --to IP:PORT --bytes N          TCP throughput server → here: JSON with mb_per_s
 //! ```
@@ -69,7 +71,7 @@ pub(crate) fn usage() -> ! {
          [--addr-base IP] [--prefix P] [--parallel P]\n  \
          loadgen workers --leader IP:PORT[,IP:PORT...] (--fleet FILE | --key MESH_KEY_FILE) [--workers N] [--addrs K] \
          [--addr-base IP] [--prefix P] [--threads T] [--ramp-ms MS] [--report-ms MS] [--duration SECS]\n  \
-         loadgen rtt-server --listen IP:PORT\n  loadgen rtt --to IP:PORT [--count N]\n  \
+         loadgen rtt-server --listen IP:PORT\n  loadgen rtt --to IP:PORT [--count N] [--gap-ms MS]\n  \
          loadgen tput-server --listen IP:PORT\n  loadgen tput --to IP:PORT --bytes N"
     );
     std::process::exit(2)
@@ -146,8 +148,12 @@ fn main() {
             net::rtt_server(flags.need("listen"))
         }
         "rtt" => {
-            flags.check(&["to", "count"]);
-            net::rtt_client(flags.need("to"), flags.num("count", 2000usize))
+            flags.check(&["to", "count", "gap-ms"]);
+            net::rtt_client(
+                flags.need("to"),
+                flags.num("count", 2000usize),
+                flags.num("gap-ms", 0u64),
+            )
         }
         "tput-server" => {
             flags.check(&["listen"]);

@@ -26,7 +26,11 @@ pub fn rtt_server(listen: &str) {
     }
 }
 
-pub fn rtt_client(to: &str, count: usize) {
+/// `count` one-byte round trips to `to` (after `count / 10` not counted),
+/// back to back, or with `gap_ms` of idleness before each: a one-shot
+/// command's round trip finds both ends (and a userspace tunnel) asleep,
+/// which back-to-back round trips never do.
+pub fn rtt_client(to: &str, count: usize, gap_ms: u64) {
     let mut s = StdTcpStream::connect(to).unwrap_or_else(|e| {
         eprintln!("loadgen: cannot connect to {to}: {e}");
         std::process::exit(1)
@@ -35,6 +39,9 @@ pub fn rtt_client(to: &str, count: usize) {
     let mut b = [7u8; 1];
     let mut times = Vec::with_capacity(count);
     for i in 0..count + count / 10 {
+        if gap_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(gap_ms));
+        }
         let t = Instant::now();
         if s.write_all(&b).is_err() || s.read_exact(&mut b).is_err() {
             eprintln!("loadgen: the echo server went away");

@@ -6,7 +6,9 @@
 #
 #   sh -c true / bash -c true   the floor's process start (root's login shell is bash)
 #   tcp rtt                     one TCP round trip laptop -> desktop over the tunnel
-#                               (loadgen rtt, 2,000 round trips, median)
+#                               (loadgen rtt, 2,000 round trips, median); also one
+#                               per 5 ms (an idle tunnel, as one command finds it),
+#                               shown beside the floor, not in it
 #   d ping                      client <-> its own daemon, each build
 #   d execOnPeer                laptop -> desktop `--shellCmd true`, each build;
 #                               this build twice: as shipped (the login shell) and
@@ -34,7 +36,7 @@
 # one linked differently, measured the same way against this build's daemons:
 # rows "(now, ALT_NAME client)"), ROUNDS=6 RUNS=20 WARMUP=5, TIMING_RUNS=200,
 # STREAM_MB=0 STREAM_RUNS=3, BENCH_NO_BUILD=1.
-# Results: target/bench/latency-wg/{alt.json,timing-*.json,rtt.json,stream.json,
+# Results: target/bench/latency-wg/{alt.json,timing-*.json,rtt.json,rtt-idle.json,stream.json,
 # tput.json}. Numbers only, never assertions. Root only (namespaces);
 # addresses in 198.18.0.0/15.
 set -euo pipefail
@@ -119,6 +121,12 @@ MESH_PIDS+=("$!")
 mesh_wait "the echo server" 10 in_ns laptop "$LOADGEN" rtt --to "${IP[desktop]}:7399" --count 10
 in_ns laptop "$LOADGEN" rtt --to "${IP[desktop]}:7399" --count 2000 >"$OUT/rtt.json"
 echo "TCP round trip over WireGuard (laptop -> desktop): $(cat "$OUT/rtt.json")"
+# The same, one round trip per 5 ms: both ends and both wireguard-go
+# processes asleep each time, as they are for one `d` command. Shown beside
+# the floor (which keeps the back-to-back round trip), to tell the tunnel's
+# wake-ups from d's own time.
+in_ns laptop "$LOADGEN" rtt --to "${IP[desktop]}:7399" --count 300 --gap-ms 5 >"$OUT/rtt-idle.json"
+echo "TCP round trip over WireGuard, one per 5 ms: $(cat "$OUT/rtt-idle.json")"
 
 q() { local a out=; for a in "$@"; do out+="'${a//\'/\'\\\'\'}' "; done; printf '%s' "${out% }"; }
 exec_cmd() { q "$1/d" --socket "${SETSOCK[$2]}" execOnPeer --peer desktop --directory / --shellCmd true; }
@@ -154,18 +162,23 @@ if [ -n "$STATIC_D" ]; then
     "$MESH_DIR/bin/now/d-static" --socket "${SETSOCK[now-sh]}" execOnPeer --peer desktop --directory / --shellCmd true
 fi
 
-python3 - "$OUT/alt.json" "$OUT/rtt.json" <<'PY'
+python3 - "$OUT/alt.json" "$OUT/rtt.json" "$OUT/rtt-idle.json" <<'PY'
 import json, sys
 alt = {c["name"]: c for c in json.load(open(sys.argv[1]))["commands"]}
 rtt = json.load(open(sys.argv[2]))
+idle = json.load(open(sys.argv[3])).get("median_us")
 rtt_ms = rtt["median_us"] / 1000 if "median_us" in rtt else None
 if rtt_ms is None:
     print("rtt: keys", list(rtt)); sys.exit(0)
 floor = alt["sh -c true"]["median"] * 1e3 + rtt_ms
 print(f"\nfloor = sh -c true {alt['sh -c true']['median'] * 1e3:.2f} ms + TCP rtt {rtt_ms:.2f} ms = {floor:.2f} ms")
+floor_idle = alt["sh -c true"]["median"] * 1e3 + idle / 1000 if idle else None
+if floor_idle:
+    print(f"(with the round trip of an idle tunnel, {idle / 1000:.2f} ms: {floor_idle:.2f} ms, the last column)")
 for name, c in alt.items():
     m = c["median"] * 1e3
-    print(f"  {name:<36} {m:7.2f} ms (p10 {c['p10'] * 1e3:6.2f}, p90 {c['p90'] * 1e3:6.2f})  {m / floor:4.2f}x floor")
+    extra = f"  {m / floor_idle:4.2f}x" if floor_idle else ""
+    print(f"  {name:<36} {m:7.2f} ms (p10 {c['p10'] * 1e3:6.2f}, p90 {c['p90'] * 1e3:6.2f})  {m / floor:4.2f}x floor{extra}")
 PY
 
 # Which daemon carries the time: CPU per exec of the requester's (laptop)
