@@ -244,4 +244,13 @@ fn exec_log_shows_a_job_as_soon_as_its_client_has_the_exit() {
         stop.store(true, Ordering::Relaxed);
         assert!(failed.is_none(), "{}", failed.unwrap_or_default());
     });
+    // With no reader, the records are written all the same (a moment later,
+    // in one transaction): none waits in memory.
+    let o = exec("echo unread");
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for(
+        Duration::from_secs(10),
+        "the unread record to be written",
+        || d.json(&["getPeerStatus"])["audit_pending"].as_u64() == Some(0),
+    );
 }

@@ -27,6 +27,15 @@ pub const PENDING_MAX: usize = 1024;
 /// How often queued records are tried again.
 pub const RETRY: Duration = Duration::from_secs(2);
 
+/// How long a new record waits before it is written, with whatever else
+/// came meanwhile: the database's work (a transaction, its fsync, a wake of
+/// the store's thread) then falls after the job's exit has reached its
+/// client, not in the middle of it, and a burst of jobs (a fan-out) costs
+/// one transaction, not one each. `execLog` writes what waits before it
+/// reads ([`Audit::flush`]), so no reader sees the delay; a daemon killed
+/// outright (SIGKILL, a crash) loses at most this much of the log.
+pub const WRITE_DELAY: Duration = Duration::from_millis(20);
+
 /// The queue of records not yet written; shared by every job.
 pub struct Audit {
     /// Records not yet written, each with its sequence number.
@@ -38,6 +47,8 @@ pub struct Audit {
     dropped: AtomicU64,
     /// One writer at a time, so records are written in order.
     flushing: tokio::sync::Mutex<()>,
+    /// A write is due within [`WRITE_DELAY`] (one timer for all records).
+    due: std::sync::atomic::AtomicBool,
     store: Registry,
     keep: Retention,
 }
@@ -57,6 +68,7 @@ impl Audit {
             failing: Default::default(),
             dropped: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
+            due: Default::default(),
             store,
             keep,
         })
@@ -92,6 +104,22 @@ impl Audit {
             }
             q.push_back((self.next_seq.fetch_add(1, Ordering::Relaxed), rec));
         }
+    }
+
+    /// Whether a write should now be made due: true for the first record
+    /// since the last one was made due (the caller then writes after
+    /// [`WRITE_DELAY`], calling [`Audit::write_due`]).
+    pub fn make_due(&self) -> bool {
+        !self.due.swap(true, Ordering::AcqRel)
+    }
+
+    /// The write made due by [`Audit::make_due`].
+    pub async fn write_due(&self) {
+        tokio::time::sleep(WRITE_DELAY).await;
+        // Records queued from now on make a new write due (this one may or
+        // may not take them: either way they are written).
+        self.due.store(false, Ordering::Release);
+        self.flush().await;
     }
 
     /// Write what is queued, in one call; on failure keep it all.

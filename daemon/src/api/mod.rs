@@ -241,14 +241,17 @@ impl Daemon {
 
     /// Append to the audit log without waiting: the record is queued at
     /// once (so an `execLog` that follows sees it, [`Daemon::audit_flush`])
-    /// and written in the background; a record the database refuses is kept
+    /// and written in the background [`audit::WRITE_DELAY`] later, with the
+    /// records that came meanwhile; a record the database refuses is kept
     /// and written later ([`audit`]).
     pub fn audit(&self, rec: ExecRecord) {
         self.audit.enqueue(rec);
-        let audit = self.audit.clone();
-        self.tasks()
-            .tracker
-            .spawn(async move { audit.flush().await });
+        if self.audit.make_due() {
+            let audit = self.audit.clone();
+            self.tasks()
+                .tracker
+                .spawn(async move { audit.write_due().await });
+        }
     }
 
     /// Write the records queued so far, for a reader that must see every
