@@ -373,3 +373,26 @@ fn d_timing_reports_every_step_of_the_job() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stderr(&o), "");
 }
+
+/// A daemon started without HOME or SHELL (systemd gives a root service
+/// neither): its jobs get its account's home directory and login shell from
+/// the user database, PATH and LANG defaults, and the daemon's other
+/// variables as they are.
+#[test]
+fn a_daemon_without_home_gives_its_jobs_its_accounts_home_and_shell() {
+    let d = TestDaemon::start_without_env("nohome", "127.0.0.1", &["HOME", "SHELL", "LANG"]);
+    d.json(&["setPeerConfig", "--role", "leader", "--id", "nohome"]);
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let o = std::process::Command::new("getent")
+        .args(["passwd", &uid.to_string()])
+        .output()
+        .expect("getent");
+    let entry = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let fields: Vec<&str> = entry.split(':').collect();
+    assert_eq!(fields.len(), 7, "getent passwd {uid}: {entry}");
+    let (home, shell) = (fields[5], fields[6]);
+    let o = exec(&d, "nohome", "echo \"$HOME|$SHELL|$LANG|$0\"");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{home}|{shell}|C.UTF-8|{shell}\n"));
+}

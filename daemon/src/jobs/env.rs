@@ -28,12 +28,30 @@ pub(super) fn job_env(spec: &ExecSpec, opts: &Options) -> (Vec<(OsString, OsStri
             .any(|n| k == n)
         })
         .collect();
-    for (k, v) in default_env() {
+    // The daemon's own account, read from the user database at most once
+    // per job and only when needed (each read opens /etc/passwd or asks NSS).
+    let own = std::cell::OnceCell::new();
+    let own = || {
+        own.get_or_init(|| {
+            nix::unistd::User::from_uid(nix::unistd::geteuid())
+                .ok()
+                .flatten()
+        })
+    };
+    for (k, v) in DEFAULT_ENV {
         if std::env::var_os(k).is_none() {
+            let v = match v {
+                Some(v) => v.to_string(),
+                None => own()
+                    .as_ref()
+                    .map_or_else(|| "/".into(), |u| u.dir.display().to_string()),
+            };
             env.push((k.into(), v.into()));
         }
     }
-    let shell = shell_for(opts);
+    let shell = shell_for(opts, || {
+        own().as_ref().map(|u| u.shell.display().to_string())
+    });
     if let Some(u) = &opts.run_as {
         env.retain(|(k, _)| !["HOME", "USER", "LOGNAME"].iter().any(|n| k == n));
         env.extend([
@@ -61,18 +79,15 @@ pub(super) fn job_env(spec: &ExecSpec, opts: &Options) -> (Vec<(OsString, OsStri
 }
 
 /// The shell a job's command runs in: the caller's choice (config `shell`),
-/// else the login shell of the user it runs as, else `/bin/sh` (as sshd).
-fn shell_for(opts: &Options) -> PathBuf {
+/// else the login shell of the user it runs as (`own_shell`: the daemon's
+/// own), else `/bin/sh` (as sshd).
+fn shell_for(opts: &Options, own_shell: impl FnOnce() -> Option<String>) -> PathBuf {
     if let Some(s) = &opts.shell {
         return s.clone();
     }
     let login = match &opts.run_as {
         Some(u) => u.shell.clone(),
-        None => nix::unistd::User::from_uid(nix::unistd::geteuid())
-            .ok()
-            .flatten()
-            .map(|u| u.shell.display().to_string())
-            .unwrap_or_default(),
+        None => own_shell().unwrap_or_default(),
     };
     if login.is_empty() {
         PathBuf::from("/bin/sh")
@@ -81,18 +96,13 @@ fn shell_for(opts: &Options) -> PathBuf {
     }
 }
 
-fn default_env() -> Vec<(&'static str, String)> {
-    let home = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.dir.display().to_string())
-        .unwrap_or_else(|| "/".into());
-    vec![
-        ("HOME", home),
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
-        ("LANG", "C.UTF-8".into()),
-    ]
-}
+/// What a job gets when the daemon's environment lacks it: `None` is the
+/// daemon's own home directory (`/` if it has none).
+const DEFAULT_ENV: [(&str, Option<&str>); 3] = [
+    ("HOME", None),
+    (
+        "PATH",
+        Some("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ),
+    ("LANG", Some("C.UTF-8")),
+];

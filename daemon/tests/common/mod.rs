@@ -73,6 +73,9 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     extra: Vec<String>,
+    /// Variables taken out of the daemon's environment (e.g. HOME, as
+    /// systemd starts a service without one).
+    env_remove: Vec<String>,
     /// The daemon binary this one runs (a private copy when a test deploys over it).
     pub bin: PathBuf,
 }
@@ -94,6 +97,26 @@ impl TestDaemon {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env_remove: Vec::new(),
+            bin: daemon_bin(),
+        };
+        d.spawn(&format!("{ip}:0"));
+        d
+    }
+
+    /// Like [`TestDaemon::start`], with `remove` taken out of its environment.
+    pub fn start_without_env(name: &str, ip: &str, remove: &[&str]) -> TestDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("d-test-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut d = TestDaemon {
+            name: name.into(),
+            ip: ip.into(),
+            dir,
+            child: None,
+            extra: Vec::new(),
+            env_remove: remove.iter().map(|s| s.to_string()).collect(),
             bin: daemon_bin(),
         };
         d.spawn(&format!("{ip}:0"));
@@ -119,6 +142,7 @@ impl TestDaemon {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env_remove: Vec::new(),
             bin: daemon_bin(),
         };
         d.spawn(&format!("{ip}:0"));
@@ -141,6 +165,7 @@ impl TestDaemon {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env_remove: Vec::new(),
             bin,
         };
         d.spawn(&format!("{ip}:0"));
@@ -185,6 +210,9 @@ impl TestDaemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        for k in &self.env_remove {
+            cmd.env_remove(k);
+        }
         // A binary just copied (start_copy) can be briefly "busy": another
         // test thread's fork may still hold the copy's write descriptor until
         // its exec closes it. Try again for a moment.
