@@ -86,12 +86,13 @@ impl TestDaemon {
         Self::start_with(name, ip, &[])
     }
 
-    pub fn start_with(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {
+    /// A daemon not started yet: its temp dir made, `extra` its arguments.
+    fn unstarted(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {
         let dir = tempfile::Builder::new()
             .prefix(&format!("d-test-{name}-"))
             .tempdir()
             .expect("temp dir");
-        let mut d = TestDaemon {
+        TestDaemon {
             name: name.into(),
             ip: ip.into(),
             dir,
@@ -99,28 +100,25 @@ impl TestDaemon {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env_remove: Vec::new(),
             bin: daemon_bin(),
-        };
-        d.spawn(&format!("{ip}:0"));
-        d
+        }
+    }
+
+    /// Start it on `ip` with an ephemeral port.
+    fn started(mut self) -> TestDaemon {
+        let listen = format!("{}:0", self.ip);
+        self.spawn(&listen);
+        self
+    }
+
+    pub fn start_with(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {
+        Self::unstarted(name, ip, extra).started()
     }
 
     /// Like [`TestDaemon::start`], with `remove` taken out of its environment.
     pub fn start_without_env(name: &str, ip: &str, remove: &[&str]) -> TestDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("d-test-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        let mut d = TestDaemon {
-            name: name.into(),
-            ip: ip.into(),
-            dir,
-            child: None,
-            extra: Vec::new(),
-            env_remove: remove.iter().map(|s| s.to_string()).collect(),
-            bin: daemon_bin(),
-        };
-        d.spawn(&format!("{ip}:0"));
-        d
+        let mut d = Self::unstarted(name, ip, &[]);
+        d.env_remove = remove.iter().map(|s| s.to_string()).collect();
+        d.started()
     }
 
     /// Like [`TestDaemon::start_with`], with `prepare` run on the state dir's
@@ -131,45 +129,19 @@ impl TestDaemon {
         extra: &[&str],
         prepare: impl FnOnce(&Path),
     ) -> TestDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("d-test-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        prepare(&dir.path().join("state"));
-        let mut d = TestDaemon {
-            name: name.into(),
-            ip: ip.into(),
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env_remove: Vec::new(),
-            bin: daemon_bin(),
-        };
-        d.spawn(&format!("{ip}:0"));
-        d
+        let d = Self::unstarted(name, ip, extra);
+        prepare(&d.state_dir());
+        d.started()
     }
 
     /// Start from a private copy of the daemon binary (in its temp dir), so a
     /// deploy may replace it.
     pub fn start_copy(name: &str, ip: &str, extra: &[&str]) -> TestDaemon {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("d-test-{name}-"))
-            .tempdir()
-            .expect("temp dir");
-        let bin = dir.path().join("bin/d-daemon");
-        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
-        std::fs::copy(daemon_bin(), &bin).expect("copy d-daemon");
-        let mut d = TestDaemon {
-            name: name.into(),
-            ip: ip.into(),
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env_remove: Vec::new(),
-            bin,
-        };
-        d.spawn(&format!("{ip}:0"));
-        d
+        let mut d = Self::unstarted(name, ip, extra);
+        d.bin = d.dir.path().join("bin/d-daemon");
+        std::fs::create_dir_all(d.dir.path().join("bin")).unwrap();
+        std::fs::copy(daemon_bin(), &d.bin).expect("copy d-daemon");
+        d.started()
     }
 
     pub fn socket(&self) -> PathBuf {
