@@ -87,7 +87,7 @@ impl Handler for Daemon {
 
 /// A job another peer asked of this one (over `from`): started, and
 /// recorded in the audit log once it has ended.
-pub fn serve_for_peer(
+fn serve_for_peer(
     daemon: &Arc<Daemon>,
     from: &PeerDesc,
     job: u64,
