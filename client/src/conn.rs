@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use d_proto::control::{parse_result, Event, Request};
 use d_proto::frame::{self, Frame, FrameDecoder};
-use d_proto::types::{ErrorBody, ErrorKind};
+use d_proto::types::{ErrorBody, ErrorKind, Stream, B64};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -34,8 +34,28 @@ const KNOWN_EVENTS: [&str; 7] = [
 pub enum Reply {
     /// A result event, not parsed yet.
     Result(Answer),
+    /// A chunk of the connection's own job's output (job 0 of a `rawOutput`
+    /// request), as it came off the socket: not copied.
+    Output(Stream, BytesMut),
     /// Any other event.
     Event(Event),
+}
+
+/// What [`Conn::next_streamed`] read.
+pub enum Streamed {
+    /// A chunk of the job's output, as it came.
+    Output(Stream, BytesMut),
+    /// Any other event.
+    Event(Event),
+}
+
+/// The event an output chunk stands for.
+fn output_event(stream: Stream, data: BytesMut) -> Event {
+    let data = B64(data.to_vec());
+    match stream {
+        Stream::Stdout => Event::Stdout { data },
+        Stream::Stderr => Event::Stderr { data },
+    }
 }
 
 /// The `result` of a command's result event, read only when its shape is
@@ -209,10 +229,26 @@ impl Conn {
         match self.next_reply()? {
             None => Ok(None),
             Some(Reply::Event(ev)) => Ok(Some(ev)),
+            Some(Reply::Output(stream, data)) => Ok(Some(output_event(stream, data))),
             Some(Reply::Result(answer)) => Ok(Some(Event::Result {
                 result: answer.value()?,
             })),
         }
+    }
+
+    /// [`Conn::next_event`], the connection's own job's output as it came
+    /// ([`Reply::Output`]) instead of copied into an event: what a single
+    /// job's stream reads (a chunk of up to 256 KiB each, every copy and
+    /// every fresh allocation of that size counted in its CPU per GiB).
+    pub fn next_streamed(&mut self) -> Result<Option<Streamed>, ErrorBody> {
+        Ok(match self.next_reply()? {
+            None => None,
+            Some(Reply::Output(stream, data)) => Some(Streamed::Output(stream, data)),
+            Some(Reply::Event(ev)) => Some(Streamed::Event(ev)),
+            Some(Reply::Result(answer)) => Some(Streamed::Event(Event::Result {
+                result: answer.value()?,
+            })),
+        })
     }
 
     /// [`Conn::next_event`], a result left unparsed until its shape is known.
@@ -251,10 +287,23 @@ impl Conn {
                         d_proto::MAX_FRAME
                     )))
                 }
-                Some(f @ Frame::Binary(_)) => {
-                    return frame::parse_frame::<Event>(f)
-                        .map(|ev| Some(Reply::Event(ev)))
-                        .map_err(|e| self.malformed(&e.to_string()))
+                Some(Frame::Binary(payload)) => {
+                    return match frame::parse_binary(payload) {
+                        // The connection's own job: its bytes, not copied.
+                        Ok(frame::Binary::Output(0, stream, data)) => {
+                            Ok(Some(Reply::Output(stream, data)))
+                        }
+                        // One of an `execOnPeers`' jobs.
+                        Ok(frame::Binary::Output(job, stream, data)) => {
+                            <Event as frame::Message>::from_output(job, stream, data.to_vec())
+                                .map(|ev| Some(Reply::Event(ev)))
+                                .ok_or_else(|| self.malformed("output of an unknown job"))
+                        }
+                        Ok(frame::Binary::Input(..)) => {
+                            Err(self.malformed("input is not expected here"))
+                        }
+                        Err(e) => Err(self.malformed(&e.to_string())),
+                    };
                 }
                 Some(Frame::Line(line)) => {
                     if line.iter().all(u8::is_ascii_whitespace) {
@@ -403,6 +452,7 @@ fn answer_on(mut conn: Conn, verbose: bool, req: &Request) -> Result<Answer, Err
                 answered();
                 return Ok(answer);
             }
+            Some(Reply::Output(..)) => continue,
             Some(Reply::Event(ev)) => match ev {
                 // A result in another form (fields in another order).
                 Event::Result { result } => {

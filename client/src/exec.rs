@@ -11,7 +11,7 @@ use d_proto::kept::StaleRegistry;
 use d_proto::types::{ErrorBody, ErrorKind, ExitInfo};
 use serde::Serialize;
 
-use crate::conn::{self, Conn};
+use crate::conn::{self, Conn, Streamed};
 use crate::input::{self, Input};
 use crate::output::{JsonDoc, Spool, Store};
 use crate::stdio::{self, Stream};
@@ -142,7 +142,7 @@ pub fn run(
         _ => String::new(),
     };
     loop {
-        let next = conn.next_event();
+        let next = conn.next_streamed();
         if raw.is_some() && crate::terminal::escaped() {
             // `~.`: as ssh, the connection closed and said so (the daemon
             // ends the job when its client goes).
@@ -151,7 +151,17 @@ pub fn run(
             return Ok(255);
         }
         let event = match next {
-            Ok(Some(event)) => event,
+            Ok(Some(Streamed::Event(event))) => event,
+            // The job's output, not copied on the way.
+            Ok(Some(Streamed::Output(stream, data))) => {
+                match (stream, as_json) {
+                    (d_proto::types::Stream::Stdout, true) => collected.0.push(&data),
+                    (d_proto::types::Stream::Stderr, true) => collected.1.push(&data),
+                    (d_proto::types::Stream::Stdout, false) => write_chunk(Stream::Out, &data)?,
+                    (d_proto::types::Stream::Stderr, false) => write_chunk(Stream::Err, &data)?,
+                }
+                continue;
+            }
             Ok(None) if as_json && has_output(&collected) => {
                 let e = conn::lost_connection(conn.path(), true);
                 return Ok(failed_report(&target, started, &mut collected, &e));

@@ -94,8 +94,16 @@ pub fn with(stream: Stream, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) ->
     }
     let r = match stream {
         Stream::Out => {
-            let mut w = Patient(io::stdout().lock(), 1);
-            f(&mut w).and_then(|()| w.flush())
+            // Held so that nothing else writes in between. Its line buffer is
+            // empty (every write here flushes, and so is what anything else
+            // buffered), so the descriptor is written directly: a job's
+            // output in chunks of up to 256 KiB is not searched for its last
+            // newline first (a tenth of the client's CPU per streamed GiB).
+            let mut lock = io::stdout().lock();
+            lock.flush().and_then(|()| {
+                let mut w = Patient(Fd1, 1);
+                f(&mut w).and_then(|()| w.flush())
+            })
         }
         Stream::Err => {
             let mut w = Patient(io::stderr().lock(), 2);
@@ -108,6 +116,31 @@ pub fn with(stream: Stream, f: impl FnOnce(&mut dyn Write) -> io::Result<()>) ->
             record(stream, error);
             false
         }
+    }
+}
+
+/// Standard output's descriptor, unbuffered. As std's `Stdout` does, a
+/// closed descriptor (EBADF: `d … >&-`) takes everything and keeps nothing.
+struct Fd1;
+
+impl Write for Fd1 {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = buf.len().min(isize::MAX as usize);
+        // SAFETY: `buf` is a live slice of at least `len` bytes; fd 1 is
+        // only written, never closed or replaced here.
+        let n = unsafe { libc::write(1, buf.as_ptr().cast(), len) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EBADF) {
+            return Ok(buf.len());
+        }
+        Err(e)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
