@@ -295,7 +295,7 @@ impl Conn {
                         }
                         // One of an `execOnPeers`' jobs.
                         Ok(frame::Binary::Output(job, stream, data)) => {
-                            <Event as frame::Message>::from_output(job, stream, data.to_vec())
+                            <Event as frame::Message>::from_output(job, stream, data)
                                 .map(|ev| Some(Reply::Event(ev)))
                                 .ok_or_else(|| self.malformed("output of an unknown job"))
                         }

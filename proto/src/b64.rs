@@ -5,27 +5,31 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 /// Bytes carried as base64 in JSON, so binary output survives byte for byte.
+///
+/// `T` holds the bytes: a `Vec<u8>` (the default), or [`bytes::Bytes`] where
+/// the bytes are a slice of a buffer read from a socket (a job's output
+/// passed on without a copy: [`crate::peer::PeerMsg::Output`]).
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct B64(pub Vec<u8>);
+pub struct B64<T = Vec<u8>>(pub T);
 
-impl std::fmt::Debug for B64 {
+impl<T: AsRef<[u8]>> std::fmt::Debug for B64<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "B64({} bytes)", self.0.len())
+        write!(f, "B64({} bytes)", self.0.as_ref().len())
     }
 }
 
-impl Serialize for B64 {
+impl<T: AsRef<[u8]>> Serialize for B64<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0.as_ref()))
     }
 }
 
-impl<'de> Deserialize<'de> for B64 {
+impl<'de, T: From<Vec<u8>>> Deserialize<'de> for B64<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(s.as_bytes())
-            .map(B64)
+            .map(|v| B64(T::from(v)))
             .map_err(serde::de::Error::custom)
     }
 }
@@ -39,5 +43,12 @@ mod tests {
         let b = B64((0..=255u8).collect());
         let j = serde_json::to_string(&b).unwrap();
         assert_eq!(serde_json::from_str::<B64>(&j).unwrap(), b);
+        // The same text whatever holds the bytes.
+        let shared = B64(bytes::Bytes::from(b.0.clone()));
+        assert_eq!(serde_json::to_string(&shared).unwrap(), j);
+        assert_eq!(
+            serde_json::from_str::<B64<bytes::Bytes>>(&j).unwrap(),
+            shared
+        );
     }
 }

@@ -252,8 +252,10 @@ pub enum ClientMsg {
 
 /// Input frames stand for [`ClientMsg::Data`].
 impl crate::frame::Message for ClientMsg {
-    fn from_input(_job: u64, data: Vec<u8>) -> Option<Self> {
-        Some(ClientMsg::Data { data: B64(data) })
+    fn from_input(_job: u64, data: bytes::BytesMut) -> Option<Self> {
+        Some(ClientMsg::Data {
+            data: B64(data.to_vec()),
+        })
     }
 }
 
@@ -363,7 +365,8 @@ impl crate::frame::Message for Request {}
 /// Output frames stand for [`Event::Stdout`] / [`Event::Stderr`] (when the
 /// request asked for raw output).
 impl crate::frame::Message for Event {
-    fn from_output(job: u64, stream: crate::exec::Stream, data: Vec<u8>) -> Option<Self> {
+    fn from_output(job: u64, stream: crate::exec::Stream, data: bytes::BytesMut) -> Option<Self> {
+        let data = data.to_vec();
         let ev = match stream {
             crate::exec::Stream::Stdout => Event::Stdout { data: B64(data) },
             crate::exec::Stream::Stderr => Event::Stderr { data: B64(data) },

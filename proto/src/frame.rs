@@ -251,6 +251,8 @@ pub fn parse<T: DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
 const OUTPUT_KIND: u8 = 1;
 /// Kind, stream, job id.
 const OUTPUT_HEADER: usize = 10;
+/// Bytes of an output frame before the output: [`output_head`].
+pub const OUTPUT_HEAD: usize = BINARY_HEADER + OUTPUT_HEADER;
 
 /// A binary frame carrying a chunk of a job's output: `0x00`, length (u32 BE),
 /// then the payload: kind `1`, stream (`1` stdout, `2` stderr), job id (u64 BE;
@@ -266,9 +268,9 @@ pub fn encode_output(job: u64, stream: Stream, data: &[u8]) -> Vec<u8> {
 /// The first bytes of [`encode_output`]'s frame for `len` bytes of output:
 /// a writer that sends these, then the bytes themselves, sends the same
 /// frame without copying the bytes into it.
-pub fn output_head(job: u64, stream: Stream, len: usize) -> [u8; BINARY_HEADER + OUTPUT_HEADER] {
+pub fn output_head(job: u64, stream: Stream, len: usize) -> [u8; OUTPUT_HEAD] {
     let total = (OUTPUT_HEADER + len) as u32;
-    let mut h = [0u8; BINARY_HEADER + OUTPUT_HEADER];
+    let mut h = [0u8; OUTPUT_HEAD];
     h[0] = BINARY_MARK;
     h[1..5].copy_from_slice(&total.to_be_bytes());
     h[5] = OUTPUT_KIND;
@@ -350,12 +352,14 @@ pub fn parse_output(mut payload: BytesMut) -> Result<(u64, Stream, BytesMut), Fr
 
 /// A message type that output (or input) frames can stand for.
 pub trait Message: DeserializeOwned {
-    /// The message an output frame stands for; `None` where output has no place.
-    fn from_output(_job: u64, _stream: Stream, _data: Vec<u8>) -> Option<Self> {
+    /// The message an output frame stands for; `None` where output has no
+    /// place. `data` is the frame's own part of the read buffer: a message
+    /// that keeps it (frozen) passes the bytes on without copying them.
+    fn from_output(_job: u64, _stream: Stream, _data: BytesMut) -> Option<Self> {
         None
     }
     /// The message an input frame stands for; `None` where input has no place.
-    fn from_input(_job: u64, _data: Vec<u8>) -> Option<Self> {
+    fn from_input(_job: u64, _data: BytesMut) -> Option<Self> {
         None
     }
 }
@@ -368,9 +372,9 @@ pub fn parse_frame<T: Message>(frame: Frame) -> Result<T, FrameError> {
     match frame {
         Frame::Line(line) => parse(&line),
         Frame::Binary(payload) => match parse_binary(payload)? {
-            Binary::Output(job, stream, data) => T::from_output(job, stream, data.to_vec())
+            Binary::Output(job, stream, data) => T::from_output(job, stream, data)
                 .ok_or_else(|| FrameError::Binary("output is not expected here".into())),
-            Binary::Input(job, data) => T::from_input(job, data.to_vec())
+            Binary::Input(job, data) => T::from_input(job, data)
                 .ok_or_else(|| FrameError::Binary("input is not expected here".into())),
         },
         Frame::TooLong => Err(FrameError::TooLong {

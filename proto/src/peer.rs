@@ -262,11 +262,12 @@ pub enum PeerMsg {
         #[serde(flatten)]
         spec: ExecSpec,
     },
-    /// A chunk of a job's output (receiver → starter).
+    /// A chunk of a job's output (receiver → starter). Its bytes stay where
+    /// the session's reader put them until they are passed on.
     Output {
         job: u64,
         stream: Stream,
-        data: B64,
+        data: B64<bytes::Bytes>,
     },
     /// The starter consumed `bytes` of output: the target may send that many more.
     Credit {
@@ -321,17 +322,17 @@ pub enum PeerMsg {
 /// Output frames stand for [`PeerMsg::Output`] (sessions of protocol 3 on),
 /// input frames for [`PeerMsg::Input`] (protocol 4 on).
 impl crate::frame::Message for PeerMsg {
-    fn from_output(job: u64, stream: Stream, data: Vec<u8>) -> Option<Self> {
+    fn from_output(job: u64, stream: Stream, data: bytes::BytesMut) -> Option<Self> {
         Some(PeerMsg::Output {
             job,
             stream,
-            data: B64(data),
+            data: B64(data.freeze()),
         })
     }
-    fn from_input(job: u64, data: Vec<u8>) -> Option<Self> {
+    fn from_input(job: u64, data: bytes::BytesMut) -> Option<Self> {
         Some(PeerMsg::Input {
             job,
-            data: B64(data),
+            data: B64(data.to_vec()),
         })
     }
 }
@@ -375,7 +376,7 @@ mod tests {
         let out = PeerMsg::Output {
             job: 1,
             stream: Stream::Stderr,
-            data: B64(b"\x00\xff".to_vec()),
+            data: B64(bytes::Bytes::from_static(b"\x00\xff")),
         };
         let j = serde_json::to_string(&out).unwrap();
         assert_eq!(serde_json::from_str::<PeerMsg>(&j).unwrap(), out);

@@ -139,7 +139,7 @@ fn arb_peer_msg() -> impl Strategy<Value = PeerMsg> {
             PeerMsg::Output {
                 job,
                 stream,
-                data: B64(data),
+                data: B64(data.into()),
             }
         }),
         any::<u64>().prop_map(|job| PeerMsg::Cancel { job }),
@@ -514,7 +514,7 @@ proptest! {
                 Err((job, err, bytes)) => {
                     let stream = if err { Stream::Stderr } else { Stream::Stdout };
                     data.extend_from_slice(&encode_output(job, stream, &bytes));
-                    want.push(PeerMsg::Output { job, stream, data: B64(bytes) });
+                    want.push(PeerMsg::Output { job, stream, data: B64(bytes.into()) });
                 }
             }
         }
@@ -576,7 +576,7 @@ fn max_frame_boundary() {
     let empty = PeerMsg::Output {
         job: 0,
         stream: Stream::Stdout,
-        data: B64(Vec::new()),
+        data: B64(Default::default()),
     };
     let overhead = encode(&empty).unwrap().len() - 1;
     let b64_len = (MAX_FRAME - overhead) / 4 * 4;
@@ -584,7 +584,7 @@ fn max_frame_boundary() {
     let msg = PeerMsg::Output {
         job: 0,
         stream: Stream::Stdout,
-        data: B64(vec![7; raw]),
+        data: B64(vec![7; raw].into()),
     };
     let enc = encode(&msg).unwrap();
     let pad = MAX_FRAME - (enc.len() - 1);
@@ -611,7 +611,7 @@ fn max_frame_boundary() {
     assert!(encode(&PeerMsg::Output {
         job: 0,
         stream: Stream::Stdout,
-        data: B64(vec![7; raw + 3 * (pad / 4 + 1)]),
+        data: B64(vec![7; raw + 3 * (pad / 4 + 1)].into()),
     })
     .is_err());
 }

@@ -11,7 +11,7 @@
 #
 # Numbers only, never assertions. Environment: MB (default 512), RUNS (plain
 # runs, default 3), PERF=1 to add the perf run (needs perf), NO_STRACE=1 to
-# skip the strace run, BENCH_NO_BUILD=1 (use target/release), BIN=DIR to take
+# skip the strace run, SOURCE=CMD for another job (see below), BENCH_NO_BUILD=1 (use target/release), BIN=DIR to take
 # `d` and `d-daemon` from DIR instead (another build, for a side-by-side run:
 # call the script once per build, alternating).
 # Results in target/bench/stream-profile/. Hold the test lock:
@@ -59,12 +59,15 @@ done
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, clock ticks
 TCK=$(getconf CLK_TCK)
-stream() { "$D" --socket "$W/a.sock" execOnPeer --peer lb --directory / --timeout 0 --shellCmd "head -c $BYTES /dev/zero"; }
+# The job: SOURCE (default `head -c SIZE /dev/zero`, which writes 4 KiB at a
+# time) must write exactly MB MiB to its standard output.
+SOURCE=${SOURCE:-head -c $BYTES /dev/zero}
+stream() { "$D" --socket "$W/a.sock" execOnPeer --peer lb --directory / --timeout 0 --shellCmd "$SOURCE"; }
 
-echo "== plain: $MB MiB, $BIN, load $(cut -d' ' -f1-3 /proc/loadavg) =="
+echo "== plain: $MB MiB of \`$SOURCE\`, $BIN, load $(cut -d' ' -f1-3 /proc/loadavg) =="
 for run in $(seq "${RUNS:-3}"); do
   a0=$(cpu "$LA") b0=$(cpu "$LB") t0=$(date +%s%N)
-  c=$( { /usr/bin/time -f '%U %S' bash -c "$(declare -f stream); D=$D W=$W BYTES=$BYTES stream >/dev/null"; } 2>&1 | tail -n 1)
+  c=$( { /usr/bin/time -f '%U %S' bash -c "$(declare -f stream); D=$D W=$W SOURCE='$SOURCE' stream >/dev/null"; } 2>&1 | tail -n 1)
   t1=$(date +%s%N) a1=$(cpu "$LA") b1=$(cpu "$LB")
   awk -v ms="$(( (t1 - t0) / 1000000 ))" -v mb="$MB" -v a="$((a1 - a0))" -v b="$((b1 - b0))" -v c="$c" -v tck="$TCK" '
     BEGIN { split(c, cc, " "); g = mb / 1024;

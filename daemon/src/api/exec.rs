@@ -283,8 +283,12 @@ impl<W: AsyncWrite + Unpin> Sink for Direct<'_, W> {
         }
         self.writer
             .send(&match stream {
-                d_proto::types::Stream::Stdout => Event::Stdout { data: B64(data) },
-                d_proto::types::Stream::Stderr => Event::Stderr { data: B64(data) },
+                d_proto::types::Stream::Stdout => Event::Stdout {
+                    data: B64(data.to_vec()),
+                },
+                d_proto::types::Stream::Stderr => Event::Stderr {
+                    data: B64(data.to_vec()),
+                },
             })
             .await
     }

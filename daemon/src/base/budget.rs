@@ -202,15 +202,17 @@ impl Held {
 /// A chunk of a job's output and the budget it holds while it lives.
 #[derive(Debug)]
 pub struct Chunk {
-    pub data: Vec<u8>,
+    /// The bytes: shared, so a piece of them is passed on (to a session,
+    /// from a session's read buffer) without a copy.
+    pub data: bytes::Bytes,
     pub held: Held,
 }
 
 impl Chunk {
     /// Output the budget does not count.
-    pub fn untracked(data: Vec<u8>) -> Chunk {
+    pub fn untracked(data: impl Into<bytes::Bytes>) -> Chunk {
         Chunk {
-            data,
+            data: data.into(),
             held: Held::none(),
         }
     }

@@ -81,7 +81,10 @@ pub(super) async fn pump<R: tokio::io::AsyncRead + Unpin>(
         let keep = buf.capacity().min(held.len());
         drop(held.split(held.len() - keep));
         moved.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let chunk = Chunk { data: buf, held };
+        let chunk = Chunk {
+            data: buf.into(),
+            held,
+        };
         if tx.send(JobEvent::Output(stream, chunk)).await.is_err() || eof {
             return;
         }

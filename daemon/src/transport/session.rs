@@ -130,6 +130,22 @@ pub enum Reply {
     Line(BytesMut),
 }
 
+/// A frame for a session's writer task: a line (or any frame) already
+/// encoded, or an output frame as its header and the job's bytes, which go
+/// to the socket from where the job's pipe was read into (never copied
+/// into a frame).
+#[derive(Debug)]
+pub(super) enum Out {
+    Line(Vec<u8>),
+    Output([u8; d_proto::frame::OUTPUT_HEAD], bytes::Bytes),
+}
+
+impl From<Vec<u8>> for Out {
+    fn from(line: Vec<u8>) -> Out {
+        Out::Line(line)
+    }
+}
+
 pub struct Session {
     pub peer: PeerDesc,
     pub terms: Terms,
@@ -140,8 +156,8 @@ pub struct Session {
     longest_ms: AtomicU64,
     /// Dialer: a `pace` arrived; the writer re-arms its heartbeat at once.
     paced: tokio::sync::Notify,
-    /// Encoded lines for the writer task.
-    tx: mpsc::Sender<Vec<u8>>,
+    /// Encoded frames for the writer task.
+    tx: mpsc::Sender<Out>,
     next_id: AtomicU64,
     queries: Mutex<HashMap<u64, Waiter>>,
     /// Queries from the other side being answered ([`QUERIES_IN_FLIGHT`]).
@@ -272,7 +288,7 @@ impl Session {
             Ok(l) => l,
             Err(_) => return,
         };
-        if self.tx.try_send(line).is_ok() {
+        if self.tx.try_send(line.into()).is_ok() {
             self.heartbeat_ms.store(ms, Ordering::Relaxed);
             self.longest_ms.fetch_max(ms, Ordering::Relaxed);
         }
@@ -339,22 +355,22 @@ impl Session {
         &self,
         job: u64,
         stream: Stream,
-        data: &[u8],
+        data: bytes::Bytes,
     ) -> Result<(), ErrorBody> {
         if !self.terms.binary_output() {
-            let data = d_proto::types::B64(data.to_vec());
+            let data = d_proto::types::B64(data);
             return self.send(PeerMsg::Output { job, stream, data }).await;
         }
         if self.is_closed() {
             return Err(self.reason());
         }
-        self.send_line(d_proto::frame::encode_output(job, stream, data))
-            .await
+        let head = d_proto::frame::output_head(job, stream, data.len());
+        self.send_line(Out::Output(head, data)).await
     }
 
-    async fn send_line(&self, line: Vec<u8>) -> Result<(), ErrorBody> {
+    async fn send_line(&self, line: impl Into<Out>) -> Result<(), ErrorBody> {
         tokio::select! {
-            r = self.tx.send(line) => r.map_err(|_| self.reason()),
+            r = self.tx.send(line.into()) => r.map_err(|_| self.reason()),
             _ = self.closed.cancelled() => Err(self.reason()),
         }
     }
@@ -401,7 +417,7 @@ impl Session {
             PeerMsg::Heartbeat => {
                 if self.terms.echoes() {
                     // A full queue is traffic enough to keep the dialer content.
-                    let _ = self.tx.try_send(HEARTBEAT_LINE.to_vec());
+                    let _ = self.tx.try_send(HEARTBEAT_LINE.to_vec().into());
                 }
             }
             PeerMsg::Pace { heartbeat_ms } => {
@@ -536,7 +552,7 @@ impl Session {
         }
         let answer = Answer::Error(error);
         if let Ok(line) = d_proto::frame::encode(&PeerMsg::Answer { id, answer }) {
-            let _ = self.tx.try_send(line);
+            let _ = self.tx.try_send(line.into());
         }
     }
 

@@ -103,7 +103,7 @@ impl Session {
     /// queue has room (a peer that floods bad frames gets no task each).
     fn complain(&self, why: String) {
         if let Ok(line) = d_proto::frame::encode(&PeerMsg::Error(ErrorBody::invalid(why))) {
-            let _ = self.tx.try_send(line);
+            let _ = self.tx.try_send(line.into());
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Session, HEARTBEAT_LINE};
+use super::{Out, Session, HEARTBEAT_LINE};
 use crate::base::wg;
 use crate::transport::connection::{Read, Reader, Writer};
 use crate::transport::tcp_state::{self, TcpState};
@@ -69,7 +69,7 @@ pub(super) async fn read_loop(s: Arc<Session>, mut reader: Reader<OwnedReadHalf>
                             wg::age(ACKED_SILENCE_LIMIT)
                         );
                     }
-                    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec());
+                    let _ = s.tx.try_send(HEARTBEAT_LINE.to_vec().into());
                     deadline.as_mut().reset(Instant::now() + wait);
                     continue;
                 }
@@ -257,10 +257,19 @@ fn explain_tunnel(
     })
 }
 
+/// Queue one frame on the writer (see [`Writer::feed_parts`]: a large
+/// output frame's bytes are written from where they are).
+async fn feed(w: &mut Writer<OwnedWriteHalf>, out: Out) -> std::io::Result<()> {
+    match out {
+        Out::Line(line) => w.feed_line(line).await,
+        Out::Output(head, data) => w.feed_parts(&head, &data).await,
+    }
+}
+
 pub(super) async fn write_loop(
     s: Arc<Session>,
     mut w: Writer<OwnedWriteHalf>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Out>,
 ) {
     // The side that answers heartbeats has no timer (its tick is never polled).
     let beats = !s.terms.echoes();
@@ -279,8 +288,8 @@ pub(super) async fn write_loop(
                         if let Some(line) = bye {
                             w.feed_line(line).await?;
                         }
-                        while let Ok(line) = rx.try_recv() {
-                            w.feed_line(line).await?;
+                        while let Ok(out) = rx.try_recv() {
+                            feed(&mut w, out).await?;
                         }
                         w.flush().await
                     };
@@ -290,9 +299,9 @@ pub(super) async fn write_loop(
                 m = rx.recv() => {
                     let Some(line) = m else { return Ok(()) };
                     let batch = async {
-                        w.feed_line(line).await?;
-                        while let Ok(line) = rx.try_recv() {
-                            w.feed_line(line).await?;
+                        feed(&mut w, line).await?;
+                        while let Ok(out) = rx.try_recv() {
+                            feed(&mut w, out).await?;
                         }
                         w.flush().await
                     };

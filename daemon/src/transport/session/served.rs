@@ -113,7 +113,9 @@ impl Session {
                             // until the job could read no more: issue 12's
                             // starvation under load).
                             lock(&sent).merge(chunk.held.split(k));
-                            let _ = s.send_output(id, stream, &chunk.data[off..off + k]).await;
+                            let _ = s
+                                .send_output(id, stream, chunk.data.slice(off..off + k))
+                                .await;
                             off += k;
                         }
                         continue;
