@@ -139,7 +139,7 @@ trap 'exit 143' TERM
 
 ensure_tools() {
   local need=() t
-  for t in hyperfine sshd ssh ssh-keygen pdsh nsenter wireguard-go wg python3; do
+  for t in hyperfine sshd ssh ssh-keygen pdsh nsenter wireguard-go wg python3 socat; do
     case $t in
       sshd) [ -x /usr/sbin/sshd ] || need+=(openssh-server) ;;
       ssh | ssh-keygen) command -v "$t" >/dev/null || need+=(openssh-client) ;;
@@ -455,7 +455,8 @@ bench_stream_loopback() {
     -n "d execOnPeer" "$(q "$D" --socket "$L/a.sock" execOnPeer --peer lb --directory / --timeout 0 \
       --shellCmd "head -c $bytes /dev/zero")" \
     -n "ssh" "$(q ssh "${SSH_OPTS[@]}" -p "$port" -o ControlMaster=no -o ControlPath=none 127.0.0.4 \
-      "head -c $bytes /dev/zero")"
+      "head -c $bytes /dev/zero")" \
+    -n "relay floor" "$(q bash "$HERE/relay-floor.sh" 127.0.0.4 "head -c $bytes /dev/zero")"
   kill -TERM "$la" "$lb" 2>/dev/null || true
   kill -TERM "$(cat "$s/sshd.lo.pid" 2>/dev/null)" 2>/dev/null || true
 }

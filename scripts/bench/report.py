@@ -215,11 +215,12 @@ def cpu_per_gib(c, size, key):
 
 def stream_table(st, watched):
     d, s = cmd(st, "d execOnPeer"), cmd(st, "ssh")
+    floor = cmd(st, "relay floor")
     size = st["bytes"]
     out = ["| | median | runs (MB/s) | client peak RSS | " + " | ".join(f"{w} peak RSS" for w in watched) +
            " | CPU s per GiB: client | " + " | ".join(f"{w}" for w in watched) + " | whole machine |",
            "|---|---:|---|---:|" + "---:|" * len(watched) + "---:|" + "---:|" * len(watched) + "---:|"]
-    for c in (d, s):
+    for c in [x for x in (d, s, floor) if x]:
         pk = c["peak_kib"]
         mine = c is d
         f = lambda k: cpu_per_gib(c, size, k)
@@ -260,8 +261,14 @@ if stream:
         sec += stream_table(stream_lo, ["requester daemon", "target daemon"])
         sec.append("")
         tl = load("tput-lo.json")
+        fl = cmd(stream_lo, "relay floor")
         sec.append(f"d / ssh on loopback: **{ratio(dl['median_mbps'], sl['median_mbps'], 2)}**" +
                    (f"; plain TCP on loopback: {tl['mb_per_s']:,.0f} MB/s." if tl else ".") + "\n")
+        if fl:
+            sec.append("The relay floor: the same bytes over the same hops (a pipe, TCP on loopback, a UNIX "
+                       "socket) through three socat processes that only copy (`scripts/bench/relay-floor.sh`): "
+                       "what any relay with d's shape carries on this machine. d / floor: "
+                       f"**{ratio(dl['median_mbps'], fl['median_mbps'], 2)}**.\n")
     pk = d["peak_kib"]
     peak_all = max([d["client_peak_kib"]] + list(pk.values()))
     summary.append(("3", f"stream {size / 2**30:.2f} GiB over WireGuard: d vs `ssh HOST head -c …`",
@@ -271,9 +278,11 @@ if stream:
                     f"{verdict(d['median_mbps'] >= s['median_mbps'])} (throughput), "
                     f"{verdict(peak_all < 64 * 1024)} (memory)"))
     if stream_lo:
+        floor_txt = (f", relay floor {fl['median_mbps']:,.0f} MB/s "
+                     f"(d / floor {ratio(dl['median_mbps'], fl['median_mbps'], 2)})" if fl else "")
         summary.append(("3", "the same stream on loopback (no tunnel)",
                         f"d {dl['median_mbps']:,.0f} MB/s, ssh {sl['median_mbps']:,.0f} MB/s "
-                        f"({ratio(dl['median_mbps'], sl['median_mbps'], 2)})", "≥ ssh's MB/s",
+                        f"({ratio(dl['median_mbps'], sl['median_mbps'], 2)}){floor_txt}", "≥ ssh's MB/s",
                         verdict(dl["median_mbps"] >= sl["median_mbps"])))
     fig, ax = plt.subplots(figsize=(8, 4.2))
     smp = d["samples"] or []

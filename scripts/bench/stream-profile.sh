@@ -9,11 +9,14 @@
 #             and the mean size of reads and writes (bytes / calls)
 #   perf      `perf record -g` on each daemon: the top symbols (self time)
 #
-# Numbers only, never assertions. Environment: MB (default 512), RUNS (plain
-# runs, default 3), PERF=1 to add the perf run (needs perf), NO_STRACE=1 to
-# skip the strace run, SOURCE=CMD for another job (see below), BENCH_NO_BUILD=1 (use target/release), BIN=DIR to take
-# `d` and `d-daemon` from DIR instead (another build, for a side-by-side run:
-# call the script once per build, alternating).
+# Numbers only, never assertions; MB/s are 10^6 bytes per second. Environment:
+# MB (MiB to send, default 512), RUNS (plain runs, default 3), PERF=1 to add
+# the perf run (needs perf), NO_STRACE=1 to skip the strace run, FLOOR=1 to
+# follow each plain run with the same bytes through relay-floor.sh (needs
+# socat), SOURCE=CMD for another job (see below), BENCH_NO_BUILD=1 (use
+# target/release), BIN=DIR to take `d` and `d-daemon` from DIR instead
+# (another build, for a side-by-side run: call the script once per build,
+# alternating).
 # Results in target/bench/stream-profile/. Hold the test lock:
 # `flock /work/test.lock bash scripts/bench/stream-profile.sh`.
 set -euo pipefail
@@ -72,7 +75,15 @@ for run in $(seq "${RUNS:-3}"); do
   awk -v ms="$(( (t1 - t0) / 1000000 ))" -v mb="$MB" -v a="$((a1 - a0))" -v b="$((b1 - b0))" -v c="$c" -v tck="$TCK" '
     BEGIN { split(c, cc, " "); g = mb / 1024;
       printf "run %d: %d MB/s (%d ms); CPU s per GiB: requester daemon %.2f, target daemon %.2f, client %.2f\n",
-        '"$run"', mb / (ms / 1000), ms, a / tck / g, b / tck / g, (cc[1] + cc[2]) / g }'
+        '"$run"', mb * 1.048576 / (ms / 1000), ms, a / tck / g, b / tck / g, (cc[1] + cc[2]) / g }'
+  if [ -n "${FLOOR:-}" ]; then
+    # The same bytes over the same hops through three plain relays (socat).
+    t0=$(date +%s%N)
+    bash "$HERE/relay-floor.sh" 127.0.0.7 "$SOURCE" >/dev/null
+    t1=$(date +%s%N)
+    awk -v ms="$(( (t1 - t0) / 1000000 ))" -v mb="$MB" 'BEGIN {
+      printf "run %d: floor (relay-floor.sh: socat x3) %d MB/s (%d ms)\n", '"$run"', mb * 1.048576 / (ms / 1000), ms }'
+  fi
 done
 
 [ -z "${NO_STRACE:-}" ] || exit 0
