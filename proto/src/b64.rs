@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// `T` holds the bytes: a `Vec<u8>` (the default), or [`bytes::Bytes`] where
 /// the bytes are a slice of a buffer read from a socket (a job's output
-/// passed on without a copy: [`crate::peer::PeerMsg::Output`]).
+/// passed on without a copy: `PeerMsg::Output` in `peer.rs`).
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct B64<T = Vec<u8>>(pub T);
 

@@ -203,6 +203,20 @@ pub enum Answer {
     Error(ErrorBody),
 }
 
+impl Answer {
+    /// An answer that is not the one asked for, as an error: its own error
+    /// if it is one, else one that says what came.
+    pub fn unexpected(self) -> ErrorBody {
+        match self {
+            Answer::Error(e) => e,
+            other => ErrorBody::new(
+                crate::error::ErrorKind::Other,
+                format!("unexpected answer from the registry: {other:?}"),
+            ),
+        }
+    }
+}
+
 /// Every message on the peer port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

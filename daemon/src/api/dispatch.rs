@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{doctor, exec, fanout, invite, jobs, peer_config, status, to_raw, Daemon, Reply};
 use crate::mesh::ask;
-use crate::mesh::registry::unexpected;
 use crate::mesh::route::{self, Route};
 use crate::store::RegistryError;
 use crate::transport::connection::{Reader, Writer};
@@ -197,7 +196,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
         Request::GetPeerInfo { peer } => {
             match ask::query(&daemon.mesh, Query::GetPeerInfo { peer }).await? {
                 Answer::Peer { peer } => to_raw(&peer),
-                other => Err(unexpected(other)),
+                other => Err(other.unexpected()),
             }
         }
         Request::DeletePeer { peer } => {
@@ -211,7 +210,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
                     .await;
                     to_raw(&json!({ "deleted": peer }))
                 }
-                other => Err(unexpected(other)),
+                other => Err(other.unexpected()),
             }
         }
         Request::GetPeerIdByIp { ip } => {
@@ -245,7 +244,7 @@ pub async fn answer(daemon: &Arc<Daemon>, req: Request, from: Caller) -> Result<
                 Route::Local => Box::pin(answer(daemon, *request, Caller::Local)).await,
                 Route::Remote(s, _) => match s.query(Query::Control { request }).await? {
                     Answer::Result { result } => to_raw(&result),
-                    other => Err(unexpected(other)),
+                    other => Err(other.unexpected()),
                 },
                 // The leader would answer for itself, not for the peer.
                 Route::Relay(_, leader) => Err(ErrorBody::new(

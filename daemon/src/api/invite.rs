@@ -549,7 +549,7 @@ pub async fn revoke_peer(daemon: &Arc<Daemon>, peer: String) -> Result<Reply, Er
         .await;
         told = format!(" (the {ok} linked leader(s) merged it; {peer} stops acting as a leader once it learns it)");
     }
-    crate::mesh::registry::announce_removed(&daemon.mesh, &peer, "revoked");
+    crate::mesh::announce::removed(&daemon.mesh, &peer, "revoked");
     if !was_leader {
         crate::mesh::replicate::publish(&daemon.mesh, change).await;
     }

@@ -20,18 +20,9 @@ use d_proto::keys::PublicKey;
 use d_proto::peer::{Answer, Hello, Purpose, Query};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
-use super::{registry, Mesh};
+use super::{announce, Mesh};
 use crate::base::clock::unix_now;
 use crate::transport::Proof;
-
-/// What a leader's refusal of a revoked id says (after the id): a leader
-/// whose link is refused so learns it was revoked ([`says_revoked`]).
-const REVOKED_HERE: &str = " was revoked on this leader";
-
-/// Whether `e`, a leader's refusal of `id`'s link, says `id` was revoked there.
-pub fn says_revoked(e: &ErrorBody, id: &str) -> bool {
-    e.kind == ErrorKind::AuthFailed && e.error.starts_with(&format!("{id}{REVOKED_HERE}:"))
-}
 
 fn refused(msg: String, hint: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorKind::AuthFailed, msg).hint(hint)
@@ -78,7 +69,10 @@ pub async fn check_at_leader(
         .map_err(db)?;
     let revoked_err = || {
         refused(
-            format!("{id}{REVOKED_HERE}: it needs a new invitation"),
+            format!(
+                "{id}{}: it needs a new invitation",
+                super::standing::REVOKED_HERE
+            ),
             format!("`d invite --id {id}` on the leader, then `d join TOKEN` on {id}"),
         )
     };
@@ -254,16 +248,16 @@ async fn enroll(
         let why = format!("{id} was enrolled under a new key");
         mesh.sessions.close_peer(&id, &why);
         mesh.link.drop_id(&id, &format!("leader {why}"));
-        registry::announce_rotated(mesh, &id, Some(told));
+        announce::rotated(mesh, &id, Some(told));
         // That removal was this admission's own doing: it goes on.
         mesh.sessions.admitting(from, &id);
     } else if by_token || !done.renamed_from.is_empty() {
-        registry::announce_enrolled(mesh, &told);
+        announce::enrolled(mesh, &told);
     }
     // The key's old id is gone (tombstoned): its sessions end now, here and
     // on every worker.
     for old in &done.renamed_from {
-        registry::announce_removed(mesh, old, &format!("renamed to {id}"));
+        announce::removed(mesh, old, &format!("renamed to {id}"));
     }
     Ok(())
 }

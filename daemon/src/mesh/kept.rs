@@ -20,7 +20,7 @@ use d_proto::keys::PublicKey;
 use d_proto::peer::{Answer, Query};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
-use super::{ask, Mesh};
+use super::{pages, Mesh};
 use crate::base::clock::unix_now;
 use crate::transport::Session;
 
@@ -77,7 +77,7 @@ pub fn received(mesh: &Mesh, rows: Vec<PeerInfo>) {
 
 /// Pull the whole registry over `link` and keep it.
 async fn pull(mesh: &Arc<Mesh>, link: &Arc<Session>) -> Result<(), ErrorBody> {
-    let json = ask::paged_registry_of(link.clone()).await?;
+    let json = pages::paged_registry_of(link.clone()).await?;
     let rows: Vec<PeerInfo> = serde_json::from_str(&json).map_err(|e| {
         ErrorBody::new(
             ErrorKind::Other,

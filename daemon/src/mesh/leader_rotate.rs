@@ -22,7 +22,6 @@ use d_proto::peer::{Answer, Query};
 use d_proto::types::{ErrorBody, ErrorKind, Role};
 
 use super::Mesh;
-use crate::base::identity::LeaderTrust;
 use crate::base::idkey;
 use crate::transport::Session;
 
@@ -189,43 +188,10 @@ pub async fn leader_key_rotated(mesh: &Mesh, from: &Session, rotation: &Rotation
             ),
         ));
     }
-    match replace_pinned_leader_key(mesh, &rotation.old, &rotation.new).await {
+    match super::link::replace_pinned_leader_key(mesh, &rotation.old, &rotation.new).await {
         Ok(_) => Answer::Result {
             result: serde_json::Value::Null,
         },
         Err(e) => Answer::Error(e),
     }
-}
-
-/// THE place a worker's pinned leader key changes on a rotation: `old` is
-/// replaced by `new` (the caller checked `old` signed `new`). Returns
-/// whether it was the key pinned (a worker that pinned another key changes
-/// nothing). Saved before it is used.
-pub async fn replace_pinned_leader_key(
-    mesh: &Mesh,
-    old: &PublicKey,
-    new: &PublicKey,
-) -> Result<bool, ErrorBody> {
-    let mut trust: LeaderTrust = mesh.me.leader_trust();
-    // The first leader's pin, and the pin of each leader address (several
-    // leaders) that held the old key.
-    let mut changed = false;
-    if trust.key == Some(*old) {
-        trust.key = Some(*new);
-        changed = true;
-    }
-    for (_, k) in trust.keys.iter_mut().filter(|(_, k)| k == old) {
-        *k = *new;
-        changed = true;
-    }
-    if !changed {
-        return Ok(false);
-    }
-    mesh.save_leader_trust(trust).await?;
-    tracing::info!(
-        "the leader's key is now {} (rotated from the pinned {})",
-        new.fingerprint(),
-        old.fingerprint()
-    );
-    Ok(true)
 }

@@ -11,13 +11,14 @@ use std::time::Instant;
 
 use d_proto::keys::PublicKey;
 use d_proto::peer::Purpose;
-use d_proto::types::{ErrorKind, LinkState, Role};
+use d_proto::types::{ErrorBody, ErrorKind, LinkState, Role};
 use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
 use crate::base::backoff::Backoff;
 use crate::base::clock::unix_now;
 use crate::base::config::parse_addr;
+use crate::base::identity::LeaderTrust;
 use crate::transport::{port, Expect, Session};
 
 /// One link as `getPeerStatus` reports it.
@@ -284,6 +285,39 @@ impl Link {
     }
 }
 
+/// THE place a worker's pinned leader key changes on a rotation: `old` is
+/// replaced by `new` (the caller checked `old` signed `new`). Returns
+/// whether it was the key pinned (a worker that pinned another key changes
+/// nothing). Saved before it is used.
+pub async fn replace_pinned_leader_key(
+    mesh: &Mesh,
+    old: &PublicKey,
+    new: &PublicKey,
+) -> Result<bool, ErrorBody> {
+    let mut trust: LeaderTrust = mesh.me.leader_trust();
+    // The first leader's pin, and the pin of each leader address (several
+    // leaders) that held the old key.
+    let mut changed = false;
+    if trust.key == Some(*old) {
+        trust.key = Some(*new);
+        changed = true;
+    }
+    for (_, k) in trust.keys.iter_mut().filter(|(_, k)| k == old) {
+        *k = *new;
+        changed = true;
+    }
+    if !changed {
+        return Ok(false);
+    }
+    mesh.save_leader_trust(trust).await?;
+    tracing::info!(
+        "the leader's key is now {} (rotated from the pinned {})",
+        new.fingerprint(),
+        old.fingerprint()
+    );
+    Ok(true)
+}
+
 /// Keep the link to the leader at `addr` (`first`: the first configured,
 /// whose key `LeaderTrust::key` pins) while `stop` is not cancelled. A
 /// leader runs it too, towards the other leaders it dials
@@ -392,9 +426,7 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                 // expected at this address (each leader its own).
                 if let (Some(old), Some(new), None) = (pinned, session.peer.key, &trust.join) {
                     if old != new {
-                        if let Err(e) =
-                            super::leader_rotate::replace_pinned_leader_key(&mesh, &old, &new).await
-                        {
+                        if let Err(e) = replace_pinned_leader_key(&mesh, &old, &new).await {
                             tracing::error!("{}", e.error);
                         }
                     }
@@ -440,7 +472,7 @@ pub async fn link_loop(mesh: Arc<Mesh>, addr_text: String, first: bool, stop: Ca
                     return;
                 }
                 let my_id = mesh.me.get().id.unwrap_or_default();
-                if leader_role && super::enroll::says_revoked(&e, &my_id) {
+                if leader_role && super::standing::says_revoked(&e, &my_id) {
                     // Another leader removed this one from the mesh.
                     let by = mesh
                         .link

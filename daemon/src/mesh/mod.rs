@@ -37,6 +37,7 @@ use crate::store::Registry;
 use crate::transport::{port, Endpoint, Handler, Session};
 
 pub mod admit;
+pub mod announce;
 pub mod ask;
 pub mod claims;
 pub mod enroll;
@@ -45,6 +46,7 @@ pub mod leader_rotate;
 pub mod leaders;
 pub mod link;
 pub mod liveness;
+pub mod pages;
 pub mod pick;
 pub mod registry;
 pub mod replicate;

@@ -7,21 +7,11 @@ use std::sync::Arc;
 use d_proto::peer::{Answer, Query};
 use d_proto::types::{ErrorBody, ErrorKind, PeerInfo, Role};
 
+use super::pages::{rows_that_fit, PAGE_BYTES};
 use super::Mesh;
 use crate::base::clock::unix_now;
 use crate::base::wg;
 use crate::transport::Session;
-
-/// An answer that is not the one asked for: its error, or say what came.
-pub fn unexpected(a: Answer) -> ErrorBody {
-    match a {
-        Answer::Error(e) => e,
-        other => ErrorBody::new(
-            ErrorKind::Other,
-            format!("unexpected answer from the registry: {other:?}"),
-        ),
-    }
-}
 
 /// Answer a registry question from the local registry (leader only).
 pub async fn answer(mesh: &Arc<Mesh>, q: Query) -> Answer {
@@ -47,75 +37,6 @@ fn with_liveness(mesh: &Mesh, peers: &mut [PeerInfo], me: &str, wg: Option<&wg::
             p.handshake_age_secs = wg.age(ip).map(|a| a.as_secs());
         }
     }
-}
-
-/// Room for the rows of one page: a frame less the message around them.
-pub(super) const PAGE_BYTES: usize = d_proto::MAX_FRAME - 1024;
-
-/// The length of `row` as JSON, counted without encoding it: exact unless a
-/// string needs escaping, and never less.
-pub(super) fn json_len_bound(row: &PeerInfo) -> usize {
-    fn text(s: &str) -> usize {
-        let plain = !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
-        // An escaped byte takes at most 6 (`\u001f`).
-        2 + if plain { s.len() } else { 6 * s.len() }
-    }
-    fn number(n: u64) -> usize {
-        n.checked_ilog10().unwrap_or(0) as usize + 1
-    }
-    fn opt(n: Option<u64>) -> usize {
-        n.map_or(4, number)
-    }
-    // The field names with their quotes and colons, the commas and braces.
-    const KEYS: usize = 140;
-    KEYS + text(&row.id)
-        + text(&row.addr)
-        + number(u64::from(row.port))
-        + text(row.role.as_str())
-        + if row.online { 4 } else { 5 }
-        + opt(row.last_seen)
-        + text(&row.version)
-        + text(&row.hostname)
-        + opt(row.first_seen)
-        + row.wg_public_key.as_deref().map_or(4, text)
-        + opt(row.handshake_age_secs)
-        // `[`, `]`, the labels and the commas between them.
-        + 2
-        + row.labels.iter().map(|l| text(l) + 1).sum::<usize>()
-        - usize::from(!row.labels.is_empty())
-}
-
-/// How many of `rows`, from the first, fit in `budget` bytes as a JSON array.
-pub(super) fn rows_that_fit(rows: &[PeerInfo], budget: usize) -> usize {
-    // Usually all of them, known without encoding any: `[`, the rows and
-    // their commas, `]` is one byte more than `bound`.
-    let bound: usize = rows.iter().map(|r| json_len_bound(r) + 1).sum();
-    if bound < budget {
-        return rows.len();
-    }
-    /// Counts the bytes written to it.
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0 += b.len();
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut used = 2; // []
-    for (i, row) in rows.iter().enumerate() {
-        let mut n = Count(usize::from(i > 0)); // the comma
-        if serde_json::to_writer(&mut n, row).is_err() {
-            return i;
-        }
-        used += n.0;
-        if used > budget {
-            return i;
-        }
-    }
-    rows.len()
 }
 
 async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
@@ -255,7 +176,7 @@ async fn answer_inner(mesh: &Arc<Mesh>, q: Query) -> Result<Answer, ErrorBody> {
                         )
                         .await;
                     }
-                    announce_removed(mesh, &peer, why);
+                    super::announce::removed(mesh, &peer, why);
                     Ok(Answer::Deleted { peer })
                 }
                 None => Err(ErrorBody::peer_not_found(&peer)),
@@ -304,31 +225,6 @@ pub fn refuse_remote_change(mesh: &Mesh, from: &Session, peer: &str) -> Answer {
     )
 }
 
-/// On the leader: `peer`'s key is gone (deleted, revoked). Close its
-/// sessions here, and tell every worker (protocol 4 links) to close theirs.
-pub fn announce_removed(mesh: &Arc<Mesh>, peer: &str, why: &str) {
-    mesh.sessions.close_peer(peer, &format!("{peer} was {why}"));
-    // A leader removed: the links to it go too (several leaders).
-    mesh.link.drop_id(peer, &format!("leader {peer} was {why}"));
-    for link in mesh.sessions.links() {
-        if link.terms.protocol < d_proto::PROTOCOL_KEYS {
-            continue;
-        }
-        let q = Query::PeerRemoved {
-            peer: peer.to_string(),
-        };
-        mesh.tasks.tracker.spawn(async move {
-            if let Err(e) = link.query(q).await {
-                tracing::debug!(
-                    "{} was not told of a removed peer: {}",
-                    link.peer.id,
-                    e.error
-                );
-            }
-        });
-    }
-}
-
 /// On a worker: the leader says `peer` was removed: close its sessions,
 /// and hold its key revoked in the kept registry.
 pub async fn peer_removed(mesh: &Arc<Mesh>, from: &Arc<Session>, peer: &str) -> Answer {
@@ -366,28 +262,6 @@ pub async fn peer_removed(mesh: &Arc<Mesh>, from: &Arc<Session>, peer: &str) -> 
     }
 }
 
-/// On the leader: `row` was just enrolled: tell every worker (protocol 8
-/// links), which keep it in their registry copy.
-pub fn announce_enrolled(mesh: &Arc<Mesh>, row: &PeerInfo) {
-    for link in mesh.sessions.links() {
-        if link.terms.protocol < d_proto::PROTOCOL_SIGNED_JOBS || link.peer.id == row.id {
-            continue;
-        }
-        let q = Query::PeerEnrolled {
-            peer: Box::new(row.clone()),
-        };
-        mesh.tasks.tracker.spawn(async move {
-            if let Err(e) = link.query(q).await {
-                tracing::debug!(
-                    "{} was not told of an enrolled peer: {}",
-                    link.peer.id,
-                    e.error
-                );
-            }
-        });
-    }
-}
-
 /// On a worker: the leader says `peer` was enrolled: keep its row.
 pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> Answer {
     let from_leader = mesh.me.role() == Some(Role::Worker) && mesh.link.is_leader_link(from);
@@ -402,37 +276,5 @@ pub async fn peer_enrolled(mesh: &Mesh, from: &Session, peer: Box<PeerInfo>) -> 
     super::kept::learned_now(mesh, *peer).await;
     Answer::Result {
         result: serde_json::Value::Null,
-    }
-}
-
-/// On the leader: `peer` rotated its key (`row` now holds the new one).
-/// Each worker is told, in order, that the old key is gone (its sessions
-/// close, its kept copy holds it revoked) and, on protocol 8, the new row.
-/// The rotating peer's own sessions are its to close.
-pub fn announce_rotated(mesh: &Arc<Mesh>, peer: &str, row: Option<PeerInfo>) {
-    for link in mesh.sessions.links() {
-        if link.terms.protocol < d_proto::PROTOCOL_KEYS || link.peer.id == peer {
-            continue;
-        }
-        let removed = Query::PeerRemoved {
-            peer: peer.to_string(),
-        };
-        let enrolled = row
-            .clone()
-            .filter(|_| link.terms.protocol >= d_proto::PROTOCOL_SIGNED_JOBS)
-            .map(|r| Query::PeerEnrolled { peer: Box::new(r) });
-        mesh.tasks.tracker.spawn(async move {
-            let mut told = link.query(removed).await.map(|_| ());
-            if let (Ok(()), Some(q)) = (&told, enrolled) {
-                told = link.query(q).await.map(|_| ());
-            }
-            if let Err(e) = told {
-                tracing::debug!(
-                    "{} was not told of a rotated key: {}",
-                    link.peer.id,
-                    e.error
-                );
-            }
-        });
     }
 }

@@ -26,7 +26,7 @@ use d_proto::peer::{Answer, Query};
 use d_proto::replica::{Pulled, Record, PULL_PAGE};
 use d_proto::types::{ErrorBody, ErrorKind, Role};
 
-use super::{leaders, registry, Mesh};
+use super::{announce, leaders, Mesh};
 use crate::base::clock::unix_now;
 use crate::store::replica::Merged;
 use crate::transport::Session;
@@ -212,7 +212,7 @@ async fn merge(mesh: &Arc<Mesh>, from: &str, records: Vec<Record>) -> Result<usi
             ),
         };
         match (r.key, key_gone) {
-            (None, _) => registry::announce_removed(mesh, &r.id, &why),
+            (None, _) => announce::removed(mesh, &r.id, &why),
             // Another key now: sessions proven with the old one end, and
             // workers are told in order (old key gone, then the new row).
             (Some(_), true) => {
@@ -222,11 +222,11 @@ async fn merge(mesh: &Arc<Mesh>, from: &str, records: Vec<Record>) -> Result<usi
                     mesh.sessions
                         .close_peer(&r.id, &format!("{} was {why}", r.id));
                 }
-                registry::announce_rotated(mesh, &r.id, row);
+                announce::rotated(mesh, &r.id, row);
             }
             (Some(_), false) => {
                 if let Some(row) = row {
-                    registry::announce_enrolled(mesh, &row);
+                    announce::enrolled(mesh, &row);
                 }
             }
         }
@@ -343,7 +343,7 @@ pub async fn follow(mesh: Arc<Mesh>, s: Arc<Session>) {
             let page = match s.query(q).await {
                 Ok(Answer::Result { result }) => serde_json::from_value::<Pulled>(result)
                     .map_err(|e| ErrorBody::invalid(format!("a malformed replication page: {e}"))),
-                Ok(other) => Err(registry::unexpected(other)),
+                Ok(other) => Err(other.unexpected()),
                 Err(e) => Err(e),
             };
             match page {

@@ -14,7 +14,7 @@ use d_proto::keys::{self, KeyPair, PublicKey, Rotation};
 use d_proto::peer::{Answer, Purpose, Query};
 use d_proto::types::{ErrorBody, ErrorKind, Role, B64};
 
-use super::{registry, Mesh};
+use super::{announce, Mesh};
 use crate::base::idkey;
 use crate::transport::Session;
 
@@ -51,7 +51,7 @@ pub async fn rotate_here(mesh: &Arc<Mesh>) -> Result<(PublicKey, PublicKey), Err
         Ok(Answer::Result { .. }) => {}
         Ok(other) => {
             let _ = std::fs::remove_file(&next);
-            return Err(registry::unexpected(other));
+            return Err(other.unexpected());
         }
         Err(e) => {
             // Unknown whether the leader committed it: keep the file, say so.
@@ -168,7 +168,7 @@ async fn check_and_commit(
         })
         .await
         .map_err(ErrorBody::from)?;
-    registry::announce_rotated(mesh, &id, row);
+    announce::rotated(mesh, &id, row);
     super::replicate::publish(mesh, vec![(id, None)]).await;
     Ok(())
 }

@@ -31,6 +31,15 @@ use tokio::sync::watch;
 
 use super::Mesh;
 
+/// What a leader's refusal of a revoked id says (after the id): a leader
+/// whose link is refused so learns it was revoked ([`says_revoked`]).
+pub(super) const REVOKED_HERE: &str = " was revoked on this leader";
+
+/// Whether `e`, a leader's refusal of `id`'s link, says `id` was revoked there.
+pub fn says_revoked(e: &ErrorBody, id: &str) -> bool {
+    e.kind == ErrorKind::AuthFailed && e.error.starts_with(&format!("{id}{REVOKED_HERE}:"))
+}
+
 /// The longest a (re)starting leader holds admissions back while catching
 /// up from the other leaders, and a restarting worker waits for a leader
 /// link before it falls back on its kept registry: 5 s (the review's
