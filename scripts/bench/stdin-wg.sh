@@ -15,6 +15,12 @@
 # daemons and both wireguard-go processes are printed for each (on 2 CPUs
 # they share, what d's daemons burn is taken from the tunnel's encryption).
 #
+# DIRECTION=output measures the other way, a job's output (issue 20, target
+# 4): `d @vps 'head -c SIZE /dev/zero'` read on laptop, the same through ssh,
+# and plain TCP from vps to laptop.
+#
+# MB/s are 10^6 bytes per second (before 2026-12-02 this script printed
+# MiB/s under that name).
 # Numbers only, never assertions. Environment: BENCH_STDIN_MB (default 256),
 # BENCH_RUNS (3; the median is printed), BENCH_NO_BUILD=1 (use
 # target/release as it is). Only the namespaces and processes made here
@@ -41,17 +47,28 @@ in_ns() { local name=$1; shift; ip netns exec "${NS[$name]}" "$@"; }
 cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 secs() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo "$(( (t1 - t0) / 1000000 ))"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-rate() { awk -v b="$SIZE" -v ms="$1" 'BEGIN { printf "%.0f", b / 1048576 / (ms / 1000) }'; }
+rate() { awk -v b="$SIZE" -v ms="$1" 'BEGIN { printf "%.0f", b / 1e6 / (ms / 1000) }'; }
+DIRECTION=${DIRECTION:-input}
+case $DIRECTION in input | output) ;; *) echo "stdin-wg.sh: DIRECTION is input or output" >&2; exit 2 ;; esac
 declare -A MS=()
 report() { # label
   local ms
   ms=$(echo "${MS[$1]}" | tr ' ' '\n' | grep . | median)
   printf '%-5s %6s MB/s  (%d MiB in %d ms, median of %d)\n' "$1" "$(rate "$ms")" "$MB" "$ms" "$RUNS"
 }
-d_one() { head -c "$SIZE" /dev/zero | mesh_d laptop @vps 'cat > /dev/null'; }
+d_one() {
+  if [ "$DIRECTION" = output ]; then
+    mesh_d laptop @vps "head -c $SIZE /dev/zero" >/dev/null
+  else
+    head -c "$SIZE" /dev/zero | mesh_d laptop @vps 'cat > /dev/null'
+  fi
+}
 tcp_floor() {
+  # input: laptop sends, vps reads; output: the other way.
+  local rx=vps tx=laptop
+  [ "$DIRECTION" = input ] || { rx=laptop tx=vps; }
   rm -f "$MESH_DIR/port"
-  in_ns vps python3 - "$MESH_DIR/port" "${IP[vps]}" <<'PY' &
+  in_ns "$rx" python3 - "$MESH_DIR/port" "${IP[$rx]}" <<'PY' &
 import os, socket, sys
 s = socket.socket(); s.bind((sys.argv[2], 0)); s.listen(1)
 with open(sys.argv[1] + ".tmp", "w") as f: f.write(str(s.getsockname()[1]))
@@ -62,11 +79,11 @@ PY
   local rp=$!
   for _ in $(seq 200); do [ -s "$MESH_DIR/port" ] && break; sleep 0.05; done
   # shellcheck disable=SC2016 # expanded by that bash
-  in_ns laptop bash -c 'head -c "$1" /dev/zero >"/dev/tcp/$2/$3"' _ "$SIZE" "${IP[vps]}" "$(cat "$MESH_DIR/port")"
+  in_ns "$tx" bash -c 'head -c "$1" /dev/zero >"/dev/tcp/$2/$3"' _ "$SIZE" "${IP[$rx]}" "$(cat "$MESH_DIR/port")"
   wait "$rp"
 }
 
-echo "stdin throughput over WireGuard (wireguard-go, laptop -> vps), $MB MiB, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$DIRECTION throughput over WireGuard (wireguard-go, $([ "$DIRECTION" = input ] && echo "laptop -> vps" || echo "vps -> laptop")), $MB MiB, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 d_one # warm: the session exists before the runs
 
 labels=(d tcp)
@@ -78,7 +95,13 @@ if [ -x /usr/sbin/sshd ]; then
   MESH_PIDS+=("$!")
   SSH=(ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR -i "$s/id" -p 2222 "root@${IP[vps]}")
   for _ in $(seq 50); do in_ns laptop "${SSH[@]}" true 2>/dev/null && break; sleep 0.1; done
-  ssh_one() { head -c "$SIZE" /dev/zero | in_ns laptop "${SSH[@]}" 'cat > /dev/null'; }
+  ssh_one() {
+    if [ "$DIRECTION" = output ]; then
+      in_ns laptop "${SSH[@]}" "head -c $SIZE /dev/zero" >/dev/null
+    else
+      head -c "$SIZE" /dev/zero | in_ns laptop "${SSH[@]}" 'cat > /dev/null'
+    fi
+  }
   labels+=(ssh)
 else
   echo "ssh   skipped (no /usr/sbin/sshd)"
