@@ -353,8 +353,9 @@ pub fn parse_output(mut payload: BytesMut) -> Result<(u64, Stream, BytesMut), Fr
 /// A message type that output (or input) frames can stand for.
 pub trait Message: DeserializeOwned {
     /// The message an output frame stands for; `None` where output has no
-    /// place. `data` is the frame's own part of the read buffer: a message
-    /// that keeps it (frozen) passes the bytes on without copying them.
+    /// place. `data` is the frame's part of the read buffer: a message kept
+    /// for long must copy it rather than freeze it, or it keeps the whole
+    /// buffer alive.
     fn from_output(_job: u64, _stream: Stream, _data: BytesMut) -> Option<Self> {
         None
     }

@@ -276,8 +276,7 @@ pub enum PeerMsg {
         #[serde(flatten)]
         spec: ExecSpec,
     },
-    /// A chunk of a job's output (receiver → starter). Its bytes stay where
-    /// the session's reader put them until they are passed on.
+    /// A chunk of a job's output (receiver → starter).
     Output {
         job: u64,
         stream: Stream,
@@ -340,7 +339,12 @@ impl crate::frame::Message for PeerMsg {
         Some(PeerMsg::Output {
             job,
             stream,
-            data: B64(data.freeze()),
+            // Copied out of the read buffer, never a slice of it: a chunk
+            // may wait for a slow client, and a slice would keep the whole
+            // buffer alive, with whatever else the peer sent into it (a 1 MiB
+            // line before each one-byte output frame would hold a megabyte
+            // per byte of credit: memory no longer bounded by the window).
+            data: B64(bytes::Bytes::copy_from_slice(&data)),
         })
     }
     fn from_input(job: u64, data: bytes::BytesMut) -> Option<Self> {
@@ -354,6 +358,31 @@ impl crate::frame::Message for PeerMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An output chunk kept after its frame was read holds its own bytes,
+    /// not the reader's buffer (which may hold a large line the peer sent
+    /// beside it): the chunk can be made unique while the buffer lives.
+    #[test]
+    fn output_chunks_do_not_hold_the_read_buffer() {
+        use crate::frame::{parse_frame, Frame, FrameDecoder};
+        let mut buf = bytes::BytesMut::new();
+        buf.extend_from_slice(&crate::frame::encode_output(7, Stream::Stdout, b"x"));
+        buf.extend_from_slice(&crate::frame::encode(&PeerMsg::Heartbeat).unwrap());
+        let mut dec = FrameDecoder::new(crate::MAX_FRAME);
+        dec.set_binary(true);
+        let frame = dec.decode(&mut buf).unwrap();
+        assert!(matches!(frame, Frame::Binary(_)));
+        let Ok(PeerMsg::Output { job, data, .. }) = parse_frame::<PeerMsg>(frame) else {
+            panic!("not an output message")
+        };
+        assert_eq!((job, &data.0[..]), (7, &b"x"[..]));
+        // The rest of the buffer (the heartbeat line) is still alive here.
+        assert!(!buf.is_empty());
+        assert!(
+            data.0.try_into_mut().is_ok(),
+            "the chunk shares the read buffer"
+        );
+    }
 
     #[test]
     fn every_leader_query_reads_back() {
