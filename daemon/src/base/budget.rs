@@ -202,8 +202,10 @@ impl Held {
 /// A chunk of a job's output and the budget it holds while it lives.
 #[derive(Debug)]
 pub struct Chunk {
-    /// The bytes: shared, so a piece of them is passed on (to a session,
-    /// from a session's read buffer) without a copy.
+    /// The bytes: shared, so a piece of them goes to a session's writer
+    /// without a copy. A chunk that came from a peer is a copy of its
+    /// frame's bytes, never a slice of the session's read buffer (which it
+    /// would keep alive while a slow client reads: `PeerMsg::from_output`).
     pub data: bytes::Bytes,
     pub held: Held,
 }
