@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// Bytes carried as base64 in JSON, so binary output survives byte for byte.
 ///
-/// `T` holds the bytes: a `Vec<u8>` (the default), or [`bytes::Bytes`] where
-/// the bytes are a slice of a buffer read from a socket (a job's output
-/// passed on without a copy: `PeerMsg::Output` in `peer.rs`).
+/// `T` holds the bytes: a `Vec<u8>` (the default), or [`bytes::Bytes`] for a
+/// job's output (`PeerMsg::Output` in `peer.rs`), which the daemon passes on
+/// as shared chunks: a target writes its own chunk to the socket without
+/// copying it into a frame.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct B64<T = Vec<u8>>(pub T);
 
